@@ -1,0 +1,43 @@
+# ambient-redirect. `make test` and `make demo` set up a fresh machine first (root, Debian).
+BPF_SRC   := $(wildcard bpf/*.bpf.c)
+BPF_OBJ   := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRC))
+BPF_HDRS  := $(wildcard bpf/include/*.h)
+CLANG     ?= clang
+# -mcpu=v2 and no global data keep the objects loadable on 4.20 kernels.
+BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
+              -I/usr/include/$(shell uname -m)-linux-gnu
+
+.PHONY: all build bpf ts layout setup test demo clean
+
+all: build
+
+build: bpf ts
+
+bpf: $(BPF_OBJ)
+
+build/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
+	@mkdir -p build
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+ts: node_modules/.package-lock.json
+	npx tsc -p tsconfig.json
+
+node_modules/.package-lock.json: package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+# Regenerates the TypeScript view of the shared structs from the object's BTF.
+layout: build
+	node dist/bpf/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
+
+# Installs what a fresh machine lacks, mounts bpffs, builds. Quiet when all is there.
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	@bash scripts/test.sh
+
+demo: setup
+	node dist/cli/main.js demo
+
+clean:
+	rm -rf build dist

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian machine ready to build, test and demo ambient-redirect:
+# Debian packages, npm packages, a bpffs at /sys/fs/bpf, and the build.
+# Idempotent, and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+[ "$(uname -s)" = Linux ] || die "needs Linux (network namespaces, BPF); this is $(uname -s)"
+[ "$(id -u)" = 0 ] || die "needs root: it installs packages, mounts bpffs and loads BPF programs (try: sudo make ...)"
+command -v node >/dev/null || die "needs Node.js >= 20 on PATH"
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || die "needs Node.js >= 20, found $(node --version)"
+
+# Debian packages the build, the tests and the demo use.
+packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables ipset procps util-linux make)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# bpffs is not mounted on a fresh machine.
+if ! mountpoint -q /sys/fs/bpf; then
+  echo "setup: mounting bpffs at /sys/fs/bpf"
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+# npm packages and the build (make only redoes what changed).
+make --no-print-directory -s build >/dev/null

@@ -1,0 +1,189 @@
+/**
+ * Pure codec for the keys and values the programs and the controller share. Offsets and
+ * sizes come from the generated layouts (never from a hand-made copy of the C structs);
+ * byte orders are the ones the shared header documents field by field.
+ */
+import { isIP } from 'node:net';
+import { layouts } from './layout.generated.js';
+
+type Layout = { readonly size: number; readonly fields: Readonly<Record<string, { readonly offset: number; readonly size: number }>> };
+
+/** Flags of pod_info, from enum pod_flags. */
+export const PodFlags = { ENROLLED: 1 << 0 } as const;
+/** Flags of ztunnel_info, from enum ztunnel_flags. */
+export const ZtunnelFlags = { PRESENT: 1 << 0, DNS_CAPTURE: 1 << 1 } as const;
+
+export interface PodInfo {
+  ifindex: number;
+  mac: string;
+  flags: number;
+}
+
+export interface ZtunnelInfo {
+  ifindex: number;
+  peerIfindex: number;
+  mac: string;
+  flags: number;
+  netnsCookie: bigint;
+}
+
+export class CodecError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CodecError';
+  }
+}
+
+function field(l: Layout, name: string): { offset: number; size: number } {
+  const f = l.fields[name];
+  if (!f) throw new CodecError(`layout has no field ${name}`);
+  return f;
+}
+
+// --- addresses ---------------------------------------------------------------------------
+
+function parseV4(ip: string): Buffer {
+  return Buffer.from(ip.split('.').map((o) => Number(o)));
+}
+
+function parseV6(ip: string): Buffer {
+  let text = ip;
+  const out = Buffer.alloc(16);
+  // A trailing dotted quad (::ffff:1.2.3.4) becomes two groups.
+  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (v4) {
+    const b = parseV4(v4[1]!);
+    text = text.slice(0, -v4[1]!.length) + `${b.readUInt16BE(0).toString(16)}:${b.readUInt16BE(2).toString(16)}`;
+  }
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
+  const headGroups = head ? head.split(':') : [];
+  const tailGroups = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? headGroups : [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill('0'), ...tailGroups];
+  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  return out;
+}
+
+/** 16 bytes, network order; IPv4 as ::ffff:a.b.c.d. Throws CodecError on anything else. */
+export function encodeAddr(ip: string): Buffer {
+  const family = isIP(ip);
+  if (family === 4) {
+    const out = Buffer.alloc(16);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    parseV4(ip).copy(out, 12);
+    return out;
+  }
+  if (family === 6) return parseV6(ip);
+  throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
+}
+
+const V4_MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+
+/** Inverse of encodeAddr: IPv4-mapped addresses come back as dotted quads. */
+export function decodeAddr(buf: Buffer): string {
+  if (buf.length !== 16) throw new CodecError(`address must be 16 bytes, got ${buf.length}`);
+  if (buf.subarray(0, 12).equals(V4_MAPPED)) return [...buf.subarray(12)].join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(buf.readUInt16BE(i).toString(16));
+  // Compress the longest run of zero groups (RFC 5952).
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== '0') { i++; continue; }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen) { best = i; bestLen = j - i; }
+    i = j;
+  }
+  if (best < 0) return groups.join(':');
+  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
+}
+
+function encodeMac(mac: string): Buffer {
+  const parts = mac.split(':');
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) throw new CodecError(`not a MAC address: ${JSON.stringify(mac)}`);
+  return Buffer.from(parts.map((p) => parseInt(p, 16)));
+}
+
+function decodeMac(buf: Buffer): string {
+  return [...buf].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+function u32(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw new CodecError(`${what} out of range: ${value}`);
+  return value;
+}
+
+function u16(value: number, what: string): number {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffff) throw new CodecError(`${what} out of range: ${value}`);
+  return value;
+}
+
+// --- pods map ----------------------------------------------------------------------------
+
+export const POD_KEY_SIZE = layouts.pod_key.size;
+export const POD_INFO_SIZE = layouts.pod_info.size;
+
+export function encodePodKey(ip: string): Buffer {
+  const key = Buffer.alloc(POD_KEY_SIZE);
+  encodeAddr(ip).copy(key, field(layouts.pod_key, 'addr').offset);
+  return key;
+}
+
+export function decodePodKey(buf: Buffer): string {
+  const f = field(layouts.pod_key, 'addr');
+  return decodeAddr(buf.subarray(f.offset, f.offset + f.size));
+}
+
+export function encodePodInfo(v: PodInfo): Buffer {
+  const l = layouts.pod_info;
+  const buf = Buffer.alloc(l.size);
+  buf.writeUInt32LE(u32(v.ifindex, 'ifindex'), field(l, 'ifindex').offset);
+  encodeMac(v.mac).copy(buf, field(l, 'mac').offset);
+  buf.writeUInt16LE(u16(v.flags, 'flags'), field(l, 'flags').offset);
+  return buf;
+}
+
+export function decodePodInfo(buf: Buffer): PodInfo {
+  const l = layouts.pod_info;
+  const mac = field(l, 'mac');
+  return {
+    ifindex: buf.readUInt32LE(field(l, 'ifindex').offset),
+    mac: decodeMac(buf.subarray(mac.offset, mac.offset + mac.size)),
+    flags: buf.readUInt16LE(field(l, 'flags').offset),
+  };
+}
+
+// --- ztunnel map -------------------------------------------------------------------------
+
+export const ZTUNNEL_SLOT = 0;
+export const ZTUNNEL_INFO_SIZE = layouts.ztunnel_info.size;
+
+export function encodeSlot(slot: number): Buffer {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(u32(slot, 'slot'));
+  return key;
+}
+
+export function encodeZtunnelInfo(v: ZtunnelInfo): Buffer {
+  const l = layouts.ztunnel_info;
+  const buf = Buffer.alloc(l.size);
+  buf.writeUInt32LE(u32(v.ifindex, 'ifindex'), field(l, 'ifindex').offset);
+  buf.writeUInt32LE(u32(v.peerIfindex, 'peer_ifindex'), field(l, 'peer_ifindex').offset);
+  encodeMac(v.mac).copy(buf, field(l, 'mac').offset);
+  buf.writeUInt16LE(u16(v.flags, 'flags'), field(l, 'flags').offset);
+  buf.writeBigUInt64LE(v.netnsCookie, field(l, 'netns_cookie').offset);
+  return buf;
+}
+
+export function decodeZtunnelInfo(buf: Buffer): ZtunnelInfo {
+  const l = layouts.ztunnel_info;
+  const mac = field(l, 'mac');
+  return {
+    ifindex: buf.readUInt32LE(field(l, 'ifindex').offset),
+    peerIfindex: buf.readUInt32LE(field(l, 'peer_ifindex').offset),
+    mac: decodeMac(buf.subarray(mac.offset, mac.offset + mac.size)),
+    flags: buf.readUInt16LE(field(l, 'flags').offset),
+    netnsCookie: buf.readBigUInt64LE(field(l, 'netns_cookie').offset),
+  };
+}

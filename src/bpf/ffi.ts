@@ -1,0 +1,357 @@
+/**
+ * The only module that imports koffi: the system libbpf (`libbpf.so.1`, >= 1.0) and the
+ * few libc calls Node.js lacks. Functions are shaped like the C API, synchronous, and
+ * checked: a failing call throws a BpfError naming the operation and errno.
+ *
+ * Structs the kernel and we share never cross here as koffi types: keys and values are
+ * Buffers built by the codec. Only libbpf's own option structs are declared below.
+ */
+import koffi from 'koffi';
+import { BpfError, checkInt, checkPtr } from './errors.js';
+
+const bpf = koffi.load('libbpf.so.1');
+const libc = koffi.load('libc.so.6');
+
+// Opaque libbpf handles.
+koffi.opaque('bpf_object');
+koffi.opaque('bpf_program');
+koffi.opaque('bpf_map');
+
+koffi.struct('bpf_object_open_opts', {
+  sz: 'size_t',
+  object_name: 'const char *',
+  relaxed_maps: 'bool',
+  pin_root_path: 'const char *',
+  _removed_attach_prog_fd: 'uint32_t',
+  kconfig: 'const char *',
+  btf_custom_path: 'const char *',
+  kernel_log_buf: 'void *',
+  kernel_log_size: 'size_t',
+  kernel_log_level: 'uint32_t',
+});
+const OPEN_OPTS_SIZE = koffi.sizeof('bpf_object_open_opts');
+
+koffi.struct('bpf_tc_hook', {
+  sz: 'size_t',
+  ifindex: 'int',
+  attach_point: 'int',
+  parent: 'uint32_t',
+});
+koffi.struct('bpf_tc_opts', {
+  sz: 'size_t',
+  prog_fd: 'int',
+  flags: 'uint32_t',
+  prog_id: 'uint32_t',
+  handle: 'uint32_t',
+  priority: 'uint32_t',
+});
+const TC_HOOK_SIZE = koffi.sizeof('bpf_tc_hook');
+const TC_OPTS_SIZE = koffi.sizeof('bpf_tc_opts');
+
+const c = {
+  libbpf_major_version: bpf.func('uint32_t libbpf_major_version(void)'),
+  libbpf_minor_version: bpf.func('uint32_t libbpf_minor_version(void)'),
+  libbpf_set_print: bpf.func('void *libbpf_set_print(void *fn)'),
+  libbpf_probe_bpf_helper: bpf.func('int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts)'),
+  libbpf_probe_bpf_prog_type: bpf.func('int libbpf_probe_bpf_prog_type(int prog_type, const void *opts)'),
+
+  bpf_object__open_file: bpf.func('bpf_object *bpf_object__open_file(const char *path, const bpf_object_open_opts *opts)'),
+  bpf_object__load: bpf.func('int bpf_object__load(bpf_object *obj)'),
+  bpf_object__close: bpf.func('void bpf_object__close(bpf_object *obj)'),
+  bpf_object__find_program_by_name: bpf.func('bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)'),
+  bpf_object__find_map_by_name: bpf.func('bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)'),
+  bpf_object__next_program: bpf.func('bpf_program *bpf_object__next_program(bpf_object *obj, bpf_program *prog)'),
+  bpf_object__next_map: bpf.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *map)'),
+  bpf_program__name: bpf.func('const char *bpf_program__name(bpf_program *prog)'),
+  bpf_program__set_autoload: bpf.func('int bpf_program__set_autoload(bpf_program *prog, bool autoload)'),
+  bpf_program__fd: bpf.func('int bpf_program__fd(bpf_program *prog)'),
+  bpf_map__name: bpf.func('const char *bpf_map__name(bpf_map *map)'),
+  bpf_map__fd: bpf.func('int bpf_map__fd(bpf_map *map)'),
+  bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(bpf_map *map)'),
+  bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(bpf_map *map)'),
+  bpf_map__max_entries: bpf.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
+  bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
+  bpf_map__unpin: bpf.func('int bpf_map__unpin(bpf_map *map, const char *path)'),
+
+  bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
+  bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
+  bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
+  bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)'),
+  bpf_obj_get: bpf.func('int bpf_obj_get(const char *pathname)'),
+  bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *pathname)'),
+
+  bpf_tc_hook_create: bpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
+  bpf_tc_hook_destroy: bpf.func('int bpf_tc_hook_destroy(bpf_tc_hook *hook)'),
+  bpf_tc_attach: bpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_tc_detach: bpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
+  bpf_tc_query: bpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+
+  close: libc.func('int close(int fd)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  setsockopt: libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
+  bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
+  listen: libc.func('int listen(int fd, int backlog)'),
+};
+
+// libbpf prints warnings to stderr by default; the controller reports through its own
+// errors instead (the verifier log travels in the BpfError).
+c.libbpf_set_print(null);
+
+/** Pointers returned by libbpf: opaque to us. */
+export type ObjectPtr = { readonly __brand: 'bpf_object' };
+export type ProgramPtr = { readonly __brand: 'bpf_program' };
+export type MapPtr = { readonly __brand: 'bpf_map' };
+
+const errno = (): number => koffi.errno();
+const VERIFIER_LOG_SIZE = 4 << 20;
+
+export function libbpfVersion(): string {
+  return `${c.libbpf_major_version()}.${c.libbpf_minor_version()}`;
+}
+
+export interface OpenedObject {
+  obj: ObjectPtr;
+  /** Frees the verifier log buffer; call after close. */
+  release(): void;
+  /** The kernel's log of the last load, if any. */
+  log(): string;
+}
+
+export function objectOpenFile(path: string, pinRootPath: string | null): OpenedObject {
+  const logBuf = koffi.alloc('char', VERIFIER_LOG_SIZE);
+  koffi.encode(logBuf, 'char', 0);
+  const opts = {
+    sz: OPEN_OPTS_SIZE,
+    object_name: null,
+    relaxed_maps: false,
+    pin_root_path: pinRootPath,
+    _removed_attach_prog_fd: 0,
+    kconfig: null,
+    btf_custom_path: null,
+    kernel_log_buf: logBuf,
+    kernel_log_size: VERIFIER_LOG_SIZE,
+    kernel_log_level: 0,
+  };
+  let obj: ObjectPtr;
+  try {
+    obj = checkPtr('bpf_object__open_file', path, c.bpf_object__open_file(path, opts), errno);
+  } catch (err) {
+    koffi.free(logBuf);
+    throw err;
+  }
+  return {
+    obj,
+    release: () => koffi.free(logBuf),
+    log: () => (koffi.decode(logBuf, 'char', -1) as string) ?? '',
+  };
+}
+
+export function objectLoad(o: OpenedObject, what: string): void {
+  checkInt('bpf_object__load', what, c.bpf_object__load(o.obj), () => o.log().trim());
+}
+
+export function objectClose(obj: ObjectPtr): void {
+  c.bpf_object__close(obj);
+}
+
+export function findProgram(obj: ObjectPtr, name: string): ProgramPtr {
+  return checkPtr('bpf_object__find_program_by_name', name, c.bpf_object__find_program_by_name(obj, name), errno);
+}
+
+export function findMap(obj: ObjectPtr, name: string): MapPtr {
+  return checkPtr('bpf_object__find_map_by_name', name, c.bpf_object__find_map_by_name(obj, name), errno);
+}
+
+export function programNames(obj: ObjectPtr): string[] {
+  const names: string[] = [];
+  for (let p = c.bpf_object__next_program(obj, null); p; p = c.bpf_object__next_program(obj, p)) {
+    names.push(c.bpf_program__name(p) as string);
+  }
+  return names;
+}
+
+export function mapNames(obj: ObjectPtr): string[] {
+  const names: string[] = [];
+  for (let m = c.bpf_object__next_map(obj, null); m; m = c.bpf_object__next_map(obj, m)) {
+    names.push(c.bpf_map__name(m) as string);
+  }
+  return names;
+}
+
+export function programSetAutoload(prog: ProgramPtr, name: string, autoload: boolean): void {
+  checkInt('bpf_program__set_autoload', name, c.bpf_program__set_autoload(prog, autoload));
+}
+
+export function programFd(prog: ProgramPtr, name: string): number {
+  return checkInt('bpf_program__fd', name, c.bpf_program__fd(prog));
+}
+
+export function mapFd(map: MapPtr, name: string): number {
+  return checkInt('bpf_map__fd', name, c.bpf_map__fd(map));
+}
+
+export function mapInfo(map: MapPtr): { keySize: number; valueSize: number; maxEntries: number } {
+  return {
+    keySize: c.bpf_map__key_size(map),
+    valueSize: c.bpf_map__value_size(map),
+    maxEntries: c.bpf_map__max_entries(map),
+  };
+}
+
+export function mapSetPinPath(map: MapPtr, name: string, path: string | null): void {
+  checkInt('bpf_map__set_pin_path', name, c.bpf_map__set_pin_path(map, path));
+}
+
+export function mapUnpin(map: MapPtr, name: string): void {
+  checkInt('bpf_map__unpin', name, c.bpf_map__unpin(map, null));
+}
+
+/** BPF_ANY / BPF_NOEXIST / BPF_EXIST */
+export const UpdateFlags = { ANY: 0, NOEXIST: 1, EXIST: 2 } as const;
+
+export function mapUpdateElem(fd: number, name: string, key: Buffer, value: Buffer, flags = 0): void {
+  checkInt('bpf_map_update_elem', name, c.bpf_map_update_elem(fd, key, value, flags));
+}
+
+export function mapLookupElem(fd: number, name: string, key: Buffer, value: Buffer): boolean {
+  const ret = c.bpf_map_lookup_elem(fd, key, value) as number;
+  if (ret === -2 /* ENOENT */) return false;
+  checkInt('bpf_map_lookup_elem', name, ret);
+  return true;
+}
+
+export function mapDeleteElem(fd: number, name: string, key: Buffer): void {
+  checkInt('bpf_map_delete_elem', name, c.bpf_map_delete_elem(fd, key));
+}
+
+/** Writes the key after `key` (or the first key, for null) into `next`; false at the end. */
+export function mapGetNextKey(fd: number, name: string, key: Buffer | null, next: Buffer): boolean {
+  const ret = c.bpf_map_get_next_key(fd, key, next) as number;
+  if (ret === -2 /* ENOENT */) return false;
+  checkInt('bpf_map_get_next_key', name, ret);
+  return true;
+}
+
+export function objGet(path: string): number {
+  return checkInt('bpf_obj_get', path, c.bpf_obj_get(path));
+}
+
+export function objPin(fd: number, path: string): void {
+  checkInt('bpf_obj_pin', path, c.bpf_obj_pin(fd, path));
+}
+
+export function closeFd(fd: number): void {
+  if (c.close(fd) < 0) throw new BpfError('close', String(fd), errno());
+}
+
+// --- TC (netlink) attachment -----------------------------------------------------------
+
+export const TcAttachPoint = { INGRESS: 1, EGRESS: 2 } as const;
+export type TcAttachPoint = (typeof TcAttachPoint)[keyof typeof TcAttachPoint];
+const BPF_TC_F_REPLACE = 1;
+
+function hook(ifindex: number, attachPoint: number) {
+  return { sz: TC_HOOK_SIZE, ifindex, attach_point: attachPoint, parent: 0 };
+}
+
+function describeHook(ifindex: number, attachPoint: number): string {
+  return `ifindex ${ifindex} ${attachPoint === TcAttachPoint.INGRESS ? 'ingress' : attachPoint === TcAttachPoint.EGRESS ? 'egress' : 'ingress+egress'}`;
+}
+
+/** Creates the clsact qdisc; returns false when it already existed. */
+export function tcHookCreate(ifindex: number, attachPoint: number): boolean {
+  const ret = c.bpf_tc_hook_create(hook(ifindex, attachPoint)) as number;
+  if (ret === -17 /* EEXIST */) return false;
+  checkInt('bpf_tc_hook_create', describeHook(ifindex, attachPoint), ret);
+  return true;
+}
+
+/** Removes the clsact qdisc (both directions) with every filter on it. */
+export function tcHookDestroy(ifindex: number): void {
+  checkInt('bpf_tc_hook_destroy', describeHook(ifindex, 3), c.bpf_tc_hook_destroy(hook(ifindex, 3)));
+}
+
+export interface TcFilter {
+  handle: number;
+  priority: number;
+}
+
+/** Attaches (or, with replace, swaps in place) a program at handle/priority; returns its prog id. */
+export function tcAttach(ifindex: number, attachPoint: TcAttachPoint, progFd: number, filter: TcFilter, replace: boolean): number {
+  const opts = { sz: TC_OPTS_SIZE, prog_fd: progFd, flags: replace ? BPF_TC_F_REPLACE : 0, prog_id: 0, handle: filter.handle, priority: filter.priority };
+  checkInt('bpf_tc_attach', describeHook(ifindex, attachPoint), c.bpf_tc_attach(hook(ifindex, attachPoint), opts));
+  return opts.prog_id;
+}
+
+export function tcDetach(ifindex: number, attachPoint: TcAttachPoint, filter: TcFilter): void {
+  const opts = { sz: TC_OPTS_SIZE, prog_fd: 0, flags: 0, prog_id: 0, handle: filter.handle, priority: filter.priority };
+  checkInt('bpf_tc_detach', describeHook(ifindex, attachPoint), c.bpf_tc_detach(hook(ifindex, attachPoint), opts));
+}
+
+/** The program id at handle/priority, or null when no filter is there. */
+export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcFilter): number | null {
+  const opts = { sz: TC_OPTS_SIZE, prog_fd: 0, flags: 0, prog_id: 0, handle: filter.handle, priority: filter.priority };
+  const ret = c.bpf_tc_query(hook(ifindex, attachPoint), opts) as number;
+  if (ret === -2 /* ENOENT */) return null;
+  checkInt('bpf_tc_query', describeHook(ifindex, attachPoint), ret);
+  return opts.prog_id;
+}
+
+// --- probes ------------------------------------------------------------------------------
+
+export const BPF_PROG_TYPE_SCHED_CLS = 3;
+
+/** 1 when the kernel offers the helper to the program type, 0 when not. */
+export function probeHelper(progType: number, helperId: number): boolean {
+  const ret = c.libbpf_probe_bpf_helper(progType, helperId, null) as number;
+  return checkInt('libbpf_probe_bpf_helper', `helper ${helperId}`, ret) === 1;
+}
+
+export function probeProgType(progType: number): boolean {
+  const ret = c.libbpf_probe_bpf_prog_type(progType, null) as number;
+  return checkInt('libbpf_probe_bpf_prog_type', `type ${progType}`, ret) === 1;
+}
+
+// --- libc sockets (for the simulated ztunnel's transparent listener) -------------------
+
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOL_IP = 0;
+const SOL_IPV6 = 41;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const IP_TRANSPARENT = 19;
+const IPV6_TRANSPARENT = 75;
+
+/**
+ * A listening TCP socket with IP_TRANSPARENT set, so that TPROXY can hand it connections
+ * for addresses that are not local. Returns the fd, for net.Server.listen({ fd }).
+ */
+export function transparentListener(family: typeof AF_INET | typeof AF_INET6, port: number): number {
+  const fd = c.socket(family, SOCK_STREAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `port ${port}`, errno());
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  const fail = (op: string): never => {
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, `port ${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) < 0) fail('setsockopt(SO_REUSEADDR)');
+  const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
+  if (c.setsockopt(fd, transparent[0], transparent[1], one, 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
+  let addr: Buffer;
+  if (family === AF_INET) {
+    addr = Buffer.alloc(16); // sockaddr_in, INADDR_ANY
+    addr.writeUInt16LE(AF_INET, 0);
+    addr.writeUInt16BE(port, 2);
+  } else {
+    addr = Buffer.alloc(28); // sockaddr_in6, in6addr_any
+    addr.writeUInt16LE(AF_INET6, 0);
+    addr.writeUInt16BE(port, 2);
+  }
+  if (c.bind(fd, addr, addr.length) < 0) fail('bind');
+  if (c.listen(fd, 511) < 0) fail('listen');
+  return fd;
+}

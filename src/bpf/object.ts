@@ -1,0 +1,182 @@
+/**
+ * Handles over libbpf objects, maps and TC attachments. Each has an explicit close();
+ * nothing relies on garbage collection. A handle remembers whether it created what it
+ * wraps, so that cleanup removes only its own.
+ */
+import * as ffi from './ffi.js';
+import { BpfError, isNotFound } from './errors.js';
+
+export class BpfMap {
+  readonly name: string;
+  readonly fd: number;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  /** Whether close() must close the fd (maps opened from a pin own it; an object's maps don't). */
+  private readonly ownsFd: boolean;
+  private closed = false;
+
+  constructor(name: string, fd: number, sizes: { keySize: number; valueSize: number; maxEntries: number }, ownsFd: boolean) {
+    this.name = name;
+    this.fd = fd;
+    this.keySize = sizes.keySize;
+    this.valueSize = sizes.valueSize;
+    this.maxEntries = sizes.maxEntries;
+    this.ownsFd = ownsFd;
+  }
+
+  /** Opens a pinned map; the caller states the sizes it expects (from the generated layout). */
+  static openPinned(path: string, name: string, sizes: { keySize: number; valueSize: number; maxEntries: number }): BpfMap {
+    return new BpfMap(name, ffi.objGet(path), sizes, true);
+  }
+
+  private checkSize(what: string, buf: Buffer, size: number): void {
+    if (buf.length !== size) throw new BpfError(`bpf_map ${what}`, this.name, 22, `${what} is ${buf.length} bytes, map wants ${size}`);
+  }
+
+  update(key: Buffer, value: Buffer, flags: number = ffi.UpdateFlags.ANY): void {
+    this.checkSize('key', key, this.keySize);
+    this.checkSize('value', value, this.valueSize);
+    ffi.mapUpdateElem(this.fd, this.name, key, value, flags);
+  }
+
+  lookup(key: Buffer): Buffer | null {
+    this.checkSize('key', key, this.keySize);
+    const value = Buffer.alloc(this.valueSize);
+    return ffi.mapLookupElem(this.fd, this.name, key, value) ? value : null;
+  }
+
+  /** Deletes the key; returns false when it was not there (deletes are idempotent). */
+  delete(key: Buffer): boolean {
+    this.checkSize('key', key, this.keySize);
+    try {
+      ffi.mapDeleteElem(this.fd, this.name, key);
+      return true;
+    } catch (err) {
+      if (isNotFound(err)) return false;
+      throw err;
+    }
+  }
+
+  /** All keys, read with get_next_key. */
+  keys(): Buffer[] {
+    const out: Buffer[] = [];
+    let prev: Buffer | null = null;
+    for (;;) {
+      const next = Buffer.alloc(this.keySize);
+      if (!ffi.mapGetNextKey(this.fd, this.name, prev, next)) return out;
+      out.push(next);
+      prev = next;
+    }
+  }
+
+  /** All entries; an entry deleted between the key walk and its lookup is left out. */
+  entries(): [Buffer, Buffer][] {
+    const out: [Buffer, Buffer][] = [];
+    for (const k of this.keys()) {
+      const v = this.lookup(k);
+      if (v) out.push([k, v]);
+    }
+    return out;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ownsFd) ffi.closeFd(this.fd);
+  }
+}
+
+export interface OpenOptions {
+  /**
+   * Folder for maps declared with LIBBPF_PIN_BY_NAME: reused when pinned there, pinned
+   * when not. Without it nothing is pinned (libbpf would otherwise pin in /sys/fs/bpf).
+   */
+  pinRoot?: string;
+  /** Programs to load; the others are not loaded (variants the kernel cannot run). */
+  programs?: readonly string[];
+}
+
+export class BpfObject {
+  readonly path: string;
+  private readonly opened: ffi.OpenedObject;
+  private loaded = false;
+  private closed = false;
+  private readonly maps = new Map<string, BpfMap>();
+
+  private constructor(path: string, opened: ffi.OpenedObject) {
+    this.path = path;
+    this.opened = opened;
+  }
+
+  static open(path: string, opts: OpenOptions = {}): BpfObject {
+    const o = new BpfObject(path, ffi.objectOpenFile(path, opts.pinRoot ?? null));
+    try {
+      if (opts.pinRoot === undefined) {
+        for (const name of ffi.mapNames(o.opened.obj)) ffi.mapSetPinPath(ffi.findMap(o.opened.obj, name), name, null);
+      }
+      if (opts.programs) {
+        const all = ffi.programNames(o.opened.obj);
+        for (const want of opts.programs) {
+          if (!all.includes(want)) throw new BpfError('bpf_object__find_program_by_name', want, 2, `${path} has: ${all.join(', ')}`);
+        }
+        for (const name of all) {
+          ffi.programSetAutoload(ffi.findProgram(o.opened.obj, name), name, opts.programs.includes(name));
+        }
+      }
+    } catch (err) {
+      o.close();
+      throw err;
+    }
+    return o;
+  }
+
+  static openAndLoad(path: string, opts: OpenOptions = {}): BpfObject {
+    const o = BpfObject.open(path, opts);
+    try {
+      o.load();
+    } catch (err) {
+      o.close();
+      throw err;
+    }
+    return o;
+  }
+
+  load(): void {
+    ffi.objectLoad(this.opened, this.path);
+    this.loaded = true;
+  }
+
+  programFd(name: string): number {
+    this.requireLoaded();
+    return ffi.programFd(ffi.findProgram(this.opened.obj, name), name);
+  }
+
+  map(name: string): BpfMap {
+    this.requireLoaded();
+    let m = this.maps.get(name);
+    if (!m) {
+      const ptr = ffi.findMap(this.opened.obj, name);
+      m = new BpfMap(name, ffi.mapFd(ptr, name), ffi.mapInfo(ptr), false);
+      this.maps.set(name, m);
+    }
+    return m;
+  }
+
+  mapNames(): string[] {
+    return ffi.mapNames(this.opened.obj);
+  }
+
+  private requireLoaded(): void {
+    if (!this.loaded) throw new Error(`${this.path}: not loaded`);
+    if (this.closed) throw new Error(`${this.path}: closed`);
+  }
+
+  /** Closes the object's fds. Pinned maps and attached programs live on in the kernel. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    ffi.objectClose(this.opened.obj);
+    this.opened.release();
+  }
+}

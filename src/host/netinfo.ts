@@ -1,0 +1,103 @@
+/**
+ * What the controller needs to know about the node's links and routes, read in bulk with
+ * one `ip -j` call per table (never one process per pod).
+ */
+import type { CommandRunner } from './runner.js';
+
+export interface Link {
+  ifindex: number;
+  name: string;
+  mac: string;
+  /** For a veth whose peer is in another netns: the peer's ifindex there. */
+  peerIfindex?: number;
+  /** ...and that netns' id as seen from here. */
+  peerNetnsId?: number;
+}
+
+export interface HostNet {
+  links: Map<number, Link>;
+  /** Single-address routes (/32, /128) of the main table: pod IP -> link name. */
+  hostRoutes: Map<string, string>;
+  /** Named netns (from /var/run/netns) by their id as seen from here. */
+  netnsById: Map<number, string>;
+}
+
+interface IpLink {
+  ifindex: number;
+  ifname: string;
+  address?: string;
+  link_index?: number;
+  link_netnsid?: number;
+}
+interface IpRoute {
+  dst: string;
+  dev?: string;
+  type?: string;
+}
+interface IpNetns {
+  name: string;
+  id?: number;
+}
+
+function parseJson<T>(what: string, text: string): T[] {
+  const trimmed = text.trim();
+  if (trimmed === '') return [];
+  const v: unknown = JSON.parse(trimmed);
+  if (!Array.isArray(v)) throw new Error(`${what}: expected a JSON array`);
+  return v as T[];
+}
+
+export function parseLinks(text: string): Map<number, Link> {
+  const out = new Map<number, Link>();
+  for (const l of parseJson<IpLink>('ip link', text)) {
+    const link: Link = { ifindex: l.ifindex, name: l.ifname, mac: l.address ?? '00:00:00:00:00:00' };
+    if (l.link_netnsid !== undefined && l.link_index !== undefined) {
+      link.peerIfindex = l.link_index;
+      link.peerNetnsId = l.link_netnsid;
+    }
+    out.set(l.ifindex, link);
+  }
+  return out;
+}
+
+export function parseHostRoutes(text: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const r of parseJson<IpRoute>('ip route', text)) {
+    if (!r.dev || (r.type && r.type !== 'unicast')) continue;
+    // `ip -j route` prints a host route's dst without a prefix length.
+    if (r.dst.includes('/') || r.dst === 'default') continue;
+    out.set(r.dst, r.dev);
+  }
+  return out;
+}
+
+export function parseNetns(text: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const n of parseJson<IpNetns>('ip netns', text)) if (n.id !== undefined) out.set(n.id, n.name);
+  return out;
+}
+
+export async function readHostNet(runner: CommandRunner): Promise<HostNet> {
+  const [links, routes4, routes6, netns] = await Promise.all([
+    runner.run(['ip', '-j', '-d', 'link', 'show']),
+    runner.run(['ip', '-j', '-4', 'route', 'show', 'table', 'main']),
+    runner.run(['ip', '-j', '-6', 'route', 'show', 'table', 'main']),
+    runner.run(['ip', '-j', 'netns', 'list']),
+  ]);
+  const hostRoutes = parseHostRoutes(routes4);
+  for (const [ip, dev] of parseHostRoutes(routes6)) hostRoutes.set(ip, dev);
+  return { links: parseLinks(links), hostRoutes, netnsById: parseNetns(netns) };
+}
+
+/** The links of a named netns (for the MAC of ztunnel's eth0). */
+export async function readLinksIn(runner: CommandRunner, netns: string): Promise<Map<number, Link>> {
+  return parseLinks(await runner.run(['ip', '-n', netns, '-j', 'link', 'show']));
+}
+
+/** The host link a pod IP is routed to, or undefined. */
+export function hostLinkFor(net: HostNet, ip: string): Link | undefined {
+  const dev = net.hostRoutes.get(ip);
+  if (!dev) return undefined;
+  for (const l of net.links.values()) if (l.name === dev) return l;
+  return undefined;
+}

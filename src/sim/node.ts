@@ -1,0 +1,343 @@
+/**
+ * The simulated node: a "node" netns that plays the host, one netns per pod, a ztunnel
+ * netns with TPROXY capture and an "outside" netns, all named with a per-run prefix.
+ * Nothing here touches the root netns: links are created inside the node netns with their
+ * peers placed straight into the target netns, and sysctls are written inside each netns.
+ *
+ * Servers and clients are `agent.js` processes run with `ip netns exec` (see agent.ts).
+ */
+import { createInterface } from 'node:readline';
+import { distEntry } from './dist.js';
+import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
+import {
+  GATEWAY_IP,
+  OUTSIDE_HOST_IP,
+  OUTSIDE_IP,
+  OUTSIDE_PORT,
+  ZTUNNEL_IP,
+  ZTUNNEL_PORT,
+  checkPodCount,
+  checkPrefix,
+  isRunNetns,
+  names,
+  newPrefix,
+} from './names.js';
+
+export { newPrefix } from './names.js';
+
+export interface SimPod {
+  index: number;
+  name: string;
+  ns: string;
+  ip: string;
+  hostVeth: string;
+}
+
+export interface ConnectResult {
+  ok: boolean;
+  reply?: string;
+  error?: string;
+}
+
+export interface SimServer {
+  /** Connections in the order the server reported them. */
+  accepted: { src: string; origDst?: string }[];
+  /** Resolves once `count` connections were reported (reports arrive asynchronously). */
+  waitForAccepted(count: number, timeoutMs?: number): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface SimNode {
+  prefix: string;
+  nodeNs: string;
+  ztunnel: { ns: string; ip: string; hostVeth: string };
+  outside: { ns: string; ip: string; port: number };
+  pods: SimPod[];
+  /** The ztunnel stand-in on 15001 in the ztunnel netns; resolves once it listens. */
+  startZtunnel(): Promise<SimServer>;
+  /** The outside server on 8080 in the outside netns; resolves once it listens. */
+  startOutside(): Promise<SimServer>;
+  /** `count` sequential connections from the pod; failures are results, not errors. */
+  connect(pod: SimPod, to: { ip: string; port: number }, count: number, timeoutMs?: number): Promise<ConnectResult[]>;
+  /** Idempotent: stops the servers, deletes every netns of the run and checks none is left. */
+  teardown(): Promise<void>;
+}
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 2_000;
+const READY_TIMEOUT_MS = 10_000;
+const STOP_TIMEOUT_MS = 5_000;
+
+// --- netns helpers ---------------------------------------------------------------------
+
+async function listRunNetns(prefix: string, runner: CommandRunner): Promise<string[]> {
+  const out = await runner.run(['ip', 'netns', 'list']);
+  // Lines look like "name (id: 3)" or just "name".
+  return out
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/)[0] ?? '')
+    .filter((name) => isRunNetns(prefix, name));
+}
+
+/**
+ * Removes every netns of a run by name. Processes still inside them (a crashed run's
+ * servers) are killed first: they would keep the netns, and its links, alive unnamed.
+ * They can only be ours, since only a run puts processes into its own netns.
+ */
+export async function cleanupPrefix(prefix: string, runner: CommandRunner = systemRunner): Promise<void> {
+  checkPrefix(prefix);
+  for (const ns of await listRunNetns(prefix, runner)) {
+    await killNetnsProcesses(ns, runner);
+    await runner.run(['ip', 'netns', 'del', ns]);
+  }
+  const left = await listRunNetns(prefix, runner);
+  if (left.length > 0) throw new Error(`sim cleanup of "${prefix}" left netns behind: ${left.join(', ')}`);
+}
+
+async function killNetnsProcesses(ns: string, runner: CommandRunner): Promise<void> {
+  const pids = (await runner.run(['ip', 'netns', 'pids', ns])).split(/\s+/).filter(Boolean).map(Number);
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+}
+
+/** Sysctls are per netns: `ip netns exec` makes sysctl write the netns's own /proc/sys/net. */
+async function sysctl(runner: CommandRunner, ns: string, settings: Record<string, string | number>): Promise<void> {
+  const args = Object.entries(settings).map(([k, v]) => `${k}=${v}`);
+  await runner.run(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', ...args]);
+}
+
+// A new netns copies rp_filter from the root netns (devconf_inherit_init_net=0), and
+// an interface takes `default` when it is created: so these are set before any veth, and
+// the effective value, max(all, iface), is 0 everywhere. Redirected packets arrive on
+// interfaces their source does not route back through, which strict rp_filter drops.
+const RP_FILTER_OFF = { 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 };
+
+async function addNetns(runner: CommandRunner, ns: string, settings: Record<string, string | number> = {}): Promise<void> {
+  await runner.run(['ip', 'netns', 'add', ns]);
+  await runner.run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+  if (Object.keys(settings).length > 0) await sysctl(runner, ns, settings);
+}
+
+async function linkMac(runner: CommandRunner, ns: string, link: string): Promise<string> {
+  const [info] = JSON.parse(await runner.run(['ip', '-n', ns, '-j', 'link', 'show', 'dev', link])) as { address?: string }[];
+  if (!info?.address) throw new Error(`no MAC address for ${link} in ${ns}`);
+  return info.address;
+}
+
+/**
+ * Wires an endpoint (pod or ztunnel) the way CNI plugins like Calico do: a /32 on eth0,
+ * a default route to a link-local gateway that no one owns, answered by a permanent
+ * neighbour entry with the host veth's MAC, and a /32 route on the node to the host veth.
+ */
+async function attachEndpoint(runner: CommandRunner, nodeNs: string, ns: string, hostVeth: string, ip: string): Promise<void> {
+  await runner.run(['ip', '-n', nodeNs, 'link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await runner.run(['ip', '-n', nodeNs, 'link', 'set', hostVeth, 'up']);
+  await runner.run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
+  await runner.run(['ip', '-n', ns, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+  await runner.run(['ip', '-n', ns, 'route', 'add', 'default', 'via', GATEWAY_IP, 'dev', 'eth0', 'onlink']);
+  const mac = await linkMac(runner, nodeNs, hostVeth);
+  await runner.run(['ip', '-n', ns, 'neigh', 'add', GATEWAY_IP, 'lladdr', mac, 'dev', 'eth0', 'nud', 'permanent']);
+  await runner.run(['ip', '-n', nodeNs, 'route', 'add', `${ip}/32`, 'dev', hostVeth]);
+}
+
+/** TCP that reaches ztunnel's eth0 for someone else is handed to the listener on 15001. */
+async function addTproxyCapture(runner: CommandRunner, ns: string): Promise<void> {
+  await runner.run([
+    'ip', 'netns', 'exec', ns, 'iptables', '-w', '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth0', '-p', 'tcp',
+    '!', '-d', ZTUNNEL_IP, '-j', 'TPROXY', '--on-port', String(ZTUNNEL_PORT), '--on-ip', '0.0.0.0',
+    '--tproxy-mark', '0x111/0xfff',
+  ]);
+  await runner.run(['ip', '-n', ns, 'rule', 'add', 'fwmark', '0x111/0xfff', 'lookup', '133']);
+  await runner.run(['ip', '-n', ns, 'route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133']);
+}
+
+async function addOutside(runner: CommandRunner, nodeNs: string, ns: string, hostVeth: string): Promise<void> {
+  await runner.run(['ip', '-n', nodeNs, 'link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
+  await runner.run(['ip', '-n', nodeNs, 'addr', 'add', `${OUTSIDE_HOST_IP}/24`, 'dev', hostVeth]);
+  await runner.run(['ip', '-n', nodeNs, 'link', 'set', hostVeth, 'up']);
+  await runner.run(['ip', '-n', ns, 'addr', 'add', `${OUTSIDE_IP}/24`, 'dev', 'eth0']);
+  await runner.run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
+  await runner.run(['ip', '-n', ns, 'route', 'add', 'default', 'via', OUTSIDE_HOST_IP]);
+}
+
+type Topology = Pick<SimNode, 'prefix' | 'nodeNs' | 'ztunnel' | 'outside' | 'pods'>;
+
+function plan(prefix: string, podCount: number): Topology {
+  return {
+    prefix,
+    nodeNs: names.nodeNs(prefix),
+    ztunnel: { ns: names.ztunnelNs(prefix), ip: ZTUNNEL_IP, hostVeth: names.ztunnelVeth(prefix) },
+    outside: { ns: names.outsideNs(prefix), ip: OUTSIDE_IP, port: OUTSIDE_PORT },
+    pods: Array.from({ length: podCount }, (_, i) => ({
+      index: i,
+      name: `pod${i}`,
+      ns: names.podNs(prefix, i),
+      ip: names.podIp(i),
+      hostVeth: names.podVeth(prefix, i),
+    })),
+  };
+}
+
+async function build(runner: CommandRunner, t: Topology): Promise<void> {
+  await addNetns(runner, t.nodeNs, { 'net.ipv4.ip_forward': 1, ...RP_FILTER_OFF });
+  await addNetns(runner, t.ztunnel.ns, RP_FILTER_OFF);
+  await attachEndpoint(runner, t.nodeNs, t.ztunnel.ns, t.ztunnel.hostVeth, t.ztunnel.ip);
+  await addTproxyCapture(runner, t.ztunnel.ns);
+  for (const pod of t.pods) {
+    await addNetns(runner, pod.ns);
+    await attachEndpoint(runner, t.nodeNs, pod.ns, pod.hostVeth, pod.ip);
+  }
+  await addNetns(runner, t.outside.ns);
+  await addOutside(runner, t.nodeNs, t.outside.ns, names.outsideVeth(t.prefix));
+}
+
+// --- agent processes -------------------------------------------------------------------
+
+function agentArgv(ns: string, args: string[]): string[] {
+  return ['ip', 'netns', 'exec', ns, process.execPath, distEntry('./agent.js'), ...args];
+}
+
+interface AgentEvent {
+  event?: string;
+  src?: string;
+  origDst?: string;
+  ok?: boolean;
+  reply?: string;
+  error?: string;
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: () => string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what()}: timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** One agent event per stdout line; anything else (there should be nothing) is skipped. */
+function parseEvent(line: string): AgentEvent | undefined {
+  try {
+    return JSON.parse(line) as AgentEvent;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Starts a server agent in `ns`; resolves once it reports "listening". The server is in
+ * `running` from spawn until stopped, so a teardown during start-up stops it too.
+ */
+async function startServer(ns: string, args: string[], running: Set<SimServer>): Promise<SimServer> {
+  const child = startProcess(agentArgv(ns, args));
+  const accepted: SimServer['accepted'] = [];
+  const waiters: (() => void)[] = [];
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    stderr = (stderr + d).slice(-4096);
+  });
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  const what = `sim ${args[0]} in ${ns}`;
+
+  const server: SimServer = {
+    accepted,
+    waitForAccepted(count, timeoutMs = 5_000) {
+      const reached = new Promise<void>((resolve) => {
+        const check = () => (accepted.length >= count ? resolve() : waiters.push(check));
+        check();
+      });
+      return withTimeout(reached, timeoutMs, () => `${what}: waiting for ${count} connections (saw ${accepted.length})`);
+    },
+    async stop() {
+      running.delete(server);
+      if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+      child.kill('SIGTERM');
+      await withTimeout(exited, STOP_TIMEOUT_MS, () => `${what}: stop`).catch(() => child.kill('SIGKILL'));
+    },
+  };
+  running.add(server);
+
+  let onListening: (() => void) | undefined;
+  const ready = new Promise<SimServer>((resolve, reject) => {
+    onListening = () => resolve(server);
+    child.once('error', (err) => reject(new Error(`${what}: ${err.message}`)));
+    void exited.then(() => reject(new Error(`${what} exited (${child.exitCode ?? child.signalCode}): ${stderr.trim() || '(no output)'}`)));
+  });
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    const ev = parseEvent(line);
+    if (ev?.event === 'listening') onListening?.();
+    else if (ev?.event === 'accepted' && ev.src) {
+      accepted.push(ev.origDst ? { src: ev.src, origDst: ev.origDst } : { src: ev.src });
+      waiters.splice(0).forEach((w) => w());
+    }
+  });
+  return withTimeout(ready, READY_TIMEOUT_MS, () => `${what}: not listening`).catch(async (err: unknown) => {
+    await server.stop();
+    throw err;
+  });
+}
+
+async function connect(
+  runner: CommandRunner,
+  pod: SimPod,
+  to: { ip: string; port: number },
+  count: number,
+  timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
+): Promise<ConnectResult[]> {
+  const argv = agentArgv(pod.ns, ['connect', '--to', `${to.ip}:${to.port}`, '--count', String(count), '--timeout-ms', String(timeoutMs)]);
+  const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 10_000 });
+  const results = out
+    .split('\n')
+    .map(parseEvent)
+    .filter((ev): ev is AgentEvent => ev?.event === 'result')
+    .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
+  if (results.length !== count) throw new Error(`sim connect from ${pod.name}: expected ${count} results, got ${results.length}: ${out}`);
+  return results;
+}
+
+// --- the node --------------------------------------------------------------------------
+
+export async function createSimNode(opts: { pods: number; prefix?: string; runner?: CommandRunner }): Promise<SimNode> {
+  const runner = opts.runner ?? systemRunner;
+  const prefix = opts.prefix ?? newPrefix();
+  checkPrefix(prefix);
+  checkPodCount(opts.pods);
+  // Never adopt (and later delete) namespaces another run owns.
+  const taken = await listRunNetns(prefix, runner);
+  if (taken.length > 0) throw new Error(`sim prefix "${prefix}" is in use (${taken.join(', ')}); cleanupPrefix removes leftovers`);
+
+  const topology = plan(prefix, opts.pods);
+  try {
+    await build(runner, topology);
+  } catch (err) {
+    const cleanup = await cleanupPrefix(prefix, runner).then(
+      () => '',
+      (e: unknown) => `; cleanup also failed: ${e instanceof Error ? e.message : String(e)}`,
+    );
+    throw new Error(`creating sim node "${prefix}" failed: ${err instanceof Error ? err.message : String(err)}${cleanup}`, { cause: err });
+  }
+
+  const servers = new Set<SimServer>();
+  let torn: Promise<void> | undefined;
+
+  return {
+    ...topology,
+    startZtunnel: () => startServer(topology.ztunnel.ns, ['ztunnel', '--port', String(ZTUNNEL_PORT)], servers),
+    startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT)], servers),
+    connect: (pod, to, count, timeoutMs) => connect(runner, pod, to, count, timeoutMs),
+    teardown() {
+      // A failed teardown may be retried; a finished or running one is shared.
+      torn ??= (async () => {
+        await Promise.all([...servers].map((s) => s.stop()));
+        await cleanupPrefix(prefix, runner);
+      })().catch((err: unknown) => {
+        torn = undefined;
+        throw err;
+      });
+      return torn;
+    },
+  };
+}

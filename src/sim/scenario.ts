@@ -1,0 +1,132 @@
+/**
+ * The walking skeleton's story on a simulated node, shared by `demo` and the kernel tests:
+ * the controller enrolls some pods statically, every pod connects to the outside server,
+ * and each connection is classified by who saw it.
+ */
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { SimNode, SimServer } from './node.js';
+import { runInNode, startController, type ControllerProcess } from './controller.js';
+
+export interface PodReport {
+  pod: string;
+  ip: string;
+  enrolled: boolean;
+  attempts: number;
+  /** Connections that succeeded (whoever answered). */
+  ok: number;
+  /** Connections the ztunnel stand-in accepted, with their original destinations. */
+  viaZtunnel: string[];
+  /** Connections that reached the outside server with the pod's own IP: a bypass if enrolled. */
+  direct: number;
+}
+
+export interface ScenarioOptions {
+  /** Indexes of the pods to enroll. */
+  enrolled: readonly number[];
+  connections: number;
+  /** bpffs folder for this run's pins (created, and removed at the end). */
+  pinRoot: string;
+  variant?: 'redirect' | 'redirect_peer';
+  progress?: (line: string) => void;
+  /** Called with the data path still installed, after the traffic: for tests' oracles. */
+  beforeUninstall?: () => Promise<void>;
+}
+
+export interface ScenarioResult {
+  reports: PodReport[];
+  uninstall: string;
+}
+
+const srcIp = (src: string) => src.slice(0, src.lastIndexOf(':'));
+
+export function pinRootFor(sim: SimNode): string {
+  return join('/sys/fs/bpf', sim.prefix);
+}
+
+export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Promise<ScenarioResult> {
+  const say = opts.progress ?? (() => {});
+  const enrolledIps = opts.enrolled.map((i) => sim.pods[i]!.ip);
+  mkdirSync(opts.pinRoot, { recursive: true, mode: 0o700 });
+  let ztunnel: SimServer | undefined;
+  let outside: SimServer | undefined;
+  let controller: ControllerProcess | undefined;
+  try {
+    say('starting the ztunnel stand-in and the outside server');
+    [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
+    say(`starting the controller in ${sim.nodeNs}, enrolling ${enrolledIps.join(', ') || 'nobody'}`);
+    controller = startController(sim.nodeNs, [
+      '--pin-root', opts.pinRoot,
+      '--ztunnel-ip', sim.ztunnel.ip,
+      '--enroll', enrolledIps.join(','),
+      ...(opts.variant ? ['--variant', opts.variant] : []),
+    ]);
+    await controller.waitFor('programmed');
+
+    say(`sending ${opts.connections} connections from each of ${sim.pods.length} pods to ${sim.outside.ip}:${sim.outside.port}`);
+    const results = await Promise.all(sim.pods.map((pod) => sim.connect(pod, sim.outside, opts.connections)));
+    const okTotal = results.flat().filter((r) => r.ok).length;
+    // Servers report accepted connections asynchronously: wait until every success is seen.
+    await waitForTotal([ztunnel, outside], okTotal);
+
+    const reports = sim.pods.map((pod, i): PodReport => ({
+      pod: pod.name,
+      ip: pod.ip,
+      enrolled: enrolledIps.includes(pod.ip),
+      attempts: opts.connections,
+      ok: results[i]!.filter((r) => r.ok).length,
+      viaZtunnel: ztunnel!.accepted.filter((a) => srcIp(a.src) === pod.ip).map((a) => a.origDst ?? '?'),
+      direct: outside!.accepted.filter((a) => srcIp(a.src) === pod.ip).length,
+    }));
+
+    say('stopping the controller (SIGTERM leaves the data path) and uninstalling');
+    const exitCode = await controller.stop('SIGTERM');
+    controller = undefined;
+    if (exitCode !== 0) throw new Error(`controller exited with ${exitCode} on SIGTERM`);
+    await opts.beforeUninstall?.();
+    const uninstall = await runInNode(sim.nodeNs, ['uninstall', '--pin-root', opts.pinRoot]);
+    return { reports, uninstall };
+  } finally {
+    await controller?.stop('SIGKILL');
+    await Promise.all([ztunnel?.stop(), outside?.stop()]);
+    rmSync(opts.pinRoot, { recursive: true, force: true });
+  }
+}
+
+async function waitForTotal(servers: SimServer[], total: number, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (servers.reduce((n, s) => n + s.accepted.length, 0) < total && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The per-pod table `demo` prints. */
+export function renderTable(reports: readonly PodReport[]): string {
+  const head = ['pod', 'ip', 'enrolled', 'ok', 'via ztunnel (original destination)', 'direct to outside'];
+  const rows = reports.map((r) => [
+    r.pod,
+    r.ip,
+    r.enrolled ? 'yes' : 'no',
+    `${r.ok}/${r.attempts}`,
+    r.viaZtunnel.length ? `${r.viaZtunnel.length} (${[...new Set(r.viaZtunnel)].join(', ')})` : '0',
+    String(r.direct),
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
+}
+
+/** Enrolled pods must go through ztunnel only; the others must go direct. */
+export function verdict(reports: readonly PodReport[]): { ok: boolean; problems: string[] } {
+  const problems: string[] = [];
+  for (const r of reports) {
+    if (r.enrolled) {
+      if (r.direct > 0) problems.push(`${r.pod} is enrolled but ${r.direct} connection(s) bypassed ztunnel`);
+      if (r.viaZtunnel.length !== r.attempts) problems.push(`${r.pod} is enrolled but ztunnel saw ${r.viaZtunnel.length}/${r.attempts}`);
+    } else {
+      if (r.viaZtunnel.length > 0) problems.push(`${r.pod} is not enrolled but ztunnel captured ${r.viaZtunnel.length}`);
+      if (r.direct !== r.attempts) problems.push(`${r.pod} is not enrolled but only ${r.direct}/${r.attempts} reached the outside`);
+    }
+  }
+  return { ok: problems.length === 0, problems };
+}

@@ -1,0 +1,43 @@
+/**
+ * C and TypeScript agree on every shared struct: the committed layout module must be
+ * exactly what the compiled object's BTF generates (`make layout` regenerates it).
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { declaredStructs, generateLayoutModule, layoutsFromBtf } from '../../src/bpf/layout-gen.js';
+
+const HEADER = 'bpf/include/ambient_redirect.h';
+
+describe('generated layouts', () => {
+  it('match the compiled object (run `make layout` after changing the shared header)', async () => {
+    const generated = await generateLayoutModule('build/redirect.bpf.o', HEADER, 'build/redirect.bpf.o');
+    expect(readFileSync('src/bpf/layout.generated.ts', 'utf8')).toBe(generated);
+  });
+
+  it('cover every struct the shared header declares', () => {
+    expect(declaredStructs(readFileSync(HEADER, 'utf8')).sort()).toEqual(['pod_info', 'pod_key', 'ztunnel_info']);
+  });
+
+  it('refuse a declared struct missing from BTF, and bitfields', () => {
+    const btf = {
+      types: [
+        { id: 1, kind: 'INT', name: 'u32', size: 4 },
+        { id: 2, kind: 'STRUCT', name: 'a', size: 4, members: [{ name: 'x', type_id: 1, bits_offset: 0, bitfield_size: 3 }] },
+      ],
+    };
+    expect(() => layoutsFromBtf(btf, ['b'])).toThrow(/struct b .*absent/);
+    expect(() => layoutsFromBtf(btf, ['a'])).toThrow(/bitfields/);
+  });
+
+  it('resolve typedefs and arrays to their sizes', () => {
+    const btf = {
+      types: [
+        { id: 1, kind: 'INT', name: 'unsigned char', size: 1 },
+        { id: 2, kind: 'TYPEDEF', name: '__u8', type_id: 1 },
+        { id: 3, kind: 'ARRAY', type_id: 2, nr_elems: 6 },
+        { id: 4, kind: 'STRUCT', name: 's', size: 8, members: [{ name: 'mac', type_id: 3, bits_offset: 16 }] },
+      ],
+    };
+    expect(layoutsFromBtf(btf, ['s'])).toEqual({ s: { size: 8, fields: { mac: { offset: 2, size: 6 } } } });
+  });
+});
