@@ -19,8 +19,13 @@ build/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
 
-ts: node_modules/.package-lock.json
+TS_SRC := $(shell find src -name '*.ts')
+
+ts: dist/.built
+
+dist/.built: $(TS_SRC) tsconfig.json node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
+	@touch $@
 
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

@@ -1,4 +1,5 @@
 /** `ambient-redirect demo`: the data path end to end on a simulated node of this machine. */
+import { rmSync } from 'node:fs';
 import { parseFlags } from '../config.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor, renderTable, runStaticScenario, verdict } from '../sim/scenario.js';
@@ -51,5 +52,7 @@ export async function demoCommand(argv: string[]): Promise<number> {
   } finally {
     say('tearing down the simulated node');
     await sim.teardown();
+    // An interrupted scenario may still be unwinding: its pins go with the node.
+    rmSync(pinRootFor(sim), { recursive: true, force: true });
   }
 }
