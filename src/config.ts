@@ -15,7 +15,7 @@ export class ConfigError extends Error {
   }
 }
 
-export type Mode = 'ebpf' | 'auto';
+export type Mode = 'ebpf' | 'iptables' | 'auto';
 export type VariantChoice = 'auto' | 'redirect' | 'redirect_peer';
 
 export interface RunConfig {
@@ -41,7 +41,7 @@ interface FlagSpec {
 
 export const RUN_FLAGS: Record<string, FlagSpec> = {
   'node-name': { env: 'NODE_NAME', help: 'this node’s name', default: '' },
-  mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | auto (iptables is not built yet)', default: 'auto' },
+  mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
   'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins (ambient-redirect/v1/ under it)', default: '/sys/fs/bpf' },
   object: { env: 'BPF_OBJECT', help: 'compiled BPF object', default: DEFAULT_OBJECT },
   'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP (required until ztunnel is discovered from Kubernetes)' },
@@ -99,7 +99,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   if (!isIP(ztunnelIp)) throw new ConfigError(`--ztunnel-ip: "${ztunnelIp}" is not an IP address`);
   const resync = Number(v['resync-interval']);
   if (!Number.isFinite(resync) || resync < 1 || resync > 3600) throw new ConfigError(`--resync-interval: "${v['resync-interval']}" is not a number of seconds in 1..3600`);
-  const mode = v.mode === 'iptables' ? (() => { throw new ConfigError('--mode iptables: the iptables fallback is not built yet; use ebpf or auto'); })() : oneOf('mode', v.mode!, ['ebpf', 'auto'] as const);
+  const mode = oneOf('mode', v.mode!, ['ebpf', 'iptables', 'auto'] as const);
   return Object.freeze({
     nodeName: v['node-name'] || (env.HOSTNAME ?? ''),
     mode,

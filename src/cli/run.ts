@@ -3,7 +3,8 @@ import { ConfigError, parseRunConfig, RUN_FLAGS, usageOf } from '../config.js';
 import { Controller, staticMembership } from '../controller/controller.js';
 import { systemRunner } from '../host/runner.js';
 import { createLogger } from '../log.js';
-import { EbpfRedirect } from '../redirect/ebpf.js';
+import { createRedirectMode, resolveMode } from '../redirect/factory.js';
+import type { RedirectMode } from '../redirect/mode.js';
 import { errorMessage } from './errors.js';
 
 export const runUsage = `usage: ambient-redirect run [flags]
@@ -23,13 +24,15 @@ export async function runCommand(argv: string[]): Promise<number> {
   }
   const cfg = parseRunConfig(argv, process.env);
   const log = createLogger(cfg.logLevel);
-  const mode = new EbpfRedirect({
-    objectPath: cfg.objectPath,
-    pinRoot: cfg.pinRoot,
-    log,
-    ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
-  });
+  let mode: RedirectMode;
   try {
+    mode = createRedirectMode(resolveMode(cfg.mode), {
+      objectPath: cfg.objectPath,
+      pinRoot: cfg.pinRoot,
+      runner: systemRunner,
+      log,
+      ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
+    });
     await mode.init();
   } catch (err) {
     log.error('cannot start the data path', { error: errorMessage(err) });

@@ -1,7 +1,7 @@
 /** `ambient-redirect uninstall`: removes what we installed on this node, and nothing else. */
 import { parseFlags } from '../config.js';
 import { systemRunner } from '../host/runner.js';
-import { uninstallEbpf } from '../redirect/ebpf.js';
+import { uninstallAll } from '../redirect/factory.js';
 
 const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
 
@@ -19,13 +19,8 @@ export async function uninstallCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const pinRoot = (values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf';
-  const report = await uninstallEbpf(pinRoot, systemRunner);
-  if (values.json) process.stdout.write(JSON.stringify(report) + '\n');
-  else {
-    for (const d of report.detached) process.stdout.write(`detached ${d.direction} filter from ${d.name}\n`);
-    for (const q of report.qdiscsRemoved) process.stdout.write(`removed clsact qdisc from ${q}\n`);
-    for (const p of report.pinsRemoved) process.stdout.write(`unpinned ${p}\n`);
-    if (report.detached.length + report.pinsRemoved.length === 0) process.stdout.write('nothing of ours was installed\n');
-  }
+  const removed = await uninstallAll({ pinRoot, runner: systemRunner });
+  if (values.json) process.stdout.write(JSON.stringify({ removed }) + '\n');
+  else process.stdout.write(removed.length ? removed.map((l) => `${l}\n`).join('') : 'nothing of ours was installed\n');
   return 0;
 }

@@ -11,6 +11,8 @@ export interface ZtunnelPlacement {
   hostLink: Link;
   /** ztunnel's eth0 inside its netns. */
   peer: Link;
+  /** ztunnel's netns, by its name under /var/run/netns. */
+  netns: string;
 }
 
 export interface Desired {
@@ -18,6 +20,8 @@ export interface Desired {
   pods: Map<string, PodInfo>;
   /** The ztunnel slot, or null when there is no ztunnel (the programs then fail closed). */
   ztunnel: ZtunnelInfo | null;
+  /** Where ztunnel is (for modes that configure its netns), or null. */
+  ztunnelPlacement: ZtunnelPlacement | null;
   /** Host veths that carry our capture program (TC ingress). */
   hooks: Set<number>;
   /** Enrolled pods the node cannot place yet (no route to their IP): retried next pass. */
@@ -41,7 +45,7 @@ export function desiredState(enrolled: Iterable<string>, net: HostNet, ztunnel: 
     pods.set(ip, { ifindex: link.ifindex, mac: '00:00:00:00:00:00', flags: PodFlags.ENROLLED });
     hooks.add(link.ifindex);
   }
-  return { pods, ztunnel: ztunnel ? ztunnelInfo(ztunnel) : null, hooks, unplaced };
+  return { pods, ztunnel: ztunnel ? ztunnelInfo(ztunnel) : null, ztunnelPlacement: ztunnel, hooks, unplaced };
 }
 
 export interface PodDiff {

@@ -24,5 +24,5 @@ export async function placeZtunnelByIp(ip: string, net: HostNet, runner: Command
   if (!netns) throw new ZtunnelNotFound(`ztunnel's netns (id ${hostLink.peerNetnsId}) has no name under /var/run/netns`);
   const peer = (await readLinksIn(runner, netns)).get(hostLink.peerIfindex);
   if (!peer) throw new ZtunnelNotFound(`ztunnel's eth0 (ifindex ${hostLink.peerIfindex}) not found in netns ${netns}`);
-  return { hostLink, peer };
+  return { hostLink, peer, netns };
 }

@@ -28,6 +28,8 @@ export interface ScenarioOptions {
   /** bpffs folder for this run's pins (created, and removed at the end). */
   pinRoot: string;
   variant?: 'redirect' | 'redirect_peer';
+  /** Capture mode passed to `run --mode` (default: the controller's own default). */
+  mode?: 'ebpf' | 'iptables' | 'auto';
   progress?: (line: string) => void;
   /** Called with the data path still installed, after the traffic: for tests' oracles. */
   beforeUninstall?: () => Promise<void>;
@@ -60,6 +62,7 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
       '--ztunnel-ip', sim.ztunnel.ip,
       '--enroll', enrolledIps.join(','),
       ...(opts.variant ? ['--variant', opts.variant] : []),
+      ...(opts.mode ? ['--mode', opts.mode] : []),
     ]);
     await controller.waitFor('programmed');
 

@@ -14,7 +14,6 @@ describe('run configuration', () => {
     [[], /ztunnel-ip.*required/],
     [['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.1,nope'], /enroll.*"nope"/],
     [['--ztunnel-ip', '10.0.0.2', '--mode', 'bogus'], /mode.*not one of/],
-    [['--ztunnel-ip', '10.0.0.2', '--mode', 'iptables'], /not built yet/],
     [['--ztunnel-ip', '10.0.0.2', '--resync-interval', '0'], /resync-interval/],
     [['--ztunnel-ip', '10.0.0.2', '--what'], /Unknown option/],
     [['--ztunnel-ip', '10.0.0.2', '--log-level', 'loud'], /log-level/],

@@ -19,7 +19,7 @@ function net(): HostNet {
 }
 
 describe('desired state', () => {
-  const zt = { hostLink: link(7, 'vzt'), peer: link(2, 'eth0', { mac: '0a:00:00:00:00:02' }) };
+  const zt = { hostLink: link(7, 'vzt'), peer: link(2, 'eth0', { mac: '0a:00:00:00:00:02' }), netns: 'zt' };
 
   it('programs each enrolled pod on the veth its route names', () => {
     const d = desiredState(['10.0.0.10'], net(), zt);
