@@ -1,0 +1,65 @@
+/**
+ * The kernel facts mode selection needs: the release (`os.release()`), libbpf's feature
+ * probes, and whether a Geneve driver exists. Read-only: nothing is created to find out.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { release as osRelease } from 'node:os';
+import { gunzipSync } from 'node:zlib';
+import type { BpfProbes, KernelFacts } from '../redirect/select.js';
+
+/** Helper ids from linux/bpf.h's __BPF_FUNC_MAPPER. */
+export const BPF_FUNC = { redirect: 23, sk_lookup_tcp: 84, sk_assign: 124, redirect_peer: 155 } as const;
+
+/** Runs libbpf's probes; loaded lazily so that a node without libbpf still gets facts. */
+async function probeBpf(): Promise<BpfProbes> {
+  const { BPF_PROG_TYPE_SCHED_CLS, probeHelper, probeProgType } = await import('../bpf/ffi.js');
+  const helper = (id: number) => probeHelper(BPF_PROG_TYPE_SCHED_CLS, id);
+  return {
+    schedCls: probeProgType(BPF_PROG_TYPE_SCHED_CLS),
+    redirect: helper(BPF_FUNC.redirect),
+    skLookupTcp: helper(BPF_FUNC.sk_lookup_tcp),
+    skAssign: helper(BPF_FUNC.sk_assign),
+    redirectPeer: helper(BPF_FUNC.redirect_peer),
+  };
+}
+
+/** CONFIG_GENEVE from a kernel config text: y, m, or undefined when not set. */
+export function configValue(config: string, name: string): string | undefined {
+  const m = new RegExp(`^${name}=(\\S+)$`, 'm').exec(config);
+  return m?.[1];
+}
+
+function readKernelConfig(release: string): string | null {
+  try {
+    if (existsSync('/proc/config.gz')) return gunzipSync(readFileSync('/proc/config.gz')).toString('utf8');
+    const boot = `/boot/config-${release}`;
+    if (existsSync(boot)) return readFileSync(boot, 'utf8');
+  } catch {
+    // Unreadable: we cannot tell.
+  }
+  return null;
+}
+
+/**
+ * Geneve is usable when the driver is loaded, built in, or a module the kernel can load.
+ * null when the kernel's config is not readable and the driver is not loaded.
+ */
+export function geneveAvailable(release: string): boolean | null {
+  if (existsSync('/sys/module/geneve')) return true;
+  const config = readKernelConfig(release);
+  if (config === null) return null;
+  const v = configValue(config, 'CONFIG_GENEVE');
+  if (v === 'y') return true;
+  if (v === 'm') return configValue(config, 'CONFIG_MODULES') === 'y' && existsSync('/proc/modules');
+  return false;
+}
+
+export async function gatherKernelFacts(): Promise<KernelFacts> {
+  const release = osRelease();
+  const geneve = geneveAvailable(release);
+  try {
+    return { release, probes: await probeBpf(), geneve };
+  } catch (err) {
+    return { release, probes: null, probeError: err instanceof Error ? err.message : String(err), geneve };
+  }
+}
