@@ -1,12 +1,13 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Layouts shared by the BPF programs and the controller.
+ * Layouts and constants shared by the BPF programs and the controller.
  *
  * The controller never copies these structs by hand: src/bpf/layout.generated.ts is
  * generated from the compiled object's BTF (`make layout`), and a test fails when the two
  * disagree. Every byte is named; the comment on each field gives its byte order.
  *
  * No SEC(), helpers or map definitions here: this header is plain data.
+ * docs/datapath.md is the verdict spec the programs implement.
  */
 #ifndef AMBIENT_REDIRECT_H
 #define AMBIENT_REDIRECT_H
@@ -16,35 +17,58 @@
 #ifndef MAX_PODS
 #define MAX_PODS 65536
 #endif
+#ifndef MAX_HOST_ADDRS
+#define MAX_HOST_ADDRS 64
+#endif
+/* IPv6 extension headers walked before giving up (no loops on 4.20: unrolled). */
+#ifndef MAX_IPV6_EXT
+#define MAX_IPV6_EXT 4
+#endif
 
 /* The one slot of the ztunnel map. */
 #define ZTUNNEL_SLOT 0
 
-/* Pod ports ztunnel listens on inside its netns. */
+/* Ports ztunnel listens on inside its netns. */
 #define ZTUNNEL_PORT_OUTBOUND 15001
 #define ZTUNNEL_PORT_INBOUND 15006
 #define ZTUNNEL_PORT_HBONE 15008
 #define ZTUNNEL_PORT_DNS 15053
 
+/*
+ * Marks the ztunnel-side program sets on what it delivers (inside ztunnel's netns). Every
+ * one has ZT_MARK_LOCAL, which policy routing turns into local delivery; the class bits
+ * pick the TPROXY port where sockets are not assigned by BPF.
+ */
+#define ZT_MARK_MASK 0x0f00
+#define ZT_MARK_LOCAL 0x0800     /* deliver locally: ICMP errors for ztunnel's sockets */
+#define ZT_MARK_OUTBOUND 0x0900  /* -> 15001 */
+#define ZT_MARK_INBOUND 0x0a00   /* -> 15006 */
+#define ZT_MARK_HBONE 0x0b00     /* -> 15008 */
+#define ZT_MARK_DNS 0x0c00       /* -> 15053 */
+
 enum pod_flags {
-	POD_F_ENROLLED = 1 << 0, /* capture this pod's traffic */
+	POD_F_ENROLLED = 1 << 0, /* capture this pod; clear: the pod's traffic passes */
 };
 
 enum ztunnel_flags {
-	ZT_F_PRESENT = 1 << 0,     /* the slot describes a live ztunnel */
-	ZT_F_DNS_CAPTURE = 1 << 1, /* redirect DNS (port 53) to ztunnel too */
+	ZT_F_PRESENT = 1 << 0,     /* the slot describes a live ztunnel; clear: fail closed */
+	ZT_F_DNS_CAPTURE = 1 << 1, /* UDP port 53 goes to ztunnel too */
 };
 
-/* Key of the pods map: the pod's IP. */
-struct pod_key {
+enum host_flags {
+	HOST_F_BYPASS = 1 << 0, /* traffic between pods and this address passes (probes) */
+};
+
+/* Key of the pods and host_addrs maps: an IP address. */
+struct addr_key {
 	__u8 addr[16]; /* network order; IPv4 as the mapped address ::ffff:a.b.c.d */
 };
 
 /* Value of the pods map. */
 struct pod_info {
-	__u32 ifindex; /* host-side veth of the pod, host order; traffic from the pod must
-			* arrive on it (anti-spoofing) */
-	__u8 mac[6];   /* the pod's eth0 MAC, wire order */
+	__u32 ifindex; /* host-side veth of the pod, host order; the pod's traffic must
+			* arrive on it and its inbound traffic leave through it */
+	__u8 mac[6];   /* the pod's eth0 MAC, wire order (0 when unknown) */
 	__u16 flags;   /* enum pod_flags, host order */
 };
 
@@ -55,6 +79,21 @@ struct ztunnel_info {
 	__u8 mac[6];        /* ztunnel's eth0 MAC, wire order: the rewritten dst MAC */
 	__u16 flags;        /* enum ztunnel_flags, host order */
 	__u64 netns_cookie; /* ztunnel's netns cookie, host order; 0 = unknown */
+};
+
+/* Value of the host_addrs map. */
+struct host_info {
+	__u32 flags; /* enum host_flags, host order */
+};
+
+/* Value of the per-CPU counters map, keyed by the pod's host veth ifindex (__u32). */
+struct pod_counters {
+	__u64 redirected_packets; /* host order, all of them */
+	__u64 redirected_bytes;
+	__u64 dropped_packets;
+	__u64 dropped_bytes;
+	__u64 passed_packets;
+	__u64 passed_bytes;
 };
 
 #endif /* AMBIENT_REDIRECT_H */

@@ -4,14 +4,29 @@
  * byte orders are the ones the shared header documents field by field.
  */
 import { isIP } from 'node:net';
-import { layouts } from './layout.generated.js';
+import { constants, layouts } from './layout.generated.js';
 
 type Layout = { readonly size: number; readonly fields: Readonly<Record<string, { readonly offset: number; readonly size: number }>> };
 
-/** Flags of pod_info, from enum pod_flags. */
-export const PodFlags = { ENROLLED: 1 << 0 } as const;
-/** Flags of ztunnel_info, from enum ztunnel_flags. */
-export const ZtunnelFlags = { PRESENT: 1 << 0, DNS_CAPTURE: 1 << 1 } as const;
+/** Flags of pod_info (enum pod_flags). */
+export const PodFlags = { ENROLLED: constants.POD_F_ENROLLED } as const;
+/** Flags of ztunnel_info (enum ztunnel_flags). */
+export const ZtunnelFlags = { PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE } as const;
+/** Flags of host_info (enum host_flags). */
+export const HostFlags = { BYPASS: constants.HOST_F_BYPASS } as const;
+
+export interface HostInfo {
+  flags: number;
+}
+
+export interface PodCounters {
+  redirectedPackets: bigint;
+  redirectedBytes: bigint;
+  droppedPackets: bigint;
+  droppedBytes: bigint;
+  passedPackets: bigint;
+  passedBytes: bigint;
+}
 
 export interface PodInfo {
   ifindex: number;
@@ -119,21 +134,36 @@ function u16(value: number, what: string): number {
   return value;
 }
 
-// --- pods map ----------------------------------------------------------------------------
+// --- keys ------------------------------------------------------------------------------
 
-export const POD_KEY_SIZE = layouts.pod_key.size;
-export const POD_INFO_SIZE = layouts.pod_info.size;
+/** Key of the pods and host_addrs maps. */
+export const ADDR_KEY_SIZE = layouts.addr_key.size;
 
-export function encodePodKey(ip: string): Buffer {
-  const key = Buffer.alloc(POD_KEY_SIZE);
-  encodeAddr(ip).copy(key, field(layouts.pod_key, 'addr').offset);
+export function encodeAddrKey(ip: string): Buffer {
+  const key = Buffer.alloc(ADDR_KEY_SIZE);
+  encodeAddr(ip).copy(key, field(layouts.addr_key, 'addr').offset);
   return key;
 }
 
-export function decodePodKey(buf: Buffer): string {
-  const f = field(layouts.pod_key, 'addr');
+export function decodeAddrKey(buf: Buffer): string {
+  const f = field(layouts.addr_key, 'addr');
   return decodeAddr(buf.subarray(f.offset, f.offset + f.size));
 }
+
+/** Key of the counters map and of array slots: a host-order u32. */
+export function encodeU32Key(n: number): Buffer {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(u32(n, 'key'));
+  return key;
+}
+
+export function decodeU32Key(buf: Buffer): number {
+  return buf.readUInt32LE(0);
+}
+
+// --- pods map ----------------------------------------------------------------------------
+
+export const POD_INFO_SIZE = layouts.pod_info.size;
 
 export function encodePodInfo(v: PodInfo): Buffer {
   const l = layouts.pod_info;
@@ -159,11 +189,7 @@ export function decodePodInfo(buf: Buffer): PodInfo {
 export const ZTUNNEL_SLOT = 0;
 export const ZTUNNEL_INFO_SIZE = layouts.ztunnel_info.size;
 
-export function encodeSlot(slot: number): Buffer {
-  const key = Buffer.alloc(4);
-  key.writeUInt32LE(u32(slot, 'slot'));
-  return key;
-}
+export const encodeSlot = encodeU32Key;
 
 export function encodeZtunnelInfo(v: ZtunnelInfo): Buffer {
   const l = layouts.ztunnel_info;
@@ -186,4 +212,60 @@ export function decodeZtunnelInfo(buf: Buffer): ZtunnelInfo {
     flags: buf.readUInt16LE(field(l, 'flags').offset),
     netnsCookie: buf.readBigUInt64LE(field(l, 'netns_cookie').offset),
   };
+}
+
+// --- host_addrs map ----------------------------------------------------------------------
+
+export const HOST_INFO_SIZE = layouts.host_info.size;
+
+export function encodeHostInfo(v: HostInfo): Buffer {
+  const buf = Buffer.alloc(HOST_INFO_SIZE);
+  buf.writeUInt32LE(u32(v.flags, 'flags'), field(layouts.host_info, 'flags').offset);
+  return buf;
+}
+
+export function decodeHostInfo(buf: Buffer): HostInfo {
+  return { flags: buf.readUInt32LE(field(layouts.host_info, 'flags').offset) };
+}
+
+// --- counters map (per CPU) ----------------------------------------------------------------
+
+export const POD_COUNTERS_SIZE = layouts.pod_counters.size;
+
+const counterFields = {
+  redirectedPackets: 'redirected_packets',
+  redirectedBytes: 'redirected_bytes',
+  droppedPackets: 'dropped_packets',
+  droppedBytes: 'dropped_bytes',
+  passedPackets: 'passed_packets',
+  passedBytes: 'passed_bytes',
+} as const satisfies Record<keyof PodCounters, keyof typeof layouts.pod_counters.fields>;
+
+export function zeroCounters(): PodCounters {
+  return { redirectedPackets: 0n, redirectedBytes: 0n, droppedPackets: 0n, droppedBytes: 0n, passedPackets: 0n, passedBytes: 0n };
+}
+
+/**
+ * Sums a per-CPU value as the kernel returns it: one struct per possible CPU, each
+ * rounded up to 8 bytes.
+ */
+export function decodePodCountersPerCpu(buf: Buffer): PodCounters {
+  const stride = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
+  if (buf.length % stride !== 0) throw new CodecError(`per-CPU counters: ${buf.length} bytes is not a multiple of ${stride}`);
+  const sum = zeroCounters();
+  for (let cpu = 0; cpu < buf.length; cpu += stride) {
+    for (const [k, f] of Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]) {
+      sum[k] += buf.readBigUInt64LE(cpu + layouts.pod_counters.fields[f].offset);
+    }
+  }
+  return sum;
+}
+
+/** Encodes one CPU's value (for tests and for zeroing an entry on every CPU). */
+export function encodePodCounters(v: PodCounters): Buffer {
+  const buf = Buffer.alloc(POD_COUNTERS_SIZE);
+  for (const [k, f] of Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]) {
+    buf.writeBigUInt64LE(v[k], layouts.pod_counters.fields[f].offset);
+  }
+  return buf;
 }

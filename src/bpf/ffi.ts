@@ -46,6 +46,25 @@ koffi.struct('bpf_tc_opts', {
   priority: 'uint32_t',
 });
 const TC_HOOK_SIZE = koffi.sizeof('bpf_tc_hook');
+
+koffi.struct('bpf_test_run_opts', {
+  sz: 'size_t',
+  data_in: 'const void *',
+  data_out: 'void *',
+  data_size_in: 'uint32_t',
+  data_size_out: 'uint32_t',
+  ctx_in: 'const void *',
+  ctx_out: 'void *',
+  ctx_size_in: 'uint32_t',
+  ctx_size_out: 'uint32_t',
+  retval: 'uint32_t',
+  repeat: 'int',
+  duration: 'uint32_t',
+  flags: 'uint32_t',
+  cpu: 'uint32_t',
+  batch_size: 'uint32_t',
+});
+const TEST_RUN_OPTS_SIZE = koffi.sizeof('bpf_test_run_opts');
 const TC_OPTS_SIZE = koffi.sizeof('bpf_tc_opts');
 
 const c = {
@@ -70,6 +89,8 @@ const c = {
   bpf_map__key_size: bpf.func('uint32_t bpf_map__key_size(bpf_map *map)'),
   bpf_map__value_size: bpf.func('uint32_t bpf_map__value_size(bpf_map *map)'),
   bpf_map__max_entries: bpf.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
+  bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)'),
+  libbpf_num_possible_cpus: bpf.func('int libbpf_num_possible_cpus(void)'),
   bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
   bpf_map__unpin: bpf.func('int bpf_map__unpin(bpf_map *map, const char *path)'),
 
@@ -85,12 +106,14 @@ const c = {
   bpf_tc_attach: bpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
   bpf_tc_detach: bpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
   bpf_tc_query: bpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
 
   close: libc.func('int close(int fd)'),
   socket: libc.func('int socket(int domain, int type, int protocol)'),
   setsockopt: libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
   bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
   listen: libc.func('int listen(int fd, int backlog)'),
+  setns: libc.func('int setns(int fd, int nstype)'),
 };
 
 // libbpf prints warnings to stderr by default; the controller reports through its own
@@ -190,12 +213,20 @@ export function mapFd(map: MapPtr, name: string): number {
   return checkInt('bpf_map__fd', name, c.bpf_map__fd(map));
 }
 
-export function mapInfo(map: MapPtr): { keySize: number; valueSize: number; maxEntries: number } {
+const PERCPU_MAP_TYPES = new Set([5 /* PERCPU_HASH */, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */]);
+
+export function mapInfo(map: MapPtr): { keySize: number; valueSize: number; maxEntries: number; perCpu: boolean } {
   return {
     keySize: c.bpf_map__key_size(map),
     valueSize: c.bpf_map__value_size(map),
     maxEntries: c.bpf_map__max_entries(map),
+    perCpu: PERCPU_MAP_TYPES.has(c.bpf_map__type(map) as number),
   };
+}
+
+/** CPUs a per-CPU map holds a value for. */
+export function numPossibleCpus(): number {
+  return checkInt('libbpf_num_possible_cpus', 'cpus', c.libbpf_num_possible_cpus());
 }
 
 export function mapSetPinPath(map: MapPtr, name: string, path: string | null): void {
@@ -295,6 +326,62 @@ export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcF
   if (ret === -2 /* ENOENT */) return null;
   checkInt('bpf_tc_query', describeHook(ifindex, attachPoint), ret);
   return opts.prog_id;
+}
+
+// --- BPF_PROG_RUN ------------------------------------------------------------------------
+
+export interface TestRunIn {
+  dataIn: Buffer;
+  /** Room for the program's output frame (the kernel fails with ENOSPC when too small). */
+  dataOut: Buffer;
+  ctxIn: Buffer | null;
+  ctxOut: Buffer | null;
+  repeat: number;
+}
+
+export interface TestRunOut {
+  retval: number;
+  dataSizeOut: number;
+  ctxSizeOut: number;
+  /** Average per repetition, ns. */
+  duration: number;
+}
+
+/**
+ * Runs a loaded program once (or `repeat` times) on a frame, in the calling thread's
+ * network namespace. Returns -errno instead of throwing when the kernel refuses the input,
+ * so that callers can tell an input the kernel will not run from a broken call.
+ */
+export function progTestRun(progFd: number, input: TestRunIn): TestRunOut | { errno: number } {
+  const opts = {
+    sz: TEST_RUN_OPTS_SIZE,
+    data_in: input.dataIn,
+    data_out: input.dataOut,
+    data_size_in: input.dataIn.length,
+    data_size_out: input.dataOut.length,
+    ctx_in: input.ctxIn,
+    ctx_out: input.ctxOut,
+    ctx_size_in: input.ctxIn?.length ?? 0,
+    ctx_size_out: input.ctxOut?.length ?? 0,
+    retval: 0,
+    repeat: input.repeat,
+    duration: 0,
+    flags: 0,
+    cpu: 0,
+    batch_size: 0,
+  };
+  const ret = c.bpf_prog_test_run_opts(progFd, opts) as number;
+  if (ret < 0) return { errno: -ret };
+  return { retval: opts.retval, dataSizeOut: opts.data_size_out, ctxSizeOut: opts.ctx_size_out, duration: opts.duration };
+}
+
+// --- network namespaces ------------------------------------------------------------------
+
+const CLONE_NEWNET = 0x40000000;
+
+/** Moves the calling thread into the network namespace open at `fd` (setns(2)). */
+export function setNetns(fd: number, what: string): void {
+  if (c.setns(fd, CLONE_NEWNET) < 0) throw new BpfError('setns', what, errno());
 }
 
 // --- probes ------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 // test/unit/layout.test.ts fails when this file and the compiled object disagree.
 
 export const layouts = {
-  pod_key: {
+  addr_key: {
     size: 16,
     fields: {
       addr: { offset: 0, size: 16 },
@@ -27,4 +27,43 @@ export const layouts = {
       netns_cookie: { offset: 16, size: 8 },
     },
   },
+  host_info: {
+    size: 4,
+    fields: {
+      flags: { offset: 0, size: 4 },
+    },
+  },
+  pod_counters: {
+    size: 48,
+    fields: {
+      redirected_packets: { offset: 0, size: 8 },
+      redirected_bytes: { offset: 8, size: 8 },
+      dropped_packets: { offset: 16, size: 8 },
+      dropped_bytes: { offset: 24, size: 8 },
+      passed_packets: { offset: 32, size: 8 },
+      passed_bytes: { offset: 40, size: 8 },
+    },
+  },
+} as const;
+
+/** Constants of the shared header (#defines and enum members). */
+export const constants = {
+  MAX_PODS: 65536,
+  MAX_HOST_ADDRS: 64,
+  MAX_IPV6_EXT: 4,
+  ZTUNNEL_SLOT: 0,
+  ZTUNNEL_PORT_OUTBOUND: 15001,
+  ZTUNNEL_PORT_INBOUND: 15006,
+  ZTUNNEL_PORT_HBONE: 15008,
+  ZTUNNEL_PORT_DNS: 15053,
+  ZT_MARK_MASK: 0xf00,
+  ZT_MARK_LOCAL: 0x800,
+  ZT_MARK_OUTBOUND: 0x900,
+  ZT_MARK_INBOUND: 0xa00,
+  ZT_MARK_HBONE: 0xb00,
+  ZT_MARK_DNS: 0xc00,
+  POD_F_ENROLLED: 1,
+  ZT_F_PRESENT: 1,
+  ZT_F_DNS_CAPTURE: 2,
+  HOST_F_BYPASS: 1,
 } as const;

@@ -6,27 +6,39 @@
 import * as ffi from './ffi.js';
 import { BpfError, isNotFound } from './errors.js';
 
+export interface MapSizes {
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** Per-CPU maps read and write one value per possible CPU, each rounded up to 8 bytes. */
+  perCpu?: boolean;
+}
+
 export class BpfMap {
   readonly name: string;
   readonly fd: number;
   readonly keySize: number;
+  /** The size of one value, as the C struct is. */
   readonly valueSize: number;
   readonly maxEntries: number;
+  /** The size of what lookup returns and update takes (all CPUs for per-CPU maps). */
+  readonly bufferSize: number;
   /** Whether close() must close the fd (maps opened from a pin own it; an object's maps don't). */
   private readonly ownsFd: boolean;
   private closed = false;
 
-  constructor(name: string, fd: number, sizes: { keySize: number; valueSize: number; maxEntries: number }, ownsFd: boolean) {
+  constructor(name: string, fd: number, sizes: MapSizes, ownsFd: boolean) {
     this.name = name;
     this.fd = fd;
     this.keySize = sizes.keySize;
     this.valueSize = sizes.valueSize;
     this.maxEntries = sizes.maxEntries;
+    this.bufferSize = sizes.perCpu ? Math.ceil(sizes.valueSize / 8) * 8 * ffi.numPossibleCpus() : sizes.valueSize;
     this.ownsFd = ownsFd;
   }
 
   /** Opens a pinned map; the caller states the sizes it expects (from the generated layout). */
-  static openPinned(path: string, name: string, sizes: { keySize: number; valueSize: number; maxEntries: number }): BpfMap {
+  static openPinned(path: string, name: string, sizes: MapSizes): BpfMap {
     return new BpfMap(name, ffi.objGet(path), sizes, true);
   }
 
@@ -36,13 +48,13 @@ export class BpfMap {
 
   update(key: Buffer, value: Buffer, flags: number = ffi.UpdateFlags.ANY): void {
     this.checkSize('key', key, this.keySize);
-    this.checkSize('value', value, this.valueSize);
+    this.checkSize('value', value, this.bufferSize);
     ffi.mapUpdateElem(this.fd, this.name, key, value, flags);
   }
 
   lookup(key: Buffer): Buffer | null {
     this.checkSize('key', key, this.keySize);
-    const value = Buffer.alloc(this.valueSize);
+    const value = Buffer.alloc(this.bufferSize);
     return ffi.mapLookupElem(this.fd, this.name, key, value) ? value : null;
   }
 

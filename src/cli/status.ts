@@ -25,7 +25,7 @@ export function readStatus(pinRoot: string): Status {
   const dir = pinDir(pinRoot);
   const podsPin = join(dir, 'pods');
   if (!existsSync(podsPin)) return { pinDir: dir, installed: false, ztunnel: null, pods: [] };
-  const pods = BpfMap.openPinned(podsPin, 'pods', { keySize: codec.POD_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: 0 });
+  const pods = BpfMap.openPinned(podsPin, 'pods', { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: 0 });
   const zt = BpfMap.openPinned(join(dir, 'ztunnel'), 'ztunnel', { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 });
   try {
     const slot = zt.lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
@@ -36,7 +36,7 @@ export function readStatus(pinRoot: string): Status {
       ztunnel: ztunnel && ztunnel.flags & codec.ZtunnelFlags.PRESENT ? ztunnel : null,
       pods: pods
         .entries()
-        .map(([k, v]) => ({ ip: codec.decodePodKey(k), ...codec.decodePodInfo(v) }))
+        .map(([k, v]) => ({ ip: codec.decodeAddrKey(k), ...codec.decodePodInfo(v) }))
         .map(({ ip, ifindex, flags }) => ({ ip, ifindex, flags }))
         .sort((a, b) => a.ip.localeCompare(b.ip)),
     };

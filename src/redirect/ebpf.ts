@@ -65,7 +65,7 @@ export class EbpfRedirect implements RedirectMode {
 
   async actual(candidateLinks: Iterable<number>): Promise<ActualState> {
     const pods = new Map<string, codec.PodInfo>();
-    for (const [k, v] of this.map('pods').entries()) pods.set(codec.decodePodKey(k), codec.decodePodInfo(v));
+    for (const [k, v] of this.map('pods').entries()) pods.set(codec.decodeAddrKey(k), codec.decodePodInfo(v));
     const slot = this.map('ztunnel').lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
     const zt = slot ? codec.decodeZtunnelInfo(slot) : null;
     const hooks = new Set<number>();
@@ -82,13 +82,13 @@ export class EbpfRedirect implements RedirectMode {
 
     const podDiff = diffPods(desired.pods, actual.pods);
     // Entries before hooks: a program attached to a veth finds its pod already there.
-    for (const [ip, info] of podDiff.upserts) pods.update(codec.encodePodKey(ip), codec.encodePodInfo(info));
+    for (const [ip, info] of podDiff.upserts) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(info));
 
     const hookDiff = diffHooks(desired.hooks, actual.hooks);
     const progFd = this.obj!.programFd(OUTBOUND_PROGRAM[this.variant]);
     for (const ifindex of hookDiff.attach) attachTc(ifindex, 'ingress', progFd);
     for (const ifindex of hookDiff.detach) detachTc(ifindex, 'ingress');
-    for (const ip of podDiff.deletes) pods.delete(codec.encodePodKey(ip));
+    for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
 
     return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: hookDiff.attach.length, detached: hookDiff.detach.length };
   }

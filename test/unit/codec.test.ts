@@ -38,8 +38,8 @@ describe('pods map', () => {
   });
 
   it('keys by address', () => {
-    expect(codec.encodePodKey('198.18.0.10')).toHaveLength(layouts.pod_key.size);
-    expect(codec.decodePodKey(codec.encodePodKey('2001:db8::7'))).toBe('2001:db8::7');
+    expect(codec.encodeAddrKey('198.18.0.10')).toHaveLength(layouts.addr_key.size);
+    expect(codec.decodeAddrKey(codec.encodeAddrKey('2001:db8::7'))).toBe('2001:db8::7');
   });
 
   it.each([

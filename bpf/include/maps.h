@@ -1,0 +1,42 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The maps every program shares, pinned by name under the pin folder. */
+#ifndef AMBIENT_REDIRECT_MAPS_H
+#define AMBIENT_REDIRECT_MAPS_H
+
+/* pods: ::ffff:198.18.0.10 -> { ifindex 12, mac 0a:58:c6:12:00:0a, flags ENROLLED } */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, struct addr_key);
+	__type(value, struct pod_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pods SEC(".maps");
+
+/* ztunnel: 0 -> { ifindex 7, peer_ifindex 2, mac 0a:58:c6:12:00:02, flags PRESENT } */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ztunnel_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ztunnel SEC(".maps");
+
+/* host_addrs: ::ffff:169.254.7.127 -> { flags BYPASS } */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_HOST_ADDRS);
+	__type(key, struct addr_key);
+	__type(value, struct host_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} host_addrs SEC(".maps");
+
+/* counters (per CPU): 12 -> { redirected 40/2960, dropped 1/60, passed 3/180 } */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u32);
+	__type(value, struct pod_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+#endif

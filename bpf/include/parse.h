@@ -1,0 +1,230 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Frame parsing shared by every program: one pass that records what docs/datapath.md's
+ * rows ask about, so each program decides in the spec's order from plain fields.
+ *
+ * Fixed headers are read with direct packet access; variable offsets (IPv4 options,
+ * IPv6 extension headers, L4) with bpf_skb_load_bytes, which also copes with non-linear
+ * skbs. Lengths are skb->len's, as the spec says.
+ */
+#ifndef AMBIENT_REDIRECT_PARSE_H
+#define AMBIENT_REDIRECT_PARSE_H
+
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+
+enum l3_kind {
+	L3_SHORT = 0,  /* not even an Ethernet header */
+	L3_ARP,
+	L3_VLAN,
+	L3_OTHER,      /* an ethertype we do not carry */
+	L3_BAD_IP,     /* IPv4/IPv6 whose fixed header is truncated or malformed */
+	L3_IPV4,
+	L3_IPV6,
+};
+
+enum l4_kind {
+	L4_OK = 0,     /* TCP/UDP/ICMP with its header in the frame (or a non-first fragment) */
+	L4_BAD_CHAIN,  /* IPv6: chain too long, truncated, or ending in another protocol */
+	L4_OTHER,      /* another IP protocol */
+	L4_TRUNCATED,  /* TCP/UDP/ICMP header cut short */
+};
+
+struct flow {
+	struct addr_key src;
+	struct addr_key dst;
+	__be32 src4, dst4;  /* IPv4 only, for socket lookups */
+	__u8 l3;            /* enum l3_kind */
+	__u8 l4;            /* enum l4_kind */
+	__u8 proto;         /* IPPROTO_TCP/UDP/ICMP/ICMPV6 or other */
+	__u8 nonfirst_frag; /* no L4 header to look at */
+	__be16 sport, dport; /* valid for TCP/UDP with L4_OK and !nonfirst_frag */
+	__u8 icmp_type;      /* valid for ICMP with L4_OK and !nonfirst_frag */
+	__u8 pad[3];
+	__u32 l4_off;        /* offset of the L4 header */
+};
+
+static __always_inline void addr_from_v4(struct addr_key *k, __be32 a)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->addr[10] = 0xff;
+	k->addr[11] = 0xff;
+	__builtin_memcpy(&k->addr[12], &a, sizeof(a));
+}
+
+/* ICMP of the frame's own family: ICMPv6 inside IPv4 is just another protocol. */
+static __always_inline int is_icmp(const struct flow *f)
+{
+	return f->l3 == L3_IPV4 ? f->proto == IPPROTO_ICMP : f->proto == IPPROTO_ICMPV6;
+}
+
+static __always_inline int ipv6_ext(__u8 nh)
+{
+	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
+}
+
+/* Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. */
+static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
+{
+	__u8 hdr[4];
+	__u32 need;
+
+	if (f->proto == IPPROTO_TCP)
+		need = 20;
+	else if (f->proto == IPPROTO_UDP || is_icmp(f))
+		need = 8;
+	else {
+		f->l4 = L4_OTHER;
+		return;
+	}
+	if (f->nonfirst_frag) {
+		f->l4 = L4_OK;
+		return;
+	}
+	if (f->l4_off + need > skb->len || bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) < 0) {
+		f->l4 = L4_TRUNCATED;
+		return;
+	}
+	f->l4 = L4_OK;
+	if (is_icmp(f)) {
+		f->icmp_type = hdr[0];
+	} else {
+		__builtin_memcpy(&f->sport, &hdr[0], 2);
+		__builtin_memcpy(&f->dport, &hdr[2], 2);
+	}
+}
+
+static __always_inline __u32 ipv6_hdr_len(__u8 type, __u8 hdrlen)
+{
+	return type == IPPROTO_AH ? ((__u32)hdrlen + 2) * 4 : ((__u32)hdrlen + 1) * 8;
+}
+
+static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < MAX_IPV6_EXT; i++) {
+		__u8 h[4];
+		__u32 len;
+
+		if (!ipv6_ext(nh))
+			break;
+		if (bpf_skb_load_bytes(skb, f->l4_off, h, 2) < 0) {
+			f->l4 = L4_BAD_CHAIN;
+			return;
+		}
+		len = nh == IPPROTO_FRAGMENT ? 8 : ipv6_hdr_len(nh, h[1]);
+		if (f->l4_off + len > skb->len) {
+			f->l4 = L4_BAD_CHAIN;
+			return;
+		}
+		if (nh == IPPROTO_FRAGMENT) {
+			__u16 off;
+
+			if (bpf_skb_load_bytes(skb, f->l4_off, h, 4) < 0) {
+				f->l4 = L4_BAD_CHAIN;
+				return;
+			}
+			off = ((__u16)h[2] << 8 | h[3]) & 0xfff8;
+			nh = h[0];
+			f->l4_off += len;
+			if (off) {
+				/* The rest is payload: the protocol is the fragment header's. */
+				f->nonfirst_frag = 1;
+				break;
+			}
+			continue;
+		}
+		nh = h[0];
+		f->l4_off += len;
+	}
+	f->proto = nh;
+	if (!f->nonfirst_frag && ipv6_ext(nh)) {
+		f->l4 = L4_BAD_CHAIN; /* longer than MAX_IPV6_EXT */
+		return;
+	}
+	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6) {
+		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
+		return;
+	}
+	parse_l4(skb, f);
+}
+
+static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u16 proto;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	if ((void *)(eth + 1) > data_end) {
+		f->l3 = L3_SHORT;
+		return;
+	}
+	proto = bpf_ntohs(eth->h_proto);
+	if (proto == ETH_P_ARP) {
+		f->l3 = L3_ARP;
+		return;
+	}
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+		f->l3 = L3_VLAN;
+		return;
+	}
+	if (proto == ETH_P_IP) {
+		struct iphdr *ip = (void *)(eth + 1);
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		ihl = ip->ihl * 4;
+		if (sizeof(*eth) + ihl > skb->len) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		f->l3 = L3_IPV4;
+		f->src4 = ip->saddr;
+		f->dst4 = ip->daddr;
+		addr_from_v4(&f->src, ip->saddr);
+		addr_from_v4(&f->dst, ip->daddr);
+		f->proto = ip->protocol;
+		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
+		f->l4_off = sizeof(*eth) + ihl;
+		parse_l4(skb, f);
+		return;
+	}
+	if (proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		f->l3 = L3_IPV6;
+		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
+		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
+		f->l4_off = sizeof(*eth) + sizeof(*ip6);
+		parse_ipv6_chain(skb, f, ip6->nexthdr);
+		return;
+	}
+	f->l3 = L3_OTHER;
+}
+
+/* fe80::/10 and ff02::/16: never forwarded by the host. */
+static __always_inline int ipv6_link_local(const struct addr_key *a)
+{
+	return (a->addr[0] == 0xfe && (a->addr[1] & 0xc0) == 0x80) ||
+	       (a->addr[0] == 0xff && a->addr[1] == 0x02);
+}
+
+#endif
