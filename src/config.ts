@@ -7,6 +7,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { LEVELS, type Level } from './log.js';
+import { parseSelector } from './controller/enrollment.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -18,14 +19,30 @@ export class ConfigError extends Error {
 export type Mode = 'ebpf' | 'iptables' | 'auto';
 export type VariantChoice = 'auto' | 'redirect' | 'redirect_peer';
 
+/** Where membership comes from: a static list, or the Kubernetes API. */
+export type MembershipSource =
+  | { readonly kind: 'static'; readonly enroll: readonly string[] }
+  | { readonly kind: 'kubernetes'; readonly kubeconfig: string /* '' = in-cluster */ };
+
 export interface RunConfig {
   readonly nodeName: string;
   readonly mode: Mode;
   readonly pinRoot: string;
   readonly objectPath: string;
-  readonly ztunnelIp: string;
+  /** ztunnel's IP when given: overrides discovery (required with static membership). */
+  readonly ztunnelIp: string | null;
+  /** Static membership (empty with Kubernetes). */
   readonly enroll: readonly string[];
+  readonly membership: MembershipSource;
+  readonly ztunnelNamespace: string;
+  readonly ztunnelSelector: Readonly<Record<string, string>>;
   readonly resyncSeconds: number;
+  readonly maxDeleteShare: number;
+  readonly backoffInitialMs: number;
+  readonly backoffMaxMs: number;
+  readonly watchStallSeconds: number;
+  /** host:port for /healthz and /readyz, or '' for none. */
+  readonly healthAddress: string;
   readonly variant: VariantChoice;
   readonly logLevel: Level;
 }
@@ -44,9 +61,17 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
   'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins (ambient-redirect/v1/ under it)', default: '/sys/fs/bpf' },
   object: { env: 'BPF_OBJECT', help: 'compiled BPF object', default: DEFAULT_OBJECT },
-  'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP (required until ztunnel is discovered from Kubernetes)' },
-  enroll: { env: 'ENROLL_IPS', help: 'static membership: comma-separated pod IPs to capture', default: '' },
-  'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes', default: '10' },
+  kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
+  'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
+  'ztunnel-selector': { env: 'ZTUNNEL_SELECTOR', help: 'labels of the ztunnel pods (k=v,...)', default: 'app=ztunnel' },
+  'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP: overrides discovery (required with --enroll)' },
+  enroll: { env: 'ENROLL_IPS', help: 'static membership instead of Kubernetes: comma-separated pod IPs' },
+  'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered)', default: '10' },
+  'max-delete-share': { env: 'MAX_DELETE_SHARE', help: 'share of entries one pass may delete without a confirming list', default: '0.5' },
+  'backoff-initial': { env: 'BACKOFF_INITIAL', help: 'seconds before the first retry of a failed watch', default: '0.8' },
+  'backoff-max': { env: 'BACKOFF_MAX', help: 'cap in seconds of the retry backoff', default: '30' },
+  'watch-stall-timeout': { env: 'WATCH_STALL_TIMEOUT', help: 'seconds of watch silence (no event, no bookmark) before a restart', default: '120' },
+  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /healthz and /readyz (default: none)' },
   variant: { env: 'REDIRECT_VARIANT', help: 'auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   'log-level': { env: 'LOG_LEVEL', help: 'debug | info | warn | error', default: 'info' },
 };
@@ -91,23 +116,64 @@ export function parseFlags(
   }
 }
 
+function numberIn(name: string, value: string, min: number, max: number, what: string): number {
+  const n = Number(value);
+  if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max) throw new ConfigError(`--${name}: "${value}" is not ${what} in ${min}..${max}`);
+  return n;
+}
+
+function hostPort(name: string, value: string): string {
+  const m = /^(.*):(\d{1,5})$/.exec(value);
+  const host = m?.[1]?.replace(/^\[(.*)\]$/, '$1') ?? '';
+  if (!m || Number(m[2]) > 65535 || (host !== '' && !isIP(host))) throw new ConfigError(`--${name}: "${value}" is not IP:PORT (or :PORT)`);
+  return value;
+}
+
 export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RunConfig {
   const { values } = parseFlags(argv, RUN_FLAGS);
   const v = resolve(values, env, RUN_FLAGS);
-  const ztunnelIp = v['ztunnel-ip'];
-  if (!ztunnelIp) throw new ConfigError('--ztunnel-ip (or $ZTUNNEL_IP) is required');
-  if (!isIP(ztunnelIp)) throw new ConfigError(`--ztunnel-ip: "${ztunnelIp}" is not an IP address`);
-  const resync = Number(v['resync-interval']);
-  if (!Number.isFinite(resync) || resync < 1 || resync > 3600) throw new ConfigError(`--resync-interval: "${v['resync-interval']}" is not a number of seconds in 1..3600`);
+  const ztunnelIp = v['ztunnel-ip'] ?? null;
+  if (ztunnelIp !== null && !isIP(ztunnelIp)) throw new ConfigError(`--ztunnel-ip: "${ztunnelIp}" is not an IP address`);
+  // --enroll given at all (even empty: nobody enrolled) means static membership.
+  const staticGiven = typeof values.enroll === 'string' || env.ENROLL_IPS !== undefined;
+  const enroll = Object.freeze(ipList('enroll', v.enroll ?? env.ENROLL_IPS ?? ''));
+  let membership: MembershipSource;
+  if (staticGiven) {
+    if (!ztunnelIp) throw new ConfigError('--ztunnel-ip (or $ZTUNNEL_IP) is required with --enroll');
+    membership = { kind: 'static', enroll };
+  } else if (v.kubeconfig || env.KUBERNETES_SERVICE_HOST) {
+    membership = { kind: 'kubernetes', kubeconfig: v.kubeconfig ?? '' };
+  } else {
+    throw new ConfigError('no membership source: give --kubeconfig (or $KUBECONFIG), run in-cluster ($KUBERNETES_SERVICE_HOST), or --enroll');
+  }
+  const nodeName = v['node-name'] ?? '';
+  if (membership.kind === 'kubernetes' && !nodeName) throw new ConfigError('--node-name (or $NODE_NAME) is required with Kubernetes membership');
+  let ztunnelSelector: Record<string, string>;
+  try {
+    ztunnelSelector = parseSelector(v['ztunnel-selector']!);
+  } catch (err) {
+    throw new ConfigError(`--ztunnel-selector: ${(err as Error).message}`);
+  }
+  const backoffInitial = numberIn('backoff-initial', v['backoff-initial']!, 0.01, 60, 'a number of seconds');
+  const backoffMax = numberIn('backoff-max', v['backoff-max']!, 0.1, 600, 'a number of seconds');
+  if (backoffMax < backoffInitial) throw new ConfigError(`--backoff-max: ${backoffMax} is below --backoff-initial ${backoffInitial}`);
   const mode = oneOf('mode', v.mode!, ['ebpf', 'iptables', 'auto'] as const);
   return Object.freeze({
-    nodeName: v['node-name'] || (env.HOSTNAME ?? ''),
+    nodeName,
     mode,
     pinRoot: v['pin-root']!,
     objectPath: v.object!,
     ztunnelIp,
-    enroll: Object.freeze(ipList('enroll', v.enroll!)),
-    resyncSeconds: resync,
+    enroll,
+    membership: Object.freeze(membership),
+    ztunnelNamespace: v['ztunnel-namespace']!,
+    ztunnelSelector: Object.freeze(ztunnelSelector),
+    resyncSeconds: numberIn('resync-interval', v['resync-interval']!, 1, 3600, 'a number of seconds'),
+    maxDeleteShare: numberIn('max-delete-share', v['max-delete-share']!, 0, 1, 'a share'),
+    backoffInitialMs: backoffInitial * 1000,
+    backoffMaxMs: backoffMax * 1000,
+    watchStallSeconds: numberIn('watch-stall-timeout', v['watch-stall-timeout']!, 1, 3600, 'a number of seconds'),
+    healthAddress: v['health-address'] ? hostPort('health-address', v['health-address']) : '',
     variant: oneOf('variant', v.variant!, ['auto', 'redirect', 'redirect_peer'] as const),
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),
   });

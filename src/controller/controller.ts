@@ -1,31 +1,72 @@
 /**
  * The reconcile loop: read membership and the node, compute the desired state, read the
  * actual state from the kernel, apply the difference. Level-triggered and idempotent: a
- * pass repairs whatever the previous one, or someone else, left.
+ * pass repairs whatever the previous one, or someone else, left. Passes run from a
+ * coalescing work queue (one key: a burst of events is one pass), on every membership
+ * change and on a jittered resync timer.
+ *
+ * Two guards stand between a bad view of the API and the maps: nothing is deleted before
+ * the membership has synced once (prune only after the first full sync), and a pass that
+ * would delete more than `maxDeleteShare` of the entries holds those deletes until a
+ * second, confirming list agrees (the circuit breaker).
  */
 import { desiredState, type ZtunnelPlacement } from './desired.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
-import { readHostNet } from '../host/netinfo.js';
+import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
+import { readHostNet, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
 import type { ApplyResult, RedirectMode } from '../redirect/mode.js';
 
-/** Who is enrolled. Static for now; the Kubernetes source implements the same port. */
+export interface MembershipView {
+  /** False until every source delivered a full list: no entry is deleted before. */
+  synced: boolean;
+  /** Enrolled pod IPs. */
+  enrolled: readonly string[];
+  /** ztunnel's IP as discovered, or null (none Ready, or not discovered by this source). */
+  ztunnelIp: string | null;
+  /** Full lists completed so far: a later one confirms what the breaker held. */
+  listGeneration: number;
+}
+
+/** Who is enrolled: static (--enroll) or the Kubernetes watches. */
 export interface Membership {
-  enrolled(): Promise<string[]>;
+  view(): MembershipView;
+  /** Takes a fresh full list (the breaker's confirmation); bumps listGeneration. */
+  confirm(): Promise<void>;
+  /** After each pass: the pod IPs the maps now hold for membership (not held ones). */
+  programmed(ips: ReadonlySet<string>): void;
+  /** Called on every change that may alter the desired state. */
+  onChange(cb: () => void): void;
 }
 
 export function staticMembership(ips: readonly string[]): Membership {
-  const frozen = [...ips];
-  return { enrolled: async () => frozen };
+  const enrolled = Object.freeze([...ips]);
+  let listGeneration = 1;
+  return {
+    view: () => ({ synced: true, enrolled, ztunnelIp: null, listGeneration }),
+    confirm: async () => {
+      listGeneration++;
+    },
+    programmed: () => {},
+    onChange: () => {},
+  };
 }
 
 export interface ControllerDeps {
   mode: RedirectMode;
   membership: Membership;
-  ztunnelIp: string;
+  /** ztunnel's IP when given (--ztunnel-ip): wins over discovery. */
+  ztunnelIp?: string | null;
   runner: CommandRunner;
   log: Logger;
+  /** Defaults to one bulk read of links, routes and netns through `runner`. */
+  readNet?: () => Promise<HostNet>;
+  placeZtunnel?: (ip: string, net: HostNet) => Promise<ZtunnelPlacement>;
+  /** Share of the entries one pass may delete without a confirming list (default 0.5). */
+  maxDeleteShare?: number;
+  /** Retry backoff of a failed pass. */
+  backoff?: BackoffOptions;
 }
 
 export interface PassReport extends ApplyResult {
@@ -33,53 +74,134 @@ export interface PassReport extends ApplyResult {
   programmed: number;
   unplaced: string[];
   ztunnel: boolean;
+  /** Deletes held back (not synced yet, or the breaker waiting for confirmation). */
+  held: number;
+  breaker: 'closed' | 'holding' | 'confirmed';
 }
+
+const KEY = 'reconcile';
 
 export class Controller {
   private timer: NodeJS.Timeout | undefined;
-  private current: Promise<void> = Promise.resolve();
   private stopped = true;
+  private queue: WorkQueue | null = null;
+  /** listGeneration when the breaker tripped; null when closed. */
+  private trippedAt: number | null = null;
+  private confirming = false;
 
   constructor(private readonly deps: ControllerDeps) {}
 
   async reconcile(): Promise<PassReport> {
     const { mode, membership, runner, log } = this.deps;
-    const [enrolled, net] = await Promise.all([membership.enrolled(), readHostNet(runner)]);
+    const view = membership.view();
+    const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
+    const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
     let zt: ZtunnelPlacement | null = null;
-    try {
-      zt = await placeZtunnelByIp(this.deps.ztunnelIp, net, runner);
-    } catch (err) {
-      if (!(err instanceof ZtunnelNotFound)) throw err;
-      log.warn('ztunnel not found: enrolled pods fail closed', { reason: err.message });
+    if (ztIp) {
+      try {
+        zt = await (this.deps.placeZtunnel ?? ((ip, n) => placeZtunnelByIp(ip, n, runner)))(ztIp, net);
+      } catch (err) {
+        if (!(err instanceof ZtunnelNotFound)) throw err;
+        log.warn('ztunnel not found: enrolled pods fail closed', { reason: err.message });
+      }
+    } else {
+      log.warn('no Ready ztunnel on this node: enrolled pods fail closed', {});
     }
-    const desired = desiredState(enrolled, net, zt);
+    const desired = desiredState(view.enrolled, net, zt);
     const actual = await mode.actual(net.links.keys());
+    const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
+    const programmedByMembership = new Set(desired.pods.keys());
+
+    let hold = false;
+    let breaker: PassReport['breaker'] = 'closed';
+    const share = this.deps.maxDeleteShare ?? 0.5;
+    if (!view.synced) hold = true;
+    else if (deletes.length > 0 && deletes.length > share * actual.pods.size) {
+      if (this.trippedAt !== null && view.listGeneration > this.trippedAt) {
+        breaker = 'confirmed';
+        log.warn('circuit breaker: a second list confirms the deletes', { deletes: deletes.length, entries: actual.pods.size });
+        this.trippedAt = null;
+      } else {
+        hold = true;
+        breaker = 'holding';
+        if (this.trippedAt === null) {
+          this.trippedAt = view.listGeneration;
+          log.warn('circuit breaker: holding deletes until a second list confirms them', { deletes: deletes.length, entries: actual.pods.size, maxDeleteShare: share });
+        }
+        this.requestConfirmation();
+      }
+    } else this.trippedAt = null;
+
+    if (hold) {
+      for (const ip of deletes) {
+        const have = actual.pods.get(ip)!;
+        desired.pods.set(ip, have);
+        if (actual.hooks.has(have.ifindex)) desired.hooks.add(have.ifindex);
+      }
+    }
     const result = await mode.apply(desired, actual);
-    for (const ip of desired.unplaced) log.warn('enrolled pod has no host route yet', { ip });
-    return { ...result, enrolled: enrolled.length, programmed: desired.pods.size, unplaced: desired.unplaced, ztunnel: zt !== null };
+    for (const ip of desired.unplaced) log.debug('enrolled pod has no host route yet', { ip });
+    membership.programmed(programmedByMembership);
+    return {
+      ...result,
+      enrolled: view.enrolled.length,
+      programmed: programmedByMembership.size,
+      unplaced: desired.unplaced,
+      ztunnel: zt !== null,
+      held: hold ? deletes.length : 0,
+      breaker,
+    };
   }
 
-  /** Reconciles now, then every intervalMs (with +-10% jitter) until stop(). */
+  private requestConfirmation(): void {
+    if (this.confirming) return;
+    this.confirming = true;
+    this.deps.membership.confirm().then(
+      () => {
+        this.confirming = false;
+        this.queue?.add(KEY);
+      },
+      (err: unknown) => {
+        this.confirming = false;
+        // The next pass (event or resync) asks again.
+        this.deps.log.warn('circuit breaker: confirming list failed', { error: err instanceof Error ? err.message : String(err) });
+      },
+    );
+  }
+
+  /** Reconciles now, on every membership change, and every intervalMs (+-10%) until stop(). */
   start(intervalMs: number, onPass: (r: PassReport) => void, onError: (e: unknown) => void): void {
     this.stopped = false;
-    const pass = async (): Promise<void> => {
-      try {
-        onPass(await this.reconcile());
-      } catch (err) {
-        onError(err);
-      }
+    const queue = new WorkQueue(
+      async () => {
+        try {
+          onPass(await this.reconcile());
+        } catch (err) {
+          onError(err);
+          throw err;
+        }
+      },
+      { backoff: this.deps.backoff ?? DEFAULT_BACKOFF },
+    );
+    this.queue = queue;
+    this.deps.membership.onChange(() => queue.add(KEY));
+    const tick = () => {
       if (this.stopped) return;
-      this.timer = setTimeout(() => {
-        this.current = pass();
-      }, intervalMs * (0.9 + Math.random() * 0.2));
+      queue.add(KEY);
+      this.timer = setTimeout(tick, intervalMs * (0.9 + Math.random() * 0.2));
     };
-    this.current = pass();
+    tick();
+  }
+
+  /** Resolves when no pass is queued or running (tests, benchmarks). */
+  idle(): Promise<void> {
+    return this.queue?.idle() ?? Promise.resolve();
   }
 
   /** Stops after the pass under way, if any; the data path stays as it is. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
-    await this.current;
+    await this.queue?.stop();
   }
 }

@@ -6,25 +6,60 @@ describe('run configuration', () => {
   it('takes flags over environment over defaults, frozen', () => {
     const cfg = parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10, 10.0.0.11'], { LOG_LEVEL: 'debug', ZTUNNEL_IP: '10.9.9.9' });
     expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', enroll: ['10.0.0.10', '10.0.0.11'], logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 10 });
+    expect(cfg.membership).toEqual({ kind: 'static', enroll: ['10.0.0.10', '10.0.0.11'] });
     expect(Object.isFrozen(cfg)).toBe(true);
   });
 
+  it('an empty --enroll is static membership with nobody enrolled', () => {
+    expect(parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', ''], {}).membership).toEqual({ kind: 'static', enroll: [] });
+  });
+
+  it('reads Kubernetes settings from flags and environment, with client-go-like defaults', () => {
+    const cfg = parseRunConfig(['--kubeconfig', '/k.yaml'], { NODE_NAME: 'n1', ZTUNNEL_NAMESPACE: 'zt', MAX_DELETE_SHARE: '0.25' });
+    expect(cfg).toMatchObject({
+      membership: { kind: 'kubernetes', kubeconfig: '/k.yaml' },
+      nodeName: 'n1',
+      ztunnelIp: null,
+      ztunnelNamespace: 'zt',
+      ztunnelSelector: { app: 'ztunnel' },
+      maxDeleteShare: 0.25,
+      backoffInitialMs: 800,
+      backoffMaxMs: 30_000,
+      watchStallSeconds: 120,
+      healthAddress: '',
+    });
+    // In-cluster: no kubeconfig, the service account's environment.
+    expect(parseRunConfig(['--node-name', 'n1'], { KUBERNETES_SERVICE_HOST: '10.96.0.1' }).membership).toEqual({ kind: 'kubernetes', kubeconfig: '' });
+  });
+
   it.each([
-    [['--ztunnel-ip', 'x'], /ztunnel-ip.*not an IP/],
-    [[], /ztunnel-ip.*required/],
+    [['--ztunnel-ip', 'x', '--enroll', ''], /ztunnel-ip.*not an IP/],
+    [[], /no membership source: give --kubeconfig/],
+    [['--enroll', '10.0.0.1'], /ztunnel-ip.*required with --enroll/],
     [['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.1,nope'], /enroll.*"nope"/],
-    [['--ztunnel-ip', '10.0.0.2', '--mode', 'bogus'], /mode.*not one of/],
-    [['--ztunnel-ip', '10.0.0.2', '--resync-interval', '0'], /resync-interval/],
+    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--mode', 'bogus'], /mode.*not one of/],
+    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--resync-interval', '0'], /resync-interval/],
     [['--ztunnel-ip', '10.0.0.2', '--what'], /Unknown option/],
-    [['--ztunnel-ip', '10.0.0.2', '--log-level', 'loud'], /log-level/],
+    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--log-level', 'loud'], /log-level/],
+    [['--kubeconfig', '/k'], /node-name.*required/],
+    [['--kubeconfig', '/k', '--node-name', 'n', '--max-delete-share', '2'], /max-delete-share: "2"/],
+    [['--kubeconfig', '/k', '--node-name', 'n', '--ztunnel-selector', 'app in (x)'], /ztunnel-selector/],
+    [['--kubeconfig', '/k', '--node-name', 'n', '--backoff-max', 'soon'], /backoff-max/],
+    [['--kubeconfig', '/k', '--node-name', 'n', '--backoff-initial', '5', '--backoff-max', '1'], /below --backoff-initial/],
+    [['--kubeconfig', '/k', '--node-name', 'n', '--health-address', 'localhost'], /health-address/],
   ])('rejects %j with one clear line', (argv, msg) => {
     expect(() => parseRunConfig(argv, {})).toThrow(ConfigError);
     expect(() => parseRunConfig(argv, {})).toThrow(msg);
   });
+
+  it('rejects a bad environment value like a bad flag', () => {
+    expect(() => parseRunConfig([], { KUBECONFIG: '/k', NODE_NAME: 'n', WATCH_STALL_TIMEOUT: '-1' })).toThrow(/watch-stall-timeout: "-1"/);
+  });
 });
 
 describe('the CLI', () => {
-  const cli = (args: string[]) => systemRunner.run([process.execPath, 'dist/cli/main.js', ...args]);
+  const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/cli/main.js', ...args]);
 
   it('exits 2 with one line for a bad flag', async () => {
     const err = await cli(['run', '--ztunnel-ip', 'nope']).catch((e: unknown) => e);
@@ -33,10 +68,21 @@ describe('the CLI', () => {
     expect((err as CommandError).stderr).toBe('ambient-redirect run: --ztunnel-ip: "nope" is not an IP address\n');
   });
 
+  it('exits 2 with one line for a bad environment value, and without any membership source', async () => {
+    const bad = (await cli(['run'], { KUBECONFIG: '/k', NODE_NAME: 'n', BACKOFF_MAX: 'x' }).catch((e: unknown) => e)) as CommandError;
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toBe('ambient-redirect run: --backoff-max: "x" is not a number of seconds in 0.1..600\n');
+    const none = (await cli(['run']).catch((e: unknown) => e)) as CommandError;
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr.trim().split('\n')).toHaveLength(1);
+    expect(none.stderr).toMatch(/no membership source/);
+  });
+
   it('exits 2 for an unknown command and prints help for --help', async () => {
     const err = (await cli(['frobnicate']).catch((e: unknown) => e)) as CommandError;
     expect(err.exitCode).toBe(2);
     expect(await cli(['--help'])).toMatch(/commands:[\s\S]*run[\s\S]*demo/);
-    expect(await cli(['run', '--help'])).toContain('--ztunnel-ip');
+    const help = await cli(['run', '--help']);
+    for (const flag of ['--ztunnel-ip', '--kubeconfig', '--node-name', '--ztunnel-namespace', '--ztunnel-selector', '--health-address', '--max-delete-share']) expect(help).toContain(flag);
   });
 });

@@ -1,0 +1,149 @@
+/**
+ * HTTP to the API server with the credentials of a kubeconfig (or the in-cluster service
+ * account). @kubernetes/client-node gives us the configuration and authentication; the
+ * requests themselves are ours so that every one has a timeout and a watch can be cut at
+ * any moment (the client's Watch cannot be aborted before the response headers arrive).
+ */
+import http from 'node:http';
+import https from 'node:https';
+import { createInterface } from 'node:readline';
+import { KubeConfig } from '@kubernetes/client-node';
+
+export class KubeError extends Error {
+  constructor(
+    message: string,
+    /** HTTP status, or 0 for a transport error (refused, reset, timeout, bad JSON). */
+    readonly status: number,
+  ) {
+    super(message);
+    this.name = 'KubeError';
+  }
+}
+
+export interface WatchHandle {
+  abort(): void;
+}
+
+export interface KubeTransport {
+  /** GET/PATCH returning parsed JSON; a non-2xx answer or unparsable body is a KubeError. */
+  request(method: 'GET' | 'PATCH', path: string, query?: Record<string, string>, body?: { contentType: string; data: unknown }): Promise<unknown>;
+  /** A watch stream: one parsed JSON object per line; `onEnd` once, with an error unless the server ended it cleanly. */
+  stream(path: string, query: Record<string, string>, onLine: (obj: unknown) => void, onEnd: (err: KubeError | null) => void): WatchHandle;
+  readonly server: string;
+}
+
+export interface KubeSource {
+  /** Path of a kubeconfig; when empty, the in-cluster service account. */
+  kubeconfig: string;
+}
+
+export function loadKubeConfig(src: KubeSource): KubeConfig {
+  const kc = new KubeConfig();
+  if (src.kubeconfig) kc.loadFromFile(src.kubeconfig);
+  else kc.loadFromCluster();
+  if (!kc.getCurrentCluster()) throw new Error('the kubeconfig names no current cluster');
+  return kc;
+}
+
+export function kubeTransport(kc: KubeConfig, requestTimeoutMs = 30_000): KubeTransport {
+  const server = kc.getCurrentCluster()!.server.replace(/\/+$/, '');
+  const base = new URL(server);
+  const client = base.protocol === 'http:' ? http : https;
+  // One agent per transport: connections are reused, and an outage is retried on fresh ones.
+  const agent = base.protocol === 'http:' ? new http.Agent({ keepAlive: true }) : undefined;
+
+  async function options(method: string, path: string, query: Record<string, string>): Promise<https.RequestOptions & { url: URL }> {
+    const opts: https.RequestOptions = {};
+    await kc.applyToHTTPSOptions(opts);
+    const url = new URL(base.pathname.replace(/\/$/, '') + path, base);
+    for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v);
+    const headers = { Accept: 'application/json', ...(opts.headers as Record<string, string>) };
+    if (agent) return { url, method, headers, agent, ...(opts.auth && { auth: opts.auth }) };
+    return { ...opts, url, method, headers };
+  }
+
+  return {
+    server,
+    async request(method, path, query = {}, body) {
+      const { url, ...opts } = await options(method, path, query);
+      const data = body ? Buffer.from(JSON.stringify(body.data)) : undefined;
+      if (body) opts.headers = { ...(opts.headers as Record<string, string>), 'Content-Type': body.contentType, 'Content-Length': String(data!.length) };
+      return new Promise((resolve, reject) => {
+        const req = client.request(url, opts, (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            const status = res.statusCode ?? 0;
+            if (status < 200 || status > 299) {
+              reject(new KubeError(`${method} ${path}: HTTP ${status}${statusMessage(text)}`, status));
+              return;
+            }
+            try {
+              resolve(JSON.parse(text));
+            } catch {
+              reject(new KubeError(`${method} ${path}: the answer is not valid JSON (${text.length} bytes)`, 0));
+            }
+          });
+        });
+        req.setTimeout(requestTimeoutMs, () => req.destroy(new Error(`no answer within ${requestTimeoutMs} ms`)));
+        req.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
+        req.end(data);
+      });
+    },
+    stream(path, query, onLine, onEnd) {
+      let ended = false;
+      let req: http.ClientRequest | undefined;
+      const end = (err: KubeError | null) => {
+        if (ended) return;
+        ended = true;
+        req?.destroy();
+        onEnd(err);
+      };
+      void options('GET', path, { ...query, watch: 'true' }).then(
+        ({ url, ...opts }) => {
+          if (ended) return;
+          req = client.request(url, opts, (res) => {
+            const status = res.statusCode ?? 0;
+            if (status !== 200) {
+              const chunks: Buffer[] = [];
+              res.on('data', (c: Buffer) => chunks.push(c));
+              res.on('end', () => end(new KubeError(`watch ${path}: HTTP ${status}${statusMessage(Buffer.concat(chunks).toString('utf8'))}`, status)));
+              res.on('error', () => end(new KubeError(`watch ${path}: HTTP ${status}`, status)));
+              return;
+            }
+            const lines = createInterface({ input: res });
+            lines.on('line', (line) => {
+              if (ended || line.trim() === '') return;
+              let obj: unknown;
+              try {
+                obj = JSON.parse(line);
+              } catch {
+                end(new KubeError(`watch ${path}: a line is not valid JSON (${line.length} bytes)`, 0));
+                return;
+              }
+              onLine(obj);
+            });
+            res.on('error', (e) => end(new KubeError(`watch ${path}: ${e.message}`, 0)));
+            res.on('end', () => end(null));
+            res.on('close', () => end(res.complete ? null : new KubeError(`watch ${path}: connection closed mid-stream`, 0)));
+          });
+          req.on('error', (e) => end(new KubeError(`watch ${path}: ${e.message}`, 0)));
+          req.end();
+        },
+        (e: unknown) => end(new KubeError(`watch ${path}: ${String(e)}`, 0)),
+      );
+      return { abort: () => end(null) };
+    },
+  };
+}
+
+function statusMessage(text: string): string {
+  try {
+    const s = JSON.parse(text) as { message?: unknown };
+    return typeof s.message === 'string' ? `: ${s.message.slice(0, 200)}` : '';
+  } catch {
+    return '';
+  }
+}

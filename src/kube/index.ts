@@ -1,0 +1,3 @@
+/** What the rest of the program needs from src/kube/ (the only place that knows the Kubernetes client). */
+export { KubeError, kubeTransport, loadKubeConfig, type KubeTransport } from './http.js';
+export { KubeMembership, type KubeMembershipOptions } from './membership.js';

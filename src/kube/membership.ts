@@ -1,0 +1,240 @@
+/**
+ * Membership from the Kubernetes API: a reflector on the pods of this node (field
+ * selector on list and watch), one on the namespaces, a UID-keyed fenced cache, the
+ * enrollment rules, ztunnel discovery, and the status annotation written back through
+ * pods/status once a pod is programmed (and removed once it leaves).
+ */
+import { PodCache, NamespaceCache } from '../controller/cache.js';
+import type { Membership, MembershipView } from '../controller/controller.js';
+import { enrolledPods, selectZtunnel, STATUS_ANNOTATION, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
+import type { Logger } from '../log.js';
+import { KubeError, type KubeTransport } from './http.js';
+import { ThrottledLog } from './logthrottle.js';
+import { parseNamespace, parsePod } from './parse.js';
+import { Reflector, type WatchEventType } from './reflector.js';
+
+export interface KubeMembershipOptions {
+  nodeName: string;
+  ztunnel: ZtunnelSelector;
+  backoff: BackoffOptions;
+  stallTimeoutMs: number;
+  watchTimeoutSeconds: number;
+  log: Logger;
+  /** Write the status annotation (default true). */
+  writeStatus?: boolean;
+}
+
+export interface KubeMembershipStats {
+  rejected: number;
+  foreign: number;
+  stale: number;
+  statusPatches: number;
+}
+
+export class KubeMembership implements Membership {
+  readonly pods = new PodCache();
+  readonly namespaces = new NamespaceCache();
+  readonly podReflector: Reflector;
+  readonly nsReflector: Reflector;
+  private readonly listeners: (() => void)[] = [];
+  private readonly rejectLog: ThrottledLog;
+  private readonly statusQueue: WorkQueue;
+  private programmedIps: ReadonlySet<string> = new Set();
+  private generation = 0;
+  private enrolledCache: Map<string, PodView> | null = null;
+  readonly stats: KubeMembershipStats = { rejected: 0, foreign: 0, stale: 0, statusPatches: 0 };
+
+  constructor(
+    private readonly api: KubeTransport,
+    private readonly opts: KubeMembershipOptions,
+  ) {
+    const common = { backoff: opts.backoff, stallTimeoutMs: opts.stallTimeoutMs, watchTimeoutSeconds: opts.watchTimeoutSeconds, log: opts.log };
+    this.podReflector = new Reflector(
+      api,
+      { replace: (items) => this.replacePods(items), event: (t, o) => this.podEvent(t, o) },
+      { ...common, name: 'pods', path: '/api/v1/pods', query: { fieldSelector: `spec.nodeName=${opts.nodeName}` } },
+    );
+    this.nsReflector = new Reflector(
+      api,
+      { replace: (items) => this.replaceNamespaces(items), event: (t, o) => this.nsEvent(t, o) },
+      { ...common, name: 'namespaces', path: '/api/v1/namespaces', query: {} },
+    );
+    this.rejectLog = new ThrottledLog(opts.log, 10_000);
+    this.statusQueue = new WorkQueue((key) => this.syncStatus(key), {
+      backoff: opts.backoff,
+      onError: (key, err, ms) => opts.log.debug('status patch failed; retrying', { uid: key, error: String(err), retryInMs: Math.round(ms) }),
+    });
+  }
+
+  start(): void {
+    this.podReflector.start();
+    this.nsReflector.start();
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.podReflector.stop(), this.nsReflector.stop(), this.statusQueue.stop()]);
+  }
+
+  hasSynced(): boolean {
+    return this.podReflector.hasSynced() && this.nsReflector.hasSynced();
+  }
+
+  onChange(cb: () => void): void {
+    this.listeners.push(cb);
+  }
+
+  view(): MembershipView {
+    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    return {
+      synced: this.hasSynced(),
+      enrolled: [...this.enrolled().keys()],
+      ztunnelIp: zt?.ips[0] ?? null,
+      listGeneration: this.generation,
+    };
+  }
+
+  /** Enrolled pods by IP, recomputed only after a change. */
+  enrolled(): Map<string, PodView> {
+    if (!this.enrolledCache) {
+      const reserved = new Set<string>();
+      for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
+      const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+      if (zt?.ips[0]) reserved.add(zt.ips[0]);
+      this.enrolledCache = enrolledPods(this.pods.values(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
+    }
+    return this.enrolledCache;
+  }
+
+  async confirm(): Promise<void> {
+    await Promise.all([this.podReflector.relist(), this.nsReflector.relist()]);
+    this.generation++;
+    this.changed();
+  }
+
+  programmed(ips: ReadonlySet<string>): void {
+    this.programmedIps = ips;
+    if (this.opts.writeStatus === false) return;
+    for (const pod of this.pods.values()) {
+      if (pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
+    }
+  }
+
+  // --- intake --------------------------------------------------------------------------
+
+  private changed(): void {
+    this.enrolledCache = null;
+    for (const l of this.listeners) l();
+  }
+
+  private reject(kind: string, reason: string, uid?: string): void {
+    this.stats.rejected++;
+    this.rejectLog.warn('rejected a malformed object', { kind, reason, ...(uid && { uid }), rejected: this.stats.rejected });
+  }
+
+  private ours(pod: PodView): boolean {
+    // The API should only send pods of this node; a server that ignores the field selector must not make us program other nodes' pods.
+    if (pod.nodeName === this.opts.nodeName) return true;
+    this.stats.foreign++;
+    return false;
+  }
+
+  private replacePods(items: unknown[]): void {
+    const pods: PodView[] = [];
+    const keep = new Set<string>();
+    for (const item of items) {
+      const p = parsePod(item);
+      if (p.ok) {
+        if (this.ours(p.value)) pods.push(p.value);
+      } else {
+        this.reject('pod', p.reason, p.uid);
+        if (p.uid) keep.add(p.uid);
+      }
+    }
+    this.pods.replace(pods, keep);
+    this.changed();
+  }
+
+  private podEvent(type: WatchEventType, obj: unknown): void {
+    const p = parsePod(obj);
+    if (!p.ok) return this.reject('pod', p.reason, p.uid);
+    if (!this.ours(p.value)) return;
+    const before = this.pods.get(p.value.uid);
+    const staleBefore = this.pods.stale;
+    if (!this.pods.apply(type, p.value)) {
+      this.stats.stale += this.pods.stale - staleBefore;
+      return;
+    }
+    // Our own status patch coming back changes nothing the maps depend on.
+    if (type !== 'DELETED' && before && sameInputs(before, p.value)) {
+      this.statusCheck(p.value);
+      return;
+    }
+    this.changed();
+  }
+
+  private replaceNamespaces(items: unknown[]): void {
+    const list = [];
+    for (const item of items) {
+      const n = parseNamespace(item);
+      if (n.ok) list.push(n.value);
+      else this.reject('namespace', n.reason);
+    }
+    this.namespaces.replace(list);
+    this.changed();
+  }
+
+  private nsEvent(type: WatchEventType, obj: unknown): void {
+    const n = parseNamespace(obj);
+    if (!n.ok) return this.reject('namespace', n.reason);
+    if (this.namespaces.apply(type, n.value.ns, n.value.resourceVersion)) this.changed();
+  }
+
+  // --- status --------------------------------------------------------------------------
+
+  private wantedStatus(pod: PodView): string | null {
+    const ip = pod.ips[0];
+    return ip !== undefined && this.programmedIps.has(ip) && this.enrolled().get(ip)?.uid === pod.uid ? 'enabled' : null;
+  }
+
+  private statusCheck(pod: PodView): void {
+    if (this.opts.writeStatus !== false && pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
+  }
+
+  private async syncStatus(uid: string): Promise<void> {
+    const pod = this.pods.get(uid);
+    if (!pod) return this.statusQueue.forget(uid);
+    const want = this.wantedStatus(pod);
+    if (pod.statusAnnotation === want) return;
+    try {
+      // A merge patch of pods/status; the UID makes it a precondition, so a new pod
+      // that took the name is never annotated on behalf of the old one.
+      await this.api.request('PATCH', `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/pods/${encodeURIComponent(pod.name)}/status`, {}, {
+        contentType: 'application/merge-patch+json',
+        data: { metadata: { uid: pod.uid, annotations: { [STATUS_ANNOTATION]: want } } },
+      });
+      this.stats.statusPatches++;
+      this.opts.log.debug('status annotation patched', { pod: pod.name, namespace: pod.namespace, uid, value: want });
+    } catch (err) {
+      // Gone, or the name now belongs to another pod: nothing left to annotate.
+      if (err instanceof KubeError && (err.status === 404 || err.status === 409)) return this.statusQueue.forget(uid);
+      throw err;
+    }
+  }
+}
+
+/** Equal in everything enrollment and ztunnel discovery read. */
+function sameInputs(a: PodView, b: PodView): boolean {
+  return (
+    a.namespace === b.namespace &&
+    a.nodeName === b.nodeName &&
+    a.hostNetwork === b.hostNetwork &&
+    a.phase === b.phase &&
+    a.sidecar === b.sidecar &&
+    a.ready === b.ready &&
+    a.created === b.created &&
+    a.hostIp === b.hostIp &&
+    a.ips.join() === b.ips.join() &&
+    JSON.stringify(a.labels) === JSON.stringify(b.labels)
+  );
+}

@@ -1,0 +1,69 @@
+import { describe, expect, it } from 'vitest';
+import { enrolledPods, enrollment, ipProblem, selectZtunnel, type NamespaceView, type PodView } from '../../src/controller/enrollment.js';
+
+const NODE = 'node-a';
+const ambient: NamespaceView = { name: 'shop', labels: { 'istio.io/dataplane-mode': 'ambient' } };
+const plain: NamespaceView = { name: 'plain', labels: {} };
+const nss = new Map([ambient, plain].map((n) => [n.name, n]));
+const ctx = { nodeName: NODE, reserved: new Set(['10.0.0.1', '10.244.0.2']) };
+
+let n = 0;
+function pod(over: Partial<PodView> = {}): PodView {
+  n++;
+  return {
+    uid: `uid-${n}`, name: `p${n}`, namespace: 'shop', nodeName: NODE, resourceVersion: BigInt(n), labels: {},
+    ips: ['10.244.0.10'], hostIp: '10.0.0.1', hostNetwork: false, phase: 'Running', sidecar: false, ready: true,
+    created: 1000 + n, statusAnnotation: null, ...over,
+  };
+}
+
+describe('enrollment rules', () => {
+  it.each([
+    ['a running pod in an ambient namespace', pod(), ambient, true],
+    ['a pod in a namespace without the label', pod({ namespace: 'plain' }), plain, 'namespace not ambient'],
+    ['a pod whose namespace is unknown', pod(), undefined, 'namespace unknown'],
+    ['a pod that opts out', pod({ labels: { 'istio.io/dataplane-mode': 'none' } }), ambient, 'pod opted out'],
+    ['a hostNetwork pod', pod({ hostNetwork: true }), ambient, 'hostNetwork'],
+    ['a pod with a sidecar', pod({ sidecar: true }), ambient, 'has a sidecar'],
+    ['a Succeeded pod', pod({ phase: 'Succeeded' }), ambient, 'terminal (Succeeded)'],
+    ['a Failed pod', pod({ phase: 'Failed' }), ambient, 'terminal (Failed)'],
+    ['a pod without an IP', pod({ ips: [] }), ambient, 'no IP yet'],
+    ['a pod of another node', pod({ nodeName: 'node-b' }), ambient, 'pod of another node'],
+    ['a pod with the node’s IP', pod({ ips: ['10.0.0.1'] }), ambient, 'IP 10.0.0.1: the node’s or ztunnel’s own address'],
+    ['a pod with ztunnel’s IP', pod({ ips: ['10.244.0.2'] }), ambient, 'IP 10.244.0.2: the node’s or ztunnel’s own address'],
+    ['a pod with a loopback IP', pod({ ips: ['127.0.0.5'] }), ambient, 'IP 127.0.0.5: loopback'],
+  ])('%s', (_what, p, ns, want) => {
+    const v = enrollment(p, ns, ctx);
+    if (want === true) expect(v).toEqual({ enrolled: true });
+    else expect(v).toEqual({ enrolled: false, reason: want });
+  });
+
+  it.each([
+    ['0.0.0.0', 'unspecified'], ['127.0.0.1', 'loopback'], ['169.254.1.1', 'link-local'], ['224.0.0.1', 'multicast'],
+    ['255.255.255.255', 'reserved or broadcast'], ['::', 'unspecified'], ['::1', 'loopback'], ['fe80::1', 'link-local'],
+    ['ff02::1', 'multicast'], ['::ffff:10.0.0.1', 'IPv4-mapped'], ['10.0.0.1 ', 'not an IP address'], ['010.0.0.1', 'not an IP address'],
+    ['10.244.1.7', null], ['fd00::7', null],
+  ])('IP %j: %s', (ip, want) => expect(ipProblem(ip)).toBe(want));
+
+  it('gives an IP to the newest live pod that claims it: a stale or terminal pod never takes it', () => {
+    const old = pod({ ips: ['10.244.0.50'], created: 1 });
+    const reused = pod({ ips: ['10.244.0.50'], namespace: 'plain', created: 5 });
+    // The new owner is not enrolled: the old pod's enrollment must not keep the IP captured.
+    expect([...enrolledPods([old, reused], nss, ctx).keys()]).toEqual([]);
+    const done = pod({ ips: ['10.244.0.51'], phase: 'Succeeded', created: 9 });
+    const live = pod({ ips: ['10.244.0.51'], created: 2 });
+    expect(enrolledPods([done, live], nss, ctx).get('10.244.0.51')?.uid).toBe(live.uid);
+  });
+
+  it('finds ztunnel: Ready, on this node, matching, newest first', () => {
+    const sel = { namespace: 'istio-system', labels: { app: 'ztunnel' } };
+    const zt = (over: Partial<PodView>) => pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, ...over });
+    const older = zt({ ips: ['10.244.0.2'], created: 10 });
+    const newer = zt({ ips: ['10.244.0.3'], created: 20 });
+    const notReady = zt({ ips: ['10.244.0.4'], created: 30, ready: false });
+    const otherNode = zt({ ips: ['10.244.0.5'], created: 40, nodeName: 'node-b' });
+    const wrongLabel = pod({ namespace: 'istio-system', labels: { app: 'other' }, ips: ['10.244.0.6'], created: 50 });
+    expect(selectZtunnel([older, newer, notReady, otherNode, wrongLabel], sel, NODE)?.ips[0]).toBe('10.244.0.3');
+    expect(selectZtunnel([notReady], sel, NODE)).toBeNull();
+  });
+});
