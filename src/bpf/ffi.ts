@@ -96,6 +96,7 @@ const c = {
 
   bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
+  bpf_map_update_batch: bpf.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const void *opts)'),
   bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
   bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)'),
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *pathname)'),
@@ -249,6 +250,16 @@ export function mapLookupElem(fd: number, name: string, key: Buffer, value: Buff
   if (ret === -2 /* ENOENT */) return false;
   checkInt('bpf_map_lookup_elem', name, ret);
   return true;
+}
+
+/**
+ * Writes `count` entries in one syscall (keys and values packed back to back). Returns how
+ * many the kernel wrote; on an error the ones before it stay written.
+ */
+export function mapUpdateBatch(fd: number, name: string, keys: Buffer, values: Buffer, count: number): number {
+  const n = [count];
+  checkInt('bpf_map_update_batch', name, c.bpf_map_update_batch(fd, keys, values, n, null));
+  return n[0]!;
 }
 
 export function mapDeleteElem(fd: number, name: string, key: Buffer): void {
