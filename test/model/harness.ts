@@ -1,0 +1,248 @@
+/**
+ * The kernel side of the data-path tests: the compiled object loaded without pins, its
+ * maps filled through the codec from a readable state, and its programs run with
+ * BPF_PROG_RUN inside a network namespace of our own (per-run name, deleted on close).
+ *
+ * The test thread itself enters that netns (setns on this thread only) for the whole
+ * file: `skb->ifindex` must name a device of the netns the run happens in, and zt_assign's
+ * socket lookups see that netns's sockets, so the veths and the listeners live there and
+ * nothing touches the root netns.
+ */
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import net from 'node:net';
+import { existsSync } from 'node:fs';
+import * as codec from '../../src/bpf/codec.js';
+import * as ffi from '../../src/bpf/ffi.js';
+import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
+import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../src/bpf/testrun.js';
+import { systemRunner } from '../../src/host/runner.js';
+import { ipBytes } from '../../src/packet/builder.js';
+import { addrKeyHex, EMPTY_ZTUNNEL, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
+
+export const OBJECT_PATH = 'build/redirect.bpf.o';
+export const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
+export type ProgramName = (typeof PROGRAMS)[number];
+
+export interface StateSpec {
+  pods: readonly { ip: string; ifindex: number; mac?: string; flags: number }[];
+  /** null: the slot is all zero (no ztunnel ever written). */
+  ztunnel: { ifindex: number; peerIfindex: number; mac: string; flags: number } | null;
+  hostAddrs: readonly { ip: string; flags: number }[];
+  /** Fill the pods map up to max_entries with unrelated entries (one batch update). */
+  fillPods?: boolean;
+}
+
+/** The filler entries of a full pods map: fd99::/64 addresses, on veth ifindex 999. */
+export function fillerPods(count: number): { key: Buffer; ip: string }[] {
+  const out: { key: Buffer; ip: string }[] = [];
+  for (let i = 0; i < count; i++) {
+    const ip = `fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`;
+    out.push({ key: codec.encodeAddrKey(ip), ip });
+  }
+  return out;
+}
+export const FILLER_IFINDEX = 999;
+
+export function modelStateOf(spec: StateSpec, maxPods: number): ModelState {
+  const pods = new Map<string, PodEntry>();
+  if (spec.fillPods) {
+    for (const f of fillerPods(maxPods - spec.pods.length)) pods.set(f.key.toString('hex'), { ifindex: FILLER_IFINDEX, mac: '00:00:00:00:00:00', flags: 1 });
+  }
+  for (const p of spec.pods) pods.set(addrKeyHex(ipBytes(p.ip)), { ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags });
+  return {
+    pods,
+    ztunnel: spec.ztunnel ?? EMPTY_ZTUNNEL,
+    hostAddrs: new Map(spec.hostAddrs.map((h) => [addrKeyHex(ipBytes(h.ip)), { flags: h.flags }])),
+  };
+}
+
+/** What the kernel did, in the model's terms. */
+export interface KernelOutcome {
+  verdict: VerdictName | `retval ${number}`;
+  mark: number;
+  dataOut: Buffer;
+}
+
+export interface ModelCounters {
+  redirected: [bigint, bigint];
+  dropped: [bigint, bigint];
+  passed: [bigint, bigint];
+}
+
+export class DatapathHarness {
+  readonly prefix: string;
+  readonly netns: string;
+  /** Two veths of the run's netns: "pod A's" and "pod B's" host veth. */
+  readonly vethA: number;
+  readonly vethB: number;
+  readonly obj: BpfObject;
+  readonly maxPods: number;
+  private readonly leave: () => void;
+  private readonly closers: (() => Promise<void>)[] = [];
+
+  private constructor(prefix: string, netns: string, vethA: number, vethB: number, obj: BpfObject, leave: () => void) {
+    this.prefix = prefix;
+    this.netns = netns;
+    this.vethA = vethA;
+    this.vethB = vethB;
+    this.obj = obj;
+    this.leave = leave;
+    this.maxPods = obj.map('pods').maxEntries;
+  }
+
+  /** `addresses` are put on lo of the netns (for established sockets between them). */
+  static async create(addresses: readonly string[] = []): Promise<DatapathHarness> {
+    const prefix = `dp${randomBytes(2).toString('hex')}`;
+    const netns = `${prefix}-run`;
+    const run = (argv: string[]) => systemRunner.run(argv);
+    await run(['ip', 'netns', 'add', netns]);
+    let leave: (() => void) | null = null;
+    let obj: BpfObject | null = null;
+    try {
+      await run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
+      await run(['ip', '-n', netns, 'link', 'add', `${prefix}a`, 'type', 'veth', 'peer', 'name', `${prefix}b`]);
+      for (const a of addresses) await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
+      const links = JSON.parse(await run(['ip', '-n', netns, '-j', 'link', 'show'])) as { ifname: string; ifindex: number }[];
+      const idx = (n: string) => links.find((l) => l.ifname === n)!.ifindex;
+      obj = BpfObject.openAndLoad(OBJECT_PATH, { programs: [...PROGRAMS] });
+      leave = enterNetns(`/var/run/netns/${netns}`);
+      return new DatapathHarness(prefix, netns, idx(`${prefix}a`), idx(`${prefix}b`), obj, leave);
+    } catch (err) {
+      leave?.();
+      obj?.close();
+      await run(['ip', 'netns', 'del', netns]).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  programFd(name: ProgramName): number {
+    return this.obj.programFd(name);
+  }
+
+  map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters'): BpfMap {
+    return this.obj.map(name);
+  }
+
+  /** Makes the maps hold exactly `spec` (counters are left alone). */
+  applyState(spec: StateSpec): void {
+    const pods = this.map('pods');
+    for (const k of pods.keys()) pods.delete(k);
+    const host = this.map('host_addrs');
+    for (const k of host.keys()) host.delete(k);
+    for (const p of spec.pods) pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
+    if (spec.fillPods) {
+      const filler = fillerPods(this.maxPods - spec.pods.length);
+      const keys = Buffer.concat(filler.map((f) => f.key));
+      const value = codec.encodePodInfo({ ifindex: FILLER_IFINDEX, mac: '00:00:00:00:00:00', flags: 1 });
+      const values = Buffer.concat(filler.map(() => value));
+      const n = ffi.mapUpdateBatch(pods.fd, 'pods', keys, values, filler.length);
+      if (n !== filler.length) throw new Error(`batch update wrote ${n} of ${filler.length}`);
+    }
+    for (const h of spec.hostAddrs) host.update(codec.encodeAddrKey(h.ip), codec.encodeHostInfo({ flags: h.flags }));
+    const zt = spec.ztunnel ?? { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
+    this.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, netnsCookie: 0n }));
+  }
+
+  /** Runs a program; null when the kernel refuses the input (not runnable). */
+  run(program: ProgramName, frame: Buffer, ctx: { ifindex?: number; ingressIfindex?: number; mark?: number } = {}): KernelOutcome | null {
+    const inMark = ctx.mark ?? 0;
+    const r = runProgram(this.programFd(program), frame, { ctx: { ...ctx, mark: inMark } });
+    if (isNotRunnable(r)) return null;
+    const zt = program === 'zt_mark' || program === 'zt_assign';
+    let verdict: KernelOutcome['verdict'];
+    if (r.retval === TcAct.SHOT) verdict = 'drop';
+    else if (r.retval === TcAct.REDIRECT && !zt) verdict = 'redirect';
+    else if (r.retval === TcAct.OK) verdict = zt && r.mark !== inMark ? 'deliver' : 'pass';
+    else verdict = `retval ${r.retval}`;
+    return { verdict, mark: r.mark, dataOut: r.dataOut };
+  }
+
+  /** The counters entry of a veth, summed over CPUs; null when there is none. */
+  counters(ifindex: number): codec.PodCounters | null {
+    const v = this.map('counters').lookup(codec.encodeU32Key(ifindex));
+    return v ? codec.decodePodCountersPerCpu(v) : null;
+  }
+
+  deleteCounters(ifindex: number): void {
+    this.map('counters').delete(codec.encodeU32Key(ifindex));
+  }
+
+  // --- sockets in the run's netns (zt_assign) ---------------------------------------------
+
+  /** A listening socket; returns the function that closes it. */
+  async listen(kind: 'tcp4' | 'tcp6' | 'udp4' | 'udp6', port: number, host?: string): Promise<() => Promise<void>> {
+    if (kind === 'udp4' || kind === 'udp6') {
+      const s = dgram.createSocket({ type: kind, ipv6Only: kind === 'udp6' });
+      await new Promise<void>((resolve, reject) => {
+        s.once('error', reject);
+        s.bind(port, host ?? (kind === 'udp4' ? '0.0.0.0' : '::'), () => resolve());
+      });
+      const close = () => new Promise<void>((resolve) => s.close(() => resolve()));
+      this.closers.push(close);
+      return close;
+    }
+    const server = net.createServer((c) => c.on('error', () => undefined));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ port, host: host ?? (kind === 'tcp4' ? '0.0.0.0' : '::'), ipv6Only: kind === 'tcp6' }, () => resolve());
+    });
+    const close = () => new Promise<void>((resolve) => server.close(() => resolve()));
+    this.closers.push(close);
+    return close;
+  }
+
+  /**
+   * An established TCP connection client → server over lo, with the server's listener
+   * closed afterwards so that only the two established sockets remain.
+   */
+  async establish(client: { ip: string; port: number }, server: { ip: string; port: number }): Promise<() => Promise<void>> {
+    const sockets: net.Socket[] = [];
+    const srv = net.createServer((c) => {
+      c.on('error', () => undefined);
+      sockets.push(c);
+    });
+    await new Promise<void>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen({ port: server.port, host: server.ip }, () => resolve());
+    });
+    const cli = net.connect({ host: server.ip, port: server.port, localAddress: client.ip, localPort: client.port });
+    cli.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      cli.once('connect', () => resolve());
+      cli.once('error', reject);
+    });
+    while (sockets.length === 0) await new Promise((r) => setTimeout(r, 5));
+    await new Promise<void>((resolve) => srv.close(() => resolve()));
+    sockets.push(cli);
+    const close = async () => {
+      for (const s of sockets) s.destroy();
+    };
+    this.closers.push(close);
+    return close;
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.closers.splice(0)) await c().catch(() => undefined);
+    this.leave();
+    this.obj.close();
+    await systemRunner.run(['ip', 'netns', 'del', this.netns]);
+    if (existsSync(`/var/run/netns/${this.netns}`)) throw new Error(`netns ${this.netns} left behind`);
+  }
+}
+
+/** Compares a kernel outcome with the model's verdict; returns what differs, or null. */
+export function disagreement(model: Verdict, k: KernelOutcome, frame: Buffer, inMark = 0): string | null {
+  const problems: string[] = [];
+  if (model.verdict !== k.verdict) problems.push(`verdict: model ${model.verdict} (${model.row}), kernel ${k.verdict}`);
+  const expectMark = model.verdict === 'deliver' ? model.mark! : inMark;
+  if (k.mark !== expectMark) problems.push(`mark: model 0x${expectMark.toString(16)}, kernel 0x${k.mark.toString(16)}`);
+  const expected = Buffer.from(frame);
+  if (model.verdict === 'redirect' && k.verdict === 'redirect' && model.rewrittenDstMac) ipMacInto(expected, model.rewrittenDstMac);
+  if (!k.dataOut.equals(expected)) problems.push(`bytes: expected ${expected.toString('hex')}, kernel ${k.dataOut.toString('hex')}`);
+  return problems.length ? problems.join('; ') : null;
+}
+
+function ipMacInto(frame: Buffer, mac: string): void {
+  Buffer.from(mac.split(':').map((p) => parseInt(p, 16))).copy(frame, 0);
+}
