@@ -2,10 +2,14 @@
  * The one place a capture mode is chosen and built. `run` and `uninstall` go through
  * here; nothing else switches on the mode.
  */
+import { gatherKernelFacts } from '../host/kernel.js';
 import type { CommandRunner } from '../host/runner.js';
-import type { Logger } from '../log.js';
-import { EbpfRedirect, uninstallEbpf, type Variant } from './ebpf.js';
-import type { RedirectMode } from './mode.js';
+import { createLogger, type Logger } from '../log.js';
+import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
+import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables.js';
+import type { Desired } from '../controller/desired.js';
+import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
+import { selectMode, selectTunnel, type KernelFacts, type RequestedTunnel } from './select.js';
 
 export type ModeName = RedirectMode['name'];
 export type RequestedMode = ModeName | 'auto';
@@ -14,31 +18,118 @@ export interface ModeOptions {
   objectPath: string;
   pinRoot: string;
   variant?: Variant;
+  /** ebpf mode's ztunnel-side delivery: bpf_sk_assign or mark + TPROXY (default: probed). */
+  delivery?: Delivery;
   runner: CommandRunner;
   log: Logger;
+  /** iptables mode's tunnel: Geneve where the kernel has it, else VXLAN (default auto). */
+  tunnel?: RequestedTunnel;
+  /** iptables mode: forces the iptables backend (default: what the node uses). */
+  iptablesBackend?: BackendKind;
+  /** Capture the pods' DNS to ztunnel's 15053 (default off). */
+  dnsCapture?: boolean;
+  /** Injected kernel facts (tests); gathered from this kernel when absent. */
+  facts?: KernelFacts;
 }
 
-/** The mode to use for a request. `auto` becomes a kernel probe once the fallback exists. */
-export function resolveMode(requested: RequestedMode): ModeName {
-  if (requested === 'iptables') throw new Error('the iptables fallback is not built yet; use --mode ebpf or auto');
-  return 'ebpf';
+/**
+ * The mode to use for a request: `iptables` as asked; `auto` and `ebpf` after probing the
+ * kernel. One log line says which and why; a fallback from `ebpf` is a warning.
+ */
+export function resolveMode(requested: RequestedMode, opts: { log?: Logger; facts?: KernelFacts } = {}): ModeName {
+  const log = opts.log ?? createLogger('info');
+  if (requested === 'iptables') {
+    const s = selectMode('iptables', { release: '', probes: null, geneve: null });
+    log.info('capture mode selected', { requested, mode: s.mode, reason: s.reason, fallback: false });
+    return s.mode;
+  }
+  const facts = opts.facts ?? gatherKernelFacts();
+  const s = selectMode(requested, facts);
+  const fields = { requested, mode: s.mode, reason: s.reason, fallback: s.fallback, kernel: facts.release, probes: facts.probes };
+  if (s.fallback) log.warn('capture mode selected', fields);
+  else log.info('capture mode selected', fields);
+  return s.mode;
+}
+
+function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
+  switch (mode) {
+    case 'ebpf':
+      return new EbpfRedirect({
+        objectPath: opts.objectPath,
+        pinRoot: opts.pinRoot,
+        runner: opts.runner,
+        log: opts.log,
+        ...(opts.variant && { variant: opts.variant }),
+        ...(opts.delivery && { delivery: opts.delivery }),
+        ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+      });
+    case 'iptables': {
+      const facts = opts.facts ?? gatherKernelFacts();
+      const t = selectTunnel(opts.tunnel ?? 'auto', facts);
+      opts.log.info('iptables mode tunnel selected', { tunnel: t.tunnel, reason: t.reason });
+      return new IptablesRedirect({
+        runner: opts.runner,
+        log: opts.log,
+        tunnel: t.tunnel,
+        ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+        ...(opts.iptablesBackend && { backend: opts.iptablesBackend }),
+      });
+    }
+  }
+}
+
+/** Removes what the other mode may have left: a node restarted with another mode. */
+async function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<string[]> {
+  if (mode === 'iptables') return describeEbpf(await uninstallEbpf(opts.pinRoot, opts.runner));
+  return uninstallIptables(opts.runner);
+}
+
+/**
+ * A mode that, once its first pass is applied, removes what the other mode left behind.
+ * Not before: whichever mode is installed keeps capturing until the new one does (TC
+ * programs act before netfilter, so the two never fight over a packet meanwhile).
+ */
+class SwitchingMode implements RedirectMode {
+  private cleaned = false;
+  constructor(private readonly inner: RedirectMode, private readonly opts: ModeOptions) {}
+  get name() {
+    return this.inner.name;
+  }
+  init() {
+    return this.inner.init();
+  }
+  actual(links: Iterable<number>) {
+    return this.inner.actual(links);
+  }
+  async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
+    const r = await this.inner.apply(desired, actual);
+    if (!this.cleaned) {
+      const removed = await removeOtherMode(this.inner.name, this.opts);
+      this.cleaned = true;
+      if (removed.length) this.opts.log.info('removed the state of the other capture mode', { mode: this.inner.name, removed });
+    }
+    return r;
+  }
+  close() {
+    this.inner.close();
+  }
 }
 
 export function createRedirectMode(mode: ModeName, opts: ModeOptions): RedirectMode {
-  switch (mode) {
-    case 'ebpf':
-      return new EbpfRedirect({ objectPath: opts.objectPath, pinRoot: opts.pinRoot, log: opts.log, ...(opts.variant && { variant: opts.variant }) });
-    case 'iptables':
-      throw new Error('the iptables fallback is not built yet');
-  }
+  return new SwitchingMode(buildMode(mode, opts), opts);
+}
+
+function describeEbpf(r: Awaited<ReturnType<typeof uninstallEbpf>>): string[] {
+  return [
+    ...r.detached.map((d) => `detached ${d.direction} filter from ${d.name}`),
+    ...r.qdiscsRemoved.map((q) => `removed clsact qdisc from ${q}`),
+    ...r.ztunnel,
+    ...r.pinsRemoved.map((p) => `unpinned ${p}`),
+  ];
 }
 
 /** Removes what every mode may have left on this node; each part is idempotent. */
 export async function uninstallAll(opts: { pinRoot: string; runner: CommandRunner }): Promise<string[]> {
-  const r = await uninstallEbpf(opts.pinRoot, opts.runner);
-  return [
-    ...r.detached.map((d) => `detached ${d.direction} filter from ${d.name}`),
-    ...r.qdiscsRemoved.map((q) => `removed clsact qdisc from ${q}`),
-    ...r.pinsRemoved.map((p) => `unpinned ${p}`),
-  ];
+  const ebpf = describeEbpf(await uninstallEbpf(opts.pinRoot, opts.runner));
+  return [...ebpf, ...(await uninstallIptables(opts.runner))];
 }
