@@ -1,0 +1,144 @@
+/**
+ * Golden files of what iptables mode writes: every command (argv and stdin) it runs on a
+ * fresh node, recorded through a fake CommandRunner, for IPv4 and IPv6, Geneve and VXLAN,
+ * no ztunnel (fail closed), and uninstall. Any difference fails; regenerate on purpose
+ * with `UPDATE_GOLDEN=1 npx vitest run test/unit/iptables-golden.test.ts` and review the diff.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { PodFlags } from '../../src/bpf/codec.js';
+import type { Desired } from '../../src/controller/desired.js';
+import type { CommandRunner, RunOptions } from '../../src/host/runner.js';
+import { createLogger } from '../../src/log.js';
+import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/redirect/iptables.js';
+import { buildPlan, parseSave } from '../../src/redirect/iptables-rules.js';
+import type { Tunnel } from '../../src/redirect/select.js';
+
+const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'golden', 'iptables');
+const silent = createLogger('error', () => {});
+
+/** Answers reads with a fresh node's state (or `canned`), records everything. */
+class RecordingRunner implements CommandRunner {
+  readonly log: string[] = [];
+  constructor(private readonly answer: (argv: readonly string[]) => string | undefined = () => undefined) {}
+  async run(argv: readonly string[], opts: RunOptions = {}): Promise<string> {
+    this.log.push(`$ ${argv.join(' ')}`);
+    if (opts.input !== undefined) this.log.push(...opts.input.trimEnd().split('\n').map((l) => `  | ${l}`));
+    const canned = this.answer(argv);
+    if (canned !== undefined) return canned;
+    const cmd = argv.join(' ');
+    if (cmd === 'iptables --version') return 'iptables v1.8.9 (nf_tables)\n';
+    if (/ -j /.test(` ${cmd} `) || cmd.includes(' -j ')) return '[]';
+    return '';
+  }
+}
+
+function checkGolden(name: string, text: string): void {
+  const path = join(GOLDEN, `${name}.txt`);
+  if (process.env.UPDATE_GOLDEN === '1') {
+    mkdirSync(GOLDEN, { recursive: true });
+    writeFileSync(path, text);
+    return;
+  }
+  if (!existsSync(path)) throw new Error(`golden file ${path} is missing: run with UPDATE_GOLDEN=1 and review it`);
+  expect(text).toBe(readFileSync(path, 'utf8'));
+}
+
+interface Case {
+  name: string;
+  tunnel: Tunnel;
+  pods: string[];
+  ztunnel: { ip: string; host: string } | null;
+}
+
+const V4 = { pods: ['10.244.1.7', '10.244.1.9'], ztunnel: { ip: '10.244.1.3', host: '10.0.0.5' } };
+const V6 = { pods: ['fd00:10:244:1::7', 'fd00:10:244:1::9'], ztunnel: { ip: 'fd00:10:244:1::3', host: 'fd00:10::5' } };
+
+const CASES: Case[] = [
+  { name: 'ipv4-geneve', tunnel: 'geneve', ...V4 },
+  { name: 'ipv4-vxlan', tunnel: 'vxlan', ...V4 },
+  { name: 'ipv6-geneve', tunnel: 'geneve', ...V6 },
+  { name: 'ipv6-vxlan', tunnel: 'vxlan', ...V6 },
+  { name: 'no-ztunnel-fail-closed', tunnel: 'vxlan', pods: [...V4.pods, ...V6.pods], ztunnel: null },
+];
+
+function desired(c: Case): Desired {
+  const pods = new Map(c.pods.map((ip, i) => [ip, { ifindex: 10 + i, mac: '00:00:00:00:00:00', flags: PodFlags.ENROLLED }]));
+  const placement = c.ztunnel
+    ? { hostLink: { ifindex: 5, name: 'vethzt', mac: '0a:58:0a:f4:01:01' }, peer: { ifindex: 2, name: 'eth0', mac: '0a:58:0a:f4:01:03' }, netns: 'cni-ztunnel' }
+    : null;
+  return { pods, ztunnel: null, ztunnelPlacement: placement, hooks: new Set(), unplaced: [] };
+}
+
+async function record(c: Case): Promise<string> {
+  const runner = new RecordingRunner((argv) => {
+    const cmd = argv.join(' ');
+    if (c.ztunnel && cmd === 'ip -n cni-ztunnel -j addr show dev eth0') {
+      return JSON.stringify([{ ifname: 'eth0', addr_info: [{ local: c.ztunnel.ip, prefixlen: c.ztunnel.ip.includes(':') ? 128 : 32 }] }]);
+    }
+    if (c.ztunnel && cmd === `ip -j route get ${c.ztunnel.ip}`) return JSON.stringify([{ dst: c.ztunnel.ip, dev: 'vethzt', prefsrc: c.ztunnel.host }]);
+    return undefined;
+  });
+  const mode = new IptablesRedirect({ runner, log: silent, tunnel: c.tunnel, backend: 'nft' });
+  await mode.init();
+  await mode.apply(desired(c), await mode.actual());
+  return runner.log.join('\n') + '\n';
+}
+
+describe('iptables mode golden files', () => {
+  for (const c of CASES) {
+    it(`writes the ${c.name} rules`, async () => {
+      checkGolden(c.name, await record(c));
+    });
+  }
+
+  it('removes exactly what it finds of its own on uninstall', async () => {
+    const installed: Record<string, string> = {
+      'ip -j -d addr show': JSON.stringify([
+        { ifname: 'istioout', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+        { ifname: 'istioin', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+        // Someone else's device with one of our names but not our alias: left alone.
+        { ifname: 'eth0' },
+      ]),
+      'ip -n cni-ztunnel -j -d addr show': JSON.stringify([{ ifname: 'pistioout' }, { ifname: 'pistioin' }, { ifname: 'eth0' }]),
+      'ip -j netns list': JSON.stringify([{ name: 'cni-ztunnel' }, { name: 'other' }]),
+      'iptables-nft-save': [
+        '*mangle', ':PREROUTING ACCEPT [0:0]', ':ztunnel-PREROUTING - [0:0]', ':KUBE-KEEP - [0:0]',
+        '-A PREROUTING -j ztunnel-PREROUTING', '-A PREROUTING -j KUBE-KEEP', '-A ztunnel-PREROUTING -j RETURN', 'COMMIT', '',
+      ].join('\n'),
+      'ip -4 -j rule show': JSON.stringify([
+        { priority: 0, table: 'local' },
+        { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101', protocol: '211' },
+        { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101' }, // not ours: no protocol 211
+      ]),
+      'ip -4 -j route show table all proto 211': JSON.stringify([{ dst: 'default', gateway: '192.168.127.2', dev: 'istioout', table: '101' }]),
+      'ipset list -n': 'ztunnel-pods-ips\nztunnel-pods-ips-v6\nsomeone-elses\n',
+    };
+    const runner = new RecordingRunner((argv) => installed[argv.join(' ')]);
+    const removed = await uninstallIptables(runner);
+    checkGolden('uninstall', runner.log.join('\n') + '\n\n# reported\n' + removed.join('\n') + '\n');
+    expect(removed).toContain('destroyed ipset ztunnel-pods-ips');
+    expect(runner.log.join('\n')).not.toMatch(/someone-elses|KUBE-KEEP -F|link del eth0/);
+  });
+
+  it('is a no-op on a node that already holds the plan (idempotent iptables input)', () => {
+    const plan = buildPlan({ tunnel: 'vxlan', pods: V4.pods, ztunnel: { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip], hostIps: { 4: V4.ztunnel.host } }, dnsCapture: false });
+    const chains = plan.node.chains.filter((c) => c.family === 4);
+    // What iptables-save prints after our restore: the same rules, one jump per chain.
+    const byTable = new Map<string, string[]>();
+    for (const c of chains) {
+      const lines = byTable.get(c.table) ?? [];
+      lines.push(`:${c.chain} - [0:0]`, `-A ${c.base} -j ${c.chain}`, ...c.rules.map((r) => `-A ${c.chain} ${r}`));
+      byTable.set(c.table, lines);
+    }
+    const save = [...byTable.entries()].map(([t, l]) => [`*${t}`, ...l, 'COMMIT'].join('\n')).join('\n');
+    expect(chainRestoreInput(chains, parseSave(save))).toBeNull();
+    // A rule edited by someone else makes that chain, and only it, rewritten.
+    const drifted = save.replace('-A ztunnel-OUTPUT -m addrtype', '-A ztunnel-OUTPUT -s 10.0.0.5/32 -m addrtype');
+    const input = chainRestoreInput(chains, parseSave(drifted))!;
+    expect(input.match(/^:/gm)).toHaveLength(1);
+    expect(input).toContain(':ztunnel-OUTPUT - [0:0]');
+  });
+});
