@@ -13,7 +13,9 @@ import { createSimNode, newPrefix, type SimNode } from '../../src/sim/node.js';
 import { pinRootFor, runStaticScenario } from '../../src/sim/scenario.js';
 import { emptyTables } from '../../src/redirect/iptables.js';
 import { kernelDescribe } from './gate.js';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
+import { isRoot } from './gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 
@@ -42,6 +44,27 @@ async function snapshot(ns: string): Promise<Record<string, string>> {
 async function snapshots(sim: SimNode) {
   return { node: await snapshot(sim.nodeNs), ztunnel: await snapshot(sim.ztunnel.ns) };
 }
+
+/**
+ * Whether this kernel creates Geneve links, tried in a throwaway netns of our own: the
+ * controller's `auto` tunnel picks Geneve there and VXLAN here (no CONFIG_GENEVE).
+ */
+function geneveWorks(): { ok: boolean; reason: string } {
+  if (!isRoot) return { ok: false, reason: 'not root' };
+  const ns = `${newPrefix()}-geneve`;
+  try {
+    execFileSync('ip', ['netns', 'add', ns]);
+    execFileSync('ip', ['-n', ns, 'link', 'add', 'g0', 'type', 'geneve', 'id', '1', 'remote', '127.0.0.1'], { stdio: 'pipe' });
+    return { ok: true, reason: '' };
+  } catch (err) {
+    return { ok: false, reason: `\`ip link add ... type geneve\` fails on this kernel (${String((err as { stderr?: Buffer }).stderr ?? err).trim()})` };
+  } finally {
+    execFileSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  }
+}
+const GENEVE = geneveWorks();
+const TUNNEL = GENEVE.ok ? { kind: 'geneve', port: 6081 } : { kind: 'vxlan', port: 4789 };
+if (!GENEVE.ok) console.warn(`skipping the Geneve end-to-end test: ${GENEVE.reason}; Geneve is covered by golden files`);
 
 /** An iptables-save text without its tables that hold nothing (built-in chains, ACCEPT). */
 function dropEmptyTables(save: string): string {
@@ -99,17 +122,34 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
 
     // The kernel held what the mode says: the set, the tunnel (VXLAN here), marks, tables.
     expect(oracle.ipset!.split('\n').filter((l) => l.startsWith('add')).sort()).toEqual([`add ztunnel-pods-ips ${sim.pods[0]!.ip}`, `add ztunnel-pods-ips ${sim.pods[2]!.ip}`]);
-    expect(oracle.links).toMatch(/vxlan id 1001 remote 198\.18\.0\.2 .*dstport 4789/);
+    expect(oracle.links).toMatch(new RegExp(`${TUNNEL.kind} id 1001 remote 198\\.18\\.0\\.2 .*dstport ${TUNNEL.port}`));
     expect(oracle.links).toContain('alias ambient-redirect ztunnel-netns=' + sim.ztunnel.ns);
     // ztunnel's end points back at the node's address toward ztunnel.
     const [toZt] = JSON.parse(oracle.routeToZt!) as { prefsrc: string }[];
-    expect(oracle.ztLinks).toContain(`vxlan id 1001 remote ${toZt!.prefsrc} `);
+    expect(oracle.ztLinks).toContain(`${TUNNEL.kind} id 1001 remote ${toZt!.prefsrc} `);
     expect(oracle.mangle).toContain('-A ztunnel-PREROUTING -p tcp -m set --match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100');
     expect(oracle.ztMangle).toContain('-A ztunnel-PREROUTING -i pistioout -p tcp -j TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff');
     expect(oracle.rules).toMatch(/101:\s+from all fwmark 0x100\/0x100 lookup 101 proto 211/);
     expect(oracle.table101).toMatch(/default via 192\.168\.127\.2 dev istioout/);
 
     expect(result.uninstall).toContain('deleted istioout');
+    expect(await snapshots(sim)).toEqual(pristine);
+  });
+
+  it.skipIf(!GENEVE.ok)(`captures through a Geneve tunnel where the kernel has Geneve${GENEVE.ok ? '' : ` (skipped: ${GENEVE.reason})`}`, async () => {
+    let link = '';
+    const result = await runStaticScenario(sim, {
+      enrolled: [1],
+      connections: 3,
+      pinRoot: pinRootFor(sim),
+      mode: 'iptables',
+      beforeUninstall: async () => {
+        link = await run(['ip', '-n', sim.nodeNs, '-d', 'link', 'show', 'istioout']);
+      },
+    });
+    expect(link).toMatch(/geneve id 1001 remote 198\.18\.0\.2 /);
+    expect(result.reports[1]!.viaZtunnel).toEqual(Array(3).fill(`${sim.outside.ip}:${sim.outside.port}`));
+    expect(result.reports[1]!.direct).toBe(0);
     expect(await snapshots(sim)).toEqual(pristine);
   });
 
