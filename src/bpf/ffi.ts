@@ -421,6 +421,7 @@ const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const IP_TRANSPARENT = 19;
 const IPV6_TRANSPARENT = 75;
+const IPV6_V6ONLY = 26;
 
 /**
  * A listening TCP socket with IP_TRANSPARENT set, so that TPROXY can hand it connections
@@ -437,6 +438,8 @@ export function transparentListener(family: typeof AF_INET | typeof AF_INET6, po
     throw new BpfError(op, `port ${port}`, e);
   };
   if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) < 0) fail('setsockopt(SO_REUSEADDR)');
+  // An IPv6 listener takes IPv6 only, so that an IPv4 one can share its port.
+  if (family === AF_INET6 && c.setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, one, 4) < 0) fail('setsockopt(IPV6_V6ONLY)');
   const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
   if (c.setsockopt(fd, transparent[0], transparent[1], one, 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
   let addr: Buffer;

@@ -1,64 +1,101 @@
 /**
- * The ebpf capture mode: our TC program on each enrolled pod's host veth, the pods and
- * ztunnel maps pinned under the pin folder.
+ * The ebpf capture mode (docs/datapath.md): on each enrolled pod's host veth the outbound
+ * program (TC ingress) and the inbound one (TC egress); on ztunnel's eth0, inside its
+ * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
+ * Maps are pinned under the pin folder and adopted when already there.
  */
-import { BpfObject, type BpfMap } from '../bpf/object.js';
+import { BpfMap, BpfObject } from '../bpf/object.js';
 import * as codec from '../bpf/codec.js';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../bpf/ffi.js';
-import { ensurePinDir, removePins } from '../bpf/pins.js';
-import { attachTc, destroyClsact, detachTc, queryTc } from '../bpf/tc.js';
-import { parseLinks } from '../host/netinfo.js';
+import { netnsPath, withNetns } from '../bpf/netns.js';
+import { ensurePinDir, pinDir, removePins } from '../bpf/pins.js';
+import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../bpf/tc.js';
+import { parseLinks, readHostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
-import type { Desired } from '../controller/desired.js';
+import type { Desired, ZtunnelPlacement } from '../controller/desired.js';
 import { diffHooks, diffPods } from '../controller/desired.js';
 import type { Logger } from '../log.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
+import { configureZtunnelNetns, unconfigureZtunnelNetns, type Delivery } from './ztunnel-netns.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 
+const BPF_FUNC_sk_assign = 124;
 const BPF_FUNC_redirect_peer = 155;
 
 export type Variant = 'redirect_peer' | 'redirect';
+export type { Delivery };
 
-/** The outbound program for a variant. */
-export const OUTBOUND_PROGRAM: Record<Variant, string> = {
-  redirect_peer: 'out_redir_peer',
-  redirect: 'out_redirect',
-};
+export const PROGRAMS = {
+  outbound: { redirect_peer: 'out_redir_peer', redirect: 'out_redirect' },
+  inbound: 'in_redirect',
+  ztunnel: { sk_assign: 'zt_assign', tproxy: 'zt_mark' },
+} as const;
+
+/** Istio's probe SNAT addresses: kubelet's probes reach pods from these. */
+export const DEFAULT_PROBE_ADDRESSES = ['169.254.7.127', 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff'] as const;
 
 /** bpf_redirect_peer (5.10) where the kernel offers it, plain bpf_redirect otherwise. */
 export function probeVariant(): Variant {
   return probeHelper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_redirect_peer) ? 'redirect_peer' : 'redirect';
 }
 
+/** bpf_sk_assign (5.7) where the kernel offers it, mark + TPROXY otherwise. */
+export function probeDelivery(): Delivery {
+  return probeHelper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign) ? 'sk_assign' : 'tproxy';
+}
+
 export interface EbpfOptions {
   objectPath: string;
   pinRoot: string;
-  /** Forces a variant; probed when absent. */
+  /** Forces a redirect variant; probed when absent. */
   variant?: Variant;
+  /** Forces the ztunnel-side delivery; probed when absent. */
+  delivery?: Delivery;
+  /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
+  dnsCapture?: boolean;
+  /** Addresses whose traffic with pods passes (probe SNAT addresses). */
+  probeAddresses?: readonly string[];
+  runner: CommandRunner;
   log: Logger;
 }
+
+const POD_HOOKS: Direction[] = ['ingress', 'egress'];
 
 export class EbpfRedirect implements RedirectMode {
   readonly name = 'ebpf' as const;
   private obj: BpfObject | null = null;
-  private variantInUse: Variant | null = null;
+  private chosen: { variant: Variant; delivery: Delivery } | null = null;
+  /** The ztunnel placement we configured last, so an unchanged one costs one query. */
+  private ztunnelDone: string | null = null;
 
   constructor(private readonly opts: EbpfOptions) {}
 
   get variant(): Variant {
-    if (!this.variantInUse) throw new Error('ebpf mode not initialised');
-    return this.variantInUse;
+    return this.choice().variant;
+  }
+
+  get delivery(): Delivery {
+    return this.choice().delivery;
+  }
+
+  private choice() {
+    if (!this.chosen) throw new Error('ebpf mode not initialised');
+    return this.chosen;
   }
 
   async init(): Promise<void> {
     const dir = ensurePinDir(this.opts.pinRoot);
     const variant = this.opts.variant ?? probeVariant();
+    const delivery = this.opts.delivery ?? probeDelivery();
+    const programs = [PROGRAMS.outbound[variant], PROGRAMS.inbound, PROGRAMS.ztunnel[delivery]];
     // Maps declared LIBBPF_PIN_BY_NAME are reused from the folder when pinned there.
-    this.obj = BpfObject.openAndLoad(this.opts.objectPath, { pinRoot: dir, programs: [OUTBOUND_PROGRAM[variant]] });
-    this.variantInUse = variant;
-    this.opts.log.info('ebpf data path loaded', { object: this.opts.objectPath, pinDir: dir, variant });
+    this.obj = BpfObject.openAndLoad(this.opts.objectPath, { pinRoot: dir, programs });
+    this.chosen = { variant, delivery };
+    this.opts.log.info('ebpf data path loaded', { object: this.opts.objectPath, pinDir: dir, variant, delivery });
   }
 
-  private map(name: 'pods' | 'ztunnel'): BpfMap {
+  private map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters'): BpfMap {
     if (!this.obj) throw new Error('ebpf mode not initialised');
     return this.obj.map(name);
   }
@@ -69,28 +106,70 @@ export class EbpfRedirect implements RedirectMode {
     const slot = this.map('ztunnel').lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
     const zt = slot ? codec.decodeZtunnelInfo(slot) : null;
     const hooks = new Set<number>();
-    for (const ifindex of candidateLinks) if (queryTc(ifindex, 'ingress') !== null) hooks.add(ifindex);
+    // A veth counts as hooked only with both programs: a missing one is re-attached.
+    for (const ifindex of candidateLinks) {
+      if (POD_HOOKS.every((d) => queryTc(ifindex, d) !== null)) hooks.add(ifindex);
+    }
     return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
   }
 
   async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
+    const { variant, delivery } = this.choice();
     const pods = this.map('pods');
-    const ztunnel = this.map('ztunnel');
-    const slotKey = codec.encodeSlot(codec.ZTUNNEL_SLOT);
     const emptySlot: codec.ZtunnelInfo = { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0, netnsCookie: 0n };
-    ztunnel.update(slotKey, codec.encodeZtunnelInfo(desired.ztunnel ?? emptySlot));
+
+    // ztunnel's side first: its netns must deliver before pods are sent to it.
+    if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
+    const slot = desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
+    this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
+    this.syncHostAddrs();
 
     const podDiff = diffPods(desired.pods, actual.pods);
     // Entries before hooks: a program attached to a veth finds its pod already there.
     for (const [ip, info] of podDiff.upserts) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(info));
 
     const hookDiff = diffHooks(desired.hooks, actual.hooks);
-    const progFd = this.obj!.programFd(OUTBOUND_PROGRAM[this.variant]);
-    for (const ifindex of hookDiff.attach) attachTc(ifindex, 'ingress', progFd);
-    for (const ifindex of hookDiff.detach) detachTc(ifindex, 'ingress');
+    const out = this.obj!.programFd(PROGRAMS.outbound[variant]);
+    const inb = this.obj!.programFd(PROGRAMS.inbound);
+    for (const ifindex of hookDiff.attach) {
+      attachTc(ifindex, 'ingress', out);
+      attachTc(ifindex, 'egress', inb);
+    }
+    for (const ifindex of hookDiff.detach) {
+      for (const d of POD_HOOKS) detachTc(ifindex, d);
+      this.map('counters').delete(codec.encodeU32Key(ifindex));
+    }
     for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
 
     return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: hookDiff.attach.length, detached: hookDiff.detach.length };
+  }
+
+  /** The delivery program on ztunnel's eth0 and the routing it needs; repaired if gone. */
+  private async ensureZtunnelSide(z: ZtunnelPlacement, delivery: Delivery): Promise<void> {
+    const key = `${z.netns}/${z.peer.ifindex}`;
+    const prog = PROGRAMS.ztunnel[delivery];
+    const attached = withNetns(netnsPath(z.netns), () => queryTc(z.peer.ifindex, 'ingress') !== null);
+    if (attached && this.ztunnelDone === key) return;
+    await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
+    const fd = this.obj!.programFd(prog);
+    withNetns(netnsPath(z.netns), () => attachTc(z.peer.ifindex, 'ingress', fd));
+    this.ztunnelDone = key;
+    this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: prog });
+  }
+
+  private syncHostAddrs(): void {
+    const map = this.map('host_addrs');
+    const want = new Set(this.opts.probeAddresses ?? DEFAULT_PROBE_ADDRESSES);
+    const have = new Set(map.keys().map(codec.decodeAddrKey));
+    const value = codec.encodeHostInfo({ flags: codec.HostFlags.BYPASS });
+    for (const ip of want) if (!have.has(ip)) map.update(codec.encodeAddrKey(ip), value);
+    for (const ip of have) if (!want.has(ip)) map.delete(codec.encodeAddrKey(ip));
+  }
+
+  /** Summed per-CPU counters of a veth, or null when it has none. */
+  counters(ifindex: number): codec.PodCounters | null {
+    const v = this.map('counters').lookup(codec.encodeU32Key(ifindex));
+    return v ? codec.decodePodCountersPerCpu(v) : null;
   }
 
   close(): void {
@@ -99,22 +178,56 @@ export class EbpfRedirect implements RedirectMode {
   }
 }
 
+/** ztunnel's placement from the pinned slot: where uninstall finds its netns. */
+async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<ZtunnelPlacement | null> {
+  const path = join(pinDir(pinRoot), 'ztunnel');
+  if (!existsSync(path)) return null;
+  const map = BpfMap.openPinned(path, 'ztunnel', { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 });
+  let zt: codec.ZtunnelInfo | null;
+  try {
+    const v = map.lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
+    zt = v ? codec.decodeZtunnelInfo(v) : null;
+  } finally {
+    map.close();
+  }
+  if (!zt || !zt.ifindex) return null;
+  const net = await readHostNet(runner);
+  const hostLink = net.links.get(zt.ifindex);
+  const netns = hostLink?.peerNetnsId !== undefined ? net.netnsById.get(hostLink.peerNetnsId) : undefined;
+  if (!hostLink || !netns) return null;
+  return { hostLink, peer: { ifindex: zt.peerIfindex, name: 'eth0', mac: zt.mac }, netns };
+}
+
 export interface UninstallReport {
-  detached: { ifindex: number; name: string; direction: 'ingress' | 'egress' }[];
+  detached: { ifindex: number; name: string; direction: Direction }[];
   qdiscsRemoved: string[];
+  ztunnel: string[];
   pinsRemoved: string[];
 }
 
 /**
- * Removes our filters from every link of this netns, the clsact qdiscs left empty by
- * that, and our pins. Other filters, and qdiscs that still hold them, stay.
+ * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
+ * qdiscs left empty by that, the rules in ztunnel's netns, and our pins. Other filters,
+ * and qdiscs that still hold them, stay.
  */
 export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<UninstallReport> {
-  const report: UninstallReport = { detached: [], qdiscsRemoved: [], pinsRemoved: [] };
+  const report: UninstallReport = { detached: [], qdiscsRemoved: [], ztunnel: [], pinsRemoved: [] };
+  const zt = await pinnedZtunnel(pinRoot, runner);
+  if (zt) {
+    const path = netnsPath(zt.netns);
+    if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress'))) report.ztunnel.push(`detached ingress filter from eth0 in ${zt.netns}`);
+    const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
+    const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
+    if (name && (await clsactIsEmpty(runner, name, zt.netns))) {
+      withNetns(path, () => destroyClsact(zt.peer.ifindex));
+      report.ztunnel.push(`removed clsact qdisc from ${name} in ${zt.netns}`);
+    }
+    report.ztunnel.push(...(await unconfigureZtunnelNetns(zt.netns, runner)));
+  }
   const links = parseLinks(await runner.run(['ip', '-j', 'link', 'show']));
   for (const link of links.values()) {
     let ours = false;
-    for (const direction of ['ingress', 'egress'] as const) {
+    for (const direction of POD_HOOKS) {
       if (detachTc(link.ifindex, direction)) {
         ours = true;
         report.detached.push({ ifindex: link.ifindex, name: link.name, direction });
@@ -129,10 +242,13 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
   return report;
 }
 
-async function clsactIsEmpty(runner: CommandRunner, dev: string): Promise<boolean> {
-  for (const direction of ['ingress', 'egress']) {
-    const out = (await runner.run(['tc', '-j', 'filter', 'show', 'dev', dev, direction])).trim();
+async function clsactIsEmpty(runner: CommandRunner, dev: string, netns?: string): Promise<boolean> {
+  const ns = netns ? ['-n', netns] : [];
+  for (const direction of POD_HOOKS) {
+    const out = (await runner.run(['tc', ...ns, '-j', 'filter', 'show', 'dev', dev, direction])).trim();
     if (out !== '' && out !== '[]') return false;
   }
   return true;
 }
+
+

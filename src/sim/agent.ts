@@ -1,11 +1,16 @@
 /**
  * The processes of the simulated node, run inside its netns by node.ts:
  *
- *   agent.js ztunnel --port 15001      transparent listener; reports each connection's
- *                                      original destination (TPROXY keeps it as local addr)
- *   agent.js server --port 8080        the outside server; reports who connected
- *   agent.js connect --to IP:PORT --count N --timeout-ms T
- *                                      N sequential connections; one result line each
+ *   agent.js ztunnel --port 15001,15006,15008
+ *                                      transparent listeners (IPv4 and IPv6); report each
+ *                                      connection's original destination (TPROXY and
+ *                                      bpf_sk_assign keep it as the local address)
+ *   agent.js server --port 8080 [--reply TEXT]
+ *                                      a server (the outside one, or a pod's); reports who
+ *                                      connected, over IPv4 and IPv6
+ *   agent.js connect --to IP:PORT --count N --timeout-ms T [--bind IP]
+ *                                      N sequential connections, from IP if given; one
+ *                                      result line each
  *
  * Each prints one JSON object per line on stdout. Bad arguments: one line on stderr, exit 2.
  */
@@ -15,7 +20,7 @@ import { parseArgs } from 'node:util';
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: agent.js ztunnel --port P | server --port P | connect --to IP:PORT --count N --timeout-ms T';
+  'usage: agent.js ztunnel --port P[,P...] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP]';
 
 function emit(event: object): void {
   process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -29,13 +34,27 @@ function intOption(values: Record<string, unknown>, name: string, min: number, m
   return n;
 }
 
+function portList(values: Record<string, unknown>): number[] {
+  const raw = values.port;
+  if (typeof raw !== 'string') throw new UsageError('--port is required');
+  return raw.split(',').map((p) => intOption({ port: p }, 'port', 1, 65535));
+}
+
+function bindAddress(values: Record<string, unknown>): string | undefined {
+  const raw = values.bind;
+  if (raw === undefined) return undefined;
+  if (typeof raw !== 'string' || net.isIP(raw) === 0) throw new UsageError(`--bind must be an IP address, got "${String(raw)}"`);
+  return raw;
+}
+
 function target(values: Record<string, unknown>): { host: string; port: number } {
   const raw = values.to;
   if (typeof raw !== 'string') throw new UsageError('--to is required');
-  const m = /^(.+):(\d+)$/.exec(raw);
+  // IPv6 as [addr]:port.
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(raw);
   const port = Number(m?.[2]);
   if (!m?.[1] || net.isIP(m[1]) === 0 || port < 1 || port > 65535) {
-    throw new UsageError(`--to must be IP:PORT, got "${raw}"`);
+    throw new UsageError(`--to must be IP:PORT or [IPv6]:PORT, got "${raw}"`);
   }
   return { host: m[1], port };
 }
@@ -44,6 +63,11 @@ function address(socket: net.Socket, side: 'remote' | 'local'): string {
   return side === 'remote'
     ? `${socket.remoteAddress}:${socket.remotePort}`
     : `${socket.localAddress}:${socket.localPort}`;
+}
+
+/** `ip:port`, with IPv6 addresses in brackets. */
+function hostPort(ip: string | undefined, port: number | undefined): string {
+  return ip?.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`;
 }
 
 /** Accepts, reports and answers each connection with `reply` and closes it. */
@@ -56,18 +80,35 @@ function serve(server: net.Server, reply: string, describe: (s: net.Socket) => o
   });
 }
 
-async function runZtunnel(port: number): Promise<void> {
-  // Loaded only here: it loads libbpf, which the other modes do not need.
-  const { AF_INET, transparentListener } = await import('../bpf/ffi.js');
-  const server = net.createServer();
-  serve(server, 'ztunnel', (s) => ({ src: address(s, 'remote'), origDst: address(s, 'local') }));
-  server.listen({ fd: transparentListener(AF_INET, port) }, () => emit({ event: 'listening', port }));
+/** Resolves once every server listens. */
+function listenAll(servers: [net.Server, object][]): Promise<void> {
+  return Promise.all(servers.map(([server, opts]) => new Promise<void>((resolve) => server.listen(opts, resolve)))).then(() => undefined);
 }
 
-function runServer(port: number): void {
-  const server = net.createServer();
-  serve(server, 'outside', (s) => ({ src: address(s, 'remote') }));
-  server.listen({ port, host: '0.0.0.0' }, () => emit({ event: 'listening', port }));
+async function runZtunnel(ports: number[]): Promise<void> {
+  // Loaded only here: it loads libbpf, which the other modes do not need.
+  const { AF_INET, AF_INET6, transparentListener } = await import('../bpf/ffi.js');
+  const servers: [net.Server, object][] = [];
+  for (const port of ports) {
+    for (const family of [AF_INET, AF_INET6] as const) {
+      const server = net.createServer();
+      serve(server, 'ztunnel', (s) => ({ src: address(s, 'remote'), origDst: hostPort(s.localAddress, s.localPort), port }));
+      servers.push([server, { fd: transparentListener(family, port) }]);
+    }
+  }
+  await listenAll(servers);
+  emit({ event: 'listening', ports });
+}
+
+async function runServer(port: number, reply: string): Promise<void> {
+  const v4 = net.createServer();
+  const v6 = net.createServer();
+  for (const server of [v4, v6]) serve(server, reply, (s) => ({ src: address(s, 'remote') }));
+  await listenAll([
+    [v4, { port, host: '0.0.0.0' }],
+    [v6, { port, host: '::', ipv6Only: true }],
+  ]);
+  emit({ event: 'listening', port });
 }
 
 interface Result {
@@ -77,9 +118,9 @@ interface Result {
 }
 
 /** One connection: reads until the server closes; the timeout covers connect and reply. */
-function attempt(to: { host: string; port: number }, timeoutMs: number): Promise<Result> {
+function attempt(to: { host: string; port: number }, timeoutMs: number, bind?: string): Promise<Result> {
   return new Promise((resolve) => {
-    const socket = net.connect(to);
+    const socket = net.connect({ ...to, ...(bind && { localAddress: bind }) });
     const chunks: Buffer[] = [];
     const done = (r: Result) => {
       clearTimeout(timer);
@@ -93,8 +134,8 @@ function attempt(to: { host: string; port: number }, timeoutMs: number): Promise
   });
 }
 
-async function runConnect(to: { host: string; port: number }, count: number, timeoutMs: number): Promise<void> {
-  for (let i = 0; i < count; i++) emit({ event: 'result', ...(await attempt(to, timeoutMs)) });
+async function runConnect(to: { host: string; port: number }, count: number, timeoutMs: number, bind?: string): Promise<void> {
+  for (let i = 0; i < count; i++) emit({ event: 'result', ...(await attempt(to, timeoutMs, bind)) });
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -103,7 +144,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     values = parseArgs({
       args: rest,
-      options: { port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' } },
+      options: { port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, reply: { type: 'string' } },
       strict: true,
     }).values;
   } catch (err) {
@@ -111,11 +152,11 @@ async function main(argv: string[]): Promise<void> {
   }
   switch (mode) {
     case 'ztunnel':
-      return runZtunnel(intOption(values, 'port', 1, 65535));
+      return runZtunnel(portList(values));
     case 'server':
-      return runServer(intOption(values, 'port', 1, 65535));
+      return runServer(intOption(values, 'port', 1, 65535), typeof values.reply === 'string' ? values.reply : 'server');
     case 'connect':
-      return runConnect(target(values), intOption(values, 'count', 1, 100_000), intOption(values, 'timeout-ms', 1, 600_000));
+      return runConnect(target(values), intOption(values, 'count', 1, 100_000), intOption(values, 'timeout-ms', 1, 600_000), bindAddress(values));
     default:
       throw new UsageError(mode ? `unknown mode "${mode}"` : 'missing mode');
   }

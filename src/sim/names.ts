@@ -6,11 +6,19 @@ import { randomBytes } from 'node:crypto';
 
 /** The pods' default gateway: never assigned, only answered by a static neighbour entry. */
 export const GATEWAY_IP = '169.254.1.1';
+/** The pods' IPv6 gateway: link-local, answered by a static neighbour entry too. */
+export const GATEWAY_IP6 = 'fe80::1';
 export const ZTUNNEL_IP = '198.18.0.2';
-export const ZTUNNEL_PORT = 15001;
+export const ZTUNNEL_IP6 = 'fd00:198:18::2';
+/** ztunnel's listeners: outbound capture, inbound plaintext, inbound HBONE. */
+export const ZTUNNEL_PORTS = [15001, 15006, 15008] as const;
 export const OUTSIDE_HOST_IP = '198.19.0.1';
+export const OUTSIDE_HOST_IP6 = 'fd00:198:19::1';
 export const OUTSIDE_IP = '198.19.0.2';
+export const OUTSIDE_IP6 = 'fd00:198:19::2';
 export const OUTSIDE_PORT = 8080;
+/** The kubelet's probes come from this address on the node (Istio's probe SNAT address). */
+export const PROBE_IP = '169.254.7.127';
 
 /** Link names are at most 15 characters: a 6-character prefix leaves room for `p<index>`. */
 const PREFIX_RE = /^[a-z0-9]{1,6}$/;
@@ -44,4 +52,5 @@ export const names = {
   ztunnelVeth: (prefix: string) => `${prefix}zt`,
   outsideVeth: (prefix: string) => `${prefix}o`,
   podIp: (i: number) => `198.18.0.${10 + i}`,
+  podIp6: (i: number) => `fd00:198:18::${(10 + i).toString(16)}`,
 };

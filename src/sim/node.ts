@@ -11,11 +11,16 @@ import { distEntry } from './dist.js';
 import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
 import {
   GATEWAY_IP,
+  GATEWAY_IP6,
   OUTSIDE_HOST_IP,
+  OUTSIDE_HOST_IP6,
   OUTSIDE_IP,
+  OUTSIDE_IP6,
   OUTSIDE_PORT,
+  PROBE_IP,
   ZTUNNEL_IP,
-  ZTUNNEL_PORT,
+  ZTUNNEL_IP6,
+  ZTUNNEL_PORTS,
   checkPodCount,
   checkPrefix,
   isRunNetns,
@@ -30,8 +35,12 @@ export interface SimPod {
   name: string;
   ns: string;
   ip: string;
+  ip6: string;
   hostVeth: string;
 }
+
+/** Where a connection starts: a pod, or the node itself (as the kubelet does). */
+export type SimSource = SimPod | 'node';
 
 export interface ConnectResult {
   ok: boolean;
@@ -40,8 +49,8 @@ export interface ConnectResult {
 }
 
 export interface SimServer {
-  /** Connections in the order the server reported them. */
-  accepted: { src: string; origDst?: string }[];
+  /** Connections in the order the server reported them (`port`: the ztunnel listener's). */
+  accepted: { src: string; origDst?: string; port?: number }[];
   /** Resolves once `count` connections were reported (reports arrive asynchronously). */
   waitForAccepted(count: number, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
@@ -50,15 +59,26 @@ export interface SimServer {
 export interface SimNode {
   prefix: string;
   nodeNs: string;
-  ztunnel: { ns: string; ip: string; hostVeth: string };
-  outside: { ns: string; ip: string; port: number };
+  ztunnel: { ns: string; ip: string; ip6: string; hostVeth: string };
+  outside: { ns: string; ip: string; ip6: string; port: number };
   pods: SimPod[];
-  /** The ztunnel stand-in on 15001 in the ztunnel netns; resolves once it listens. */
+  /** The address the node's "kubelet" probes from (on the node netns's lo). */
+  probeIp: string;
+  /**
+   * The ztunnel stand-in: transparent listeners on 15001, 15006 and 15008 in the ztunnel
+   * netns (IPv4 and IPv6); resolves once they listen. Each accepted connection records
+   * the listener's port and the original destination.
+   */
   startZtunnel(): Promise<SimServer>;
   /** The outside server on 8080 in the outside netns; resolves once it listens. */
   startOutside(): Promise<SimServer>;
-  /** `count` sequential connections from the pod; failures are results, not errors. */
-  connect(pod: SimPod, to: { ip: string; port: number }, count: number, timeoutMs?: number): Promise<ConnectResult[]>;
+  /** A server in a pod's netns (for inbound traffic and probes). */
+  startPodServer(pod: SimPod, port: number): Promise<SimServer>;
+  /**
+   * `count` sequential connections; failures are results, not errors. `bind` picks the
+   * source address (the probe address from the node, another pod's IP to spoof).
+   */
+  connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string): Promise<ConnectResult[]>;
   /** Idempotent: stops the servers, deletes every netns of the run and checks none is left. */
   teardown(): Promise<void>;
 }
@@ -116,10 +136,14 @@ async function sysctl(runner: CommandRunner, ns: string, settings: Record<string
 // interfaces their source does not route back through, which strict rp_filter drops.
 const RP_FILTER_OFF = { 'net.ipv4.conf.all.rp_filter': 0, 'net.ipv4.conf.default.rp_filter': 0 };
 
+// Duplicate address detection keeps new IPv6 addresses (link-local ones too) tentative
+// for a second or more; neighbour discovery waits on them. Nothing here can collide.
+const DAD_OFF = { 'net.ipv6.conf.all.accept_dad': 0, 'net.ipv6.conf.default.accept_dad': 0 };
+
 async function addNetns(runner: CommandRunner, ns: string, settings: Record<string, string | number> = {}): Promise<void> {
   await runner.run(['ip', 'netns', 'add', ns]);
   await runner.run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-  if (Object.keys(settings).length > 0) await sysctl(runner, ns, settings);
+  await sysctl(runner, ns, { ...DAD_OFF, ...settings });
 }
 
 async function linkMac(runner: CommandRunner, ns: string, link: string): Promise<string> {
@@ -133,63 +157,64 @@ async function linkMac(runner: CommandRunner, ns: string, link: string): Promise
  * a default route to a link-local gateway that no one owns, answered by a permanent
  * neighbour entry with the host veth's MAC, and a /32 route on the node to the host veth.
  */
-async function attachEndpoint(runner: CommandRunner, nodeNs: string, ns: string, hostVeth: string, ip: string): Promise<void> {
+async function attachEndpoint(runner: CommandRunner, nodeNs: string, ns: string, hostVeth: string, ip: string, ip6: string): Promise<void> {
   await runner.run(['ip', '-n', nodeNs, 'link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
   await runner.run(['ip', '-n', nodeNs, 'link', 'set', hostVeth, 'up']);
   await runner.run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
   await runner.run(['ip', '-n', ns, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+  // nodad: usable at once, as CNI plugins set it up.
+  await runner.run(['ip', '-n', ns, 'addr', 'add', `${ip6}/128`, 'dev', 'eth0', 'nodad']);
   await runner.run(['ip', '-n', ns, 'route', 'add', 'default', 'via', GATEWAY_IP, 'dev', 'eth0', 'onlink']);
+  await runner.run(['ip', '-n', ns, '-6', 'route', 'add', 'default', 'via', GATEWAY_IP6, 'dev', 'eth0']);
   const mac = await linkMac(runner, nodeNs, hostVeth);
   await runner.run(['ip', '-n', ns, 'neigh', 'add', GATEWAY_IP, 'lladdr', mac, 'dev', 'eth0', 'nud', 'permanent']);
+  await runner.run(['ip', '-n', ns, '-6', 'neigh', 'add', GATEWAY_IP6, 'lladdr', mac, 'dev', 'eth0', 'nud', 'permanent']);
   await runner.run(['ip', '-n', nodeNs, 'route', 'add', `${ip}/32`, 'dev', hostVeth]);
-}
-
-/** TCP that reaches ztunnel's eth0 for someone else is handed to the listener on 15001. */
-async function addTproxyCapture(runner: CommandRunner, ns: string): Promise<void> {
-  await runner.run([
-    'ip', 'netns', 'exec', ns, 'iptables', '-w', '-t', 'mangle', '-A', 'PREROUTING', '-i', 'eth0', '-p', 'tcp',
-    '!', '-d', ZTUNNEL_IP, '-j', 'TPROXY', '--on-port', String(ZTUNNEL_PORT), '--on-ip', '0.0.0.0',
-    '--tproxy-mark', '0x111/0xfff',
-  ]);
-  await runner.run(['ip', '-n', ns, 'rule', 'add', 'fwmark', '0x111/0xfff', 'lookup', '133']);
-  await runner.run(['ip', '-n', ns, 'route', 'add', 'local', '0.0.0.0/0', 'dev', 'lo', 'table', '133']);
+  await runner.run(['ip', '-n', nodeNs, '-6', 'route', 'add', `${ip6}/128`, 'dev', hostVeth]);
 }
 
 async function addOutside(runner: CommandRunner, nodeNs: string, ns: string, hostVeth: string): Promise<void> {
   await runner.run(['ip', '-n', nodeNs, 'link', 'add', hostVeth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
   await runner.run(['ip', '-n', nodeNs, 'addr', 'add', `${OUTSIDE_HOST_IP}/24`, 'dev', hostVeth]);
   await runner.run(['ip', '-n', nodeNs, 'link', 'set', hostVeth, 'up']);
+  await runner.run(['ip', '-n', nodeNs, 'addr', 'add', `${OUTSIDE_HOST_IP6}/64`, 'dev', hostVeth, 'nodad']);
   await runner.run(['ip', '-n', ns, 'addr', 'add', `${OUTSIDE_IP}/24`, 'dev', 'eth0']);
+  await runner.run(['ip', '-n', ns, 'addr', 'add', `${OUTSIDE_IP6}/64`, 'dev', 'eth0', 'nodad']);
   await runner.run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
   await runner.run(['ip', '-n', ns, 'route', 'add', 'default', 'via', OUTSIDE_HOST_IP]);
+  await runner.run(['ip', '-n', ns, '-6', 'route', 'add', 'default', 'via', OUTSIDE_HOST_IP6]);
 }
 
-type Topology = Pick<SimNode, 'prefix' | 'nodeNs' | 'ztunnel' | 'outside' | 'pods'>;
+type Topology = Pick<SimNode, 'prefix' | 'nodeNs' | 'ztunnel' | 'outside' | 'pods' | 'probeIp'>;
 
 function plan(prefix: string, podCount: number): Topology {
   return {
     prefix,
     nodeNs: names.nodeNs(prefix),
-    ztunnel: { ns: names.ztunnelNs(prefix), ip: ZTUNNEL_IP, hostVeth: names.ztunnelVeth(prefix) },
-    outside: { ns: names.outsideNs(prefix), ip: OUTSIDE_IP, port: OUTSIDE_PORT },
+    ztunnel: { ns: names.ztunnelNs(prefix), ip: ZTUNNEL_IP, ip6: ZTUNNEL_IP6, hostVeth: names.ztunnelVeth(prefix) },
+    outside: { ns: names.outsideNs(prefix), ip: OUTSIDE_IP, ip6: OUTSIDE_IP6, port: OUTSIDE_PORT },
+    probeIp: PROBE_IP,
     pods: Array.from({ length: podCount }, (_, i) => ({
       index: i,
       name: `pod${i}`,
       ns: names.podNs(prefix, i),
       ip: names.podIp(i),
+      ip6: names.podIp6(i),
       hostVeth: names.podVeth(prefix, i),
     })),
   };
 }
 
 async function build(runner: CommandRunner, t: Topology): Promise<void> {
-  await addNetns(runner, t.nodeNs, { 'net.ipv4.ip_forward': 1, ...RP_FILTER_OFF });
+  await addNetns(runner, t.nodeNs, { 'net.ipv4.ip_forward': 1, 'net.ipv6.conf.all.forwarding': 1, ...RP_FILTER_OFF });
+  // The kubelet's probe source, as Istio's node rules SNAT probes to it.
+  await runner.run(['ip', '-n', t.nodeNs, 'addr', 'add', `${t.probeIp}/32`, 'dev', 'lo']);
+  // ztunnel's netns gets no capture rules of its own: the controller sets them up.
   await addNetns(runner, t.ztunnel.ns, RP_FILTER_OFF);
-  await attachEndpoint(runner, t.nodeNs, t.ztunnel.ns, t.ztunnel.hostVeth, t.ztunnel.ip);
-  await addTproxyCapture(runner, t.ztunnel.ns);
+  await attachEndpoint(runner, t.nodeNs, t.ztunnel.ns, t.ztunnel.hostVeth, t.ztunnel.ip, t.ztunnel.ip6);
   for (const pod of t.pods) {
     await addNetns(runner, pod.ns);
-    await attachEndpoint(runner, t.nodeNs, pod.ns, pod.hostVeth, pod.ip);
+    await attachEndpoint(runner, t.nodeNs, pod.ns, pod.hostVeth, pod.ip, pod.ip6);
   }
   await addNetns(runner, t.outside.ns);
   await addOutside(runner, t.nodeNs, t.outside.ns, names.outsideVeth(t.prefix));
@@ -203,6 +228,7 @@ function agentArgv(ns: string, args: string[]): string[] {
 
 interface AgentEvent {
   event?: string;
+  port?: number;
   src?: string;
   origDst?: string;
   ok?: boolean;
@@ -270,7 +296,7 @@ async function startServer(ns: string, args: string[], running: Set<SimServer>):
     const ev = parseEvent(line);
     if (ev?.event === 'listening') onListening?.();
     else if (ev?.event === 'accepted' && ev.src) {
-      accepted.push(ev.origDst ? { src: ev.src, origDst: ev.origDst } : { src: ev.src });
+      accepted.push({ src: ev.src, ...(ev.origDst !== undefined && { origDst: ev.origDst }), ...(ev.port !== undefined && { port: ev.port }) });
       waiters.splice(0).forEach((w) => w());
     }
   });
@@ -282,19 +308,24 @@ async function startServer(ns: string, args: string[], running: Set<SimServer>):
 
 async function connect(
   runner: CommandRunner,
-  pod: SimPod,
+  nodeNs: string,
+  from: SimSource,
   to: { ip: string; port: number },
   count: number,
   timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
+  bind?: string,
 ): Promise<ConnectResult[]> {
-  const argv = agentArgv(pod.ns, ['connect', '--to', `${to.ip}:${to.port}`, '--count', String(count), '--timeout-ms', String(timeoutMs)]);
+  const ns = from === 'node' ? nodeNs : from.ns;
+  const name = from === 'node' ? 'the node' : from.name;
+  const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
+  const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : [])]);
   const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 10_000 });
   const results = out
     .split('\n')
     .map(parseEvent)
     .filter((ev): ev is AgentEvent => ev?.event === 'result')
     .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
-  if (results.length !== count) throw new Error(`sim connect from ${pod.name}: expected ${count} results, got ${results.length}: ${out}`);
+  if (results.length !== count) throw new Error(`sim connect from ${name}: expected ${count} results, got ${results.length}: ${out}`);
   return results;
 }
 
@@ -325,9 +356,10 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
 
   return {
     ...topology,
-    startZtunnel: () => startServer(topology.ztunnel.ns, ['ztunnel', '--port', String(ZTUNNEL_PORT)], servers),
-    startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT)], servers),
-    connect: (pod, to, count, timeoutMs) => connect(runner, pod, to, count, timeoutMs),
+    startZtunnel: () => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(',')], servers),
+    startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
+    startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
+    connect: (from, to, count, timeoutMs, bind) => connect(runner, topology.nodeNs, from, to, count, timeoutMs, bind),
     teardown() {
       // A failed teardown may be retried; a finished or running one is shared.
       torn ??= (async () => {

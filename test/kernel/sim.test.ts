@@ -66,12 +66,23 @@ function kernelSuite(): void {
     // Left running on purpose: teardown must stop it.
   }, TIMEOUT);
 
-  it('has the TPROXY capture rules in the ztunnel netns', async () => {
+  it('reaches pods over IPv6 and from the node probe address', async () => {
+    const server = await sim!.startPodServer(sim!.pods[1]!, 9090);
+    try {
+      expect(await sim!.connect(sim!.pods[0]!, { ip: sim!.pods[1]!.ip6, port: 9090 }, 1)).toEqual([{ ok: true, reply: 'pod1' }]);
+      expect(await sim!.connect('node', { ip: sim!.pods[1]!.ip, port: 9090 }, 1, 2_000, sim!.probeIp)).toEqual([{ ok: true, reply: 'pod1' }]);
+      expect(await sim!.connect(sim!.pods[0]!, { ip: sim!.outside.ip6, port: 9 }, 1)).toEqual([{ ok: false, error: 'ECONNREFUSED' }]);
+      await server.waitForAccepted(2);
+      expect(server.accepted.map((a) => a.src.slice(0, a.src.lastIndexOf(':')))).toEqual([sim!.pods[0]!.ip6, sim!.probeIp]);
+    } finally {
+      await server.stop();
+    }
+  }, TIMEOUT);
+
+  it('leaves capture in the ztunnel netns to the controller', async () => {
     const ns = sim!.ztunnel.ns;
-    const rules = await systemRunner.run(['ip', 'netns', 'exec', ns, 'iptables-save', '-t', 'mangle']);
-    expect(rules).toContain('-A PREROUTING ! -d 198.18.0.2/32 -i eth0 -p tcp -j TPROXY --on-port 15001 --on-ip 0.0.0.0 --tproxy-mark 0x111/0xfff');
-    expect(await systemRunner.run(['ip', '-n', ns, 'rule', 'show'])).toMatch(/fwmark 0x111\/0xfff lookup 133/);
-    expect(await systemRunner.run(['ip', '-n', ns, 'route', 'show', 'table', '133'])).toMatch(/local default dev lo/);
+    expect(await systemRunner.run(['ip', 'netns', 'exec', ns, 'iptables-save', '-t', 'mangle'])).not.toContain('TPROXY');
+    expect(await systemRunner.run(['ip', '-n', ns, 'rule', 'show'])).not.toContain('fwmark');
   });
 
   it('tears down every namespace of the run', async () => {
