@@ -39,8 +39,8 @@ export interface SimPod {
   hostVeth: string;
 }
 
-/** Where a connection starts: a pod, or the node itself (as the kubelet does). */
-export type SimSource = SimPod | 'node';
+/** Where a connection starts: a pod, the node itself (as the kubelet does), or outside. */
+export type SimSource = SimPod | 'node' | 'outside';
 
 export interface ConnectResult {
   ok: boolean;
@@ -308,15 +308,15 @@ async function startServer(ns: string, args: string[], running: Set<SimServer>):
 
 async function connect(
   runner: CommandRunner,
-  nodeNs: string,
+  t: Topology,
   from: SimSource,
   to: { ip: string; port: number },
   count: number,
   timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
   bind?: string,
 ): Promise<ConnectResult[]> {
-  const ns = from === 'node' ? nodeNs : from.ns;
-  const name = from === 'node' ? 'the node' : from.name;
+  const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
+  const name = typeof from === 'string' ? `the ${from}` : from.name;
   const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
   const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : [])]);
   const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 10_000 });
@@ -359,7 +359,7 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     startZtunnel: () => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(',')], servers),
     startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
-    connect: (from, to, count, timeoutMs, bind) => connect(runner, topology.nodeNs, from, to, count, timeoutMs, bind),
+    connect: (from, to, count, timeoutMs, bind) => connect(runner, topology, from, to, count, timeoutMs, bind),
     teardown() {
       // A failed teardown may be retried; a finished or running one is shared.
       torn ??= (async () => {
