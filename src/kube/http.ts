@@ -28,7 +28,7 @@ export interface KubeTransport {
   /** GET/PATCH returning parsed JSON; a non-2xx answer or unparsable body is a KubeError. */
   request(method: 'GET' | 'PATCH', path: string, query?: Record<string, string>, body?: { contentType: string; data: unknown }): Promise<unknown>;
   /** A watch stream: one parsed JSON object per line; `onEnd` once, with an error unless the server ended it cleanly. */
-  stream(path: string, query: Record<string, string>, onLine: (obj: unknown) => void, onEnd: (err: KubeError | null) => void): WatchHandle;
+  stream(path: string, query: Record<string, string>, onLine: (obj: unknown) => void, onEnd: (err: KubeError | null) => void, onOpen?: () => void): WatchHandle;
   readonly server: string;
 }
 
@@ -89,10 +89,11 @@ export function kubeTransport(kc: KubeConfig, requestTimeoutMs = 30_000): KubeTr
         });
         req.setTimeout(requestTimeoutMs, () => req.destroy(new Error(`no answer within ${requestTimeoutMs} ms`)));
         req.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
+        req.on('response', (res) => res.on('aborted', () => req.destroy(new Error('answer cut short'))));
         req.end(data);
       });
     },
-    stream(path, query, onLine, onEnd) {
+    stream(path, query, onLine, onEnd, onOpen) {
       let ended = false;
       let req: http.ClientRequest | undefined;
       const end = (err: KubeError | null) => {
@@ -113,7 +114,10 @@ export function kubeTransport(kc: KubeConfig, requestTimeoutMs = 30_000): KubeTr
               res.on('error', () => end(new KubeError(`watch ${path}: HTTP ${status}`, status)));
               return;
             }
+            onOpen?.();
             const lines = createInterface({ input: res });
+            // readline re-emits the response's errors (a cut connection): handled below on res.
+            lines.on('error', () => {});
             lines.on('line', (line) => {
               if (ended || line.trim() === '') return;
               let obj: unknown;

@@ -61,6 +61,9 @@ export class KubeMembership implements Membership {
       { ...common, name: 'namespaces', path: '/api/v1/namespaces', query: {} },
     );
     this.rejectLog = new ThrottledLog(opts.log, 10_000);
+    // Status writes wait for the API: during an outage the watches' backoff is the only
+    // retry traffic; once the pod watch is back, every pod is checked again.
+    this.podReflector.onOpen = () => this.programmed(this.programmedIps);
     this.statusQueue = new WorkQueue((key) => this.syncStatus(key), {
       backoff: opts.backoff,
       onError: (key, err, ms) => opts.log.debug('status patch failed; retrying', { uid: key, error: String(err), retryInMs: Math.round(ms) }),
@@ -204,6 +207,7 @@ export class KubeMembership implements Membership {
   private async syncStatus(uid: string): Promise<void> {
     const pod = this.pods.get(uid);
     if (!pod) return this.statusQueue.forget(uid);
+    if (!this.podReflector.connected) return; // re-queued by the next watch that opens
     const want = this.wantedStatus(pod);
     if (pod.statusAnnotation === want) return;
     try {

@@ -54,6 +54,9 @@ export class Reflector {
   private loop: Promise<void> | null = null;
   private readonly backoff: Backoff;
   private forceList = false;
+  private open = false;
+  /** Called each time a watch is established (the API answers again). */
+  onOpen: () => void = () => {};
   readonly stats: ReflectorStats = { lists: 0, watches: 0, restarts: 0, relists410: 0, stalls: 0 };
 
   constructor(
@@ -62,6 +65,11 @@ export class Reflector {
     private readonly opts: ReflectorOptions,
   ) {
     this.backoff = new Backoff(opts.backoff);
+  }
+
+  /** True while a watch is established: the API is answering. */
+  get connected(): boolean {
+    return this.open;
   }
 
   /** True once a full list has been delivered. */
@@ -142,6 +150,7 @@ export class Reflector {
         if (settled) return;
         settled = true;
         clearTimeout(stall);
+        this.open = false;
         this.watch?.abort();
         this.watch = null;
         resolve(r);
@@ -189,6 +198,11 @@ export class Reflector {
           // A server that ends every watch at once must not make us spin.
           else if (delivered === 0 && Date.now() - started < 1_000) finish(new Error('watch ended at once, with nothing'));
           else finish('ended');
+        },
+        () => {
+          if (settled) return;
+          this.open = true;
+          this.onOpen();
         },
       );
     });

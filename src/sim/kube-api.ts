@@ -157,7 +157,8 @@ export class KubeApiDouble {
     const cfg = {
       apiVersion: 'v1',
       kind: 'Config',
-      clusters: [{ name: 'sim', cluster: { server } }],
+      // The client refuses plain HTTP unless told to skip TLS verification (there is no TLS).
+      clusters: [{ name: 'sim', cluster: { server, 'insecure-skip-tls-verify': true } }],
       users: [{ name: 'sim', user: { token: this.token } }],
       contexts: [{ name: 'sim', context: { cluster: 'sim', user: 'sim' } }],
       'current-context': 'sim',
@@ -171,6 +172,12 @@ export class KubeApiDouble {
       for (const w of this.watches) this.endWatch(w);
       for (const s of this.sockets) s.destroy();
     }
+  }
+
+  /** Stalls open and new watches (nothing more, not even bookmarks) until unstalled; open ones stay dead. */
+  stallWatches(on: boolean): void {
+    this.faults.stallWatches = on;
+    if (on) for (const w of this.watches) w.stalled = true;
   }
 
   /** Ends every open watch with a 410 ERROR event and forgets the history (as etcd compaction does). */
@@ -311,6 +318,7 @@ export class KubeApiDouble {
     const url = new URL(req.url ?? '/', 'http://api');
     const watch = url.searchParams.get('watch') === 'true' || url.searchParams.get('watch') === '1';
     const kind: RequestRecord['kind'] = req.method === 'PATCH' ? 'patch' : req.method === 'GET' ? (watch ? 'watch' : 'list') : 'other';
+    req.on('error', () => res.destroy()); // a client that hangs up mid-request
     const record: RequestRecord = { t: Date.now(), method: req.method ?? '', path: url.pathname, kind, status: 200 };
     this.requests.push(record);
     const reply = (status: number, body: unknown) => {
@@ -415,8 +423,6 @@ export class KubeApiDouble {
     }
     const timeout = Number(q.get('timeoutSeconds') ?? '0');
     if (timeout > 0) w.timers.push(setTimeout(() => this.endWatch(w), timeout * 1000));
-    // A stall applies to watches open when it starts too.
-    w.timers.push(setInterval(() => (w.stalled ||= this.faults.stallWatches), 50));
   }
 
   /** A bookmark may only carry a resourceVersion the watch has seen everything up to. */
