@@ -51,7 +51,7 @@ export interface RunResult {
 }
 
 export interface NotRunnable {
-  /** Why the kernel refused to run the program on this input (EINVAL: too short). */
+  /** Why the kernel refused to run the program on this input (EINVAL: too short, see refusedAsShort). */
   notRunnable: number;
 }
 
@@ -68,7 +68,7 @@ export function runProgram(progFd: number, frame: Buffer, opts: RunOptions = {})
   const dataOut = Buffer.alloc(frame.length + OUT_SLACK);
   const r = ffi.progTestRun(progFd, { dataIn: frame, dataOut, ctxIn: ctx, ctxOut, repeat: opts.repeat ?? 1 });
   if ('errno' in r) {
-    if (r.errno === 22 /* EINVAL */ && frame.length < 14 + 20) return { notRunnable: r.errno };
+    if (r.errno === 22 /* EINVAL */ && refusedAsShort(frame)) return { notRunnable: r.errno };
     throw new Error(`BPF_PROG_RUN(prog fd ${progFd}, ${frame.length} bytes): errno ${r.errno}`);
   }
   return {
@@ -77,6 +77,17 @@ export function runProgram(progFd: number, frame: Buffer, opts: RunOptions = {})
     mark: ctxOut.readUInt32LE(SKB.mark),
     durationNs: r.duration,
   };
+}
+
+/**
+ * Inputs the kernel refuses with EINVAL before running the program (measured on 6.18):
+ * shorter than an Ethernet header, or an IPv4/IPv6 ethertype with less than a full
+ * IPv4 (20) / IPv6 (40) header after it. Other ethertypes run from 14 bytes on.
+ */
+export function refusedAsShort(frame: Buffer): boolean {
+  if (frame.length < 14) return true;
+  const type = frame.readUInt16BE(12);
+  return (type === 0x0800 && frame.length < 14 + 20) || (type === 0x86dd && frame.length < 14 + 40);
 }
 
 export function isNotRunnable(r: RunResult | NotRunnable): r is NotRunnable {

@@ -213,7 +213,8 @@ export class DatapathHarness {
       cli.once('error', reject);
     });
     while (sockets.length === 0) await new Promise((r) => setTimeout(r, 5));
-    await new Promise<void>((resolve) => srv.close(() => resolve()));
+    // close() stops listening at once; its callback would wait for the connection to end.
+    srv.close();
     sockets.push(cli);
     const close = async () => {
       for (const s of sockets) s.destroy();
