@@ -5,14 +5,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
 import { gunzipSync } from 'node:zlib';
+import { BPF_PROG_TYPE_SCHED_CLS, probeHelper, probeProgType } from '../bpf/ffi.js';
 import type { BpfProbes, KernelFacts } from '../redirect/select.js';
 
 /** Helper ids from linux/bpf.h's __BPF_FUNC_MAPPER. */
 export const BPF_FUNC = { redirect: 23, sk_lookup_tcp: 84, sk_assign: 124, redirect_peer: 155 } as const;
 
-/** Runs libbpf's probes; loaded lazily so that a node without libbpf still gets facts. */
-async function probeBpf(): Promise<BpfProbes> {
-  const { BPF_PROG_TYPE_SCHED_CLS, probeHelper, probeProgType } = await import('../bpf/ffi.js');
+/** libbpf's probes: each loads a tiny program of the type, or one calling the helper. */
+function probeBpf(): BpfProbes {
   const helper = (id: number) => probeHelper(BPF_PROG_TYPE_SCHED_CLS, id);
   return {
     schedCls: probeProgType(BPF_PROG_TYPE_SCHED_CLS),
@@ -54,11 +54,11 @@ export function geneveAvailable(release: string): boolean | null {
   return false;
 }
 
-export async function gatherKernelFacts(): Promise<KernelFacts> {
+export function gatherKernelFacts(): KernelFacts {
   const release = osRelease();
   const geneve = geneveAvailable(release);
   try {
-    return { release, probes: await probeBpf(), geneve };
+    return { release, probes: probeBpf(), geneve };
   } catch (err) {
     return { release, probes: null, probeError: err instanceof Error ? err.message : String(err), geneve };
   }
