@@ -272,6 +272,11 @@ export class KubeApiDouble {
     return o && clone(o);
   }
 
+  getNamespace(name: string): Obj | undefined {
+    const o = this.namespaces.get(name);
+    return o && clone(o);
+  }
+
   listPods(): Obj[] {
     return [...this.pods.values()].map(clone);
   }

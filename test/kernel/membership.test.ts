@@ -1,0 +1,305 @@
+/**
+ * Kubernetes membership on the simulated node, with the controller as a real process in
+ * the node netns, talking to the API double through a kubeconfig (the double is reached
+ * over 127.0.0.1:6443 of the node netns, see src/sim/kube-api.ts). Oracles: bpftool's
+ * dump of the pinned pods map, the servers' records of real connections, the double's
+ * own request log and store.
+ *
+ * Durations are scaled (backoff cap 3 s instead of 30 s, stall timeout 3 s, outage 12 s
+ * instead of 60 s): what is checked is the behaviour — nothing removed, traffic
+ * unaffected, retries bounded by the cap to <= 1/s, convergence after recovery.
+ */
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { systemRunner } from '../../src/host/runner.js';
+import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
+import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
+import { pinRootFor } from '../../src/sim/scenario.js';
+import { kernelDescribe } from './gate.js';
+
+const NODE = 'sim-node';
+const ANN = 'ambient.istio.io/redirection';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds network namespaces', () => {
+  let sim: SimNode;
+  let kube: SimKubeApi;
+  let controller: ControllerProcess | undefined;
+  let ztunnel: SimServer;
+  let outside: SimServer;
+  let pinRoot: string;
+  const ip = (i: number) => sim.pods[i]!.ip;
+
+  async function mapKeys(): Promise<string[]> {
+    const out = await systemRunner.run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinRoot, 'ambient-redirect', 'v1', 'pods')]);
+    return (JSON.parse(out) as { formatted: { key: { addr: number[] } } }[]).map((e) => e.formatted.key.addr.slice(12).join('.')).sort();
+  }
+
+  async function mapBecomes(want: string[], ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    let got: string[] = [];
+    while (Date.now() < end) {
+      got = await mapKeys();
+      if (JSON.stringify(got) === JSON.stringify([...want].sort())) return;
+      await sleep(100);
+    }
+    throw new Error(`pinned map is ${JSON.stringify(got)}, want ${JSON.stringify([...want].sort())}; log: ${JSON.stringify(controller?.events.slice(-5))}`);
+  }
+
+  /** Samples the map for `ms`: every sample must equal `want` (nothing removed, nothing added). */
+  async function mapStays(want: string[], ms: number): Promise<void> {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      expect(await mapKeys()).toEqual([...want].sort());
+      await sleep(200);
+    }
+  }
+
+  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!cond()) {
+      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+      await sleep(50);
+    }
+  }
+
+  /** Where a pod's connections went: 'ztunnel' (captured) or 'direct'. */
+  async function route(i: number): Promise<'ztunnel' | 'direct' | 'failed'> {
+    const z = ztunnel.accepted.length;
+    const o = outside.accepted.length;
+    const [r] = await sim.connect(sim.pods[i]!, sim.outside, 1);
+    if (!r?.ok) return 'failed';
+    await until('the server record', () => ztunnel.accepted.length + outside.accepted.length > z + o, 3_000);
+    return ztunnel.accepted.length > z ? 'ztunnel' : 'direct';
+  }
+
+  const pod = (name: string, ns: string, i: number) => kube.api.createPod({ name, namespace: ns, nodeName: NODE, ip: ip(i), hostIp: OUTSIDE_HOST_IP });
+
+  beforeAll(async () => {
+    sim = await createSimNode({ pods: 4 });
+    try {
+      pinRoot = pinRootFor(sim);
+      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+      [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
+      kube.api.upsertNamespace('istio-system');
+      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+      kube.api.upsertNamespace('plain');
+      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+      // A pod of another node with an IP of this one: only the field selector keeps it out.
+      kube.api.createPod({ name: 'elsewhere', namespace: 'shop', nodeName: 'other-node', ip: ip(3), hostIp: '198.19.9.9' });
+      controller = startController(sim.nodeNs, [
+        '--kubeconfig', kube.kubeconfig,
+        '--node-name', NODE,
+        '--pin-root', pinRoot,
+        '--backoff-initial', '0.2',
+        '--backoff-max', '3',
+        '--watch-stall-timeout', '3',
+        '--resync-interval', '30',
+      ]);
+      await controller.waitFor('programmed');
+    } catch (err) {
+      await teardown();
+      throw err;
+    }
+  });
+
+  async function teardown(): Promise<void> {
+    await controller?.stop('SIGKILL');
+    controller = undefined;
+    if (pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
+    await kube?.stop();
+    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
+    await sim?.teardown();
+  }
+  afterAll(teardown);
+
+  it('end to end: a pod created in an enrolled namespace is captured; a namespace flip sends it direct; the status annotation follows', async () => {
+    pod('web-0', 'shop', 0);
+    pod('db-1', 'plain', 1);
+    await mapBecomes([ip(0)]);
+    expect(await route(0)).toBe('ztunnel');
+    expect(ztunnel.accepted.at(-1)?.origDst).toBe(`${sim.outside.ip}:${sim.outside.port}`);
+    expect(await route(1)).toBe('direct');
+    await until('annotation', () => kube.api.getPod('shop', 'web-0')?.metadata.annotations[ANN] === 'enabled');
+    expect(kube.api.getPod('plain', 'db-1')?.metadata.annotations[ANN]).toBeUndefined();
+    // Patches went to pods/status as merge patches: the double refuses anything else.
+    expect(kube.api.requests.filter((r) => r.kind === 'patch').every((r) => r.status === 200 && r.path.endsWith('/status'))).toBe(true);
+
+    kube.api.upsertNamespace('shop', {});
+    await mapBecomes([]);
+    expect(await route(0)).toBe('direct');
+    await until('annotation removed', () => kube.api.getPod('shop', 'web-0')?.metadata.annotations[ANN] === undefined);
+
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    await mapBecomes([ip(0)]);
+    expect(await route(0)).toBe('ztunnel');
+  });
+
+  it('410 Gone: exactly one relist, then events flow', async () => {
+    const podLists = kube.api.count('list', '/api/v1/pods');
+    const nsLists = kube.api.count('list', '/api/v1/namespaces');
+    kube.api.expireWatches();
+    await sleep(300);
+    pod('web-2', 'shop', 2);
+    await mapBecomes([ip(0), ip(2)]);
+    await sleep(500);
+    expect(kube.api.count('list', '/api/v1/pods') - podLists).toBe(1);
+    expect(kube.api.count('list', '/api/v1/namespaces') - nsLists).toBe(1);
+  });
+
+  it('a stalled watch is restarted and converges', async () => {
+    kube.api.stallWatches(true);
+    kube.api.deletePod('shop', 'web-2');
+    await sleep(300);
+    kube.api.stallWatches(false); // the open watches stay silent: only a restart sees the delete
+    await mapBecomes([ip(0)], 15_000);
+    expect(controller!.events.some((e) => e.msg === 'watch failed; restarting after backoff' && String(e.error).includes('silent'))).toBe(true);
+  });
+
+  it('a non-410 watch error restarts the watch and events flow again', async () => {
+    const watches = kube.api.count('watch', '/api/v1/pods');
+    kube.api.failWatches(500);
+    await sleep(100);
+    pod('web-2b', 'shop', 2);
+    await mapBecomes([ip(0), ip(2)]);
+    expect(kube.api.count('watch', '/api/v1/pods')).toBeGreaterThan(watches);
+  });
+
+  it('500, 403 and truncated JSON on relists: nothing removed', async () => {
+    kube.api.faults.failNext = { status: 500, count: 2 };
+    kube.api.expireWatches();
+    await mapStays([ip(0), ip(2)], 1_500);
+    kube.api.faults.failNext = { status: 403, count: 2 };
+    kube.api.expireWatches();
+    await mapStays([ip(0), ip(2)], 1_500);
+    kube.api.faults.truncateNextLists = 2;
+    kube.api.expireWatches();
+    await mapStays([ip(0), ip(2)], 2_000);
+  });
+
+  it('an empty list: the circuit breaker holds, nothing removed', async () => {
+    const before = controller!.events.length;
+    kube.api.faults.emptyNextLists = 1;
+    kube.api.expireWatches();
+    await until('the breaker', () => controller!.events.slice(before).some((e) => e.msg.startsWith('circuit breaker: holding')));
+    await mapStays([ip(0), ip(2)], 2_000);
+    expect(await route(0)).toBe('ztunnel');
+  });
+
+  it('out-of-order delete of an old pod after a new pod took its IP: the new pod keeps its entry', async () => {
+    kube.api.updatePod('shop', 'web-2b', (o) => (o.status.phase = 'Succeeded'));
+    await mapBecomes([ip(0)]);
+    const before = controller!.events.length;
+    kube.api.faults.reorderNext = 2;
+    pod('web-2c', 'shop', 2);
+    kube.api.deletePod('shop', 'web-2b'); // reaches the watch before the create
+    await mapBecomes([ip(0), ip(2)]);
+    await mapStays([ip(0), ip(2)], 1_500);
+    expect(controller!.events.slice(before).filter((e) => e.msg === 'reconciled' && Number(e.deleted) > 0)).toEqual([]);
+    expect(await route(2)).toBe('ztunnel');
+    await until('annotation on the new pod', () => kube.api.getPod('shop', 'web-2c')?.metadata.annotations[ANN] === 'enabled');
+  });
+
+  it('malformed pod objects are rejected with a counted, rate-limited log line; no crash', async () => {
+    const before = controller!.events.length;
+    const good = kube.api.getPod('shop', 'web-0')!;
+    const bad = [
+      { ...good, metadata: { ...good.metadata, uid: 'm1', name: 'm1' }, status: { ...good.status, podIPs: [{ ip: '198.18.0.300' }] } },
+      { ...good, metadata: { ...good.metadata, uid: 'm2', name: 'm2', annotations: { huge: 'x'.repeat(300_000) } } },
+      { ...good, metadata: { ...good.metadata, uid: 'm3', name: 'm3', labels: { 'istio.io/dataplane-mode': 1 } } },
+      { ...good, metadata: { name: 'm4', namespace: 'shop' } },
+      { ...good, metadata: { ...good.metadata, uid: 'm5', name: 'm5' }, spec: { nodeName: NODE, hostNetwork: 'no' } },
+    ];
+    bad.forEach((o, i) => kube.api.putRawPod(`shop/m${i}`, o));
+    pod('web-3', 'shop', 3);
+    await mapBecomes([ip(0), ip(2), ip(3)]);
+    const lines = controller!.events.slice(before).filter((e) => e.msg === 'rejected a malformed object');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ kind: 'pod' });
+    kube.api.deletePod('shop', 'web-3');
+    await mapBecomes([ip(0), ip(2)]);
+  });
+
+  it('API down: no entry removed, traffic unaffected, retries <= 1/s after the backoff cap; converged after recovery', async () => {
+    const enrolled = [ip(0), ip(2)];
+    kube.api.setDown(true);
+    const start = Date.now();
+    await mapStays(enrolled, 6_000);
+    expect(await route(0)).toBe('ztunnel');
+    await mapStays(enrolled, 6_000);
+    const late = kube.api.refused.filter((t) => t - start > 6_000);
+    const rate = late.length / ((Date.now() - start - 6_000) / 1000);
+    expect(late.length).toBeGreaterThan(0); // still trying
+    expect(rate).toBeLessThanOrEqual(1);
+    kube.api.setDown(false);
+    const back = Date.now();
+    pod('web-3b', 'shop', 3);
+    await mapBecomes([...enrolled, ip(3)], 30_000);
+    console.log(`api down: ${late.length} connection attempts from 6 s to ${((back - start) / 1000).toFixed(1)} s of the outage (${rate.toFixed(2)}/s); converged ${Date.now() - back} ms after recovery`);
+  }, 60_000);
+
+  it('churn against pinned maps: after quiescence the pinned map equals the desired state', async () => {
+    // Start from a clean slate of this node's pods (the ztunnel pod stays).
+    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    for (let i = 0; i < 5; i++) kube.api.deletePod('shop', `m${i}`);
+    let seed = 42;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const pick = <T>(a: readonly T[]) => a[Math.floor(rnd() * a.length)]!;
+    const ips = [0, 1, 2, 3].map(ip).concat(['198.18.0.99']); // the last has no route on the node
+    const namespaces = ['shop', 'plain'];
+    let n = 0;
+    // The oracle, from the double's store alone.
+    const oracle = (): string[] => {
+      const owner = new Map<string, Record<string, any>>(); // eslint-disable-line @typescript-eslint/no-explicit-any
+      for (const p of kube.api.listPods()) {
+        const pip = p.status?.podIP as string | undefined;
+        if (p.spec.nodeName !== NODE || p.spec.hostNetwork || ['Succeeded', 'Failed'].includes(p.status.phase) || !pip) continue;
+        const cur = owner.get(pip);
+        if (!cur || p.metadata.creationTimestamp > cur.metadata.creationTimestamp || (p.metadata.creationTimestamp === cur.metadata.creationTimestamp && Number(p.metadata.resourceVersion) > Number(cur.metadata.resourceVersion))) owner.set(pip, p);
+      }
+      const ambient = (ns: string) => kube.api.getNamespace(ns)?.metadata.labels['istio.io/dataplane-mode'] === 'ambient';
+      return [...owner].filter(([pip, p]) => ambient(p.metadata.namespace) && p.metadata.labels['istio.io/dataplane-mode'] !== 'none' && pip !== '198.18.0.99').map(([pip]) => pip).sort();
+    };
+    const checkpoints: string[][] = [];
+    for (let e = 0; e < 300; e++) {
+      const live = kube.api.listPods().filter((p) => p.metadata.namespace !== 'istio-system');
+      const r = rnd();
+      if (r < 0.45 || live.length === 0) {
+        const hostNetwork = rnd() < 0.1;
+        kube.api.createPod({ name: `c${n++}`, namespace: pick(namespaces), nodeName: rnd() < 0.1 ? 'other-node' : NODE, ip: pick(ips), hostIp: OUTSIDE_HOST_IP, hostNetwork, ...(rnd() < 0.1 && { labels: { 'istio.io/dataplane-mode': 'none' } }) });
+      } else if (r < 0.75) {
+        const p = pick(live);
+        kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+      } else if (r < 0.92) {
+        const p = pick(live);
+        kube.api.updatePod(p.metadata.namespace, p.metadata.name, (o) => (o.status.phase = pick(['Running', 'Running', 'Succeeded', 'Failed'])));
+      } else {
+        const ns = pick(namespaces);
+        kube.api.upsertNamespace(ns, rnd() < 0.7 ? { 'istio.io/dataplane-mode': 'ambient' } : {});
+      }
+      if (e % 25 === 0) await sleep(20);
+      if (e % 100 === 99) {
+        // Quiescence: the pinned map must be exactly the desired state.
+        const want = oracle();
+        await mapBecomes(want, 20_000);
+        await mapStays(want, 600);
+        checkpoints.push(want);
+      }
+    }
+    // A churn that always ends empty would prove little.
+    expect(checkpoints.some((c) => c.length >= 2)).toBe(true);
+    const want = checkpoints.at(-1)!;
+    console.log(`churn (pinned maps): 1 seed x 300 events, checkpoints ${JSON.stringify(checkpoints)}; final ${JSON.stringify(want)}`);
+  }, 60_000);
+
+  it('SIGTERM leaves the entries; the controller exits 0', async () => {
+    const before = await mapKeys();
+    expect(await controller!.stop('SIGTERM')).toBe(0);
+    controller = undefined;
+    expect(await mapKeys()).toEqual(before);
+  });
+});
