@@ -1,0 +1,77 @@
+/**
+ * What /metrics reads from the kernel at scrape time: the pinned maps' fill levels and the
+ * per-CPU counters of every pod. The pure part works on raw map entries; the kernel part
+ * opens the pins for the duration of one scrape (holding no fd between scrapes, so
+ * `uninstall` and a restarted agent see nothing of ours).
+ */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import * as codec from '../bpf/codec.js';
+import { constants } from '../bpf/layout.generated.js';
+import { BpfMap } from '../bpf/object.js';
+import { pinDir } from '../bpf/pins.js';
+
+export interface MapUsage {
+  map: string;
+  entries: number;
+  capacity: number;
+}
+
+export interface PodCounterSample {
+  ip: string;
+  ifindex: number;
+  counters: codec.PodCounters;
+}
+
+/** Raw entries of our pinned maps, or null when the map is not pinned. */
+export interface PinnedMaps {
+  entries(name: 'pods' | 'counters' | 'host_addrs' | 'ztunnel'): [Buffer, Buffer][] | null;
+}
+
+/** Capacities as compiled (bpf/include/ambient_redirect.h). */
+export const MAP_CAPACITY = { pods: constants.MAX_PODS, counters: constants.MAX_PODS, host_addrs: constants.MAX_HOST_ADDRS } as const;
+
+export function mapUsage(maps: PinnedMaps): MapUsage[] {
+  const out: MapUsage[] = [];
+  for (const [map, capacity] of Object.entries(MAP_CAPACITY)) {
+    const e = maps.entries(map as keyof typeof MAP_CAPACITY);
+    if (e) out.push({ map, entries: e.length, capacity });
+  }
+  return out;
+}
+
+/** Each pod of the pods map with its veth's summed per-CPU counters (zero when none yet). */
+export function podCounters(maps: PinnedMaps): PodCounterSample[] {
+  const pods = maps.entries('pods');
+  if (!pods) return [];
+  const byIfindex = new Map<number, codec.PodCounters>();
+  for (const [k, v] of maps.entries('counters') ?? []) byIfindex.set(codec.decodeU32Key(k), codec.decodePodCountersPerCpu(v));
+  return pods.map(([k, v]) => {
+    const ip = codec.decodeAddrKey(k);
+    const { ifindex } = codec.decodePodInfo(v);
+    return { ip, ifindex, counters: byIfindex.get(ifindex) ?? codec.zeroCounters() };
+  });
+}
+
+const SIZES = {
+  pods: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: constants.MAX_PODS },
+  counters: { keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
+  host_addrs: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.HOST_INFO_SIZE, maxEntries: constants.MAX_HOST_ADDRS },
+  ztunnel: { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 },
+} as const;
+
+/** Reads the maps pinned under <pinRoot>/ambient-redirect/v1/ (ebpf mode). */
+export function pinnedMaps(pinRoot: string): PinnedMaps {
+  return {
+    entries(name) {
+      const path = join(pinDir(pinRoot), name);
+      if (!existsSync(path)) return null;
+      const map = BpfMap.openPinned(path, name, SIZES[name]);
+      try {
+        return map.entries();
+      } finally {
+        map.close();
+      }
+    },
+  };
+}

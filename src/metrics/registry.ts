@@ -1,0 +1,179 @@
+/**
+ * The agent's Prometheus metrics. Values the agent pushes (passes, mode) come through
+ * methods; values that live elsewhere (kernel maps, watch statistics) are pulled from
+ * sources at scrape time, so a scrape always shows the kernel's current state.
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { PodCounters } from '../bpf/codec.js';
+import type { MapUsage, PodCounterSample } from './pinned.js';
+
+export const PREFIX = 'ambient_redirect_';
+
+/** Read at scrape time; each may be absent (iptables mode has no maps, static membership no watches). */
+export interface MetricSources {
+  mapUsage?: () => MapUsage[];
+  podCounters?: () => PodCounterSample[];
+  /** Pod IP → its namespace and name, when the membership knows them. */
+  podName?: (ip: string) => { namespace: string; pod: string } | null;
+  /** Restarts of each watch (Reflector.stats.restarts by watch name). */
+  watchRestarts?: () => Record<string, number>;
+  /** Pod objects the API sent that failed to parse (KubeMembership.stats.rejected). */
+  rejectedPods?: () => number;
+}
+
+/** The parts of a pass report the metrics use (controller's PassReport fits). */
+export interface PassSummary {
+  enrolled: number;
+  programmed: number;
+  upserted: number;
+  attached: number;
+}
+
+const VERDICTS = [
+  ['redirected', 'redirectedPackets', 'redirectedBytes'],
+  ['dropped', 'droppedPackets', 'droppedBytes'],
+  ['passed', 'passedPackets', 'passedBytes'],
+] as const satisfies readonly (readonly [string, keyof PodCounters, keyof PodCounters])[];
+
+/** Attachments that re-hooked a veth the maps already knew (drift repaired), not new pods. */
+export function reattachments(p: Pick<PassSummary, 'attached' | 'upserted'>): number {
+  return Math.max(0, p.attached - p.upserted);
+}
+
+export class AgentMetrics {
+  readonly registry = new Registry();
+  private readonly enrolled: Gauge;
+  private readonly programmed: Gauge;
+  private readonly reconcile: Histogram;
+  private readonly eventToProgrammed: Histogram;
+  private readonly reattached: Counter;
+  private readonly mode: Gauge;
+
+  constructor(sources: MetricSources = {}, opts: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+    this.enrolled = new Gauge({ name: `${PREFIX}enrolled_pods`, help: 'Pods of this node the membership enrolls', registers });
+    this.programmed = new Gauge({ name: `${PREFIX}programmed_pods`, help: 'Enrolled pods the data path holds after the last pass', registers });
+    this.reconcile = new Histogram({
+      name: `${PREFIX}reconcile_duration_seconds`,
+      help: 'Duration of reconcile passes, by outcome',
+      labelNames: ['outcome'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    });
+    this.eventToProgrammed = new Histogram({
+      name: `${PREFIX}event_to_programmed_seconds`,
+      help: 'From the API event that enrolls or unenrolls a pod to the pass that programs it',
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.reattached = new Counter({ name: `${PREFIX}reattachments_total`, help: 'Capture programs attached again to a known pod veth (drift repaired)', registers });
+    this.mode = new Gauge({
+      name: `${PREFIX}capture_mode`,
+      help: 'The capture mode in use (1), with the one requested and whether it is a fallback',
+      labelNames: ['mode', 'requested', 'fallback'],
+      registers,
+    });
+
+    new Gauge({
+      name: `${PREFIX}map_entries`,
+      help: 'Entries in each pinned BPF map',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.entries);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}map_capacity`,
+      help: 'max_entries of each pinned BPF map',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.capacity);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}map_pressure_ratio`,
+      help: 'Entries over capacity of each pinned BPF map (1 = full: new pods cannot be enrolled)',
+      labelNames: ['map'],
+      registers,
+      collect() {
+        this.reset();
+        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.capacity ? u.entries / u.capacity : 0);
+      },
+    });
+
+    const podLabels = (ip: string) => {
+      const n = sources.podName?.(ip) ?? null;
+      return { pod_ip: ip, namespace: n?.namespace ?? '', pod: n?.pod ?? '' };
+    };
+    const perPod = (name: string, help: string, index: 1 | 2) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['pod_ip', 'namespace', 'pod', 'verdict'],
+        registers,
+        collect() {
+          this.reset();
+          for (const s of sources.podCounters?.() ?? []) {
+            const labels = podLabels(s.ip);
+            for (const v of VERDICTS) this.inc({ ...labels, verdict: v[0] }, Number(s.counters[v[index]]));
+          }
+        },
+      });
+    perPod(`${PREFIX}pod_packets_total`, 'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs', 1);
+    perPod(`${PREFIX}pod_bytes_total`, 'Bytes of each enrolled pod by verdict, summed over CPUs', 2);
+
+    new Counter({
+      name: `${PREFIX}watch_restarts_total`,
+      help: 'Kubernetes watches restarted after a failure or a stall',
+      labelNames: ['watch'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [watch, n] of Object.entries(sources.watchRestarts?.() ?? {})) this.inc({ watch }, n);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}rejected_pod_objects_total`,
+      help: 'Pod objects from the API that could not be parsed and were ignored',
+      registers,
+      collect() {
+        this.reset();
+        const n = sources.rejectedPods?.();
+        if (n !== undefined) this.inc(n);
+      },
+    });
+  }
+
+  /** After each successful pass. */
+  observePass(p: PassSummary, seconds: number): void {
+    this.enrolled.set(p.enrolled);
+    this.programmed.set(p.programmed);
+    this.reconcile.observe({ outcome: 'ok' }, seconds);
+    const r = reattachments(p);
+    if (r > 0) this.reattached.inc(r);
+  }
+
+  /** After a failed pass. */
+  observeFailedPass(seconds: number): void {
+    this.reconcile.observe({ outcome: 'error' }, seconds);
+  }
+
+  /** One API event → programmed latency (instrumentMembership's observer). */
+  observeEventToProgrammed(seconds: number): void {
+    this.eventToProgrammed.observe(seconds);
+  }
+
+  setMode(mode: 'ebpf' | 'iptables', requested: 'ebpf' | 'iptables' | 'auto'): void {
+    this.mode.reset();
+    this.mode.set({ mode, requested, fallback: String(requested === 'ebpf' && mode !== 'ebpf') }, 1);
+  }
+
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+}

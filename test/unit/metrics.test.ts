@@ -1,0 +1,221 @@
+/** Metrics and health (src/metrics): latency tracking, readiness, scrape-time sources, exposition, HTTP. */
+import { afterEach, describe, expect, it } from 'vitest';
+import * as codec from '../../src/bpf/codec.js';
+import type { Membership, MembershipView } from '../../src/controller/controller.js';
+import {
+  AgentMetrics,
+  instrumentMembership,
+  mapUsage,
+  parseListenAddress,
+  podCounters,
+  ProgrammingLatency,
+  Readiness,
+  reattachments,
+  serveMetrics,
+  type MetricsServer,
+  type PinnedMaps,
+} from '../../src/metrics/index.js';
+
+/** The value of one sample line of the exposition text, or undefined. */
+function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
+  for (const line of text.split('\n')) {
+    const m = /^([a-z_:]+)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v) && Object.keys(got).length === Object.keys(labels).length) return Number(m[3]);
+  }
+  return undefined;
+}
+
+describe('ProgrammingLatency', () => {
+  it('times a pod from the event that enrolls it to the pass that programs it', () => {
+    const l = new ProgrammingLatency();
+    l.changed(['10.0.0.1'], 1000);
+    l.changed(['10.0.0.1'], 1040); // a later event for the same pod keeps the first start
+    expect(l.programmed(new Set(), 1050)).toEqual([]); // a pass without it (no route yet)
+    expect(l.programmed(new Set(['10.0.0.1']), 1100)).toEqual([100]);
+    expect(l.waiting()).toBe(0);
+  });
+
+  it('times removals too, and drops a pod enrolled and gone before any pass', () => {
+    const l = new ProgrammingLatency();
+    l.changed(['a', 'b'], 0);
+    expect(l.programmed(new Set(['a', 'b']), 10).sort()).toEqual([10, 10]);
+    l.changed(['a'], 100); // b leaves
+    l.changed(['a', 'c'], 110); // c comes
+    l.changed(['a'], 120); // c goes before any pass: nothing to wait for
+    expect(l.waiting()).toBe(1);
+    expect(l.programmed(new Set(['a']), 150)).toEqual([50]);
+    expect(l.waiting()).toBe(0);
+  });
+
+  it('instrumentMembership: feeds change notifications and the controller’s programmed() into the histogram', () => {
+    let view: MembershipView = { synced: true, enrolled: [], ztunnelIp: null, listGeneration: 1 };
+    const listeners: (() => void)[] = [];
+    const programmedSeen: ReadonlySet<string>[] = [];
+    const inner: Membership = {
+      view: () => view,
+      confirm: async () => {},
+      programmed: (ips) => programmedSeen.push(ips),
+      onChange: (cb) => listeners.push(cb),
+    };
+    let now = 0;
+    const seen: number[] = [];
+    const m = instrumentMembership(inner, (s) => seen.push(s), () => now);
+    let changes = 0;
+    m.onChange(() => changes++);
+    now = 5000;
+    view = { ...view, enrolled: ['10.0.0.9'] };
+    listeners.forEach((cb) => cb());
+    now = 5250;
+    m.programmed(new Set(['10.0.0.9']));
+    expect(changes).toBe(1);
+    expect(programmedSeen).toHaveLength(1); // the inner membership still gets the call
+    expect(seen).toEqual([0.25]);
+  });
+});
+
+describe('Readiness', () => {
+  it('is ready only after the first sync, with the data path attached and ztunnel known', () => {
+    const r = new Readiness();
+    expect(r.state()).toEqual({ ready: false, missing: ['first full sync not programmed yet', 'data path not attached', 'ztunnel not known on this node'] });
+    r.setDataPathAttached(true);
+    r.setZtunnelKnown(true);
+    expect(r.state().ready).toBe(false);
+    r.markSynced();
+    expect(r.state()).toEqual({ ready: true, missing: [] });
+    r.setZtunnelKnown(false);
+    expect(r.state()).toEqual({ ready: false, missing: ['ztunnel not known on this node'] });
+  });
+});
+
+// --- scrape-time sources -----------------------------------------------------------------
+
+const stride = Math.ceil(codec.POD_COUNTERS_SIZE / 8) * 8;
+function perCpu(...cpus: Partial<codec.PodCounters>[]): Buffer {
+  const buf = Buffer.alloc(stride * cpus.length);
+  cpus.forEach((c, i) => codec.encodePodCounters({ ...codec.zeroCounters(), ...c }).copy(buf, i * stride));
+  return buf;
+}
+const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [codec.encodeAddrKey(ip), codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED })];
+
+function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'host_addrs' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
+  return { entries: (name) => m[name] ?? null };
+}
+
+describe('pinned map sources', () => {
+  const maps = fakeMaps({
+    pods: [pod('10.0.0.1', 12), pod('10.0.0.2', 13)],
+    counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 3n, redirectedBytes: 300n }, { redirectedPackets: 4n, redirectedBytes: 400n, droppedPackets: 1n, droppedBytes: 60n })]],
+    host_addrs: [[codec.encodeAddrKey('169.254.7.127'), codec.encodeHostInfo({ flags: codec.HostFlags.BYPASS })]],
+  });
+
+  it('sums each pod’s per-CPU counters by its veth; a pod without counters reads zero', () => {
+    const s = podCounters(maps);
+    expect(s.map((x) => [x.ip, x.ifindex])).toEqual([['10.0.0.1', 12], ['10.0.0.2', 13]]);
+    expect(s[0]!.counters).toMatchObject({ redirectedPackets: 7n, redirectedBytes: 700n, droppedPackets: 1n, droppedBytes: 60n, passedPackets: 0n });
+    expect(s[1]!.counters).toEqual(codec.zeroCounters());
+  });
+
+  it('map usage of the pinned maps; nothing when not pinned (iptables mode)', () => {
+    expect(mapUsage(maps)).toEqual([
+      { map: 'pods', entries: 2, capacity: 65536 },
+      { map: 'counters', entries: 1, capacity: 65536 },
+      { map: 'host_addrs', entries: 1, capacity: 64 },
+    ]);
+    expect(mapUsage(fakeMaps({}))).toEqual([]);
+    expect(podCounters(fakeMaps({}))).toEqual([]);
+  });
+});
+
+describe('AgentMetrics', () => {
+  it('exposes what the agent pushed and what the sources hold at scrape time', async () => {
+    let restarts = 1;
+    const m = new AgentMetrics({
+      mapUsage: () => [{ map: 'pods', entries: 32768, capacity: 65536 }],
+      podCounters: () => podCounters(fakeMaps({ pods: [pod('10.0.0.1', 12)], counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 5n, redirectedBytes: 500n, passedPackets: 2n })]] })),
+      podName: (ip) => (ip === '10.0.0.1' ? { namespace: 'shop', pod: 'cart-1' } : null),
+      watchRestarts: () => ({ pods: restarts, namespaces: 0 }),
+      rejectedPods: () => 3,
+    });
+    m.setMode('iptables', 'ebpf');
+    m.observePass({ enrolled: 4, programmed: 3, upserted: 1, attached: 3 }, 0.02);
+    m.observeFailedPass(1.5);
+    m.observeEventToProgrammed(0.3);
+    let text = await m.metrics();
+    const podLabels = { pod_ip: '10.0.0.1', namespace: 'shop', pod: 'cart-1' };
+    expect(sample(text, 'ambient_redirect_enrolled_pods')).toBe(4);
+    expect(sample(text, 'ambient_redirect_programmed_pods')).toBe(3);
+    expect(sample(text, 'ambient_redirect_map_pressure_ratio', { map: 'pods' })).toBe(0.5);
+    expect(sample(text, 'ambient_redirect_map_entries', { map: 'pods' })).toBe(32768);
+    expect(sample(text, 'ambient_redirect_pod_packets_total', { ...podLabels, verdict: 'redirected' })).toBe(5);
+    expect(sample(text, 'ambient_redirect_pod_packets_total', { ...podLabels, verdict: 'passed' })).toBe(2);
+    expect(sample(text, 'ambient_redirect_pod_packets_total', { ...podLabels, verdict: 'dropped' })).toBe(0);
+    expect(sample(text, 'ambient_redirect_pod_bytes_total', { ...podLabels, verdict: 'redirected' })).toBe(500);
+    expect(sample(text, 'ambient_redirect_reattachments_total')).toBe(2);
+    expect(sample(text, 'ambient_redirect_capture_mode', { mode: 'iptables', requested: 'ebpf', fallback: 'true' })).toBe(1);
+    expect(sample(text, 'ambient_redirect_watch_restarts_total', { watch: 'pods' })).toBe(1);
+    expect(sample(text, 'ambient_redirect_rejected_pod_objects_total')).toBe(3);
+    expect(sample(text, 'ambient_redirect_reconcile_duration_seconds_count', { outcome: 'ok' })).toBe(1);
+    expect(sample(text, 'ambient_redirect_reconcile_duration_seconds_count', { outcome: 'error' })).toBe(1);
+    expect(sample(text, 'ambient_redirect_event_to_programmed_seconds_sum')).toBeCloseTo(0.3);
+
+    // Scrape time: the sources are read again, the mode replaced.
+    restarts = 4;
+    m.setMode('ebpf', 'auto');
+    text = await m.metrics();
+    expect(sample(text, 'ambient_redirect_watch_restarts_total', { watch: 'pods' })).toBe(4);
+    expect(sample(text, 'ambient_redirect_capture_mode', { mode: 'iptables', requested: 'ebpf', fallback: 'true' })).toBeUndefined();
+    expect(sample(text, 'ambient_redirect_capture_mode', { mode: 'ebpf', requested: 'auto', fallback: 'false' })).toBe(1);
+  });
+
+  it('counts a re-attachment only where a veth was hooked again without a new pod entry', () => {
+    expect(reattachments({ attached: 2, upserted: 2 })).toBe(0);
+    expect(reattachments({ attached: 1, upserted: 0 })).toBe(1);
+    expect(reattachments({ attached: 0, upserted: 5 })).toBe(0);
+  });
+});
+
+describe('serveMetrics', () => {
+  let srv: MetricsServer | null = null;
+  afterEach(async () => {
+    await srv?.close();
+    srv = null;
+  });
+
+  it('parses listen addresses like --health-address', () => {
+    expect(parseListenAddress(':15034')).toEqual({ host: undefined, port: 15034 });
+    expect(parseListenAddress('127.0.0.1:0')).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(parseListenAddress('[::1]:9')).toEqual({ host: '::1', port: 9 });
+    expect(() => parseListenAddress('localhost:80')).toThrow(/IP:PORT/);
+    expect(() => parseListenAddress('1.2.3.4:99999')).toThrow(/IP:PORT/);
+  });
+
+  it('serves /healthz always, /readyz by readiness, /metrics in the Prometheus format', async () => {
+    const metrics = new AgentMetrics();
+    const readiness = new Readiness();
+    srv = await serveMetrics('127.0.0.1:0', { metrics, readiness });
+    const url = (p: string) => `http://127.0.0.1:${srv!.port()}${p}`;
+    expect((await fetch(url('/healthz'))).status).toBe(200);
+    let r = await fetch(url('/readyz'));
+    expect(r.status).toBe(503);
+    expect(await r.text()).toMatch(/first full sync/);
+    readiness.markSynced();
+    readiness.setDataPathAttached(true);
+    readiness.setZtunnelKnown(true);
+    r = await fetch(url('/readyz'));
+    expect(r.status).toBe(200);
+    metrics.observePass({ enrolled: 2, programmed: 2, upserted: 2, attached: 2 }, 0.01);
+    r = await fetch(url('/metrics'));
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(sample(await r.text(), 'ambient_redirect_enrolled_pods')).toBe(2);
+    expect((await fetch(url('/nope'))).status).toBe(404);
+    expect((await fetch(url('/metrics'), { method: 'POST' })).status).toBe(405);
+  });
+
+  it('fails to start on a taken port instead of serving nothing', async () => {
+    srv = await serveMetrics('127.0.0.1:0', { metrics: new AgentMetrics(), readiness: new Readiness() });
+    await expect(serveMetrics(`127.0.0.1:${srv.port()}`, { metrics: new AgentMetrics(), readiness: new Readiness() })).rejects.toThrow(/EADDRINUSE/);
+  });
+});
