@@ -13,11 +13,28 @@ all: build
 
 build: bpf ts
 
-bpf: $(BPF_OBJ)
+# Variants of the capture object for the lifecycle tests: a new build of the same code
+# (other debug info), a map schema change (smaller maps), and one whose load fails
+# (maps of size 0).
+TEST_OBJ := build/test/redirect-rebuilt.bpf.o build/test/redirect-small.bpf.o build/test/redirect-unloadable.bpf.o
+
+bpf: $(BPF_OBJ) $(TEST_OBJ)
 
 build/%.bpf.o: bpf/%.bpf.c $(BPF_HDRS)
 	@mkdir -p build
 	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+build/test/redirect-rebuilt.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
+	@mkdir -p build/test
+	$(CLANG) $(BPF_CFLAGS) -gdwarf-4 -c $< -o $@
+
+build/test/redirect-small.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
+	@mkdir -p build/test
+	$(CLANG) $(BPF_CFLAGS) -DMAX_PODS=1024 -c $< -o $@
+
+build/test/redirect-unloadable.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
+	@mkdir -p build/test
+	$(CLANG) $(BPF_CFLAGS) -DMAX_PODS=0 -c $< -o $@
 
 TS_SRC := $(shell find src -name '*.ts')
 

@@ -170,6 +170,11 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		f->l3 = L3_SHORT;
 		return;
 	}
+	/* A tag offloaded into skb metadata (veths do that) is a tag all the same. */
+	if (skb->vlan_present) {
+		f->l3 = L3_VLAN;
+		return;
+	}
 	proto = bpf_ntohs(eth->h_proto);
 	if (proto == ETH_P_ARP) {
 		f->l3 = L3_ARP;

@@ -16,6 +16,16 @@ enum verdict {
 	V_REDIRECT,
 };
 
+/* The slot's flags, whether or not it describes a live ztunnel (DNS capture is policy). */
+static __always_inline __u16 ztunnel_flags(void)
+{
+	__u32 slot = ZTUNNEL_SLOT;
+	struct ztunnel_info *zt = bpf_map_lookup_elem(&ztunnel, &slot);
+
+	return zt ? zt->flags : 0;
+}
+
+/* The live ztunnel, or NULL: then what would be redirected is dropped (fail closed). */
 static __always_inline struct ztunnel_info *ztunnel_slot(void)
 {
 	__u32 slot = ZTUNNEL_SLOT;
@@ -89,7 +99,7 @@ static __always_inline enum verdict l4_verdict(const struct flow *f, const struc
 	if (f->l4 == L4_TRUNCATED && !is_icmp(f))
 		return V_DROP;                                   /* O14, I15 */
 	if (f->proto == IPPROTO_UDP && dns_port == bpf_htons(DNS_PORT) &&
-	    !(zt && (zt->flags & ZT_F_DNS_CAPTURE)))
+	    !(ztunnel_flags() & ZT_F_DNS_CAPTURE))
 		return V_PASS;                                   /* O15, I16 */
 	if (!zt)
 		return V_DROP;                                   /* O16, I17 */

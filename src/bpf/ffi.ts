@@ -100,6 +100,7 @@ const c = {
   bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
   bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)'),
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *pathname)'),
+  bpf_obj_get_info_by_fd: bpf.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *info_len)'),
   bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *pathname)'),
 
   bpf_tc_hook_create: bpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
@@ -216,8 +217,9 @@ export function mapFd(map: MapPtr, name: string): number {
 
 const PERCPU_MAP_TYPES = new Set([5 /* PERCPU_HASH */, 6 /* PERCPU_ARRAY */, 10 /* LRU_PERCPU_HASH */]);
 
-export function mapInfo(map: MapPtr): { keySize: number; valueSize: number; maxEntries: number; perCpu: boolean } {
+export function mapInfo(map: MapPtr): { type: number; keySize: number; valueSize: number; maxEntries: number; perCpu: boolean } {
   return {
+    type: c.bpf_map__type(map) as number,
     keySize: c.bpf_map__key_size(map),
     valueSize: c.bpf_map__value_size(map),
     maxEntries: c.bpf_map__max_entries(map),
@@ -276,6 +278,14 @@ export function mapGetNextKey(fd: number, name: string, key: Buffer | null, next
 
 export function objGet(path: string): number {
   return checkInt('bpf_obj_get', path, c.bpf_obj_get(path));
+}
+
+/** The first `len` bytes of the kernel's info struct for a program, map or link fd. */
+export function objGetInfo(fd: number, what: string, len: number): Buffer {
+  const info = Buffer.alloc(len);
+  const size = [len];
+  checkInt('bpf_obj_get_info_by_fd', what, c.bpf_obj_get_info_by_fd(fd, info, size));
+  return info;
 }
 
 export function objPin(fd: number, path: string): void {

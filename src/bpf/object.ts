@@ -107,6 +107,15 @@ export interface OpenOptions {
   pinRoot?: string;
   /** Programs to load; the others are not loaded (variants the kernel cannot run). */
   programs?: readonly string[];
+  /** Pin paths for single maps, overriding pinRoot (a migration's new maps). */
+  mapPinPaths?: Readonly<Record<string, string>>;
+}
+
+export interface MapDef {
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
 }
 
 export class BpfObject {
@@ -127,6 +136,7 @@ export class BpfObject {
       if (opts.pinRoot === undefined) {
         for (const name of ffi.mapNames(o.opened.obj)) ffi.mapSetPinPath(ffi.findMap(o.opened.obj, name), name, null);
       }
+      for (const [name, path] of Object.entries(opts.mapPinPaths ?? {})) ffi.mapSetPinPath(ffi.findMap(o.opened.obj, name), name, path);
       if (opts.programs) {
         const all = ffi.programNames(o.opened.obj);
         for (const want of opts.programs) {
@@ -179,6 +189,25 @@ export class BpfObject {
     return ffi.mapNames(this.opened.obj);
   }
 
+  /** The maps as the object declares them (readable before load). */
+  mapDefs(): Map<string, MapDef> {
+    const out = new Map<string, MapDef>();
+    for (const name of ffi.mapNames(this.opened.obj)) {
+      const { type, keySize, valueSize, maxEntries } = ffi.mapInfo(ffi.findMap(this.opened.obj, name));
+      out.set(name, { type, keySize, valueSize, maxEntries });
+    }
+    return out;
+  }
+
+  programNames(): string[] {
+    return ffi.programNames(this.opened.obj);
+  }
+
+  /** Pins a loaded program; the kernel keeps it while pinned or attached. */
+  pinProgram(name: string, path: string): void {
+    ffi.objPin(this.programFd(name), path);
+  }
+
   private requireLoaded(): void {
     if (!this.loaded) throw new Error(`${this.path}: not loaded`);
     if (this.closed) throw new Error(`${this.path}: closed`);
@@ -191,4 +220,23 @@ export class BpfObject {
     ffi.objectClose(this.opened.obj);
     this.opened.release();
   }
+}
+
+/** What the kernel says of a loaded program or map (struct bpf_prog_info / bpf_map_info). */
+export function programId(fd: number, what: string): number {
+  return ffi.objGetInfo(fd, what, 8).readUInt32LE(4); // { __u32 type; __u32 id; }
+}
+
+export interface KernelMapInfo {
+  type: number;
+  id: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+}
+
+export function mapInfoOf(fd: number, what: string): KernelMapInfo {
+  const b = ffi.objGetInfo(fd, what, 24);
+  return { type: b.readUInt32LE(0), id: b.readUInt32LE(4), keySize: b.readUInt32LE(8), valueSize: b.readUInt32LE(12), maxEntries: b.readUInt32LE(16), flags: b.readUInt32LE(20) };
 }

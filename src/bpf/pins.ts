@@ -1,5 +1,5 @@
 /** The pin folder: `<bpffs root>/ambient-redirect/v1/`, mode 0700, on a real bpffs. */
-import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statfsSync, unlinkSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, rmdirSync, statSync, statfsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 
 const BPF_FS_MAGIC = 0xcafe4a11;
@@ -40,10 +40,17 @@ export function removePins(root: string): string[] {
   const dir = pinDir(root);
   if (!existsSync(dir)) return [];
   const removed: string[] = [];
-  for (const name of readdirSync(dir)) {
-    unlinkSync(join(dir, name));
-    removed.push(join(dir, name));
-  }
+  const removeAll = (folder: string) => {
+    for (const name of readdirSync(folder)) {
+      const path = join(folder, name);
+      if (statSync(path).isDirectory()) {
+        removeAll(path);
+        rmdirSync(path);
+      } else unlinkSync(path);
+      removed.push(path);
+    }
+  };
+  removeAll(dir);
   rmdirSync(dir);
   const parent = join(root, 'ambient-redirect');
   if (readdirSync(parent).length === 0) rmdirSync(parent);

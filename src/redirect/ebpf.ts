@@ -4,7 +4,8 @@
  * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
  * Maps are pinned under the pin folder and adopted when already there.
  */
-import { BpfMap, BpfObject } from '../bpf/object.js';
+import { BpfMap } from '../bpf/object.js';
+import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../bpf/install.js';
 import * as codec from '../bpf/codec.js';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../bpf/ffi.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
@@ -64,10 +65,13 @@ const POD_HOOKS: Direction[] = ['ingress', 'egress'];
 
 export class EbpfRedirect implements RedirectMode {
   readonly name = 'ebpf' as const;
-  private obj: BpfObject | null = null;
+  private installed: Installed | null = null;
+  private dir = '';
   private chosen: { variant: Variant; delivery: Delivery } | null = null;
-  /** The ztunnel placement we configured last, so an unchanged one costs one query. */
+  /** The ztunnel netns whose routing we configured last, so an unchanged one is not redone. */
   private ztunnelDone: string | null = null;
+  /** Hooked veths whose programs are not (all) this build's, from the last actual(). */
+  private readonly outdated = new Set<number>();
 
   constructor(private readonly opts: EbpfOptions) {}
 
@@ -85,19 +89,27 @@ export class EbpfRedirect implements RedirectMode {
   }
 
   async init(): Promise<void> {
-    const dir = ensurePinDir(this.opts.pinRoot);
+    this.dir = ensurePinDir(this.opts.pinRoot);
     const variant = this.opts.variant ?? probeVariant();
     const delivery = this.opts.delivery ?? probeDelivery();
     const programs = [PROGRAMS.outbound[variant], PROGRAMS.inbound, PROGRAMS.ztunnel[delivery]];
-    // Maps declared LIBBPF_PIN_BY_NAME are reused from the folder when pinned there.
-    this.obj = BpfObject.openAndLoad(this.opts.objectPath, { pinRoot: dir, programs });
+    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, programs);
     this.chosen = { variant, delivery };
-    this.opts.log.info('ebpf data path loaded', { object: this.opts.objectPath, pinDir: dir, variant, delivery });
+    const { adopted, migrating, progDir } = this.installed;
+    const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
+    this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
   }
 
   private map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters'): BpfMap {
-    if (!this.obj) throw new Error('ebpf mode not initialised');
-    return this.obj.map(name);
+    const m = this.installed?.maps.get(name);
+    if (!m) throw new Error(`ebpf mode not initialised (map ${name})`);
+    return m;
+  }
+
+  private program(name: string): { fd: number; id: number } {
+    const p = this.installed?.programs.get(name);
+    if (!p) throw new Error(`ebpf mode not initialised (program ${name})`);
+    return p;
   }
 
   async actual(candidateLinks: Iterable<number>): Promise<ActualState> {
@@ -105,10 +117,17 @@ export class EbpfRedirect implements RedirectMode {
     for (const [k, v] of this.map('pods').entries()) pods.set(codec.decodeAddrKey(k), codec.decodePodInfo(v));
     const slot = this.map('ztunnel').lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
     const zt = slot ? codec.decodeZtunnelInfo(slot) : null;
+    // Hooked: a veth with our filter in either direction. Outdated: one that lacks this
+    // build's program in a direction (removed by someone, or an older build's): apply
+    // attaches it again, replacing in place.
     const hooks = new Set<number>();
-    // A veth counts as hooked only with both programs: a missing one is re-attached.
+    this.outdated.clear();
+    const want = { ingress: this.program(PROGRAMS.outbound[this.variant]).id, egress: this.program(PROGRAMS.inbound).id };
     for (const ifindex of candidateLinks) {
-      if (POD_HOOKS.every((d) => queryTc(ifindex, d) !== null)) hooks.add(ifindex);
+      const ids = POD_HOOKS.map((d) => [d, queryTc(ifindex, d)] as const);
+      if (ids.every(([, id]) => id === null)) continue;
+      hooks.add(ifindex);
+      if (ids.some(([d, id]) => id !== want[d])) this.outdated.add(ifindex);
     }
     return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
   }
@@ -129,9 +148,11 @@ export class EbpfRedirect implements RedirectMode {
     for (const [ip, info] of podDiff.upserts) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(info));
 
     const hookDiff = diffHooks(desired.hooks, actual.hooks);
-    const out = this.obj!.programFd(PROGRAMS.outbound[variant]);
-    const inb = this.obj!.programFd(PROGRAMS.inbound);
-    for (const ifindex of hookDiff.attach) {
+    const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];
+    const out = this.program(PROGRAMS.outbound[variant]).fd;
+    const inb = this.program(PROGRAMS.inbound).fd;
+    // Replaced in place at our handle and priority: a hook is never empty nor doubled.
+    for (const ifindex of attach) {
       attachTc(ifindex, 'ingress', out);
       attachTc(ifindex, 'egress', inb);
     }
@@ -141,20 +162,27 @@ export class EbpfRedirect implements RedirectMode {
     }
     for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
 
-    return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: hookDiff.attach.length, detached: hookDiff.detach.length };
+    // Every hook runs this build now: its schema change and upgrade are complete.
+    if (this.installed!.migrating.length > 0 || !this.installed!.adopted) {
+      const done = commitInstall(this.dir, this.installed!);
+      if (done.length) this.opts.log.info('upgrade complete', { done });
+      this.installed!.adopted = true;
+    }
+    return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
   }
 
   /** The delivery program on ztunnel's eth0 and the routing it needs; repaired if gone. */
   private async ensureZtunnelSide(z: ZtunnelPlacement, delivery: Delivery): Promise<void> {
-    const key = `${z.netns}/${z.peer.ifindex}`;
-    const prog = PROGRAMS.ztunnel[delivery];
-    const attached = withNetns(netnsPath(z.netns), () => queryTc(z.peer.ifindex, 'ingress') !== null);
-    if (attached && this.ztunnelDone === key) return;
-    await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
-    const fd = this.obj!.programFd(prog);
-    withNetns(netnsPath(z.netns), () => attachTc(z.peer.ifindex, 'ingress', fd));
-    this.ztunnelDone = key;
-    this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: prog });
+    const name = PROGRAMS.ztunnel[delivery];
+    const prog = this.program(name);
+    const path = netnsPath(z.netns);
+    if (this.ztunnelDone !== z.netns) {
+      await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
+      this.ztunnelDone = z.netns;
+    }
+    if (withNetns(path, () => queryTc(z.peer.ifindex, 'ingress')) === prog.id) return;
+    withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
+    this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: name, id: prog.id });
   }
 
   private syncHostAddrs(): void {
@@ -173,8 +201,8 @@ export class EbpfRedirect implements RedirectMode {
   }
 
   close(): void {
-    this.obj?.close();
-    this.obj = null;
+    if (this.installed) closeInstalled(this.installed);
+    this.installed = null;
   }
 }
 

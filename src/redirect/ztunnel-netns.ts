@@ -53,8 +53,12 @@ export async function configureZtunnelNetns(netns: string, delivery: Delivery, r
 
     const ipt = ['ip', 'netns', 'exec', netns, f.tables, '-w', '-t', 'mangle'];
     if (!(await ok(runner, [...ipt, '-L', ZT_CHAIN, '-n']))) await runner.run([...ipt, '-N', ZT_CHAIN]);
-    await runner.run([...ipt, '-F', ZT_CHAIN]);
-    if (delivery === 'tproxy') for (const rule of tproxyRules(f.any)) await runner.run([...ipt, '-A', ZT_CHAIN, ...rule]);
+    // Rule by rule, never a flush: a restarted controller leaves no gap in delivery.
+    for (const rule of tproxyRules(f.any)) {
+      const present = await ok(runner, [...ipt, '-C', ZT_CHAIN, ...rule]);
+      if (delivery === 'tproxy' && !present) await runner.run([...ipt, '-A', ZT_CHAIN, ...rule]);
+      if (delivery === 'sk_assign' && present) await runner.run([...ipt, '-D', ZT_CHAIN, ...rule]);
+    }
     if (!(await ok(runner, [...ipt, '-C', 'PREROUTING', '-j', ZT_CHAIN]))) await runner.run([...ipt, '-A', 'PREROUTING', '-j', ZT_CHAIN]);
   }
 }

@@ -21,6 +21,8 @@ export interface ControllerProcess {
   waitFor(msg: string, timeoutMs?: number): Promise<LogEvent>;
   /** Sends the signal and resolves with the exit code once the process is gone. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Resolves with the exit code when the process ends by itself. */
+  exited(): Promise<number | null>;
 }
 
 function inNode(nodeNs: string, args: readonly string[]): string[] {
@@ -69,6 +71,10 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
         listeners.add(onEvent);
         void done.then(() => finish(new Error(`controller exited (${exitCode}) before "${msg}": ${JSON.stringify(events.slice(-5))} ${stderrTail}`)));
       });
+    },
+    async exited() {
+      await done;
+      return exitCode;
     },
     async stop(signal = 'SIGTERM') {
       if (!exited) child.kill(signal);

@@ -79,6 +79,8 @@ export interface SimNode {
    * source address (the probe address from the node, another pod's IP to spoof).
    */
   connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string): Promise<ConnectResult[]>;
+  /** Deletes a pod's veth pair and wires a new one (new ifindex, new MACs), as a CNI re-ADD does. */
+  recreatePodLink(pod: SimPod): Promise<void>;
   /** Idempotent: stops the servers, deletes every netns of the run and checks none is left. */
   teardown(): Promise<void>;
 }
@@ -360,6 +362,10 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
     connect: (from, to, count, timeoutMs, bind) => connect(runner, topology, from, to, count, timeoutMs, bind),
+    async recreatePodLink(pod) {
+      await runner.run(['ip', '-n', topology.nodeNs, 'link', 'del', pod.hostVeth]);
+      await attachEndpoint(runner, topology.nodeNs, pod.ns, pod.hostVeth, pod.ip, pod.ip6);
+    },
     teardown() {
       // A failed teardown may be retried; a finished or running one is shared.
       torn ??= (async () => {

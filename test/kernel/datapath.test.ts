@@ -63,11 +63,7 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
     ['in_redirect', ROWS.inbound, m.inbound],
   ] as const) {
     describe(program, () => {
-      const runPending = process.env.PENDING === '1';
-      const ready = rows.filter((r) => !r.pending || runPending);
-      const pending = rows.filter((r) => r.pending && !runPending);
-      for (const r of pending) it.skip(`${r.id} ${r.name} (${r.pending})`, () => {});
-      it.each(ready.map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => {
+      it.each(rows.map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => {
         const state = stateOf(veths(), r);
         h.applyState(state);
         const ctx = { ifindex: h.vethA, ingressIfindex: r.ingressIfindex ?? NODE_IFINDEX };

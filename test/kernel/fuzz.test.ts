@@ -13,22 +13,21 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
-import { baseState, DNS_NOT_PRESENT, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
+import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
 import { truncate } from '../../src/packet/builder.js';
 import { kernelDescribe } from './gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
 const FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500);
 
-/** States whose disagreement is reported and awaits a fix: run with PENDING=1. */
-function states(v: Veths): { name: string; spec: StateSpec; pending?: string }[] {
+function states(v: Veths): { name: string; spec: StateSpec }[] {
   const base = baseState(v);
   return [
     { name: 'base', spec: base },
     { name: 'ztunnel missing', spec: { ...base, ztunnel: null } },
     { name: 'DNS capture on', spec: { ...base, ztunnel: ZT.dns } },
     { name: 'slot not PRESENT', spec: { ...base, ztunnel: ZT.notPresent } },
-    { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns }, pending: DNS_NOT_PRESENT },
+    { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns } },
     { name: 'PRESENT with ifindex 0', spec: { ...base, ztunnel: ZT.presentIfindex0 } },
     { name: 'pods map full', spec: { ...base, ztunnel: ZT.dns, fillPods: true } },
     {
@@ -57,10 +56,6 @@ kernelDescribe('differential fuzzing: kernel vs the reference model', 'loads BPF
     const cuts = truncationSeeds();
 
     for (const st of states(v)) {
-      if (st.pending && process.env.PENDING !== '1') {
-        console.log(`fuzz: state "${st.name}" not run (${st.pending}); PENDING=1 runs it`);
-        continue;
-      }
       h.applyState(st.spec);
       const model = modelStateOf(st.spec, h.maxPods);
       const frames: Buffer[] = [];

@@ -75,11 +75,8 @@ export interface Row {
   mark?: number;
   /** Frames this kernel refuses to run (shorter than Ethernet + IPv4 header). */
   notRunnable?: boolean;
-  /** The programs disagree with the spec here; reported, skipped until fixed (PENDING=1 runs it). */
-  pending?: string;
 }
 
-export const DNS_NOT_PRESENT = 'reported: the programs pass DNS when the slot has DNS_CAPTURE without PRESENT (spec: O16/I17 drop)';
 
 const v4 = b.v4Frame;
 const v6 = b.v6Frame;
@@ -157,7 +154,7 @@ function outboundRows(): Row[] {
     { id: 'O15', name: 'UDP to 53 with no ztunnel at all (capture flag clear)', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: noZt, verdict: 'pass' },
     { id: 'O16', name: 'IPv4 TCP, ztunnel slot empty', program: o, frame: v4(A4, b.tcp()), state: noZt, verdict: 'drop' },
     { id: 'O16', name: 'IPv6 UDP, slot without PRESENT', program: o, frame: v6(A6, b.udp({ dport: 443 })), state: { ztunnel: ZT.notPresent }, verdict: 'drop' },
-    { id: 'O16', name: 'UDP 53, DNS capture on but slot without PRESENT', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop', pending: DNS_NOT_PRESENT },
+    { id: 'O16', name: 'UDP 53, DNS capture on but slot without PRESENT', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
     { id: 'O16', name: 'ICMP echo, PRESENT with ifindex 0', program: o, frame: v4(A4, b.icmp4()), state: { ztunnel: ZT.presentIfindex0 }, verdict: 'drop' },
     { id: 'O17', name: 'IPv4 TCP SYN', program: o, frame: v4(A4, b.tcp()), verdict: 'redirect' },
     { id: 'O17', name: 'IPv4 TCP to 53', program: o, frame: v4(A4, b.tcp({ dport: 53 })), verdict: 'redirect' },
@@ -203,7 +200,7 @@ function inboundRows(): Row[] {
     { id: 'I16', name: 'DNS answer with capture on is captured (I18)', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: dns, verdict: 'redirect' },
     { id: 'I17', name: 'IPv4 TCP, ztunnel slot empty', program: i, frame: v4(TO_A4, b.tcp()), state: noZt, verdict: 'drop' },
     { id: 'I17', name: 'IPv6 ICMPv6 echo, slot without PRESENT', program: i, frame: v6(TO_A6, b.icmp6()), state: { ztunnel: ZT.notPresent }, verdict: 'drop' },
-    { id: 'I17', name: 'DNS answer, capture set but slot without PRESENT', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop', pending: DNS_NOT_PRESENT },
+    { id: 'I17', name: 'DNS answer, capture set but slot without PRESENT', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
     { id: 'I17', name: 'TCP, PRESENT with ifindex 0 (as O16)', program: i, frame: v4(TO_A4, b.tcp()), state: { ztunnel: ZT.presentIfindex0 }, verdict: 'drop' },
     { id: 'I18', name: 'HBONE: TCP to 15008', program: i, frame: v4(TO_A4, b.tcp({ dport: 15008 })), verdict: 'redirect' },
     { id: 'I18', name: 'IPv4 TCP to 80 from pod B', program: i, frame: v4({ src: POD_B.v4, dst: POD_A.v4 }, b.tcp()), verdict: 'redirect' },

@@ -1,0 +1,140 @@
+/**
+ * What is pinned, and how a new controller takes it over. The data path must not depend
+ * on the controller process, so:
+ *
+ * - maps are pinned by name in the pin folder and reused;
+ * - programs are pinned in `prog-<hash of the object file>/`: a restarted controller
+ *   with the same build adopts them (same program IDs, nothing loaded, nothing
+ *   re-attached); a new build loads new programs beside them, which the caller swaps in
+ *   place on every hook, then drops the old folder;
+ * - a map whose definition changed (value size, max entries, ...) is a schema change:
+ *   the new map is created beside the old one as `<name>__next`, filled, and takes the
+ *   old one's pin only after the new programs (which use it) are attached everywhere.
+ *   Until then the old programs and maps keep working; a load that fails changes nothing.
+ *
+ * `<pin dir>/` holds: pods, ztunnel, host_addrs, counters, prog-<hash>/<program>...
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { isNotFound } from './errors.js';
+import * as ffi from './ffi.js';
+import { BpfMap, BpfObject, mapInfoOf, programId, type MapDef } from './object.js';
+
+// bpffs refuses dots in names (they are kept for its own files).
+const NEXT = '__next';
+
+export function objectHash(objectPath: string): string {
+  return createHash('sha256').update(readFileSync(objectPath)).digest('hex').slice(0, 16);
+}
+
+export interface Installed {
+  /** Program fds by name, owned by the caller (close with closeInstalled). */
+  programs: Map<string, { fd: number; id: number }>;
+  /** Maps by name: the live ones, or the `__next` ones of a schema change. */
+  maps: Map<string, BpfMap>;
+  /** True when every wanted program was already pinned for this build. */
+  adopted: boolean;
+  /** Maps whose schema changed: their `__next` pins await commitInstall. */
+  migrating: string[];
+  progDir: string;
+}
+
+/** Maps pinned in `dir` whose kernel definition differs from the object's. */
+function changedMaps(dir: string, defs: Map<string, MapDef>): string[] {
+  const changed: string[] = [];
+  for (const [name, def] of defs) {
+    const path = join(dir, name);
+    if (!existsSync(path)) continue;
+    const fd = ffi.objGet(path);
+    try {
+      const k = mapInfoOf(fd, name);
+      if (k.type !== def.type || k.keySize !== def.keySize || k.valueSize !== def.valueSize || k.maxEntries !== def.maxEntries) changed.push(name);
+    } finally {
+      ffi.closeFd(fd);
+    }
+  }
+  return changed;
+}
+
+function openProgram(path: string, name: string): { fd: number; id: number } {
+  const fd = ffi.objGet(path);
+  return { fd, id: programId(fd, name) };
+}
+
+/**
+ * Adopts what is pinned for this build, or loads what is missing (see the module
+ * comment). Reads the kernel and pins only: attaches nothing.
+ */
+export function loadOrAdopt(objectPath: string, dir: string, programs: readonly string[]): Installed {
+  const progDir = join(dir, `prog-${objectHash(objectPath)}`);
+  const probe = BpfObject.open(objectPath, { programs: [] });
+  let defs: Map<string, MapDef>;
+  try {
+    defs = probe.mapDefs();
+  } finally {
+    probe.close();
+  }
+  const migrating = changedMaps(dir, defs);
+  const missing = programs.filter((p) => !existsSync(join(progDir, p)));
+
+  if (missing.length > 0 || migrating.length > 0) {
+    // A stale `__next` from a migration that failed half-way is not reused.
+    for (const name of migrating) if (existsSync(join(dir, name + NEXT))) unlinkSync(join(dir, name + NEXT));
+    const mapPinPaths = Object.fromEntries(migrating.map((m) => [m, join(dir, m + NEXT)]));
+    // With a schema change every program is reloaded: the pinned ones use the old maps.
+    const toLoad = migrating.length > 0 ? [...programs] : missing;
+    const obj = BpfObject.openAndLoad(objectPath, { pinRoot: dir, programs: toLoad, mapPinPaths });
+    try {
+      mkdirSync(progDir, { recursive: true, mode: 0o700 });
+      for (const p of toLoad) {
+        const path = join(progDir, p);
+        if (existsSync(path)) unlinkSync(path);
+        obj.pinProgram(p, path);
+      }
+    } finally {
+      obj.close();
+    }
+  }
+
+  const maps = new Map<string, BpfMap>();
+  for (const [name, def] of defs) {
+    const path = join(dir, migrating.includes(name) ? name + NEXT : name);
+    maps.set(name, BpfMap.openPinned(path, name, { ...def, perCpu: [5, 6, 10].includes(def.type) }));
+  }
+  const progs = new Map(programs.map((p) => [p, openProgram(join(progDir, p), p)]));
+  return { programs: progs, maps, adopted: missing.length === 0 && migrating.length === 0, migrating, progDir };
+}
+
+/**
+ * After the new programs are attached everywhere: `__next` maps take their names (the
+ * old maps live on only while old programs still reference them), and other builds'
+ * program folders are unpinned.
+ */
+export function commitInstall(dir: string, installed: Installed): string[] {
+  const done: string[] = [];
+  for (const name of installed.migrating) {
+    renameSync(join(dir, name + NEXT), join(dir, name));
+    done.push(`migrated map ${name}`);
+  }
+  installed.migrating = [];
+  for (const entry of readdirSync(dir)) {
+    const path = join(dir, entry);
+    if (!entry.startsWith('prog-') || path === installed.progDir) continue;
+    for (const p of readdirSync(path)) unlinkSync(join(path, p));
+    rmdirSync(path);
+    done.push(`unpinned old programs ${entry}`);
+  }
+  return done;
+}
+
+export function closeInstalled(installed: Installed): void {
+  for (const m of installed.maps.values()) m.close();
+  for (const p of installed.programs.values()) {
+    try {
+      ffi.closeFd(p.fd);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+  }
+}
