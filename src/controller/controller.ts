@@ -5,7 +5,7 @@
  * coalescing work queue (one key: a burst of events is one pass), on every membership
  * change and on a jittered resync timer.
  *
- * Two guards stand between a bad view of the API and the maps: nothing is deleted before
+ * Two guards stand between a bad view of the API and the maps: nothing is touched before
  * the membership has synced once (prune only after the first full sync), and a pass that
  * would delete more than `maxDeleteShare` of the entries holds those deletes until a
  * second, confirming list agrees (the circuit breaker).
@@ -74,7 +74,7 @@ export interface PassReport extends ApplyResult {
   programmed: number;
   unplaced: string[];
   ztunnel: boolean;
-  /** Deletes held back (not synced yet, or the breaker waiting for confirmation). */
+  /** Deletes held back by the breaker, waiting for a confirming list. */
   held: number;
   breaker: 'closed' | 'holding' | 'confirmed';
 }
@@ -88,12 +88,19 @@ export class Controller {
   /** listGeneration when the breaker tripped; null when closed. */
   private trippedAt: number | null = null;
   private confirming = false;
+  /** Whether the last pass knew a ztunnel IP (to say "no ztunnel" once, not every pass). */
+  private hadZtunnel: boolean | null = null;
 
   constructor(private readonly deps: ControllerDeps) {}
 
   async reconcile(): Promise<PassReport> {
     const { mode, membership, runner, log } = this.deps;
     const view = membership.view();
+    if (!view.synced) {
+      // Before the first full list the view is empty or partial: touching the maps now
+      // would clear ztunnel's slot or entries a previous run programmed (adoption).
+      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, held: 0, breaker: 'closed' };
+    }
     const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
     const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
     let zt: ZtunnelPlacement | null = null;
@@ -104,9 +111,10 @@ export class Controller {
         if (!(err instanceof ZtunnelNotFound)) throw err;
         log.warn('ztunnel not found: enrolled pods fail closed', { reason: err.message });
       }
-    } else {
+    } else if (this.hadZtunnel !== false) {
       log.warn('no Ready ztunnel on this node: enrolled pods fail closed', {});
     }
+    this.hadZtunnel = ztIp ? true : false;
     const desired = desiredState(view.enrolled, net, zt);
     const actual = await mode.actual(net.links.keys());
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
@@ -115,8 +123,7 @@ export class Controller {
     let hold = false;
     let breaker: PassReport['breaker'] = 'closed';
     const share = this.deps.maxDeleteShare ?? 0.5;
-    if (!view.synced) hold = true;
-    else if (deletes.length > 0 && deletes.length > share * actual.pods.size) {
+    if (deletes.length > 0 && deletes.length > share * actual.pods.size) {
       if (this.trippedAt !== null && view.listGeneration > this.trippedAt) {
         breaker = 'confirmed';
         log.warn('circuit breaker: a second list confirms the deletes', { deletes: deletes.length, entries: actual.pods.size });

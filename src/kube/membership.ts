@@ -41,6 +41,8 @@ export class KubeMembership implements Membership {
   private readonly rejectLog: ThrottledLog;
   private readonly statusQueue: WorkQueue;
   private programmedIps: ReadonlySet<string> = new Set();
+  /** No status is written before the first pass: an annotation left by a previous run stays until a pass decides. */
+  private passSeen = false;
   private generation = 0;
   private enrolledCache: Map<string, PodView> | null = null;
   readonly stats: KubeMembershipStats = { rejected: 0, foreign: 0, stale: 0, statusPatches: 0 };
@@ -63,7 +65,9 @@ export class KubeMembership implements Membership {
     this.rejectLog = new ThrottledLog(opts.log, 10_000);
     // Status writes wait for the API: during an outage the watches' backoff is the only
     // retry traffic; once the pod watch is back, every pod is checked again.
-    this.podReflector.onOpen = () => this.programmed(this.programmedIps);
+    this.podReflector.onOpen = () => {
+      if (this.passSeen) this.programmed(this.programmedIps);
+    };
     this.statusQueue = new WorkQueue((key) => this.syncStatus(key), {
       backoff: opts.backoff,
       onError: (key, err, ms) => opts.log.debug('status patch failed; retrying', { uid: key, error: String(err), retryInMs: Math.round(ms) }),
@@ -117,6 +121,7 @@ export class KubeMembership implements Membership {
 
   programmed(ips: ReadonlySet<string>): void {
     this.programmedIps = ips;
+    this.passSeen = true;
     if (this.opts.writeStatus === false) return;
     for (const pod of this.pods.values()) {
       if (pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
@@ -201,7 +206,7 @@ export class KubeMembership implements Membership {
   }
 
   private statusCheck(pod: PodView): void {
-    if (this.opts.writeStatus !== false && pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
+    if (this.passSeen && this.opts.writeStatus !== false && pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
   }
 
   private async syncStatus(uid: string): Promise<void> {

@@ -100,9 +100,10 @@ export class Reflector {
     const body = (await this.transport.request('GET', this.opts.path, this.opts.query)) as { items?: unknown; metadata?: { resourceVersion?: unknown } };
     const rv = body?.metadata?.resourceVersion;
     if (!Array.isArray(body?.items) || typeof rv !== 'string' || rv === '') throw new KubeError(`list ${this.opts.path}: not a list`, 0);
-    this.handler.replace(body.items);
+    // Synced before the handler runs: it may start a pass at once, which must see it.
     this.rv = rv;
     this.synced = true;
+    this.handler.replace(body.items);
   }
 
   private async run(): Promise<void> {

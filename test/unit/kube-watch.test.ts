@@ -43,8 +43,9 @@ afterEach(async () => {
   await Promise.all(stacks.splice(0).map((s) => s.stop()));
 });
 
-async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: number } = {}): Promise<Stack> {
+async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: number; mode?: FakeMode; startDown?: boolean } = {}): Promise<Stack> {
   const api = new KubeApiDouble({ bookmarkMs: 100 });
+  if (opts.startDown) api.setDown(true);
   const server = await api.listen({ port: 0 });
   const dir = mkdtempSync(join(tmpdir(), 'kube-watch-'));
   api.writeKubeconfig(join(dir, 'kubeconfig'), server);
@@ -63,7 +64,7 @@ async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: num
     watchTimeoutSeconds: 300,
     log,
   });
-  const mode = new FakeMode();
+  const mode = opts.mode ?? new FakeMode();
   const deleted: string[] = [];
   mode.onDelete = (ip) => deleted.push(ip);
   const controller = new Controller({ mode, membership, runner: { run: async () => '' }, log, readNet: async () => fakeNet(IPS), placeZtunnel: fakeZtunnel, backoff: { initialMs: 50, maxMs: 200 } });
@@ -81,7 +82,7 @@ async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: num
   };
   stacks.push(s);
   diag = () => `log: ${JSON.stringify(log.lines.slice(-6))} requests: ${JSON.stringify(api.requests.slice(-6))}`;
-  await until('first sync', () => s.keys().length === (opts.pods ?? 4));
+  if (!opts.startDown) await until('first sync', () => s.keys().length === (opts.pods ?? 4));
   return s;
 }
 
@@ -97,6 +98,21 @@ describe('Kubernetes watches against the API double', () => {
     s.api.upsertNamespace('shop', {});
     await until('namespace flip removes the entries', () => s.keys().length === 0);
     await until('annotation removed', () => s.api.getPod('shop', 'web-0')?.metadata.annotations['ambient.istio.io/redirection'] === undefined);
+  });
+
+  it('a restarted controller adopts the maps: nothing touched before its first full sync', async () => {
+    const mode = new FakeMode();
+    const left = { ifindex: 100, mac: '00:00:00:00:00:00', flags: 1 };
+    mode.pods.set(IPS[0]!, left); // programmed by the previous run
+    mode.pods.set(IPS[7]!, left); // a pod that left while no controller ran
+    mode.ztunnel = { ifindex: 100, peerIfindex: 2, mac: '02:00:00:00:00:10', flags: 1, netnsCookie: 0n };
+    const s = await stack({ mode, startDown: true });
+    await sleep(500);
+    expect(s.keys()).toEqual([IPS[0], IPS[7]]);
+    expect(mode.ztunnel).not.toBeNull(); // enrolled pods keep reaching ztunnel meanwhile
+    expect(s.api.requests.filter((r) => r.kind === 'patch')).toEqual([]);
+    s.api.setDown(false);
+    await until('converged once the API answers', () => JSON.stringify(s.keys()) === JSON.stringify(IPS.slice(0, 4)), 5_000);
   });
 
   it('ignores pods of other nodes even when the server ignores the field selector', async () => {
