@@ -70,8 +70,11 @@ static __always_inline int ipv6_ext(__u8 nh)
 	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
 }
 
-/* Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. */
-static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
+/*
+ * Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. The pod-side
+ * programs never look at TCP ports, so they skip reading them (`tcp_ports` false).
+ */
+static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f, bool tcp_ports)
 {
 	__u8 hdr[4];
 	__u32 need;
@@ -88,11 +91,17 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 		f->l4 = L4_OK;
 		return;
 	}
-	if (f->l4_off + need > skb->len || bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) < 0) {
+	if (f->l4_off + need > skb->len) {
 		f->l4 = L4_TRUNCATED;
 		return;
 	}
 	f->l4 = L4_OK;
+	if (f->proto == IPPROTO_TCP && !tcp_ports)
+		return;
+	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) < 0) {
+		f->l4 = L4_TRUNCATED;
+		return;
+	}
 	if (is_icmp(f)) {
 		f->icmp_type = hdr[0];
 	} else {
@@ -106,7 +115,7 @@ static __always_inline __u32 ipv6_hdr_len(__u8 type, __u8 hdrlen)
 	return type == IPPROTO_AH ? ((__u32)hdrlen + 2) * 4 : ((__u32)hdrlen + 1) * 8;
 }
 
-static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh)
+static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh, bool tcp_ports)
 {
 	int i;
 
@@ -155,10 +164,10 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
 		return;
 	}
-	parse_l4(skb, f);
+	parse_l4(skb, f, tcp_ports);
 }
 
-static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
+static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f, bool tcp_ports)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -205,7 +214,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		f->proto = ip->protocol;
 		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 		f->l4_off = sizeof(*eth) + ihl;
-		parse_l4(skb, f);
+		parse_l4(skb, f, tcp_ports);
 		return;
 	}
 	if (proto == ETH_P_IPV6) {
@@ -219,7 +228,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
 		f->l4_off = sizeof(*eth) + sizeof(*ip6);
-		parse_ipv6_chain(skb, f, ip6->nexthdr);
+		parse_ipv6_chain(skb, f, ip6->nexthdr, tcp_ports);
 		return;
 	}
 	f->l3 = L3_OTHER;

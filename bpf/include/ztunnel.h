@@ -149,7 +149,7 @@ static __always_inline int ztunnel_deliver(struct __sk_buff *skb, bool assign)
 	__u32 mark = 0;
 	struct flow f;
 
-	parse_frame(skb, &f);
+	parse_frame(skb, &f, true);
 	switch (zt_classify(&f, &mark)) {
 	case ZC_PASS:
 		return TC_ACT_OK;
