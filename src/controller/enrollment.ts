@@ -106,16 +106,21 @@ export function ipOwners(pods: Iterable<PodView>, nodeName: string): Map<string,
   return owners;
 }
 
-/** The enrolled pod IPs (primary IP of each enrolled pod that owns it), sorted. */
+/**
+ * The enrolled pod IPs and their pods: every IP (both families of a dual-stack pod) that
+ * an enrolled pod owns and that is a valid pod address.
+ */
 export function enrolledPods(
   pods: Iterable<PodView>,
   namespaces: ReadonlyMap<string, NamespaceView>,
   ctx: EnrollmentContext,
 ): Map<string, PodView> {
   const out = new Map<string, PodView>();
+  const verdicts = new Map<string, boolean>();
   for (const [ip, pod] of ipOwners(pods, ctx.nodeName)) {
-    if (pod.ips[0] !== ip) continue;
-    if (enrollment(pod, namespaces.get(pod.namespace), ctx).enrolled) out.set(ip, pod);
+    let ok = verdicts.get(pod.uid);
+    if (ok === undefined) verdicts.set(pod.uid, (ok = enrollment(pod, namespaces.get(pod.namespace), ctx).enrolled));
+    if (ok && ipProblem(ip, ctx.reserved) === null) out.set(ip, pod);
   }
   return out;
 }

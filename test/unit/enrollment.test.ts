@@ -55,6 +55,13 @@ describe('enrollment rules', () => {
     expect(enrolledPods([done, live], nss, ctx).get('10.244.0.51')?.uid).toBe(live.uid);
   });
 
+  it('enrolls both addresses of a dual-stack pod, and only valid ones', () => {
+    const dual = pod({ ips: ['10.244.0.60', 'fd00::60'] });
+    expect([...enrolledPods([dual], nss, ctx).keys()].sort()).toEqual(['10.244.0.60', 'fd00::60']);
+    const odd = pod({ ips: ['10.244.0.61', 'fe80::1'] });
+    expect([...enrolledPods([odd], nss, ctx).keys()]).toEqual(['10.244.0.61']);
+  });
+
   it('finds ztunnel: Ready, on this node, matching, newest first', () => {
     const sel = { namespace: 'istio-system', labels: { app: 'ztunnel' } };
     const zt = (over: Partial<PodView>) => pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, ...over });
