@@ -5,7 +5,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
-// The YAML parser: js-yaml, present through @kubernetes/client-node (see deploy/README.md).
+// The YAML parser: js-yaml, the well-kept one (a devDependency).
 import { loadAll } from 'js-yaml';
 import { parseRunConfig, RUN_FLAGS } from '../../src/config.js';
 
