@@ -1,49 +1,151 @@
-/** `ambient-redirect status`: what is pinned, read from the kernel only. */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+/**
+ * `ambient-redirect status`: what this node's data path is, read from the kernel only (the
+ * pins, the TC hooks, the ipsets), so it answers while `run` is stopped and while the API
+ * server is down.
+ */
 import * as codec from '../bpf/codec.js';
-import { BpfMap } from '../bpf/object.js';
+import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
+import { queryTc } from '../bpf/tc.js';
 import { parseFlags } from '../config.js';
+import { gatherKernelFacts } from '../host/kernel.js';
+import { readHostNet } from '../host/netinfo.js';
+import { systemRunner, type CommandRunner } from '../host/runner.js';
+import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
+import { IPSET } from '../redirect/iptables-rules.js';
+import { selectMode, type KernelFacts } from '../redirect/select.js';
 
 const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
 
 export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--json]
 
-Shows the pinned maps: ztunnel's slot and the enrolled pods. Reads the kernel only, so it
-works while \`run\` is stopped and the API server is down.
+Shows this node's data path: the capture mode installed, the kernel's facts and the mode
+they select, ztunnel, every enrolled pod with the programs on its veth and its counters,
+and how full the maps are. Reads the kernel only: it works while \`run\` is stopped and
+while the API server is down. Run it in the node's network namespace, as root.
 `;
 
-export interface Status {
-  pinDir: string;
-  installed: boolean;
-  ztunnel: codec.ZtunnelInfo | null;
-  pods: { ip: string; ifindex: number; flags: number }[];
+export interface PodStatus {
+  ip: string;
+  ifindex: number;
+  veth: string | null;
+  /** Program IDs on the veth's hooks (null: none of ours). */
+  hooks: { ingress: number | null; egress: number | null };
+  counters: { redirected: [string, string]; dropped: [string, string]; passed: [string, string] };
 }
 
-export function readStatus(pinRoot: string): Status {
-  const dir = pinDir(pinRoot);
-  const podsPin = join(dir, 'pods');
-  if (!existsSync(podsPin)) return { pinDir: dir, installed: false, ztunnel: null, pods: [] };
-  const pods = BpfMap.openPinned(podsPin, 'pods', { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: 0 });
-  const zt = BpfMap.openPinned(join(dir, 'ztunnel'), 'ztunnel', { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 });
-  try {
-    const slot = zt.lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
-    const ztunnel = slot ? codec.decodeZtunnelInfo(slot) : null;
-    return {
-      pinDir: dir,
-      installed: true,
-      ztunnel: ztunnel && ztunnel.flags & codec.ZtunnelFlags.PRESENT ? ztunnel : null,
-      pods: pods
-        .entries()
-        .map(([k, v]) => ({ ip: codec.decodeAddrKey(k), ...codec.decodePodInfo(v) }))
-        .map(({ ip, ifindex, flags }) => ({ ip, ifindex, flags }))
-        .sort((a, b) => a.ip.localeCompare(b.ip)),
-    };
-  } finally {
-    pods.close();
-    zt.close();
+export interface Status {
+  mode: 'ebpf' | 'iptables' | 'none';
+  pinDir: string;
+  kernel: { release: string; probes: KernelFacts['probes']; probeError?: string; selects: string; reason: string };
+  ztunnel: { ifindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
+  pods: PodStatus[];
+  maps: MapUsage[];
+  /** iptables mode: the enrolled addresses in its ipsets. */
+  iptablesPods: string[];
+}
+
+const pair = (packets: bigint, bytes: bigint): [string, string] => [packets.toString(), bytes.toString()];
+
+async function ipsetMembers(runner: CommandRunner): Promise<string[] | null> {
+  const out: string[] = [];
+  let found = false;
+  for (const set of Object.values(IPSET)) {
+    const text = await runner.run(['ipset', 'list', set]).catch(() => null);
+    if (text === null) continue;
+    found = true;
+    const members = text.split('Members:')[1] ?? '';
+    out.push(...members.split('\n').map((l) => l.trim()).filter(Boolean));
   }
+  return found ? out : null;
+}
+
+export async function readStatus(pinRoot: string, runner: CommandRunner = systemRunner): Promise<Status> {
+  const facts = gatherKernelFacts();
+  let selects = 'none';
+  let reason = '';
+  try {
+    const s = selectMode('auto', facts);
+    selects = s.mode;
+    reason = s.reason;
+  } catch (err) {
+    reason = (err as Error).message;
+  }
+  const maps = pinnedMaps(pinRoot);
+  const podsRaw = maps.entries('pods');
+  const ipset = await ipsetMembers(runner);
+  const net = await readHostNet(runner);
+
+  let ztunnel: Status['ztunnel'] = null;
+  const slot = maps.entries('ztunnel')?.[0];
+  if (slot) {
+    const zt = codec.decodeZtunnelInfo(slot[1]);
+    if (zt.flags & codec.ZtunnelFlags.PRESENT) {
+      const host = net.links.get(zt.ifindex);
+      const netns = host?.peerNetnsId !== undefined ? (net.netnsById.get(host.peerNetnsId) ?? null) : null;
+      const program = netns ? withNetns(netnsPath(netns), () => queryTc(zt.peerIfindex, 'ingress')) : null;
+      ztunnel = { ifindex: zt.ifindex, mac: zt.mac, dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0, netns, program };
+    }
+  }
+
+  const pods: PodStatus[] = podCounters(maps).map(({ ip, ifindex, counters: c }) => ({
+    ip,
+    ifindex,
+    veth: net.links.get(ifindex)?.name ?? null,
+    hooks: { ingress: queryTc(ifindex, 'ingress'), egress: queryTc(ifindex, 'egress') },
+    counters: { redirected: pair(c.redirectedPackets, c.redirectedBytes), dropped: pair(c.droppedPackets, c.droppedBytes), passed: pair(c.passedPackets, c.passedBytes) },
+  }));
+  pods.sort((a, b) => a.ip.localeCompare(b.ip));
+
+  return {
+    mode: podsRaw ? 'ebpf' : ipset ? 'iptables' : 'none',
+    pinDir: pinDir(pinRoot),
+    kernel: { release: facts.release, probes: facts.probes, ...(facts.probeError && { probeError: facts.probeError }), selects, reason },
+    ztunnel,
+    pods,
+    maps: mapUsage(maps),
+    iptablesPods: ipset ?? [],
+  };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+}
+
+export function renderStatus(s: Status): string {
+  const lines: string[] = [];
+  lines.push(`mode: ${s.mode === 'none' ? 'not installed' : s.mode}`);
+  lines.push(`kernel: ${s.kernel.release}; selects ${s.kernel.selects} (${s.kernel.reason})`);
+  if (s.kernel.probes) lines.push(`probes: ${Object.entries(s.kernel.probes).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`);
+  if (s.mode === 'ebpf') {
+    lines.push(`pins: ${s.pinDir}`);
+    lines.push(
+      s.ztunnel
+        ? `ztunnel: host veth ifindex ${s.ztunnel.ifindex}, netns ${s.ztunnel.netns ?? '?'}, eth0 ${s.ztunnel.mac}, delivery program ${s.ztunnel.program ?? 'MISSING'}${s.ztunnel.dnsCapture ? ', DNS capture' : ''}`
+        : 'ztunnel: absent (enrolled pods fail closed)',
+    );
+    lines.push(`maps: ${s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity}`).join(', ')}`);
+    lines.push(`enrolled pod addresses: ${s.pods.length}`);
+    if (s.pods.length) {
+      const rows = [['ip', 'veth', 'ingress prog', 'egress prog', 'redirected pkts/bytes', 'dropped pkts/bytes', 'passed pkts/bytes']];
+      for (const p of s.pods) {
+        rows.push([
+          p.ip,
+          p.veth ?? `ifindex ${p.ifindex} (gone)`,
+          String(p.hooks.ingress ?? 'MISSING'),
+          String(p.hooks.egress ?? 'MISSING'),
+          p.counters.redirected.join('/'),
+          p.counters.dropped.join('/'),
+          p.counters.passed.join('/'),
+        ]);
+      }
+      lines.push(table(rows));
+    }
+  } else if (s.mode === 'iptables') {
+    lines.push(`enrolled pod addresses: ${s.iptablesPods.length}${s.iptablesPods.length ? ` (${s.iptablesPods.join(', ')})` : ''}`);
+  }
+  return lines.join('\n') + '\n';
 }
 
 export async function statusCommand(argv: string[]): Promise<number> {
@@ -52,18 +154,7 @@ export async function statusCommand(argv: string[]): Promise<number> {
     process.stdout.write(statusUsage);
     return 0;
   }
-  const s = readStatus((values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf');
-  if (values.json) {
-    process.stdout.write(JSON.stringify(s, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)) + '\n');
-    return 0;
-  }
-  if (!s.installed) {
-    process.stdout.write(`not installed: nothing pinned under ${s.pinDir}\n`);
-    return 0;
-  }
-  process.stdout.write(`pins: ${s.pinDir}\n`);
-  process.stdout.write(s.ztunnel ? `ztunnel: host veth ifindex ${s.ztunnel.ifindex}, eth0 ${s.ztunnel.mac}\n` : 'ztunnel: absent (enrolled pods fail closed)\n');
-  process.stdout.write(`enrolled pods: ${s.pods.length}\n`);
-  for (const p of s.pods) process.stdout.write(`  ${p.ip.padEnd(40)} host veth ifindex ${p.ifindex}\n`);
+  const s = await readStatus((values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf');
+  process.stdout.write(values.json ? JSON.stringify(s) + '\n' : renderStatus(s));
   return 0;
 }
