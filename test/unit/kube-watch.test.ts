@@ -40,7 +40,9 @@ interface Stack {
 
 const stacks: Stack[] = [];
 afterEach(async () => {
-  await Promise.all(stacks.splice(0).map((s) => s.stop()));
+  // allSettled: one stack failing to stop must not leave the others running.
+  const results = await Promise.allSettled(stacks.splice(0).map((s) => s.stop()));
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 });
 
 async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: number; mode?: FakeMode; startDown?: boolean } = {}): Promise<Stack> {
@@ -74,10 +76,10 @@ async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: num
     api, mode, membership, controller, log, deleted,
     keys: () => [...mode.pods.keys()].sort(),
     async stop() {
+      rmSync(dir, { recursive: true, force: true });
       await controller.stop();
       await membership.stop();
       await api.close();
-      rmSync(dir, { recursive: true, force: true });
     },
   };
   stacks.push(s);
