@@ -19,6 +19,8 @@ export interface ControllerProcess {
   readonly events: LogEvent[];
   /** Resolves with the first event (past or future) whose msg is `msg`. */
   waitFor(msg: string, timeoutMs?: number): Promise<LogEvent>;
+  /** Resolves with the first event logged after the first `after` ones whose msg matches. */
+  waitForAfter(after: number, msg: string | RegExp, timeoutMs?: number): Promise<LogEvent>;
   /** Sends the signal and resolves with the exit code once the process is gone. */
   stop(signal?: NodeJS.Signals): Promise<number | null>;
   /** Resolves with the exit code when the process ends by itself. */
@@ -57,11 +59,15 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
     pid: child.pid!,
     events,
     waitFor(msg, timeoutMs = 20_000) {
-      const seen = events.find((e) => e.msg === msg);
+      return this.waitForAfter(0, msg, timeoutMs);
+    },
+    waitForAfter(after, msg, timeoutMs = 20_000) {
+      const matches = (e: LogEvent) => (typeof msg === 'string' ? e.msg === msg : msg.test(e.msg));
+      const seen = events.slice(after).find(matches);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => finish(new Error(`controller: no "${msg}" within ${timeoutMs} ms; log: ${JSON.stringify(events.slice(-5))} ${stderrTail}`)), timeoutMs);
-        const onEvent = (e: LogEvent) => e.msg === msg && finish(null, e);
+        const onEvent = (e: LogEvent) => matches(e) && finish(null, e);
         const finish = (err: Error | null, e?: LogEvent) => {
           clearTimeout(timer);
           listeners.delete(onEvent);
