@@ -1,10 +1,13 @@
 /**
  * The processes of the simulated node, run inside its netns by node.ts:
  *
- *   agent.js ztunnel --port 15001,15006,15008
+ *   agent.js ztunnel --port 15001,15006,15008 [--proxy]
  *                                      transparent listeners (IPv4 and IPv6); report each
  *                                      connection's original destination (TPROXY and
- *                                      bpf_sk_assign keep it as the local address)
+ *                                      bpf_sk_assign keep it as the local address); answer
+ *                                      `ztunnel` and close, or with --proxy relay the
+ *                                      connection to its original destination (from
+ *                                      ztunnel's netns, with ztunnel's own address)
  *   agent.js server --port 8080 [--reply TEXT]
  *                                      a server (the outside one, or a pod's); reports who
  *                                      connected, over IPv4 and IPv6
@@ -20,7 +23,7 @@ import { parseArgs } from 'node:util';
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: agent.js ztunnel --port P[,P...] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP]';
+  'usage: agent.js ztunnel --port P[,P...] [--proxy] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP]';
 
 function emit(event: object): void {
   process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -85,14 +88,41 @@ function listenAll(servers: [net.Server, object][]): Promise<void> {
   return Promise.all(servers.map(([server, opts]) => new Promise<void>((resolve) => server.listen(opts, resolve)))).then(() => undefined);
 }
 
-async function runZtunnel(ports: number[]): Promise<void> {
+/**
+ * Relays each connection to its original destination (the accepted socket's local
+ * address) and back: stream pipes only, no per-chunk JavaScript, Nagle off on both legs
+ * (small request/response traffic), half-closes passed on, a reset on one leg ends both.
+ */
+function relay(server: net.Server, describe: (s: net.Socket) => object): void {
+  server.on('error', (err) => fail(err));
+  server.on('connection', (down) => {
+    emit({ event: 'accepted', ...describe(down) });
+    down.setNoDelay(true);
+    down.pause();
+    const up = net.connect({ host: down.localAddress!, port: down.localPort!, allowHalfOpen: true, noDelay: true });
+    const close = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', close);
+    up.on('error', close);
+    up.once('connect', () => {
+      down.pipe(up);
+      up.pipe(down);
+    });
+  });
+}
+
+async function runZtunnel(ports: number[], proxy: boolean): Promise<void> {
   // Loaded only here: it loads libbpf, which the other modes do not need.
   const { AF_INET, AF_INET6, transparentListener } = await import('../bpf/ffi.js');
   const servers: [net.Server, object][] = [];
   for (const port of ports) {
     for (const family of [AF_INET, AF_INET6] as const) {
-      const server = net.createServer();
-      serve(server, 'ztunnel', (s) => ({ src: address(s, 'remote'), origDst: hostPort(s.localAddress, s.localPort), port }));
+      const server = net.createServer({ allowHalfOpen: proxy });
+      const describe = (s: net.Socket) => ({ src: address(s, 'remote'), origDst: hostPort(s.localAddress, s.localPort), port });
+      if (proxy) relay(server, describe);
+      else serve(server, 'ztunnel', describe);
       servers.push([server, { fd: transparentListener(family, port) }]);
     }
   }
@@ -144,7 +174,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     values = parseArgs({
       args: rest,
-      options: { port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, reply: { type: 'string' } },
+      options: { proxy: { type: 'boolean' }, port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, reply: { type: 'string' } },
       strict: true,
     }).values;
   } catch (err) {
@@ -152,7 +182,7 @@ async function main(argv: string[]): Promise<void> {
   }
   switch (mode) {
     case 'ztunnel':
-      return runZtunnel(portList(values));
+      return runZtunnel(portList(values), values.proxy === true);
     case 'server':
       return runServer(intOption(values, 'port', 1, 65535), typeof values.reply === 'string' ? values.reply : 'server');
     case 'connect':

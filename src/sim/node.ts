@@ -67,9 +67,10 @@ export interface SimNode {
   /**
    * The ztunnel stand-in: transparent listeners on 15001, 15006 and 15008 in the ztunnel
    * netns (IPv4 and IPv6); resolves once they listen. Each accepted connection records
-   * the listener's port and the original destination.
+   * the listener's port and the original destination. With `proxy` the stand-in relays
+   * each connection to its original destination instead of answering it (benchmarks).
    */
-  startZtunnel(): Promise<SimServer>;
+  startZtunnel(opts?: { proxy?: boolean }): Promise<SimServer>;
   /** The outside server on 8080 in the outside netns; resolves once it listens. */
   startOutside(): Promise<SimServer>;
   /** A server in a pod's netns (for inbound traffic and probes). */
@@ -358,7 +359,7 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
 
   return {
     ...topology,
-    startZtunnel: () => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(',')], servers),
+    startZtunnel: (o) => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(','), ...(o?.proxy ? ['--proxy'] : [])], servers),
     startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
     connect: (from, to, count, timeoutMs, bind) => connect(runner, topology, from, to, count, timeoutMs, bind),
