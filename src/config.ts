@@ -44,6 +44,9 @@ export interface RunConfig {
   /** host:port for /healthz and /readyz, or '' for none. */
   readonly healthAddress: string;
   readonly variant: VariantChoice;
+  readonly delivery: 'auto' | 'sk_assign' | 'tproxy';
+  readonly tunnel: 'auto' | 'geneve' | 'vxlan';
+  readonly dnsCapture: boolean;
   readonly logLevel: Level;
 }
 
@@ -66,13 +69,16 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'ztunnel-selector': { env: 'ZTUNNEL_SELECTOR', help: 'labels of the ztunnel pods (k=v,...)', default: 'app=ztunnel' },
   'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP: overrides discovery (required with --enroll)' },
   enroll: { env: 'ENROLL_IPS', help: 'static membership instead of Kubernetes: comma-separated pod IPs' },
-  'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered)', default: '10' },
+  'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered; drift is repaired within ~2x)', default: '5' },
   'max-delete-share': { env: 'MAX_DELETE_SHARE', help: 'share of entries one pass may delete without a confirming list', default: '0.5' },
   'backoff-initial': { env: 'BACKOFF_INITIAL', help: 'seconds before the first retry of a failed watch', default: '0.8' },
   'backoff-max': { env: 'BACKOFF_MAX', help: 'cap in seconds of the retry backoff', default: '30' },
   'watch-stall-timeout': { env: 'WATCH_STALL_TIMEOUT', help: 'seconds of watch silence (no event, no bookmark) before a restart', default: '120' },
-  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /healthz and /readyz (default: none)' },
-  variant: { env: 'REDIRECT_VARIANT', help: 'auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
+  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /metrics, /healthz and /readyz (default: none)' },
+  variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
+  delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
+  tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
+  'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
   'log-level': { env: 'LOG_LEVEL', help: 'debug | info | warn | error', default: 'info' },
 };
 
@@ -175,6 +181,9 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     watchStallSeconds: numberIn('watch-stall-timeout', v['watch-stall-timeout']!, 1, 3600, 'a number of seconds'),
     healthAddress: v['health-address'] ? hostPort('health-address', v['health-address']) : '',
     variant: oneOf('variant', v.variant!, ['auto', 'redirect', 'redirect_peer'] as const),
+    delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
+    tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
+    dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),
   });
 }

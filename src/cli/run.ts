@@ -1,10 +1,10 @@
 /** `ambient-redirect run`: the node agent. */
-import http from 'node:http';
 import { ConfigError, parseRunConfig, RUN_FLAGS, usageOf, type RunConfig } from '../config.js';
 import { Controller, staticMembership, type Membership } from '../controller/controller.js';
 import { systemRunner } from '../host/runner.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
+import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, podCounters, serveMetrics } from '../metrics/index.js';
 import { createRedirectMode, resolveMode } from '../redirect/factory.js';
 import type { RedirectMode } from '../redirect/mode.js';
 import { errorMessage } from './errors.js';
@@ -37,20 +37,6 @@ function kubeMembership(cfg: RunConfig, log: Logger): KubeMembership {
   });
 }
 
-/** /healthz: the process answers; /readyz: the first pass has been applied. */
-function serveHealth(address: string, ready: () => boolean, log: Logger): http.Server {
-  const i = address.lastIndexOf(':');
-  const host = address.slice(0, i).replace(/^\[(.*)\]$/, '$1') || undefined;
-  const server = http.createServer((req, res) => {
-    const ok = req.url === '/healthz' ? true : req.url === '/readyz' ? ready() : null;
-    res.writeHead(ok === null ? 404 : ok ? 200 : 503, { 'Content-Type': 'text/plain' });
-    res.end(ok === null ? 'not found\n' : ok ? 'ok\n' : 'not ready\n');
-  });
-  server.on('error', (err) => log.error('health server failed', { address, error: err.message }));
-  server.listen(Number(address.slice(i + 1)), host);
-  return server;
-}
-
 export async function runCommand(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(runUsage);
@@ -68,22 +54,58 @@ export async function runCommand(argv: string[]): Promise<number> {
     return 1;
   }
   let mode: RedirectMode;
+  let modeName: RedirectMode['name'];
   try {
-    mode = createRedirectMode(resolveMode(cfg.mode, { log }), {
+    modeName = resolveMode(cfg.mode, { log });
+    mode = createRedirectMode(modeName, {
       objectPath: cfg.objectPath,
       pinRoot: cfg.pinRoot,
       runner: systemRunner,
       log,
+      dnsCapture: cfg.dnsCapture,
+      tunnel: cfg.tunnel,
       ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
+      ...(cfg.delivery !== 'auto' && { delivery: cfg.delivery }),
     });
     await mode.init();
   } catch (err) {
     log.error('cannot start the data path', { error: errorMessage(err) });
     return 1;
   }
+
+  const readiness = new Readiness();
+  readiness.setDataPathAttached(true);
+  const maps = pinnedMaps(cfg.pinRoot);
+  const k = kube;
+  const metrics = new AgentMetrics(
+    {
+      ...(modeName === 'ebpf' && { mapUsage: () => mapUsage(maps), podCounters: () => podCounters(maps) }),
+      ...(k && {
+        podName: (ip: string) => {
+          const p = k.enrolled().get(ip);
+          return p ? { namespace: p.namespace, pod: p.name } : null;
+        },
+        watchRestarts: () => ({ pods: k.podReflector.stats.restarts, namespaces: k.nsReflector.stats.restarts }),
+        rejectedPods: () => k.stats.rejected,
+      }),
+    },
+    { defaultMetrics: true },
+  );
+  metrics.setMode(modeName, cfg.mode);
+  let server: Awaited<ReturnType<typeof serveMetrics>> | null = null;
+  if (cfg.healthAddress) {
+    try {
+      server = await serveMetrics(cfg.healthAddress, { metrics, readiness, onError: (e) => log.error('metrics server failed', { error: e.message }) });
+    } catch (err) {
+      log.error('cannot serve metrics and health', { address: cfg.healthAddress, error: errorMessage(err) });
+      mode.close();
+      return 1;
+    }
+  }
+
   const controller = new Controller({
     mode,
-    membership,
+    membership: instrumentMembership(membership, (s) => metrics.observeEventToProgrammed(s)),
     ztunnelIp: cfg.ztunnelIp,
     runner: systemRunner,
     log,
@@ -91,22 +113,25 @@ export async function runCommand(argv: string[]): Promise<number> {
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
   });
   let first = true;
-  let ready = false;
-  const health = cfg.healthAddress ? serveHealth(cfg.healthAddress, () => ready, log) : null;
   kube?.start();
   controller.start(
     cfg.resyncSeconds * 1000,
-    (r) => {
+    (r, seconds) => {
+      metrics.observePass(r, seconds);
+      readiness.setZtunnelKnown(r.ztunnel);
       const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
       const synced = membership.view().synced;
       // "programmed" once: the first pass on a synced membership.
       if (first && synced) {
         log.info('programmed', { ...r });
         first = false;
-        ready = true;
+        readiness.markSynced();
       } else if (changed || r.breaker !== 'closed') log.info('reconciled', { ...r });
     },
-    (err) => log.error('reconcile failed; retrying with backoff', { error: errorMessage(err) }),
+    (err, seconds) => {
+      metrics.observeFailedPass(seconds);
+      log.error('reconcile failed; retrying with backoff', { error: errorMessage(err) });
+    },
   );
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGTERM', () => resolve('SIGTERM'));
@@ -114,7 +139,7 @@ export async function runCommand(argv: string[]): Promise<number> {
   });
   await controller.stop();
   await kube?.stop();
-  health?.close();
+  await server?.close();
   mode.close();
   log.info('stopped; data path left in place', { signal });
   return 0;

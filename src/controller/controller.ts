@@ -177,14 +177,17 @@ export class Controller {
   }
 
   /** Reconciles now, on every membership change, and every intervalMs (+-10%) until stop(). */
-  start(intervalMs: number, onPass: (r: PassReport) => void, onError: (e: unknown) => void): void {
+  start(intervalMs: number, onPass: (r: PassReport, seconds: number) => void, onError: (e: unknown, seconds: number) => void): void {
     this.stopped = false;
     const queue = new WorkQueue(
       async () => {
+        const t0 = performance.now();
+        const seconds = () => (performance.now() - t0) / 1000;
         try {
-          onPass(await this.reconcile());
+          const r = await this.reconcile();
+          onPass(r, seconds());
         } catch (err) {
-          onError(err);
+          onError(err, seconds());
           throw err;
         }
       },

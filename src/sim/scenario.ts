@@ -28,6 +28,8 @@ export interface ScenarioOptions {
   /** bpffs folder for this run's pins (created, and removed at the end). */
   pinRoot: string;
   variant?: 'redirect' | 'redirect_peer';
+  /** ebpf mode's ztunnel-side delivery, passed to `run --delivery`. */
+  delivery?: 'sk_assign' | 'tproxy';
   /** Capture mode passed to `run --mode` (default: the controller's own default). */
   mode?: 'ebpf' | 'iptables' | 'auto';
   progress?: (line: string) => void;
@@ -62,6 +64,7 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
       '--ztunnel-ip', sim.ztunnel.ip,
       '--enroll', enrolledIps.join(','),
       ...(opts.variant ? ['--variant', opts.variant] : []),
+      ...(opts.delivery ? ['--delivery', opts.delivery] : []),
       ...(opts.mode ? ['--mode', opts.mode] : []),
     ]);
     await controller.waitFor('programmed');

@@ -25,8 +25,8 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
     await sim?.teardown();
   });
 
-  for (const variant of ['redirect_peer', 'redirect'] as const) {
-    it(`enrolled pod reaches only ztunnel, unenrolled goes direct (bpf_${variant})`, async () => {
+  for (const [variant, delivery] of [['redirect_peer', 'sk_assign'], ['redirect', 'sk_assign'], ['redirect_peer', 'tproxy'], ['redirect', 'tproxy']] as const) {
+    it(`enrolled pod reaches only ztunnel, unenrolled goes direct (bpf_${variant}, ${delivery} delivery)`, async () => {
       const pinRoot = pinRootFor(sim);
       const pinDir = join(pinRoot, 'ambient-redirect', 'v1');
       const oracle: Record<string, string> = {};
@@ -35,7 +35,10 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
         connections: 4,
         pinRoot,
         variant,
+        delivery,
         beforeUninstall: async () => {
+          oracle.zt = await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'tc', 'filter', 'show', 'dev', 'eth0', 'ingress']);
+          oracle.tproxy = await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'iptables-save', '-t', 'mangle']);
           oracle.pods = await run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinDir, 'pods')]);
           oracle.tc0 = await run(['ip', 'netns', 'exec', sim.nodeNs, 'tc', 'filter', 'show', 'dev', sim.pods[0]!.hostVeth, 'ingress']);
           oracle.tc1 = await run(['ip', 'netns', 'exec', sim.nodeNs, 'tc', 'filter', 'show', 'dev', sim.pods[1]!.hostVeth, 'ingress']);
@@ -59,6 +62,10 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
       expect(oracle.tc0).toContain(variant === 'redirect_peer' ? 'out_redir_peer' : 'out_redirect');
       expect(oracle.tc0!.match(/direct-action/g)).toHaveLength(1);
       expect(oracle.tc1).not.toContain('bpf');
+      // ztunnel's side: the delivery program of the variant, TPROXY rules only where used.
+      expect(oracle.zt).toContain(delivery === 'sk_assign' ? 'zt_assign' : 'zt_mark');
+      if (delivery === 'tproxy') expect(oracle.tproxy).toContain('-j TPROXY --on-port 15001');
+      else expect(oracle.tproxy).not.toContain('TPROXY');
 
       // uninstall took our filters and pins away, and only those.
       expect(result.uninstall).toContain(`detached ingress filter from ${sim.pods[0]!.hostVeth}`);

@@ -5,7 +5,7 @@ import { systemRunner, CommandError } from '../../src/host/runner.js';
 describe('run configuration', () => {
   it('takes flags over environment over defaults, frozen', () => {
     const cfg = parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10, 10.0.0.11'], { LOG_LEVEL: 'debug', ZTUNNEL_IP: '10.9.9.9' });
-    expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', enroll: ['10.0.0.10', '10.0.0.11'], logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 10 });
+    expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', enroll: ['10.0.0.10', '10.0.0.11'], logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 5 });
     expect(cfg.membership).toEqual({ kind: 'static', enroll: ['10.0.0.10', '10.0.0.11'] });
     expect(Object.isFrozen(cfg)).toBe(true);
   });
@@ -84,5 +84,23 @@ describe('the CLI', () => {
     expect(await cli(['--help'])).toMatch(/commands:[\s\S]*run[\s\S]*demo/);
     const help = await cli(['run', '--help']);
     for (const flag of ['--ztunnel-ip', '--kubeconfig', '--node-name', '--ztunnel-namespace', '--ztunnel-selector', '--health-address', '--max-delete-share']) expect(help).toContain(flag);
+  });
+});
+
+describe('data-path flags', () => {
+  const base = ['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10'];
+
+  it('take delivery, tunnel and DNS capture from flags or environment', () => {
+    expect(parseRunConfig(base, {})).toMatchObject({ delivery: 'auto', tunnel: 'auto', dnsCapture: false, resyncSeconds: 5 });
+    expect(parseRunConfig([...base, '--delivery', 'tproxy', '--tunnel', 'vxlan', '--dns-capture', 'true'], {})).toMatchObject({ delivery: 'tproxy', tunnel: 'vxlan', dnsCapture: true });
+    expect(parseRunConfig(base, { REDIRECT_DELIVERY: 'sk_assign', REDIRECT_TUNNEL: 'geneve', DNS_CAPTURE: 'true' })).toMatchObject({ delivery: 'sk_assign', tunnel: 'geneve', dnsCapture: true });
+  });
+
+  it.each([
+    [['--delivery', 'magic'], /delivery/],
+    [['--tunnel', 'gre'], /tunnel/],
+    [['--dns-capture', 'yes'], /dns-capture/],
+  ])('rejects %j', (extra, msg) => {
+    expect(() => parseRunConfig([...base, ...extra], {})).toThrow(msg);
   });
 });
