@@ -96,6 +96,11 @@ const fmt = {
   stream: (x: number) => ((x * 8) / 1e9).toFixed(2),
 };
 
+/** SYN retransmissions of a scenario's runs of one workload, over all rounds. */
+export function synRetransmits(samples: readonly TrafficSample[], scenario: Scenario, workload: Workload): number {
+  return samples.filter((s) => s.scenario === scenario && s.workload === workload).reduce((n, s) => n + (s.synRetrans ?? 0), 0);
+}
+
 export function trafficTable(samples: readonly TrafficSample[]): string {
   const cells = summarize(samples);
   const cell = (s: Scenario, w: Workload) => {
@@ -104,9 +109,9 @@ export function trafficTable(samples: readonly TrafficSample[]): string {
   };
   const scenarios = (Object.keys(SCENARIO_TEXT) as Scenario[]).filter((s) => (['crr', 'rr', 'stream'] as const).some((w) => cells.has(key(s, w))));
   return [
-    '| scenario | connections/s | request/response (round trips/s) | stream (Gbit/s) |',
-    '|---|---:|---:|---:|',
-    ...scenarios.map((s) => `| ${SCENARIO_TEXT[s]} | ${cell(s, 'crr')} | ${cell(s, 'rr')} | ${cell(s, 'stream')} |`),
+    '| scenario | connections/s | request/response (round trips/s) | stream (Gbit/s) | SYN retransmits (connections/s runs, all rounds) |',
+    '|---|---:|---:|---:|---:|',
+    ...scenarios.map((s) => `| ${SCENARIO_TEXT[s]} | ${cell(s, 'crr')} | ${cell(s, 'rr')} | ${cell(s, 'stream')} | ${synRetransmits(samples, s, 'crr')} |`),
   ].join('\n');
 }
 
@@ -242,6 +247,19 @@ export function renderMarkdown(r: ReportInput): string {
       '  a copy through Node.js per byte). "ebpf / no capture" therefore compares a proxied path with a',
       '  direct one: the relay, not the capture, dominates it. The ebpf/iptables ratios compare the two',
       '  capture mechanisms under the same relay.',
+      ...(synRetransmits(t.samples, 'ebpf', 'crr') > synRetransmits(t.samples, 'iptables', 'crr')
+        ? [
+            `- ebpf mode lost SYNs in the connections/s runs (${synRetransmits(t.samples, 'ebpf', 'crr')} retransmitted, iptables mode ${synRetransmits(t.samples, 'iptables', 'crr')}); each costs`,
+            '  that connection a second. Cause, found with this benchmark: the ztunnel side closes first, so its',
+            '  pod-facing sockets sit in TIME_WAIT; when the pod reuses a 4-tuple, `zt_assign`\'s',
+            '  `bpf_skc_lookup_tcp` finds the TIME_WAIT socket and assigns the SYN to it; the kernel\'s TIME_WAIT',
+            '  handling then looks for a listener on the original destination, finds none, and answers with an',
+            '  ACK, which the pod resets. TPROXY handles exactly this case (`nf_tproxy_handle_time_wait4` kills',
+            '  the TIME_WAIT socket and takes the listener). With `--delivery tproxy` the same runs retransmitted',
+            '  no SYN (checked by hand when this was found, not part of this run). The connections/s ratio above',
+            '  includes these stalls.',
+          ]
+        : []),
       '- "unenrolled / no capture" compares the same pod with and without ebpf mode on the node',
       '  (ebpf mode attaches programs only to enrolled pods\' veths); a gap there is run-to-run noise',
       '  unless it repeats across runs. The per-round range shows how wide that noise is here.',

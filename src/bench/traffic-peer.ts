@@ -12,7 +12,9 @@
  * Servers and clients keep JavaScript off the per-byte path: the echo is a pipe, the sink
  * only counts at the end, the sender writes one preallocated buffer.
  */
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 export const REQUEST = Buffer.from('GET /\n');
@@ -20,6 +22,7 @@ export const RESPONSE = Buffer.from('200 ok\n');
 /** The ping-pong message (bytes). */
 export const MESSAGE_BYTES = 64;
 const STREAM_CHUNK = Buffer.alloc(256 * 1024, 0x61);
+const CONNECTION_TIMEOUT_MS = 5_000;
 
 export interface PeerResult {
   workload: 'crr' | 'rr' | 'stream';
@@ -31,7 +34,20 @@ export interface PeerResult {
   /** Connections this client opened in all (warm-up included): the capture oracle. */
   connections: number;
   errors: number;
+  /** SYNs this netns retransmitted meanwhile (a lost SYN costs a second): TcpExt TCPSynRetrans. */
+  synRetrans: number;
 }
+
+/** TcpExt TCPSynRetrans of this process's netns. */
+export function synRetransmits(netstat: string): number {
+  const lines = netstat.split('\n').filter((l) => l.startsWith('TcpExt:'));
+  const names = lines[0]?.split(/\s+/) ?? [];
+  const values = lines[1]?.split(/\s+/) ?? [];
+  const i = names.indexOf('TCPSynRetrans');
+  return i > 0 ? Number(values[i]) : NaN;
+}
+
+const synRetransNow = () => synRetransmits(readFileSync('/proc/net/netstat', 'utf8'));
 
 function emit(o: object): void {
   process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -72,7 +88,7 @@ function window(seconds: number, warmup: number): Window {
 }
 
 /** Short connections: connect, request, response, close; `concurrency` loops at once. */
-async function crr(host: string, port: number, w: Window, concurrency: number): Promise<PeerResult> {
+async function crr(host: string, port: number, w: Window, concurrency: number): Promise<Omit<PeerResult, 'synRetrans'>> {
   let count = 0;
   let connections = 0;
   let errors = 0;
@@ -80,6 +96,8 @@ async function crr(host: string, port: number, w: Window, concurrency: number): 
     new Promise<void>((resolve) => {
       connections++;
       const s = net.connect({ host, port, noDelay: true });
+      // A connection that stalls (a lost SYN waits 1 s, then 3 s...) counts, up to a bound.
+      s.setTimeout(CONNECTION_TIMEOUT_MS, () => s.destroy(new Error('timeout')));
       s.on('connect', () => s.write(REQUEST));
       s.on('error', () => {
         errors++;
@@ -103,7 +121,7 @@ async function crr(host: string, port: number, w: Window, concurrency: number): 
 }
 
 /** One connection, one small message at a time: send, wait for all of it back, repeat. */
-function rr(host: string, port: number, w: Window): Promise<PeerResult> {
+function rr(host: string, port: number, w: Window): Promise<Omit<PeerResult, 'synRetrans'>> {
   return new Promise((resolve, reject) => {
     const msg = Buffer.alloc(MESSAGE_BYTES, 0x62);
     let count = 0;
@@ -133,7 +151,7 @@ function rr(host: string, port: number, w: Window): Promise<PeerResult> {
  * received after the warm-up over the time until it answered its count, so buffers on
  * the way (the proxy's, the kernel's) are not counted as delivered.
  */
-function stream(host: string, port: number, w: Window): Promise<PeerResult> {
+function stream(host: string, port: number, w: Window): Promise<Omit<PeerResult, 'synRetrans'>> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ host, port, allowHalfOpen: true });
     let written = 0;
@@ -188,17 +206,21 @@ async function main(argv: string[]): Promise<void> {
   if (!(seconds > 0 && seconds <= 60) || !(warmup >= 0 && warmup <= 10) || !Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
     throw new Error('--seconds in (0, 60], --warmup in [0, 10], --concurrency in 1..256');
   }
+  const syn0 = synRetransNow();
   const w = window(seconds, warmup);
-  let result: PeerResult;
+  let result: Omit<PeerResult, 'synRetrans'>;
   if (role === 'crr') result = await crr(host, port, w, concurrency);
   else if (role === 'rr') result = await rr(host, port + 1, w);
   else if (role === 'stream') result = await stream(host, port + 2, w);
   else throw new Error(`unknown role "${role}" (serve, crr, rr, stream)`);
-  emit({ event: 'result', ...result });
+  emit({ event: 'result', ...result, synRetrans: synRetransNow() - syn0 });
   process.exit(0);
 }
 
-main(process.argv.slice(2)).catch((err: unknown) => {
-  process.stderr.write(`traffic-peer: ${err instanceof Error ? err.message : String(err)}\n`);
-  process.exit(1);
-});
+// Run as a program only (the unit tests import the parser).
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  main(process.argv.slice(2)).catch((err: unknown) => {
+    process.stderr.write(`traffic-peer: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(1);
+  });
+}

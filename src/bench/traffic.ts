@@ -41,7 +41,7 @@ export interface TrafficOptions {
   concurrency: number;
 }
 
-export const DEFAULT_TRAFFIC: TrafficOptions = { rounds: 5, seconds: 2, warmupSeconds: 0.3, concurrency: 4 };
+export const DEFAULT_TRAFFIC: TrafficOptions = { rounds: 7, seconds: 2, warmupSeconds: 0.3, concurrency: 4 };
 
 export interface TrafficSample {
   round: number;
@@ -50,6 +50,8 @@ export interface TrafficSample {
   /** connections/s, round trips/s or bytes/s. */
   rate: number;
   errors: number;
+  /** SYN retransmissions in the client's netns during the run. */
+  synRetrans?: number;
 }
 
 export interface TrafficRun {
@@ -117,8 +119,8 @@ async function runPeer(pod: SimPod, workload: Workload, to: string, o: TrafficOp
  */
 export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line: string) => void = () => {}, signal?: AbortSignal): Promise<TrafficRun> {
   const t0 = Date.now();
-  log('traffic: building a simulated node with 2 pods');
   const sim = await createSimNode({ pods: 2 });
+  log(`traffic: built simulated node ${sim.prefix} with 2 pods`);
   const pinRoot = pinRootFor(sim);
   let controller: ControllerProcess | undefined;
   let server: { stop: () => void } | undefined;
@@ -159,8 +161,9 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
               if (via !== (plan.captured ? r.connections : 0)) {
                 throw new Error(`${scenario} ${workload}: the ztunnel stand-in saw ${via} of ${r.connections} connections (want ${plan.captured ? 'all' : 'none'})`);
               }
-              samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors });
-              log(`traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}`);
+              samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans });
+              const notes = [r.errors && `${r.errors} errors`, r.synRetrans && `${r.synRetrans} SYN retransmits`].filter(Boolean).join(', ');
+              log(`traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`);
             }
           }
         } finally {

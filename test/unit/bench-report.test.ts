@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 import { median, meets, ratios, ratioSvg, renderMarkdown, summarize, trafficTable } from '../../src/bench/report.js';
 import { rotate, type Scenario, type TrafficSample, type Workload } from '../../src/bench/traffic.js';
+import { synRetransmits as parseSynRetrans } from '../../src/bench/traffic-peer.js';
 
 /** Three rounds; the rate of each scenario × workload is base × factor, times a per-round wobble. */
 function samples(factors: Partial<Record<Scenario, number>>): TrafficSample[] {
@@ -34,6 +35,24 @@ describe('statistics', () => {
     expect(rotate(['a', 'b', 'c'], 0)).toEqual(['a', 'b', 'c']);
     expect(rotate(['a', 'b', 'c'], 4)).toEqual(['b', 'c', 'a']);
     expect(rotate([], 2)).toEqual([]);
+  });
+});
+
+describe('SYN retransmits', () => {
+  it('reads TcpExt TCPSynRetrans from /proc/net/netstat text', () => {
+    const netstat = 'TcpExt: SyncookiesSent TCPSynRetrans TCPTimeouts\nTcpExt: 0 613 7\nIpExt: InNoRoutes\nIpExt: 0\n';
+    expect(parseSynRetrans(netstat)).toBe(613);
+    expect(parseSynRetrans('IpExt: a\nIpExt: 1\n')).toBeNaN();
+  });
+
+  it('the table sums them per scenario and the reading explains them when ebpf mode lost SYNs', () => {
+    const s = samples({ ebpf: 1, iptables: 1 }).map((x) => ({ ...x, synRetrans: x.scenario === 'ebpf' && x.workload === 'crr' ? 5 : 0 }));
+    expect(trafficTable(s)).toMatch(/\| ebpf mode, pod A enrolled \|.*\| 15 \|$/m);
+    const md = renderMarkdown({
+      date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'x.svg',
+      traffic: { samples: s, rounds: 3, seconds: 2, warmupSeconds: 0.3, concurrency: 4, modes: {} },
+    });
+    expect(md).toContain('ebpf mode lost SYNs in the connections/s runs (15 retransmitted, iptables mode 0)');
   });
 });
 
