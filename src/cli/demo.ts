@@ -1,22 +1,33 @@
-/** `ambient-redirect demo`: the data path end to end on a simulated node of this machine. */
+/** `ambient-redirect demo`: the whole story on a simulated node of this machine. */
 import { rmSync } from 'node:fs';
-import { parseFlags } from '../config.js';
+import { ConfigError, parseFlags } from '../config.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
-import { pinRootFor, renderTable, runStaticScenario, verdict } from '../sim/scenario.js';
-import { ConfigError } from '../config.js';
+import { pinRootFor } from '../sim/scenario.js';
+import { runStory } from '../sim/story.js';
 
 const FLAGS = {
-  pods: { env: 'DEMO_PODS', help: 'pods on the simulated node', default: '4' },
-  connections: { env: 'DEMO_CONNECTIONS', help: 'connections per pod', default: '3' },
+  mode: { env: 'DEMO_MODE', help: 'capture mode: ebpf | iptables', default: 'ebpf' },
+  pods: { env: 'DEMO_PODS', help: 'pods on the simulated node (3..12)', default: '4' },
+  rounds: { env: 'DEMO_ROUNDS', help: 'connections per pod per step', default: '3' },
 };
 
-export const demoUsage = `usage: ambient-redirect demo [--pods N] [--connections N]
+export const demoUsage = `usage: ambient-redirect demo [--mode ebpf|iptables] [--pods N] [--rounds N]
 
-Builds a simulated node out of network namespaces (a node, N pods, a ztunnel stand-in, an
-outside server), runs the controller in it with every other pod enrolled, sends traffic
-from every pod and prints who saw each connection. Tears everything down at the end, and
-on Ctrl-C. Needs root on Linux (network namespaces, BPF).
+Builds a simulated node out of network namespaces on this machine (a node, N pods, a
+ztunnel stand-in, an outside server), a Kubernetes API double, and runs the controller in
+it as a real process. Then the story: pods start, a namespace is enrolled, a pod opts out,
+the controller is killed and restarted under traffic, ztunnel goes away (enrolled pods
+fail closed) and comes back. At each step every pod opens connections to the outside
+server, and a table shows where they went: through ztunnel, direct, or dropped. Ends with
+a verdict (exit 0 when every step held), uninstalls and tears everything down, also on
+Ctrl-C. Needs root on Linux.
 `;
+
+function intFlag(name: string, raw: unknown, min: number, max: number): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`--${name}: "${String(raw)}" is not an integer in ${min}..${max}`);
+  return n;
+}
 
 export async function demoCommand(argv: string[]): Promise<number> {
   const { values } = parseFlags(argv, FLAGS);
@@ -24,35 +35,48 @@ export async function demoCommand(argv: string[]): Promise<number> {
     process.stdout.write(demoUsage);
     return 0;
   }
-  const pods = Number(values.pods ?? FLAGS.pods.default);
-  const connections = Number(values.connections ?? FLAGS.connections.default);
-  if (!Number.isInteger(pods) || pods < 1 || pods > 200) throw new ConfigError(`--pods: "${values.pods}" is not an integer in 1..200`);
-  if (!Number.isInteger(connections) || connections < 1 || connections > 100) throw new ConfigError(`--connections: "${values.connections}" is not an integer in 1..100`);
+  const mode = values.mode ?? process.env.DEMO_MODE ?? FLAGS.mode.default;
+  if (mode !== 'ebpf' && mode !== 'iptables') throw new ConfigError(`--mode: "${String(mode)}" is not one of ebpf, iptables`);
+  const pods = intFlag('pods', values.pods ?? process.env.DEMO_PODS ?? FLAGS.pods.default, 3, 12);
+  const rounds = intFlag('rounds', values.rounds ?? process.env.DEMO_ROUNDS ?? FLAGS.rounds.default, 1, 50);
   if (process.getuid?.() !== 0) {
     process.stderr.write('ambient-redirect demo: needs root (it creates network namespaces and loads BPF programs)\n');
     return 1;
   }
 
-  const say = (line: string) => process.stdout.write(`- ${line}\n`);
-  say(`building a simulated node with ${pods} pods`);
+  const print = (text: string) => process.stdout.write(text);
+  print(`- building a simulated node with ${pods} pods\n`);
   const sim: SimNode = await createSimNode({ pods });
-  const interrupted = new Promise<never>((_, reject) => {
-    const onSignal = (sig: string) => reject(new Error(`interrupted by ${sig}`));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-  });
+  print(`- network namespaces ${sim.prefix}-*, pins under ${pinRootFor(sim)}\n`);
+  let interrupted: string | null = null;
+  const abort = new AbortController();
+  const onSignal = (sig: string) => {
+    interrupted = sig;
+    abort.abort(new Error(`interrupted by ${sig}`));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
-    const enrolled = sim.pods.filter((p) => p.index % 2 === 0).map((p) => p.index);
-    const result = await Promise.race([runStaticScenario(sim, { enrolled, connections, pinRoot: pinRootFor(sim), progress: say }), interrupted]);
-    process.stdout.write(`\n${renderTable(result.reports)}\n\n`);
-    process.stdout.write(result.uninstall.split('\n').filter(Boolean).map((l) => `  uninstall: ${l}\n`).join(''));
-    const v = verdict(result.reports);
-    process.stdout.write(v.ok ? '\nverdict: PASS — enrolled pods reached only ztunnel, with their original destination; the others went direct\n' : `\nverdict: FAIL\n${v.problems.map((p) => `  ${p}\n`).join('')}`);
-    return v.ok ? 0 : 1;
+    // On Ctrl-C the story stops at its next connection and cleans up (controller,
+    // uninstall, API double) while the namespaces still exist; then they go.
+    const result = await runStory(sim, { mode, rounds, print, live: process.stdout.isTTY === true, signal: abort.signal });
+    print('\n');
+    for (const s of result.steps) print(`  ${s.ok ? 'ok  ' : 'FAIL'}  ${s.title}\n`);
+    print(
+      result.ok
+        ? `\nverdict: PASS (${mode} mode) — enrolled pods went only through ztunnel, failed closed without it, and never around it; the others went direct\n`
+        : `\nverdict: FAIL (${mode} mode)\n${result.steps.flatMap((s) => s.problems).map((p) => `  ${p}\n`).join('')}`,
+    );
+    return result.ok ? 0 : 1;
+  } catch (err) {
+    if (!interrupted) throw err;
+    print(`\n- interrupted (${interrupted})\n`);
+    return 130;
   } finally {
-    say('tearing down the simulated node');
+    print('- tearing down the simulated node\n');
     await sim.teardown();
-    // An interrupted scenario may still be unwinding: its pins go with the node.
     rmSync(pinRootFor(sim), { recursive: true, force: true });
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }

@@ -21,7 +21,8 @@ export interface SimKubeApi {
 }
 
 export async function startSimKubeApi(nodeNs: string, opts: KubeApiOptions = {}): Promise<SimKubeApi> {
-  const dir = mkdtempSync(join(tmpdir(), 'ar-kube-'));
+  // Named after the run (its node netns), so a run's leftovers can be found by name.
+  const dir = mkdtempSync(join(tmpdir(), `ar-kube-${nodeNs}-`));
   const socket = join(dir, 'api.sock');
   const kubeconfig = join(dir, 'kubeconfig');
   const api = new KubeApiDouble(opts);

@@ -322,7 +322,9 @@ async function connect(
   const name = typeof from === 'string' ? `the ${from}` : from.name;
   const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
   const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : [])]);
-  const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 10_000 });
+  // The agent enforces the per-connection timeout; this bound only catches a hung agent
+  // (a loaded machine can take seconds just to start Node).
+  const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 60_000 });
   const results = out
     .split('\n')
     .map(parseEvent)
@@ -379,4 +381,23 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
       return torn;
     },
   };
+}
+
+// --- for the runtime stand-in (src/sim/runtime.ts) ---------------------------------------
+
+/**
+ * The primary CNI's work for one pod, as a runtime's first plugin does it: a new netns,
+ * a veth pair, the pod's addresses, its default routes and the node's /32 routes (the same
+ * wiring as the pods createSimNode makes up front).
+ */
+export async function wirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string, ip: string, ip6: string): Promise<void> {
+  await addNetns(runner, podNs);
+  await attachEndpoint(runner, nodeNs, podNs, hostVeth, ip, ip6);
+}
+
+/** The primary CNI's DEL: the veth pair (and with it the routes) and the netns. Idempotent. */
+export async function unwirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string): Promise<void> {
+  await runner.run(['ip', '-n', nodeNs, 'link', 'del', hostVeth]).catch(() => '');
+  await killNetnsProcesses(podNs, runner).catch(() => undefined);
+  await runner.run(['ip', 'netns', 'del', podNs]).catch(() => '');
 }

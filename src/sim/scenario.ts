@@ -1,7 +1,8 @@
 /**
- * The walking skeleton's story on a simulated node, shared by `demo` and the kernel tests:
- * the controller enrolls some pods statically, every pod connects to the outside server,
- * and each connection is classified by who saw it.
+ * A static-membership scenario on a simulated node, for the kernel tests of the data
+ * path: the controller enrolls some pods by IP, every pod connects to the outside server,
+ * and each connection is classified by who saw it. (`demo` tells the longer story of
+ * story.ts, with Kubernetes.)
  */
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -104,35 +105,4 @@ async function waitForTotal(servers: SimServer[], total: number, timeoutMs = 5_0
   while (servers.reduce((n, s) => n + s.accepted.length, 0) < total && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-/** The per-pod table `demo` prints. */
-export function renderTable(reports: readonly PodReport[]): string {
-  const head = ['pod', 'ip', 'enrolled', 'ok', 'via ztunnel (original destination)', 'direct to outside'];
-  const rows = reports.map((r) => [
-    r.pod,
-    r.ip,
-    r.enrolled ? 'yes' : 'no',
-    `${r.ok}/${r.attempts}`,
-    r.viaZtunnel.length ? `${r.viaZtunnel.length} (${[...new Set(r.viaZtunnel)].join(', ')})` : '0',
-    String(r.direct),
-  ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
-  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)].join('\n');
-}
-
-/** Enrolled pods must go through ztunnel only; the others must go direct. */
-export function verdict(reports: readonly PodReport[]): { ok: boolean; problems: string[] } {
-  const problems: string[] = [];
-  for (const r of reports) {
-    if (r.enrolled) {
-      if (r.direct > 0) problems.push(`${r.pod} is enrolled but ${r.direct} connection(s) bypassed ztunnel`);
-      if (r.viaZtunnel.length !== r.attempts) problems.push(`${r.pod} is enrolled but ztunnel saw ${r.viaZtunnel.length}/${r.attempts}`);
-    } else {
-      if (r.viaZtunnel.length > 0) problems.push(`${r.pod} is not enrolled but ztunnel captured ${r.viaZtunnel.length}`);
-      if (r.direct !== r.attempts) problems.push(`${r.pod} is not enrolled but only ${r.direct}/${r.attempts} reached the outside`);
-    }
-  }
-  return { ok: problems.length === 0, problems };
 }
