@@ -63,3 +63,17 @@ demo: setup
 
 clean:
 	rm -rf build dist
+
+# --- the kernel matrix (docs/kernel-matrix.md) --------------------------------------------
+# The negative control: a program every verifier must reject. Compiled, never loaded by us
+# except to see it refused.
+build/tests/%.bpf.o: bpf/tests/%.bpf.c
+	@mkdir -p build/tests
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@
+
+.PHONY: kernel-matrix
+# Boots Debian's 5.10, 6.1 and 6.12 cloud kernels under qemu (and runs this kernel) with our
+# programs, probes and packet corpus; prints the table. Needs root and the network the
+# first time (images cached under build/kernels/).
+kernel-matrix: setup build/tests/broken.bpf.o
+	@KERNEL_MATRIX=1 npx vitest run test/kernel/matrix.test.ts

@@ -13,7 +13,8 @@ command -v node >/dev/null || die "needs Node.js >= 20 on PATH"
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || die "needs Node.js >= 20, found $(node --version)"
 
 # Debian packages the build, the tests and the demo use.
-packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables ipset procps util-linux make)
+packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables ipset procps util-linux make
+  qemu-system-x86 busybox-static cpio xz-utils)  # the kernel matrix (docs/kernel-matrix.md)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
