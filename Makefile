@@ -7,11 +7,11 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts layout setup test demo clean
+.PHONY: all build bpf ts cni layout setup test demo clean
 
 all: build
 
-build: bpf ts
+build: bpf ts cni
 
 # Variants of the capture object for the lifecycle tests: a new build of the same code
 # (other debug info), a map schema change (smaller maps), and one whose load fails
@@ -35,6 +35,14 @@ build/test/redirect-small.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
 build/test/redirect-unloadable.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
 	@mkdir -p build/test
 	$(CLANG) $(BPF_CFLAGS) -DMAX_PODS=0 -c $< -o $@
+
+# The chained CNI plugin (docs/cni.md): run by the container runtime on the host, where
+# Node.js may not be, so a static C binary.
+cni: build/ambient-redirect-cni
+
+build/ambient-redirect-cni: tools/cni/ambient-redirect-cni.c
+	@mkdir -p build
+	$(CLANG) -O2 -Wall -Wextra -Werror -static -o $@ $<
 
 TS_SRC := $(shell find src -name '*.ts')
 
