@@ -48,10 +48,29 @@ export interface RunConfig {
   readonly tunnel: 'auto' | 'geneve' | 'vxlan';
   readonly dnsCapture: boolean;
   readonly logLevel: Level;
+  /** The chained CNI plugin's side (docs/cni.md); socket '' = no CNI gate. */
+  readonly cni: CniConfig;
+}
+
+export interface CniConfig {
+  /** Unix socket the plugin asks; '' when the gate is off. */
+  readonly socket: string;
+  /** How long an ADD waits for its pod to be programmed before failing. */
+  readonly addTimeoutMs: number;
+  /** Host folder of the namespace list the plugin reads and the saved CNI config. */
+  readonly stateDir: string;
+  /** Install the plugin and edit the CNI config list once the namespaces are known. */
+  readonly install: boolean;
+  readonly binDir: string;
+  readonly confDir: string;
+  /** The plugin binary to install. */
+  readonly plugin: string;
 }
 
 /** The object `make` builds, relative to this module (dist/ or src/). */
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../build/redirect.bpf.o', import.meta.url));
+/** The CNI plugin `make` builds (tools/cni/). */
+export const DEFAULT_CNI_PLUGIN = fileURLToPath(new URL('../build/ambient-redirect-cni', import.meta.url));
 
 interface FlagSpec {
   env: string;
@@ -80,6 +99,13 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
   'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
   'log-level': { env: 'LOG_LEVEL', help: 'debug | info | warn | error', default: 'info' },
+  'cni-socket': { env: 'CNI_SOCKET', help: 'Unix socket the chained CNI plugin asks (default: none, no CNI gate; Kubernetes membership only)' },
+  'cni-add-timeout': { env: 'CNI_ADD_TIMEOUT', help: 'seconds a CNI ADD waits for its pod to be programmed', default: '8' },
+  'cni-state-dir': { env: 'CNI_STATE_DIR', help: 'host folder for the ambient namespace list the plugin reads and the saved CNI config', default: '/var/lib/ambient-redirect' },
+  'cni-install': { env: 'CNI_INSTALL', help: 'install the plugin and add it to the CNI config list: true | false', default: 'false' },
+  'cni-bin-dir': { env: 'CNI_BIN_DIR', help: 'where the container runtime finds CNI plugins', default: '/opt/cni/bin' },
+  'cni-conf-dir': { env: 'CNI_CONF_DIR', help: 'the node’s CNI configuration folder (first *.conflist)', default: '/etc/cni/net.d' },
+  'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
 };
 
 export function usageOf(flags: Record<string, FlagSpec>): string {
@@ -185,5 +211,26 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
     dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),
+    cni: cniConfig(v, membership),
+  });
+}
+
+function cniConfig(v: Record<string, string | undefined>, membership: MembershipSource): CniConfig {
+  const socket = v['cni-socket'] ?? '';
+  if (socket !== '' && !socket.startsWith('/')) throw new ConfigError(`--cni-socket: "${socket}" is not an absolute path`);
+  if (socket !== '' && membership.kind !== 'kubernetes') throw new ConfigError('--cni-socket needs Kubernetes membership (the plugin names pods, not IPs)');
+  for (const name of ['cni-state-dir', 'cni-bin-dir', 'cni-conf-dir'] as const) {
+    if (!v[name]!.startsWith('/')) throw new ConfigError(`--${name}: "${v[name]}" is not an absolute path`);
+  }
+  const install = oneOf('cni-install', v['cni-install']!, ['true', 'false'] as const) === 'true';
+  if (install && socket === '') throw new ConfigError('--cni-install needs --cni-socket');
+  return Object.freeze({
+    socket,
+    addTimeoutMs: numberIn('cni-add-timeout', v['cni-add-timeout']!, 0.1, 600, 'a number of seconds') * 1000,
+    stateDir: v['cni-state-dir']!,
+    install,
+    binDir: v['cni-bin-dir']!,
+    confDir: v['cni-conf-dir']!,
+    plugin: v['cni-plugin']!,
   });
 }

@@ -2,6 +2,7 @@
 /** The `ambient-redirect` command. */
 import { ConfigError } from '../config.js';
 import { benchCommand, benchUsage } from './bench.js';
+import { cniCommand, cniUsage } from '../cni/cli.js';
 import { demoCommand, demoUsage } from './demo.js';
 import { errorMessage } from './errors.js';
 import { runCommand, runUsage } from './run.js';
@@ -13,6 +14,7 @@ const commands: Record<string, { summary: string; usage: string; run: (argv: str
   status: { summary: 'show what is pinned and enrolled (kernel only)', usage: statusUsage, run: statusCommand },
   uninstall: { summary: 'remove everything we installed on this node', usage: uninstallUsage, run: uninstallCommand },
   demo: { summary: 'a simulated node on this machine, end to end (root)', usage: demoUsage, run: demoCommand },
+  cni: { summary: 'install or uninstall the chained CNI plugin on this node', usage: cniUsage, run: cniCommand },
   bench: { summary: 'ns/packet of the data path beside an empty program (root)', usage: benchUsage, run: benchCommand },
 };
 

@@ -8,6 +8,7 @@ import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, po
 import { createRedirectMode, resolveMode } from '../redirect/factory.js';
 import type { RedirectMode } from '../redirect/mode.js';
 import { errorMessage } from './errors.js';
+import { startCniGate, type CniGate } from '../cni/gate.js';
 
 export const runUsage = `usage: ambient-redirect run [flags]
 
@@ -112,6 +113,17 @@ export async function runCommand(argv: string[]): Promise<number> {
     maxDeleteShare: cfg.maxDeleteShare,
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
   });
+  let cni: CniGate | null = null;
+  if (cfg.cni.socket && kube) {
+    try {
+      cni = await startCniGate(cfg.cni, kube, log);
+    } catch (err) {
+      log.error('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
+      await server?.close();
+      mode.close();
+      return 1;
+    }
+  }
   let first = true;
   kube?.start();
   controller.start(
@@ -137,6 +149,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     process.once('SIGTERM', () => resolve('SIGTERM'));
     process.once('SIGINT', () => resolve('SIGINT'));
   });
+  await cni?.close();
   await controller.stop();
   await kube?.stop();
   await server?.close();

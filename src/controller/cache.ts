@@ -29,6 +29,11 @@ export class PodCache {
     return this.pods.get(uid);
   }
 
+  /** True once a DELETED event buried the UID. */
+  isDeleted(uid: string): boolean {
+    return this.tombstones.has(uid);
+  }
+
   /** Applies one watch event; true when the cache changed. */
   apply(type: EventType, pod: PodView): boolean {
     const dead = this.tombstones.get(pod.uid);

@@ -6,7 +6,7 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
-import { enrolledPods, selectZtunnel, STATUS_ANNOTATION, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import { DATAPLANE_LABEL, enrolledPods, selectZtunnel, STATUS_ANNOTATION, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';
@@ -46,6 +46,13 @@ export class KubeMembership implements Membership {
   private generation = 0;
   private enrolledCache: Map<string, PodView> | null = null;
   readonly stats: KubeMembershipStats = { rejected: 0, foreign: 0, stale: 0, statusPatches: 0 };
+  /**
+   * Pods the CNI plugin announced (by UID) before the API showed their IPs: they count
+   * for enrollment with the IPs of the sandbox until the API confirms the pod with IPs,
+   * deletes it, or the runtime's DEL releases it (docs/cni.md).
+   */
+  private readonly provisional = new Map<string, { pod: PodView; containerId: string }>();
+  private readonly programmedListeners: ((ips: ReadonlySet<string>) => void)[] = [];
 
   constructor(
     private readonly api: KubeTransport,
@@ -108,7 +115,7 @@ export class KubeMembership implements Membership {
       for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
       const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
       if (zt?.ips[0]) reserved.add(zt.ips[0]);
-      this.enrolledCache = enrolledPods(this.pods.values(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
+      this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
     }
     return this.enrolledCache;
   }
@@ -122,10 +129,114 @@ export class KubeMembership implements Membership {
   programmed(ips: ReadonlySet<string>): void {
     this.programmedIps = ips;
     this.passSeen = true;
+    for (const l of this.programmedListeners) l(ips);
     if (this.opts.writeStatus === false) return;
     for (const pod of this.pods.values()) {
       if (pod.statusAnnotation !== this.wantedStatus(pod)) this.statusQueue.add(pod.uid);
     }
+  }
+
+  // --- the CNI gate (src/cni/) -----------------------------------------------------------
+
+  /** After each pass: the IPs the maps hold for membership. */
+  onProgrammed(cb: (ips: ReadonlySet<string>) => void): void {
+    this.programmedListeners.push(cb);
+  }
+
+  /** The IPs the last pass programmed. */
+  programmedNow(): ReadonlySet<string> {
+    return this.programmedIps;
+  }
+
+  namespacesSynced(): boolean {
+    return this.nsReflector.hasSynced();
+  }
+
+  namespace(name: string): NamespaceView | undefined {
+    return this.namespaces.map.get(name);
+  }
+
+  /** Namespaces labelled ambient, sorted (the plugin's fallback list). */
+  ambientNamespaces(): string[] {
+    return [...this.namespaces.map.values()].filter((n) => n.labels[DATAPLANE_LABEL] === 'ambient').map((n) => n.name).sort();
+  }
+
+  /** What enrollment needs besides the pod and its namespace. */
+  enrollmentContext(): EnrollmentContext {
+    const reserved = new Set<string>();
+    for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
+    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    if (zt?.ips[0]) reserved.add(zt.ips[0]);
+    return { nodeName: this.opts.nodeName, reserved };
+  }
+
+  /** The cached pod: by UID when given, else the newest live one of that name. */
+  cachedPod(namespace: string, name: string, uid?: string): PodView | undefined {
+    if (uid) return this.pods.get(uid);
+    let best: PodView | undefined;
+    for (const p of this.pods.values()) {
+      if (p.namespace === namespace && p.name === name && (!best || p.created > best.created)) best = p;
+    }
+    return best;
+  }
+
+  /** True when the API deleted this UID (the cache's tombstone). */
+  podDeleted(uid: string): boolean {
+    return this.pods.isDeleted(uid);
+  }
+
+  /** GET of one pod from the API: null when it does not exist; throws when the API fails. */
+  async fetchPod(namespace: string, name: string): Promise<PodView | null> {
+    try {
+      const raw = await this.api.request('GET', `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods/${encodeURIComponent(name)}`, {});
+      const p = parsePod(raw);
+      if (!p.ok) throw new Error(`the API's pod ${namespace}/${name} is malformed: ${p.reason}`);
+      return p.value;
+    } catch (err) {
+      if (err instanceof KubeError && err.status === 404) return null;
+      throw err;
+    }
+  }
+
+  /** Counts a pod announced by the CNI plugin (with its sandbox's IPs) as known. */
+  provisionPod(pod: PodView, containerId: string): void {
+    if (this.pods.isDeleted(pod.uid)) return;
+    this.provisional.set(pod.uid, { pod, containerId });
+    this.changed();
+  }
+
+  /** The runtime's DEL: forgets what the plugin announced for this sandbox. */
+  releaseSandbox(containerId: string): boolean {
+    let removed = false;
+    for (const [uid, p] of this.provisional) {
+      if (p.containerId === containerId) removed = this.provisional.delete(uid) || removed;
+    }
+    if (removed) this.changed();
+    return removed;
+  }
+
+  provisionalCount(): number {
+    return this.provisional.size;
+  }
+
+  /** The cache, with the IPs of announced pods the API does not show yet. */
+  private *podsForEnrollment(): Iterable<PodView> {
+    if (this.provisional.size === 0) {
+      yield* this.pods.values();
+      return;
+    }
+    for (const p of this.pods.values()) {
+      const prov = this.provisional.get(p.uid);
+      yield prov && p.ips.length === 0 ? { ...p, ips: prov.pod.ips } : p;
+    }
+    for (const [uid, prov] of this.provisional) if (!this.pods.get(uid)) yield prov.pod;
+  }
+
+  /** The API confirmed (with IPs) or deleted a pod: its announcement has served. */
+  private settleProvisional(uid: string): void {
+    if (!this.provisional.has(uid)) return;
+    const cur = this.pods.get(uid);
+    if (this.pods.isDeleted(uid) || (cur && cur.ips.length > 0)) this.provisional.delete(uid);
   }
 
   // --- intake --------------------------------------------------------------------------
@@ -160,6 +271,7 @@ export class KubeMembership implements Membership {
       }
     }
     this.pods.replace(pods, keep);
+    for (const uid of [...this.provisional.keys()]) this.settleProvisional(uid);
     this.changed();
   }
 
@@ -173,6 +285,7 @@ export class KubeMembership implements Membership {
       this.stats.stale += this.pods.stale - staleBefore;
       return;
     }
+    this.settleProvisional(p.value.uid);
     // Our own status patch coming back changes nothing the maps depend on.
     if (type !== 'DELETED' && before && sameInputs(before, p.value)) {
       this.statusCheck(p.value);

@@ -401,3 +401,22 @@ export async function unwirePod(runner: CommandRunner, nodeNs: string, podNs: st
   await killNetnsProcesses(podNs, runner).catch(() => undefined);
   await runner.run(['ip', 'netns', 'del', podNs]).catch(() => '');
 }
+
+// --- for the runtime stand-in (src/sim/runtime.ts) ---------------------------------------
+
+/**
+ * The primary CNI's work for one pod, as a runtime's first plugin does it: a new netns,
+ * a veth pair, the pod's addresses, its default routes and the node's /32 routes (the same
+ * wiring as the pods createSimNode makes up front).
+ */
+export async function wirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string, ip: string, ip6: string): Promise<void> {
+  await addNetns(runner, podNs);
+  await attachEndpoint(runner, nodeNs, podNs, hostVeth, ip, ip6);
+}
+
+/** The primary CNI's DEL: the veth pair (and with it the routes) and the netns. Idempotent. */
+export async function unwirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string): Promise<void> {
+  await runner.run(['ip', '-n', nodeNs, 'link', 'del', hostVeth]).catch(() => '');
+  await killNetnsProcesses(podNs, runner).catch(() => undefined);
+  await runner.run(['ip', 'netns', 'del', podNs]).catch(() => '');
+}

@@ -1,0 +1,58 @@
+/**
+ * Our entry in the node's CNI configuration list, as pure text-to-text functions. The
+ * runtime uses the first file of the folder in lexical order (.conf, .conflist, .json);
+ * we chain only into a .conflist (a single-plugin .conf has no chain to join).
+ */
+export const PLUGIN_TYPE = 'ambient-redirect-cni';
+
+export class ConflistError extends Error {}
+
+export interface PluginEntry {
+  type: typeof PLUGIN_TYPE;
+  socketPath: string;
+  namespacesFile: string;
+  timeoutMs: number;
+}
+
+/** The file the runtime uses, or null when there is none. */
+export function pickConfigFile(names: readonly string[]): string | null {
+  const candidates = names.filter((n) => /\.(conf|conflist|json)$/.test(n) && !n.startsWith('.')).sort();
+  return candidates[0] ?? null;
+}
+
+type Obj = Record<string, unknown>;
+
+function parseList(text: string): { conf: Obj; plugins: Obj[] } {
+  let conf: unknown;
+  try {
+    conf = JSON.parse(text);
+  } catch (err) {
+    throw new ConflistError(`not JSON: ${(err as Error).message}`);
+  }
+  if (typeof conf !== 'object' || conf === null || Array.isArray(conf)) throw new ConflistError('not a JSON object');
+  const plugins = (conf as Obj).plugins;
+  if (!Array.isArray(plugins)) throw new ConflistError('no "plugins" list (a .conflist is needed to chain a plugin)');
+  return { conf: conf as Obj, plugins: plugins as Obj[] };
+}
+
+const ours = (p: unknown) => typeof p === 'object' && p !== null && (p as Obj).type === PLUGIN_TYPE;
+
+export function hasPlugin(text: string): boolean {
+  return parseList(text).plugins.some(ours);
+}
+
+/** The list with our entry last (an entry of ours already there is replaced); unchanged text when equal. */
+export function addPlugin(text: string, entry: PluginEntry): string {
+  const { conf, plugins } = parseList(text);
+  const others = plugins.filter((p) => !ours(p));
+  const next = { ...conf, plugins: [...others, entry] };
+  if (JSON.stringify(next) === JSON.stringify(conf)) return text;
+  return JSON.stringify(next, null, 2) + '\n';
+}
+
+/** The list without our entry, or null when it has none. */
+export function removePlugin(text: string): string | null {
+  const { conf, plugins } = parseList(text);
+  if (!plugins.some(ours)) return null;
+  return JSON.stringify({ ...conf, plugins: plugins.filter((p) => !ours(p)) }, null, 2) + '\n';
+}

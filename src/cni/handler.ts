@@ -1,0 +1,153 @@
+/**
+ * The agent's side of a CNI invocation. ADD: a pod of a namespace that is not ambient
+ * passes at once; otherwise the pod is found (the membership's cache, else a GET), the
+ * enrollment rules decide with the sandbox's IPs from prevResult, and an enrolled pod is
+ * announced to the membership (UID-keyed, reconciled with the API later) and held until a
+ * pass has programmed all its IPs. DEL forgets what the sandbox announced and always
+ * succeeds. CHECK fails while an enrolled pod is not programmed.
+ */
+import type { EnrollmentContext, NamespaceView, PodView } from '../controller/enrollment.js';
+import type { Logger } from '../log.js';
+import { namespaceDecision, podDecision, type Decision } from './decide.js';
+import type { RawRequest, Reply } from './protocol.js';
+import { CNI_ERR, errorResult, parseRequest, passThrough, type CniError, type CniRequest } from './request.js';
+
+/** What the handler needs of the membership (KubeMembership has it). */
+export interface CniMembership {
+  hasSynced(): boolean;
+  namespace(name: string): NamespaceView | undefined;
+  cachedPod(namespace: string, name: string, uid?: string): PodView | undefined;
+  podDeleted(uid: string): boolean;
+  fetchPod(namespace: string, name: string): Promise<PodView | null>;
+  enrollmentContext(): EnrollmentContext;
+  provisionPod(pod: PodView, containerId: string): void;
+  releaseSandbox(containerId: string): boolean;
+  programmedNow(): ReadonlySet<string>;
+  onProgrammed(cb: (ips: ReadonlySet<string>) => void): void;
+  onChange(cb: () => void): void;
+}
+
+export interface CniHandlerOptions {
+  /** How long an ADD may take in all (sync, lookup, programming). */
+  addTimeoutMs: number;
+  log: Logger;
+}
+
+class Deadline extends Error {}
+
+export class CniHandler {
+  private readonly programmedWaiters = new Set<() => void>();
+  private readonly syncWaiters = new Set<() => void>();
+  readonly stats = { add: 0, enrolled: 0, passed: 0, failed: 0, del: 0 };
+
+  constructor(
+    private readonly m: CniMembership,
+    private readonly opts: CniHandlerOptions,
+  ) {
+    m.onProgrammed(() => [...this.programmedWaiters].forEach((w) => w()));
+    m.onChange(() => [...this.syncWaiters].forEach((w) => w()));
+  }
+
+  async handle(raw: RawRequest): Promise<Reply> {
+    const parsed = parseRequest(raw);
+    if (!parsed.ok) {
+      // DEL succeeds whatever it was given.
+      if (raw.env.CNI_COMMAND === 'DEL') return { code: 0, stdout: '' };
+      return { code: 1, stdout: errorResult(parsed.cniVersion, parsed.error) };
+    }
+    const req = parsed.req;
+    if (req.command === 'DEL') {
+      this.stats.del++;
+      if (this.m.releaseSandbox(req.containerId)) this.opts.log.info('cni: sandbox released', { container: req.containerId, pod: req.pod.name, namespace: req.pod.namespace });
+      return { code: 0, stdout: '' };
+    }
+    const t0 = performance.now();
+    const deadline = Date.now() + this.opts.addTimeoutMs;
+    let decision: Decision;
+    try {
+      decision = await this.decide(req, deadline);
+    } catch (err) {
+      const msg = err instanceof Deadline ? err.message : `cannot decide: ${err instanceof Error ? err.message : String(err)}`;
+      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${msg}` });
+    }
+    if (req.command === 'ADD') this.stats.add++;
+    if (decision.kind === 'error') return this.fail(req, decision.error);
+    if (decision.kind === 'pass') {
+      if (req.command === 'ADD') this.stats.passed++;
+      this.opts.log.debug('cni: pod passes', { command: req.command, pod: req.pod.name, namespace: req.pod.namespace, reason: decision.reason });
+      return { code: 0, stdout: req.command === 'ADD' ? passThrough(req) : '' };
+    }
+    const ips = decision.pod.ips;
+    if (req.command === 'CHECK') {
+      if (this.covered(ips)) return { code: 0, stdout: '' };
+      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name} is enrolled but ${ips.join(', ')} is not programmed` });
+    }
+    this.m.provisionPod(decision.pod, req.containerId);
+    try {
+      await this.until(this.programmedWaiters, () => this.covered(ips), deadline, `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`);
+    } catch (err) {
+      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${(err as Error).message}` });
+    }
+    this.stats.enrolled++;
+    this.opts.log.info('cni: pod enrolled before start', { pod: req.pod.name, namespace: req.pod.namespace, uid: decision.pod.uid, ips, ms: Math.round(performance.now() - t0) });
+    return { code: 0, stdout: passThrough(req) };
+  }
+
+  private async decide(req: CniRequest, deadline: number): Promise<Decision> {
+    const { namespace, name, uid } = req.pod;
+    if (!namespace || !name) return { kind: 'pass', reason: 'not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME)' };
+    // Before the first lists the namespace may look unknown: wait for them.
+    await this.until(this.syncWaiters, () => this.m.hasSynced(), deadline, 'the agent has not synced with the API yet');
+    const early = namespaceDecision(this.m.namespace(namespace));
+    if (early) return early;
+    if (uid && this.m.podDeleted(uid)) return { kind: 'pass', reason: 'pod deleted in the API' };
+    let pod = this.m.cachedPod(namespace, name, uid || undefined);
+    if (!pod || (uid && pod.uid !== uid)) {
+      // The watch is behind the runtime: ask the API for this one pod.
+      const fetched = await this.race(this.m.fetchPod(namespace, name), deadline, 'reading the pod from the API timed out');
+      if (!fetched) return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} does not exist in the API` } };
+      if (uid && fetched.uid !== uid) return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} in the API has UID ${fetched.uid}, the runtime says ${uid}` } };
+      pod = fetched;
+    }
+    return podDecision(pod, this.m.namespace(namespace), req.ips, this.m.enrollmentContext());
+  }
+
+  private covered(ips: readonly string[]): boolean {
+    const now = this.m.programmedNow();
+    return ips.every((ip) => now.has(ip));
+  }
+
+  private until(waiters: Set<() => void>, cond: () => boolean, deadline: number, what: string): Promise<void> {
+    if (cond()) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (!cond()) return;
+        done();
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Deadline(what));
+      }, Math.max(0, deadline - Date.now()));
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(check);
+      };
+      waiters.add(check);
+    });
+  }
+
+  private race<T>(p: Promise<T>, deadline: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const t = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Deadline(what)), Math.max(0, deadline - Date.now()));
+    });
+    return Promise.race([p, t]).finally(() => clearTimeout(timer));
+  }
+
+  private fail(req: CniRequest, e: CniError): Reply {
+    if (req.command === 'ADD') this.stats.failed++;
+    this.opts.log.warn('cni: refused', { command: req.command, pod: req.pod.name, namespace: req.pod.namespace, container: req.containerId, code: e.code, reason: e.msg });
+    return { code: 1, stdout: errorResult(req.cniVersion, e) };
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * The CNI gate on the simulated node: the agent runs as a real process (Kubernetes
+ * membership from the API double, --cni-socket, --cni-install into a scratch CNI config
+ * folder), and the runtime stand-in creates pods the way containerd does: API object,
+ * primary wiring, then the chain read from the installed config list, the pod's first
+ * connection the instant ADD returns. Oracles: the outside server's record of who
+ * connected (a pod IP there is a bypass), ztunnel's record, the plugin's stdout and exit
+ * code, the config file's bytes.
+ */
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
+import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
+import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../src/sim/runtime.js';
+import { pinRootFor } from '../../src/sim/scenario.js';
+import { kernelDescribe } from './gate.js';
+
+const NODE = 'sim-node';
+const PODS = 50;
+const CONCURRENCY = 5;
+const CONFLIST = `{
+    "name":"k8s-pod-network",  "cniVersion":"1.0.0",
+    "plugins":[ {"type":"calico","ipam":{"type":"calico-ipam"}},
+      {"type":"portmap","snat":true,"capabilities":{"portMappings":true}} ]
+}
+`;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network namespaces', () => {
+  let sim: SimNode;
+  let kube: SimKubeApi;
+  let controller: ControllerProcess | undefined;
+  let ztunnel: SimServer;
+  let outside: SimServer;
+  let pinRoot: string;
+  let dir: string;
+  let args: string[];
+  const conflist = () => join(dir, 'net.d', '10-calico.conflist');
+  const podIps = new Set<string>();
+
+  /** Our entry as the runtime reads it from the installed list. */
+  function chainFromConflist(): PluginConf {
+    const list = JSON.parse(readFileSync(conflist(), 'utf8')) as { plugins: Record<string, unknown>[] };
+    const ours = list.plugins.at(-1)!;
+    expect(ours.type).toBe('ambient-redirect-cni');
+    return { socketPath: ours.socketPath as string, namespacesFile: ours.namespacesFile as string, timeoutMs: ours.timeoutMs as number };
+  }
+
+  async function runAll(rt: SimRuntime, specs: PodSpecRt[]): Promise<PodRun[]> {
+    const out: PodRun[] = [];
+    const queue = [...specs];
+    await Promise.all(
+      Array.from({ length: CONCURRENCY }, async () => {
+        for (let s = queue.shift(); s; s = queue.shift()) {
+          const uid = rt.createPodObject(s);
+          out.push(await rt.runSandbox(s, uid));
+        }
+      }),
+    );
+    return out;
+  }
+
+  /** Connections the outside server saw straight from these pods (bypasses). */
+  const bypassesFrom = (runs: PodRun[]) => {
+    const ips = new Set(runs.map((r) => r.pod.ip));
+    // src is "IP:port".
+    return outside.accepted.filter((a) => ips.has(a.src.slice(0, a.src.lastIndexOf(':')).replace(/^::ffff:/, ''))).length;
+  };
+
+  beforeAll(async () => {
+    sim = await createSimNode({ pods: 0 });
+    try {
+      pinRoot = pinRootFor(sim);
+      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+      dir = mkdtempSync(join(tmpdir(), 'ar-cni-'));
+      mkdirSync(join(dir, 'net.d'));
+      mkdirSync(join(dir, 'bin'));
+      writeFileSync(conflist(), CONFLIST);
+      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+      [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
+      kube.api.upsertNamespace('istio-system');
+      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+      kube.api.upsertNamespace('plain');
+      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+      args = [
+        '--kubeconfig', kube.kubeconfig,
+        '--node-name', NODE,
+        '--pin-root', pinRoot,
+        '--backoff-initial', '0.2',
+        '--backoff-max', '2',
+        '--resync-interval', '30',
+        '--cni-socket', join(dir, 'run', 'cni.sock'),
+        '--cni-state-dir', join(dir, 'state'),
+        '--cni-add-timeout', '5',
+        '--cni-install', 'true',
+        '--cni-bin-dir', join(dir, 'bin'),
+        '--cni-conf-dir', join(dir, 'net.d'),
+      ];
+      controller = startController(sim.nodeNs, args);
+      await controller.waitFor('programmed');
+      await controller.waitFor('cni: plugin installed');
+    } catch (err) {
+      await teardown();
+      throw err;
+    }
+  });
+
+  async function teardown(): Promise<void> {
+    await controller?.stop('SIGKILL');
+    controller = undefined;
+    if (pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
+    await kube?.stop();
+    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    await sim?.teardown();
+  }
+  afterAll(teardown);
+
+  it('installs itself last in the chain, with the ambient namespace list beside it', () => {
+    const list = JSON.parse(readFileSync(conflist(), 'utf8')) as { plugins: { type: string }[] };
+    expect(list.plugins.map((p) => p.type)).toEqual(['calico', 'portmap', 'ambient-redirect-cni']);
+    expect(existsSync(join(dir, 'bin', 'ambient-redirect-cni'))).toBe(true);
+    expect(readFileSync(chainFromConflist().namespacesFile, 'utf8')).toBe('shop\n');
+  });
+
+  it(`gate on: ${PODS} pods that connect out the instant ADD returns; none reaches the outside directly`, async () => {
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: chainFromConflist(), plugin: join(dir, 'bin', 'ambient-redirect-cni') });
+    const specs = Array.from({ length: PODS }, (_, i) => ({ index: i, name: `gated-${i}`, namespace: 'shop' }));
+    const zBefore = ztunnel.accepted.length;
+    const runs = await runAll(rt, specs);
+    for (const r of runs) {
+      podIps.add(r.pod.ip);
+      expect(r.add?.code, r.add?.stdout).toBe(0);
+      // The plugin passed the primary's result on.
+      expect(JSON.parse(r.add!.stdout).ips[0].address).toBe(`${r.pod.ip}/32`);
+    }
+    await sleep(300); // the servers' reports are asynchronous
+    const adds = runs.map((r) => r.add!.ms).sort((a, b) => a - b);
+    console.log(`cni gate on: ${bypassesFrom(runs)} of ${PODS} first connections bypassed; ADD p50 ${adds[PODS >> 1]!.toFixed(1)} ms, max ${adds.at(-1)!.toFixed(1)} ms`);
+    expect(bypassesFrom(runs)).toBe(0);
+    expect(runs.filter((r) => r.connection?.reply === 'ztunnel').length).toBe(PODS);
+    expect(ztunnel.accepted.length - zBefore).toBe(PODS);
+    for (const r of runs) await rt.teardown(specs[r.pod.index]!, r.uid, r.containerId);
+  }, 180_000);
+
+  it(`gate off (plugin not in the chain): how many first connections bypass ztunnel`, async () => {
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: null });
+    const specs = Array.from({ length: PODS }, (_, i) => ({ index: PODS + i, name: `ungated-${i}`, namespace: 'shop' }));
+    const runs = await runAll(rt, specs);
+    await sleep(300);
+    const n = bypassesFrom(runs);
+    console.log(`cni gate off: ${n} of ${PODS} first connections bypassed`);
+    const outcome = (r: PodRun) => (r.connection?.ok ? r.connection.reply : r.connection?.error);
+    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => ({ ...m, [String(outcome(r))]: (m[String(outcome(r))] ?? 0) + 1 }), {}))}`);
+    expect(runs.every((r) => r.started)).toBe(true);
+    for (const r of runs) await rt.teardown(specs[r.pod.index - PODS]!, r.uid, r.containerId);
+  }, 180_000);
+
+  it('agent down: ADD of an ambient pod fails with a clear message and succeeds on retry once the agent is back; other pods start meanwhile', async () => {
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: chainFromConflist(), plugin: join(dir, 'bin', 'ambient-redirect-cni') });
+    await controller!.stop('SIGTERM');
+    controller = undefined;
+
+    const late: PodSpecRt = { index: 120, name: 'late', namespace: 'shop' };
+    const lateUid = rt.createPodObject(late);
+    const failed = await rt.runSandbox(late, lateUid);
+    expect(failed.started).toBe(false);
+    expect(failed.add?.code).toBe(1);
+    const err = JSON.parse(failed.add!.stdout) as { code: number; msg: string; details: string };
+    expect(err.code).toBe(11);
+    expect(err.msg).toMatch(/agent unreachable; namespace shop is ambient/);
+    expect(err.details).toMatch(/cni\.sock/);
+
+    const plain: PodSpecRt = { index: 121, name: 'web', namespace: 'plain' };
+    const plainRun = await rt.runSandbox(plain, rt.createPodObject(plain));
+    expect(plainRun.started).toBe(true);
+    expect(plainRun.add!.ms).toBeLessThan(1_000); // no waiting on the absent agent
+    expect(JSON.parse(plainRun.add!.stdout).ips[0].address).toBe(`${plainRun.pod.ip}/32`);
+    expect(plainRun.connection?.reply).toBe('outside');
+
+    controller = startController(sim.nodeNs, args);
+    await controller.waitFor('programmed');
+    // The runtime retries with a new sandbox until ADD succeeds.
+    let retry: PodRun | undefined;
+    for (let attempt = 0; attempt < 10 && !retry?.started; attempt++) {
+      if (attempt > 0) await sleep(500);
+      retry = await rt.runSandbox(late, lateUid);
+    }
+    expect(retry?.started, retry?.add?.stdout).toBe(true);
+    expect(retry?.connection?.reply).toBe('ztunnel');
+    await sleep(200);
+    expect(bypassesFrom([retry!])).toBe(0);
+    await rt.teardown(late, lateUid, retry!.containerId);
+    await rt.teardown(plain, '', plainRun.containerId);
+  }, 120_000);
+
+  it('uninstall leaves the CNI config list byte-identical and removes the plugin', async () => {
+    expect(readFileSync(conflist(), 'utf8')).not.toBe(CONFLIST);
+    await runInNode(sim.nodeNs, ['cni', 'uninstall', '--cni-bin-dir', join(dir, 'bin'), '--cni-conf-dir', join(dir, 'net.d'), '--cni-state-dir', join(dir, 'state')]);
+    expect(readFileSync(conflist())).toEqual(Buffer.from(CONFLIST));
+    expect(existsSync(join(dir, 'bin', 'ambient-redirect-cni'))).toBe(false);
+  });
+});
