@@ -215,6 +215,7 @@ export function runPlugin(plugin: string, env: Record<string, string>, stdin: st
   let stderr = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  child.stdin!.on('error', () => {}); // VERSION exits without reading its stdin
   child.stdin!.end(stdin);
   return new Promise((resolve, reject) => {
     child.once('error', reject);
