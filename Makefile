@@ -85,3 +85,11 @@ build/tests/%.bpf.o: bpf/tests/%.bpf.c
 # first time (images cached under build/kernels/).
 kernel-matrix: setup build/tests/broken.bpf.o
 	@KERNEL_MATRIX=1 npx vitest run test/kernel/matrix.test.ts
+
+# --- benchmarks (figures, not tests) ------------------------------------------------------
+.PHONY: bench
+# The data path (BPF_PROG_RUN), live traffic through each capture mode on a simulated node,
+# and the control path, side by side in one run; writes docs/benchmarks.md and its chart
+# docs/benchmarks.svg. Root; a few minutes. Parts: `node dist/cli/main.js bench --help`.
+bench: setup
+	node dist/cli/main.js bench --write docs/benchmarks.md
