@@ -69,10 +69,12 @@ describe('values.schema.json', () => {
 });
 
 describe('what each mode renders', () => {
+  // cni.enabled (the default) adds the CNI gate's four host folders to every mode.
+  const CNI = ['cni-bin', 'cni-conf', 'cni-run', 'cni-state'];
   const expected = {
-    ebpf: { caps: ['NET_ADMIN', 'SYS_ADMIN'], mounts: ['bpffs', 'netns'] },
-    iptables: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'netns', 'xtables-lock'] },
-    auto: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'bpffs', 'netns', 'xtables-lock'] },
+    ebpf: { caps: ['NET_ADMIN', 'SYS_ADMIN'], mounts: ['bpffs', ...CNI, 'netns'] },
+    iptables: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', ...CNI, 'netns', 'xtables-lock'] },
+    auto: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'bpffs', ...CNI, 'netns', 'xtables-lock'] },
   } as const;
 
   it.each(Object.keys(expected) as (keyof typeof expected)[])('%s: drop ALL, add back only its capabilities; only its mounts', (mode) => {
@@ -170,7 +172,7 @@ describe('what each mode renders', () => {
   it('uninstallDataPath: every node runs `uninstall` (both modes’ capabilities and mounts), then idles unprivileged', () => {
     const objs = render({ uninstallDataPath: true, pinRoot: '/run/bpf', redirectMode: 'ebpf' });
     const spec = daemonSet(objs).spec.template.spec;
-    expect(spec.initContainers).toHaveLength(1);
+    expect(spec.initContainers).toHaveLength(2); // the data path, then the CNI config (cni.enabled)
     const init = spec.initContainers[0];
     expect(init.args).toEqual(['uninstall', '--pin-root', '/run/bpf']);
     expect([...init.securityContext.capabilities.add].sort()).toEqual(['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN']);
@@ -178,7 +180,57 @@ describe('what each mode renders', () => {
     expect(spec.containers).toHaveLength(1);
     expect(spec.containers[0].args ?? []).not.toContain('run');
     expect(spec.containers[0].securityContext.capabilities).toEqual({ drop: ['ALL'] });
-    expect(Object.keys(volumesByName(objs)).sort()).toEqual(['bpffs', 'netns', 'xtables-lock']);
+    expect(Object.keys(volumesByName(objs)).sort()).toEqual(['bpffs', 'cni-bin', 'cni-conf', 'cni-run', 'cni-state', 'netns', 'xtables-lock']);
+  });
+});
+
+describe('cni (the chained CNI plugin, on by default)', () => {
+  it('the agent serves the plugin, installs it and mounts the four host folders at their host paths', () => {
+    const objs = render({ 'cni.binDir': '/usr/libexec/cni', 'cni.confDir': '/etc/kubernetes/cni/net.d', 'cni.addTimeoutSeconds': 5 });
+    const c = agent(objs);
+    const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e.value]));
+    expect(env).toMatchObject({ CNI_SOCKET: '/var/run/ambient-redirect/cni.sock', CNI_STATE_DIR: '/var/lib/ambient-redirect', CNI_INSTALL: 'true', CNI_BIN_DIR: '/usr/libexec/cni', CNI_CONF_DIR: '/etc/kubernetes/cni/net.d', CNI_ADD_TIMEOUT: '5' });
+    const m = mountsByName(c);
+    const v = volumesByName(objs);
+    for (const name of ['cni-bin', 'cni-conf', 'cni-run', 'cni-state']) expect(m[name].mountPath).toBe(v[name].hostPath.path);
+    expect(v['cni-conf'].hostPath.path).toBe('/etc/kubernetes/cni/net.d');
+  });
+
+  it('parseRunConfig gets the CNI settings the values ask for', () => {
+    const c = agent(render({ 'cni.addTimeoutSeconds': 3 }));
+    const env: NodeJS.ProcessEnv = { KUBERNETES_SERVICE_HOST: '10.96.0.1', NODE_NAME: 'n1' };
+    for (const e of c.env as Obj[]) if (!e.valueFrom) env[e.name] = String(e.value);
+    expect(parseRunConfig(c.args.slice(1), env).cni).toEqual({
+      socket: '/var/run/ambient-redirect/cni.sock',
+      addTimeoutMs: 3000,
+      stateDir: '/var/lib/ambient-redirect',
+      install: true,
+      binDir: '/opt/cni/bin',
+      confDir: '/etc/cni/net.d',
+      plugin: expect.stringMatching(/build\/ambient-redirect-cni$/),
+    });
+  });
+
+  it('cni.enabled=false: no CNI variable, mount or volume', () => {
+    const objs = render({ 'cni.enabled': false });
+    expect(JSON.stringify(agent(objs).env)).not.toMatch(/CNI_/);
+    expect(Object.keys(volumesByName(objs)).filter((n) => n.startsWith('cni'))).toEqual([]);
+    const un = render({ 'cni.enabled': false, uninstallDataPath: true });
+    expect(daemonSet(un).spec.template.spec.initContainers.map((c: Obj) => c.name)).toEqual(['uninstall']);
+  });
+
+  it('uninstallDataPath: `cni uninstall` restores the config list, with no capability', () => {
+    const spec = daemonSet(render({ uninstallDataPath: true })).spec.template.spec;
+    const init = spec.initContainers.find((c: Obj) => c.name === 'cni-uninstall');
+    expect(init.args).toEqual(['cni', 'uninstall', '--cni-bin-dir', '/opt/cni/bin', '--cni-conf-dir', '/etc/cni/net.d', '--cni-state-dir', '/var/lib/ambient-redirect']);
+    expect(init.securityContext.capabilities).toEqual({ drop: ['ALL'] });
+    expect(Object.keys(mountsByName(init)).sort()).toEqual(['cni-bin', 'cni-conf', 'cni-run', 'cni-state']);
+  });
+
+  it.each([['cni.binDir=opt/cni'], ['cni.addTimeoutSeconds=0'], ['cni.enable=true']])('the schema rejects %s', (set) => {
+    const r = helmRun(['template', 'mesh', CHART, '--set', set]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/schema/i);
   });
 });
 

@@ -63,3 +63,15 @@ seLinuxOptions:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* The CNI gate's mounts (agent and cni-uninstall): same paths as on the host. */}}
+{{- define "ar.cniMounts" -}}
+- name: cni-bin
+  mountPath: {{ .Values.cni.binDir }}
+- name: cni-conf
+  mountPath: {{ .Values.cni.confDir }}
+- name: cni-run
+  mountPath: {{ .Values.cni.runDir }}
+- name: cni-state
+  mountPath: {{ .Values.cni.stateDir }}
+{{- end -}}
