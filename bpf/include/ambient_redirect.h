@@ -45,6 +45,9 @@
 #define ZT_MARK_INBOUND 0x0a00   /* -> 15006 */
 #define ZT_MARK_HBONE 0x0b00     /* -> 15008 */
 #define ZT_MARK_DNS 0x0c00       /* -> 15053 */
+/* zt_assign could not assign the socket (a SYN meeting a TIME_WAIT socket): the TPROXY
+ * rules, which can retire that socket, take over. */
+#define ZT_MARK_TPROXY 0x1000
 
 enum pod_flags {
 	POD_F_ENROLLED = 1 << 0, /* capture this pod; clear: the pod's traffic passes */

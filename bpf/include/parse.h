@@ -46,7 +46,8 @@ struct flow {
 	__u8 nonfirst_frag; /* no L4 header to look at */
 	__be16 sport, dport; /* valid for TCP/UDP with L4_OK and !nonfirst_frag */
 	__u8 icmp_type;      /* valid for ICMP with L4_OK and !nonfirst_frag */
-	__u8 pad[3];
+	__u8 tcp_flags;      /* valid for TCP when its ports were read */
+	__u8 pad[2];
 	__u32 l4_off;        /* offset of the L4 header */
 };
 
@@ -76,7 +77,7 @@ static __always_inline int ipv6_ext(__u8 nh)
  */
 static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f, bool tcp_ports)
 {
-	__u8 hdr[4];
+	__u8 hdr[14];
 	__u32 need;
 
 	if (f->proto == IPPROTO_TCP)
@@ -98,10 +99,13 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f, bool
 	f->l4 = L4_OK;
 	if (f->proto == IPPROTO_TCP && !tcp_ports)
 		return;
-	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, sizeof(hdr)) < 0) {
+	/* TCP's flags too (byte 13); the header is 20 bytes, so they are there. */
+	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, f->proto == IPPROTO_TCP ? 14 : 4) < 0) {
 		f->l4 = L4_TRUNCATED;
 		return;
 	}
+	if (f->proto == IPPROTO_TCP)
+		f->tcp_flags = hdr[13];
 	if (is_icmp(f)) {
 		f->icmp_type = hdr[0];
 	} else {

@@ -108,16 +108,28 @@ static __always_inline __be16 zt_listener_port(__u32 mark)
 	}
 }
 
-/* Z4–Z7, Z11: an established socket for the 4-tuple first, else ztunnel's listener. */
-static __always_inline int zt_assign_socket(struct __sk_buff *skb, const struct flow *f, __u32 mark)
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/*
+ * Z4–Z7, Z11: a connection's segments go to its established socket, a new connection's
+ * SYN to ztunnel's listener. A SYN whose 4-tuple still has the previous connection's
+ * TIME_WAIT socket cannot be assigned: the kernel refuses a new request beside it, and
+ * only TPROXY can retire it (nf_tproxy_handle_time_wait), so that SYN is left to the
+ * TPROXY rules with ZT_MARK_TPROXY.
+ */
+static __always_inline int zt_assign_socket(struct __sk_buff *skb, const struct flow *f, __u32 *mark)
 {
 	struct bpf_sock_tuple t;
 	struct bpf_sock *sk;
 	__u32 len;
 	long err;
 
-	if (mark == ZT_MARK_DNS) {
-		len = zt_tuple(f, &t, zt_listener_port(mark));
+	if (*mark == ZT_MARK_DNS) {
+		len = zt_tuple(f, &t, zt_listener_port(*mark));
 		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
 			return TC_ACT_SHOT;                      /* Z11 */
@@ -126,11 +138,16 @@ static __always_inline int zt_assign_socket(struct __sk_buff *skb, const struct 
 	len = zt_tuple(f, &t, f->dport);
 	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
+		if (sk->state == BPF_TCP_TIME_WAIT && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+			bpf_sk_release(sk);
+			*mark |= ZT_MARK_TPROXY;
+			return TC_ACT_OK;
+		}
 		if (sk->state != BPF_TCP_LISTEN)
 			goto assign;
 		bpf_sk_release(sk);
 	}
-	len = zt_tuple(f, &t, zt_listener_port(mark));
+	len = zt_tuple(f, &t, zt_listener_port(*mark));
 	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return TC_ACT_SHOT;                              /* Z11 */
@@ -146,6 +163,7 @@ assign:
 
 static __always_inline int ztunnel_deliver(struct __sk_buff *skb, bool assign)
 {
+	int verdict = TC_ACT_OK;
 	__u32 mark = 0;
 	struct flow f;
 
@@ -158,11 +176,12 @@ static __always_inline int ztunnel_deliver(struct __sk_buff *skb, bool assign)
 	default:
 		break;
 	}
-	skb->mark = mark;
 	/* Errors and fragments find their socket in the stack; the rest is assigned here. */
 	if (assign && mark != ZT_MARK_LOCAL && !f.nonfirst_frag)
-		return zt_assign_socket(skb, &f, mark);
-	return TC_ACT_OK;
+		verdict = zt_assign_socket(skb, &f, &mark);
+	/* One store to skb->mark: the verifier refuses a ctx pointer the compiler offsets. */
+	skb->mark = mark;
+	return verdict;
 }
 
 #endif

@@ -62,6 +62,7 @@ export const constants = {
   ZT_MARK_INBOUND: 0xa00,
   ZT_MARK_HBONE: 0xb00,
   ZT_MARK_DNS: 0xc00,
+  ZT_MARK_TPROXY: 0x1000,
   POD_F_ENROLLED: 1,
   ZT_F_PRESENT: 1,
   ZT_F_DNS_CAPTURE: 2,

@@ -27,10 +27,16 @@ const families = [
   { ip: '-6', tables: 'ip6tables', any: '::' },
 ] as const;
 
-/** The TPROXY rules of our chain, one argv tail per rule (pure; golden-tested). */
-export function tproxyRules(any: string): string[][] {
+/**
+ * The TPROXY rules of our chain, one argv tail per rule. With `tproxy` delivery they take
+ * every marked packet; with `sk_assign` only what zt_assign left to them (ZT_MARK_TPROXY:
+ * a SYN meeting a TIME_WAIT socket, which TPROXY retires and BPF cannot).
+ */
+export function tproxyRules(any: string, delivery: Delivery): string[][] {
+  const extra = delivery === 'sk_assign' ? constants.ZT_MARK_TPROXY : 0;
+  const mask = `0x${(constants.ZT_MARK_MASK | extra).toString(16)}`;
   return TPROXY_PORTS.map(([mark, proto, port]) => [
-    '-p', proto, '-m', 'mark', '--mark', `0x${mark.toString(16)}/${MARK_MASK}`,
+    '-p', proto, '-m', 'mark', '--mark', `0x${(mark | extra).toString(16)}/${mask}`,
     '-j', 'TPROXY', '--on-port', String(port), '--on-ip', any, '--tproxy-mark', `0x${mark.toString(16)}/${MARK_MASK}`,
   ]);
 }
@@ -53,11 +59,14 @@ export async function configureZtunnelNetns(netns: string, delivery: Delivery, r
 
     const ipt = ['ip', 'netns', 'exec', netns, f.tables, '-w', '-t', 'mangle'];
     if (!(await ok(runner, [...ipt, '-L', ZT_CHAIN, '-n']))) await runner.run([...ipt, '-N', ZT_CHAIN]);
-    // Rule by rule, never a flush: a restarted controller leaves no gap in delivery.
-    for (const rule of tproxyRules(f.any)) {
-      const present = await ok(runner, [...ipt, '-C', ZT_CHAIN, ...rule]);
-      if (delivery === 'tproxy' && !present) await runner.run([...ipt, '-A', ZT_CHAIN, ...rule]);
-      if (delivery === 'sk_assign' && present) await runner.run([...ipt, '-D', ZT_CHAIN, ...rule]);
+    // Rule by rule, never a flush: a restarted controller leaves no gap in delivery. The
+    // other delivery's rules go (a restart that switched delivery).
+    const other: Delivery = delivery === 'tproxy' ? 'sk_assign' : 'tproxy';
+    for (const rule of tproxyRules(f.any, delivery)) {
+      if (!(await ok(runner, [...ipt, '-C', ZT_CHAIN, ...rule]))) await runner.run([...ipt, '-A', ZT_CHAIN, ...rule]);
+    }
+    for (const rule of tproxyRules(f.any, other)) {
+      while (await ok(runner, [...ipt, '-D', ZT_CHAIN, ...rule]));
     }
     if (!(await ok(runner, [...ipt, '-C', 'PREROUTING', '-j', ZT_CHAIN]))) await runner.run([...ipt, '-A', 'PREROUTING', '-j', ZT_CHAIN]);
   }

@@ -11,9 +11,9 @@
  *   agent.js server --port 8080 [--reply TEXT]
  *                                      a server (the outside one, or a pod's); reports who
  *                                      connected, over IPv4 and IPv6
- *   agent.js connect --to IP:PORT --count N --timeout-ms T [--bind IP]
- *                                      N sequential connections, from IP if given; one
- *                                      result line each
+ *   agent.js connect --to IP:PORT --count N --timeout-ms T [--bind IP] [--local-port P]
+ *                                      N sequential connections, from IP (and port) if
+ *                                      given; one result line each
  *
  * Each prints one JSON object per line on stdout. Bad arguments: one line on stderr, exit 2.
  */
@@ -23,7 +23,7 @@ import { parseArgs } from 'node:util';
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: agent.js ztunnel --port P[,P...] [--proxy] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP]';
+  'usage: agent.js ztunnel --port P[,P...] [--proxy] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP] [--local-port P]';
 
 function emit(event: object): void {
   process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -148,9 +148,9 @@ interface Result {
 }
 
 /** One connection: reads until the server closes; the timeout covers connect and reply. */
-function attempt(to: { host: string; port: number }, timeoutMs: number, bind?: string): Promise<Result> {
+function attempt(to: { host: string; port: number }, timeoutMs: number, bind?: string, localPort?: number): Promise<Result> {
   return new Promise((resolve) => {
-    const socket = net.connect({ ...to, ...(bind && { localAddress: bind }) });
+    const socket = net.connect({ ...to, ...(bind && { localAddress: bind }), ...(localPort && { localPort }) });
     const chunks: Buffer[] = [];
     const done = (r: Result) => {
       clearTimeout(timer);
@@ -164,8 +164,8 @@ function attempt(to: { host: string; port: number }, timeoutMs: number, bind?: s
   });
 }
 
-async function runConnect(to: { host: string; port: number }, count: number, timeoutMs: number, bind?: string): Promise<void> {
-  for (let i = 0; i < count; i++) emit({ event: 'result', ...(await attempt(to, timeoutMs, bind)) });
+async function runConnect(to: { host: string; port: number }, count: number, timeoutMs: number, bind?: string, localPort?: number): Promise<void> {
+  for (let i = 0; i < count; i++) emit({ event: 'result', ...(await attempt(to, timeoutMs, bind, localPort)) });
 }
 
 async function main(argv: string[]): Promise<void> {
@@ -174,7 +174,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     values = parseArgs({
       args: rest,
-      options: { proxy: { type: 'boolean' }, port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, reply: { type: 'string' } },
+      options: { proxy: { type: 'boolean' }, port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, 'local-port': { type: 'string' }, reply: { type: 'string' } },
       strict: true,
     }).values;
   } catch (err) {
@@ -186,7 +186,13 @@ async function main(argv: string[]): Promise<void> {
     case 'server':
       return runServer(intOption(values, 'port', 1, 65535), typeof values.reply === 'string' ? values.reply : 'server');
     case 'connect':
-      return runConnect(target(values), intOption(values, 'count', 1, 100_000), intOption(values, 'timeout-ms', 1, 600_000), bindAddress(values));
+      return runConnect(
+        target(values),
+        intOption(values, 'count', 1, 100_000),
+        intOption(values, 'timeout-ms', 1, 600_000),
+        bindAddress(values),
+        values['local-port'] === undefined ? undefined : intOption(values, 'local-port', 1, 65535),
+      );
     default:
       throw new UsageError(mode ? `unknown mode "${mode}"` : 'missing mode');
   }

@@ -79,7 +79,7 @@ export interface SimNode {
    * `count` sequential connections; failures are results, not errors. `bind` picks the
    * source address (the probe address from the node, another pod's IP to spoof).
    */
-  connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string): Promise<ConnectResult[]>;
+  connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string, localPort?: number): Promise<ConnectResult[]>;
   /** Deletes a pod's veth pair and wires a new one (new ifindex, new MACs), as a CNI re-ADD does. */
   recreatePodLink(pod: SimPod): Promise<void>;
   /** Idempotent: stops the servers, deletes every netns of the run and checks none is left. */
@@ -317,11 +317,12 @@ async function connect(
   count: number,
   timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
   bind?: string,
+  localPort?: number,
 ): Promise<ConnectResult[]> {
   const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
   const name = typeof from === 'string' ? `the ${from}` : from.name;
   const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
-  const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : [])]);
+  const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : []), ...(localPort ? ['--local-port', String(localPort)] : [])]);
   // The agent enforces the per-connection timeout; this bound only catches a hung agent
   // (a loaded machine can take seconds just to start Node).
   const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 60_000 });
@@ -364,7 +365,7 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     startZtunnel: (o) => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(','), ...(o?.proxy ? ['--proxy'] : [])], servers),
     startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
-    connect: (from, to, count, timeoutMs, bind) => connect(runner, topology, from, to, count, timeoutMs, bind),
+    connect: (from, to, count, timeoutMs, bind, localPort) => connect(runner, topology, from, to, count, timeoutMs, bind, localPort),
     async recreatePodLink(pod) {
       await runner.run(['ip', '-n', topology.nodeNs, 'link', 'del', pod.hostVeth]);
       await attachEndpoint(runner, topology.nodeNs, pod.ns, pod.hostVeth, pod.ip, pod.ip6);
@@ -381,25 +382,6 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
       return torn;
     },
   };
-}
-
-// --- for the runtime stand-in (src/sim/runtime.ts) ---------------------------------------
-
-/**
- * The primary CNI's work for one pod, as a runtime's first plugin does it: a new netns,
- * a veth pair, the pod's addresses, its default routes and the node's /32 routes (the same
- * wiring as the pods createSimNode makes up front).
- */
-export async function wirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string, ip: string, ip6: string): Promise<void> {
-  await addNetns(runner, podNs);
-  await attachEndpoint(runner, nodeNs, podNs, hostVeth, ip, ip6);
-}
-
-/** The primary CNI's DEL: the veth pair (and with it the routes) and the netns. Idempotent. */
-export async function unwirePod(runner: CommandRunner, nodeNs: string, podNs: string, hostVeth: string): Promise<void> {
-  await runner.run(['ip', '-n', nodeNs, 'link', 'del', hostVeth]).catch(() => '');
-  await killNetnsProcesses(podNs, runner).catch(() => undefined);
-  await runner.run(['ip', 'netns', 'del', podNs]).catch(() => '');
 }
 
 // --- for the runtime stand-in (src/sim/runtime.ts) ---------------------------------------

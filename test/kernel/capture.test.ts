@@ -62,10 +62,10 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
       expect(oracle.tc0).toContain(variant === 'redirect_peer' ? 'out_redir_peer' : 'out_redirect');
       expect(oracle.tc0!.match(/direct-action/g)).toHaveLength(1);
       expect(oracle.tc1).not.toContain('bpf');
-      // ztunnel's side: the delivery program of the variant, TPROXY rules only where used.
+      // ztunnel's side: the delivery program of the variant; TPROXY takes every marked
+      // packet with tproxy delivery, only what zt_assign leaves to it (0x1000) otherwise.
       expect(oracle.zt).toContain(delivery === 'sk_assign' ? 'zt_assign' : 'zt_mark');
-      if (delivery === 'tproxy') expect(oracle.tproxy).toContain('-j TPROXY --on-port 15001');
-      else expect(oracle.tproxy).not.toContain('TPROXY');
+      expect(oracle.tproxy).toContain(delivery === 'tproxy' ? '--mark 0x900/0xf00 -j TPROXY --on-port 15001' : '--mark 0x1900/0x1f00 -j TPROXY --on-port 15001');
 
       // uninstall took our filters and pins away, and only those.
       expect(result.uninstall).toContain(`detached ingress filter from ${sim.pods[0]!.hostVeth}`);

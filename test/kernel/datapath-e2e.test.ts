@@ -61,6 +61,16 @@ for (const mode of ['ebpf', 'iptables'] as const) kernelDescribe(`data path clas
     expect(seen(outside, pod.ip6)).toHaveLength(0);
   });
 
+  it('a reused 4-tuple connects at once (the previous connection’s TIME_WAIT does not eat the SYN)', async () => {
+    // The stand-in closes first, so its pod-facing socket sits in TIME_WAIT; the pod then
+    // reconnects from the same port. A SYN lost there costs a 1 s retransmit: 700 ms fails.
+    const pod = sim.pods[1]!;
+    const port = 40000 + Math.floor(Math.random() * 20000);
+    for (let i = 0; i < 3; i++) {
+      expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1, 700, undefined, port)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+    }
+  });
+
   it('an unenrolled pod goes direct over IPv4 and IPv6', async () => {
     const pod = sim.pods[2]!;
     expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'outside' }));
