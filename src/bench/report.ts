@@ -183,7 +183,7 @@ export interface ReportInput {
   datapath?: { table: string; rows: readonly BenchRow[]; rounds: number; repeat: number };
   traffic?: { samples: readonly TrafficSample[]; rounds: number; seconds: number; warmupSeconds: number; concurrency: number; modes: Record<string, string> };
   /** The control-path benchmark's own lines, or why it did not run. */
-  control?: { lines: string[] } | { missing: string };
+  control?: { scripts: { script: string; lines: string[] }[] } | { missing: string };
   /** The chart's file name, relative to the Markdown file. */
   svgName: string;
 }
@@ -285,8 +285,17 @@ export function renderMarkdown(r: ReportInput): string {
   }
   if (r.control) {
     out.push(`## Control path${dur('control')}`, '');
-    if ('lines' in r.control) {
-      out.push('`src/bench/control.ts`: the agent\'s control plane against the API double (no kernel), its own summary:', '', ...r.control.lines.map((l) => `- ${l}`), '');
+    if ('scripts' in r.control) {
+      for (const c of r.control.scripts) {
+        // Table rows stay as printed; other lines become a list.
+        out.push(`\`${c.script}\`, its own summary:`, '');
+        c.lines.forEach((l, i) => {
+          const table = l.startsWith('|');
+          if (i > 0 && table !== c.lines[i - 1]!.startsWith('|')) out.push('');
+          out.push(table ? l : `- ${l}`);
+        });
+        out.push('');
+      }
     } else {
       out.push(`Not run: ${r.control.missing}`, '');
     }

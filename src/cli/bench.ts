@@ -39,7 +39,8 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   traffic   connections/s, request/response and stream throughput from a pod of a simulated
             node: no capture, ebpf mode, iptables mode, an unenrolled pod beside ebpf mode;
             the ratios issue 6 sets goals for (builds network namespaces; tears them down)
-  control   src/bench/control.ts: initial sync, RSS, event -> map entry (no kernel)
+  control   src/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
+            src/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces)
 All parts by default. Tables on stdout, progress on stderr. --write FILE.md also writes
 the chart as FILE.svg. Root (BPF, network namespaces); Ctrl-C tears down what it built.
 `;
@@ -57,19 +58,29 @@ function parts(value: string): Set<Part> {
   return new Set(names as Part[]);
 }
 
-/** The control-path benchmark, if this build has one: its own summary lines. */
-async function runControl(signal: AbortSignal): Promise<{ lines: string[] } | { missing: string }> {
-  const script = fileURLToPath(new URL('../bench/control.js', import.meta.url));
-  if (!existsSync(script)) return { missing: 'this build has no control-path benchmark (`src/bench/control.ts`).' };
-  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const onAbort = () => child.kill('SIGTERM');
-  signal.addEventListener('abort', onAbort, { once: true });
-  let out = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-  signal.removeEventListener('abort', onAbort);
-  if (code !== 0) throw new Error(`control benchmark exited with ${code}${signal.aborted ? ' (interrupted)' : ''}`);
-  return { lines: out.split('\n').map((l) => l.trim()).filter(Boolean) };
+/**
+ * The control-path benchmarks this build has (`src/bench/control.ts`, `src/bench/cni.ts`;
+ * a new one is one more entry here): each run as its own process, its summary kept as
+ * printed.
+ */
+const CONTROL_SCRIPTS = ['control.js', 'cni.js'] as const;
+
+async function runControl(signal: AbortSignal): Promise<{ scripts: { script: string; lines: string[] }[] } | { missing: string }> {
+  const scripts: { script: string; lines: string[] }[] = [];
+  for (const name of CONTROL_SCRIPTS) {
+    const script = fileURLToPath(new URL(`../bench/${name}`, import.meta.url));
+    if (!existsSync(script) || signal.aborted) continue;
+    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const onAbort = () => child.kill('SIGTERM');
+    signal.addEventListener('abort', onAbort, { once: true });
+    let out = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    signal.removeEventListener('abort', onAbort);
+    if (code !== 0) throw new Error(`${name} exited with ${code}${signal.aborted ? ' (interrupted)' : ''}`);
+    scripts.push({ script: `src/bench/${name.replace(/\.js$/, '.ts')}`, lines: out.split('\n').map((l) => l.trim()).filter(Boolean) });
+  }
+  return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`src/bench/control.ts`).' };
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {
@@ -130,7 +141,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
     }
     if (only.has('control') && !abort.signal.aborted) {
       report.control = await timed('control', () => runControl(abort.signal));
-      if ('lines' in report.control) print(report.control.lines.join('\n'));
+      if ('scripts' in report.control) for (const c of report.control.scripts) print(c.lines.join('\n'));
       else say(`bench: control: ${report.control.missing}`);
     }
   } finally {

@@ -54,6 +54,14 @@ describe('SYN retransmits', () => {
     });
     expect(md).toContain('ebpf mode lost SYNs in the connections/s runs (15 retransmitted, iptables mode 0)');
   });
+
+  it('control-path summaries: lines as a list, table rows as printed, a blank line between', () => {
+    const md = renderMarkdown({
+      date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'x.svg',
+      control: { scripts: [{ script: 'src/bench/cni.ts', lines: ['40 pods', '| a | b |', '|---|---|', '| 1 | 2 |'] }] },
+    });
+    expect(md).toContain('`src/bench/cni.ts`, its own summary:\n\n- 40 pods\n\n| a | b |\n|---|---|\n| 1 | 2 |\n');
+  });
 });
 
 describe('ratios against the goals', () => {
