@@ -117,6 +117,8 @@ export class Reflector {
           needList = false;
           this.backoff.reset();
         }
+        // stop() may have come while the list was in flight: start no watch after it.
+        if (this.stopper.stopped) break;
         const outcome = await this.watchOnce();
         if (this.stopper.stopped) break;
         if (outcome === 'gone') {
@@ -169,6 +171,10 @@ export class Reflector {
         { ...query, resourceVersion: this.rv, allowWatchBookmarks: 'true', timeoutSeconds: String(watchTimeoutSeconds) },
         (line) => {
           if (settled) return;
+          if (this.stopper.stopped) {
+            finish('ended');
+            return;
+          }
           armStall();
           delivered++;
           const ev = line as { type?: unknown; object?: { metadata?: { resourceVersion?: unknown }; code?: unknown; message?: unknown } };
