@@ -457,3 +457,34 @@ describe('announced pods in KubeMembership', () => {
     }
   });
 });
+
+// --- run's CNI flags -------------------------------------------------------------------------------
+
+describe('run’s CNI flags', () => {
+  const base = ['--kubeconfig', '/k', '--node-name', 'n1'];
+  it('off by default; flags and environment fill the CNI settings', async () => {
+    const { parseRunConfig } = await import('../../src/config.js');
+    expect(parseRunConfig(base, {}).cni).toMatchObject({ socket: '', install: false, addTimeoutMs: 8000, binDir: '/opt/cni/bin', confDir: '/etc/cni/net.d', stateDir: '/var/lib/ambient-redirect' });
+    expect(parseRunConfig([...base, '--cni-socket', '/run/ar/cni.sock', '--cni-add-timeout', '2.5'], { CNI_INSTALL: 'true', CNI_CONF_DIR: '/etc/k/net.d' }).cni).toMatchObject({
+      socket: '/run/ar/cni.sock',
+      addTimeoutMs: 2500,
+      install: true,
+      confDir: '/etc/k/net.d',
+    });
+  });
+
+  it.each([
+    [['--cni-socket', 'rel.sock'], /cni-socket.*absolute/],
+    [['--cni-install', 'true'], /cni-install needs --cni-socket/],
+    [['--cni-socket', '/s', '--cni-add-timeout', '0'], /cni-add-timeout/],
+    [['--cni-socket', '/s', '--cni-conf-dir', 'etc'], /cni-conf-dir.*absolute/],
+  ])('rejects %j with one clear line', async (argv, msg) => {
+    const { parseRunConfig } = await import('../../src/config.js');
+    expect(() => parseRunConfig([...base, ...argv], {})).toThrow(msg);
+  });
+
+  it('needs Kubernetes membership (the plugin names pods, not IPs)', async () => {
+    const { parseRunConfig } = await import('../../src/config.js');
+    expect(() => parseRunConfig(['--enroll', '10.0.0.5', '--ztunnel-ip', '10.0.0.2', '--cni-socket', '/s'], {})).toThrow(/needs Kubernetes membership/);
+  });
+});
