@@ -11,11 +11,11 @@ import { uninstallCommand, uninstallUsage } from './uninstall.js';
 
 const commands: Record<string, { summary: string; usage: string; run: (argv: string[]) => Promise<number> }> = {
   run: { summary: 'run the node agent', usage: runUsage, run: runCommand },
-  status: { summary: 'show what is pinned and enrolled (kernel only)', usage: statusUsage, run: statusCommand },
+  status: { summary: "this node's data path, read from the kernel only", usage: statusUsage, run: statusCommand },
   uninstall: { summary: 'remove everything we installed on this node', usage: uninstallUsage, run: uninstallCommand },
-  demo: { summary: 'a simulated node on this machine, end to end (root)', usage: demoUsage, run: demoCommand },
+  demo: { summary: 'the whole story on a simulated node of this machine (root)', usage: demoUsage, run: demoCommand },
   cni: { summary: 'install or uninstall the chained CNI plugin on this node', usage: cniUsage, run: cniCommand },
-  bench: { summary: 'ns/packet of the data path beside an empty program (root)', usage: benchUsage, run: benchCommand },
+  bench: { summary: 'data-path, traffic and control-path benchmarks, side by side (root)', usage: benchUsage, run: benchCommand },
 };
 
 const usage = `usage: ambient-redirect <command> [flags]
