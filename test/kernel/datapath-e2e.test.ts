@@ -5,7 +5,7 @@
  * (ebpf mode, which binds a pod to its veth) spoofed sources.
  * Oracles: what the servers themselves saw, and the kernel's per-veth counters.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
@@ -14,6 +14,7 @@ import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
@@ -41,14 +42,7 @@ for (const mode of ['ebpf', 'iptables'] as const) kernelDescribe(`data path clas
     await controller.waitFor('programmed');
   });
 
-  afterAll(async () => {
-    await controller?.stop('SIGKILL');
-    if (sim) {
-      await systemRunner.run(['nsenter', `--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/cli/main.js', 'uninstall', '--pin-root', pinRoot]).catch(() => '');
-      await sim.teardown();
-      rmSync(pinRoot, { recursive: true, force: true });
-    }
-  });
+  afterAll(() => teardownNode(sim, pinRoot, controller));
 
   const seen = (server: SimServer, ip: string) => server.accepted.filter((a) => ipOf(a.src) === ip);
 

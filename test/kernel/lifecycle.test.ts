@@ -12,6 +12,7 @@ import { CommandError, systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -98,13 +99,7 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
     [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
   });
 
-  afterAll(async () => {
-    await controller?.stop('SIGKILL');
-    if (!sim) return;
-    await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
-    await sim.teardown();
-    rmSync(pinRoot, { recursive: true, force: true });
-  });
+  afterAll(() => teardownNode(sim, pinRoot, controller));
 
   describe('in order on one node', () => {
     let before: Awaited<ReturnType<typeof snapshot>>;

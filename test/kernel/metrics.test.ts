@@ -4,13 +4,14 @@
  * pod's veth (read from the pinned counters map as the oracle), the mode, and readiness
  * following ztunnel.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { createSimNode, type SimNode } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
 import type { Status } from '../../src/cli/status.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 const ADDRESS = '127.0.0.1:15034';
@@ -32,13 +33,7 @@ kernelDescribe('metrics and health', 'loads BPF and builds network namespaces', 
     await controller.waitFor('programmed');
   });
 
-  afterAll(async () => {
-    await controller?.stop('SIGKILL');
-    if (!sim) return;
-    await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
-    await sim.teardown();
-    rmSync(pinRoot, { recursive: true, force: true });
-  });
+  afterAll(() => teardownNode(sim, pinRoot, controller));
 
   /** GET from inside the node netns, where the controller listens. */
   async function get(path: string): Promise<{ status: number; body: string }> {

@@ -3,13 +3,14 @@
  * stopped, it reports the mode, ztunnel with its delivery program, each enrolled address
  * with the programs on its veth (the IDs tc shows) and counters that moved with the traffic.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import type { Status } from '../../src/cli/status.js';
 import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { createSimNode, type SimNode } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
@@ -26,13 +27,7 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
     await controller.waitFor('programmed');
   });
 
-  afterAll(async () => {
-    await controller?.stop('SIGKILL');
-    if (!sim) return;
-    await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
-    await sim.teardown();
-    rmSync(pinRoot, { recursive: true, force: true });
-  });
+  afterAll(() => teardownNode(sim, pinRoot, controller));
 
   const status = async () => JSON.parse(await runInNode(sim.nodeNs, ['status', '--json', '--pin-root', pinRoot])) as Status;
 
