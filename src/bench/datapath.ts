@@ -50,6 +50,8 @@ export interface BenchRow {
   ns: number;
   /** The empty program's median in the same interleaved run. */
   emptyNs: number;
+  /** Time to fill the pods map to `entries` with one batch update, and with one update per entry. */
+  fillMs: { batch: number; oneByOne: number };
 }
 
 export function median(xs: readonly number[]): number {
@@ -58,14 +60,31 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
-function fillPods(obj: BpfObject, entries: number): void {
+/**
+ * Fills the pods map with `entries` entries (the benchmark's pod first) and returns how
+ * long it took, in one batch update and, for comparison, in one update per entry (keys and
+ * values encoded beforehand: the syscalls are what is timed).
+ */
+function fillPods(obj: BpfObject, entries: number): { batch: number; oneByOne: number } {
   const pods = obj.map('pods');
-  for (const k of pods.keys()) pods.delete(k);
+  const clear = () => {
+    for (const k of pods.keys()) pods.delete(k);
+  };
   const keys: Buffer[] = [codec.encodeAddrKey(POD)];
   for (let i = 1; i < entries; i++) keys.push(codec.encodeAddrKey(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`));
   const value = codec.encodePodInfo({ ifindex: IFINDEX, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED });
-  const n = ffi.mapUpdateBatch(pods.fd, 'pods', Buffer.concat(keys), Buffer.concat(keys.map(() => value)), keys.length);
+  clear();
+  let t = performance.now();
+  for (const k of keys) pods.update(k, value);
+  const oneByOne = performance.now() - t;
+  clear();
+  const allKeys = Buffer.concat(keys);
+  const allValues = Buffer.concat(keys.map(() => value));
+  t = performance.now();
+  const n = ffi.mapUpdateBatch(pods.fd, 'pods', allKeys, allValues, keys.length);
+  const batch = performance.now() - t;
   if (n !== keys.length) throw new Error(`pods: batch update wrote ${n} of ${keys.length}`);
+  return { batch, oneByOne };
 }
 
 export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string) => void = () => undefined): BenchRow[] {
@@ -86,7 +105,7 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
     }
     const rows: BenchRow[] = [];
     for (const entries of opts.sizes) {
-      fillPods(obj, Math.min(entries, obj.map('pods').maxEntries));
+      const fillMs = fillPods(obj, Math.min(entries, obj.map('pods').maxEntries));
       const samples = new Map(subjects.map((s) => [s.program, [] as number[]]));
       for (let round = 0; round < opts.rounds; round++) {
         for (let i = 0; i < subjects.length; i++) {
@@ -98,8 +117,8 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
         }
       }
       const emptyNs = median(samples.get('empty')!);
-      for (const c of CASES) rows.push({ entries, program: c.program, ns: median(samples.get(c.program)!), emptyNs });
-      log(`measured ${entries} entries`);
+      for (const c of CASES) rows.push({ entries, program: c.program, ns: median(samples.get(c.program)!), emptyNs, fillMs });
+      log(`measured ${entries} entries (filled in ${fillMs.batch.toFixed(1)} ms by one batch update, ${fillMs.oneByOne.toFixed(1)} ms one by one)`);
     }
     return rows;
   } finally {
