@@ -89,6 +89,26 @@ struct host_info {
 	__u32 flags; /* enum host_flags, host order */
 };
 
+/* Key of the qdiscs map: a clsact qdisc the controller created (uninstall removes only those). */
+struct qdisc_key {
+	__u32 ifindex; /* host order */
+	__u32 netns;   /* enum qdisc_netns, host order */
+};
+
+enum qdisc_netns {
+	QDISC_NETNS_NODE = 0,    /* a pod's host veth, in the node's netns */
+	QDISC_NETNS_ZTUNNEL = 1, /* ztunnel's eth0, in its netns */
+};
+
+/* Value of the qdiscs map. */
+struct qdisc_info {
+	__u32 flags; /* enum qdisc_flags, host order */
+};
+
+enum qdisc_flags {
+	QDISC_F_CREATED = 1 << 0, /* we created it: uninstall may remove it once empty */
+};
+
 /* Value of the per-CPU counters map, keyed by the pod's host veth ifindex (__u32). */
 struct pod_counters {
 	__u64 redirected_packets; /* host order, all of them */

@@ -39,4 +39,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+/* qdiscs (the controller's record, no program reads it): { 12, NODE } -> { CREATED } */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, struct qdisc_key);
+	__type(value, struct qdisc_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} qdiscs SEC(".maps");
+
 #endif

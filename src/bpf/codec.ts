@@ -269,3 +269,26 @@ export function encodePodCounters(v: PodCounters): Buffer {
   }
   return buf;
 }
+
+// --- qdiscs map (the controller's record of the clsact qdiscs it created) -----------------
+
+export const QdiscNetns = { NODE: constants.QDISC_NETNS_NODE, ZTUNNEL: constants.QDISC_NETNS_ZTUNNEL } as const;
+export const QDISC_KEY_SIZE = layouts.qdisc_key.size;
+export const QDISC_INFO_SIZE = layouts.qdisc_info.size;
+
+export function encodeQdiscKey(ifindex: number, netns: number): Buffer {
+  const buf = Buffer.alloc(QDISC_KEY_SIZE);
+  buf.writeUInt32LE(u32(ifindex, 'ifindex'), field(layouts.qdisc_key, 'ifindex').offset);
+  buf.writeUInt32LE(u32(netns, 'netns'), field(layouts.qdisc_key, 'netns').offset);
+  return buf;
+}
+
+export function decodeQdiscKey(buf: Buffer): { ifindex: number; netns: number } {
+  return { ifindex: buf.readUInt32LE(field(layouts.qdisc_key, 'ifindex').offset), netns: buf.readUInt32LE(field(layouts.qdisc_key, 'netns').offset) };
+}
+
+export function encodeQdiscCreated(): Buffer {
+  const buf = Buffer.alloc(QDISC_INFO_SIZE);
+  buf.writeUInt32LE(constants.QDISC_F_CREATED, field(layouts.qdisc_info, 'flags').offset);
+  return buf;
+}

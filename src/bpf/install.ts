@@ -77,8 +77,10 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
   }
   const migrating = changedMaps(dir, defs);
   const missing = programs.filter((p) => !existsSync(join(progDir, p)));
+  // A map this build adds (none pinned yet) is created by a load, even with no program to load.
+  const newMaps = [...defs.keys()].filter((m) => !existsSync(join(dir, m)));
 
-  if (missing.length > 0 || migrating.length > 0) {
+  if (missing.length > 0 || migrating.length > 0 || newMaps.length > 0) {
     // A stale `__next` from a migration that failed half-way is not reused.
     for (const name of migrating) if (existsSync(join(dir, name + NEXT))) unlinkSync(join(dir, name + NEXT));
     const mapPinPaths = Object.fromEntries(migrating.map((m) => [m, join(dir, m + NEXT)]));
@@ -102,8 +104,35 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
     const path = join(dir, migrating.includes(name) ? name + NEXT : name);
     maps.set(name, BpfMap.openPinned(path, name, { ...def, perCpu: [5, 6, 10].includes(def.type) }));
   }
+  // A migration carries over what the controller cannot derive again (its qdisc records,
+  // the counters) where the layout allows: same key and value sizes, a raw copy.
+  for (const name of migrating) copyEntries(join(dir, name), maps.get(name)!, defs.get(name)!);
   const progs = new Map(programs.map((p) => [p, openProgram(join(progDir, p), p)]));
   return { programs: progs, maps, adopted: missing.length === 0 && migrating.length === 0, migrating, progDir };
+}
+
+function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
+  const fd = ffi.objGet(oldPath);
+  try {
+    const k = mapInfoOf(fd, into.name);
+    if (k.keySize !== def.keySize || k.valueSize !== def.valueSize || k.type !== def.type) return;
+    const old = new BpfMap(into.name, ffi.objGet(oldPath), { ...def, perCpu: [5, 6, 10].includes(def.type) }, true);
+    try {
+      for (const [key, value] of old.entries()) {
+        try {
+          into.update(key, value);
+        } catch (err) {
+          // A smaller map takes what fits; the controller refills what it derives.
+          if ((err as { code?: string }).code === 'E2BIG') return;
+          throw err;
+        }
+      }
+    } finally {
+      old.close();
+    }
+  } finally {
+    ffi.closeFd(fd);
+  }
 }
 
 /**

@@ -33,6 +33,19 @@ export const layouts = {
       flags: { offset: 0, size: 4 },
     },
   },
+  qdisc_key: {
+    size: 8,
+    fields: {
+      ifindex: { offset: 0, size: 4 },
+      netns: { offset: 4, size: 4 },
+    },
+  },
+  qdisc_info: {
+    size: 4,
+    fields: {
+      flags: { offset: 0, size: 4 },
+    },
+  },
   pod_counters: {
     size: 48,
     fields: {
@@ -67,4 +80,7 @@ export const constants = {
   ZT_F_PRESENT: 1,
   ZT_F_DNS_CAPTURE: 2,
   HOST_F_BYPASS: 1,
+  QDISC_NETNS_NODE: 0,
+  QDISC_NETNS_ZTUNNEL: 1,
+  QDISC_F_CREATED: 1,
 } as const;

@@ -100,7 +100,7 @@ export class EbpfRedirect implements RedirectMode {
     this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
   }
 
-  private map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters'): BpfMap {
+  private map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters' | 'qdiscs'): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`ebpf mode not initialised (map ${name})`);
     return m;
@@ -112,7 +112,8 @@ export class EbpfRedirect implements RedirectMode {
     return p;
   }
 
-  async actual(candidateLinks: Iterable<number>): Promise<ActualState> {
+  async actual(links: Iterable<number>): Promise<ActualState> {
+    const candidateLinks = [...links];
     const pods = new Map<string, codec.PodInfo>();
     for (const [k, v] of this.map('pods').entries()) pods.set(codec.decodeAddrKey(k), codec.decodePodInfo(v));
     const slot = this.map('ztunnel').lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
@@ -122,6 +123,7 @@ export class EbpfRedirect implements RedirectMode {
     // attaches it again, replacing in place.
     const hooks = new Set<number>();
     this.outdated.clear();
+    this.pruneQdiscRecords(new Set(candidateLinks));
     const want = { ingress: this.program(PROGRAMS.outbound[this.variant]).id, egress: this.program(PROGRAMS.inbound).id };
     for (const ifindex of candidateLinks) {
       const ids = POD_HOOKS.map((d) => [d, queryTc(ifindex, d)] as const);
@@ -153,8 +155,9 @@ export class EbpfRedirect implements RedirectMode {
     const inb = this.program(PROGRAMS.inbound).fd;
     // Replaced in place at our handle and priority: a hook is never empty nor doubled.
     for (const ifindex of attach) {
-      attachTc(ifindex, 'ingress', out);
-      attachTc(ifindex, 'egress', inb);
+      const a = attachTc(ifindex, 'ingress', out);
+      const b = attachTc(ifindex, 'egress', inb);
+      if (a.createdQdisc || b.createdQdisc) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
     }
     for (const ifindex of hookDiff.detach) {
       for (const d of POD_HOOKS) detachTc(ifindex, d);
@@ -181,8 +184,23 @@ export class EbpfRedirect implements RedirectMode {
       this.ztunnelDone = z.netns;
     }
     if (withNetns(path, () => queryTc(z.peer.ifindex, 'ingress')) === prog.id) return;
-    withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
+    const a = withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
+    if (a.createdQdisc) this.recordQdisc(z.peer.ifindex, codec.QdiscNetns.ZTUNNEL);
     this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: name, id: prog.id });
+  }
+
+  /** Uninstall removes a clsact qdisc only if we created it (and it is empty by then). */
+  private recordQdisc(ifindex: number, netns: number): void {
+    this.map('qdiscs').update(codec.encodeQdiscKey(ifindex, netns), codec.encodeQdiscCreated());
+  }
+
+  /** Records of node-netns veths that are gone: a new link may get their ifindex. */
+  private pruneQdiscRecords(links: ReadonlySet<number>): void {
+    const map = this.map('qdiscs');
+    for (const k of map.keys()) {
+      const { ifindex, netns } = codec.decodeQdiscKey(k);
+      if (netns === codec.QdiscNetns.NODE && !links.has(ifindex)) map.delete(k);
+    }
   }
 
   private syncHostAddrs(): void {
@@ -235,18 +253,35 @@ export interface UninstallReport {
 
 /**
  * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
- * qdiscs left empty by that, the rules in ztunnel's netns, and our pins. Other filters,
- * and qdiscs that still hold them, stay.
+ * qdiscs we created (as the pinned qdiscs map records) once they are empty, the rules in
+ * ztunnel's netns, and our pins. Other filters, and qdiscs someone else created or that
+ * still hold filters, stay.
  */
+/** The clsact qdiscs we created, from the pinned record (empty when nothing is pinned). */
+function createdQdiscs(pinRoot: string): Set<string> {
+  const path = join(pinDir(pinRoot), 'qdiscs');
+  if (!existsSync(path)) return new Set();
+  const map = BpfMap.openPinned(path, 'qdiscs', { keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: 0 });
+  try {
+    return new Set(map.keys().map((k) => {
+      const { ifindex, netns } = codec.decodeQdiscKey(k);
+      return `${netns}/${ifindex}`;
+    }));
+  } finally {
+    map.close();
+  }
+}
+
 export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<UninstallReport> {
   const report: UninstallReport = { detached: [], qdiscsRemoved: [], ztunnel: [], pinsRemoved: [] };
+  const ours = createdQdiscs(pinRoot);
   const zt = await pinnedZtunnel(pinRoot, runner);
   if (zt) {
     const path = netnsPath(zt.netns);
     if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress'))) report.ztunnel.push(`detached ingress filter from eth0 in ${zt.netns}`);
     const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
     const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
-    if (name && (await clsactIsEmpty(runner, name, zt.netns))) {
+    if (name && ours.has(`${codec.QdiscNetns.ZTUNNEL}/${zt.peer.ifindex}`) && (await clsactIsEmpty(runner, name, zt.netns))) {
       withNetns(path, () => destroyClsact(zt.peer.ifindex));
       report.ztunnel.push(`removed clsact qdisc from ${name} in ${zt.netns}`);
     }
@@ -254,14 +289,10 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
   }
   const links = parseLinks(await runner.run(['ip', '-j', 'link', 'show']));
   for (const link of links.values()) {
-    let ours = false;
     for (const direction of POD_HOOKS) {
-      if (detachTc(link.ifindex, direction)) {
-        ours = true;
-        report.detached.push({ ifindex: link.ifindex, name: link.name, direction });
-      }
+      if (detachTc(link.ifindex, direction)) report.detached.push({ ifindex: link.ifindex, name: link.name, direction });
     }
-    if (ours && (await clsactIsEmpty(runner, link.name))) {
+    if (ours.has(`${codec.QdiscNetns.NODE}/${link.ifindex}`) && (await clsactIsEmpty(runner, link.name))) {
       destroyClsact(link.ifindex);
       report.qdiscsRemoved.push(link.name);
     }

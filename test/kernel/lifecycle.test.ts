@@ -105,17 +105,28 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
     let before: Awaited<ReturnType<typeof snapshot>>;
 
     it('records the node before install', async () => {
+      // Someone else's (empty) clsact on one veth: uninstall must leave it, as it was.
+      await run(['tc', '-n', sim.nodeNs, 'qdisc', 'add', 'dev', enrolled[1]!.hostVeth, 'clsact']);
       before = await snapshot();
+      expect(before.tc).toContain('clsact');
       start();
       await controller!.waitFor('programmed');
       expect(await sim.connect(enrolled[0]!, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+    });
+
+    it('records only the clsact qdiscs it created', async () => {
+      const keys = JSON.parse(await run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinDir, 'qdiscs')])) as { formatted: { key: { ifindex: number; netns: number } } }[];
+      const ifindex = async (dev: string) => (JSON.parse(await run(['ip', '-n', sim.nodeNs, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
+      const node = keys.filter((k) => k.formatted.key.netns === 0).map((k) => k.formatted.key.ifindex);
+      expect(node).toEqual([await ifindex(enrolled[0]!.hostVeth)]);
+      expect(keys.filter((k) => k.formatted.key.netns === 1)).toHaveLength(1); // ztunnel's eth0
     });
 
     it('pins folder 0700, pins 0600', async () => {
       const { statSync } = await import('node:fs');
       expect(statSync(pinDir).mode & 0o777).toBe(0o700);
       expect(statSync(join(pinRoot, 'ambient-redirect')).mode & 0o777).toBe(0o700);
-      for (const name of ['pods', 'ztunnel', 'host_addrs', 'counters']) expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
+      for (const name of ['pods', 'ztunnel', 'host_addrs', 'counters', 'qdiscs']) expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
     });
 
     it('SIGTERM leaves everything attached and pinned; traffic is unaffected', async () => {
