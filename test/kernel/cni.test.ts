@@ -17,6 +17,7 @@ import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../src/sim/runtime.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 const NODE = 'sim-node';
@@ -110,13 +111,10 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
   });
 
   async function teardown(): Promise<void> {
-    await controller?.stop('SIGKILL');
+    await teardownNode(sim, pinRoot, controller);
     controller = undefined;
-    if (pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
     await kube?.stop();
-    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
     if (dir) rmSync(dir, { recursive: true, force: true });
-    await sim?.teardown();
   }
   afterAll(teardown);
 

@@ -9,15 +9,16 @@
  * instead of 60 s): what is checked is the behaviour — nothing removed, traffic
  * unaffected, retries bounded by the cap to <= 1/s, convergence after recovery.
  */
-import { mkdirSync, rmSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
+import { startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
+import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 
 const NODE = 'sim-node';
@@ -108,12 +109,9 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
   });
 
   async function teardown(): Promise<void> {
-    await controller?.stop('SIGKILL');
+    await teardownNode(sim, pinRoot, controller);
     controller = undefined;
-    if (pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
     await kube?.stop();
-    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
-    await sim?.teardown();
   }
   afterAll(teardown);
 

@@ -14,6 +14,7 @@
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership } from '../../src/kube/membership.js';
 import type { RedirectMode } from '../../src/redirect/mode.js';
+import { rng } from '../model/generate.js';
 import { FakeMode, InProcessTransport, fakeNet, fakeZtunnel, quietLog } from './kube-harness.js';
 
 export const SEEDS = process.env.CHURN_SEED ? [Number(process.env.CHURN_SEED)] : Array.from({ length: 100 }, (_, i) => i + 1);
@@ -35,16 +36,6 @@ const NAMESPACES = ['a1', 'a2', 'p1'];
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** The API's truth, and the watch lines it produced. */
 class Model {
@@ -112,7 +103,7 @@ export function describeFailure(seed: number, r: { why: string; trace: string[] 
 }
 
 export async function runSeed(seed: number, mode: ChurnMode = fakeChurnMode()): Promise<{ ok: true } | { ok: false; why: string; trace: string[] }> {
-  const rnd = mulberry32(seed);
+  const rnd = rng(seed);
   const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)]!;
   const m = new Model();
   const trace: string[] = [];
