@@ -5,17 +5,14 @@
  * results, the negative control, and one outcome per run). Pure: no kernel, no files.
  */
 import { gunzipSync, gzipSync } from 'node:zlib';
+import type { MapState } from './state.js';
 
 /** The runner's two veths (made by scripts/kernel-matrix.sh with these ifindexes). */
 export const MATRIX_VETHS = { a: 12, b: 13 } as const;
 
 /** A map state, as test/model/harness.ts's StateSpec (plain JSON). */
-export interface CorpusState {
+export interface CorpusState extends MapState {
   name: string;
-  pods: { ip: string; ifindex: number; mac?: string; flags: number }[];
-  ztunnel: { ifindex: number; peerIfindex: number; mac: string; flags: number } | null;
-  hostAddrs: { ip: string; flags: number }[];
-  fillPods?: boolean;
 }
 
 /** One BPF_PROG_RUN: [state, program, frame, skb->ifindex, skb->ingress_ifindex, skb->mark]. */

@@ -11,7 +11,6 @@
  * Expects the two veths of MATRIX_VETHS in its netns (scripts/kernel-matrix.sh makes them).
  */
 import { readFileSync } from 'node:fs';
-import * as codec from '../bpf/codec.js';
 import * as ffi from '../bpf/ffi.js';
 import { BpfObject } from '../bpf/object.js';
 import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../bpf/tc.js';
@@ -19,6 +18,7 @@ import { isNotRunnable, runProgram } from '../bpf/testrun.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import { probeDelivery, probeVariant } from '../redirect/ebpf.js';
 import { selectMode } from '../redirect/select.js';
+import { applyMapState } from './state.js';
 import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type CorpusState, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
 
 const say = (tag: string, value: unknown) => process.stdout.write(`${LINE} ${tag} ${JSON.stringify(value)}\n`);
@@ -107,24 +107,6 @@ function negativeControl(path: string): NegativeControl {
   }
 }
 
-function applyState(obj: BpfObject, s: CorpusState): void {
-  const pods = obj.map('pods');
-  for (const k of pods.keys()) pods.delete(k);
-  const host = obj.map('host_addrs');
-  for (const k of host.keys()) host.delete(k);
-  for (const p of s.pods) pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
-  if (s.fillPods) {
-    // As test/model/harness.ts: fd99::/64 fillers on ifindex 999, up to max_entries.
-    const count = pods.maxEntries - s.pods.length;
-    const keys = Buffer.concat(Array.from({ length: count }, (_, i) => codec.encodeAddrKey(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`)));
-    const value = codec.encodePodInfo({ ifindex: 999, mac: '00:00:00:00:00:00', flags: 1 });
-    const n = ffi.mapUpdateBatch(pods.fd, 'pods', keys, Buffer.concat(Array.from({ length: count }, () => value)), count);
-    if (n !== count) throw new Error(`batch update wrote ${n} of ${count}`);
-  }
-  for (const h of s.hostAddrs) host.update(codec.encodeAddrKey(h.ip), codec.encodeHostInfo({ flags: h.flags }));
-  const zt = s.ztunnel ?? { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
-  obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, netnsCookie: 0n }));
-}
 
 /**
  * Whether BPF_PROG_RUN takes skb->ingress_ifindex: 5.10 refuses any context with it set
@@ -155,7 +137,7 @@ function replay(corpus: Corpus, loadable: string[]): RunOutcome[] {
     let state = -1;
     for (const [st, prog, frameIdx, ifindex, ingressIfindex, mark] of corpus.runs) {
       if (st !== state) {
-        applyState(obj, corpus.states[st]!);
+        applyMapState(obj, corpus.states[st]!);
         state = st;
       }
       const fd = fds[prog]!;

@@ -13,36 +13,20 @@ import dgram from 'node:dgram';
 import net from 'node:net';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/codec.js';
-import * as ffi from '../../src/bpf/ffi.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../src/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { ipBytes } from '../../src/packet/builder.js';
+import { applyMapState, FILLER_IFINDEX, fillerPods, type MapState } from '../../src/matrix/state.js';
 import { addrKeyHex, EMPTY_ZTUNNEL, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
 
 export const OBJECT_PATH = 'build/redirect.bpf.o';
 export const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
-export interface StateSpec {
-  pods: readonly { ip: string; ifindex: number; mac?: string; flags: number }[];
-  /** null: the slot is all zero (no ztunnel ever written). */
-  ztunnel: { ifindex: number; peerIfindex: number; mac: string; flags: number } | null;
-  hostAddrs: readonly { ip: string; flags: number }[];
-  /** Fill the pods map up to max_entries with unrelated entries (one batch update). */
-  fillPods?: boolean;
-}
-
-/** The filler entries of a full pods map: fd99::/64 addresses, on veth ifindex 999. */
-export function fillerPods(count: number): { key: Buffer; ip: string }[] {
-  const out: { key: Buffer; ip: string }[] = [];
-  for (let i = 0; i < count; i++) {
-    const ip = `fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`;
-    out.push({ key: codec.encodeAddrKey(ip), ip });
-  }
-  return out;
-}
-export const FILLER_IFINDEX = 999;
+/** A map state (src/matrix/state.ts: the kernel matrix writes the same ones). */
+export type StateSpec = MapState;
+export { FILLER_IFINDEX, fillerPods };
 
 export function modelStateOf(spec: StateSpec, maxPods: number): ModelState {
   const pods = new Map<string, PodEntry>();
@@ -126,23 +110,9 @@ export class DatapathHarness {
 
   /** Makes the maps hold exactly `spec` (counters are left alone). */
   applyState(spec: StateSpec): void {
-    const pods = this.map('pods');
-    for (const k of pods.keys()) pods.delete(k);
-    const host = this.map('host_addrs');
-    for (const k of host.keys()) host.delete(k);
-    for (const p of spec.pods) pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
-    if (spec.fillPods) {
-      const filler = fillerPods(this.maxPods - spec.pods.length);
-      const keys = Buffer.concat(filler.map((f) => f.key));
-      const value = codec.encodePodInfo({ ifindex: FILLER_IFINDEX, mac: '00:00:00:00:00:00', flags: 1 });
-      const values = Buffer.concat(filler.map(() => value));
-      const n = ffi.mapUpdateBatch(pods.fd, 'pods', keys, values, filler.length);
-      if (n !== filler.length) throw new Error(`batch update wrote ${n} of ${filler.length}`);
-    }
-    for (const h of spec.hostAddrs) host.update(codec.encodeAddrKey(h.ip), codec.encodeHostInfo({ flags: h.flags }));
-    const zt = spec.ztunnel ?? { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
-    this.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, netnsCookie: 0n }));
+    applyMapState(this.obj, spec);
   }
+
 
   /** Runs a program; null when the kernel refuses the input (not runnable). */
   run(program: ProgramName, frame: Buffer, ctx: { ifindex?: number; ingressIfindex?: number; mark?: number } = {}): KernelOutcome | null {
