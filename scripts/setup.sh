@@ -12,8 +12,10 @@ die() { echo "setup: $*" >&2; exit 1; }
 command -v node >/dev/null || die "needs Node.js >= 20 on PATH"
 node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || die "needs Node.js >= 20, found $(node --version)"
 
-# Debian packages the build, the tests and the demo use.
-packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables ipset procps util-linux make
+# Debian packages the build, the tests, the demo and the bench use: every command the code
+# spawns comes from one of these or from the base image (test/unit/spawned-commands.test.ts
+# keeps this list true).
+packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables nftables ipset procps util-linux make
   qemu-system-x86 busybox-static cpio xz-utils)  # the kernel matrix (docs/kernel-matrix.md)
 missing=()
 for p in "${packages[@]}"; do
