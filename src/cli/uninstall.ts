@@ -1,6 +1,7 @@
 /** `ambient-redirect uninstall`: removes what we installed on this node, and nothing else. */
 import { parseFlags } from '../config.js';
 import { systemRunner } from '../host/runner.js';
+import { createLogger } from '../log.js';
 import { uninstallAll } from '../redirect/factory.js';
 
 const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
@@ -8,8 +9,14 @@ const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pi
 export const uninstallUsage = `usage: ambient-redirect uninstall [--pin-root DIR] [--json]
 
 Removes our TC filters from every link of this network namespace, clsact qdiscs that are
-empty afterwards, and our pins under <pin-root>/ambient-redirect/v1/. Run it in the
-node's network namespace (on a node: the host's).
+empty afterwards, ztunnel-side rules, iptables mode's chains, rules, routes, tunnels and
+ipsets, and our pins under <pin-root>/ambient-redirect/v1/. Run it in the node's network
+namespace (on a node: the host's).
+
+Every step runs even when another fails. A step left out on purpose (deleting empty nft
+tables when nft is not installed) is logged and does not change the exit status.
+Exit status: 0 when nothing of ours is left, 1 when a step failed (each is logged on
+stderr, naming what may still be there), 2 for a bad flag.
 `;
 
 export async function uninstallCommand(argv: string[]): Promise<number> {
@@ -19,8 +26,12 @@ export async function uninstallCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const pinRoot = (values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf';
-  const removed = await uninstallAll({ pinRoot, runner: systemRunner });
-  if (values.json) process.stdout.write(JSON.stringify({ removed }) + '\n');
-  else process.stdout.write(removed.length ? removed.map((l) => `${l}\n`).join('') : 'nothing of ours was installed\n');
-  return 0;
+  const r = await uninstallAll({ pinRoot, runner: systemRunner });
+  const log = createLogger('info');
+  for (const s of r.skipped) log.info('uninstall: skipped a step', s);
+  for (const f of r.failed) log.error('uninstall: a step failed; what it removes may still be there', f);
+  if (values.json) process.stdout.write(JSON.stringify({ removed: r.removed, skipped: r.skipped, failed: r.failed }) + '\n');
+  else if (r.removed.length) process.stdout.write(r.removed.map((l) => `${l}\n`).join(''));
+  else if (r.failed.length === 0) process.stdout.write('nothing of ours was installed\n');
+  return r.failed.length === 0 ? 0 : 1;
 }

@@ -16,6 +16,7 @@ import type { CommandRunner } from '../host/runner.js';
 import type { Desired, ZtunnelPlacement } from '../controller/desired.js';
 import { diffHooks, diffPods } from '../controller/desired.js';
 import type { Logger } from '../log.js';
+import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import { configureZtunnelNetns, unconfigureZtunnelNetns, type Delivery } from './ztunnel-netns.js';
 import { existsSync } from 'node:fs';
@@ -244,19 +245,6 @@ async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<Zt
   return { hostLink, peer: { ifindex: zt.peerIfindex, name: 'eth0', mac: zt.mac }, netns };
 }
 
-export interface UninstallReport {
-  detached: { ifindex: number; name: string; direction: Direction }[];
-  qdiscsRemoved: string[];
-  ztunnel: string[];
-  pinsRemoved: string[];
-}
-
-/**
- * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
- * qdiscs we created (as the pinned qdiscs map records) once they are empty, the rules in
- * ztunnel's netns, and our pins. Other filters, and qdiscs someone else created or that
- * still hold filters, stay.
- */
 /** The clsact qdiscs we created, from the pinned record (empty when nothing is pinned). */
 function createdQdiscs(pinRoot: string): Set<string> {
   const path = join(pinDir(pinRoot), 'qdiscs');
@@ -272,33 +260,46 @@ function createdQdiscs(pinRoot: string): Set<string> {
   }
 }
 
-export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<UninstallReport> {
-  const report: UninstallReport = { detached: [], qdiscsRemoved: [], ztunnel: [], pinsRemoved: [] };
-  const ours = createdQdiscs(pinRoot);
-  const zt = await pinnedZtunnel(pinRoot, runner);
+/**
+ * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
+ * qdiscs we created (as the pinned qdiscs map records) once they are empty, the rules in
+ * ztunnel's netns, and our pins. Other filters, and qdiscs someone else created or that
+ * still hold filters, stay. Every step runs even when another failed; the report says
+ * what each did.
+ */
+export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<CleanupReport> {
+  const c = new Cleanup();
+  const ours = (await c.step('read the pinned qdiscs record', () => createdQdiscs(pinRoot))) ?? new Set<string>();
+  const zt = await c.step('find ztunnel from the pinned slot', () => pinnedZtunnel(pinRoot, runner));
   if (zt) {
     const path = netnsPath(zt.netns);
-    if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress'))) report.ztunnel.push(`detached ingress filter from eth0 in ${zt.netns}`);
-    const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
-    const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
-    if (name && ours.has(`${codec.QdiscNetns.ZTUNNEL}/${zt.peer.ifindex}`) && (await clsactIsEmpty(runner, name, zt.netns))) {
-      withNetns(path, () => destroyClsact(zt.peer.ifindex));
-      report.ztunnel.push(`removed clsact qdisc from ${name} in ${zt.netns}`);
-    }
-    report.ztunnel.push(...(await unconfigureZtunnelNetns(zt.netns, runner)));
+    await c.step(`detach our ingress filter from eth0 in ${zt.netns}`, () => {
+      if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress'))) c.removed.push(`detached ingress filter from eth0 in ${zt.netns}`);
+    });
+    await c.step(`remove the clsact qdisc we created in ${zt.netns}`, async () => {
+      const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
+      const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
+      if (name && ours.has(`${codec.QdiscNetns.ZTUNNEL}/${zt.peer.ifindex}`) && (await clsactIsEmpty(runner, name, zt.netns))) {
+        withNetns(path, () => destroyClsact(zt.peer.ifindex));
+        c.removed.push(`removed clsact qdisc from ${name} in ${zt.netns}`);
+      }
+    });
+    await c.step(`remove our rules in ${zt.netns}`, async () => c.removed.push(...(await unconfigureZtunnelNetns(zt.netns, runner))));
   }
-  const links = parseLinks(await runner.run(['ip', '-j', 'link', 'show']));
+  const links = (await c.step('read the node\'s links', async () => parseLinks(await runner.run(['ip', '-j', 'link', 'show'])))) ?? new Map();
   for (const link of links.values()) {
-    for (const direction of POD_HOOKS) {
-      if (detachTc(link.ifindex, direction)) report.detached.push({ ifindex: link.ifindex, name: link.name, direction });
-    }
-    if (ours.has(`${codec.QdiscNetns.NODE}/${link.ifindex}`) && (await clsactIsEmpty(runner, link.name))) {
-      destroyClsact(link.ifindex);
-      report.qdiscsRemoved.push(link.name);
-    }
+    await c.step(`detach our filters from ${link.name}`, async () => {
+      for (const direction of POD_HOOKS) {
+        if (detachTc(link.ifindex, direction)) c.removed.push(`detached ${direction} filter from ${link.name}`);
+      }
+      if (ours.has(`${codec.QdiscNetns.NODE}/${link.ifindex}`) && (await clsactIsEmpty(runner, link.name))) {
+        destroyClsact(link.ifindex);
+        c.removed.push(`removed clsact qdisc from ${link.name}`);
+      }
+    });
   }
-  report.pinsRemoved = removePins(pinRoot);
-  return report;
+  await c.step('remove our pins', () => c.removed.push(...removePins(pinRoot).map((p) => `unpinned ${p}`)));
+  return c;
 }
 
 async function clsactIsEmpty(runner: CommandRunner, dev: string, netns?: string): Promise<boolean> {

@@ -8,6 +8,7 @@ import { createLogger, type Logger } from '../log.js';
 import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
 import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables.js';
 import type { Desired } from '../controller/desired.js';
+import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import { selectMode, selectTunnel, type KernelFacts, type RequestedTunnel } from './select.js';
 
@@ -79,9 +80,8 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
 }
 
 /** Removes what the other mode may have left: a node restarted with another mode. */
-async function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<string[]> {
-  if (mode === 'iptables') return describeEbpf(await uninstallEbpf(opts.pinRoot, opts.runner));
-  return uninstallIptables(opts.runner);
+function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<CleanupReport> {
+  return mode === 'iptables' ? uninstallEbpf(opts.pinRoot, opts.runner) : uninstallIptables(opts.runner);
 }
 
 /**
@@ -104,9 +104,11 @@ class SwitchingMode implements RedirectMode {
   async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
     const r = await this.inner.apply(desired, actual);
     if (!this.cleaned) {
-      const removed = await removeOtherMode(this.inner.name, this.opts);
+      const r = await removeOtherMode(this.inner.name, this.opts);
       this.cleaned = true;
-      if (removed.length) this.opts.log.info('removed the state of the other capture mode', { mode: this.inner.name, removed });
+      if (r.removed.length) this.opts.log.info('removed the state of the other capture mode', { mode: this.inner.name, removed: r.removed });
+      for (const s of r.skipped) this.opts.log.info('skipped a cleanup step of the other capture mode', { mode: this.inner.name, ...s });
+      for (const f of r.failed) this.opts.log.warn('could not remove part of the other capture mode\'s state', { mode: this.inner.name, ...f });
     }
     return r;
   }
@@ -119,17 +121,10 @@ export function createRedirectMode(mode: ModeName, opts: ModeOptions): RedirectM
   return new SwitchingMode(buildMode(mode, opts), opts);
 }
 
-function describeEbpf(r: Awaited<ReturnType<typeof uninstallEbpf>>): string[] {
-  return [
-    ...r.detached.map((d) => `detached ${d.direction} filter from ${d.name}`),
-    ...r.qdiscsRemoved.map((q) => `removed clsact qdisc from ${q}`),
-    ...r.ztunnel,
-    ...r.pinsRemoved.map((p) => `unpinned ${p}`),
-  ];
-}
-
-/** Removes what every mode may have left on this node; each part is idempotent. */
-export async function uninstallAll(opts: { pinRoot: string; runner: CommandRunner }): Promise<string[]> {
-  const ebpf = describeEbpf(await uninstallEbpf(opts.pinRoot, opts.runner));
-  return [...ebpf, ...(await uninstallIptables(opts.runner))];
+/** Removes what every mode may have left on this node; every step runs, each is idempotent. */
+export async function uninstallAll(opts: { pinRoot: string; runner: CommandRunner }): Promise<CleanupReport> {
+  const c = new Cleanup();
+  c.merge(await uninstallEbpf(opts.pinRoot, opts.runner));
+  c.merge(await uninstallIptables(opts.runner));
+  return c;
 }

@@ -5,8 +5,9 @@
  * the difference, and uninstalls. Every command goes through the CommandRunner.
  */
 import type { Desired } from '../controller/desired.js';
-import { CommandError, type CommandRunner } from '../host/runner.js';
+import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
+import { Cleanup, type CleanupReport, isMissingTool } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import {
   ALIAS_PREFIX,
@@ -47,8 +48,6 @@ export interface Backend {
 
 const saveCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-save`];
 const restoreCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-restore`, '--noflush'];
-
-const isMissingTool = (err: unknown) => err instanceof CommandError && /ENOENT/.test(err.stderr);
 
 async function countRules(runner: CommandRunner, b: BackendKind): Promise<number | null> {
   let n = 0;
@@ -421,8 +420,10 @@ export class IptablesRedirect implements RedirectMode {
     const existing = await listNetns(runner);
     for (const ns of staleNetns) {
       if (!existing.has(ns)) continue;
-      const removed = await removeZtunnelSide(runner, ns, [backend]);
-      if (removed.length) log.info('removed our state from a former ztunnel netns', { netns: ns, removed });
+      const c = new Cleanup();
+      await removeZtunnelSide(runner, c, ns, [backend]);
+      if (c.removed.length) log.info('removed our state from a former ztunnel netns', { netns: ns, removed: c.removed });
+      for (const f of c.failed) log.warn('could not remove our state from a former ztunnel netns', { netns: ns, ...f });
     }
     if (!z) log.debug('no ztunnel: enrolled pods fail closed (unreachable routes)', {});
     return { upserted: adds.length, deleted: dels.length, attached, detached };
@@ -451,24 +452,28 @@ async function backendsPresent(runner: CommandRunner): Promise<BackendKind[]> {
   return out;
 }
 
-async function removeChains(runner: CommandRunner, ns: Ns, backends: BackendKind[], chains: readonly { table: string; chain: string; base: string }[]): Promise<string[]> {
-  const removed: string[] = [];
+const where = (ns: Ns) => (ns ? ` in ${ns}` : '');
+
+async function removeChains(runner: CommandRunner, c: Cleanup, ns: Ns, backends: BackendKind[], chains: readonly { table: string; chain: string; base: string }[]): Promise<void> {
   for (const b of backends) {
     for (const f of FAMILIES) {
-      let save: string;
-      try {
-        save = await runner.run(inNs(ns, saveCmd(b, f)));
-      } catch {
-        continue;
-      }
-      const input = chainRemovalInput(chains, parseSave(save));
-      if (!input) continue;
-      await runner.run(inNs(ns, restoreCmd(b, f)), { input });
-      if (b === 'nft') removed.push(...(await dropEmptyTables(runner, ns, f, input)));
-      removed.push(`removed ${f === 4 ? 'iptables' : 'ip6tables'} (${b}) chains ${[...new Set(input.split('\n').filter((l) => l.startsWith('-X')).map((l) => l.slice(3)))].join(', ')}${ns ? ` in ${ns}` : ''}`);
+      const cmd = f === 4 ? 'iptables' : 'ip6tables';
+      const input = await c.step(`remove our ${cmd} (${b}) chains${where(ns)}`, async () => {
+        let save: string;
+        try {
+          save = await runner.run(inNs(ns, saveCmd(b, f)));
+        } catch {
+          return undefined; // this backend has no tables for this family here: nothing of ours
+        }
+        const input = chainRemovalInput(chains, parseSave(save));
+        if (!input) return undefined;
+        await runner.run(inNs(ns, restoreCmd(b, f)), { input });
+        c.removed.push(`removed ${cmd} (${b}) chains ${[...new Set(input.split('\n').filter((l) => l.startsWith('-X')).map((l) => l.slice(3)))].join(', ')}${where(ns)}`);
+        return input;
+      });
+      if (input && b === 'nft') await dropEmptyTables(runner, c, ns, f, input);
     }
   }
-  return removed;
 }
 
 /**
@@ -496,65 +501,87 @@ export function emptyTables(save: string, touched: readonly string[]): string[] 
   return out;
 }
 
-async function dropEmptyTables(runner: CommandRunner, ns: Ns, f: Family, input: string): Promise<string[]> {
+/**
+ * Cosmetic: the tables are empty, so they filter nothing. Without the `nft` command the
+ * step is skipped (and said so), never failed: the data path is gone either way.
+ */
+async function dropEmptyTables(runner: CommandRunner, c: Cleanup, ns: Ns, f: Family, input: string): Promise<void> {
+  const family = f === 4 ? 'ip' : 'ip6';
+  const step = `delete the empty nft ${family} tables we created${where(ns)}`;
   const touched = input.split('\n').filter((l) => l.startsWith('*')).map((l) => l.slice(1));
-  const empty = emptyTables(await runner.run(inNs(ns, saveCmd('nft', f))), touched);
-  for (const t of empty) await runner.run(inNs(ns, ['nft', 'delete', 'table', f === 4 ? 'ip' : 'ip6', t]));
-  return empty.map((t) => `deleted the empty ${f === 4 ? 'ip' : 'ip6'} ${t} table${ns ? ` in ${ns}` : ''}`);
+  await c.step(step, async () => {
+    const empty = emptyTables(await runner.run(inNs(ns, saveCmd('nft', f))), touched);
+    for (const t of empty) {
+      try {
+        await runner.run(inNs(ns, ['nft', 'delete', 'table', family, t]));
+      } catch (err) {
+        if (!isMissingTool(err)) throw err;
+        c.skip('delete the empty nft tables we created', 'nft is not installed; the empty tables filter nothing and are left');
+        return;
+      }
+      c.removed.push(`deleted the empty ${family} ${t} table${where(ns)}`);
+    }
+  });
 }
 
-async function removeRoutesAndRules(runner: CommandRunner, ns: Ns): Promise<string[]> {
-  const removed: string[] = [];
+async function removeRoutesAndRules(runner: CommandRunner, c: Cleanup, ns: Ns): Promise<void> {
   for (const f of FAMILIES) {
-    const routes = parseRoutes(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'route', 'show', 'table', 'all', 'proto', ROUTE_PROTO)));
-    const rules = parseRules(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'rule', 'show')));
-    await ipBatch(runner, ns, f, [
-      ...rules.map((r) => ['rule', 'del', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]),
-      ...routes.map((r) => ['route', 'del', ...(r.type === 'unicast' ? [] : [r.type]), r.dst, 'table', r.table, 'proto', ROUTE_PROTO]),
-    ]);
-    if (rules.length) removed.push(`removed ${rules.length} IPv${f} ip rules${ns ? ` in ${ns}` : ''}`);
-    if (routes.length) removed.push(`removed ${routes.length} IPv${f} routes${ns ? ` in ${ns}` : ''}`);
+    await c.step(`remove our IPv${f} ip rules and routes${where(ns)}`, async () => {
+      const routes = parseRoutes(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'route', 'show', 'table', 'all', 'proto', ROUTE_PROTO)));
+      const rules = parseRules(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'rule', 'show')));
+      await ipBatch(runner, ns, f, [
+        ...rules.map((r) => ['rule', 'del', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]),
+        ...routes.map((r) => ['route', 'del', ...(r.type === 'unicast' ? [] : [r.type]), r.dst, 'table', r.table, 'proto', ROUTE_PROTO]),
+      ]);
+      if (rules.length) c.removed.push(`removed ${rules.length} IPv${f} ip rules${where(ns)}`);
+      if (routes.length) c.removed.push(`removed ${routes.length} IPv${f} routes${where(ns)}`);
+    });
   }
-  return removed;
 }
 
-async function removeZtunnelSide(runner: CommandRunner, ns: string, backends: BackendKind[]): Promise<string[]> {
-  const removed = await removeChains(runner, ns, backends, ZTUNNEL_CHAINS);
-  removed.push(...(await removeRoutesAndRules(runner, ns)));
-  const links = [...(await readLinks(runner, ns)).keys()].filter(isOurZtunnelLink);
-  await deleteLinks(runner, ns, links);
-  removed.push(...links.map((l) => `deleted ${l} in ${ns}`));
-  return removed;
+async function removeZtunnelSide(runner: CommandRunner, c: Cleanup, ns: string, backends: BackendKind[]): Promise<void> {
+  await removeChains(runner, c, ns, backends, ZTUNNEL_CHAINS);
+  await removeRoutesAndRules(runner, c, ns);
+  await c.step(`delete our tunnel links in ${ns}`, async () => {
+    const links = [...(await readLinks(runner, ns)).keys()].filter(isOurZtunnelLink);
+    await deleteLinks(runner, ns, links);
+    c.removed.push(...links.map((l) => `deleted ${l} in ${ns}`));
+  });
 }
 
 /**
  * Removes everything the iptables mode created on this node (run in the node's netns) and
- * in the ztunnel netns its tunnels point at; nothing else. Idempotent.
+ * in the ztunnel netns its tunnels point at; nothing else. Idempotent. Every step runs
+ * even when another failed; the report says what each did.
  */
-export async function uninstallIptables(runner: CommandRunner): Promise<string[]> {
+export async function uninstallIptables(runner: CommandRunner): Promise<CleanupReport> {
+  const c = new Cleanup();
   const backends = await backendsPresent(runner);
-  const removed: string[] = [];
-  const links = await readLinks(runner, null);
+  const links = (await c.step('read the node\'s links', () => readLinks(runner, null))) ?? new Map<string, LinkState>();
   const ours = [...links.entries()].filter(([n, l]) => isOurNodeLink(n, l));
   const ztNetns = new Set(ours.map(([, l]) => l.alias!.slice(ALIAS_PREFIX.length)));
-  const existing = await listNetns(runner);
-  for (const ns of ztNetns) if (existing.has(ns)) removed.push(...(await removeZtunnelSide(runner, ns, backends)));
+  const existing = (await c.step('list network namespaces', () => listNetns(runner))) ?? new Set<string>();
+  for (const ns of ztNetns) if (existing.has(ns)) await removeZtunnelSide(runner, c, ns, backends);
 
-  removed.push(...(await removeChains(runner, null, backends, OUR_CHAINS)));
-  removed.push(...(await removeRoutesAndRules(runner, null)));
-  await deleteLinks(runner, null, ours.map(([n]) => n));
-  removed.push(...ours.map(([n]) => `deleted ${n}`));
-  let sets: Set<string>;
+  await removeChains(runner, c, null, backends, OUR_CHAINS);
+  await removeRoutesAndRules(runner, c, null);
+  await c.step('delete our tunnel links', async () => {
+    await deleteLinks(runner, null, ours.map(([n]) => n));
+    c.removed.push(...ours.map(([n]) => `deleted ${n}`));
+  });
+  let sets: Set<string> | undefined;
   try {
     sets = await readSetNames(runner);
   } catch (err) {
-    if (isMissingTool(err)) return removed;
-    throw err;
+    if (isMissingTool(err)) c.skip('destroy our ipsets', 'ipset is not installed, so it never made ours');
+    else c.failed.push({ step: 'list ipsets', error: err instanceof Error ? err.message : String(err) });
   }
   for (const f of FAMILIES) {
-    if (!sets.has(IPSET[f])) continue;
-    await runner.run(['ipset', 'destroy', IPSET[f]]);
-    removed.push(`destroyed ipset ${IPSET[f]}`);
+    if (!sets?.has(IPSET[f])) continue;
+    await c.step(`destroy ipset ${IPSET[f]}`, async () => {
+      await runner.run(['ipset', 'destroy', IPSET[f]]);
+      c.removed.push(`destroyed ipset ${IPSET[f]}`);
+    });
   }
-  return removed;
+  return c;
 }

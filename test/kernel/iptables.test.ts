@@ -13,8 +13,10 @@ import { createSimNode, newPrefix, type SimNode } from '../../src/sim/node.js';
 import { pinRootFor, runStaticScenario } from '../../src/sim/scenario.js';
 import { emptyTables } from '../../src/redirect/iptables.js';
 import { kernelDescribe } from './gate.js';
-import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { isRoot } from './gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -65,6 +67,28 @@ function geneveWorks(): { ok: boolean; reason: string } {
 const GENEVE = geneveWorks();
 const TUNNEL = GENEVE.ok ? { kind: 'geneve', port: 6081 } : { kind: 'vxlan', port: 4789 };
 if (!GENEVE.ok) console.warn(`skipping the Geneve end-to-end test: ${GENEVE.reason}; Geneve is covered by golden files`);
+
+/** A folder of links to every command on PATH but `tool`: a node where `tool` is not installed. */
+function pathWithout(tool: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ar-path-'));
+  for (const d of (process.env.PATH ?? '').split(':')) {
+    let entries: string[];
+    try {
+      entries = readdirSync(d);
+    } catch {
+      continue;
+    }
+    for (const e of entries) {
+      if (e === tool) continue;
+      try {
+        symlinkSync(join(d, e), join(dir, e));
+      } catch {
+        // an earlier PATH entry already provides it
+      }
+    }
+  }
+  return dir;
+}
 
 /** An iptables-save text without its tables that hold nothing (built-in chains, ACCEPT). */
 function dropEmptyTables(save: string): string {
@@ -174,6 +198,40 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
       rmSync(pinRoot, { recursive: true, force: true });
     }
     expect(await snapshots(sim)).toEqual(pristine);
+  });
+
+  it('uninstall without the nft command: exit 0, nothing of ours left, one line for the skipped step', async () => {
+    const pinRoot = pinRootFor(sim);
+    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+    const bin = pathWithout('nft');
+    const zt = await sim.startZtunnel();
+    try {
+      const controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip, '--mode', 'iptables']);
+      await controller.waitFor('programmed', 60_000);
+      expect(await controller.stop('SIGTERM')).toBe(0);
+      expect(iptablesModeTraces(await snapshots(sim)).length).toBeGreaterThan(0);
+      // The uninstall command as a node without nftables runs it: nft is not on PATH.
+      const r = spawnSync('nsenter', [`--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/cli/main.js', 'uninstall', '--pin-root', pinRoot], {
+        encoding: 'utf8',
+        env: { ...process.env, PATH: bin },
+      });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout).toContain('deleted istioout');
+      const logged = r.stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string; step?: string; reason?: string });
+      expect(logged).toEqual([
+        expect.objectContaining({ level: 'info', msg: 'uninstall: skipped a step', step: 'delete the empty nft tables we created', reason: expect.stringContaining('nft is not installed') }),
+      ]);
+      // Nothing of ours is left; the empty tables iptables-restore created filter nothing.
+      const after = await snapshots(sim);
+      for (const side of ['node', 'ztunnel'] as const) for (const k of ['iptables', 'ip6tables'] as const) after[side][k] = dropEmptyTables(after[side][k]);
+      expect(iptablesModeTraces(after)).toEqual([]);
+      expect(after).toEqual(pristine);
+    } finally {
+      await zt.stop();
+      rmSync(bin, { recursive: true, force: true });
+      await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
+      rmSync(pinRoot, { recursive: true, force: true });
+    }
   });
 
   for (const [from, to] of [['iptables', 'ebpf'], ['ebpf', 'iptables']] as const) {

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
 import type { Desired } from '../../src/controller/desired.js';
-import type { CommandRunner, RunOptions } from '../../src/host/runner.js';
+import { CommandError, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
 import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/redirect/iptables.js';
 import { buildPlan, parseSave } from '../../src/redirect/iptables-rules.js';
@@ -87,6 +87,29 @@ async function record(c: Case): Promise<string> {
   return runner.log.join('\n') + '\n';
 }
 
+/** A node holding iptables mode's state, and someone else's beside it. */
+const INSTALLED: Record<string, string> = {
+    'ip -j -d addr show': JSON.stringify([
+      { ifname: 'istioout', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+      { ifname: 'istioin', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+      // Someone else's device with one of our names but not our alias: left alone.
+      { ifname: 'eth0' },
+    ]),
+    'ip -n cni-ztunnel -j -d addr show': JSON.stringify([{ ifname: 'pistioout' }, { ifname: 'pistioin' }, { ifname: 'eth0' }]),
+    'ip -j netns list': JSON.stringify([{ name: 'cni-ztunnel' }, { name: 'other' }]),
+    'iptables-nft-save': [
+      '*mangle', ':PREROUTING ACCEPT [0:0]', ':ztunnel-PREROUTING - [0:0]', ':KUBE-KEEP - [0:0]',
+      '-A PREROUTING -j ztunnel-PREROUTING', '-A PREROUTING -j KUBE-KEEP', '-A ztunnel-PREROUTING -j RETURN', 'COMMIT', '',
+    ].join('\n'),
+    'ip -4 -j rule show': JSON.stringify([
+      { priority: 0, table: 'local' },
+      { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101', protocol: '211' },
+      { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101' }, // not ours: no protocol 211
+    ]),
+    'ip -4 -j route show table all proto 211': JSON.stringify([{ dst: 'default', gateway: '192.168.127.2', dev: 'istioout', table: '101' }]),
+    'ipset list -n': 'ztunnel-pods-ips\nztunnel-pods-ips-v6\nsomeone-elses\n',
+};
+
 describe('iptables mode golden files', () => {
   for (const c of CASES) {
     it(`writes the ${c.name} rules`, async () => {
@@ -95,32 +118,46 @@ describe('iptables mode golden files', () => {
   }
 
   it('removes exactly what it finds of its own on uninstall', async () => {
-    const installed: Record<string, string> = {
-      'ip -j -d addr show': JSON.stringify([
-        { ifname: 'istioout', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
-        { ifname: 'istioin', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
-        // Someone else's device with one of our names but not our alias: left alone.
-        { ifname: 'eth0' },
-      ]),
-      'ip -n cni-ztunnel -j -d addr show': JSON.stringify([{ ifname: 'pistioout' }, { ifname: 'pistioin' }, { ifname: 'eth0' }]),
-      'ip -j netns list': JSON.stringify([{ name: 'cni-ztunnel' }, { name: 'other' }]),
-      'iptables-nft-save': [
-        '*mangle', ':PREROUTING ACCEPT [0:0]', ':ztunnel-PREROUTING - [0:0]', ':KUBE-KEEP - [0:0]',
-        '-A PREROUTING -j ztunnel-PREROUTING', '-A PREROUTING -j KUBE-KEEP', '-A ztunnel-PREROUTING -j RETURN', 'COMMIT', '',
-      ].join('\n'),
-      'ip -4 -j rule show': JSON.stringify([
-        { priority: 0, table: 'local' },
-        { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101', protocol: '211' },
-        { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101' }, // not ours: no protocol 211
-      ]),
-      'ip -4 -j route show table all proto 211': JSON.stringify([{ dst: 'default', gateway: '192.168.127.2', dev: 'istioout', table: '101' }]),
-      'ipset list -n': 'ztunnel-pods-ips\nztunnel-pods-ips-v6\nsomeone-elses\n',
-    };
+    const installed = INSTALLED;
     const runner = new RecordingRunner((argv) => installed[argv.join(' ')]);
-    const removed = await uninstallIptables(runner);
+    const { removed, failed, skipped } = await uninstallIptables(runner);
+    expect(failed).toEqual([]);
+    expect(skipped).toEqual([]);
     checkGolden('uninstall', runner.log.join('\n') + '\n\n# reported\n' + removed.join('\n') + '\n');
     expect(removed).toContain('destroyed ipset ztunnel-pods-ips');
     expect(runner.log.join('\n')).not.toMatch(/someone-elses|KUBE-KEEP -F|link del eth0/);
+  });
+
+  it('skips deleting empty nft tables when nft is not installed, and removes everything else', async () => {
+    // After our chains are removed, the mangle table iptables-restore created is empty.
+    const emptied = (nft: 'present' | 'missing') => {
+      let saves = 0;
+      return new RecordingRunner((argv) => {
+        const cmd = argv.join(' ');
+        if (argv[0] === 'nft' && nft === 'missing') throw new CommandError(argv, null, 'spawn nft ENOENT');
+        if (cmd === 'iptables-nft-save' && saves++ > 1) return '*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n';
+        return INSTALLED[cmd];
+      });
+    };
+    const withNft = await uninstallIptables(emptied('present'));
+    expect(withNft.removed).toContain('deleted the empty ip mangle table');
+    const r = await uninstallIptables(emptied('missing'));
+    expect(r.failed).toEqual([]);
+    expect(r.skipped).toEqual([{ step: 'delete the empty nft tables we created', reason: 'nft is not installed; the empty tables filter nothing and are left' }]);
+    // Everything but the cosmetic table deletion still happened.
+    expect(r.removed).toEqual(withNft.removed.filter((l) => !l.startsWith('deleted the empty')));
+    expect(r.removed).toContain('destroyed ipset ztunnel-pods-ips');
+  });
+
+  it('runs every step when one fails, and reports the failed one', async () => {
+    const runner = new RecordingRunner((argv) => {
+      if (argv.join(' ').startsWith('ip -4 -j rule show')) throw new CommandError(argv, 1, 'RTNETLINK answers: Operation not permitted');
+      return INSTALLED[argv.join(' ')];
+    });
+    const r = await uninstallIptables(runner);
+    expect(r.failed).toEqual([{ step: 'remove our IPv4 ip rules and routes', error: expect.stringContaining('Operation not permitted') }]);
+    // Steps after the failed one ran: the tunnels and the ipsets are gone.
+    expect(r.removed).toEqual(expect.arrayContaining(['deleted istioout', 'deleted istioin', 'destroyed ipset ztunnel-pods-ips', 'destroyed ipset ztunnel-pods-ips-v6']));
   });
 
   it('is a no-op on a node that already holds the plan (idempotent iptables input)', () => {
