@@ -34,6 +34,12 @@ export class Cleanup implements CleanupReport {
     if (!this.skipped.some((s) => s.step === step && s.reason === reason)) this.skipped.push({ step, reason });
   }
 
+  /** Throws one error naming every failed step, once all of them ran (teardowns). */
+  throwIfFailed(what: string): void {
+    if (this.failed.length === 0) return;
+    throw new Error(`${what}: ${this.failed.length} step(s) failed: ${this.failed.map((f) => `${f.step}: ${f.error}`).join('; ')}`);
+  }
+
   /** Takes in another cleanup's record (a part run by its own module). */
   merge(other: CleanupReport): void {
     this.removed.push(...other.removed);

@@ -28,6 +28,11 @@ export function newPrefix(): string {
   return `ar${randomBytes(2).toString('hex')}`;
 }
 
+/** Where a run pins its data path: a folder of the host bpffs named by the run's prefix. */
+export function runPinRoot(prefix: string): string {
+  return `/sys/fs/bpf/${prefix}`;
+}
+
 export function checkPrefix(prefix: string): void {
   if (!PREFIX_RE.test(prefix)) throw new Error(`sim prefix must match ${PREFIX_RE}, got "${prefix}"`);
 }

@@ -6,7 +6,9 @@
  *
  * Servers and clients are `agent.js` processes run with `ip netns exec` (see agent.ts).
  */
+import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { Cleanup } from '../redirect/cleanup.js';
 import { distEntry } from './dist.js';
 import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
 import {
@@ -26,6 +28,7 @@ import {
   isRunNetns,
   names,
   newPrefix,
+  runPinRoot,
 } from './names.js';
 
 export { newPrefix } from './names.js';
@@ -106,14 +109,19 @@ async function listRunNetns(prefix: string, runner: CommandRunner): Promise<stri
  * servers) are killed first: they would keep the netns, and its links, alive unnamed.
  * They can only be ours, since only a run puts processes into its own netns.
  */
-export async function cleanupPrefix(prefix: string, runner: CommandRunner = systemRunner): Promise<void> {
+export async function cleanupPrefix(prefix: string, runner: CommandRunner = systemRunner, c: Cleanup = new Cleanup()): Promise<void> {
   checkPrefix(prefix);
-  for (const ns of await listRunNetns(prefix, runner)) {
-    await killNetnsProcesses(ns, runner);
-    await runner.run(['ip', 'netns', 'del', ns]);
+  for (const ns of (await c.step('list the run\'s netns', () => listRunNetns(prefix, runner))) ?? []) {
+    await c.step(`kill the processes in ${ns}`, () => killNetnsProcesses(ns, runner));
+    await c.step(`delete netns ${ns}`, () => runner.run(['ip', 'netns', 'del', ns]));
   }
-  const left = await listRunNetns(prefix, runner);
-  if (left.length > 0) throw new Error(`sim cleanup of "${prefix}" left netns behind: ${left.join(', ')}`);
+  // The run's pins (a data path left by a failed test) go with its netns: by name.
+  await c.step(`remove ${runPinRoot(prefix)}`, () => rmSync(runPinRoot(prefix), { recursive: true, force: true }));
+  await c.step('check nothing of the run is left', async () => {
+    const left = await listRunNetns(prefix, runner);
+    if (left.length > 0) throw new Error(`netns left behind: ${left.join(', ')}`);
+  });
+  c.throwIfFailed(`sim cleanup of "${prefix}"`);
 }
 
 async function killNetnsProcesses(ns: string, runner: CommandRunner): Promise<void> {
@@ -372,9 +380,11 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     },
     teardown() {
       // A failed teardown may be retried; a finished or running one is shared.
+      // Every step runs even when one fails; the error names all that failed.
       torn ??= (async () => {
-        await Promise.all([...servers].map((s) => s.stop()));
-        await cleanupPrefix(prefix, runner);
+        const c = new Cleanup();
+        for (const s of servers) await c.step('stop a server', () => s.stop());
+        await cleanupPrefix(prefix, runner, c);
       })().catch((err: unknown) => {
         torn = undefined;
         throw err;

@@ -5,7 +5,8 @@
  * story.ts, with Kubernetes.)
  */
 import { mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { Cleanup } from '../redirect/cleanup.js';
+import { runPinRoot } from './names.js';
 import type { SimNode, SimServer } from './node.js';
 import { runInNode, startController, type ControllerProcess } from './controller.js';
 
@@ -45,8 +46,9 @@ export interface ScenarioResult {
 
 const srcIp = (src: string) => src.slice(0, src.lastIndexOf(':'));
 
+/** The run's pin root: its teardown removes it by name, whatever a test left there. */
 export function pinRootFor(sim: SimNode): string {
-  return join('/sys/fs/bpf', sim.prefix);
+  return runPinRoot(sim.prefix);
 }
 
 export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Promise<ScenarioResult> {
@@ -56,6 +58,7 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
   let ztunnel: SimServer | undefined;
   let outside: SimServer | undefined;
   let controller: ControllerProcess | undefined;
+  let failure: unknown;
   try {
     say('starting the ztunnel stand-in and the outside server');
     [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
@@ -93,10 +96,18 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
     await opts.beforeUninstall?.();
     const uninstall = await runInNode(sim.nodeNs, ['uninstall', '--pin-root', opts.pinRoot]);
     return { reports, uninstall };
+  } catch (err) {
+    failure = err;
+    throw err;
   } finally {
-    await controller?.stop('SIGKILL');
-    await Promise.all([ztunnel?.stop(), outside?.stop()]);
-    rmSync(opts.pinRoot, { recursive: true, force: true });
+    const c = new Cleanup();
+    await c.step('kill the controller', () => controller?.stop('SIGKILL'));
+    await c.step('stop the ztunnel stand-in', () => ztunnel?.stop());
+    await c.step('stop the outside server', () => outside?.stop());
+    await c.step(`remove ${opts.pinRoot}`, () => rmSync(opts.pinRoot, { recursive: true, force: true }));
+    // The scenario's own error wins; a cleanup error alone fails it too.
+    if (failure === undefined) c.throwIfFailed('scenario cleanup');
+    else if (c.failed.length) console.warn(`scenario cleanup after a failure: ${JSON.stringify(c.failed)}`);
   }
 }
 
