@@ -1,8 +1,8 @@
 /**
  * The bypass hunt (issue 14): crafted frames of every class the spec names, sent from an
  * enrolled pod's netns (outbound) and toward it from outside the node (inbound), sniffed
- * on the far side: the outside netns's eth0 and whatever the node delivers to itself
- * (outbound), the pod's eth0 (inbound). Every class is sent first with no agent on the
+ * on the far side: the outside netns's eth0, an unenrolled pod's eth0 and whatever the
+ * node delivers to itself (outbound), the pod's eth0 (inbound). Every class is sent first with no agent on the
  * node, to prove the hunt sees it get through (a class the kernel itself drops, like a
  * bad length, counts among the classes but not among those that reached), then with the
  * agent running in one capture mode, where none may reach: with the agent, an enrolled
@@ -39,13 +39,14 @@ import {
   type L4,
 } from '../../src/packet/builder.js';
 import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { names, OUTSIDE_HOST_IP, OUTSIDE_HOST_IP6, PROBE_IP, ZTUNNEL_IP, ZTUNNEL_IP6 } from '../../src/sim/names.js';
+import { names, OUTSIDE_HOST_IP, OUTSIDE_HOST_IP6, ZTUNNEL_IP, ZTUNNEL_IP6 } from '../../src/sim/names.js';
 import { createSimNode, newPrefix, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { sendFrames, startSniffer, withChecksums, type Sniffed } from '../../src/sim/rawframes.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
 import { kernelDescribe } from './gate.js';
 
-/** The IPv6 twin of the probe address (docs/datapath.md, `host_addrs`). */
+/** Istio's probe SNAT address and its IPv6 twin: no address may be trusted as a probe's. */
+const PROBE_IP = '169.254.7.127';
 const PROBE_IP6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
 const SNIFF_MS = 3_000;
 
@@ -183,6 +184,9 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
     for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
     for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
     add('ztunnel source to the tunnel port, IPv4', (p) => [f4({ src: ZTUNNEL_IP }, u(p, { dport: 4789 }))]);
+    // Another pod on the same node, never through the outside.
+    add('UDP to an unenrolled pod on the node, IPv4', (p) => [f4({ dst: unenrolled.ip }, u(p))]);
+    add('UDP to an unenrolled pod on the node, IPv6', (p) => [f6({ dst: unenrolled.ip6 }, u(p))]);
     // To the probe address, to link-local and scoped destinations: the node's own.
     add('UDP to the probe address, IPv4', (p) => [f4({ dst: PROBE_IP }, u(p))]);
     add('UDP to the probe address, IPv6', (p) => [f6({ dst: PROBE_IP6 }, u(p))]);
@@ -226,6 +230,7 @@ async function hunt(sim: SimNode, cls: Record<Direction, Class[]>): Promise<Reco
     outside: startSniffer(sim.outside.ns, SNIFF_MS, { ifaces: ['eth0'] }),
     node: startSniffer(sim.nodeNs, SNIFF_MS, { local: true }),
     pod: startSniffer(pod.ns, SNIFF_MS, { ifaces: ['eth0'] }),
+    other: startSniffer(sim.pods[2]!.ns, SNIFF_MS, { ifaces: ['eth0'] }),
   };
   await Promise.all(Object.values(sniffers).map((s) => s.ready));
   // One frame at a time per class, in order: the fragments of a datagram stay in order.
@@ -233,11 +238,12 @@ async function hunt(sim: SimNode, cls: Record<Direction, Class[]>): Promise<Reco
     sendFrames(pod.ns, 'eth0', cls.outbound.flatMap((c) => c.frames)),
     sendFrames(sim.outside.ns, 'eth0', cls.inbound.flatMap((c) => c.frames)),
   ]);
-  const [outside, node, inPod] = await Promise.all([sniffers.outside.done, sniffers.node.done, sniffers.pod.done]);
+  const [outside, node, inPod, other] = await Promise.all([sniffers.outside.done, sniffers.node.done, sniffers.pod.done, sniffers.other.done]);
+  const at = (name: string, seen: Sniffed[]) => seen.map((s) => ({ ...s, where: `${name} ${s.where}` }));
   return {
-    outbound: reached(cls.outbound, [...outside.map((s) => ({ ...s, where: `outside ${s.where}` })), ...node.map((s) => ({ ...s, where: `node ${s.where}` }))]),
+    outbound: reached(cls.outbound, [...at('outside', outside), ...at('node', node), ...at('unenrolled pod', other)]),
     // The pod's own frames (its ARP, ND) are not what came in: only received ones count.
-    inbound: reached(cls.inbound, inPod.map((s) => ({ ...s, where: `pod ${s.where}` }))),
+    inbound: reached(cls.inbound, at('pod', inPod)),
   };
 }
 
@@ -266,7 +272,8 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
   async function primeNeighbours(): Promise<void> {
     const pod = sim.pods[0]!;
     // A connection attempt to a closed port resolves the neighbour; its failure is expected.
-    await Promise.all([pod.ip, pod.ip6, sim.outside.ip, sim.outside.ip6].map((ip) => sim.connect('node', { ip, port: 9 }, 1, 1_000)));
+    const other = sim.pods[2]!;
+    await Promise.all([pod.ip, pod.ip6, other.ip, other.ip6, sim.outside.ip, sim.outside.ip6].map((ip) => sim.connect('node', { ip, port: 9 }, 1, 1_000)));
   }
 
   for (const mode of ['iptables', 'ebpf'] as const satisfies readonly Mode[]) {
