@@ -162,6 +162,11 @@ export interface PlanInput {
   ztunnel: ZtunnelSide | null;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053, as in ebpf mode's flag. */
   dnsCapture: boolean;
+  /**
+   * The cluster's DNS servers: without DNS capture, an enrolled pod's UDP to port 53 of
+   * one of these goes direct (and its answers come back direct), as ebpf mode's O15/I16.
+   */
+  dnsServers?: readonly string[];
 }
 
 export interface Plan {
@@ -224,6 +229,13 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
   for (const dev of devs) pre.push(`-i ${dev} -m set ! --match-set ${ifset} src,src -j DROP`);
   // The tunnel's own packets: from ztunnel's address, on ztunnel's veth, to the tunnel port.
   if (z && ztIp) pre.push(`-s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -p udp -m udp --dport ${port} -j RETURN`);
+  // DNS to the cluster's servers, without DNS capture: the connection is skipped like the
+  // node's own, so its answers come back direct too (the connmark rule below).
+  if (!input.dnsCapture) {
+    for (const dns of [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort()) {
+      pre.push(`-d ${dns}/${hostLen(f)} -p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
+    }
+  }
   // Connections the node or ztunnel opened are never captured, in either direction.
   pre.push(`-m connmark --mark ${MARK.connSkip} -j MARK --set-xmark ${MARK.skip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   if (z) {

@@ -215,6 +215,24 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
     });
   }
 
+  it('without DNS capture, UDP 53 to the cluster DNS servers (and only to them) skips capture, both ways', () => {
+    const input = { tunnel: 'vxlan' as const, pods, ztunnel: z, dnsServers: ['10.96.0.10', 'fd00:96::a', '10.96.0.10', '169.254.20.10'] };
+    const pre = (p: ReturnType<typeof buildPlan>, f: 4 | 6) => p.node.chains.find((c) => c.family === f && c.chain === 'ztunnel-PREROUTING')!.rules;
+    const off = buildPlan({ ...input, dnsCapture: false });
+    const dns4 = pre(off, 4).filter((r) => r.includes('--dport 53'));
+    expect(dns4).toEqual([
+      '-d 10.96.0.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+      '-d 169.254.20.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+    ]);
+    expect(pre(off, 6).filter((r) => r.includes('--dport 53'))).toEqual(['-d fd00:96::a/128 -p udp -m set --match-set ztunnel-pods-ips-v6 src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220']);
+    // After the binding (a spoofed source never gets the exemption), before the skip RETURN that acts on it.
+    const r4 = pre(off, 4);
+    expect(r4.indexOf(dns4[0]!)).toBeGreaterThan(r4.indexOf('-i veth1 -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP'));
+    expect(r4.indexOf(dns4[1]!)).toBeLessThan(r4.indexOf('-m mark --mark 0x200/0x200 -j RETURN'));
+    // With DNS capture all of UDP 53 goes to ztunnel's 15053.
+    expect(pre(buildPlan({ ...input, dnsCapture: true }), 4).some((r) => r.includes('--dport 53'))).toBe(false);
+  });
+
   it('a pod whose veth is gone gets no set entry nor veth rule (its traffic is dropped by the binding)', () => {
     const p = buildPlan({ tunnel: 'vxlan', pods: [{ ip: '10.244.1.7', dev: null }], ztunnel: z, dnsCapture: false });
     expect(p.sets[4]).toEqual(['10.244.1.7']);
