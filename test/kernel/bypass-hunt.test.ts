@@ -8,7 +8,9 @@
  * agent running in one capture mode, where none may reach: with the agent, an enrolled
  * pod's frames go to ztunnel or nowhere. Both capture modes, IPv4 and IPv6 where the
  * class applies. Each frame carries a random marker; a sniffed frame holding it is the
- * frame (or what the node made of it) having reached the far side.
+ * frame (or what the node made of it) having reached the far side. Control frames that
+ * must arrive in both phases (an unenrolled pod's, the node's ARP to the pod) prove the
+ * sniffers are not blind while the agent runs.
  *
  * The verdicts expected are docs/datapath.md's (ebpf) and docs/fallback.md's (iptables):
  * only ND and MLD pass to link-local; no address is trusted as a probe's; DNS is captured
@@ -19,6 +21,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import {
+  arpFrame,
   EtherType,
   IpProto,
   Ipv4Option,
@@ -62,6 +65,8 @@ interface Class {
 
 interface Wiring {
   podMac: string;
+  otherMac: string;
+  otherVethMac: string;
   hostVethMac: string;
   hostVethLl: string;
   podLl: string;
@@ -213,6 +218,36 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
   return out;
 }
 
+/**
+ * Frames that must arrive with the agent as without it: they prove the sniffers see what
+ * arrives in both phases (an empty result with the agent could otherwise be a blind hunt).
+ */
+interface Control extends Class {
+  /** Where the frames are sent from: a netns and its interface. */
+  ns: string;
+  dev: string;
+  /** Where they must be seen (a prefix of the sniffed `where`). */
+  seenAt: string;
+}
+
+function controls(sim: SimNode, w: Wiring): Control[] {
+  const pod = sim.pods[0]!;
+  const other = sim.pods[2]!;
+  const out: Control[] = [];
+  const add = (name: string, ns: string, dev: string, seenAt: string, build: (payload: Buffer) => Buffer) => {
+    const { marker, payload } = marked();
+    out.push({ name, ns, dev, seenAt, marker, frames: [withChecksums(build(payload))] });
+  };
+  const fromOther: EtherOpts = { src: w.otherMac, dst: w.otherVethMac };
+  add('an unenrolled pod to the outside', other.ns, 'eth0', 'outside', (p) => v4Frame({ src: other.ip, dst: sim.outside.ip }, udp({ dport: 9999, payload: p }), fromOther));
+  add('an unenrolled pod to the node', other.ns, 'eth0', 'node', (p) => v4Frame({ src: other.ip, dst: OUTSIDE_HOST_IP }, udp({ dport: 9999, payload: p }), fromOther));
+  // The node's ARP toward the enrolled pod passes in both modes; the marker rides in its padding.
+  add('ARP from the node to the enrolled pod', sim.nodeNs, pod.hostVeth, 'pod', (p) =>
+    Buffer.concat([arpFrame({ senderMac: w.hostVethMac, senderIp: '169.254.1.1', targetIp: pod.ip }, { src: w.hostVethMac, dst: w.podMac }), p]),
+  );
+  return out;
+}
+
 /** Which classes' markers the sniffers saw. */
 function reached(cls: readonly Class[], seen: readonly Sniffed[]): Map<string, string[]> {
   const out = new Map<string, string[]>();
@@ -224,7 +259,7 @@ function reached(cls: readonly Class[], seen: readonly Sniffed[]): Map<string, s
 }
 
 /** Sends both directions' classes at once and returns, per direction, what reached the far side. */
-async function hunt(sim: SimNode, cls: Record<Direction, Class[]>): Promise<Record<Direction, Map<string, string[]>>> {
+async function hunt(sim: SimNode, cls: Record<Direction, Class[]>, ctl: readonly Control[]): Promise<Record<Direction | 'controls', Map<string, string[]>>> {
   const pod = sim.pods[0]!;
   const sniffers = {
     outside: startSniffer(sim.outside.ns, SNIFF_MS, { ifaces: ['eth0'] }),
@@ -237,6 +272,7 @@ async function hunt(sim: SimNode, cls: Record<Direction, Class[]>): Promise<Reco
   await Promise.all([
     sendFrames(pod.ns, 'eth0', cls.outbound.flatMap((c) => c.frames)),
     sendFrames(sim.outside.ns, 'eth0', cls.inbound.flatMap((c) => c.frames)),
+    ...ctl.map((c) => sendFrames(c.ns, c.dev, c.frames)),
   ]);
   const [outside, node, inPod, other] = await Promise.all([sniffers.outside.done, sniffers.node.done, sniffers.pod.done, sniffers.other.done]);
   const at = (name: string, seen: Sniffed[]) => seen.map((s) => ({ ...s, where: `${name} ${s.where}` }));
@@ -244,6 +280,7 @@ async function hunt(sim: SimNode, cls: Record<Direction, Class[]>): Promise<Reco
     outbound: reached(cls.outbound, [...at('outside', outside), ...at('node', node), ...at('unenrolled pod', other)]),
     // The pod's own frames (its ARP, ND) are not what came in: only received ones count.
     inbound: reached(cls.inbound, at('pod', inPod)),
+    controls: reached(ctl, [...at('outside', outside), ...at('node', node), ...at('pod', inPod)]),
   };
 }
 
@@ -256,6 +293,8 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
     const pod = sim.pods[0]!;
     w = {
       podMac: await mac(pod.ns, 'eth0'),
+      otherMac: await mac(sim.pods[2]!.ns, 'eth0'),
+      otherVethMac: await mac(sim.nodeNs, sim.pods[2]!.hostVeth),
       hostVethMac: await mac(sim.nodeNs, pod.hostVeth),
       hostVethLl: await linkLocal(sim.nodeNs, pod.hostVeth),
       podLl: await linkLocal(pod.ns, 'eth0'),
@@ -286,7 +325,8 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
         // 1. No agent: what gets through on its own.
         await primeNeighbours();
         const cls = { outbound: classes('outbound', sim, w), inbound: classes('inbound', sim, w) };
-        const without = await hunt(sim, cls);
+        const ctl = controls(sim, w);
+        const without = await hunt(sim, cls, ctl);
 
         // 2. The agent, enrolling two pods; the hunt's pod is one of them.
         zt = await sim.startZtunnel();
@@ -294,7 +334,13 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
         controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', enrolled.join(','), '--mode', mode]);
         await controller.waitFor('programmed', 60_000);
         const fresh = { outbound: classes('outbound', sim, w), inbound: classes('inbound', sim, w) };
-        const withAgent = await hunt(sim, fresh);
+        const ctlFresh = controls(sim, w);
+        const withAgent = await hunt(sim, fresh, ctlFresh);
+
+        // The sniffers saw what they had to in both phases.
+        for (const [phase, result, list] of [['without', without, ctl], ['with', withAgent, ctlFresh]] as const) {
+          for (const c of list) expect(result.controls.get(c.name)?.some((w) => w.startsWith(c.seenAt)), `control "${c.name}" ${phase} the agent: seen at ${c.seenAt}`).toBe(true);
+        }
 
         const failures: string[] = [];
         for (const dir of ['outbound', 'inbound'] as const) {
