@@ -7,11 +7,11 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni layout setup test demo clean
+.PHONY: all build bpf ts cni rawframe layout setup test demo clean
 
 all: build
 
-build: bpf ts cni
+build: bpf ts cni rawframe
 
 # Variants of the capture object for the lifecycle tests: a new build of the same code
 # (other debug info), a map schema change (smaller maps), and one whose load fails
@@ -43,6 +43,13 @@ cni: build/ambient-redirect-cni
 build/ambient-redirect-cni: tools/cni/ambient-redirect-cni.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -static -o $@ $<
+
+# The bypass-hunt test's frame sender and sniffer (test/kernel/bypass-hunt.test.ts).
+rawframe: build/rawframe
+
+build/rawframe: tools/rawframe/rawframe.c
+	@mkdir -p build
+	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
 
 TS_SRC := $(shell find src -name '*.ts')
 

@@ -7,7 +7,8 @@
  * the iptables redirection of ambient before in-pod mode), so that an operator who knows
  * those recognises them:
  *
- *   ipset  ztunnel-pods-ips (IPv4), ztunnel-pods-ips-v6 (IPv6; Istio had no IPv6 set)
+ *   ipset  ztunnel-pods-ips (IPv4), ztunnel-pods-ips-v6 (IPv6; Istio had no IPv6 set);
+ *          ztunnel-pods-ifaces(-v6) (ours: each enrolled IP with its veth, anti-spoofing)
  *   marks  0x100/0x100 outbound (capture)   0x200/0x200 skip   0x220 conn-skip
  *          0x210 proxy (from ztunnel)        0x040 proxy return
  *          0x400/0xfff TPROXY (ztunnel netns)  0x4d3/0xfff original-source return
@@ -29,6 +30,8 @@ export type Family = 4 | 6;
 export const FAMILIES: readonly Family[] = [4, 6];
 
 export const IPSET = { 4: 'ztunnel-pods-ips', 6: 'ztunnel-pods-ips-v6' } as const;
+/** Each enrolled IP with its host veth (hash:net,iface): binds a pod to its veth. */
+export const IFSET = { 4: 'ztunnel-pods-ifaces', 6: 'ztunnel-pods-ifaces-v6' } as const;
 export const ROUTE_PROTO = '211';
 
 export const MARK = {
@@ -44,6 +47,13 @@ export const MARK = {
 export const TABLE = { inbound: '100', outbound: '101', proxy: '102' } as const;
 
 export const PORT = { outbound: 15001, inboundPlaintext: 15006, inbound: 15008, dns: 15053 } as const;
+
+/** ICMP errors (v4: unreachable, time exceeded, parameter problem; v6: types 1-4): ztunnel's netns delivers them locally (Z8). */
+export const ICMP_ERRORS: Record<Family, readonly number[]> = { 4: [3, 11, 12], 6: [1, 2, 3, 4] };
+/** ICMPv6 neighbour discovery (133-137) and MLD (130-132, 143): the link's own business, never captured. */
+export const ND_MLD_TYPES: readonly number[] = [130, 131, 132, 133, 134, 135, 136, 137, 143];
+/** Where ND and MLD go: link-local and link-scope multicast; the host never forwards these. */
+export const LINK_SCOPE6: readonly string[] = ['fe80::/10', 'ff02::/16'];
 
 /** UDP ports of the tunnels: Geneve's IANA port, VXLAN's IANA port. */
 export const TUNNEL_PORT: Record<Tunnel, number> = { geneve: 6081, vxlan: 4789 };
@@ -138,18 +148,32 @@ export interface ZtunnelSide {
   hostIps: Partial<Record<Family, string>>;
 }
 
+/** An enrolled pod IP and its host veth (null: the veth is gone; the IP fails closed). */
+export interface PodLink {
+  ip: string;
+  dev: string | null;
+}
+
 export interface PlanInput {
   tunnel: Tunnel;
-  /** Enrolled pod IPs placed on this node. */
-  pods: readonly string[];
+  /** Enrolled pod IPs placed on this node, with their host veths. */
+  pods: readonly PodLink[];
   /** null: no ztunnel; enrolled pods fail closed. */
   ztunnel: ZtunnelSide | null;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053, as in ebpf mode's flag. */
   dnsCapture: boolean;
+  /**
+   * The cluster's DNS servers: without DNS capture, an enrolled pod's UDP to port 53 of
+   * one of these goes direct (and its answers come back direct), as ebpf mode's O15/I16.
+   */
+  dnsServers?: readonly string[];
 }
 
 export interface Plan {
+  /** Members of IPSET per family: enrolled IPs. */
   sets: Record<Family, string[]>;
+  /** Members of IFSET per family: `<ip>,<veth>` (ipset's own spelling). */
+  ifaceSets: Record<Family, string[]>;
   node: SidePlan;
   ztunnel: (SidePlan & { netns: string }) | null;
 }
@@ -180,34 +204,60 @@ function tunnels(tunnel: Tunnel, side: 'node' | 'ztunnel', remote: string, alias
   }));
 }
 
+const icmpProto = (f: Family) => (f === 4 ? '-p icmp -m icmp --icmp-type' : '-p ipv6-icmp -m icmp6 --icmpv6-type');
+
 function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: number): ChainSpec[] {
   const set = IPSET[f];
+  const ifset = IFSET[f];
   const chain = (table: 'mangle' | 'nat', name: string, base: string, rules: string[]): ChainSpec => ({ family: f, table, chain: name, base, rules });
   const saveConn = [MARK.connSkip, MARK.proxy].map((m) => {
     const bits = m.split('/')[0]!;
     return `-m mark --mark ${m} -j CONNMARK --save-mark --nfmask ${bits} --ctmask ${bits}`;
   });
   const pre: string[] = [];
+  const ztIp = z?.ips.find((ip) => familyOf(ip) === f);
   // What comes out of the tunnels has been through ztunnel already.
   for (const dev of [LINK.inbound.node, LINK.outbound.node]) pre.push(`-i ${dev} -j MARK --set-xmark ${MARK.skip}`, `-i ${dev} -j RETURN`);
-  pre.push(`-p udp -m udp --dport ${port} -j RETURN`);
+  // Neighbour discovery and MLD stay on the link (DAD's source is ::, so before the binding).
+  if (f === 6) for (const dst of LINK_SCOPE6) for (const t of ND_MLD_TYPES) pre.push(`-d ${dst} ${icmpProto(6)} ${t} -j RETURN`);
+  // Anti-spoofing: ztunnel's address only from ztunnel's veth; an enrolled pod's address
+  // only from that pod's veth (ztunnel sends as pods: exempt); an enrolled veth carries
+  // only its pod's addresses.
+  if (z && ztIp) pre.push(`-s ${ztIp}/${hostLen(f)} ! -i ${z.hostVeth} -j DROP`);
+  pre.push(`${z ? `! -i ${z.hostVeth} ` : ''}-m set --match-set ${set} src -m set ! --match-set ${ifset} src,src -j DROP`);
+  const devs = [...new Set(input.pods.map((p) => p.dev).filter((d): d is string => d !== null))].sort();
+  for (const dev of devs) pre.push(`-i ${dev} -m set ! --match-set ${ifset} src,src -j DROP`);
+  // The tunnel's own packets: from ztunnel's address, on ztunnel's veth, to the tunnel port.
+  if (z && ztIp) pre.push(`-s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -p udp -m udp --dport ${port} -j RETURN`);
+  // DNS to the cluster's servers, without DNS capture: the connection is skipped like the
+  // node's own, so its answers come back direct too (the connmark rule below).
+  if (!input.dnsCapture) {
+    for (const dns of [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort()) {
+      pre.push(`-d ${dns}/${hostLen(f)} -p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
+    }
+  }
   // Connections the node or ztunnel opened are never captured, in either direction.
   pre.push(`-m connmark --mark ${MARK.connSkip} -j MARK --set-xmark ${MARK.skip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
-  const ztIp = z?.ips.find((ip) => familyOf(ip) === f);
   if (z) {
     // Replies to what ztunnel sent with a pod's source go back to ztunnel (table 102).
     pre.push(`! -i ${z.hostVeth} -m connmark --mark ${MARK.proxy} -j MARK --set-xmark ${MARK.proxyRet}`, `-m mark --mark ${MARK.proxyRet} -j RETURN`);
     if (ztIp) pre.push(`! -s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -j MARK --set-xmark ${MARK.proxy}`);
     pre.push(`-m mark --mark ${MARK.skip} -j RETURN`, `-i ${z.hostVeth} -j MARK --set-xmark ${MARK.connSkip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   }
-  // Capture: TCP and UDP from an enrolled pod (the ebpf programs capture the same).
-  for (const proto of ['tcp', 'udp']) pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  // Capture: TCP, UDP and ICMP from an enrolled pod (the ebpf programs capture the same);
+  // every other protocol from it is dropped (ebpf's O13).
+  for (const proto of ['tcp', 'udp', f === 4 ? 'icmp' : 'ipv6-icmp']) pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`, `-m set --match-set ${set} src -j DROP`);
   return [
     chain('mangle', 'ztunnel-PREROUTING', 'PREROUTING', pre),
     chain('mangle', 'ztunnel-FORWARD', 'FORWARD', saveConn),
-    chain('mangle', 'ztunnel-INPUT', 'INPUT', saveConn),
-    // Kubelet probes, and anything else the node itself sends, bypass capture.
-    chain('mangle', 'ztunnel-OUTPUT', 'OUTPUT', [`-m addrtype --src-type LOCAL -j MARK --set-xmark ${MARK.connSkip}`]),
+    // Captured packets the node would deliver to itself (its own addresses, broadcast,
+    // multicast): the kernel's `local` rule (priority 0) is consulted before our fwmark
+    // rule, so they cannot be sent to ztunnel; they are dropped instead.
+    chain('mangle', 'ztunnel-INPUT', 'INPUT', [`-m mark --mark ${MARK.outbound} -j DROP`, ...saveConn]),
+    // Kubelet probes, and anything else the node itself sends, bypass capture; the mark is
+    // saved into the connection at once, so that the pod's answers are skipped too (P8).
+    chain('mangle', 'ztunnel-OUTPUT', 'OUTPUT', [`-m addrtype --src-type LOCAL -j MARK --set-xmark ${MARK.connSkip}`, saveConn[0]!]),
     // Captured packets keep their addresses: no kube-proxy DNAT/SNAT on the way to ztunnel.
     chain('nat', 'ztunnel-PREROUTING', 'PREROUTING', [`-m mark --mark ${MARK.outbound} -j ACCEPT`]),
     chain('nat', 'ztunnel-POSTROUTING', 'POSTROUTING', [`-m mark --mark ${MARK.outbound} -j ACCEPT`]),
@@ -215,7 +265,7 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
 }
 
 function nodeRoutes(f: Family, input: PlanInput, z: ZtunnelSide | null): RouteSpec[] {
-  const pods = input.pods.filter((ip) => familyOf(ip) === f);
+  const pods = input.pods.map((p) => p.ip).filter((ip) => familyOf(ip) === f);
   const routes: RouteSpec[] = [];
   const ztIp = z?.ips.find((ip) => familyOf(ip) === f);
   if (!z) {
@@ -255,6 +305,17 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
       tp(LINK.inbound.ztunnel, PORT.inboundPlaintext, f),
     ];
     if (input.dnsCapture) rules.push(tp(LINK.outbound.ztunnel, PORT.dns, f, '-p udp -m udp --dport 53'));
+    // What the tunnels bring and no listener takes: ICMP errors are delivered locally (to
+    // the ztunnel socket they concern, as Z8); everything else is dropped (as Z10).
+    // IPv6 neighbour discovery over the tunnels themselves (the node resolving ztunnel's
+    // tunnel address) passes: ICMPv6 with hop limit 255 can only be the node's own, as
+    // anything the node forwards into a tunnel arrives with 254 or less.
+    for (const dev of [LINK.inbound.ztunnel, LINK.outbound.ztunnel]) {
+      for (const t of ICMP_ERRORS[f]) rules.push(`-i ${dev} ${icmpProto(f)} ${t} -j MARK --set-xmark ${MARK.tproxy}`);
+      rules.push(`-i ${dev} -m mark --mark ${MARK.tproxy} -j RETURN`);
+      if (f === 6) rules.push(`-i ${dev} -p ipv6-icmp -m hl --hl-eq 255 -j RETURN`);
+      rules.push(`-i ${dev} -j DROP`);
+    }
     const ztIp = z.ips.find((ip) => familyOf(ip) === f);
     // Replies to connections ztunnel opened with a foreign source come back to it.
     if (ztIp) rules.push(`! -d ${ztIp}/${hostLen(f)} -i ${z.eth} -p tcp -j MARK --set-xmark ${MARK.orgSrcRet}`);
@@ -294,9 +355,15 @@ export function buildPlan(input: PlanInput): Plan {
   if (z && !u) throw new PlanError(`ztunnel (${z.ips.join(', ') || 'no IP'}) and the node share no address family for the tunnel underlay`);
   const port = TUNNEL_PORT[input.tunnel];
   const sets = { 4: [] as string[], 6: [] as string[] };
-  for (const ip of input.pods) sets[familyOf(ip)].push(ip);
-  sets[4].sort();
-  sets[6].sort();
+  const ifaceSets = { 4: [] as string[], 6: [] as string[] };
+  for (const p of input.pods) {
+    sets[familyOf(p.ip)].push(p.ip);
+    if (p.dev !== null) ifaceSets[familyOf(p.ip)].push(`${p.ip},${p.dev}`);
+  }
+  for (const f of FAMILIES) {
+    sets[f].sort();
+    ifaceSets[f].sort();
+  }
   const node: SidePlan = {
     links: z && u ? tunnels(input.tunnel, 'node', u.ztunnel, ALIAS_PREFIX + z.netns) : [],
     rules: FAMILIES.flatMap(nodeRules),
@@ -304,7 +371,7 @@ export function buildPlan(input: PlanInput): Plan {
     chains: FAMILIES.flatMap((f) => nodeChains(f, input, z, port)),
     sysctls: [],
   };
-  return { sets, node, ztunnel: z && u ? ztunnelPlan(input, z, u.node) : null };
+  return { sets, ifaceSets, node, ztunnel: z && u ? ztunnelPlan(input, z, u.node) : null };
 }
 
 // --- rendering and parsing (shared by apply, actual and uninstall) ---------------------

@@ -12,6 +12,7 @@ import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import {
   ALIAS_PREFIX,
   FAMILIES,
+  IFSET,
   IPSET,
   LINK,
   OUR_CHAINS,
@@ -90,6 +91,7 @@ const inNs = (ns: Ns, argv: string[]) => (ns ? ['ip', 'netns', 'exec', ns, ...ar
 // --- reading a side --------------------------------------------------------------------
 
 interface LinkState {
+  ifindex?: number;
   kind?: string;
   vni?: number;
   remote?: string;
@@ -100,6 +102,7 @@ interface LinkState {
 }
 
 interface IpAddrJson {
+  ifindex?: number;
   ifname: string;
   flags?: string[];
   ifalias?: string;
@@ -113,6 +116,7 @@ async function readLinks(runner: CommandRunner, ns: Ns): Promise<Map<string, Lin
   for (const l of text ? (JSON.parse(text) as IpAddrJson[]) : []) {
     const d = l.linkinfo?.info_data;
     out.set(l.ifname, {
+      ...(l.ifindex !== undefined && { ifindex: l.ifindex }),
       ...(l.linkinfo?.info_kind && { kind: l.linkinfo.info_kind }),
       ...(d?.id !== undefined && { vni: d.id }),
       ...((d?.remote ?? d?.remote6) && { remote: d?.remote ?? d?.remote6 }),
@@ -306,12 +310,12 @@ async function readSetNames(runner: CommandRunner): Promise<Set<string>> {
   return new Set((await runner.run(['ipset', 'list', '-n'])).split('\n').map((s) => s.trim()).filter(Boolean));
 }
 
-async function readSetMembers(runner: CommandRunner): Promise<Map<string, Family>> {
+async function readSetMembers(runner: CommandRunner, sets: Record<Family, string> = IPSET): Promise<Map<string, Family>> {
   const names = await readSetNames(runner);
   const members = new Map<string, Family>();
   for (const f of FAMILIES) {
-    if (!names.has(IPSET[f])) continue;
-    for (const line of (await runner.run(['ipset', 'save', IPSET[f]])).split('\n')) {
+    if (!names.has(sets[f])) continue;
+    for (const line of (await runner.run(['ipset', 'save', sets[f]])).split('\n')) {
       const m = /^add \S+ (\S+)/.exec(line);
       if (m) members.set(m[1]!, f);
     }
@@ -319,7 +323,8 @@ async function readSetMembers(runner: CommandRunner): Promise<Map<string, Family
   return members;
 }
 
-const createSetLine = (f: Family) => `create ${IPSET[f]} hash:ip family ${f === 4 ? 'inet' : 'inet6'}`;
+const inet = (f: Family) => (f === 4 ? 'inet' : 'inet6');
+const createSetLines = (f: Family) => [`create ${IPSET[f]} hash:ip family ${inet(f)}`, `create ${IFSET[f]} hash:net,iface family ${inet(f)}`];
 
 // --- the mode --------------------------------------------------------------------------
 
@@ -329,6 +334,8 @@ export interface IptablesOptions {
   tunnel: Tunnel;
   /** Capture the pods' DNS to ztunnel's 15053. */
   dnsCapture?: boolean;
+  /** The cluster's DNS servers, read on every pass: UDP 53 to them goes direct without DNS capture. */
+  dnsServers?: () => readonly string[];
   /** Forces a backend; detected when absent. */
   backend?: BackendKind;
 }
@@ -347,7 +354,7 @@ export class IptablesRedirect implements RedirectMode {
   async init(): Promise<void> {
     const { runner, log, tunnel } = this.opts;
     this.backendInUse = this.opts.backend ? { kind: this.opts.backend, reason: 'configured' } : await detectBackend(runner);
-    await runner.run(['ipset', 'restore', '-exist'], { input: FAMILIES.map(createSetLine).join('\n') + '\n' });
+    await runner.run(['ipset', 'restore', '-exist'], { input: FAMILIES.flatMap(createSetLines).join('\n') + '\n' });
     log.info('iptables data path ready', { backend: this.backendInUse.kind, backendReason: this.backendInUse.reason, tunnel, tunnelPort: TUNNEL_PORT[tunnel] });
   }
 
@@ -377,11 +384,15 @@ export class IptablesRedirect implements RedirectMode {
     const { runner, log, tunnel } = this.opts;
     const backend = this.backend;
     const z = await this.ztunnelSide(desired);
-    const plan = buildPlan({ tunnel, pods: [...desired.pods.keys()], ztunnel: z, dnsCapture: this.opts.dnsCapture ?? false });
+    const node = await readSide(runner, null, backend);
+    // Each pod's host veth by name, for the anti-spoofing rules and set.
+    const byIndex = new Map([...node.links.entries()].filter(([, l]) => l.ifindex !== undefined).map(([n, l]) => [l.ifindex!, n]));
+    const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null }));
+    const lost = pods.filter((p) => p.dev === null).map((p) => p.ip);
+    if (lost.length) log.warn('enrolled pods whose host veth is gone: their traffic is dropped until the next pass', { pods: lost });
+    const plan = buildPlan({ tunnel, pods, ztunnel: z, dnsCapture: this.opts.dnsCapture ?? false, dnsServers: this.opts.dnsServers?.() ?? [] });
     let attached = 0;
     let detached = 0;
-
-    const node = await readSide(runner, null, backend);
     // Where the node-side devices say the other end lives: cleaned if ztunnel moved.
     const staleNetns = new Set([...node.links.entries()].filter(([n, l]) => isOurNodeLink(n, l)).map(([, l]) => l.alias!.slice(ALIAS_PREFIX.length)));
 
@@ -406,15 +417,26 @@ export class IptablesRedirect implements RedirectMode {
     attached += nl.counts.added + rr.added;
     detached += rr.removed;
 
-    // 3. Members before rules that use them; deletions last.
+    // 3. Members before rules that use them; deletions last. A pod's (IP, veth) pair is
+    // added before its IP (else the anti-spoofing rule drops it meanwhile), removed after.
     const have = new Set(actual.pods.keys());
     const want = new Set([...plan.sets[4], ...plan.sets[6]]);
     const adds = [...want].filter((ip) => !have.has(ip));
     const dels = [...have].filter((ip) => !want.has(ip));
-    const setLines = [...FAMILIES.map(createSetLine), ...adds.map((ip) => `add ${IPSET[familyOf(ip)]} ${ip}`)];
+    const haveIf = await readSetMembers(runner, IFSET);
+    const wantIf = new Set([...plan.ifaceSets[4], ...plan.ifaceSets[6]]);
+    const ifAdds = [...wantIf].filter((e) => !haveIf.has(e));
+    const ifDels = [...haveIf.keys()].filter((e) => !wantIf.has(e));
+    const member = (e: string) => familyOf(e.split(',')[0]!);
+    const setLines = [
+      ...FAMILIES.flatMap(createSetLines),
+      ...ifAdds.map((e) => `add ${IFSET[member(e)]} ${e}`),
+      ...adds.map((ip) => `add ${IPSET[familyOf(ip)]} ${ip}`),
+    ];
     await runner.run(['ipset', 'restore', '-exist'], { input: setLines.join('\n') + '\n' });
     attached += await applyChains(runner, null, backend, plan.node.chains, node);
-    if (dels.length) await runner.run(['ipset', 'restore', '-exist'], { input: dels.map((ip) => `del ${IPSET[familyOf(ip)]} ${ip}`).join('\n') + '\n' });
+    const delLines = [...dels.map((ip) => `del ${IPSET[familyOf(ip)]} ${ip}`), ...ifDels.map((e) => `del ${IFSET[member(e)]} ${e}`)];
+    if (delLines.length) await runner.run(['ipset', 'restore', '-exist'], { input: delLines.join('\n') + '\n' });
 
     // 4. A ztunnel that moved left our half of the tunnels in its old netns.
     const existing = await listNetns(runner);
@@ -576,11 +598,11 @@ export async function uninstallIptables(runner: CommandRunner): Promise<CleanupR
     if (isMissingTool(err)) c.skip('destroy our ipsets', 'ipset is not installed, so it never made ours');
     else c.failed.push({ step: 'list ipsets', error: err instanceof Error ? err.message : String(err) });
   }
-  for (const f of FAMILIES) {
-    if (!sets?.has(IPSET[f])) continue;
-    await c.step(`destroy ipset ${IPSET[f]}`, async () => {
-      await runner.run(['ipset', 'destroy', IPSET[f]]);
-      c.removed.push(`destroyed ipset ${IPSET[f]}`);
+  for (const name of FAMILIES.flatMap((f) => [IPSET[f], IFSET[f]])) {
+    if (!sets?.has(name)) continue;
+    await c.step(`destroy ipset ${name}`, async () => {
+      await runner.run(['ipset', 'destroy', name]);
+      c.removed.push(`destroyed ipset ${name}`);
     });
   }
   return c;

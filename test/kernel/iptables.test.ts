@@ -128,6 +128,7 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
       mode: 'iptables',
       beforeUninstall: async () => {
         oracle.ipset = await run(['ip', 'netns', 'exec', sim.nodeNs, 'ipset', 'save', 'ztunnel-pods-ips']);
+        oracle.ifset = await run(['ip', 'netns', 'exec', sim.nodeNs, 'ipset', 'save', 'ztunnel-pods-ifaces']);
         oracle.links = await run(['ip', '-n', sim.nodeNs, '-d', 'link', 'show', 'istioout']);
         oracle.ztLinks = await run(['ip', '-n', sim.ztunnel.ns, '-d', 'link', 'show', 'pistioout']);
         oracle.mangle = await run(['ip', 'netns', 'exec', sim.nodeNs, 'iptables-save', '-t', 'mangle']);
@@ -146,6 +147,9 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
 
     // The kernel held what the mode says: the set, the tunnel (VXLAN here), marks, tables.
     expect(oracle.ipset!.split('\n').filter((l) => l.startsWith('add')).sort()).toEqual([`add ztunnel-pods-ips ${sim.pods[0]!.ip}`, `add ztunnel-pods-ips ${sim.pods[2]!.ip}`]);
+    // Each enrolled pod is bound to its own veth (anti-spoofing), and only there.
+    expect(oracle.ifset!.split('\n').filter((l) => l.startsWith('add')).sort()).toEqual([`add ztunnel-pods-ifaces ${sim.pods[0]!.ip},${sim.pods[0]!.hostVeth}`, `add ztunnel-pods-ifaces ${sim.pods[2]!.ip},${sim.pods[2]!.hostVeth}`]);
+    expect(oracle.mangle).toContain(`-A ztunnel-PREROUTING -i ${sim.pods[0]!.hostVeth} -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP`);
     expect(oracle.links).toMatch(new RegExp(`${TUNNEL.kind} id 1001 remote 198\\.18\\.0\\.2 .*dstport ${TUNNEL.port}`));
     expect(oracle.links).toContain('alias ambient-redirect ztunnel-netns=' + sim.ztunnel.ns);
     // ztunnel's end points back at the node's address toward ztunnel.

@@ -78,6 +78,8 @@ async function record(c: Case): Promise<string> {
     if (c.ztunnel && cmd === 'ip -n cni-ztunnel -j addr show dev eth0') {
       return JSON.stringify([{ ifname: 'eth0', addr_info: [{ local: c.ztunnel.ip, prefixlen: c.ztunnel.ip.includes(':') ? 128 : 32 }] }]);
     }
+    // The pods' host veths: the anti-spoofing rules name them.
+    if (cmd === 'ip -j -d addr show') return JSON.stringify(c.pods.map((_, i) => ({ ifindex: 10 + i, ifname: `veth${i}` })));
     if (c.ztunnel && cmd === `ip -j route get ${c.ztunnel.ip}`) return JSON.stringify([{ dst: c.ztunnel.ip, dev: 'vethzt', prefsrc: c.ztunnel.host }]);
     return undefined;
   });
@@ -161,7 +163,7 @@ describe('iptables mode golden files', () => {
   });
 
   it('is a no-op on a node that already holds the plan (idempotent iptables input)', () => {
-    const plan = buildPlan({ tunnel: 'vxlan', pods: V4.pods, ztunnel: { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip], hostIps: { 4: V4.ztunnel.host } }, dnsCapture: false });
+    const plan = buildPlan({ tunnel: 'vxlan', pods: V4.pods.map((ip, i) => ({ ip, dev: `veth${i}` })), ztunnel: { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip], hostIps: { 4: V4.ztunnel.host } }, dnsCapture: false });
     const chains = plan.node.chains.filter((c) => c.family === 4);
     // What iptables-save prints after our restore: the same rules, one jump per chain.
     const byTable = new Map<string, string[]>();
@@ -177,5 +179,101 @@ describe('iptables mode golden files', () => {
     const input = chainRestoreInput(chains, parseSave(drifted))!;
     expect(input.match(/^:/gm)).toHaveLength(1);
     expect(input).toContain(':ztunnel-OUTPUT - [0:0]');
+  });
+});
+
+describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
+  const z = { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip, V6.ztunnel.ip], hostIps: { 4: V4.ztunnel.host, 6: V6.ztunnel.host } };
+  const pods = [...V4.pods, ...V6.pods].map((ip, i) => ({ ip, dev: `veth${i % 2}` }));
+  const plan = buildPlan({ tunnel: 'vxlan', pods, ztunnel: z, dnsCapture: false });
+  const rules = (side: 'node' | 'ztunnel', f: 4 | 6, chain: string) => (side === 'node' ? plan.node : plan.ztunnel!).chains.find((c) => c.family === f && c.chain === chain && c.table === 'mangle')!.rules;
+
+  for (const f of [4, 6] as const) {
+    const pre = rules('node', f, 'ztunnel-PREROUTING');
+    const set = f === 4 ? 'ztunnel-pods-ips' : 'ztunnel-pods-ips-v6';
+    const ifset = f === 4 ? 'ztunnel-pods-ifaces' : 'ztunnel-pods-ifaces-v6';
+    const zt = f === 4 ? '10.244.1.3/32' : 'fd00:10:244:1::3/128';
+
+    it(`IPv${f}: the tunnel port's RETURN matches only ztunnel's own packets`, () => {
+      const tunnelPort = pre.filter((r) => r.includes('--dport 4789'));
+      expect(tunnelPort).toEqual([`-s ${zt} -i vethzt -p udp -m udp --dport 4789 -j RETURN`]);
+    });
+
+    it(`IPv${f}: pods are bound to their veths before any RETURN that could let them through`, () => {
+      const firstSkip = pre.findIndex((r) => r.includes('--dport 4789') || r.includes('connmark'));
+      const spoof = [
+        `-s ${zt} ! -i vethzt -j DROP`,
+        `! -i vethzt -m set --match-set ${set} src -m set ! --match-set ${ifset} src,src -j DROP`,
+        `-i veth0 -m set ! --match-set ${ifset} src,src -j DROP`,
+        `-i veth1 -m set ! --match-set ${ifset} src,src -j DROP`,
+      ];
+      for (const r of spoof) {
+        expect(pre).toContain(r);
+        expect(pre.indexOf(r)).toBeLessThan(firstSkip);
+      }
+      expect(plan.ifaceSets[f]).toEqual(f === 4 ? ['10.244.1.7,veth0', '10.244.1.9,veth1'] : ['fd00:10:244:1::7,veth0', 'fd00:10:244:1::9,veth1']);
+    });
+
+    it(`IPv${f}: TCP, UDP and ICMP are captured, every other protocol from an enrolled pod is dropped`, () => {
+      const tail = pre.slice(-5);
+      expect(tail).toEqual([
+        `-p tcp -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
+        `-p udp -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
+        `-p ${f === 4 ? 'icmp' : 'ipv6-icmp'} -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
+        '-m mark --mark 0x100/0x100 -j RETURN',
+        `-m set --match-set ${set} src -j DROP`,
+      ]);
+      // Only ND and MLD to link scope pass uncaptured; nothing else returns before capture without a mark.
+      const nd = pre.filter((r) => r.includes('icmpv6-type'));
+      expect(nd.every((r) => /^-d (fe80::\/10|ff02::\/16) -p ipv6-icmp -m icmp6 --icmpv6-type (13[0-7]|143) -j RETURN$/.test(r))).toBe(true);
+      expect(nd).toHaveLength(f === 6 ? 18 : 0);
+    });
+
+    it(`IPv${f}: captured packets for the node itself are dropped, not delivered`, () => {
+      expect(rules('node', f, 'ztunnel-INPUT')[0]).toBe('-m mark --mark 0x100/0x100 -j DROP');
+    });
+
+    it(`IPv${f}: the node's own connections (probes) are conn-skip from their first packet, so the pod's answers skip capture`, () => {
+      expect(plan.node.chains.find((c) => c.family === f && c.chain === 'ztunnel-OUTPUT')!.rules).toEqual([
+        '-m addrtype --src-type LOCAL -j MARK --set-xmark 0x220/0x220',
+        '-m mark --mark 0x220/0x220 -j CONNMARK --save-mark --nfmask 0x220 --ctmask 0x220',
+      ]);
+    });
+
+    it(`IPv${f}: ztunnel's netns drops what the tunnels bring and no listener takes`, () => {
+      const zr = rules('ztunnel', f, 'ztunnel-PREROUTING');
+      for (const dev of ['pistioin', 'pistioout']) {
+        const mine = zr.filter((r) => r.startsWith(`-i ${dev} `));
+        expect(mine.at(-1)).toBe(`-i ${dev} -j DROP`);
+        // Only TPROXY to a listener, ICMP errors and (IPv6) the node's own ND come before the drop.
+        expect(mine.slice(0, -1).every((r) => / -j TPROXY | -m icmp6? --icmp(v6)?-type \d+ -j MARK --set-xmark 0x400\/0xfff$| -m mark --mark 0x400\/0xfff -j RETURN$| -p ipv6-icmp -m hl --hl-eq 255 -j RETURN$/.test(r))).toBe(true);
+        expect(mine.some((r) => r.includes('--hl-eq 255'))).toBe(f === 6);
+      }
+    });
+  }
+
+  it('without DNS capture, UDP 53 to the cluster DNS servers (and only to them) skips capture, both ways', () => {
+    const input = { tunnel: 'vxlan' as const, pods, ztunnel: z, dnsServers: ['10.96.0.10', 'fd00:96::a', '10.96.0.10', '169.254.20.10'] };
+    const pre = (p: ReturnType<typeof buildPlan>, f: 4 | 6) => p.node.chains.find((c) => c.family === f && c.chain === 'ztunnel-PREROUTING')!.rules;
+    const off = buildPlan({ ...input, dnsCapture: false });
+    const dns4 = pre(off, 4).filter((r) => r.includes('--dport 53'));
+    expect(dns4).toEqual([
+      '-d 10.96.0.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+      '-d 169.254.20.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+    ]);
+    expect(pre(off, 6).filter((r) => r.includes('--dport 53'))).toEqual(['-d fd00:96::a/128 -p udp -m set --match-set ztunnel-pods-ips-v6 src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220']);
+    // After the binding (a spoofed source never gets the exemption), before the skip RETURN that acts on it.
+    const r4 = pre(off, 4);
+    expect(r4.indexOf(dns4[0]!)).toBeGreaterThan(r4.indexOf('-i veth1 -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP'));
+    expect(r4.indexOf(dns4[1]!)).toBeLessThan(r4.indexOf('-m mark --mark 0x200/0x200 -j RETURN'));
+    // With DNS capture all of UDP 53 goes to ztunnel's 15053.
+    expect(pre(buildPlan({ ...input, dnsCapture: true }), 4).some((r) => r.includes('--dport 53'))).toBe(false);
+  });
+
+  it('a pod whose veth is gone gets no set entry nor veth rule (its traffic is dropped by the binding)', () => {
+    const p = buildPlan({ tunnel: 'vxlan', pods: [{ ip: '10.244.1.7', dev: null }], ztunnel: z, dnsCapture: false });
+    expect(p.sets[4]).toEqual(['10.244.1.7']);
+    expect(p.ifaceSets[4]).toEqual([]);
+    expect(p.node.chains.find((c) => c.family === 4 && c.chain === 'ztunnel-PREROUTING')!.rules.some((r) => /^-i veth\d/.test(r))).toBe(false);
   });
 });
