@@ -82,7 +82,7 @@ export interface SimNode {
   startNodeServer(port: number): Promise<SimServer>;
   /**
    * `count` sequential connections; failures are results, not errors. `bind` picks the
-   * source address (the probe address from the node, another pod's IP to spoof).
+   * source address (another pod's IP to spoof, a forged source from outside).
    */
   connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string, localPort?: number): Promise<ConnectResult[]>;
   /** Deletes a pod's veth pair and wires a new one (new ifindex, new MACs), as a CNI re-ADD does. */
