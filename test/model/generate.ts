@@ -115,12 +115,26 @@ export class Gen {
   exemptionFrame(eth: b.EtherOpts): Buffer {
     const v6 = this.chance(0.4);
     const pod = v6 ? POD_A.v6 : POD_A.v4;
-    const peer = this.pick(v6 ? [NODE.v6, DNS.v6, NOT_DNS.v6] : [NODE.v4, DNS.v4, DNS.local, NOT_DNS.v4]);
     const toPod = this.chance(0.5);
-    const podPort = this.pick([FLOW.podPort, FLOW.podPort, 9090, 40000]);
-    const peerPort = this.pick([FLOW.nodePort, FLOW.nodePort, 53, 53, 50000]);
+    let peer: string;
+    let podPort: number;
+    let peerPort: number;
+    let tcp: boolean;
+    if (this.chance(0.5)) {
+      // The node's flows: the recorded ones (TCP over IPv4, UDP over IPv6) and their near misses.
+      peer = v6 ? NODE.v6 : NODE.v4;
+      podPort = this.pick([FLOW.podPort, FLOW.podPort, FLOW.podPort, 9090]);
+      peerPort = this.pick([FLOW.nodePort, FLOW.nodePort, FLOW.nodePort, 50000]);
+      tcp = this.chance(0.85) ? !v6 : v6;
+    } else {
+      // Port 53 with DNS servers and other hosts.
+      peer = this.pick(v6 ? [DNS.v6, DNS.v6, NOT_DNS.v6] : [DNS.v4, DNS.local, NOT_DNS.v4]);
+      podPort = this.pick([40000, 53, 5353]);
+      peerPort = this.pick([53, 53, 53, 5353]);
+      tcp = this.chance(0.2);
+    }
     const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
-    const l4 = this.chance(0.5)
+    const l4 = tcp
       ? b.tcp({ sport, dport, flags: this.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, this.int(256)]) })
       : b.udp({ sport, dport, payload: this.bytes(this.int(12)) });
     const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
