@@ -47,6 +47,13 @@ export interface RunConfig {
   readonly delivery: 'auto' | 'sk_assign' | 'tproxy';
   readonly tunnel: 'auto' | 'geneve' | 'vxlan';
   readonly dnsCapture: boolean;
+  /**
+   * DNS servers given by flags (--dns-servers, --node-local-dns); with Kubernetes
+   * membership the DNS Service's addresses are added to them.
+   */
+  readonly dnsServers: readonly string[];
+  /** The DNS Service to read (Kubernetes membership only); null: none. */
+  readonly dnsService: { namespace: string; name: string } | null;
   readonly logLevel: Level;
   /** The chained CNI plugin's side (docs/cni.md); socket '' = no CNI gate. */
   readonly cni: CniConfig;
@@ -98,6 +105,9 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
   'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
+  'dns-service': { env: 'DNS_SERVICE', help: 'namespace/name of the cluster DNS Service whose addresses UDP 53 may reach uncaptured (none: no Service)', default: 'kube-system/kube-dns' },
+  'dns-servers': { env: 'DNS_SERVERS', help: 'more DNS server addresses, comma-separated (with --enroll, the only ones)' },
+  'node-local-dns': { env: 'NODE_LOCAL_DNS', help: 'node-local DNS cache addresses, comma-separated (e.g. 169.254.20.10)' },
   'log-level': { env: 'LOG_LEVEL', help: 'debug | info | warn | error', default: 'info' },
   'cni-socket': { env: 'CNI_SOCKET', help: 'Unix socket the chained CNI plugin asks (default: none, no CNI gate; Kubernetes membership only)' },
   'cni-add-timeout': { env: 'CNI_ADD_TIMEOUT', help: 'seconds a CNI ADD waits for its pod to be programmed', default: '8' },
@@ -210,9 +220,19 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
     dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',
+    dnsServers: Object.freeze([...new Set([...ipList('dns-servers', v['dns-servers'] ?? ''), ...ipList('node-local-dns', v['node-local-dns'] ?? '')])]),
+    dnsService: dnsService(v['dns-service']!, membership),
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),
     cni: cniConfig(v, membership),
   });
+}
+
+function dnsService(text: string, membership: MembershipSource): { namespace: string; name: string } | null {
+  if (text === 'none' || membership.kind !== 'kubernetes') return null;
+  const parts = text.split('/');
+  const label = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+  if (parts.length !== 2 || !label.test(parts[0]!) || !label.test(parts[1]!)) throw new ConfigError(`--dns-service: "${text}" is not namespace/name (or none)`);
+  return Object.freeze({ namespace: parts[0]!, name: parts[1]! });
 }
 
 function cniConfig(v: Record<string, string | undefined>, membership: MembershipSource): CniConfig {

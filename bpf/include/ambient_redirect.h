@@ -17,8 +17,12 @@
 #ifndef MAX_PODS
 #define MAX_PODS 65536
 #endif
-#ifndef MAX_HOST_ADDRS
-#define MAX_HOST_ADDRS 64
+#ifndef MAX_DNS_SERVERS
+#define MAX_DNS_SERVERS 64
+#endif
+/* Host-originated flows to enrolled pods remembered at once (LRU: the oldest go). */
+#ifndef MAX_HOST_FLOWS
+#define MAX_HOST_FLOWS 16384
 #endif
 /* IPv6 extension headers walked before giving up (no loops on 4.20: unrolled). */
 #ifndef MAX_IPV6_EXT
@@ -58,11 +62,7 @@ enum ztunnel_flags {
 	ZT_F_DNS_CAPTURE = 1 << 1, /* UDP port 53 goes to ztunnel too */
 };
 
-enum host_flags {
-	HOST_F_BYPASS = 1 << 0, /* traffic between pods and this address passes (probes) */
-};
-
-/* Key of the pods and host_addrs maps: an IP address. */
+/* Key of the pods and dns_servers maps: an IP address. */
 struct addr_key {
 	__u8 addr[16]; /* network order; IPv4 as the mapped address ::ffff:a.b.c.d */
 };
@@ -84,9 +84,27 @@ struct ztunnel_info {
 	__u64 netns_cookie; /* ztunnel's netns cookie, host order; 0 = unknown */
 };
 
-/* Value of the host_addrs map. */
-struct host_info {
-	__u32 flags; /* enum host_flags, host order */
+/* Value of the dns_servers map: the key is a cluster DNS server; the value says no more. */
+struct dns_info {
+	__u32 flags; /* reserved, 0 */
+};
+
+/*
+ * Key of the host_flows map: a TCP/UDP flow the node itself opened to an enrolled pod,
+ * written from the pod's side so that both directions build the same key.
+ */
+struct host_flow_key {
+	struct addr_key pod;  /* the pod's address (as in pods) */
+	struct addr_key peer; /* the node's address the flow came from */
+	__u16 pod_port;       /* network order */
+	__u16 peer_port;      /* network order */
+	__u8 proto;           /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];          /* 0 */
+};
+
+/* Value of the host_flows map. */
+struct host_flow_info {
+	__u32 ifindex; /* the pod's host veth the flow went out on, host order */
 };
 
 /* Key of the qdiscs map: a clsact qdisc the controller created (uninstall removes only those). */

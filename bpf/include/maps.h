@@ -21,14 +21,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ztunnel SEC(".maps");
 
-/* host_addrs: ::ffff:169.254.7.127 -> { flags BYPASS } */
+/* dns_servers: ::ffff:10.96.0.10 -> { flags 0 } */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_HOST_ADDRS);
+	__uint(max_entries, MAX_DNS_SERVERS);
 	__type(key, struct addr_key);
-	__type(value, struct host_info);
+	__type(value, struct dns_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} host_addrs SEC(".maps");
+} dns_servers SEC(".maps");
+
+/* host_flows (written by in_redirect): { pod ::ffff:198.18.0.10:8080, node ::ffff:10.0.0.4:41234, TCP } -> { ifindex 12 } */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_HOST_FLOWS);
+	__type(key, struct host_flow_key);
+	__type(value, struct host_flow_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} host_flows SEC(".maps");
 
 /* counters (per CPU): 12 -> { redirected 40/2960, dropped 1/60, passed 3/180 } */
 struct {

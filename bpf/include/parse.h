@@ -71,11 +71,8 @@ static __always_inline int ipv6_ext(__u8 nh)
 	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
 }
 
-/*
- * Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. The pod-side
- * programs never look at TCP ports, so they skip reading them (`tcp_ports` false).
- */
-static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f, bool tcp_ports)
+/* Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. */
+static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 {
 	__u8 hdr[14];
 	__u32 need;
@@ -97,8 +94,6 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f, bool
 		return;
 	}
 	f->l4 = L4_OK;
-	if (f->proto == IPPROTO_TCP && !tcp_ports)
-		return;
 	/* TCP's flags too (byte 13); the header is 20 bytes, so they are there. */
 	if (bpf_skb_load_bytes(skb, f->l4_off, hdr, f->proto == IPPROTO_TCP ? 14 : 4) < 0) {
 		f->l4 = L4_TRUNCATED;
@@ -119,7 +114,7 @@ static __always_inline __u32 ipv6_hdr_len(__u8 type, __u8 hdrlen)
 	return type == IPPROTO_AH ? ((__u32)hdrlen + 2) * 4 : ((__u32)hdrlen + 1) * 8;
 }
 
-static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh, bool tcp_ports)
+static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh)
 {
 	int i;
 
@@ -168,10 +163,10 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
 		return;
 	}
-	parse_l4(skb, f, tcp_ports);
+	parse_l4(skb, f);
 }
 
-static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f, bool tcp_ports)
+static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -218,7 +213,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f, b
 		f->proto = ip->protocol;
 		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 		f->l4_off = sizeof(*eth) + ihl;
-		parse_l4(skb, f, tcp_ports);
+		parse_l4(skb, f);
 		return;
 	}
 	if (proto == ETH_P_IPV6) {
@@ -232,7 +227,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f, b
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
 		f->l4_off = sizeof(*eth) + sizeof(*ip6);
-		parse_ipv6_chain(skb, f, ip6->nexthdr, tcp_ports);
+		parse_ipv6_chain(skb, f, ip6->nexthdr);
 		return;
 	}
 	f->l3 = L3_OTHER;
@@ -243,6 +238,20 @@ static __always_inline int ipv6_link_local(const struct addr_key *a)
 {
 	return (a->addr[0] == 0xfe && (a->addr[1] & 0xc0) == 0x80) ||
 	       (a->addr[0] == 0xff && a->addr[1] == 0x02);
+}
+
+/* ICMPv6 neighbour discovery (133-137) or MLD (130-132, 143), header in the frame. */
+static __always_inline int ipv6_nd_or_mld(const struct flow *f)
+{
+	if (f->l3 != L3_IPV6 || f->proto != IPPROTO_ICMPV6 || f->l4 != L4_OK || f->nonfirst_frag)
+		return 0;
+	return (f->icmp_type >= 130 && f->icmp_type <= 137) || f->icmp_type == 143;
+}
+
+/* TCP or UDP whose ports were read: a flow the host_flows map can name. */
+static __always_inline int has_ports(const struct flow *f)
+{
+	return (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && f->l4 == L4_OK && !f->nonfirst_frag;
 }
 
 #endif

@@ -36,11 +36,72 @@ static __always_inline struct ztunnel_info *ztunnel_slot(void)
 	return zt;
 }
 
-static __always_inline int host_bypass(const struct addr_key *a)
-{
-	struct host_info *h = bpf_map_lookup_elem(&host_addrs, a);
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 
-	return h && (h->flags & HOST_F_BYPASS);
+/* A TCP SYN without ACK: the first segment of a new connection. */
+static __always_inline int tcp_opening(const struct flow *f)
+{
+	return f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+static __always_inline void host_flow_key(struct host_flow_key *k, const struct addr_key *pod,
+					  const struct addr_key *peer, __be16 pod_port, __be16 peer_port,
+					  __u8 proto)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(&k->pod, pod, sizeof(*pod));
+	__builtin_memcpy(&k->peer, peer, sizeof(*peer));
+	k->pod_port = pod_port;
+	k->peer_port = peer_port;
+	k->proto = proto;
+}
+
+/* The flow is one the node opened to the pod behind this veth. */
+static __always_inline int host_flow_known(const struct host_flow_key *k, __u32 ifindex)
+{
+	struct host_flow_info *h = bpf_map_lookup_elem(&host_flows, k);
+
+	return h && h->ifindex == ifindex;
+}
+
+/*
+ * I11: a frame the node itself sent (skb->ingress_ifindex 0: it came in on no device)
+ * opens or continues a flow the node owns. A UDP datagram or a TCP SYN records the flow;
+ * other TCP segments pass only on a recorded one (a SYN-ACK of the node answers a
+ * connection someone else opened, which ztunnel may own).
+ */
+static __always_inline int host_originated(struct __sk_buff *skb, const struct flow *f)
+{
+	struct host_flow_key k;
+
+	if (skb->ingress_ifindex != 0 || !has_ports(f))
+		return 0;
+	host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
+	if (f->proto == IPPROTO_UDP || tcp_opening(f)) {
+		struct host_flow_info h = { .ifindex = skb->ifindex };
+
+		/* A full map evicts its oldest flow (LRU); a failed write only costs the reply. */
+		bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
+		return 1;
+	}
+	return host_flow_known(&k, skb->ifindex);
+}
+
+/* O10: the pod answering a flow the node opened (never a SYN of its own). */
+static __always_inline int host_flow_reply(struct __sk_buff *skb, const struct flow *f)
+{
+	struct host_flow_key k;
+
+	if (!has_ports(f) || tcp_opening(f))
+		return 0;
+	host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
+	return host_flow_known(&k, skb->ifindex);
+}
+
+static __always_inline int dns_server(const struct addr_key *a)
+{
+	return bpf_map_lookup_elem(&dns_servers, a) != NULL;
 }
 
 static __always_inline void count(__u32 ifindex, enum verdict v, __u64 len)
@@ -85,10 +146,11 @@ static __always_inline int l3_verdict(const struct flow *f, enum verdict *v)
 /*
  * The rows after the addresses are judged, common to both directions: the extension
  * chain, fragments, protocols, DNS without capture, fail closed, redirect.
- * `dns_port` is the port that marks DNS in this direction (dst outbound, src inbound).
+ * `dns_port` and `server` are the port and address that mark DNS in this direction
+ * (destination outbound, source inbound).
  */
 static __always_inline enum verdict l4_verdict(const struct flow *f, const struct ztunnel_info *zt,
-					       __be16 dns_port)
+					       __be16 dns_port, const struct addr_key *server)
 {
 	if (f->l4 == L4_BAD_CHAIN)
 		return V_DROP;                                   /* O11, I12 */
@@ -99,7 +161,7 @@ static __always_inline enum verdict l4_verdict(const struct flow *f, const struc
 	if (f->l4 == L4_TRUNCATED && !is_icmp(f))
 		return V_DROP;                                   /* O14, I15 */
 	if (f->proto == IPPROTO_UDP && dns_port == bpf_htons(DNS_PORT) &&
-	    !(ztunnel_flags() & ZT_F_DNS_CAPTURE))
+	    !(ztunnel_flags() & ZT_F_DNS_CAPTURE) && dns_server(server))
 		return V_PASS;                                   /* O15, I16 */
 	if (!zt)
 		return V_DROP;                                   /* O16, I17 */
@@ -141,16 +203,16 @@ static __always_inline enum verdict outbound_verdict(struct __sk_buff *skb, cons
 
 	if (l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
-	if (f->l3 == L3_IPV6 && ipv6_link_local(&f->dst))
+	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
 	pod = bpf_map_lookup_elem(&pods, &f->src);
 	if (!pod || pod->ifindex != skb->ifindex)
 		return V_DROP;                                   /* O8 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
-	if (host_bypass(&f->dst))
+	if (host_flow_reply(skb, f))
 		return V_PASS;                                   /* O10 */
-	return l4_verdict(f, zt, f->dport);
+	return l4_verdict(f, zt, f->dport, &f->dst);
 }
 
 static __always_inline int capture_outbound(struct __sk_buff *skb, bool peer)
@@ -158,7 +220,7 @@ static __always_inline int capture_outbound(struct __sk_buff *skb, bool peer)
 	struct ztunnel_info *zt = ztunnel_slot();
 	struct flow f;
 
-	parse_frame(skb, &f, false);
+	parse_frame(skb, &f);
 	return finish(skb, outbound_verdict(skb, &f, zt), zt, peer);
 }
 
@@ -172,16 +234,16 @@ static __always_inline enum verdict inbound_verdict(struct __sk_buff *skb, const
 		return v;                                        /* I1–I6 */
 	if (zt && skb->ingress_ifindex == zt->ifindex)
 		return V_PASS;                                   /* I7 */
-	if (f->l3 == L3_IPV6 && (ipv6_link_local(&f->src) || ipv6_link_local(&f->dst)))
+	if (ipv6_nd_or_mld(f) && (ipv6_link_local(&f->src) || ipv6_link_local(&f->dst)))
 		return V_PASS;                                   /* I8 */
 	pod = bpf_map_lookup_elem(&pods, &f->dst);
 	if (!pod || pod->ifindex != skb->ifindex)
 		return V_DROP;                                   /* I9 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* I10 */
-	if (host_bypass(&f->src))
+	if (host_originated(skb, f))
 		return V_PASS;                                   /* I11 */
-	return l4_verdict(f, zt, f->sport);
+	return l4_verdict(f, zt, f->sport, &f->src);
 }
 
 static __always_inline int capture_inbound(struct __sk_buff *skb)
@@ -189,7 +251,7 @@ static __always_inline int capture_inbound(struct __sk_buff *skb)
 	struct ztunnel_info *zt = ztunnel_slot();
 	struct flow f;
 
-	parse_frame(skb, &f, false);
+	parse_frame(skb, &f);
 	return finish(skb, inbound_verdict(skb, &f, zt), zt, false);
 }
 

@@ -167,7 +167,7 @@ static __always_inline int ztunnel_deliver(struct __sk_buff *skb, bool assign)
 	__u32 mark = 0;
 	struct flow f;
 
-	parse_frame(skb, &f, true);
+	parse_frame(skb, &f);
 	switch (zt_classify(&f, &mark)) {
 	case ZC_PASS:
 		return TC_ACT_OK;

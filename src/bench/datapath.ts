@@ -92,7 +92,7 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
   const empty = BpfObject.openAndLoad(opts.emptyPath);
   try {
     obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ifindex: 7, peerIfindex: 2, mac: '0a:58:c6:12:00:02', flags: codec.ZtunnelFlags.PRESENT, netnsCookie: 0n }));
-    obj.map('host_addrs').update(codec.encodeAddrKey('169.254.7.127'), codec.encodeHostInfo({ flags: codec.HostFlags.BYPASS }));
+    obj.map('dns_servers').update(codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo());
     const emptyFd = empty.programFd('bench_empty');
     const subjects = [
       { program: 'empty', fd: emptyFd, frame: CASES[0]!.frame, ctx: CASES[0]!.ctx },

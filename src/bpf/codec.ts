@@ -12,11 +12,15 @@ type Layout = { readonly size: number; readonly fields: Readonly<Record<string, 
 export const PodFlags = { ENROLLED: constants.POD_F_ENROLLED } as const;
 /** Flags of ztunnel_info (enum ztunnel_flags). */
 export const ZtunnelFlags = { PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE } as const;
-/** Flags of host_info (enum host_flags). */
-export const HostFlags = { BYPASS: constants.HOST_F_BYPASS } as const;
 
-export interface HostInfo {
-  flags: number;
+/** A flow the node opened to an enrolled pod (key of host_flows), seen from the pod. */
+export interface HostFlowKey {
+  pod: string;
+  peer: string;
+  podPort: number;
+  peerPort: number;
+  /** 6 (TCP) or 17 (UDP). */
+  proto: number;
 }
 
 export interface PodCounters {
@@ -136,7 +140,7 @@ function u16(value: number, what: string): number {
 
 // --- keys ------------------------------------------------------------------------------
 
-/** Key of the pods and host_addrs maps. */
+/** Key of the pods and dns_servers maps. */
 export const ADDR_KEY_SIZE = layouts.addr_key.size;
 
 export function encodeAddrKey(ip: string): Buffer {
@@ -214,18 +218,55 @@ export function decodeZtunnelInfo(buf: Buffer): ZtunnelInfo {
   };
 }
 
-// --- host_addrs map ----------------------------------------------------------------------
+// --- dns_servers map ---------------------------------------------------------------------
 
-export const HOST_INFO_SIZE = layouts.host_info.size;
+export const DNS_INFO_SIZE = layouts.dns_info.size;
 
-export function encodeHostInfo(v: HostInfo): Buffer {
-  const buf = Buffer.alloc(HOST_INFO_SIZE);
-  buf.writeUInt32LE(u32(v.flags, 'flags'), field(layouts.host_info, 'flags').offset);
+/** The value of a dns_servers entry: all zero (the key says it all). */
+export function encodeDnsInfo(): Buffer {
+  return Buffer.alloc(DNS_INFO_SIZE);
+}
+
+// --- host_flows map (written by in_redirect) ----------------------------------------------
+
+export const HOST_FLOW_KEY_SIZE = layouts.host_flow_key.size;
+export const HOST_FLOW_INFO_SIZE = layouts.host_flow_info.size;
+
+export function encodeHostFlowKey(k: HostFlowKey): Buffer {
+  const l = layouts.host_flow_key;
+  const buf = Buffer.alloc(l.size);
+  encodeAddr(k.pod).copy(buf, field(l, 'pod').offset);
+  encodeAddr(k.peer).copy(buf, field(l, 'peer').offset);
+  buf.writeUInt16BE(u16(k.podPort, 'pod_port'), field(l, 'pod_port').offset);
+  buf.writeUInt16BE(u16(k.peerPort, 'peer_port'), field(l, 'peer_port').offset);
+  if (k.proto !== 6 && k.proto !== 17) throw new CodecError(`host flow protocol must be 6 or 17: ${k.proto}`);
+  buf.writeUInt8(k.proto, field(l, 'proto').offset);
   return buf;
 }
 
-export function decodeHostInfo(buf: Buffer): HostInfo {
-  return { flags: buf.readUInt32LE(field(layouts.host_info, 'flags').offset) };
+export function decodeHostFlowKey(buf: Buffer): HostFlowKey {
+  const l = layouts.host_flow_key;
+  const addr = (name: 'pod' | 'peer') => {
+    const f = field(l, name);
+    return decodeAddr(buf.subarray(f.offset, f.offset + f.size));
+  };
+  return {
+    pod: addr('pod'),
+    peer: addr('peer'),
+    podPort: buf.readUInt16BE(field(l, 'pod_port').offset),
+    peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
+    proto: buf.readUInt8(field(l, 'proto').offset),
+  };
+}
+
+export function encodeHostFlowInfo(v: { ifindex: number }): Buffer {
+  const buf = Buffer.alloc(HOST_FLOW_INFO_SIZE);
+  buf.writeUInt32LE(u32(v.ifindex, 'ifindex'), field(layouts.host_flow_info, 'ifindex').offset);
+  return buf;
+}
+
+export function decodeHostFlowInfo(buf: Buffer): { ifindex: number } {
+  return { ifindex: buf.readUInt32LE(field(layouts.host_flow_info, 'ifindex').offset) };
 }
 
 // --- counters map (per CPU) ----------------------------------------------------------------

@@ -12,10 +12,12 @@
  *   old one's pin only after the new programs (which use it) are attached everywhere.
  *   Until then the old programs and maps keep working; a load that fails changes nothing.
  *
- * `<pin dir>/` holds: pods, ztunnel, host_addrs, counters, prog-<hash>/<program>...
+ * `<pin dir>/` holds: pods, ztunnel, dns_servers, host_flows, counters, qdiscs,
+ * prog-<hash>/<program>... A map an older build pinned that this build no longer has
+ * (host_addrs, before host_flows replaced it) is unpinned with the old programs.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
@@ -138,7 +140,7 @@ function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
 /**
  * After the new programs are attached everywhere: `__next` maps take their names (the
  * old maps live on only while old programs still reference them), and other builds'
- * program folders are unpinned.
+ * program folders are unpinned, as are maps of an older build that this one no longer has.
  */
 export function commitInstall(dir: string, installed: Installed): string[] {
   const done: string[] = [];
@@ -149,6 +151,11 @@ export function commitInstall(dir: string, installed: Installed): string[] {
   installed.migrating = [];
   for (const entry of readdirSync(dir)) {
     const path = join(dir, entry);
+    if (!entry.startsWith('prog-') && !entry.endsWith(NEXT) && !installed.maps.has(entry) && !statSync(path).isDirectory()) {
+      unlinkSync(path);
+      done.push(`unpinned retired map ${entry}`);
+      continue;
+    }
     if (!entry.startsWith('prog-') || path === installed.progDir) continue;
     for (const p of readdirSync(path)) unlinkSync(join(path, p));
     rmdirSync(path);

@@ -27,10 +27,27 @@ export const layouts = {
       netns_cookie: { offset: 16, size: 8 },
     },
   },
-  host_info: {
+  dns_info: {
     size: 4,
     fields: {
       flags: { offset: 0, size: 4 },
+    },
+  },
+  host_flow_key: {
+    size: 40,
+    fields: {
+      pod: { offset: 0, size: 16 },
+      peer: { offset: 16, size: 16 },
+      pod_port: { offset: 32, size: 2 },
+      peer_port: { offset: 34, size: 2 },
+      proto: { offset: 36, size: 1 },
+      pad: { offset: 37, size: 3 },
+    },
+  },
+  host_flow_info: {
+    size: 4,
+    fields: {
+      ifindex: { offset: 0, size: 4 },
     },
   },
   qdisc_key: {
@@ -62,7 +79,8 @@ export const layouts = {
 /** Constants of the shared header (#defines and enum members). */
 export const constants = {
   MAX_PODS: 65536,
-  MAX_HOST_ADDRS: 64,
+  MAX_DNS_SERVERS: 64,
+  MAX_HOST_FLOWS: 16384,
   MAX_IPV6_EXT: 4,
   ZTUNNEL_SLOT: 0,
   ZTUNNEL_PORT_OUTBOUND: 15001,
@@ -79,7 +97,6 @@ export const constants = {
   POD_F_ENROLLED: 1,
   ZT_F_PRESENT: 1,
   ZT_F_DNS_CAPTURE: 2,
-  HOST_F_BYPASS: 1,
   QDISC_NETNS_NODE: 0,
   QDISC_NETNS_ZTUNNEL: 1,
   QDISC_F_CREATED: 1,

@@ -2,7 +2,7 @@
 import { ConfigError, parseRunConfig, RUN_FLAGS, usageOf, type RunConfig } from '../config.js';
 import { Controller, staticMembership, type Membership } from '../controller/controller.js';
 import { systemRunner } from '../host/runner.js';
-import { KubeMembership, kubeTransport, loadKubeConfig } from '../kube/index.js';
+import { DnsServiceReader, KubeMembership, kubeTransport, loadKubeConfig, type KubeTransport } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, podCounters, serveMetrics } from '../metrics/index.js';
 import { createRedirectMode, resolveMode } from '../redirect/factory.js';
@@ -22,10 +22,12 @@ flags (environment equivalents in brackets):
 ${usageOf(RUN_FLAGS)}
 `;
 
-function kubeMembership(cfg: RunConfig, log: Logger): KubeMembership {
+function kubeApi(cfg: RunConfig): KubeTransport {
   if (cfg.membership.kind !== 'kubernetes') throw new Error('not Kubernetes membership');
-  const kc = loadKubeConfig({ kubeconfig: cfg.membership.kubeconfig });
-  const api = kubeTransport(kc);
+  return kubeTransport(loadKubeConfig({ kubeconfig: cfg.membership.kubeconfig }));
+}
+
+function kubeMembership(cfg: RunConfig, api: KubeTransport, log: Logger): KubeMembership {
   log.info('watching the Kubernetes API', { server: api.server, node: cfg.nodeName });
   return new KubeMembership(api, {
     nodeName: cfg.nodeName,
@@ -47,9 +49,14 @@ export async function runCommand(argv: string[]): Promise<number> {
   const log = createLogger(cfg.logLevel);
   let membership: Membership;
   let kube: KubeMembership | null = null;
+  /** The DNS Service's addresses (Kubernetes membership), added to the flags' ones. */
+  let dns: DnsServiceReader | null = null;
   try {
-    if (cfg.membership.kind === 'kubernetes') membership = kube = kubeMembership(cfg, log);
-    else membership = staticMembership(cfg.membership.enroll);
+    if (cfg.membership.kind === 'kubernetes') {
+      const api = kubeApi(cfg);
+      membership = kube = kubeMembership(cfg, api, log);
+      if (cfg.dnsService) dns = new DnsServiceReader(api, cfg.dnsService, log);
+    } else membership = staticMembership(cfg.membership.enroll);
   } catch (err) {
     log.error('cannot read the Kubernetes configuration', { error: errorMessage(err) });
     return 1;
@@ -64,6 +71,7 @@ export async function runCommand(argv: string[]): Promise<number> {
       runner: systemRunner,
       log,
       dnsCapture: cfg.dnsCapture,
+      dnsServers: () => [...cfg.dnsServers, ...(dns?.servers ?? [])],
       tunnel: cfg.tunnel,
       ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
       ...(cfg.delivery !== 'auto' && { delivery: cfg.delivery }),
@@ -125,6 +133,10 @@ export async function runCommand(argv: string[]): Promise<number> {
     }
   }
   let first = true;
+  // Read before the first pass, then every resync interval: a failed read keeps the last.
+  await dns?.refresh();
+  const dnsTimer = dns ? setInterval(() => void dns!.refresh(), cfg.resyncSeconds * 1000) : null;
+  dnsTimer?.unref();
   kube?.start();
   controller.start(
     cfg.resyncSeconds * 1000,
@@ -150,6 +162,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     process.once('SIGINT', () => resolve('SIGINT'));
   });
   await cni?.close();
+  if (dnsTimer) clearInterval(dnsTimer);
   await controller.stop();
   await kube?.stop();
   await server?.close();

@@ -41,6 +41,8 @@ export interface Status {
   ztunnel: { ifindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
   pods: PodStatus[];
   maps: MapUsage[];
+  /** ebpf mode: the DNS servers port 53 may reach uncaptured (dns_servers). */
+  dnsServers: string[];
   /** iptables mode: the enrolled addresses in its ipsets. */
   iptablesPods: string[];
 }
@@ -104,6 +106,7 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     ztunnel,
     pods,
     maps: mapUsage(maps),
+    dnsServers: (maps.entries('dns_servers') ?? []).map(([k]) => codec.decodeAddrKey(k)).sort(),
     iptablesPods: ipset ?? [],
   };
 }
@@ -126,6 +129,7 @@ export function renderStatus(s: Status): string {
         : 'ztunnel: absent (enrolled pods fail closed)',
     );
     lines.push(`maps: ${s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity}`).join(', ')}`);
+    lines.push(`DNS servers (UDP 53 uncaptured${s.ztunnel?.dnsCapture ? ' only without DNS capture' : ''}): ${s.dnsServers.length ? s.dnsServers.join(', ') : 'none (all of UDP 53 is captured)'}`);
     lines.push(`enrolled pod addresses: ${s.pods.length}`);
     if (s.pods.length) {
       const rows = [['ip', 'veth', 'ingress prog', 'egress prog', 'redirected pkts/bytes', 'dropped pkts/bytes', 'passed pkts/bytes']];

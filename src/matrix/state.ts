@@ -11,7 +11,10 @@ export interface MapState {
   pods: readonly { ip: string; ifindex: number; mac?: string; flags: number }[];
   /** null: the slot is all zero (no ztunnel ever written). */
   ztunnel: { ifindex: number; peerIfindex: number; mac: string; flags: number } | null;
-  hostAddrs: readonly { ip: string; flags: number }[];
+  /** The cluster's DNS servers (dns_servers). */
+  dnsServers: readonly string[];
+  /** Flows the node opened (host_flows); in_redirect adds more as it runs. */
+  hostFlows?: readonly { flow: codec.HostFlowKey; ifindex: number }[];
   /** Fill the pods map up to max_entries with unrelated entries (one batch update). */
   fillPods?: boolean;
 }
@@ -28,12 +31,14 @@ export function fillerPods(count: number): { key: Buffer; ip: string }[] {
   return out;
 }
 
-/** Makes the object's pods, host_addrs and ztunnel maps hold exactly `s` (counters stay). */
+/** Makes the object's pods, dns_servers, host_flows and ztunnel maps hold exactly `s` (counters stay). */
 export function applyMapState(obj: BpfObject, s: MapState): void {
   const pods = obj.map('pods');
   for (const k of pods.keys()) pods.delete(k);
-  const host = obj.map('host_addrs');
-  for (const k of host.keys()) host.delete(k);
+  const dns = obj.map('dns_servers');
+  for (const k of dns.keys()) dns.delete(k);
+  const flows = obj.map('host_flows');
+  for (const k of flows.keys()) flows.delete(k);
   for (const p of s.pods) pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
   if (s.fillPods) {
     const filler = fillerPods(pods.maxEntries - s.pods.length);
@@ -41,7 +46,8 @@ export function applyMapState(obj: BpfObject, s: MapState): void {
     const n = ffi.mapUpdateBatch(pods.fd, 'pods', Buffer.concat(filler.map((f) => f.key)), Buffer.concat(filler.map(() => value)), filler.length);
     if (n !== filler.length) throw new Error(`batch update wrote ${n} of ${filler.length}`);
   }
-  for (const h of s.hostAddrs) host.update(codec.encodeAddrKey(h.ip), codec.encodeHostInfo({ flags: h.flags }));
+  for (const ip of s.dnsServers) dns.update(codec.encodeAddrKey(ip), codec.encodeDnsInfo());
+  for (const f of s.hostFlows ?? []) flows.update(codec.encodeHostFlowKey(f.flow), codec.encodeHostFlowInfo({ ifindex: f.ifindex }));
   const zt = s.ztunnel ?? { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
   obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, netnsCookie: 0n }));
 }

@@ -25,11 +25,16 @@ export interface PodCounterSample {
 
 /** Raw entries of our pinned maps, or null when the map is not pinned. */
 export interface PinnedMaps {
-  entries(name: 'pods' | 'counters' | 'host_addrs' | 'ztunnel'): [Buffer, Buffer][] | null;
+  entries(name: 'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'ztunnel'): [Buffer, Buffer][] | null;
 }
 
 /** Capacities as compiled (bpf/include/ambient_redirect.h). */
-export const MAP_CAPACITY = { pods: constants.MAX_PODS, counters: constants.MAX_PODS, host_addrs: constants.MAX_HOST_ADDRS } as const;
+export const MAP_CAPACITY = {
+  pods: constants.MAX_PODS,
+  counters: constants.MAX_PODS,
+  dns_servers: constants.MAX_DNS_SERVERS,
+  host_flows: constants.MAX_HOST_FLOWS,
+} as const;
 
 export function mapUsage(maps: PinnedMaps): MapUsage[] {
   const out: MapUsage[] = [];
@@ -56,7 +61,8 @@ export function podCounters(maps: PinnedMaps): PodCounterSample[] {
 const SIZES = {
   pods: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: constants.MAX_PODS },
   counters: { keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
-  host_addrs: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.HOST_INFO_SIZE, maxEntries: constants.MAX_HOST_ADDRS },
+  dns_servers: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.DNS_INFO_SIZE, maxEntries: constants.MAX_DNS_SERVERS },
+  host_flows: { keySize: codec.HOST_FLOW_KEY_SIZE, valueSize: codec.HOST_FLOW_INFO_SIZE, maxEntries: constants.MAX_HOST_FLOWS },
   ztunnel: { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 },
 } as const;
 

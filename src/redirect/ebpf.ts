@@ -34,9 +34,6 @@ export const PROGRAMS = {
   ztunnel: { sk_assign: 'zt_assign', tproxy: 'zt_mark' },
 } as const;
 
-/** Istio's probe SNAT addresses: kubelet's probes reach pods from these. */
-export const DEFAULT_PROBE_ADDRESSES = ['169.254.7.127', 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff'] as const;
-
 /** bpf_redirect_peer (5.10) where the kernel offers it, plain bpf_redirect otherwise. */
 export function probeVariant(): Variant {
   return probeHelper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_redirect_peer) ? 'redirect_peer' : 'redirect';
@@ -56,8 +53,11 @@ export interface EbpfOptions {
   delivery?: Delivery;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
-  /** Addresses whose traffic with pods passes (probe SNAT addresses). */
-  probeAddresses?: readonly string[];
+  /**
+   * The cluster's DNS servers, read on every pass: with DNS capture off, UDP to port 53
+   * of these (and answers from them) is all of port 53 that passes (docs/datapath.md O15).
+   */
+  dnsServers?: () => readonly string[];
   runner: CommandRunner;
   log: Logger;
 }
@@ -101,7 +101,7 @@ export class EbpfRedirect implements RedirectMode {
     this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
   }
 
-  private map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters' | 'qdiscs'): BpfMap {
+  private map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'counters' | 'qdiscs'): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`ebpf mode not initialised (map ${name})`);
     return m;
@@ -144,7 +144,7 @@ export class EbpfRedirect implements RedirectMode {
     if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
     const slot = desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
     this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
-    this.syncHostAddrs();
+    this.syncDnsServers();
 
     const podDiff = diffPods(desired.pods, actual.pods);
     // Entries before hooks: a program attached to a veth finds its pod already there.
@@ -204,12 +204,12 @@ export class EbpfRedirect implements RedirectMode {
     }
   }
 
-  private syncHostAddrs(): void {
-    const map = this.map('host_addrs');
-    const want = new Set(this.opts.probeAddresses ?? DEFAULT_PROBE_ADDRESSES);
+  /** dns_servers := the configured and discovered servers (additions before removals). */
+  private syncDnsServers(): void {
+    const map = this.map('dns_servers');
+    const want = new Set((this.opts.dnsServers?.() ?? []).map((ip) => codec.decodeAddrKey(codec.encodeAddrKey(ip))));
     const have = new Set(map.keys().map(codec.decodeAddrKey));
-    const value = codec.encodeHostInfo({ flags: codec.HostFlags.BYPASS });
-    for (const ip of want) if (!have.has(ip)) map.update(codec.encodeAddrKey(ip), value);
+    for (const ip of want) if (!have.has(ip)) map.update(codec.encodeAddrKey(ip), codec.encodeDnsInfo());
     for (const ip of have) if (!want.has(ip)) map.delete(codec.encodeAddrKey(ip));
   }
 

@@ -29,6 +29,8 @@ export interface ModeOptions {
   iptablesBackend?: BackendKind;
   /** Capture the pods' DNS to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
+  /** ebpf mode: the cluster's DNS servers, read on every pass (see EbpfOptions). */
+  dnsServers?: () => readonly string[];
   /** Injected kernel facts (tests); gathered from this kernel when absent. */
   facts?: KernelFacts;
 }
@@ -63,6 +65,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         ...(opts.variant && { variant: opts.variant }),
         ...(opts.delivery && { delivery: opts.delivery }),
         ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+        ...(opts.dnsServers && { dnsServers: opts.dnsServers }),
       });
     case 'iptables': {
       const facts = opts.facts ?? gatherKernelFacts();

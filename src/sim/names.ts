@@ -17,8 +17,6 @@ export const OUTSIDE_HOST_IP6 = 'fd00:198:19::1';
 export const OUTSIDE_IP = '198.19.0.2';
 export const OUTSIDE_IP6 = 'fd00:198:19::2';
 export const OUTSIDE_PORT = 8080;
-/** The kubelet's probes come from this address on the node (Istio's probe SNAT address). */
-export const PROBE_IP = '169.254.7.127';
 
 /** Link names are at most 15 characters: a 6-character prefix leaves room for `p<index>`. */
 const PREFIX_RE = /^[a-z0-9]{1,6}$/;

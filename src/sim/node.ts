@@ -19,7 +19,6 @@ import {
   OUTSIDE_IP,
   OUTSIDE_IP6,
   OUTSIDE_PORT,
-  PROBE_IP,
   ZTUNNEL_IP,
   ZTUNNEL_IP6,
   ZTUNNEL_PORTS,
@@ -65,8 +64,12 @@ export interface SimNode {
   ztunnel: { ns: string; ip: string; ip6: string; hostVeth: string };
   outside: { ns: string; ip: string; ip6: string; port: number };
   pods: SimPod[];
-  /** The address the node's "kubelet" probes from (on the node netns's lo). */
-  probeIp: string;
+  /**
+   * The node's own addresses (on its uplink to the outside): what the node's "kubelet"
+   * probes come from, as on a real node. Nothing on the node makes probes special: that is
+   * the agent's job (docs/datapath.md, "Kubelet probes").
+   */
+  node: { ip: string; ip6: string };
   /**
    * The ztunnel stand-in: transparent listeners on 15001, 15006 and 15008 in the ztunnel
    * netns (IPv4 and IPv6); resolves once they listen. Each accepted connection records
@@ -78,9 +81,11 @@ export interface SimNode {
   startOutside(): Promise<SimServer>;
   /** A server in a pod's netns (for inbound traffic and probes). */
   startPodServer(pod: SimPod, port: number): Promise<SimServer>;
+  /** A server in the node's netns on 0.0.0.0 and [::] (as kubelet and exporters listen). */
+  startNodeServer(port: number): Promise<SimServer>;
   /**
    * `count` sequential connections; failures are results, not errors. `bind` picks the
-   * source address (the probe address from the node, another pod's IP to spoof).
+   * source address (another pod's IP to spoof, a forged source from outside).
    */
   connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string, localPort?: number): Promise<ConnectResult[]>;
   /** Deletes a pod's veth pair and wires a new one (new ifindex, new MACs), as a CNI re-ADD does. */
@@ -196,7 +201,7 @@ async function addOutside(runner: CommandRunner, nodeNs: string, ns: string, hos
   await runner.run(['ip', '-n', ns, '-6', 'route', 'add', 'default', 'via', OUTSIDE_HOST_IP6]);
 }
 
-type Topology = Pick<SimNode, 'prefix' | 'nodeNs' | 'ztunnel' | 'outside' | 'pods' | 'probeIp'>;
+type Topology = Pick<SimNode, 'prefix' | 'nodeNs' | 'ztunnel' | 'outside' | 'pods' | 'node'>;
 
 function plan(prefix: string, podCount: number): Topology {
   return {
@@ -204,7 +209,7 @@ function plan(prefix: string, podCount: number): Topology {
     nodeNs: names.nodeNs(prefix),
     ztunnel: { ns: names.ztunnelNs(prefix), ip: ZTUNNEL_IP, ip6: ZTUNNEL_IP6, hostVeth: names.ztunnelVeth(prefix) },
     outside: { ns: names.outsideNs(prefix), ip: OUTSIDE_IP, ip6: OUTSIDE_IP6, port: OUTSIDE_PORT },
-    probeIp: PROBE_IP,
+    node: { ip: OUTSIDE_HOST_IP, ip6: OUTSIDE_HOST_IP6 },
     pods: Array.from({ length: podCount }, (_, i) => ({
       index: i,
       name: `pod${i}`,
@@ -218,8 +223,6 @@ function plan(prefix: string, podCount: number): Topology {
 
 async function build(runner: CommandRunner, t: Topology): Promise<void> {
   await addNetns(runner, t.nodeNs, { 'net.ipv4.ip_forward': 1, 'net.ipv6.conf.all.forwarding': 1, ...RP_FILTER_OFF });
-  // The kubelet's probe source, as Istio's node rules SNAT probes to it.
-  await runner.run(['ip', '-n', t.nodeNs, 'addr', 'add', `${t.probeIp}/32`, 'dev', 'lo']);
   // ztunnel's netns gets no capture rules of its own: the controller sets them up.
   await addNetns(runner, t.ztunnel.ns, RP_FILTER_OFF);
   await attachEndpoint(runner, t.nodeNs, t.ztunnel.ns, t.ztunnel.hostVeth, t.ztunnel.ip, t.ztunnel.ip6);
@@ -372,6 +375,7 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     ...topology,
     startZtunnel: (o) => startServer(topology.ztunnel.ns, ['ztunnel', '--port', ZTUNNEL_PORTS.join(','), ...(o?.proxy ? ['--proxy'] : [])], servers),
     startPodServer: (pod, port) => startServer(pod.ns, ['server', '--port', String(port), '--reply', pod.name], servers),
+    startNodeServer: (port) => startServer(topology.nodeNs, ['server', '--port', String(port), '--reply', 'node'], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
     connect: (from, to, count, timeoutMs, bind, localPort) => connect(runner, topology, from, to, count, timeoutMs, bind, localPort),
     async recreatePodLink(pod) {

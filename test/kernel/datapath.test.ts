@@ -13,7 +13,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { DatapathHarness, modelStateOf, type KernelOutcome, type ProgramName } from '../model/harness.js';
-import { EST, NODE_IFINDEX, OUTSIDE, POD_A, ROWS, stateOf, ZT_MAC, type Row, type ZtRow } from '../model/rows.js';
+import { EST, NODE, NODE_IFINDEX, OUTSIDE, POD_A, ROWS, stateOf, ZT_MAC, type Row, type ZtRow } from '../model/rows.js';
+import * as b from '../../src/packet/builder.js';
+import * as codec from '../../src/bpf/codec.js';
 import { hex, ipBytes } from '../../src/packet/builder.js';
 import { kernelDescribe } from './gate.js';
 
@@ -101,6 +103,26 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
     expect(h.counters(h.vethA)).toBeNull();
     expect(h.run('out_redirect', r.frame, { ifindex: h.vethA })?.verdict).toBe('redirect');
     expect(h.counters(h.vethA)).toMatchObject({ redirectedPackets: 1n, redirectedBytes: BigInt(r.frame.length), droppedPackets: 0n, passedPackets: 0n });
+  });
+
+  it('I11 then O10: the node’s SYN records its flow on this veth, and only that flow’s answers pass', () => {
+    h.applyState(stateOf(veths(), { state: { hostFlows: [] } }));
+    const flows = () => h.map('host_flows').entries().map(([k, v]) => ({ ...codec.decodeHostFlowKey(k), ...codec.decodeHostFlowInfo(v) }));
+    const syn = b.v4Frame({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ sport: 51000, dport: 8080, flags: 0x02 }));
+    const synAck = b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
+    // Before: the pod's answer is captured like anything else.
+    expect(h.run('out_redirect', synAck, { ifindex: h.vethA })?.verdict).toBe('redirect');
+    // The same SYN forwarded from another device records nothing and is captured.
+    expect(h.run('in_redirect', syn, { ifindex: h.vethA, ingressIfindex: NODE_IFINDEX })?.verdict).toBe('redirect');
+    expect(flows()).toEqual([]);
+    // Sent by the node itself (ingress_ifindex 0): passes, and the flow is recorded for veth A.
+    expect(h.run('in_redirect', syn, { ifindex: h.vethA, ingressIfindex: 0 })?.verdict).toBe('pass');
+    expect(flows()).toEqual([{ pod: POD_A.v4, podPort: 8080, peer: NODE.v4, peerPort: 51000, proto: 6, ifindex: h.vethA }]);
+    expect(h.run('out_redirect', synAck, { ifindex: h.vethA })?.verdict).toBe('pass');
+    expect(h.run('out_redir_peer', synAck, { ifindex: h.vethA })?.verdict).toBe('pass');
+    // Not a SYN of the pod's own on that 4-tuple, not another node port.
+    expect(h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x02 })), { ifindex: h.vethA })?.verdict).toBe('redirect');
+    expect(h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51001, flags: 0x12 })), { ifindex: h.vethA })?.verdict).toBe('redirect');
   });
 
   it('counts per veth: a frame on veth B leaves veth A alone', () => {

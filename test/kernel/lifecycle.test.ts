@@ -126,14 +126,14 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       const { statSync } = await import('node:fs');
       expect(statSync(pinDir).mode & 0o777).toBe(0o700);
       expect(statSync(join(pinRoot, 'ambient-redirect')).mode & 0o777).toBe(0o700);
-      for (const name of ['pods', 'ztunnel', 'host_addrs', 'counters', 'qdiscs']) expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
+      for (const name of ['pods', 'ztunnel', 'dns_servers', 'host_flows', 'counters', 'qdiscs']) expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
     });
 
     it('SIGTERM leaves everything attached and pinned; traffic is unaffected', async () => {
       const hooksBefore = await hooks();
       expect(await stop('SIGTERM')).toBe(0);
       expect(await hooks()).toEqual(hooksBefore);
-      expect(readdirSync(pinDir).sort()).toEqual(expect.arrayContaining(['counters', 'host_addrs', 'pods', 'ztunnel']));
+      expect(readdirSync(pinDir).sort()).toEqual(expect.arrayContaining(['counters', 'dns_servers', 'host_flows', 'pods', 'ztunnel']));
       expect(await sim.connect(enrolled[1]!, { ip: sim.outside.ip6, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel' }));
     });
 
@@ -174,6 +174,8 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
         while (polling) seen.push(await hooks());
       })();
       const bypassBefore = bypasses();
+      // A map an older build pinned that this one no longer has (host_addrs, before host_flows).
+      await systemRunner.run(['bpftool', 'map', 'create', join(pinDir, 'host_addrs'), 'type', 'hash', 'key', '16', 'value', '4', 'entries', '64', 'name', 'host_addrs']);
       const { failed } = await trafficDuring(
         (async () => {
           start(OBJECTS.rebuilt);
@@ -189,8 +191,10 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       for (const state of seen) for (const ids of Object.values(state)) expect(ids).toHaveLength(1);
       const now = await hooks();
       for (const [hook, ids] of Object.entries(now)) expect(ids[0]).not.toBe(old[hook]![0]);
-      // Only the new build's programs stay pinned.
+      // Only the new build's programs stay pinned, and the retired map is gone.
       expect(readdirSync(pinDir).filter((e) => e.startsWith('prog-'))).toHaveLength(1);
+      expect(readdirSync(pinDir)).not.toContain('host_addrs');
+      expect(JSON.stringify(controller!.events)).toContain('unpinned retired map host_addrs');
     }, 60_000);
 
     it('a schema change (max entries) migrates the maps without a gap, and back', async () => {

@@ -66,14 +66,16 @@ function kernelSuite(): void {
     // Left running on purpose: teardown must stop it.
   }, TIMEOUT);
 
-  it('reaches pods over IPv6 and from the node probe address', async () => {
+  it('reaches pods over IPv6 and from the node’s own address; the node has no probe address', async () => {
     const server = await sim!.startPodServer(sim!.pods[1]!, 9090);
     try {
       expect(await sim!.connect(sim!.pods[0]!, { ip: sim!.pods[1]!.ip6, port: 9090 }, 1)).toEqual([{ ok: true, reply: 'pod1' }]);
-      expect(await sim!.connect('node', { ip: sim!.pods[1]!.ip, port: 9090 }, 1, 2_000, sim!.probeIp)).toEqual([{ ok: true, reply: 'pod1' }]);
+      expect(await sim!.connect('node', { ip: sim!.pods[1]!.ip, port: 9090 }, 1)).toEqual([{ ok: true, reply: 'pod1' }]);
+      // Probes are the agent's business: the simulated node adds no address for them.
+      expect(await systemRunner.run(['ip', '-n', sim!.nodeNs, 'addr', 'show', 'dev', 'lo'])).not.toContain('169.254.7.127');
       expect(await sim!.connect(sim!.pods[0]!, { ip: sim!.outside.ip6, port: 9 }, 1)).toEqual([{ ok: false, error: 'ECONNREFUSED' }]);
       await server.waitForAccepted(2);
-      expect(server.accepted.map((a) => a.src.slice(0, a.src.lastIndexOf(':')))).toEqual([sim!.pods[0]!.ip6, sim!.probeIp]);
+      expect(server.accepted.map((a) => a.src.slice(0, a.src.lastIndexOf(':')))).toEqual([sim!.pods[0]!.ip6, sim!.node.ip]);
     } finally {
       await server.stop();
     }

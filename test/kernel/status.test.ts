@@ -23,7 +23,7 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
     pinRoot = pinRootFor(sim);
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
     await sim.startZtunnel();
-    controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`]);
+    controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`, '--dns-servers', '10.96.0.10,fd00:96::a', '--node-local-dns', '169.254.20.10']);
     await controller.waitFor('programmed');
   });
 
@@ -52,8 +52,12 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
       expect(Number(p.counters.redirected[0])).toBeGreaterThanOrEqual(9);
     }
     expect(s.maps.find((m) => m.map === 'pods')).toMatchObject({ entries: 2, capacity: 65536 });
+    expect(s.dnsServers).toEqual(['10.96.0.10', '169.254.20.10', 'fd00:96::a']);
+    expect(s.maps.find((m) => m.map === 'dns_servers')).toMatchObject({ entries: 3, capacity: 64 });
+    expect(s.maps.find((m) => m.map === 'host_flows')).toMatchObject({ capacity: 16384 });
     const human = await runInNode(sim.nodeNs, ['status', '--pin-root', pinRoot]);
     expect(human).toContain('mode: ebpf');
+    expect(human).toContain('DNS servers (UDP 53 uncaptured): 10.96.0.10, 169.254.20.10, fd00:96::a');
     expect(human).toMatch(new RegExp(`${pod.ip.replace(/\./g, '\\.')}\\s+${pod.hostVeth}\\s+\\d+\\s+\\d+`));
   });
 

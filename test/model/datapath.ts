@@ -18,13 +18,14 @@ export interface Verdict {
   rewrittenDstMac?: string;
   /** zt_assign: the socket assigned ('established', 'listener:15001', ...). */
   socket?: string;
+  /** in_redirect, row I11: the host flow it writes (hostFlowKey) and the veth it names. */
+  recordFlow?: { key: string; ifindex: number };
 }
 
 // Constants of the spec / shared header (bpf/include/ambient_redirect.h).
 export const POD_F_ENROLLED = 1;
 export const ZT_F_PRESENT = 1;
 export const ZT_F_DNS_CAPTURE = 2;
-export const HOST_F_BYPASS = 1;
 export const MAX_IPV6_EXT = 4;
 export const Mark = { LOCAL: 0x800, OUTBOUND: 0x900, INBOUND: 0xa00, HBONE: 0xb00, DNS: 0xc00 } as const;
 export const Port = { OUTBOUND: 15001, INBOUND: 15006, HBONE: 15008, DNS: 15053 } as const;
@@ -47,7 +48,20 @@ export interface ModelState {
   pods: ReadonlyMap<string, PodEntry>;
   /** The single slot; an ARRAY map always has one, all zero when nothing was written. */
   ztunnel: ZtunnelSlot;
-  hostAddrs: ReadonlyMap<string, { flags: number }>;
+  /** dns_servers: the cluster's DNS servers. */
+  dnsServers: ReadonlySet<string>;
+  /** host_flows: hostFlowKey -> the veth's ifindex. in_redirect writes it (see record). */
+  hostFlows: Map<string, number>;
+}
+
+/** A host_flows key, seen from the pod: its address and port, the node's, the protocol. */
+export function hostFlowKey(podHex: string, podPort: number, peerHex: string, peerPort: number, proto: number): string {
+  return `${podHex}|${podPort}|${peerHex}|${peerPort}|${proto}`;
+}
+
+/** What a verdict leaves in the maps: I11 writes its flow (the kernel does the same). */
+export function record(state: ModelState, v: Verdict): void {
+  if (v.recordFlow) state.hostFlows.set(v.recordFlow.key, v.recordFlow.ifindex);
 }
 
 export const EMPTY_ZTUNNEL: ZtunnelSlot = { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
@@ -236,9 +250,27 @@ function dnsCapture(s: ModelState): boolean {
   return (s.ztunnel.flags & ZT_F_DNS_CAPTURE) !== 0;
 }
 
-function bypass(s: ModelState, key: string): boolean {
-  const h = s.hostAddrs.get(key);
-  return h !== undefined && (h.flags & HOST_F_BYPASS) !== 0;
+/** O7 / I8: ICMPv6 neighbour discovery (133–137) or MLD (130–132, 143), header in the frame. */
+function ndOrMld(f: Buffer, ip: Ip): boolean {
+  if (ip.family !== 6 || ip.badChain || ip.laterFragment || ip.proto !== P.ICMPV6 || !l4Complete(f, ip)) return false;
+  const type = f[ip.l4Off]!;
+  return (type >= 130 && type <= 137) || type === 143;
+}
+
+/** TCP or UDP with its ports in the frame (O10, I11). */
+function hasPorts(f: Buffer, ip: Ip): boolean {
+  return (ip.proto === P.TCP || ip.proto === P.UDP) && !ip.badChain && !ip.laterFragment && l4Complete(f, ip);
+}
+
+/** A TCP SYN without ACK. */
+function tcpOpening(f: Buffer, ip: Ip): boolean {
+  return ip.proto === P.TCP && (f[ip.l4Off + 13]! & 0x12) === 0x02;
+}
+
+/** O15 / I16: UDP with the DNS port on the server's side, no capture, a known server. */
+function dnsBypass(s: ModelState, f: Buffer, ip: Ip, side: 'dst' | 'src'): boolean {
+  if (ip.proto !== P.UDP || dnsCapture(s)) return false;
+  return (side === 'dst' ? dport(f, ip) : sport(f, ip)) === 53 && s.dnsServers.has(side === 'dst' ? ip.dst : ip.src);
 }
 
 function redirect(s: ModelState, row: string): Verdict {
@@ -267,18 +299,22 @@ export function outbound(frame: Buffer, state: ModelState, ctx: ModelCtx): Verdi
   const l2 = parse(frame);
   if (l2.kind !== 'ip') return l2Verdict(l2, 'O');
   const ip = l2.ip;
-  if (ip.family === 6 && linkLocal(ip.dstRaw)) return { verdict: 'pass', row: 'O7' };
+  if (linkLocal(ip.dstRaw) && ndOrMld(frame, ip)) return { verdict: 'pass', row: 'O7' };
   const pod = state.pods.get(ip.src);
   if (!pod || pod.ifindex !== ctx.ifindex) return { verdict: 'drop', row: 'O8' };
   if (!(pod.flags & POD_F_ENROLLED)) return { verdict: 'pass', row: 'O9' };
-  if (bypass(state, ip.dst)) return { verdict: 'pass', row: 'O10' };
+  // O10. INTERP: "answers a flow the node opened" is the reversed key in host_flows naming
+  // this veth; a SYN without ACK is never an answer.
+  if (hasPorts(frame, ip) && !tcpOpening(frame, ip) && state.hostFlows.get(hostFlowKey(ip.src, sport(frame, ip), ip.dst, dport(frame, ip), ip.proto)) === ctx.ifindex) {
+    return { verdict: 'pass', row: 'O10' };
+  }
   if (ip.badChain) return { verdict: 'drop', row: 'O11' };
   if (ip.laterFragment && carried(ip)) {
     return ztunnelPresent(state) ? redirect(state, 'O12') : { verdict: 'drop', row: 'O12' };
   }
   if (!carried(ip)) return { verdict: 'drop', row: 'O13' };
   if ((ip.proto === P.TCP || ip.proto === P.UDP) && !l4Complete(frame, ip)) return { verdict: 'drop', row: 'O14' };
-  if (ip.proto === P.UDP && dport(frame, ip) === 53 && !dnsCapture(state)) return { verdict: 'pass', row: 'O15' };
+  if (dnsBypass(state, frame, ip, 'dst')) return { verdict: 'pass', row: 'O15' };
   if (!ztunnelPresent(state)) return { verdict: 'drop', row: 'O16' };
   return redirect(state, 'O17');
 }
@@ -290,18 +326,22 @@ export function inbound(frame: Buffer, state: ModelState, ctx: ModelCtx): Verdic
   if (l2.kind !== 'ip') return l2Verdict(l2, 'I');
   const ip = l2.ip;
   if (ztunnelPresent(state) && (ctx.ingressIfindex ?? 0) === state.ztunnel.ifindex) return { verdict: 'pass', row: 'I7' };
-  if (ip.family === 6 && (linkLocal(ip.srcRaw) || linkLocal(ip.dstRaw))) return { verdict: 'pass', row: 'I8' };
+  if ((linkLocal(ip.srcRaw) || linkLocal(ip.dstRaw)) && ndOrMld(frame, ip)) return { verdict: 'pass', row: 'I8' };
   const pod = state.pods.get(ip.dst);
   if (!pod || pod.ifindex !== ctx.ifindex) return { verdict: 'drop', row: 'I9' };
   if (!(pod.flags & POD_F_ENROLLED)) return { verdict: 'pass', row: 'I10' };
-  if (bypass(state, ip.src)) return { verdict: 'pass', row: 'I11' };
+  if ((ctx.ingressIfindex ?? 0) === 0 && hasPorts(frame, ip)) {
+    const key = hostFlowKey(ip.dst, dport(frame, ip), ip.src, sport(frame, ip), ip.proto);
+    if (ip.proto === P.UDP || tcpOpening(frame, ip)) return { verdict: 'pass', row: 'I11', recordFlow: { key, ifindex: ctx.ifindex } };
+    if (state.hostFlows.get(key) === ctx.ifindex) return { verdict: 'pass', row: 'I11' };
+  }
   if (ip.badChain) return { verdict: 'drop', row: 'I12' };
   if (ip.laterFragment && carried(ip)) {
     return ztunnelPresent(state) ? redirect(state, 'I13') : { verdict: 'drop', row: 'I13' };
   }
   if (!carried(ip)) return { verdict: 'drop', row: 'I14' };
   if ((ip.proto === P.TCP || ip.proto === P.UDP) && !l4Complete(frame, ip)) return { verdict: 'drop', row: 'I15' };
-  if (ip.proto === P.UDP && sport(frame, ip) === 53 && !dnsCapture(state)) return { verdict: 'pass', row: 'I16' };
+  if (dnsBypass(state, frame, ip, 'src')) return { verdict: 'pass', row: 'I16' };
   if (!ztunnelPresent(state)) return { verdict: 'drop', row: 'I17' };
   return redirect(state, 'I18');
 }

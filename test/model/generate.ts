@@ -4,7 +4,7 @@
  * lengths and IPv6 extension-header chains. Pure: the same seed gives the same frames.
  */
 import * as b from '../../src/packet/builder.js';
-import { OUTSIDE, POD_A, POD_B, POD_U, PROBE, HOST_NO_BYPASS } from './rows.js';
+import { DNS, FLOW, NODE, NOT_DNS, OUTSIDE, POD_A, POD_B, POD_U, PROBE } from './rows.js';
 
 /** mulberry32: small, fast, good enough to spread frames. */
 export function rng(seed: number): () => number {
@@ -39,13 +39,13 @@ export class Gen {
   }
 
   v4Addr(): string {
-    return this.pick([POD_A.v4, POD_A.v4, POD_B.v4, POD_U.v4, OUTSIDE.v4, PROBE.v4, HOST_NO_BYPASS.v4, '10.1.2.3', '198.18.0.2', '0.0.0.0', '255.255.255.255']);
+    return this.pick([POD_A.v4, POD_A.v4, POD_B.v4, POD_U.v4, OUTSIDE.v4, PROBE.v4, NODE.v4, NODE.v4, DNS.v4, DNS.local, NOT_DNS.v4, '10.1.2.3', '198.18.0.2', '0.0.0.0', '255.255.255.255']);
   }
   v6Addr(): string {
-    return this.pick([POD_A.v6, POD_A.v6, POD_B.v6, POD_U.v6, OUTSIDE.v6, PROBE.v6, HOST_NO_BYPASS.v6, 'fe80::1', 'febf::1', 'fec0::1', 'ff02::1', 'ff02::1:ff00:a', 'ff05::2', '::', '::ffff:198.18.0.10', 'fd99::1']);
+    return this.pick([POD_A.v6, POD_A.v6, POD_B.v6, POD_U.v6, OUTSIDE.v6, PROBE.v6, NODE.v6, NODE.v6, DNS.v6, NOT_DNS.v6, 'fe80::1', 'febf::1', 'fec0::1', 'ff02::1', 'ff02::1:ff00:a', 'ff05::2', '::', '::ffff:198.18.0.10', 'fd99::1']);
   }
   port(): number {
-    return this.pick([53, 53, 15001, 15006, 15008, 15053, 80, 443, 0, 65535, this.int(65536)]);
+    return this.pick([53, 53, 15001, 15006, 15008, 15053, 80, 443, 0, 65535, FLOW.podPort, FLOW.nodePort, this.int(65536)]);
   }
 
   l4(family: 4 | 6): b.L4 {
@@ -57,7 +57,7 @@ export class Gen {
       case 3:
         return b.udp({ sport: this.port(), dport: this.port(), payload: this.bytes(this.int(20)) });
       case 4: {
-        const types = family === 4 ? [0, 3, 8, 11, 12, 13, 5, this.int(256)] : [1, 2, 3, 4, 128, 129, 133, 134, 135, 136, 143, this.int(256)];
+        const types = family === 4 ? [0, 3, 8, 11, 12, 13, 5, this.int(256)] : [1, 2, 3, 4, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 143, this.int(256)];
         const o = { type: this.pick(types), code: this.int(4), body: this.bytes(this.int(32)) };
         return this.chance(0.15) ? (family === 4 ? b.icmp6(o) : b.icmp4(o)) : family === 4 ? b.icmp4(o) : b.icmp6(o);
       }
@@ -88,6 +88,7 @@ export class Gen {
     const kind = this.int(20);
     if (kind === 0) return b.arpFrame({ op: 1 + this.int(2), senderIp: this.v4Addr(), targetIp: this.v4Addr() }, eth);
     if (kind === 1) return b.ether(eth, this.pick([0x88cc, 0x8847, 0x0801, 0x9000, this.int(65536)]), this.bytes(this.int(60)));
+    if (kind === 2 || kind === 3) return this.exemptionFrame(eth);
     if (kind < 11) {
       const ip: b.Ipv4Opts = {
         src: this.v4Addr(),
@@ -105,6 +106,39 @@ export class Gen {
     for (let i = 0; i < n; i++) exts.push(this.ext());
     const ip: b.Ipv6Opts = { src: this.v6Addr(), dst: this.v6Addr(), ext: exts, version: this.chance(0.04) ? this.int(16) : undefined };
     return b.v6Frame(ip, this.l4(6), eth);
+  }
+
+  /**
+   * Frames near the exemptions: pod A with the node (the recorded host flows and new ones,
+   * either way, any TCP flags) and with DNS servers and other hosts on port 53.
+   */
+  exemptionFrame(eth: b.EtherOpts): Buffer {
+    const v6 = this.chance(0.4);
+    const pod = v6 ? POD_A.v6 : POD_A.v4;
+    const toPod = this.chance(0.5);
+    let peer: string;
+    let podPort: number;
+    let peerPort: number;
+    let tcp: boolean;
+    if (this.chance(0.5)) {
+      // The node's flows: the recorded ones (TCP over IPv4, UDP over IPv6) and their near misses.
+      peer = v6 ? NODE.v6 : NODE.v4;
+      podPort = this.pick([FLOW.podPort, FLOW.podPort, FLOW.podPort, 9090]);
+      peerPort = this.pick([FLOW.nodePort, FLOW.nodePort, FLOW.nodePort, 50000]);
+      tcp = this.chance(0.85) ? !v6 : v6;
+    } else {
+      // Port 53 with DNS servers and other hosts.
+      peer = this.pick(v6 ? [DNS.v6, DNS.v6, NOT_DNS.v6] : [DNS.v4, DNS.local, NOT_DNS.v4]);
+      podPort = this.pick([40000, 53, 5353]);
+      peerPort = this.pick([53, 53, 53, 5353]);
+      tcp = this.chance(0.2);
+    }
+    const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
+    const l4 = tcp
+      ? b.tcp({ sport, dport, flags: this.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, this.int(256)]) })
+      : b.udp({ sport, dport, payload: this.bytes(this.int(12)) });
+    const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
+    return v6 ? b.v6Frame(ip, l4, eth) : b.v4Frame(ip, l4, eth);
   }
 
   /** Flips, overwrites or truncates a few bytes of a frame. */

@@ -18,7 +18,7 @@ import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../src/bpf/test
 import { systemRunner } from '../../src/host/runner.js';
 import { ipBytes } from '../../src/packet/builder.js';
 import { applyMapState, FILLER_IFINDEX, fillerPods, type MapState } from '../../src/matrix/state.js';
-import { addrKeyHex, EMPTY_ZTUNNEL, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
+import { addrKeyHex, EMPTY_ZTUNNEL, hostFlowKey, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
 
 export const OBJECT_PATH = 'build/redirect.bpf.o';
 export const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
@@ -37,7 +37,10 @@ export function modelStateOf(spec: StateSpec, maxPods: number): ModelState {
   return {
     pods,
     ztunnel: spec.ztunnel ?? EMPTY_ZTUNNEL,
-    hostAddrs: new Map(spec.hostAddrs.map((h) => [addrKeyHex(ipBytes(h.ip)), { flags: h.flags }])),
+    dnsServers: new Set(spec.dnsServers.map((ip) => addrKeyHex(ipBytes(ip)))),
+    hostFlows: new Map(
+      (spec.hostFlows ?? []).map((f) => [hostFlowKey(addrKeyHex(ipBytes(f.flow.pod)), f.flow.podPort, addrKeyHex(ipBytes(f.flow.peer)), f.flow.peerPort, f.flow.proto), f.ifindex]),
+    ),
   };
 }
 
@@ -104,7 +107,7 @@ export class DatapathHarness {
     return this.obj.programFd(name);
   }
 
-  map(name: 'pods' | 'ztunnel' | 'host_addrs' | 'counters'): BpfMap {
+  map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'host_flows' | 'counters'): BpfMap {
     return this.obj.map(name);
   }
 

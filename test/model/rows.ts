@@ -13,9 +13,15 @@ export const POD_B = { v4: '198.18.0.11', v6: 'fd00:10:244::b', mac: '0a:58:c6:1
 /** On pod A's veth, not enrolled (being un-enrolled). */
 export const POD_U = { v4: '198.18.0.20', v6: 'fd00:10:244::20' };
 export const OUTSIDE = { v4: '203.0.113.5', v6: '2001:db8::5' };
+/** Istio's probe SNAT address: no longer special to anyone. */
 export const PROBE = { v4: '169.254.7.127', v6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff' };
-/** In host_addrs without BYPASS. */
-export const HOST_NO_BYPASS = { v4: '169.254.7.1', v6: 'fd16:9254:7127:1337::1' };
+/** The node's own address (kubelet probes from it). */
+export const NODE = { v4: '10.0.0.4', v6: 'fd00:10::4' };
+/** Cluster DNS servers (dns_servers) and one that is not (a host anywhere). */
+export const DNS = { v4: '10.96.0.10', v6: 'fd00:96::a', local: '169.254.20.10' };
+export const NOT_DNS = { v4: '8.8.8.8', v6: '2001:4860:4860::8888' };
+/** The ports of the node's recorded flow to pod A (host_flows in the base state). */
+export const FLOW = { podPort: 8080, nodePort: 41234 };
 export const ZT_HOST_IFINDEX = 7;
 export const ZT_MAC = '0a:58:c6:12:00:02';
 /** Some other device of the node a frame came in on. */
@@ -42,11 +48,12 @@ export function baseState(v: Veths, over: Partial<StateSpec> = {}): StateSpec {
       { ip: POD_U.v6, ifindex: v.a, flags: 0 },
     ],
     ztunnel: { ifindex: ZT_HOST_IFINDEX, peerIfindex: 2, mac: ZT_MAC, flags: 1 },
-    hostAddrs: [
-      { ip: PROBE.v4, flags: 1 },
-      { ip: PROBE.v6, flags: 1 },
-      { ip: HOST_NO_BYPASS.v4, flags: 0 },
-      { ip: HOST_NO_BYPASS.v6, flags: 0 },
+    dnsServers: [DNS.v4, DNS.v6, DNS.local],
+    hostFlows: [
+      { flow: { pod: POD_A.v4, podPort: FLOW.podPort, peer: NODE.v4, peerPort: FLOW.nodePort, proto: 6 }, ifindex: v.a },
+      { flow: { pod: POD_A.v6, podPort: FLOW.podPort, peer: NODE.v6, peerPort: FLOW.nodePort, proto: 17 }, ifindex: v.a },
+      // Recorded for pod B's veth: pod A's frames never match it.
+      { flow: { pod: POD_A.v4, podPort: 9090, peer: NODE.v4, peerPort: FLOW.nodePort, proto: 6 }, ifindex: v.b },
     ],
     ...over,
   };
@@ -81,6 +88,15 @@ export interface Row {
 const v4 = b.v4Frame;
 const v6 = b.v6Frame;
 const A4 = { src: POD_A.v4, dst: OUTSIDE.v4 };
+const ACK = 0x10;
+const SYN = 0x02;
+/** Pod A answering the node's recorded flow (base state), and the node's side of it. */
+const REPLY4 = { src: POD_A.v4, dst: NODE.v4 };
+const REPLY6 = { src: POD_A.v6, dst: NODE.v6 };
+const FROM_NODE4 = { src: NODE.v4, dst: POD_A.v4 };
+const FROM_NODE6 = { src: NODE.v6, dst: POD_A.v6 };
+const flowOut = (flags = ACK) => b.tcp({ sport: FLOW.podPort, dport: FLOW.nodePort, flags });
+const flowIn = (flags = ACK) => b.tcp({ sport: FLOW.nodePort, dport: FLOW.podPort, flags });
 const A6 = { src: POD_A.v6, dst: OUTSIDE.v6 };
 const TO_A4 = { src: OUTSIDE.v4, dst: POD_A.v4 };
 const TO_A6 = { src: OUTSIDE.v6, dst: POD_A.v6 };
@@ -115,8 +131,17 @@ function outboundRows(): Row[] {
   return [
     ...l2Rows('O', o, A4, A6),
     { id: 'O7', name: 'neighbour solicitation to ff02::1:ff00:1 from an unknown source', program: o, frame: v6({ src: 'fe80::99', dst: 'ff02::1:ff00:1' }, b.icmp6({ type: 135, rest: 0, body: b.ipBytes('fe80::1') })), verdict: 'pass' },
-    { id: 'O7', name: 'TCP to fe80::1 from pod A', program: o, frame: v6({ src: POD_A.v6, dst: 'fe80::1' }, b.tcp()), verdict: 'pass' },
     { id: 'O7', name: 'MLD report to ff02::16 behind a hop-by-hop header', program: o, frame: v6({ src: '::', dst: 'ff02::16', ext: [{ type: 'hop' }] }, b.icmp6({ type: 143 })), verdict: 'pass' },
+    { id: 'O7', name: 'router solicitation to ff02::2 from pod A', program: o, frame: v6({ src: POD_A.v6, dst: 'ff02::2' }, b.icmp6({ type: 133 })), verdict: 'pass' },
+    { id: 'O7', name: 'MLDv1 query type 130 to fe80::1', program: o, frame: v6({ src: 'fe80::99', dst: 'fe80::1' }, b.icmp6({ type: 130 })), verdict: 'pass' },
+    { id: 'O7', name: 'redirect message (137) to fe80::1', program: o, frame: v6({ src: 'fe80::99', dst: 'fe80::1' }, b.icmp6({ type: 137 })), verdict: 'pass' },
+    { id: 'O7', name: 'TCP to fe80::1 from pod A is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: 'fe80::1' }, b.tcp()), verdict: 'redirect' },
+    { id: 'O7', name: "TCP to fe80::1 from the pod's own fe80 address: unknown source (O8)", program: o, frame: v6({ src: 'fe80::99', dst: 'fe80::1' }, b.tcp({ dport: 10250 })), verdict: 'drop' },
+    { id: 'O7', name: 'UDP to ff02::1 from pod A is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: 'ff02::1' }, b.udp({ dport: 5353 })), verdict: 'redirect' },
+    { id: 'O7', name: 'ICMPv6 echo to fe80::1 from pod A is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: 'fe80::1' }, b.icmp6({ type: 128 })), verdict: 'redirect' },
+    { id: 'O7', name: 'ICMPv6 type 138 (router renumbering) to ff02::2 is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: 'ff02::2' }, b.icmp6({ type: 138 })), verdict: 'redirect' },
+    { id: 'O7', name: 'neighbour solicitation to a global address is not O7 (O17)', program: o, frame: v6({ src: POD_A.v6, dst: OUTSIDE.v6 }, b.icmp6({ type: 135 })), verdict: 'redirect' },
+    { id: 'O7', name: 'neighbour solicitation of 4 bytes (truncated ICMPv6) from fe80 (O8)', program: o, frame: b.truncate(v6({ src: 'fe80::99', dst: 'ff02::1:ff00:1' }, b.icmp6({ type: 135 })), 14 + 40 + 4), verdict: 'drop' },
     { id: 'O8', name: "IPv4 TCP from pod B's IP on pod A's veth (spoofed)", program: o, frame: v4({ src: POD_B.v4, dst: OUTSIDE.v4 }, b.tcp()), verdict: 'drop' },
     { id: 'O8', name: "IPv6 TCP from pod B's IP on pod A's veth (spoofed)", program: o, frame: v6({ src: POD_B.v6, dst: OUTSIDE.v6 }, b.tcp()), verdict: 'drop' },
     { id: 'O8', name: 'IPv4 UDP to 53 from an unknown source', program: o, frame: v4({ src: '10.1.1.1', dst: OUTSIDE.v4 }, b.udp({ dport: 53 })), verdict: 'drop' },
@@ -125,9 +150,16 @@ function outboundRows(): Row[] {
     { id: 'O8', name: "stale ifindex: pod A's IPv6 entry names a gone veth", program: o, frame: v6(A6, b.tcp()), state: { pods: [{ ip: POD_A.v6, ifindex: 4242, flags: 1 }] }, verdict: 'drop' },
     { id: 'O9', name: 'IPv4 TCP from an un-enrolled pod', program: o, frame: v4({ src: POD_U.v4, dst: OUTSIDE.v4 }, b.tcp()), verdict: 'pass' },
     { id: 'O9', name: 'IPv6 ESP from an un-enrolled pod', program: o, frame: v6({ src: POD_U.v6, dst: OUTSIDE.v6 }, b.esp()), verdict: 'pass' },
-    { id: 'O10', name: 'IPv4 TCP reply to the probe address', program: o, frame: v4({ src: POD_A.v4, dst: PROBE.v4 }, b.tcp({ sport: 8080, dport: 40000, flags: 0x12 })), verdict: 'pass' },
-    { id: 'O10', name: 'IPv6 TCP reply to the probe address', program: o, frame: v6({ src: POD_A.v6, dst: PROBE.v6 }, b.tcp({ sport: 8080, flags: 0x12 })), verdict: 'pass' },
-    { id: 'O10', name: 'host address without BYPASS is not bypassed (O17)', program: o, frame: v4({ src: POD_A.v4, dst: HOST_NO_BYPASS.v4 }, b.tcp()), verdict: 'redirect' },
+    { id: 'O10', name: "IPv4 SYN-ACK answering the node's recorded TCP flow", program: o, frame: v4(REPLY4, flowOut(SYN | ACK)), verdict: 'pass' },
+    { id: 'O10', name: "IPv4 ACK with data on the node's recorded TCP flow", program: o, frame: v4(REPLY4, flowOut(ACK)), verdict: 'pass' },
+    { id: 'O10', name: "IPv6 UDP answering the node's recorded UDP flow", program: o, frame: v6(REPLY6, b.udp({ sport: FLOW.podPort, dport: FLOW.nodePort })), verdict: 'pass' },
+    { id: 'O10', name: 'a SYN on the 4-tuple of a recorded flow opens a new connection (O17)', program: o, frame: v4(REPLY4, flowOut(SYN)), verdict: 'redirect' },
+    { id: 'O10', name: 'TCP on the IPv6 flow recorded for UDP (O17)', program: o, frame: v6(REPLY6, flowOut(ACK)), verdict: 'redirect' },
+    { id: 'O10', name: 'another node port than the recorded one (O17)', program: o, frame: v4(REPLY4, b.tcp({ sport: FLOW.podPort, dport: FLOW.nodePort + 1, flags: ACK })), verdict: 'redirect' },
+    { id: 'O10', name: 'flow recorded for veth B, sent on veth A (O17)', program: o, frame: v4(REPLY4, b.tcp({ sport: 9090, dport: FLOW.nodePort, flags: ACK })), verdict: 'redirect' },
+    { id: 'O10', name: 'TCP to the old probe address 169.254.7.127 is captured (O17)', program: o, frame: v4({ src: POD_A.v4, dst: PROBE.v4 }, b.tcp({ sport: 8080, dport: 40000, flags: SYN | ACK })), verdict: 'redirect' },
+    { id: 'O10', name: 'IPv6 TCP to the old probe address is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: PROBE.v6 }, b.tcp({ sport: 8080, flags: SYN | ACK })), verdict: 'redirect' },
+    { id: 'O10', name: 'reply with no flow recorded at all (O17)', program: o, frame: v4(REPLY4, flowOut(ACK)), state: { hostFlows: [] }, verdict: 'redirect' },
     { id: 'O11', name: 'five extension headers', program: o, frame: v6({ ...A6, ext: [{ type: 'hop' }, { type: 'dest' }, { type: 'routing' }, { type: 'dest' }, { type: 'dest' }] }, b.tcp()), verdict: 'drop' },
     { id: 'O11', name: 'ESP', program: o, frame: v6(A6, b.esp()), verdict: 'drop' },
     { id: 'O11', name: 'no next header', program: o, frame: v6(A6, b.raw(59)), verdict: 'drop' },
@@ -140,7 +172,7 @@ function outboundRows(): Row[] {
     { id: 'O12', name: 'IPv6 non-first fragment of TCP', program: o, frame: v6({ ...A6, ext: [{ type: 'fragment', offset: 1 }] }, b.raw(6, Buffer.alloc(3))), verdict: 'redirect' },
     { id: 'O12', name: 'IPv4 non-first fragment, no ztunnel', program: o, frame: v4({ ...A4, fragOffset: 100 }, b.raw(6, Buffer.alloc(4))), state: noZt, verdict: 'drop' },
     { id: 'O11', name: 'IPv6 non-first fragment of ESP', program: o, frame: v6({ ...A6, ext: [{ type: 'fragment', offset: 9 }] }, b.raw(50, Buffer.alloc(8))), verdict: 'drop' },
-    { id: 'O12', name: 'IPv4 first fragment of UDP to 53 is a whole DNS query (O15)', program: o, frame: v4({ ...A4, moreFragments: true }, b.udp({ dport: 53 })), verdict: 'pass' },
+    { id: 'O12', name: 'IPv4 first fragment of UDP to 53 is a whole DNS query (O15)', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4, moreFragments: true }, b.udp({ dport: 53 })), verdict: 'pass' },
     { id: 'O13', name: 'IPv4 SCTP', program: o, frame: v4(A4, b.raw(132, Buffer.alloc(12))), verdict: 'drop' },
     { id: 'O13', name: 'IPv4 GRE', program: o, frame: v4(A4, b.raw(47, Buffer.alloc(8))), verdict: 'drop' },
     { id: 'O13', name: 'IPv4 non-first fragment of SCTP', program: o, frame: v4({ ...A4, fragOffset: 3 }, b.raw(132, Buffer.alloc(8))), verdict: 'drop' },
@@ -149,16 +181,22 @@ function outboundRows(): Row[] {
     { id: 'O14', name: 'IPv4 with options, UDP header of 7 bytes', program: o, frame: b.truncate(v4({ ...A4, options: b.Ipv4Option.routerAlert() }, b.udp({ dport: 443 })), 14 + 24 + 7), verdict: 'drop' },
     { id: 'O14', name: 'IPv6 UDP header of 4 bytes after a dest-opts header', program: o, frame: b.truncate(v6({ ...A6, ext: [{ type: 'dest' }] }, b.udp({ dport: 443 })), 14 + 48 + 4), verdict: 'drop' },
     { id: 'O14', name: 'IPv4 first fragment with a truncated TCP header', program: o, frame: b.truncate(v4({ ...A4, moreFragments: true }, b.tcp()), 14 + 20 + 10), verdict: 'drop' },
-    { id: 'O15', name: 'IPv4 UDP to 53, DNS capture off', program: o, frame: v4(A4, b.udp({ dport: 53 })), verdict: 'pass' },
-    { id: 'O15', name: 'IPv6 UDP to 53 after hop-by-hop, DNS capture off', program: o, frame: v6({ ...A6, ext: [{ type: 'hop' }] }, b.udp({ dport: 53 })), verdict: 'pass' },
-    { id: 'O15', name: 'UDP to 53 with no ztunnel at all (capture flag clear)', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: noZt, verdict: 'pass' },
+    { id: 'O15', name: 'IPv4 UDP to the cluster DNS server, capture off', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 53 })), verdict: 'pass' },
+    { id: 'O15', name: 'IPv4 UDP to node-local DNS, capture off', program: o, frame: v4({ src: POD_A.v4, dst: DNS.local }, b.udp({ dport: 53 })), verdict: 'pass' },
+    { id: 'O15', name: 'IPv6 UDP to the DNS server after hop-by-hop, capture off', program: o, frame: v6({ src: POD_A.v6, dst: DNS.v6, ext: [{ type: 'hop' }] }, b.udp({ dport: 53 })), verdict: 'pass' },
+    { id: 'O15', name: 'UDP to the DNS server with no ztunnel at all (capture flag clear)', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 53 })), state: noZt, verdict: 'pass' },
+    { id: 'O15', name: 'IPv4 UDP to 53 of any other host is captured (O17)', program: o, frame: v4({ src: POD_A.v4, dst: NOT_DNS.v4 }, b.udp({ dport: 53 })), verdict: 'redirect' },
+    { id: 'O15', name: 'IPv6 UDP to 53 of any other host is captured (O17)', program: o, frame: v6({ src: POD_A.v6, dst: NOT_DNS.v6 }, b.udp({ dport: 53 })), verdict: 'redirect' },
+    { id: 'O15', name: 'UDP to 53 of another host, no ztunnel: dropped (O16)', program: o, frame: v4({ src: POD_A.v4, dst: NOT_DNS.v4 }, b.udp({ dport: 53 })), state: noZt, verdict: 'drop' },
+    { id: 'O15', name: 'UDP to another port of the DNS server is captured (O17)', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 5353 })), verdict: 'redirect' },
+    { id: 'O15', name: 'UDP to the DNS server with an empty dns_servers (O17)', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 53 })), state: { dnsServers: [] }, verdict: 'redirect' },
     { id: 'O16', name: 'IPv4 TCP, ztunnel slot empty', program: o, frame: v4(A4, b.tcp()), state: noZt, verdict: 'drop' },
     { id: 'O16', name: 'IPv6 UDP, slot without PRESENT', program: o, frame: v6(A6, b.udp({ dport: 443 })), state: { ztunnel: ZT.notPresent }, verdict: 'drop' },
-    { id: 'O16', name: 'UDP 53, DNS capture on but slot without PRESENT', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
+    { id: 'O16', name: 'UDP 53, DNS capture on but slot without PRESENT', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 53 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
     { id: 'O16', name: 'ICMP echo, PRESENT with ifindex 0', program: o, frame: v4(A4, b.icmp4()), state: { ztunnel: ZT.presentIfindex0 }, verdict: 'drop' },
     { id: 'O17', name: 'IPv4 TCP SYN', program: o, frame: v4(A4, b.tcp()), verdict: 'redirect' },
     { id: 'O17', name: 'IPv4 TCP to 53', program: o, frame: v4(A4, b.tcp({ dport: 53 })), verdict: 'redirect' },
-    { id: 'O17', name: 'IPv4 UDP to 53 with DNS capture', program: o, frame: v4(A4, b.udp({ dport: 53 })), state: dns, verdict: 'redirect' },
+    { id: 'O17', name: 'IPv4 UDP to the DNS server with DNS capture', program: o, frame: v4({ src: POD_A.v4, dst: DNS.v4 }, b.udp({ dport: 53 })), state: dns, verdict: 'redirect' },
     { id: 'O17', name: 'IPv4 UDP to 443', program: o, frame: v4(A4, b.udp({ dport: 443 })), verdict: 'redirect' },
     { id: 'O17', name: 'IPv4 with options, TCP', program: o, frame: v4({ ...A4, options: b.Ipv4Option.recordRoute(4) }, b.tcp()), verdict: 'redirect' },
     { id: 'O17', name: 'IPv4 ICMP echo, 4 bytes of ICMP', program: o, frame: b.truncate(v4(A4, b.icmp4()), 14 + 20 + 4), verdict: 'redirect' },
@@ -177,16 +215,33 @@ function inboundRows(): Row[] {
     { id: 'I7', name: 'IPv6 ESP to an unknown address from ztunnel', program: i, frame: v6({ src: OUTSIDE.v6, dst: '2001:db8::77' }, b.esp()), ingressIfindex: ZT_HOST_IFINDEX, verdict: 'pass' },
     { id: 'I7', name: "from ztunnel's veth but slot not PRESENT (I17)", program: i, frame: v4(TO_A4, b.tcp()), ingressIfindex: ZT_HOST_IFINDEX, state: { ztunnel: ZT.notPresent }, verdict: 'drop' },
     { id: 'I8', name: 'neighbour solicitation from fe80::1', program: i, frame: v6({ src: 'fe80::1', dst: 'ff02::1:ff00:a' }, b.icmp6({ type: 135, rest: 0, body: b.ipBytes(POD_A.v6) })), verdict: 'pass' },
-    { id: 'I8', name: 'TCP from a link-local source', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6 }, b.tcp()), verdict: 'pass' },
-    { id: 'I8', name: 'all-nodes ff02::1 from a global source', program: i, frame: v6({ src: OUTSIDE.v6, dst: 'ff02::1' }, b.icmp6({ type: 134 })), verdict: 'pass' },
+    { id: 'I8', name: 'router advertisement to all-nodes ff02::1 from a global source', program: i, frame: v6({ src: OUTSIDE.v6, dst: 'ff02::1' }, b.icmp6({ type: 134 })), verdict: 'pass' },
+    { id: 'I8', name: 'neighbour advertisement from fe80::1 to pod A', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6 }, b.icmp6({ type: 136 })), verdict: 'pass' },
+    { id: 'I8', name: 'MLD query 130 to ff02::1 behind hop-by-hop', program: i, frame: v6({ src: 'fe80::1', dst: 'ff02::1', ext: [{ type: 'hop' }] }, b.icmp6({ type: 130 })), verdict: 'pass' },
+    { id: 'I8', name: 'TCP from a link-local source is captured (I18)', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6 }, b.tcp()), verdict: 'redirect' },
+    { id: 'I8', name: 'UDP from fe80::1 to pod A is captured (I18)', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6 }, b.udp({ sport: 547, dport: 546 })), verdict: 'redirect' },
+    { id: 'I8', name: 'TCP to a link-local destination: not a pod (I9)', program: i, frame: v6({ src: 'fe80::1', dst: 'fe80::99' }, b.tcp({ dport: 8080 })), verdict: 'drop' },
+    { id: 'I8', name: 'ICMPv6 echo from fe80::1 is captured (I18)', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6 }, b.icmp6({ type: 128 })), verdict: 'redirect' },
+    { id: 'I8', name: 'non-first fragment claiming ICMPv6 from fe80::1 (I13)', program: i, frame: v6({ src: 'fe80::1', dst: POD_A.v6, ext: [{ type: 'fragment', offset: 3 }] }, b.raw(58, Buffer.alloc(16, 135))), verdict: 'redirect' },
     { id: 'I9', name: "IPv4 TCP to pod B's IP on pod A's veth", program: i, frame: v4({ src: OUTSIDE.v4, dst: POD_B.v4 }, b.tcp()), verdict: 'drop' },
     { id: 'I9', name: 'IPv6 to an unknown address', program: i, frame: v6({ src: OUTSIDE.v6, dst: '2001:db8::77' }, b.tcp()), verdict: 'drop' },
     { id: 'I9', name: 'IPv4 from ztunnel-looking ingress 0 to an unknown address', program: i, frame: v4({ src: OUTSIDE.v4, dst: '10.9.9.9' }, b.udp()), ingressIfindex: 0, verdict: 'drop' },
     { id: 'I10', name: 'to an un-enrolled pod', program: i, frame: v4({ src: OUTSIDE.v4, dst: POD_U.v4 }, b.tcp()), verdict: 'pass' },
     { id: 'I10', name: 'IPv6 SCTP to an un-enrolled pod', program: i, frame: v6({ src: OUTSIDE.v6, dst: POD_U.v6 }, b.raw(132, Buffer.alloc(12))), verdict: 'pass' },
-    { id: 'I11', name: 'kubelet probe from the probe address (IPv4)', program: i, frame: v4({ src: PROBE.v4, dst: POD_A.v4 }, b.tcp({ dport: 8080 })), verdict: 'pass' },
-    { id: 'I11', name: 'kubelet probe from the probe address (IPv6)', program: i, frame: v6({ src: PROBE.v6, dst: POD_A.v6 }, b.tcp({ dport: 8080 })), verdict: 'pass' },
-    { id: 'I11', name: 'host address without BYPASS is captured (I18)', program: i, frame: v4({ src: HOST_NO_BYPASS.v4, dst: POD_A.v4 }, b.tcp({ dport: 8080 })), verdict: 'redirect' },
+    { id: 'I11', name: "kubelet probe's SYN from the node itself (IPv4)", program: i, frame: v4({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ sport: 50000, dport: 8080, flags: SYN })), ingressIfindex: 0, verdict: 'pass' },
+    { id: 'I11', name: "kubelet probe's SYN from the node itself (IPv6)", program: i, frame: v6({ src: NODE.v6, dst: POD_A.v6 }, b.tcp({ sport: 50000, dport: 8080, flags: SYN })), ingressIfindex: 0, verdict: 'pass' },
+    { id: 'I11', name: 'UDP from the node itself', program: i, frame: v4({ src: NODE.v4, dst: POD_A.v4 }, b.udp({ sport: 50000, dport: 5000 })), ingressIfindex: 0, verdict: 'pass' },
+    { id: 'I11', name: "the node's ACK on its recorded flow", program: i, frame: v4(FROM_NODE4, flowIn(ACK)), ingressIfindex: 0, verdict: 'pass' },
+    { id: 'I11', name: 'the node sourcing from the old probe address is host-originated all the same', program: i, frame: v4({ src: PROBE.v4, dst: POD_A.v4 }, b.tcp({ dport: 8080, flags: SYN })), ingressIfindex: 0, verdict: 'pass' },
+    { id: 'I11', name: "the node's SYN-ACK answers a connection it did not open (I18)", program: i, frame: v4(FROM_NODE4, b.tcp({ sport: 10250, dport: 45000, flags: SYN | ACK })), ingressIfindex: 0, verdict: 'redirect' },
+    { id: 'I11', name: "the node's ACK on a flow recorded for veth B (I18)", program: i, frame: v4(FROM_NODE4, b.tcp({ sport: FLOW.nodePort, dport: 9090, flags: ACK })), ingressIfindex: 0, verdict: 'redirect' },
+    { id: 'I11', name: 'the same probe SYN forwarded from another device (I18)', program: i, frame: v4({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ sport: 50000, dport: 8080, flags: SYN })), verdict: 'redirect' },
+    { id: 'I11', name: 'a forged 169.254.7.127 probe from another device (I18)', program: i, frame: v4({ src: PROBE.v4, dst: POD_A.v4 }, b.tcp({ dport: 8080, flags: SYN })), verdict: 'redirect' },
+    { id: 'I11', name: 'a forged IPv6 probe-address frame from another device (I18)', program: i, frame: v6({ src: PROBE.v6, dst: POD_A.v6 }, b.tcp({ dport: 8080, flags: SYN })), verdict: 'redirect' },
+    { id: 'I11', name: "the recorded flow's ACK from another device (I18)", program: i, frame: v4(FROM_NODE4, flowIn(ACK)), verdict: 'redirect' },
+    { id: 'I11', name: 'ICMP echo from the node itself is captured (I18)', program: i, frame: v4({ src: NODE.v4, dst: POD_A.v4 }, b.icmp4()), ingressIfindex: 0, verdict: 'redirect' },
+    { id: 'I11', name: 'truncated TCP from the node itself (I15)', program: i, frame: b.truncate(v4({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ flags: SYN })), 14 + 20 + 12), ingressIfindex: 0, verdict: 'drop' },
+    { id: 'I11', name: 'IPv6 non-first fragment from the node itself (I13)', program: i, frame: v6({ src: NODE.v6, dst: POD_A.v6, ext: [{ type: 'fragment', offset: 2 }] }, b.raw(6, Buffer.alloc(16))), ingressIfindex: 0, verdict: 'redirect' },
     { id: 'I12', name: 'ESP', program: i, frame: v6(TO_A6, b.esp()), verdict: 'drop' },
     { id: 'I12', name: 'five extension headers', program: i, frame: v6({ ...TO_A6, ext: [{ type: 'hop' }, { type: 'dest' }, { type: 'routing' }, { type: 'ah' }, { type: 'dest' }] }, b.udp()), verdict: 'drop' },
     { id: 'I13', name: 'IPv4 non-first fragment of TCP', program: i, frame: v4({ ...TO_A4, fragOffset: 7 }, b.raw(6, Buffer.alloc(16))), verdict: 'redirect' },
@@ -195,12 +250,17 @@ function inboundRows(): Row[] {
     { id: 'I14', name: 'IPv4 IGMP', program: i, frame: v4(TO_A4, b.raw(2, Buffer.alloc(8))), verdict: 'drop' },
     { id: 'I15', name: 'IPv4 TCP header of 12 bytes', program: i, frame: b.truncate(v4(TO_A4, b.tcp()), 14 + 20 + 12), verdict: 'drop' },
     { id: 'I15', name: 'IPv6 UDP header of 6 bytes', program: i, frame: b.truncate(v6(TO_A6, b.udp()), 14 + 40 + 6), verdict: 'drop' },
-    { id: 'I16', name: 'IPv4 DNS answer from port 53, capture off', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
-    { id: 'I16', name: 'IPv6 DNS answer from port 53, capture off', program: i, frame: v6(TO_A6, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
-    { id: 'I16', name: 'DNS answer with capture on is captured (I18)', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: dns, verdict: 'redirect' },
+    { id: 'I16', name: 'IPv4 DNS answer from the cluster DNS server, capture off', program: i, frame: v4({ src: DNS.v4, dst: POD_A.v4 }, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
+    { id: 'I16', name: 'IPv6 DNS answer from the cluster DNS server, capture off', program: i, frame: v6({ src: DNS.v6, dst: POD_A.v6 }, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
+    { id: 'I16', name: 'answer from node-local DNS, capture off', program: i, frame: v4({ src: DNS.local, dst: POD_A.v4 }, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
+    { id: 'I16', name: 'UDP from port 53 of any other host is captured (I18)', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), verdict: 'redirect' },
+    { id: 'I16', name: 'IPv6 UDP from port 53 of another host is captured (I18)', program: i, frame: v6({ src: NOT_DNS.v6, dst: POD_A.v6 }, b.udp({ sport: 53, dport: 51820 })), verdict: 'redirect' },
+    { id: 'I16', name: 'UDP from another port of the DNS server is captured (I18)', program: i, frame: v4({ src: DNS.v4, dst: POD_A.v4 }, b.udp({ sport: 5353, dport: 40000 })), verdict: 'redirect' },
+    { id: 'I16', name: 'DNS answer with capture on is captured (I18)', program: i, frame: v4({ src: DNS.v4, dst: POD_A.v4 }, b.udp({ sport: 53, dport: 40000 })), state: dns, verdict: 'redirect' },
     { id: 'I17', name: 'IPv4 TCP, ztunnel slot empty', program: i, frame: v4(TO_A4, b.tcp()), state: noZt, verdict: 'drop' },
     { id: 'I17', name: 'IPv6 ICMPv6 echo, slot without PRESENT', program: i, frame: v6(TO_A6, b.icmp6()), state: { ztunnel: ZT.notPresent }, verdict: 'drop' },
-    { id: 'I17', name: 'DNS answer, capture set but slot without PRESENT', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
+    { id: 'I17', name: 'DNS answer, capture set but slot without PRESENT', program: i, frame: v4({ src: DNS.v4, dst: POD_A.v4 }, b.udp({ sport: 53, dport: 40000 })), state: { ztunnel: ZT.notPresentDns }, verdict: 'drop' },
+    { id: 'I17', name: 'UDP from port 53 of another host, no ztunnel', program: i, frame: v4(TO_A4, b.udp({ sport: 53, dport: 40000 })), state: noZt, verdict: 'drop' },
     { id: 'I17', name: 'TCP, PRESENT with ifindex 0 (as O16)', program: i, frame: v4(TO_A4, b.tcp()), state: { ztunnel: ZT.presentIfindex0 }, verdict: 'drop' },
     { id: 'I18', name: 'HBONE: TCP to 15008', program: i, frame: v4(TO_A4, b.tcp({ dport: 15008 })), verdict: 'redirect' },
     { id: 'I18', name: 'IPv4 TCP to 80 from pod B', program: i, frame: v4({ src: POD_B.v4, dst: POD_A.v4 }, b.tcp()), verdict: 'redirect' },

@@ -96,10 +96,23 @@ describe('data-path flags', () => {
     expect(parseRunConfig(base, { REDIRECT_DELIVERY: 'sk_assign', REDIRECT_TUNNEL: 'geneve', DNS_CAPTURE: 'true' })).toMatchObject({ delivery: 'sk_assign', tunnel: 'geneve', dnsCapture: true });
   });
 
+  it('take DNS servers from flags or environment; the DNS Service only with Kubernetes membership', () => {
+    expect(parseRunConfig(base, {})).toMatchObject({ dnsServers: [], dnsService: null });
+    expect(parseRunConfig([...base, '--dns-servers', '10.96.0.10, fd00:96::a', '--node-local-dns', '169.254.20.10'], {}).dnsServers).toEqual(['10.96.0.10', 'fd00:96::a', '169.254.20.10']);
+    expect(parseRunConfig(base, { DNS_SERVERS: '10.96.0.10', NODE_LOCAL_DNS: '169.254.20.10,10.96.0.10' }).dnsServers).toEqual(['10.96.0.10', '169.254.20.10']);
+    const kube = ['--kubeconfig', '/k', '--node-name', 'n'];
+    expect(parseRunConfig(kube, {}).dnsService).toEqual({ namespace: 'kube-system', name: 'kube-dns' });
+    expect(parseRunConfig([...kube, '--dns-service', 'dns/coredns'], {}).dnsService).toEqual({ namespace: 'dns', name: 'coredns' });
+    expect(parseRunConfig(kube, { DNS_SERVICE: 'none' }).dnsService).toBeNull();
+    expect(() => parseRunConfig([...kube, '--dns-service', 'kube-dns'], {})).toThrow(/dns-service: "kube-dns" is not namespace\/name/);
+  });
+
   it.each([
     [['--delivery', 'magic'], /delivery/],
     [['--tunnel', 'gre'], /tunnel/],
     [['--dns-capture', 'yes'], /dns-capture/],
+    [['--dns-servers', '10.96.0.10,kube-dns'], /dns-servers: "kube-dns" is not an IP/],
+    [['--node-local-dns', '169.254.20.10/32'], /node-local-dns/],
   ])('rejects %j', (extra, msg) => {
     expect(() => parseRunConfig([...base, ...extra], {})).toThrow(msg);
   });

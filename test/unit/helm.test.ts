@@ -152,9 +152,10 @@ describe('what each mode renders', () => {
     expect(spec.spec.priorityClassName).toBe('mesh-critical');
   });
 
-  it('RBAC: pods and namespaces get/list/watch, pods/status patch, events create; nothing more', () => {
+  it('RBAC: pods and namespaces get/list/watch, pods/status patch, events create; nothing more (but the DNS Service)', () => {
     const objs = render({ redirectMode: 'ebpf' });
-    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'ServiceAccount']);
+    // Role and RoleBinding: get on the DNS Service alone (the dns values test).
+    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount']);
     const role = objs.find((o) => o.kind === 'ClusterRole')!;
     const grants = role.rules.flatMap((r: Obj) =>
       r.apiGroups.flatMap((g: string) => r.resources.flatMap((res: string) => r.verbs.map((v: string) => `${g || 'core'}/${res}:${v}`))),
@@ -247,6 +248,38 @@ describe('the chart and `run` agree', () => {
     }
     return { args: c.args as string[], env, names: (c.env as Obj[]).map((e) => e.name as string) };
   }
+
+  it('dns values reach `run`: capture, the DNS Service (readable through a Role on it alone), node-local and more servers', () => {
+    const dflt = render({ redirectMode: 'ebpf' });
+    expect(parseRunConfig(containerInvocation(dflt, 'n1').args.slice(1), containerInvocation(dflt, 'n1').env)).toMatchObject({
+      dnsCapture: false,
+      dnsService: { namespace: 'kube-system', name: 'kube-dns' },
+      dnsServers: [],
+    });
+    const role = dflt.find((o) => o.kind === 'Role');
+    expect(role?.metadata.namespace).toBe('kube-system');
+    expect(role?.rules).toEqual([{ apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get'] }]);
+    expect(dflt.find((o) => o.kind === 'RoleBinding')?.subjects[0]).toMatchObject({ kind: 'ServiceAccount', namespace: 'istio-system' });
+
+    const objs = render({ redirectMode: 'ebpf', 'dns.capture': true, 'dns.service': 'dns/coredns', 'dns.nodeLocal': '{169.254.20.10}', 'dns.servers': '{10.0.0.53,fd00::53}' });
+    const { args, env } = containerInvocation(objs, 'n1');
+    expect(parseRunConfig(args.slice(1), env)).toMatchObject({
+      dnsCapture: true,
+      dnsService: { namespace: 'dns', name: 'coredns' },
+      dnsServers: ['10.0.0.53', 'fd00::53', '169.254.20.10'],
+    });
+    expect(objs.find((o) => o.kind === 'Role')?.metadata.namespace).toBe('dns');
+
+    const none = render({ 'dns.service': 'none' });
+    expect(parseRunConfig(containerInvocation(none, 'n1').args.slice(1), containerInvocation(none, 'n1').env).dnsService).toBeNull();
+    expect(none.some((o) => o.kind === 'Role')).toBe(false);
+  });
+
+  it.each([['dns.service=kube-dns'], ['dns.capture=yes'], ['dns.servers={dns.local}']])('the schema rejects %s', (set) => {
+    const r = helmRun(['template', 'mesh', CHART, '--set', set]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/schema/i);
+  });
 
   it('every variable the chart sets is one `run` reads', () => {
     const known = new Set(Object.values(RUN_FLAGS).map((f) => f.env));

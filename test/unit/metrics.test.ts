@@ -99,7 +99,7 @@ function perCpu(...cpus: Partial<codec.PodCounters>[]): Buffer {
 }
 const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [codec.encodeAddrKey(ip), codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED })];
 
-function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'host_addrs' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
+function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
   return { entries: (name) => m[name] ?? null };
 }
 
@@ -107,7 +107,7 @@ describe('pinned map sources', () => {
   const maps = fakeMaps({
     pods: [pod('10.0.0.1', 12), pod('10.0.0.2', 13)],
     counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 3n, redirectedBytes: 300n }, { redirectedPackets: 4n, redirectedBytes: 400n, droppedPackets: 1n, droppedBytes: 60n })]],
-    host_addrs: [[codec.encodeAddrKey('169.254.7.127'), codec.encodeHostInfo({ flags: codec.HostFlags.BYPASS })]],
+    dns_servers: [[codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo()]],
   });
 
   it('sums each pod’s per-CPU counters by its veth; a pod without counters reads zero', () => {
@@ -121,7 +121,7 @@ describe('pinned map sources', () => {
     expect(mapUsage(maps)).toEqual([
       { map: 'pods', entries: 2, capacity: 65536 },
       { map: 'counters', entries: 1, capacity: 65536 },
-      { map: 'host_addrs', entries: 1, capacity: 64 },
+      { map: 'dns_servers', entries: 1, capacity: 64 },
     ]);
     expect(mapUsage(fakeMaps({}))).toEqual([]);
     expect(podCounters(fakeMaps({}))).toEqual([]);

@@ -5,7 +5,8 @@
 import { describe, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { modelStateOf } from '../model/harness.js';
-import { EST, OUTSIDE, POD_A, ROWS, stateOf, type Row, type ZtRow } from '../model/rows.js';
+import { EST, NODE, OUTSIDE, POD_A, ROWS, stateOf, type Row, type ZtRow } from '../model/rows.js';
+import * as b from '../../src/packet/builder.js';
 import { ipBytes } from '../../src/packet/builder.js';
 
 const veths = { a: 2, b: 3 };
@@ -71,5 +72,22 @@ describe('model: map states', () => {
     expect(m.counterOf({ verdict: 'redirect', row: 'O17' })).toBe('redirected');
     expect(m.counterOf({ verdict: 'drop', row: 'O8' })).toBe('dropped');
     expect(m.counterOf({ verdict: 'pass', row: 'O2' })).toBe('passed');
+  });
+});
+
+describe('model: host flows', () => {
+  it('I11 records the node’s flow; O10 passes only its answers on the same veth', () => {
+    const state = modelStateOf(stateOf(veths, { state: { hostFlows: [] } }), MAX_PODS);
+    const syn = b.v6Frame({ src: NODE.v6, dst: POD_A.v6 }, b.tcp({ sport: 51000, dport: 8080, flags: 0x02 }));
+    const answer = b.v6Frame({ src: POD_A.v6, dst: NODE.v6 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
+    expect(m.outbound(answer, state, { ifindex: veths.a }).row).toBe('O17');
+    const forwarded = m.inbound(syn, state, { ifindex: veths.a, ingressIfindex: 5 });
+    expect(forwarded).toMatchObject({ verdict: 'redirect', row: 'I18' });
+    expect(forwarded.recordFlow).toBeUndefined();
+    const v = m.inbound(syn, state, { ifindex: veths.a, ingressIfindex: 0 });
+    expect(v).toMatchObject({ verdict: 'pass', row: 'I11' });
+    m.record(state, v);
+    expect(m.outbound(answer, state, { ifindex: veths.a })).toMatchObject({ verdict: 'pass', row: 'O10' });
+    expect(m.outbound(answer, state, { ifindex: veths.b }).verdict).toBe('drop'); // pod A's IP on veth B: O8
   });
 });
