@@ -29,7 +29,7 @@ export interface ModeOptions {
   iptablesBackend?: BackendKind;
   /** Capture the pods' DNS to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
-  /** ebpf mode: the cluster's DNS servers, read on every pass (see EbpfOptions). */
+  /** Both modes: the cluster's DNS servers, exempt from capture when DNS capture is off; read on every pass. */
   dnsServers?: () => readonly string[];
   /** Injected kernel facts (tests); gathered from this kernel when absent. */
   facts?: KernelFacts;
@@ -76,6 +76,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         log: opts.log,
         tunnel: t.tunnel,
         ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+        ...(opts.dnsServers && { dnsServers: opts.dnsServers }),
         ...(opts.iptablesBackend && { backend: opts.iptablesBackend }),
       });
     }

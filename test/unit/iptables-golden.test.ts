@@ -14,6 +14,7 @@ import { CommandError, type CommandRunner, type RunOptions } from '../../src/hos
 import { createLogger } from '../../src/log.js';
 import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/redirect/iptables.js';
 import { buildPlan, parseSave } from '../../src/redirect/iptables-rules.js';
+import { createRedirectMode } from '../../src/redirect/factory.js';
 import type { Tunnel } from '../../src/redirect/select.js';
 
 const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'golden', 'iptables');
@@ -72,8 +73,8 @@ function desired(c: Case): Desired {
   return { pods, ztunnel: null, ztunnelPlacement: placement, hooks: new Set(), unplaced: [] };
 }
 
-async function record(c: Case): Promise<string> {
-  const runner = new RecordingRunner((argv) => {
+function caseRunner(c: Case): RecordingRunner {
+  return new RecordingRunner((argv) => {
     const cmd = argv.join(' ');
     if (c.ztunnel && cmd === 'ip -n cni-ztunnel -j addr show dev eth0') {
       return JSON.stringify([{ ifname: 'eth0', addr_info: [{ local: c.ztunnel.ip, prefixlen: c.ztunnel.ip.includes(':') ? 128 : 32 }] }]);
@@ -83,6 +84,10 @@ async function record(c: Case): Promise<string> {
     if (c.ztunnel && cmd === `ip -j route get ${c.ztunnel.ip}`) return JSON.stringify([{ dst: c.ztunnel.ip, dev: 'vethzt', prefsrc: c.ztunnel.host }]);
     return undefined;
   });
+}
+
+async function record(c: Case): Promise<string> {
+  const runner = caseRunner(c);
   const mode = new IptablesRedirect({ runner, log: silent, tunnel: c.tunnel, backend: 'nft' });
   await mode.init();
   await mode.apply(desired(c), await mode.actual());
@@ -118,6 +123,18 @@ describe('iptables mode golden files', () => {
       checkGolden(c.name, await record(c));
     });
   }
+
+  it('gets the DNS servers from the mode factory (run passes them there)', async () => {
+    const c = CASES[1]!;
+    const runner = caseRunner(c);
+    const mode = createRedirectMode('iptables', {
+      objectPath: 'unused', pinRoot: '/nonexistent', runner, log: silent, tunnel: 'vxlan', iptablesBackend: 'nft',
+      facts: { release: '6.18.0', probes: null, geneve: false }, dnsServers: () => ['10.96.0.10'],
+    });
+    await mode.init();
+    await mode.apply(desired(c), await mode.actual());
+    expect(runner.log.join('\n')).toMatch(/-d 10\.96\.0\.10\/32 .*--dport 53/);
+  });
 
   it('removes exactly what it finds of its own on uninstall', async () => {
     const installed = INSTALLED;
