@@ -180,7 +180,12 @@ export function acceptConn(fd: number): number | null {
 
 export type Received =
   | { kind: 'datagram'; data: Buffer; fds: number[]; truncated: boolean }
-  | { kind: 'eof' }
+  /**
+   * recvmsg returned 0 with no fds: on SOCK_SEQPACKET this is either a zero-length
+   * datagram or the peer's orderly close. The kernel does not tell them apart here; the
+   * poller's hang-up flag does (Readiness.hangup).
+   */
+  | { kind: 'zero' }
   | { kind: 'again' };
 
 const CMSG_HDR = 16; // cmsg_len (size_t), cmsg_level (int), cmsg_type (int)
@@ -214,8 +219,7 @@ export function recvDatagram(fd: number, max: number): Received {
     throw new LibcError('recvmsg', String(fd), e);
   }
   const fds = parseRights(control, Number(msg.msg_controllen));
-  // SEQPACKET: 0 bytes with no fds is the peer's orderly close.
-  if (n === 0 && fds.length === 0 && (msg.msg_flags & MSG_TRUNC) === 0) return { kind: 'eof' };
+  if (n === 0 && fds.length === 0 && (msg.msg_flags & MSG_TRUNC) === 0) return { kind: 'zero' };
   const truncated = n > max || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) !== 0;
   return { kind: 'datagram', data: data.subarray(0, Math.min(n, max)), fds, truncated };
 }

@@ -126,14 +126,17 @@ export class ZtunnelInpod {
   private readable(fd: number, hangup: boolean): void {
     for (;;) {
       if (this.fd !== fd) return;
-      const got = recvDatagram(fd, MAX_DATAGRAM);
+      let got = recvDatagram(fd, MAX_DATAGRAM);
       if (got.kind === 'again') {
         if (hangup) this.disconnect('agent hung up');
         return;
       }
-      if (got.kind === 'eof') {
-        this.disconnect('agent closed');
-        return;
+      if (got.kind === 'zero') {
+        if (hangup) {
+          this.disconnect('agent closed');
+          return;
+        }
+        got = { kind: 'datagram' as const, data: Buffer.alloc(0), fds: [], truncated: false };
       }
       this.stats.requests++;
       const error = got.truncated ? 'truncated datagram' : this.handle(got.data, got.fds);

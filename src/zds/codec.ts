@@ -45,7 +45,6 @@ export interface ZdsHello {
 }
 
 export type DecodeErrorKind =
-  | 'empty' // a zero-length datagram
   | 'too-large' // longer than MAX_DATAGRAM (ztunnel would read it truncated)
   | 'truncated' // a field or length runs past the end
   | 'wire-type' // a known field with the wrong wire type
@@ -141,7 +140,8 @@ function walk(type: protobuf.Type, buf: Uint8Array, what: string, path: string):
 }
 
 function decodeChecked(type: protobuf.Type, buf: Uint8Array, what: string): Record<string, unknown> {
-  if (buf.length === 0) throw new ZdsDecodeError(what, 'empty', 'zero-length datagram');
+  // A zero-length datagram is a valid encoding (every field at its default): a hello of
+  // version NOT_USED, or a request/response without payload, which the checks below reject.
   if (buf.length > MAX_DATAGRAM) throw new ZdsDecodeError(what, 'too-large', `${buf.length} bytes, at most ${MAX_DATAGRAM}`);
   walk(type, buf, what, type.name);
   let msg: protobuf.Message;

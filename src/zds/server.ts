@@ -113,9 +113,12 @@ export class ZdsServer {
         if (hangup) this.dropConn(id, 'peer hung up');
         return;
       }
-      if (got.kind === 'eof') {
-        this.dropConn(id, 'peer closed');
-        return;
+      if (got.kind === 'zero') {
+        if (hangup) {
+          this.dropConn(id, 'peer closed');
+          return;
+        }
+        got = { kind: 'datagram' as const, data: Buffer.alloc(0), fds: [], truncated: false };
       }
       // ztunnel never sends fds; any that came are closed unread.
       for (const f of got.fds) closeFd(f);
