@@ -9,9 +9,10 @@
  * SOCK_CLOEXEC), so accept4/recvmsg/sendmsg return EAGAIN instead of waiting. Readiness
  * comes from one epoll set per Poller, waited on with koffi's async call, which runs
  * epoll_wait on a libuv worker thread and calls back on the loop; an eventfd in the set
- * wakes it when the poller closes. libuv itself cannot watch these fds for us: Node wraps
- * only stream Unix sockets, TCP and UDP (a SEQPACKET fd is "unknown" to net.Socket).
- * Cost: one of libuv's worker threads (4 by default) sits in epoll_wait per live Poller.
+ * wakes it when the poller closes or its last fd goes. libuv itself cannot watch these fds
+ * for us: Node wraps only stream Unix sockets, TCP and UDP (a SEQPACKET fd is "unknown" to
+ * net.Socket). Cost: one of libuv's worker threads (4 by default) sits in epoll_wait while
+ * the process's shared poller watches anything (sharedPoller).
  */
 import koffi from 'koffi';
 import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
@@ -360,7 +361,7 @@ export class Poller {
     this.arm();
   }
 
-  /** Stops watching `fd`; call before closing it. */
+  /** Stops watching `fd`; call before closing it. The last one stops the wait loop. */
   remove(fd: number): void {
     if (!this.handlers.delete(fd)) return;
     try {
@@ -368,6 +369,13 @@ export class Poller {
     } catch {
       // Already closed: the kernel dropped it from the set with its last reference.
     }
+    if (this.handlers.size === 0 && this.waiting) this.wake();
+  }
+
+  private wake(): void {
+    const one = Buffer.alloc(8);
+    one.writeBigUInt64LE(1n);
+    c.write(this.wakeFd, one, 8);
   }
 
   private arm(): void {
@@ -404,15 +412,23 @@ export class Poller {
     if (this.closed) return;
     this.closed = true;
     this.handlers.clear();
-    if (this.waiting) {
-      const one = Buffer.alloc(8);
-      one.writeBigUInt64LE(1n);
-      c.write(this.wakeFd, one, 8);
-    } else {
+    if (this.waiting) this.wake();
+    else {
       closeQuiet(this.epfd);
       closeQuiet(this.wakeFd);
     }
   }
+}
+
+let shared: Poller | null = null;
+
+/**
+ * The process's poller: every ZDS socket of a process shares it, so that a process holds
+ * at most one libuv worker thread in epoll_wait, and none while it watches nothing.
+ */
+export function sharedPoller(): Poller {
+  shared ??= new Poller();
+  return shared;
 }
 
 /** Clears O_NONBLOCK (for fds handed to a blocking consumer). */

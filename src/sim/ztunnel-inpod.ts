@@ -17,7 +17,7 @@ import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setNetns } from '../bpf/ffi.js';
-import { AF_INET, AF_INET6, closeFd, LibcError, markedListener, Poller, recvDatagram, seqpacketConnect, sendDatagram } from '../host/libc.js';
+import { AF_INET, AF_INET6, closeFd, LibcError, markedListener, sharedPoller, recvDatagram, seqpacketConnect, sendDatagram } from '../host/libc.js';
 import { decodeRequest, encodeHello, encodeResponse, MAX_DATAGRAM, Version, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from '../zds/codec.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
@@ -57,7 +57,7 @@ export interface ZtunnelInpodOptions {
 }
 
 export class ZtunnelInpod {
-  private readonly poller = new Poller();
+  private readonly poller = sharedPoller();
   private readonly workloads = new Map<string, Workload>();
   private readonly ports: readonly number[];
   private fd: number | null = null;
@@ -281,7 +281,6 @@ export class ZtunnelInpod {
       this.fd = null;
     }
     for (const uid of [...this.workloads.keys()]) this.del(uid);
-    this.poller.close();
   }
 }
 

@@ -6,7 +6,7 @@
  * Not wired into `run` yet (docs/zds.md): the in-pod mode will feed it the enrolled pods.
  */
 import type { Logger } from '../log.js';
-import { acceptConn, closeFd, LibcError, Poller, recvDatagram, seqpacketListen, sendDatagram } from '../host/libc.js';
+import { acceptConn, closeFd, LibcError, sharedPoller, recvDatagram, seqpacketListen, sendDatagram } from '../host/libc.js';
 import { decodeHello, decodeResponse, encodeRequest, MAX_DATAGRAM, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from './codec.js';
 import { type Action, type ConnStatus, type Counters, DEFAULT_MAX_CONNECTIONS, type Inbound, ZdsState } from './state.js';
 
@@ -25,7 +25,7 @@ export interface ZdsServerOptions {
 
 export class ZdsServer {
   private readonly state: ZdsState;
-  private readonly poller = new Poller();
+  private readonly poller = sharedPoller();
   private readonly listenFd: number;
   private readonly conns = new Map<number, number>(); // conn id -> fd
   private readonly netns = new Map<string, number>(); // pod uid -> netns fd (the caller's)
@@ -77,7 +77,6 @@ export class ZdsServer {
     }
     this.poller.remove(this.listenFd);
     closeFd(this.listenFd);
-    this.poller.close();
     this.opts.log.info('zds server closed', { path: this.opts.path });
   }
 

@@ -121,7 +121,8 @@ function suite(): void {
 
   it('snapshot: every pod netns holds the marked 15001/15006/15008 listeners, the plain netns none', async () => {
     const z = startStandIn();
-    await until('the first snapshot', () => z.ready);
+    // Both sides: the stand-in handled snapshot_sent and the agent read its ack.
+    await until('the first snapshot', () => z.ready && server!.counters.snapshots === 1);
     expect(server!.counters.snapshots).toBe(1);
     expect(server!.counters.requests).toMatchObject({ add: 4, snapshot_sent: 1 });
     for (const p of pods) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
@@ -182,7 +183,7 @@ function suite(): void {
     await sleep(200); // the stand-in is retrying meanwhile
     server = newServer();
     for (const p of enrolled) server.addPod(p.uid, p.info, fds.get(p.uid)!);
-    await until('the snapshot from the restarted agent', () => z.stats.snapshots === snapshotsBefore + 1 && z.ready);
+    await until('the snapshot from the restarted agent', () => z.stats.snapshots === snapshotsBefore + 1 && z.ready && server!.counters.snapshots === 1);
     expect(z.stats.connections).toBe(connectionsBefore + 1);
     totals.reconnections += z.stats.connections - connectionsBefore;
     expect(server.connections()).toEqual([{ id: 1, phase: 'ready', podsSent: enrolled.length }]);
