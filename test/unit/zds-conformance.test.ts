@@ -57,8 +57,11 @@ class Peer {
     for (;;) {
       const m = await this.next();
       if (typeof m === 'string') throw new Error(`handshake: ${m}`);
+      // Exactly one fd with each add (the pod's netns), none with anything else.
+      if (m.fds.length !== (m.req.kind === 'add' ? 1 : 0)) throw new Error(`${m.req.kind} came with ${m.fds.length} fds`);
       m.fds.forEach((f) => closeFd(f));
       if (m.req.kind === 'add') added.push(m.req.uid);
+      if (m.req.kind === 'keep') added.push(`keep ${m.req.uid}`);
       this.send(encodeResponse({ error: '' }));
       if (m.req.kind === 'snapshot_sent') return added;
     }
@@ -187,8 +190,34 @@ const rows: Row[] = [
 ];
 
 describe('ZDS server conformance (real SEQPACKET socket)', () => {
-  it('creates the socket with mode 0600', () => {
+  it('creates the socket with mode 0600 and leaves its folder alone', () => {
     expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(statSync(dir).mode & 0o777).toBe(0o700); // mkdtemp's mode, untouched
+  });
+
+  it('replaces a stale socket file but refuses to replace anything else', () => {
+    const stale = join(dir, `stale-${n}.sock`);
+    const first = new ZdsServer({ path: stale, log: createLogger('error') });
+    first.close(); // leaves the socket file behind, as a killed agent does
+    const second = new ZdsServer({ path: stale, log: createLogger('error') });
+    second.close();
+    const file = join(dir, `file-${n}`);
+    closeSync(openSync(file, 'w'));
+    expect(() => new ZdsServer({ path: file, log: createLogger('error') })).toThrow(/exists and is not a socket/);
+  });
+
+  it('names a pod whose netns cannot be opened with keep (no fd), and sends its add once it can', async () => {
+    server.addPod('pod-c', { name: 'c', namespace: 'ns', serviceAccount: 'sa' }, null);
+    const fresh = new Peer(path);
+    expect(await fresh.handshake()).toEqual(['pod-a', 'pod-b', 'keep pod-c']);
+    server.addPod('pod-c', { name: 'c', namespace: 'ns', serviceAccount: 'sa' }, netnsStandIn);
+    const m = await fresh.next();
+    expect(typeof m === 'object' && m.req).toEqual({ kind: 'add', uid: 'pod-c', workloadInfo: { name: 'c', namespace: 'ns', serviceAccount: 'sa' } });
+    expect(typeof m === 'object' && m.fds.length).toBe(1);
+    if (typeof m === 'object') m.fds.forEach((f) => closeFd(f));
+    // The resident (older) connection got nothing: adds go to the newest only.
+    expect(await resident.next(200)).toBe('timeout');
+    fresh.close();
   });
 
   it.each(rows)('$name: log line, connection closed, state kept', async (row) => {
