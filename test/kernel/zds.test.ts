@@ -10,7 +10,8 @@ import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { systemRunner } from '../../src/host/runner.js';
+import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { distEntry } from '../../src/sim/dist.js';
 import { closeFd, recvDatagram, seqpacketListen, sendDatagram, acceptConn } from '../../src/host/libc.js';
 import { createLogger } from '../../src/log.js';
 import { newPrefix } from '../../src/sim/names.js';
@@ -190,6 +191,48 @@ function suite(): void {
     // The very same sockets: none was closed and reopened.
     for (const p of enrolled) expect((await listeners(p.ns)).map((l) => l.inode).sort(), p.ns).toEqual(inodesBefore.get(p.ns));
     expect(z.held().map((h) => h.uid)).toEqual(enrolled.map((p) => p.uid).sort());
+  });
+
+  it('ztunnel killed (SIGKILL) as a process and started again: listeners go with it and come back with the snapshot', async () => {
+    // The in-process stand-in leaves first; a process takes its place.
+    standIns[standIns.length - 1]!.close();
+    const enrolled = [...pods.slice(1), late];
+    const start = () => {
+      const child = startProcess(['node', distEntry('ztunnel-inpod.js'), '--socket', sock]);
+      const events: { event: string }[] = [];
+      let buf = '';
+      child.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString('utf8');
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          events.push(JSON.parse(buf.slice(0, i)) as { event: string });
+          buf = buf.slice(i + 1);
+        }
+      });
+      return { child, events };
+    };
+    const first = start();
+    try {
+      await until('the process snapshot', () => first.events.some((e) => e.event === 'snapshot'));
+      for (const p of enrolled) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
+      first.child.kill('SIGKILL');
+      await until('the agent sees the connection gone', () => server!.connections().length === 0);
+      // The kernel closed its sockets: nothing listens in the pods any more.
+      for (const p of enrolled) expect(await listeners(p.ns), p.ns).toEqual([]);
+    } finally {
+      first.child.kill('SIGKILL');
+    }
+    const second = start();
+    try {
+      await until('the snapshot after the crash', () => second.events.some((e) => e.event === 'snapshot'));
+      totals.reconnections++;
+      expect(second.events.filter((e) => e.event === 'add').length).toBe(enrolled.length);
+      for (const p of enrolled) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
+      expect(await listeners(pods[0]!.ns)).toEqual([]);
+    } finally {
+      second.child.kill('SIGTERM');
+      await new Promise((r) => (second.child.exitCode !== null ? r(null) : second.child.once('exit', r)));
+    }
+    for (const p of enrolled) expect(await listeners(p.ns), `${p.ns} after SIGTERM`).toEqual([]);
   });
 
   it('the stand-in acks a bad request with an error, as ztunnel does, and keeps the connection', async () => {
