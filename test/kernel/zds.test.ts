@@ -169,18 +169,20 @@ function suite(): void {
     expect(await listeners(pods[0]!.ns)).toEqual([]);
   });
 
-  it('agent restart: the stand-in reconnects, gets the snapshot, and no pod loses its listeners', async () => {
+  it('agent restart: the stand-in reconnects, gets the snapshot, no pod loses its listeners, and one the snapshot omits is dropped', async () => {
     const z = standIns[standIns.length - 1]!;
-    const enrolled = [...pods.slice(1), late];
+    // The late pod leaves while the agent is down: the new agent's snapshot omits it.
+    const enrolled = pods.slice(1);
     const inodesBefore = new Map<string, string[]>();
     for (const p of enrolled) inodesBefore.set(p.ns, (await listeners(p.ns)).map((l) => l.inode).sort());
+    expect(await markedPorts(late.ns)).toEqual(FULL);
     const connectionsBefore = z.stats.connections;
     const snapshotsBefore = z.stats.snapshots;
     retireServer(server!);
     server = undefined;
     await until('the stand-in sees the agent gone', () => !z.connected());
     // While no agent listens, ztunnel keeps every pod's listeners.
-    for (const p of enrolled) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
+    for (const p of [...enrolled, late]) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
     await sleep(200); // the stand-in is retrying meanwhile
     server = newServer();
     for (const p of enrolled) server.addPod(p.uid, p.info, fds.get(p.uid)!);
@@ -191,12 +193,13 @@ function suite(): void {
     // The very same sockets: none was closed and reopened.
     for (const p of enrolled) expect((await listeners(p.ns)).map((l) => l.inode).sort(), p.ns).toEqual(inodesBefore.get(p.ns));
     expect(z.held().map((h) => h.uid)).toEqual(enrolled.map((p) => p.uid).sort());
+    expect(await listeners(late.ns)).toEqual([]);
   });
 
   it('ztunnel killed (SIGKILL) as a process and started again: listeners go with it and come back with the snapshot', async () => {
     // The in-process stand-in leaves first; a process takes its place.
     standIns[standIns.length - 1]!.close();
-    const enrolled = [...pods.slice(1), late];
+    const enrolled = pods.slice(1);
     const start = () => {
       const child = startProcess(['node', distEntry('ztunnel-inpod.js'), '--socket', sock]);
       const events: { event: string }[] = [];
@@ -227,7 +230,7 @@ function suite(): void {
       totals.reconnections++;
       expect(second.events.filter((e) => e.event === 'add').length).toBe(enrolled.length);
       for (const p of enrolled) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
-      expect(await listeners(pods[0]!.ns)).toEqual([]);
+      for (const ns of [pods[0]!.ns, late.ns, plainNs]) expect(await listeners(ns), ns).toEqual([]);
     } finally {
       second.child.kill('SIGTERM');
       await new Promise((r) => (second.child.exitCode !== null ? r(null) : second.child.once('exit', r)));
