@@ -99,6 +99,8 @@ function suite(): void {
       made.push(ns);
     }
     for (const p of [...pods, late]) fds.set(p.uid, openSync(`/var/run/netns/${p.ns}`, 'r'));
+    // Loopback up in one pod, so that a client inside it can reach ztunnel's listeners.
+    await systemRunner.run(['ip', '-n', pods[1]!.ns, 'link', 'set', 'lo', 'up']);
     server = newServer();
     for (const p of pods) server.addPod(p.uid, p.info, fds.get(p.uid)!);
   });
@@ -231,6 +233,15 @@ function suite(): void {
       expect(second.events.filter((e) => e.event === 'add').length).toBe(enrolled.length);
       for (const p of enrolled) expect(await markedPorts(p.ns), p.ns).toEqual(FULL);
       for (const ns of [pods[0]!.ns, late.ns, plainNs]) expect(await listeners(ns), ns).toEqual([]);
+      // The listeners serve: a client inside the pod reaches each port, and the stand-in
+      // reports the connection under that pod.
+      for (const port of INPOD_PORTS) {
+        const out = await systemRunner.run(['ip', 'netns', 'exec', pods[1]!.ns, 'node', distEntry('agent.js'), 'connect', '--to', `127.0.0.1:${port}`, '--count', '1', '--timeout-ms', '3000']);
+        expect(JSON.parse(out.trim()), `port ${port}`).toEqual({ event: 'result', ok: true, reply: 'ztunnel' });
+        await until(`the stand-in reports the connection to ${port}`, () =>
+          second.events.some((e) => e.event === 'accepted' && (e as { uid?: string }).uid === pods[1]!.uid && (e as { port?: number }).port === port),
+        );
+      }
     } finally {
       second.child.kill('SIGTERM');
       await new Promise((r) => (second.child.exitCode !== null ? r(null) : second.child.once('exit', r)));
