@@ -1,7 +1,9 @@
 /**
- * The only module that imports koffi: the system libbpf (`libbpf.so.1`, >= 1.0) and the
- * few libc calls Node.js lacks. Functions are shaped like the C API, synchronous, and
- * checked: a failing call throws a BpfError naming the operation and errno.
+ * One of the two modules that import koffi: the system libbpf (`libbpf.so.1`, >= 1.0) and
+ * the few libc calls the BPF layer and the simulated ztunnel need. Its sibling
+ * src/host/libc.ts holds the libc calls of the ZDS protocol (SEQPACKET sockets,
+ * SCM_RIGHTS, epoll); nothing else imports koffi. Functions are shaped like the C API,
+ * synchronous, and checked: a failing call throws a BpfError naming the operation and errno.
  *
  * Structs the kernel and we share never cross here as koffi types: keys and values are
  * Buffers built by the codec. Only libbpf's own option structs are declared below.
