@@ -55,8 +55,9 @@ TS_SRC := $(shell find src -name '*.ts')
 
 ts: dist/.built
 
-dist/.built: $(TS_SRC) tsconfig.json node_modules/.package-lock.json
+dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
+	cp src/zds/zds.proto dist/zds/zds.proto
 	@touch $@
 
 node_modules/.package-lock.json: package-lock.json

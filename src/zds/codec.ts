@@ -70,12 +70,11 @@ export class ZdsEncodeError extends Error {
   }
 }
 
-/** The .proto sits beside the compiled module (when copied into dist/) or in src/zds/. */
+/** The .proto sits beside this module: in src/zds/, and in dist/zds/ where `make build` copies it. */
 function protoPath(): string {
-  const candidates = [new URL('./zds.proto', import.meta.url), new URL('../../src/zds/zds.proto', import.meta.url)];
-  const found = candidates.find((u) => existsSync(u));
-  if (!found) throw new Error(`zds.proto not found (looked at ${candidates.map((u) => u.pathname).join(', ')})`);
-  return found.pathname;
+  const path = new URL('./zds.proto', import.meta.url);
+  if (!existsSync(path)) throw new Error(`zds.proto not found at ${path.pathname} (make build copies it beside the compiled codec)`);
+  return path.pathname;
 }
 
 const root = protobuf.parse(readFileSync(protoPath(), 'utf8'), { keepCase: false }).root;
