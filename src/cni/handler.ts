@@ -141,6 +141,8 @@ export class CniHandler {
    * cannot be read.
    */
   private async namespaceOf(name: string, deadline: number): Promise<NamespaceView | undefined> {
+    // Not a namespace name (RFC 1123 label): no such namespace can exist, nothing to ask.
+    if (name.length > 63 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name)) return undefined;
     const cached = this.m.namespace(name);
     if (cached && cached.labels[DATAPLANE_LABEL] === 'ambient' && this.m.namespacesLive()) return cached;
     this.stats.namespaceReads++;

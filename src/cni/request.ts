@@ -123,7 +123,7 @@ export function parseRequest(raw: RawRequest): Parsed {
   if (attachment && containerId === '') return fail(CNI_ERR.invalidEnv, 'CNI_CONTAINERID is not set');
   if ((command === 'ADD' || command === 'CHECK') && !env.CNI_NETNS) return fail(CNI_ERR.invalidEnv, 'CNI_NETNS is not set');
   // null is no prevResult (the plugin reads it so too).
-  const prev = member('prevResult');
+  const prev = attachment ? member('prevResult') : undefined; // STATUS and GC have none to read
   if (prev !== undefined && prev !== null && !isObj(prev)) return fail(CNI_ERR.decode, 'prevResult is not an object');
   const prevResult = isObj(prev) ? prev : null;
   const prevResultRaw = prevResult ? Buffer.from(members.get('prevResult')!) : null;

@@ -444,9 +444,12 @@ describe('the handler', () => {
     const r = await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', 'shop'));
     expect(r.code).toBe(1);
     expect(JSON.parse(r.stdout.toString())).toMatchObject({ code: 11, msg: expect.stringMatching(/cannot tell whether namespace shop is ambient/) });
-    // A namespace the API says does not exist has no pods to hold.
+    // A namespace the API says does not exist, or a name no namespace can have, has no pods to hold.
     m.apiNamespaces = new Map();
     expect((await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', 'gone'))).code).toBe(0);
+    const fetches = m.nsFetches;
+    expect((await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', '..'))).code).toBe(0);
+    expect(m.nsFetches).toBe(fetches);
   });
 
   it('STATUS succeeds; GC releases the announcements of sandboxes the runtime no longer has', async () => {
