@@ -16,7 +16,8 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
 # spawns comes from one of these or from the base image (test/unit/spawned-commands.test.ts
 # keeps this list true).
 packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables nftables ipset procps util-linux make
-  qemu-system-x86 busybox-static cpio xz-utils)  # the kernel matrix (docs/kernel-matrix.md)
+  qemu-system-x86 busybox-static cpio xz-utils  # the kernel matrix (docs/kernel-matrix.md)
+  libclang-rt-14-dev)  # the plugin's ASan+UBSan build for the CNI fuzz run (docs/cni.md)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -122,11 +122,15 @@ export async function runCommand(argv: string[]): Promise<number> {
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
   });
   let cni: CniGate | null = null;
+  // The membership starts first: the CNI gate writes the namespace list before it serves.
+  kube?.start();
   if (cfg.cni.socket && kube) {
+    if (cfg.cni.install) readiness.setCniInstalled(false, 'not installed yet');
     try {
-      cni = await startCniGate(cfg.cni, kube, log);
+      cni = await startCniGate(cfg.cni, kube, log, { onInstalled: (ok, reason) => readiness.setCniInstalled(ok, reason) });
     } catch (err) {
       log.error('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
+      await kube.stop();
       await server?.close();
       mode.close();
       return 1;
@@ -137,7 +141,6 @@ export async function runCommand(argv: string[]): Promise<number> {
   await dns?.refresh();
   const dnsTimer = dns ? setInterval(() => void dns!.refresh(), cfg.resyncSeconds * 1000) : null;
   dnsTimer?.unref();
-  kube?.start();
   controller.start(
     cfg.resyncSeconds * 1000,
     (r, seconds) => {

@@ -1,8 +1,13 @@
 /**
  * Our entry in the node's CNI configuration list, as pure text-to-text functions. The
  * runtime uses the first file of the folder in lexical order (.conf, .conflist, .json);
- * we chain only into a .conflist (a single-plugin .conf has no chain to join).
+ * we chain only into a .conflist (a single-plugin .conf has no chain to join), and only
+ * into one whose every spec version (cniVersion, and the 1.1 list cniVersions) we
+ * support: a runtime that validates the list against our VERSION answer would otherwise
+ * reject the whole list, and the node would lose pod networking.
  */
+import { SUPPORTED_VERSIONS } from './request.js';
+
 export const PLUGIN_TYPE = 'ambient-redirect-cni';
 
 export class ConflistError extends Error {}
@@ -41,9 +46,23 @@ export function hasPlugin(text: string): boolean {
   return parseList(text).plugins.some(ours);
 }
 
+/** Throws when the list names a spec version the plugin does not support. */
+export function checkVersions(conf: Record<string, unknown>): void {
+  const supported = SUPPORTED_VERSIONS as readonly string[];
+  if (typeof conf.cniVersion !== 'string') throw new ConflistError('no "cniVersion" string: cannot tell whether the plugin supports the list');
+  if (conf.cniVersions !== undefined && !Array.isArray(conf.cniVersions)) throw new ConflistError('"cniVersions" is not a list');
+  const named = [conf.cniVersion, ...((conf.cniVersions as unknown[] | undefined) ?? [])];
+  for (const v of named) {
+    if (typeof v !== 'string' || !supported.includes(v)) {
+      throw new ConflistError(`the list's CNI version ${JSON.stringify(v)} is not one the plugin supports (${supported.join(', ')}): not installing into it`);
+    }
+  }
+}
+
 /** The list with our entry last (an entry of ours already there is replaced); unchanged text when equal. */
 export function addPlugin(text: string, entry: PluginEntry): string {
   const { conf, plugins } = parseList(text);
+  checkVersions(conf);
   const others = plugins.filter((p) => !ours(p));
   const next = { ...conf, plugins: [...others, entry] };
   if (JSON.stringify(next) === JSON.stringify(conf)) return text;

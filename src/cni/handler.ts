@@ -1,12 +1,16 @@
 /**
- * The agent's side of a CNI invocation. ADD: a pod of a namespace that is not ambient
- * passes at once; otherwise the pod is found (the membership's cache, else a GET), the
- * enrollment rules decide with the sandbox's IPs from prevResult, and an enrolled pod is
- * announced to the membership (UID-keyed, reconciled with the API later) and held until a
- * pass has programmed all its IPs. DEL forgets what the sandbox announced and always
- * succeeds. CHECK fails while an enrolled pod is not programmed.
+ * The agent's side of a CNI invocation. ADD: the pod's namespace is taken from the cache
+ * when the cache can vouch (ambient, with the namespace watch up), else read from the API
+ * (a retryable error while neither can tell); a pod of a namespace that is not ambient
+ * passes; otherwise the pod is found (the membership's cache, else a GET), the enrollment
+ * rules decide with the sandbox's IPs from prevResult, and an enrolled pod is announced to
+ * the membership (UID-keyed, reconciled with the API later) and held until a pass has
+ * programmed all its IPs. DEL forgets what the sandbox announced and always succeeds.
+ * CHECK fails while an enrolled pod is not programmed. STATUS succeeds (the agent answers,
+ * so it can decide every ADD). GC forgets the announcements of sandboxes the runtime no
+ * longer has.
  */
-import type { EnrollmentContext, NamespaceView, PodView } from '../controller/enrollment.js';
+import { DATAPLANE_LABEL, type EnrollmentContext, type NamespaceView, type PodView } from '../controller/enrollment.js';
 import type { Logger } from '../log.js';
 import { namespaceDecision, podDecision, type Decision } from './decide.js';
 import type { RawRequest, Reply } from './protocol.js';
@@ -16,12 +20,18 @@ import { CNI_ERR, errorResult, parseRequest, passThrough, type CniError, type Cn
 export interface CniMembership {
   hasSynced(): boolean;
   namespace(name: string): NamespaceView | undefined;
+  /** True while the namespace watch is established (the cache follows the API). */
+  namespacesLive(): boolean;
+  /** GET of one namespace (null when it does not exist; throws when the API fails). */
+  fetchNamespace(name: string): Promise<NamespaceView | null>;
   cachedPod(namespace: string, name: string, uid?: string): PodView | undefined;
   podDeleted(uid: string): boolean;
   fetchPod(namespace: string, name: string): Promise<PodView | null>;
   enrollmentContext(): EnrollmentContext;
   provisionPod(pod: PodView, containerId: string): void;
   releaseSandbox(containerId: string): boolean;
+  /** The sandboxes (container IDs) with an announcement. */
+  announcedSandboxes(): string[];
   programmedNow(): ReadonlySet<string>;
   onProgrammed(cb: (ips: ReadonlySet<string>) => void): void;
   onChange(cb: () => void): void;
@@ -38,7 +48,7 @@ class Deadline extends Error {}
 export class CniHandler {
   private readonly programmedWaiters = new Set<() => void>();
   private readonly syncWaiters = new Set<() => void>();
-  readonly stats = { add: 0, enrolled: 0, passed: 0, failed: 0, del: 0 };
+  readonly stats = { add: 0, enrolled: 0, passed: 0, failed: 0, del: 0, gc: 0, namespaceReads: 0 };
 
   constructor(
     private readonly m: CniMembership,
@@ -56,6 +66,16 @@ export class CniHandler {
       return { code: 1, stdout: errorResult(parsed.cniVersion, parsed.error) };
     }
     const req = parsed.req;
+    if (req.command === 'STATUS') return { code: 0, stdout: '' };
+    if (req.command === 'GC') {
+      const keep = new Set(req.validAttachments);
+      for (const id of this.m.announcedSandboxes()) {
+        if (keep.has(id) || !this.m.releaseSandbox(id)) continue;
+        this.stats.gc++;
+        this.opts.log.info('cni: sandbox released by GC', { container: id });
+      }
+      return { code: 0, stdout: '' };
+    }
     if (req.command === 'DEL') {
       this.stats.del++;
       if (this.m.releaseSandbox(req.containerId)) this.opts.log.info('cni: sandbox released', { container: req.containerId, pod: req.pod.name, namespace: req.pod.namespace });
@@ -98,7 +118,8 @@ export class CniHandler {
     if (!namespace || !name) return { kind: 'pass', reason: 'not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME)' };
     // Before the first lists the namespace may look unknown: wait for them.
     await this.until(this.syncWaiters, () => this.m.hasSynced(), deadline, 'the agent has not synced with the API yet');
-    const early = namespaceDecision(this.m.namespace(namespace));
+    const nsView = await this.namespaceOf(namespace, deadline);
+    const early = namespaceDecision(nsView);
     if (early) return early;
     if (uid && this.m.podDeleted(uid)) return { kind: 'pass', reason: 'pod deleted in the API' };
     let pod = this.m.cachedPod(namespace, name, uid || undefined);
@@ -109,7 +130,30 @@ export class CniHandler {
       if (uid && fetched.uid !== uid) return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} in the API has UID ${fetched.uid}, the runtime says ${uid}` } };
       pod = fetched;
     }
-    return podDecision(pod, this.m.namespace(namespace), req.ips, this.m.enrollmentContext());
+    return podDecision(pod, nsView, req.ips, this.m.enrollmentContext());
+  }
+
+  /**
+   * The namespace as far as anyone can know: the cache vouches only for an ambient
+   * namespace while its watch is up (a label added a moment ago, a namespace the watch
+   * has not delivered, a broken watch: the cache cannot tell), otherwise one GET.
+   * undefined: the namespace does not exist. Throws (a retryable error) when the API
+   * cannot be read.
+   */
+  private async namespaceOf(name: string, deadline: number): Promise<NamespaceView | undefined> {
+    // Not a namespace name (RFC 1123 label): no such namespace can exist, nothing to ask.
+    if (name.length > 63 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name)) return undefined;
+    const cached = this.m.namespace(name);
+    if (cached && cached.labels[DATAPLANE_LABEL] === 'ambient' && this.m.namespacesLive()) return cached;
+    this.stats.namespaceReads++;
+    let fetched: NamespaceView | null;
+    try {
+      fetched = await this.race(this.m.fetchNamespace(name), deadline, `reading namespace ${name} from the API timed out`);
+    } catch (err) {
+      if (err instanceof Deadline) throw err;
+      throw new Deadline(`the agent cannot tell whether namespace ${name} is ambient: reading it from the API failed (${err instanceof Error ? err.message : String(err)})`);
+    }
+    return fetched ?? undefined;
   }
 
   private covered(ips: readonly string[]): boolean {

@@ -5,7 +5,7 @@
  * still ours as we left it, and otherwise (someone rewrote it since) removes only our
  * entry.
  */
-import { copyFileSync, existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { addPlugin, ConflistError, hasPlugin, pickConfigFile, PLUGIN_TYPE, removePlugin, type PluginEntry } from './conflist.js';
 import { writeAtomic } from './nsfile.js';
@@ -38,10 +38,17 @@ function configFile(confDir: string): string {
 
 export function installCni(o: InstallOptions): InstallResult {
   // The binary first: a list naming a plugin the runtime cannot find fails every pod.
+  // Copied only when it differs (the folder watch installs again on every change), through
+  // writeAtomic: the runtime never runs half a binary.
   const bin = join(o.binDir, PLUGIN_TYPE);
-  const tmp = `${bin}.tmp-${process.pid}`;
-  copyFileSync(o.plugin, tmp);
-  renameSync(tmp, bin);
+  const want = readFileSync(o.plugin);
+  let have: Buffer | null = null;
+  try {
+    have = readFileSync(bin);
+  } catch {
+    // not there yet
+  }
+  if (!have || !have.equals(want)) writeAtomic(bin, want, 0o755);
   const name = configFile(o.confDir);
   const file = join(o.confDir, name);
   const text = readFileSync(file, 'utf8');

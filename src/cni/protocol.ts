@@ -76,11 +76,12 @@ export function encodeRequest(req: RawRequest): Buffer {
 
 export interface Reply {
   code: number;
-  stdout: string;
+  /** A Buffer when bytes must pass unchanged (prevResult). */
+  stdout: string | Buffer;
 }
 
 export function encodeReply(r: Reply): Buffer {
-  const out = Buffer.from(r.stdout);
+  const out = typeof r.stdout === 'string' ? Buffer.from(r.stdout) : r.stdout;
   const head = Buffer.alloc(8);
   head.writeUInt32BE(4 + out.length, 0);
   head.writeUInt32BE(r.code >>> 0, 4);

@@ -1,7 +1,10 @@
 /**
- * The Unix socket the plugin asks. Authenticated by file permissions: the folder is 0700
- * and the socket 0600, both root's, so only root on the host (the container runtime) can
- * connect. One request and one reply per connection.
+ * The Unix socket the plugin asks. Authenticated by file permissions: the socket is 0600
+ * from birth (bound under umask 0177), root's, so only root on the host (the container
+ * runtime) can connect; folders we create for it are 0700, a folder that exists is left as
+ * it is (with runDir=/run, chmod would lock the host's /run). One request and one reply per
+ * connection; a connection gets `requestTimeoutMs` to send its request and
+ * `connectionTimeoutMs` in all, then it is cut.
  */
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -13,9 +16,19 @@ export interface CniServer {
   close(): Promise<void>;
 }
 
-export async function serveCni(path: string, handle: (r: RawRequest) => Promise<Reply>, log: Logger): Promise<CniServer> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-  chmodSync(dirname(path), 0o700);
+export interface ServeOptions {
+  /** From connect to a complete request (default 5 s). */
+  requestTimeoutMs?: number;
+  /** From connect to the reply written (default 60 s; the handler's own deadline is shorter). */
+  connectionTimeoutMs?: number;
+}
+
+export async function serveCni(path: string, handle: (r: RawRequest) => Promise<Reply>, log: Logger, opts: ServeOptions = {}): Promise<CniServer> {
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 5_000;
+  const connectionTimeoutMs = opts.connectionTimeoutMs ?? 60_000;
+  // Only folders created here get 0700 (umask aside, mkdir's mode is what we ask).
+  const created = mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  if (created !== undefined) chmodSync(dirname(path), 0o700);
   try {
     // A socket left by a previous run (SIGKILL, reboot without tmpfs): take its place.
     if (lstatSync(path).isSocket()) unlinkSync(path);
@@ -26,7 +39,17 @@ export async function serveCni(path: string, handle: (r: RawRequest) => Promise<
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
     sockets.add(sock);
-    sock.on('close', () => sockets.delete(sock));
+    const cut = (what: string) => () => {
+      log.warn('cni: connection cut', { reason: what });
+      sock.destroy();
+    };
+    const requestTimer = setTimeout(cut(`no complete request within ${requestTimeoutMs} ms`), requestTimeoutMs);
+    const connectionTimer = setTimeout(cut(`no reply within ${connectionTimeoutMs} ms`), connectionTimeoutMs);
+    sock.on('close', () => {
+      clearTimeout(requestTimer);
+      clearTimeout(connectionTimer);
+      sockets.delete(sock);
+    });
     sock.on('error', () => sock.destroy());
     let buf = Buffer.alloc(0);
     let done = false;
@@ -44,6 +67,7 @@ export async function serveCni(path: string, handle: (r: RawRequest) => Promise<
       }
       if (n === 0) return;
       done = true;
+      clearTimeout(requestTimer);
       let req: RawRequest;
       try {
         req = decodeRequest(buf.subarray(0, n));

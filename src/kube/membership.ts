@@ -156,6 +156,32 @@ export class KubeMembership implements Membership {
     return this.namespaces.map.get(name);
   }
 
+  /** True while the namespace watch is established. */
+  namespacesLive(): boolean {
+    return this.nsReflector.connected;
+  }
+
+  /**
+   * GET of one namespace (the CNI gate, when the cache cannot vouch): null when it does not
+   * exist; throws when the API fails. A newer object than the cache's goes into the cache
+   * (fenced by resourceVersion, as watch events are), so the pass sees the same labels.
+   */
+  async fetchNamespace(name: string): Promise<NamespaceView | null> {
+    let raw: unknown;
+    try {
+      raw = await this.api.request('GET', `/api/v1/namespaces/${encodeURIComponent(name)}`, {});
+    } catch (err) {
+      if (err instanceof KubeError && err.status === 404) return null;
+      throw err;
+    }
+    const n = parseNamespace(raw);
+    if (!n.ok) throw new Error(`the API's namespace ${name} is malformed: ${n.reason}`);
+    const before = this.namespaces.map.get(name);
+    const same = before !== undefined && JSON.stringify(before.labels) === JSON.stringify(n.value.ns.labels);
+    if (this.namespaces.apply('MODIFIED', n.value.ns, n.value.resourceVersion) && !same) this.changed();
+    return n.value.ns;
+  }
+
   /** Namespaces labelled ambient, sorted (the plugin's fallback list). */
   ambientNamespaces(): string[] {
     return [...this.namespaces.map.values()].filter((n) => n.labels[DATAPLANE_LABEL] === 'ambient').map((n) => n.name).sort();
@@ -213,6 +239,11 @@ export class KubeMembership implements Membership {
     }
     if (removed) this.changed();
     return removed;
+  }
+
+  /** The sandboxes (container IDs) with an announcement (the runtime's GC keeps only valid ones). */
+  announcedSandboxes(): string[] {
+    return [...new Set([...this.provisional.values()].map((p) => p.containerId))];
   }
 
   provisionalCount(): number {

@@ -12,6 +12,8 @@ export class Readiness {
   private synced = false;
   private attached = false;
   private ztunnel = false;
+  /** null: the agent does not install the CNI plugin. */
+  private cniEntry: { installed: boolean; reason: string } | null = null;
 
   /** The first pass on a fully synced membership was applied (latched). */
   markSynced(): void {
@@ -28,11 +30,17 @@ export class Readiness {
     this.ztunnel = known;
   }
 
+  /** With --cni-install: our entry is (not) in the runtime's CNI config list (src/cni/gate.ts). */
+  setCniInstalled(installed: boolean, reason = ''): void {
+    this.cniEntry = { installed, reason };
+  }
+
   state(): ReadinessState {
     const missing: string[] = [];
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
     if (!this.ztunnel) missing.push('ztunnel not known on this node');
+    if (this.cniEntry && !this.cniEntry.installed) missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
     return { ready: missing.length === 0, missing };
   }
 }

@@ -349,6 +349,13 @@ export class KubeApiDouble {
     if (patch && req.method === 'PATCH') return this.patchStatus(req, decodeURIComponent(patch[1]!), decodeURIComponent(patch[2]!), reply, fail);
     if (req.method !== 'GET') return fail(405, 'method not allowed');
 
+    // One namespace by name (the CNI gate reads one when its cache cannot vouch).
+    const oneNs = /^\/api\/v1\/namespaces\/([^/]+)$/.exec(url.pathname);
+    if (oneNs && !watch) {
+      const o = this.namespaces.get(decodeURIComponent(oneNs[1]!));
+      return o ? reply(200, o) : fail(404, `namespaces "${decodeURIComponent(oneNs[1]!)}" not found`);
+    }
+
     let resource: Kind;
     let nsFilter: string | null = null;
     const nsPods = /^\/api\/v1\/namespaces\/([^/]+)\/pods$/.exec(url.pathname);

@@ -196,8 +196,20 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     await rt.teardown(plain, '', plainRun.containerId);
   }, 120_000);
 
-  it('uninstall leaves the CNI config list byte-identical and removes the plugin', async () => {
+  it('the primary CNI rewrites its list: the running agent puts its entry back', async () => {
+    const seen = controller!.events.length;
+    writeFileSync(conflist(), CONFLIST);
+    const ev = await controller!.waitForAfter(seen, 'cni: plugin installed', 15_000);
+    expect(ev).toMatchObject({ changed: true, reinserted: true });
+    expect(chainFromConflist().namespacesFile).toMatch(/ambient-namespaces$/);
+  });
+
+  it('uninstall (with the agent stopped, as the chart does) leaves the CNI config list byte-identical and removes the plugin', async () => {
     expect(readFileSync(conflist(), 'utf8')).not.toBe(CONFLIST);
+    // A running agent puts its entry back (it watches the folder): the chart uninstalls
+    // from an init container after the agent stopped.
+    await controller!.stop('SIGTERM');
+    controller = undefined;
     await runInNode(sim.nodeNs, ['cni', 'uninstall', '--cni-bin-dir', join(dir, 'bin'), '--cni-conf-dir', join(dir, 'net.d'), '--cni-state-dir', join(dir, 'state')]);
     expect(readFileSync(conflist())).toEqual(Buffer.from(CONFLIST));
     expect(existsSync(join(dir, 'bin', 'ambient-redirect-cni'))).toBe(false);

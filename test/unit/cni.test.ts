@@ -97,7 +97,10 @@ describe('request parsing', () => {
   it.each([
     ['not JSON', env('ADD'), Buffer.from('{"cniVersion":'), 6, /not JSON/],
     ['a JSON array', env('ADD'), Buffer.from('[]'), 6, /not a JSON object/],
-    ['an unknown command', env('GC'), netconf(PREV_1_0), 4, /CNI_COMMAND "GC"/],
+    ['an unknown command', env('FOO'), netconf(PREV_1_0), 4, /CNI_COMMAND "FOO"/],
+    ['an unsupported cniVersion', env('ADD'), netconf(PREV_1_0, '2.0.0'), 1, /cniVersion "2.0.0" is not supported/],
+    ['stdin that is not UTF-8', env('ADD'), Buffer.concat([netconf(undefined).subarray(0, -1), Buffer.from([0x2c, 0x22, 0x78, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])]), 6, /not UTF-8/],
+    ['GC without its list', env('GC'), netconf(undefined), 7, /valid-attachments/],
     ['no container ID', env('ADD', { CNI_CONTAINERID: '' }), netconf(PREV_1_0), 4, /CNI_CONTAINERID/],
     ['ADD without a netns', env('ADD', { CNI_NETNS: '' }), netconf(PREV_1_0), 4, /CNI_NETNS/],
     ['prevResult not an object', env('ADD'), netconf('x'), 6, /prevResult is not an object/],
@@ -117,6 +120,35 @@ describe('request parsing', () => {
 
   it('CNI_ARGS: later keys win, malformed terms are skipped', () => {
     expect(parseCniArgs('A=1;junk;B=x=y;A=2;=z')).toEqual({ A: '2', B: 'x=y' });
+  });
+
+  it('prevResult is passed through byte for byte, not re-serialised', () => {
+    const prevText = '{ "cniVersion" : "1.0.0",\n  "ips": [ {"address": "10.244.1.10/32", "interface": 0} ], "mtu": 1.50e3, "note": "caf\u00e9 \u00e9" }';
+    const stdin = Buffer.from(`{"cniVersion":"1.0.0","name":"k8s","type":"ambient-redirect-cni","prevResult":${prevText}}`);
+    const r = parseRequest({ env: env('ADD'), stdin });
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    expect(r.req.ips).toEqual(['10.244.1.10']);
+    expect(passThrough(r.req)).toEqual(Buffer.from(`${prevText}\n`));
+  });
+
+  it('prevResult and cniVersion are the members the plugin reads: raw key, last duplicate; null is none', () => {
+    // The plugin matches raw key bytes: "prev\u0052esult" is another key to it, so to us.
+    const escaped = parseRequest({ env: env('ADD'), stdin: Buffer.from('{"cniVersion":"1.0.0","prevResult":{"ips":[]},"prev\\u0052esult":5}') });
+    expect(escaped.ok && escaped.req.prevResultRaw?.toString()).toBe('{"ips":[]}');
+    const dup = parseRequest({ env: env('ADD'), stdin: Buffer.from('{"cniVersion":"1.0.0","prevResult":5,"prevResult":{"a":1}}') });
+    expect(dup.ok && dup.req.prevResultRaw?.toString()).toBe('{"a":1}');
+    const none = parseRequest({ env: env('ADD'), stdin: Buffer.from('{"cniVersion":"0.4.0","prevResult":null}') });
+    expect(none.ok && passThrough(none.req).toString()).toBe('{"cniVersion":"0.4.0"}\n');
+  });
+
+  it('STATUS and GC need no container; GC reads the valid attachments (either spelling)', () => {
+    const st = parseRequest({ env: { CNI_COMMAND: 'STATUS', CNI_PATH: '/opt/cni/bin' }, stdin: netconf(undefined, '1.1.0') });
+    expect(st.ok && st.req.command).toBe('STATUS');
+    for (const key of ['cni.dev/valid-attachments', 'cni.dev/attachments']) {
+      const gc = parseRequest({ env: { CNI_COMMAND: 'GC' }, stdin: Buffer.from(JSON.stringify({ cniVersion: '1.1.0', name: 'n', [key]: [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'eth0' }] })) });
+      expect(gc.ok && gc.req.validAttachments).toEqual(['a', 'b']);
+    }
   });
 });
 
@@ -200,6 +232,14 @@ describe('the config list edit', () => {
     expect(() => addPlugin('{"type":"bridge"}', ENTRY)).toThrow(/no "plugins" list/);
     expect(() => addPlugin('nope', ENTRY)).toThrow(ConflistError);
   });
+
+  it('never installs into a list of a spec version the plugin does not support', () => {
+    const list = (over: Record<string, unknown>) => JSON.stringify({ ...JSON.parse(LIST), ...over });
+    expect(() => addPlugin(list({ cniVersion: '2.0.0' }), ENTRY)).toThrow(/CNI version "2.0.0" is not one the plugin supports/);
+    expect(() => addPlugin(list({ cniVersion: '1.0.0', cniVersions: ['1.0.0', '1.1.0', '1.2.0'] }), ENTRY)).toThrow(/"1.2.0"/);
+    expect(() => addPlugin(list({ cniVersion: undefined }), ENTRY)).toThrow(/no "cniVersion"/);
+    expect(hasPlugin(addPlugin(list({ cniVersion: '1.1.0', cniVersions: ['1.0.0', '1.1.0'] }), ENTRY))).toBe(true);
+  });
 });
 
 describe('install and uninstall on a scratch host', () => {
@@ -259,6 +299,10 @@ describe('install and uninstall on a scratch host', () => {
 class FakeMembership implements CniMembership {
   synced = true;
   namespaces = new Map<string, NamespaceView>([['shop', ambient], ['plain', plain]]);
+  /** What a GET of a namespace answers (by default what the cache holds); 'fail' throws. */
+  apiNamespaces: Map<string, NamespaceView> | 'fail' = this.namespaces;
+  nsLive = true;
+  nsFetches = 0;
   pods: PodView[] = [];
   apiPods: PodView[] = [];
   fetches = 0;
@@ -268,6 +312,13 @@ class FakeMembership implements CniMembership {
   private changeCbs: (() => void)[] = [];
   hasSynced = () => this.synced;
   namespace = (n: string) => this.namespaces.get(n);
+  namespacesLive = () => this.nsLive;
+  fetchNamespace = async (n: string) => {
+    this.nsFetches++;
+    if (this.apiNamespaces === 'fail') throw new Error('connect ECONNREFUSED');
+    return this.apiNamespaces.get(n) ?? null;
+  };
+  announcedSandboxes = () => [...new Set(this.provisioned.map((p) => p.containerId))];
   cachedPod = (ns: string, name: string, uid?: string) => this.pods.find((p) => p.namespace === ns && p.name === name && (!uid || p.uid === uid));
   podDeleted = () => false;
   fetchPod = async (ns: string, name: string) => {
@@ -303,7 +354,7 @@ describe('the handler', () => {
     const m = new FakeMembership();
     const r = await new CniHandler(m, { addTimeoutMs: 1000, log: quietLog }).handle(req('ADD', 'plain'));
     expect(r.code).toBe(0);
-    expect(JSON.parse(r.stdout)).toEqual(PREV_1_0);
+    expect(JSON.parse(r.stdout.toString())).toEqual(PREV_1_0);
     expect(m.fetches).toBe(0);
   });
 
@@ -321,7 +372,7 @@ describe('the handler', () => {
     m.pass(['10.244.1.10', 'fd00::a']);
     const r = await pending;
     expect(r.code).toBe(0);
-    expect(JSON.parse(r.stdout)).toEqual(PREV_1_0);
+    expect(JSON.parse(r.stdout.toString())).toEqual(PREV_1_0);
   });
 
   it('a pod the watch has not seen yet is read from the API', async () => {
@@ -339,11 +390,11 @@ describe('the handler', () => {
     const h = new CniHandler(m, { addTimeoutMs: 50, log: quietLog });
     const slow = await h.handle(req('ADD'));
     expect(slow.code).toBe(1);
-    expect(JSON.parse(slow.stdout)).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: expect.stringMatching(/shop\/web-0: not programmed within 50 ms/) });
+    expect(JSON.parse(slow.stdout.toString())).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: expect.stringMatching(/shop\/web-0: not programmed within 50 ms/) });
     m.pods = [];
-    expect(JSON.parse((await h.handle(req('ADD'))).stdout).msg).toMatch(/does not exist in the API/);
+    expect(JSON.parse((await h.handle(req('ADD'))).stdout.toString()).msg).toMatch(/does not exist in the API/);
     m.synced = false;
-    expect(JSON.parse((await h.handle(req('ADD'))).stdout).msg).toMatch(/not synced/);
+    expect(JSON.parse((await h.handle(req('ADD'))).stdout.toString()).msg).toMatch(/not synced/);
   });
 
   it('waits for the first sync instead of guessing', async () => {
@@ -364,6 +415,51 @@ describe('the handler', () => {
     expect(await h.handle(req('DEL'))).toEqual({ code: 0, stdout: '' });
     expect(m.provisioned).toEqual([]);
     expect(await h.handle({ env: { CNI_COMMAND: 'DEL' }, stdin: Buffer.from('garbage') })).toEqual({ code: 0, stdout: '' });
+  });
+
+  it('the cache vouches only for an ambient namespace with its watch up; otherwise the API is asked', async () => {
+    const m = new FakeMembership();
+    m.pods = [podView()];
+    m.programmed = new Set(['10.244.1.10', 'fd00::a']);
+    const h = new CniHandler(m, { addTimeoutMs: 500, log: quietLog });
+    expect((await h.handle(req('ADD'))).code).toBe(0);
+    expect([m.nsFetches, m.provisioned.length]).toEqual([0, 1]);
+    // Labelled ambient a moment ago: the cache still says plain, the API says ambient.
+    m.namespaces = new Map([['plain', plain]]);
+    m.apiNamespaces = new Map([['shop', ambient], ['plain', plain]]);
+    m.provisioned = [];
+    expect((await h.handle(req('ADD'))).code).toBe(0);
+    expect([m.nsFetches, m.provisioned.length]).toEqual([1, 1]);
+    // The namespace watch is down: even an ambient cache entry is read again.
+    m.namespaces = new Map([['shop', ambient]]);
+    m.nsLive = false;
+    await h.handle(req('ADD'));
+    expect(m.nsFetches).toBe(2);
+  });
+
+  it('a namespace neither the cache nor the API can vouch for: code 11, not a pass', async () => {
+    const m = new FakeMembership();
+    m.namespaces = new Map();
+    m.apiNamespaces = 'fail';
+    const r = await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', 'shop'));
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ code: 11, msg: expect.stringMatching(/cannot tell whether namespace shop is ambient/) });
+    // A namespace the API says does not exist, or a name no namespace can have, has no pods to hold.
+    m.apiNamespaces = new Map();
+    expect((await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', 'gone'))).code).toBe(0);
+    const fetches = m.nsFetches;
+    expect((await new CniHandler(m, { addTimeoutMs: 500, log: quietLog }).handle(req('ADD', '..'))).code).toBe(0);
+    expect(m.nsFetches).toBe(fetches);
+  });
+
+  it('STATUS succeeds; GC releases the announcements of sandboxes the runtime no longer has', async () => {
+    const m = new FakeMembership();
+    m.provisioned = [{ pod: podView(), containerId: 'keep' }, { pod: podView({ uid: 'u2' }), containerId: 'stale' }];
+    const h = new CniHandler(m, { addTimeoutMs: 500, log: quietLog });
+    expect(await h.handle({ env: { CNI_COMMAND: 'STATUS' }, stdin: netconf(undefined, '1.1.0') })).toEqual({ code: 0, stdout: '' });
+    const gc = Buffer.from(JSON.stringify({ cniVersion: '1.1.0', name: 'k8s', 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth0' }] }));
+    expect(await h.handle({ env: { CNI_COMMAND: 'GC' }, stdin: gc })).toEqual({ code: 0, stdout: '' });
+    expect(m.provisioned.map((p) => p.containerId)).toEqual(['keep']);
   });
 
   it('a request that is not a Kubernetes pod passes', async () => {

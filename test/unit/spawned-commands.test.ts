@@ -33,7 +33,7 @@ const PACKAGE: Record<string, string> = {
   awk: 'mawk', sed: 'sed', grep: 'grep', find: 'findutils',
   env: 'coreutils', ls: 'coreutils', cp: 'coreutils', mv: 'coreutils', rm: 'coreutils', mkdir: 'coreutils', mktemp: 'coreutils',
   touch: 'coreutils', cat: 'coreutils', head: 'coreutils', tail: 'coreutils', sort: 'coreutils', tr: 'coreutils', uname: 'coreutils',
-  id: 'coreutils', basename: 'coreutils', dirname: 'coreutils', readlink: 'coreutils', chmod: 'coreutils', ln: 'coreutils', cut: 'coreutils',
+  id: 'coreutils', mkfifo: 'coreutils', basename: 'coreutils', dirname: 'coreutils', readlink: 'coreutils', chmod: 'coreutils', ln: 'coreutils', cut: 'coreutils',
   'apt-get': 'apt', 'apt-cache': 'apt',
   'dpkg-deb': 'dpkg', 'dpkg-query': 'dpkg',
   ldd: 'libc-bin', ldconfig: 'libc-bin',
