@@ -3,6 +3,7 @@
  * here; nothing else switches on the mode.
  */
 import { gatherKernelFacts } from '../host/kernel.js';
+import type { Link } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import { createLogger, type Logger } from '../log.js';
 import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
@@ -109,6 +110,9 @@ class SwitchingMode implements RedirectMode {
       if (removed.length) this.opts.log.info('removed the state of the other capture mode', { mode: this.inner.name, removed });
     }
     return r;
+  }
+  verify(desired: Desired, links: ReadonlyMap<number, Link>) {
+    return this.inner.verify ? this.inner.verify(desired, links) : Promise.resolve([]);
   }
   close() {
     this.inner.close();
