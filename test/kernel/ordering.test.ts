@@ -51,7 +51,7 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
     sim = await createSimNode({ pods: 2 });
     pinRoot = pinRootFor(sim);
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-    await sim.startZtunnel();
+    await Promise.all([sim.startZtunnel(), sim.startOutside()]);
     await start();
   });
 
@@ -123,9 +123,10 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
   const foreignGauge = async (hook: string, kind: string) => sample((await get('/metrics')).body, 'ambient_redirect_foreign_programs', { hook, kind });
   const status = async () => JSON.parse(await runInNode(sim.nodeNs, ['status', '--json', '--pin-root', pinRoot])) as Status;
 
-  const addTcFilter = (dev: string, dir: string, ns = sim.nodeNs) =>
-    run(['tc', '-n', ns, 'filter', 'add', 'dev', dev, dir, 'prio', '1', 'handle', '1', 'bpf', 'da', 'obj', FOREIGN, 'sec', 'tc']);
-  const delTcFilter = (dev: string, dir: string, ns = sim.nodeNs) => run(['tc', '-n', ns, 'filter', 'del', 'dev', dev, dir, 'prio', '1', 'handle', '1', 'bpf']);
+  const addTcFilter = (dev: string, dir: string, ns = sim.nodeNs, prio = 1) =>
+    run(['tc', '-n', ns, 'filter', 'add', 'dev', dev, dir, 'prio', String(prio), 'handle', '1', 'bpf', 'da', 'obj', FOREIGN, 'sec', 'tc']);
+  const delTcFilter = (dev: string, dir: string, ns = sim.nodeNs, prio = 1) => run(['tc', '-n', ns, 'filter', 'del', 'dev', dev, dir, 'prio', String(prio), 'handle', '1', 'bpf']);
+  const toOutside = (pod = sim.pods[0]!) => sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1);
 
   async function ifindexOf(dev: string, ns: string): Promise<number> {
     return (JSON.parse(await run(['ip', '-n', ns, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
@@ -155,8 +156,8 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
 
   it('a foreign tc filter at priority 1 on an enrolled veth turns readiness false within one pass, and back', async () => {
     const dev = sim.pods[0]!.hostVeth;
-    // Ours sits at priority 1 too: a filter there is as good as first (which of the two runs
-    // first is the order of attachment), and Cilium and Calico's eBPF mode use 1.
+    // Ours sits at priority 1 too: a filter there is as good as first (of two at one
+    // priority the one attached last runs first), and Cilium and Calico's eBPF mode use 1.
     const kind = 'tc-same-priority';
     try {
       const seen = await passesToSee(() => addTcFilter(dev, 'ingress'), 'pod-ingress', kind, 1);
@@ -168,11 +169,32 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
       const s = await status();
       expect(s.ordering.findings).toEqual([expect.objectContaining({ where: 'pod', device: dev, direction: 'ingress', kind })]);
       expect(await runInNode(sim.nodeNs, ['status', '--pin-root', pinRoot])).toContain('ordering: NOT VERIFIED');
+      // Not a false alarm: with the same filter on the egress too (one pass to see it),
+      // the pod's connection goes around ztunnel straight to the outside server.
+      const egress = await passesToSee(() => addTcFilter(dev, 'egress'), 'pod-egress', kind, 1);
+      expect(egress.passes).toBeLessThanOrEqual(2);
+      expect(await toOutside()).toEqual([{ ok: true, reply: 'outside' }]);
     } finally {
+      await delTcFilter(dev, 'egress').catch(() => '');
       const gone = await passesToSee(() => delTcFilter(dev, 'ingress'), 'pod-ingress', kind, 0);
       expect(gone.passes).toBeLessThanOrEqual(2);
     }
     expect(await get('/readyz')).toEqual({ status: 200, body: 'ok\n' });
+    expect(await toOutside()).toEqual([{ ok: true, reply: 'ztunnel' }]);
+  });
+
+  it('a foreign filter at a higher priority than ours runs after ours: still ready, still captured', async () => {
+    const dev = sim.pods[0]!.hostVeth;
+    await addTcFilter(dev, 'ingress', sim.nodeNs, 5);
+    try {
+      const first = passes((await get('/metrics')).body);
+      while (passes((await get('/metrics')).body) < first + 2) await sleep(100);
+      expect(await get('/readyz')).toEqual({ status: 200, body: 'ok\n' });
+      for (const kind of ['tc-lower-priority', 'tc-same-priority', 'tcx']) expect(await foreignGauge('pod-ingress', kind)).toBe(0);
+      expect(await toOutside()).toEqual([{ ok: true, reply: 'ztunnel' }]);
+    } finally {
+      await delTcFilter(dev, 'ingress', sim.nodeNs, 5);
+    }
   });
 
   it('a tcx program on an enrolled veth or on ztunnel’s eth0 turns readiness false within one pass, and back', async () => {
