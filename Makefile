@@ -17,6 +17,8 @@ build: bpf ts cni rawframe
 # (other debug info), a map schema change (smaller maps), and one whose load fails
 # (maps of size 0).
 TEST_OBJ := build/test/redirect-rebuilt.bpf.o build/test/redirect-small.bpf.o build/test/redirect-unloadable.bpf.o
+# Another project's program for the ordering test: it passes every packet.
+TEST_OBJ += build/tests/foreign.bpf.o
 
 bpf: $(BPF_OBJ) $(TEST_OBJ)
 

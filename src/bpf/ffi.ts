@@ -104,6 +104,7 @@ const c = {
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *pathname)'),
   bpf_obj_get_info_by_fd: bpf.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *info_len)'),
   bpf_obj_pin: bpf.func('int bpf_obj_pin(int fd, const char *pathname)'),
+  bpf_prog_get_fd_by_id: bpf.func('int bpf_prog_get_fd_by_id(uint32_t id)'),
 
   bpf_tc_hook_create: bpf.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
   bpf_tc_hook_destroy: bpf.func('int bpf_tc_hook_destroy(bpf_tc_hook *hook)'),
@@ -118,6 +119,9 @@ const c = {
   bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
   listen: libc.func('int listen(int fd, int backlog)'),
   setns: libc.func('int setns(int fd, int nstype)'),
+  syscall: libc.func('long syscall(long number, ...)'),
+  send: libc.func('long send(int fd, const void *buf, size_t len, int flags)'),
+  recv: libc.func('long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
 };
 
 // libbpf prints warnings to stderr by default; the controller reports through its own
@@ -290,6 +294,11 @@ export function objGetInfo(fd: number, what: string, len: number): Buffer {
   return info;
 }
 
+/** An fd for the program with this id (close it); throws ENOENT when it is gone. */
+export function progGetFdById(id: number): number {
+  return checkInt('bpf_prog_get_fd_by_id', `program ${id}`, c.bpf_prog_get_fd_by_id(id));
+}
+
 export function objPin(fd: number, path: string): void {
   checkInt('bpf_obj_pin', path, c.bpf_obj_pin(fd, path));
 }
@@ -349,6 +358,117 @@ export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcF
   if (ret === -2 /* ENOENT */) return null;
   checkInt('bpf_tc_query', describeHook(ifindex, attachPoint), ret);
   return opts.prog_id;
+}
+
+// --- tcx (kernel 6.6+): the raw bpf(2) syscall, since libbpf 1.1 predates it ----------------
+//
+// The attr layouts below are the kernel's union bpf_attr (include/uapi/linux/bpf.h) for the
+// two commands we need; offsets are fixed by the ABI.
+
+const SYS_BPF: Record<string, number> = { x64: 321, arm64: 280 };
+const BPF_PROG_QUERY = 16;
+const BPF_LINK_CREATE = 28;
+const BPF_ATTR_SIZE = 64;
+
+export const TcxAttachType = { INGRESS: 46, EGRESS: 47 } as const;
+export type TcxAttachType = (typeof TcxAttachType)[keyof typeof TcxAttachType];
+/** BPF_F_BEFORE: with no relative program, the new one goes first. */
+export const BPF_F_BEFORE = 1 << 3;
+
+function bpfSyscall(op: string, target: string, cmd: number, attr: Buffer): number {
+  const nr = SYS_BPF[process.arch];
+  if (nr === undefined) throw new BpfError(op, target, 38 /* ENOSYS */, `no bpf(2) syscall number known for ${process.arch}`);
+  const ret = Number(c.syscall(nr, 'int', cmd, 'void *', attr, 'uint32_t', BPF_ATTR_SIZE));
+  if (ret < 0) throw new BpfError(op, target, errno());
+  return ret;
+}
+
+function describeTcx(ifindex: number, type: TcxAttachType): string {
+  return `ifindex ${ifindex} tcx ${type === TcxAttachType.INGRESS ? 'ingress' : 'egress'}`;
+}
+
+/**
+ * The programs on a device's tcx hook, in the order they run (BPF_PROG_QUERY). Throws
+ * EINVAL on kernels without tcx, ENODEV for a device that is gone.
+ */
+export function tcxQuery(ifindex: number, type: TcxAttachType, max = 64): number[] {
+  const ids = koffi.alloc('uint32_t', max);
+  try {
+    const attr = Buffer.alloc(BPF_ATTR_SIZE);
+    attr.writeUInt32LE(ifindex, 0); // target_ifindex
+    attr.writeUInt32LE(type, 4); // attach_type
+    attr.writeBigUInt64LE(BigInt(koffi.address(ids)), 16); // prog_ids
+    attr.writeUInt32LE(max, 24); // count
+    bpfSyscall('bpf(BPF_PROG_QUERY)', describeTcx(ifindex, type), BPF_PROG_QUERY, attr);
+    const count = attr.readUInt32LE(24);
+    return count === 0 ? [] : Array.from(koffi.decode(ids, 'uint32_t', Math.min(count, max)) as ArrayLike<number>);
+  } finally {
+    koffi.free(ids);
+  }
+}
+
+/**
+ * Attaches a program to a device's tcx hook through a BPF link (BPF_LINK_CREATE); returns
+ * the link fd. The link, and the attachment, end when its last fd closes (or its pin goes).
+ */
+export function tcxLinkCreate(ifindex: number, type: TcxAttachType, progFd: number, flags = 0): number {
+  const attr = Buffer.alloc(BPF_ATTR_SIZE);
+  attr.writeUInt32LE(progFd, 0);
+  attr.writeUInt32LE(ifindex, 4); // target_ifindex
+  attr.writeUInt32LE(type, 8);
+  attr.writeUInt32LE(flags, 12);
+  return bpfSyscall('bpf(BPF_LINK_CREATE)', describeTcx(ifindex, type), BPF_LINK_CREATE, attr);
+}
+
+// --- rtnetlink: listing a hook's tc filters in-process ------------------------------------
+
+const AF_NETLINK = 16;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+const NETLINK_ROUTE = 0;
+const RTM_GETTFILTER = 46;
+const NLM_F_REQUEST = 0x1;
+const NLM_F_DUMP = 0x300;
+const TC_H_CLSACT = 0xfffffff1;
+
+/**
+ * Sends one RTM_GETTFILTER dump request for a device's clsact hook (in the calling
+ * thread's netns) and returns the raw reply messages, up to and including NLMSG_DONE or
+ * the first NLMSG_ERROR. Parsing is src/bpf/hooks.ts's.
+ */
+export function netlinkDumpFilters(ifindex: number, attachPoint: TcAttachPoint): Buffer[] {
+  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
+  if (fd < 0) throw new BpfError('socket(AF_NETLINK)', describeHook(ifindex, attachPoint), errno());
+  try {
+    const req = Buffer.alloc(16 + 20);
+    req.writeUInt32LE(req.length, 0); // nlmsg_len
+    req.writeUInt16LE(RTM_GETTFILTER, 4);
+    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    req.writeUInt32LE(1, 8); // seq
+    // struct tcmsg: family, pad[3], ifindex, handle, parent, info
+    req.writeInt32LE(ifindex, 20);
+    // parent: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS 0xfff2 | TC_H_MIN_EGRESS 0xfff3)
+    req.writeUInt32LE(((TC_H_CLSACT & 0xffff0000) | (attachPoint === TcAttachPoint.INGRESS ? 0xfff2 : 0xfff3)) >>> 0, 28);
+    if (Number(c.send(fd, req, req.length, 0)) < 0) throw new BpfError('send(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+    const out: Buffer[] = [];
+    const buf = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const n = Number(c.recv(fd, buf, buf.length, 0));
+      if (n < 0) throw new BpfError('recv(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+      let off = 0;
+      while (off + 16 <= n) {
+        const len = buf.readUInt32LE(off);
+        const type = buf.readUInt16LE(off + 4);
+        if (len < 16 || off + len > n) return out;
+        out.push(Buffer.from(buf.subarray(off, off + len)));
+        if (type === 3 /* NLMSG_DONE */ || type === 2 /* NLMSG_ERROR */) return out;
+        off += (len + 3) & ~3;
+      }
+      if (n === 0) return out;
+    }
+  } finally {
+    c.close(fd);
+  }
 }
 
 // --- BPF_PROG_RUN ------------------------------------------------------------------------

@@ -9,8 +9,16 @@ import { isNotFound } from './errors.js';
 export { TcAttachPoint } from './ffi.js';
 export type Direction = 'ingress' | 'egress';
 
-/** Our filter's place on a hook: chosen so it is easy to tell apart from others'. */
-export const OUR_FILTER: ffi.TcFilter = { handle: 0xa4b1, priority: 0xa4b1 & 0x7fff };
+/**
+ * Our filter's place on a hook: a handle easy to tell apart from others', at priority 1,
+ * the lowest there is, so that no clsact filter runs before ours; one at the same priority
+ * (Cilium's and Calico's use 1) is reported by the ordering check (docs/datapath.md,
+ * "Ordering"), since which of the two runs first depends on the order of attachment.
+ */
+export const OUR_FILTER: ffi.TcFilter = { handle: 0xa4b1, priority: 1 };
+
+/** Where builds before the ordering work put our filter (priority 9393): moved on upgrade. */
+export const LEGACY_FILTER: ffi.TcFilter = { handle: 0xa4b1, priority: 0xa4b1 & 0x7fff };
 
 const point = (d: Direction): ffi.TcAttachPoint => (d === 'ingress' ? ffi.TcAttachPoint.INGRESS : ffi.TcAttachPoint.EGRESS);
 
@@ -32,20 +40,20 @@ export function attachTc(ifindex: number, direction: Direction, progFd: number):
   return { ifindex, direction, progId, createdQdisc };
 }
 
-/** The id of the program at our place on the hook, or null. */
-export function queryTc(ifindex: number, direction: Direction): number | null {
+/** The id of the program at our place (or at `filter`) on the hook, or null. */
+export function queryTc(ifindex: number, direction: Direction, filter: ffi.TcFilter = OUR_FILTER): number | null {
   try {
-    return ffi.tcQuery(ifindex, point(direction), OUR_FILTER);
+    return ffi.tcQuery(ifindex, point(direction), filter);
   } catch (err) {
     if (isNotFound(err) || (err as { code?: string }).code === 'EINVAL') return null;
     throw err;
   }
 }
 
-/** Removes our filter; returns false when it was not there. Other filters stay. */
-export function detachTc(ifindex: number, direction: Direction): boolean {
+/** Removes our filter (or the one at `filter`); returns false when it was not there. Other filters stay. */
+export function detachTc(ifindex: number, direction: Direction, filter: ffi.TcFilter = OUR_FILTER): boolean {
   try {
-    ffi.tcDetach(ifindex, point(direction), OUR_FILTER);
+    ffi.tcDetach(ifindex, point(direction), filter);
     return true;
   } catch (err) {
     if (isNotFound(err) || (err as { code?: string }).code === 'EINVAL') return false;

@@ -8,6 +8,7 @@ import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, po
 import { createRedirectMode, resolveMode } from '../redirect/factory.js';
 import type { RedirectMode } from '../redirect/mode.js';
 import { errorMessage } from './errors.js';
+import { describeFinding } from '../controller/ordering.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
 
 export const runUsage = `usage: ambient-redirect run [flags]
@@ -82,8 +83,9 @@ export async function runCommand(argv: string[]): Promise<number> {
     return 1;
   }
 
+  // Not ready until a pass has attached and verified the data path (and after each
+  // pass, only while it stays so).
   const readiness = new Readiness();
-  readiness.setDataPathAttached(true);
   const maps = pinnedMaps(cfg.pinRoot);
   const k = kube;
   const metrics = new AgentMetrics(
@@ -145,9 +147,13 @@ export async function runCommand(argv: string[]): Promise<number> {
     cfg.resyncSeconds * 1000,
     (r, seconds) => {
       metrics.observePass(r, seconds);
-      readiness.setZtunnelKnown(r.ztunnel);
-      const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
       const synced = membership.view().synced;
+      readiness.setPassFailed(null);
+      // A pass before the first full sync touches nothing: it attaches nothing either.
+      if (synced) readiness.setDataPathAttached(true);
+      readiness.setZtunnelKnown(r.ztunnel);
+      readiness.setFindings(r.findings.map(describeFinding));
+      const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
       // "programmed" once: the first pass on a synced membership.
       if (first && synced) {
         log.info('programmed', { ...r });
@@ -157,6 +163,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     },
     (err, seconds) => {
       metrics.observeFailedPass(seconds);
+      readiness.setPassFailed(errorMessage(err));
       log.error('reconcile failed; retrying with backoff', { error: errorMessage(err) });
     },
   );

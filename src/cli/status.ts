@@ -6,10 +6,12 @@
 import * as codec from '../bpf/codec.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
-import { queryTc } from '../bpf/tc.js';
+import { linkKinds, listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
+import { LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
+import { describeFinding, deviceBypass, programsAhead, type Finding } from '../controller/ordering.js';
 import { parseFlags } from '../config.js';
 import { gatherKernelFacts } from '../host/kernel.js';
-import { readHostNet } from '../host/netinfo.js';
+import { readHostNet, readLinksIn } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
 import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
 import { IPSET } from '../redirect/iptables-rules.js';
@@ -38,13 +40,56 @@ export interface Status {
   mode: 'ebpf' | 'iptables' | 'none';
   pinDir: string;
   kernel: { release: string; probes: KernelFacts['probes']; probeError?: string; selects: string; reason: string };
-  ztunnel: { ifindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
+  ztunnel: { ifindex: number; peerIfindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
   pods: PodStatus[];
   maps: MapUsage[];
   /** ebpf mode: the DNS servers port 53 may reach uncaptured (dns_servers). */
   dnsServers: string[];
   /** iptables mode: the enrolled addresses in its ipsets. */
   iptablesPods: string[];
+  /**
+   * ebpf mode: what runs before our programs on the hooks we use, or lets traffic skip
+   * them (the agent's /readyz fails on the same findings); `tcx`: the kernel has tcx hooks.
+   */
+  ordering: { tcx: boolean; findings: (Finding & { text: string })[] };
+}
+
+const DIRECTIONS: Direction[] = ['ingress', 'egress'];
+
+/** The program at our place, or at an older build's (priority 9393) while a run has not moved it yet. */
+function ourProgram(ifindex: number, direction: Direction): number | null {
+  return queryTc(ifindex, direction) ?? queryTc(ifindex, direction, LEGACY_FILTER);
+}
+
+function placeOf(ifindex: number, direction: Direction) {
+  return queryTc(ifindex, direction) !== null ? OUR_FILTER : LEGACY_FILTER;
+}
+
+/** The ordering check on our hooks as they are now; our program is whatever holds our place. */
+async function readOrdering(pods: PodStatus[], ztunnel: Status['ztunnel'], ztDev: string | null, runner: CommandRunner): Promise<Status['ordering']> {
+  const findings: Finding[] = [];
+  const veths = new Map<number, string>();
+  for (const p of pods) if (p.veth) veths.set(p.ifindex, p.veth);
+  const hooksOf = new Map(pods.map((p) => [p.ifindex, p.hooks]));
+  const kinds = veths.size ? await linkKinds(runner) : new Map<number, string | null>();
+  for (const [ifindex, dev] of veths) {
+    const bypass = deviceBypass(kinds.get(ifindex) ?? null);
+    if (bypass) findings.push({ where: 'pod', device: dev, direction: 'egress', kind: 'bypass', program: bypass });
+    for (const direction of DIRECTIONS) {
+      const progId = hooksOf.get(ifindex)?.[direction] ?? null;
+      if (progId === null) continue; // shown as MISSING in the pod table
+      const hook = { tcx: listTcx(ifindex, direction), tc: listTcFilters(ifindex, direction) };
+      findings.push(...programsAhead({ where: 'pod', device: dev, direction }, hook, { ...placeOf(ifindex, direction), progId }));
+    }
+  }
+  if (ztunnel?.netns && ztunnel.program !== null && ztDev) {
+    const { hook, place } = withNetns(netnsPath(ztunnel.netns), () => ({
+      hook: { tcx: listTcx(ztunnel.peerIfindex, 'ingress'), tc: listTcFilters(ztunnel.peerIfindex, 'ingress') },
+      place: placeOf(ztunnel.peerIfindex, 'ingress'),
+    }));
+    findings.push(...programsAhead({ where: 'ztunnel', device: ztDev, direction: 'ingress' }, hook, { ...place, progId: ztunnel.program }));
+  }
+  return { tcx: probeTcx(), findings: findings.map((f) => ({ ...f, text: describeFinding(f) })) };
 }
 
 const pair = (packets: bigint, bytes: bigint): [string, string] => [packets.toString(), bytes.toString()];
@@ -85,8 +130,8 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     if (zt.flags & codec.ZtunnelFlags.PRESENT) {
       const host = net.links.get(zt.ifindex);
       const netns = host?.peerNetnsId !== undefined ? (net.netnsById.get(host.peerNetnsId) ?? null) : null;
-      const program = netns ? withNetns(netnsPath(netns), () => queryTc(zt.peerIfindex, 'ingress')) : null;
-      ztunnel = { ifindex: zt.ifindex, mac: zt.mac, dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0, netns, program };
+      const program = netns ? withNetns(netnsPath(netns), () => ourProgram(zt.peerIfindex, 'ingress')) : null;
+      ztunnel = { ifindex: zt.ifindex, peerIfindex: zt.peerIfindex, mac: zt.mac, dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0, netns, program };
     }
   }
 
@@ -94,10 +139,13 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     ip,
     ifindex,
     veth: net.links.get(ifindex)?.name ?? null,
-    hooks: { ingress: queryTc(ifindex, 'ingress'), egress: queryTc(ifindex, 'egress') },
+    hooks: { ingress: ourProgram(ifindex, 'ingress'), egress: ourProgram(ifindex, 'egress') },
     counters: { redirected: pair(c.redirectedPackets, c.redirectedBytes), dropped: pair(c.droppedPackets, c.droppedBytes), passed: pair(c.passedPackets, c.passedBytes) },
   }));
   pods.sort((a, b) => a.ip.localeCompare(b.ip));
+  let ztDev: string | null = null;
+  if (ztunnel?.netns) ztDev = (await readLinksIn(runner, ztunnel.netns)).get(ztunnel.peerIfindex)?.name ?? null;
+  const ordering = podsRaw ? await readOrdering(pods, ztunnel, ztDev, runner) : { tcx: probeTcx(), findings: [] };
 
   return {
     mode: podsRaw ? 'ebpf' : ipset ? 'iptables' : 'none',
@@ -108,6 +156,7 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     maps: mapUsage(maps),
     dnsServers: (maps.entries('dns_servers') ?? []).map(([k]) => codec.decodeAddrKey(k)).sort(),
     iptablesPods: ipset ?? [],
+    ordering,
   };
 }
 
@@ -130,6 +179,11 @@ export function renderStatus(s: Status): string {
     );
     lines.push(`maps: ${s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity}`).join(', ')}`);
     lines.push(`DNS servers (UDP 53 uncaptured${s.ztunnel?.dnsCapture ? ' only without DNS capture' : ''}): ${s.dnsServers.length ? s.dnsServers.join(', ') : 'none (all of UDP 53 is captured)'}`);
+    lines.push(
+      s.ordering.findings.length
+        ? `ordering: NOT VERIFIED (tcx ${s.ordering.tcx ? 'available' : 'absent'})\n${s.ordering.findings.map((f) => `  ${f.text}`).join('\n')}`
+        : `ordering: nothing runs before our programs (tcx ${s.ordering.tcx ? 'available' : 'absent'})`,
+    );
     lines.push(`enrolled pod addresses: ${s.pods.length}`);
     if (s.pods.length) {
       const rows = [['ip', 'veth', 'ingress prog', 'egress prog', 'redirected pkts/bytes', 'dropped pkts/bytes', 'passed pkts/bytes']];

@@ -11,6 +11,7 @@
  * second, confirming list agrees (the circuit breaker).
  */
 import { desiredState, type ZtunnelPlacement } from './desired.js';
+import { describeFinding, type Finding } from './ordering.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
 import { readHostNet, type HostNet } from '../host/netinfo.js';
@@ -77,6 +78,11 @@ export interface PassReport extends ApplyResult {
   /** Deletes held back by the breaker, waiting for a confirming list. */
   held: number;
   breaker: 'closed' | 'holding' | 'confirmed';
+  /**
+   * What the pass found, after applying, on the hooks the mode uses: programs that run
+   * before ours, our own missing, devices whose traffic skips the hooks. Empty: verified.
+   */
+  findings: Finding[];
 }
 
 const KEY = 'reconcile';
@@ -90,6 +96,8 @@ export class Controller {
   private confirming = false;
   /** Whether the last pass knew a ztunnel IP (to say "no ztunnel" once, not every pass). */
   private hadZtunnel: boolean | null = null;
+  /** The last pass's findings in words, to log a change once rather than every pass. */
+  private lastFindings = '';
 
   constructor(private readonly deps: ControllerDeps) {}
 
@@ -99,7 +107,7 @@ export class Controller {
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
-      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, held: 0, breaker: 'closed' };
+      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, held: 0, breaker: 'closed', findings: [] };
     }
     const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
     const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
@@ -147,6 +155,13 @@ export class Controller {
       }
     }
     const result = await mode.apply(desired, actual);
+    const findings = mode.verify ? await mode.verify(desired, net.links) : [];
+    const said = findings.map(describeFinding).join('; ');
+    if (said !== this.lastFindings) {
+      if (findings.length) log.warn('data path not verified: something runs before our programs or skips them', { findings: findings.map(describeFinding) });
+      else if (this.lastFindings) log.info('data path verified again: nothing runs before our programs', {});
+      this.lastFindings = said;
+    }
     for (const ip of desired.unplaced) log.debug('enrolled pod has no host route yet', { ip });
     membership.programmed(programmedByMembership);
     return {
@@ -157,6 +172,7 @@ export class Controller {
       ztunnel: zt !== null,
       held: hold ? deletes.length : 0,
       breaker,
+      findings,
     };
   }
 

@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper, probeProgType } from '../bpf/ffi.js';
+import { probeTcx } from '../bpf/hooks.js';
 import type { BpfProbes, KernelFacts } from '../redirect/select.js';
 
 /** Helper ids from linux/bpf.h's __BPF_FUNC_MAPPER. */
@@ -20,6 +21,7 @@ function probeBpf(): BpfProbes {
     skLookupTcp: helper(BPF_FUNC.sk_lookup_tcp),
     skAssign: helper(BPF_FUNC.sk_assign),
     redirectPeer: helper(BPF_FUNC.redirect_peer),
+    tcx: probeTcx(),
   };
 }
 

@@ -1,6 +1,8 @@
 /**
  * Readiness of the agent: ready only once the first full sync has been programmed, while
- * the data path is attached and ztunnel is known. Pure state with setters `run` calls.
+ * the data path is attached and ztunnel is known, and while the last pass found nothing
+ * running before our programs (docs/operations.md, /readyz). Pure state with setters `run`
+ * calls after each pass: it says what the data path was when last verified.
  */
 export interface ReadinessState {
   ready: boolean;
@@ -14,6 +16,8 @@ export class Readiness {
   private ztunnel = false;
   /** null: the agent does not install the CNI plugin. */
   private cniEntry: { installed: boolean; reason: string } | null = null;
+  private findings: string[] = [];
+  private failed: string | null = null;
 
   /** The first pass on a fully synced membership was applied (latched). */
   markSynced(): void {
@@ -35,12 +39,24 @@ export class Readiness {
     this.cniEntry = { installed, reason };
   }
 
+  /** The last pass's ordering findings, in words (empty: nothing runs before ours). */
+  setFindings(findings: readonly string[]): void {
+    this.findings = [...findings];
+  }
+
+  /** The last pass failed (its error), or null once one succeeds. */
+  setPassFailed(error: string | null): void {
+    this.failed = error;
+  }
+
   state(): ReadinessState {
     const missing: string[] = [];
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
     if (!this.ztunnel) missing.push('ztunnel not known on this node');
     if (this.cniEntry && !this.cniEntry.installed) missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
+    if (this.failed !== null) missing.push(`last reconcile pass failed: ${this.failed}`);
+    for (const f of this.findings) missing.push(`data path bypassed: ${f}`);
     return { ready: missing.length === 0, missing };
   }
 }

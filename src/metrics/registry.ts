@@ -5,6 +5,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PodCounters } from '../bpf/codec.js';
+import type { Finding, FindingKind } from '../controller/ordering.js';
 import type { MapUsage, PodCounterSample } from './pinned.js';
 
 export const PREFIX = 'ambient_redirect_';
@@ -27,7 +28,13 @@ export interface PassSummary {
   programmed: number;
   upserted: number;
   attached: number;
+  /** The pass's ordering findings (absent: the mode has none to check). */
+  findings?: readonly Pick<Finding, 'where' | 'direction' | 'kind'>[];
 }
+
+/** Every hook and kind the ordering gauge reports, 0 included, so alerts see the series. */
+const ORDER_HOOKS = ['pod-ingress', 'pod-egress', 'ztunnel-ingress'] as const;
+const ORDER_KINDS: readonly FindingKind[] = ['tcx', 'tc-lower-priority', 'tc-same-priority', 'missing', 'bypass'];
 
 const VERDICTS = [
   ['redirected', 'redirectedPackets', 'redirectedBytes'],
@@ -48,6 +55,7 @@ export class AgentMetrics {
   private readonly eventToProgrammed: Histogram;
   private readonly reattached: Counter;
   private readonly mode: Gauge;
+  private readonly foreign: Gauge;
 
   constructor(sources: MetricSources = {}, opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -72,6 +80,13 @@ export class AgentMetrics {
       name: `${PREFIX}capture_mode`,
       help: 'The capture mode in use (1), with the one requested and whether it is a fallback',
       labelNames: ['mode', 'requested', 'fallback'],
+      registers,
+    });
+
+    this.foreign = new Gauge({
+      name: `${PREFIX}foreign_programs`,
+      help: 'What the last pass found on the hooks we use: programs running before ours (tcx, tc at a lower or the same priority), ours missing, devices whose traffic skips the hook; any non-zero makes /readyz fail',
+      labelNames: ['hook', 'kind'],
       registers,
     });
 
@@ -156,6 +171,10 @@ export class AgentMetrics {
     this.reconcile.observe({ outcome: 'ok' }, seconds);
     const r = reattachments(p);
     if (r > 0) this.reattached.inc(r);
+    if (p.findings) {
+      for (const hook of ORDER_HOOKS) for (const kind of ORDER_KINDS) this.foreign.set({ hook, kind }, 0);
+      for (const f of p.findings) this.foreign.inc({ hook: `${f.where}-${f.direction}`, kind: f.kind });
+    }
   }
 
   /** After a failed pass. */

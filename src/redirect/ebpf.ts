@@ -10,11 +10,13 @@ import * as codec from '../bpf/codec.js';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../bpf/ffi.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
 import { ensurePinDir, pinDir, removePins } from '../bpf/pins.js';
-import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../bpf/tc.js';
-import { parseLinks, readHostNet } from '../host/netinfo.js';
+import { attachTc, destroyClsact, detachTc, LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
+import { linkKinds, listTcFilters, listTcx } from '../bpf/hooks.js';
+import { parseLinks, readHostNet, type Link } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Desired, ZtunnelPlacement } from '../controller/desired.js';
 import { diffHooks, diffPods } from '../controller/desired.js';
+import { deviceBypass, programsAhead, type Finding } from '../controller/ordering.js';
 import type { Logger } from '../log.js';
 import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
@@ -73,6 +75,8 @@ export class EbpfRedirect implements RedirectMode {
   private ztunnelDone: string | null = null;
   /** Hooked veths whose programs are not (all) this build's, from the last actual(). */
   private readonly outdated = new Set<number>();
+  /** Enrolled veths' device kinds by ifindex (with the name they had, to notice a new device). */
+  private readonly kinds = new Map<number, { name: string; kind: string | null }>();
 
   constructor(private readonly opts: EbpfOptions) {}
 
@@ -126,11 +130,14 @@ export class EbpfRedirect implements RedirectMode {
     this.outdated.clear();
     this.pruneQdiscRecords(new Set(candidateLinks));
     const want = { ingress: this.program(PROGRAMS.outbound[this.variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    // A filter at the legacy priority (an older build's) counts as ours and as outdated:
+    // apply attaches at our place, then removes it.
     for (const ifindex of candidateLinks) {
       const ids = POD_HOOKS.map((d) => [d, queryTc(ifindex, d)] as const);
-      if (ids.every(([, id]) => id === null)) continue;
+      const legacy = POD_HOOKS.some((d) => queryTc(ifindex, d, LEGACY_FILTER) !== null);
+      if (!legacy && ids.every(([, id]) => id === null)) continue;
       hooks.add(ifindex);
-      if (ids.some(([d, id]) => id !== want[d])) this.outdated.add(ifindex);
+      if (legacy || ids.some(([d, id]) => id !== want[d])) this.outdated.add(ifindex);
     }
     return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
   }
@@ -159,9 +166,11 @@ export class EbpfRedirect implements RedirectMode {
       const a = attachTc(ifindex, 'ingress', out);
       const b = attachTc(ifindex, 'egress', inb);
       if (a.createdQdisc || b.createdQdisc) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
+      // Only once ours runs at its place: the hook is never without our program.
+      for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
     }
     for (const ifindex of hookDiff.detach) {
-      for (const d of POD_HOOKS) detachTc(ifindex, d);
+      for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
       this.map('counters').delete(codec.encodeU32Key(ifindex));
     }
     for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
@@ -175,6 +184,44 @@ export class EbpfRedirect implements RedirectMode {
     return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
   }
 
+  /**
+   * Lists every hook we use (each enrolled veth's ingress and egress, ztunnel's eth0
+   * ingress) and reports what runs before our program there, or lets traffic skip it.
+   */
+  async verify(desired: Desired, links: ReadonlyMap<number, Link>): Promise<Finding[]> {
+    const { variant, delivery } = this.choice();
+    const want = { ingress: this.program(PROGRAMS.outbound[variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    const findings: Finding[] = [];
+    const veths = [...desired.hooks].map((i) => links.get(i)).filter((l): l is Link => l !== undefined);
+    await this.learnKinds(veths);
+    for (const l of veths) {
+      const bypass = deviceBypass(this.kinds.get(l.ifindex)?.kind ?? null);
+      if (bypass) findings.push({ where: 'pod', device: l.name, direction: 'egress', kind: 'bypass', program: bypass });
+      for (const direction of POD_HOOKS) {
+        const hook = { tcx: listTcx(l.ifindex, direction), tc: listTcFilters(l.ifindex, direction) };
+        findings.push(...programsAhead({ where: 'pod', device: l.name, direction }, hook, { ...OUR_FILTER, progId: want[direction] }));
+      }
+    }
+    const z = desired.ztunnelPlacement;
+    if (z) {
+      const hook = withNetns(netnsPath(z.netns), () => ({ tcx: listTcx(z.peer.ifindex, 'ingress'), tc: listTcFilters(z.peer.ifindex, 'ingress') }));
+      const ours = { ...OUR_FILTER, progId: this.program(PROGRAMS.ztunnel[delivery]).id };
+      findings.push(...programsAhead({ where: 'ztunnel', device: z.peer.name, direction: 'ingress' }, hook, ours));
+    }
+    return findings;
+  }
+
+  /**
+   * Device kinds of the enrolled veths, read (one `ip -d` call) only when one is new: a
+   * device's kind is fixed for its life, so steady state spawns nothing.
+   */
+  private async learnKinds(veths: readonly Link[]): Promise<void> {
+    if (veths.every((l) => this.kinds.get(l.ifindex)?.name === l.name)) return;
+    const kinds = await linkKinds(this.opts.runner);
+    this.kinds.clear();
+    for (const l of veths) this.kinds.set(l.ifindex, { name: l.name, kind: kinds.get(l.ifindex) ?? null });
+  }
+
   /** The delivery program on ztunnel's eth0 and the routing it needs; repaired if gone. */
   private async ensureZtunnelSide(z: ZtunnelPlacement, delivery: Delivery): Promise<void> {
     const name = PROGRAMS.ztunnel[delivery];
@@ -184,9 +231,11 @@ export class EbpfRedirect implements RedirectMode {
       await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
       this.ztunnelDone = z.netns;
     }
-    if (withNetns(path, () => queryTc(z.peer.ifindex, 'ingress')) === prog.id) return;
+    const [have, legacy] = withNetns(path, () => [queryTc(z.peer.ifindex, 'ingress'), queryTc(z.peer.ifindex, 'ingress', LEGACY_FILTER)]);
+    if (have === prog.id && legacy === null) return;
     const a = withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
     if (a.createdQdisc) this.recordQdisc(z.peer.ifindex, codec.QdiscNetns.ZTUNNEL);
+    if (legacy !== null) withNetns(path, () => detachTc(z.peer.ifindex, 'ingress', LEGACY_FILTER));
     this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: name, id: prog.id });
   }
 
@@ -273,9 +322,11 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
   const zt = await c.step('find ztunnel from the pinned slot', () => pinnedZtunnel(pinRoot, runner));
   if (zt) {
     const path = netnsPath(zt.netns);
-    await c.step(`detach our ingress filter from eth0 in ${zt.netns}`, () => {
-      if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress'))) c.removed.push(`detached ingress filter from eth0 in ${zt.netns}`);
-    });
+    for (const f of [OUR_FILTER, LEGACY_FILTER]) {
+      await c.step(`detach our ingress filter from eth0 in ${zt.netns}`, () => {
+        if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress', f))) c.removed.push(`detached ingress filter from eth0 in ${zt.netns}`);
+      });
+    }
     await c.step(`remove the clsact qdisc we created in ${zt.netns}`, async () => {
       const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
       const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
@@ -290,7 +341,9 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
   for (const link of links.values()) {
     await c.step(`detach our filters from ${link.name}`, async () => {
       for (const direction of POD_HOOKS) {
-        if (detachTc(link.ifindex, direction)) c.removed.push(`detached ${direction} filter from ${link.name}`);
+        for (const f of [OUR_FILTER, LEGACY_FILTER]) {
+          if (detachTc(link.ifindex, direction, f)) c.removed.push(`detached ${direction} filter from ${link.name}`);
+        }
       }
       if (ours.has(`${codec.QdiscNetns.NODE}/${link.ifindex}`) && (await clsactIsEmpty(runner, link.name))) {
         destroyClsact(link.ifindex);

@@ -3,6 +3,7 @@
  * here; nothing else switches on the mode.
  */
 import { gatherKernelFacts } from '../host/kernel.js';
+import type { Link } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import { createLogger, type Logger } from '../log.js';
 import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
@@ -115,6 +116,9 @@ class SwitchingMode implements RedirectMode {
       for (const f of r.failed) this.opts.log.warn('could not remove part of the other capture mode\'s state', { mode: this.inner.name, ...f });
     }
     return r;
+  }
+  verify(desired: Desired, links: ReadonlyMap<number, Link>) {
+    return this.inner.verify ? this.inner.verify(desired, links) : Promise.resolve([]);
   }
   close() {
     this.inner.close();

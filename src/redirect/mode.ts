@@ -4,6 +4,8 @@
  */
 import type { PodInfo, ZtunnelInfo } from '../bpf/codec.js';
 import type { Desired } from '../controller/desired.js';
+import type { Finding } from '../controller/ordering.js';
+import type { Link } from '../host/netinfo.js';
 
 export interface ActualState {
   pods: Map<string, PodInfo>;
@@ -27,6 +29,11 @@ export interface RedirectMode {
   actual(candidateLinks: Iterable<number>): Promise<ActualState>;
   /** Makes the kernel hold `desired`; idempotent. */
   apply(desired: Desired, actual: ActualState): Promise<ApplyResult>;
+  /**
+   * After apply: what on the hooks this mode uses runs before its programs, or lets traffic
+   * skip them (docs/datapath.md, "Ordering"). Absent for a mode without such hooks.
+   */
+  verify?(desired: Desired, links: ReadonlyMap<number, Link>): Promise<Finding[]>;
   /** Releases handles; the data path stays as it is. */
   close(): void;
 }

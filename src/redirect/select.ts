@@ -25,6 +25,8 @@ export interface BpfProbes {
   skAssign: boolean;
   /** bpf_redirect_peer (5.10). */
   redirectPeer: boolean;
+  /** tcx hooks (6.6): a read-only BPF_PROG_QUERY of loopback's (absent: not probed). */
+  tcx?: boolean;
 }
 
 export interface KernelFacts {
