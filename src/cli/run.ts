@@ -29,7 +29,7 @@ function kubeMembership(cfg: RunConfig, log: Logger): KubeMembership {
   log.info('watching the Kubernetes API', { server: api.server, node: cfg.nodeName });
   return new KubeMembership(api, {
     nodeName: cfg.nodeName,
-    ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector },
+    ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector, daemonSet: cfg.ztunnelDaemonSet, serviceAccount: cfg.ztunnelServiceAccount },
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
     stallTimeoutMs: cfg.watchStallSeconds * 1000,
     // The server ends each watch after 5-10 minutes (client-go's spread).
@@ -93,12 +93,19 @@ export async function runCommand(argv: string[]): Promise<number> {
     { defaultMetrics: true },
   );
   metrics.setMode(modeName, cfg.mode);
-  let server: Awaited<ReturnType<typeof serveMetrics>> | null = null;
-  if (cfg.healthAddress) {
+  const servers: Awaited<ReturnType<typeof serveMetrics>>[] = [];
+  const closeServers = () => Promise.all(servers.map((s) => s.close()));
+  const listeners = [
+    { address: cfg.healthAddress, serve: 'all' as const, what: 'metrics and health' },
+    { address: cfg.metricsAddress, serve: 'metrics' as const, what: 'the metrics scrape address' },
+  ];
+  for (const l of listeners) {
+    if (!l.address) continue;
     try {
-      server = await serveMetrics(cfg.healthAddress, { metrics, readiness, onError: (e) => log.error('metrics server failed', { error: e.message }) });
+      servers.push(await serveMetrics(l.address, { metrics, readiness, serve: l.serve, onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }) }));
     } catch (err) {
-      log.error('cannot serve metrics and health', { address: cfg.healthAddress, error: errorMessage(err) });
+      log.error(`cannot serve ${l.what}`, { address: l.address, error: errorMessage(err) });
+      await closeServers();
       mode.close();
       return 1;
     }
@@ -119,7 +126,7 @@ export async function runCommand(argv: string[]): Promise<number> {
       cni = await startCniGate(cfg.cni, kube, log);
     } catch (err) {
       log.error('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
-      await server?.close();
+      await closeServers();
       mode.close();
       return 1;
     }
@@ -130,7 +137,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     cfg.resyncSeconds * 1000,
     (r, seconds) => {
       metrics.observePass(r, seconds);
-      readiness.setZtunnelKnown(r.ztunnel);
+      readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem);
       const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
       const synced = membership.view().synced;
       // "programmed" once: the first pass on a synced membership.
@@ -152,7 +159,7 @@ export async function runCommand(argv: string[]): Promise<number> {
   await cni?.close();
   await controller.stop();
   await kube?.stop();
-  await server?.close();
+  await closeServers();
   mode.close();
   log.info('stopped; data path left in place', { signal });
   return 0;

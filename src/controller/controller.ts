@@ -25,6 +25,8 @@ export interface MembershipView {
   enrolled: readonly string[];
   /** ztunnel's IP as discovered, or null (none Ready, or not discovered by this source). */
   ztunnelIp: string | null;
+  /** Why no ztunnel was taken although candidates exist (an impostor, a conflict), or null. */
+  ztunnelProblem?: string | null;
   /** Full lists completed so far: a later one confirms what the breaker held. */
   listGeneration: number;
 }
@@ -74,6 +76,8 @@ export interface PassReport extends ApplyResult {
   programmed: number;
   unplaced: string[];
   ztunnel: boolean;
+  /** Why discovery took no ztunnel (membership's reason), or null. */
+  ztunnelProblem: string | null;
   /** Deletes held back by the breaker, waiting for a confirming list. */
   held: number;
   breaker: 'closed' | 'holding' | 'confirmed';
@@ -88,8 +92,8 @@ export class Controller {
   /** listGeneration when the breaker tripped; null when closed. */
   private trippedAt: number | null = null;
   private confirming = false;
-  /** Whether the last pass knew a ztunnel IP (to say "no ztunnel" once, not every pass). */
-  private hadZtunnel: boolean | null = null;
+  /** What the last pass said about a missing ztunnel (to say it once, not every pass). */
+  private lastZtunnelWarning: string | null = null;
 
   constructor(private readonly deps: ControllerDeps) {}
 
@@ -99,7 +103,7 @@ export class Controller {
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
-      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, held: 0, breaker: 'closed' };
+      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, ztunnelProblem: null, held: 0, breaker: 'closed' };
     }
     const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
     const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
@@ -111,10 +115,11 @@ export class Controller {
         if (!(err instanceof ZtunnelNotFound)) throw err;
         log.warn('ztunnel not found: enrolled pods fail closed', { reason: err.message });
       }
-    } else if (this.hadZtunnel !== false) {
-      log.warn('no Ready ztunnel on this node: enrolled pods fail closed', {});
     }
-    this.hadZtunnel = ztIp ? true : false;
+    const ztunnelProblem = ztIp ? null : (view.ztunnelProblem ?? null);
+    const warning = ztIp ? '' : (ztunnelProblem ?? 'no Ready ztunnel on this node');
+    if (warning && warning !== this.lastZtunnelWarning) log.warn(`${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`, ztunnelProblem ? { reason: ztunnelProblem } : {});
+    this.lastZtunnelWarning = warning;
     const desired = desiredState(view.enrolled, net, zt);
     const actual = await mode.actual(net.links.keys());
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
@@ -155,6 +160,7 @@ export class Controller {
       programmed: programmedByMembership.size,
       unplaced: desired.unplaced,
       ztunnel: zt !== null,
+      ztunnelProblem,
       held: hold ? deletes.length : 0,
       breaker,
     };

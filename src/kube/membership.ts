@@ -6,7 +6,7 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
-import { DATAPLANE_LABEL, enrolledPods, selectZtunnel, STATUS_ANNOTATION, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';
@@ -45,6 +45,7 @@ export class KubeMembership implements Membership {
   private passSeen = false;
   private generation = 0;
   private enrolledCache: Map<string, PodView> | null = null;
+  private ztunnelCache: ZtunnelChoice | null = null;
   readonly stats: KubeMembershipStats = { rejected: 0, foreign: 0, stale: 0, statusPatches: 0 };
   /**
    * Pods the CNI plugin announced (by UID) before the API showed their IPs: they count
@@ -99,13 +100,19 @@ export class KubeMembership implements Membership {
   }
 
   view(): MembershipView {
-    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    const zt = this.ztunnel();
     return {
       synced: this.hasSynced(),
       enrolled: [...this.enrolled().keys()],
-      ztunnelIp: zt?.ips[0] ?? null,
+      ztunnelIp: zt.pod?.ips[0] ?? null,
+      ztunnelProblem: zt.problem,
       listGeneration: this.generation,
     };
+  }
+
+  /** ztunnel as discovered (src/controller/enrollment.ts chooseZtunnel), recomputed only after a change. */
+  ztunnel(): ZtunnelChoice {
+    return (this.ztunnelCache ??= chooseZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName));
   }
 
   /** Enrolled pods by IP, recomputed only after a change. */
@@ -113,7 +120,7 @@ export class KubeMembership implements Membership {
     if (!this.enrolledCache) {
       const reserved = new Set<string>();
       for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
-      const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+      const zt = this.ztunnel().pod;
       if (zt?.ips[0]) reserved.add(zt.ips[0]);
       this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
     }
@@ -165,7 +172,7 @@ export class KubeMembership implements Membership {
   enrollmentContext(): EnrollmentContext {
     const reserved = new Set<string>();
     for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
-    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    const zt = this.ztunnel().pod;
     if (zt?.ips[0]) reserved.add(zt.ips[0]);
     return { nodeName: this.opts.nodeName, reserved };
   }
@@ -243,6 +250,7 @@ export class KubeMembership implements Membership {
 
   private changed(): void {
     this.enrolledCache = null;
+    this.ztunnelCache = null;
     for (const l of this.listeners) l();
   }
 
@@ -357,6 +365,9 @@ function sameInputs(a: PodView, b: PodView): boolean {
     a.created === b.created &&
     a.hostIp === b.hostIp &&
     a.ips.join() === b.ips.join() &&
+    a.serviceAccount === b.serviceAccount &&
+    a.terminating === b.terminating &&
+    JSON.stringify(a.owner) === JSON.stringify(b.owner) &&
     JSON.stringify(a.labels) === JSON.stringify(b.labels)
   );
 }

@@ -12,6 +12,7 @@ export class Readiness {
   private synced = false;
   private attached = false;
   private ztunnel = false;
+  private ztunnelProblem: string | null = null;
 
   /** The first pass on a fully synced membership was applied (latched). */
   markSynced(): void {
@@ -23,16 +24,17 @@ export class Readiness {
     this.attached = attached;
   }
 
-  /** The last pass placed ztunnel (PassReport.ztunnel). */
-  setZtunnelKnown(known: boolean): void {
+  /** The last pass placed ztunnel (PassReport.ztunnel); `problem`: why discovery took none. */
+  setZtunnelKnown(known: boolean, problem: string | null = null): void {
     this.ztunnel = known;
+    this.ztunnelProblem = known ? null : problem;
   }
 
   state(): ReadinessState {
     const missing: string[] = [];
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
-    if (!this.ztunnel) missing.push('ztunnel not known on this node');
+    if (!this.ztunnel) missing.push(this.ztunnelProblem ? `ztunnel refused: ${this.ztunnelProblem}` : 'ztunnel not known on this node');
     return { ready: missing.length === 0, missing };
   }
 }

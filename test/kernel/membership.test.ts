@@ -15,6 +15,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
@@ -89,7 +90,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       kube.api.upsertNamespace('istio-system');
       kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
       kube.api.upsertNamespace('plain');
-      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       // A pod of another node with an IP of this one: only the field selector keeps it out.
       kube.api.createPod({ name: 'elsewhere', namespace: 'shop', nodeName: 'other-node', ip: ip(3), hostIp: '198.19.9.9' });
       controller = startController(sim.nodeNs, [
