@@ -10,7 +10,7 @@
  * would delete more than `maxDeleteShare` of the entries holds those deletes until a
  * second, confirming list agrees (the circuit breaker).
  */
-import { desiredState, type ZtunnelPlacement } from './desired.js';
+import { desiredState, placeBySandbox, type EnrolledRef, type SandboxBinding, type ZtunnelPlacement } from './desired.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
 import { readHostNet, type HostNet } from '../host/netinfo.js';
@@ -23,6 +23,8 @@ export interface MembershipView {
   synced: boolean;
   /** Enrolled pod IPs. */
   enrolled: readonly string[];
+  /** The pod behind each enrolled IP, where the source knows pods (Kubernetes): entries are then bound to the pod's sandbox. */
+  pods?: ReadonlyMap<string, EnrolledRef>;
   /** ztunnel's IP as discovered, or null (none Ready, or not discovered by this source). */
   ztunnelIp: string | null;
   /** Why no ztunnel was taken although candidates exist (an impostor, a conflict), or null. */
@@ -94,6 +96,10 @@ export class Controller {
   private confirming = false;
   /** What the last pass said about a missing ztunnel (to say it once, not every pass). */
   private lastZtunnelWarning: string | null = null;
+  /** Each enrolled pod's sandbox, by UID (desired.ts placeBySandbox). */
+  private bindings: ReadonlyMap<string, SandboxBinding> = new Map();
+  /** Refusals already logged (ip + reason), to say each once. */
+  private refusedLogged = new Set<string>();
 
   constructor(private readonly deps: ControllerDeps) {}
 
@@ -120,8 +126,20 @@ export class Controller {
     const warning = ztIp ? '' : (ztunnelProblem ?? 'no Ready ztunnel on this node');
     if (warning && warning !== this.lastZtunnelWarning) log.warn(`${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`, ztunnelProblem ? { reason: ztunnelProblem } : {});
     this.lastZtunnelWarning = warning;
-    const desired = desiredState(view.enrolled, net, zt);
     const actual = await mode.actual(net.links.keys());
+    let placement;
+    if (view.pods) {
+      placement = placeBySandbox(view.pods, net, this.bindings, actual.pods);
+      this.bindings = placement.bindings;
+      const now = new Set<string>();
+      for (const r of placement.refused) {
+        const key = `${r.ip} ${r.reason}`;
+        now.add(key);
+        if (!this.refusedLogged.has(key)) log.warn('enrolled pod not placed: bound to a sandbox that is gone', { ip: r.ip, uid: r.uid, reason: r.reason });
+      }
+      this.refusedLogged = now;
+    }
+    const desired = desiredState(view.enrolled, net, zt, placement);
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
     const programmedByMembership = new Set(desired.pods.keys());
 

@@ -6,6 +6,7 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
+import type { EnrolledRef } from '../controller/desired.js';
 import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
@@ -54,6 +55,12 @@ export class KubeMembership implements Membership {
    */
   private readonly provisional = new Map<string, { pod: PodView; containerId: string }>();
   private readonly programmedListeners: ((ips: ReadonlySet<string>) => void)[] = [];
+  /**
+   * The last sandbox (container ID) the CNI plugin announced for each UID: the evidence a
+   * pod whose veth is gone has a new sandbox (controller/desired.ts placeBySandbox). Kept
+   * past the announcement's settling, forgotten with the pod.
+   */
+  private readonly announced = new Map<string, string>();
 
   constructor(
     private readonly api: KubeTransport,
@@ -101,9 +108,13 @@ export class KubeMembership implements Membership {
 
   view(): MembershipView {
     const zt = this.ztunnel();
+    const enrolled = this.enrolled();
+    const pods = new Map<string, EnrolledRef>();
+    for (const [ip, p] of enrolled) pods.set(ip, { uid: p.uid, terminating: p.terminating === true, ips: p.ips, announced: this.announced.get(p.uid) ?? null });
     return {
       synced: this.hasSynced(),
-      enrolled: [...this.enrolled().keys()],
+      enrolled: [...enrolled.keys()],
+      pods,
       ztunnelIp: zt.pod?.ips[0] ?? null,
       ztunnelProblem: zt.problem,
       listGeneration: this.generation,
@@ -209,6 +220,7 @@ export class KubeMembership implements Membership {
   provisionPod(pod: PodView, containerId: string): void {
     if (this.pods.isDeleted(pod.uid)) return;
     this.provisional.set(pod.uid, { pod, containerId });
+    this.announced.set(pod.uid, containerId);
     this.changed();
   }
 
@@ -280,6 +292,7 @@ export class KubeMembership implements Membership {
     }
     this.pods.replace(pods, keep);
     for (const uid of [...this.provisional.keys()]) this.settleProvisional(uid);
+    for (const uid of [...this.announced.keys()]) if (!this.pods.get(uid) && !this.provisional.has(uid)) this.announced.delete(uid);
     this.changed();
   }
 
@@ -294,6 +307,7 @@ export class KubeMembership implements Membership {
       return;
     }
     this.settleProvisional(p.value.uid);
+    if (type === 'DELETED') this.announced.delete(p.value.uid);
     // Our own status patch coming back changes nothing the maps depend on.
     if (type !== 'DELETED' && before && sameInputs(before, p.value)) {
       this.statusCheck(p.value);

@@ -17,7 +17,7 @@ import { startController, type ControllerProcess } from '../../src/sim/controlle
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
 import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
+import { createSimNode, unwirePod, wirePod, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
 import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
@@ -293,6 +293,47 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     expect(checkpoints.some((c) => c.length >= 2)).toBe(true);
     const want = checkpoints.at(-1)!;
     console.log(`churn (pinned maps): 1 seed x 300 events, checkpoints ${JSON.stringify(checkpoints)}; final ${JSON.stringify(want)}`);
+  }, 60_000);
+
+  it('IP reuse: a deleted enrolled pod’s IP handed to a new pod before the API shows the delete is not captured with the old identity', async () => {
+    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    kube.api.upsertNamespace('plain');
+    await mapBecomes([]);
+    pod('reuse-old', 'shop', 2);
+    await mapBecomes([ip(2)]);
+    expect(await route(2)).toBe('ztunnel');
+
+    // The runtime tears down the old pod's sandbox and hands its IP to a new pod (another
+    // netns, another veth); the API has not shown the delete yet.
+    const old = sim.pods[2]!;
+    const fresh = { ...old, name: 'reuse-new', ns: `${sim.prefix}-reuse`, hostVeth: `${sim.prefix}r2` };
+    await systemRunner.run(['ip', '-n', sim.nodeNs, 'link', 'del', old.hostVeth]);
+    try {
+      await wirePod(systemRunner, sim.nodeNs, fresh.ns, fresh.hostVeth, old.ip, old.ip6);
+      const mark = controller!.events.length;
+      // Any change makes a pass: an unrelated pod of another namespace.
+      kube.api.createPod({ name: 'poke', namespace: 'plain', nodeName: NODE, ip: null, hostIp: OUTSIDE_HOST_IP });
+      const refused = await controller!.waitForAfter(mark, 'enrolled pod not placed: bound to a sandbox that is gone');
+      expect(refused).toMatchObject({ ip: old.ip });
+      await mapBecomes([]);
+      // The new pod's connections go where it sends them, not to ztunnel as the old pod.
+      const z = ztunnel.accepted.length;
+      const [r] = await sim.connect(fresh, sim.outside, 1);
+      expect(r?.ok).toBe(true);
+      await until('the outside server record', () => outside.accepted.some((a) => a.src === old.ip || a.src.startsWith(`${old.ip}:`)));
+      expect(ztunnel.accepted.length).toBe(z);
+      const tcOnNew = await systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', fresh.hostVeth, 'ingress']);
+      expect(tcOnNew).not.toMatch(/bpf/);
+
+      // The API catches up: terminating, then deleted. Nothing comes back.
+      kube.api.updatePod('shop', 'reuse-old', (o) => (o.metadata.deletionTimestamp = new Date().toISOString()));
+      await sleep(500);
+      kube.api.deletePod('shop', 'reuse-old');
+      await mapStays([], 1_000);
+    } finally {
+      await unwirePod(systemRunner, sim.nodeNs, fresh.ns, fresh.hostVeth);
+    }
   }, 60_000);
 
   it('SIGTERM leaves the entries; the controller exits 0', async () => {
