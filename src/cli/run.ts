@@ -1,6 +1,7 @@
 /** `ambient-redirect run`: the node agent. */
 import { ConfigError, parseRunConfig, RUN_FLAGS, usageOf, type RunConfig } from '../config.js';
 import { Controller, staticMembership, type Membership } from '../controller/controller.js';
+import { DEFAULT_BACKOFF } from '../controller/queue.js';
 import { systemRunner } from '../host/runner.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
@@ -30,7 +31,7 @@ function kubeMembership(cfg: RunConfig, log: Logger): KubeMembership {
   return new KubeMembership(api, {
     nodeName: cfg.nodeName,
     ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector, daemonSet: cfg.ztunnelDaemonSet, serviceAccount: cfg.ztunnelServiceAccount },
-    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
+    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
     stallTimeoutMs: cfg.watchStallSeconds * 1000,
     // The server ends each watch after 5-10 minutes (client-go's spread).
     watchTimeoutSeconds: Math.round(300 + Math.random() * 300),
@@ -118,7 +119,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     runner: systemRunner,
     log,
     maxDeleteShare: cfg.maxDeleteShare,
-    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
+    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
   });
   let cni: CniGate | null = null;
   if (cfg.cni.socket && kube) {

@@ -9,19 +9,24 @@
  * and connection attempts the down server refused).
  *
  * Time is scaled 1:10 to keep the run short: the backoff runs 0.08 s doubling to a 3 s
- * cap (the agent's 0.8 s to 30 s), the outage lasts 6 s (a minute).
+ * cap (the agent's 0.8 s to 30 s), the outage lasts 6 s (a minute). In one process the
+ * clients' own scheduling also spreads them (a run without jitter measured 185 of 400
+ * relists in the busiest second, 215 with it): this shows the fleet's load stays
+ * bounded, not how much of the spread the jitter alone makes (queue.test.ts checks the
+ * jitter's distribution).
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_BACKOFF } from '../../src/controller/queue.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
 import { KubeApiDouble, ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { quietLog } from './kube-harness.js';
 
 const AGENTS = 200;
 const SCALE = 10;
-const BACKOFF = { initialMs: 800 / SCALE, maxMs: 30_000 / SCALE, jitter: 0.2 };
+const BACKOFF = { initialMs: DEFAULT_BACKOFF.initialMs / SCALE, maxMs: DEFAULT_BACKOFF.maxMs / SCALE, jitter: DEFAULT_BACKOFF.jitter };
 const OUTAGE_MS = 60_000 / SCALE;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -99,21 +104,25 @@ describe('fleet', () => {
       // What the server saw, from the outage on: connection attempts it refused, and requests.
       const seen = [...api.refused.filter((t) => t >= down), ...api.requests.filter((r) => r.t >= down).map((r) => r.t)].sort((a, b) => a - b);
       const peakPerS = peakIn(seen, 1_000);
+      const relistsPeak = peakIn(lists, 1_000);
+      const relistsPeakShort = peakIn(lists, 1_000 / SCALE);
       const recoveryPeakPerS = peakIn(seen.filter((t) => t >= up), 1_000);
       const durationS = (end - down) / 1000;
       console.log(
         `fleet: ${AGENTS} agents, relists spread over ${spreadS.toFixed(2)} s, peak ${peakPerS} req/s ` +
-          `(after recovery ${recoveryPeakPerS} req/s; ${seen.length} requests in ${durationS.toFixed(1)} s; time scaled 1:${SCALE}: ${spreadS * SCALE} s and ${(peakPerS / SCALE).toFixed(1)} req/s at the agent's real backoff)`,
+          `(busiest second: ${relistsPeak} of ${lists.length} relists, busiest ${1000 / SCALE} ms: ${relistsPeakShort}; after recovery ${recoveryPeakPerS} req/s; ${seen.length} requests in ${durationS.toFixed(1)} s; ` +
+          `time scaled 1:${SCALE}, so at the agent's real backoff: ${(spreadS * SCALE).toFixed(0)} s, ${(peakPerS / SCALE).toFixed(1)} req/s)`,
       );
 
-      // Bounded: in the busiest second after recovery no more than half of the fleet's
-      // reflectors relist (without jitter they would all arrive at one instant), and no
-      // second of the whole run sees more than each reflector once (a retry at most
-      // every 0.8 s scaled: the backoff's floor).
-      const relistsPeak = peakIn(lists, 1_000);
-      expect(relistsPeak, `${relistsPeak} of ${lists.length} relists within one second`).toBeLessThanOrEqual(lists.length / 2);
+      // Bounded. Each reflector relisted once (no storm of relists), its relist and watch
+      // are spread over more than a quarter of the backoff cap, at most 75% of the relists
+      // fall in any one second, and no second of the run sees more than 5 requests per
+      // reflector: the backoff's floor (0.04 + 0.08 + 0.16 + 0.32 s scaled) allows no more
+      // in the first second of the outage; a retry loop without backoff would send
+      // thousands.
+      expect(relistsPeak, `${relistsPeak} of ${lists.length} relists within one second`).toBeLessThanOrEqual(lists.length * 0.75);
       expect(spreadS).toBeGreaterThan(BACKOFF.maxMs / 1000 / 4);
-      expect(peakPerS).toBeLessThanOrEqual(2 * AGENTS * 2);
+      expect(peakPerS).toBeLessThanOrEqual(5 * 2 * AGENTS);
     } finally {
       await Promise.all(agents.map((a) => a.stop()));
       await api.close();
