@@ -8,26 +8,17 @@
 export interface BackoffOptions {
   initialMs: number;
   maxMs: number;
-  /** Spread of each delay, below it: a delay d becomes d * (1 - jitter * r), r uniform in [0, 1). */
+  /** Spread of each delay: a delay d becomes d * (1 +- jitter). */
   jitter?: number;
   random?: () => number;
 }
 
-/**
- * client-go's reflector backoff: 0.8 s doubling to 30 s, each delay drawn from its upper
- * half. The spread is wide, and below the cap rather than around it, on purpose: every
- * node's agent loses the API at the same instant, and a narrow spread, or one cut off at
- * the cap (half of all retries landing exactly on it), keeps their retries, and their
- * relists once the API is back, bunched together (test/unit/fleet.test.ts measures it).
- */
-export const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 800, maxMs: 30_000, jitter: 0.5 };
+/** client-go's reflector backoff: 0.8 s doubling to 30 s, jittered. */
+export const DEFAULT_BACKOFF: BackoffOptions = { initialMs: 800, maxMs: 30_000, jitter: 0.2 };
 
 export class Backoff {
   private attempt = 0;
-  constructor(private readonly opts: BackoffOptions) {
-    const j = opts.jitter ?? 0.2;
-    if (!(j >= 0 && j <= 1)) throw new Error(`backoff jitter ${j} is not in 0..1`);
-  }
+  constructor(private readonly opts: BackoffOptions) {}
 
   /** The delay before the next attempt; each call doubles the base, up to the cap. */
   next(): number {
@@ -35,8 +26,8 @@ export class Backoff {
     this.attempt++;
     const j = this.opts.jitter ?? 0.2;
     const r = (this.opts.random ?? Math.random)();
-    // Below the base: the cap bounds the retry rate, and no share of retries piles up on it.
-    return base * (1 - j * r);
+    // Jitter stays under the cap so that the cap bounds the retry rate.
+    return Math.min(this.opts.maxMs, base * (1 - j + 2 * j * r));
   }
 
   reset(): void {

@@ -295,6 +295,29 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     console.log(`churn (pinned maps): 1 seed x 300 events, checkpoints ${JSON.stringify(checkpoints)}; final ${JSON.stringify(want)}`);
   }, 60_000);
 
+  it('an impostor with ztunnel’s labels in istio-system is not taken: the node fails closed with the reason logged, until it is gone', async () => {
+    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    await mapBecomes([]);
+    pod('zt-web', 'shop', 0);
+    await mapBecomes([ip(0)]);
+    expect(await route(0)).toBe('ztunnel');
+    const mark = controller!.events.length;
+    // Newer than the real ztunnel, Ready, on this node, with its labels; no DaemonSet, default service account.
+    kube.api.createPod({ name: 'evil', namespace: 'istio-system', nodeName: NODE, ip: ip(1), hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+    const refused = await controller!.waitForAfter(mark, 'ztunnel refused: enrolled pods fail closed');
+    expect(String(refused.reason)).toMatch(/istio-system\/ztunnel-abc has ztunnel's identity but istio-system\/evil \(controlled by nothing/);
+    expect(await route(0)).toBe('failed');
+    kube.api.deletePod('istio-system', 'evil');
+    const end = Date.now() + 10_000;
+    let r = await route(0);
+    while (r !== 'ztunnel' && Date.now() < end) {
+      await sleep(300);
+      r = await route(0);
+    }
+    expect(r).toBe('ztunnel');
+  }, 60_000);
+
   it('IP reuse: a deleted enrolled pod’s IP handed to a new pod before the API shows the delete is not captured with the old identity', async () => {
     for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
     kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
