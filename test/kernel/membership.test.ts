@@ -337,9 +337,9 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       const mark = controller!.events.length;
       // Any change makes a pass: an unrelated pod of another namespace.
       kube.api.createPod({ name: 'poke', namespace: 'plain', nodeName: NODE, ip: null, hostIp: OUTSIDE_HOST_IP });
-      const refused = await controller!.waitForAfter(mark, 'enrolled pod not placed: bound to a sandbox that is gone');
-      expect(refused).toMatchObject({ ip: old.ip });
+      // Oracles first: the pinned map, the new pod's own traffic, the filters on its veth.
       await mapBecomes([]);
+      await mapStays([], 1_500); // passes keep coming (the poke, the resync): none places it
       // The new pod's connections go where it sends them, not to ztunnel as the old pod.
       const z = ztunnel.accepted.length;
       const [r] = await sim.connect(fresh, sim.outside, 1);
@@ -348,6 +348,8 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       expect(ztunnel.accepted.length).toBe(z);
       const tcOnNew = await systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', fresh.hostVeth, 'ingress']);
       expect(tcOnNew).not.toMatch(/bpf/);
+      const refused = await controller!.waitForAfter(mark, 'enrolled pod not placed: bound to a sandbox that is gone');
+      expect(refused).toMatchObject({ ip: old.ip });
 
       // The API catches up: terminating, then deleted. Nothing comes back.
       kube.api.updatePod('shop', 'reuse-old', (o) => (o.metadata.deletionTimestamp = new Date().toISOString()));
