@@ -99,9 +99,10 @@ export function placeBySandbox(
     if (!b) {
       // No binding in memory: a pinned entry on a veth other than the route's is the
       // pod's previous sandbox (placed by an earlier run), not to be moved without evidence.
+      // (ifindex 0: a mode whose entries name no veth, iptables' ipset.)
       for (const ip of ips) {
         const have = actual.get(ip);
-        if (have && have.ifindex !== hostLinkFor(net, ip)?.ifindex) {
+        if (have && have.ifindex > 0 && have.ifindex !== hostLinkFor(net, ip)?.ifindex) {
           b = { ifindex: have.ifindex, name: null, peerNetnsId: null, announced: null, ips: ref.ips.join() };
           break;
         }

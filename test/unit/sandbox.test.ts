@@ -91,6 +91,9 @@ describe('placeBySandbox', () => {
     const p = placeBySandbox(enrolled(ref()), reused, NONE, pinned);
     expect(p.links.size).toBe(0);
     expect(p.refused).toHaveLength(1);
+    // iptables mode's entries name no veth (ifindex 0): nothing to learn from them.
+    const ipset = placeBySandbox(enrolled(ref()), reused, NONE, new Map([[X, { ifindex: 0, mac: '00:00:00:00:00:00', flags: 1 }]]));
+    expect([...ipset.links.keys()]).toEqual([X]);
     // An entry on the route's veth is simply adopted.
     const same = placeBySandbox(enrolled(ref()), reused, NONE, new Map([[X, { ifindex: 11, mac: '00:00:00:00:00:00', flags: 1 }]]));
     expect([...same.links.keys()]).toEqual([X]);
