@@ -36,13 +36,19 @@ export interface RunConfig {
   readonly membership: MembershipSource;
   readonly ztunnelNamespace: string;
   readonly ztunnelSelector: Readonly<Record<string, string>>;
+  /** The DaemonSet that must control the ztunnel pod. */
+  readonly ztunnelDaemonSet: string;
+  /** The service account the ztunnel pod must run as. */
+  readonly ztunnelServiceAccount: string;
   readonly resyncSeconds: number;
   readonly maxDeleteShare: number;
   readonly backoffInitialMs: number;
   readonly backoffMaxMs: number;
   readonly watchStallSeconds: number;
-  /** host:port for /healthz and /readyz, or '' for none. */
+  /** host:port for /healthz, /readyz and /metrics, or '' for none. */
   readonly healthAddress: string;
+  /** host:port of an extra listener serving /metrics only (a scrape address), or '' for none. */
+  readonly metricsAddress: string;
   readonly variant: VariantChoice;
   readonly delivery: 'auto' | 'sk_assign' | 'tproxy';
   readonly tunnel: 'auto' | 'geneve' | 'vxlan';
@@ -93,6 +99,8 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
   'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
   'ztunnel-selector': { env: 'ZTUNNEL_SELECTOR', help: 'labels of the ztunnel pods (k=v,...)', default: 'app=ztunnel' },
+  'ztunnel-daemonset': { env: 'ZTUNNEL_DAEMONSET', help: 'the DaemonSet that must control a ztunnel pod (ownerReferences)', default: 'ztunnel' },
+  'ztunnel-service-account': { env: 'ZTUNNEL_SERVICE_ACCOUNT', help: 'the service account a ztunnel pod must run as', default: 'ztunnel' },
   'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP: overrides discovery (required with --enroll)' },
   enroll: { env: 'ENROLL_IPS', help: 'static membership instead of Kubernetes: comma-separated pod IPs' },
   'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered; drift is repaired within ~2x)', default: '5' },
@@ -100,7 +108,8 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'backoff-initial': { env: 'BACKOFF_INITIAL', help: 'seconds before the first retry of a failed watch', default: '0.8' },
   'backoff-max': { env: 'BACKOFF_MAX', help: 'cap in seconds of the retry backoff', default: '30' },
   'watch-stall-timeout': { env: 'WATCH_STALL_TIMEOUT', help: 'seconds of watch silence (no event, no bookmark) before a restart', default: '120' },
-  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /metrics, /healthz and /readyz (default: none)' },
+  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /metrics, /healthz and /readyz (default: none; keep it on 127.0.0.1: /metrics names pods)' },
+  'metrics-address': { env: 'METRICS_ADDRESS', help: 'host:port of a scrape address serving /metrics only (default: none)' },
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
@@ -171,6 +180,12 @@ function hostPort(name: string, value: string): string {
   return value;
 }
 
+/** A Kubernetes object name (DNS subdomain: lower case, digits, '-' and '.', at most 253). */
+function objectName(name: string, value: string): string {
+  if (value.length > 253 || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(value)) throw new ConfigError(`--${name}: "${value}" is not a Kubernetes object name`);
+  return value;
+}
+
 export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RunConfig {
   const { values } = parseFlags(argv, RUN_FLAGS);
   const v = resolve(values, env, RUN_FLAGS);
@@ -210,12 +225,15 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,
     ztunnelSelector: Object.freeze(ztunnelSelector),
+    ztunnelDaemonSet: objectName('ztunnel-daemonset', v['ztunnel-daemonset']!),
+    ztunnelServiceAccount: objectName('ztunnel-service-account', v['ztunnel-service-account']!),
     resyncSeconds: numberIn('resync-interval', v['resync-interval']!, 1, 3600, 'a number of seconds'),
     maxDeleteShare: numberIn('max-delete-share', v['max-delete-share']!, 0, 1, 'a share'),
     backoffInitialMs: backoffInitial * 1000,
     backoffMaxMs: backoffMax * 1000,
     watchStallSeconds: numberIn('watch-stall-timeout', v['watch-stall-timeout']!, 1, 3600, 'a number of seconds'),
     healthAddress: v['health-address'] ? hostPort('health-address', v['health-address']) : '',
+    metricsAddress: v['metrics-address'] ? hostPort('metrics-address', v['metrics-address']) : '',
     variant: oneOf('variant', v.variant!, ['auto', 'redirect', 'redirect_peer'] as const),
     delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),

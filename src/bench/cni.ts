@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { startController, runInNode, type ControllerProcess } from '../sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../sim/names.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { DEFAULT_PLUGIN, runPlugin, SimRuntime } from '../sim/runtime.js';
@@ -60,7 +61,7 @@ async function main(): Promise<void> {
     kube.api.upsertNamespace('istio-system');
     kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
     kube.api.upsertNamespace('plain');
-    kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+    kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
     const socket = join(dir, 'run', 'cni.sock');
     const stateDir = join(dir, 'state');
     controller = startController(sim.nodeNs, ['--kubeconfig', kube.kubeconfig, '--node-name', NODE, '--pin-root', pinRoot, '--resync-interval', '30', '--cni-socket', socket, '--cni-state-dir', stateDir, '--cni-add-timeout', '5']);

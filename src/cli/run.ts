@@ -1,6 +1,7 @@
 /** `ambient-redirect run`: the node agent. */
 import { ConfigError, parseRunConfig, RUN_FLAGS, usageOf, type RunConfig } from '../config.js';
 import { Controller, staticMembership, type Membership } from '../controller/controller.js';
+import { DEFAULT_BACKOFF } from '../controller/queue.js';
 import { systemRunner } from '../host/runner.js';
 import { DnsServiceReader, KubeMembership, kubeTransport, loadKubeConfig, type KubeTransport } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
@@ -32,8 +33,8 @@ function kubeMembership(cfg: RunConfig, api: KubeTransport, log: Logger): KubeMe
   log.info('watching the Kubernetes API', { server: api.server, node: cfg.nodeName });
   return new KubeMembership(api, {
     nodeName: cfg.nodeName,
-    ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector },
-    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
+    ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector, daemonSet: cfg.ztunnelDaemonSet, serviceAccount: cfg.ztunnelServiceAccount },
+    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
     stallTimeoutMs: cfg.watchStallSeconds * 1000,
     // The server ends each watch after 5-10 minutes (client-go's spread).
     watchTimeoutSeconds: Math.round(300 + Math.random() * 300),
@@ -103,12 +104,19 @@ export async function runCommand(argv: string[]): Promise<number> {
     { defaultMetrics: true },
   );
   metrics.setMode(modeName, cfg.mode);
-  let server: Awaited<ReturnType<typeof serveMetrics>> | null = null;
-  if (cfg.healthAddress) {
+  const servers: Awaited<ReturnType<typeof serveMetrics>>[] = [];
+  const closeServers = () => Promise.all(servers.map((s) => s.close()));
+  const listeners = [
+    { address: cfg.healthAddress, serve: 'all' as const, what: 'metrics and health' },
+    { address: cfg.metricsAddress, serve: 'metrics' as const, what: 'the metrics scrape address' },
+  ];
+  for (const l of listeners) {
+    if (!l.address) continue;
     try {
-      server = await serveMetrics(cfg.healthAddress, { metrics, readiness, onError: (e) => log.error('metrics server failed', { error: e.message }) });
+      servers.push(await serveMetrics(l.address, { metrics, readiness, serve: l.serve, onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }) }));
     } catch (err) {
-      log.error('cannot serve metrics and health', { address: cfg.healthAddress, error: errorMessage(err) });
+      log.error(`cannot serve ${l.what}`, { address: l.address, error: errorMessage(err) });
+      await closeServers();
       mode.close();
       return 1;
     }
@@ -121,7 +129,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     runner: systemRunner,
     log,
     maxDeleteShare: cfg.maxDeleteShare,
-    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: 0.2 },
+    backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
   });
   let cni: CniGate | null = null;
   // The membership starts first: the CNI gate writes the namespace list before it serves.
@@ -133,7 +141,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     } catch (err) {
       log.error('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
       await kube.stop();
-      await server?.close();
+      await closeServers();
       mode.close();
       return 1;
     }
@@ -151,7 +159,7 @@ export async function runCommand(argv: string[]): Promise<number> {
       readiness.setPassFailed(null);
       // A pass before the first full sync touches nothing: it attaches nothing either.
       if (synced) readiness.setDataPathAttached(true);
-      readiness.setZtunnelKnown(r.ztunnel);
+      readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem);
       readiness.setFindings(r.findings.map(describeFinding));
       const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
       // "programmed" once: the first pass on a synced membership.
@@ -175,7 +183,7 @@ export async function runCommand(argv: string[]): Promise<number> {
   if (dnsTimer) clearInterval(dnsTimer);
   await controller.stop();
   await kube?.stop();
-  await server?.close();
+  await closeServers();
   mode.close();
   log.info('stopped; data path left in place', { signal });
   return 0;

@@ -10,7 +10,7 @@
  * would delete more than `maxDeleteShare` of the entries holds those deletes until a
  * second, confirming list agrees (the circuit breaker).
  */
-import { desiredState, type ZtunnelPlacement } from './desired.js';
+import { desiredState, placeBySandbox, type EnrolledRef, type SandboxBinding, type ZtunnelPlacement } from './desired.js';
 import { describeFinding, type Finding } from './ordering.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
@@ -24,8 +24,12 @@ export interface MembershipView {
   synced: boolean;
   /** Enrolled pod IPs. */
   enrolled: readonly string[];
+  /** The pod behind each enrolled IP, where the source knows pods (Kubernetes): entries are then bound to the pod's sandbox. */
+  pods?: ReadonlyMap<string, EnrolledRef>;
   /** ztunnel's IP as discovered, or null (none Ready, or not discovered by this source). */
   ztunnelIp: string | null;
+  /** Why no ztunnel was taken although candidates exist (an impostor, a conflict), or null. */
+  ztunnelProblem?: string | null;
   /** Full lists completed so far: a later one confirms what the breaker held. */
   listGeneration: number;
 }
@@ -75,6 +79,8 @@ export interface PassReport extends ApplyResult {
   programmed: number;
   unplaced: string[];
   ztunnel: boolean;
+  /** Why discovery took no ztunnel (membership's reason), or null. */
+  ztunnelProblem: string | null;
   /** Deletes held back by the breaker, waiting for a confirming list. */
   held: number;
   breaker: 'closed' | 'holding' | 'confirmed';
@@ -94,10 +100,14 @@ export class Controller {
   /** listGeneration when the breaker tripped; null when closed. */
   private trippedAt: number | null = null;
   private confirming = false;
-  /** Whether the last pass knew a ztunnel IP (to say "no ztunnel" once, not every pass). */
-  private hadZtunnel: boolean | null = null;
+  /** What the last pass said about a missing ztunnel (to say it once, not every pass). */
+  private lastZtunnelWarning: string | null = null;
   /** The last pass's findings in words, to log a change once rather than every pass. */
   private lastFindings = '';
+  /** Each enrolled pod's sandbox, by UID (desired.ts placeBySandbox). */
+  private bindings: ReadonlyMap<string, SandboxBinding> = new Map();
+  /** Refusals already logged (ip + reason), to say each once. */
+  private refusedLogged = new Set<string>();
 
   constructor(private readonly deps: ControllerDeps) {}
 
@@ -107,7 +117,7 @@ export class Controller {
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
-      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, held: 0, breaker: 'closed', findings: [] };
+      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, ztunnelProblem: null, held: 0, breaker: 'closed', findings: [] };
     }
     const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
     const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
@@ -119,12 +129,25 @@ export class Controller {
         if (!(err instanceof ZtunnelNotFound)) throw err;
         log.warn('ztunnel not found: enrolled pods fail closed', { reason: err.message });
       }
-    } else if (this.hadZtunnel !== false) {
-      log.warn('no Ready ztunnel on this node: enrolled pods fail closed', {});
     }
-    this.hadZtunnel = ztIp ? true : false;
-    const desired = desiredState(view.enrolled, net, zt);
+    const ztunnelProblem = ztIp ? null : (view.ztunnelProblem ?? null);
+    const warning = ztIp ? '' : (ztunnelProblem ?? 'no Ready ztunnel on this node');
+    if (warning && warning !== this.lastZtunnelWarning) log.warn(`${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`, ztunnelProblem ? { reason: ztunnelProblem } : {});
+    this.lastZtunnelWarning = warning;
     const actual = await mode.actual(net.links.keys());
+    let placement;
+    if (view.pods) {
+      placement = placeBySandbox(view.pods, net, this.bindings, actual.pods);
+      this.bindings = placement.bindings;
+      const now = new Set<string>();
+      for (const r of placement.refused) {
+        const key = `${r.ip} ${r.reason}`;
+        now.add(key);
+        if (!this.refusedLogged.has(key)) log.warn('enrolled pod not placed: bound to a sandbox that is gone', { ip: r.ip, uid: r.uid, reason: r.reason });
+      }
+      this.refusedLogged = now;
+    }
+    const desired = desiredState(view.enrolled, net, zt, placement);
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
     const programmedByMembership = new Set(desired.pods.keys());
 
@@ -170,6 +193,7 @@ export class Controller {
       programmed: programmedByMembership.size,
       unplaced: desired.unplaced,
       ztunnel: zt !== null,
+      ztunnelProblem,
       held: hold ? deletes.length : 0,
       breaker,
       findings,

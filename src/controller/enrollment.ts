@@ -28,6 +28,12 @@ export interface PodView {
   created: number;
   /** Our status annotation as last seen: only to know whether a patch is needed, never as input. */
   statusAnnotation: string | null;
+  /** The controlling owner (ownerReferences entry with controller: true), if any. */
+  owner?: { kind: string; name: string } | null;
+  /** spec.serviceAccountName ('' when absent). */
+  serviceAccount?: string;
+  /** metadata.deletionTimestamp is set: the pod is being deleted (its sandbox may already be gone). */
+  terminating?: boolean;
 }
 
 export interface NamespaceView {
@@ -128,7 +134,13 @@ export function enrolledPods(
 export interface ZtunnelSelector {
   namespace: string;
   labels: Readonly<Record<string, string>>;
+  /** The DaemonSet that must control the pod (ownerReferences, controller: true); default "ztunnel". */
+  daemonSet?: string;
+  /** The service account the pod must run as; default "ztunnel". */
+  serviceAccount?: string;
 }
+
+export const DEFAULT_ZTUNNEL_IDENTITY = { daemonSet: 'ztunnel', serviceAccount: 'ztunnel' } as const;
 
 /** Parses `k=v,k2=v2` (equality terms only); throws on anything else. */
 export function parseSelector(text: string): Record<string, string> {
@@ -142,14 +154,50 @@ export function parseSelector(text: string): Record<string, string> {
   return out;
 }
 
-/** ztunnel: the Ready, running pod of this node matching the selector, newest first. */
-export function selectZtunnel(pods: Iterable<PodView>, sel: ZtunnelSelector, nodeName: string): PodView | null {
+/** The chosen ztunnel pod, or null with the reason (null reason: simply none Ready yet). */
+export type ZtunnelChoice = { pod: PodView; problem: null } | { pod: null; problem: string | null };
+
+/** Why a candidate is not the real ztunnel, or null when it carries ztunnel's identity. */
+export function ztunnelIdentityProblem(pod: PodView, sel: ZtunnelSelector): string | null {
+  const ds = sel.daemonSet ?? DEFAULT_ZTUNNEL_IDENTITY.daemonSet;
+  const sa = sel.serviceAccount ?? DEFAULT_ZTUNNEL_IDENTITY.serviceAccount;
+  const problems: string[] = [];
+  const owner = pod.owner;
+  if (!owner || owner.kind !== 'DaemonSet' || owner.name !== ds) problems.push(`controlled by ${owner ? `${owner.kind} ${owner.name}` : 'nothing'}, not DaemonSet ${ds}`);
+  if ((pod.serviceAccount ?? '') !== sa) problems.push(`service account "${pod.serviceAccount ?? ''}", not "${sa}"`);
+  return problems.length ? problems.join('; ') : null;
+}
+
+/**
+ * ztunnel: among the Ready, running pods of this node in its namespace matching the
+ * selector, the newest, provided every one of them carries ztunnel's identity (its
+ * DaemonSet as controlling owner, its service account). Labels alone anyone who may
+ * create or relabel a pod there can copy; a candidate without the identity is never
+ * taken, and next to a real one it makes the choice fail closed: which of two differing
+ * pods is the impostor is not ours to guess, and a wrong guess hands the node's mesh
+ * traffic to it.
+ */
+export function chooseZtunnel(pods: Iterable<PodView>, sel: ZtunnelSelector, nodeName: string): ZtunnelChoice {
   let best: PodView | null = null;
+  const impostors: string[] = [];
   for (const pod of pods) {
     if (pod.namespace !== sel.namespace || pod.nodeName !== nodeName || !pod.ready || isTerminal(pod)) continue;
     if (pod.ips[0] === undefined || ipProblem(pod.ips[0]) !== null) continue;
     if (!Object.entries(sel.labels).every(([k, v]) => pod.labels[k] === v)) continue;
+    const problem = ztunnelIdentityProblem(pod, sel);
+    if (problem) {
+      impostors.push(`${pod.namespace}/${pod.name} (${problem})`);
+      continue;
+    }
     if (!best || newer(pod, best)) best = pod;
   }
-  return best;
+  if (impostors.length === 0) return best ? { pod: best, problem: null } : { pod: null, problem: null };
+  impostors.sort();
+  if (best) return { pod: null, problem: `refusing every ztunnel candidate: ${best.namespace}/${best.name} has ztunnel's identity but ${impostors.join(', ')} also matches the selector` };
+  return { pod: null, problem: `no ztunnel candidate has ztunnel's identity: ${impostors.join(', ')}` };
+}
+
+/** The chosen ztunnel pod or null (see chooseZtunnel). */
+export function selectZtunnel(pods: Iterable<PodView>, sel: ZtunnelSelector, nodeName: string): PodView | null {
+  return chooseZtunnel(pods, sel, nodeName).pod;
 }

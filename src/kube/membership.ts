@@ -6,7 +6,8 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
-import { DATAPLANE_LABEL, enrolledPods, selectZtunnel, STATUS_ANNOTATION, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import type { EnrolledRef } from '../controller/desired.js';
+import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';
@@ -45,6 +46,7 @@ export class KubeMembership implements Membership {
   private passSeen = false;
   private generation = 0;
   private enrolledCache: Map<string, PodView> | null = null;
+  private ztunnelCache: ZtunnelChoice | null = null;
   readonly stats: KubeMembershipStats = { rejected: 0, foreign: 0, stale: 0, statusPatches: 0 };
   /**
    * Pods the CNI plugin announced (by UID) before the API showed their IPs: they count
@@ -53,6 +55,12 @@ export class KubeMembership implements Membership {
    */
   private readonly provisional = new Map<string, { pod: PodView; containerId: string }>();
   private readonly programmedListeners: ((ips: ReadonlySet<string>) => void)[] = [];
+  /**
+   * The last sandbox (container ID) the CNI plugin announced for each UID: the evidence a
+   * pod whose veth is gone has a new sandbox (controller/desired.ts placeBySandbox). Kept
+   * past the announcement's settling, forgotten with the pod.
+   */
+  private readonly announced = new Map<string, string>();
 
   constructor(
     private readonly api: KubeTransport,
@@ -99,13 +107,23 @@ export class KubeMembership implements Membership {
   }
 
   view(): MembershipView {
-    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    const zt = this.ztunnel();
+    const enrolled = this.enrolled();
+    const pods = new Map<string, EnrolledRef>();
+    for (const [ip, p] of enrolled) pods.set(ip, { uid: p.uid, terminating: p.terminating === true, ips: p.ips, announced: this.announced.get(p.uid) ?? null });
     return {
       synced: this.hasSynced(),
-      enrolled: [...this.enrolled().keys()],
-      ztunnelIp: zt?.ips[0] ?? null,
+      enrolled: [...enrolled.keys()],
+      pods,
+      ztunnelIp: zt.pod?.ips[0] ?? null,
+      ztunnelProblem: zt.problem,
       listGeneration: this.generation,
     };
+  }
+
+  /** ztunnel as discovered (src/controller/enrollment.ts chooseZtunnel), recomputed only after a change. */
+  ztunnel(): ZtunnelChoice {
+    return (this.ztunnelCache ??= chooseZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName));
   }
 
   /** Enrolled pods by IP, recomputed only after a change. */
@@ -113,7 +131,7 @@ export class KubeMembership implements Membership {
     if (!this.enrolledCache) {
       const reserved = new Set<string>();
       for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
-      const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+      const zt = this.ztunnel().pod;
       if (zt?.ips[0]) reserved.add(zt.ips[0]);
       this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
     }
@@ -191,7 +209,7 @@ export class KubeMembership implements Membership {
   enrollmentContext(): EnrollmentContext {
     const reserved = new Set<string>();
     for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
-    const zt = selectZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName);
+    const zt = this.ztunnel().pod;
     if (zt?.ips[0]) reserved.add(zt.ips[0]);
     return { nodeName: this.opts.nodeName, reserved };
   }
@@ -228,6 +246,7 @@ export class KubeMembership implements Membership {
   provisionPod(pod: PodView, containerId: string): void {
     if (this.pods.isDeleted(pod.uid)) return;
     this.provisional.set(pod.uid, { pod, containerId });
+    this.announced.set(pod.uid, containerId);
     this.changed();
   }
 
@@ -274,6 +293,7 @@ export class KubeMembership implements Membership {
 
   private changed(): void {
     this.enrolledCache = null;
+    this.ztunnelCache = null;
     for (const l of this.listeners) l();
   }
 
@@ -303,6 +323,7 @@ export class KubeMembership implements Membership {
     }
     this.pods.replace(pods, keep);
     for (const uid of [...this.provisional.keys()]) this.settleProvisional(uid);
+    for (const uid of [...this.announced.keys()]) if (!this.pods.get(uid) && !this.provisional.has(uid)) this.announced.delete(uid);
     this.changed();
   }
 
@@ -317,6 +338,7 @@ export class KubeMembership implements Membership {
       return;
     }
     this.settleProvisional(p.value.uid);
+    if (type === 'DELETED') this.announced.delete(p.value.uid);
     // Our own status patch coming back changes nothing the maps depend on.
     if (type !== 'DELETED' && before && sameInputs(before, p.value)) {
       this.statusCheck(p.value);
@@ -388,6 +410,9 @@ function sameInputs(a: PodView, b: PodView): boolean {
     a.created === b.created &&
     a.hostIp === b.hostIp &&
     a.ips.join() === b.ips.join() &&
+    a.serviceAccount === b.serviceAccount &&
+    a.terminating === b.terminating &&
+    JSON.stringify(a.owner) === JSON.stringify(b.owner) &&
     JSON.stringify(a.labels) === JSON.stringify(b.labels)
   );
 }

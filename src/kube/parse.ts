@@ -78,6 +78,21 @@ function hasSidecar(spec: Obj, annotations: Record<string, string>): boolean {
   return (containers ?? []).some((c: unknown) => isObj(c) && c.name === 'istio-proxy');
 }
 
+/** The controlling owner: the ownerReferences entry with controller: true (at most one, as the API enforces). */
+function controllerOwner(meta: Obj): { kind: string; name: string } | null {
+  const refs = meta.ownerReferences;
+  if (refs === undefined || refs === null) return null;
+  if (!Array.isArray(refs)) throw new Reject('metadata.ownerReferences is not a list');
+  let found: { kind: string; name: string } | null = null;
+  for (const [i, r] of refs.entries()) {
+    if (!isObj(r)) throw new Reject(`metadata.ownerReferences[${i}] is not an object`);
+    if (r.controller !== true) continue;
+    if (found) throw new Reject('metadata.ownerReferences has more than one controller');
+    found = { kind: str(r, 'kind', `metadata.ownerReferences[${i}]`), name: str(r, 'name', `metadata.ownerReferences[${i}]`) };
+  }
+  return found;
+}
+
 function isReady(status: Obj): boolean {
   const conds = status.conditions;
   if (!Array.isArray(conds)) return false;
@@ -103,6 +118,8 @@ export function parsePod(raw: unknown): Parsed<PodView> {
     const createdMs = created ? Date.parse(created) : 0;
     if (Number.isNaN(createdMs)) throw new Reject(`metadata.creationTimestamp "${created.slice(0, 40)}" is not a date`);
     const hostIpText = str(status, 'hostIP', 'status', { optional: true });
+    const deletion = meta.deletionTimestamp;
+    if (deletion !== undefined && deletion !== null && typeof deletion !== 'string') throw new Reject('metadata.deletionTimestamp is not a string');
     const value: PodView = {
       uid,
       name: str(meta, 'name', 'metadata'),
@@ -118,6 +135,9 @@ export function parsePod(raw: unknown): Parsed<PodView> {
       ready: isReady(status),
       created: createdMs,
       statusAnnotation: annotations[STATUS_ANNOTATION] ?? null,
+      owner: controllerOwner(meta),
+      serviceAccount: str(spec, 'serviceAccountName', 'spec', { optional: true }),
+      terminating: typeof deletion === 'string' && deletion !== '',
     };
     return { ok: true, value };
   } catch (err) {

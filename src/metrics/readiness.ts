@@ -18,6 +18,7 @@ export class Readiness {
   private cniEntry: { installed: boolean; reason: string } | null = null;
   private findings: string[] = [];
   private failed: string | null = null;
+  private ztunnelProblem: string | null = null;
 
   /** The first pass on a fully synced membership was applied (latched). */
   markSynced(): void {
@@ -29,9 +30,10 @@ export class Readiness {
     this.attached = attached;
   }
 
-  /** The last pass placed ztunnel (PassReport.ztunnel). */
-  setZtunnelKnown(known: boolean): void {
+  /** The last pass placed ztunnel (PassReport.ztunnel); `problem`: why discovery took none. */
+  setZtunnelKnown(known: boolean, problem: string | null = null): void {
     this.ztunnel = known;
+    this.ztunnelProblem = known ? null : problem;
   }
 
   /** With --cni-install: our entry is (not) in the runtime's CNI config list (src/cni/gate.ts). */
@@ -53,7 +55,7 @@ export class Readiness {
     const missing: string[] = [];
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
-    if (!this.ztunnel) missing.push('ztunnel not known on this node');
+    if (!this.ztunnel) missing.push(this.ztunnelProblem ? `ztunnel refused: ${this.ztunnelProblem}` : 'ztunnel not known on this node');
     if (this.cniEntry && !this.cniEntry.installed) missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
     if (this.failed !== null) missing.push(`last reconcile pass failed: ${this.failed}`);
     for (const f of this.findings) missing.push(`data path bypassed: ${f}`);

@@ -42,7 +42,13 @@ export interface PodSpec {
   ready?: boolean;
   sidecar?: boolean;
   created?: Date;
+  /** The controlling owner (ownerReferences, controller: true). */
+  owner?: { kind: string; name: string };
+  serviceAccount?: string;
 }
+
+/** What the real ztunnel pod carries: its labels, its DaemonSet as controller, its service account. */
+export const ZTUNNEL_POD = { labels: { app: 'ztunnel' }, owner: { kind: 'DaemonSet', name: 'ztunnel' }, serviceAccount: 'ztunnel' } as const;
 
 export interface Faults {
   /** Every connection is cut on arrival (and open ones at once). */
@@ -234,11 +240,12 @@ export class KubeApiDouble {
         name: spec.name,
         namespace: spec.namespace,
         uid: spec.uid ?? randomUUID(),
-        labels: spec.labels ?? {},
+        labels: { ...(spec.labels ?? {}) },
         annotations: spec.sidecar ? { 'sidecar.istio.io/status': '{}' } : {},
         creationTimestamp: (spec.created ?? new Date()).toISOString(),
+        ...(spec.owner && { ownerReferences: [{ apiVersion: 'apps/v1', kind: spec.owner.kind, name: spec.owner.name, uid: randomUUID(), controller: true, blockOwnerDeletion: true }] }),
       },
-      spec: { nodeName: spec.nodeName, hostNetwork: spec.hostNetwork ?? false, containers: [{ name: 'app', image: 'app' }, ...(spec.sidecar ? [{ name: 'istio-proxy', image: 'proxy' }] : [])] },
+      spec: { nodeName: spec.nodeName, ...(spec.serviceAccount && { serviceAccountName: spec.serviceAccount }), hostNetwork: spec.hostNetwork ?? false, containers: [{ name: 'app', image: 'app' }, ...(spec.sidecar ? [{ name: 'istio-proxy', image: 'proxy' }] : [])] },
       status: podStatus(spec),
     };
     this.commit('pods', 'ADDED', key, obj);

@@ -11,6 +11,7 @@ import { mkdirSync, rmSync } from 'node:fs';
 import type { CommandRunner } from '../host/runner.js';
 import { runInNode, startController, type ControllerProcess } from './controller.js';
 import { startSimKubeApi, type SimKubeApi } from './kube-sim.js';
+import { ZTUNNEL_POD } from './kube-api.js';
 import type { SimNode, SimPod, SimServer } from './node.js';
 import { OUTSIDE_HOST_IP } from './names.js';
 import { pinRootFor } from './scenario.js';
@@ -101,7 +102,7 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
     ]);
     return controller.waitFor('programmed', 30_000);
   };
-  const ztunnelPod = () => kube!.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+  const ztunnelPod = () => kube!.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
 
   async function connectOnce(a: Actor): Promise<Route> {
     opts.signal?.throwIfAborted();

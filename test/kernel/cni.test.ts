@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../src/sim/runtime.js';
@@ -86,7 +87,7 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
       kube.api.upsertNamespace('istio-system');
       kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
       kube.api.upsertNamespace('plain');
-      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       args = [
         '--kubeconfig', kube.kubeconfig,
         '--node-name', NODE,

@@ -15,8 +15,9 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
+import { createSimNode, unwirePod, wirePod, type SimNode, type SimServer } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
 import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
@@ -89,7 +90,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       kube.api.upsertNamespace('istio-system');
       kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
       kube.api.upsertNamespace('plain');
-      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       // A pod of another node with an IP of this one: only the field selector keeps it out.
       kube.api.createPod({ name: 'elsewhere', namespace: 'shop', nodeName: 'other-node', ip: ip(3), hostIp: '198.19.9.9' });
       controller = startController(sim.nodeNs, [
@@ -292,6 +293,72 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     expect(checkpoints.some((c) => c.length >= 2)).toBe(true);
     const want = checkpoints.at(-1)!;
     console.log(`churn (pinned maps): 1 seed x 300 events, checkpoints ${JSON.stringify(checkpoints)}; final ${JSON.stringify(want)}`);
+  }, 60_000);
+
+  it('an impostor with ztunnel’s labels in istio-system is not taken: the node fails closed with the reason logged, until it is gone', async () => {
+    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    await mapBecomes([]);
+    pod('zt-web', 'shop', 0);
+    await mapBecomes([ip(0)]);
+    expect(await route(0)).toBe('ztunnel');
+    const mark = controller!.events.length;
+    // Newer than the real ztunnel, Ready, on this node, with its labels; no DaemonSet, default service account.
+    kube.api.createPod({ name: 'evil', namespace: 'istio-system', nodeName: NODE, ip: ip(1), hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+    const refused = await controller!.waitForAfter(mark, 'ztunnel refused: enrolled pods fail closed');
+    expect(String(refused.reason)).toMatch(/istio-system\/ztunnel-abc has ztunnel's identity but istio-system\/evil \(controlled by nothing/);
+    expect(await route(0)).toBe('failed');
+    kube.api.deletePod('istio-system', 'evil');
+    const end = Date.now() + 10_000;
+    let r = await route(0);
+    while (r !== 'ztunnel' && Date.now() < end) {
+      await sleep(300);
+      r = await route(0);
+    }
+    expect(r).toBe('ztunnel');
+  }, 60_000);
+
+  it('IP reuse: a deleted enrolled pod’s IP handed to a new pod before the API shows the delete is not captured with the old identity', async () => {
+    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    kube.api.upsertNamespace('plain');
+    await mapBecomes([]);
+    pod('reuse-old', 'shop', 2);
+    await mapBecomes([ip(2)]);
+    expect(await route(2)).toBe('ztunnel');
+
+    // The runtime tears down the old pod's sandbox and hands its IP to a new pod (another
+    // netns, another veth); the API has not shown the delete yet.
+    const old = sim.pods[2]!;
+    const fresh = { ...old, name: 'reuse-new', ns: `${sim.prefix}-reuse`, hostVeth: `${sim.prefix}r2` };
+    await systemRunner.run(['ip', '-n', sim.nodeNs, 'link', 'del', old.hostVeth]);
+    try {
+      await wirePod(systemRunner, sim.nodeNs, fresh.ns, fresh.hostVeth, old.ip, old.ip6);
+      const mark = controller!.events.length;
+      // Any change makes a pass: an unrelated pod of another namespace.
+      kube.api.createPod({ name: 'poke', namespace: 'plain', nodeName: NODE, ip: null, hostIp: OUTSIDE_HOST_IP });
+      // Oracles first: the pinned map, the new pod's own traffic, the filters on its veth.
+      await mapBecomes([]);
+      await mapStays([], 1_500); // passes keep coming (the poke, the resync): none places it
+      // The new pod's connections go where it sends them, not to ztunnel as the old pod.
+      const z = ztunnel.accepted.length;
+      const [r] = await sim.connect(fresh, sim.outside, 1);
+      expect(r?.ok).toBe(true);
+      await until('the outside server record', () => outside.accepted.some((a) => a.src === old.ip || a.src.startsWith(`${old.ip}:`)));
+      expect(ztunnel.accepted.length).toBe(z);
+      const tcOnNew = await systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', fresh.hostVeth, 'ingress']);
+      expect(tcOnNew).not.toMatch(/bpf/);
+      const refused = await controller!.waitForAfter(mark, 'enrolled pod not placed: bound to a sandbox that is gone');
+      expect(refused).toMatchObject({ ip: old.ip });
+
+      // The API catches up: terminating, then deleted. Nothing comes back.
+      kube.api.updatePod('shop', 'reuse-old', (o) => (o.metadata.deletionTimestamp = new Date().toISOString()));
+      await sleep(500);
+      kube.api.deletePod('shop', 'reuse-old');
+      await mapStays([], 1_000);
+    } finally {
+      await unwirePod(systemRunner, sim.nodeNs, fresh.ns, fresh.hostVeth);
+    }
   }, 60_000);
 
   it('SIGTERM leaves the entries; the controller exits 0', async () => {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../src/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
 import { createSimNode, type SimNode } from '../../src/sim/node.js';
 import { pinRootFor } from '../../src/sim/scenario.js';
@@ -39,7 +40,7 @@ kernelDescribe('API server down for 60 s', 'loads BPF, builds network namespaces
     await sim.startZtunnel();
     kube.api.upsertNamespace('istio-system');
     kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-    kube.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, labels: { app: 'ztunnel' } });
+    kube.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
     for (const i of [0, 1]) kube.api.createPod({ name: `web-${i}`, namespace: 'shop', nodeName: NODE, ip: sim.pods[i]!.ip, hostIp: OUTSIDE_HOST_IP });
     // Defaults throughout: backoff 0.8 s -> 30 s, jitter 20 %.
     controller = startController(sim.nodeNs, ['--kubeconfig', kube.kubeconfig, '--node-name', NODE, '--pin-root', pinRoot]);

@@ -61,12 +61,20 @@ class Model {
   }
 }
 
-function podObj(m: Model, o: { ns: string; ip: string | null; node?: string; hostNetwork?: boolean; labels?: Record<string, string>; sidecar?: boolean; phase?: string; ready?: boolean }): Obj {
+function podObj(m: Model, o: { ns: string; ip: string | null; node?: string; hostNetwork?: boolean; labels?: Record<string, string>; sidecar?: boolean; phase?: string; ready?: boolean; ztunnel?: boolean }): Obj {
   const uid = `uid-${++m.uidSeq}`;
   const ip = o.hostNetwork ? HOST_IP : o.ip;
   return {
-    metadata: { name: `p${m.uidSeq}`, namespace: o.ns, uid, labels: o.labels ?? {}, annotations: o.sidecar ? { 'sidecar.istio.io/status': '{}' } : {}, creationTimestamp: new Date(1_700_000_000_000 + ++m.created * 1000).toISOString() },
-    spec: { nodeName: o.node ?? NODE, hostNetwork: o.hostNetwork ?? false, containers: [{ name: 'app' }] },
+    metadata: {
+      name: `p${m.uidSeq}`,
+      namespace: o.ns,
+      uid,
+      labels: o.labels ?? {},
+      annotations: o.sidecar ? { 'sidecar.istio.io/status': '{}' } : {},
+      creationTimestamp: new Date(1_700_000_000_000 + ++m.created * 1000).toISOString(),
+      ...(o.ztunnel && { ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'ztunnel', uid: 'ds-1', controller: true }] }),
+    },
+    spec: { nodeName: o.node ?? NODE, hostNetwork: o.hostNetwork ?? false, containers: [{ name: 'app' }], ...(o.ztunnel && { serviceAccountName: 'ztunnel' }) },
     status: { phase: o.phase ?? 'Running', hostIP: o.node && o.node !== NODE ? '10.0.0.2' : HOST_IP, ...(ip && { podIP: ip, podIPs: [{ ip }] }), conditions: [{ type: 'Ready', status: o.ready === false ? 'False' : 'True' }] },
   };
 }
@@ -109,7 +117,7 @@ export async function runSeed(seed: number, mode: ChurnMode = fakeChurnMode()): 
   const trace: string[] = [];
   for (const name of NAMESPACES) m.commit('/api/v1/namespaces', 'ADDED', { metadata: { name, labels: name.startsWith('a') ? { 'istio.io/dataplane-mode': 'ambient' } : {} } });
   m.commit('/api/v1/namespaces', 'ADDED', { metadata: { name: 'istio-system', labels: {} } });
-  m.commit('/api/v1/pods', 'ADDED', podObj(m, { ns: 'istio-system', ip: ZT_IP, labels: { app: 'ztunnel' } }));
+  m.commit('/api/v1/pods', 'ADDED', podObj(m, { ns: 'istio-system', ip: ZT_IP, labels: { app: 'ztunnel' }, ztunnel: true }));
 
   const api = new InProcessTransport((p) => m.list(p));
   const membership = new KubeMembership(api, {

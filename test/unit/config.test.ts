@@ -32,6 +32,15 @@ describe('run configuration', () => {
     expect(parseRunConfig(['--node-name', 'n1'], { KUBERNETES_SERVICE_HOST: '10.96.0.1' }).membership).toEqual({ kind: 'kubernetes', kubeconfig: '' });
   });
 
+  it('ztunnel identity and the scrape address: defaults, environment, bad values', () => {
+    const base = ['--kubeconfig', '/k', '--node-name', 'n'];
+    expect(parseRunConfig(base, {})).toMatchObject({ ztunnelDaemonSet: 'ztunnel', ztunnelServiceAccount: 'ztunnel', metricsAddress: '' });
+    expect(parseRunConfig(base, { ZTUNNEL_DAEMONSET: 'zt-canary', ZTUNNEL_SERVICE_ACCOUNT: 'zt', METRICS_ADDRESS: '0.0.0.0:15035' })).toMatchObject({ ztunnelDaemonSet: 'zt-canary', ztunnelServiceAccount: 'zt', metricsAddress: '0.0.0.0:15035' });
+    expect(() => parseRunConfig([...base, '--ztunnel-daemonset', 'Zt_1'], {})).toThrow(/ztunnel-daemonset: "Zt_1" is not a Kubernetes object name/);
+    expect(() => parseRunConfig([...base, '--ztunnel-service-account', ''], {})).toThrow(/ztunnel-service-account/);
+    expect(() => parseRunConfig([...base, '--metrics-address', 'node:1'], {})).toThrow(/metrics-address/);
+  });
+
   it.each([
     [['--ztunnel-ip', 'x', '--enroll', ''], /ztunnel-ip.*not an IP/],
     [[], /no membership source: give --kubeconfig/],

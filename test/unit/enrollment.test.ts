@@ -64,7 +64,7 @@ describe('enrollment rules', () => {
 
   it('finds ztunnel: Ready, on this node, matching, newest first', () => {
     const sel = { namespace: 'istio-system', labels: { app: 'ztunnel' } };
-    const zt = (over: Partial<PodView>) => pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, ...over });
+    const zt = (over: Partial<PodView>) => pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, owner: { kind: 'DaemonSet', name: 'ztunnel' }, serviceAccount: 'ztunnel', ...over });
     const older = zt({ ips: ['10.244.0.2'], created: 10 });
     const newer = zt({ ips: ['10.244.0.3'], created: 20 });
     const notReady = zt({ ips: ['10.244.0.4'], created: 30, ready: false });

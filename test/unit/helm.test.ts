@@ -7,6 +7,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
 // The YAML parser: js-yaml, the well-kept one (a devDependency).
 import { loadAll } from 'js-yaml';
+// A CEL evaluator (a devDependency) runs the admission policy's expressions as written.
+import { run as celRun } from '@bufbuild/cel';
 import { parseRunConfig, RUN_FLAGS } from '../../src/config.js';
 
 const CHART = 'deploy/chart';
@@ -121,14 +123,15 @@ describe('what each mode renders', () => {
     expect(spec.hostNetwork).toBe(true);
     const c = agent(objs);
     expect(c.env.find((e: Obj) => e.name === 'NODE_NAME').valueFrom).toEqual({ fieldRef: { fieldPath: 'spec.nodeName' } });
-    expect(c.ports).toEqual([{ name: 'metrics', containerPort: 9999, protocol: 'TCP' }]);
-    expect(c.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'metrics' });
-    expect(c.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'metrics' });
+    expect(c.ports).toEqual([{ name: 'health', containerPort: 9999, protocol: 'TCP' }]);
+    expect(c.livenessProbe.httpGet).toEqual({ host: '127.0.0.1', path: '/healthz', port: 'health' });
+    expect(c.readinessProbe.httpGet).toEqual({ host: '127.0.0.1', path: '/readyz', port: 'health' });
     expect(JSON.stringify(c.lifecycle ?? {})).not.toMatch(/uninstall/);
     expect(JSON.stringify(spec.containers)).not.toMatch(/uninstall/);
     expect(ds.spec.updateStrategy).toEqual({ type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1, maxSurge: 0 } });
     expect(spec.priorityClassName).toBe('system-node-critical');
-    expect(ds.spec.template.metadata.annotations['prometheus.io/port']).toBe('9999');
+    // No scrape address asked for: nothing invites a scrape of the loopback-only listener.
+    expect(ds.spec.template.metadata.annotations?.['prometheus.io/scrape']).toBeUndefined();
   });
 
   it('passes through image, resources, tolerations, nodeSelector, podAnnotations, priorityClassName', () => {
@@ -152,17 +155,15 @@ describe('what each mode renders', () => {
     expect(spec.spec.priorityClassName).toBe('mesh-critical');
   });
 
-  it('RBAC: pods and namespaces get/list/watch, pods/status patch, events create; nothing more (but the DNS Service)', () => {
+  it('RBAC: pods and namespaces get/list/watch, pods/status patch; nothing more (but the DNS Service)', () => {
     const objs = render({ redirectMode: 'ebpf' });
     // Role and RoleBinding: get on the DNS Service alone (the dns values test).
-    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount']);
+    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding']);
     const role = objs.find((o) => o.kind === 'ClusterRole')!;
     const grants = role.rules.flatMap((r: Obj) =>
       r.apiGroups.flatMap((g: string) => r.resources.flatMap((res: string) => r.verbs.map((v: string) => `${g || 'core'}/${res}:${v}`))),
     );
-    expect(grants.sort()).toEqual(
-      ['core/events:create', 'core/namespaces:get', 'core/namespaces:list', 'core/namespaces:watch', 'core/pods/status:patch', 'core/pods:get', 'core/pods:list', 'core/pods:watch'].sort(),
-    );
+    expect(grants.sort()).toEqual(['core/namespaces:get', 'core/namespaces:list', 'core/namespaces:watch', 'core/pods/status:patch', 'core/pods:get', 'core/pods:list', 'core/pods:watch'].sort());
     const binding = objs.find((o) => o.kind === 'ClusterRoleBinding')!;
     const sa = objs.find((o) => o.kind === 'ServiceAccount')!;
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: role.metadata.name });
@@ -308,7 +309,10 @@ describe('the chart and `run` agree', () => {
       membership: { kind: 'kubernetes', kubeconfig: '' },
       ztunnelNamespace: 'mesh',
       ztunnelSelector: { app: 'ztunnel', 'istio.io/rev': 'canary' },
-      healthAddress: ':9999',
+      healthAddress: '127.0.0.1:9999',
+      metricsAddress: '',
+      ztunnelDaemonSet: 'ztunnel',
+      ztunnelServiceAccount: 'ztunnel',
       logLevel: 'debug',
     });
     expect(cfg.enroll).toEqual([]);
@@ -325,5 +329,126 @@ describe('the chart and `run` agree', () => {
       ztunnelSelector: { app: 'ztunnel' },
       logLevel: 'info',
     });
+  });
+});
+
+/**
+ * The admission policy, evaluated as the API server would (matchConditions, then the
+ * variables in order, then every validation) with a CEL evaluator, on the requests the
+ * agent makes and on what a stolen token would try.
+ */
+describe('ValidatingAdmissionPolicy on pods/status', () => {
+  const KEY = 'ambient.istio.io/redirection';
+  const AGENT = 'system:serviceaccount:istio-system:mesh';
+  const objs = () => render();
+  const policy = () => objs().find((o) => o.kind === 'ValidatingAdmissionPolicy')!;
+
+  /** JSON → CEL input: objects become maps, integers ints. */
+  const cel = (v: unknown): unknown =>
+    Array.isArray(v) ? v.map(cel) : v && typeof v === 'object' ? new Map(Object.entries(v).map(([k, x]) => [k, cel(x)])) : typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : v;
+
+  function evalBool(expr: string, vars: Record<string, unknown>): boolean {
+    const r = celRun(expr, vars as never);
+    if (typeof r !== 'boolean') throw new Error(`CEL "${expr.slice(0, 80)}" gave ${String(r)}, not a bool`);
+    return r;
+  }
+
+  /** What the policy says of one request: 'not matched', 'allowed', or the failed validations' messages. */
+  function admit(p: Obj, req: { user: string; node?: string; oldObject: Obj; object: Obj; resource?: string; operation?: string }): string[] | 'not matched' | 'allowed' {
+    const rules = p.spec.matchConstraints.resourceRules as Obj[];
+    const resource = req.resource ?? 'pods/status';
+    const operation = req.operation ?? 'UPDATE';
+    if (!rules.some((r) => r.apiGroups.includes('') && r.resources.includes(resource) && r.operations.includes(operation))) return 'not matched';
+    const request = cel({ userInfo: { username: req.user, extra: req.node === undefined ? {} : { 'authentication.kubernetes.io/node-name': [req.node] } } });
+    const base = { request, object: cel(req.object), oldObject: cel(req.oldObject) };
+    if (!(p.spec.matchConditions as Obj[]).every((c) => evalBool(c.expression, base))) return 'not matched';
+    const variables = new Map<string, unknown>();
+    for (const v of p.spec.variables as Obj[]) variables.set(v.name, celRun(v.expression, { ...base, variables } as never));
+    const failed = (p.spec.validations as Obj[]).filter((v) => !evalBool(v.expression, { ...base, variables })).map((v) => v.message as string);
+    return failed.length ? failed : 'allowed';
+  }
+
+  const pod = (over: { node?: string; annotations?: Record<string, string>; labels?: Record<string, string>; podIP?: string } = {}) => ({
+    metadata: { name: 'web', namespace: 'shop', uid: 'u1', labels: over.labels ?? { app: 'web' }, annotations: over.annotations ?? { 'kubectl.kubernetes.io/restartedAt': 'x' } },
+    spec: { nodeName: over.node ?? 'n1', containers: [{ name: 'app', ports: [{ containerPort: 8080 }] }] },
+    status: { phase: 'Running', podIP: over.podIP ?? '10.244.1.7', podIPs: [{ ip: over.podIP ?? '10.244.1.7' }] },
+  });
+  const withOurs = (value: string) => pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'x', [KEY]: value } });
+
+  it('is bound with Deny and fails closed; matches only UPDATE of pods/status by the agent’s service account', () => {
+    const all = objs();
+    const p = all.find((o) => o.kind === 'ValidatingAdmissionPolicy')!;
+    const b = all.find((o) => o.kind === 'ValidatingAdmissionPolicyBinding')!;
+    expect(p.apiVersion).toBe('admissionregistration.k8s.io/v1');
+    expect(b.spec).toEqual({ policyName: p.metadata.name, validationActions: ['Deny'] });
+    expect(p.spec.failurePolicy).toBe('Fail');
+    expect(p.spec.matchConstraints.resourceRules).toEqual([{ apiGroups: [''], apiVersions: ['v1'], operations: ['UPDATE'], resources: ['pods/status'] }]);
+    // The agent's identity is the chart's own service account in the release namespace.
+    const sa = all.find((o) => o.kind === 'ServiceAccount')!;
+    expect(`system:serviceaccount:${sa.metadata.namespace}:${sa.metadata.name}`).toBe(AGENT);
+    expect(admit(p, { user: 'system:serviceaccount:istio-system:other', node: 'n2', oldObject: pod(), object: pod({ podIP: '10.9.9.9' }) })).toBe('not matched');
+  });
+
+  it('allows what the agent does: set or remove the annotation on a pod of its own node', () => {
+    const p = policy();
+    expect(admit(p, { user: AGENT, node: 'n1', oldObject: pod(), object: withOurs('enabled') })).toBe('allowed');
+    expect(admit(p, { user: AGENT, node: 'n1', oldObject: withOurs('enabled'), object: pod() })).toBe('allowed');
+    // A pod without any annotation, then with ours only.
+    const bare = { ...pod(), metadata: { name: 'web', namespace: 'shop', uid: 'u1' } };
+    expect(admit(p, { user: AGENT, node: 'n1', oldObject: bare, object: { ...bare, metadata: { ...bare.metadata, annotations: { [KEY]: 'enabled' } } } })).toBe('allowed');
+  });
+
+  it.each([
+    ['a pod of another node', { node: 'n1', oldObject: pod({ node: 'n2' }), object: { ...withOurs('enabled'), spec: pod({ node: 'n2' }).spec } }, /its own node/],
+    ['a token that names no node', { oldObject: pod(), object: withOurs('enabled') }, /its own node/],
+    ['another annotation', { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'y' } }) }, /only the ambient.istio.io\/redirection annotation/],
+    ['a new annotation', { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'x', 'sidecar.istio.io/status': '{}' } }) }, /only the ambient.istio.io\/redirection annotation/],
+    ['an annotation removed', { node: 'n1', oldObject: pod(), object: pod({ annotations: {} }) }, /only the ambient.istio.io\/redirection annotation/],
+    ['our annotation with another value', { node: 'n1', oldObject: pod(), object: withOurs('disabled') }, /"enabled" or removed/],
+    ['the labels', { node: 'n1', oldObject: pod(), object: pod({ labels: { app: 'web', 'istio.io/dataplane-mode': 'none' } }) }, /labels, finalizers or owners/],
+    ['the pod IP in status', { node: 'n1', oldObject: pod(), object: pod({ podIP: '10.244.1.8' }) }, /status fields/],
+  ])('denies the agent’s token changing %s', (_, req, message) => {
+    const r = admit(policy(), { user: AGENT, ...(req as { node?: string; oldObject: Obj; object: Obj }) });
+    expect(Array.isArray(r), `expected a denial, got ${String(r)}`).toBe(true);
+    expect((r as string[]).join('; ')).toMatch(message);
+  });
+});
+
+describe('the health and metrics listeners', () => {
+  it('by default: 127.0.0.1 only, and the probes reach it there, on the port it listens on', () => {
+    const c = agent(render({ metricsPort: 15099 }));
+    const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e.value]));
+    expect(env.HEALTH_ADDRESS).toBe('127.0.0.1:15099');
+    expect(env.METRICS_ADDRESS).toBeUndefined();
+    const port = (name: string) => c.ports.find((p: Obj) => p.name === name)?.containerPort;
+    for (const probe of [c.livenessProbe, c.readinessProbe]) {
+      expect(probe.httpGet.host).toBe('127.0.0.1');
+      expect(port(probe.httpGet.port)).toBe(15099);
+    }
+  });
+
+  it('metrics.scrapeAddress adds a /metrics-only listener, its port and the scrape annotations', () => {
+    const objs = render({ 'metrics.scrapeAddress': '0.0.0.0:15035' });
+    const c = agent(objs);
+    const env: NodeJS.ProcessEnv = { KUBERNETES_SERVICE_HOST: '10.96.0.1', NODE_NAME: 'n1' };
+    for (const e of c.env as Obj[]) if (!e.valueFrom) env[e.name] = String(e.value);
+    expect(parseRunConfig(c.args.slice(1), env)).toMatchObject({ healthAddress: '127.0.0.1:15034', metricsAddress: '0.0.0.0:15035' });
+    expect(c.ports.find((p: Obj) => p.name === 'scrape')).toEqual({ name: 'scrape', containerPort: 15035, protocol: 'TCP' });
+    expect(daemonSet(objs).spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '15035', 'prometheus.io/path': '/metrics' });
+  });
+
+  it.each(['metrics.scrapeAddress=15035', 'metrics.scrapeAddress=node:15035'])('the schema rejects %s', (set) => {
+    const r = helmRun(['template', 'mesh', CHART, '--set', set]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/schema/i);
+  });
+});
+
+describe('ztunnel identity', () => {
+  it('the DaemonSet and service account a ztunnel pod must have reach `run`', () => {
+    const c = agent(render({ 'ztunnel.daemonSet': 'ztunnel-canary', 'ztunnel.serviceAccount': 'ztunnel-sa' }));
+    const env: NodeJS.ProcessEnv = { KUBERNETES_SERVICE_HOST: '10.96.0.1', NODE_NAME: 'n1' };
+    for (const e of c.env as Obj[]) if (!e.valueFrom) env[e.name] = String(e.value);
+    expect(parseRunConfig(c.args.slice(1), env)).toMatchObject({ ztunnelDaemonSet: 'ztunnel-canary', ztunnelServiceAccount: 'ztunnel-sa' });
   });
 });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
-import { KubeApiDouble } from '../../src/sim/kube-api.js';
+import { KubeApiDouble, ZTUNNEL_POD } from '../../src/sim/kube-api.js';
 import { FakeMode, fakeNet, fakeZtunnel, recordingLog } from './kube-harness.js';
 
 const NODE = 'node-a';
@@ -54,7 +54,7 @@ async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: num
   api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
   api.upsertNamespace('plain');
   api.upsertNamespace('istio-system');
-  api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: '10.244.9.2', labels: { app: 'ztunnel' } });
+  api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: '10.244.9.2', ...ZTUNNEL_POD });
   for (let i = 0; i < (opts.pods ?? 4); i++) api.createPod({ name: `web-${i}`, namespace: 'shop', nodeName: NODE, ip: IPS[i]! });
   const log = recordingLog();
   const transport = kubeTransport(loadKubeConfig({ kubeconfig: join(dir, 'kubeconfig') }), 2_000);
