@@ -147,9 +147,10 @@ export async function runCommand(argv: string[]): Promise<number> {
     }
   }
   let first = true;
-  // Read before the first pass, then every resync interval: a failed read keeps the last.
+  // Read before the first pass, then every 30 s (backing off while the API fails): a failed read keeps the last.
   await dns?.refresh();
-  const dnsTimer = dns ? setInterval(() => void dns!.refresh(), cfg.resyncSeconds * 1000) : null;
+  // The timer only asks; the reader decides when a read is due (src/kube/dns.ts).
+  const dnsTimer = dns ? setInterval(() => void dns!.refresh(), 5_000) : null;
   dnsTimer?.unref();
   controller.start(
     cfg.resyncSeconds * 1000,

@@ -28,8 +28,15 @@ export function serviceAddresses(raw: unknown): string[] {
   return out;
 }
 
+/** How often the Service is read while reads succeed: it changes rarely, if ever. */
+export const DNS_REFRESH_MS = 30_000;
+/** While reads fail (an API outage), the wait doubles up to this: the watches' own retries come first. */
+export const DNS_REFRESH_MAX_MS = 240_000;
+
 export class DnsServiceReader {
   private last: string[] = [];
+  private failures = 0;
+  private nextAt = 0;
 
   constructor(
     private readonly api: KubeTransport,
@@ -42,14 +49,22 @@ export class DnsServiceReader {
     return this.last;
   }
 
-  /** Reads the Service again; on failure logs and keeps what it had. */
-  async refresh(): Promise<void> {
+  /**
+   * Reads the Service again when it is due (every DNS_REFRESH_MS; after failures, at a
+   * doubling interval up to DNS_REFRESH_MAX_MS); on failure logs and keeps what it had.
+   */
+  async refresh(now = Date.now()): Promise<void> {
+    if (now < this.nextAt) return;
     const path = `/api/v1/namespaces/${this.ref.namespace}/services/${this.ref.name}`;
     try {
       const ips = serviceAddresses(await this.api.request('GET', path));
       if (ips.join() !== this.last.join()) this.log.info('cluster DNS servers', { service: `${this.ref.namespace}/${this.ref.name}`, addresses: ips });
       this.last = ips;
+      this.failures = 0;
+      this.nextAt = now + DNS_REFRESH_MS;
     } catch (err) {
+      this.failures++;
+      this.nextAt = now + Math.min(DNS_REFRESH_MS * 2 ** (this.failures - 1), DNS_REFRESH_MAX_MS);
       this.log.warn('cannot read the DNS Service: keeping the last addresses', { service: `${this.ref.namespace}/${this.ref.name}`, addresses: this.last, error: err instanceof Error ? err.message : String(err) });
     }
   }

@@ -1,6 +1,6 @@
 /** The DNS Service read (src/kube/dns.ts): its addresses, and a failed read keeping the last. */
 import { describe, expect, it } from 'vitest';
-import { DnsServiceReader, serviceAddresses, type KubeTransport } from '../../src/kube/index.js';
+import { DNS_REFRESH_MS, DnsServiceReader, serviceAddresses, type KubeTransport } from '../../src/kube/index.js';
 import { createLogger } from '../../src/log.js';
 
 function transport(answers: (() => unknown)[]): KubeTransport & { paths: string[] } {
@@ -48,13 +48,19 @@ describe('the DNS Service’s addresses', () => {
     ]);
     const r = new DnsServiceReader(api, { namespace: 'kube-system', name: 'kube-dns' }, createLogger('info', (l) => lines.push(l)));
     expect(r.servers).toEqual([]);
-    await r.refresh();
+    let t = 1_000_000;
+    await r.refresh(t);
     expect(r.servers).toEqual(['10.96.0.10']);
-    await r.refresh();
+    await r.refresh(t + DNS_REFRESH_MS - 1); // not due: no request
+    expect(api.paths).toHaveLength(1);
+    await r.refresh((t += DNS_REFRESH_MS));
     expect(r.servers).toEqual(['10.96.0.10']);
-    await r.refresh();
+    // After a failure the wait doubles: a read 30 s later is not due, 60 s later it is.
+    await r.refresh(t + DNS_REFRESH_MS);
+    expect(api.paths).toHaveLength(2);
+    await r.refresh((t += 2 * DNS_REFRESH_MS));
     expect(r.servers).toEqual(['10.96.0.10']);
-    await r.refresh();
+    await r.refresh((t += 4 * DNS_REFRESH_MS));
     expect(r.servers).toEqual(['10.96.0.11']);
     expect(api.paths).toEqual(Array(4).fill('/api/v1/namespaces/kube-system/services/kube-dns'));
     expect(lines.filter((l) => l.includes('cannot read the DNS Service'))).toHaveLength(2);
