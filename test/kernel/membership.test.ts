@@ -101,6 +101,10 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
         '--backoff-max', '3',
         '--watch-stall-timeout', '3',
         '--resync-interval', '30',
+        // The scaled outage below bounds the watches' retries (cap 3 s here, 30 s for real);
+        // the DNS Service read keeps its real 30 s schedule and its own backoff, which
+        // test/unit/kube-dns.test.ts checks: in a 6 s window it would be one more request.
+        '--dns-service', 'none',
       ]);
       await controller.waitFor('programmed');
     } catch (err) {
