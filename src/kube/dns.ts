@@ -64,7 +64,7 @@ export class DnsServiceReader {
       this.nextAt = now + DNS_REFRESH_MS;
     } catch (err) {
       this.failures++;
-      this.nextAt = now + Math.min(DNS_REFRESH_MS * 2 ** (this.failures - 1), DNS_REFRESH_MAX_MS);
+      this.nextAt = now + Math.min(DNS_REFRESH_MS * 2 ** this.failures, DNS_REFRESH_MAX_MS);
       this.log.warn('cannot read the DNS Service: keeping the last addresses', { service: `${this.ref.namespace}/${this.ref.name}`, addresses: this.last, error: err instanceof Error ? err.message : String(err) });
     }
   }
