@@ -7,7 +7,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test demo clean
+.PHONY: all build bpf ts cni rawframe layout setup test demo clean product product-ts
 
 all: build
 
@@ -64,21 +64,30 @@ build/rawframe: tools/rawframe/rawframe.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
 
-TS_SRC := $(shell find src -name '*.ts')
+# The agent (src/ -> dist/src/) and the harness (harness/ -> dist/harness/) in one compile.
+TS_SRC := $(shell find src harness -name '*.ts')
 
 ts: dist/.built
 
 dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
-	cp src/zds/zds.proto dist/zds/zds.proto
+	cp src/zds/zds.proto dist/src/zds/zds.proto
 	@touch $@
+
+# What the image holds (deploy/Dockerfile): the capture object, the CNI plugin and src/
+# alone; the harness, the test objects and the sanitizer build stay out.
+product: build/redirect.bpf.o build/ambient-redirect-cni product-ts
+
+product-ts: node_modules/.package-lock.json
+	npx tsc -p tsconfig.product.json
+	cp src/zds/zds.proto dist/src/zds/zds.proto
 
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
 # Regenerates the TypeScript view of the shared structs from the object's BTF.
 layout: build
-	node dist/bpf/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
+	node dist/src/bpf/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
 
 # Installs what a fresh machine lacks, mounts bpffs, builds. Quiet when all is there.
 setup:
@@ -88,7 +97,7 @@ test: setup
 	@bash scripts/test.sh
 
 demo: setup
-	node dist/cli/main.js demo
+	node dist/harness/main.js demo
 
 clean:
 	rm -rf build dist
@@ -111,6 +120,6 @@ kernel-matrix: setup build/tests/broken.bpf.o
 .PHONY: bench
 # The data path (BPF_PROG_RUN), live traffic through each capture mode on a simulated node,
 # and the control path, side by side in one run; writes docs/benchmarks.md and its chart
-# docs/benchmarks.svg. Root; a few minutes. Parts: `node dist/cli/main.js bench --help`.
+# docs/benchmarks.svg. Root; a few minutes. Parts: `node dist/harness/main.js bench --help`.
 bench: setup
-	node dist/cli/main.js bench --write docs/benchmarks.md
+	node dist/harness/main.js bench --write docs/benchmarks.md

@@ -5,9 +5,9 @@
  */
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { LEVELS, type Level } from './log.js';
 import { parseSelector } from './controller/enrollment.js';
+import { repoPath } from './lib/repo-path.js';
 
 export class ConfigError extends Error {
   constructor(message: string) {
@@ -74,10 +74,10 @@ export interface CniConfig {
   readonly plugin: string;
 }
 
-/** The object `make` builds, relative to this module (dist/ or src/). */
-export const DEFAULT_OBJECT = fileURLToPath(new URL('../build/redirect.bpf.o', import.meta.url));
+/** The object `make` builds, at the top of the checkout or image. */
+export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
 /** The CNI plugin `make` builds (tools/cni/). */
-export const DEFAULT_CNI_PLUGIN = fileURLToPath(new URL('../build/ambient-redirect-cni', import.meta.url));
+export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
 interface FlagSpec {
   env: string;

@@ -2,7 +2,7 @@
  * Generates src/bpf/layout.generated.ts from a compiled object's BTF, so that the
  * controller never holds a hand-made copy of a C struct.
  *
- *   node dist/bpf/layout-gen.js <object.o> <shared header> > src/bpf/layout.generated.ts
+ *   node dist/src/bpf/layout-gen.js <object.o> <shared header> > src/bpf/layout.generated.ts
  *
  * The structs taken are exactly those the shared header declares; one that the object's
  * BTF lacks (declared but never used by a program) is an error, not a silent omission.

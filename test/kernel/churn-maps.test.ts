@@ -12,7 +12,7 @@ import * as codec from '../../src/bpf/codec.js';
 import { BpfMap, BpfObject } from '../../src/bpf/object.js';
 import { diffPods, type Desired } from '../../src/controller/desired.js';
 import type { ActualState, ApplyResult } from '../../src/redirect/mode.js';
-import { newPrefix } from '../../src/sim/names.js';
+import { newPrefix } from '../../harness/sim/names.js';
 import { EVENTS, SEEDS, describeFailure, runSeed, type ChurnMode } from '../unit/churn.js';
 import { kernelDescribe } from './gate.js';
 

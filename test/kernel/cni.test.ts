@@ -11,12 +11,12 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
-import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../src/sim/runtime.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
+import { startController, runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
+import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 

@@ -22,7 +22,7 @@ async function leftovers(prefix: string): Promise<string[]> {
 kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF', () => {
   for (const mode of ['ebpf', 'iptables'] as const) {
     it(`tells the whole story in ${mode} mode: every step holds, PASS, nothing left behind`, async () => {
-      const out = await systemRunner.run([process.execPath, 'dist/cli/main.js', 'demo', '--mode', mode, '--pods', '3', '--rounds', '1'], { timeoutMs: 180_000 });
+      const out = await systemRunner.run([process.execPath, 'dist/harness/main.js', 'demo', '--mode', mode, '--pods', '3', '--rounds', '1'], { timeoutMs: 180_000 });
       const prefix = /network namespaces (\w+)-\*/.exec(out)?.[1];
       expect(prefix).toBeDefined();
       expect(out).toMatch(/pods start[\s\S]*label namespace "shop"[\s\S]*opts out[\s\S]*killed \(SIGKILL\)[\s\S]*ztunnel goes away[\s\S]*ztunnel comes back/);
@@ -36,7 +36,7 @@ kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF
   }
 
   it('tears everything down on Ctrl-C (SIGINT) mid-run', async () => {
-    const child = startProcess([process.execPath, 'dist/cli/main.js', 'demo', '--pods', '3', '--rounds', '2']);
+    const child = startProcess([process.execPath, 'dist/harness/main.js', 'demo', '--pods', '3', '--rounds', '2']);
     let out = '';
     const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     await new Promise<void>((resolve, reject) => {

@@ -1,9 +1,9 @@
 /** What the kernel tests of a simulated node share: its teardown, whatever state it is in. */
 import { rmSync } from 'node:fs';
 import { Cleanup } from '../../src/redirect/cleanup.js';
-import type { ControllerProcess } from '../../src/sim/controller.js';
-import { runInNode } from '../../src/sim/controller.js';
-import type { SimNode } from '../../src/sim/node.js';
+import type { ControllerProcess } from '../../harness/sim/controller.js';
+import { runInNode } from '../../harness/sim/controller.js';
+import type { SimNode } from '../../harness/sim/node.js';
 
 /**
  * Kills the controller, uninstalls what it installed, deletes the node's namespaces and

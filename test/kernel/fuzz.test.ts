@@ -14,7 +14,7 @@ import * as m from '../model/datapath.js';
 import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
-import { truncate } from '../../src/packet/builder.js';
+import { truncate } from '../../harness/packet/builder.js';
 import { kernelDescribe } from './gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);

@@ -1,7 +1,7 @@
 /**
  * The kernel matrix (docs/kernel-matrix.md, issue 10): Debian's 5.10, 6.1 and 6.12 cloud
  * kernels booted under qemu (TCG), and this machine's kernel, each running the controller's
- * own code (src/matrix/vm-runner.ts): the kernel probes and mode selection, every program of
+ * own code (harness/matrix/vm-runner.ts): the kernel probes and mode selection, every program of
  * ours loaded with the real loader, a negative control the verifier must reject, and the
  * packet corpus (every spec row and the fuzzer's frames) through BPF_PROG_RUN. The host
  * compares every outcome with the reference model and prints the table.
@@ -17,12 +17,12 @@ import * as m from '../model/datapath.js';
 import { disagreement, modelStateOf, type KernelOutcome, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ROWS, stateOf, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
-import { truncate } from '../../src/packet/builder.js';
+import { truncate } from '../../harness/packet/builder.js';
 import { BpfObject } from '../../src/bpf/object.js';
-import { TcAct } from '../../src/bpf/testrun.js';
+import { TcAct } from '../../harness/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { applyChanges, MATRIX_VETHS, parseReport, type Corpus, type CorpusRun, type CorpusState, type RunnerReport } from '../../src/matrix/corpus.js';
-import { formatTable, problemsOf, type KernelRow } from '../../src/matrix/report.js';
+import { applyChanges, MATRIX_VETHS, parseReport, type Corpus, type CorpusRun, type CorpusState, type RunnerReport } from '../../harness/matrix/corpus.js';
+import { formatTable, problemsOf, type KernelRow } from '../../harness/matrix/report.js';
 import { kernelDescribe } from './gate.js';
 
 const OBJECT = 'build/redirect.bpf.o';

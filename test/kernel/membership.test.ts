@@ -1,7 +1,7 @@
 /**
  * Kubernetes membership on the simulated node, with the controller as a real process in
  * the node netns, talking to the API double through a kubeconfig (the double is reached
- * over 127.0.0.1:6443 of the node netns, see src/sim/kube-api.ts). Oracles: bpftool's
+ * over 127.0.0.1:6443 of the node netns, see harness/sim/kube-api.ts). Oracles: bpftool's
  * dump of the pinned pods map, the servers' records of real connections, the double's
  * own request log and store.
  *
@@ -13,11 +13,11 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
-import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
+import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
+import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 

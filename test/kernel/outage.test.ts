@@ -8,11 +8,11 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
-import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
+import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
+import { createSimNode, type SimNode } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from './fixture.js';
 import { kernelDescribe } from './gate.js';
 

@@ -4,7 +4,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { createSimNode, newPrefix, type SimNode } from '../../src/sim/node.js';
+import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
 import { kernelDescribe } from './gate.js';
 
 const TIMEOUT = 30_000;

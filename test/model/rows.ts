@@ -4,7 +4,7 @@
  * verdict the spec gives, written by hand. The model's unit test checks the model against
  * it; the kernel test checks the programs against it (and the model on the same rows).
  */
-import * as b from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
 import type { StateSpec } from './harness.js';
 import { Mark, type VerdictName } from './datapath.js';
 

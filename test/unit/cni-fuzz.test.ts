@@ -21,7 +21,7 @@ import { CniHandler, type CniMembership } from '../../src/cni/handler.js';
 import { decodeReply, encodeReply, frameLength } from '../../src/cni/protocol.js';
 import { serveCni, type CniServer } from '../../src/cni/server.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { DEFAULT_PLUGIN } from '../../src/sim/runtime.js';
+import { DEFAULT_PLUGIN } from '../../harness/sim/runtime.js';
 import { Gen } from '../model/generate.js';
 import { contractViolations, crashOf, runRaw, type RawRun } from './cni-contract.js';
 import { quietLog } from './kube-harness.js';

@@ -59,7 +59,7 @@ describe('run configuration', () => {
 
 describe('the CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/cli/main.js', ...args]);
+    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/src/cli/main.js', ...args]);
 
   it('exits 2 with one line for a bad flag', async () => {
     const err = await cli(['run', '--ztunnel-ip', 'nope']).catch((e: unknown) => e);

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
-import { KubeApiDouble } from '../../src/sim/kube-api.js';
+import { KubeApiDouble } from '../../harness/sim/kube-api.js';
 import { FakeMode, fakeNet, fakeZtunnel, recordingLog } from './kube-harness.js';
 
 const NODE = 'node-a';

@@ -155,7 +155,7 @@ function allSpawned(): Map<string, string> {
   const note = (cmds: Set<string>, file: string) => {
     for (const c of cmds) if (!where.has(c)) where.set(c, file);
   };
-  for (const f of [...files('src', /\.ts$/), ...files('test', /\.ts$/), ...files('tools', /\.ts$/)]) {
+  for (const f of [...files('src', /\.ts$/), ...files('harness', /\.ts$/), ...files('test', /\.ts$/), ...files('tools', /\.ts$/)]) {
     if (f.endsWith('spawned-commands.test.ts')) continue;
     note(tsCommands(readFileSync(f, 'utf8')), f);
   }

@@ -114,8 +114,8 @@ function relay(server: net.Server, describe: (s: net.Socket) => object): void {
 }
 
 async function runZtunnel(ports: number[], proxy: boolean): Promise<void> {
-  // Loaded only here: it loads libbpf, which the other modes do not need.
-  const { AF_INET, AF_INET6, transparentListener } = await import('../bpf/ffi.js');
+  // Loaded only here: it loads koffi, which the other modes do not need.
+  const { AF_INET, AF_INET6, transparentListener } = await import('./transparent.js');
   const servers: [net.Server, object][] = [];
   for (const port of ports) {
     for (const family of [AF_INET, AF_INET6] as const) {

@@ -8,7 +8,7 @@
  * sockets. `enterNetns` moves the calling thread into a namespace of our own for that.
  */
 import { closeSync, openSync } from 'node:fs';
-import * as ffi from './ffi.js';
+import * as ffi from '../../src/bpf/ffi.js';
 
 /** TC verdicts (linux/pkt_cls.h). */
 export const TcAct = { OK: 0, SHOT: 2, REDIRECT: 7 } as const;

@@ -1,7 +1,7 @@
 /**
  * CNI plugin overhead (figures, not a test):
  *
- *   node dist/bench/cni.js [--pods 40]
+ *   node dist/harness/bench/cni.js [--pods 40]
  *
  * On a simulated node (root: network namespaces, BPF), the agent runs as a process with
  * Kubernetes membership from the API double and the CNI gate on; the runtime stand-in

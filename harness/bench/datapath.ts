@@ -6,9 +6,9 @@
  * maps are the loaded object's own (no pins). Runs in the calling thread's netns, with
  * the pod's veth standing in as loopback (ifindex 1): BPF_PROG_RUN needs a device there.
  */
-import * as codec from '../bpf/codec.js';
-import * as ffi from '../bpf/ffi.js';
-import { BpfObject } from '../bpf/object.js';
+import * as codec from '../../src/bpf/codec.js';
+import * as ffi from '../../src/bpf/ffi.js';
+import { BpfObject } from '../../src/bpf/object.js';
 import { runProgram, isNotRunnable } from '../bpf/testrun.js';
 import * as b from '../packet/builder.js';
 

@@ -7,7 +7,7 @@ import { rmSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { startProcess } from '../host/runner.js';
+import { startProcess } from '../../src/host/runner.js';
 import { distEntry } from './dist.js';
 import { KubeApiDouble, type KubeApiOptions } from './kube-api.js';
 

@@ -3,9 +3,9 @@
  * loaded object's maps. Shared by the in-kernel harness (test/model/harness.ts) and the
  * kernel matrix's in-VM runner, so both put exactly the same entries in the maps.
  */
-import * as codec from '../bpf/codec.js';
-import * as ffi from '../bpf/ffi.js';
-import type { BpfObject } from '../bpf/object.js';
+import * as codec from '../../src/bpf/codec.js';
+import * as ffi from '../../src/bpf/ffi.js';
+import type { BpfObject } from '../../src/bpf/object.js';
 
 export interface MapState {
   pods: readonly { ip: string; ifindex: number; mac?: string; flags: number }[];

@@ -8,7 +8,7 @@
  * promises; an enrolled pod reaching the outside directly fails it at once.
  */
 import { mkdirSync, rmSync } from 'node:fs';
-import type { CommandRunner } from '../host/runner.js';
+import type { CommandRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from './controller.js';
 import { startSimKubeApi, type SimKubeApi } from './kube-sim.js';
 import type { SimNode, SimPod, SimServer } from './node.js';

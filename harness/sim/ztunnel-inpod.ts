@@ -9,16 +9,16 @@
  * pod. It reports what it holds and every connection it accepts on those listeners.
  *
  * Usable in-process (class ZtunnelInpod) or as a process:
- *   node dist/sim/ztunnel-inpod.js --socket PATH
+ *   node dist/harness/sim/ztunnel-inpod.js --socket PATH
  * which prints one JSON object per line (`connected`, `add`, `del`, `snapshot`, `accepted`).
  */
 import { fstatSync, openSync, closeSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { setNetns } from '../bpf/ffi.js';
-import { AF_INET, AF_INET6, closeFd, LibcError, markedListener, sharedPoller, recvDatagram, seqpacketConnect, sendDatagram } from '../host/libc.js';
-import { decodeRequest, encodeHello, encodeResponse, MAX_DATAGRAM, Version, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from '../zds/codec.js';
+import { setNetns } from '../../src/bpf/ffi.js';
+import { AF_INET, AF_INET6, closeFd, LibcError, markedListener, sharedPoller, recvDatagram, seqpacketConnect, sendDatagram } from '../../src/host/libc.js';
+import { decodeRequest, encodeHello, encodeResponse, MAX_DATAGRAM, Version, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from '../../src/zds/codec.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
 export const ZTUNNEL_MARK = 0x539;

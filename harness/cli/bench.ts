@@ -1,5 +1,5 @@
 /**
- * `ambient-redirect bench`: figures, not tests. The data path's cost per packet
+ * `ambient-redirect-harness bench`: figures, not tests. The data path's cost per packet
  * (BPF_PROG_RUN), live traffic through each capture mode on a simulated node, and the
  * control-path benchmark; with `--write` the Markdown report and its SVG chart.
  */
@@ -8,7 +8,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, parseFlags } from '../config.js';
+import { ConfigError, parseFlags } from '../../src/config.js';
 import { DEFAULT_TRAFFIC, type TrafficRun } from '../bench/traffic.js';
 import { ratios, ratioSvg, ratioTable, renderMarkdown, trafficTable, type ReportInput } from '../bench/report.js';
 
@@ -29,7 +29,7 @@ const FLAGS = {
   concurrency: { env: 'BENCH_CONCURRENCY', help: 'parallel connect loops of the connections/s workload', default: String(DEFAULT_TRAFFIC.concurrency) },
 };
 
-export const benchUsage = `usage: ambient-redirect bench [--only datapath,traffic,control] [--write FILE.md]
+export const benchUsage = `usage: ambient-redirect-harness bench [--only datapath,traffic,control] [--write FILE.md]
                               [--repeat N] [--rounds N] [--object PATH]
                               [--traffic-rounds N] [--seconds S] [--concurrency N]
 
@@ -39,8 +39,8 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   traffic   connections/s, request/response and stream throughput from a pod of a simulated
             node: no capture, ebpf mode, iptables mode, an unenrolled pod beside ebpf mode;
             the ratios issue 6 sets goals for (builds network namespaces; tears them down)
-  control   src/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
-            src/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces)
+  control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
+            harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces)
 All parts by default. Tables on stdout, progress on stderr. --write FILE.md also writes
 the chart as FILE.svg. Root (BPF, network namespaces); Ctrl-C tears down what it built.
 `;
@@ -59,7 +59,7 @@ function parts(value: string): Set<Part> {
 }
 
 /**
- * The control-path benchmarks this build has (`src/bench/control.ts`, `src/bench/cni.ts`;
+ * The control-path benchmarks this build has (`harness/bench/control.ts`, `harness/bench/cni.ts`;
  * a new one is one more entry here): each run as its own process, its summary kept as
  * printed.
  */
@@ -78,9 +78,9 @@ async function runControl(signal: AbortSignal): Promise<{ scripts: { script: str
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     signal.removeEventListener('abort', onAbort);
     if (code !== 0) throw new Error(`${name} exited with ${code}${signal.aborted ? ' (interrupted)' : ''}`);
-    scripts.push({ script: `src/bench/${name.replace(/\.js$/, '.ts')}`, lines: out.split('\n').map((l) => l.trim()).filter(Boolean) });
+    scripts.push({ script: `harness/bench/${name.replace(/\.js$/, '.ts')}`, lines: out.split('\n').map((l) => l.trim()).filter(Boolean) });
   }
-  return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`src/bench/control.ts`).' };
+  return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`harness/bench/control.ts`).' };
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {

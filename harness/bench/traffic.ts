@@ -20,7 +20,7 @@
  */
 import { mkdirSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startProcess, systemRunner } from '../host/runner.js';
+import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess, type LogEvent } from '../sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';

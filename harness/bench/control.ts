@@ -1,7 +1,7 @@
 /**
  * Control-plane benchmark (figures, not a test):
  *
- *   node dist/bench/control.js [--total 10000] [--node-pods 250] [--rate 20] [--seconds 10]
+ *   node dist/harness/bench/control.js [--total 10000] [--node-pods 250] [--rate 20] [--seconds 10]
  *
  * This process hosts the API double (127.0.0.1) with `total` pods, `node-pods` of them on
  * this node; a child process runs the agent's control plane (watches, cache, enrollment,
@@ -16,13 +16,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { diffPods, type Desired } from '../controller/desired.js';
-import { Controller } from '../controller/controller.js';
-import type { HostNet, Link } from '../host/netinfo.js';
-import { KubeMembership, kubeTransport, loadKubeConfig } from '../kube/index.js';
-import { createLogger } from '../log.js';
-import type { ActualState, RedirectMode } from '../redirect/mode.js';
-import type { PodInfo } from '../bpf/codec.js';
+import { diffPods, type Desired } from '../../src/controller/desired.js';
+import { Controller } from '../../src/controller/controller.js';
+import type { HostNet, Link } from '../../src/host/netinfo.js';
+import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
+import { createLogger } from '../../src/log.js';
+import type { ActualState, RedirectMode } from '../../src/redirect/mode.js';
+import type { PodInfo } from '../../src/bpf/codec.js';
 import { KubeApiDouble } from '../sim/kube-api.js';
 
 const NODE = 'bench-node';

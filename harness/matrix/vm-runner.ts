@@ -4,20 +4,20 @@
  * kernel facts and selectMode of `run`, probeVariant/probeDelivery of the ebpf mode, the
  * BpfObject loader over the system libbpf through koffi, and BPF_PROG_RUN of the kernel
  * tests. It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
- * (src/matrix/corpus.ts); the host compares the outcomes with the reference model.
+ * (harness/matrix/corpus.ts); the host compares the outcomes with the reference model.
  *
- *   node dist/matrix/vm-runner.js corpus.json
+ *   node dist/harness/matrix/vm-runner.js corpus.json
  *
  * Expects the two veths of MATRIX_VETHS in its netns (scripts/kernel-matrix.sh makes them).
  */
 import { readFileSync } from 'node:fs';
-import * as ffi from '../bpf/ffi.js';
-import { BpfObject } from '../bpf/object.js';
-import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../bpf/tc.js';
+import * as ffi from '../../src/bpf/ffi.js';
+import { BpfObject } from '../../src/bpf/object.js';
+import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
 import { isNotRunnable, runProgram } from '../bpf/testrun.js';
-import { gatherKernelFacts } from '../host/kernel.js';
-import { probeDelivery, probeVariant } from '../redirect/ebpf.js';
-import { selectMode } from '../redirect/select.js';
+import { gatherKernelFacts } from '../../src/host/kernel.js';
+import { probeDelivery, probeVariant } from '../../src/redirect/ebpf.js';
+import { selectMode } from '../../src/redirect/select.js';
 import { applyMapState } from './state.js';
 import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type CorpusState, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
 

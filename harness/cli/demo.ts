@@ -1,6 +1,6 @@
-/** `ambient-redirect demo`: the whole story on a simulated node of this machine. */
+/** `ambient-redirect-harness demo`: the whole story on a simulated node of this machine. */
 import { rmSync } from 'node:fs';
-import { ConfigError, parseFlags } from '../config.js';
+import { ConfigError, parseFlags } from '../../src/config.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { runStory } from '../sim/story.js';
@@ -11,7 +11,7 @@ const FLAGS = {
   rounds: { env: 'DEMO_ROUNDS', help: 'connections per pod per step', default: '3' },
 };
 
-export const demoUsage = `usage: ambient-redirect demo [--mode ebpf|iptables] [--pods N] [--rounds N]
+export const demoUsage = `usage: ambient-redirect-harness demo [--mode ebpf|iptables] [--pods N] [--rounds N]
 
 Builds a simulated node out of network namespaces on this machine (a node, N pods, a
 ztunnel stand-in, an outside server), a Kubernetes API double, and runs the controller in

@@ -2,18 +2,18 @@
  * Raw frames on the simulated node, for the bypass hunt: send crafted Ethernet frames out
  * of an interface of a netns, and sniff what interfaces receive and what a netns delivers
  * to itself. Both go through `build/rawframe` (tools/rawframe/rawframe.c) run with
- * `ip netns exec`; frames come from src/packet/builder.ts, whose L4 checksums are zero,
+ * `ip netns exec`; frames come from harness/packet/builder.ts, whose L4 checksums are zero,
  * so `withChecksums` fills them in (a receiver that checks would drop the frame, and
  * a frame the far side drops is one the hunt could not see get through).
  */
 import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
+import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import { IpProto } from '../packet/builder.js';
+import { repoPath } from '../../src/lib/repo-path.js';
 
 export function rawframeBin(): string {
-  const path = fileURLToPath(new URL('../../build/rawframe', import.meta.url));
+  const path = repoPath('build/rawframe', import.meta.url);
   if (!existsSync(path)) throw new Error(`${path} is not built: run make build`);
   return path;
 }

@@ -18,13 +18,14 @@ import { dirname } from 'node:path';
 import { connect as netConnect } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
+import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
+import { repoPath } from '../../src/lib/repo-path.js';
 import { distEntry } from './dist.js';
 import type { KubeApiDouble } from './kube-api.js';
 import { names, OUTSIDE_HOST_IP } from './names.js';
 import { unwirePod, wirePod, type SimNode, type SimPod } from './node.js';
 
-export const DEFAULT_PLUGIN = fileURLToPath(new URL('../../build/ambient-redirect-cni', import.meta.url));
+export const DEFAULT_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
 export interface PluginConf {
   socketPath: string;

@@ -8,9 +8,9 @@
  */
 import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { Cleanup } from '../redirect/cleanup.js';
+import { Cleanup } from '../../src/redirect/cleanup.js';
 import { distEntry } from './dist.js';
-import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
+import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import {
   GATEWAY_IP,
   GATEWAY_IP6,
@@ -398,7 +398,7 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
   };
 }
 
-// --- for the runtime stand-in (src/sim/runtime.ts) ---------------------------------------
+// --- for the runtime stand-in (harness/sim/runtime.ts) ---------------------------------------
 
 /**
  * The primary CNI's work for one pod, as a runtime's first plugin does it: a new netns,

@@ -5,7 +5,7 @@
  * pod sees the node's network and the host's bpffs.
  */
 import { createInterface } from 'node:readline';
-import { startProcess, systemRunner, type CommandRunner } from '../host/runner.js';
+import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import { distEntry } from './dist.js';
 
 export interface LogEvent {
