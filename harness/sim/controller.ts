@@ -28,7 +28,7 @@ export interface ControllerProcess {
 }
 
 function inNode(nodeNs: string, args: readonly string[]): string[] {
-  return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, distEntry('../cli/main.js'), ...args];
+  return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, distEntry('../../src/cli/main.js'), ...args];
 }
 
 export function startController(nodeNs: string, args: readonly string[]): ControllerProcess {
