@@ -64,8 +64,9 @@ build/rawframe: tools/rawframe/rawframe.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
 
-# The agent (src/ -> dist/src/) and the harness (harness/ -> dist/harness/) in one compile.
-TS_SRC := $(shell find src harness -name '*.ts')
+# The agent (src/ -> dist/src/), the harness (harness/ -> dist/harness/) and the build-time
+# generators (tools/ -> dist/tools/) in one compile.
+TS_SRC := $(shell find src harness tools -name '*.ts')
 
 ts: dist/.built
 
@@ -87,7 +88,7 @@ node_modules/.package-lock.json: package-lock.json
 
 # Regenerates the TypeScript view of the shared structs from the object's BTF.
 layout: build
-	node dist/src/bpf/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
+	node dist/tools/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
 
 # Installs what a fresh machine lacks, mounts bpffs, builds. Quiet when all is there.
 setup:

@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { LEVELS, type Level } from './log.js';
-import { parseSelector } from './controller/enrollment.js';
+import { parseSelector } from './core/enrollment.js';
 import { repoPath } from './lib/repo-path.js';
 
 export class ConfigError extends Error {

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { diffPods, type Desired } from '../../src/controller/desired.js';
+import { diffPods, type Desired } from '../../src/core/desired.js';
 import { Controller } from '../../src/controller/controller.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';

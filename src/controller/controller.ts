@@ -10,7 +10,7 @@
  * would delete more than `maxDeleteShare` of the entries holds those deletes until a
  * second, confirming list agrees (the circuit breaker).
  */
-import { desiredState, type ZtunnelPlacement } from './desired.js';
+import { desiredState, type ZtunnelPlacement } from '../core/desired.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
 import { readHostNet, type HostNet } from '../host/netinfo.js';

@@ -6,7 +6,7 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
-import { DATAPLANE_LABEL, enrolledPods, selectZtunnel, STATUS_ANNOTATION, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import { DATAPLANE_LABEL, enrolledPods, selectZtunnel, STATUS_ANNOTATION, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../core/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';

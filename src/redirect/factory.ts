@@ -7,7 +7,7 @@ import type { CommandRunner } from '../host/runner.js';
 import { createLogger, type Logger } from '../log.js';
 import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
 import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables.js';
-import type { Desired } from '../controller/desired.js';
+import type { Desired } from '../core/desired.js';
 import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import { selectMode, selectTunnel, type KernelFacts, type RequestedTunnel } from './select.js';

@@ -4,7 +4,7 @@
  * state comes from iptables-rules.ts; this module reads what the kernel holds, applies
  * the difference, and uninstalls. Every command goes through the CommandRunner.
  */
-import type { Desired } from '../controller/desired.js';
+import type { Desired } from '../core/desired.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
 import { Cleanup, type CleanupReport, isMissingTool } from './cleanup.js';

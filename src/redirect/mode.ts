@@ -3,7 +3,7 @@
  * start and talks to it only through this interface.
  */
 import type { PodInfo, ZtunnelInfo } from '../bpf/codec.js';
-import type { Desired } from '../controller/desired.js';
+import type { Desired } from '../core/desired.js';
 
 export interface ActualState {
   pods: Map<string, PodInfo>;

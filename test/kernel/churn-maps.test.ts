@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfMap, BpfObject } from '../../src/bpf/object.js';
-import { diffPods, type Desired } from '../../src/controller/desired.js';
+import { diffPods, type Desired } from '../../src/core/desired.js';
 import type { ActualState, ApplyResult } from '../../src/redirect/mode.js';
 import { newPrefix } from '../../harness/sim/names.js';
 import { EVENTS, SEEDS, describeFailure, runSeed, type ChurnMode } from '../unit/churn.js';

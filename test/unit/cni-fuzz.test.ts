@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import type { NamespaceView } from '../../src/controller/enrollment.js';
+import type { NamespaceView } from '../../src/core/enrollment.js';
 import { CniHandler, type CniMembership } from '../../src/cni/handler.js';
 import { decodeReply, encodeReply, frameLength } from '../../src/cni/protocol.js';
 import { serveCni, type CniServer } from '../../src/cni/server.js';

@@ -1,7 +1,8 @@
 /**
  * The layout's rules, read from the code's imports (README "Layout"): the agent (src/)
- * never imports the test harness (harness/), and the image's build neither copies nor
- * compiles the harness.
+ * never imports the test harness (harness/), the image's build neither copies nor
+ * compiles the harness, no two folders of src/ import each other (directly or round a
+ * longer loop), and src/core/ imports nothing of ours.
  */
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
@@ -27,6 +28,63 @@ export function importsOf(file: string): string[] {
   }
   return out;
 }
+
+/** The folder of src/ a file belongs to (a file at the top of src/ is a node of its own). */
+const folderOf = (file: string): string => file.split('/').slice(1, -1)[0] ?? file.split('/')[1]!;
+
+/** src/'s folder-level import graph: folder -> the other folders it imports. */
+export function folderGraph(files: string[], importsOfFile: (f: string) => string[]): Map<string, Set<string>> {
+  const graph = new Map<string, Set<string>>();
+  for (const f of files) {
+    for (const t of importsOfFile(f)) {
+      if (!t.startsWith('src/')) continue;
+      const [a, b] = [folderOf(f), folderOf(t)];
+      if (a === b) continue;
+      if (!graph.has(a)) graph.set(a, new Set());
+      graph.get(a)!.add(b);
+    }
+  }
+  return graph;
+}
+
+/** Every elementary cycle of the graph, each once (it starts at its smallest folder). */
+export function cycles(graph: Map<string, Set<string>>): string[] {
+  const out: string[] = [];
+  for (const start of [...graph.keys()].sort()) {
+    const path = [start];
+    const visit = (v: string): void => {
+      for (const w of [...(graph.get(v) ?? [])].sort()) {
+        if (w === start) out.push([...path, start].join(' -> '));
+        else if (w > start && !path.includes(w)) {
+          path.push(w);
+          visit(w);
+          path.pop();
+        }
+      }
+    };
+    visit(start);
+  }
+  return out;
+}
+
+describe('folder-level import cycles', () => {
+  it('are found, each once, on a graph that has them', () => {
+    const g = new Map([['a', new Set(['b'])], ['b', new Set(['a', 'c'])], ['c', new Set(['a'])], ['d', new Set(['a'])]]);
+    expect(cycles(g)).toEqual(['a -> b -> a', 'a -> b -> c -> a']);
+    expect(folderGraph(['src/x/1.ts', 'src/y/2.ts', 'src/z.ts'], (f) => (f === 'src/x/1.ts' ? ['src/y/2.ts', 'src/z.ts', 'src/x/3.ts'] : ['src/x/1.ts']))).toEqual(
+      new Map([['x', new Set(['y', 'z.ts'])], ['y', new Set(['x'])], ['z.ts', new Set(['x'])]]),
+    );
+  });
+
+  it('there are none in src/', () => {
+    expect(cycles(folderGraph(tsFiles('src'), importsOf))).toEqual([]);
+  });
+
+  it('src/core/ imports nothing of ours outside itself', () => {
+    const bad = tsFiles('src/core').flatMap((f) => importsOf(f).filter((t) => !t.startsWith('src/core/')).map((t) => `${f} -> ${t}`));
+    expect(bad).toEqual([]);
+  });
+});
 
 describe('src/ and the harness', () => {
   it('finds the imports it checks (the reader works)', () => {

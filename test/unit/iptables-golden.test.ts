@@ -9,7 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
-import type { Desired } from '../../src/controller/desired.js';
+import type { Desired } from '../../src/core/desired.js';
 import { CommandError, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
 import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/redirect/iptables.js';

@@ -2,13 +2,13 @@
  * Generates src/bpf/layout.generated.ts from a compiled object's BTF, so that the
  * controller never holds a hand-made copy of a C struct.
  *
- *   node dist/src/bpf/layout-gen.js <object.o> <shared header> > src/bpf/layout.generated.ts
+ *   node dist/tools/layout-gen.js <object.o> <shared header> > src/bpf/layout.generated.ts
  *
  * The structs taken are exactly those the shared header declares; one that the object's
  * BTF lacks (declared but never used by a program) is an error, not a silent omission.
  */
 import { readFileSync } from 'node:fs';
-import { systemRunner } from '../host/runner.js';
+import { systemRunner } from '../src/host/runner.js';
 
 interface BtfType {
   id: number;

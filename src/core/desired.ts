@@ -3,8 +3,8 @@
  * data path must have; diff it against what the kernel holds. Plain data in, plain data
  * out; no kernel, no processes.
  */
-import { PodFlags, ZtunnelFlags, type PodInfo, type ZtunnelInfo } from '../bpf/codec.js';
-import { hostLinkFor, type HostNet, type Link } from '../host/netinfo.js';
+import { hostLinkFor, type HostNet, type Link } from './node.js';
+import { PodFlags, ZtunnelFlags, type PodInfo, type ZtunnelInfo } from './values.js';
 
 /** Where ztunnel is, as far as the host can tell. */
 export interface ZtunnelPlacement {
