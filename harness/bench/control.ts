@@ -21,7 +21,7 @@ import { Controller } from '../../src/controller/controller.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
 import { createLogger } from '../../src/log.js';
-import type { ActualState, RedirectMode } from '../../src/redirect/mode.js';
+import type { ActualState, RedirectMode } from '../../src/capture/mode.js';
 import type { PodInfo } from '../../src/bpf/codec.js';
 import { KubeApiDouble } from '../sim/kube-api.js';
 

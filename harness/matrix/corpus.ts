@@ -66,7 +66,7 @@ export interface RunnerFacts {
   libbpf: string;
   probes: Record<string, boolean> | null;
   probeError?: string;
-  /** probeVariant() / probeDelivery() of src/redirect/ebpf.ts, run on this kernel. */
+  /** probeVariant() / probeDelivery() of src/capture/ebpf/ebpf.ts, run on this kernel. */
   variant: string;
   delivery: string;
   /** selectMode('auto', gatherKernelFacts()) on this kernel, or the error it threw. */

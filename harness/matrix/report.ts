@@ -3,7 +3,7 @@
  * (docs/kernel-matrix.md). Pure: the host's comparison of outcomes with the model happens
  * in the test, which hands the counts in.
  */
-import { parseRelease, selectMode } from '../../src/redirect/select.js';
+import { parseRelease, selectMode } from '../../src/capture/select.js';
 import type { RunnerReport } from './corpus.js';
 
 /** DESIGN.md: fewer than 4096 instructions per program (4.20's BPF_MAXINSNS). */

@@ -16,8 +16,8 @@ import { BpfObject } from '../../src/bpf/object.js';
 import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
 import { isNotRunnable, runProgram } from '../bpf/testrun.js';
 import { gatherKernelFacts } from '../../src/host/kernel.js';
-import { probeDelivery, probeVariant } from '../../src/redirect/ebpf.js';
-import { selectMode } from '../../src/redirect/select.js';
+import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
+import { selectMode } from '../../src/capture/select.js';
 import { applyMapState } from './state.js';
 import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type CorpusState, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
 

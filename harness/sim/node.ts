@@ -8,7 +8,7 @@
  */
 import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { Cleanup } from '../../src/redirect/cleanup.js';
+import { Cleanup } from '../../src/capture/cleanup.js';
 import { distEntry } from './dist.js';
 import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import {

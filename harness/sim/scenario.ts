@@ -5,7 +5,7 @@
  * story.ts, with Kubernetes.)
  */
 import { mkdirSync, rmSync } from 'node:fs';
-import { Cleanup } from '../../src/redirect/cleanup.js';
+import { Cleanup } from '../../src/capture/cleanup.js';
 import { runPinRoot } from './names.js';
 import type { SimNode, SimServer } from './node.js';
 import { runInNode, startController, type ControllerProcess } from './controller.js';

@@ -5,8 +5,8 @@ import { systemRunner } from '../host/runner.js';
 import { DnsServiceReader, KubeMembership, kubeTransport, loadKubeConfig, type KubeTransport } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, podCounters, serveMetrics } from '../metrics/index.js';
-import { createRedirectMode, resolveMode } from '../redirect/factory.js';
-import type { RedirectMode } from '../redirect/mode.js';
+import { createRedirectMode, resolveMode } from '../capture/factory.js';
+import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
 

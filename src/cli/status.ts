@@ -12,8 +12,8 @@ import { gatherKernelFacts } from '../host/kernel.js';
 import { readHostNet } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
 import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
-import { IPSET } from '../redirect/iptables-rules.js';
-import { selectMode, type KernelFacts } from '../redirect/select.js';
+import { IPSET } from '../capture/iptables/rules.js';
+import { selectMode, type KernelFacts } from '../capture/select.js';
 
 const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
 

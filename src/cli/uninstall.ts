@@ -2,7 +2,7 @@
 import { parseFlags } from '../config.js';
 import { systemRunner } from '../host/runner.js';
 import { createLogger } from '../log.js';
-import { uninstallAll } from '../redirect/factory.js';
+import { uninstallAll } from '../capture/factory.js';
 
 const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
 

@@ -16,7 +16,7 @@ import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
 import { readHostNet, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
-import type { ApplyResult, RedirectMode } from '../redirect/mode.js';
+import type { ApplyResult, RedirectMode } from '../capture/mode.js';
 
 export interface MembershipView {
   /** False until every source delivered a full list: no entry is deleted before. */

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfMap, BpfObject } from '../../src/bpf/object.js';
 import { diffPods, type Desired } from '../../src/core/desired.js';
-import type { ActualState, ApplyResult } from '../../src/redirect/mode.js';
+import type { ActualState, ApplyResult } from '../../src/capture/mode.js';
 import { newPrefix } from '../../harness/sim/names.js';
 import { EVENTS, SEEDS, describeFailure, runSeed, type ChurnMode } from '../unit/churn.js';
 import { kernelDescribe } from './gate.js';

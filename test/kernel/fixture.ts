@@ -1,6 +1,6 @@
 /** What the kernel tests of a simulated node share: its teardown, whatever state it is in. */
 import { rmSync } from 'node:fs';
-import { Cleanup } from '../../src/redirect/cleanup.js';
+import { Cleanup } from '../../src/capture/cleanup.js';
 import type { ControllerProcess } from '../../harness/sim/controller.js';
 import { runInNode } from '../../harness/sim/controller.js';
 import type { SimNode } from '../../harness/sim/node.js';

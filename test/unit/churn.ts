@@ -13,7 +13,7 @@
  */
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership } from '../../src/kube/membership.js';
-import type { RedirectMode } from '../../src/redirect/mode.js';
+import type { RedirectMode } from '../../src/capture/mode.js';
 import { rng } from '../model/generate.js';
 import { FakeMode, InProcessTransport, fakeNet, fakeZtunnel, quietLog } from './kube-harness.js';
 

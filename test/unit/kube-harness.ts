@@ -8,7 +8,7 @@ import { diffPods, type Desired } from '../../src/core/desired.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 import type { KubeTransport, WatchHandle } from '../../src/kube/http.js';
 import type { Logger } from '../../src/log.js';
-import type { ActualState, ApplyResult, RedirectMode } from '../../src/redirect/mode.js';
+import type { ActualState, ApplyResult, RedirectMode } from '../../src/capture/mode.js';
 
 export class FakeMode implements RedirectMode {
   readonly name = 'ebpf' as const;

@@ -4,20 +4,20 @@
  * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
  * Maps are pinned under the pin folder and adopted when already there.
  */
-import { BpfMap } from '../bpf/object.js';
-import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../bpf/install.js';
-import * as codec from '../bpf/codec.js';
-import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../bpf/ffi.js';
-import { netnsPath, withNetns } from '../bpf/netns.js';
-import { ensurePinDir, pinDir, removePins } from '../bpf/pins.js';
-import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../bpf/tc.js';
-import { parseLinks, readHostNet } from '../host/netinfo.js';
-import type { CommandRunner } from '../host/runner.js';
-import type { Desired, ZtunnelPlacement } from '../core/desired.js';
-import { diffHooks, diffPods } from '../core/desired.js';
-import type { Logger } from '../log.js';
-import { Cleanup, type CleanupReport } from './cleanup.js';
-import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
+import { BpfMap } from '../../bpf/object.js';
+import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
+import * as codec from '../../bpf/codec.js';
+import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../../bpf/ffi.js';
+import { netnsPath, withNetns } from '../../bpf/netns.js';
+import { ensurePinDir, pinDir, removePins } from '../../bpf/pins.js';
+import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../bpf/tc.js';
+import { parseLinks, readHostNet } from '../../host/netinfo.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { Desired, ZtunnelPlacement } from '../../core/desired.js';
+import { diffHooks, diffPods } from '../../core/desired.js';
+import type { Logger } from '../../log.js';
+import { Cleanup, type CleanupReport } from '../cleanup.js';
+import type { ActualState, ApplyResult, RedirectMode } from '../mode.js';
 import { configureZtunnelNetns, unconfigureZtunnelNetns, type Delivery } from './ztunnel-netns.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';

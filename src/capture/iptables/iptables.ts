@@ -1,14 +1,14 @@
 /**
  * The iptables capture mode: an ipset of enrolled pods, mangle marks, `ip rule` fwmark →
  * route tables, Geneve (or VXLAN) tunnels to ztunnel's netns, TPROXY there. The desired
- * state comes from iptables-rules.ts; this module reads what the kernel holds, applies
+ * state comes from rules.ts; this module reads what the kernel holds, applies
  * the difference, and uninstalls. Every command goes through the CommandRunner.
  */
-import type { Desired } from '../core/desired.js';
-import type { CommandRunner } from '../host/runner.js';
-import type { Logger } from '../log.js';
-import { Cleanup, type CleanupReport, isMissingTool } from './cleanup.js';
-import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
+import type { Desired } from '../../core/desired.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { Logger } from '../../log.js';
+import { Cleanup, type CleanupReport, isMissingTool } from '../cleanup.js';
+import type { ActualState, ApplyResult, RedirectMode } from '../mode.js';
 import {
   ALIAS_PREFIX,
   FAMILIES,
@@ -35,8 +35,8 @@ import {
   type SidePlan,
   type TunnelSpec,
   type ZtunnelSide,
-} from './iptables-rules.js';
-import type { Tunnel } from './select.js';
+} from './rules.js';
+import type { Tunnel } from '../select.js';
 
 // --- the iptables backend --------------------------------------------------------------
 

@@ -4,8 +4,8 @@
  * sockets are not assigned by BPF, TPROXY rules that pick the listener by mark. All of
  * it sits in our own chain and table, so it can be checked and removed by name.
  */
-import { constants } from '../bpf/layout.generated.js';
-import type { CommandRunner } from '../host/runner.js';
+import { constants } from '../../bpf/layout.generated.js';
+import type { CommandRunner } from '../../host/runner.js';
 
 export type Delivery = 'sk_assign' | 'tproxy';
 

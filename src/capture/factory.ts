@@ -5,8 +5,8 @@
 import { gatherKernelFacts } from '../host/kernel.js';
 import type { CommandRunner } from '../host/runner.js';
 import { createLogger, type Logger } from '../log.js';
-import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf.js';
-import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables.js';
+import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf/ebpf.js';
+import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables/iptables.js';
 import type { Desired } from '../core/desired.js';
 import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';

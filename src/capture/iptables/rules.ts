@@ -24,7 +24,7 @@
  * and drift repair find exactly ours, and nothing else, in shared tables.
  */
 import { isIPv6 } from 'node:net';
-import type { Tunnel } from './select.js';
+import type { Tunnel } from '../select.js';
 
 export type Family = 4 | 6;
 export const FAMILIES: readonly Family[] = [4, 6];
