@@ -4,7 +4,8 @@
  * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
  * Maps are pinned under the pin folder and adopted when already there.
  */
-import { BpfMap } from '../../bpf/object.js';
+import type { BpfMap } from '../../bpf/object.js';
+import { openPinnedMap, type PinnedMapName } from '../../bpf/maps.js';
 import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
 import * as codec from '../../bpf/codec.js';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../../bpf/ffi.js';
@@ -101,7 +102,7 @@ export class EbpfRedirect implements RedirectMode {
     this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
   }
 
-  private map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'counters' | 'qdiscs'): BpfMap {
+  private map(name: PinnedMapName): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`ebpf mode not initialised (map ${name})`);
     return m;
@@ -229,7 +230,7 @@ export class EbpfRedirect implements RedirectMode {
 async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<ZtunnelPlacement | null> {
   const path = join(pinDir(pinRoot), 'ztunnel');
   if (!existsSync(path)) return null;
-  const map = BpfMap.openPinned(path, 'ztunnel', { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 });
+  const map = openPinnedMap(pinDir(pinRoot), 'ztunnel');
   let zt: codec.ZtunnelInfo | null;
   try {
     const v = map.lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
@@ -249,7 +250,7 @@ async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<Zt
 function createdQdiscs(pinRoot: string): Set<string> {
   const path = join(pinDir(pinRoot), 'qdiscs');
   if (!existsSync(path)) return new Set();
-  const map = BpfMap.openPinned(path, 'qdiscs', { keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: 0 });
+  const map = openPinnedMap(pinDir(pinRoot), 'qdiscs');
   try {
     return new Set(map.keys().map((k) => {
       const { ifindex, netns } = codec.decodeQdiscKey(k);
