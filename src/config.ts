@@ -4,17 +4,14 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
-import { parseArgs } from 'node:util';
 import { LEVELS, type Level } from './log.js';
 import { parseSelector } from './core/enrollment.js';
+import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
 import { repoPath } from './lib/repo-path.js';
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+// Commands import these from here as well as from lib/flags.ts.
+export { ConfigError, parseFlags, usageOf };
+
 
 export type Mode = 'ebpf' | 'iptables' | 'auto';
 export type VariantChoice = 'auto' | 'redirect' | 'redirect_peer';
@@ -79,16 +76,11 @@ export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
 /** The CNI plugin `make` builds (tools/cni/). */
 export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
-interface FlagSpec {
-  env: string;
-  help: string;
-  default?: string;
-}
 
 export const RUN_FLAGS: Record<string, FlagSpec> = {
   'node-name': { env: 'NODE_NAME', help: 'this node’s name', default: '' },
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
-  'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins (ambient-redirect/v1/ under it)', default: '/sys/fs/bpf' },
+  ...PIN_ROOT_FLAG,
   object: { env: 'BPF_OBJECT', help: 'compiled BPF object', default: DEFAULT_OBJECT },
   kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
   'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
@@ -118,11 +110,6 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
 };
 
-export function usageOf(flags: Record<string, FlagSpec>): string {
-  return Object.entries(flags)
-    .map(([name, f]) => `  --${name.padEnd(16)} ${f.help} [$${f.env}${f.default ? `, default ${f.default}` : ''}]`)
-    .join('\n');
-}
 
 function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(value)) throw new ConfigError(`--${name}: "${value}" is not one of ${allowed.join(', ')}`);
@@ -136,27 +123,7 @@ function ipList(name: string, value: string): string[] {
 }
 
 /** Flag value, else environment value, else default. */
-function resolve(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv, flags: Record<string, FlagSpec>): Record<string, string | undefined> {
-  const out: Record<string, string | undefined> = {};
-  for (const [name, spec] of Object.entries(flags)) {
-    const v = values[name];
-    out[name] = typeof v === 'string' ? v : env[spec.env] !== undefined && env[spec.env] !== '' ? env[spec.env] : spec.default;
-  }
-  return out;
-}
 
-export function parseFlags(
-  argv: readonly string[],
-  flags: Record<string, FlagSpec>,
-  extra: Record<string, { type: 'boolean' }> = {},
-): { values: Record<string, string | boolean | undefined> } {
-  try {
-    const options = Object.fromEntries(Object.keys(flags).map((k) => [k, { type: 'string' as const }]));
-    return parseArgs({ args: [...argv], options: { ...options, ...extra, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
-  } catch (err) {
-    throw new ConfigError((err as Error).message.split('\n')[0]!);
-  }
-}
 
 function numberIn(name: string, value: string, min: number, max: number, what: string): number {
   const n = Number(value);
@@ -173,7 +140,7 @@ function hostPort(name: string, value: string): string {
 
 export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RunConfig {
   const { values } = parseFlags(argv, RUN_FLAGS);
-  const v = resolve(values, env, RUN_FLAGS);
+  const v = resolveValues(values, env, RUN_FLAGS);
   const ztunnelIp = v['ztunnel-ip'] ?? null;
   if (ztunnelIp !== null && !isIP(ztunnelIp)) throw new ConfigError(`--ztunnel-ip: "${ztunnelIp}" is not an IP address`);
   // --enroll given at all (even empty: nobody enrolled) means static membership.

@@ -8,7 +8,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, parseFlags } from '../../src/config.js';
+import { ConfigError, resolveFlags } from '../../src/lib/flags.js';
 import { DEFAULT_TRAFFIC, type TrafficRun } from '../bench/traffic.js';
 import { ratios, ratioSvg, ratioTable, renderMarkdown, trafficTable, type ReportInput } from '../bench/report.js';
 
@@ -84,12 +84,12 @@ async function runControl(signal: AbortSignal): Promise<{ scripts: { script: str
 }
 
 export async function benchCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS);
-  if (values.help) {
+  const f = resolveFlags(argv, FLAGS);
+  if (f.help) {
     process.stdout.write(benchUsage);
     return 0;
   }
-  const get = (k: keyof typeof FLAGS) => (values[k] as string | undefined) ?? process.env[FLAGS[k].env] ?? FLAGS[k].default;
+  const get = (k: keyof typeof FLAGS): string => f.get(k) ?? '';
   const only = parts(get('only'));
   const write = get('write');
   if (write && !write.endsWith('.md')) throw new ConfigError(`--write: "${write}" must end in .md (the chart goes beside it as .svg)`);

@@ -1,6 +1,6 @@
 /** `ambient-redirect-harness demo`: the whole story on a simulated node of this machine. */
 import { rmSync } from 'node:fs';
-import { ConfigError, parseFlags } from '../../src/config.js';
+import { ConfigError, resolveFlags } from '../../src/lib/flags.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { runStory } from '../sim/story.js';
@@ -30,15 +30,15 @@ function intFlag(name: string, raw: unknown, min: number, max: number): number {
 }
 
 export async function demoCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS);
-  if (values.help) {
+  const f = resolveFlags(argv, FLAGS);
+  if (f.help) {
     process.stdout.write(demoUsage);
     return 0;
   }
-  const mode = values.mode ?? process.env.DEMO_MODE ?? FLAGS.mode.default;
+  const mode = f.get('mode');
   if (mode !== 'ebpf' && mode !== 'iptables') throw new ConfigError(`--mode: "${String(mode)}" is not one of ebpf, iptables`);
-  const pods = intFlag('pods', values.pods ?? process.env.DEMO_PODS ?? FLAGS.pods.default, 3, 12);
-  const rounds = intFlag('rounds', values.rounds ?? process.env.DEMO_ROUNDS ?? FLAGS.rounds.default, 1, 50);
+  const pods = intFlag('pods', f.get('pods'), 3, 12);
+  const rounds = intFlag('rounds', f.get('rounds'), 1, 50);
   if (process.getuid?.() !== 0) {
     process.stderr.write('ambient-redirect demo: needs root (it creates network namespaces and loads BPF programs)\n');
     return 1;

@@ -7,7 +7,7 @@ import * as codec from '../bpf/codec.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
 import { queryTc } from '../bpf/tc.js';
-import { parseFlags } from '../config.js';
+import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import { readHostNet } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
@@ -15,7 +15,7 @@ import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pin
 import { IPSET } from '../capture/iptables/rules.js';
 import { selectMode, type KernelFacts } from '../capture/select.js';
 
-const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
+const FLAGS = PIN_ROOT_FLAG;
 
 export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--json]
 
@@ -153,12 +153,12 @@ export function renderStatus(s: Status): string {
 }
 
 export async function statusCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS, { json: { type: 'boolean' } });
-  if (values.help) {
+  const f = resolveFlags(argv, FLAGS, process.env, ['json']);
+  if (f.help) {
     process.stdout.write(statusUsage);
     return 0;
   }
-  const s = await readStatus((values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf');
-  process.stdout.write(values.json ? JSON.stringify(s) + '\n' : renderStatus(s));
+  const s = await readStatus(f.get('pin-root')!);
+  process.stdout.write(f.flag('json') ? JSON.stringify(s) + '\n' : renderStatus(s));
   return 0;
 }
