@@ -4,6 +4,7 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
+import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
 import { parseSelector } from './core/enrollment.js';
 import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
@@ -13,8 +14,8 @@ import { repoPath } from './lib/repo-path.js';
 export { ConfigError, parseFlags, usageOf };
 
 
-export type Mode = 'ebpf' | 'iptables' | 'auto';
-export type VariantChoice = 'auto' | 'redirect' | 'redirect_peer';
+export type Mode = RequestedMode;
+export type VariantChoice = 'auto' | Variant;
 
 /** Where membership comes from: a static list, or the Kubernetes API. */
 export type MembershipSource =
@@ -41,8 +42,8 @@ export interface RunConfig {
   /** host:port for /healthz and /readyz, or '' for none. */
   readonly healthAddress: string;
   readonly variant: VariantChoice;
-  readonly delivery: 'auto' | 'sk_assign' | 'tproxy';
-  readonly tunnel: 'auto' | 'geneve' | 'vxlan';
+  readonly delivery: 'auto' | Delivery;
+  readonly tunnel: RequestedTunnel;
   readonly dnsCapture: boolean;
   /**
    * DNS servers given by flags (--dns-servers, --node-local-dns); with Kubernetes

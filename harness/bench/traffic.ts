@@ -26,6 +26,7 @@ import { createSimNode, type SimNode, type SimPod, type SimServer } from '../sim
 import { pinRootFor } from '../sim/scenario.js';
 import { createInterface } from 'node:readline';
 import type { PeerResult } from './traffic-peer.js';
+import type { SelectedMode } from '../../src/core/modes.js';
 
 export const SCENARIOS = ['none', 'ebpf', 'iptables', 'none-b', 'unenrolled'] as const;
 export type Scenario = (typeof SCENARIOS)[number];
@@ -66,7 +67,7 @@ const PORT = 9000;
 const PEER = fileURLToPath(new URL('./traffic-peer.js', import.meta.url));
 
 /** Where each scenario's traffic comes from and which mode is on. */
-const PLAN: Record<Scenario, { pod: 0 | 1; mode: 'ebpf' | 'iptables' | null; captured: boolean }> = {
+const PLAN: Record<Scenario, { pod: 0 | 1; mode: SelectedMode | null; captured: boolean }> = {
   none: { pod: 0, mode: null, captured: false },
   ebpf: { pod: 0, mode: 'ebpf', captured: true },
   iptables: { pod: 0, mode: 'iptables', captured: true },

@@ -5,6 +5,7 @@
  */
 import { parseRelease, selectMode } from '../../src/capture/select.js';
 import type { RunnerReport } from './corpus.js';
+import type { Delivery } from '../../src/core/modes.js';
 
 /** DESIGN.md: fewer than 4096 instructions per program (4.20's BPF_MAXINSNS). */
 export const MAX_INSNS = 4096;
@@ -29,7 +30,7 @@ export interface KernelRow {
 
 export interface Expected {
   variant: 'redirect_peer' | 'redirect';
-  delivery: 'sk_assign' | 'tproxy';
+  delivery: Delivery;
   mode: 'ebpf';
   /** libbpf 1.1 has no tcx links (1.3): netlink TC on every kernel. */
   attach: 'netlink tc';

@@ -9,6 +9,7 @@ import { Cleanup } from '../../src/capture/cleanup.js';
 import { runPinRoot } from './names.js';
 import type { SimNode, SimServer } from './node.js';
 import { runInNode, startController, type ControllerProcess } from './controller.js';
+import type { Delivery, RequestedMode } from '../../src/core/modes.js';
 
 export interface PodReport {
   pod: string;
@@ -31,9 +32,9 @@ export interface ScenarioOptions {
   pinRoot: string;
   variant?: 'redirect' | 'redirect_peer';
   /** ebpf mode's ztunnel-side delivery, passed to `run --delivery`. */
-  delivery?: 'sk_assign' | 'tproxy';
+  delivery?: Delivery;
   /** Capture mode passed to `run --mode` (default: the controller's own default). */
-  mode?: 'ebpf' | 'iptables' | 'auto';
+  mode?: RequestedMode;
   progress?: (line: string) => void;
   /** Called with the data path still installed, after the traffic: for tests' oracles. */
   beforeUninstall?: () => Promise<void>;

@@ -14,6 +14,7 @@ import { startSimKubeApi, type SimKubeApi } from './kube-sim.js';
 import type { SimNode, SimPod, SimServer } from './node.js';
 import { OUTSIDE_HOST_IP } from './names.js';
 import { pinRootFor } from './scenario.js';
+import type { SelectedMode } from '../../src/core/modes.js';
 
 export type Route = 'ztunnel' | 'direct' | 'dropped';
 
@@ -33,7 +34,7 @@ export interface StepResult {
 }
 
 export interface StoryOptions {
-  mode: 'ebpf' | 'iptables';
+  mode: SelectedMode;
   /** Connections per pod per step. */
   rounds: number;
   /** Progress lines and tables. */

@@ -4,6 +4,7 @@
  */
 import type { PodInfo, ZtunnelInfo } from '../bpf/codec.js';
 import type { Desired } from '../core/desired.js';
+import type { SelectedMode } from '../core/modes.js';
 
 export interface ActualState {
   pods: Map<string, PodInfo>;
@@ -20,7 +21,7 @@ export interface ApplyResult {
 }
 
 export interface RedirectMode {
-  readonly name: 'ebpf' | 'iptables';
+  readonly name: SelectedMode;
   /** Prepares (or adopts) what the mode needs; reads nothing from Kubernetes. */
   init(): Promise<void>;
   /** What the kernel holds now. */

@@ -8,10 +8,8 @@
  * SCHED_CLS) is an error, never a silent fallback.
  */
 
-export type RequestedMode = 'ebpf' | 'iptables' | 'auto';
-export type SelectedMode = 'ebpf' | 'iptables';
-export type RequestedTunnel = 'geneve' | 'vxlan' | 'auto';
-export type Tunnel = 'geneve' | 'vxlan';
+export type { RequestedMode, RequestedTunnel, SelectedMode, Tunnel } from '../core/modes.js';
+import type { RequestedMode, RequestedTunnel, SelectedMode, Tunnel } from '../core/modes.js';
 
 export type { BpfProbes, KernelFacts } from '../host/kernel.js';
 import type { BpfProbes, KernelFacts } from '../host/kernel.js';

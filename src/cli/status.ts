@@ -14,6 +14,7 @@ import { systemRunner, type CommandRunner } from '../host/runner.js';
 import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
 import { IPSET } from '../capture/iptables/rules.js';
 import { selectMode, type KernelFacts } from '../capture/select.js';
+import type { SelectedMode } from '../core/modes.js';
 
 const FLAGS = PIN_ROOT_FLAG;
 
@@ -35,7 +36,7 @@ export interface PodStatus {
 }
 
 export interface Status {
-  mode: 'ebpf' | 'iptables' | 'none';
+  mode: SelectedMode | 'none';
   pinDir: string;
   kernel: { release: string; probes: KernelFacts['probes']; probeError?: string; selects: string; reason: string };
   ztunnel: { ifindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;

@@ -26,7 +26,8 @@ import { join } from 'node:path';
 const BPF_FUNC_sk_assign = 124;
 const BPF_FUNC_redirect_peer = 155;
 
-export type Variant = 'redirect_peer' | 'redirect';
+export type { Variant } from '../../core/modes.js';
+import type { Variant } from '../../core/modes.js';
 export type { Delivery };
 
 export const PROGRAMS = {

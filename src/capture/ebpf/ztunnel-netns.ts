@@ -7,7 +7,8 @@
 import { constants } from '../../bpf/layout.generated.js';
 import type { CommandRunner } from '../../host/runner.js';
 
-export type Delivery = 'sk_assign' | 'tproxy';
+export type { Delivery } from '../../core/modes.js';
+import type { Delivery } from '../../core/modes.js';
 
 /** Route table in ztunnel's netns holding `local default dev lo`. */
 export const ZT_ROUTE_TABLE = 134;
