@@ -7,7 +7,7 @@ import { parseRelease, selectMode } from '../../src/capture/select.js';
 import type { RunnerReport } from './corpus.js';
 import type { Delivery } from '../../src/core/modes.js';
 
-/** DESIGN.md: fewer than 4096 instructions per program (4.20's BPF_MAXINSNS). */
+/** docs/design.md ("Kernel floor"): fewer than 4096 instructions per program (4.20's BPF_MAXINSNS). */
 export const MAX_INSNS = 4096;
 /** 4.20's verifier gives up after 131072 processed instructions; we keep under half. */
 export const MAX_PROCESSED = 131072 / 2;

@@ -1,5 +1,5 @@
 /**
- * Enrollment rules (DESIGN.md, "Control plane"), as pure functions over validated views
+ * Enrollment rules (docs/design.md, "Control plane"), as pure functions over validated views
  * of pods and namespaces. No Kubernetes client here: src/kube/ turns API objects into
  * these views and rejects the ones it cannot trust.
  */
