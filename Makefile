@@ -7,7 +7,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test demo clean product product-ts
+.PHONY: all build bpf ts cni rawframe layout setup test demo clean product product-ts lint
 
 all: build
 
@@ -94,7 +94,11 @@ layout: build
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+# Biome (biome.json): the linter on src/, harness/, test/ and tools/; part of `make test`.
+lint: node_modules/.package-lock.json
+	npx biome lint --error-on-warnings .
+
+test: setup lint
 	@bash scripts/test.sh
 
 demo: setup

@@ -29,8 +29,6 @@ export interface RunConfig {
   readonly objectPath: string;
   /** ztunnel's IP when given: overrides discovery (required with static membership). */
   readonly ztunnelIp: string | null;
-  /** Static membership (empty with Kubernetes). */
-  readonly enroll: readonly string[];
   readonly membership: MembershipSource;
   readonly ztunnelNamespace: string;
   readonly ztunnelSelector: Readonly<Record<string, string>>;
@@ -174,7 +172,6 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     pinRoot: v['pin-root']!,
     objectPath: v.object!,
     ztunnelIp,
-    enroll,
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,
     ztunnelSelector: Object.freeze(ztunnelSelector),

@@ -19,7 +19,7 @@ import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
 import { applyMapState } from './state.js';
-import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type CorpusState, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
+import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
 
 const say = (tag: string, value: unknown) => process.stdout.write(`${LINE} ${tag} ${JSON.stringify(value)}\n`);
 

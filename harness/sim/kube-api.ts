@@ -18,7 +18,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 
-type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: API objects of any shape, read and written by path
+type Obj = Record<string, any>;
 type Kind = 'pods' | 'namespaces';
 type EventType = 'ADDED' | 'MODIFIED' | 'DELETED';
 

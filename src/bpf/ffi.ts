@@ -94,7 +94,6 @@ const c = {
   bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)'),
   libbpf_num_possible_cpus: bpf.func('int libbpf_num_possible_cpus(void)'),
   bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
-  bpf_map__unpin: bpf.func('int bpf_map__unpin(bpf_map *map, const char *path)'),
 
   bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
@@ -232,10 +231,6 @@ export function numPossibleCpus(): number {
 
 export function mapSetPinPath(map: MapPtr, name: string, path: string | null): void {
   checkInt('bpf_map__set_pin_path', name, c.bpf_map__set_pin_path(map, path));
-}
-
-export function mapUnpin(map: MapPtr, name: string): void {
-  checkInt('bpf_map__unpin', name, c.bpf_map__unpin(map, null));
 }
 
 /** BPF_ANY / BPF_NOEXIST / BPF_EXIST */

@@ -114,7 +114,7 @@ export class Controller {
     } else if (this.hadZtunnel !== false) {
       log.warn('no Ready ztunnel on this node: enrolled pods fail closed', {});
     }
-    this.hadZtunnel = ztIp ? true : false;
+    this.hadZtunnel = Boolean(ztIp);
     const desired = desiredState(view.enrolled, net, zt);
     const actual = await mode.actual(net.links.keys());
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));

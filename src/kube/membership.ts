@@ -308,7 +308,10 @@ export class KubeMembership implements Membership {
 
   private podEvent(type: WatchEventType, obj: unknown): void {
     const p = parsePod(obj);
-    if (!p.ok) return this.reject('pod', p.reason, p.uid);
+    if (!p.ok) {
+      this.reject('pod', p.reason, p.uid);
+      return;
+    }
     if (!this.ours(p.value)) return;
     const before = this.pods.get(p.value.uid);
     const staleBefore = this.pods.stale;
@@ -338,7 +341,10 @@ export class KubeMembership implements Membership {
 
   private nsEvent(type: WatchEventType, obj: unknown): void {
     const n = parseNamespace(obj);
-    if (!n.ok) return this.reject('namespace', n.reason);
+    if (!n.ok) {
+      this.reject('namespace', n.reason);
+      return;
+    }
     if (this.namespaces.apply(type, n.value.ns, n.value.resourceVersion)) this.changed();
   }
 

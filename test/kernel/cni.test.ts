@@ -153,7 +153,10 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     const n = bypassesFrom(runs);
     console.log(`cni gate off: ${n} of ${PODS} first connections bypassed`);
     const outcome = (r: PodRun) => (r.connection?.ok ? r.connection.reply : r.connection?.error);
-    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => ({ ...m, [String(outcome(r))]: (m[String(outcome(r))] ?? 0) + 1 }), {}))}`);
+    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => {
+      m[String(outcome(r))] = (m[String(outcome(r))] ?? 0) + 1;
+      return m;
+    }, {}))}`);
     expect(runs.every((r) => r.started)).toBe(true);
     for (const r of runs) await rt.teardown(specs[r.pod.index - PODS]!, r.uid, r.containerId);
   }, 180_000);

@@ -252,7 +252,8 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     let n = 0;
     // The oracle, from the double's store alone.
     const oracle = (): string[] => {
-      const owner = new Map<string, Record<string, any>>(); // eslint-disable-line @typescript-eslint/no-explicit-any
+      // biome-ignore lint/suspicious/noExplicitAny: API objects of any shape
+      const owner = new Map<string, Record<string, any>>();
       for (const p of kube.api.listPods()) {
         const pip = p.status?.podIP as string | undefined;
         if (p.spec.nodeName !== NODE || p.spec.hostNetwork || ['Succeeded', 'Failed'].includes(p.status.phase) || !pip) continue;

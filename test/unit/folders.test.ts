@@ -7,45 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { importsOf, ROOT, tsFiles } from './source-files.js';
-
-/** The folder of src/ a file belongs to (a file at the top of src/ is a node of its own). */
-const folderOf = (file: string): string => file.split('/').slice(1, -1)[0] ?? file.split('/')[1]!;
-
-/** src/'s folder-level import graph: folder -> the other folders it imports. */
-export function folderGraph(files: string[], importsOfFile: (f: string) => string[]): Map<string, Set<string>> {
-  const graph = new Map<string, Set<string>>();
-  for (const f of files) {
-    for (const t of importsOfFile(f)) {
-      if (!t.startsWith('src/')) continue;
-      const [a, b] = [folderOf(f), folderOf(t)];
-      if (a === b) continue;
-      if (!graph.has(a)) graph.set(a, new Set());
-      graph.get(a)!.add(b);
-    }
-  }
-  return graph;
-}
-
-/** Every elementary cycle of the graph, each once (it starts at its smallest folder). */
-export function cycles(graph: Map<string, Set<string>>): string[] {
-  const out: string[] = [];
-  for (const start of [...graph.keys()].sort()) {
-    const path = [start];
-    const visit = (v: string): void => {
-      for (const w of [...(graph.get(v) ?? [])].sort()) {
-        if (w === start) out.push([...path, start].join(' -> '));
-        else if (w > start && !path.includes(w)) {
-          path.push(w);
-          visit(w);
-          path.pop();
-        }
-      }
-    };
-    visit(start);
-  }
-  return out;
-}
+import { cycles, folderGraph, importsOf, ROOT, tsFiles } from './source-files.js';
 
 describe('folder-level import cycles', () => {
   it('are found, each once, on a graph that has them', () => {

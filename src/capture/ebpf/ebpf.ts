@@ -239,7 +239,7 @@ async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<Zt
   } finally {
     map.close();
   }
-  if (!zt || !zt.ifindex) return null;
+  if (!zt?.ifindex) return null;
   const net = await readHostNet(runner);
   const hostLink = net.links.get(zt.ifindex);
   const netns = hostLink?.peerNetnsId !== undefined ? net.netnsById.get(hostLink.peerNetnsId) : undefined;
