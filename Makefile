@@ -7,7 +7,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test demo clean product product-ts lint
+.PHONY: all build bpf ts cni rawframe layout setup test test-unit test-kernel test-slow demo clean product product-ts lint
 
 all: build
 
@@ -101,6 +101,16 @@ lint: node_modules/.package-lock.json
 test: setup lint
 	@bash scripts/test.sh
 
+# One project of vitest.config.ts at a time, with the same closing line.
+test-unit: setup
+	@bash scripts/test.sh --project unit
+
+test-kernel: setup
+	@bash scripts/test.sh --project kernel
+
+test-slow: setup
+	@bash scripts/test.sh --project slow
+
 demo: setup
 	node dist/harness/main.js demo
 
@@ -119,7 +129,7 @@ build/tests/%.bpf.o: bpf/tests/%.bpf.c
 # programs, probes and packet corpus; prints the table. Needs root and the network the
 # first time (images cached under build/kernels/).
 kernel-matrix: setup build/tests/broken.bpf.o
-	@KERNEL_MATRIX=1 npx vitest run test/kernel/matrix.test.ts
+	@KERNEL_MATRIX=1 npx vitest run test/slow/matrix.test.ts
 
 # --- benchmarks (figures, not tests) ------------------------------------------------------
 .PHONY: bench

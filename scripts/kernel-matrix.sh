@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shell half of the kernel matrix (docs/kernel-matrix.md); test/kernel/matrix.test.ts
+# The shell half of the kernel matrix (docs/kernel-matrix.md); test/slow/matrix.test.ts
 # drives it. Subcommands:
 #
 #   fetch               resolve the current Debian cloud kernels (5.10 bullseye, 6.1 and

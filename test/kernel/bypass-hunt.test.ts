@@ -46,7 +46,7 @@ import { names, OUTSIDE_HOST_IP, OUTSIDE_HOST_IP6, ZTUNNEL_IP, ZTUNNEL_IP6 } fro
 import { createSimNode, newPrefix, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { sendFrames, startSniffer, withChecksums, type Sniffed } from '../../harness/sim/rawframes.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 /** Istio's probe SNAT address and its IPv6 twin: no address may be trusted as a probe's. */
 const PROBE_IP = '169.254.7.127';

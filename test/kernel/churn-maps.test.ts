@@ -14,7 +14,7 @@ import { diffPods, type Desired } from '../../src/core/desired.js';
 import type { ActualState, ApplyResult } from '../../src/capture/mode.js';
 import { newPrefix } from '../../harness/sim/names.js';
 import { EVENTS, SEEDS, describeFailure, runSeed, type ChurnMode } from '../unit/churn.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 /** ebpf mode's map side, on the real pods map: entries in the kernel, hooks and slot in memory. */
 class PinnedPodsMode implements ChurnMode {

@@ -17,8 +17,9 @@ import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep } from '../support/wait.js';
 
 const NODE = 'sim-node';
 const PODS = 50;
@@ -29,7 +30,6 @@ const CONFLIST = `{
       {"type":"portmap","snat":true,"capabilities":{"portMappings":true}} ]
 }
 `;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network namespaces', () => {
   let sim: SimNode;

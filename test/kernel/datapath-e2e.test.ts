@@ -14,8 +14,8 @@ import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
 const POD_PORT = 9090;

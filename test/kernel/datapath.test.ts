@@ -17,7 +17,7 @@ import { EST, NODE, NODE_IFINDEX, OUTSIDE, POD_A, ROWS, stateOf, ZT_MAC, type Ro
 import * as b from '../../harness/packet/builder.js';
 import * as codec from '../../src/bpf/codec.js';
 import { hex, ipBytes } from '../../harness/packet/builder.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const LISTENERS = [
   ['tcp4', 15001],

@@ -15,7 +15,7 @@ import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type Sta
 import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
 import { truncate } from '../../harness/packet/builder.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
 const FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500);

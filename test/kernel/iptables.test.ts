@@ -12,12 +12,12 @@ import { startController, runInNode } from '../../harness/sim/controller.js';
 import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor, runStaticScenario } from '../../harness/sim/scenario.js';
 import { emptyTables } from '../../src/capture/iptables/iptables.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isRoot } from './gate.js';
+import { isRoot } from '../support/gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 

@@ -12,12 +12,12 @@ import { CommandError, systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const OBJECTS = {
   current: 'build/redirect.bpf.o',

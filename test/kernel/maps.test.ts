@@ -14,7 +14,7 @@ import { PinnedMapMismatchError } from '../../src/bpf/object.js';
 import { pinDir } from '../../src/bpf/pins.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { pinnedMaps } from '../../src/metrics/pinned.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
   const root = `/sys/fs/bpf/ar-maps-${randomBytes(4).toString('hex')}`;

@@ -18,12 +18,12 @@ import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js'
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep, until as waitUntil } from '../support/wait.js';
 
 const NODE = 'sim-node';
 const ANN = 'ambient.istio.io/redirection';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds network namespaces', () => {
   let sim: SimNode;
@@ -59,13 +59,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     }
   }
 
-  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await sleep(50);
-    }
-  }
+  const until = (what: string, cond: () => boolean, ms = 10_000) => waitUntil(what, cond, ms, 50);
 
   /** Where a pod's connections went: 'ztunnel' (captured) or 'direct'. */
   async function route(i: number): Promise<'ztunnel' | 'direct' | 'failed'> {

@@ -11,8 +11,8 @@ import { runInNode, startController, type ControllerProcess } from '../../harnes
 import { createSimNode, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import type { Status } from '../../src/cli/status.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const ADDRESS = '127.0.0.1:15034';
 

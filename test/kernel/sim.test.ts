@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
 import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const TIMEOUT = 30_000;
 async function netnsWithPrefix(prefix: string): Promise<string[]> {

@@ -10,8 +10,8 @@ import type { Status } from '../../src/cli/status.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
   let sim: SimNode;

@@ -18,18 +18,8 @@ import { newPrefix } from '../../harness/sim/names.js';
 import { INPOD_PORTS, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { decodeHello, decodeResponse, encodeRequest } from '../../src/zds/codec.js';
 import { ZdsServer } from '../../src/zds/server.js';
-import { kernelDescribe } from './gate.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { kernelDescribe } from '../support/gate.js';
+import { sleep, until } from '../support/wait.js';
 
 interface Listener {
   port: number;

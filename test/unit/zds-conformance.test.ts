@@ -13,10 +13,10 @@ import { closeFd, recvDatagram, seqpacketConnect, sendDatagram } from '../../src
 import { decodeRequest, encodeHello, encodeResponse, type WorkloadRequest } from '../../src/zds/codec.js';
 import { createLogger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
+import { sleep } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'zds-conf-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Line {
   level: string;

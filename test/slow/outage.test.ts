@@ -13,11 +13,11 @@ import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js'
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
 import { createSimNode, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep } from '../support/wait.js';
 
 const NODE = 'sim-node';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 kernelDescribe('API server down for 60 s', 'loads BPF, builds network namespaces', () => {
   let sim: SimNode;

@@ -23,7 +23,7 @@ import { TcAct } from '../../harness/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { applyChanges, MATRIX_VETHS, parseReport, type Corpus, type CorpusRun, type CorpusState, type RunnerReport } from '../../harness/matrix/corpus.js';
 import { formatTable, problemsOf, type KernelRow } from '../../harness/matrix/report.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const OBJECT = 'build/redirect.bpf.o';
 const BROKEN = 'build/tests/broken.bpf.o';

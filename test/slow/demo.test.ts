@@ -7,7 +7,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { expect, it } from 'vitest';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 
 async function leftovers(prefix: string): Promise<string[]> {
