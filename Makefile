@@ -7,7 +7,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test demo clean
+.PHONY: all build bpf ts cni rawframe layout setup test test-unit test-kernel test-slow demo clean product product-ts lint
 
 all: build
 
@@ -66,31 +66,55 @@ build/rawframe: tools/rawframe/rawframe.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
 
-TS_SRC := $(shell find src -name '*.ts')
+# The agent (src/ -> dist/src/), the harness (harness/ -> dist/harness/) and the build-time
+# generators (tools/ -> dist/tools/) in one compile.
+TS_SRC := $(shell find src harness tools -name '*.ts')
 
 ts: dist/.built
 
 dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-lock.json
 	npx tsc -p tsconfig.json
-	cp src/zds/zds.proto dist/zds/zds.proto
+	cp src/zds/zds.proto dist/src/zds/zds.proto
 	@touch $@
+
+# What the image holds (deploy/Dockerfile): the capture object, the CNI plugin and src/
+# alone; the harness, the test objects and the sanitizer build stay out.
+product: build/redirect.bpf.o build/ambient-redirect-cni product-ts
+
+product-ts: node_modules/.package-lock.json
+	npx tsc -p tsconfig.product.json
+	cp src/zds/zds.proto dist/src/zds/zds.proto
 
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 
 # Regenerates the TypeScript view of the shared structs from the object's BTF.
 layout: build
-	node dist/bpf/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
+	node dist/tools/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
 
 # Installs what a fresh machine lacks, mounts bpffs, builds. Quiet when all is there.
 setup:
 	@bash scripts/setup.sh
 
-test: setup
+# Biome (biome.json): the linter on src/, harness/, test/ and tools/; part of `make test`.
+lint: node_modules/.package-lock.json
+	npx biome lint --error-on-warnings .
+
+test: setup lint
 	@bash scripts/test.sh
 
+# One project of vitest.config.ts at a time, with the same closing line.
+test-unit: setup
+	@bash scripts/test.sh --project unit
+
+test-kernel: setup
+	@bash scripts/test.sh --project kernel
+
+test-slow: setup
+	@bash scripts/test.sh --project slow
+
 demo: setup
-	node dist/cli/main.js demo
+	node dist/harness/main.js demo
 
 clean:
 	rm -rf build dist
@@ -107,12 +131,12 @@ build/tests/%.bpf.o: bpf/tests/%.bpf.c
 # programs, probes and packet corpus; prints the table. Needs root and the network the
 # first time (images cached under build/kernels/).
 kernel-matrix: setup build/tests/broken.bpf.o
-	@KERNEL_MATRIX=1 npx vitest run test/kernel/matrix.test.ts
+	@KERNEL_MATRIX=1 npx vitest run test/slow/matrix.test.ts
 
 # --- benchmarks (figures, not tests) ------------------------------------------------------
 .PHONY: bench
 # The data path (BPF_PROG_RUN), live traffic through each capture mode on a simulated node,
 # and the control path, side by side in one run; writes docs/benchmarks.md and its chart
-# docs/benchmarks.svg. Root; a few minutes. Parts: `node dist/cli/main.js bench --help`.
+# docs/benchmarks.svg. Root; a few minutes. Parts: `node dist/harness/main.js bench --help`.
 bench: setup
-	node dist/cli/main.js bench --write docs/benchmarks.md
+	node dist/harness/main.js bench --write docs/benchmarks.md

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The shell half of the kernel matrix (docs/kernel-matrix.md); test/kernel/matrix.test.ts
+# The shell half of the kernel matrix (docs/kernel-matrix.md); test/slow/matrix.test.ts
 # drives it. Subcommands:
 #
 #   fetch               resolve the current Debian cloud kernels (5.10 bullseye, 6.1 and
@@ -169,7 +169,7 @@ IP=$(command -v ip)
 \$IP link set lo up
 \$IP link add mxa index $VETH_A type veth peer name mxb index $VETH_B && \$IP link set mxa up && \$IP link set mxb up
 echo "MATRIX boot \$(cat /proc/uptime)"
-cd /matrix && node dist/matrix/vm-runner.js corpus.json
+cd /matrix && node dist/harness/matrix/vm-runner.js corpus.json
 echo "MATRIX exit \$? \$(cat /proc/uptime)"
 poweroff -f
 EOF
@@ -207,7 +207,7 @@ cmd_host() {
   ip -n "$NS" link add mxa index $VETH_A type veth peer name mxb index $VETH_B
   ip -n "$NS" link set mxa up
   ip -n "$NS" link set mxb up
-  ip netns exec "$NS" node dist/matrix/vm-runner.js "$corpus"
+  ip netns exec "$NS" node dist/harness/matrix/vm-runner.js "$corpus"
 }
 
 case "${1:-}" in

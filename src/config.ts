@@ -4,20 +4,18 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
-import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
+import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
-import { parseSelector } from './controller/enrollment.js';
+import { parseSelector } from './core/enrollment.js';
+import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
+import { repoPath } from './lib/repo-path.js';
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
+// Commands import these from here as well as from lib/flags.ts.
+export { ConfigError, parseFlags, usageOf };
 
-export type Mode = 'ebpf' | 'iptables' | 'auto';
-export type VariantChoice = 'auto' | 'redirect' | 'redirect_peer';
+
+export type Mode = RequestedMode;
+export type VariantChoice = 'auto' | Variant;
 
 /** Where membership comes from: a static list, or the Kubernetes API. */
 export type MembershipSource =
@@ -31,8 +29,6 @@ export interface RunConfig {
   readonly objectPath: string;
   /** ztunnel's IP when given: overrides discovery (required with static membership). */
   readonly ztunnelIp: string | null;
-  /** Static membership (empty with Kubernetes). */
-  readonly enroll: readonly string[];
   readonly membership: MembershipSource;
   readonly ztunnelNamespace: string;
   readonly ztunnelSelector: Readonly<Record<string, string>>;
@@ -50,8 +46,8 @@ export interface RunConfig {
   /** host:port of an extra listener serving /metrics only (a scrape address), or '' for none. */
   readonly metricsAddress: string;
   readonly variant: VariantChoice;
-  readonly delivery: 'auto' | 'sk_assign' | 'tproxy';
-  readonly tunnel: 'auto' | 'geneve' | 'vxlan';
+  readonly delivery: 'auto' | Delivery;
+  readonly tunnel: RequestedTunnel;
   readonly dnsCapture: boolean;
   /**
    * DNS servers given by flags (--dns-servers, --node-local-dns); with Kubernetes
@@ -80,21 +76,16 @@ export interface CniConfig {
   readonly plugin: string;
 }
 
-/** The object `make` builds, relative to this module (dist/ or src/). */
-export const DEFAULT_OBJECT = fileURLToPath(new URL('../build/redirect.bpf.o', import.meta.url));
+/** The object `make` builds, at the top of the checkout or image. */
+export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
 /** The CNI plugin `make` builds (tools/cni/). */
-export const DEFAULT_CNI_PLUGIN = fileURLToPath(new URL('../build/ambient-redirect-cni', import.meta.url));
+export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
-interface FlagSpec {
-  env: string;
-  help: string;
-  default?: string;
-}
 
 export const RUN_FLAGS: Record<string, FlagSpec> = {
   'node-name': { env: 'NODE_NAME', help: 'this node’s name', default: '' },
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
-  'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins (ambient-redirect/v1/ under it)', default: '/sys/fs/bpf' },
+  ...PIN_ROOT_FLAG,
   object: { env: 'BPF_OBJECT', help: 'compiled BPF object', default: DEFAULT_OBJECT },
   kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
   'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
@@ -127,11 +118,6 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
 };
 
-export function usageOf(flags: Record<string, FlagSpec>): string {
-  return Object.entries(flags)
-    .map(([name, f]) => `  --${name.padEnd(16)} ${f.help} [$${f.env}${f.default ? `, default ${f.default}` : ''}]`)
-    .join('\n');
-}
 
 function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(value)) throw new ConfigError(`--${name}: "${value}" is not one of ${allowed.join(', ')}`);
@@ -145,27 +131,7 @@ function ipList(name: string, value: string): string[] {
 }
 
 /** Flag value, else environment value, else default. */
-function resolve(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv, flags: Record<string, FlagSpec>): Record<string, string | undefined> {
-  const out: Record<string, string | undefined> = {};
-  for (const [name, spec] of Object.entries(flags)) {
-    const v = values[name];
-    out[name] = typeof v === 'string' ? v : env[spec.env] !== undefined && env[spec.env] !== '' ? env[spec.env] : spec.default;
-  }
-  return out;
-}
 
-export function parseFlags(
-  argv: readonly string[],
-  flags: Record<string, FlagSpec>,
-  extra: Record<string, { type: 'boolean' }> = {},
-): { values: Record<string, string | boolean | undefined> } {
-  try {
-    const options = Object.fromEntries(Object.keys(flags).map((k) => [k, { type: 'string' as const }]));
-    return parseArgs({ args: [...argv], options: { ...options, ...extra, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
-  } catch (err) {
-    throw new ConfigError((err as Error).message.split('\n')[0]!);
-  }
-}
 
 function numberIn(name: string, value: string, min: number, max: number, what: string): number {
   const n = Number(value);
@@ -188,7 +154,7 @@ function objectName(name: string, value: string): string {
 
 export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv): RunConfig {
   const { values } = parseFlags(argv, RUN_FLAGS);
-  const v = resolve(values, env, RUN_FLAGS);
+  const v = resolveValues(values, env, RUN_FLAGS);
   const ztunnelIp = v['ztunnel-ip'] ?? null;
   if (ztunnelIp !== null && !isIP(ztunnelIp)) throw new ConfigError(`--ztunnel-ip: "${ztunnelIp}" is not an IP address`);
   // --enroll given at all (even empty: nobody enrolled) means static membership.
@@ -221,7 +187,6 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     pinRoot: v['pin-root']!,
     objectPath: v.object!,
     ztunnelIp,
-    enroll,
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,
     ztunnelSelector: Object.freeze(ztunnelSelector),

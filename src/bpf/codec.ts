@@ -8,10 +8,11 @@ import { constants, layouts } from './layout.generated.js';
 
 type Layout = { readonly size: number; readonly fields: Readonly<Record<string, { readonly offset: number; readonly size: number }>> };
 
-/** Flags of pod_info (enum pod_flags). */
-export const PodFlags = { ENROLLED: constants.POD_F_ENROLLED } as const;
-/** Flags of ztunnel_info (enum ztunnel_flags). */
-export const ZtunnelFlags = { PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE } as const;
+// The map values as plain data, and their flags, belong to the core (src/core/values.ts);
+// test/unit/layout.test.ts checks the flags against the generated constants.
+export { PodFlags, ZtunnelFlags } from '../core/values.js';
+export type { PodInfo, ZtunnelInfo } from '../core/values.js';
+import type { PodInfo, ZtunnelInfo } from '../core/values.js';
 
 /** A flow the node opened to an enrolled pod (key of host_flows), seen from the pod. */
 export interface HostFlowKey {
@@ -30,20 +31,6 @@ export interface PodCounters {
   droppedBytes: bigint;
   passedPackets: bigint;
   passedBytes: bigint;
-}
-
-export interface PodInfo {
-  ifindex: number;
-  mac: string;
-  flags: number;
-}
-
-export interface ZtunnelInfo {
-  ifindex: number;
-  peerIfindex: number;
-  mac: string;
-  flags: number;
-  netnsCookie: bigint;
 }
 
 export class CodecError extends Error {

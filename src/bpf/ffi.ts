@@ -1,8 +1,8 @@
 /**
  * One of the two modules that import koffi: the system libbpf (`libbpf.so.1`, >= 1.0) and
- * the few libc calls the BPF layer and the simulated ztunnel need. Its sibling
- * src/host/libc.ts holds the libc calls of the ZDS protocol (SEQPACKET sockets,
- * SCM_RIGHTS, epoll); nothing else imports koffi. Functions are shaped like the C API,
+ * the few libc calls the BPF layer needs. Its sibling src/host/libc.ts holds the libc
+ * calls of the ZDS protocol (SEQPACKET sockets, SCM_RIGHTS, epoll); nothing else in src/
+ * imports koffi (the harness's harness/sim/transparent.ts binds its own socket calls). Functions are shaped like the C API,
  * synchronous, and checked: a failing call throws a BpfError naming the operation and errno.
  *
  * Structs the kernel and we share never cross here as koffi types: keys and values are
@@ -94,7 +94,6 @@ const c = {
   bpf_map__type: bpf.func('int bpf_map__type(bpf_map *map)'),
   libbpf_num_possible_cpus: bpf.func('int libbpf_num_possible_cpus(void)'),
   bpf_map__set_pin_path: bpf.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
-  bpf_map__unpin: bpf.func('int bpf_map__unpin(bpf_map *map, const char *path)'),
 
   bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
@@ -114,12 +113,9 @@ const c = {
   bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
 
   close: libc.func('int close(int fd)'),
-  socket: libc.func('int socket(int domain, int type, int protocol)'),
-  setsockopt: libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
-  bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
-  listen: libc.func('int listen(int fd, int backlog)'),
   setns: libc.func('int setns(int fd, int nstype)'),
   syscall: libc.func('long syscall(long number, ...)'),
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
   send: libc.func('long send(int fd, const void *buf, size_t len, int flags)'),
   recv: libc.func('long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
 };
@@ -240,10 +236,6 @@ export function numPossibleCpus(): number {
 
 export function mapSetPinPath(map: MapPtr, name: string, path: string | null): void {
   checkInt('bpf_map__set_pin_path', name, c.bpf_map__set_pin_path(map, path));
-}
-
-export function mapUnpin(map: MapPtr, name: string): void {
-  checkInt('bpf_map__unpin', name, c.bpf_map__unpin(map, null));
 }
 
 /** BPF_ANY / BPF_NOEXIST / BPF_EXIST */
@@ -540,51 +532,4 @@ export function probeHelper(progType: number, helperId: number): boolean {
 export function probeProgType(progType: number): boolean {
   const ret = c.libbpf_probe_bpf_prog_type(progType, null) as number;
   return checkInt('libbpf_probe_bpf_prog_type', `type ${progType}`, ret) === 1;
-}
-
-// --- libc sockets (for the simulated ztunnel's transparent listener) -------------------
-
-export const AF_INET = 2;
-export const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOL_IP = 0;
-const SOL_IPV6 = 41;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const IP_TRANSPARENT = 19;
-const IPV6_TRANSPARENT = 75;
-const IPV6_V6ONLY = 26;
-
-/**
- * A listening TCP socket with IP_TRANSPARENT set, so that TPROXY can hand it connections
- * for addresses that are not local. Returns the fd, for net.Server.listen({ fd }).
- */
-export function transparentListener(family: typeof AF_INET | typeof AF_INET6, port: number): number {
-  const fd = c.socket(family, SOCK_STREAM, 0) as number;
-  if (fd < 0) throw new BpfError('socket', `port ${port}`, errno());
-  const one = Buffer.alloc(4);
-  one.writeInt32LE(1);
-  const fail = (op: string): never => {
-    const e = errno();
-    c.close(fd);
-    throw new BpfError(op, `port ${port}`, e);
-  };
-  if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) < 0) fail('setsockopt(SO_REUSEADDR)');
-  // An IPv6 listener takes IPv6 only, so that an IPv4 one can share its port.
-  if (family === AF_INET6 && c.setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, one, 4) < 0) fail('setsockopt(IPV6_V6ONLY)');
-  const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
-  if (c.setsockopt(fd, transparent[0], transparent[1], one, 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
-  let addr: Buffer;
-  if (family === AF_INET) {
-    addr = Buffer.alloc(16); // sockaddr_in, INADDR_ANY
-    addr.writeUInt16LE(AF_INET, 0);
-    addr.writeUInt16BE(port, 2);
-  } else {
-    addr = Buffer.alloc(28); // sockaddr_in6, in6addr_any
-    addr.writeUInt16LE(AF_INET6, 0);
-    addr.writeUInt16BE(port, 2);
-  }
-  if (c.bind(fd, addr, addr.length) < 0) fail('bind');
-  if (c.listen(fd, 511) < 0) fail('listen');
-  return fd;
 }

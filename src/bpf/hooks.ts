@@ -1,5 +1,5 @@
 /**
- * Lists what is on the hooks we use, for the ordering check (src/controller/ordering.ts),
+ * Lists what is on the hooks we use, for the ordering check (src/core/ordering.ts),
  * in-process and without a process per hook: the clsact filters through an rtnetlink dump
  * (what `tc filter show` reads), the tcx programs through BPF_PROG_QUERY, and the devices'
  * kinds through one `ip -d -j link show`.
@@ -8,7 +8,7 @@ import { BpfError, isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
 import type { Direction } from './tc.js';
 import type { CommandRunner } from '../host/runner.js';
-import type { TcFilterEntry, TcxEntry } from '../controller/ordering.js';
+import type { TcFilterEntry, TcxEntry } from '../core/ordering.js';
 
 const RTM_NEWTFILTER = 44;
 const TCA_KIND = 1;

@@ -18,10 +18,11 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
-import { BpfMap, BpfObject, mapInfoOf, programId, type MapDef } from './object.js';
+import { isPinnedMapName, openPinnedMap } from './maps.js';
+import { BpfObject, mapInfoOf, programId, type BpfMap, type MapDef } from './object.js';
 
 // bpffs refuses dots in names (they are kept for its own files).
 const NEXT = '__next';
@@ -104,7 +105,8 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
   const maps = new Map<string, BpfMap>();
   for (const [name, def] of defs) {
     const path = join(dir, migrating.includes(name) ? name + NEXT : name);
-    maps.set(name, BpfMap.openPinned(path, name, { ...def, perCpu: [5, 6, 10].includes(def.type) }));
+    if (!isPinnedMapName(name)) throw new Error(`${objectPath} defines map ${name}, which the pinned-map catalogue (src/bpf/maps.ts) does not know`);
+    maps.set(name, openPinnedMap(dir, name, { path, maxEntries: def.maxEntries }));
   }
   // A migration carries over what the controller cannot derive again (its qdisc records,
   // the counters) where the layout allows: same key and value sizes, a raw copy.
@@ -118,7 +120,8 @@ function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
   try {
     const k = mapInfoOf(fd, into.name);
     if (k.keySize !== def.keySize || k.valueSize !== def.valueSize || k.type !== def.type) return;
-    const old = new BpfMap(into.name, ffi.objGet(oldPath), { ...def, perCpu: [5, 6, 10].includes(def.type) }, true);
+    if (!isPinnedMapName(into.name)) return;
+    const old = openPinnedMap(dirname(oldPath), into.name, { path: oldPath, maxEntries: def.maxEntries });
     try {
       for (const [key, value] of old.entries()) {
         try {

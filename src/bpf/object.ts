@@ -14,6 +14,23 @@ export interface MapSizes {
   perCpu?: boolean;
 }
 
+/** A pinned map whose kernel layout is not the one this build expects. */
+export class PinnedMapMismatchError extends Error {
+  constructor(
+    readonly mapName: string,
+    readonly path: string,
+    readonly kernel: { type: number; keySize: number; valueSize: number },
+    readonly expected: { type?: number; keySize: number; valueSize: number },
+  ) {
+    const typeNote = expected.type !== undefined && expected.type !== kernel.type ? `, map type ${kernel.type} where this build expects ${expected.type}` : '';
+    super(
+      `pinned map ${mapName} (${path}) has key ${kernel.keySize} bytes and value ${kernel.valueSize} bytes, this build expects key ${expected.keySize} and value ${expected.valueSize}${typeNote}: ` +
+        'it was pinned by another build (an older version, or a schema change left half-way); `ambient-redirect run` of this build migrates it, `ambient-redirect uninstall` removes it',
+    );
+    this.name = 'PinnedMapMismatchError';
+  }
+}
+
 export class BpfMap {
   readonly name: string;
   readonly fd: number;
@@ -37,9 +54,25 @@ export class BpfMap {
     this.ownsFd = ownsFd;
   }
 
-  /** Opens a pinned map; the caller states the sizes it expects (from the generated layout). */
-  static openPinned(path: string, name: string, sizes: MapSizes): BpfMap {
-    return new BpfMap(name, ffi.objGet(path), sizes, true);
+  /**
+   * Opens a pinned map (callers go through src/bpf/maps.ts, the catalogue) and checks the
+   * kernel's bpf_map_info against the sizes (and type, when given) the caller expects:
+   * a pin of another layout is refused before a buffer of the wrong size reaches the kernel.
+   */
+  static openPinned(path: string, name: string, sizes: MapSizes & { type?: number }): BpfMap {
+    const fd = ffi.objGet(path);
+    let k: KernelMapInfo;
+    try {
+      k = mapInfoOf(fd, name);
+    } catch (err) {
+      ffi.closeFd(fd);
+      throw err;
+    }
+    if (k.keySize !== sizes.keySize || k.valueSize !== sizes.valueSize || (sizes.type !== undefined && k.type !== sizes.type)) {
+      ffi.closeFd(fd);
+      throw new PinnedMapMismatchError(name, path, { type: k.type, keySize: k.keySize, valueSize: k.valueSize }, { type: sizes.type, keySize: sizes.keySize, valueSize: sizes.valueSize });
+    }
+    return new BpfMap(name, fd, sizes, true);
   }
 
   private checkSize(what: string, buf: Buffer, size: number): void {

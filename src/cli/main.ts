@@ -1,9 +1,7 @@
 #!/usr/bin/env node
 /** The `ambient-redirect` command. */
 import { ConfigError } from '../config.js';
-import { benchCommand, benchUsage } from './bench.js';
 import { cniCommand, cniUsage } from '../cni/cli.js';
-import { demoCommand, demoUsage } from './demo.js';
 import { errorMessage } from './errors.js';
 import { runCommand, runUsage } from './run.js';
 import { statusCommand, statusUsage } from './status.js';
@@ -13,10 +11,11 @@ const commands: Record<string, { summary: string; usage: string; run: (argv: str
   run: { summary: 'run the node agent', usage: runUsage, run: runCommand },
   status: { summary: "this node's data path, read from the kernel only", usage: statusUsage, run: statusCommand },
   uninstall: { summary: 'remove everything we installed on this node', usage: uninstallUsage, run: uninstallCommand },
-  demo: { summary: 'the whole story on a simulated node of this machine (root)', usage: demoUsage, run: demoCommand },
   cni: { summary: 'install or uninstall the chained CNI plugin on this node', usage: cniUsage, run: cniCommand },
-  bench: { summary: 'data-path, traffic and control-path benchmarks, side by side (root)', usage: benchUsage, run: benchCommand },
 };
+
+/** Commands of the harness entry (harness/main.ts), named so that a mistyped one is pointed there. */
+const HARNESS_COMMANDS = new Set(['demo', 'bench']);
 
 const usage = `usage: ambient-redirect <command> [flags]
 
@@ -27,7 +26,8 @@ ${Object.entries(commands)
   .map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`)
   .join('\n')}
 
-\`ambient-redirect <command> --help\` describes a command.
+\`ambient-redirect <command> --help\` describes a command. The demo and the benchmarks
+are not part of the agent: \`ambient-redirect-harness demo|bench\` (dist/harness/main.js).
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -38,7 +38,8 @@ async function main(argv: string[]): Promise<number> {
   }
   const cmd = commands[name];
   if (!cmd) {
-    process.stderr.write(`ambient-redirect: unknown command "${name}"\n${usage}`);
+    const moved = HARNESS_COMMANDS.has(name) ? `"${name}" is in the harness: ambient-redirect-harness ${name}\n` : '';
+    process.stderr.write(`ambient-redirect: unknown command "${name}"\n${moved}${usage}`);
     return 2;
   }
   try {

@@ -6,10 +6,10 @@ import { systemRunner } from '../host/runner.js';
 import { DnsServiceReader, KubeMembership, kubeTransport, loadKubeConfig, type KubeTransport } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, podCounters, serveMetrics } from '../metrics/index.js';
-import { createRedirectMode, resolveMode } from '../redirect/factory.js';
-import type { RedirectMode } from '../redirect/mode.js';
+import { createRedirectMode, resolveMode } from '../capture/factory.js';
+import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
-import { describeFinding } from '../controller/ordering.js';
+import { describeFinding } from '../core/ordering.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
 
 export const runUsage = `usage: ambient-redirect run [flags]

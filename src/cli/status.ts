@@ -8,16 +8,17 @@ import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
 import { linkKinds, listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
 import { LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
-import { describeFinding, deviceBypass, programsAhead, type Finding } from '../controller/ordering.js';
-import { parseFlags } from '../config.js';
+import { describeFinding, deviceBypass, programsAhead, type Finding } from '../core/ordering.js';
+import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import { readHostNet, readLinksIn } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
 import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
-import { IPSET } from '../redirect/iptables-rules.js';
-import { selectMode, type KernelFacts } from '../redirect/select.js';
+import { IPSET } from '../capture/iptables/rules.js';
+import { selectMode, type KernelFacts } from '../capture/select.js';
+import type { SelectedMode } from '../core/modes.js';
 
-const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
+const FLAGS = PIN_ROOT_FLAG;
 
 export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--json]
 
@@ -37,7 +38,7 @@ export interface PodStatus {
 }
 
 export interface Status {
-  mode: 'ebpf' | 'iptables' | 'none';
+  mode: SelectedMode | 'none';
   pinDir: string;
   kernel: { release: string; probes: KernelFacts['probes']; probeError?: string; selects: string; reason: string };
   ztunnel: { ifindex: number; peerIfindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
@@ -207,12 +208,12 @@ export function renderStatus(s: Status): string {
 }
 
 export async function statusCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS, { json: { type: 'boolean' } });
-  if (values.help) {
+  const f = resolveFlags(argv, FLAGS, process.env, ['json']);
+  if (f.help) {
     process.stdout.write(statusUsage);
     return 0;
   }
-  const s = await readStatus((values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf');
-  process.stdout.write(values.json ? JSON.stringify(s) + '\n' : renderStatus(s));
+  const s = await readStatus(f.get('pin-root')!);
+  process.stdout.write(f.flag('json') ? JSON.stringify(s) + '\n' : renderStatus(s));
   return 0;
 }

@@ -1,10 +1,10 @@
 /** `ambient-redirect uninstall`: removes what we installed on this node, and nothing else. */
-import { parseFlags } from '../config.js';
+import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
 import { systemRunner } from '../host/runner.js';
 import { createLogger } from '../log.js';
-import { uninstallAll } from '../redirect/factory.js';
+import { uninstallAll } from '../capture/factory.js';
 
-const FLAGS = { 'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins', default: '/sys/fs/bpf' } };
+const FLAGS = PIN_ROOT_FLAG;
 
 export const uninstallUsage = `usage: ambient-redirect uninstall [--pin-root DIR] [--json]
 
@@ -20,12 +20,13 @@ stderr, naming what may still be there), 2 for a bad flag.
 `;
 
 export async function uninstallCommand(argv: string[]): Promise<number> {
-  const { values } = parseFlags(argv, FLAGS, { json: { type: 'boolean' } });
-  if (values.help) {
+  const f = resolveFlags(argv, FLAGS, process.env, ['json']);
+  const values = { json: f.flag('json') };
+  if (f.help) {
     process.stdout.write(uninstallUsage);
     return 0;
   }
-  const pinRoot = (values['pin-root'] as string | undefined) ?? process.env.PIN_ROOT ?? '/sys/fs/bpf';
+  const pinRoot = f.get('pin-root')!;
   const r = await uninstallAll({ pinRoot, runner: systemRunner });
   const log = createLogger('info');
   for (const s of r.skipped) log.info('uninstall: skipped a step', s);

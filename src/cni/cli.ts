@@ -1,5 +1,6 @@
 /** `ambient-redirect cni install|uninstall`: the plugin and our entry in the node's CNI config list. */
-import { parseFlags, RUN_FLAGS, ConfigError, usageOf } from '../config.js';
+import { RUN_FLAGS, ConfigError, usageOf } from '../config.js';
+import { resolveFlags } from '../lib/flags.js';
 import { installCni, uninstallCni } from './install.js';
 import { namespacesFile } from './nsfile.js';
 
@@ -28,8 +29,8 @@ export async function cniCommand(argv: string[]): Promise<number> {
   }
   const [action, ...rest] = argv;
   if (action !== 'install' && action !== 'uninstall') throw new ConfigError(`expected install or uninstall, got "${action ?? ''}"`);
-  const { values } = parseFlags(rest, FLAGS);
-  const v = (k: string) => (typeof values[k] === 'string' ? (values[k] as string) : process.env[FLAGS[k]!.env] || FLAGS[k]!.default || '');
+  const f = resolveFlags(rest, FLAGS);
+  const v = (k: string) => f.get(k) ?? '';
   const dirs = { binDir: v('cni-bin-dir'), confDir: v('cni-conf-dir'), stateDir: v('cni-state-dir') };
   if (action === 'uninstall') {
     const r = uninstallCni(dirs);

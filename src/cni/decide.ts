@@ -2,7 +2,7 @@
  * The ADD decision, pure: given what the agent knows of the pod and its namespace, hold
  * the sandbox until it is programmed, let it pass, or fail it (the runtime retries).
  */
-import { DATAPLANE_LABEL, enrollment, type EnrollmentContext, type NamespaceView, type PodView } from '../controller/enrollment.js';
+import { DATAPLANE_LABEL, enrollment, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
 import { CNI_ERR, type CniError } from './request.js';
 
 export type Decision = { kind: 'pass'; reason: string } | { kind: 'enroll'; pod: PodView } | { kind: 'error'; error: CniError };

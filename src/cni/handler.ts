@@ -10,7 +10,7 @@
  * so it can decide every ADD). GC forgets the announcements of sandboxes the runtime no
  * longer has.
  */
-import { DATAPLANE_LABEL, type EnrollmentContext, type NamespaceView, type PodView } from '../controller/enrollment.js';
+import { DATAPLANE_LABEL, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
 import type { Logger } from '../log.js';
 import { namespaceDecision, podDecision, type Decision } from './decide.js';
 import type { RawRequest, Reply } from './protocol.js';

@@ -48,7 +48,7 @@ export function installCni(o: InstallOptions): InstallResult {
   } catch {
     // not there yet
   }
-  if (!have || !have.equals(want)) writeAtomic(bin, want, 0o755);
+  if (!have?.equals(want)) writeAtomic(bin, want, 0o755);
   const name = configFile(o.confDir);
   const file = join(o.confDir, name);
   const text = readFileSync(file, 'utf8');

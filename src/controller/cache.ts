@@ -4,7 +4,7 @@
  * deleted UID stays deleted (a tombstone), so a late or replayed event cannot bring back
  * a pod or take an entry from the pod that reused its IP. Pure: no I/O.
  */
-import type { NamespaceView, PodView } from './enrollment.js';
+import type { NamespaceView, PodView } from '../core/enrollment.js';
 
 export type EventType = 'ADDED' | 'MODIFIED' | 'DELETED';
 

@@ -10,14 +10,14 @@
  * would delete more than `maxDeleteShare` of the entries holds those deletes until a
  * second, confirming list agrees (the circuit breaker).
  */
-import { desiredState, placeBySandbox, type EnrolledRef, type SandboxBinding, type ZtunnelPlacement } from './desired.js';
-import { describeFinding, type Finding } from './ordering.js';
+import { desiredState, placeBySandbox, type EnrolledRef, type Placement, type SandboxBinding, type ZtunnelPlacement } from '../core/desired.js';
+import { describeFinding, type Finding } from '../core/ordering.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
 import { readHostNet, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
-import type { ApplyResult, RedirectMode } from '../redirect/mode.js';
+import type { ApplyResult, RedirectMode } from '../capture/mode.js';
 
 export interface MembershipView {
   /** False until every source delivered a full list: no entry is deleted before. */
@@ -135,7 +135,7 @@ export class Controller {
     if (warning && warning !== this.lastZtunnelWarning) log.warn(`${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`, ztunnelProblem ? { reason: ztunnelProblem } : {});
     this.lastZtunnelWarning = warning;
     const actual = await mode.actual(net.links.keys());
-    let placement;
+    let placement: Placement | undefined;
     if (view.pods) {
       placement = placeBySandbox(view.pods, net, this.bindings, actual.pods);
       this.bindings = placement.bindings;

@@ -1,5 +1,5 @@
 /** Finding ztunnel on the node: its host veth, and its eth0 inside its own netns. */
-import type { ZtunnelPlacement } from './desired.js';
+import type { ZtunnelPlacement } from '../core/desired.js';
 import { hostLinkFor, readLinksIn, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 

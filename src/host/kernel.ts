@@ -7,7 +7,33 @@ import { release as osRelease } from 'node:os';
 import { gunzipSync } from 'node:zlib';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper, probeProgType } from '../bpf/ffi.js';
 import { probeTcx } from '../bpf/hooks.js';
-import type { BpfProbes, KernelFacts } from '../redirect/select.js';
+
+/** Answers of libbpf's feature probes for SCHED_CLS programs. */
+export interface BpfProbes {
+  /** BPF_PROG_TYPE_SCHED_CLS loads (4.1). */
+  schedCls: boolean;
+  /** bpf_redirect (4.4): the outbound program's fallback variant. */
+  redirect: boolean;
+  /** bpf_sk_lookup_tcp (4.20): the first helper of ebpf mode's floor. */
+  skLookupTcp: boolean;
+  /** bpf_sk_assign (5.7). */
+  skAssign: boolean;
+  /** bpf_redirect_peer (5.10). */
+  redirectPeer: boolean;
+  /** tcx hooks (6.6): a read-only BPF_PROG_QUERY of loopback's (absent: not probed). */
+  tcx?: boolean;
+}
+
+export interface KernelFacts {
+  /** `uname -r`, e.g. "6.18.44-fc-v657" or "4.19.0-27-amd64". */
+  release: string;
+  /** null when the probes could not run at all (see probeError). */
+  probes: BpfProbes | null;
+  /** Why the probes could not run (bpf() refused: EPERM, ENOSYS, no libbpf ...). */
+  probeError?: string;
+  /** The kernel can create Geneve links: true, false, or null when it cannot tell. */
+  geneve: boolean | null;
+}
 
 /** Helper ids from linux/bpf.h's __BPF_FUNC_MAPPER. */
 export const BPF_FUNC = { redirect: 23, sk_lookup_tcp: 84, sk_assign: 124, redirect_peer: 155 } as const;

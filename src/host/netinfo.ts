@@ -2,25 +2,11 @@
  * What the controller needs to know about the node's links and routes, read in bulk with
  * one `ip -j` call per table (never one process per pod).
  */
+import type { HostNet, Link } from '../core/node.js';
 import type { CommandRunner } from './runner.js';
 
-export interface Link {
-  ifindex: number;
-  name: string;
-  mac: string;
-  /** For a veth whose peer is in another netns: the peer's ifindex there. */
-  peerIfindex?: number;
-  /** ...and that netns' id as seen from here. */
-  peerNetnsId?: number;
-}
-
-export interface HostNet {
-  links: Map<number, Link>;
-  /** Single-address routes (/32, /128) of the main table: pod IP -> link name. */
-  hostRoutes: Map<string, string>;
-  /** Named netns (from /var/run/netns) by their id as seen from here. */
-  netnsById: Map<number, string>;
-}
+export type { HostNet, Link } from '../core/node.js';
+export { hostLinkFor } from '../core/node.js';
 
 interface IpLink {
   ifindex: number;
@@ -92,12 +78,4 @@ export async function readHostNet(runner: CommandRunner): Promise<HostNet> {
 /** The links of a named netns (for the MAC of ztunnel's eth0). */
 export async function readLinksIn(runner: CommandRunner, netns: string): Promise<Map<number, Link>> {
   return parseLinks(await runner.run(['ip', '-n', netns, '-j', 'link', 'show']));
-}
-
-/** The host link a pod IP is routed to, or undefined. */
-export function hostLinkFor(net: HostNet, ip: string): Link | undefined {
-  const dev = net.hostRoutes.get(ip);
-  if (!dev) return undefined;
-  for (const l of net.links.values()) if (l.name === dev) return l;
-  return undefined;
 }

@@ -1,5 +1,6 @@
 /**
- * The only module that spawns processes. Commands are argv arrays, never shell strings.
+ * The only module of src/ that spawns processes (the harness, not in the image, has its
+ * own). Commands are argv arrays, never shell strings.
  * A CommandRunner is a port: tests of pure code inject a recording fake.
  */
 import { execFile, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';

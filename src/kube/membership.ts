@@ -6,8 +6,8 @@
  */
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
-import type { EnrolledRef } from '../controller/desired.js';
-import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../controller/enrollment.js';
+import type { EnrolledRef } from '../core/desired.js';
+import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../core/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';
@@ -57,7 +57,7 @@ export class KubeMembership implements Membership {
   private readonly programmedListeners: ((ips: ReadonlySet<string>) => void)[] = [];
   /**
    * The last sandbox (container ID) the CNI plugin announced for each UID: the evidence a
-   * pod whose veth is gone has a new sandbox (controller/desired.ts placeBySandbox). Kept
+   * pod whose veth is gone has a new sandbox (core/desired.ts placeBySandbox). Kept
    * past the announcement's settling, forgotten with the pod.
    */
   private readonly announced = new Map<string, string>();
@@ -121,7 +121,7 @@ export class KubeMembership implements Membership {
     };
   }
 
-  /** ztunnel as discovered (src/controller/enrollment.ts chooseZtunnel), recomputed only after a change. */
+  /** ztunnel as discovered (src/core/enrollment.ts chooseZtunnel), recomputed only after a change. */
   ztunnel(): ZtunnelChoice {
     return (this.ztunnelCache ??= chooseZtunnel(this.pods.values(), this.opts.ztunnel, this.opts.nodeName));
   }
@@ -329,7 +329,10 @@ export class KubeMembership implements Membership {
 
   private podEvent(type: WatchEventType, obj: unknown): void {
     const p = parsePod(obj);
-    if (!p.ok) return this.reject('pod', p.reason, p.uid);
+    if (!p.ok) {
+      this.reject('pod', p.reason, p.uid);
+      return;
+    }
     if (!this.ours(p.value)) return;
     const before = this.pods.get(p.value.uid);
     const staleBefore = this.pods.stale;
@@ -360,7 +363,10 @@ export class KubeMembership implements Membership {
 
   private nsEvent(type: WatchEventType, obj: unknown): void {
     const n = parseNamespace(obj);
-    if (!n.ok) return this.reject('namespace', n.reason);
+    if (!n.ok) {
+      this.reject('namespace', n.reason);
+      return;
+    }
     if (this.namespaces.apply(type, n.value.ns, n.value.resourceVersion)) this.changed();
   }
 

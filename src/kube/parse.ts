@@ -4,7 +4,7 @@
  * it; nothing here throws.
  */
 import { isIP } from 'node:net';
-import { STATUS_ANNOTATION, type NamespaceView, type PodView } from '../controller/enrollment.js';
+import { STATUS_ANNOTATION, type NamespaceView, type PodView } from '../core/enrollment.js';
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; reason: string; uid?: string };
 

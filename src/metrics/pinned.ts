@@ -7,8 +7,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as codec from '../bpf/codec.js';
-import { constants } from '../bpf/layout.generated.js';
-import { BpfMap } from '../bpf/object.js';
+import { openPinnedMap, PINNED_MAPS, type PinnedMapName } from '../bpf/maps.js';
 import { pinDir } from '../bpf/pins.js';
 
 export interface MapUsage {
@@ -25,15 +24,15 @@ export interface PodCounterSample {
 
 /** Raw entries of our pinned maps, or null when the map is not pinned. */
 export interface PinnedMaps {
-  entries(name: 'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'ztunnel'): [Buffer, Buffer][] | null;
+  entries(name: PinnedMapName): [Buffer, Buffer][] | null;
 }
 
-/** Capacities as compiled (bpf/include/ambient_redirect.h). */
+/** Capacities as compiled (bpf/include/ambient_redirect.h, through the catalogue). */
 export const MAP_CAPACITY = {
-  pods: constants.MAX_PODS,
-  counters: constants.MAX_PODS,
-  dns_servers: constants.MAX_DNS_SERVERS,
-  host_flows: constants.MAX_HOST_FLOWS,
+  pods: PINNED_MAPS.pods.maxEntries,
+  counters: PINNED_MAPS.counters.maxEntries,
+  dns_servers: PINNED_MAPS.dns_servers.maxEntries,
+  host_flows: PINNED_MAPS.host_flows.maxEntries,
 } as const;
 
 export function mapUsage(maps: PinnedMaps): MapUsage[] {
@@ -58,21 +57,13 @@ export function podCounters(maps: PinnedMaps): PodCounterSample[] {
   });
 }
 
-const SIZES = {
-  pods: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: constants.MAX_PODS },
-  counters: { keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
-  dns_servers: { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.DNS_INFO_SIZE, maxEntries: constants.MAX_DNS_SERVERS },
-  host_flows: { keySize: codec.HOST_FLOW_KEY_SIZE, valueSize: codec.HOST_FLOW_INFO_SIZE, maxEntries: constants.MAX_HOST_FLOWS },
-  ztunnel: { keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1 },
-} as const;
-
 /** Reads the maps pinned under <pinRoot>/ambient-redirect/v1/ (ebpf mode). */
 export function pinnedMaps(pinRoot: string): PinnedMaps {
   return {
     entries(name) {
       const path = join(pinDir(pinRoot), name);
       if (!existsSync(path)) return null;
-      const map = BpfMap.openPinned(path, name, SIZES[name]);
+      const map = openPinnedMap(pinDir(pinRoot), name);
       try {
         return map.entries();
       } finally {

@@ -5,8 +5,9 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PodCounters } from '../bpf/codec.js';
-import type { Finding, FindingKind } from '../controller/ordering.js';
+import type { Finding, FindingKind } from '../core/ordering.js';
 import type { MapUsage, PodCounterSample } from './pinned.js';
+import type { RequestedMode, SelectedMode } from '../core/modes.js';
 
 export const PREFIX = 'ambient_redirect_';
 
@@ -187,7 +188,7 @@ export class AgentMetrics {
     this.eventToProgrammed.observe(seconds);
   }
 
-  setMode(mode: 'ebpf' | 'iptables', requested: 'ebpf' | 'iptables' | 'auto'): void {
+  setMode(mode: SelectedMode, requested: RequestedMode): void {
     this.mode.reset();
     this.mode.set({ mode, requested, fallback: String(requested === 'ebpf' && mode !== 'ebpf') }, 1);
   }

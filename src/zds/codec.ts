@@ -70,7 +70,7 @@ export class ZdsEncodeError extends Error {
   }
 }
 
-/** The .proto sits beside this module: in src/zds/, and in dist/zds/ where `make build` copies it. */
+/** The .proto sits beside this module: in src/zds/, and in dist/src/zds/ where `make build` copies it. */
 function protoPath(): string {
   const path = new URL('./zds.proto', import.meta.url);
   if (!existsSync(path)) throw new Error(`zds.proto not found at ${path.pathname} (make build copies it beside the compiled codec)`);

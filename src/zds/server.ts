@@ -101,7 +101,7 @@ export class ZdsServer {
   private readable(id: number, fd: number, hangup: boolean): void {
     for (;;) {
       if (this.conns.get(id) !== fd) return;
-      let got;
+      let got: ReturnType<typeof recvDatagram>;
       try {
         got = recvDatagram(fd, MAX_DATAGRAM);
       } catch (err) {

@@ -40,13 +40,13 @@ import {
   type Ipv4Opts,
   type Ipv6Opts,
   type L4,
-} from '../../src/packet/builder.js';
-import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { names, OUTSIDE_HOST_IP, OUTSIDE_HOST_IP6, ZTUNNEL_IP, ZTUNNEL_IP6 } from '../../src/sim/names.js';
-import { createSimNode, newPrefix, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { sendFrames, startSniffer, withChecksums, type Sniffed } from '../../src/sim/rawframes.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
-import { kernelDescribe } from './gate.js';
+} from '../../harness/packet/builder.js';
+import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { names, OUTSIDE_HOST_IP, OUTSIDE_HOST_IP6, ZTUNNEL_IP, ZTUNNEL_IP6 } from '../../harness/sim/names.js';
+import { createSimNode, newPrefix, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { sendFrames, startSniffer, withChecksums, type Sniffed } from '../../harness/sim/rawframes.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
+import { kernelDescribe } from '../support/gate.js';
 
 /** Istio's probe SNAT address and its IPv6 twin: no address may be trusted as a probe's. */
 const PROBE_IP = '169.254.7.127';

@@ -8,9 +8,9 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { createSimNode, type SimNode } from '../../src/sim/node.js';
-import { pinRootFor, runStaticScenario, type ScenarioResult } from '../../src/sim/scenario.js';
-import { kernelDescribe } from './gate.js';
+import { createSimNode, type SimNode } from '../../harness/sim/node.js';
+import { pinRootFor, runStaticScenario, type ScenarioResult } from '../../harness/sim/scenario.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 

@@ -10,11 +10,11 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfMap, BpfObject } from '../../src/bpf/object.js';
-import { diffPods, type Desired } from '../../src/controller/desired.js';
-import type { ActualState, ApplyResult } from '../../src/redirect/mode.js';
-import { newPrefix } from '../../src/sim/names.js';
+import { diffPods, type Desired } from '../../src/core/desired.js';
+import type { ActualState, ApplyResult } from '../../src/capture/mode.js';
+import { newPrefix } from '../../harness/sim/names.js';
 import { EVENTS, SEEDS, describeFailure, runSeed, type ChurnMode } from '../unit/churn.js';
-import { kernelDescribe } from './gate.js';
+import { kernelDescribe } from '../support/gate.js';
 
 /** ebpf mode's map side, on the real pods map: entries in the kernel, hooks and slot in memory. */
 class PinnedPodsMode implements ChurnMode {

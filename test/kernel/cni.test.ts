@@ -11,15 +11,16 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startController, runInNode, type ControllerProcess } from '../../src/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
-import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
-import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../src/sim/runtime.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { startController, runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
+import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep } from '../support/wait.js';
 
 const NODE = 'sim-node';
 const PODS = 50;
@@ -30,7 +31,6 @@ const CONFLIST = `{
       {"type":"portmap","snat":true,"capabilities":{"portMappings":true}} ]
 }
 `;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network namespaces', () => {
   let sim: SimNode;
@@ -154,7 +154,10 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     const n = bypassesFrom(runs);
     console.log(`cni gate off: ${n} of ${PODS} first connections bypassed`);
     const outcome = (r: PodRun) => (r.connection?.ok ? r.connection.reply : r.connection?.error);
-    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => ({ ...m, [String(outcome(r))]: (m[String(outcome(r))] ?? 0) + 1 }), {}))}`);
+    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => {
+      m[String(outcome(r))] = (m[String(outcome(r))] ?? 0) + 1;
+      return m;
+    }, {}))}`);
     expect(runs.every((r) => r.started)).toBe(true);
     for (const r of runs) await rt.teardown(specs[r.pod.index - PODS]!, r.uid, r.containerId);
   }, 180_000);

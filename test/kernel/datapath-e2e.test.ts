@@ -11,11 +11,11 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfMap } from '../../src/bpf/object.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { createSimNode, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
 const POD_PORT = 9090;

@@ -14,10 +14,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { DatapathHarness, modelStateOf, type KernelOutcome, type ProgramName } from '../model/harness.js';
 import { EST, NODE, NODE_IFINDEX, OUTSIDE, POD_A, ROWS, stateOf, ZT_MAC, type Row, type ZtRow } from '../model/rows.js';
-import * as b from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
 import * as codec from '../../src/bpf/codec.js';
-import { hex, ipBytes } from '../../src/packet/builder.js';
-import { kernelDescribe } from './gate.js';
+import { hex, ipBytes } from '../../harness/packet/builder.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const LISTENERS = [
   ['tcp4', 15001],

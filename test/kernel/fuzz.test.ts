@@ -14,8 +14,8 @@ import * as m from '../model/datapath.js';
 import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
-import { truncate } from '../../src/packet/builder.js';
-import { kernelDescribe } from './gate.js';
+import { truncate } from '../../harness/packet/builder.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
 const FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500);

@@ -8,16 +8,16 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, runInNode } from '../../src/sim/controller.js';
-import { createSimNode, newPrefix, type SimNode } from '../../src/sim/node.js';
-import { pinRootFor, runStaticScenario } from '../../src/sim/scenario.js';
-import { emptyTables } from '../../src/redirect/iptables.js';
-import { kernelDescribe } from './gate.js';
+import { startController, runInNode } from '../../harness/sim/controller.js';
+import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
+import { pinRootFor, runStaticScenario } from '../../harness/sim/scenario.js';
+import { emptyTables } from '../../src/capture/iptables/iptables.js';
+import { kernelDescribe } from '../support/gate.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { isRoot } from './gate.js';
+import { isRoot } from '../support/gate.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 
@@ -215,7 +215,7 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
       expect(await controller.stop('SIGTERM')).toBe(0);
       expect(iptablesModeTraces(await snapshots(sim)).length).toBeGreaterThan(0);
       // The uninstall command as a node without nftables runs it: nft is not on PATH.
-      const r = spawnSync('nsenter', [`--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/cli/main.js', 'uninstall', '--pin-root', pinRoot], {
+      const r = spawnSync('nsenter', [`--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/src/cli/main.js', 'uninstall', '--pin-root', pinRoot], {
         encoding: 'utf8',
         env: { ...process.env, PATH: bin },
       });

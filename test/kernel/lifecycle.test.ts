@@ -9,15 +9,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CommandError, systemRunner } from '../../src/host/runner.js';
-import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const OBJECTS = {
   current: 'build/redirect.bpf.o',

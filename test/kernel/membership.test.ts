@@ -1,7 +1,7 @@
 /**
  * Kubernetes membership on the simulated node, with the controller as a real process in
  * the node netns, talking to the API double through a kubeconfig (the double is reached
- * over 127.0.0.1:6443 of the node netns, see src/sim/kube-api.ts). Oracles: bpftool's
+ * over 127.0.0.1:6443 of the node netns, see harness/sim/kube-api.ts). Oracles: bpftool's
  * dump of the pinned pods map, the servers' records of real connections, the double's
  * own request log and store.
  *
@@ -13,18 +13,18 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../src/sim/kube-sim.js';
-import { ZTUNNEL_POD } from '../../src/sim/kube-api.js';
-import { OUTSIDE_HOST_IP } from '../../src/sim/names.js';
-import { createSimNode, unwirePod, wirePod, type SimNode, type SimServer } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
+import { createSimNode, unwirePod, wirePod, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep, until as waitUntil } from '../support/wait.js';
 
 const NODE = 'sim-node';
 const ANN = 'ambient.istio.io/redirection';
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds network namespaces', () => {
   let sim: SimNode;
@@ -60,13 +60,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     }
   }
 
-  async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-    const end = Date.now() + ms;
-    while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-      await sleep(50);
-    }
-  }
+  const until = (what: string, cond: () => boolean, ms = 10_000) => waitUntil(what, cond, ms, 50);
 
   /** Where a pod's connections went: 'ztunnel' (captured) or 'direct'. */
   async function route(i: number): Promise<'ztunnel' | 'direct' | 'failed'> {
@@ -257,7 +251,8 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     let n = 0;
     // The oracle, from the double's store alone.
     const oracle = (): string[] => {
-      const owner = new Map<string, Record<string, any>>(); // eslint-disable-line @typescript-eslint/no-explicit-any
+      // biome-ignore lint/suspicious/noExplicitAny: API objects of any shape
+      const owner = new Map<string, Record<string, any>>();
       for (const p of kube.api.listPods()) {
         const pip = p.status?.podIP as string | undefined;
         if (p.spec.nodeName !== NODE || p.spec.hostNetwork || ['Succeeded', 'Failed'].includes(p.status.phase) || !pip) continue;

@@ -7,12 +7,12 @@
 import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { runInNode, startController, type ControllerProcess } from '../../src/sim/controller.js';
-import { createSimNode, type SimNode } from '../../src/sim/node.js';
-import { pinRootFor } from '../../src/sim/scenario.js';
+import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { createSimNode, type SimNode } from '../../harness/sim/node.js';
+import { pinRootFor } from '../../harness/sim/scenario.js';
 import type { Status } from '../../src/cli/status.js';
-import { teardownNode } from './fixture.js';
-import { kernelDescribe } from './gate.js';
+import { teardownNode } from '../support/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const ADDRESS = '127.0.0.1:15034';
 

@@ -2,10 +2,10 @@
  * The simulated node on the real kernel: namespaces, veths, routes and the agent processes.
  * Needs root; outside CI a non-root run skips with the reason printed, under CI it fails.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { createSimNode, newPrefix, type SimNode } from '../../src/sim/node.js';
-import { kernelDescribe } from './gate.js';
+import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
+import { kernelDescribe } from '../support/gate.js';
 
 const TIMEOUT = 30_000;
 async function netnsWithPrefix(prefix: string): Promise<string[]> {

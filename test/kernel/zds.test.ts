@@ -11,25 +11,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
-import { distEntry } from '../../src/sim/dist.js';
+import { distEntry } from '../../harness/sim/dist.js';
 import { closeFd, recvDatagram, seqpacketListen, sendDatagram, acceptConn } from '../../src/host/libc.js';
 import { createLogger } from '../../src/log.js';
-import { newPrefix } from '../../src/sim/names.js';
-import { INPOD_PORTS, ZtunnelInpod } from '../../src/sim/ztunnel-inpod.js';
+import { newPrefix } from '../../harness/sim/names.js';
+import { INPOD_PORTS, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { decodeHello, decodeResponse, encodeRequest } from '../../src/zds/codec.js';
 import { ZdsServer } from '../../src/zds/server.js';
-import { kernelDescribe } from './gate.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await sleep(20);
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+import { kernelDescribe } from '../support/gate.js';
+import { sleep, until } from '../support/wait.js';
 
 interface Listener {
   port: number;

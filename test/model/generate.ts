@@ -3,7 +3,7 @@
  * class with random fields, mutations of them, truncation at every offset, odd header
  * lengths and IPv6 extension-header chains. Pure: the same seed gives the same frames.
  */
-import * as b from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
 import { DNS, FLOW, NODE, NOT_DNS, OUTSIDE, POD_A, POD_B, POD_U, PROBE } from './rows.js';
 
 /** mulberry32: small, fast, good enough to spread frames. */

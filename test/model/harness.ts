@@ -14,17 +14,17 @@ import net from 'node:net';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
-import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../src/bpf/testrun.js';
+import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../harness/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { ipBytes } from '../../src/packet/builder.js';
-import { applyMapState, FILLER_IFINDEX, fillerPods, type MapState } from '../../src/matrix/state.js';
+import { ipBytes } from '../../harness/packet/builder.js';
+import { applyMapState, FILLER_IFINDEX, fillerPods, type MapState } from '../../harness/matrix/state.js';
 import { addrKeyHex, EMPTY_ZTUNNEL, hostFlowKey, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
 
 export const OBJECT_PATH = 'build/redirect.bpf.o';
 export const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
 export type ProgramName = (typeof PROGRAMS)[number];
 
-/** A map state (src/matrix/state.ts: the kernel matrix writes the same ones). */
+/** A map state (harness/matrix/state.ts: the kernel matrix writes the same ones). */
 export type StateSpec = MapState;
 export { FILLER_IFINDEX, fillerPods };
 

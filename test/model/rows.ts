@@ -4,7 +4,7 @@
  * verdict the spec gives, written by hand. The model's unit test checks the model against
  * it; the kernel test checks the programs against it (and the model on the same rows).
  */
-import * as b from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
 import type { StateSpec } from './harness.js';
 import { Mark, type VerdictName } from './datapath.js';
 
@@ -94,7 +94,6 @@ const SYN = 0x02;
 const REPLY4 = { src: POD_A.v4, dst: NODE.v4 };
 const REPLY6 = { src: POD_A.v6, dst: NODE.v6 };
 const FROM_NODE4 = { src: NODE.v4, dst: POD_A.v4 };
-const FROM_NODE6 = { src: NODE.v6, dst: POD_A.v6 };
 const flowOut = (flags = ACK) => b.tcp({ sport: FLOW.podPort, dport: FLOW.nodePort, flags });
 const flowIn = (flags = ACK) => b.tcp({ sport: FLOW.nodePort, dport: FLOW.podPort, flags });
 const A6 = { src: POD_A.v6, dst: OUTSIDE.v6 };

@@ -1,8 +1,8 @@
 /** The benchmark report's pure parts: statistics, ratios against the goals, Markdown, SVG. */
 import { describe, expect, it } from 'vitest';
-import { median, meets, ratios, ratioSvg, renderMarkdown, summarize, trafficTable } from '../../src/bench/report.js';
-import { rotate, type Scenario, type TrafficSample, type Workload } from '../../src/bench/traffic.js';
-import { synRetransmits as parseSynRetrans } from '../../src/bench/traffic-peer.js';
+import { median, meets, ratios, ratioSvg, renderMarkdown, summarize, trafficTable } from '../../harness/bench/report.js';
+import { rotate, type Scenario, type TrafficSample, type Workload } from '../../harness/bench/traffic.js';
+import { synRetransmits as parseSynRetrans } from '../../harness/bench/traffic-peer.js';
 
 /** Three rounds; the rate of each scenario × workload is base × factor, times a per-round wobble. */
 function samples(factors: Partial<Record<Scenario, number>>): TrafficSample[] {
@@ -58,9 +58,9 @@ describe('SYN retransmits', () => {
   it('control-path summaries: lines as a list, table rows as printed, a blank line between', () => {
     const md = renderMarkdown({
       date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'x.svg',
-      control: { scripts: [{ script: 'src/bench/cni.ts', lines: ['40 pods', '| a | b |', '|---|---|', '| 1 | 2 |'] }] },
+      control: { scripts: [{ script: 'harness/bench/cni.ts', lines: ['40 pods', '| a | b |', '|---|---|', '| 1 | 2 |'] }] },
     });
-    expect(md).toContain('`src/bench/cni.ts`, its own summary:\n\n- 40 pods\n\n| a | b |\n|---|---|\n| 1 | 2 |\n');
+    expect(md).toContain('`harness/bench/cni.ts`, its own summary:\n\n- 40 pods\n\n| a | b |\n|---|---|\n| 1 | 2 |\n');
   });
 });
 

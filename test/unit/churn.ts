@@ -13,7 +13,7 @@
  */
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership } from '../../src/kube/membership.js';
-import type { RedirectMode } from '../../src/redirect/mode.js';
+import type { RedirectMode } from '../../src/capture/mode.js';
 import { rng } from '../model/generate.js';
 import { FakeMode, InProcessTransport, fakeNet, fakeZtunnel, quietLog } from './kube-harness.js';
 
@@ -34,7 +34,8 @@ const ROUTABLE = Array.from({ length: 12 }, (_, i) => `10.244.1.${10 + i}`);
 const POOL = [...ROUTABLE, '10.244.2.1', '10.244.2.2'];
 const NAMESPACES = ['a1', 'a2', 'p1'];
 
-type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: API objects of any shape, read and written by path
+type Obj = Record<string, any>;
 
 
 /** The API's truth, and the watch lines it produced. */

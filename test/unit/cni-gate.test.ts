@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CniConfig } from '../../src/config.js';
-import type { NamespaceView } from '../../src/controller/enrollment.js';
+import type { NamespaceView } from '../../src/core/enrollment.js';
 import { hasPlugin } from '../../src/cni/conflist.js';
 import { startCniGate, type CniGate, type GateMembership } from '../../src/cni/gate.js';
 import { writeAtomic } from '../../src/cni/nsfile.js';

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRequest, encodeReply, frameLength } from '../../src/cni/protocol.js';
-import { runPlugin, DEFAULT_PLUGIN } from '../../src/sim/runtime.js';
+import { runPlugin, DEFAULT_PLUGIN } from '../../harness/sim/runtime.js';
 import { createServer, type Server } from 'node:net';
 
 let dir = '';

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Controller } from '../../src/controller/controller.js';
-import type { NamespaceView, PodView } from '../../src/controller/enrollment.js';
+import type { NamespaceView, PodView } from '../../src/core/enrollment.js';
 import { addPlugin, ConflistError, hasPlugin, pickConfigFile, removePlugin } from '../../src/cni/conflist.js';
 import { namespaceDecision, podDecision } from '../../src/cni/decide.js';
 import { CniHandler, type CniMembership } from '../../src/cni/handler.js';

@@ -5,7 +5,7 @@ import { systemRunner, CommandError } from '../../src/host/runner.js';
 describe('run configuration', () => {
   it('takes flags over environment over defaults, frozen', () => {
     const cfg = parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10, 10.0.0.11'], { LOG_LEVEL: 'debug', ZTUNNEL_IP: '10.9.9.9' });
-    expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', enroll: ['10.0.0.10', '10.0.0.11'], logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 5 });
+    expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 5 });
     expect(cfg.membership).toEqual({ kind: 'static', enroll: ['10.0.0.10', '10.0.0.11'] });
     expect(Object.isFrozen(cfg)).toBe(true);
   });
@@ -68,7 +68,7 @@ describe('run configuration', () => {
 
 describe('the CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/cli/main.js', ...args]);
+    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/src/cli/main.js', ...args]);
 
   it('exits 2 with one line for a bad flag', async () => {
     const err = await cli(['run', '--ztunnel-ip', 'nope']).catch((e: unknown) => e);

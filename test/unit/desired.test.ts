@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
-import { desiredState, diffHooks, diffPods } from '../../src/controller/desired.js';
+import { desiredState, diffHooks, diffPods } from '../../src/core/desired.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 
 const link = (ifindex: number, name: string, extra: Partial<Link> = {}): Link => ({ ifindex, name, mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}`, ...extra });

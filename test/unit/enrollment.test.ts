@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { enrolledPods, enrollment, ipProblem, selectZtunnel, type NamespaceView, type PodView } from '../../src/controller/enrollment.js';
+import { enrolledPods, enrollment, ipProblem, selectZtunnel, type NamespaceView, type PodView } from '../../src/core/enrollment.js';
 
 const NODE = 'node-a';
 const ambient: NamespaceView = { name: 'shop', labels: { 'istio.io/dataplane-mode': 'ambient' } };

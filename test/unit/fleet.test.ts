@@ -20,7 +20,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_BACKOFF } from '../../src/controller/queue.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
-import { KubeApiDouble, ZTUNNEL_POD } from '../../src/sim/kube-api.js';
+import { KubeApiDouble, ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
 import { quietLog } from './kube-harness.js';
 
 const AGENTS = 200;

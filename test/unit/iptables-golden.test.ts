@@ -9,13 +9,13 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
-import type { Desired } from '../../src/controller/desired.js';
+import type { Desired } from '../../src/core/desired.js';
 import { CommandError, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
-import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/redirect/iptables.js';
-import { buildPlan, parseSave } from '../../src/redirect/iptables-rules.js';
-import { createRedirectMode } from '../../src/redirect/factory.js';
-import type { Tunnel } from '../../src/redirect/select.js';
+import { chainRestoreInput, IptablesRedirect, uninstallIptables } from '../../src/capture/iptables/iptables.js';
+import { buildPlan, parseSave } from '../../src/capture/iptables/rules.js';
+import { createRedirectMode } from '../../src/capture/factory.js';
+import type { Tunnel } from '../../src/capture/select.js';
 
 const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'golden', 'iptables');
 const silent = createLogger('error', () => {});

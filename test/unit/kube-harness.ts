@@ -4,11 +4,11 @@
  * driven in-process (the churn test pushes watch lines itself; no HTTP).
  */
 import type { PodInfo, ZtunnelInfo } from '../../src/bpf/codec.js';
-import { diffPods, type Desired } from '../../src/controller/desired.js';
+import { diffPods, type Desired } from '../../src/core/desired.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 import type { KubeTransport, WatchHandle } from '../../src/kube/http.js';
 import type { Logger } from '../../src/log.js';
-import type { ActualState, ApplyResult, RedirectMode } from '../../src/redirect/mode.js';
+import type { ActualState, ApplyResult, RedirectMode } from '../../src/capture/mode.js';
 
 export class FakeMode implements RedirectMode {
   readonly name = 'ebpf' as const;

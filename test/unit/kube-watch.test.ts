@@ -10,22 +10,16 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
-import { KubeApiDouble, ZTUNNEL_POD } from '../../src/sim/kube-api.js';
+import { KubeApiDouble, ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
 import { FakeMode, fakeNet, fakeZtunnel, recordingLog } from './kube-harness.js';
+import { sleep, until as waitUntil } from '../support/wait.js';
 
 const NODE = 'node-a';
 const IPS = Array.from({ length: 8 }, (_, i) => `10.244.1.${10 + i}`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 let diag: () => string = () => '';
 
-async function until(what: string, cond: () => boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; ${diag()}`);
-    await sleep(10);
-  }
-}
+const until = (what: string, cond: () => boolean, ms = 5_000) => waitUntil(() => `${what}; ${diag()}`, cond, ms, 10);
 
 interface Stack {
   api: KubeApiDouble;

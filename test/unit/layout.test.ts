@@ -4,7 +4,9 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { declaredStructs, generateLayoutModule, layoutsFromBtf } from '../../src/bpf/layout-gen.js';
+import { constants } from '../../src/bpf/layout.generated.js';
+import { PodFlags, ZtunnelFlags } from '../../src/core/values.js';
+import { declaredStructs, generateLayoutModule, layoutsFromBtf } from '../../tools/layout-gen.js';
 
 const HEADER = 'bpf/include/ambient_redirect.h';
 
@@ -12,6 +14,13 @@ describe('generated layouts', () => {
   it('match the compiled object (run `make layout` after changing the shared header)', async () => {
     const generated = await generateLayoutModule('build/redirect.bpf.o', HEADER, 'build/redirect.bpf.o');
     expect(readFileSync('src/bpf/layout.generated.ts', 'utf8')).toBe(generated);
+  });
+
+  it("give the core's flags (src/core/values.ts) the header's values", () => {
+    expect(PodFlags).toEqual({ ENROLLED: constants.POD_F_ENROLLED });
+    expect(ZtunnelFlags).toEqual({ PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE });
+    const flagNames = Object.keys(constants).filter((k) => /^(POD|ZT)_F_/.test(k));
+    expect(flagNames.sort()).toEqual(['POD_F_ENROLLED', 'ZT_F_DNS_CAPTURE', 'ZT_F_PRESENT']);
   });
 
   it('cover every struct the shared header declares', () => {

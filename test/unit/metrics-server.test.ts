@@ -8,7 +8,7 @@ import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentMetrics, Readiness, serveMetrics, type MetricsServer } from '../../src/metrics/index.js';
 
-let servers: MetricsServer[] = [];
+const servers: MetricsServer[] = [];
 const sockets: Socket[] = [];
 afterEach(async () => {
   for (const s of sockets.splice(0)) s.destroy();

@@ -6,8 +6,8 @@ import { describe, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { modelStateOf } from '../model/harness.js';
 import { EST, NODE, OUTSIDE, POD_A, ROWS, stateOf, type Row, type ZtRow } from '../model/rows.js';
-import * as b from '../../src/packet/builder.js';
-import { ipBytes } from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
+import { ipBytes } from '../../harness/packet/builder.js';
 
 const veths = { a: 2, b: 3 };
 const MAX_PODS = 65536;

@@ -1,11 +1,11 @@
 /**
- * The ordering check's pure core (src/controller/ordering.ts) on listings shaped as the
+ * The ordering check's pure core (src/core/ordering.ts) on listings shaped as the
  * kernel gives them, the parser of the rtnetlink filter dump, and how findings reach readiness
  * and the ambient_redirect_foreign_programs gauge.
  */
 import { describe, expect, it } from 'vitest';
 import { parseFilterDump } from '../../src/bpf/hooks.js';
-import { describeFinding, deviceBypass, programsAhead, type HookListing, type TcFilterEntry } from '../../src/controller/ordering.js';
+import { describeFinding, deviceBypass, programsAhead, type HookListing, type TcFilterEntry } from '../../src/core/ordering.js';
 import { AgentMetrics } from '../../src/metrics/registry.js';
 import { Readiness } from '../../src/metrics/readiness.js';
 

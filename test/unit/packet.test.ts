@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import * as b from '../../src/packet/builder.js';
+import * as b from '../../harness/packet/builder.js';
 
 describe('packet builder', () => {
   it('builds an IPv4 TCP SYN byte for byte, with a valid header checksum', () => {

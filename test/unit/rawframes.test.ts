@@ -1,11 +1,11 @@
 /**
- * The bypass hunt's checksum helper (src/sim/rawframes.ts): known answers computed
+ * The bypass hunt's checksum helper (harness/sim/rawframes.ts): known answers computed
  * independently (a plain one's-complement sum over the pseudo-header and segment), and
  * the frames it must leave alone.
  */
 import { describe, expect, it } from 'vitest';
-import * as b from '../../src/packet/builder.js';
-import { withChecksums } from '../../src/sim/rawframes.js';
+import * as b from '../../harness/packet/builder.js';
+import { withChecksums } from '../../harness/sim/rawframes.js';
 
 const l4csum = (frame: Buffer, l4Start: number, off: number) => frame.readUInt16BE(l4Start + off);
 

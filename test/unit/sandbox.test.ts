@@ -4,7 +4,7 @@
  * evidence for that pod's UID; a terminating pod whose sandbox is gone loses its entries.
  */
 import { describe, expect, it } from 'vitest';
-import { desiredState, placeBySandbox, type EnrolledRef, type SandboxBinding } from '../../src/controller/desired.js';
+import { desiredState, placeBySandbox, type EnrolledRef, type SandboxBinding } from '../../src/core/desired.js';
 import type { PodInfo } from '../../src/bpf/codec.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 

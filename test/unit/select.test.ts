@@ -10,7 +10,7 @@ import {
   type BpfProbes,
   type KernelFacts,
   type RequestedMode,
-} from '../../src/redirect/select.js';
+} from '../../src/capture/select.js';
 
 const ALL: BpfProbes = { schedCls: true, redirect: true, skLookupTcp: true, skAssign: true, redirectPeer: true };
 /** What libbpf's probes answer on a real 4.19 kernel. */

@@ -54,7 +54,7 @@ function files(dir: string, ext: RegExp): string[] {
  * startProcess, inNs or execFile/spawn; the command after `ip netns exec <ns>`; and the
  * iptables-save/restore names built by saveCmd/restoreCmd.
  */
-export function tsCommands(text: string): Set<string> {
+function tsCommands(text: string): Set<string> {
   const out = new Set<string>();
   const lit = `'([A-Za-z0-9._+-]+)'`;
   const patterns = [
@@ -83,7 +83,7 @@ const SHELL_WORDS = new Set([
  * script's own functions, variables, quoted text and array bodies. Here-documents (what a
  * VM's init runs under busybox) are left out.
  */
-export function shellCommands(text: string): Set<string> {
+function shellCommands(text: string): Set<string> {
   const out = new Set<string>();
   const functions = new Set([...text.matchAll(/^\s*([A-Za-z_][\w-]*)\s*\(\)\s*\{/gm)].map((m) => m[1]!));
   const segments: string[] = [];
@@ -155,7 +155,7 @@ function allSpawned(): Map<string, string> {
   const note = (cmds: Set<string>, file: string) => {
     for (const c of cmds) if (!where.has(c)) where.set(c, file);
   };
-  for (const f of [...files('src', /\.ts$/), ...files('test', /\.ts$/), ...files('tools', /\.ts$/)]) {
+  for (const f of [...files('src', /\.ts$/), ...files('harness', /\.ts$/), ...files('test', /\.ts$/), ...files('tools', /\.ts$/)]) {
     if (f.endsWith('spawned-commands.test.ts')) continue;
     note(tsCommands(readFileSync(f, 'utf8')), f);
   }

@@ -13,10 +13,10 @@ import { closeFd, recvDatagram, seqpacketConnect, sendDatagram } from '../../src
 import { decodeRequest, encodeHello, encodeResponse, type WorkloadRequest } from '../../src/zds/codec.js';
 import { createLogger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
+import { sleep } from '../support/wait.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'zds-conf-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Line {
   level: string;
@@ -37,7 +37,7 @@ class Peer {
   async next(ms = 2000): Promise<{ req: WorkloadRequest; fds: number[] } | 'closed' | 'timeout'> {
     const end = Date.now() + ms;
     while (Date.now() < end) {
-      let got;
+      let got: ReturnType<typeof recvDatagram>;
       try {
         got = recvDatagram(this.fd, 4096);
       } catch {
@@ -223,7 +223,7 @@ describe('ZDS server conformance (real SEQPACKET socket)', () => {
   it.each(rows)('$name: log line, connection closed, state kept', async (row) => {
     const bad = new Peer(path);
     await row.run(bad);
-    let m;
+    let m: Awaited<ReturnType<Peer['next']>>;
     do m = await bad.next(3000);
     while (typeof m !== 'string');
     expect(m).toBe('closed');

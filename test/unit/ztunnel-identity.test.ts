@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Controller } from '../../src/controller/controller.js';
-import { chooseZtunnel, type PodView } from '../../src/controller/enrollment.js';
+import { chooseZtunnel, type PodView } from '../../src/core/enrollment.js';
 import { KubeMembership, kubeTransport, loadKubeConfig } from '../../src/kube/index.js';
 import { parsePod } from '../../src/kube/parse.js';
 import { Readiness } from '../../src/metrics/readiness.js';
-import { KubeApiDouble, ZTUNNEL_POD } from '../../src/sim/kube-api.js';
+import { KubeApiDouble, ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
 import { FakeMode, fakeNet, fakeZtunnel, recordingLog } from './kube-harness.js';
 
 const NODE = 'node-a';

@@ -1,0 +1,99 @@
+/**
+ * CNI plugin overhead (figures, not a test):
+ *
+ *   node dist/harness/bench/cni.js [--pods 40]
+ *
+ * On a simulated node (root: network namespaces, BPF), the agent runs as a process with
+ * Kubernetes membership from the API double and the CNI gate on; the runtime stand-in
+ * creates pods one at a time, alternating a namespace outside the mesh and an ambient
+ * one, and times our plugin's ADD as the runtime sees it (fork/exec to exit). Beside
+ * them, in the same rounds, the plugin's VERSION (exec cost alone, no agent asked).
+ * Goals (issue 9): p99 <= 20 ms outside the mesh, <= 50 ms for an enrolled pod.
+ */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { startController, runInNode, type ControllerProcess } from '../sim/controller.js';
+import { startSimKubeApi, type SimKubeApi } from '../sim/kube-sim.js';
+import { ZTUNNEL_POD } from '../sim/kube-api.js';
+import { OUTSIDE_HOST_IP } from '../sim/names.js';
+import { createSimNode, type SimNode } from '../sim/node.js';
+import { DEFAULT_PLUGIN, runPlugin, SimRuntime } from '../sim/runtime.js';
+import { pinRootFor } from '../sim/scenario.js';
+
+const NODE = 'bench-node';
+
+function quantile(sorted: number[], q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)]!;
+}
+
+function row(name: string, ms: number[], goal: string): string {
+  const s = [...ms].sort((a, b) => a - b);
+  const f = (v: number) => v.toFixed(1).padStart(7);
+  return `| ${name.padEnd(40)} | ${String(s.length).padStart(3)} | ${f(quantile(s, 0.5))} | ${f(quantile(s, 0.9))} | ${f(quantile(s, 0.99))} | ${f(s.at(-1)!)} | ${goal.padEnd(8)} |`;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { pods: { type: 'string', default: '40' } } });
+  const pods = Number(values.pods);
+  if (!Number.isInteger(pods) || pods < 1 || pods > 110) throw new Error('--pods: an integer in 1..110');
+  let sim: SimNode | undefined;
+  let kube: SimKubeApi | undefined;
+  let controller: ControllerProcess | undefined;
+  let pinRoot = '';
+  const dir = mkdtempSync(join(tmpdir(), 'ar-cni-bench-'));
+  const cleanup = async () => {
+    await controller?.stop('SIGKILL');
+    if (sim && pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
+    await kube?.stop();
+    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
+    rmSync(dir, { recursive: true, force: true });
+    await sim?.teardown();
+  };
+  process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+  try {
+    sim = await createSimNode({ pods: 0 });
+    pinRoot = pinRootFor(sim);
+    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+    kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+    await Promise.all([sim.startZtunnel(), sim.startOutside()]);
+    kube.api.upsertNamespace('istio-system');
+    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+    kube.api.upsertNamespace('plain');
+    kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
+    const socket = join(dir, 'run', 'cni.sock');
+    const stateDir = join(dir, 'state');
+    controller = startController(sim.nodeNs, ['--kubeconfig', kube.kubeconfig, '--node-name', NODE, '--pin-root', pinRoot, '--resync-interval', '30', '--cni-socket', socket, '--cni-state-dir', stateDir, '--cni-add-timeout', '5']);
+    await controller.waitFor('programmed');
+    await controller.waitFor('cni: ambient namespace list written');
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: { socketPath: socket, namespacesFile: join(stateDir, 'ambient-namespaces'), timeoutMs: 7000 } });
+    const outside: number[] = [];
+    const enrolled: number[] = [];
+    const version: number[] = [];
+    process.stderr.write(`cni bench: ${pods} pods outside the mesh and ${pods} enrolled, one at a time, interleaved\n`);
+    for (let i = 0; i < pods; i++) {
+      for (const [ns, into] of [['plain', outside], ['shop', enrolled]] as const) {
+        const spec = { index: 2 * i + (ns === 'shop' ? 1 : 0), name: `${ns}-${i}`, namespace: ns, connect: false };
+        const uid = rt.createPodObject(spec);
+        const r = await rt.runSandbox(spec, uid);
+        if (!r.started) throw new Error(`ADD of ${ns}/${spec.name} failed: ${r.add?.stdout}`);
+        into.push(r.add!.ms);
+        await rt.teardown(spec, uid, r.containerId);
+      }
+      version.push((await runPlugin(DEFAULT_PLUGIN, { CNI_COMMAND: 'VERSION' }, '{}')).ms);
+    }
+    console.log(`\n| plugin ADD as the runtime times it       |   n |  p50 ms |  p90 ms |  p99 ms |  max ms | goal     |`);
+    console.log(`|------------------------------------------|----:|--------:|--------:|--------:|--------:|----------|`);
+    console.log(row('VERSION (exec alone, no agent)', version, '-'));
+    console.log(row('pod outside the mesh (pass-through)', outside, '≤ 20 ms'));
+    console.log(row('enrolled pod (held until programmed)', enrolled, '≤ 50 ms'));
+  } finally {
+    await cleanup();
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`cni bench: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});

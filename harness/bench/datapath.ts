@@ -1,0 +1,144 @@
+/**
+ * ns/packet of each data-path program under BPF_PROG_RUN, beside an empty TC program
+ * measured in the same run, at several sizes of the pods map. The machine is shared and
+ * noisy: programs are measured interleaved (A/B/A/B, the order rotating each round) and
+ * each figure is the median of the rounds. Nothing is attached and nothing is sent; the
+ * maps are the loaded object's own (no pins). Runs in the calling thread's netns, with
+ * the pod's veth standing in as loopback (ifindex 1): BPF_PROG_RUN needs a device there.
+ */
+import * as codec from '../../src/bpf/codec.js';
+import * as ffi from '../../src/bpf/ffi.js';
+import { BpfObject } from '../../src/bpf/object.js';
+import { runProgram, isNotRunnable } from '../bpf/testrun.js';
+import * as b from '../packet/builder.js';
+
+export interface BenchOptions {
+  objectPath: string;
+  emptyPath: string;
+  sizes: readonly number[];
+  repeat: number;
+  rounds: number;
+}
+
+export const DEFAULT_BENCH: BenchOptions = {
+  objectPath: 'build/redirect.bpf.o',
+  emptyPath: 'build/bench_empty.bpf.o',
+  sizes: [10, 1000, 65536],
+  repeat: 100_000,
+  rounds: 15,
+};
+
+const POD = '198.18.0.10';
+const OUTSIDE = '203.0.113.5';
+const IFINDEX = 1;
+
+/** What each program is measured on: its common case (a captured TCP segment). */
+export const CASES: readonly { program: string; frame: Buffer; ctx: { ifindex: number; ingressIfindex: number }; retval?: number }[] = [
+  { program: 'out_redir_peer', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 0 }, retval: 7 },
+  { program: 'out_redirect', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 0 }, retval: 7 },
+  { program: 'in_redirect', frame: b.v4Frame({ src: OUTSIDE, dst: POD }, b.tcp({ sport: 443, dport: 40000, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 7 },
+  { program: 'zt_mark', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 0 },
+  // Under BPF_PROG_RUN bpf_sk_assign is EOPNOTSUPP (not at TC ingress): the whole path up
+  // to and including the socket lookups runs, then the program fails closed (2).
+  { program: 'zt_assign', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 2 },
+];
+
+export interface BenchRow {
+  entries: number;
+  program: string;
+  /** Median ns/packet over the rounds. */
+  ns: number;
+  /** The empty program's median in the same interleaved run. */
+  emptyNs: number;
+  /** Time to fill the pods map to `entries` with one batch update, and with one update per entry. */
+  fillMs: { batch: number; oneByOne: number };
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, c) => a - c);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+/**
+ * Fills the pods map with `entries` entries (the benchmark's pod first) and returns how
+ * long it took, in one batch update and, for comparison, in one update per entry (keys and
+ * values encoded beforehand: the syscalls are what is timed).
+ */
+function fillPods(obj: BpfObject, entries: number): { batch: number; oneByOne: number } {
+  const pods = obj.map('pods');
+  const clear = () => {
+    for (const k of pods.keys()) pods.delete(k);
+  };
+  const keys: Buffer[] = [codec.encodeAddrKey(POD)];
+  for (let i = 1; i < entries; i++) keys.push(codec.encodeAddrKey(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`));
+  const value = codec.encodePodInfo({ ifindex: IFINDEX, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED });
+  clear();
+  let t = performance.now();
+  for (const k of keys) pods.update(k, value);
+  const oneByOne = performance.now() - t;
+  clear();
+  const allKeys = Buffer.concat(keys);
+  const allValues = Buffer.concat(keys.map(() => value));
+  t = performance.now();
+  const n = ffi.mapUpdateBatch(pods.fd, 'pods', allKeys, allValues, keys.length);
+  const batch = performance.now() - t;
+  if (n !== keys.length) throw new Error(`pods: batch update wrote ${n} of ${keys.length}`);
+  return { batch, oneByOne };
+}
+
+export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string) => void = () => undefined): BenchRow[] {
+  const obj = BpfObject.openAndLoad(opts.objectPath, { programs: CASES.map((c) => c.program) });
+  const empty = BpfObject.openAndLoad(opts.emptyPath);
+  try {
+    obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ifindex: 7, peerIfindex: 2, mac: '0a:58:c6:12:00:02', flags: codec.ZtunnelFlags.PRESENT, netnsCookie: 0n }));
+    obj.map('dns_servers').update(codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo());
+    const emptyFd = empty.programFd('bench_empty');
+    const subjects = [
+      { program: 'empty', fd: emptyFd, frame: CASES[0]!.frame, ctx: CASES[0]!.ctx },
+      ...CASES.map((c) => ({ ...c, fd: obj.programFd(c.program) })),
+    ];
+    for (const c of CASES) {
+      fillPods(obj, 1);
+      const r = runProgram(obj.programFd(c.program), c.frame, { ctx: c.ctx });
+      if (isNotRunnable(r) || r.retval !== c.retval) throw new Error(`${c.program}: the benchmark frame takes another path (retval ${isNotRunnable(r) ? 'not runnable' : r.retval}, want ${c.retval})`);
+    }
+    const rows: BenchRow[] = [];
+    for (const entries of opts.sizes) {
+      const fillMs = fillPods(obj, Math.min(entries, obj.map('pods').maxEntries));
+      const samples = new Map(subjects.map((s) => [s.program, [] as number[]]));
+      for (let round = 0; round < opts.rounds; round++) {
+        for (let i = 0; i < subjects.length; i++) {
+          // Rotate the order each round, so no program always runs first or after another.
+          const s = subjects[(i + round) % subjects.length]!;
+          const r = runProgram(s.fd, s.frame, { ctx: s.ctx, repeat: opts.repeat });
+          if (isNotRunnable(r)) throw new Error(`${s.program}: the kernel would not run the benchmark frame`);
+          samples.get(s.program)!.push(r.durationNs);
+        }
+      }
+      const emptyNs = median(samples.get('empty')!);
+      for (const c of CASES) rows.push({ entries, program: c.program, ns: median(samples.get(c.program)!), emptyNs, fillMs });
+      log(`measured ${entries} entries (filled in ${fillMs.batch.toFixed(1)} ms by one batch update, ${fillMs.oneByOne.toFixed(1)} ms one by one)`);
+    }
+    return rows;
+  } finally {
+    obj.close();
+    empty.close();
+  }
+}
+
+/** The table: ns/packet, overhead over the empty program, ratio to it, and to 10 entries. */
+export function formatBench(rows: readonly BenchRow[]): string {
+  const smallest = Math.min(...rows.map((r) => r.entries));
+  const base = new Map(rows.filter((r) => r.entries === smallest).map((r) => [r.program, r.ns]));
+  const lines = [
+    `| pods entries | program | ns/packet | empty ns/packet | overhead ns | ratio to empty | vs ${smallest} entries |`,
+    '|---:|---|---:|---:|---:|---:|---:|',
+  ];
+  for (const r of rows) {
+    lines.push(
+      `| ${r.entries} | ${r.program} | ${r.ns.toFixed(1)} | ${r.emptyNs.toFixed(1)} | ${(r.ns - r.emptyNs).toFixed(1)} | ${(r.ns / r.emptyNs).toFixed(2)} | ${(r.ns / base.get(r.program)!).toFixed(2)} |`,
+    );
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,120 @@
+/**
+ * BPF_PROG_RUN for TC programs: runs a loaded program on a frame in the kernel and returns
+ * its verdict, the frame as the program left it and the mark it set. Nothing is sent:
+ * a TC_ACT_REDIRECT is only a return value here.
+ *
+ * The kernel runs the program in the calling thread's network namespace: `skb->ifindex`
+ * must name a device there (0 or 1: loopback), and socket lookups see that namespace's
+ * sockets. `enterNetns` moves the calling thread into a namespace of our own for that.
+ */
+import { closeSync, openSync } from 'node:fs';
+import * as ffi from '../../src/bpf/ffi.js';
+
+/** TC verdicts (linux/pkt_cls.h). */
+export const TcAct = { OK: 0, SHOT: 2, REDIRECT: 7 } as const;
+
+/**
+ * struct __sk_buff (linux/bpf.h) as BPF_PROG_RUN takes it: the kernel refuses (EINVAL) a
+ * context with any field set that it does not copy into the skb, so only these are written.
+ */
+const SKB = {
+  size: 192,
+  mark: 8,
+  priority: 32,
+  ingressIfindex: 36,
+  ifindex: 40,
+} as const;
+
+export interface RunContext {
+  /** skb->mark before the program runs. */
+  mark?: number;
+  /** skb->ingress_ifindex: the device the frame came in on (any number). */
+  ingressIfindex?: number;
+  /** skb->ifindex: a device of the calling thread's netns (0/1: loopback). */
+  ifindex?: number;
+}
+
+export interface RunOptions {
+  ctx?: RunContext;
+  /** Runs of the same frame; durationNs is their average. Default 1. */
+  repeat?: number;
+}
+
+export interface RunResult {
+  retval: number;
+  /** The frame as the program left it. */
+  dataOut: Buffer;
+  /** skb->mark after the program. */
+  mark: number;
+  /** Average ns per run, as the kernel measured it. */
+  durationNs: number;
+}
+
+export interface NotRunnable {
+  /** Why the kernel refused to run the program on this input (EINVAL: too short, see refusedAsShort). */
+  notRunnable: number;
+}
+
+/** Headroom for programs that grow the frame; ours never do, but a short buffer is ENOSPC. */
+const OUT_SLACK = 256;
+
+export function runProgram(progFd: number, frame: Buffer, opts: RunOptions = {}): RunResult | NotRunnable {
+  const ctx = Buffer.alloc(SKB.size);
+  const c = opts.ctx ?? {};
+  ctx.writeUInt32LE((c.mark ?? 0) >>> 0, SKB.mark);
+  ctx.writeUInt32LE((c.ingressIfindex ?? 0) >>> 0, SKB.ingressIfindex);
+  ctx.writeUInt32LE((c.ifindex ?? 0) >>> 0, SKB.ifindex);
+  const ctxOut = Buffer.alloc(SKB.size);
+  const dataOut = Buffer.alloc(frame.length + OUT_SLACK);
+  const r = ffi.progTestRun(progFd, { dataIn: frame, dataOut, ctxIn: ctx, ctxOut, repeat: opts.repeat ?? 1 });
+  if ('errno' in r) {
+    if (r.errno === 22 /* EINVAL */ && refusedAsShort(frame)) return { notRunnable: r.errno };
+    throw new Error(`BPF_PROG_RUN(prog fd ${progFd}, ${frame.length} bytes): errno ${r.errno}`);
+  }
+  return {
+    retval: r.retval,
+    dataOut: Buffer.from(dataOut.subarray(0, r.dataSizeOut)),
+    mark: ctxOut.readUInt32LE(SKB.mark),
+    durationNs: r.duration,
+  };
+}
+
+/**
+ * Inputs the kernel refuses with EINVAL before running the program (measured on 6.18):
+ * shorter than an Ethernet header, or an IPv4/IPv6 ethertype with less than a full
+ * IPv4 (20) / IPv6 (40) header after it. Other ethertypes run from 14 bytes on.
+ */
+export function refusedAsShort(frame: Buffer): boolean {
+  if (frame.length < 14) return true;
+  const type = frame.readUInt16BE(12);
+  return (type === 0x0800 && frame.length < 14 + 20) || (type === 0x86dd && frame.length < 14 + 40);
+}
+
+export function isNotRunnable(r: RunResult | NotRunnable): r is NotRunnable {
+  return 'notRunnable' in r;
+}
+
+/**
+ * Moves the calling thread into the network namespace at `path` (e.g.
+ * /var/run/netns/<name>); returns the function that moves it back. Only this thread
+ * moves: Node's own worker threads stay where they were.
+ */
+export function enterNetns(path: string): () => void {
+  const home = openSync('/proc/thread-self/ns/net', 'r');
+  const target = openSync(path, 'r');
+  try {
+    ffi.setNetns(target, path);
+  } catch (err) {
+    closeSync(home);
+    throw err;
+  } finally {
+    closeSync(target);
+  }
+  return () => {
+    try {
+      ffi.setNetns(home, '/proc/thread-self/ns/net (home)');
+    } finally {
+      closeSync(home);
+    }
+  };
+}

@@ -1,0 +1,188 @@
+/**
+ * The kernel matrix's runner (docs/kernel-matrix.md): runs inside each qemu VM (and on this
+ * machine, in a netns of its own) with the controller's own code, not a copy of it: the
+ * kernel facts and selectMode of `run`, probeVariant/probeDelivery of the ebpf mode, the
+ * BpfObject loader over the system libbpf through koffi, and BPF_PROG_RUN of the kernel
+ * tests. It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
+ * (harness/matrix/corpus.ts); the host compares the outcomes with the reference model.
+ *
+ *   node dist/harness/matrix/vm-runner.js corpus.json
+ *
+ * Expects the two veths of MATRIX_VETHS in its netns (scripts/kernel-matrix.sh makes them).
+ */
+import { readFileSync } from 'node:fs';
+import * as ffi from '../../src/bpf/ffi.js';
+import { BpfObject } from '../../src/bpf/object.js';
+import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
+import { isNotRunnable, runProgram } from '../bpf/testrun.js';
+import { gatherKernelFacts } from '../../src/host/kernel.js';
+import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
+import { selectMode } from '../../src/capture/select.js';
+import { applyMapState } from './state.js';
+import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
+
+const say = (tag: string, value: unknown) => process.stdout.write(`${LINE} ${tag} ${JSON.stringify(value)}\n`);
+
+/** The tail of an error (a load error carries the whole verifier log). */
+function tail(err: unknown, lines = 25): string {
+  const text = err instanceof Error ? err.message : String(err);
+  const all = text.split('\n');
+  return all.length <= lines ? text : [all[0], '...', ...all.slice(-lines)].join('\n');
+}
+
+function facts(): RunnerFacts {
+  const f = gatherKernelFacts();
+  let selection: RunnerFacts['selection'];
+  try {
+    const s = selectMode('auto', f);
+    selection = { mode: s.mode, reason: s.reason };
+  } catch (err) {
+    selection = { error: err instanceof Error ? err.message : String(err) };
+  }
+  return {
+    release: f.release,
+    libbpf: ffi.libbpfVersion(),
+    probes: f.probes ? { ...f.probes } : null,
+    ...(f.probeError ? { probeError: f.probeError } : {}),
+    variant: probeVariant(),
+    delivery: probeDelivery(),
+    selection,
+  };
+}
+
+// struct bpf_prog_info (linux/bpf.h): xlated_prog_len at 20, verified_insns (5.16) at 216.
+const PROG_INFO_LEN = 232;
+
+/** Where the ebpf mode attaches each program (docs/datapath.md), on the runner's veths. */
+function hookOf(name: string): { ifindex: number; direction: Direction } {
+  if (name.startsWith('zt_')) return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
+  return { ifindex: MATRIX_VETHS.a, direction: name === 'in_redirect' ? 'egress' : 'ingress' };
+}
+
+/** Attaches with the loader's netlink TC (src/bpf/tc.ts), reads it back, detaches. */
+function attachCheck(name: string, fd: number): string {
+  const { ifindex, direction } = hookOf(name);
+  try {
+    const a = attachTc(ifindex, direction, fd);
+    try {
+      const seen = queryTc(ifindex, direction);
+      if (seen !== a.progId) return `attached program ${a.progId}, the hook shows ${seen}`;
+    } finally {
+      detachTc(ifindex, direction);
+      if (a.createdQdisc) destroyClsact(ifindex);
+    }
+    return 'ok';
+  } catch (err) {
+    return tail(err, 5);
+  }
+}
+
+function loadOne(path: string, name: string): ProgramLoad {
+  let obj: BpfObject | null = null;
+  try {
+    obj = BpfObject.openAndLoad(path, { programs: [name] });
+    const fd = obj.programFd(name);
+    const info = ffi.objGetInfo(fd, name, PROG_INFO_LEN);
+    const verified = info.readUInt32LE(216);
+    return { name, loaded: true, xlatedInsns: info.readUInt32LE(20) / 8, verifiedInsns: verified === 0 ? null : verified, attached: attachCheck(name, fd) };
+  } catch (err) {
+    return { name, loaded: false, error: tail(err) };
+  } finally {
+    obj?.close();
+  }
+}
+
+function negativeControl(path: string): NegativeControl {
+  let obj: BpfObject | null = null;
+  try {
+    obj = BpfObject.openAndLoad(path);
+    return { rejected: false, detail: 'the kernel loaded a program without a bounds check' };
+  } catch (err) {
+    const lines = (err instanceof Error ? err.message : String(err)).split('\n').map((l) => l.trim()).filter(Boolean);
+    // The verifier's reason is the line before its "processed N insns" summary.
+    const reason = lines.find((l) => /invalid access to packet|invalid mem access|out of range|R\d+ .*(invalid|not allowed)/.test(l));
+    return { rejected: true, detail: reason ?? lines[0] ?? 'rejected' };
+  } finally {
+    obj?.close();
+  }
+}
+
+
+/**
+ * Whether BPF_PROG_RUN takes skb->ingress_ifindex: 5.10 refuses any context with it set
+ * (EINVAL), whatever the frame. Probed with a full-size IPv4 frame, which every kernel runs.
+ */
+function probeIngressCtx(fd: number): boolean {
+  const frame = Buffer.alloc(64);
+  frame.writeUInt16BE(0x0800, 12);
+  frame[14] = 0x45;
+  runProgram(fd, frame, { ctx: { ingressIfindex: 0 } }); // throws if even this is refused
+  try {
+    runProgram(fd, frame, { ctx: { ingressIfindex: 5 } });
+    return true;
+  } catch (err) {
+    if (err instanceof Error && /errno 22$/.test(err.message)) return false;
+    throw err;
+  }
+}
+
+function replay(corpus: Corpus, loadable: string[]): RunOutcome[] {
+  const obj = BpfObject.openAndLoad(corpus.object, { programs: loadable });
+  try {
+    const ingressCtx = probeIngressCtx(obj.programFd(loadable[0]!));
+    say('ctx', { ingressIfindex: ingressCtx });
+    const fds = corpus.programs.map((p) => (loadable.includes(p) ? obj.programFd(p) : -1));
+    const frames = corpus.frames.map((h) => Buffer.from(h, 'hex'));
+    const out: RunOutcome[] = [];
+    let state = -1;
+    for (const [st, prog, frameIdx, ifindex, ingressIfindex, mark] of corpus.runs) {
+      if (st !== state) {
+        applyMapState(obj, corpus.states[st]!);
+        state = st;
+      }
+      const fd = fds[prog]!;
+      if (fd < 0) {
+        out.push([2, `${corpus.programs[prog]} did not load`]);
+        continue;
+      }
+      const frame = frames[frameIdx]!;
+      // A kernel that refuses skb->ingress_ifindex runs the frame without it (outcome 3).
+      const fallback = ingressIfindex !== 0 && !ingressCtx;
+      try {
+        const r = runProgram(fd, frame, { ctx: { ifindex, ingressIfindex: fallback ? 0 : ingressIfindex, mark } });
+        if (isNotRunnable(r)) out.push([1, r.notRunnable]);
+        else out.push([fallback ? 3 : 0, r.retval, r.mark, frameChanges(frame, r.dataOut)]);
+      } catch (err) {
+        out.push([2, err instanceof Error ? err.message : String(err)]);
+      }
+    }
+    return out;
+  } finally {
+    obj.close();
+  }
+}
+
+function main(): void {
+  const path = process.argv[2];
+  if (!path) throw new Error('usage: vm-runner.js corpus.json');
+  const corpus = JSON.parse(readFileSync(path, 'utf8')) as Corpus;
+  const t0 = performance.now();
+  const seconds = () => Math.round(performance.now() - t0) / 1000;
+  say('facts', facts());
+  const loads = corpus.programs.map((p) => loadOne(corpus.object, p));
+  for (const l of loads) say('prog', l);
+  say('negative', negativeControl(corpus.broken));
+  say('time', { loaded: seconds(), sinceStart: process.uptime() });
+  const loadable = loads.filter((l) => l.loaded).map((l) => l.name);
+  const outcomes = loadable.length > 0 ? replay(corpus, loadable) : corpus.runs.map((): RunOutcome => [2, 'no program loaded']);
+  say('time', { replayed: seconds(), runs: outcomes.length });
+  process.stdout.write(encodeOutcomes(outcomes).join('\n') + '\n');
+  process.stdout.write(`${LINE} done\n`);
+}
+
+try {
+  main();
+} catch (err) {
+  say('fatal', err instanceof Error ? err.stack ?? err.message : String(err));
+  process.exitCode = 1;
+}

@@ -1,0 +1,96 @@
+/**
+ * The controller as a real process on the simulated node: `ambient-redirect` run with
+ * nsenter in the node netns. Only the network namespace changes (not `ip netns exec`,
+ * which remounts /sys and would hide the host's bpffs), just as a hostNetwork DaemonSet
+ * pod sees the node's network and the host's bpffs.
+ */
+import { createInterface } from 'node:readline';
+import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
+import { distEntry } from './dist.js';
+
+export interface LogEvent {
+  level: string;
+  msg: string;
+  [field: string]: unknown;
+}
+
+export interface ControllerProcess {
+  readonly pid: number;
+  readonly events: LogEvent[];
+  /** Resolves with the first event (past or future) whose msg is `msg`. */
+  waitFor(msg: string, timeoutMs?: number): Promise<LogEvent>;
+  /** Resolves with the first event logged after the first `after` ones whose msg matches. */
+  waitForAfter(after: number, msg: string | RegExp, timeoutMs?: number): Promise<LogEvent>;
+  /** Sends the signal and resolves with the exit code once the process is gone. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Resolves with the exit code when the process ends by itself. */
+  exited(): Promise<number | null>;
+}
+
+function inNode(nodeNs: string, args: readonly string[]): string[] {
+  return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, distEntry('../../src/cli/main.js'), ...args];
+}
+
+export function startController(nodeNs: string, args: readonly string[]): ControllerProcess {
+  const child = startProcess(inNode(nodeNs, ['run', ...args]));
+  const events: LogEvent[] = [];
+  const listeners = new Set<(e: LogEvent) => void>();
+  let exited = false;
+  let exitCode: number | null = null;
+  const done = new Promise<void>((resolve) =>
+    child.once('close', (code) => {
+      exited = true;
+      exitCode = code;
+      resolve();
+    }),
+  );
+  let stderrTail = '';
+  createInterface({ input: child.stderr! }).on('line', (line) => {
+    try {
+      const e = JSON.parse(line) as LogEvent;
+      events.push(e);
+      listeners.forEach((l) => l(e));
+    } catch {
+      stderrTail = (stderrTail + line + '\n').slice(-4096);
+    }
+  });
+  child.stdout?.resume();
+  return {
+    pid: child.pid!,
+    events,
+    waitFor(msg, timeoutMs = 20_000) {
+      return this.waitForAfter(0, msg, timeoutMs);
+    },
+    waitForAfter(after, msg, timeoutMs = 20_000) {
+      const matches = (e: LogEvent) => (typeof msg === 'string' ? e.msg === msg : msg.test(e.msg));
+      const seen = events.slice(after).find(matches);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => finish(new Error(`controller: no "${msg}" within ${timeoutMs} ms; log: ${JSON.stringify(events.slice(-5))} ${stderrTail}`)), timeoutMs);
+        const onEvent = (e: LogEvent) => matches(e) && finish(null, e);
+        const finish = (err: Error | null, e?: LogEvent) => {
+          clearTimeout(timer);
+          listeners.delete(onEvent);
+          if (err) reject(err);
+          else resolve(e!);
+        };
+        listeners.add(onEvent);
+        void done.then(() => finish(new Error(`controller exited (${exitCode}) before "${msg}": ${JSON.stringify(events.slice(-5))} ${stderrTail}`)));
+      });
+    },
+    async exited() {
+      await done;
+      return exitCode;
+    },
+    async stop(signal = 'SIGTERM') {
+      if (!exited) child.kill(signal);
+      await done;
+      return exitCode;
+    },
+  };
+}
+
+/** Runs a one-shot command (uninstall, status) in the node netns; returns its stdout. */
+export function runInNode(nodeNs: string, args: readonly string[], runner: CommandRunner = systemRunner): Promise<string> {
+  return runner.run(inNode(nodeNs, args));
+}

@@ -1,0 +1,46 @@
+/**
+ * The pinned-map catalogue: the one place that knows each map we pin under
+ * `<pin-root>/ambient-redirect/v1/` (bpf/include/maps.h), its kernel type, its key and
+ * value sizes (from the generated layouts) and whether it is per-CPU. Every opener of a
+ * pinned map goes through openPinnedMap, and BpfMap.openPinned checks the kernel's
+ * bpf_map_info against it: a pin of another layout is a clear error, never a buffer of the
+ * wrong size handed to the kernel.
+ */
+import { join } from 'node:path';
+import * as codec from './codec.js';
+import { constants } from './layout.generated.js';
+import { BpfMap, type MapSizes } from './object.js';
+
+/** enum bpf_map_type (linux/bpf.h), the ones maps.h uses. */
+export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, LRU_HASH: 9 } as const;
+
+export interface PinnedMapSpec extends MapSizes {
+  type: number;
+  perCpu: boolean;
+}
+
+export const PINNED_MAPS = {
+  pods: { type: MapType.HASH, keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
+  ztunnel: { type: MapType.ARRAY, keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1, perCpu: false },
+  dns_servers: { type: MapType.HASH, keySize: codec.ADDR_KEY_SIZE, valueSize: codec.DNS_INFO_SIZE, maxEntries: constants.MAX_DNS_SERVERS, perCpu: false },
+  host_flows: { type: MapType.LRU_HASH, keySize: codec.HOST_FLOW_KEY_SIZE, valueSize: codec.HOST_FLOW_INFO_SIZE, maxEntries: constants.MAX_HOST_FLOWS, perCpu: false },
+  counters: { type: MapType.PERCPU_HASH, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
+  qdiscs: { type: MapType.HASH, keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
+} as const satisfies Record<string, PinnedMapSpec>;
+
+export type PinnedMapName = keyof typeof PINNED_MAPS;
+
+export function isPinnedMapName(name: string): name is PinnedMapName {
+  return Object.hasOwn(PINNED_MAPS, name);
+}
+
+/**
+ * Opens the pinned map `name` at `path` (by default `<pin dir>/<name>`; a migration opens
+ * its `__next` pin). maxEntries may be given where the loaded object's differs from the
+ * header's default (test builds with smaller maps); the kernel is checked for type, key
+ * and value size.
+ */
+export function openPinnedMap(pinDirPath: string, name: PinnedMapName, opts: { path?: string; maxEntries?: number } = {}): BpfMap {
+  const spec: PinnedMapSpec = PINNED_MAPS[name];
+  return BpfMap.openPinned(opts.path ?? join(pinDirPath, name), name, { ...spec, maxEntries: opts.maxEntries ?? spec.maxEntries });
+}

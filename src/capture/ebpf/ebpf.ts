@@ -1,0 +1,369 @@
+/**
+ * The ebpf capture mode (docs/datapath.md): on each enrolled pod's host veth the outbound
+ * program (TC ingress) and the inbound one (TC egress); on ztunnel's eth0, inside its
+ * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
+ * Maps are pinned under the pin folder and adopted when already there.
+ */
+import type { BpfMap } from '../../bpf/object.js';
+import { openPinnedMap, type PinnedMapName } from '../../bpf/maps.js';
+import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
+import * as codec from '../../bpf/codec.js';
+import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../../bpf/ffi.js';
+import { netnsPath, withNetns } from '../../bpf/netns.js';
+import { ensurePinDir, pinDir, removePins } from '../../bpf/pins.js';
+import { attachTc, destroyClsact, detachTc, LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
+import { linkKinds, listTcFilters, listTcx } from '../../bpf/hooks.js';
+import { parseLinks, readHostNet, type Link } from '../../host/netinfo.js';
+import type { CommandRunner } from '../../host/runner.js';
+import type { Desired, ZtunnelPlacement } from '../../core/desired.js';
+import { diffHooks, diffPods } from '../../core/desired.js';
+import { deviceBypass, programsAhead, type Finding } from '../../core/ordering.js';
+import type { Logger } from '../../log.js';
+import { Cleanup, type CleanupReport } from '../cleanup.js';
+import type { ActualState, ApplyResult, RedirectMode } from '../mode.js';
+import { configureZtunnelNetns, unconfigureZtunnelNetns, type Delivery } from './ztunnel-netns.js';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+
+const BPF_FUNC_sk_assign = 124;
+const BPF_FUNC_redirect_peer = 155;
+
+export type { Variant } from '../../core/modes.js';
+import type { Variant } from '../../core/modes.js';
+export type { Delivery };
+
+export const PROGRAMS = {
+  outbound: { redirect_peer: 'out_redir_peer', redirect: 'out_redirect' },
+  inbound: 'in_redirect',
+  ztunnel: { sk_assign: 'zt_assign', tproxy: 'zt_mark' },
+} as const;
+
+/** bpf_redirect_peer (5.10) where the kernel offers it, plain bpf_redirect otherwise. */
+export function probeVariant(): Variant {
+  return probeHelper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_redirect_peer) ? 'redirect_peer' : 'redirect';
+}
+
+/** bpf_sk_assign (5.7) where the kernel offers it, mark + TPROXY otherwise. */
+export function probeDelivery(): Delivery {
+  return probeHelper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_sk_assign) ? 'sk_assign' : 'tproxy';
+}
+
+export interface EbpfOptions {
+  objectPath: string;
+  pinRoot: string;
+  /** Forces a redirect variant; probed when absent. */
+  variant?: Variant;
+  /** Forces the ztunnel-side delivery; probed when absent. */
+  delivery?: Delivery;
+  /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
+  dnsCapture?: boolean;
+  /**
+   * The cluster's DNS servers, read on every pass: with DNS capture off, UDP to port 53
+   * of these (and answers from them) is all of port 53 that passes (docs/datapath.md O15).
+   */
+  dnsServers?: () => readonly string[];
+  runner: CommandRunner;
+  log: Logger;
+}
+
+const POD_HOOKS: Direction[] = ['ingress', 'egress'];
+
+export class EbpfRedirect implements RedirectMode {
+  readonly name = 'ebpf' as const;
+  private installed: Installed | null = null;
+  private dir = '';
+  private chosen: { variant: Variant; delivery: Delivery } | null = null;
+  /** The ztunnel netns whose routing we configured last, so an unchanged one is not redone. */
+  private ztunnelDone: string | null = null;
+  /** Hooked veths whose programs are not (all) this build's, from the last actual(). */
+  private readonly outdated = new Set<number>();
+  /** Enrolled veths' device kinds by ifindex (with the name they had, to notice a new device). */
+  private readonly kinds = new Map<number, { name: string; kind: string | null }>();
+
+  constructor(private readonly opts: EbpfOptions) {}
+
+  get variant(): Variant {
+    return this.choice().variant;
+  }
+
+  get delivery(): Delivery {
+    return this.choice().delivery;
+  }
+
+  private choice() {
+    if (!this.chosen) throw new Error('ebpf mode not initialised');
+    return this.chosen;
+  }
+
+  async init(): Promise<void> {
+    this.dir = ensurePinDir(this.opts.pinRoot);
+    const variant = this.opts.variant ?? probeVariant();
+    const delivery = this.opts.delivery ?? probeDelivery();
+    const programs = [PROGRAMS.outbound[variant], PROGRAMS.inbound, PROGRAMS.ztunnel[delivery]];
+    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, programs);
+    this.chosen = { variant, delivery };
+    const { adopted, migrating, progDir } = this.installed;
+    const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
+    this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
+  }
+
+  private map(name: PinnedMapName): BpfMap {
+    const m = this.installed?.maps.get(name);
+    if (!m) throw new Error(`ebpf mode not initialised (map ${name})`);
+    return m;
+  }
+
+  private program(name: string): { fd: number; id: number } {
+    const p = this.installed?.programs.get(name);
+    if (!p) throw new Error(`ebpf mode not initialised (program ${name})`);
+    return p;
+  }
+
+  async actual(links: Iterable<number>): Promise<ActualState> {
+    const candidateLinks = [...links];
+    const pods = new Map<string, codec.PodInfo>();
+    for (const [k, v] of this.map('pods').entries()) pods.set(codec.decodeAddrKey(k), codec.decodePodInfo(v));
+    const slot = this.map('ztunnel').lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
+    const zt = slot ? codec.decodeZtunnelInfo(slot) : null;
+    // Hooked: a veth with our filter in either direction. Outdated: one that lacks this
+    // build's program in a direction (removed by someone, or an older build's): apply
+    // attaches it again, replacing in place.
+    const hooks = new Set<number>();
+    this.outdated.clear();
+    this.pruneQdiscRecords(new Set(candidateLinks));
+    const want = { ingress: this.program(PROGRAMS.outbound[this.variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    // A filter at the legacy priority (an older build's) counts as ours and as outdated:
+    // apply attaches at our place, then removes it.
+    for (const ifindex of candidateLinks) {
+      const ids = POD_HOOKS.map((d) => [d, queryTc(ifindex, d)] as const);
+      const legacy = POD_HOOKS.some((d) => queryTc(ifindex, d, LEGACY_FILTER) !== null);
+      if (!legacy && ids.every(([, id]) => id === null)) continue;
+      hooks.add(ifindex);
+      if (legacy || ids.some(([d, id]) => id !== want[d])) this.outdated.add(ifindex);
+    }
+    return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
+  }
+
+  async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
+    const { variant, delivery } = this.choice();
+    const pods = this.map('pods');
+    const emptySlot: codec.ZtunnelInfo = { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0, netnsCookie: 0n };
+
+    // ztunnel's side first: its netns must deliver before pods are sent to it.
+    if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
+    const slot = desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
+    this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
+    this.syncDnsServers();
+
+    const podDiff = diffPods(desired.pods, actual.pods);
+    // Entries before hooks: a program attached to a veth finds its pod already there.
+    for (const [ip, info] of podDiff.upserts) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(info));
+
+    const hookDiff = diffHooks(desired.hooks, actual.hooks);
+    const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];
+    const out = this.program(PROGRAMS.outbound[variant]).fd;
+    const inb = this.program(PROGRAMS.inbound).fd;
+    // Replaced in place at our handle and priority: a hook is never empty nor doubled.
+    for (const ifindex of attach) {
+      const a = attachTc(ifindex, 'ingress', out);
+      const b = attachTc(ifindex, 'egress', inb);
+      if (a.createdQdisc || b.createdQdisc) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
+      // Only once ours runs at its place: the hook is never without our program.
+      for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
+    }
+    for (const ifindex of hookDiff.detach) {
+      for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
+      this.map('counters').delete(codec.encodeU32Key(ifindex));
+    }
+    for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
+
+    // Every hook runs this build now: its schema change and upgrade are complete.
+    if (this.installed!.migrating.length > 0 || !this.installed!.adopted) {
+      const done = commitInstall(this.dir, this.installed!);
+      if (done.length) this.opts.log.info('upgrade complete', { done });
+      this.installed!.adopted = true;
+    }
+    return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
+  }
+
+  /**
+   * Lists every hook we use (each enrolled veth's ingress and egress, ztunnel's eth0
+   * ingress) and reports what runs before our program there, or lets traffic skip it.
+   */
+  async verify(desired: Desired, links: ReadonlyMap<number, Link>): Promise<Finding[]> {
+    const { variant, delivery } = this.choice();
+    const want = { ingress: this.program(PROGRAMS.outbound[variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    const findings: Finding[] = [];
+    const veths = [...desired.hooks].map((i) => links.get(i)).filter((l): l is Link => l !== undefined);
+    await this.learnKinds(veths);
+    for (const l of veths) {
+      const bypass = deviceBypass(this.kinds.get(l.ifindex)?.kind ?? null);
+      if (bypass) findings.push({ where: 'pod', device: l.name, direction: 'egress', kind: 'bypass', program: bypass });
+      for (const direction of POD_HOOKS) {
+        const hook = { tcx: listTcx(l.ifindex, direction), tc: listTcFilters(l.ifindex, direction) };
+        findings.push(...programsAhead({ where: 'pod', device: l.name, direction }, hook, { ...OUR_FILTER, progId: want[direction] }));
+      }
+    }
+    const z = desired.ztunnelPlacement;
+    if (z) {
+      const hook = withNetns(netnsPath(z.netns), () => ({ tcx: listTcx(z.peer.ifindex, 'ingress'), tc: listTcFilters(z.peer.ifindex, 'ingress') }));
+      const ours = { ...OUR_FILTER, progId: this.program(PROGRAMS.ztunnel[delivery]).id };
+      findings.push(...programsAhead({ where: 'ztunnel', device: z.peer.name, direction: 'ingress' }, hook, ours));
+    }
+    return findings;
+  }
+
+  /**
+   * Device kinds of the enrolled veths, read (one `ip -d` call) only when one is new: a
+   * device's kind is fixed for its life, so steady state spawns nothing.
+   */
+  private async learnKinds(veths: readonly Link[]): Promise<void> {
+    if (veths.every((l) => this.kinds.get(l.ifindex)?.name === l.name)) return;
+    const kinds = await linkKinds(this.opts.runner);
+    this.kinds.clear();
+    for (const l of veths) this.kinds.set(l.ifindex, { name: l.name, kind: kinds.get(l.ifindex) ?? null });
+  }
+
+  /** The delivery program on ztunnel's eth0 and the routing it needs; repaired if gone. */
+  private async ensureZtunnelSide(z: ZtunnelPlacement, delivery: Delivery): Promise<void> {
+    const name = PROGRAMS.ztunnel[delivery];
+    const prog = this.program(name);
+    const path = netnsPath(z.netns);
+    if (this.ztunnelDone !== z.netns) {
+      await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
+      this.ztunnelDone = z.netns;
+    }
+    const [have, legacy] = withNetns(path, () => [queryTc(z.peer.ifindex, 'ingress'), queryTc(z.peer.ifindex, 'ingress', LEGACY_FILTER)]);
+    if (have === prog.id && legacy === null) return;
+    const a = withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
+    if (a.createdQdisc) this.recordQdisc(z.peer.ifindex, codec.QdiscNetns.ZTUNNEL);
+    if (legacy !== null) withNetns(path, () => detachTc(z.peer.ifindex, 'ingress', LEGACY_FILTER));
+    this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: name, id: prog.id });
+  }
+
+  /** Uninstall removes a clsact qdisc only if we created it (and it is empty by then). */
+  private recordQdisc(ifindex: number, netns: number): void {
+    this.map('qdiscs').update(codec.encodeQdiscKey(ifindex, netns), codec.encodeQdiscCreated());
+  }
+
+  /** Records of node-netns veths that are gone: a new link may get their ifindex. */
+  private pruneQdiscRecords(links: ReadonlySet<number>): void {
+    const map = this.map('qdiscs');
+    for (const k of map.keys()) {
+      const { ifindex, netns } = codec.decodeQdiscKey(k);
+      if (netns === codec.QdiscNetns.NODE && !links.has(ifindex)) map.delete(k);
+    }
+  }
+
+  /** dns_servers := the configured and discovered servers (additions before removals). */
+  private syncDnsServers(): void {
+    const map = this.map('dns_servers');
+    const want = new Set((this.opts.dnsServers?.() ?? []).map((ip) => codec.decodeAddrKey(codec.encodeAddrKey(ip))));
+    const have = new Set(map.keys().map(codec.decodeAddrKey));
+    for (const ip of want) if (!have.has(ip)) map.update(codec.encodeAddrKey(ip), codec.encodeDnsInfo());
+    for (const ip of have) if (!want.has(ip)) map.delete(codec.encodeAddrKey(ip));
+  }
+
+  /** Summed per-CPU counters of a veth, or null when it has none. */
+  counters(ifindex: number): codec.PodCounters | null {
+    const v = this.map('counters').lookup(codec.encodeU32Key(ifindex));
+    return v ? codec.decodePodCountersPerCpu(v) : null;
+  }
+
+  close(): void {
+    if (this.installed) closeInstalled(this.installed);
+    this.installed = null;
+  }
+}
+
+/** ztunnel's placement from the pinned slot: where uninstall finds its netns. */
+async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<ZtunnelPlacement | null> {
+  const path = join(pinDir(pinRoot), 'ztunnel');
+  if (!existsSync(path)) return null;
+  const map = openPinnedMap(pinDir(pinRoot), 'ztunnel');
+  let zt: codec.ZtunnelInfo | null;
+  try {
+    const v = map.lookup(codec.encodeSlot(codec.ZTUNNEL_SLOT));
+    zt = v ? codec.decodeZtunnelInfo(v) : null;
+  } finally {
+    map.close();
+  }
+  if (!zt?.ifindex) return null;
+  const net = await readHostNet(runner);
+  const hostLink = net.links.get(zt.ifindex);
+  const netns = hostLink?.peerNetnsId !== undefined ? net.netnsById.get(hostLink.peerNetnsId) : undefined;
+  if (!hostLink || !netns) return null;
+  return { hostLink, peer: { ifindex: zt.peerIfindex, name: 'eth0', mac: zt.mac }, netns };
+}
+
+/** The clsact qdiscs we created, from the pinned record (empty when nothing is pinned). */
+function createdQdiscs(pinRoot: string): Set<string> {
+  const path = join(pinDir(pinRoot), 'qdiscs');
+  if (!existsSync(path)) return new Set();
+  const map = openPinnedMap(pinDir(pinRoot), 'qdiscs');
+  try {
+    return new Set(map.keys().map((k) => {
+      const { ifindex, netns } = codec.decodeQdiscKey(k);
+      return `${netns}/${ifindex}`;
+    }));
+  } finally {
+    map.close();
+  }
+}
+
+/**
+ * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
+ * qdiscs we created (as the pinned qdiscs map records) once they are empty, the rules in
+ * ztunnel's netns, and our pins. Other filters, and qdiscs someone else created or that
+ * still hold filters, stay. Every step runs even when another failed; the report says
+ * what each did.
+ */
+export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<CleanupReport> {
+  const c = new Cleanup();
+  const ours = (await c.step('read the pinned qdiscs record', () => createdQdiscs(pinRoot))) ?? new Set<string>();
+  const zt = await c.step('find ztunnel from the pinned slot', () => pinnedZtunnel(pinRoot, runner));
+  if (zt) {
+    const path = netnsPath(zt.netns);
+    for (const f of [OUR_FILTER, LEGACY_FILTER]) {
+      await c.step(`detach our ingress filter from eth0 in ${zt.netns}`, () => {
+        if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress', f))) c.removed.push(`detached ingress filter from eth0 in ${zt.netns}`);
+      });
+    }
+    await c.step(`remove the clsact qdisc we created in ${zt.netns}`, async () => {
+      const dev = (await runner.run(['ip', '-n', zt.netns, '-j', 'link', 'show'])).trim();
+      const name = parseLinks(dev).get(zt.peer.ifindex)?.name;
+      if (name && ours.has(`${codec.QdiscNetns.ZTUNNEL}/${zt.peer.ifindex}`) && (await clsactIsEmpty(runner, name, zt.netns))) {
+        withNetns(path, () => destroyClsact(zt.peer.ifindex));
+        c.removed.push(`removed clsact qdisc from ${name} in ${zt.netns}`);
+      }
+    });
+    await c.step(`remove our rules in ${zt.netns}`, async () => c.removed.push(...(await unconfigureZtunnelNetns(zt.netns, runner))));
+  }
+  const links = (await c.step('read the node\'s links', async () => parseLinks(await runner.run(['ip', '-j', 'link', 'show'])))) ?? new Map();
+  for (const link of links.values()) {
+    await c.step(`detach our filters from ${link.name}`, async () => {
+      for (const direction of POD_HOOKS) {
+        for (const f of [OUR_FILTER, LEGACY_FILTER]) {
+          if (detachTc(link.ifindex, direction, f)) c.removed.push(`detached ${direction} filter from ${link.name}`);
+        }
+      }
+      if (ours.has(`${codec.QdiscNetns.NODE}/${link.ifindex}`) && (await clsactIsEmpty(runner, link.name))) {
+        destroyClsact(link.ifindex);
+        c.removed.push(`removed clsact qdisc from ${link.name}`);
+      }
+    });
+  }
+  await c.step('remove our pins', () => c.removed.push(...removePins(pinRoot).map((p) => `unpinned ${p}`)));
+  return c;
+}
+
+async function clsactIsEmpty(runner: CommandRunner, dev: string, netns?: string): Promise<boolean> {
+  const ns = netns ? ['-n', netns] : [];
+  for (const direction of POD_HOOKS) {
+    const out = (await runner.run(['tc', ...ns, '-j', 'filter', 'show', 'dev', dev, direction])).trim();
+    if (out !== '' && out !== '[]') return false;
+  }
+  return true;
+}
+
+

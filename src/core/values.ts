@@ -1,0 +1,27 @@
+/**
+ * The values the data path's maps hold for a pod and for ztunnel, as the core computes
+ * them: plain data. src/bpf/codec.ts turns them into bytes with the generated layouts.
+ *
+ * The flags mirror the shared header's enum pod_flags and enum ztunnel_flags
+ * (bpf/include/ambient_redirect.h); the core imports nothing of ours, so they are written
+ * here, and test/unit/layout.test.ts fails when they and the generated constants differ.
+ */
+
+/** Flags of pod_info (enum pod_flags). */
+export const PodFlags = { ENROLLED: 1 } as const;
+/** Flags of ztunnel_info (enum ztunnel_flags). */
+export const ZtunnelFlags = { PRESENT: 1, DNS_CAPTURE: 2 } as const;
+
+export interface PodInfo {
+  ifindex: number;
+  mac: string;
+  flags: number;
+}
+
+export interface ZtunnelInfo {
+  ifindex: number;
+  peerIfindex: number;
+  mac: string;
+  flags: number;
+  netnsCookie: bigint;
+}

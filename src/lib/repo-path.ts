@@ -1,0 +1,16 @@
+/**
+ * Files `make` builds (build/…) sit at the top of the checkout or image, beside
+ * package.json. A module finds them from wherever it runs, src/ under vitest or
+ * dist/src/ and dist/harness/ once compiled, by walking up to that package.json.
+ */
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export function repoPath(rel: string, moduleUrl: string): string {
+  const start = dirname(fileURLToPath(moduleUrl));
+  for (let dir = start; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return join(dir, rel);
+    if (dirname(dir) === dir) throw new Error(`no package.json above ${start}: cannot find ${rel}`);
+  }
+}
