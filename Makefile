@@ -96,9 +96,11 @@ layout: build
 setup:
 	@bash scripts/setup.sh
 
-# Biome (biome.json): the linter on src/, harness/, test/ and tools/; part of `make test`.
+# Biome (biome.json): the linter and the formatter's check on src/, harness/, test/ and
+# tools/; part of `make test`. `npx biome format --write .` applies the format.
 lint: node_modules/.package-lock.json
 	npx biome lint --error-on-warnings .
+	npx biome format .
 
 test: setup lint
 	@bash scripts/test.sh

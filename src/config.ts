@@ -13,7 +13,6 @@ import { repoPath } from './lib/repo-path.js';
 // Commands import these from here as well as from lib/flags.ts.
 export { ConfigError, parseFlags, usageOf };
 
-
 export type Mode = RequestedMode;
 export type VariantChoice = 'auto' | Variant;
 
@@ -81,7 +80,6 @@ export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
 /** The CNI plugin `make` builds (tools/cni/). */
 export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
-
 export const RUN_FLAGS: Record<string, FlagSpec> = {
   'node-name': { env: 'NODE_NAME', help: 'this node’s name', default: '' },
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
@@ -99,25 +97,35 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'backoff-initial': { env: 'BACKOFF_INITIAL', help: 'seconds before the first retry of a failed watch', default: '0.8' },
   'backoff-max': { env: 'BACKOFF_MAX', help: 'cap in seconds of the retry backoff', default: '30' },
   'watch-stall-timeout': { env: 'WATCH_STALL_TIMEOUT', help: 'seconds of watch silence (no event, no bookmark) before a restart', default: '120' },
-  'health-address': { env: 'HEALTH_ADDRESS', help: 'host:port serving /metrics, /healthz and /readyz (default: none; keep it on 127.0.0.1: /metrics names pods)' },
+  'health-address': {
+    env: 'HEALTH_ADDRESS',
+    help: 'host:port serving /metrics, /healthz and /readyz (default: none; keep it on 127.0.0.1: /metrics names pods)',
+  },
   'metrics-address': { env: 'METRICS_ADDRESS', help: 'host:port of a scrape address serving /metrics only (default: none)' },
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
   'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
-  'dns-service': { env: 'DNS_SERVICE', help: 'namespace/name of the cluster DNS Service whose addresses UDP 53 may reach uncaptured (none: no Service)', default: 'kube-system/kube-dns' },
+  'dns-service': {
+    env: 'DNS_SERVICE',
+    help: 'namespace/name of the cluster DNS Service whose addresses UDP 53 may reach uncaptured (none: no Service)',
+    default: 'kube-system/kube-dns',
+  },
   'dns-servers': { env: 'DNS_SERVERS', help: 'more DNS server addresses, comma-separated (with --enroll, the only ones)' },
   'node-local-dns': { env: 'NODE_LOCAL_DNS', help: 'node-local DNS cache addresses, comma-separated (e.g. 169.254.20.10)' },
   'log-level': { env: 'LOG_LEVEL', help: 'debug | info | warn | error', default: 'info' },
   'cni-socket': { env: 'CNI_SOCKET', help: 'Unix socket the chained CNI plugin asks (default: none, no CNI gate; Kubernetes membership only)' },
   'cni-add-timeout': { env: 'CNI_ADD_TIMEOUT', help: 'seconds a CNI ADD waits for its pod to be programmed', default: '8' },
-  'cni-state-dir': { env: 'CNI_STATE_DIR', help: 'host folder for the ambient namespace list the plugin reads and the saved CNI config', default: '/var/lib/ambient-redirect' },
+  'cni-state-dir': {
+    env: 'CNI_STATE_DIR',
+    help: 'host folder for the ambient namespace list the plugin reads and the saved CNI config',
+    default: '/var/lib/ambient-redirect',
+  },
   'cni-install': { env: 'CNI_INSTALL', help: 'install the plugin and add it to the CNI config list: true | false', default: 'false' },
   'cni-bin-dir': { env: 'CNI_BIN_DIR', help: 'where the container runtime finds CNI plugins', default: '/opt/cni/bin' },
   'cni-conf-dir': { env: 'CNI_CONF_DIR', help: 'the node’s CNI configuration folder (first *.conflist)', default: '/etc/cni/net.d' },
   'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
 };
-
 
 function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
   if (!(allowed as readonly string[]).includes(value)) throw new ConfigError(`--${name}: "${value}" is not one of ${allowed.join(', ')}`);
@@ -125,13 +133,15 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
 }
 
 function ipList(name: string, value: string): string[] {
-  const ips = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const ips = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const ip of ips) if (!isIP(ip)) throw new ConfigError(`--${name}: "${ip}" is not an IP address`);
   return ips;
 }
 
 /** Flag value, else environment value, else default. */
-
 
 function numberIn(name: string, value: string, min: number, max: number, what: string): number {
   const n = Number(value);

@@ -64,16 +64,39 @@ async function main(): Promise<void> {
     kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
     const socket = join(dir, 'run', 'cni.sock');
     const stateDir = join(dir, 'state');
-    controller = startController(sim.nodeNs, ['--kubeconfig', kube.kubeconfig, '--node-name', NODE, '--pin-root', pinRoot, '--resync-interval', '30', '--cni-socket', socket, '--cni-state-dir', stateDir, '--cni-add-timeout', '5']);
+    controller = startController(sim.nodeNs, [
+      '--kubeconfig',
+      kube.kubeconfig,
+      '--node-name',
+      NODE,
+      '--pin-root',
+      pinRoot,
+      '--resync-interval',
+      '30',
+      '--cni-socket',
+      socket,
+      '--cni-state-dir',
+      stateDir,
+      '--cni-add-timeout',
+      '5',
+    ]);
     await controller.waitFor('programmed');
     await controller.waitFor('cni: ambient namespace list written');
-    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: { socketPath: socket, namespacesFile: join(stateDir, 'ambient-namespaces'), timeoutMs: 7000 } });
+    const rt = new SimRuntime({
+      sim,
+      api: kube.api,
+      nodeName: NODE,
+      chain: { socketPath: socket, namespacesFile: join(stateDir, 'ambient-namespaces'), timeoutMs: 7000 },
+    });
     const outside: number[] = [];
     const enrolled: number[] = [];
     const version: number[] = [];
     process.stderr.write(`cni bench: ${pods} pods outside the mesh and ${pods} enrolled, one at a time, interleaved\n`);
     for (let i = 0; i < pods; i++) {
-      for (const [ns, into] of [['plain', outside], ['shop', enrolled]] as const) {
+      for (const [ns, into] of [
+        ['plain', outside],
+        ['shop', enrolled],
+      ] as const) {
         const spec = { index: 2 * i + (ns === 'shop' ? 1 : 0), name: `${ns}-${i}`, namespace: ns, connect: false };
         const uid = rt.createPodObject(spec);
         const r = await rt.runSandbox(spec, uid);

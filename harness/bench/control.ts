@@ -68,17 +68,34 @@ async function agent(kubeconfig: string, nodePods: number): Promise<void> {
     log,
   });
   let synced = false;
-  const controller = new Controller({ mode, membership, runner: { run: async () => '' }, log, readNet: async () => net, placeZtunnel: async () => { throw new Error('no ztunnel in the bench'); } });
+  const controller = new Controller({
+    mode,
+    membership,
+    runner: { run: async () => '' },
+    log,
+    readNet: async () => net,
+    placeZtunnel: async () => {
+      throw new Error('no ztunnel in the bench');
+    },
+  });
   membership.start();
-  controller.start(60_000, (r) => {
-    if (!synced && r.programmed >= nodePods) {
-      synced = true;
-      send({ kind: 'synced', ms: Date.now() - start, entries: pods.size, rss: process.memoryUsage().rss });
-    }
-  }, () => {});
+  controller.start(
+    60_000,
+    (r) => {
+      if (!synced && r.programmed >= nodePods) {
+        synced = true;
+        send({ kind: 'synced', ms: Date.now() - start, entries: pods.size, rss: process.memoryUsage().rss });
+      }
+    },
+    () => {},
+  );
   process.on('message', (m) => {
     if (m === 'rss') send({ kind: 'rss', rss: process.memoryUsage().rss });
-    if (m === 'stop') void controller.stop().then(() => membership.stop()).then(() => process.exit(0));
+    if (m === 'stop')
+      void controller
+        .stop()
+        .then(() => membership.stop())
+        .then(() => process.exit(0));
   });
 }
 
@@ -87,7 +104,16 @@ function pct(sorted: number[], p: number): number {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { role: { type: 'string' }, kubeconfig: { type: 'string' }, total: { type: 'string' }, 'node-pods': { type: 'string' }, rate: { type: 'string' }, seconds: { type: 'string' } } });
+  const { values } = parseArgs({
+    options: {
+      role: { type: 'string' },
+      kubeconfig: { type: 'string' },
+      total: { type: 'string' },
+      'node-pods': { type: 'string' },
+      rate: { type: 'string' },
+      seconds: { type: 'string' },
+    },
+  });
   const nodePods = Number(values['node-pods'] ?? 250);
   if (values.role === 'agent') return agent(values.kubeconfig!, nodePods);
   const total = Number(values.total ?? 10_000);
@@ -103,7 +129,13 @@ async function main(): Promise<void> {
   api.upsertNamespace('istio-system');
   for (let i = 0; i < total; i++) {
     const here = i < nodePods;
-    api.createPod({ name: `p${i}`, namespace: 'shop', nodeName: here ? NODE : `node-${i % 40}`, ip: here ? podIp(i) : `10.200.${Math.floor(i / 256) % 256}.${i % 256}`, hostIp: '10.0.0.1' });
+    api.createPod({
+      name: `p${i}`,
+      namespace: 'shop',
+      nodeName: here ? NODE : `node-${i % 40}`,
+      ip: here ? podIp(i) : `10.200.${Math.floor(i / 256) % 256}.${i % 256}`,
+      hostIp: '10.0.0.1',
+    });
   }
   const child = fork(fileURLToPath(import.meta.url), ['--role', 'agent', '--kubeconfig', kubeconfig, '--node-pods', String(nodePods)], { stdio: 'inherit' });
   const added = new Map<string, number>();
@@ -127,7 +159,10 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 1000));
   child.send('rss');
   const rss = await new Promise<number>((r) => (onRss = r));
-  const lat = [...sent].map(([ip, t]) => (added.get(ip) ?? NaN) - t).filter(Number.isFinite).sort((a, b) => a - b);
+  const lat = [...sent]
+    .map(([ip, t]) => (added.get(ip) ?? NaN) - t)
+    .filter(Number.isFinite)
+    .sort((a, b) => a - b);
   child.send('stop');
   await new Promise((r) => child.once('exit', r));
   await api.close();

@@ -34,13 +34,38 @@ const IFINDEX = 1;
 
 /** What each program is measured on: its common case (a captured TCP segment). */
 export const CASES: readonly { program: string; frame: Buffer; ctx: { ifindex: number; ingressIfindex: number }; retval?: number }[] = [
-  { program: 'out_redir_peer', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 0 }, retval: 7 },
-  { program: 'out_redirect', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 0 }, retval: 7 },
-  { program: 'in_redirect', frame: b.v4Frame({ src: OUTSIDE, dst: POD }, b.tcp({ sport: 443, dport: 40000, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 7 },
-  { program: 'zt_mark', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 0 },
+  {
+    program: 'out_redir_peer',
+    frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })),
+    ctx: { ifindex: IFINDEX, ingressIfindex: 0 },
+    retval: 7,
+  },
+  {
+    program: 'out_redirect',
+    frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })),
+    ctx: { ifindex: IFINDEX, ingressIfindex: 0 },
+    retval: 7,
+  },
+  {
+    program: 'in_redirect',
+    frame: b.v4Frame({ src: OUTSIDE, dst: POD }, b.tcp({ sport: 443, dport: 40000, flags: 0x10, payload: Buffer.alloc(64) })),
+    ctx: { ifindex: IFINDEX, ingressIfindex: 5 },
+    retval: 7,
+  },
+  {
+    program: 'zt_mark',
+    frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })),
+    ctx: { ifindex: IFINDEX, ingressIfindex: 5 },
+    retval: 0,
+  },
   // Under BPF_PROG_RUN bpf_sk_assign is EOPNOTSUPP (not at TC ingress): the whole path up
   // to and including the socket lookups runs, then the program fails closed (2).
-  { program: 'zt_assign', frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })), ctx: { ifindex: IFINDEX, ingressIfindex: 5 }, retval: 2 },
+  {
+    program: 'zt_assign',
+    frame: b.v4Frame({ src: POD, dst: OUTSIDE }, b.tcp({ dport: 443, flags: 0x10, payload: Buffer.alloc(64) })),
+    ctx: { ifindex: IFINDEX, ingressIfindex: 5 },
+    retval: 2,
+  },
 ];
 
 export interface BenchRow {
@@ -91,7 +116,12 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
   const obj = BpfObject.openAndLoad(opts.objectPath, { programs: CASES.map((c) => c.program) });
   const empty = BpfObject.openAndLoad(opts.emptyPath);
   try {
-    obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ifindex: 7, peerIfindex: 2, mac: '0a:58:c6:12:00:02', flags: codec.ZtunnelFlags.PRESENT, netnsCookie: 0n }));
+    obj
+      .map('ztunnel')
+      .update(
+        codec.encodeSlot(0),
+        codec.encodeZtunnelInfo({ ifindex: 7, peerIfindex: 2, mac: '0a:58:c6:12:00:02', flags: codec.ZtunnelFlags.PRESENT, netnsCookie: 0n }),
+      );
     obj.map('dns_servers').update(codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo());
     const emptyFd = empty.programFd('bench_empty');
     const subjects = [
@@ -101,7 +131,8 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
     for (const c of CASES) {
       fillPods(obj, 1);
       const r = runProgram(obj.programFd(c.program), c.frame, { ctx: c.ctx });
-      if (isNotRunnable(r) || r.retval !== c.retval) throw new Error(`${c.program}: the benchmark frame takes another path (retval ${isNotRunnable(r) ? 'not runnable' : r.retval}, want ${c.retval})`);
+      if (isNotRunnable(r) || r.retval !== c.retval)
+        throw new Error(`${c.program}: the benchmark frame takes another path (retval ${isNotRunnable(r) ? 'not runnable' : r.retval}, want ${c.retval})`);
     }
     const rows: BenchRow[] = [];
     for (const entries of opts.sizes) {

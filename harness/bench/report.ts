@@ -119,7 +119,10 @@ export function ratioTable(rs: readonly Ratio[]): string {
   return [
     '| ratio (of medians) | measured | per round (min–max) | goal | met |',
     '|---|---:|---:|---:|---|',
-    ...rs.map((r) => `| ${r.label} | ${r.value.toFixed(3)} | ${r.perRound.min.toFixed(2)}–${r.perRound.max.toFixed(2)} | ${goalText(r.goal)} | ${r.met ? 'yes' : '**no**'} |`),
+    ...rs.map(
+      (r) =>
+        `| ${r.label} | ${r.value.toFixed(3)} | ${r.perRound.min.toFixed(2)}–${r.perRound.max.toFixed(2)} | ${goalText(r.goal)} | ${r.met ? 'yes' : '**no**'} |`,
+    ),
   ].join('\n');
 }
 
@@ -155,14 +158,19 @@ export function ratioSvg(rs: readonly Ratio[], title: string): string {
     const colour = r.met ? '#2e7d32' : '#c62828';
     parts.push(`<text x="${left - 8}" y="${y + row / 2 + 4}" text-anchor="end">${esc(r.label)}</text>`);
     if (r.goal.kind === 'within') {
-      parts.push(`<rect x="${n(x(r.goal.lo))}" y="${y + 3}" width="${n(Math.max(2, x(r.goal.hi) - x(r.goal.lo)))}" height="${row - 6}" fill="#ffe082" opacity="0.7"/>`);
+      parts.push(
+        `<rect x="${n(x(r.goal.lo))}" y="${y + 3}" width="${n(Math.max(2, x(r.goal.hi) - x(r.goal.lo)))}" height="${row - 6}" fill="#ffe082" opacity="0.7"/>`,
+      );
     }
     parts.push(`<rect x="${left}" y="${y + 8}" width="${n(Math.max(1, x(r.value) - left))}" height="${row - 16}" fill="${colour}"/>`);
-    if (r.goal.kind === 'atLeast') parts.push(`<line x1="${n(x(r.goal.value))}" y1="${y + 3}" x2="${n(x(r.goal.value))}" y2="${y + row - 3}" stroke="#000" stroke-width="2"/>`);
+    if (r.goal.kind === 'atLeast')
+      parts.push(`<line x1="${n(x(r.goal.value))}" y1="${y + 3}" x2="${n(x(r.goal.value))}" y2="${y + row - 3}" stroke="#000" stroke-width="2"/>`);
     parts.push(`<text x="${n(x(r.value) + 6)}" y="${y + row / 2 + 4}" fill="${colour}">${r.value.toFixed(2)}</text>`);
   });
   parts.push(`<line x1="${n(x(1))}" y1="${top - 6}" x2="${n(x(1))}" y2="${top + rs.length * row}" stroke="#555" stroke-dasharray="4 3"/>`);
-  parts.push(`<text x="12" y="${H - 6}" fill="#666" font-size="11">bar: ratio of medians (green: goal met, red: not); black tick: "at least" goal; yellow band: "within" goal; dashed: 1.0</text>`);
+  parts.push(
+    `<text x="12" y="${H - 6}" fill="#666" font-size="11">bar: ratio of medians (green: goal met, red: not); black tick: "at least" goal; yellow band: "within" goal; dashed: 1.0</text>`,
+  );
   parts.push('</svg>');
   return `${parts.join('\n')}\n`;
 }
@@ -199,7 +207,9 @@ function datapathReading(rows: readonly BenchRow[]): string[] {
     `- Overhead over the empty program at ${smallest} entries: ${over.join(', ')} (goal: ≤ 10 ns/packet; ${rows.filter((r) => r.entries === smallest).every((r) => r.ns - r.emptyNs <= 10) ? 'met' : 'not met'}).`,
     ...(() => {
       const f = rows.find((r) => r.entries === largest)!.fillMs;
-      return [`- Filling the pods map with ${largest.toLocaleString('en-US')} entries: ${f.batch.toFixed(1)} ms in one batch update (goal: ≤ 20 ms; ${f.batch <= 20 ? 'met' : 'not met'}), ${f.oneByOne.toFixed(1)} ms with one update per entry (${(f.oneByOne / f.batch).toFixed(1)}× the batch).`];
+      return [
+        `- Filling the pods map with ${largest.toLocaleString('en-US')} entries: ${f.batch.toFixed(1)} ms in one batch update (goal: ≤ 20 ms; ${f.batch <= 20 ? 'met' : 'not met'}), ${f.oneByOne.toFixed(1)} ms with one update per entry (${(f.oneByOne / f.batch).toFixed(1)}× the batch).`,
+      ];
     })(),
     '- Caveat for `zt_assign`: BPF_PROG_RUN never runs a program "at TC ingress", so `bpf_sk_assign` returns EOPNOTSUPP and the program fails closed; the figure covers the parse, the map lookups and both socket lookups, not the assign.',
   ];
@@ -230,13 +240,17 @@ export function renderMarkdown(r: ReportInput): string {
       'One simulated node (network namespaces: node, two pods, ztunnel, outside); the server is in',
       'the outside netns. In the captured scenarios the ztunnel stand-in (`agent.js ztunnel --proxy`,',
       'Node.js pipes) accepts the redirected connection and relays it to its original destination,',
-      'as ztunnel would; every workload checks that the stand-in saw all of the client\'s connections',
+      "as ztunnel would; every workload checks that the stand-in saw all of the client's connections",
       '(captured) or none (the others). Workloads (`harness/bench/traffic-peer.ts`):',
       `connections/s = connect, ${6}-byte request, response, close, ${t.concurrency} loops at once;`,
       'request/response = 64-byte ping-pong on one connection; stream = bulk bytes pod → outside,',
       'counted by the receiver.',
       `${t.rounds} rounds; each round runs every scenario (the order of modes and of workloads rotating),`,
-      `${t.seconds} s measured per workload after ${t.warmupSeconds} s of warm-up. Modes: ${Object.entries(t.modes).map(([k, v]) => `${k} = ${v}`).join('; ') || '–'}.`,
+      `${t.seconds} s measured per workload after ${t.warmupSeconds} s of warm-up. Modes: ${
+        Object.entries(t.modes)
+          .map(([k, v]) => `${k} = ${v}`)
+          .join('; ') || '–'
+      }.`,
       `Client errors over the run: ${errors}.`,
       '',
       'Medians over the rounds, (min–max) below them:',
@@ -255,8 +269,8 @@ export function renderMarkdown(r: ReportInput): string {
         ? [
             `- ebpf mode lost SYNs in the connections/s runs (${synRetransmits(t.samples, 'ebpf', 'crr')} retransmitted, iptables mode ${synRetransmits(t.samples, 'iptables', 'crr')}); each costs`,
             '  that connection a second. Cause, found with this benchmark: the ztunnel side closes first, so its',
-            '  pod-facing sockets sit in TIME_WAIT; when the pod reuses a 4-tuple, `zt_assign`\'s',
-            '  `bpf_skc_lookup_tcp` finds the TIME_WAIT socket and assigns the SYN to it; the kernel\'s TIME_WAIT',
+            "  pod-facing sockets sit in TIME_WAIT; when the pod reuses a 4-tuple, `zt_assign`'s",
+            "  `bpf_skc_lookup_tcp` finds the TIME_WAIT socket and assigns the SYN to it; the kernel's TIME_WAIT",
             '  handling then looks for a listener on the original destination, finds none, and answers with an',
             '  ACK, which the pod resets. TPROXY handles exactly this case (`nf_tproxy_handle_time_wait4` kills',
             '  the TIME_WAIT socket and takes the listener). With `--delivery tproxy` the same runs retransmitted',
@@ -265,7 +279,7 @@ export function renderMarkdown(r: ReportInput): string {
           ]
         : []),
       '- "unenrolled / no capture" compares the same pod with and without ebpf mode on the node',
-      '  (ebpf mode attaches programs only to enrolled pods\' veths); a gap there is run-to-run noise',
+      "  (ebpf mode attaches programs only to enrolled pods' veths); a gap there is run-to-run noise",
       '  unless it repeats across runs. The per-round range shows how wide that noise is here.',
       '',
     );
@@ -275,7 +289,7 @@ export function renderMarkdown(r: ReportInput): string {
     out.push(
       `## Data path: ns/packet under BPF_PROG_RUN${dur('datapath')}`,
       '',
-      'Each program runs under BPF_PROG_RUN (`repeat` ' + d.repeat.toLocaleString('en-US') + ' per measurement, the kernel\'s own average',
+      'Each program runs under BPF_PROG_RUN (`repeat` ' + d.repeat.toLocaleString('en-US') + " per measurement, the kernel's own average",
       'per run) on its common case, a captured IPv4 TCP segment with 64 bytes of payload (out_*: pod →',
       'outside, O17 redirect; in_redirect: outside → pod, I18 redirect; zt_*: pod → outside, Z4), beside',
       `the empty program (\`bpf/bench_empty.bpf.c\`) in the same run: ${d.rounds} rounds, programs interleaved with`,

@@ -67,12 +67,19 @@ function serve(port: number): Promise<void> {
     s.on('end', () => s.end(`${s.bytesRead}\n`));
     s.resume();
   });
-  const servers: [net.Server, number][] = [[crr, port], [rr, port + 1], [sink, port + 2]];
+  const servers: [net.Server, number][] = [
+    [crr, port],
+    [rr, port + 1],
+    [sink, port + 2],
+  ];
   return Promise.all(
-    servers.map(([srv, p]) => new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen({ port: p, host: '0.0.0.0', backlog: 4096 }, resolve);
-    })),
+    servers.map(
+      ([srv, p]) =>
+        new Promise<void>((resolve, reject) => {
+          srv.once('error', reject);
+          srv.listen({ port: p, host: '0.0.0.0', backlog: 4096 }, resolve);
+        }),
+    ),
   ).then(() => emit({ event: 'listening', port }));
 }
 

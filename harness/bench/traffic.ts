@@ -107,7 +107,25 @@ async function startPeerServer(sim: SimNode): Promise<{ stop: () => void }> {
 }
 
 async function runPeer(pod: SimPod, workload: Workload, to: string, o: TrafficOptions): Promise<PeerResult> {
-  const argv = ['ip', 'netns', 'exec', pod.ns, process.execPath, PEER, workload, '--to', to, '--port', String(PORT), '--seconds', String(o.seconds), '--warmup', String(o.warmupSeconds), '--concurrency', String(o.concurrency)];
+  const argv = [
+    'ip',
+    'netns',
+    'exec',
+    pod.ns,
+    process.execPath,
+    PEER,
+    workload,
+    '--to',
+    to,
+    '--port',
+    String(PORT),
+    '--seconds',
+    String(o.seconds),
+    '--warmup',
+    String(o.warmupSeconds),
+    '--concurrency',
+    String(o.concurrency),
+  ];
   const out = await systemRunner.run(argv, { timeoutMs: (o.seconds + o.warmupSeconds) * 1000 + 30_000 });
   const line = out.split('\n').find((l) => l.includes('"result"'));
   if (!line) throw new Error(`${workload} from ${pod.name}: no result (${out.trim()})`);
@@ -144,7 +162,18 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
         check();
         if (slot.mode) {
           mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-          controller = startController(sim.nodeNs, ['--mode', slot.mode, '--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', pods[0].ip, '--log-level', 'info']);
+          controller = startController(sim.nodeNs, [
+            '--mode',
+            slot.mode,
+            '--pin-root',
+            pinRoot,
+            '--ztunnel-ip',
+            sim.ztunnel.ip,
+            '--enroll',
+            pods[0].ip,
+            '--log-level',
+            'info',
+          ]);
           await controller.waitFor('programmed');
           modes[slot.mode] ??= describeMode(controller.events);
         }
@@ -162,11 +191,15 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
               else await new Promise((res) => setTimeout(res, 50));
               const via = zt.accepted.length - before;
               if (plan.captured ? via < succeeded || via > r.connections : via !== 0) {
-                throw new Error(`${scenario} ${workload}: the ztunnel stand-in saw ${via} of ${r.connections} connections (${r.errors} failed; want ${plan.captured ? 'every one that succeeded' : 'none'})`);
+                throw new Error(
+                  `${scenario} ${workload}: the ztunnel stand-in saw ${via} of ${r.connections} connections (${r.errors} failed; want ${plan.captured ? 'every one that succeeded' : 'none'})`,
+                );
               }
               samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans });
               const notes = [r.errors && `${r.errors} errors`, r.synRetrans && `${r.synRetrans} SYN retransmits`].filter(Boolean).join(', ');
-              log(`traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`);
+              log(
+                `traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`,
+              );
             }
           }
         } finally {
@@ -194,7 +227,9 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
 function describeMode(events: readonly LogEvent[]): string {
   const find = (msg: string) => events.find((e) => e.msg.startsWith(msg));
   const mode = String(find('capture mode selected')?.mode ?? '?');
-  const detail = [find('ebpf data path')?.variant, find('ebpf data path')?.delivery, find('iptables mode tunnel selected')?.tunnel].filter((x) => typeof x === 'string');
+  const detail = [find('ebpf data path')?.variant, find('ebpf data path')?.delivery, find('iptables mode tunnel selected')?.tunnel].filter(
+    (x) => typeof x === 'string',
+  );
   return detail.length ? `${mode} (${detail.join(', ')})` : mode;
 }
 

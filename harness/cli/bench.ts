@@ -47,12 +47,16 @@ the chart as FILE.svg. Root (BPF, network namespaces); Ctrl-C tears down what it
 
 function number(name: string, value: string, min: number, max: number, integer = true): number {
   const n = Number(value);
-  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max) throw new ConfigError(`--${name}: "${value}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max)
+    throw new ConfigError(`--${name}: "${value}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
   return n;
 }
 
 function parts(value: string): Set<Part> {
-  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const n of names) if (!(PARTS as readonly string[]).includes(n)) throw new ConfigError(`--only: "${n}" is not one of ${PARTS.join(', ')}`);
   if (names.length === 0) throw new ConfigError('--only: name at least one part');
   return new Set(names as Part[]);
@@ -78,7 +82,13 @@ async function runControl(signal: AbortSignal): Promise<{ scripts: { script: str
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     signal.removeEventListener('abort', onAbort);
     if (code !== 0) throw new Error(`${name} exited with ${code}${signal.aborted ? ' (interrupted)' : ''}`);
-    scripts.push({ script: `harness/bench/${name.replace(/\.js$/, '.ts')}`, lines: out.split('\n').map((l) => l.trim()).filter(Boolean) });
+    scripts.push({
+      script: `harness/bench/${name.replace(/\.js$/, '.ts')}`,
+      lines: out
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    });
   }
   return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`harness/bench/control.ts`).' };
 }
@@ -93,7 +103,11 @@ export async function benchCommand(argv: string[]): Promise<number> {
   const only = parts(get('only'));
   const write = get('write');
   if (write && !write.endsWith('.md')) throw new ConfigError(`--write: "${write}" must end in .md (the chart goes beside it as .svg)`);
-  const datapathOpts = { repeat: number('repeat', get('repeat'), 1, 10_000_000), rounds: number('rounds', get('rounds'), 1, 10_000), objectPath: get('object') };
+  const datapathOpts = {
+    repeat: number('repeat', get('repeat'), 1, 10_000_000),
+    rounds: number('rounds', get('rounds'), 1, 10_000),
+    objectPath: get('object'),
+  };
   const trafficOpts = {
     ...DEFAULT_TRAFFIC,
     rounds: number('traffic-rounds', get('traffic-rounds'), 1, 50),
@@ -153,7 +167,10 @@ export async function benchCommand(argv: string[]): Promise<number> {
     const svgName = `${basename(write, '.md')}.svg`;
     writeFileSync(write, renderMarkdown({ ...report, svgName }));
     if (report.traffic) {
-      writeFileSync(join(dirname(write), svgName), ratioSvg(ratios(report.traffic.samples), `Live traffic ratios (${report.machine.kernel}, ${report.machine.nproc} CPUs, ${report.date})`));
+      writeFileSync(
+        join(dirname(write), svgName),
+        ratioSvg(ratios(report.traffic.samples), `Live traffic ratios (${report.machine.kernel}, ${report.machine.nproc} CPUs, ${report.date})`),
+      );
     }
     say(`bench: wrote ${write}${report.traffic ? ` and ${join(dirname(write), svgName)}` : ''}`);
   }

@@ -65,7 +65,10 @@ export async function demoCommand(argv: string[]): Promise<number> {
     print(
       result.ok
         ? `\nverdict: PASS (${mode} mode) — enrolled pods went only through ztunnel, failed closed without it, and never around it; the others went direct\n`
-        : `\nverdict: FAIL (${mode} mode)\n${result.steps.flatMap((s) => s.problems).map((p) => `  ${p}\n`).join('')}`,
+        : `\nverdict: FAIL (${mode} mode)\n${result.steps
+            .flatMap((s) => s.problems)
+            .map((p) => `  ${p}\n`)
+            .join('')}`,
     );
     return result.ok ? 0 : 1;
   } catch (err) {

@@ -72,7 +72,8 @@ export function problemsOf(row: KernelRow, programs: readonly string[]): string[
     // The host's selectMode on the facts the VM reported must agree with the VM's.
     if (r.facts.probes) {
       const host = selectMode('auto', { release: r.facts.release, probes: r.facts.probes as never, geneve: null });
-      if (!('error' in r.facts.selection) && host.mode !== r.facts.selection.mode) p.push(`host selectMode says ${host.mode}, the VM ${r.facts.selection.mode}`);
+      if (!('error' in r.facts.selection) && host.mode !== r.facts.selection.mode)
+        p.push(`host selectMode says ${host.mode}, the VM ${r.facts.selection.mode}`);
     }
   }
   for (const name of programs) {
@@ -97,12 +98,34 @@ export function problemsOf(row: KernelRow, programs: readonly string[]): string[
 
 function pad(cells: string[][]): string {
   const widths = cells[0]!.map((_, i) => Math.max(...cells.map((r) => (r[i] ?? '').length)));
-  return cells.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return cells
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 /** The matrix as two plain-text tables: per kernel, and instructions per program. */
 export function formatTable(rows: readonly KernelRow[], programs: readonly string[]): string {
-  const head = ['kernel', 'libbpf', 'loaded', 'neg. control', 'variant', 'delivery', 'attach (tc)', 'mode', 'frames', 'not runnable', 'no ingress ctx', 'disagree', 'result', 'time'];
+  const head = [
+    'kernel',
+    'libbpf',
+    'loaded',
+    'neg. control',
+    'variant',
+    'delivery',
+    'attach (tc)',
+    'mode',
+    'frames',
+    'not runnable',
+    'no ingress ctx',
+    'disagree',
+    'result',
+    'time',
+  ];
   const body = rows.map((row) => {
     const r = row.report;
     const f = r.facts;

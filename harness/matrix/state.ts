@@ -39,7 +39,8 @@ export function applyMapState(obj: BpfObject, s: MapState): void {
   for (const k of dns.keys()) dns.delete(k);
   const flows = obj.map('host_flows');
   for (const k of flows.keys()) flows.delete(k);
-  for (const p of s.pods) pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
+  for (const p of s.pods)
+    pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
   if (s.fillPods) {
     const filler = fillerPods(pods.maxEntries - s.pods.length);
     const value = codec.encodePodInfo({ ifindex: FILLER_IFINDEX, mac: '00:00:00:00:00:00', flags: 1 });

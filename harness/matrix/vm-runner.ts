@@ -19,7 +19,17 @@ import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
 import { applyMapState } from './state.js';
-import { encodeOutcomes, LINE, frameChanges, MATRIX_VETHS, type Corpus, type NegativeControl, type ProgramLoad, type RunnerFacts, type RunOutcome } from './corpus.js';
+import {
+  encodeOutcomes,
+  LINE,
+  frameChanges,
+  MATRIX_VETHS,
+  type Corpus,
+  type NegativeControl,
+  type ProgramLoad,
+  type RunnerFacts,
+  type RunOutcome,
+} from './corpus.js';
 
 const say = (tag: string, value: unknown) => process.stdout.write(`${LINE} ${tag} ${JSON.stringify(value)}\n`);
 
@@ -98,7 +108,10 @@ function negativeControl(path: string): NegativeControl {
     obj = BpfObject.openAndLoad(path);
     return { rejected: false, detail: 'the kernel loaded a program without a bounds check' };
   } catch (err) {
-    const lines = (err instanceof Error ? err.message : String(err)).split('\n').map((l) => l.trim()).filter(Boolean);
+    const lines = (err instanceof Error ? err.message : String(err))
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
     // The verifier's reason is the line before its "processed N insns" summary.
     const reason = lines.find((l) => /invalid access to packet|invalid mem access|out of range|R\d+ .*(invalid|not allowed)/.test(l));
     return { rejected: true, detail: reason ?? lines[0] ?? 'rejected' };
@@ -106,7 +119,6 @@ function negativeControl(path: string): NegativeControl {
     obj?.close();
   }
 }
-
 
 /**
  * Whether BPF_PROG_RUN takes skb->ingress_ifindex: 5.10 refuses any context with it set
@@ -183,6 +195,6 @@ function main(): void {
 try {
   main();
 } catch (err) {
-  say('fatal', err instanceof Error ? err.stack ?? err.message : String(err));
+  say('fatal', err instanceof Error ? (err.stack ?? err.message) : String(err));
   process.exitCode = 1;
 }

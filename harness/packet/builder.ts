@@ -295,10 +295,10 @@ export const Ipv4Option = {
 // --- IPv6 --------------------------------------------------------------------------------
 
 export type Ipv6Ext =
-  | { type: 'hop' | 'dest'; /** Hdr Ext Len: 8-byte units after the first 8 */ len?: number; next?: number }
+  | { type: 'hop' | 'dest' /** Hdr Ext Len: 8-byte units after the first 8 */; len?: number; next?: number }
   | { type: 'routing'; len?: number; routingType?: number; segmentsLeft?: number; next?: number }
   | { type: 'fragment'; offset?: number; more?: boolean; id?: number; next?: number }
-  | { type: 'ah'; /** Payload Len: 4-byte units minus 2 */ len?: number; spi?: number; next?: number };
+  | { type: 'ah' /** Payload Len: 4-byte units minus 2 */; len?: number; spi?: number; next?: number };
 
 const EXT_PROTO: Record<Ipv6Ext['type'], number> = {
   hop: IpProto.HOPOPTS,

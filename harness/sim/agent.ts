@@ -63,9 +63,7 @@ function target(values: Record<string, unknown>): { host: string; port: number }
 }
 
 function address(socket: net.Socket, side: 'remote' | 'local'): string {
-  return side === 'remote'
-    ? `${socket.remoteAddress}:${socket.remotePort}`
-    : `${socket.localAddress}:${socket.localPort}`;
+  return side === 'remote' ? `${socket.remoteAddress}:${socket.remotePort}` : `${socket.localAddress}:${socket.localPort}`;
 }
 
 /** `ip:port`, with IPv6 addresses in brackets. */
@@ -174,7 +172,16 @@ async function main(argv: string[]): Promise<void> {
   try {
     values = parseArgs({
       args: rest,
-      options: { proxy: { type: 'boolean' }, port: { type: 'string' }, to: { type: 'string' }, count: { type: 'string' }, 'timeout-ms': { type: 'string' }, bind: { type: 'string' }, 'local-port': { type: 'string' }, reply: { type: 'string' } },
+      options: {
+        proxy: { type: 'boolean' },
+        port: { type: 'string' },
+        to: { type: 'string' },
+        count: { type: 'string' },
+        'timeout-ms': { type: 'string' },
+        bind: { type: 'string' },
+        'local-port': { type: 'string' },
+        reply: { type: 'string' },
+      },
       strict: true,
     }).values;
   } catch (err) {

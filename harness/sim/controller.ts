@@ -66,7 +66,10 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
       const seen = events.slice(after).find(matches);
       if (seen) return Promise.resolve(seen);
       return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => finish(new Error(`controller: no "${msg}" within ${timeoutMs} ms; log: ${JSON.stringify(events.slice(-5))} ${stderrTail}`)), timeoutMs);
+        const timer = setTimeout(
+          () => finish(new Error(`controller: no "${msg}" within ${timeoutMs} ms; log: ${JSON.stringify(events.slice(-5))} ${stderrTail}`)),
+          timeoutMs,
+        );
         const onEvent = (e: LogEvent) => matches(e) && finish(null, e);
         const finish = (err: Error | null, e?: LogEvent) => {
           clearTimeout(timer);

@@ -191,7 +191,10 @@ export class KubeApiDouble {
   expireWatches(): void {
     this.history.length = 0;
     for (const w of this.watches) {
-      this.write(w, { type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: 'too old resource version' } });
+      this.write(w, {
+        type: 'ERROR',
+        object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: 'too old resource version' },
+      });
       this.endWatch(w);
     }
   }
@@ -220,7 +223,14 @@ export class KubeApiDouble {
 
   upsertNamespace(name: string, labels: Record<string, string> = {}): Obj {
     const cur = this.namespaces.get(name);
-    const obj: Obj = cur ? clone(cur) : { apiVersion: 'v1', kind: 'Namespace', metadata: { name, uid: randomUUID(), creationTimestamp: new Date().toISOString() }, status: { phase: 'Active' } };
+    const obj: Obj = cur
+      ? clone(cur)
+      : {
+          apiVersion: 'v1',
+          kind: 'Namespace',
+          metadata: { name, uid: randomUUID(), creationTimestamp: new Date().toISOString() },
+          status: { phase: 'Active' },
+        };
     obj.metadata.labels = { 'kubernetes.io/metadata.name': name, ...labels };
     this.commit('namespaces', cur ? 'MODIFIED' : 'ADDED', name, obj);
     return obj;
@@ -244,9 +254,18 @@ export class KubeApiDouble {
         labels: { ...(spec.labels ?? {}) },
         annotations: spec.sidecar ? { 'sidecar.istio.io/status': '{}' } : {},
         creationTimestamp: (spec.created ?? new Date()).toISOString(),
-        ...(spec.owner && { ownerReferences: [{ apiVersion: 'apps/v1', kind: spec.owner.kind, name: spec.owner.name, uid: randomUUID(), controller: true, blockOwnerDeletion: true }] }),
+        ...(spec.owner && {
+          ownerReferences: [
+            { apiVersion: 'apps/v1', kind: spec.owner.kind, name: spec.owner.name, uid: randomUUID(), controller: true, blockOwnerDeletion: true },
+          ],
+        }),
       },
-      spec: { nodeName: spec.nodeName, ...(spec.serviceAccount && { serviceAccountName: spec.serviceAccount }), hostNetwork: spec.hostNetwork ?? false, containers: [{ name: 'app', image: 'app' }, ...(spec.sidecar ? [{ name: 'istio-proxy', image: 'proxy' }] : [])] },
+      spec: {
+        nodeName: spec.nodeName,
+        ...(spec.serviceAccount && { serviceAccountName: spec.serviceAccount }),
+        hostNetwork: spec.hostNetwork ?? false,
+        containers: [{ name: 'app', image: 'app' }, ...(spec.sidecar ? [{ name: 'istio-proxy', image: 'proxy' }] : [])],
+      },
       status: podStatus(spec),
     };
     this.commit('pods', 'ADDED', key, obj);
@@ -300,7 +319,11 @@ export class KubeApiDouble {
     if (this.history.length > this.historyLimit) this.history.shift();
     if (this.faults.reorderNext > 0) {
       this.held.push(ev);
-      if (--this.faults.reorderNext === 0) this.held.splice(0).reverse().forEach((e) => this.deliver(e));
+      if (--this.faults.reorderNext === 0)
+        this.held
+          .splice(0)
+          .reverse()
+          .forEach((e) => this.deliver(e));
       return;
     }
     this.deliver(ev);
@@ -388,7 +411,12 @@ export class KubeApiDouble {
       this.faults.emptyNextLists--;
       items = [];
     }
-    const body = JSON.stringify({ kind: resource === 'pods' ? 'PodList' : 'NamespaceList', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items });
+    const body = JSON.stringify({
+      kind: resource === 'pods' ? 'PodList' : 'NamespaceList',
+      apiVersion: 'v1',
+      metadata: { resourceVersion: String(this.rv) },
+      items,
+    });
     if (this.faults.truncateNextLists > 0) {
       this.faults.truncateNextLists--;
       res.writeHead(200, { 'Content-Type': 'application/json' });
@@ -403,7 +431,8 @@ export class KubeApiDouble {
     const fields = parseSelector(q.get('fieldSelector') ?? '');
     const labels = parseSelector(q.get('labelSelector') ?? '');
     const field = (o: Obj, path: string): unknown => path.split('.').reduce<unknown>((v, k) => (v && typeof v === 'object' ? (v as Obj)[k] : undefined), o);
-    for (const k of Object.keys(fields)) if (!['spec.nodeName', 'metadata.name', 'metadata.namespace', 'status.phase'].includes(k)) throw new Error(`field label not supported: ${k}`);
+    for (const k of Object.keys(fields))
+      if (!['spec.nodeName', 'metadata.name', 'metadata.namespace', 'status.phase'].includes(k)) throw new Error(`field label not supported: ${k}`);
     return (o) => {
       if (ns !== null && field(o, 'metadata.namespace') !== ns) return false;
       if (!this.faults.ignoreFieldSelector) for (const [k, v] of Object.entries(fields)) if ((field(o, k) ?? '') !== v) return false;
@@ -420,7 +449,17 @@ export class KubeApiDouble {
     const w: WatchStream = { kind, match, res, stalled: this.faults.stallWatches, sentRv: from ?? this.rv, timers: [] };
     if (from !== null && (!Number.isInteger(from) || (from < oldest - 1 && from < this.rv))) {
       record.status = 410;
-      this.write(w, { type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: `too old resource version: ${rvText} (${oldest - 1})` } });
+      this.write(w, {
+        type: 'ERROR',
+        object: {
+          kind: 'Status',
+          apiVersion: 'v1',
+          status: 'Failure',
+          reason: 'Expired',
+          code: 410,
+          message: `too old resource version: ${rvText} (${oldest - 1})`,
+        },
+      });
       res.end();
       return;
     }
@@ -437,7 +476,15 @@ export class KubeApiDouble {
     if (q.get('allowWatchBookmarks') === 'true') {
       w.timers.push(
         setInterval(() => {
-          if (!w.stalled) this.write(w, { type: 'BOOKMARK', object: { kind: kind === 'pods' ? 'Pod' : 'Namespace', apiVersion: 'v1', metadata: { resourceVersion: String(Math.max(w.sentRv, this.lastRvOf(kind))) } } });
+          if (!w.stalled)
+            this.write(w, {
+              type: 'BOOKMARK',
+              object: {
+                kind: kind === 'pods' ? 'Pod' : 'Namespace',
+                apiVersion: 'v1',
+                metadata: { resourceVersion: String(Math.max(w.sentRv, this.lastRvOf(kind))) },
+              },
+            });
         }, this.bookmarkMs),
       );
     }
@@ -496,7 +543,10 @@ function podStatus(spec: PodSpec): Obj {
 
 function parseSelector(text: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const term of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const term of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = /^([^=!]+)==?(.*)$/.exec(term);
     if (!m) throw new Error(`unsupported selector term "${term}"`);
     out[m[1]!.trim()] = m[2]!.trim();

@@ -116,7 +116,7 @@ async function listRunNetns(prefix: string, runner: CommandRunner): Promise<stri
  */
 export async function cleanupPrefix(prefix: string, runner: CommandRunner = systemRunner, c: Cleanup = new Cleanup()): Promise<void> {
   checkPrefix(prefix);
-  for (const ns of (await c.step('list the run\'s netns', () => listRunNetns(prefix, runner))) ?? []) {
+  for (const ns of (await c.step("list the run's netns", () => listRunNetns(prefix, runner))) ?? []) {
     await c.step(`kill the processes in ${ns}`, () => killNetnsProcesses(ns, runner));
     await c.step(`delete netns ${ns}`, () => runner.run(['ip', 'netns', 'del', ns]));
   }
@@ -333,7 +333,17 @@ async function connect(
   const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
   const name = typeof from === 'string' ? `the ${from}` : from.name;
   const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
-  const argv = agentArgv(ns, ['connect', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...(bind ? ['--bind', bind] : []), ...(localPort ? ['--local-port', String(localPort)] : [])]);
+  const argv = agentArgv(ns, [
+    'connect',
+    '--to',
+    dest,
+    '--count',
+    String(count),
+    '--timeout-ms',
+    String(timeoutMs),
+    ...(bind ? ['--bind', bind] : []),
+    ...(localPort ? ['--local-port', String(localPort)] : []),
+  ]);
   // The agent enforces the per-connection timeout; this bound only catches a hung agent
   // (a loaded machine can take seconds just to start Node).
   const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 60_000 });

@@ -92,7 +92,7 @@ export function withChecksums(frame: Buffer): Buffer {
     const frag = out.readUInt16BE(20) & 0x3fff;
     const proto = out[23]!;
     const off = CSUM_OFFSET[proto];
-    if ((out[14]! >> 4) !== 4 || ihl < 20 || frag !== 0 || off === undefined || 14 + ihl + off + 2 > out.length) return out;
+    if (out[14]! >> 4 !== 4 || ihl < 20 || frag !== 0 || off === undefined || 14 + ihl + off + 2 > out.length) return out;
     const l4 = out.subarray(14 + ihl);
     l4.writeUInt16BE(0, off);
     const pseudo = proto === IpProto.ICMP ? 0 : sum16(out.subarray(26, 34)) + proto + l4.length;

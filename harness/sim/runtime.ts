@@ -96,7 +96,16 @@ export class SimRuntime {
 
   /** The pod object, Pending and without IP, in the API. */
   createPodObject(spec: PodSpecRt): string {
-    const obj = this.o.api.createPod({ name: spec.name, namespace: spec.namespace, nodeName: this.o.nodeName, ip: null, hostIp: OUTSIDE_HOST_IP, phase: 'Pending', ready: false, ...(spec.labels && { labels: spec.labels }) });
+    const obj = this.o.api.createPod({
+      name: spec.name,
+      namespace: spec.namespace,
+      nodeName: this.o.nodeName,
+      ip: null,
+      hostIp: OUTSIDE_HOST_IP,
+      phase: 'Pending',
+      ready: false,
+      ...(spec.labels && { labels: spec.labels }),
+    });
     return (obj.metadata as { uid: string }).uid;
   }
 
@@ -179,9 +188,12 @@ export class SimRuntime {
 
   private startClient(pod: SimPod): Client {
     const { ip, port } = this.o.sim.outside;
-    const child = startProcess(['ip', 'netns', 'exec', pod.ns, process.execPath, distEntry('./runtime.js'), 'client', '--to', `${ip}:${port}`, '--timeout-ms', '3000'], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
+    const child = startProcess(
+      ['ip', 'netns', 'exec', pod.ns, process.execPath, distEntry('./runtime.js'), 'client', '--to', `${ip}:${port}`, '--timeout-ms', '3000'],
+      {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
     const lines = createInterface({ input: child.stdout! });
     let stderr = '';
     child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2048)));

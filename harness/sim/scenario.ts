@@ -65,9 +65,12 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
     [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
     say(`starting the controller in ${sim.nodeNs}, enrolling ${enrolledIps.join(', ') || 'nobody'}`);
     controller = startController(sim.nodeNs, [
-      '--pin-root', opts.pinRoot,
-      '--ztunnel-ip', sim.ztunnel.ip,
-      '--enroll', enrolledIps.join(','),
+      '--pin-root',
+      opts.pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--enroll',
+      enrolledIps.join(','),
       ...(opts.variant ? ['--variant', opts.variant] : []),
       ...(opts.delivery ? ['--delivery', opts.delivery] : []),
       ...(opts.mode ? ['--mode', opts.mode] : []),
@@ -80,15 +83,17 @@ export async function runStaticScenario(sim: SimNode, opts: ScenarioOptions): Pr
     // Servers report accepted connections asynchronously: wait until every success is seen.
     await waitForTotal([ztunnel, outside], okTotal);
 
-    const reports = sim.pods.map((pod, i): PodReport => ({
-      pod: pod.name,
-      ip: pod.ip,
-      enrolled: enrolledIps.includes(pod.ip),
-      attempts: opts.connections,
-      ok: results[i]!.filter((r) => r.ok).length,
-      viaZtunnel: ztunnel!.accepted.filter((a) => srcIp(a.src) === pod.ip).map((a) => a.origDst ?? '?'),
-      direct: outside!.accepted.filter((a) => srcIp(a.src) === pod.ip).length,
-    }));
+    const reports = sim.pods.map(
+      (pod, i): PodReport => ({
+        pod: pod.name,
+        ip: pod.ip,
+        enrolled: enrolledIps.includes(pod.ip),
+        attempts: opts.connections,
+        ok: results[i]!.filter((r) => r.ok).length,
+        viaZtunnel: ztunnel!.accepted.filter((a) => srcIp(a.src) === pod.ip).map((a) => a.origDst ?? '?'),
+        direct: outside!.accepted.filter((a) => srcIp(a.src) === pod.ip).length,
+      }),
+    );
 
     say('stopping the controller (SIGTERM leaves the data path) and uninstalling');
     const exitCode = await controller.stop('SIGTERM');

@@ -62,7 +62,12 @@ export function renderRows(rows: readonly PodRow[]): string {
   const head = ['pod', 'namespace', 'enrolled', 'via ztunnel', 'direct', 'dropped'];
   const body = rows.map((r) => [r.pod, r.namespace, r.enrolled ? 'yes' : 'no', String(r.counts.ztunnel), String(r.counts.direct), String(r.counts.dropped)]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
-  const line = (cells: string[]) => '  ' + cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    '  ' +
+    cells
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   return [line(head), line(widths.map((w) => '-'.repeat(w))), ...body.map(line)].join('\n');
 }
 
@@ -98,12 +103,25 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
 
   const startCtl = () => {
     controller = startController(sim.nodeNs, [
-      '--mode', opts.mode, '--kubeconfig', kube!.kubeconfig, '--node-name', NODE, '--pin-root', pinRoot,
-      '--resync-interval', '2', '--backoff-initial', '0.2', '--backoff-max', '2',
+      '--mode',
+      opts.mode,
+      '--kubeconfig',
+      kube!.kubeconfig,
+      '--node-name',
+      NODE,
+      '--pin-root',
+      pinRoot,
+      '--resync-interval',
+      '2',
+      '--backoff-initial',
+      '0.2',
+      '--backoff-max',
+      '2',
     ]);
     return controller.waitFor('programmed', 30_000);
   };
-  const ztunnelPod = () => kube!.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
+  const ztunnelPod = () =>
+    kube!.api.createPod({ name: 'ztunnel-1', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
 
   async function connectOnce(a: Actor): Promise<Route> {
     opts.signal?.throwIfAborted();
@@ -126,7 +144,12 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
     say(title);
     await act();
     await settle(expected);
-    const rows: PodRow[] = actors.map((a) => ({ pod: a.name, namespace: a.namespace, enrolled: enrolledNow.get(a.name) ?? false, counts: { ztunnel: 0, direct: 0, dropped: 0 } }));
+    const rows: PodRow[] = actors.map((a) => ({
+      pod: a.name,
+      namespace: a.namespace,
+      enrolled: enrolledNow.get(a.name) ?? false,
+      counts: { ztunnel: 0, direct: 0, dropped: 0 },
+    }));
     const draw = () => opts.print((opts.live ? `\x1b[${rows.length + 2}A` : '') + renderRows(rows) + '\n');
     if (opts.live) opts.print('\n'.repeat(rows.length + 2));
     let busy = true;
@@ -156,23 +179,35 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
     ztunnelPod();
     await startCtl();
 
-    await step('pods start in namespaces "shop" and "plain"; nothing is enrolled yet: all direct', expectAll(() => 'direct'), async () => {
-      actors.forEach((a, i) => kube!.api.createPod({ name: a.name, namespace: a.namespace, nodeName: NODE, ip: sim.pods[i]!.ip, hostIp: OUTSIDE_HOST_IP }));
-    });
+    await step(
+      'pods start in namespaces "shop" and "plain"; nothing is enrolled yet: all direct',
+      expectAll(() => 'direct'),
+      async () => {
+        actors.forEach((a, i) => kube!.api.createPod({ name: a.name, namespace: a.namespace, nodeName: NODE, ip: sim.pods[i]!.ip, hostIp: OUTSIDE_HOST_IP }));
+      },
+    );
 
-    await step('label namespace "shop" istio.io/dataplane-mode=ambient: its pods go through ztunnel', expectAll((a) => (a.namespace === 'shop' ? 'ztunnel' : 'direct')), async () => {
-      kube!.api.upsertNamespace('shop', AMBIENT);
-      for (const a of actors) enrolledNow.set(a.name, mesh(a));
-    });
+    await step(
+      'label namespace "shop" istio.io/dataplane-mode=ambient: its pods go through ztunnel',
+      expectAll((a) => (a.namespace === 'shop' ? 'ztunnel' : 'direct')),
+      async () => {
+        kube!.api.upsertNamespace('shop', AMBIENT);
+        for (const a of actors) enrolledNow.set(a.name, mesh(a));
+      },
+    );
 
     const optOut = actors.find((a) => a.namespace === 'shop' && actors.indexOf(a) > 0) ?? actors[0]!;
-    await step(`pod ${optOut.name} opts out (istio.io/dataplane-mode=none): it goes direct`, expectAll((a) => (a === optOut || a.namespace !== 'shop' ? 'direct' : 'ztunnel')), async () => {
-      optOut.labels = { 'istio.io/dataplane-mode': 'none' };
-      kube!.api.updatePod(optOut.namespace, optOut.name, (o) => {
-        (o.metadata as { labels: Record<string, string> }).labels = { ...optOut.labels };
-      });
-      for (const a of actors) enrolledNow.set(a.name, mesh(a));
-    });
+    await step(
+      `pod ${optOut.name} opts out (istio.io/dataplane-mode=none): it goes direct`,
+      expectAll((a) => (a === optOut || a.namespace !== 'shop' ? 'direct' : 'ztunnel')),
+      async () => {
+        optOut.labels = { 'istio.io/dataplane-mode': 'none' };
+        kube!.api.updatePod(optOut.namespace, optOut.name, (o) => {
+          (o.metadata as { labels: Record<string, string> }).labels = { ...optOut.labels };
+        });
+        for (const a of actors) enrolledNow.set(a.name, mesh(a));
+      },
+    );
 
     await step(
       'the controller is killed (SIGKILL) under traffic and restarted 3 s later: capture never stops',
@@ -185,15 +220,23 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
       },
     );
 
-    await step('ztunnel goes away: enrolled pods fail closed (dropped, never direct)', expectAll((a) => (mesh(a) ? 'dropped' : 'direct')), async () => {
-      kube!.api.deletePod('istio-system', 'ztunnel-1');
-      await ztunnel!.stop();
-    });
+    await step(
+      'ztunnel goes away: enrolled pods fail closed (dropped, never direct)',
+      expectAll((a) => (mesh(a) ? 'dropped' : 'direct')),
+      async () => {
+        kube!.api.deletePod('istio-system', 'ztunnel-1');
+        await ztunnel!.stop();
+      },
+    );
 
-    await step('ztunnel comes back: capture resumes', expectAll((a) => (mesh(a) ? 'ztunnel' : 'direct')), async () => {
-      ztunnel = await sim.startZtunnel();
-      ztunnelPod();
-    });
+    await step(
+      'ztunnel comes back: capture resumes',
+      expectAll((a) => (mesh(a) ? 'ztunnel' : 'direct')),
+      async () => {
+        ztunnel = await sim.startZtunnel();
+        ztunnelPod();
+      },
+    );
 
     say('stopping the controller (SIGTERM leaves the data path) and uninstalling');
     await controller!.stop('SIGTERM');

@@ -18,7 +18,16 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { setNetns } from '../../src/bpf/ffi.js';
 import { AF_INET, AF_INET6, closeFd, LibcError, markedListener, sharedPoller, recvDatagram, seqpacketConnect, sendDatagram } from '../../src/host/libc.js';
-import { decodeRequest, encodeHello, encodeResponse, MAX_DATAGRAM, Version, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from '../../src/zds/codec.js';
+import {
+  decodeRequest,
+  encodeHello,
+  encodeResponse,
+  MAX_DATAGRAM,
+  Version,
+  ZdsDecodeError,
+  type WorkloadInfo,
+  type WorkloadRequest,
+} from '../../src/zds/codec.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
 export const ZTUNNEL_MARK = 0x539;

@@ -4,9 +4,7 @@
  */
 import { constants } from 'node:os';
 
-const errnoNames = new Map<number, string>(
-  Object.entries(constants.errno).map(([name, value]) => [value, name]),
-);
+const errnoNames = new Map<number, string>(Object.entries(constants.errno).map(([name, value]) => [value, name]));
 
 /** Name of an errno value (`ENOENT`), or `E<n>` for one Node does not know. */
 export function errnoName(errno: number): string {

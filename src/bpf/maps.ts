@@ -23,7 +23,13 @@ export const PINNED_MAPS = {
   pods: { type: MapType.HASH, keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
   ztunnel: { type: MapType.ARRAY, keySize: 4, valueSize: codec.ZTUNNEL_INFO_SIZE, maxEntries: 1, perCpu: false },
   dns_servers: { type: MapType.HASH, keySize: codec.ADDR_KEY_SIZE, valueSize: codec.DNS_INFO_SIZE, maxEntries: constants.MAX_DNS_SERVERS, perCpu: false },
-  host_flows: { type: MapType.LRU_HASH, keySize: codec.HOST_FLOW_KEY_SIZE, valueSize: codec.HOST_FLOW_INFO_SIZE, maxEntries: constants.MAX_HOST_FLOWS, perCpu: false },
+  host_flows: {
+    type: MapType.LRU_HASH,
+    keySize: codec.HOST_FLOW_KEY_SIZE,
+    valueSize: codec.HOST_FLOW_INFO_SIZE,
+    maxEntries: constants.MAX_HOST_FLOWS,
+    perCpu: false,
+  },
   counters: { type: MapType.PERCPU_HASH, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
   qdiscs: { type: MapType.HASH, keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
 } as const satisfies Record<string, PinnedMapSpec>;

@@ -70,7 +70,12 @@ export class BpfMap {
     }
     if (k.keySize !== sizes.keySize || k.valueSize !== sizes.valueSize || (sizes.type !== undefined && k.type !== sizes.type)) {
       ffi.closeFd(fd);
-      throw new PinnedMapMismatchError(name, path, { type: k.type, keySize: k.keySize, valueSize: k.valueSize }, { type: sizes.type, keySize: sizes.keySize, valueSize: sizes.valueSize });
+      throw new PinnedMapMismatchError(
+        name,
+        path,
+        { type: k.type, keySize: k.keySize, valueSize: k.valueSize },
+        { type: sizes.type, keySize: sizes.keySize, valueSize: sizes.valueSize },
+      );
     }
     return new BpfMap(name, fd, sizes, true);
   }
@@ -271,5 +276,12 @@ export interface KernelMapInfo {
 
 export function mapInfoOf(fd: number, what: string): KernelMapInfo {
   const b = ffi.objGetInfo(fd, what, 24);
-  return { type: b.readUInt32LE(0), id: b.readUInt32LE(4), keySize: b.readUInt32LE(8), valueSize: b.readUInt32LE(12), maxEntries: b.readUInt32LE(16), flags: b.readUInt32LE(20) };
+  return {
+    type: b.readUInt32LE(0),
+    id: b.readUInt32LE(4),
+    keySize: b.readUInt32LE(8),
+    valueSize: b.readUInt32LE(12),
+    maxEntries: b.readUInt32LE(16),
+    flags: b.readUInt32LE(20),
+  };
 }

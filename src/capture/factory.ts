@@ -96,7 +96,10 @@ function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<CleanupRepo
  */
 class SwitchingMode implements RedirectMode {
   private cleaned = false;
-  constructor(private readonly inner: RedirectMode, private readonly opts: ModeOptions) {}
+  constructor(
+    private readonly inner: RedirectMode,
+    private readonly opts: ModeOptions,
+  ) {}
   get name() {
     return this.inner.name;
   }
@@ -113,7 +116,7 @@ class SwitchingMode implements RedirectMode {
       this.cleaned = true;
       if (r.removed.length) this.opts.log.info('removed the state of the other capture mode', { mode: this.inner.name, removed: r.removed });
       for (const s of r.skipped) this.opts.log.info('skipped a cleanup step of the other capture mode', { mode: this.inner.name, ...s });
-      for (const f of r.failed) this.opts.log.warn('could not remove part of the other capture mode\'s state', { mode: this.inner.name, ...f });
+      for (const f of r.failed) this.opts.log.warn("could not remove part of the other capture mode's state", { mode: this.inner.name, ...f });
     }
     return r;
   }

@@ -50,8 +50,7 @@ export function parseRelease(release: string): { major: number; minor: number } 
   return m ? { major: Number(m[1]), minor: Number(m[2]) } : null;
 }
 
-const atLeast = (v: { major: number; minor: number }, major: number, minor: number) =>
-  v.major > major || (v.major === major && v.minor >= minor);
+const atLeast = (v: { major: number; minor: number }, major: number, minor: number) => v.major > major || (v.major === major && v.minor >= minor);
 
 /** Throws KernelFactsError when a probe answer contradicts the release. */
 export function checkConsistency(facts: KernelFacts): void {
@@ -60,13 +59,17 @@ export function checkConsistency(facts: KernelFacts): void {
   if (!v || !p) return;
   for (const [key, major, minor, what] of INTRODUCED) {
     if (p[key] && !atLeast(v, major, minor)) {
-      throw new KernelFactsError(`kernel ${facts.release} is older than ${major}.${minor} but the probe says ${what} exists: the release or the probe is wrong; refusing to guess`);
+      throw new KernelFactsError(
+        `kernel ${facts.release} is older than ${major}.${minor} but the probe says ${what} exists: the release or the probe is wrong; refusing to guess`,
+      );
     }
   }
   if (atLeast(v, EBPF_FLOOR.major, EBPF_FLOOR.minor)) {
     const missing = REQUIRED.filter(([key]) => !p[key]).map(([, what]) => what);
     if (missing.length > 0) {
-      throw new KernelFactsError(`kernel ${facts.release} should offer ${missing.join(', ')} but the probe says no: the release or the probe is wrong (BPF restricted by LSM or config?); refusing to guess`);
+      throw new KernelFactsError(
+        `kernel ${facts.release} should offer ${missing.join(', ')} but the probe says no: the release or the probe is wrong (BPF restricted by LSM or config?); refusing to guess`,
+      );
     }
   }
 }
@@ -110,7 +113,8 @@ export interface TunnelSelection {
 export function selectTunnel(requested: RequestedTunnel, facts: Pick<KernelFacts, 'geneve' | 'release'>): TunnelSelection {
   if (requested === 'vxlan') return { tunnel: 'vxlan', reason: 'VXLAN requested' };
   if (requested === 'geneve') {
-    if (facts.geneve === false) throw new KernelFactsError(`Geneve tunnel requested but kernel ${facts.release} has no Geneve driver (CONFIG_GENEVE); use --tunnel vxlan or auto`);
+    if (facts.geneve === false)
+      throw new KernelFactsError(`Geneve tunnel requested but kernel ${facts.release} has no Geneve driver (CONFIG_GENEVE); use --tunnel vxlan or auto`);
     return { tunnel: 'geneve', reason: 'Geneve requested' };
   }
   if (facts.geneve === false) return { tunnel: 'vxlan', reason: `kernel ${facts.release} has no Geneve driver: VXLAN instead` };

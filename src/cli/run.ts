@@ -113,7 +113,14 @@ export async function runCommand(argv: string[]): Promise<number> {
   for (const l of listeners) {
     if (!l.address) continue;
     try {
-      servers.push(await serveMetrics(l.address, { metrics, readiness, serve: l.serve, onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }) }));
+      servers.push(
+        await serveMetrics(l.address, {
+          metrics,
+          readiness,
+          serve: l.serve,
+          onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }),
+        }),
+      );
     } catch (err) {
       log.error(`cannot serve ${l.what}`, { address: l.address, error: errorMessage(err) });
       await closeServers();

@@ -103,7 +103,12 @@ async function ipsetMembers(runner: CommandRunner): Promise<string[] | null> {
     if (text === null) continue;
     found = true;
     const members = text.split('Members:')[1] ?? '';
-    out.push(...members.split('\n').map((l) => l.trim()).filter(Boolean));
+    out.push(
+      ...members
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean),
+    );
   }
   return found ? out : null;
 }
@@ -132,7 +137,14 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
       const host = net.links.get(zt.ifindex);
       const netns = host?.peerNetnsId !== undefined ? (net.netnsById.get(host.peerNetnsId) ?? null) : null;
       const program = netns ? withNetns(netnsPath(netns), () => ourProgram(zt.peerIfindex, 'ingress')) : null;
-      ztunnel = { ifindex: zt.ifindex, peerIfindex: zt.peerIfindex, mac: zt.mac, dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0, netns, program };
+      ztunnel = {
+        ifindex: zt.ifindex,
+        peerIfindex: zt.peerIfindex,
+        mac: zt.mac,
+        dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0,
+        netns,
+        program,
+      };
     }
   }
 
@@ -141,7 +153,11 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     ifindex,
     veth: net.links.get(ifindex)?.name ?? null,
     hooks: { ingress: ourProgram(ifindex, 'ingress'), egress: ourProgram(ifindex, 'egress') },
-    counters: { redirected: pair(c.redirectedPackets, c.redirectedBytes), dropped: pair(c.droppedPackets, c.droppedBytes), passed: pair(c.passedPackets, c.passedBytes) },
+    counters: {
+      redirected: pair(c.redirectedPackets, c.redirectedBytes),
+      dropped: pair(c.droppedPackets, c.droppedBytes),
+      passed: pair(c.passedPackets, c.passedBytes),
+    },
   }));
   pods.sort((a, b) => a.ip.localeCompare(b.ip));
   let ztDev: string | null = null;
@@ -163,14 +179,26 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
 
 function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
+  return rows
+    .map((r) =>
+      r
+        .map((c, i) => c.padEnd(widths[i]!))
+        .join('  ')
+        .trimEnd(),
+    )
+    .join('\n');
 }
 
 export function renderStatus(s: Status): string {
   const lines: string[] = [];
   lines.push(`mode: ${s.mode === 'none' ? 'not installed' : s.mode}`);
   lines.push(`kernel: ${s.kernel.release}; selects ${s.kernel.selects} (${s.kernel.reason})`);
-  if (s.kernel.probes) lines.push(`probes: ${Object.entries(s.kernel.probes).map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`).join(' ')}`);
+  if (s.kernel.probes)
+    lines.push(
+      `probes: ${Object.entries(s.kernel.probes)
+        .map(([k, v]) => `${k}=${v ? 'yes' : 'no'}`)
+        .join(' ')}`,
+    );
   if (s.mode === 'ebpf') {
     lines.push(`pins: ${s.pinDir}`);
     lines.push(
@@ -179,7 +207,9 @@ export function renderStatus(s: Status): string {
         : 'ztunnel: absent (enrolled pods fail closed)',
     );
     lines.push(`maps: ${s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity}`).join(', ')}`);
-    lines.push(`DNS servers (UDP 53 uncaptured${s.ztunnel?.dnsCapture ? ' only without DNS capture' : ''}): ${s.dnsServers.length ? s.dnsServers.join(', ') : 'none (all of UDP 53 is captured)'}`);
+    lines.push(
+      `DNS servers (UDP 53 uncaptured${s.ztunnel?.dnsCapture ? ' only without DNS capture' : ''}): ${s.dnsServers.length ? s.dnsServers.join(', ') : 'none (all of UDP 53 is captured)'}`,
+    );
     lines.push(
       s.ordering.findings.length
         ? `ordering: NOT VERIFIED (tcx ${s.ordering.tcx ? 'available' : 'absent'})\n${s.ordering.findings.map((f) => `  ${f.text}`).join('\n')}`

@@ -40,7 +40,11 @@ export async function cniCommand(argv: string[]): Promise<number> {
   const socket = v('cni-socket') || '/var/run/ambient-redirect/cni.sock';
   const timeout = Number(v('cni-add-timeout'));
   if (!Number.isFinite(timeout) || timeout <= 0) throw new ConfigError(`--cni-add-timeout: "${v('cni-add-timeout')}" is not a number of seconds`);
-  const r = installCni({ ...dirs, plugin: v('cni-plugin'), entry: { socketPath: socket, namespacesFile: namespacesFile(dirs.stateDir), timeoutMs: Math.round(timeout * 1000 + 2000) } });
+  const r = installCni({
+    ...dirs,
+    plugin: v('cni-plugin'),
+    entry: { socketPath: socket, namespacesFile: namespacesFile(dirs.stateDir), timeoutMs: Math.round(timeout * 1000 + 2000) },
+  });
   process.stdout.write(`${JSON.stringify({ msg: 'cni: installed', ...r })}\n`);
   return 0;
 }

@@ -25,7 +25,10 @@ export function podDecision(pod: PodView, ns: NamespaceView | undefined, sandbox
   if (v.reason === 'no IP yet') {
     return {
       kind: 'error',
-      error: { code: CNI_ERR.invalidConfig, msg: `pod ${pod.namespace}/${pod.name} is to be enrolled but prevResult has no IP address: is ambient-redirect-cni after the primary plugin in the chain?` },
+      error: {
+        code: CNI_ERR.invalidConfig,
+        msg: `pod ${pod.namespace}/${pod.name} is to be enrolled but prevResult has no IP address: is ambient-redirect-cni after the primary plugin in the chain?`,
+      },
     };
   }
   return { kind: 'pass', reason: v.reason };

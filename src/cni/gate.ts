@@ -72,7 +72,8 @@ export async function startCniGate(cfg: CniConfig, m: GateMembership, log: Logge
   const writeList = (): boolean => {
     if (!m.namespacesSynced()) return false;
     try {
-      if (writer.update(m.ambientNamespaces())) log.info('cni: ambient namespace list written', { file: writer.file, namespaces: m.ambientNamespaces().length });
+      if (writer.update(m.ambientNamespaces()))
+        log.info('cni: ambient namespace list written', { file: writer.file, namespaces: m.ambientNamespaces().length });
       return true;
     } catch (err) {
       log.error('cni: cannot write the ambient namespace list', { file: writer.file, error: String(err) });
@@ -94,7 +95,8 @@ export async function startCniGate(cfg: CniConfig, m: GateMembership, log: Logge
         plugin: cfg.plugin,
         entry: { socketPath: cfg.socket, namespacesFile: writer.file, timeoutMs: pluginTimeoutMs(cfg) },
       });
-      if (r.changed || installed !== true) log.info('cni: plugin installed', { conflist: r.conflist, changed: r.changed, reinserted: installed === true || lastError !== '' });
+      if (r.changed || installed !== true)
+        log.info('cni: plugin installed', { conflist: r.conflist, changed: r.changed, reinserted: installed === true || lastError !== '' });
       lastError = '';
       if (installed !== true) opts.onInstalled?.(true, '');
       installed = true;

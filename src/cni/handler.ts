@@ -78,7 +78,8 @@ export class CniHandler {
     }
     if (req.command === 'DEL') {
       this.stats.del++;
-      if (this.m.releaseSandbox(req.containerId)) this.opts.log.info('cni: sandbox released', { container: req.containerId, pod: req.pod.name, namespace: req.pod.namespace });
+      if (this.m.releaseSandbox(req.containerId))
+        this.opts.log.info('cni: sandbox released', { container: req.containerId, pod: req.pod.name, namespace: req.pod.namespace });
       return { code: 0, stdout: '' };
     }
     const t0 = performance.now();
@@ -100,16 +101,30 @@ export class CniHandler {
     const ips = decision.pod.ips;
     if (req.command === 'CHECK') {
       if (this.covered(ips)) return { code: 0, stdout: '' };
-      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name} is enrolled but ${ips.join(', ')} is not programmed` });
+      return this.fail(req, {
+        code: CNI_ERR.tryAgainLater,
+        msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name} is enrolled but ${ips.join(', ')} is not programmed`,
+      });
     }
     this.m.provisionPod(decision.pod, req.containerId);
     try {
-      await this.until(this.programmedWaiters, () => this.covered(ips), deadline, `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`);
+      await this.until(
+        this.programmedWaiters,
+        () => this.covered(ips),
+        deadline,
+        `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`,
+      );
     } catch (err) {
       return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${(err as Error).message}` });
     }
     this.stats.enrolled++;
-    this.opts.log.info('cni: pod enrolled before start', { pod: req.pod.name, namespace: req.pod.namespace, uid: decision.pod.uid, ips, ms: Math.round(performance.now() - t0) });
+    this.opts.log.info('cni: pod enrolled before start', {
+      pod: req.pod.name,
+      namespace: req.pod.namespace,
+      uid: decision.pod.uid,
+      ips,
+      ms: Math.round(performance.now() - t0),
+    });
     return { code: 0, stdout: passThrough(req) };
   }
 
@@ -126,8 +141,13 @@ export class CniHandler {
     if (!pod || (uid && pod.uid !== uid)) {
       // The watch is behind the runtime: ask the API for this one pod.
       const fetched = await this.race(this.m.fetchPod(namespace, name), deadline, 'reading the pod from the API timed out');
-      if (!fetched) return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} does not exist in the API` } };
-      if (uid && fetched.uid !== uid) return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} in the API has UID ${fetched.uid}, the runtime says ${uid}` } };
+      if (!fetched)
+        return { kind: 'error', error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} does not exist in the API` } };
+      if (uid && fetched.uid !== uid)
+        return {
+          kind: 'error',
+          error: { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${namespace}/${name} in the API has UID ${fetched.uid}, the runtime says ${uid}` },
+        };
       pod = fetched;
     }
     return podDecision(pod, nsView, req.ips, this.m.enrollmentContext());
@@ -151,7 +171,9 @@ export class CniHandler {
       fetched = await this.race(this.m.fetchNamespace(name), deadline, `reading namespace ${name} from the API timed out`);
     } catch (err) {
       if (err instanceof Deadline) throw err;
-      throw new Deadline(`the agent cannot tell whether namespace ${name} is ambient: reading it from the API failed (${err instanceof Error ? err.message : String(err)})`);
+      throw new Deadline(
+        `the agent cannot tell whether namespace ${name} is ambient: reading it from the API failed (${err instanceof Error ? err.message : String(err)})`,
+      );
     }
     return fetched ?? undefined;
   }
@@ -169,10 +191,13 @@ export class CniHandler {
         done();
         resolve();
       };
-      const timer = setTimeout(() => {
-        done();
-        reject(new Deadline(what));
-      }, Math.max(0, deadline - Date.now()));
+      const timer = setTimeout(
+        () => {
+          done();
+          reject(new Deadline(what));
+        },
+        Math.max(0, deadline - Date.now()),
+      );
       const done = () => {
         clearTimeout(timer);
         waiters.delete(check);
@@ -191,7 +216,14 @@ export class CniHandler {
 
   private fail(req: CniRequest, e: CniError): Reply {
     if (req.command === 'ADD') this.stats.failed++;
-    this.opts.log.warn('cni: refused', { command: req.command, pod: req.pod.name, namespace: req.pod.namespace, container: req.containerId, code: e.code, reason: e.msg });
+    this.opts.log.warn('cni: refused', {
+      command: req.command,
+      pod: req.pod.name,
+      namespace: req.pod.namespace,
+      container: req.containerId,
+      code: e.code,
+      reason: e.msg,
+    });
     return { code: 1, stdout: errorResult(req.cniVersion, e) };
   }
 }

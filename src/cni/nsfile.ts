@@ -14,7 +14,10 @@ export function namespacesFile(stateDir: string): string {
 }
 
 export function formatNamespaceList(names: readonly string[]): string {
-  return [...names].sort().map((n) => `${n}\n`).join('');
+  return [...names]
+    .sort()
+    .map((n) => `${n}\n`)
+    .join('');
 }
 
 /**

@@ -109,7 +109,14 @@ export function parseRequest(raw: RawRequest): Parsed {
   let cniVersion = '1.0.0';
   if (version !== undefined) {
     if (typeof version !== 'string' || !(SUPPORTED_VERSIONS as readonly string[]).includes(version)) {
-      return { ok: false, cniVersion: LATEST_VERSION, error: { code: CNI_ERR.incompatibleVersion, msg: `cniVersion ${JSON.stringify(version).slice(0, 32)} is not supported (${SUPPORTED_VERSIONS.join(', ')})` } };
+      return {
+        ok: false,
+        cniVersion: LATEST_VERSION,
+        error: {
+          code: CNI_ERR.incompatibleVersion,
+          msg: `cniVersion ${JSON.stringify(version).slice(0, 32)} is not supported (${SUPPORTED_VERSIONS.join(', ')})`,
+        },
+      };
     }
     cniVersion = version;
   }

@@ -117,7 +117,20 @@ export class Controller {
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
-      return { upserted: 0, deleted: 0, attached: 0, detached: 0, enrolled: 0, programmed: 0, unplaced: [], ztunnel: false, ztunnelProblem: null, held: 0, breaker: 'closed', findings: [] };
+      return {
+        upserted: 0,
+        deleted: 0,
+        attached: 0,
+        detached: 0,
+        enrolled: 0,
+        programmed: 0,
+        unplaced: [],
+        ztunnel: false,
+        ztunnelProblem: null,
+        held: 0,
+        breaker: 'closed',
+        findings: [],
+      };
     }
     const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
     const ztIp = this.deps.ztunnelIp || view.ztunnelIp;
@@ -132,7 +145,11 @@ export class Controller {
     }
     const ztunnelProblem = ztIp ? null : (view.ztunnelProblem ?? null);
     const warning = ztIp ? '' : (ztunnelProblem ?? 'no Ready ztunnel on this node');
-    if (warning && warning !== this.lastZtunnelWarning) log.warn(`${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`, ztunnelProblem ? { reason: ztunnelProblem } : {});
+    if (warning && warning !== this.lastZtunnelWarning)
+      log.warn(
+        `${ztunnelProblem ? 'ztunnel refused' : 'no Ready ztunnel on this node'}: enrolled pods fail closed`,
+        ztunnelProblem ? { reason: ztunnelProblem } : {},
+      );
     this.lastZtunnelWarning = warning;
     const actual = await mode.actual(net.links.keys());
     let placement: Placement | undefined;
@@ -164,7 +181,11 @@ export class Controller {
         breaker = 'holding';
         if (this.trippedAt === null) {
           this.trippedAt = view.listGeneration;
-          log.warn('circuit breaker: holding deletes until a second list confirms them', { deletes: deletes.length, entries: actual.pods.size, maxDeleteShare: share });
+          log.warn('circuit breaker: holding deletes until a second list confirms them', {
+            deletes: deletes.length,
+            entries: actual.pods.size,
+            maxDeleteShare: share,
+          });
         }
         this.requestConfirmation();
       }

@@ -64,7 +64,8 @@ function bindTo(link: Link, ref: EnrolledRef): SandboxBinding {
  */
 function boundLink(b: SandboxBinding, net: HostNet): Link | undefined {
   const link = net.links.get(b.ifindex);
-  const same = (l: Link) => (b.name === null || l.name === b.name) && (b.peerNetnsId === null || l.peerNetnsId === undefined || l.peerNetnsId === b.peerNetnsId);
+  const same = (l: Link) =>
+    (b.name === null || l.name === b.name) && (b.peerNetnsId === null || l.peerNetnsId === undefined || l.peerNetnsId === b.peerNetnsId);
   if (link && same(link)) return link;
   if (b.name === null || b.peerNetnsId === null) return undefined;
   for (const l of net.links.values()) if (l.name === b.name && l.peerNetnsId === b.peerNetnsId) return l;
@@ -117,7 +118,12 @@ export function placeBySandbox(
       }
       const evidence = (ref.announced !== null && ref.announced !== b.announced) || ref.ips.join() !== b.ips;
       if (!evidence) {
-        for (const ip of ips) out.refused.push({ ip, uid, reason: `its sandbox (veth ifindex ${b.ifindex}${b.name ? ` ${b.name}` : ''}) is gone and nothing shows the IP's new sandbox is this pod's` });
+        for (const ip of ips)
+          out.refused.push({
+            ip,
+            uid,
+            reason: `its sandbox (veth ifindex ${b.ifindex}${b.name ? ` ${b.name}` : ''}) is gone and nothing shows the IP's new sandbox is this pod's`,
+          });
         out.bindings.set(uid, b);
         continue;
       }

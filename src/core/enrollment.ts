@@ -116,11 +116,7 @@ export function ipOwners(pods: Iterable<PodView>, nodeName: string): Map<string,
  * The enrolled pod IPs and their pods: every IP (both families of a dual-stack pod) that
  * an enrolled pod owns and that is a valid pod address.
  */
-export function enrolledPods(
-  pods: Iterable<PodView>,
-  namespaces: ReadonlyMap<string, NamespaceView>,
-  ctx: EnrollmentContext,
-): Map<string, PodView> {
+export function enrolledPods(pods: Iterable<PodView>, namespaces: ReadonlyMap<string, NamespaceView>, ctx: EnrollmentContext): Map<string, PodView> {
   const out = new Map<string, PodView>();
   const verdicts = new Map<string, boolean>();
   for (const [ip, pod] of ipOwners(pods, ctx.nodeName)) {
@@ -145,7 +141,10 @@ export const DEFAULT_ZTUNNEL_IDENTITY = { daemonSet: 'ztunnel', serviceAccount: 
 /** Parses `k=v,k2=v2` (equality terms only); throws on anything else. */
 export function parseSelector(text: string): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const term of text.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const term of text
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const m = /^([A-Za-z0-9._/-]+)=([A-Za-z0-9._-]*)$/.exec(term);
     if (!m) throw new Error(`"${term}" is not a key=value term`);
     out[m[1]!] = m[2]!;
@@ -163,7 +162,8 @@ export function ztunnelIdentityProblem(pod: PodView, sel: ZtunnelSelector): stri
   const sa = sel.serviceAccount ?? DEFAULT_ZTUNNEL_IDENTITY.serviceAccount;
   const problems: string[] = [];
   const owner = pod.owner;
-  if (owner?.kind !== 'DaemonSet' || owner.name !== ds) problems.push(`controlled by ${owner ? `${owner.kind} ${owner.name}` : 'nothing'}, not DaemonSet ${ds}`);
+  if (owner?.kind !== 'DaemonSet' || owner.name !== ds)
+    problems.push(`controlled by ${owner ? `${owner.kind} ${owner.name}` : 'nothing'}, not DaemonSet ${ds}`);
   if ((pod.serviceAccount ?? '') !== sa) problems.push(`service account "${pod.serviceAccount ?? ''}", not "${sa}"`);
   return problems.length ? problems.join('; ') : null;
 }
@@ -193,7 +193,11 @@ export function chooseZtunnel(pods: Iterable<PodView>, sel: ZtunnelSelector, nod
   }
   if (impostors.length === 0) return best ? { pod: best, problem: null } : { pod: null, problem: null };
   impostors.sort();
-  if (best) return { pod: null, problem: `refusing every ztunnel candidate: ${best.namespace}/${best.name} has ztunnel's identity but ${impostors.join(', ')} also matches the selector` };
+  if (best)
+    return {
+      pod: null,
+      problem: `refusing every ztunnel candidate: ${best.namespace}/${best.name} has ztunnel's identity but ${impostors.join(', ')} also matches the selector`,
+    };
   return { pod: null, problem: `no ztunnel candidate has ztunnel's identity: ${impostors.join(', ')}` };
 }
 

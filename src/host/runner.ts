@@ -35,17 +35,12 @@ export const systemRunner: CommandRunner = {
     const [file, ...args] = argv;
     if (!file) return Promise.reject(new Error('empty command'));
     return new Promise((resolve, reject) => {
-      const child = execFile(
-        file,
-        args,
-        { encoding: 'utf8', timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 << 20 },
-        (err, stdout, stderr) => {
-          if (err) {
-            const code = typeof err.code === 'number' ? err.code : null;
-            reject(new CommandError(argv, code, stderr || err.message));
-          } else resolve(stdout);
-        },
-      );
+      const child = execFile(file, args, { encoding: 'utf8', timeout: opts.timeoutMs ?? 30_000, maxBuffer: 64 << 20 }, (err, stdout, stderr) => {
+        if (err) {
+          const code = typeof err.code === 'number' ? err.code : null;
+          reject(new CommandError(argv, code, stderr || err.message));
+        } else resolve(stdout);
+      });
       if (opts.input !== undefined) child.stdin?.end(opts.input);
       else child.stdin?.end();
     });

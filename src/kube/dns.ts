@@ -65,7 +65,11 @@ export class DnsServiceReader {
     } catch (err) {
       this.failures++;
       this.nextAt = now + Math.min(DNS_REFRESH_MS * 2 ** this.failures, DNS_REFRESH_MAX_MS);
-      this.log.warn('cannot read the DNS Service: keeping the last addresses', { service: `${this.ref.namespace}/${this.ref.name}`, addresses: this.last, error: err instanceof Error ? err.message : String(err) });
+      this.log.warn('cannot read the DNS Service: keeping the last addresses', {
+        service: `${this.ref.namespace}/${this.ref.name}`,
+        addresses: this.last,
+        error: err instanceof Error ? err.message : String(err),
+      });
     }
   }
 }

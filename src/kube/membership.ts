@@ -7,7 +7,17 @@
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
 import type { EnrolledRef } from '../core/desired.js';
-import { chooseZtunnel, DATAPLANE_LABEL, enrolledPods, STATUS_ANNOTATION, type ZtunnelChoice, type EnrollmentContext, type NamespaceView, type PodView, type ZtunnelSelector } from '../core/enrollment.js';
+import {
+  chooseZtunnel,
+  DATAPLANE_LABEL,
+  enrolledPods,
+  STATUS_ANNOTATION,
+  type ZtunnelChoice,
+  type EnrollmentContext,
+  type NamespaceView,
+  type PodView,
+  type ZtunnelSelector,
+} from '../core/enrollment.js';
 import { WorkQueue, type BackoffOptions } from '../controller/queue.js';
 import type { Logger } from '../log.js';
 import { KubeError, type KubeTransport } from './http.js';
@@ -202,7 +212,10 @@ export class KubeMembership implements Membership {
 
   /** Namespaces labelled ambient, sorted (the plugin's fallback list). */
   ambientNamespaces(): string[] {
-    return [...this.namespaces.map.values()].filter((n) => n.labels[DATAPLANE_LABEL] === 'ambient').map((n) => n.name).sort();
+    return [...this.namespaces.map.values()]
+      .filter((n) => n.labels[DATAPLANE_LABEL] === 'ambient')
+      .map((n) => n.name)
+      .sort();
   }
 
   /** What enrollment needs besides the pod and its namespace. */
@@ -390,10 +403,15 @@ export class KubeMembership implements Membership {
     try {
       // A merge patch of pods/status; the UID makes it a precondition, so a new pod
       // that took the name is never annotated on behalf of the old one.
-      await this.api.request('PATCH', `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/pods/${encodeURIComponent(pod.name)}/status`, {}, {
-        contentType: 'application/merge-patch+json',
-        data: { metadata: { uid: pod.uid, annotations: { [STATUS_ANNOTATION]: want } } },
-      });
+      await this.api.request(
+        'PATCH',
+        `/api/v1/namespaces/${encodeURIComponent(pod.namespace)}/pods/${encodeURIComponent(pod.name)}/status`,
+        {},
+        {
+          contentType: 'application/merge-patch+json',
+          data: { metadata: { uid: pod.uid, annotations: { [STATUS_ANNOTATION]: want } } },
+        },
+      );
       this.stats.statusPatches++;
       this.opts.log.debug('status annotation patched', { pod: pod.name, namespace: pod.namespace, uid, value: want });
     } catch (err) {

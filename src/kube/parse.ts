@@ -150,7 +150,10 @@ export function parseNamespace(raw: unknown): Parsed<{ ns: NamespaceView; resour
   try {
     if (!isObj(raw)) throw new Reject('not an object');
     const meta = obj(raw, 'metadata', 'namespace');
-    return { ok: true, value: { ns: { name: str(meta, 'name', 'metadata'), labels: stringMap(meta, 'labels', 'metadata') }, resourceVersion: resourceVersion(meta) } };
+    return {
+      ok: true,
+      value: { ns: { name: str(meta, 'name', 'metadata'), labels: stringMap(meta, 'labels', 'metadata') }, resourceVersion: resourceVersion(meta) },
+    };
   } catch (err) {
     return { ok: false, reason: err instanceof Reject ? err.message : `unexpected: ${String(err)}` };
   }

@@ -134,7 +134,12 @@ export class Reflector {
         if (this.stopper.stopped) break;
         this.stats.restarts++;
         const ms = this.backoff.next();
-        log.warn('watch failed; restarting after backoff', { watch: name, error: err instanceof Error ? err.message : String(err), retryInMs: Math.round(ms), failures: this.backoff.failures });
+        log.warn('watch failed; restarting after backoff', {
+          watch: name,
+          error: err instanceof Error ? err.message : String(err),
+          retryInMs: Math.round(ms),
+          failures: this.backoff.failures,
+        });
         await sleep(ms, this.stopper);
       }
     }

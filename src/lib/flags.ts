@@ -53,7 +53,11 @@ export function parseFlags(
 }
 
 /** Each flag's value by the rule above (the module comment). */
-export function resolveValues(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv, flags: Record<string, FlagSpec>): Record<string, string | undefined> {
+export function resolveValues(
+  values: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv,
+  flags: Record<string, FlagSpec>,
+): Record<string, string | undefined> {
   const out: Record<string, string | undefined> = {};
   for (const [name, spec] of Object.entries(flags)) {
     const v = values[name];

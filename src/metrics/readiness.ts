@@ -56,7 +56,8 @@ export class Readiness {
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
     if (!this.ztunnel) missing.push(this.ztunnelProblem ? `ztunnel refused: ${this.ztunnelProblem}` : 'ztunnel not known on this node');
-    if (this.cniEntry && !this.cniEntry.installed) missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
+    if (this.cniEntry && !this.cniEntry.installed)
+      missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
     if (this.failed !== null) missing.push(`last reconcile pass failed: ${this.failed}`);
     for (const f of this.findings) missing.push(`data path bypassed: ${f}`);
     return { ready: missing.length === 0, missing };

@@ -76,7 +76,11 @@ export class AgentMetrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     });
-    this.reattached = new Counter({ name: `${PREFIX}reattachments_total`, help: 'Capture programs attached again to a known pod veth (drift repaired)', registers });
+    this.reattached = new Counter({
+      name: `${PREFIX}reattachments_total`,
+      help: 'Capture programs attached again to a known pod veth (drift repaired)',
+      registers,
+    });
     this.mode = new Gauge({
       name: `${PREFIX}capture_mode`,
       help: 'The capture mode in use (1), with the one requested and whether it is a fallback',
@@ -140,7 +144,11 @@ export class AgentMetrics {
           }
         },
       });
-    perPod(`${PREFIX}pod_packets_total`, 'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs', 1);
+    perPod(
+      `${PREFIX}pod_packets_total`,
+      'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs',
+      1,
+    );
     perPod(`${PREFIX}pod_bytes_total`, 'Bytes of each enrolled pod by verdict, summed over CPUs', 2);
 
     new Counter({

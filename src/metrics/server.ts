@@ -79,39 +79,41 @@ export async function serveMetrics(address: string, deps: ServeDeps): Promise<Me
       keepAliveTimeout: limits.idleTimeoutMs,
       // How often Node checks the two timeouts above (its default, 30 s, would let a slow client hold a slot that long).
       connectionsCheckingInterval: Math.min(1_000, limits.requestTimeoutMs),
-    }, (req, res) => {
-    const path = (req.url ?? '/').split('?')[0];
-    const text = (code: number, body: string, close = false) => {
-      if (res.headersSent) return;
-      res.writeHead(code, { 'Content-Type': 'text/plain; charset=utf-8', ...(close && { Connection: 'close' }) });
-      res.end(req.method === 'HEAD' ? undefined : body);
-    };
-    if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'method not allowed\n', true);
-    // Nothing here takes a body: refuse one instead of reading it.
-    if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0) return text(413, 'no request body accepted\n', true);
-    if (only === 'all' && path === '/healthz') return text(200, 'ok\n');
-    if (only === 'all' && path === '/readyz') {
-      const s = deps.readiness.state();
-      return text(s.ready ? 200 : 503, s.ready ? 'ok\n' : s.missing.map((m) => `not ready: ${m}\n`).join(''));
-    }
-    if (path === '/metrics') {
-      const timer = setTimeout(() => text(503, `metrics took longer than ${limits.scrapeTimeoutMs} ms\n`, true), limits.scrapeTimeoutMs);
-      scrape().then(
-        (body) => {
-          clearTimeout(timer);
-          if (res.headersSent) return;
-          res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
-          res.end(req.method === 'HEAD' ? undefined : body);
-        },
-        (err: unknown) => {
-          clearTimeout(timer);
-          deps.onError?.(err instanceof Error ? err : new Error(String(err)));
-          text(500, `metrics failed: ${err instanceof Error ? err.message : String(err)}\n`);
-        },
-      );
-      return;
-    }
-    text(404, 'not found\n');
+    },
+    (req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      const text = (code: number, body: string, close = false) => {
+        if (res.headersSent) return;
+        res.writeHead(code, { 'Content-Type': 'text/plain; charset=utf-8', ...(close && { Connection: 'close' }) });
+        res.end(req.method === 'HEAD' ? undefined : body);
+      };
+      if (req.method !== 'GET' && req.method !== 'HEAD') return text(405, 'method not allowed\n', true);
+      // Nothing here takes a body: refuse one instead of reading it.
+      if (req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0)
+        return text(413, 'no request body accepted\n', true);
+      if (only === 'all' && path === '/healthz') return text(200, 'ok\n');
+      if (only === 'all' && path === '/readyz') {
+        const s = deps.readiness.state();
+        return text(s.ready ? 200 : 503, s.ready ? 'ok\n' : s.missing.map((m) => `not ready: ${m}\n`).join(''));
+      }
+      if (path === '/metrics') {
+        const timer = setTimeout(() => text(503, `metrics took longer than ${limits.scrapeTimeoutMs} ms\n`, true), limits.scrapeTimeoutMs);
+        scrape().then(
+          (body) => {
+            clearTimeout(timer);
+            if (res.headersSent) return;
+            res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
+            res.end(req.method === 'HEAD' ? undefined : body);
+          },
+          (err: unknown) => {
+            clearTimeout(timer);
+            deps.onError?.(err instanceof Error ? err : new Error(String(err)));
+            text(500, `metrics failed: ${err instanceof Error ? err.message : String(err)}\n`);
+          },
+        );
+        return;
+      }
+      text(404, 'not found\n');
     },
   );
   server.maxConnections = limits.maxConnections;

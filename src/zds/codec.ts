@@ -181,7 +181,11 @@ export function decodeRequest(buf: Uint8Array): WorkloadRequest {
   const o = decodeChecked(T.request, buf, what);
   const members = payloadMembers(T.request, buf);
   if (members.length !== 1) {
-    throw new ZdsDecodeError(what, 'payload', members.length === 0 ? 'no known payload (unknown or missing oneof member)' : `more than one payload: ${members.join(', ')}`);
+    throw new ZdsDecodeError(
+      what,
+      'payload',
+      members.length === 0 ? 'no known payload (unknown or missing oneof member)' : `more than one payload: ${members.join(', ')}`,
+    );
   }
   switch (members[0]) {
     case 'add': {

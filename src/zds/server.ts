@@ -198,9 +198,12 @@ export class ZdsServer {
     this.timer = null;
     const next = this.state.nextDeadline();
     if (next === null) return;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      this.apply(this.state.tick(this.now()));
-    }, Math.max(0, next - this.now()) + 5);
+    this.timer = setTimeout(
+      () => {
+        this.timer = null;
+        this.apply(this.state.tick(this.now()));
+      },
+      Math.max(0, next - this.now()) + 5,
+    );
   }
 }

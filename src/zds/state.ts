@@ -20,10 +20,7 @@ export interface Pod {
 }
 
 /** What a datagram from a peer turned out to be (decoding happens in the adapter). */
-export type Inbound =
-  | { kind: 'hello'; hello: ZdsHello }
-  | { kind: 'ack'; ack: Ack }
-  | { kind: 'malformed'; error: string; detail: string };
+export type Inbound = { kind: 'hello'; hello: ZdsHello } | { kind: 'ack'; ack: Ack } | { kind: 'malformed'; error: string; detail: string };
 
 export type Action =
   | { kind: 'send'; conn: number; request: WorkloadRequest; netnsOf?: string }

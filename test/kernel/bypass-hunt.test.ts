@@ -125,7 +125,8 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
   };
   const f4 = (ip: Ipv4Opts, l4: L4, e: EtherOpts = eth) => v4Frame({ src: near[4], dst: far[4], ...ip }, l4, e);
   const f6 = (ip: Ipv6Opts, l4: L4, e: EtherOpts = eth) => v6Frame({ src: near[6], dst: far[6], ...ip }, l4, e);
-  const u = (payload: Buffer, o: { sport?: number; dport?: number; length?: number } = {}) => udp({ sport: o.sport ?? 40000, dport: o.dport ?? 9999, payload, ...(o.length !== undefined && { length: o.length }) });
+  const u = (payload: Buffer, o: { sport?: number; dport?: number; length?: number } = {}) =>
+    udp({ sport: o.sport ?? 40000, dport: o.dport ?? 9999, payload, ...(o.length !== undefined && { length: o.length }) });
 
   // Transport and protocol classes, both families.
   for (const f of [4, 6] as const) {
@@ -184,8 +185,21 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
 
   if (dir === 'outbound') {
     // Spoofed sources, to the outside.
-    const spoof4: [string, string][] = [['another enrolled pod', enrolledPeer.ip], ['an unenrolled pod', unenrolled.ip], ['the node', OUTSIDE_HOST_IP], ['the probe address', PROBE_IP], ['ztunnel', ZTUNNEL_IP]];
-    const spoof6: [string, string][] = [['another enrolled pod', enrolledPeer.ip6], ['an unenrolled pod', unenrolled.ip6], ['the node', OUTSIDE_HOST_IP6], ['the probe address', PROBE_IP6], ['ztunnel', ZTUNNEL_IP6], ['link-local', w.podLl]];
+    const spoof4: [string, string][] = [
+      ['another enrolled pod', enrolledPeer.ip],
+      ['an unenrolled pod', unenrolled.ip],
+      ['the node', OUTSIDE_HOST_IP],
+      ['the probe address', PROBE_IP],
+      ['ztunnel', ZTUNNEL_IP],
+    ];
+    const spoof6: [string, string][] = [
+      ['another enrolled pod', enrolledPeer.ip6],
+      ['an unenrolled pod', unenrolled.ip6],
+      ['the node', OUTSIDE_HOST_IP6],
+      ['the probe address', PROBE_IP6],
+      ['ztunnel', ZTUNNEL_IP6],
+      ['link-local', w.podLl],
+    ];
     for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
     for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
     add('ztunnel source to the tunnel port, IPv4', (p) => [f4({ src: ZTUNNEL_IP }, u(p, { dport: 4789 }))]);
@@ -204,8 +218,21 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
     add('ICMPv6 echo to all-nodes multicast ff02::1', (p) => [f6({ src: w.podLl, dst: 'ff02::1' }, icmp6({ body: p }), { ...eth, dst: '33:33:00:00:00:01' })]);
   } else {
     // Spoofed sources, from outside toward the pod.
-    const spoof4: [string, string][] = [['another enrolled pod', enrolledPeer.ip], ['an unenrolled pod', unenrolled.ip], ['the node', OUTSIDE_HOST_IP], ['the probe address', PROBE_IP], ['ztunnel', ZTUNNEL_IP]];
-    const spoof6: [string, string][] = [['another enrolled pod', enrolledPeer.ip6], ['an unenrolled pod', unenrolled.ip6], ['the node', OUTSIDE_HOST_IP6], ['the probe address', PROBE_IP6], ['ztunnel', ZTUNNEL_IP6], ['link-local', 'fe80::99']];
+    const spoof4: [string, string][] = [
+      ['another enrolled pod', enrolledPeer.ip],
+      ['an unenrolled pod', unenrolled.ip],
+      ['the node', OUTSIDE_HOST_IP],
+      ['the probe address', PROBE_IP],
+      ['ztunnel', ZTUNNEL_IP],
+    ];
+    const spoof6: [string, string][] = [
+      ['another enrolled pod', enrolledPeer.ip6],
+      ['an unenrolled pod', unenrolled.ip6],
+      ['the node', OUTSIDE_HOST_IP6],
+      ['the probe address', PROBE_IP6],
+      ['ztunnel', ZTUNNEL_IP6],
+      ['link-local', 'fe80::99'],
+    ];
     for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
     for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
     add("UDP to the pod's link-local address", (p) => [f6({ dst: w.podLl }, u(p))]);
@@ -239,8 +266,12 @@ function controls(sim: SimNode, w: Wiring): Control[] {
     out.push({ name, ns, dev, seenAt, marker, frames: [withChecksums(build(payload))] });
   };
   const fromOther: EtherOpts = { src: w.otherMac, dst: w.otherVethMac };
-  add('an unenrolled pod to the outside', other.ns, 'eth0', 'outside', (p) => v4Frame({ src: other.ip, dst: sim.outside.ip }, udp({ dport: 9999, payload: p }), fromOther));
-  add('an unenrolled pod to the node', other.ns, 'eth0', 'node', (p) => v4Frame({ src: other.ip, dst: OUTSIDE_HOST_IP }, udp({ dport: 9999, payload: p }), fromOther));
+  add('an unenrolled pod to the outside', other.ns, 'eth0', 'outside', (p) =>
+    v4Frame({ src: other.ip, dst: sim.outside.ip }, udp({ dport: 9999, payload: p }), fromOther),
+  );
+  add('an unenrolled pod to the node', other.ns, 'eth0', 'node', (p) =>
+    v4Frame({ src: other.ip, dst: OUTSIDE_HOST_IP }, udp({ dport: 9999, payload: p }), fromOther),
+  );
   // The node's ARP toward the enrolled pod passes in both modes; the marker rides in its padding.
   add('ARP from the node to the enrolled pod', sim.nodeNs, pod.hostVeth, 'pod', (p) =>
     Buffer.concat([arpFrame({ senderMac: w.hostVethMac, senderIp: '169.254.1.1', targetIp: pod.ip }, { src: w.hostVethMac, dst: w.podMac }), p]),
@@ -270,8 +301,16 @@ async function hunt(sim: SimNode, cls: Record<Direction, Class[]>, ctl: readonly
   await Promise.all(Object.values(sniffers).map((s) => s.ready));
   // One frame at a time per class, in order: the fragments of a datagram stay in order.
   await Promise.all([
-    sendFrames(pod.ns, 'eth0', cls.outbound.flatMap((c) => c.frames)),
-    sendFrames(sim.outside.ns, 'eth0', cls.inbound.flatMap((c) => c.frames)),
+    sendFrames(
+      pod.ns,
+      'eth0',
+      cls.outbound.flatMap((c) => c.frames),
+    ),
+    sendFrames(
+      sim.outside.ns,
+      'eth0',
+      cls.inbound.flatMap((c) => c.frames),
+    ),
     ...ctl.map((c) => sendFrames(c.ns, c.dev, c.frames)),
   ]);
   const [outside, node, inPod, other] = await Promise.all([sniffers.outside.done, sniffers.node.done, sniffers.pod.done, sniffers.other.done]);
@@ -338,8 +377,15 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
         const withAgent = await hunt(sim, fresh, ctlFresh);
 
         // The sniffers saw what they had to in both phases.
-        for (const [phase, result, list] of [['without', without, ctl], ['with', withAgent, ctlFresh]] as const) {
-          for (const c of list) expect(result.controls.get(c.name)?.some((w) => w.startsWith(c.seenAt)), `control "${c.name}" ${phase} the agent: seen at ${c.seenAt}`).toBe(true);
+        for (const [phase, result, list] of [
+          ['without', without, ctl],
+          ['with', withAgent, ctlFresh],
+        ] as const) {
+          for (const c of list)
+            expect(
+              result.controls.get(c.name)?.some((w) => w.startsWith(c.seenAt)),
+              `control "${c.name}" ${phase} the agent: seen at ${c.seenAt}`,
+            ).toBe(true);
         }
 
         const failures: string[] = [];

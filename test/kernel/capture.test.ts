@@ -25,7 +25,12 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
     await sim?.teardown();
   });
 
-  for (const [variant, delivery] of [['redirect_peer', 'sk_assign'], ['redirect', 'sk_assign'], ['redirect_peer', 'tproxy'], ['redirect', 'tproxy']] as const) {
+  for (const [variant, delivery] of [
+    ['redirect_peer', 'sk_assign'],
+    ['redirect', 'sk_assign'],
+    ['redirect_peer', 'tproxy'],
+    ['redirect', 'tproxy'],
+  ] as const) {
     it(`enrolled pod reaches only ztunnel, unenrolled goes direct (bpf_${variant}, ${delivery} delivery)`, async () => {
       const pinRoot = pinRootFor(sim);
       const pinDir = join(pinRoot, 'ambient-redirect', 'v1');
@@ -65,7 +70,9 @@ kernelDescribe('outbound capture end to end', 'loads BPF and builds network name
       // ztunnel's side: the delivery program of the variant; TPROXY takes every marked
       // packet with tproxy delivery, only what zt_assign leaves to it (0x1000) otherwise.
       expect(oracle.zt).toContain(delivery === 'sk_assign' ? 'zt_assign' : 'zt_mark');
-      expect(oracle.tproxy).toContain(delivery === 'tproxy' ? '--mark 0x900/0xf00 -j TPROXY --on-port 15001' : '--mark 0x1900/0x1f00 -j TPROXY --on-port 15001');
+      expect(oracle.tproxy).toContain(
+        delivery === 'tproxy' ? '--mark 0x900/0xf00 -j TPROXY --on-port 15001' : '--mark 0x1900/0x1f00 -j TPROXY --on-port 15001',
+      );
 
       // uninstall took our filters and pins away, and only those.
       expect(result.uninstall).toContain(`detached ingress filter from ${sim.pods[0]!.hostVeth}`);

@@ -89,18 +89,30 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
       kube.api.upsertNamespace('plain');
       kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       args = [
-        '--kubeconfig', kube.kubeconfig,
-        '--node-name', NODE,
-        '--pin-root', pinRoot,
-        '--backoff-initial', '0.2',
-        '--backoff-max', '2',
-        '--resync-interval', '30',
-        '--cni-socket', join(dir, 'run', 'cni.sock'),
-        '--cni-state-dir', join(dir, 'state'),
-        '--cni-add-timeout', '5',
-        '--cni-install', 'true',
-        '--cni-bin-dir', join(dir, 'bin'),
-        '--cni-conf-dir', join(dir, 'net.d'),
+        '--kubeconfig',
+        kube.kubeconfig,
+        '--node-name',
+        NODE,
+        '--pin-root',
+        pinRoot,
+        '--backoff-initial',
+        '0.2',
+        '--backoff-max',
+        '2',
+        '--resync-interval',
+        '30',
+        '--cni-socket',
+        join(dir, 'run', 'cni.sock'),
+        '--cni-state-dir',
+        join(dir, 'state'),
+        '--cni-add-timeout',
+        '5',
+        '--cni-install',
+        'true',
+        '--cni-bin-dir',
+        join(dir, 'bin'),
+        '--cni-conf-dir',
+        join(dir, 'net.d'),
       ];
       controller = startController(sim.nodeNs, args);
       await controller.waitFor('programmed');
@@ -139,7 +151,9 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     }
     await sleep(300); // the servers' reports are asynchronous
     const adds = runs.map((r) => r.add!.ms).sort((a, b) => a - b);
-    console.log(`cni gate on: ${bypassesFrom(runs)} of ${PODS} first connections bypassed; ADD p50 ${adds[PODS >> 1]!.toFixed(1)} ms, max ${adds.at(-1)!.toFixed(1)} ms`);
+    console.log(
+      `cni gate on: ${bypassesFrom(runs)} of ${PODS} first connections bypassed; ADD p50 ${adds[PODS >> 1]!.toFixed(1)} ms, max ${adds.at(-1)!.toFixed(1)} ms`,
+    );
     expect(bypassesFrom(runs)).toBe(0);
     expect(runs.filter((r) => r.connection?.reply === 'ztunnel').length).toBe(PODS);
     expect(ztunnel.accepted.length - zBefore).toBe(PODS);
@@ -154,10 +168,14 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     const n = bypassesFrom(runs);
     console.log(`cni gate off: ${n} of ${PODS} first connections bypassed`);
     const outcome = (r: PodRun) => (r.connection?.ok ? r.connection.reply : r.connection?.error);
-    console.log(`cni gate off outcomes: ${JSON.stringify(runs.reduce<Record<string, number>>((m, r) => {
-      m[String(outcome(r))] = (m[String(outcome(r))] ?? 0) + 1;
-      return m;
-    }, {}))}`);
+    console.log(
+      `cni gate off outcomes: ${JSON.stringify(
+        runs.reduce<Record<string, number>>((m, r) => {
+          m[String(outcome(r))] = (m[String(outcome(r))] ?? 0) + 1;
+          return m;
+        }, {}),
+      )}`,
+    );
     expect(runs.every((r) => r.started)).toBe(true);
     for (const r of runs) await rt.teardown(specs[r.pod.index - PODS]!, r.uid, r.containerId);
   }, 180_000);
@@ -214,7 +232,16 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     // from an init container after the agent stopped.
     await controller!.stop('SIGTERM');
     controller = undefined;
-    await runInNode(sim.nodeNs, ['cni', 'uninstall', '--cni-bin-dir', join(dir, 'bin'), '--cni-conf-dir', join(dir, 'net.d'), '--cni-state-dir', join(dir, 'state')]);
+    await runInNode(sim.nodeNs, [
+      'cni',
+      'uninstall',
+      '--cni-bin-dir',
+      join(dir, 'bin'),
+      '--cni-conf-dir',
+      join(dir, 'net.d'),
+      '--cni-state-dir',
+      join(dir, 'state'),
+    ]);
     expect(readFileSync(conflist())).toEqual(Buffer.from(CONFLIST));
     expect(existsSync(join(dir, 'bin', 'ambient-redirect-cni'))).toBe(false);
   });

@@ -107,7 +107,11 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
 
   it('I11 then O10: the node’s SYN records its flow on this veth, and only that flow’s answers pass', () => {
     h.applyState(stateOf(veths(), { state: { hostFlows: [] } }));
-    const flows = () => h.map('host_flows').entries().map(([k, v]) => ({ ...codec.decodeHostFlowKey(k), ...codec.decodeHostFlowInfo(v) }));
+    const flows = () =>
+      h
+        .map('host_flows')
+        .entries()
+        .map(([k, v]) => ({ ...codec.decodeHostFlowKey(k), ...codec.decodeHostFlowInfo(v) }));
     const syn = b.v4Frame({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ sport: 51000, dport: 8080, flags: 0x02 }));
     const synAck = b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
     // Before: the pod's answer is captured like anything else.
@@ -121,8 +125,12 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
     expect(h.run('out_redirect', synAck, { ifindex: h.vethA })?.verdict).toBe('pass');
     expect(h.run('out_redir_peer', synAck, { ifindex: h.vethA })?.verdict).toBe('pass');
     // Not a SYN of the pod's own on that 4-tuple, not another node port.
-    expect(h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x02 })), { ifindex: h.vethA })?.verdict).toBe('redirect');
-    expect(h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51001, flags: 0x12 })), { ifindex: h.vethA })?.verdict).toBe('redirect');
+    expect(
+      h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x02 })), { ifindex: h.vethA })?.verdict,
+    ).toBe('redirect');
+    expect(
+      h.run('out_redirect', b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51001, flags: 0x12 })), { ifindex: h.vethA })?.verdict,
+    ).toBe('redirect');
   });
 
   it('counts per veth: a frame on veth B leaves veth A alone', () => {
@@ -151,7 +159,10 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
         const state = stateOf(veths(), r);
         h.applyState(state);
         const s = modelStateOf(state, h.maxPods);
-        const mv = program === 'zt_mark' ? m.ztunnelMark(r.frame, s) : m.ztunnelAssign(r.frame, s, { listeners: new Set(LISTENERS.map(([k, p]) => `${k}:${p}`)), established });
+        const mv =
+          program === 'zt_mark'
+            ? m.ztunnelMark(r.frame, s)
+            : m.ztunnelAssign(r.frame, s, { listeners: new Set(LISTENERS.map(([k, p]) => `${k}:${p}`)), established });
         expect([mv.verdict, mv.mark], 'the model disagrees with the table').toEqual([r.verdict, r.mark]);
         const k = h.run(program, r.frame, { ifindex: h.vethB, ingressIfindex: NODE_IFINDEX });
         if (r.notRunnable) {

@@ -37,7 +37,10 @@ async function snapshot(ns: string): Promise<Record<string, string>> {
     rule6: await run(['ip', '-n', ns, '-6', 'rule', 'show']),
     route4: await run(['ip', '-n', ns, '-4', 'route', 'show', 'table', 'all']),
     // Link-local addresses come up on their own (DAD) some time after the netns is built.
-    route6: (await run(['ip', '-n', ns, '-6', 'route', 'show', 'table', 'all'])).split('\n').filter((l) => !/^(local|anycast) fe80:/.test(l)).join('\n'),
+    route6: (await run(['ip', '-n', ns, '-6', 'route', 'show', 'table', 'all']))
+      .split('\n')
+      .filter((l) => !/^(local|anycast) fe80:/.test(l))
+      .join('\n'),
     links: await run(['ip', '-n', ns, '-d', 'link', 'show']),
     ipset: await exec(['ipset', 'list']),
   };
@@ -93,7 +96,10 @@ function pathWithout(tool: string): string {
 /** An iptables-save text without its tables that hold nothing (built-in chains, ACCEPT). */
 function dropEmptyTables(save: string): string {
   const empty = new Set(emptyTables(save, ['mangle', 'nat', 'filter', 'raw']));
-  return save.split(/(?=^\*)/m).filter((block) => !empty.has(block.split('\n')[0]!.slice(1))).join('');
+  return save
+    .split(/(?=^\*)/m)
+    .filter((block) => !empty.has(block.split('\n')[0]!.slice(1)))
+    .join('');
 }
 
 /** Lines of a snapshot that only iptables mode writes: chains, proto 211, tunnels, sets. */
@@ -146,9 +152,19 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
     expect(pod1).toMatchObject({ ok: 4, direct: 4, viaZtunnel: [] });
 
     // The kernel held what the mode says: the set, the tunnel (VXLAN here), marks, tables.
-    expect(oracle.ipset!.split('\n').filter((l) => l.startsWith('add')).sort()).toEqual([`add ztunnel-pods-ips ${sim.pods[0]!.ip}`, `add ztunnel-pods-ips ${sim.pods[2]!.ip}`]);
+    expect(
+      oracle
+        .ipset!.split('\n')
+        .filter((l) => l.startsWith('add'))
+        .sort(),
+    ).toEqual([`add ztunnel-pods-ips ${sim.pods[0]!.ip}`, `add ztunnel-pods-ips ${sim.pods[2]!.ip}`]);
     // Each enrolled pod is bound to its own veth (anti-spoofing), and only there.
-    expect(oracle.ifset!.split('\n').filter((l) => l.startsWith('add')).sort()).toEqual([`add ztunnel-pods-ifaces ${sim.pods[0]!.ip},${sim.pods[0]!.hostVeth}`, `add ztunnel-pods-ifaces ${sim.pods[2]!.ip},${sim.pods[2]!.hostVeth}`]);
+    expect(
+      oracle
+        .ifset!.split('\n')
+        .filter((l) => l.startsWith('add'))
+        .sort(),
+    ).toEqual([`add ztunnel-pods-ifaces ${sim.pods[0]!.ip},${sim.pods[0]!.hostVeth}`, `add ztunnel-pods-ifaces ${sim.pods[2]!.ip},${sim.pods[2]!.hostVeth}`]);
     expect(oracle.mangle).toContain(`-A ztunnel-PREROUTING -i ${sim.pods[0]!.hostVeth} -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP`);
     expect(oracle.links).toMatch(new RegExp(`${TUNNEL.kind} id 1001 remote 198\\.18\\.0\\.2 .*dstport ${TUNNEL.port}`));
     expect(oracle.links).toContain('alias ambient-redirect ztunnel-netns=' + sim.ztunnel.ns);
@@ -210,7 +226,16 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
     const bin = pathWithout('nft');
     const zt = await sim.startZtunnel();
     try {
-      const controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip, '--mode', 'iptables']);
+      const controller = startController(sim.nodeNs, [
+        '--pin-root',
+        pinRoot,
+        '--ztunnel-ip',
+        sim.ztunnel.ip,
+        '--enroll',
+        sim.pods[0]!.ip,
+        '--mode',
+        'iptables',
+      ]);
       await controller.waitFor('programmed', 60_000);
       expect(await controller.stop('SIGTERM')).toBe(0);
       expect(iptablesModeTraces(await snapshots(sim)).length).toBeGreaterThan(0);
@@ -221,9 +246,18 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
       });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toContain('deleted istioout');
-      const logged = r.stderr.trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string; step?: string; reason?: string });
+      const logged = r.stderr
+        .trim()
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { level: string; msg: string; step?: string; reason?: string });
       expect(logged).toEqual([
-        expect.objectContaining({ level: 'info', msg: 'uninstall: skipped a step', step: 'delete the empty nft tables we created', reason: expect.stringContaining('nft is not installed') }),
+        expect.objectContaining({
+          level: 'info',
+          msg: 'uninstall: skipped a step',
+          step: 'delete the empty nft tables we created',
+          reason: expect.stringContaining('nft is not installed'),
+        }),
       ]);
       // Nothing of ours is left; the empty tables iptables-restore created filter nothing.
       const after = await snapshots(sim);
@@ -238,7 +272,10 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
     }
   });
 
-  for (const [from, to] of [['iptables', 'ebpf'], ['ebpf', 'iptables']] as const) {
+  for (const [from, to] of [
+    ['iptables', 'ebpf'],
+    ['ebpf', 'iptables'],
+  ] as const) {
     it(`a restart from ${from} mode to ${to} mode leaves no state of the first`, async () => {
       const pinRoot = pinRootFor(sim);
       mkdirSync(pinRoot, { recursive: true, mode: 0o700 });

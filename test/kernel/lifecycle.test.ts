@@ -42,8 +42,17 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
 
   const start = (object = OBJECTS.current, extra: string[] = []) => {
     controller = startController(sim.nodeNs, [
-      '--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--object', object, '--resync-interval', '2',
-      '--enroll', enrolled.flatMap((p) => [p.ip, p.ip6]).join(','), ...extra,
+      '--pin-root',
+      pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--object',
+      object,
+      '--resync-interval',
+      '2',
+      '--enroll',
+      enrolled.flatMap((p) => [p.ip, p.ip6]).join(','),
+      ...extra,
     ]);
     return controller;
   };
@@ -58,7 +67,9 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
   async function hooks(): Promise<HookState> {
     const state: HookState = {};
     const read = async (ns: string, dev: string, dir: string) => {
-      const json = JSON.parse(await run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir]).catch(() => '[]')) as { options?: { handle?: string; prog?: { id: number } } }[];
+      const json = JSON.parse(await run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir]).catch(() => '[]')) as {
+        options?: { handle?: string; prog?: { id: number } };
+      }[];
       state[`${dev}/${dir}`] = json.filter((f) => f.options?.handle === '0xa4b1').map((f) => f.options!.prog!.id);
     };
     for (const p of enrolled) for (const d of ['ingress', 'egress']) await read(sim.nodeNs, p.hostVeth, d);
@@ -67,7 +78,8 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
   }
 
   const dumpMap = (name: string) => run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinDir, name)]);
-  const mapInfo = async (name: string) => JSON.parse(await run(['bpftool', '-j', 'map', 'show', 'pinned', join(pinDir, name)])) as { id: number; max_entries: number };
+  const mapInfo = async (name: string) =>
+    JSON.parse(await run(['bpftool', '-j', 'map', 'show', 'pinned', join(pinDir, name)])) as { id: number; max_entries: number };
 
   /**
    * Opens connections from the first enrolled pod until `until` settles; every one must
@@ -115,8 +127,11 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
     });
 
     it('records only the clsact qdiscs it created', async () => {
-      const keys = JSON.parse(await run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinDir, 'qdiscs')])) as { formatted: { key: { ifindex: number; netns: number } } }[];
-      const ifindex = async (dev: string) => (JSON.parse(await run(['ip', '-n', sim.nodeNs, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
+      const keys = JSON.parse(await run(['bpftool', '-j', 'map', 'dump', 'pinned', join(pinDir, 'qdiscs')])) as {
+        formatted: { key: { ifindex: number; netns: number } };
+      }[];
+      const ifindex = async (dev: string) =>
+        (JSON.parse(await run(['ip', '-n', sim.nodeNs, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
       const node = keys.filter((k) => k.formatted.key.netns === 0).map((k) => k.formatted.key.ifindex);
       expect(node).toEqual([await ifindex(enrolled[0]!.hostVeth)]);
       expect(keys.filter((k) => k.formatted.key.netns === 1)).toHaveLength(1); // ztunnel's eth0
@@ -175,7 +190,22 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       })();
       const bypassBefore = bypasses();
       // A map an older build pinned that this one no longer has (host_addrs, before host_flows).
-      await systemRunner.run(['bpftool', 'map', 'create', join(pinDir, 'host_addrs'), 'type', 'hash', 'key', '16', 'value', '4', 'entries', '64', 'name', 'host_addrs']);
+      await systemRunner.run([
+        'bpftool',
+        'map',
+        'create',
+        join(pinDir, 'host_addrs'),
+        'type',
+        'hash',
+        'key',
+        '16',
+        'value',
+        '4',
+        'entries',
+        '64',
+        'name',
+        'host_addrs',
+      ]);
       const { failed } = await trafficDuring(
         (async () => {
           start(OBJECTS.rebuilt);
@@ -198,7 +228,10 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
     }, 60_000);
 
     it('a schema change (max entries) migrates the maps without a gap, and back', async () => {
-      for (const [object, maxEntries] of [[OBJECTS.small, 1024], [OBJECTS.current, 65536]] as const) {
+      for (const [object, maxEntries] of [
+        [OBJECTS.small, 1024],
+        [OBJECTS.current, 65536],
+      ] as const) {
         const entries = async () => (JSON.parse(await dumpMap('pods')) as { formatted: unknown }[]).map((e) => JSON.stringify(e.formatted)).sort();
         const podsBefore = await entries();
         await stop('SIGTERM');
@@ -265,7 +298,9 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
   it('refuses a pin root that is not a bpffs, in one clear line', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ar-notbpffs-'));
     try {
-      const err = (await runInNode(sim.nodeNs, ['run', '--pin-root', dir, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip]).catch((e: unknown) => e)) as CommandError;
+      const err = (await runInNode(sim.nodeNs, ['run', '--pin-root', dir, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip]).catch(
+        (e: unknown) => e,
+      )) as CommandError;
       expect(err).toBeInstanceOf(CommandError);
       expect(err.exitCode).not.toBe(0);
       expect(err.stderr).toContain(`${dir} is not a bpffs mount`);
@@ -277,14 +312,26 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
 
   async function snapshot() {
     const links = enrolled.map((p) => p.hostVeth);
-    const tc = (await Promise.all(links.map(async (l) => `${l}: ${await run(['tc', '-n', sim.nodeNs, 'qdisc', 'show', 'dev', l])}${await run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', l, 'ingress'])}`))).join('\n');
+    const tc = (
+      await Promise.all(
+        links.map(
+          async (l) =>
+            `${l}: ${await run(['tc', '-n', sim.nodeNs, 'qdisc', 'show', 'dev', l])}${await run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', l, 'ingress'])}`,
+        ),
+      )
+    ).join('\n');
     const ztTc = await run(['tc', '-n', sim.ztunnel.ns, 'qdisc', 'show', 'dev', 'eth0']);
     return {
       tc: tc + ztTc,
       links: (await run(['ip', '-n', sim.nodeNs, '-d', 'link', 'show'])).replace(/\s+/g, ' '),
       ipt: await run(['ip', 'netns', 'exec', sim.nodeNs, 'iptables-save']).then(stripComments),
-      ztIpt: (await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'iptables-save']).then(stripComments)) + (await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'ip6tables-save']).then(stripComments)),
-      ztRules: (await run(['ip', '-n', sim.ztunnel.ns, 'rule', 'show'])) + (await run(['ip', '-n', sim.ztunnel.ns, '-6', 'rule', 'show'])) + (await run(['ip', '-n', sim.ztunnel.ns, 'route', 'show', 'table', 'all'])),
+      ztIpt:
+        (await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'iptables-save']).then(stripComments)) +
+        (await run(['ip', 'netns', 'exec', sim.ztunnel.ns, 'ip6tables-save']).then(stripComments)),
+      ztRules:
+        (await run(['ip', '-n', sim.ztunnel.ns, 'rule', 'show'])) +
+        (await run(['ip', '-n', sim.ztunnel.ns, '-6', 'rule', 'show'])) +
+        (await run(['ip', '-n', sim.ztunnel.ns, 'route', 'show', 'table', 'all'])),
       net: await run(['ip', 'netns', 'exec', sim.nodeNs, 'bpftool', 'net', 'show']),
     };
   }
@@ -296,7 +343,11 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
  * which filters nothing.
  */
 function stripComments(text: string): string {
-  const tables = text.split('\n').filter((l) => !l.startsWith('#')).join('\n').split(/^(?=\*)/m);
+  const tables = text
+    .split('\n')
+    .filter((l) => !l.startsWith('#'))
+    .join('\n')
+    .split(/^(?=\*)/m);
   return tables.filter((t) => !/^\*/.test(t) || /^-A /m.test(t) || /^:\S+ (?!ACCEPT)/m.test(t)).join('');
 }
 

@@ -36,8 +36,12 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
   });
 
   it('knows every map bpf/include/maps.h declares, with its type', () => {
-    const declared = [...readFileSync('bpf/include/maps.h', 'utf8').matchAll(/__uint\(type, BPF_MAP_TYPE_(\w+)\);[^}]*\}\s*(\w+)\s+SEC\("\.maps"\)/g)].map((m) => [m[2], m[1]]);
-    expect(Object.fromEntries(declared)).toEqual(Object.fromEntries(Object.entries(PINNED_MAPS).map(([n, s]) => [n, Object.entries(MapType).find(([, v]) => v === s.type)![0]])));
+    const declared = [...readFileSync('bpf/include/maps.h', 'utf8').matchAll(/__uint\(type, BPF_MAP_TYPE_(\w+)\);[^}]*\}\s*(\w+)\s+SEC\("\.maps"\)/g)].map(
+      (m) => [m[2], m[1]],
+    );
+    expect(Object.fromEntries(declared)).toEqual(
+      Object.fromEntries(Object.entries(PINNED_MAPS).map(([n, s]) => [n, Object.entries(MapType).find(([, v]) => v === s.type)![0]])),
+    );
   });
 
   it('refuses a map of another value size, naming the map, both sizes and the way out', () => {

@@ -88,17 +88,25 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       // A pod of another node with an IP of this one: only the field selector keeps it out.
       kube.api.createPod({ name: 'elsewhere', namespace: 'shop', nodeName: 'other-node', ip: ip(3), hostIp: '198.19.9.9' });
       controller = startController(sim.nodeNs, [
-        '--kubeconfig', kube.kubeconfig,
-        '--node-name', NODE,
-        '--pin-root', pinRoot,
-        '--backoff-initial', '0.2',
-        '--backoff-max', '3',
-        '--watch-stall-timeout', '3',
-        '--resync-interval', '30',
+        '--kubeconfig',
+        kube.kubeconfig,
+        '--node-name',
+        NODE,
+        '--pin-root',
+        pinRoot,
+        '--backoff-initial',
+        '0.2',
+        '--backoff-max',
+        '3',
+        '--watch-stall-timeout',
+        '3',
+        '--resync-interval',
+        '30',
         // The scaled outage below bounds the watches' retries (cap 3 s here, 30 s for real);
         // the DNS Service read keeps its real 30 s schedule and its own backoff, which
         // test/unit/kube-dns.test.ts checks: in a 6 s window it would be one more request.
-        '--dns-service', 'none',
+        '--dns-service',
+        'none',
       ]);
       await controller.waitFor('programmed');
     } catch (err) {
@@ -236,15 +244,18 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     const back = Date.now();
     pod('web-3b', 'shop', 3);
     await mapBecomes([...enrolled, ip(3)], 30_000);
-    console.log(`api down: ${late.length} connection attempts from 6 s to ${((back - start) / 1000).toFixed(1)} s of the outage (${rate.toFixed(2)}/s); converged ${Date.now() - back} ms after recovery`);
+    console.log(
+      `api down: ${late.length} connection attempts from 6 s to ${((back - start) / 1000).toFixed(1)} s of the outage (${rate.toFixed(2)}/s); converged ${Date.now() - back} ms after recovery`,
+    );
   }, 60_000);
 
   it('churn against pinned maps: after quiescence the pinned map equals the desired state', async () => {
     // Start from a clean slate of this node's pods (the ztunnel pod stays).
-    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    for (const p of kube.api.listPods())
+      if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
     for (let i = 0; i < 5; i++) kube.api.deletePod('shop', `m${i}`);
     let seed = 42;
-    const rnd = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     const pick = <T>(a: readonly T[]) => a[Math.floor(rnd() * a.length)]!;
     const ips = [0, 1, 2, 3].map(ip).concat(['198.18.0.99']); // the last has no route on the node
     const namespaces = ['shop', 'plain'];
@@ -257,10 +268,18 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
         const pip = p.status?.podIP as string | undefined;
         if (p.spec.nodeName !== NODE || p.spec.hostNetwork || ['Succeeded', 'Failed'].includes(p.status.phase) || !pip) continue;
         const cur = owner.get(pip);
-        if (!cur || p.metadata.creationTimestamp > cur.metadata.creationTimestamp || (p.metadata.creationTimestamp === cur.metadata.creationTimestamp && Number(p.metadata.resourceVersion) > Number(cur.metadata.resourceVersion))) owner.set(pip, p);
+        if (
+          !cur ||
+          p.metadata.creationTimestamp > cur.metadata.creationTimestamp ||
+          (p.metadata.creationTimestamp === cur.metadata.creationTimestamp && Number(p.metadata.resourceVersion) > Number(cur.metadata.resourceVersion))
+        )
+          owner.set(pip, p);
       }
       const ambient = (ns: string) => kube.api.getNamespace(ns)?.metadata.labels['istio.io/dataplane-mode'] === 'ambient';
-      return [...owner].filter(([pip, p]) => ambient(p.metadata.namespace) && p.metadata.labels['istio.io/dataplane-mode'] !== 'none' && pip !== '198.18.0.99').map(([pip]) => pip).sort();
+      return [...owner]
+        .filter(([pip, p]) => ambient(p.metadata.namespace) && p.metadata.labels['istio.io/dataplane-mode'] !== 'none' && pip !== '198.18.0.99')
+        .map(([pip]) => pip)
+        .sort();
     };
     const checkpoints: string[][] = [];
     for (let e = 0; e < 300; e++) {
@@ -268,7 +287,15 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       const r = rnd();
       if (r < 0.45 || live.length === 0) {
         const hostNetwork = rnd() < 0.1;
-        kube.api.createPod({ name: `c${n++}`, namespace: pick(namespaces), nodeName: rnd() < 0.1 ? 'other-node' : NODE, ip: pick(ips), hostIp: OUTSIDE_HOST_IP, hostNetwork, ...(rnd() < 0.1 && { labels: { 'istio.io/dataplane-mode': 'none' } }) });
+        kube.api.createPod({
+          name: `c${n++}`,
+          namespace: pick(namespaces),
+          nodeName: rnd() < 0.1 ? 'other-node' : NODE,
+          ip: pick(ips),
+          hostIp: OUTSIDE_HOST_IP,
+          hostNetwork,
+          ...(rnd() < 0.1 && { labels: { 'istio.io/dataplane-mode': 'none' } }),
+        });
       } else if (r < 0.75) {
         const p = pick(live);
         kube.api.deletePod(p.metadata.namespace, p.metadata.name);
@@ -295,7 +322,8 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
   }, 60_000);
 
   it('an impostor with ztunnel’s labels in istio-system is not taken: the node fails closed with the reason logged, until it is gone', async () => {
-    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    for (const p of kube.api.listPods())
+      if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
     kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
     await mapBecomes([]);
     pod('zt-web', 'shop', 0);
@@ -318,7 +346,8 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
   }, 60_000);
 
   it('IP reuse: a deleted enrolled pod’s IP handed to a new pod before the API shows the delete is not captured with the old identity', async () => {
-    for (const p of kube.api.listPods()) if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
+    for (const p of kube.api.listPods())
+      if (p.metadata?.namespace !== 'istio-system' && typeof p.metadata?.name === 'string') kube.api.deletePod(p.metadata.namespace, p.metadata.name);
     kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
     kube.api.upsertNamespace('plain');
     await mapBecomes([]);

@@ -27,8 +27,16 @@ kernelDescribe('metrics and health', 'loads BPF and builds network namespaces', 
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
     await sim.startZtunnel();
     controller = startController(sim.nodeNs, [
-      '--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--resync-interval', '1', '--health-address', ADDRESS,
-      '--enroll', `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`,
+      '--pin-root',
+      pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--resync-interval',
+      '1',
+      '--health-address',
+      ADDRESS,
+      '--enroll',
+      `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`,
     ]);
     await controller.waitFor('programmed');
   });

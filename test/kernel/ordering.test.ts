@@ -40,8 +40,16 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
 
   const start = async () => {
     controller = startController(sim.nodeNs, [
-      '--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--resync-interval', String(RESYNC_SECONDS), '--health-address', ADDRESS,
-      '--enroll', sim.pods.flatMap((p) => [p.ip, p.ip6]).join(','),
+      '--pin-root',
+      pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--resync-interval',
+      String(RESYNC_SECONDS),
+      '--health-address',
+      ADDRESS,
+      '--enroll',
+      sim.pods.flatMap((p) => [p.ip, p.ip6]).join(','),
     ]);
     await controller.waitFor('programmed');
   };
@@ -125,7 +133,8 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
 
   const addTcFilter = (dev: string, dir: string, ns = sim.nodeNs, prio = 1) =>
     run(['tc', '-n', ns, 'filter', 'add', 'dev', dev, dir, 'prio', String(prio), 'handle', '1', 'bpf', 'da', 'obj', FOREIGN, 'sec', 'tc']);
-  const delTcFilter = (dev: string, dir: string, ns = sim.nodeNs, prio = 1) => run(['tc', '-n', ns, 'filter', 'del', 'dev', dev, dir, 'prio', String(prio), 'handle', '1', 'bpf']);
+  const delTcFilter = (dev: string, dir: string, ns = sim.nodeNs, prio = 1) =>
+    run(['tc', '-n', ns, 'filter', 'del', 'dev', dev, dir, 'prio', String(prio), 'handle', '1', 'bpf']);
   const toOutside = (pod = sim.pods[0]!) => sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1);
 
   async function ifindexOf(dev: string, ns: string): Promise<number> {
@@ -165,7 +174,11 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
       console.log(`ordering: foreign tc filter on ${dev} ingress seen ${seen.passes} pass(es), ${seen.ms} ms after it was added: ${r.body.trim()}`);
       expect(seen.passes).toBeLessThanOrEqual(2);
       expect(r.status).toBe(503);
-      expect(r.body).toMatch(new RegExp(`not ready: data path bypassed: tc bpf filter pref 1 handle 0x1 program \\d+ foreign_pass shares our priority on ${dev} ingress and may run first`));
+      expect(r.body).toMatch(
+        new RegExp(
+          `not ready: data path bypassed: tc bpf filter pref 1 handle 0x1 program \\d+ foreign_pass shares our priority on ${dev} ingress and may run first`,
+        ),
+      );
       const s = await status();
       expect(s.ordering.findings).toEqual([expect.objectContaining({ where: 'pod', device: dev, direction: 'ingress', kind })]);
       expect(await runInNode(sim.nodeNs, ['status', '--pin-root', pinRoot])).toContain('ordering: NOT VERIFIED');
@@ -207,10 +220,14 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
           onPod = await addTcx(dev, 'egress');
           onZtunnel = await addTcx('eth0', 'ingress', sim.ztunnel.ns);
         },
-        'pod-egress', 'tcx', 1,
+        'pod-egress',
+        'tcx',
+        1,
       );
       const r = await get('/readyz');
-      console.log(`ordering: tcx programs on ${dev} egress and ztunnel's eth0 ingress seen ${seen.passes} pass(es), ${seen.ms} ms after they were attached: ${r.body.trim()}`);
+      console.log(
+        `ordering: tcx programs on ${dev} egress and ztunnel's eth0 ingress seen ${seen.passes} pass(es), ${seen.ms} ms after they were attached: ${r.body.trim()}`,
+      );
       expect(seen.passes).toBeLessThanOrEqual(2);
       expect(await foreignGauge('ztunnel-ingress', 'tcx')).toBe(1);
       expect(r.status).toBe(503);
@@ -227,7 +244,9 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
           if (onPod >= 0) delTcx(onPod);
           if (onZtunnel >= 0) delTcx(onZtunnel);
         },
-        'pod-egress', 'tcx', 0,
+        'pod-egress',
+        'tcx',
+        0,
       );
       expect(gone.passes).toBeLessThanOrEqual(2);
     }
@@ -270,7 +289,12 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
       { ns: sim.ztunnel.ns, dev: 'eth0', dir: 'ingress' as const },
     ];
     const ours = async (h: (typeof hooks)[number]) =>
-      (JSON.parse(await run(['tc', '-n', h.ns, '-j', 'filter', 'show', 'dev', h.dev, h.dir])) as { pref: number; options?: { handle?: string; prog?: { id: number } } }[])
+      (
+        JSON.parse(await run(['tc', '-n', h.ns, '-j', 'filter', 'show', 'dev', h.dev, h.dir])) as {
+          pref: number;
+          options?: { handle?: string; prog?: { id: number } };
+        }[]
+      )
         .filter((f) => f.options?.handle === '0xa4b1')
         .map((f) => ({ pref: f.pref, id: f.options!.prog!.id }));
     const ids: number[] = [];

@@ -23,7 +23,18 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
     pinRoot = pinRootFor(sim);
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
     await sim.startZtunnel();
-    controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`, '--dns-servers', '10.96.0.10,fd00:96::a', '--node-local-dns', '169.254.20.10']);
+    controller = startController(sim.nodeNs, [
+      '--pin-root',
+      pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--enroll',
+      `${sim.pods[0]!.ip},${sim.pods[0]!.ip6}`,
+      '--dns-servers',
+      '10.96.0.10,fd00:96::a',
+      '--node-local-dns',
+      '169.254.20.10',
+    ]);
     await controller.waitFor('programmed');
   });
 
@@ -32,7 +43,9 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
   const status = async () => JSON.parse(await runInNode(sim.nodeNs, ['status', '--json', '--pin-root', pinRoot])) as Status;
 
   async function tcProgram(dev: string, dir: string, ns = sim.nodeNs): Promise<number | null> {
-    const json = JSON.parse(await systemRunner.run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir])) as { options?: { handle?: string; prog?: { id: number } } }[];
+    const json = JSON.parse(await systemRunner.run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir])) as {
+      options?: { handle?: string; prog?: { id: number } };
+    }[];
     return json.find((f) => f.options?.handle === '0xa4b1')?.options?.prog?.id ?? null;
   }
 

@@ -37,7 +37,12 @@ async function listeners(ns: string): Promise<Listener[]> {
     .map((l) => {
       const local = l.trim().split(/\s+/)[3]!;
       const i = local.lastIndexOf(':');
-      return { addr: local.slice(0, i), port: Number(local.slice(i + 1)), inode: /ino:(\d+)/.exec(l)?.[1] ?? '', mark: /fwmark:(0x[0-9a-f]+)/.exec(l)?.[1] ?? null };
+      return {
+        addr: local.slice(0, i),
+        port: Number(local.slice(i + 1)),
+        inode: /ino:(\d+)/.exec(l)?.[1] ?? '',
+        mark: /fwmark:(0x[0-9a-f]+)/.exec(l)?.[1] ?? null,
+      };
     });
 }
 
@@ -226,7 +231,21 @@ function suite(): void {
       // The listeners serve: a client inside the pod reaches each port, and the stand-in
       // reports the connection under that pod.
       for (const port of INPOD_PORTS) {
-        const out = await systemRunner.run(['ip', 'netns', 'exec', pods[1]!.ns, 'node', distEntry('agent.js'), 'connect', '--to', `127.0.0.1:${port}`, '--count', '1', '--timeout-ms', '3000']);
+        const out = await systemRunner.run([
+          'ip',
+          'netns',
+          'exec',
+          pods[1]!.ns,
+          'node',
+          distEntry('agent.js'),
+          'connect',
+          '--to',
+          `127.0.0.1:${port}`,
+          '--count',
+          '1',
+          '--timeout-ms',
+          '3000',
+        ]);
         expect(JSON.parse(out.trim()), `port ${port}`).toEqual({ event: 'result', ok: true, reply: 'ztunnel' });
         await until(`the stand-in reports the connection to ${port}`, () =>
           second.events.some((e) => e.event === 'accepted' && (e as { uid?: string }).uid === pods[1]!.uid && (e as { port?: number }).port === port),

@@ -305,7 +305,11 @@ export function outbound(frame: Buffer, state: ModelState, ctx: ModelCtx): Verdi
   if (!(pod.flags & POD_F_ENROLLED)) return { verdict: 'pass', row: 'O9' };
   // O10. INTERP: "answers a flow the node opened" is the reversed key in host_flows naming
   // this veth; a SYN without ACK is never an answer.
-  if (hasPorts(frame, ip) && !tcpOpening(frame, ip) && state.hostFlows.get(hostFlowKey(ip.src, sport(frame, ip), ip.dst, dport(frame, ip), ip.proto)) === ctx.ifindex) {
+  if (
+    hasPorts(frame, ip) &&
+    !tcpOpening(frame, ip) &&
+    state.hostFlows.get(hostFlowKey(ip.src, sport(frame, ip), ip.dst, dport(frame, ip), ip.proto)) === ctx.ifindex
+  ) {
     return { verdict: 'pass', row: 'O10' };
   }
   if (ip.badChain) return { verdict: 'drop', row: 'O11' };

@@ -39,10 +39,46 @@ export class Gen {
   }
 
   v4Addr(): string {
-    return this.pick([POD_A.v4, POD_A.v4, POD_B.v4, POD_U.v4, OUTSIDE.v4, PROBE.v4, NODE.v4, NODE.v4, DNS.v4, DNS.local, NOT_DNS.v4, '10.1.2.3', '198.18.0.2', '0.0.0.0', '255.255.255.255']);
+    return this.pick([
+      POD_A.v4,
+      POD_A.v4,
+      POD_B.v4,
+      POD_U.v4,
+      OUTSIDE.v4,
+      PROBE.v4,
+      NODE.v4,
+      NODE.v4,
+      DNS.v4,
+      DNS.local,
+      NOT_DNS.v4,
+      '10.1.2.3',
+      '198.18.0.2',
+      '0.0.0.0',
+      '255.255.255.255',
+    ]);
   }
   v6Addr(): string {
-    return this.pick([POD_A.v6, POD_A.v6, POD_B.v6, POD_U.v6, OUTSIDE.v6, PROBE.v6, NODE.v6, NODE.v6, DNS.v6, NOT_DNS.v6, 'fe80::1', 'febf::1', 'fec0::1', 'ff02::1', 'ff02::1:ff00:a', 'ff05::2', '::', '::ffff:198.18.0.10', 'fd99::1']);
+    return this.pick([
+      POD_A.v6,
+      POD_A.v6,
+      POD_B.v6,
+      POD_U.v6,
+      OUTSIDE.v6,
+      PROBE.v6,
+      NODE.v6,
+      NODE.v6,
+      DNS.v6,
+      NOT_DNS.v6,
+      'fe80::1',
+      'febf::1',
+      'fec0::1',
+      'ff02::1',
+      'ff02::1:ff00:a',
+      'ff05::2',
+      '::',
+      '::ffff:198.18.0.10',
+      'fd99::1',
+    ]);
   }
   port(): number {
     return this.pick([53, 53, 15001, 15006, 15008, 15053, 80, 443, 0, 65535, FLOW.podPort, FLOW.nodePort, this.int(65536)]);
@@ -52,12 +88,19 @@ export class Gen {
     switch (this.int(7)) {
       case 0:
       case 1:
-        return b.tcp({ sport: this.port(), dport: this.port(), flags: this.int(256), doff: this.chance(0.1) ? this.int(16) : undefined, payload: this.bytes(this.int(20)) });
+        return b.tcp({
+          sport: this.port(),
+          dport: this.port(),
+          flags: this.int(256),
+          doff: this.chance(0.1) ? this.int(16) : undefined,
+          payload: this.bytes(this.int(20)),
+        });
       case 2:
       case 3:
         return b.udp({ sport: this.port(), dport: this.port(), payload: this.bytes(this.int(20)) });
       case 4: {
-        const types = family === 4 ? [0, 3, 8, 11, 12, 13, 5, this.int(256)] : [1, 2, 3, 4, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 143, this.int(256)];
+        const types =
+          family === 4 ? [0, 3, 8, 11, 12, 13, 5, this.int(256)] : [1, 2, 3, 4, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 138, 143, this.int(256)];
         const o = { type: this.pick(types), code: this.int(4), body: this.bytes(this.int(32)) };
         return this.chance(0.15) ? (family === 4 ? b.icmp6(o) : b.icmp4(o)) : family === 4 ? b.icmp4(o) : b.icmp6(o);
       }
@@ -173,7 +216,10 @@ export function truncationSeeds(): Buffer[] {
   return [
     b.v4Frame({ src: POD_A.v4, dst: OUTSIDE.v4, options: b.Ipv4Option.recordRoute(3) }, b.tcp({ dport: 443 })),
     b.v4Frame({ src: OUTSIDE.v4, dst: POD_A.v4 }, b.udp({ sport: 53, dport: 40000 })),
-    b.v6Frame({ src: POD_A.v6, dst: OUTSIDE.v6, ext: [{ type: 'hop' }, { type: 'routing', len: 2 }, { type: 'fragment' }, { type: 'ah' }] }, b.udp({ dport: 53 })),
+    b.v6Frame(
+      { src: POD_A.v6, dst: OUTSIDE.v6, ext: [{ type: 'hop' }, { type: 'routing', len: 2 }, { type: 'fragment' }, { type: 'ah' }] },
+      b.udp({ dport: 53 }),
+    ),
     b.v6Frame({ src: OUTSIDE.v6, dst: POD_A.v6, ext: [{ type: 'dest', len: 1 }] }, b.tcp({ dport: 15008 })),
     b.v6Frame({ src: OUTSIDE.v6, dst: POD_A.v6 }, b.icmp6({ type: 2, body: Buffer.alloc(48) })),
   ];

@@ -39,7 +39,10 @@ export function modelStateOf(spec: StateSpec, maxPods: number): ModelState {
     ztunnel: spec.ztunnel ?? EMPTY_ZTUNNEL,
     dnsServers: new Set(spec.dnsServers.map((ip) => addrKeyHex(ipBytes(ip)))),
     hostFlows: new Map(
-      (spec.hostFlows ?? []).map((f) => [hostFlowKey(addrKeyHex(ipBytes(f.flow.pod)), f.flow.podPort, addrKeyHex(ipBytes(f.flow.peer)), f.flow.peerPort, f.flow.proto), f.ifindex]),
+      (spec.hostFlows ?? []).map((f) => [
+        hostFlowKey(addrKeyHex(ipBytes(f.flow.pod)), f.flow.podPort, addrKeyHex(ipBytes(f.flow.peer)), f.flow.peerPort, f.flow.proto),
+        f.ifindex,
+      ]),
     ),
   };
 }
@@ -89,7 +92,8 @@ export class DatapathHarness {
     try {
       await run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
       await run(['ip', '-n', netns, 'link', 'add', `${prefix}a`, 'type', 'veth', 'peer', 'name', `${prefix}b`]);
-      for (const a of addresses) await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
+      for (const a of addresses)
+        await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
       const links = JSON.parse(await run(['ip', '-n', netns, '-j', 'link', 'show'])) as { ifname: string; ifindex: number }[];
       const idx = (n: string) => links.find((l) => l.ifname === n)!.ifindex;
       obj = BpfObject.openAndLoad(OBJECT_PATH, { programs: [...PROGRAMS] });
@@ -115,7 +119,6 @@ export class DatapathHarness {
   applyState(spec: StateSpec): void {
     applyMapState(this.obj, spec);
   }
-
 
   /** Runs a program; null when the kernel refuses the input (not runnable). */
   run(program: ProgramName, frame: Buffer, ctx: { ifindex?: number; ingressIfindex?: number; mark?: number } = {}): KernelOutcome | null {

@@ -9,7 +9,6 @@ import { expect, it } from 'vitest';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { kernelDescribe } from '../support/gate.js';
 
-
 async function leftovers(prefix: string): Promise<string[]> {
   const found: string[] = [];
   if ((await systemRunner.run(['ip', 'netns', 'list'])).includes(prefix)) found.push('netns');
@@ -22,7 +21,9 @@ async function leftovers(prefix: string): Promise<string[]> {
 kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF', () => {
   for (const mode of ['ebpf', 'iptables'] as const) {
     it(`tells the whole story in ${mode} mode: every step holds, PASS, nothing left behind`, async () => {
-      const out = await systemRunner.run([process.execPath, 'dist/harness/main.js', 'demo', '--mode', mode, '--pods', '3', '--rounds', '1'], { timeoutMs: 180_000 });
+      const out = await systemRunner.run([process.execPath, 'dist/harness/main.js', 'demo', '--mode', mode, '--pods', '3', '--rounds', '1'], {
+        timeoutMs: 180_000,
+      });
       const prefix = /network namespaces (\w+)-\*/.exec(out)?.[1];
       expect(prefix).toBeDefined();
       expect(out).toMatch(/pods start[\s\S]*label namespace "shop"[\s\S]*opts out[\s\S]*killed \(SIGKILL\)[\s\S]*ztunnel goes away[\s\S]*ztunnel comes back/);

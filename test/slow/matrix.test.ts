@@ -81,7 +81,8 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
   };
 
   // Every spec row (test/model/rows.ts) on the programs the kernel test runs it on.
-  for (const r of ROWS.outbound) for (const p of ['out_redir_peer', 'out_redirect']) add(stateOfSpec(`row ${r.id}`, stateOf(v, r)), p, r.frame, r.ingressIfindex ?? NODE_IFINDEX);
+  for (const r of ROWS.outbound)
+    for (const p of ['out_redir_peer', 'out_redirect']) add(stateOfSpec(`row ${r.id}`, stateOf(v, r)), p, r.frame, r.ingressIfindex ?? NODE_IFINDEX);
   for (const r of ROWS.inbound) add(stateOfSpec(`row ${r.id}`, stateOf(v, r)), 'in_redirect', r.frame, r.ingressIfindex ?? NODE_IFINDEX);
   for (const r of ROWS.ztunnel) {
     const st = stateOfSpec(`row ${r.id}`, stateOf(v, r));
@@ -146,7 +147,12 @@ function workingCopy(s: m.ModelState): m.ModelState {
  * The model replays each state group in the runner's order, on the context each run
  * really had, and records the host flows of the runs the kernel ran.
  */
-function compare(corpus: Corpus, expected: Expectation[], models: Map<number, m.ModelState>, report: RunnerReport): { notRunnable: number; ctxFallback: number; disagreements: string[]; errors: string[] } {
+function compare(
+  corpus: Corpus,
+  expected: Expectation[],
+  models: Map<number, m.ModelState>,
+  report: RunnerReport,
+): { notRunnable: number; ctxFallback: number; disagreements: string[]; errors: string[] } {
   const out = { notRunnable: 0, ctxFallback: 0, disagreements: [] as string[], errors: [] as string[] };
   const outcomes = report.outcomes ?? [];
   let group = { st: -1, model: null as m.ModelState | null };
@@ -300,8 +306,13 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
 
   afterAll(() => {
     if (rows.length === 0) return;
-    console.log(`kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS)}`);
-    for (const r of rows) console.log(`kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length} programs loaded, ${r.frames} frames, ${r.disagreements} disagreements`);
+    console.log(
+      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS)}`,
+    );
+    for (const r of rows)
+      console.log(
+        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length} programs loaded, ${r.frames} frames, ${r.disagreements} disagreements`,
+      );
   });
 
   for (const label of ['5.10', '6.1', '6.12', 'host']) {
@@ -334,7 +345,8 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
         return;
       }
       const good = rows[0]!;
-      const bad = (over: Partial<KernelRow>, report?: Partial<RunnerReport>) => problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS);
+      const bad = (over: Partial<KernelRow>, report?: Partial<RunnerReport>) =>
+        problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS);
       expect(bad({}, { negative: { rejected: false, detail: 'loaded' } })).not.toEqual([]);
       expect(bad({}, { facts: { ...good.report.facts!, variant: 'redirect' } })).not.toEqual([]);
       expect(bad({ disagreements: 1 })).not.toEqual([]);

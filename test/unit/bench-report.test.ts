@@ -49,7 +49,10 @@ describe('SYN retransmits', () => {
     const s = samples({ ebpf: 1, iptables: 1 }).map((x) => ({ ...x, synRetrans: x.scenario === 'ebpf' && x.workload === 'crr' ? 5 : 0 }));
     expect(trafficTable(s)).toMatch(/\| ebpf mode, pod A enrolled \|.*\| 15 \|$/m);
     const md = renderMarkdown({
-      date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'x.svg',
+      date: 'd',
+      machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' },
+      durations: {},
+      svgName: 'x.svg',
       traffic: { samples: s, rounds: 3, seconds: 2, warmupSeconds: 0.3, concurrency: 4, modes: {} },
     });
     expect(md).toContain('ebpf mode lost SYNs in the connections/s runs (15 retransmitted, iptables mode 0)');
@@ -57,7 +60,10 @@ describe('SYN retransmits', () => {
 
   it('control-path summaries: lines as a list, table rows as printed, a blank line between', () => {
     const md = renderMarkdown({
-      date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'x.svg',
+      date: 'd',
+      machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' },
+      durations: {},
+      svgName: 'x.svg',
       control: { scripts: [{ script: 'harness/bench/cni.ts', lines: ['40 pods', '| a | b |', '|---|---|', '| 1 | 2 |'] }] },
     });
     expect(md).toContain('`harness/bench/cni.ts`, its own summary:\n\n- 40 pods\n\n| a | b |\n|---|---|\n| 1 | 2 |\n');

@@ -37,7 +37,6 @@ const NAMESPACES = ['a1', 'a2', 'p1'];
 // biome-ignore lint/suspicious/noExplicitAny: API objects of any shape, read and written by path
 type Obj = Record<string, any>;
 
-
 /** The API's truth, and the watch lines it produced. */
 class Model {
   rv = 1;
@@ -62,7 +61,20 @@ class Model {
   }
 }
 
-function podObj(m: Model, o: { ns: string; ip: string | null; node?: string; hostNetwork?: boolean; labels?: Record<string, string>; sidecar?: boolean; phase?: string; ready?: boolean; ztunnel?: boolean }): Obj {
+function podObj(
+  m: Model,
+  o: {
+    ns: string;
+    ip: string | null;
+    node?: string;
+    hostNetwork?: boolean;
+    labels?: Record<string, string>;
+    sidecar?: boolean;
+    phase?: string;
+    ready?: boolean;
+    ztunnel?: boolean;
+  },
+): Obj {
   const uid = `uid-${++m.uidSeq}`;
   const ip = o.hostNetwork ? HOST_IP : o.ip;
   return {
@@ -76,7 +88,12 @@ function podObj(m: Model, o: { ns: string; ip: string | null; node?: string; hos
       ...(o.ztunnel && { ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'ztunnel', uid: 'ds-1', controller: true }] }),
     },
     spec: { nodeName: o.node ?? NODE, hostNetwork: o.hostNetwork ?? false, containers: [{ name: 'app' }], ...(o.ztunnel && { serviceAccountName: 'ztunnel' }) },
-    status: { phase: o.phase ?? 'Running', hostIP: o.node && o.node !== NODE ? '10.0.0.2' : HOST_IP, ...(ip && { podIP: ip, podIPs: [{ ip }] }), conditions: [{ type: 'Ready', status: o.ready === false ? 'False' : 'True' }] },
+    status: {
+      phase: o.phase ?? 'Running',
+      hostIP: o.node && o.node !== NODE ? '10.0.0.2' : HOST_IP,
+      ...(ip && { podIP: ip, podIPs: [{ ip }] }),
+      conditions: [{ type: 'Ready', status: o.ready === false ? 'False' : 'True' }],
+    },
   };
 }
 
@@ -116,7 +133,8 @@ export async function runSeed(seed: number, mode: ChurnMode = fakeChurnMode()): 
   const pick = <T>(a: readonly T[]): T => a[Math.floor(rnd() * a.length)]!;
   const m = new Model();
   const trace: string[] = [];
-  for (const name of NAMESPACES) m.commit('/api/v1/namespaces', 'ADDED', { metadata: { name, labels: name.startsWith('a') ? { 'istio.io/dataplane-mode': 'ambient' } : {} } });
+  for (const name of NAMESPACES)
+    m.commit('/api/v1/namespaces', 'ADDED', { metadata: { name, labels: name.startsWith('a') ? { 'istio.io/dataplane-mode': 'ambient' } : {} } });
   m.commit('/api/v1/namespaces', 'ADDED', { metadata: { name: 'istio-system', labels: {} } });
   m.commit('/api/v1/pods', 'ADDED', podObj(m, { ns: 'istio-system', ip: ZT_IP, labels: { app: 'ztunnel' }, ztunnel: true }));
 
@@ -131,7 +149,15 @@ export async function runSeed(seed: number, mode: ChurnMode = fakeChurnMode()): 
     writeStatus: false,
   });
   const net = fakeNet(ROUTABLE);
-  const controller = new Controller({ mode, membership, runner: { run: async () => '' }, log: quietLog, readNet: async () => net, placeZtunnel: fakeZtunnel, maxDeleteShare: 0.5 });
+  const controller = new Controller({
+    mode,
+    membership,
+    runner: { run: async () => '' },
+    log: quietLog,
+    readNet: async () => net,
+    placeZtunnel: fakeZtunnel,
+    maxDeleteShare: 0.5,
+  });
   let held: { path: string; line: Obj }[] = [];
   let holdFor = 0;
   const violations: string[] = [];
@@ -233,4 +259,3 @@ export async function runSeed(seed: number, mode: ChurnMode = fakeChurnMode()): 
     await membership.stop();
   }
 }
-

@@ -15,7 +15,13 @@ export interface RawRun {
 }
 
 /** Runs `plugin` with exactly `env` and `stdin`; killed (timedOut) after `timeoutMs`. */
-export function runRaw(plugin: string, env: Record<string, string>, stdin: Buffer | string, timeoutMs = 10_000, extraEnv: Record<string, string> = {}): Promise<RawRun> {
+export function runRaw(
+  plugin: string,
+  env: Record<string, string>,
+  stdin: Buffer | string,
+  timeoutMs = 10_000,
+  extraEnv: Record<string, string> = {},
+): Promise<RawRun> {
   const t0 = performance.now();
   const child = startProcess([plugin], { env: { ...env, ...extraEnv }, stdio: ['pipe', 'pipe', 'pipe'] });
   const out: Buffer[] = [];
@@ -103,7 +109,8 @@ export function contractViolations(command: string, r: RawRun, stdin?: Buffer): 
     const j = json(r.stdout);
     if (!j.ok) return [...v, `VERSION answer ${j.why}`];
     const a = j.value;
-    if (!isObj(a) || typeof a.cniVersion !== 'string' || !Array.isArray(a.supportedVersions) || !a.supportedVersions.includes('1.1.0')) v.push('VERSION answer malformed or without 1.1.0');
+    if (!isObj(a) || typeof a.cniVersion !== 'string' || !Array.isArray(a.supportedVersions) || !a.supportedVersions.includes('1.1.0'))
+      v.push('VERSION answer malformed or without 1.1.0');
   } else if (r.stdout.length > 0) {
     v.push(`${command} success printed ${r.stdout.length} bytes`);
   }

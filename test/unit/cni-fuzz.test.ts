@@ -127,7 +127,8 @@ function config(g: Gen, socket: string): { text: string; prev: string | null; ve
     version = v;
   }
   members.push('"name":"k8s-pod-network"', '"type":"ambient-redirect-cni"');
-  if (g.chance(0.95)) members.push(`"socketPath":${g.pick([JSON.stringify(socket), JSON.stringify(socket), '""', '7', JSON.stringify('/x'.repeat(80)), '"\\/tmp\\/x"'])}`);
+  if (g.chance(0.95))
+    members.push(`"socketPath":${g.pick([JSON.stringify(socket), JSON.stringify(socket), '""', '7', JSON.stringify('/x'.repeat(80)), '"\\/tmp\\/x"'])}`);
   members.push(
     `"namespacesFile":${g.pick([
       JSON.stringify(paths.list()),
@@ -174,7 +175,11 @@ function mutate(g: Gen, text: string): Buffer {
     }
     case 2: {
       const at = g.int(b.length + 1);
-      return Buffer.concat([b.subarray(0, at), Buffer.from(g.pick(['\xff', '\u0000', '"', '\\', '{', '}', ']', ',', ':', 'tru', '1e', '-', '\\u12', '\\x']), 'latin1'), b.subarray(at)]);
+      return Buffer.concat([
+        b.subarray(0, at),
+        Buffer.from(g.pick(['\xff', '\u0000', '"', '\\', '{', '}', ']', ',', ':', 'tru', '1e', '-', '\\u12', '\\x']), 'latin1'),
+        b.subarray(at),
+      ]);
     }
     case 3: {
       const depth = g.pick([10, 63, 64, 65, 200, 5000]);
@@ -285,7 +290,15 @@ function generate(g: Gen): Input {
   let h = agent === 'hostile' ? hostileAnswer(g) : null;
   // A silent agent costs the plugin its whole timeoutMs: only with a short one.
   if (h?.kind === 'silent' && !/"timeoutMs":(200|300|50|1)[,}\s]/.test(c.text)) h = { kind: 'hangup' };
-  return { command, env: envOf(g, command), stdin, agent, hostile: h, prev: mutated || agent === 'hostile' ? null : c.prev, version: mutated ? null : c.version };
+  return {
+    command,
+    env: envOf(g, command),
+    stdin,
+    agent,
+    hostile: h,
+    prev: mutated || agent === 'hostile' ? null : c.prev,
+    version: mutated ? null : c.version,
+  };
 }
 
 /** Contract points that depend on the input (beyond contractViolations). */
@@ -296,72 +309,70 @@ function inputViolations(input: Input, r: RawRun): string[] {
   // escaped keys aside, where the config carries more than one candidate).
   const text = input.stdin.toString();
   const count = text.split('"prevResult"').length - 1;
-  if (count === 1 && !text.includes('prev\\u0052esult') && !r.stdout.equals(Buffer.from(`${input.prev}\n`))) v.push('prevResult not passed through byte for byte');
+  if (count === 1 && !text.includes('prev\\u0052esult') && !r.stdout.equals(Buffer.from(`${input.prev}\n`)))
+    v.push('prevResult not passed through byte for byte');
   return v;
 }
 
-it(
-  'the plugin keeps the CNI contract for every generated input, under ASan and UBSan too',
-  async () => {
-    expect(existsSync(DEFAULT_PLUGIN), `${DEFAULT_PLUGIN}: run make build`).toBe(true);
-    expect(existsSync(ASAN_PLUGIN), `${ASAN_PLUGIN}: the sanitizer build is missing (scripts/setup.sh installs libclang-rt-14-dev; then make build)`).toBe(true);
-    const g = new Gen(SEED);
-    const inputs = Array.from({ length: INPUTS }, () => generate(g));
-    const builds = [
-      { name: 'hardened', plugin: DEFAULT_PLUGIN, extra: {} },
-      { name: 'asan+ubsan', plugin: ASAN_PLUGIN, extra: SANITIZER_ENV },
-    ];
-    const crashes: string[] = [];
-    const violations: string[] = [];
-    let runs = 0;
-    let slowest = { ms: 0, what: '' };
-    const t0 = performance.now();
-    // Inputs with the hostile agent run one at a time (its answer is per connection);
-    // the rest run CONCURRENCY at a time.
-    const queue = inputs.map((input, i) => ({ input, i }));
-    const hostileLock = { busy: Promise.resolve() };
-    const runOne = async (input: Input, i: number) => {
-      for (const b of builds) {
-        if (input.hostile) hostileByConn.push(input.hostile);
-        const r = await runRaw(b.plugin, input.env, input.stdin, 15_000, b.extra);
-        runs++;
-        slowest = r.ms > slowest.ms ? { ms: r.ms, what: `#${i} ${b.name} agent=${input.agent} ${input.hostile?.kind ?? ''}` } : slowest;
-        if (input.hostile) hostileByConn.length = 0;
-        const what = `#${i} ${b.name} ${JSON.stringify(input.command).slice(0, 20)} agent=${input.agent} stdin=${JSON.stringify(input.stdin.subarray(0, 120).toString('latin1'))}`;
-        const crash = crashOf(r);
-        if (crash) crashes.push(`${what}: ${crash}`);
-        for (const v of [...contractViolations(input.command, r, input.stdin), ...inputViolations(input, r)]) violations.push(`${what}: ${v} (exit ${r.code}, stdout ${JSON.stringify(r.stdout.subarray(0, 160).toString('latin1'))})`);
+it('the plugin keeps the CNI contract for every generated input, under ASan and UBSan too', async () => {
+  expect(existsSync(DEFAULT_PLUGIN), `${DEFAULT_PLUGIN}: run make build`).toBe(true);
+  expect(existsSync(ASAN_PLUGIN), `${ASAN_PLUGIN}: the sanitizer build is missing (scripts/setup.sh installs libclang-rt-14-dev; then make build)`).toBe(true);
+  const g = new Gen(SEED);
+  const inputs = Array.from({ length: INPUTS }, () => generate(g));
+  const builds = [
+    { name: 'hardened', plugin: DEFAULT_PLUGIN, extra: {} },
+    { name: 'asan+ubsan', plugin: ASAN_PLUGIN, extra: SANITIZER_ENV },
+  ];
+  const crashes: string[] = [];
+  const violations: string[] = [];
+  let runs = 0;
+  let slowest = { ms: 0, what: '' };
+  const t0 = performance.now();
+  // Inputs with the hostile agent run one at a time (its answer is per connection);
+  // the rest run CONCURRENCY at a time.
+  const queue = inputs.map((input, i) => ({ input, i }));
+  const hostileLock = { busy: Promise.resolve() };
+  const runOne = async (input: Input, i: number) => {
+    for (const b of builds) {
+      if (input.hostile) hostileByConn.push(input.hostile);
+      const r = await runRaw(b.plugin, input.env, input.stdin, 15_000, b.extra);
+      runs++;
+      slowest = r.ms > slowest.ms ? { ms: r.ms, what: `#${i} ${b.name} agent=${input.agent} ${input.hostile?.kind ?? ''}` } : slowest;
+      if (input.hostile) hostileByConn.length = 0;
+      const what = `#${i} ${b.name} ${JSON.stringify(input.command).slice(0, 20)} agent=${input.agent} stdin=${JSON.stringify(input.stdin.subarray(0, 120).toString('latin1'))}`;
+      const crash = crashOf(r);
+      if (crash) crashes.push(`${what}: ${crash}`);
+      for (const v of [...contractViolations(input.command, r, input.stdin), ...inputViolations(input, r)])
+        violations.push(`${what}: ${v} (exit ${r.code}, stdout ${JSON.stringify(r.stdout.subarray(0, 160).toString('latin1'))})`);
+    }
+  };
+  await Promise.all(
+    Array.from({ length: CONCURRENCY }, async () => {
+      for (let item = queue.shift(); item; item = queue.shift()) {
+        const { input, i } = item;
+        if (input.hostile) {
+          const prev = hostileLock.busy;
+          let release!: () => void;
+          hostileLock.busy = new Promise<void>((r) => (release = r));
+          await prev;
+          try {
+            await runOne(input, i);
+          } finally {
+            release();
+          }
+        } else await runOne(input, i);
       }
-    };
-    await Promise.all(
-      Array.from({ length: CONCURRENCY }, async () => {
-        for (let item = queue.shift(); item; item = queue.shift()) {
-          const { input, i } = item;
-          if (input.hostile) {
-            const prev = hostileLock.busy;
-            let release!: () => void;
-            hostileLock.busy = new Promise<void>((r) => (release = r));
-            await prev;
-            try {
-              await runOne(input, i);
-            } finally {
-              release();
-            }
-          } else await runOne(input, i);
-        }
-      }),
-    );
-    const seconds = (performance.now() - t0) / 1000;
-    console.log(`cni fuzz: ${runs} inputs, ${crashes.length} crashes, ${violations.length} contract violations`);
-    console.log(`  (${INPUTS} generated inputs, seed ${SEED}, each run by the hardened build and the ASan+UBSan build, in ${seconds.toFixed(1)} s)`);
-    console.log(`  slowest run ${Math.round(slowest.ms)} ms: ${slowest.what}`);
-    for (const c of crashes.slice(0, 10)) console.log(`  crash: ${c}`);
-    for (const v of violations.slice(0, 20)) console.log(`  violation: ${v}`);
-    expect(crashes).toEqual([]);
-    expect(violations).toEqual([]);
-  },
-  120_000,
-);
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  console.log(`cni fuzz: ${runs} inputs, ${crashes.length} crashes, ${violations.length} contract violations`);
+  console.log(`  (${INPUTS} generated inputs, seed ${SEED}, each run by the hardened build and the ASan+UBSan build, in ${seconds.toFixed(1)} s)`);
+  console.log(`  slowest run ${Math.round(slowest.ms)} ms: ${slowest.what}`);
+  for (const c of crashes.slice(0, 10)) console.log(`  crash: ${c}`);
+  for (const v of violations.slice(0, 20)) console.log(`  violation: ${v}`);
+  expect(crashes).toEqual([]);
+  expect(violations).toEqual([]);
+}, 120_000);
 
 // decodeReply is what the agent double's frames must satisfy; keep the generator honest.
 it('the hostile agent’s well-formed frames decode', () => {

@@ -23,9 +23,25 @@ beforeAll(() => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const PREV = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/var/run/netns/x' }], ips: [{ address: '10.0.0.5/32', interface: 0 }] };
-const env = (cmd: string, ns = 'shop') => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: 'c1', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', CNI_ARGS: `K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=p` });
+const env = (cmd: string, ns = 'shop') => ({
+  CNI_COMMAND: cmd,
+  CNI_CONTAINERID: 'c1',
+  CNI_NETNS: '/var/run/netns/x',
+  CNI_IFNAME: 'eth0',
+  CNI_PATH: '/opt/cni/bin',
+  CNI_ARGS: `K8S_POD_NAMESPACE=${ns};K8S_POD_NAME=p`,
+});
 const conf = (over: Record<string, unknown> = {}) =>
-  JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ambient-redirect-cni', socketPath: join(dir, 'none.sock'), namespacesFile: join(dir, 'ns'), timeoutMs: 500, prevResult: PREV, ...over });
+  JSON.stringify({
+    cniVersion: '1.0.0',
+    name: 'net',
+    type: 'ambient-redirect-cni',
+    socketPath: join(dir, 'none.sock'),
+    namespacesFile: join(dir, 'ns'),
+    timeoutMs: 500,
+    prevResult: PREV,
+    ...over,
+  });
 
 describe('the plugin binary', () => {
   it('answers VERSION by itself, 1.1.0 included', async () => {
@@ -55,7 +71,14 @@ describe('the plugin binary', () => {
     const long = conf({ timeoutMs: 0 }).replace('"timeoutMs":0', `"timeoutMs":${'9'.repeat(40)}`);
     const r = await runPlugin(DEFAULT_PLUGIN, env('DEL'), long);
     expect([r.code, r.stdout]).toEqual([0, '']);
-    for (const over of [{ timeoutMs: 1e21 }, { timeoutMs: 123456789012345 }, { timeoutMs: 'soon' }, { timeoutMs: 0 }, { socketPath: 7 }, { namespacesFile: '' }]) {
+    for (const over of [
+      { timeoutMs: 1e21 },
+      { timeoutMs: 123456789012345 },
+      { timeoutMs: 'soon' },
+      { timeoutMs: 0 },
+      { socketPath: 7 },
+      { namespacesFile: '' },
+    ]) {
       const r = await runPlugin(DEFAULT_PLUGIN, env('DEL'), conf(over));
       expect([JSON.stringify(over), r.code, r.stdout]).toEqual([JSON.stringify(over), 0, '']);
     }
@@ -80,7 +103,11 @@ describe('the plugin binary', () => {
 
   it('every error output is valid JSON in UTF-8, even from bytes that are not UTF-8', async () => {
     // A socket path with a byte that is not UTF-8 used to come back raw in "details".
-    const stdin = Buffer.concat([Buffer.from(`{"cniVersion":"1.0.0","namespacesFile":"${join(dir, 'ns')}","socketPath":"/nonexistent/`), Buffer.from([0xff, 0xfe]), Buffer.from('.sock"}')]);
+    const stdin = Buffer.concat([
+      Buffer.from(`{"cniVersion":"1.0.0","namespacesFile":"${join(dir, 'ns')}","socketPath":"/nonexistent/`),
+      Buffer.from([0xff, 0xfe]),
+      Buffer.from('.sock"}'),
+    ]);
     const r = await runRaw(DEFAULT_PLUGIN, env('ADD'), stdin);
     expect(contractViolations('ADD', r)).toEqual([]);
     expect(r.code).toBe(1);

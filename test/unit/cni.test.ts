@@ -23,14 +23,21 @@ import { FakeMode, InProcessTransport, fakeNet, fakeZtunnel, quietLog } from './
 
 const PREV_1_0 = {
   cniVersion: '1.0.0',
-  interfaces: [{ name: 'cali12345', mac: 'ee:ee:ee:ee:ee:ee' }, { name: 'eth0', sandbox: '/var/run/netns/cni-1234' }],
+  interfaces: [
+    { name: 'cali12345', mac: 'ee:ee:ee:ee:ee:ee' },
+    { name: 'eth0', sandbox: '/var/run/netns/cni-1234' },
+  ],
   ips: [
     { address: '10.244.1.10/32', interface: 1 },
     { address: 'FD00::A/128', interface: 1 },
   ],
   dns: {},
 };
-const PREV_0_4 = { cniVersion: '0.4.0', interfaces: [{ name: 'eth0' }], ips: [{ version: '4', address: '10.244.1.11/24', gateway: '10.244.1.1', interface: 0 }] };
+const PREV_0_4 = {
+  cniVersion: '0.4.0',
+  interfaces: [{ name: 'eth0' }],
+  ips: [{ version: '4', address: '10.244.1.11/24', gateway: '10.244.1.1', interface: 0 }],
+};
 
 const env = (command: string, extra: Record<string, string> = {}) => ({
   CNI_COMMAND: command,
@@ -42,7 +49,15 @@ const env = (command: string, extra: Record<string, string> = {}) => ({
   ...extra,
 });
 const netconf = (prevResult: unknown, version = '1.0.0') =>
-  Buffer.from(JSON.stringify({ cniVersion: version, name: 'k8s-pod-network', type: 'ambient-redirect-cni', socketPath: '/run/x.sock', ...(prevResult !== undefined && { prevResult }) }));
+  Buffer.from(
+    JSON.stringify({
+      cniVersion: version,
+      name: 'k8s-pod-network',
+      type: 'ambient-redirect-cni',
+      socketPath: '/run/x.sock',
+      ...(prevResult !== undefined && { prevResult }),
+    }),
+  );
 
 describe('the wire format', () => {
   it('a request survives encode and decode; frameLength waits for the whole frame', () => {
@@ -77,7 +92,14 @@ describe('request parsing', () => {
     const r = parseRequest({ env: env('ADD'), stdin: netconf(PREV_1_0) });
     expect(r.ok).toBe(true);
     if (!r.ok) return;
-    expect(r.req).toMatchObject({ command: 'ADD', containerId: 'c0ffee', netns: '/var/run/netns/cni-1234', ifname: 'eth0', cniVersion: '1.0.0', pod: { namespace: 'shop', name: 'web-0', uid: 'uid-web-0' } });
+    expect(r.req).toMatchObject({
+      command: 'ADD',
+      containerId: 'c0ffee',
+      netns: '/var/run/netns/cni-1234',
+      ifname: 'eth0',
+      cniVersion: '1.0.0',
+      pod: { namespace: 'shop', name: 'web-0', uid: 'uid-web-0' },
+    });
     expect(r.req.ips).toEqual(['10.244.1.10', 'fd00::a']);
     expect(JSON.parse(passThrough(r.req))).toEqual(PREV_1_0);
   });
@@ -99,7 +121,13 @@ describe('request parsing', () => {
     ['a JSON array', env('ADD'), Buffer.from('[]'), 6, /not a JSON object/],
     ['an unknown command', env('FOO'), netconf(PREV_1_0), 4, /CNI_COMMAND "FOO"/],
     ['an unsupported cniVersion', env('ADD'), netconf(PREV_1_0, '2.0.0'), 1, /cniVersion "2.0.0" is not supported/],
-    ['stdin that is not UTF-8', env('ADD'), Buffer.concat([netconf(undefined).subarray(0, -1), Buffer.from([0x2c, 0x22, 0x78, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])]), 6, /not UTF-8/],
+    [
+      'stdin that is not UTF-8',
+      env('ADD'),
+      Buffer.concat([netconf(undefined).subarray(0, -1), Buffer.from([0x2c, 0x22, 0x78, 0x22, 0x3a, 0x22, 0xff, 0x22, 0x7d])]),
+      6,
+      /not UTF-8/,
+    ],
     ['GC without its list', env('GC'), netconf(undefined), 7, /valid-attachments/],
     ['no container ID', env('ADD', { CNI_CONTAINERID: '' }), netconf(PREV_1_0), 4, /CNI_CONTAINERID/],
     ['ADD without a netns', env('ADD', { CNI_NETNS: '' }), netconf(PREV_1_0), 4, /CNI_NETNS/],
@@ -146,7 +174,19 @@ describe('request parsing', () => {
     const st = parseRequest({ env: { CNI_COMMAND: 'STATUS', CNI_PATH: '/opt/cni/bin' }, stdin: netconf(undefined, '1.1.0') });
     expect(st.ok && st.req.command).toBe('STATUS');
     for (const key of ['cni.dev/valid-attachments', 'cni.dev/attachments']) {
-      const gc = parseRequest({ env: { CNI_COMMAND: 'GC' }, stdin: Buffer.from(JSON.stringify({ cniVersion: '1.1.0', name: 'n', [key]: [{ containerID: 'a', ifname: 'eth0' }, { containerID: 'b', ifname: 'eth0' }] })) });
+      const gc = parseRequest({
+        env: { CNI_COMMAND: 'GC' },
+        stdin: Buffer.from(
+          JSON.stringify({
+            cniVersion: '1.1.0',
+            name: 'n',
+            [key]: [
+              { containerID: 'a', ifname: 'eth0' },
+              { containerID: 'b', ifname: 'eth0' },
+            ],
+          }),
+        ),
+      });
       expect(gc.ok && gc.req.validAttachments).toEqual(['a', 'b']);
     }
   });
@@ -208,7 +248,12 @@ describe('the enrollment decision', () => {
 // --- the config list ---------------------------------------------------------------------------
 
 const LIST = '{"cniVersion":"1.0.0","name":"k8s-pod-network",\n  "plugins":[{"type":"calico"},{"type":"portmap","snat":true}]}\n';
-const ENTRY = { type: 'ambient-redirect-cni' as const, socketPath: '/var/run/ambient-redirect/cni.sock', namespacesFile: '/var/lib/ambient-redirect/ambient-namespaces', timeoutMs: 10_000 };
+const ENTRY = {
+  type: 'ambient-redirect-cni' as const,
+  socketPath: '/var/run/ambient-redirect/cni.sock',
+  namespacesFile: '/var/lib/ambient-redirect/ambient-namespaces',
+  timeoutMs: 10_000,
+};
 
 describe('the config list edit', () => {
   it('the runtime’s file is the first .conf/.conflist/.json in lexical order', () => {
@@ -251,7 +296,13 @@ describe('install and uninstall on a scratch host', () => {
     writeFileSync(join(dir, 'plugin'), '#!/bin/true\n');
     chmodSync(join(dir, 'plugin'), 0o755);
     writeFileSync(join(dir, 'net.d', '10-calico.conflist'), LIST);
-    return { binDir: join(dir, 'bin'), confDir: join(dir, 'net.d'), stateDir: join(dir, 'state'), plugin: join(dir, 'plugin'), entry: { socketPath: ENTRY.socketPath, namespacesFile: ENTRY.namespacesFile, timeoutMs: 10_000 } };
+    return {
+      binDir: join(dir, 'bin'),
+      confDir: join(dir, 'net.d'),
+      stateDir: join(dir, 'state'),
+      plugin: join(dir, 'plugin'),
+      entry: { socketPath: ENTRY.socketPath, namespacesFile: ENTRY.namespacesFile, timeoutMs: 10_000 },
+    };
   }
   const file = () => join(dir, 'net.d', '10-calico.conflist');
 
@@ -298,7 +349,10 @@ describe('install and uninstall on a scratch host', () => {
 
 class FakeMembership implements CniMembership {
   synced = true;
-  namespaces = new Map<string, NamespaceView>([['shop', ambient], ['plain', plain]]);
+  namespaces = new Map<string, NamespaceView>([
+    ['shop', ambient],
+    ['plain', plain],
+  ]);
   /** What a GET of a namespace answers (by default what the cache holds); 'fail' throws. */
   apiNamespaces: Map<string, NamespaceView> | 'fail' = this.namespaces;
   nsLive = true;
@@ -390,7 +444,11 @@ describe('the handler', () => {
     const h = new CniHandler(m, { addTimeoutMs: 50, log: quietLog });
     const slow = await h.handle(req('ADD'));
     expect(slow.code).toBe(1);
-    expect(JSON.parse(slow.stdout.toString())).toMatchObject({ cniVersion: '1.0.0', code: 11, msg: expect.stringMatching(/shop\/web-0: not programmed within 50 ms/) });
+    expect(JSON.parse(slow.stdout.toString())).toMatchObject({
+      cniVersion: '1.0.0',
+      code: 11,
+      msg: expect.stringMatching(/shop\/web-0: not programmed within 50 ms/),
+    });
     m.pods = [];
     expect(JSON.parse((await h.handle(req('ADD'))).stdout.toString()).msg).toMatch(/does not exist in the API/);
     m.synced = false;
@@ -426,7 +484,10 @@ describe('the handler', () => {
     expect([m.nsFetches, m.provisioned.length]).toEqual([0, 1]);
     // Labelled ambient a moment ago: the cache still says plain, the API says ambient.
     m.namespaces = new Map([['plain', plain]]);
-    m.apiNamespaces = new Map([['shop', ambient], ['plain', plain]]);
+    m.apiNamespaces = new Map([
+      ['shop', ambient],
+      ['plain', plain],
+    ]);
     m.provisioned = [];
     expect((await h.handle(req('ADD'))).code).toBe(0);
     expect([m.nsFetches, m.provisioned.length]).toEqual([1, 1]);
@@ -454,7 +515,10 @@ describe('the handler', () => {
 
   it('STATUS succeeds; GC releases the announcements of sandboxes the runtime no longer has', async () => {
     const m = new FakeMembership();
-    m.provisioned = [{ pod: podView(), containerId: 'keep' }, { pod: podView({ uid: 'u2' }), containerId: 'stale' }];
+    m.provisioned = [
+      { pod: podView(), containerId: 'keep' },
+      { pod: podView({ uid: 'u2' }), containerId: 'stale' },
+    ];
     const h = new CniHandler(m, { addTimeoutMs: 500, log: quietLog });
     expect(await h.handle({ env: { CNI_COMMAND: 'STATUS' }, stdin: netconf(undefined, '1.1.0') })).toEqual({ code: 0, stdout: '' });
     const gc = Buffer.from(JSON.stringify({ cniVersion: '1.1.0', name: 'k8s', 'cni.dev/valid-attachments': [{ containerID: 'keep', ifname: 'eth0' }] }));
@@ -483,12 +547,30 @@ describe('announced pods in KubeMembership', () => {
       status: { phase: ip ? 'Running' : 'Pending', hostIP: '10.0.0.1', ...(ip && { podIP: ip, podIPs: [{ ip }] }) },
       ...over,
     });
-    const api = new InProcessTransport((p) => (p.includes('namespaces') ? { items: [nsObj], resourceVersion: '5' } : { items: [pod(null)], resourceVersion: '5' }));
-    const m = new KubeMembership(api, { nodeName: NODE, ztunnel: { namespace: 'istio-system', labels: { app: 'ztunnel' } }, backoff: { initialMs: 1, maxMs: 5 }, stallTimeoutMs: 3_600_000, watchTimeoutSeconds: 3600, log: quietLog, writeStatus: false });
+    const api = new InProcessTransport((p) =>
+      p.includes('namespaces') ? { items: [nsObj], resourceVersion: '5' } : { items: [pod(null)], resourceVersion: '5' },
+    );
+    const m = new KubeMembership(api, {
+      nodeName: NODE,
+      ztunnel: { namespace: 'istio-system', labels: { app: 'ztunnel' } },
+      backoff: { initialMs: 1, maxMs: 5 },
+      stallTimeoutMs: 3_600_000,
+      watchTimeoutSeconds: 3600,
+      log: quietLog,
+      writeStatus: false,
+    });
     const mode = new FakeMode();
     const deletes: string[] = [];
     mode.onDelete = (ip) => deletes.push(ip);
-    const controller = new Controller({ mode, membership: m, ztunnelIp: '10.244.9.2', runner: { run: async () => '' }, log: quietLog, readNet: async () => fakeNet([IP, '10.244.1.11']), placeZtunnel: fakeZtunnel });
+    const controller = new Controller({
+      mode,
+      membership: m,
+      ztunnelIp: '10.244.9.2',
+      runner: { run: async () => '' },
+      log: quietLog,
+      readNet: async () => fakeNet([IP, '10.244.1.11']),
+      placeZtunnel: fakeZtunnel,
+    });
     return { api, m, mode, deletes, controller, pod };
   }
   const settle = async (c: Controller) => {
@@ -499,7 +581,11 @@ describe('announced pods in KubeMembership', () => {
   it('enrolled with the sandbox IP before the API has one; the API’s IP later changes nothing (no flap)', async () => {
     const { api, m, mode, deletes, controller, pod } = setup();
     m.start();
-    controller.start(3_600_000, () => {}, () => {});
+    controller.start(
+      3_600_000,
+      () => {},
+      () => {},
+    );
     try {
       while (!m.hasSynced()) await new Promise((r) => setTimeout(r, 5));
       await settle(controller);
@@ -526,7 +612,11 @@ describe('announced pods in KubeMembership', () => {
   it('a pod the API never confirmed is removed by DEL; an API delete ends an announcement too', async () => {
     const { api, m, mode, controller, pod } = setup();
     m.start();
-    controller.start(3_600_000, () => {}, () => {});
+    controller.start(
+      3_600_000,
+      () => {},
+      () => {},
+    );
     try {
       while (!m.hasSynced()) await new Promise((r) => setTimeout(r, 5));
       const ghost: PodView = { ...m.cachedPod('shop', 'web-0')!, uid: 'uid-ghost', name: 'ghost', ips: ['10.244.1.11'] };
@@ -560,8 +650,17 @@ describe('run’s CNI flags', () => {
   const base = ['--kubeconfig', '/k', '--node-name', 'n1'];
   it('off by default; flags and environment fill the CNI settings', async () => {
     const { parseRunConfig } = await import('../../src/config.js');
-    expect(parseRunConfig(base, {}).cni).toMatchObject({ socket: '', install: false, addTimeoutMs: 8000, binDir: '/opt/cni/bin', confDir: '/etc/cni/net.d', stateDir: '/var/lib/ambient-redirect' });
-    expect(parseRunConfig([...base, '--cni-socket', '/run/ar/cni.sock', '--cni-add-timeout', '2.5'], { CNI_INSTALL: 'true', CNI_CONF_DIR: '/etc/k/net.d' }).cni).toMatchObject({
+    expect(parseRunConfig(base, {}).cni).toMatchObject({
+      socket: '',
+      install: false,
+      addTimeoutMs: 8000,
+      binDir: '/opt/cni/bin',
+      confDir: '/etc/cni/net.d',
+      stateDir: '/var/lib/ambient-redirect',
+    });
+    expect(
+      parseRunConfig([...base, '--cni-socket', '/run/ar/cni.sock', '--cni-add-timeout', '2.5'], { CNI_INSTALL: 'true', CNI_CONF_DIR: '/etc/k/net.d' }).cni,
+    ).toMatchObject({
       socket: '/run/ar/cni.sock',
       addTimeoutMs: 2500,
       install: true,

@@ -56,7 +56,13 @@ describe('pods map', () => {
 
 describe('ztunnel slot', () => {
   it('round-trips and places every field where the layout says', () => {
-    const zt = { ifindex: 7, peerIfindex: 2, mac: '0a:58:c6:12:00:02', flags: codec.ZtunnelFlags.PRESENT | codec.ZtunnelFlags.DNS_CAPTURE, netnsCookie: 0x1122334455667788n };
+    const zt = {
+      ifindex: 7,
+      peerIfindex: 2,
+      mac: '0a:58:c6:12:00:02',
+      flags: codec.ZtunnelFlags.PRESENT | codec.ZtunnelFlags.DNS_CAPTURE,
+      netnsCookie: 0x1122334455667788n,
+    };
     const buf = codec.encodeZtunnelInfo(zt);
     const f = layouts.ztunnel_info.fields;
     expect(buf).toHaveLength(layouts.ztunnel_info.size);

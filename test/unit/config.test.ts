@@ -35,7 +35,11 @@ describe('run configuration', () => {
   it('ztunnel identity and the scrape address: defaults, environment, bad values', () => {
     const base = ['--kubeconfig', '/k', '--node-name', 'n'];
     expect(parseRunConfig(base, {})).toMatchObject({ ztunnelDaemonSet: 'ztunnel', ztunnelServiceAccount: 'ztunnel', metricsAddress: '' });
-    expect(parseRunConfig(base, { ZTUNNEL_DAEMONSET: 'zt-canary', ZTUNNEL_SERVICE_ACCOUNT: 'zt', METRICS_ADDRESS: '0.0.0.0:15035' })).toMatchObject({ ztunnelDaemonSet: 'zt-canary', ztunnelServiceAccount: 'zt', metricsAddress: '0.0.0.0:15035' });
+    expect(parseRunConfig(base, { ZTUNNEL_DAEMONSET: 'zt-canary', ZTUNNEL_SERVICE_ACCOUNT: 'zt', METRICS_ADDRESS: '0.0.0.0:15035' })).toMatchObject({
+      ztunnelDaemonSet: 'zt-canary',
+      ztunnelServiceAccount: 'zt',
+      metricsAddress: '0.0.0.0:15035',
+    });
     expect(() => parseRunConfig([...base, '--ztunnel-daemonset', 'Zt_1'], {})).toThrow(/ztunnel-daemonset: "Zt_1" is not a Kubernetes object name/);
     expect(() => parseRunConfig([...base, '--ztunnel-service-account', ''], {})).toThrow(/ztunnel-service-account/);
     expect(() => parseRunConfig([...base, '--metrics-address', 'node:1'], {})).toThrow(/metrics-address/);
@@ -68,7 +72,15 @@ describe('run configuration', () => {
 
 describe('the CLI', () => {
   const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-    systemRunner.run(['env', '-i', `PATH=${process.env.PATH}`, ...Object.entries(env).map(([k, v]) => `${k}=${v}`), process.execPath, 'dist/src/cli/main.js', ...args]);
+    systemRunner.run([
+      'env',
+      '-i',
+      `PATH=${process.env.PATH}`,
+      ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+      process.execPath,
+      'dist/src/cli/main.js',
+      ...args,
+    ]);
 
   it('exits 2 with one line for a bad flag', async () => {
     const err = await cli(['run', '--ztunnel-ip', 'nope']).catch((e: unknown) => e);
@@ -92,7 +104,8 @@ describe('the CLI', () => {
     expect(err.exitCode).toBe(2);
     expect(await cli(['--help'])).toMatch(/commands:[\s\S]*run[\s\S]*demo/);
     const help = await cli(['run', '--help']);
-    for (const flag of ['--ztunnel-ip', '--kubeconfig', '--node-name', '--ztunnel-namespace', '--ztunnel-selector', '--health-address', '--max-delete-share']) expect(help).toContain(flag);
+    for (const flag of ['--ztunnel-ip', '--kubeconfig', '--node-name', '--ztunnel-namespace', '--ztunnel-selector', '--health-address', '--max-delete-share'])
+      expect(help).toContain(flag);
   });
 });
 
@@ -101,13 +114,25 @@ describe('data-path flags', () => {
 
   it('take delivery, tunnel and DNS capture from flags or environment', () => {
     expect(parseRunConfig(base, {})).toMatchObject({ delivery: 'auto', tunnel: 'auto', dnsCapture: false, resyncSeconds: 5 });
-    expect(parseRunConfig([...base, '--delivery', 'tproxy', '--tunnel', 'vxlan', '--dns-capture', 'true'], {})).toMatchObject({ delivery: 'tproxy', tunnel: 'vxlan', dnsCapture: true });
-    expect(parseRunConfig(base, { REDIRECT_DELIVERY: 'sk_assign', REDIRECT_TUNNEL: 'geneve', DNS_CAPTURE: 'true' })).toMatchObject({ delivery: 'sk_assign', tunnel: 'geneve', dnsCapture: true });
+    expect(parseRunConfig([...base, '--delivery', 'tproxy', '--tunnel', 'vxlan', '--dns-capture', 'true'], {})).toMatchObject({
+      delivery: 'tproxy',
+      tunnel: 'vxlan',
+      dnsCapture: true,
+    });
+    expect(parseRunConfig(base, { REDIRECT_DELIVERY: 'sk_assign', REDIRECT_TUNNEL: 'geneve', DNS_CAPTURE: 'true' })).toMatchObject({
+      delivery: 'sk_assign',
+      tunnel: 'geneve',
+      dnsCapture: true,
+    });
   });
 
   it('take DNS servers from flags or environment; the DNS Service only with Kubernetes membership', () => {
     expect(parseRunConfig(base, {})).toMatchObject({ dnsServers: [], dnsService: null });
-    expect(parseRunConfig([...base, '--dns-servers', '10.96.0.10, fd00:96::a', '--node-local-dns', '169.254.20.10'], {}).dnsServers).toEqual(['10.96.0.10', 'fd00:96::a', '169.254.20.10']);
+    expect(parseRunConfig([...base, '--dns-servers', '10.96.0.10, fd00:96::a', '--node-local-dns', '169.254.20.10'], {}).dnsServers).toEqual([
+      '10.96.0.10',
+      'fd00:96::a',
+      '169.254.20.10',
+    ]);
     expect(parseRunConfig(base, { DNS_SERVERS: '10.96.0.10', NODE_LOCAL_DNS: '169.254.20.10,10.96.0.10' }).dnsServers).toEqual(['10.96.0.10', '169.254.20.10']);
     const kube = ['--kubeconfig', '/k', '--node-name', 'n'];
     expect(parseRunConfig(kube, {}).dnsService).toEqual({ namespace: 'kube-system', name: 'kube-dns' });

@@ -3,10 +3,20 @@ import { PodFlags } from '../../src/bpf/codec.js';
 import { desiredState, diffHooks, diffPods } from '../../src/core/desired.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 
-const link = (ifindex: number, name: string, extra: Partial<Link> = {}): Link => ({ ifindex, name, mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}`, ...extra });
+const link = (ifindex: number, name: string, extra: Partial<Link> = {}): Link => ({
+  ifindex,
+  name,
+  mac: `02:00:00:00:00:${ifindex.toString(16).padStart(2, '0')}`,
+  ...extra,
+});
 
 function net(): HostNet {
-  const links = [link(1, 'lo'), link(5, 'vpod0', { peerIfindex: 2, peerNetnsId: 1 }), link(6, 'vpod1', { peerIfindex: 2, peerNetnsId: 2 }), link(7, 'vzt', { peerIfindex: 2, peerNetnsId: 3 })];
+  const links = [
+    link(1, 'lo'),
+    link(5, 'vpod0', { peerIfindex: 2, peerNetnsId: 1 }),
+    link(6, 'vpod1', { peerIfindex: 2, peerNetnsId: 2 }),
+    link(7, 'vzt', { peerIfindex: 2, peerNetnsId: 3 }),
+  ];
   return {
     links: new Map(links.map((l) => [l.ifindex, l])),
     hostRoutes: new Map([
@@ -46,8 +56,16 @@ describe('diffs', () => {
   const p = (ifindex: number) => ({ ifindex, mac: '00:00:00:00:00:00', flags: 1 });
 
   it('upserts new and changed entries, deletes stale ones, leaves equal ones', () => {
-    const desired = new Map([['a', p(1)], ['b', p(2)], ['c', p(3)]]);
-    const actual = new Map([['a', p(1)], ['b', p(9)], ['d', p(4)]]);
+    const desired = new Map([
+      ['a', p(1)],
+      ['b', p(2)],
+      ['c', p(3)],
+    ]);
+    const actual = new Map([
+      ['a', p(1)],
+      ['b', p(9)],
+      ['d', p(4)],
+    ]);
     const d = diffPods(desired, actual);
     expect([...d.upserts.keys()].sort()).toEqual(['b', 'c']);
     expect(d.deletes).toEqual(['d']);

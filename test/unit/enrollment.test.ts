@@ -11,9 +11,21 @@ let n = 0;
 function pod(over: Partial<PodView> = {}): PodView {
   n++;
   return {
-    uid: `uid-${n}`, name: `p${n}`, namespace: 'shop', nodeName: NODE, resourceVersion: BigInt(n), labels: {},
-    ips: ['10.244.0.10'], hostIp: '10.0.0.1', hostNetwork: false, phase: 'Running', sidecar: false, ready: true,
-    created: 1000 + n, statusAnnotation: null, ...over,
+    uid: `uid-${n}`,
+    name: `p${n}`,
+    namespace: 'shop',
+    nodeName: NODE,
+    resourceVersion: BigInt(n),
+    labels: {},
+    ips: ['10.244.0.10'],
+    hostIp: '10.0.0.1',
+    hostNetwork: false,
+    phase: 'Running',
+    sidecar: false,
+    ready: true,
+    created: 1000 + n,
+    statusAnnotation: null,
+    ...over,
   };
 }
 
@@ -39,10 +51,20 @@ describe('enrollment rules', () => {
   });
 
   it.each([
-    ['0.0.0.0', 'unspecified'], ['127.0.0.1', 'loopback'], ['169.254.1.1', 'link-local'], ['224.0.0.1', 'multicast'],
-    ['255.255.255.255', 'reserved or broadcast'], ['::', 'unspecified'], ['::1', 'loopback'], ['fe80::1', 'link-local'],
-    ['ff02::1', 'multicast'], ['::ffff:10.0.0.1', 'IPv4-mapped'], ['10.0.0.1 ', 'not an IP address'], ['010.0.0.1', 'not an IP address'],
-    ['10.244.1.7', null], ['fd00::7', null],
+    ['0.0.0.0', 'unspecified'],
+    ['127.0.0.1', 'loopback'],
+    ['169.254.1.1', 'link-local'],
+    ['224.0.0.1', 'multicast'],
+    ['255.255.255.255', 'reserved or broadcast'],
+    ['::', 'unspecified'],
+    ['::1', 'loopback'],
+    ['fe80::1', 'link-local'],
+    ['ff02::1', 'multicast'],
+    ['::ffff:10.0.0.1', 'IPv4-mapped'],
+    ['10.0.0.1 ', 'not an IP address'],
+    ['010.0.0.1', 'not an IP address'],
+    ['10.244.1.7', null],
+    ['fd00::7', null],
   ])('IP %j: %s', (ip, want) => expect(ipProblem(ip)).toBe(want));
 
   it('gives an IP to the newest live pod that claims it: a stale or terminal pod never takes it', () => {
@@ -64,7 +86,8 @@ describe('enrollment rules', () => {
 
   it('finds ztunnel: Ready, on this node, matching, newest first', () => {
     const sel = { namespace: 'istio-system', labels: { app: 'ztunnel' } };
-    const zt = (over: Partial<PodView>) => pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, owner: { kind: 'DaemonSet', name: 'ztunnel' }, serviceAccount: 'ztunnel', ...over });
+    const zt = (over: Partial<PodView>) =>
+      pod({ namespace: 'istio-system', labels: { app: 'ztunnel' }, owner: { kind: 'DaemonSet', name: 'ztunnel' }, serviceAccount: 'ztunnel', ...over });
     const older = zt({ ips: ['10.244.0.2'], created: 10 });
     const newer = zt({ ips: ['10.244.0.3'], created: 20 });
     const notReady = zt({ ips: ['10.244.0.4'], created: 30, ready: false });

@@ -44,9 +44,19 @@ describe('every command resolves its flags through lib/flags.ts', () => {
     expect(RUN_FLAGS['pin-root']).toBe(PIN_ROOT_FLAG['pin-root']);
   });
 
-  it('no command reads a flag\'s environment variable itself, and /sys/fs/bpf is written once', () => {
-    const commands = ['src/cli/status.ts', 'src/cli/uninstall.ts', 'src/cli/run.ts', 'src/cni/cli.ts', 'src/config.ts', 'harness/cli/demo.ts', 'harness/cli/bench.ts'];
-    const envReads = commands.flatMap((f) => [...readFileSync(f, 'utf8').matchAll(/process\.env(?:\.(?:PIN_ROOT|DEMO_\w+|BENCH_\w+|CNI_\w+)|\[FLAGS)/g)].map((m) => `${f}: ${m[0]}`));
+  it("no command reads a flag's environment variable itself, and /sys/fs/bpf is written once", () => {
+    const commands = [
+      'src/cli/status.ts',
+      'src/cli/uninstall.ts',
+      'src/cli/run.ts',
+      'src/cni/cli.ts',
+      'src/config.ts',
+      'harness/cli/demo.ts',
+      'harness/cli/bench.ts',
+    ];
+    const envReads = commands.flatMap((f) =>
+      [...readFileSync(f, 'utf8').matchAll(/process\.env(?:\.(?:PIN_ROOT|DEMO_\w+|BENCH_\w+|CNI_\w+)|\[FLAGS)/g)].map((m) => `${f}: ${m[0]}`),
+    );
     expect(envReads).toEqual([]);
     const pinRootLiterals = [...tsFiles('src'), ...tsFiles('harness')].filter((f) => /['"`]\/sys\/fs\/bpf['"`]/.test(readFileSync(f, 'utf8')));
     expect(pinRootLiterals).toEqual(['src/lib/flags.ts']);

@@ -93,7 +93,10 @@ describe('fleet', () => {
       await sleep(BACKOFF.maxMs); // stragglers and their follow-up requests
       const end = Date.now();
 
-      const lists = api.requests.filter((r) => r.kind === 'list' && r.t >= up).map((r) => r.t).sort((a, b) => a - b);
+      const lists = api.requests
+        .filter((r) => r.kind === 'list' && r.t >= up)
+        .map((r) => r.t)
+        .sort((a, b) => a - b);
       const relists410 = agents.map((a) => `${a.podReflector.stats.relists410}/${a.nsReflector.stats.relists410}`);
       expect(new Set(relists410), 'relists after 410 per agent (pods/namespaces)').toEqual(new Set(['1/1']));
       // Every reflector relisted exactly once, and nothing was lost.
@@ -105,7 +108,10 @@ describe('fleet', () => {
       const peakPerS = peakIn(seen, 1_000);
       const relistsPeak = peakIn(lists, 1_000);
       const relistsPeakShort = peakIn(lists, 1_000 / SCALE);
-      const recoveryPeakPerS = peakIn(seen.filter((t) => t >= up), 1_000);
+      const recoveryPeakPerS = peakIn(
+        seen.filter((t) => t >= up),
+        1_000,
+      );
       const durationS = (end - down) / 1000;
       console.log(
         `fleet: ${AGENTS} agents, relists spread over ${spreadS.toFixed(2)} s, peak ${peakPerS} req/s ` +

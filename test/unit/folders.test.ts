@@ -11,10 +11,21 @@ import { cycles, folderGraph, importsOf, ROOT, tsFiles } from './source-files.js
 
 describe('folder-level import cycles', () => {
   it('are found, each once, on a graph that has them', () => {
-    const g = new Map([['a', new Set(['b'])], ['b', new Set(['a', 'c'])], ['c', new Set(['a'])], ['d', new Set(['a'])]]);
+    const g = new Map([
+      ['a', new Set(['b'])],
+      ['b', new Set(['a', 'c'])],
+      ['c', new Set(['a'])],
+      ['d', new Set(['a'])],
+    ]);
     expect(cycles(g)).toEqual(['a -> b -> a', 'a -> b -> c -> a']);
-    expect(folderGraph(['src/x/1.ts', 'src/y/2.ts', 'src/z.ts'], (f) => (f === 'src/x/1.ts' ? ['src/y/2.ts', 'src/z.ts', 'src/x/3.ts'] : ['src/x/1.ts']))).toEqual(
-      new Map([['x', new Set(['y', 'z.ts'])], ['y', new Set(['x'])], ['z.ts', new Set(['x'])]]),
+    expect(
+      folderGraph(['src/x/1.ts', 'src/y/2.ts', 'src/z.ts'], (f) => (f === 'src/x/1.ts' ? ['src/y/2.ts', 'src/z.ts', 'src/x/3.ts'] : ['src/x/1.ts'])),
+    ).toEqual(
+      new Map([
+        ['x', new Set(['y', 'z.ts'])],
+        ['y', new Set(['x'])],
+        ['z.ts', new Set(['x'])],
+      ]),
     );
   });
 
@@ -23,7 +34,11 @@ describe('folder-level import cycles', () => {
   });
 
   it('src/core/ imports nothing of ours outside itself', () => {
-    const bad = tsFiles('src/core').flatMap((f) => importsOf(f).filter((t) => !t.startsWith('src/core/')).map((t) => `${f} -> ${t}`));
+    const bad = tsFiles('src/core').flatMap((f) =>
+      importsOf(f)
+        .filter((t) => !t.startsWith('src/core/'))
+        .map((t) => `${f} -> ${t}`),
+    );
     expect(bad).toEqual([]);
   });
 });
@@ -35,7 +50,11 @@ describe('src/ and the harness', () => {
   });
 
   it('no module in src/ imports harness/ (nor anything outside src/)', () => {
-    const bad = tsFiles('src').flatMap((f) => importsOf(f).filter((t) => !t.startsWith('src/')).map((t) => `${f} -> ${t}`));
+    const bad = tsFiles('src').flatMap((f) =>
+      importsOf(f)
+        .filter((t) => !t.startsWith('src/'))
+        .map((t) => `${f} -> ${t}`),
+    );
     expect(bad).toEqual([]);
   });
 

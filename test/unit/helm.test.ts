@@ -159,12 +159,31 @@ describe('what each mode renders', () => {
   it('RBAC: pods and namespaces get/list/watch, pods/status patch; nothing more (but the DNS Service)', () => {
     const objs = render({ redirectMode: 'ebpf' });
     // Role and RoleBinding: get on the DNS Service alone (the dns values test).
-    expect(objs.map((o) => o.kind).sort()).toEqual(['ClusterRole', 'ClusterRoleBinding', 'DaemonSet', 'Role', 'RoleBinding', 'ServiceAccount', 'ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding']);
+    expect(objs.map((o) => o.kind).sort()).toEqual([
+      'ClusterRole',
+      'ClusterRoleBinding',
+      'DaemonSet',
+      'Role',
+      'RoleBinding',
+      'ServiceAccount',
+      'ValidatingAdmissionPolicy',
+      'ValidatingAdmissionPolicyBinding',
+    ]);
     const role = objs.find((o) => o.kind === 'ClusterRole')!;
     const grants = role.rules.flatMap((r: Obj) =>
       r.apiGroups.flatMap((g: string) => r.resources.flatMap((res: string) => r.verbs.map((v: string) => `${g || 'core'}/${res}:${v}`))),
     );
-    expect(grants.sort()).toEqual(['core/namespaces:get', 'core/namespaces:list', 'core/namespaces:watch', 'core/pods/status:patch', 'core/pods:get', 'core/pods:list', 'core/pods:watch'].sort());
+    expect(grants.sort()).toEqual(
+      [
+        'core/namespaces:get',
+        'core/namespaces:list',
+        'core/namespaces:watch',
+        'core/pods/status:patch',
+        'core/pods:get',
+        'core/pods:list',
+        'core/pods:watch',
+      ].sort(),
+    );
     const binding = objs.find((o) => o.kind === 'ClusterRoleBinding')!;
     const sa = objs.find((o) => o.kind === 'ServiceAccount')!;
     expect(binding.roleRef).toMatchObject({ kind: 'ClusterRole', name: role.metadata.name });
@@ -192,7 +211,14 @@ describe('cni (the chained CNI plugin, on by default)', () => {
     const objs = render({ 'cni.binDir': '/usr/libexec/cni', 'cni.confDir': '/etc/kubernetes/cni/net.d', 'cni.addTimeoutSeconds': 5 });
     const c = agent(objs);
     const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e.value]));
-    expect(env).toMatchObject({ CNI_SOCKET: '/var/run/ambient-redirect/cni.sock', CNI_STATE_DIR: '/var/lib/ambient-redirect', CNI_INSTALL: 'true', CNI_BIN_DIR: '/usr/libexec/cni', CNI_CONF_DIR: '/etc/kubernetes/cni/net.d', CNI_ADD_TIMEOUT: '5' });
+    expect(env).toMatchObject({
+      CNI_SOCKET: '/var/run/ambient-redirect/cni.sock',
+      CNI_STATE_DIR: '/var/lib/ambient-redirect',
+      CNI_INSTALL: 'true',
+      CNI_BIN_DIR: '/usr/libexec/cni',
+      CNI_CONF_DIR: '/etc/kubernetes/cni/net.d',
+      CNI_ADD_TIMEOUT: '5',
+    });
     const m = mountsByName(c);
     const v = volumesByName(objs);
     for (const name of ['cni-bin', 'cni-conf', 'cni-run', 'cni-state']) expect(m[name].mountPath).toBe(v[name].hostPath.path);
@@ -225,7 +251,16 @@ describe('cni (the chained CNI plugin, on by default)', () => {
   it('uninstallDataPath: `cni uninstall` restores the config list, with no capability', () => {
     const spec = daemonSet(render({ uninstallDataPath: true })).spec.template.spec;
     const init = spec.initContainers.find((c: Obj) => c.name === 'cni-uninstall');
-    expect(init.args).toEqual(['cni', 'uninstall', '--cni-bin-dir', '/opt/cni/bin', '--cni-conf-dir', '/etc/cni/net.d', '--cni-state-dir', '/var/lib/ambient-redirect']);
+    expect(init.args).toEqual([
+      'cni',
+      'uninstall',
+      '--cni-bin-dir',
+      '/opt/cni/bin',
+      '--cni-conf-dir',
+      '/etc/cni/net.d',
+      '--cni-state-dir',
+      '/var/lib/ambient-redirect',
+    ]);
     expect(init.securityContext.capabilities).toEqual({ drop: ['ALL'] });
     expect(Object.keys(mountsByName(init)).sort()).toEqual(['cni-bin', 'cni-conf', 'cni-run', 'cni-state']);
   });
@@ -263,7 +298,13 @@ describe('the chart and `run` agree', () => {
     expect(role?.rules).toEqual([{ apiGroups: [''], resources: ['services'], resourceNames: ['kube-dns'], verbs: ['get'] }]);
     expect(dflt.find((o) => o.kind === 'RoleBinding')?.subjects[0]).toMatchObject({ kind: 'ServiceAccount', namespace: 'istio-system' });
 
-    const objs = render({ redirectMode: 'ebpf', 'dns.capture': true, 'dns.service': 'dns/coredns', 'dns.nodeLocal': '{169.254.20.10}', 'dns.servers': '{10.0.0.53,fd00::53}' });
+    const objs = render({
+      redirectMode: 'ebpf',
+      'dns.capture': true,
+      'dns.service': 'dns/coredns',
+      'dns.nodeLocal': '{169.254.20.10}',
+      'dns.servers': '{10.0.0.53,fd00::53}',
+    });
     const { args, env } = containerInvocation(objs, 'n1');
     expect(parseRunConfig(args.slice(1), env)).toMatchObject({
       dnsCapture: true,
@@ -345,7 +386,13 @@ describe('ValidatingAdmissionPolicy on pods/status', () => {
 
   /** JSON → CEL input: objects become maps, integers ints. */
   const cel = (v: unknown): unknown =>
-    Array.isArray(v) ? v.map(cel) : v && typeof v === 'object' ? new Map(Object.entries(v).map(([k, x]) => [k, cel(x)])) : typeof v === 'number' && Number.isInteger(v) ? BigInt(v) : v;
+    Array.isArray(v)
+      ? v.map(cel)
+      : v && typeof v === 'object'
+        ? new Map(Object.entries(v).map(([k, x]) => [k, cel(x)]))
+        : typeof v === 'number' && Number.isInteger(v)
+          ? BigInt(v)
+          : v;
 
   function evalBool(expr: string, vars: Record<string, unknown>): boolean {
     const r = celRun(expr, vars as never);
@@ -354,7 +401,10 @@ describe('ValidatingAdmissionPolicy on pods/status', () => {
   }
 
   /** What the policy says of one request: 'not matched', 'allowed', or the failed validations' messages. */
-  function admit(p: Obj, req: { user: string; node?: string; oldObject: Obj; object: Obj; resource?: string; operation?: string }): string[] | 'not matched' | 'allowed' {
+  function admit(
+    p: Obj,
+    req: { user: string; node?: string; oldObject: Obj; object: Obj; resource?: string; operation?: string },
+  ): string[] | 'not matched' | 'allowed' {
     const rules = p.spec.matchConstraints.resourceRules as Obj[];
     const resource = req.resource ?? 'pods/status';
     const operation = req.operation ?? 'UPDATE';
@@ -369,7 +419,13 @@ describe('ValidatingAdmissionPolicy on pods/status', () => {
   }
 
   const pod = (over: { node?: string; annotations?: Record<string, string>; labels?: Record<string, string>; podIP?: string } = {}) => ({
-    metadata: { name: 'web', namespace: 'shop', uid: 'u1', labels: over.labels ?? { app: 'web' }, annotations: over.annotations ?? { 'kubectl.kubernetes.io/restartedAt': 'x' } },
+    metadata: {
+      name: 'web',
+      namespace: 'shop',
+      uid: 'u1',
+      labels: over.labels ?? { app: 'web' },
+      annotations: over.annotations ?? { 'kubectl.kubernetes.io/restartedAt': 'x' },
+    },
     spec: { nodeName: over.node ?? 'n1', containers: [{ name: 'app', ports: [{ containerPort: 8080 }] }] },
     status: { phase: 'Running', podIP: over.podIP ?? '10.244.1.7', podIPs: [{ ip: over.podIP ?? '10.244.1.7' }] },
   });
@@ -386,7 +442,9 @@ describe('ValidatingAdmissionPolicy on pods/status', () => {
     // The agent's identity is the chart's own service account in the release namespace.
     const sa = all.find((o) => o.kind === 'ServiceAccount')!;
     expect(`system:serviceaccount:${sa.metadata.namespace}:${sa.metadata.name}`).toBe(AGENT);
-    expect(admit(p, { user: 'system:serviceaccount:istio-system:other', node: 'n2', oldObject: pod(), object: pod({ podIP: '10.9.9.9' }) })).toBe('not matched');
+    expect(admit(p, { user: 'system:serviceaccount:istio-system:other', node: 'n2', oldObject: pod(), object: pod({ podIP: '10.9.9.9' }) })).toBe(
+      'not matched',
+    );
   });
 
   it('allows what the agent does: set or remove the annotation on a pod of its own node', () => {
@@ -395,17 +453,35 @@ describe('ValidatingAdmissionPolicy on pods/status', () => {
     expect(admit(p, { user: AGENT, node: 'n1', oldObject: withOurs('enabled'), object: pod() })).toBe('allowed');
     // A pod without any annotation, then with ours only.
     const bare = { ...pod(), metadata: { name: 'web', namespace: 'shop', uid: 'u1' } };
-    expect(admit(p, { user: AGENT, node: 'n1', oldObject: bare, object: { ...bare, metadata: { ...bare.metadata, annotations: { [KEY]: 'enabled' } } } })).toBe('allowed');
+    expect(admit(p, { user: AGENT, node: 'n1', oldObject: bare, object: { ...bare, metadata: { ...bare.metadata, annotations: { [KEY]: 'enabled' } } } })).toBe(
+      'allowed',
+    );
   });
 
   it.each([
-    ['a pod of another node', { node: 'n1', oldObject: pod({ node: 'n2' }), object: { ...withOurs('enabled'), spec: pod({ node: 'n2' }).spec } }, /its own node/],
+    [
+      'a pod of another node',
+      { node: 'n1', oldObject: pod({ node: 'n2' }), object: { ...withOurs('enabled'), spec: pod({ node: 'n2' }).spec } },
+      /its own node/,
+    ],
     ['a token that names no node', { oldObject: pod(), object: withOurs('enabled') }, /its own node/],
-    ['another annotation', { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'y' } }) }, /only the ambient.istio.io\/redirection annotation/],
-    ['a new annotation', { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'x', 'sidecar.istio.io/status': '{}' } }) }, /only the ambient.istio.io\/redirection annotation/],
+    [
+      'another annotation',
+      { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'y' } }) },
+      /only the ambient.istio.io\/redirection annotation/,
+    ],
+    [
+      'a new annotation',
+      { node: 'n1', oldObject: pod(), object: pod({ annotations: { 'kubectl.kubernetes.io/restartedAt': 'x', 'sidecar.istio.io/status': '{}' } }) },
+      /only the ambient.istio.io\/redirection annotation/,
+    ],
     ['an annotation removed', { node: 'n1', oldObject: pod(), object: pod({ annotations: {} }) }, /only the ambient.istio.io\/redirection annotation/],
     ['our annotation with another value', { node: 'n1', oldObject: pod(), object: withOurs('disabled') }, /"enabled" or removed/],
-    ['the labels', { node: 'n1', oldObject: pod(), object: pod({ labels: { app: 'web', 'istio.io/dataplane-mode': 'none' } }) }, /labels, finalizers or owners/],
+    [
+      'the labels',
+      { node: 'n1', oldObject: pod(), object: pod({ labels: { app: 'web', 'istio.io/dataplane-mode': 'none' } }) },
+      /labels, finalizers or owners/,
+    ],
     ['the pod IP in status', { node: 'n1', oldObject: pod(), object: pod({ podIP: '10.244.1.8' }) }, /status fields/],
   ])('denies the agent’s token changing %s', (_, req, message) => {
     const r = admit(policy(), { user: AGENT, ...(req as { node?: string; oldObject: Obj; object: Obj }) });
@@ -434,7 +510,11 @@ describe('the health and metrics listeners', () => {
     for (const e of c.env as Obj[]) if (!e.valueFrom) env[e.name] = String(e.value);
     expect(parseRunConfig(c.args.slice(1), env)).toMatchObject({ healthAddress: '127.0.0.1:15034', metricsAddress: '0.0.0.0:15035' });
     expect(c.ports.find((p: Obj) => p.name === 'scrape')).toEqual({ name: 'scrape', containerPort: 15035, protocol: 'TCP' });
-    expect(daemonSet(objs).spec.template.metadata.annotations).toMatchObject({ 'prometheus.io/scrape': 'true', 'prometheus.io/port': '15035', 'prometheus.io/path': '/metrics' });
+    expect(daemonSet(objs).spec.template.metadata.annotations).toMatchObject({
+      'prometheus.io/scrape': 'true',
+      'prometheus.io/port': '15035',
+      'prometheus.io/path': '/metrics',
+    });
   });
 
   it.each(['metrics.scrapeAddress=15035', 'metrics.scrapeAddress=node:15035'])('the schema rejects %s', (set) => {

@@ -26,7 +26,13 @@ class RecordingRunner implements CommandRunner {
   constructor(private readonly answer: (argv: readonly string[]) => string | undefined = () => undefined) {}
   async run(argv: readonly string[], opts: RunOptions = {}): Promise<string> {
     this.log.push(`$ ${argv.join(' ')}`);
-    if (opts.input !== undefined) this.log.push(...opts.input.trimEnd().split('\n').map((l) => `  | ${l}`));
+    if (opts.input !== undefined)
+      this.log.push(
+        ...opts.input
+          .trimEnd()
+          .split('\n')
+          .map((l) => `  | ${l}`),
+      );
     const canned = this.answer(argv);
     if (canned !== undefined) return canned;
     const cmd = argv.join(' ');
@@ -96,25 +102,32 @@ async function record(c: Case): Promise<string> {
 
 /** A node holding iptables mode's state, and someone else's beside it. */
 const INSTALLED: Record<string, string> = {
-    'ip -j -d addr show': JSON.stringify([
-      { ifname: 'istioout', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
-      { ifname: 'istioin', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
-      // Someone else's device with one of our names but not our alias: left alone.
-      { ifname: 'eth0' },
-    ]),
-    'ip -n cni-ztunnel -j -d addr show': JSON.stringify([{ ifname: 'pistioout' }, { ifname: 'pistioin' }, { ifname: 'eth0' }]),
-    'ip -j netns list': JSON.stringify([{ name: 'cni-ztunnel' }, { name: 'other' }]),
-    'iptables-nft-save': [
-      '*mangle', ':PREROUTING ACCEPT [0:0]', ':ztunnel-PREROUTING - [0:0]', ':KUBE-KEEP - [0:0]',
-      '-A PREROUTING -j ztunnel-PREROUTING', '-A PREROUTING -j KUBE-KEEP', '-A ztunnel-PREROUTING -j RETURN', 'COMMIT', '',
-    ].join('\n'),
-    'ip -4 -j rule show': JSON.stringify([
-      { priority: 0, table: 'local' },
-      { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101', protocol: '211' },
-      { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101' }, // not ours: no protocol 211
-    ]),
-    'ip -4 -j route show table all proto 211': JSON.stringify([{ dst: 'default', gateway: '192.168.127.2', dev: 'istioout', table: '101' }]),
-    'ipset list -n': 'ztunnel-pods-ips\nztunnel-pods-ips-v6\nsomeone-elses\n',
+  'ip -j -d addr show': JSON.stringify([
+    { ifname: 'istioout', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+    { ifname: 'istioin', ifalias: 'ambient-redirect ztunnel-netns=cni-ztunnel', linkinfo: { info_kind: 'vxlan' } },
+    // Someone else's device with one of our names but not our alias: left alone.
+    { ifname: 'eth0' },
+  ]),
+  'ip -n cni-ztunnel -j -d addr show': JSON.stringify([{ ifname: 'pistioout' }, { ifname: 'pistioin' }, { ifname: 'eth0' }]),
+  'ip -j netns list': JSON.stringify([{ name: 'cni-ztunnel' }, { name: 'other' }]),
+  'iptables-nft-save': [
+    '*mangle',
+    ':PREROUTING ACCEPT [0:0]',
+    ':ztunnel-PREROUTING - [0:0]',
+    ':KUBE-KEEP - [0:0]',
+    '-A PREROUTING -j ztunnel-PREROUTING',
+    '-A PREROUTING -j KUBE-KEEP',
+    '-A ztunnel-PREROUTING -j RETURN',
+    'COMMIT',
+    '',
+  ].join('\n'),
+  'ip -4 -j rule show': JSON.stringify([
+    { priority: 0, table: 'local' },
+    { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101', protocol: '211' },
+    { priority: 101, fwmark: '0x100', fwmask: '0x100', table: '101' }, // not ours: no protocol 211
+  ]),
+  'ip -4 -j route show table all proto 211': JSON.stringify([{ dst: 'default', gateway: '192.168.127.2', dev: 'istioout', table: '101' }]),
+  'ipset list -n': 'ztunnel-pods-ips\nztunnel-pods-ips-v6\nsomeone-elses\n',
 };
 
 describe('iptables mode golden files', () => {
@@ -128,8 +141,14 @@ describe('iptables mode golden files', () => {
     const c = CASES[1]!;
     const runner = caseRunner(c);
     const mode = createRedirectMode('iptables', {
-      objectPath: 'unused', pinRoot: '/nonexistent', runner, log: silent, tunnel: 'vxlan', iptablesBackend: 'nft',
-      facts: { release: '6.18.0', probes: null, geneve: false }, dnsServers: () => ['10.96.0.10'],
+      objectPath: 'unused',
+      pinRoot: '/nonexistent',
+      runner,
+      log: silent,
+      tunnel: 'vxlan',
+      iptablesBackend: 'nft',
+      facts: { release: '6.18.0', probes: null, geneve: false },
+      dnsServers: () => ['10.96.0.10'],
     });
     await mode.init();
     await mode.apply(desired(c), await mode.actual());
@@ -162,7 +181,9 @@ describe('iptables mode golden files', () => {
     expect(withNft.removed).toContain('deleted the empty ip mangle table');
     const r = await uninstallIptables(emptied('missing'));
     expect(r.failed).toEqual([]);
-    expect(r.skipped).toEqual([{ step: 'delete the empty nft tables we created', reason: 'nft is not installed; the empty tables filter nothing and are left' }]);
+    expect(r.skipped).toEqual([
+      { step: 'delete the empty nft tables we created', reason: 'nft is not installed; the empty tables filter nothing and are left' },
+    ]);
     // Everything but the cosmetic table deletion still happened.
     expect(r.removed).toEqual(withNft.removed.filter((l) => !l.startsWith('deleted the empty')));
     expect(r.removed).toContain('destroyed ipset ztunnel-pods-ips');
@@ -176,11 +197,18 @@ describe('iptables mode golden files', () => {
     const r = await uninstallIptables(runner);
     expect(r.failed).toEqual([{ step: 'remove our IPv4 ip rules and routes', error: expect.stringContaining('Operation not permitted') }]);
     // Steps after the failed one ran: the tunnels and the ipsets are gone.
-    expect(r.removed).toEqual(expect.arrayContaining(['deleted istioout', 'deleted istioin', 'destroyed ipset ztunnel-pods-ips', 'destroyed ipset ztunnel-pods-ips-v6']));
+    expect(r.removed).toEqual(
+      expect.arrayContaining(['deleted istioout', 'deleted istioin', 'destroyed ipset ztunnel-pods-ips', 'destroyed ipset ztunnel-pods-ips-v6']),
+    );
   });
 
   it('is a no-op on a node that already holds the plan (idempotent iptables input)', () => {
-    const plan = buildPlan({ tunnel: 'vxlan', pods: V4.pods.map((ip, i) => ({ ip, dev: `veth${i}` })), ztunnel: { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip], hostIps: { 4: V4.ztunnel.host } }, dnsCapture: false });
+    const plan = buildPlan({
+      tunnel: 'vxlan',
+      pods: V4.pods.map((ip, i) => ({ ip, dev: `veth${i}` })),
+      ztunnel: { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip], hostIps: { 4: V4.ztunnel.host } },
+      dnsCapture: false,
+    });
     const chains = plan.node.chains.filter((c) => c.family === 4);
     // What iptables-save prints after our restore: the same rules, one jump per chain.
     const byTable = new Map<string, string[]>();
@@ -203,7 +231,8 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
   const z = { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip, V6.ztunnel.ip], hostIps: { 4: V4.ztunnel.host, 6: V6.ztunnel.host } };
   const pods = [...V4.pods, ...V6.pods].map((ip, i) => ({ ip, dev: `veth${i % 2}` }));
   const plan = buildPlan({ tunnel: 'vxlan', pods, ztunnel: z, dnsCapture: false });
-  const rules = (side: 'node' | 'ztunnel', f: 4 | 6, chain: string) => (side === 'node' ? plan.node : plan.ztunnel!).chains.find((c) => c.family === f && c.chain === chain && c.table === 'mangle')!.rules;
+  const rules = (side: 'node' | 'ztunnel', f: 4 | 6, chain: string) =>
+    (side === 'node' ? plan.node : plan.ztunnel!).chains.find((c) => c.family === f && c.chain === chain && c.table === 'mangle')!.rules;
 
   for (const f of [4, 6] as const) {
     const pre = rules('node', f, 'ztunnel-PREROUTING');
@@ -263,7 +292,15 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
         const mine = zr.filter((r) => r.startsWith(`-i ${dev} `));
         expect(mine.at(-1)).toBe(`-i ${dev} -j DROP`);
         // Only TPROXY to a listener, ICMP errors and (IPv6) the node's own ND come before the drop.
-        expect(mine.slice(0, -1).every((r) => / -j TPROXY | -m icmp6? --icmp(v6)?-type \d+ -j MARK --set-xmark 0x400\/0xfff$| -m mark --mark 0x400\/0xfff -j RETURN$| -p ipv6-icmp -m hl --hl-eq 255 -j RETURN$/.test(r))).toBe(true);
+        expect(
+          mine
+            .slice(0, -1)
+            .every((r) =>
+              / -j TPROXY | -m icmp6? --icmp(v6)?-type \d+ -j MARK --set-xmark 0x400\/0xfff$| -m mark --mark 0x400\/0xfff -j RETURN$| -p ipv6-icmp -m hl --hl-eq 255 -j RETURN$/.test(
+                r,
+              ),
+            ),
+        ).toBe(true);
         expect(mine.some((r) => r.includes('--hl-eq 255'))).toBe(f === 6);
       }
     });
@@ -278,7 +315,9 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
       '-d 10.96.0.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
       '-d 169.254.20.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
     ]);
-    expect(pre(off, 6).filter((r) => r.includes('--dport 53'))).toEqual(['-d fd00:96::a/128 -p udp -m set --match-set ztunnel-pods-ips-v6 src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220']);
+    expect(pre(off, 6).filter((r) => r.includes('--dport 53'))).toEqual([
+      '-d fd00:96::a/128 -p udp -m set --match-set ztunnel-pods-ips-v6 src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+    ]);
     // After the binding (a spoofed source never gets the exemption), before the skip RETURN that acts on it.
     const r4 = pre(off, 4);
     expect(r4.indexOf(dns4[0]!)).toBeGreaterThan(r4.indexOf('-i veth1 -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP'));

@@ -46,7 +46,11 @@ describe('the DNS Service’s addresses', () => {
       () => svc({ clusterIPs: ['bogus'] }),
       () => svc({ clusterIPs: ['10.96.0.11'] }),
     ]);
-    const r = new DnsServiceReader(api, { namespace: 'kube-system', name: 'kube-dns' }, createLogger('info', (l) => lines.push(l)));
+    const r = new DnsServiceReader(
+      api,
+      { namespace: 'kube-system', name: 'kube-dns' },
+      createLogger('info', (l) => lines.push(l)),
+    );
     expect(r.servers).toEqual([]);
     let t = 1_000_000;
     await r.refresh(t);

@@ -63,11 +63,28 @@ async function stack(opts: { stallMs?: number; backoffMaxMs?: number; pods?: num
   const mode = opts.mode ?? new FakeMode();
   const deleted: string[] = [];
   mode.onDelete = (ip) => deleted.push(ip);
-  const controller = new Controller({ mode, membership, runner: { run: async () => '' }, log, readNet: async () => fakeNet(IPS), placeZtunnel: fakeZtunnel, backoff: { initialMs: 50, maxMs: 200 } });
+  const controller = new Controller({
+    mode,
+    membership,
+    runner: { run: async () => '' },
+    log,
+    readNet: async () => fakeNet(IPS),
+    placeZtunnel: fakeZtunnel,
+    backoff: { initialMs: 50, maxMs: 200 },
+  });
   membership.start();
-  controller.start(60_000, () => {}, () => {});
+  controller.start(
+    60_000,
+    () => {},
+    () => {},
+  );
   const s: Stack = {
-    api, mode, membership, controller, log, deleted,
+    api,
+    mode,
+    membership,
+    controller,
+    log,
+    deleted,
     keys: () => [...mode.pods.keys()].sort(),
     async stop() {
       rmSync(dir, { recursive: true, force: true });
@@ -86,7 +103,9 @@ describe('Kubernetes watches against the API double', () => {
   it('programs the enrolled pods of this node and writes the status annotation through pods/status', async () => {
     const s = await stack();
     expect(s.keys()).toEqual(IPS.slice(0, 4));
-    await until('annotations', () => [0, 1, 2, 3].every((i) => s.api.getPod('shop', `web-${i}`)?.metadata.annotations['ambient.istio.io/redirection'] === 'enabled'));
+    await until('annotations', () =>
+      [0, 1, 2, 3].every((i) => s.api.getPod('shop', `web-${i}`)?.metadata.annotations['ambient.istio.io/redirection'] === 'enabled'),
+    );
     expect(s.api.getPod('istio-system', 'ztunnel-1')?.metadata.annotations['ambient.istio.io/redirection']).toBeUndefined();
     // Every patch went to the status subresource as a merge patch (the double answers 415 otherwise).
     expect(s.api.requests.filter((r) => r.kind === 'patch').every((r) => r.status === 200 && r.path.endsWith('/status'))).toBe(true);
@@ -202,9 +221,21 @@ describe('Kubernetes watches against the API double', () => {
     const s = await stack();
     const good = s.api.getPod('shop', 'web-1')!;
     const bad: Record<string, unknown>[] = [
-      { ...good, metadata: { ...good.metadata, uid: 'b1', name: 'bad-ip' }, status: { ...good.status, podIP: '10.244.1.300', podIPs: [{ ip: '10.244.1.300' }] } },
-      { ...good, metadata: { ...good.metadata, uid: 'b2', name: 'odd-ip' }, status: { ...good.status, podIP: '010.244.1.17', podIPs: [{ ip: '010.244.1.17' }] } },
-      { ...good, metadata: { ...good.metadata, uid: 'b3', name: 'huge', annotations: { big: 'x'.repeat(300_000) } }, status: { ...good.status, podIPs: [{ ip: IPS[6] }] } },
+      {
+        ...good,
+        metadata: { ...good.metadata, uid: 'b1', name: 'bad-ip' },
+        status: { ...good.status, podIP: '10.244.1.300', podIPs: [{ ip: '10.244.1.300' }] },
+      },
+      {
+        ...good,
+        metadata: { ...good.metadata, uid: 'b2', name: 'odd-ip' },
+        status: { ...good.status, podIP: '010.244.1.17', podIPs: [{ ip: '010.244.1.17' }] },
+      },
+      {
+        ...good,
+        metadata: { ...good.metadata, uid: 'b3', name: 'huge', annotations: { big: 'x'.repeat(300_000) } },
+        status: { ...good.status, podIPs: [{ ip: IPS[6] }] },
+      },
       { ...good, metadata: { ...good.metadata, uid: 'b4', name: 'num', labels: { 'istio.io/dataplane-mode': 7 } } },
       { ...good, metadata: { ...good.metadata, uid: 'b5', name: 5 } },
       { ...good, metadata: { name: 'no-uid', namespace: 'shop' } },

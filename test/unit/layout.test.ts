@@ -24,7 +24,17 @@ describe('generated layouts', () => {
   });
 
   it('cover every struct the shared header declares', () => {
-    expect(declaredStructs(readFileSync(HEADER, 'utf8')).sort()).toEqual(['addr_key', 'dns_info', 'host_flow_info', 'host_flow_key', 'pod_counters', 'pod_info', 'qdisc_info', 'qdisc_key', 'ztunnel_info']);
+    expect(declaredStructs(readFileSync(HEADER, 'utf8')).sort()).toEqual([
+      'addr_key',
+      'dns_info',
+      'host_flow_info',
+      'host_flow_key',
+      'pod_counters',
+      'pod_info',
+      'qdisc_info',
+      'qdisc_key',
+      'ztunnel_info',
+    ]);
   });
 
   it('refuse a declared struct missing from BTF, and bitfields', () => {

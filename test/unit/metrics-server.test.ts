@@ -41,7 +41,11 @@ function raw(port: number, send: string, ms = 3_000): Promise<{ data: string; cl
 
 describe('serveMetrics limits', () => {
   it('closes connections beyond maxConnections; the ones within keep working', async () => {
-    const srv = await serve({ metrics: new AgentMetrics(), readiness: new Readiness(), limits: { maxConnections: 3, idleTimeoutMs: 10_000, requestTimeoutMs: 10_000 } });
+    const srv = await serve({
+      metrics: new AgentMetrics(),
+      readiness: new Readiness(),
+      limits: { maxConnections: 3, idleTimeoutMs: 10_000, requestTimeoutMs: 10_000 },
+    });
     // Three idle connections hold every slot.
     const held = await Promise.all(
       [0, 1, 2].map(

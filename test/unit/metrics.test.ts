@@ -61,7 +61,11 @@ describe('ProgrammingLatency', () => {
     };
     let now = 0;
     const seen: number[] = [];
-    const m = instrumentMembership(inner, (s) => seen.push(s), () => now);
+    const m = instrumentMembership(
+      inner,
+      (s) => seen.push(s),
+      () => now,
+    );
     let changes = 0;
     m.onChange(() => changes++);
     now = 5000;
@@ -97,7 +101,10 @@ function perCpu(...cpus: Partial<codec.PodCounters>[]): Buffer {
   cpus.forEach((c, i) => codec.encodePodCounters({ ...codec.zeroCounters(), ...c }).copy(buf, i * stride));
   return buf;
 }
-const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [codec.encodeAddrKey(ip), codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED })];
+const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [
+  codec.encodeAddrKey(ip),
+  codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED }),
+];
 
 function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
   return { entries: (name) => m[name] ?? null };
@@ -106,13 +113,21 @@ function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_
 describe('pinned map sources', () => {
   const maps = fakeMaps({
     pods: [pod('10.0.0.1', 12), pod('10.0.0.2', 13)],
-    counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 3n, redirectedBytes: 300n }, { redirectedPackets: 4n, redirectedBytes: 400n, droppedPackets: 1n, droppedBytes: 60n })]],
+    counters: [
+      [
+        codec.encodeU32Key(12),
+        perCpu({ redirectedPackets: 3n, redirectedBytes: 300n }, { redirectedPackets: 4n, redirectedBytes: 400n, droppedPackets: 1n, droppedBytes: 60n }),
+      ],
+    ],
     dns_servers: [[codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo()]],
   });
 
   it('sums each pod’s per-CPU counters by its veth; a pod without counters reads zero', () => {
     const s = podCounters(maps);
-    expect(s.map((x) => [x.ip, x.ifindex])).toEqual([['10.0.0.1', 12], ['10.0.0.2', 13]]);
+    expect(s.map((x) => [x.ip, x.ifindex])).toEqual([
+      ['10.0.0.1', 12],
+      ['10.0.0.2', 13],
+    ]);
     expect(s[0]!.counters).toMatchObject({ redirectedPackets: 7n, redirectedBytes: 700n, droppedPackets: 1n, droppedBytes: 60n, passedPackets: 0n });
     expect(s[1]!.counters).toEqual(codec.zeroCounters());
   });
@@ -133,7 +148,13 @@ describe('AgentMetrics', () => {
     let restarts = 1;
     const m = new AgentMetrics({
       mapUsage: () => [{ map: 'pods', entries: 32768, capacity: 65536 }],
-      podCounters: () => podCounters(fakeMaps({ pods: [pod('10.0.0.1', 12)], counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 5n, redirectedBytes: 500n, passedPackets: 2n })]] })),
+      podCounters: () =>
+        podCounters(
+          fakeMaps({
+            pods: [pod('10.0.0.1', 12)],
+            counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 5n, redirectedBytes: 500n, passedPackets: 2n })]],
+          }),
+        ),
       podName: (ip) => (ip === '10.0.0.1' ? { namespace: 'shop', pod: 'cart-1' } : null),
       watchRestarts: () => ({ pods: restarts, namespaces: 0 }),
       rejectedPods: () => 3,

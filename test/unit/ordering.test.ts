@@ -12,7 +12,14 @@ import { Readiness } from '../../src/metrics/readiness.js';
 const OURS = { handle: 0xa4b1, priority: 1, progId: 50 };
 const AT = { where: 'pod' as const, device: 'veth1', direction: 'ingress' as const };
 const head = (pref: number, kind = 'bpf'): TcFilterEntry => ({ pref, kind, chain: 0, handle: null, progId: null, progName: null });
-const bpf = (pref: number, handle: string, progId: number, progName: string | null = null, chain = 0): TcFilterEntry => ({ pref, kind: 'bpf', chain, handle, progId, progName });
+const bpf = (pref: number, handle: string, progId: number, progName: string | null = null, chain = 0): TcFilterEntry => ({
+  pref,
+  kind: 'bpf',
+  chain,
+  handle,
+  progId,
+  progName,
+});
 const ours = (progId = 50) => [head(1), bpf(1, '0xa4b1', progId, 'out_redir_peer')];
 
 describe('programsAhead', () => {
@@ -155,7 +162,17 @@ describe('readiness and the gauge follow the last pass', () => {
       const line = (await m.metrics()).split('\n').find((l) => l.startsWith(`ambient_redirect_foreign_programs{hook="${hook}",kind="${kind}"}`));
       return line === undefined ? undefined : Number(line.split(' ').pop());
     };
-    m.observePass({ ...pass, findings: [{ where: 'pod', direction: 'egress', kind: 'tcx' }, { where: 'pod', direction: 'egress', kind: 'tcx' }, { where: 'ztunnel', direction: 'ingress', kind: 'tc-same-priority' }] }, 0.01);
+    m.observePass(
+      {
+        ...pass,
+        findings: [
+          { where: 'pod', direction: 'egress', kind: 'tcx' },
+          { where: 'pod', direction: 'egress', kind: 'tcx' },
+          { where: 'ztunnel', direction: 'ingress', kind: 'tc-same-priority' },
+        ],
+      },
+      0.01,
+    );
     expect(await value('pod-egress', 'tcx')).toBe(2);
     expect(await value('ztunnel-ingress', 'tc-same-priority')).toBe(1);
     expect(await value('pod-ingress', 'tcx')).toBe(0);

@@ -8,9 +8,20 @@ describe('packet builder', () => {
       src: '02:00:00:00:00:01',
     });
     expect(f.toString('hex')).toBe(
-      '020000000002' + '020000000001' + '0800' +
-        '45000028' + '00010000' + '4006' + '66cd' + '0a000001' + '0a000002' +
-        '03e80050' + '00000000' + '00000000' + '5002ffff' + '00000000',
+      '020000000002' +
+        '020000000001' +
+        '0800' +
+        '45000028' +
+        '00010000' +
+        '4006' +
+        '66cd' +
+        '0a000001' +
+        '0a000002' +
+        '03e80050' +
+        '00000000' +
+        '00000000' +
+        '5002ffff' +
+        '00000000',
     );
     // A header whose checksum is right sums to 0xffff (checksum of it is 0).
     expect(b.ipv4Checksum(f.subarray(14, 34))).toBe(0);
@@ -52,7 +63,16 @@ describe('packet builder', () => {
     const ns = b.v6Frame({ dst: 'ff02::1:ff00:1' }, b.icmp6({ type: b.Icmp6Type.NEIGHBOR_SOLICIT, rest: 0, body: b.ipBytes('fe80::1') }));
     expect(ns[14 + 40]).toBe(135);
     expect(ns.subarray(14 + 24, 14 + 40).toString('hex')).toBe('ff0200000000000000000001ff000001');
-    const tagged = b.ether({ vlans: [{ tpid: 0x88a8, tci: 10 }, { tpid: 0x8100, tci: 20 }] }, 0x0800, Buffer.alloc(0));
+    const tagged = b.ether(
+      {
+        vlans: [
+          { tpid: 0x88a8, tci: 10 },
+          { tpid: 0x8100, tci: 20 },
+        ],
+      },
+      0x0800,
+      Buffer.alloc(0),
+    );
     expect(tagged.toString('hex').slice(24)).toBe('88a8000a' + '81000014' + '0800');
   });
 

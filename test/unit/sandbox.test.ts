@@ -105,7 +105,15 @@ describe('placeBySandbox', () => {
     expect(p.bindings.size).toBe(0);
     const V6 = 'fd00::7';
     const dual = ref({ ips: [X, V6] });
-    const d = placeBySandbox(new Map([[X, dual], [V6, dual]]), node([link(10, 'vethA', 1)], { [X]: 'vethA', [V6]: 'vethA' }), NONE, NO_ENTRIES);
+    const d = placeBySandbox(
+      new Map([
+        [X, dual],
+        [V6, dual],
+      ]),
+      node([link(10, 'vethA', 1)], { [X]: 'vethA', [V6]: 'vethA' }),
+      NONE,
+      NO_ENTRIES,
+    );
     expect([...d.links.keys()].sort()).toEqual([X, V6].sort());
     expect(d.bindings.size).toBe(1);
   });

@@ -12,15 +12,27 @@ import { describe, expect, it } from 'vitest';
 
 /** Each spawned command's Debian package. */
 const PACKAGE: Record<string, string> = {
-  ip: 'iproute2', tc: 'iproute2', ss: 'iproute2',
+  ip: 'iproute2',
+  tc: 'iproute2',
+  ss: 'iproute2',
   bpftool: 'bpftool',
   ipset: 'ipset',
   nft: 'nftables',
-  iptables: 'iptables', ip6tables: 'iptables', 'iptables-save': 'iptables', 'ip6tables-save': 'iptables',
-  'iptables-nft-save': 'iptables', 'iptables-nft-restore': 'iptables', 'ip6tables-nft-save': 'iptables', 'ip6tables-nft-restore': 'iptables',
-  'iptables-legacy-save': 'iptables', 'iptables-legacy-restore': 'iptables', 'ip6tables-legacy-save': 'iptables', 'ip6tables-legacy-restore': 'iptables',
+  iptables: 'iptables',
+  ip6tables: 'iptables',
+  'iptables-save': 'iptables',
+  'ip6tables-save': 'iptables',
+  'iptables-nft-save': 'iptables',
+  'iptables-nft-restore': 'iptables',
+  'ip6tables-nft-save': 'iptables',
+  'ip6tables-nft-restore': 'iptables',
+  'iptables-legacy-save': 'iptables',
+  'iptables-legacy-restore': 'iptables',
+  'ip6tables-legacy-save': 'iptables',
+  'ip6tables-legacy-restore': 'iptables',
   sysctl: 'procps',
-  nsenter: 'util-linux', mountpoint: 'util-linux',
+  nsenter: 'util-linux',
+  mountpoint: 'util-linux',
   mount: 'mount',
   clang: 'clang',
   'llvm-readelf': 'llvm',
@@ -28,15 +40,43 @@ const PACKAGE: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
   busybox: 'busybox-static',
   cpio: 'cpio',
-  xz: 'xz-utils', zstd: 'zstd', tar: 'tar',
-  bash: 'bash', sh: 'dash',
-  awk: 'mawk', sed: 'sed', grep: 'grep', find: 'findutils',
-  env: 'coreutils', ls: 'coreutils', cp: 'coreutils', mv: 'coreutils', rm: 'coreutils', mkdir: 'coreutils', mktemp: 'coreutils',
-  touch: 'coreutils', cat: 'coreutils', head: 'coreutils', tail: 'coreutils', sort: 'coreutils', tr: 'coreutils', uname: 'coreutils',
-  id: 'coreutils', mkfifo: 'coreutils', basename: 'coreutils', dirname: 'coreutils', readlink: 'coreutils', chmod: 'coreutils', ln: 'coreutils', cut: 'coreutils',
-  'apt-get': 'apt', 'apt-cache': 'apt',
-  'dpkg-deb': 'dpkg', 'dpkg-query': 'dpkg',
-  ldd: 'libc-bin', ldconfig: 'libc-bin',
+  xz: 'xz-utils',
+  zstd: 'zstd',
+  tar: 'tar',
+  bash: 'bash',
+  sh: 'dash',
+  awk: 'mawk',
+  sed: 'sed',
+  grep: 'grep',
+  find: 'findutils',
+  env: 'coreutils',
+  ls: 'coreutils',
+  cp: 'coreutils',
+  mv: 'coreutils',
+  rm: 'coreutils',
+  mkdir: 'coreutils',
+  mktemp: 'coreutils',
+  touch: 'coreutils',
+  cat: 'coreutils',
+  head: 'coreutils',
+  tail: 'coreutils',
+  sort: 'coreutils',
+  tr: 'coreutils',
+  uname: 'coreutils',
+  id: 'coreutils',
+  mkfifo: 'coreutils',
+  basename: 'coreutils',
+  dirname: 'coreutils',
+  readlink: 'coreutils',
+  chmod: 'coreutils',
+  ln: 'coreutils',
+  cut: 'coreutils',
+  'apt-get': 'apt',
+  'apt-cache': 'apt',
+  'dpkg-deb': 'dpkg',
+  'dpkg-query': 'dpkg',
+  ldd: 'libc-bin',
+  ldconfig: 'libc-bin',
 };
 
 /** Not from Debian: the machine's own Node.js and npm, and helm from an npm package. */
@@ -71,9 +111,52 @@ function tsCommands(text: string): Set<string> {
 }
 
 const SHELL_WORDS = new Set([
-  'if', 'then', 'else', 'elif', 'fi', 'for', 'in', 'do', 'done', 'while', 'until', 'case', 'esac', 'function', 'return', 'exit',
-  'local', 'export', 'set', 'shift', 'read', 'echo', 'printf', 'cd', 'command', 'true', 'false', 'test', 'wait', 'trap', 'eval',
-  'exec', 'unset', 'declare', 'source', 'break', 'continue', 'die', '{', '}', '[', '[[', ']]', '!', ':', 'ulimit',
+  'if',
+  'then',
+  'else',
+  'elif',
+  'fi',
+  'for',
+  'in',
+  'do',
+  'done',
+  'while',
+  'until',
+  'case',
+  'esac',
+  'function',
+  'return',
+  'exit',
+  'local',
+  'export',
+  'set',
+  'shift',
+  'read',
+  'echo',
+  'printf',
+  'cd',
+  'command',
+  'true',
+  'false',
+  'test',
+  'wait',
+  'trap',
+  'eval',
+  'exec',
+  'unset',
+  'declare',
+  'source',
+  'break',
+  'continue',
+  'die',
+  '{',
+  '}',
+  '[',
+  '[[',
+  ']]',
+  '!',
+  ':',
+  'ulimit',
 ]);
 
 /**
@@ -114,7 +197,11 @@ function shellCommands(text: string): Set<string> {
   }
   for (const segment of segments) {
     for (const seg of segment.split(/\|\||&&|[|;]|`|\bthen\b|\bdo\b|\belse\b/)) {
-      const words = seg.trim().replace(/^[({!]\s*/, '').split(/\s+/).filter(Boolean);
+      const words = seg
+        .trim()
+        .replace(/^[({!]\s*/, '')
+        .split(/\s+/)
+        .filter(Boolean);
       while (words.length > 1 && (/^[A-Za-z_]\w*=/.test(words[0]!) || ['if', 'elif', 'while', 'until', '!', '{', '('].includes(words[0]!))) words.shift();
       if (words[0] === 'command' && words[1] === '-v' && words[2]) words.splice(0, 3, words[2]);
       if (words[0] === 'timeout') {
@@ -134,7 +221,13 @@ function makeCommands(text: string): Set<string> {
   const out = new Set<string>();
   for (const line of text.split('\n')) {
     if (!line.startsWith('\t')) continue;
-    for (const c of shellCommands(line.slice(1).replace(/^[@-]+/, '').replace(/\$\(CLANG\)/g, 'clang'))) out.add(c);
+    for (const c of shellCommands(
+      line
+        .slice(1)
+        .replace(/^[@-]+/, '')
+        .replace(/\$\(CLANG\)/g, 'clang'),
+    ))
+      out.add(c);
   }
   return out;
 }
@@ -147,7 +240,11 @@ function setupPackages(): Set<string> {
 }
 
 function basePackages(): Set<string> {
-  return new Set(readFileSync('test/fixtures/base-image-packages.txt', 'utf8').split('\n').filter((l) => l && !l.startsWith('#')));
+  return new Set(
+    readFileSync('test/fixtures/base-image-packages.txt', 'utf8')
+      .split('\n')
+      .filter((l) => l && !l.startsWith('#')),
+  );
 }
 
 function allSpawned(): Map<string, string> {
@@ -168,7 +265,22 @@ describe('spawned commands and the set-up', () => {
   const spawned = allSpawned();
 
   it('finds the commands it is meant to find (the extraction itself works)', () => {
-    for (const c of ['ip', 'tc', 'bpftool', 'ipset', 'nft', 'iptables-nft-restore', 'sysctl', 'nsenter', 'qemu-system-x86_64', 'clang', 'cpio', 'apt-get', 'dpkg-query', 'mountpoint']) {
+    for (const c of [
+      'ip',
+      'tc',
+      'bpftool',
+      'ipset',
+      'nft',
+      'iptables-nft-restore',
+      'sysctl',
+      'nsenter',
+      'qemu-system-x86_64',
+      'clang',
+      'cpio',
+      'apt-get',
+      'dpkg-query',
+      'mountpoint',
+    ]) {
       expect(spawned.has(c), c).toBe(true);
     }
     expect(tsCommands(`await runner.run(['ip', '-n', ns, 'link']); startProcess(['ip', 'netns', 'exec', pod.ns, 'ping']);`)).toEqual(new Set(['ip', 'ping']));

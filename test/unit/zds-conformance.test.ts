@@ -123,7 +123,12 @@ const rows: Row[] = [
   { name: 'garbage instead of hello', run: async (p) => p.send(hex('ffffffff')), log: 'zds malformed datagram' },
   { name: 'truncated hello (varint cut)', run: async (p) => p.send(hex('08')), log: 'zds malformed datagram', fields: { error: 'truncated' } },
   { name: 'hello with a wrong wire type', run: async (p) => p.send(hex('0a0101')), log: 'zds malformed datagram', fields: { error: 'wire-type' } },
-  { name: 'datagram longer than 1024 bytes', run: async (p) => p.send(Buffer.alloc(2000, 0x08)), log: 'zds malformed datagram', fields: { error: 'truncated' } },
+  {
+    name: 'datagram longer than 1024 bytes',
+    run: async (p) => p.send(Buffer.alloc(2000, 0x08)),
+    log: 'zds malformed datagram',
+    fields: { error: 'truncated' },
+  },
   {
     name: 'empty datagram instead of an ack',
     run: async (p) => {
@@ -260,7 +265,9 @@ describe('ZDS server conformance (real SEQPACKET socket)', () => {
     // The loop stayed responsive while the peers were silent for ~5 s. A gross bound (the
     // machine is shared); a blocking recvmsg or accept would stall it for the full 5 s.
     expect(delay.max / 1e6).toBeLessThan(1000);
-    console.log(`zds conformance: event loop delay while peers were silent: max ${(delay.max / 1e6).toFixed(1)} ms, mean ${(delay.mean / 1e6).toFixed(1)} ms over ${waited} ms`);
+    console.log(
+      `zds conformance: event loop delay while peers were silent: max ${(delay.max / 1e6).toFixed(1)} ms, mean ${(delay.mean / 1e6).toFixed(1)} ms over ${waited} ms`,
+    );
     flood.forEach((p) => p.close());
     silent.close();
     noAck.close();

@@ -6,7 +6,9 @@ const hello = { kind: 'hello' as const, hello: { version: 1 } };
 const ok = { kind: 'ack' as const, ack: { error: '' } };
 
 const sends = (actions: Action[]) =>
-  actions.filter((a) => a.kind === 'send').map((a) => (a.kind === 'send' ? `${a.conn}:${a.request.kind}${'uid' in a.request ? ` ${a.request.uid}` : ''}${a.netnsOf ? ' +fd' : ''}` : ''));
+  actions
+    .filter((a) => a.kind === 'send')
+    .map((a) => (a.kind === 'send' ? `${a.conn}:${a.request.kind}${'uid' in a.request ? ` ${a.request.uid}` : ''}${a.netnsOf ? ' +fd' : ''}` : ''));
 const closes = (actions: Action[]) => actions.filter((a) => a.kind === 'close').map((a) => (a.kind === 'close' ? a.conn : -1));
 const logs = (actions: Action[]) => actions.filter((a) => a.kind === 'log').map((a) => (a.kind === 'log' ? a.msg : ''));
 
@@ -93,7 +95,10 @@ describe('ZDS agent state machine', () => {
       expect(logs(out), name).toContain(msg);
       expect(closes(out), name).toEqual([1]);
       expect(s.connections(), name).toEqual([]);
-      expect(s.podList().map((p) => p.uid), name).toEqual(['keep-me']);
+      expect(
+        s.podList().map((p) => p.uid),
+        name,
+      ).toEqual(['keep-me']);
     }
   });
 

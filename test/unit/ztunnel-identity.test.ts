@@ -24,9 +24,23 @@ let n = 0;
 function zt(over: Partial<PodView> = {}): PodView {
   n++;
   return {
-    uid: `uid-${n}`, name: `ztunnel-${n}`, namespace: 'istio-system', nodeName: NODE, resourceVersion: BigInt(n), labels: { app: 'ztunnel' },
-    ips: [`10.244.0.${n}`], hostIp: '10.0.0.1', hostNetwork: false, phase: 'Running', sidecar: false, ready: true,
-    created: 1000 + n, statusAnnotation: null, owner: { kind: 'DaemonSet', name: 'ztunnel' }, serviceAccount: 'ztunnel', ...over,
+    uid: `uid-${n}`,
+    name: `ztunnel-${n}`,
+    namespace: 'istio-system',
+    nodeName: NODE,
+    resourceVersion: BigInt(n),
+    labels: { app: 'ztunnel' },
+    ips: [`10.244.0.${n}`],
+    hostIp: '10.0.0.1',
+    hostNetwork: false,
+    phase: 'Running',
+    sidecar: false,
+    ready: true,
+    created: 1000 + n,
+    statusAnnotation: null,
+    owner: { kind: 'DaemonSet', name: 'ztunnel' },
+    serviceAccount: 'ztunnel',
+    ...over,
   };
 }
 
@@ -39,7 +53,11 @@ describe('chooseZtunnel', () => {
   });
 
   it.each([
-    ['a relabelled pod (no owner, default service account)', { owner: null, serviceAccount: 'default' }, /controlled by nothing, not DaemonSet ztunnel; service account "default", not "ztunnel"/],
+    [
+      'a relabelled pod (no owner, default service account)',
+      { owner: null, serviceAccount: 'default' },
+      /controlled by nothing, not DaemonSet ztunnel; service account "default", not "ztunnel"/,
+    ],
     ['a pod of a ReplicaSet named ztunnel', { owner: { kind: 'ReplicaSet', name: 'ztunnel' } }, /controlled by ReplicaSet ztunnel/],
     ['a pod of another DaemonSet', { owner: { kind: 'DaemonSet', name: 'evil' } }, /controlled by DaemonSet evil/],
     ['a pod with ztunnel’s owner but another service account', { serviceAccount: 'builder' }, /service account "builder"/],
@@ -76,16 +94,34 @@ describe('parsePod: owner, service account, deletion', () => {
   it('reads the controlling owner and the service account', () => {
     const p = parsePod({
       ...base,
-      metadata: { ...base.metadata, ownerReferences: [{ kind: 'Node', name: 'n', controller: false }, { kind: 'DaemonSet', name: 'ztunnel', controller: true }] },
+      metadata: {
+        ...base.metadata,
+        ownerReferences: [
+          { kind: 'Node', name: 'n', controller: false },
+          { kind: 'DaemonSet', name: 'ztunnel', controller: true },
+        ],
+      },
       spec: { ...base.spec, serviceAccountName: 'ztunnel' },
     });
-    expect(p.ok && { owner: p.value.owner, sa: p.value.serviceAccount, terminating: p.value.terminating }).toEqual({ owner: { kind: 'DaemonSet', name: 'ztunnel' }, sa: 'ztunnel', terminating: false });
+    expect(p.ok && { owner: p.value.owner, sa: p.value.serviceAccount, terminating: p.value.terminating }).toEqual({
+      owner: { kind: 'DaemonSet', name: 'ztunnel' },
+      sa: 'ztunnel',
+      terminating: false,
+    });
     const d = parsePod({ ...base, metadata: { ...base.metadata, deletionTimestamp: '2026-01-01T00:00:00Z' } });
     expect(d.ok && d.value.terminating).toBe(true);
   });
   it.each([
     [{ ownerReferences: {} }, /ownerReferences is not a list/],
-    [{ ownerReferences: [{ kind: 'DaemonSet', name: 'a', controller: true }, { kind: 'DaemonSet', name: 'b', controller: true }] }, /more than one controller/],
+    [
+      {
+        ownerReferences: [
+          { kind: 'DaemonSet', name: 'a', controller: true },
+          { kind: 'DaemonSet', name: 'b', controller: true },
+        ],
+      },
+      /more than one controller/,
+    ],
     [{ ownerReferences: [{ kind: 7, name: 'a', controller: true }] }, /kind is a number/],
     [{ deletionTimestamp: 5 }, /deletionTimestamp is not a string/],
   ])('rejects %j', (meta, why) => {
@@ -121,9 +157,21 @@ describe('discovery through the watches (API double over HTTP)', () => {
     });
     const mode = new FakeMode();
     const readiness = new Readiness();
-    const controller = new Controller({ mode, membership, runner: { run: async () => '' }, log, readNet: async () => fakeNet(['10.244.1.10', '10.244.9.2', '10.244.9.3']), placeZtunnel: fakeZtunnel, backoff: { initialMs: 50, maxMs: 200 } });
+    const controller = new Controller({
+      mode,
+      membership,
+      runner: { run: async () => '' },
+      log,
+      readNet: async () => fakeNet(['10.244.1.10', '10.244.9.2', '10.244.9.3']),
+      placeZtunnel: fakeZtunnel,
+      backoff: { initialMs: 50, maxMs: 200 },
+    });
     membership.start();
-    controller.start(60_000, (r) => readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem), () => {});
+    controller.start(
+      60_000,
+      (r) => readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem),
+      () => {},
+    );
     cleanups.push(async () => {
       await controller.stop();
       await membership.stop();

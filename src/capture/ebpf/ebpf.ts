@@ -104,7 +104,14 @@ export class EbpfRedirect implements RedirectMode {
     this.chosen = { variant, delivery };
     const { adopted, migrating, progDir } = this.installed;
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
-    this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', { pinDir: this.dir, progDir, variant, delivery, programs: ids, migrating });
+    this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', {
+      pinDir: this.dir,
+      progDir,
+      variant,
+      delivery,
+      programs: ids,
+      migrating,
+    });
   }
 
   private map(name: PinnedMapName): BpfMap {
@@ -151,7 +158,8 @@ export class EbpfRedirect implements RedirectMode {
 
     // ztunnel's side first: its netns must deliver before pods are sent to it.
     if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
-    const slot = desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
+    const slot =
+      desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
     this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
     this.syncDnsServers();
 
@@ -302,10 +310,12 @@ function createdQdiscs(pinRoot: string): Set<string> {
   if (!existsSync(path)) return new Set();
   const map = openPinnedMap(pinDir(pinRoot), 'qdiscs');
   try {
-    return new Set(map.keys().map((k) => {
-      const { ifindex, netns } = codec.decodeQdiscKey(k);
-      return `${netns}/${ifindex}`;
-    }));
+    return new Set(
+      map.keys().map((k) => {
+        const { ifindex, netns } = codec.decodeQdiscKey(k);
+        return `${netns}/${ifindex}`;
+      }),
+    );
   } finally {
     map.close();
   }
@@ -339,7 +349,7 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
     });
     await c.step(`remove our rules in ${zt.netns}`, async () => c.removed.push(...(await unconfigureZtunnelNetns(zt.netns, runner))));
   }
-  const links = (await c.step('read the node\'s links', async () => parseLinks(await runner.run(['ip', '-j', 'link', 'show'])))) ?? new Map();
+  const links = (await c.step("read the node's links", async () => parseLinks(await runner.run(['ip', '-j', 'link', 'show'])))) ?? new Map();
   for (const link of links.values()) {
     await c.step(`detach our filters from ${link.name}`, async () => {
       for (const direction of POD_HOOKS) {
@@ -365,5 +375,3 @@ async function clsactIsEmpty(runner: CommandRunner, dev: string, netns?: string)
   }
   return true;
 }
-
-

@@ -37,8 +37,20 @@ export function tproxyRules(any: string, delivery: Delivery): string[][] {
   const extra = delivery === 'sk_assign' ? constants.ZT_MARK_TPROXY : 0;
   const mask = `0x${(constants.ZT_MARK_MASK | extra).toString(16)}`;
   return TPROXY_PORTS.map(([mark, proto, port]) => [
-    '-p', proto, '-m', 'mark', '--mark', `0x${(mark | extra).toString(16)}/${mask}`,
-    '-j', 'TPROXY', '--on-port', String(port), '--on-ip', any, '--tproxy-mark', `0x${mark.toString(16)}/${MARK_MASK}`,
+    '-p',
+    proto,
+    '-m',
+    'mark',
+    '--mark',
+    `0x${(mark | extra).toString(16)}/${mask}`,
+    '-j',
+    'TPROXY',
+    '--on-port',
+    String(port),
+    '--on-ip',
+    any,
+    '--tproxy-mark',
+    `0x${mark.toString(16)}/${MARK_MASK}`,
   ]);
 }
 

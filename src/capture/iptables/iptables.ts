@@ -170,13 +170,26 @@ async function ipBatch(runner: CommandRunner, ns: Ns, family: Family | null, lin
 }
 
 function linkMatches(want: TunnelSpec, have: LinkState | undefined): boolean {
-  return !!have && have.kind === want.kind && have.vni === want.vni && have.remote === want.remote && have.port === want.port && (want.alias === undefined || have.alias === want.alias);
+  return (
+    !!have &&
+    have.kind === want.kind &&
+    have.vni === want.vni &&
+    have.remote === want.remote &&
+    have.port === want.port &&
+    (want.alias === undefined || have.alias === want.alias)
+  );
 }
 
 const isOurNodeLink = (name: string, l: LinkState) => (name === LINK.inbound.node || name === LINK.outbound.node) && !!l.alias?.startsWith(ALIAS_PREFIX);
 const isOurZtunnelLink = (name: string) => name === LINK.inbound.ztunnel || name === LINK.outbound.ztunnel;
 
-async function applyLinks(runner: CommandRunner, log: Logger, ns: Ns, want: TunnelSpec[], have: Map<string, LinkState>): Promise<{ counts: Counts; created: boolean }> {
+async function applyLinks(
+  runner: CommandRunner,
+  log: Logger,
+  ns: Ns,
+  want: TunnelSpec[],
+  have: Map<string, LinkState>,
+): Promise<{ counts: Counts; created: boolean }> {
   const lines: string[][] = [];
   let added = 0;
   let created = false;
@@ -200,7 +213,11 @@ async function applyLinks(runner: CommandRunner, log: Logger, ns: Ns, want: Tunn
     await ipBatch(runner, ns, null, lines);
   } catch (err) {
     const geneve = creating.find((t) => t.kind === 'geneve');
-    if (geneve) throw new Error(`creating the Geneve tunnel ${geneve.name} failed (UDP ${TUNNEL_PORT.geneve} in use, or no Geneve driver? --tunnel vxlan avoids both): ${(err as Error).message}`, { cause: err });
+    if (geneve)
+      throw new Error(
+        `creating the Geneve tunnel ${geneve.name} failed (UDP ${TUNNEL_PORT.geneve} in use, or no Geneve driver? --tunnel vxlan avoids both): ${(err as Error).message}`,
+        { cause: err },
+      );
     throw err;
   }
   return { counts: { added, removed: 0 }, created };
@@ -212,11 +229,21 @@ async function warnIfPortTaken(runner: CommandRunner, log: Logger, ns: Ns, kind:
   const ours = [...have.entries()].some(([name, l]) => l.kind === kind && (isOurZtunnelLink(name) || isOurNodeLink(name, l)));
   if (ours) return;
   const out = (await runner.run(inNs(ns, ['ss', '-H', '-u', '-l', '-n', 'sport', '=', `:${port}`])).catch(() => '')).trim();
-  if (out) log.warn(`UDP port ${port} (${kind}) is already in use`, { netns: ns ?? 'node', sockets: out.split('\n'), hint: 'another tunnel (a CNI?) owns it; our devices share it if their VNIs differ, else use --tunnel vxlan' });
+  if (out)
+    log.warn(`UDP port ${port} (${kind}) is already in use`, {
+      netns: ns ?? 'node',
+      sockets: out.split('\n'),
+      hint: 'another tunnel (a CNI?) owns it; our devices share it if their VNIs differ, else use --tunnel vxlan',
+    });
 }
 
 async function deleteLinks(runner: CommandRunner, ns: Ns, names: string[]): Promise<number> {
-  await ipBatch(runner, ns, null, names.map((n) => ['link', 'del', n]));
+  await ipBatch(
+    runner,
+    ns,
+    null,
+    names.map((n) => ['link', 'del', n]),
+  );
   return names.length;
 }
 
@@ -230,7 +257,11 @@ async function applyRoutesAndRules(runner: CommandRunner, ns: Ns, want: SidePlan
     const haveRoutes = have.routes.filter((r) => r.family === f);
     const wantRoutes = want.routes.filter((r) => r.family === f);
     const haveKeys = new Set(haveRoutes.map(routeKey));
-    for (const r of wantRoutes) if (!haveKeys.has(routeKey(r))) { lines.push(['route', 'replace', ...routeArgs(r)]); added++; }
+    for (const r of wantRoutes)
+      if (!haveKeys.has(routeKey(r))) {
+        lines.push(['route', 'replace', ...routeArgs(r)]);
+        added++;
+      }
     const wantSlots = new Set(wantRoutes.map(slot));
     for (const r of haveRoutes) {
       if (wantSlots.has(slot(r))) continue;
@@ -240,7 +271,11 @@ async function applyRoutesAndRules(runner: CommandRunner, ns: Ns, want: SidePlan
     const haveRules = new Set(have.rules.filter((r) => r.family === f).map(ruleKey));
     const wantRules = want.rules.filter((r) => r.family === f);
     const wantRuleKeys = new Set(wantRules.map(ruleKey));
-    for (const r of wantRules) if (!haveRules.has(ruleKey(r))) { lines.push(['rule', 'add', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]); added++; }
+    for (const r of wantRules)
+      if (!haveRules.has(ruleKey(r))) {
+        lines.push(['rule', 'add', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]);
+        added++;
+      }
     for (const r of have.rules.filter((x) => x.family === f && !wantRuleKeys.has(ruleKey(x)))) {
       lines.push(['rule', 'del', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]);
       removed++;
@@ -266,15 +301,20 @@ export function chainRestoreInput(want: ChainSpec[], save: ReturnType<typeof par
   }
   if (byTable.size === 0) return null;
   // Chain declarations first within a table: a jump needs its target to exist.
-  return [...byTable.entries()]
-    .map(([table, lines]) => [`*${table}`, ...lines.filter((l) => l.startsWith(':')), ...lines.filter((l) => !l.startsWith(':')), 'COMMIT'].join('\n'))
-    .join('\n') + '\n';
+  return (
+    [...byTable.entries()]
+      .map(([table, lines]) => [`*${table}`, ...lines.filter((l) => l.startsWith(':')), ...lines.filter((l) => !l.startsWith(':')), 'COMMIT'].join('\n'))
+      .join('\n') + '\n'
+  );
 }
 
 async function applyChains(runner: CommandRunner, ns: Ns, backend: BackendKind, want: ChainSpec[], have: SideState): Promise<number> {
   let changed = 0;
   for (const f of FAMILIES) {
-    const input = chainRestoreInput(want.filter((c) => c.family === f), have.saves[f]);
+    const input = chainRestoreInput(
+      want.filter((c) => c.family === f),
+      have.saves[f],
+    );
     if (!input) continue;
     await runner.run(inNs(ns, restoreCmd(backend, f)), { input });
     changed++;
@@ -299,15 +339,22 @@ export function chainRemovalInput(chains: readonly { table: string; chain: strin
   }
   if (byTable.size === 0) return null;
   // Jumps go before the chains they point at can be deleted.
-  return [...byTable.entries()]
-    .map(([table, lines]) => [`*${table}`, ...lines.filter((l) => l.startsWith('-D')), ...lines.filter((l) => !l.startsWith('-D')), 'COMMIT'].join('\n'))
-    .join('\n') + '\n';
+  return (
+    [...byTable.entries()]
+      .map(([table, lines]) => [`*${table}`, ...lines.filter((l) => l.startsWith('-D')), ...lines.filter((l) => !l.startsWith('-D')), 'COMMIT'].join('\n'))
+      .join('\n') + '\n'
+  );
 }
 
 // --- ipsets ----------------------------------------------------------------------------
 
 async function readSetNames(runner: CommandRunner): Promise<Set<string>> {
-  return new Set((await runner.run(['ipset', 'list', '-n'])).split('\n').map((s) => s.trim()).filter(Boolean));
+  return new Set(
+    (await runner.run(['ipset', 'list', '-n']))
+      .split('\n')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
 }
 
 async function readSetMembers(runner: CommandRunner, sets: Record<Family, string> = IPSET): Promise<Map<string, Family>> {
@@ -476,7 +523,13 @@ async function backendsPresent(runner: CommandRunner): Promise<BackendKind[]> {
 
 const where = (ns: Ns) => (ns ? ` in ${ns}` : '');
 
-async function removeChains(runner: CommandRunner, c: Cleanup, ns: Ns, backends: BackendKind[], chains: readonly { table: string; chain: string; base: string }[]): Promise<void> {
+async function removeChains(
+  runner: CommandRunner,
+  c: Cleanup,
+  ns: Ns,
+  backends: BackendKind[],
+  chains: readonly { table: string; chain: string; base: string }[],
+): Promise<void> {
   for (const b of backends) {
     for (const f of FAMILIES) {
       const cmd = f === 4 ? 'iptables' : 'ip6tables';
@@ -490,7 +543,16 @@ async function removeChains(runner: CommandRunner, c: Cleanup, ns: Ns, backends:
         const input = chainRemovalInput(chains, parseSave(save));
         if (!input) return undefined;
         await runner.run(inNs(ns, restoreCmd(b, f)), { input });
-        c.removed.push(`removed ${cmd} (${b}) chains ${[...new Set(input.split('\n').filter((l) => l.startsWith('-X')).map((l) => l.slice(3)))].join(', ')}${where(ns)}`);
+        c.removed.push(
+          `removed ${cmd} (${b}) chains ${[
+            ...new Set(
+              input
+                .split('\n')
+                .filter((l) => l.startsWith('-X'))
+                .map((l) => l.slice(3)),
+            ),
+          ].join(', ')}${where(ns)}`,
+        );
         return input;
       });
       if (input && b === 'nft') await dropEmptyTables(runner, c, ns, f, input);
@@ -530,7 +592,10 @@ export function emptyTables(save: string, touched: readonly string[]): string[] 
 async function dropEmptyTables(runner: CommandRunner, c: Cleanup, ns: Ns, f: Family, input: string): Promise<void> {
   const family = f === 4 ? 'ip' : 'ip6';
   const step = `delete the empty nft ${family} tables we created${where(ns)}`;
-  const touched = input.split('\n').filter((l) => l.startsWith('*')).map((l) => l.slice(1));
+  const touched = input
+    .split('\n')
+    .filter((l) => l.startsWith('*'))
+    .map((l) => l.slice(1));
   await c.step(step, async () => {
     const empty = emptyTables(await runner.run(inNs(ns, saveCmd('nft', f))), touched);
     for (const t of empty) {
@@ -579,7 +644,7 @@ async function removeZtunnelSide(runner: CommandRunner, c: Cleanup, ns: string, 
 export async function uninstallIptables(runner: CommandRunner): Promise<CleanupReport> {
   const c = new Cleanup();
   const backends = await backendsPresent(runner);
-  const links = (await c.step('read the node\'s links', () => readLinks(runner, null))) ?? new Map<string, LinkState>();
+  const links = (await c.step("read the node's links", () => readLinks(runner, null))) ?? new Map<string, LinkState>();
   const ours = [...links.entries()].filter(([n, l]) => isOurNodeLink(n, l));
   const ztNetns = new Set(ours.map(([, l]) => l.alias!.slice(ALIAS_PREFIX.length)));
   const existing = (await c.step('list network namespaces', () => listNetns(runner))) ?? new Set<string>();
@@ -588,7 +653,11 @@ export async function uninstallIptables(runner: CommandRunner): Promise<CleanupR
   await removeChains(runner, c, null, backends, OUR_CHAINS);
   await removeRoutesAndRules(runner, c, null);
   await c.step('delete our tunnel links', async () => {
-    await deleteLinks(runner, null, ours.map(([n]) => n));
+    await deleteLinks(
+      runner,
+      null,
+      ours.map(([n]) => n),
+    );
     c.removed.push(...ours.map(([n]) => `deleted ${n}`));
   });
   let sets: Set<string> | undefined;

@@ -246,7 +246,8 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
   }
   // Capture: TCP, UDP and ICMP from an enrolled pod (the ebpf programs capture the same);
   // every other protocol from it is dropped (ebpf's O13).
-  for (const proto of ['tcp', 'udp', f === 4 ? 'icmp' : 'ipv6-icmp']) pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  for (const proto of ['tcp', 'udp', f === 4 ? 'icmp' : 'ipv6-icmp'])
+    pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
   pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`, `-m set --match-set ${set} src -j DROP`);
   return [
     chain('mangle', 'ztunnel-PREROUTING', 'PREROUTING', pre),
@@ -276,13 +277,15 @@ function nodeRoutes(f: Family, input: PlanInput, z: ZtunnelSide | null): RouteSp
   }
   routes.push({ family: f, type: 'unicast', dst: 'default', via: TUN_ADDR.outbound.ztunnel[f], dev: LINK.outbound.node, table: TABLE.outbound });
   if (ztIp) {
-    for (const table of [TABLE.inbound, TABLE.outbound, TABLE.proxy]) routes.push({ family: f, type: 'unicast', dst: ztIp, dev: z.hostVeth, scopeLink: true, table });
+    for (const table of [TABLE.inbound, TABLE.outbound, TABLE.proxy])
+      routes.push({ family: f, type: 'unicast', dst: ztIp, dev: z.hostVeth, scopeLink: true, table });
     routes.push({ family: f, type: 'unicast', dst: 'default', via: ztIp, dev: z.hostVeth, onlink: true, table: TABLE.proxy });
   } else {
     routes.push({ family: f, type: 'unreachable', dst: 'default', table: TABLE.proxy });
   }
   const src = z.hostIps[f];
-  for (const ip of pods) routes.push({ family: f, type: 'unicast', dst: ip, via: TUN_ADDR.inbound.ztunnel[f], dev: LINK.inbound.node, ...(src && { src }), table: TABLE.inbound });
+  for (const ip of pods)
+    routes.push({ family: f, type: 'unicast', dst: ip, via: TUN_ADDR.inbound.ztunnel[f], dev: LINK.inbound.node, ...(src && { src }), table: TABLE.inbound });
   return routes;
 }
 
@@ -389,7 +392,7 @@ export function routeArgs(r: RouteSpec): string[] {
 
 /** What identifies a route for comparison: the fields the kernel echoes back. */
 export function routeKey(r: RouteSpec): string {
-  return [r.family, r.table, r.type, r.dst, r.via ?? '-', r.type === 'unreachable' ? '-' : r.dev ?? '-', r.src ?? '-'].join(' ');
+  return [r.family, r.table, r.type, r.dst, r.via ?? '-', r.type === 'unreachable' ? '-' : (r.dev ?? '-'), r.src ?? '-'].join(' ');
 }
 
 interface IpRouteJson {
