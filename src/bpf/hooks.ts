@@ -7,7 +7,6 @@
 import { BpfError, isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
 import type { Direction } from './tc.js';
-import type { CommandRunner } from '../host/runner.js';
 import type { TcFilterEntry, TcxEntry } from '../core/ordering.js';
 
 const RTM_NEWTFILTER = 44;
@@ -111,14 +110,4 @@ export function listTcx(ifindex: number, direction: Direction): TcxEntry[] | nul
 /** Whether this kernel has tcx hooks: a read-only query of loopback's. */
 export function probeTcx(): boolean {
   return listTcx(1, 'ingress') !== null;
-}
-
-/** Each device's kind (`veth`, `netkit`, ...; null for none) from one `ip -d -j link show`. */
-export async function linkKinds(runner: CommandRunner, netns?: string): Promise<Map<number, string | null>> {
-  const ns = netns ? ['-n', netns] : [];
-  const text = (await runner.run(['ip', ...ns, '-d', '-j', 'link', 'show'])).trim();
-  const out = new Map<number, string | null>();
-  if (text === '') return out;
-  for (const l of JSON.parse(text) as { ifindex: number; linkinfo?: { info_kind?: string } }[]) out.set(l.ifindex, l.linkinfo?.info_kind ?? null);
-  return out;
 }

@@ -6,12 +6,12 @@
 import * as codec from '../bpf/codec.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
-import { linkKinds, listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
+import { listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
 import { LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
 import { describeFinding, deviceBypass, programsAhead, type Finding } from '../core/ordering.js';
 import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
 import { gatherKernelFacts } from '../host/kernel.js';
-import { readHostNet, readLinksIn } from '../host/netinfo.js';
+import { linkKinds, readHostNet, readLinksIn } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
 import { mapUsage, pinnedMaps, podCounters, type MapUsage } from '../metrics/pinned.js';
 import { IPSET } from '../capture/iptables/rules.js';

@@ -79,3 +79,13 @@ export async function readHostNet(runner: CommandRunner): Promise<HostNet> {
 export async function readLinksIn(runner: CommandRunner, netns: string): Promise<Map<number, Link>> {
   return parseLinks(await runner.run(['ip', '-n', netns, '-j', 'link', 'show']));
 }
+
+/** Each device's kind (`veth`, `netkit`, ...; null for none) from one `ip -d -j link show`. */
+export async function linkKinds(runner: CommandRunner, netns?: string): Promise<Map<number, string | null>> {
+  const ns = netns ? ['-n', netns] : [];
+  const text = (await runner.run(['ip', ...ns, '-d', '-j', 'link', 'show'])).trim();
+  const out = new Map<number, string | null>();
+  if (text === '') return out;
+  for (const l of JSON.parse(text) as { ifindex: number; linkinfo?: { info_kind?: string } }[]) out.set(l.ifindex, l.linkinfo?.info_kind ?? null);
+  return out;
+}

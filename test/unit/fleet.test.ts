@@ -120,12 +120,12 @@ describe('fleet', () => {
       );
 
       // Bounded. Each reflector relisted once (no storm of relists), its relist and watch
-      // are spread over more than a quarter of the backoff cap, at most 75% of the relists
-      // fall in any one second, and no second of the run sees more than 5 requests per
-      // reflector: the backoff's floor (0.064 + 0.128 + 0.256 + 0.512 s scaled) allows no
-      // more in the first second of the outage; a retry loop without backoff would send
-      // thousands.
-      expect(relistsPeak, `${relistsPeak} of ${lists.length} relists within one second`).toBeLessThanOrEqual(lists.length * 0.75);
+      // are spread over more than a quarter of the backoff cap, and no second of the run
+      // sees more than 5 requests per reflector: the backoff's floor (0.064 + 0.128 + 0.256
+      // + 0.512 s scaled) allows no more in the first second of the outage; a retry loop
+      // without backoff would send thousands. How many relists share the busiest second is
+      // printed, not asserted: on a loaded machine late timers bunch up (TESTING.md: no
+      // timing bounds but gross ones).
       expect(spreadS).toBeGreaterThan(BACKOFF.maxMs / 1000 / 4);
       expect(peakPerS).toBeLessThanOrEqual(5 * 2 * AGENTS);
     } finally {
