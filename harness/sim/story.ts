@@ -153,13 +153,21 @@ export async function runStory(sim: SimNode, opts: StoryOptions): Promise<{ step
     const draw = () => opts.print((opts.live ? `\x1b[${rows.length + 2}A` : '') + renderRows(rows) + '\n');
     if (opts.live) opts.print('\n'.repeat(rows.length + 2));
     let busy = true;
-    const background = duringTraffic?.().finally(() => (busy = false));
+    // Its error is taken at once and rethrown after the traffic: a rejection left without
+    // a handler while the rounds run would end the process before any cleanup.
+    let backgroundError: unknown;
+    const background = duringTraffic?.()
+      .catch((err: unknown) => {
+        backgroundError = err ?? new Error('the step failed');
+      })
+      .finally(() => (busy = false));
     for (let round = 0; round < opts.rounds || (background && busy); round++) {
       const routes = await Promise.all(actors.map(connectOnce));
       routes.forEach((r, i) => rows[i]!.counts[r]++);
       if (opts.live) draw();
     }
     await background;
+    if (backgroundError !== undefined) throw backgroundError;
     if (!opts.live) draw();
     const problems = judge(expected, rows);
     steps.push({ title, expected, rows, ok: problems.length === 0, problems });
