@@ -183,25 +183,27 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
     for (const vid of [0, 100]) add(`VLAN ${vid} tagged UDP, IPv${f}`, (p) => [fr({}, u(p), { ...eth, vlans: [{ tpid: EtherType.VLAN, tci: vid }] })]);
   }
 
+  // Spoofed sources: to the outside (outbound), from outside toward the pod (inbound). A
+  // link-local source is the pod's own outbound and a stranger's inbound.
+  const spoof4: [string, string][] = [
+    ['another enrolled pod', enrolledPeer.ip],
+    ['an unenrolled pod', unenrolled.ip],
+    ['the node', OUTSIDE_HOST_IP],
+    ['the probe address', PROBE_IP],
+    ['ztunnel', ZTUNNEL_IP],
+  ];
+  const spoof6: [string, string][] = [
+    ['another enrolled pod', enrolledPeer.ip6],
+    ['an unenrolled pod', unenrolled.ip6],
+    ['the node', OUTSIDE_HOST_IP6],
+    ['the probe address', PROBE_IP6],
+    ['ztunnel', ZTUNNEL_IP6],
+    ['link-local', dir === 'outbound' ? w.podLl : 'fe80::99'],
+  ];
+  for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
+  for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
+
   if (dir === 'outbound') {
-    // Spoofed sources, to the outside.
-    const spoof4: [string, string][] = [
-      ['another enrolled pod', enrolledPeer.ip],
-      ['an unenrolled pod', unenrolled.ip],
-      ['the node', OUTSIDE_HOST_IP],
-      ['the probe address', PROBE_IP],
-      ['ztunnel', ZTUNNEL_IP],
-    ];
-    const spoof6: [string, string][] = [
-      ['another enrolled pod', enrolledPeer.ip6],
-      ['an unenrolled pod', unenrolled.ip6],
-      ['the node', OUTSIDE_HOST_IP6],
-      ['the probe address', PROBE_IP6],
-      ['ztunnel', ZTUNNEL_IP6],
-      ['link-local', w.podLl],
-    ];
-    for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
-    for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
     add('ztunnel source to the tunnel port, IPv4', (p) => [f4({ src: ZTUNNEL_IP }, u(p, { dport: 4789 }))]);
     // Another pod on the same node, never through the outside.
     add('UDP to an unenrolled pod on the node, IPv4', (p) => [f4({ dst: unenrolled.ip }, u(p))]);
@@ -217,24 +219,6 @@ function classes(dir: Direction, sim: SimNode, w: Wiring): Class[] {
     add('UDP to all-nodes multicast ff02::1', (p) => [f6({ dst: 'ff02::1' }, u(p), { ...eth, dst: '33:33:00:00:00:01' })]);
     add('ICMPv6 echo to all-nodes multicast ff02::1', (p) => [f6({ src: w.podLl, dst: 'ff02::1' }, icmp6({ body: p }), { ...eth, dst: '33:33:00:00:00:01' })]);
   } else {
-    // Spoofed sources, from outside toward the pod.
-    const spoof4: [string, string][] = [
-      ['another enrolled pod', enrolledPeer.ip],
-      ['an unenrolled pod', unenrolled.ip],
-      ['the node', OUTSIDE_HOST_IP],
-      ['the probe address', PROBE_IP],
-      ['ztunnel', ZTUNNEL_IP],
-    ];
-    const spoof6: [string, string][] = [
-      ['another enrolled pod', enrolledPeer.ip6],
-      ['an unenrolled pod', unenrolled.ip6],
-      ['the node', OUTSIDE_HOST_IP6],
-      ['the probe address', PROBE_IP6],
-      ['ztunnel', ZTUNNEL_IP6],
-      ['link-local', 'fe80::99'],
-    ];
-    for (const [who, src] of spoof4) add(`source of ${who}, IPv4`, (p) => [f4({ src }, u(p))]);
-    for (const [who, src] of spoof6) add(`source of ${who}, IPv6`, (p) => [f6({ src }, u(p))]);
     add("UDP to the pod's link-local address", (p) => [f6({ dst: w.podLl }, u(p))]);
     add('UDP broadcast, IPv4', (p) => [f4({ dst: '255.255.255.255' }, u(p), { ...eth, dst: 'ff:ff:ff:ff:ff:ff' })]);
     add('UDP to all-hosts multicast 224.0.0.1', (p) => [f4({ dst: '224.0.0.1' }, u(p), { ...eth, dst: '01:00:5e:00:00:01' })]);
