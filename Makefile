@@ -7,7 +7,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test test-unit test-kernel test-slow demo clean product product-ts lint
+.PHONY: all build bpf ts cni rawframe layout setup test test-unit test-build test-kernel test-slow demo clean product product-ts lint
 
 all: build
 
@@ -43,7 +43,7 @@ build/test/redirect-unloadable.bpf.o: bpf/redirect.bpf.c $(BPF_HDRS)
 # Hardened: fortified libc calls, stack protector, full RELRO with immediate binding, and a
 # static PIE where the toolchain can link one (else plain static).
 # The ASan+UBSan build (dynamic: the sanitizer runtimes need it) is for the fuzz run
-# (test/unit/cni-fuzz.test.ts); skipped with a note when the sanitizer runtime is missing.
+# (test/build/cni-fuzz.test.ts); skipped with a note when the sanitizer runtime is missing.
 cni: build/ambient-redirect-cni build/test/ambient-redirect-cni-asan
 
 CNI_WARN   := -Wall -Wextra -Werror
@@ -108,6 +108,9 @@ test: setup lint
 # One project of vitest.config.ts at a time, with the same closing line.
 test-unit: setup
 	@bash scripts/test.sh --project unit
+
+test-build: setup
+	@bash scripts/test.sh --project build
 
 test-kernel: setup
 	@bash scripts/test.sh --project kernel

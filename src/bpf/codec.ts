@@ -9,7 +9,7 @@ import { constants, layouts } from './layout.generated.js';
 type Layout = { readonly size: number; readonly fields: Readonly<Record<string, { readonly offset: number; readonly size: number }>> };
 
 // The map values as plain data, and their flags, belong to the core (src/core/values.ts);
-// test/unit/layout.test.ts checks the flags against the generated constants.
+// test/build/layout.test.ts checks the flags against the generated constants.
 export { PodFlags, ZtunnelFlags } from '../core/values.js';
 export type { PodInfo, ZtunnelInfo } from '../core/values.js';
 import type { PodInfo, ZtunnelInfo } from '../core/values.js';

@@ -4,7 +4,7 @@
  *
  * The flags mirror the shared header's enum pod_flags and enum ztunnel_flags
  * (bpf/include/ambient_redirect.h); the core imports nothing of ours, so they are written
- * here, and test/unit/layout.test.ts fails when they and the generated constants differ.
+ * here, and test/build/layout.test.ts fails when they and the generated constants differ.
  */
 
 /** Flags of pod_info (enum pod_flags). */

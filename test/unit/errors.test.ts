@@ -1,7 +1,5 @@
 import { describe, expect, it } from 'vitest';
 import { BpfError, checkInt, checkPtr, errnoName, isExists, isNotFound } from '../../src/bpf/errors.js';
-import * as ffi from '../../src/bpf/ffi.js';
-import { BpfObject } from '../../src/bpf/object.js';
 
 describe('error mapping', () => {
   it('names errnos', () => {
@@ -40,23 +38,5 @@ describe('error mapping', () => {
     expect(isNotFound(new BpfError('bpf_map_delete_elem', 'pods', 1))).toBe(false);
     expect(isNotFound(new Error('ENOENT'))).toBe(false);
     expect(isExists(new BpfError('bpf_tc_hook_create', 'lo', 17))).toBe(true);
-  });
-});
-
-describe('libbpf through koffi (no root needed)', () => {
-  it('reports a missing object file as ENOENT, naming the path', () => {
-    expect(() => BpfObject.open('/nonexistent/x.bpf.o')).toThrow('bpf_object__open_file(/nonexistent/x.bpf.o): ENOENT');
-  });
-
-  it('reports a missing pin as ENOENT', () => {
-    expect(() => ffi.objGet('/sys/fs/bpf/does-not-exist-ambient-redirect')).toThrow(/bpf_obj_get\(.*\): ENOENT/);
-  });
-
-  it('reports an unknown program name with the ones the object has', () => {
-    expect(() => BpfObject.open('build/redirect.bpf.o', { programs: ['nope'] })).toThrow(/nope.*has: out_redirect, out_redir_peer/s);
-  });
-
-  it('speaks to libbpf >= 1.0', () => {
-    expect(Number(ffi.libbpfVersion().split('.')[0])).toBeGreaterThanOrEqual(1);
   });
 });

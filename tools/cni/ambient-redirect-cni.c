@@ -16,7 +16,7 @@
  *          closed); every other pod passes, with prevResult unchanged.
  *   CHECK  the same decision; success prints nothing.
  *
- * The contract kept for every input (docs/cni.md, checked by test/unit/cni-fuzz.test.ts):
+ * The contract kept for every input (docs/cni.md, checked by test/build/cni-fuzz.test.ts):
  * exit 0 or 1, never a signal; on 1 stdout is one CNI error object, valid JSON in UTF-8;
  * on 0 stdout is ADD's result (prevResult byte for byte, or a bare result), VERSION's
  * answer, or nothing; DEL always exits 0. Nothing is written to stderr.

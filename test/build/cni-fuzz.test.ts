@@ -6,7 +6,7 @@
  * variables, CNI_ARGS with duplicates and junk, stdin configs built from valid ones then
  * mutated (bytes flipped, cut, not UTF-8, deep nesting, huge), and hostile namespace-list
  * paths (a FIFO, /dev/zero, a folder, a 6 MB file). Every run is checked against the
- * contract for its input (test/unit/cni-contract.ts); a crash is a signal, a sanitizer
+ * contract for its input (test/build/cni-contract.ts); a crash is a signal, a sanitizer
  * report or a hang. Prints `cni fuzz: N inputs, C crashes, V contract violations`.
  * CNI_FUZZ_INPUTS and CNI_FUZZ_SEED change the count and the seed.
  */
@@ -24,7 +24,7 @@ import { systemRunner } from '../../src/host/runner.js';
 import { DEFAULT_PLUGIN } from '../../harness/sim/runtime.js';
 import { Gen } from '../model/generate.js';
 import { contractViolations, crashOf, runRaw, type RawRun } from './cni-contract.js';
-import { quietLog } from './kube-harness.js';
+import { quietLog } from '../unit/kube-harness.js';
 
 const ASAN_PLUGIN = fileURLToPath(new URL('../../build/test/ambient-redirect-cni-asan', import.meta.url));
 const INPUTS = Number(process.env.CNI_FUZZ_INPUTS ?? 250);
