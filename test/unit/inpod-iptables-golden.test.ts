@@ -198,6 +198,7 @@ class RecordingRunner implements CommandRunner {
     const a = this.answer(argv);
     if (a !== undefined) return a;
     if (argv.includes('-j')) return '[]';
+    if (argv.at(-2) === 'list' && argv.at(-1) === '-n') return 'istio-inpod-probes-v4\nistio-inpod-probes-v6\n';
     if (argv.includes('disable_ipv6') || argv.at(-1) === 'net.ipv6.conf.lo.disable_ipv6') return '0\n';
     return '';
   }

@@ -8,7 +8,7 @@
  * /var/run/netns is needed and the netns cannot go away while we work in it. Rules come
  * from iptables-rules.ts; restores are `--noflush` and touch only our chains.
  */
-import { existsSync, readlinkSync } from 'node:fs';
+import { existsSync, readlinkSync, statSync } from 'node:fs';
 import type { CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
 import { Cleanup, type CleanupReport, isMissingTool } from '../cleanup.js';
@@ -102,7 +102,9 @@ export class InpodIptables implements InPodCapture {
     } catch {
       return false;
     }
-    if (!target.startsWith('net:[')) throw new Error(`pod ${podName(pod)}: fd ${pod.fd} is not a network namespace (${target})`);
+    // `net:[inode]`, or the path of a bind mount of one (/var/run/netns/<name>): a file of nsfs.
+    if (!target.startsWith('net:[') && statSync(path).dev !== statSync('/proc/self/ns/net').dev)
+      throw new Error(`pod ${podName(pod)}: fd ${pod.fd} is not a network namespace (${target})`);
     return true;
   }
 
@@ -188,10 +190,9 @@ export class InpodIptables implements InPodCapture {
     const rule = rules.some(
       (r) => r.priority === RULE_PRIORITY && r.fwmark === mark && r.fwmask === mask && r.table === ROUTE_TABLE && r.protocol === ROUTE_PROTO,
     );
-    const routes = JSON.parse(
-      (await runner.run(this.inPod(pod, ['ip', `-${f}`, '-j', 'route', 'show', 'table', ROUTE_TABLE]))).trim() || '[]',
-    ) as IpRouteJson[];
-    const route = routes.some((r) => r.type === 'local' && r.dst === 'default' && r.dev === 'lo' && r.protocol === ROUTE_PROTO);
+    // `table all`: asking for table 100 before it exists is an error, not an empty list.
+    const routes = JSON.parse((await runner.run(this.inPod(pod, ['ip', `-${f}`, '-j', 'route', 'show', 'table', 'all']))).trim() || '[]') as IpRouteJson[];
+    const route = routes.some((r) => r.table === ROUTE_TABLE && r.type === 'local' && r.dst === 'default' && r.dev === 'lo' && r.protocol === ROUTE_PROTO);
     return { rule, route };
   }
 
@@ -238,10 +239,12 @@ export class InpodIptables implements InPodCapture {
       await removeFromNetns(runner, c, (argv) => this.inPod(pod, argv), `pod ${podName(pod)}`);
     }
     // The probe SNAT last: until the rules are gone, probes must keep their source.
-    if (ips.length)
-      await c.step(`remove ${podName(pod)} from the probe sets`, () =>
-        runner.run(this.host(['ipset', 'restore', '-exist']), { input: ips.map((ip) => `del ${PROBE_SET[familyOf(ip)]} ${ip}`).join('\n') + '\n' }),
-      );
+    await c.step(`remove ${podName(pod)} from the probe sets`, async () => {
+      // A set already gone (the host half uninstalled) holds nothing to remove.
+      const sets = new Set((await runner.run(this.host(['ipset', 'list', '-n']))).split('\n').map((l) => l.trim()));
+      const lines = ips.filter((ip) => sets.has(PROBE_SET[familyOf(ip)])).map((ip) => `del ${PROBE_SET[familyOf(ip)]} ${ip}`);
+      if (lines.length) await runner.run(this.host(['ipset', 'restore', '-exist']), { input: lines.join('\n') + '\n' });
+    });
     c.throwIfFailed(`removing the in-pod iptables capture of ${podName(pod)}`);
     log.info('in-pod iptables capture removed', { pod: podName(pod), uid: pod.uid, removed: c.removed });
   }
@@ -258,6 +261,7 @@ interface IpRuleJson {
 }
 
 interface IpRouteJson {
+  table?: string;
   type?: string;
   dst: string;
   dev?: string;
@@ -330,9 +334,9 @@ async function removeFromNetns(runner: CommandRunner, c: Cleanup, wrap: Wrap, wh
         c.removed.push(`removed the IPv${f} ip rule ${r.priority} in ${where}`);
       }
       const routes = JSON.parse(
-        (await runner.run(wrap(['ip', `-${f}`, '-j', 'route', 'show', 'table', ROUTE_TABLE, 'proto', ROUTE_PROTO]))).trim() || '[]',
+        (await runner.run(wrap(['ip', `-${f}`, '-j', 'route', 'show', 'table', 'all', 'proto', ROUTE_PROTO]))).trim() || '[]',
       ) as IpRouteJson[];
-      for (const r of routes) {
+      for (const r of routes.filter((x) => x.table === ROUTE_TABLE)) {
         await runner.run(
           wrap(['ip', `-${f}`, 'route', 'del', ...(r.type && r.type !== 'unicast' ? [r.type] : []), r.dst, 'table', ROUTE_TABLE, 'proto', ROUTE_PROTO]),
         );
