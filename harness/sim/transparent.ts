@@ -64,6 +64,8 @@ export function transparentListener(family: typeof AF_INET | typeof AF_INET6, po
 
 const SOCK_DGRAM = 2;
 const SO_MARK = 36;
+const SOL_TCP = 6;
+const TCP_NODELAY = 1;
 const SO_SNDTIMEO = 21;
 /** SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) share the number. */
 const SO_ORIGINAL_DST = 80;
@@ -176,5 +178,36 @@ export function markedConnect(ip: string, port: number, mark: number): number {
   if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
   const addr = sockaddr(ip, port);
   if (c.connect(fd, addr, addr.length) < 0) fail('connect');
+  return fd;
+}
+
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const EINPROGRESS = 115;
+
+/**
+ * A TCP connection to ip:port started (non-blocking) by a socket carrying SO_MARK `mark`,
+ * in the netns this thread is in: for new net.Socket({ fd }), whose writes wait for the
+ * connection (a proxy's upstream leg, made inside a pod's netns).
+ */
+export function markedConnectStart(ip: string, port: number, mark: number): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const m = Buffer.alloc(4);
+  m.writeInt32LE(mark);
+  const fail = (op: string, e = errno()): never => {
+    c.close(fd);
+    throw new BpfError(op, `${ip}:${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  if (c.setsockopt(fd, SOL_TCP, TCP_NODELAY, one, 4) < 0) fail('setsockopt(TCP_NODELAY)');
+  const addr = sockaddr(ip, port);
+  if (c.connect(fd, addr, addr.length) < 0) {
+    const e = errno();
+    if (e !== EINPROGRESS) fail('connect', e);
+  }
   return fd;
 }

@@ -29,7 +29,7 @@ import {
   type WorkloadInfo,
   type WorkloadRequest,
 } from '../../src/zds/codec.js';
-import { originalDst, udpSocket } from './transparent.js';
+import { markedConnectStart, originalDst, udpSocket } from './transparent.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
 export const ZTUNNEL_MARK = 0x539;
@@ -72,6 +72,12 @@ export interface ZtunnelInpodOptions {
    * 15053 comes with `ports`.
    */
   dns?: boolean;
+  /**
+   * Relay each connection to its original destination instead of answering it (as
+   * ztunnel does; benchmarks): the upstream leg is opened inside the pod's netns by a
+   * socket marked 0x539, so the pod's capture lets it out.
+   */
+  proxy?: boolean;
   onEvent?: (e: StandInEvent) => void;
 }
 
@@ -281,11 +287,12 @@ export class ZtunnelInpod {
     });
     const tcp = fds.map((fd, i) => {
       const port = this.ports[Math.floor(i / 2)]!;
-      const server = net.createServer((s) => {
+      const server = net.createServer({ allowHalfOpen: this.opts.proxy === true }, (s) => {
         // As ztunnel: SO_ORIGINAL_DST (REDIRECT's NAT), else the local address (TPROXY, sk_assign).
         const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
         const nat = handle?.fd !== undefined && handle.fd >= 0 ? originalDst(handle.fd, i % 2 === 0 ? AF_INET : AF_INET6) : null;
         this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: nat ?? `${s.localAddress}:${s.localPort}` });
+        if (this.opts.proxy) return this.relay(s, netnsFd, nat ?? `${s.localAddress}:${s.localPort}`);
         s.on('error', () => s.destroy());
         s.end('ztunnel\n');
       });
@@ -294,6 +301,36 @@ export class ZtunnelInpod {
       return server;
     });
     return [...tcp, ...dns];
+  }
+
+  /** Pipes `down` to a marked upstream connection to `dst`, opened in the pod's netns. */
+  private relay(down: net.Socket, netnsFd: number, dst: string): void {
+    const i = dst.lastIndexOf(':');
+    let fd: number;
+    const own = openSync('/proc/thread-self/ns/net', 'r');
+    try {
+      setNetns(netnsFd, 'pod (relay)');
+      try {
+        fd = markedConnectStart(dst.slice(0, i), Number(dst.slice(i + 1)), ZTUNNEL_MARK);
+      } finally {
+        setNetns(own, 'own netns');
+      }
+    } catch {
+      down.destroy();
+      return;
+    } finally {
+      closeSync(own);
+    }
+    down.setNoDelay(true);
+    const up = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+    const close = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', close);
+    up.on('error', close);
+    down.pipe(up);
+    up.pipe(down);
   }
 
   private del(uid: string): void {
