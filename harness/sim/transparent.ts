@@ -211,3 +211,35 @@ export function markedConnectStart(ip: string, port: number, mark: number): numb
   }
   return fd;
 }
+
+/**
+ * A TCP connection to ip:port from `fromIp` (an address not of this netns: IP_TRANSPARENT)
+ * by a socket carrying SO_MARK `mark`, connected (blocking, 3 s at most): ztunnel's inbound
+ * leg to the app, sent with the client's own address.
+ */
+export function transparentMarkedConnect(fromIp: string, ip: string, port: number, mark: number): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const int = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    return b;
+  };
+  const fail = (op: string): never => {
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, `${fromIp} -> ${ip}:${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, int(mark), 4) < 0) fail('setsockopt(SO_MARK)');
+  const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
+  if (c.setsockopt(fd, transparent[0]!, transparent[1]!, int(1), 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
+  const timeout = Buffer.alloc(16);
+  timeout.writeBigInt64LE(3n, 0);
+  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
+  const local = sockaddr(fromIp, 0);
+  if (c.bind(fd, local, local.length) < 0) fail('bind');
+  const addr = sockaddr(ip, port);
+  if (c.connect(fd, addr, addr.length) < 0) fail('connect');
+  return fd;
+}

@@ -22,7 +22,7 @@ import { AF_INET, AF_INET6 } from '../../src/host/libc.js';
 import { createLogger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
-import { markedConnect, udpSocket } from '../../harness/sim/transparent.js';
+import { markedConnect, transparentMarkedConnect, udpSocket } from '../../harness/sim/transparent.js';
 import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
 import { until } from '../support/wait.js';
@@ -90,11 +90,14 @@ async function udpAsk(podFd: number, ip: string, port: number): Promise<{ text: 
   }
 }
 
-/** A TCP connection from inside the pod by a socket marked as ztunnel's; the reply, or the error. */
-async function markedAsk(podFd: number, ip: string, port: number): Promise<string> {
+/**
+ * A TCP connection from inside the pod by a socket marked as ztunnel's (from `fromIp`,
+ * transparently, when given); the reply, or the error.
+ */
+async function markedAsk(podFd: number, ip: string, port: number, fromIp?: string): Promise<string> {
   let fd: number;
   try {
-    fd = inNetns(podFd, () => markedConnect(ip, port, ZTUNNEL_MARK));
+    fd = inNetns(podFd, () => (fromIp ? transparentMarkedConnect(fromIp, ip, port, ZTUNNEL_MARK) : markedConnect(ip, port, ZTUNNEL_MARK)));
   } catch (err) {
     return `error: ${(err as Error).message}`;
   }
@@ -241,13 +244,24 @@ function suite(): void {
     expect(accepted(15001).length).toBe(n);
   });
 
+  it('ztunnel’s inbound leg (marked, with the client’s address) reaches the app, and the app’s replies come back to ztunnel (connmark 0x111, table 100)', async () => {
+    const n = app.accepted.length;
+    const client = '198.51.100.7';
+    const client6 = '2001:db8::7';
+    expect(await markedAsk(podFd, pod.ip, 8080, client)).toBe('pod0');
+    expect(await markedAsk(podFd, pod.ip6, 8080, client6)).toBe('pod0');
+    await app.waitForAccepted(n + 2);
+    expect(app.accepted.slice(n).map((a) => a.src.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''))).toEqual([client, client6]);
+  });
+
   it('a probe from the node (a host socket) reaches the app uncaptured, from 169.254.7.127 / fd16:…; the stand-in sees none', async () => {
     const n = events.length;
+    const seen = app.accepted.length;
     const r4 = await sim!.connect('node', { ip: pod.ip, port: 8080 }, 2);
     const r6 = await sim!.connect('node', { ip: pod.ip6, port: 8080 }, 1);
     expect([...r4, ...r6].map((r) => r.reply)).toEqual(['pod0', 'pod0', 'pod0']);
-    await app.waitForAccepted(3);
-    expect(app.accepted.map((a) => a.src.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''))).toEqual([PROBE_SNAT[4], PROBE_SNAT[4], PROBE_SNAT[6]]);
+    await app.waitForAccepted(seen + 3);
+    expect(app.accepted.slice(seen).map((a) => a.src.replace(/:\d+$/, '').replace(/^\[|\]$/g, ''))).toEqual([PROBE_SNAT[4], PROBE_SNAT[4], PROBE_SNAT[6]]);
     expect(events.slice(n).filter((e) => e.event === 'accepted')).toEqual([]);
   });
 
