@@ -352,6 +352,36 @@ function suite(): void {
     expect(accepted(15001).length).toBe(n + 1);
   });
 
+  it('an agent restarted (a new capture, init and install) adopts the pod and the host without touching a rule; with DNS capture off it takes the DNS rules out', async () => {
+    const ruleset = async (ns: string) =>
+      (await run(['ip', 'netns', 'exec', ns, 'nft', '-a', 'list', 'ruleset'])).replace(/counter packets \d+ bytes \d+/g, 'counter');
+    const [podBefore, nodeBefore] = [await ruleset(pod.ns), await ruleset(sim!.nodeNs)];
+    const restarted = new InpodIptables({ runner: systemRunner, log, dnsCapture: true, hostNetns: sim!.nodeNs });
+    await restarted.init();
+    await restarted.install(podNetns());
+    expect(await ruleset(pod.ns)).toBe(podBefore);
+    expect(await ruleset(sim!.nodeNs)).toBe(nodeBefore);
+    // DNS capture off: the raw chains and the 53 rules go; TCP to 53 is then plain outbound TCP.
+    const noDns = new InpodIptables({ runner: systemRunner, log, dnsCapture: false, hostNetns: sim!.nodeNs });
+    await noDns.init();
+    expect(await noDns.check(podNetns())).toBe(false);
+    await noDns.install(podNetns());
+    expect(await noDns.drift(podNetns())).toEqual([]);
+    const save = await run(['ip', 'netns', 'exec', pod.ns, 'iptables-save']);
+    expect(save).not.toContain('15053');
+    expect(save).not.toMatch(/\*raw[^*]*ISTIO/);
+    const n = accepted(15001).length;
+    const tcp = await sim!.connect(pod, { ip: sim!.outside.ip, port: 53 }, 1);
+    expect(tcp[0]!.reply).toBe('ztunnel');
+    expect(
+      accepted(15001)
+        .slice(n)
+        .map((e) => e.origDst),
+    ).toEqual([`${sim!.outside.ip}:53`]);
+    await capture.install(podNetns());
+    expect(await capture.drift(podNetns())).toEqual([]);
+  });
+
   it('fail closed: with the stand-in’s sockets gone the pod’s connections fail and the outside and the app see 0 from it', async () => {
     z!.close();
     await until('the listeners gone', async () => !(await run(['ip', 'netns', 'exec', pod.ns, 'ss', '-H', '-tln'])).includes(':15001'));
