@@ -178,7 +178,9 @@ describe('bad input', () => {
     const pod = { uid: 'u1', namespace: 'shop', name: 'cart', ips: ['10.244.1.7'], fd: -1 };
     await expect(c.install(pod)).rejects.toThrow('shop/cart: netns fd must be a non-negative integer, got -1');
     await expect(c.install({ ...pod, fd: 999_999 })).rejects.toThrow('shop/cart: netns fd 999999 is not open');
-    await expect(c.install({ ...pod, fd: 0 })).rejects.toThrow(/shop\/cart: fd 0 is not a network namespace|not initialised/);
+    const devNull = openSync('/dev/null', 'r');
+    await expect(c.install({ ...pod, fd: devNull })).rejects.toThrow(`shop/cart: fd ${devNull} is not a network namespace`);
+    await expect(c.install({ ...pod, fd: openSync('/proc/self/ns/net', 'r') })).rejects.toThrow('not initialised (init() first)');
   });
 });
 
