@@ -12,6 +12,8 @@ const c = {
   setsockopt: libc.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
   bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
   listen: libc.func('int listen(int fd, int backlog)'),
+  connect: libc.func('int connect(int fd, const void *addr, uint32_t len)'),
+  getsockopt: libc.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *len)'),
 };
 const errno = (): number => koffi.errno();
 
@@ -57,5 +59,187 @@ export function transparentListener(family: typeof AF_INET | typeof AF_INET6, po
   }
   if (c.bind(fd, addr, addr.length) < 0) fail('bind');
   if (c.listen(fd, 511) < 0) fail('listen');
+  return fd;
+}
+
+const SOCK_DGRAM = 2;
+const SO_MARK = 36;
+const SOL_TCP = 6;
+const TCP_NODELAY = 1;
+const SO_SNDTIMEO = 21;
+/** SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) share the number. */
+const SO_ORIGINAL_DST = 80;
+
+function sockaddr(ip: string, port: number): Buffer {
+  if (ip.includes(':')) {
+    const addr = Buffer.alloc(28);
+    addr.writeUInt16LE(AF_INET6, 0);
+    addr.writeUInt16BE(port, 2);
+    ipv6Bytes(ip).copy(addr, 8);
+    return addr;
+  }
+  const addr = Buffer.alloc(16);
+  addr.writeUInt16LE(AF_INET, 0);
+  addr.writeUInt16BE(port, 2);
+  ip.split('.').forEach((o, i) => addr.writeUInt8(Number(o), 4 + i));
+  return addr;
+}
+
+function ipv6Bytes(ip: string): Buffer {
+  const [head, tail] = ip.split('::') as [string, string | undefined];
+  const h = head ? head.split(':') : [];
+  const t = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
+  const b = Buffer.alloc(16);
+  groups.forEach((g, i) => b.writeUInt16BE(Number.parseInt(g || '0', 16), i * 2));
+  return b;
+}
+
+function formatAddr(buf: Buffer): string {
+  const family = buf.readUInt16LE(0);
+  const port = buf.readUInt16BE(2);
+  if (family === AF_INET) return `${[...buf.subarray(4, 8)].join('.')}:${port}`;
+  const groups: string[] = [];
+  for (let i = 0; i < 8; i++) groups.push(buf.readUInt16BE(8 + i * 2).toString(16));
+  // Longest run of zero groups as ::, as inet_ntop writes it (Node's socket addresses too).
+  let best = [-1, 0];
+  for (let i = 0; i < 8; ) {
+    if (groups[i] !== '0') {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > best[1]! && j - i > 1) best = [i, j - i];
+    i = j;
+  }
+  const text = best[0]! < 0 ? groups.join(':') : `${groups.slice(0, best[0]).join(':')}::${groups.slice(best[0]! + best[1]!).join(':')}`;
+  return `${text}:${port}`;
+}
+
+/**
+ * A connection's original destination as REDIRECT's conntrack NAT recorded it
+ * (`getsockopt(SO_ORIGINAL_DST)`), as `ip:port`; null when the connection was not NATed
+ * (TPROXY, bpf_sk_assign: the local address is the original destination then).
+ */
+export function originalDst(fd: number, family: typeof AF_INET | typeof AF_INET6): string | null {
+  const buf = Buffer.alloc(family === AF_INET ? 16 : 28);
+  const len = [buf.length];
+  const level = family === AF_INET ? SOL_IP : SOL_IPV6;
+  if (c.getsockopt(fd, level, SO_ORIGINAL_DST, buf, len) < 0) return null;
+  return formatAddr(buf);
+}
+
+/**
+ * A UDP socket bound to `port` (0: any) on the wildcard address (or loopback, as ztunnel's
+ * DNS proxy binds), with SO_MARK when `mark` is given; for dgram's bind({ fd }).
+ */
+export function udpSocket(family: typeof AF_INET | typeof AF_INET6, port: number, mark?: number, loopback = false): number {
+  const fd = c.socket(family, SOCK_DGRAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `udp port ${port}`, errno());
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  const fail = (op: string): never => {
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, `udp port ${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) < 0) fail('setsockopt(SO_REUSEADDR)');
+  if (family === AF_INET6 && c.setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, one, 4) < 0) fail('setsockopt(IPV6_V6ONLY)');
+  if (mark !== undefined) {
+    const m = Buffer.alloc(4);
+    m.writeInt32LE(mark);
+    if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
+  }
+  const addr = sockaddr(family === AF_INET ? (loopback ? '127.0.0.1' : '0.0.0.0') : loopback ? '::1' : '::', port);
+  if (c.bind(fd, addr, addr.length) < 0) fail('bind');
+  return fd;
+}
+
+/**
+ * A TCP connection to ip:port made by a socket carrying SO_MARK `mark` (as ztunnel's own
+ * sockets do), connected (blocking) before it is returned; for new net.Socket({ fd }).
+ */
+export function markedConnect(ip: string, port: number, mark: number): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const m = Buffer.alloc(4);
+  m.writeInt32LE(mark);
+  const fail = (op: string): never => {
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, `${ip}:${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
+  // A bounded connect: SO_SNDTIMEO applies to connect(2) too.
+  const timeout = Buffer.alloc(16);
+  timeout.writeBigInt64LE(3n, 0);
+  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
+  const addr = sockaddr(ip, port);
+  if (c.connect(fd, addr, addr.length) < 0) fail('connect');
+  return fd;
+}
+
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const EINPROGRESS = 115;
+
+/**
+ * A TCP connection to ip:port started (non-blocking) by a socket carrying SO_MARK `mark`,
+ * in the netns this thread is in: for new net.Socket({ fd }), whose writes wait for the
+ * connection (a proxy's upstream leg, made inside a pod's netns).
+ */
+export function markedConnectStart(ip: string, port: number, mark: number): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const m = Buffer.alloc(4);
+  m.writeInt32LE(mark);
+  const fail = (op: string, e = errno()): never => {
+    c.close(fd);
+    throw new BpfError(op, `${ip}:${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  if (c.setsockopt(fd, SOL_TCP, TCP_NODELAY, one, 4) < 0) fail('setsockopt(TCP_NODELAY)');
+  const addr = sockaddr(ip, port);
+  if (c.connect(fd, addr, addr.length) < 0) {
+    const e = errno();
+    if (e !== EINPROGRESS) fail('connect', e);
+  }
+  return fd;
+}
+
+/**
+ * A TCP connection to ip:port from `fromIp` (an address not of this netns: IP_TRANSPARENT)
+ * by a socket carrying SO_MARK `mark`, connected (blocking, 3 s at most): ztunnel's inbound
+ * leg to the app, sent with the client's own address.
+ */
+export function transparentMarkedConnect(fromIp: string, ip: string, port: number, mark: number): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const int = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    return b;
+  };
+  const fail = (op: string): never => {
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, `${fromIp} -> ${ip}:${port}`, e);
+  };
+  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, int(mark), 4) < 0) fail('setsockopt(SO_MARK)');
+  const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
+  if (c.setsockopt(fd, transparent[0]!, transparent[1]!, int(1), 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
+  const timeout = Buffer.alloc(16);
+  timeout.writeBigInt64LE(3n, 0);
+  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
+  const local = sockaddr(fromIp, 0);
+  if (c.bind(fd, local, local.length) < 0) fail('bind');
+  const addr = sockaddr(ip, port);
+  if (c.connect(fd, addr, addr.length) < 0) fail('connect');
   return fd;
 }

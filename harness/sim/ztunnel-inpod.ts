@@ -12,6 +12,7 @@
  *   node dist/harness/sim/ztunnel-inpod.js --socket PATH
  * which prints one JSON object per line (`connected`, `add`, `del`, `snapshot`, `accepted`).
  */
+import dgram from 'node:dgram';
 import { fstatSync, openSync, closeSync } from 'node:fs';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -28,9 +29,11 @@ import {
   type WorkloadInfo,
   type WorkloadRequest,
 } from '../../src/zds/codec.js';
+import { markedConnectStart, originalDst, udpSocket } from './transparent.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
 export const ZTUNNEL_MARK = 0x539;
+export const DNS_PORT = 15053;
 const RETRY_FIRST_MS = 10;
 const RETRY_MAX_MS = 15_000;
 
@@ -50,18 +53,31 @@ export type StandInEvent =
   | { event: 'del'; uid: string }
   | { event: 'snapshot'; kept: string[]; dropped: string[] }
   | { event: 'nack'; request: string; error: string }
-  | { event: 'accepted'; uid: string; port: number; src: string; origDst: string };
+  | { event: 'accepted'; uid: string; port: number; src: string; origDst: string }
+  | { event: 'dns'; uid: string; src: string };
 
 interface Workload {
   info: WorkloadInfo;
   netnsFd: number;
   netnsInode: number;
-  servers: net.Server[];
+  servers: (net.Server | dgram.Socket)[];
 }
 
 export interface ZtunnelInpodOptions {
   socket: string;
   ports?: readonly number[];
+  /**
+   * Also a DNS proxy's UDP sockets on 127.0.0.1/::1 port 15053, as ztunnel binds them
+   * (answering `ztunnel-dns`: from loopback, REDIRECT's NAT is undone on the answer); TCP
+   * 15053 comes with `ports`.
+   */
+  dns?: boolean;
+  /**
+   * Relay each connection to its original destination instead of answering it (as
+   * ztunnel does; benchmarks): the upstream leg is opened inside the pod's netns by a
+   * socket marked 0x539, so the pod's capture lets it out.
+   */
+  proxy?: boolean;
   onEvent?: (e: StandInEvent) => void;
 }
 
@@ -228,7 +244,7 @@ export class ZtunnelInpod {
       return '';
     }
     if (had) this.del(uid);
-    let servers: net.Server[];
+    let servers: (net.Server | dgram.Socket)[];
     try {
       servers = this.listenIn(uid, netnsFd);
     } catch (err) {
@@ -241,26 +257,42 @@ export class ZtunnelInpod {
   }
 
   /** Opens the listeners inside the pod's netns: setns on this thread, sockets, setns back. */
-  private listenIn(uid: string, netnsFd: number): net.Server[] {
+  private listenIn(uid: string, netnsFd: number): (net.Server | dgram.Socket)[] {
     const fds: number[] = [];
+    const udp: number[] = [];
     const own = openSync('/proc/thread-self/ns/net', 'r');
     try {
       setNetns(netnsFd, `pod ${uid}`);
       try {
         for (const port of this.ports) for (const family of [AF_INET, AF_INET6] as const) fds.push(markedListener(family, port, ZTUNNEL_MARK));
+        if (this.opts.dns) for (const family of [AF_INET, AF_INET6] as const) udp.push(udpSocket(family, DNS_PORT, ZTUNNEL_MARK, true));
       } finally {
         setNetns(own, 'own netns');
       }
     } catch (err) {
-      fds.forEach(closeFd);
+      [...fds, ...udp].forEach(closeFd);
       throw err;
     } finally {
       closeSync(own);
     }
-    return fds.map((fd, i) => {
+    const dns = udp.map((fd, i) => {
+      const sock = dgram.createSocket(i === 0 ? 'udp4' : 'udp6');
+      sock.on('message', (_msg, rinfo) => {
+        this.emit({ event: 'dns', uid, src: `${rinfo.address}:${rinfo.port}` });
+        sock.send('ztunnel-dns', rinfo.port, rinfo.address);
+      });
+      sock.on('error', () => undefined);
+      sock.bind({ fd });
+      return sock;
+    });
+    const tcp = fds.map((fd, i) => {
       const port = this.ports[Math.floor(i / 2)]!;
-      const server = net.createServer((s) => {
-        this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: `${s.localAddress}:${s.localPort}` });
+      const server = net.createServer({ allowHalfOpen: this.opts.proxy === true }, (s) => {
+        // As ztunnel: SO_ORIGINAL_DST (REDIRECT's NAT), else the local address (TPROXY, sk_assign).
+        const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
+        const nat = handle?.fd !== undefined && handle.fd >= 0 ? originalDst(handle.fd, i % 2 === 0 ? AF_INET : AF_INET6) : null;
+        this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: nat ?? `${s.localAddress}:${s.localPort}` });
+        if (this.opts.proxy) return this.relay(s, netnsFd, nat ?? `${s.localAddress}:${s.localPort}`);
         s.on('error', () => s.destroy());
         s.end('ztunnel\n');
       });
@@ -268,6 +300,37 @@ export class ZtunnelInpod {
       server.listen({ fd });
       return server;
     });
+    return [...tcp, ...dns];
+  }
+
+  /** Pipes `down` to a marked upstream connection to `dst`, opened in the pod's netns. */
+  private relay(down: net.Socket, netnsFd: number, dst: string): void {
+    const i = dst.lastIndexOf(':');
+    let fd: number;
+    const own = openSync('/proc/thread-self/ns/net', 'r');
+    try {
+      setNetns(netnsFd, 'pod (relay)');
+      try {
+        fd = markedConnectStart(dst.slice(0, i), Number(dst.slice(i + 1)), ZTUNNEL_MARK);
+      } finally {
+        setNetns(own, 'own netns');
+      }
+    } catch {
+      down.destroy();
+      return;
+    } finally {
+      closeSync(own);
+    }
+    down.setNoDelay(true);
+    const up = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+    const close = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', close);
+    up.on('error', close);
+    down.pipe(up);
+    up.pipe(down);
   }
 
   private del(uid: string): void {

@@ -1,0 +1,32 @@
+/**
+ * The in-pod bench's arithmetic and options (harness/bench/inpod.ts): medians per scenario,
+ * each capture's ratio to the others and to no capture, and clear errors for bad flags.
+ * The bench itself runs on the kernel (`node dist/harness/bench/inpod.js`), never here.
+ */
+import { describe, expect, it } from 'vitest';
+import { CAPTURES, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
+
+const sample = (scenario: string, workload: InpodSample['workload'], rate: number, round = 0): InpodSample => ({ round, scenario, workload, rate, errors: 0 });
+
+describe('in-pod bench', () => {
+  it('medians and ratios: each capture against the others and against none', () => {
+    const samples = [
+      ...[100, 300, 200].map((r, i) => sample('none', 'crr', r, i)),
+      ...[50, 60, 40].map((r, i) => sample('iptables', 'crr', r, i)),
+      ...[65, 75, 70].map((r, i) => sample('ebpf', 'crr', r, i)),
+      ...['none', 'iptables', 'ebpf'].flatMap((s) => [sample(s, 'rr', 1000), sample(s, 'stream', 1e9)]),
+    ];
+    const text = inpodTable(samples, ['ebpf', 'iptables']);
+    expect(text).toContain('inpod ebpf/iptables: crr 1.40x, rr 1.00x, stream 1.00x');
+    expect(text).toContain('inpod iptables/none: crr 0.25x');
+    expect(text.split('\n')[1]).toMatch(/^none\s+200 conn\/s/);
+  });
+
+  it('iptables is registered by name; unknown captures and bad numbers are clear errors', () => {
+    expect(Object.keys(CAPTURES)).toContain('iptables');
+    expect(parseOptions(['--captures', 'iptables', '--rounds', '2', '--seconds', '0.5'])).toMatchObject({ captures: ['iptables'], rounds: 2, seconds: 0.5 });
+    expect(() => parseOptions(['--captures', 'nope'])).toThrow('--captures: "nope" is not one of');
+    expect(() => parseOptions(['--rounds', '0'])).toThrow('--rounds: "0" is not an integer in 1..100');
+    expect(() => parseOptions(['--what'])).toThrow();
+  });
+});
