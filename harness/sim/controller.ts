@@ -100,7 +100,13 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
   };
 }
 
-/** Runs a one-shot command (uninstall, status) in the node netns; returns its stdout. */
+/**
+ * Runs a one-shot command (uninstall, status) in the node netns; returns its stdout.
+ * `status` and `run` get `--ztunnel-mode node` unless the caller names a mode (see
+ * startController).
+ */
 export function runInNode(nodeNs: string, args: readonly string[], runner: CommandRunner = systemRunner): Promise<string> {
-  return runner.run(inNode(nodeNs, args));
+  const [command, ...rest] = args;
+  const withMode = (command === 'status' || command === 'run') && !rest.includes('--ztunnel-mode') ? [command, '--ztunnel-mode', 'node', ...rest] : args;
+  return runner.run(inNode(nodeNs, withMode));
 }

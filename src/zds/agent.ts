@@ -53,6 +53,9 @@ export interface NetnsPort {
   close(fd: number): void;
 }
 
+/** How long a CNI_NETNS waits for its pod to be enrolled before it is forgotten. */
+const HINT_TTL_MS = 5 * 60_000;
+
 export interface InPodAgentOptions {
   source: InPodSource;
   server: ZdsPort;
@@ -102,8 +105,13 @@ export interface InPodPodStatus {
 export class InPodAgent {
   private readonly held = new Map<string, Held>();
   private readonly leaving = new Map<string, Leaving[]>();
-  /** CNI_NETNS of sandboxes the CNI gate saw, by pod UID (newest wins). */
+  /**
+   * CNI_NETNS of sandboxes the CNI gate saw, by pod UID (newest wins). The ADD names the
+   * netns before the pod is announced, so a hint outlives passes that do not enroll its pod
+   * yet; one never used is forgotten after HINT_TTL_MS.
+   */
   private readonly hints = new Map<string, string>();
+  private readonly hintTimes = new Map<string, number>();
   private running: Promise<void> | null = null;
   private again = false;
   private fullPass = false;
@@ -120,6 +128,7 @@ export class InPodAgent {
   sandbox(uid: string, netnsPath: string): void {
     if (!uid || !netnsPath) return;
     this.hints.set(uid, netnsPath);
+    this.hintTimes.set(uid, Date.now());
     const h = this.held.get(uid);
     // A retried ADD (new sandbox) clears the previous attempt's failure.
     if (h) h.failure = null;
@@ -210,7 +219,11 @@ export class InPodAgent {
     const desired = new Map<string, PodView>();
     for (const p of source.enrolled().values()) desired.set(p.uid, p);
     for (const uid of [...this.held.keys()]) if (!desired.has(uid)) await this.leave(uid, 'pod no longer enrolled');
-    for (const uid of [...this.hints.keys()]) if (!desired.has(uid) && !this.held.has(uid)) this.hints.delete(uid);
+    for (const [uid, at] of this.hintTimes) {
+      if (desired.has(uid) || this.held.has(uid) || Date.now() - at < HINT_TTL_MS) continue;
+      this.hints.delete(uid);
+      this.hintTimes.delete(uid);
+    }
 
     let scan: NetnsCandidate[] | null = null;
     const scanned = () => {
@@ -296,6 +309,7 @@ export class InPodAgent {
         return { netns: this.o.netns.open(hint), path: hint };
       } catch (err) {
         this.hints.delete(pod.uid);
+        this.hintTimes.delete(pod.uid);
         this.o.log.warn('inpod: the CNI netns cannot be opened; looking through the host processes', { uid: pod.uid, path: hint, error: errorText(err) });
       }
     }
