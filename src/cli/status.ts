@@ -90,7 +90,7 @@ export function renderZdsStatus(z: ZdsStatus): string {
         `${p.namespace}/${p.name}`,
         p.ips.join(','),
         p.netns ?? 'NOT FOUND',
-        p.installed ? 'installed' : 'no',
+        p.installed ? (z.capture ? 'installed' : 'none') : 'no',
         p.acked ? 'yes' : 'no',
         p.problem ?? '',
       ]);
