@@ -410,7 +410,8 @@ export class InPodAgent {
       if (error === null) {
         h.acked = true;
         h.failure = null;
-      } else h.failure = `ztunnel refused pod ${h.pod.namespace}/${h.pod.name}: ${error}`;
+      } else if (!h.acked) h.failure = `ztunnel refused pod ${h.pod.namespace}/${h.pod.name}: ${error}`;
+      // (A pod another ztunnel serves stays in place: the refusing connection is closed, and logged.)
       this.publish(true);
     } else if (request.kind === 'del') {
       for (const l of this.leaving.get(request.uid) ?? []) {

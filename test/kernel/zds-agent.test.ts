@@ -23,9 +23,11 @@ import { createSimNode, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { INPOD_PORTS, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { closeFd, recvDatagram, seqpacketConnect, sendDatagram } from '../../src/host/libc.js';
+import { encodeHello, encodeResponse } from '../../src/zds/codec.js';
 import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
-import { until } from '../support/wait.js';
+import { sleep, until } from '../support/wait.js';
 
 const NODE = 'sim-node';
 const FULL = INPOD_PORTS.flatMap((p) => [`4/${p}`, `6/${p}`]).sort();
@@ -260,6 +262,68 @@ kernelDescribe('run --ztunnel-mode inpod on the simulated node', 'builds network
     expect(text).toMatch(/ambient_redirect_zds_snapshot_duration_seconds_count [1-9]/);
     expect(text).toMatch(/ambient_redirect_ztunnel_mode\{mode="inpod"\} 1/);
   });
+
+  it('bad peers on the running agent’s socket: each gets a warn line and a closed connection; nothing enrolled is lost', async () => {
+    const sockPath = join(dir, 'ztunnel', 'ztunnel.sock');
+    const resident = standIns.at(-1)!;
+    const sent = resident.stats.requests;
+    /** Sends, then waits for the agent to close the connection (zero bytes or an error). */
+    const feed = async (send: (fd: number) => Promise<void> | void, ms = 8_000) => {
+      const fd = seqpacketConnect(sockPath);
+      try {
+        await send(fd);
+        const end = Date.now() + ms;
+        while (Date.now() < end) {
+          let got: ReturnType<typeof recvDatagram>;
+          try {
+            got = recvDatagram(fd, 4096);
+          } catch {
+            return 'closed';
+          }
+          if (got.kind === 'zero') return 'closed';
+          for (const f of got.kind === 'datagram' ? got.fds : []) closeFd(f);
+          if (got.kind === 'datagram') sendDatagram(fd, encodeResponse({ error: 'refused by a bad peer' }));
+          await sleep(10);
+        }
+        return 'open';
+      } finally {
+        closeFd(fd);
+      }
+    };
+    const table: [string, (fd: number) => void, string][] = [
+      ['garbage', (fd) => void sendDatagram(fd, Buffer.from('ffffffff', 'hex')), 'zds malformed datagram'],
+      ['truncated hello', (fd) => void sendDatagram(fd, Buffer.from('08', 'hex')), 'zds malformed datagram'],
+      ['oversized datagram', (fd) => void sendDatagram(fd, Buffer.alloc(2000, 8)), 'zds malformed datagram'],
+      ['wrong version', (fd) => void sendDatagram(fd, encodeHello({ version: 2 })), 'zds unsupported version'],
+      ['ack with an error', (fd) => void sendDatagram(fd, encodeHello({ version: 1 })), 'zds ack with error'],
+      ['silent peer', () => {}, 'zds no hello in time'],
+    ];
+    for (const [name, send, msg] of table) {
+      const seen = controller!.events.length;
+      expect(await feed(send), name).toBe('closed');
+      await controller!.waitForAfter(seen, msg, 2_000);
+    }
+    // 100 connections at once: the ones past the limit are refused, each with a line.
+    const seen = controller!.events.length;
+    const flood = Array.from({ length: 100 }, () => seqpacketConnect(sockPath));
+    await controller!.waitForAfter(seen, 'zds connection refused: too many connections', 5_000);
+    flood.forEach((fd) => closeFd(fd));
+    // The agent kept its state: the resident ztunnel was sent nothing new and still serves
+    // every enrolled pod, and a new ztunnel gets them all in its snapshot.
+    expect(resident.connected()).toBe(true);
+    expect(resident.stats.requests).toBe(sent);
+    await expectExactly(['a', 'upgrade']);
+    const fresh = startStandIn();
+    await until('a new ztunnel’s snapshot', () => fresh.ready);
+    expect(
+      fresh
+        .held()
+        .map((h) => h.info.name)
+        .sort(),
+    ).toEqual(['a', 'upgrade']);
+    fresh.close();
+    await untilExactly(['a', 'upgrade']);
+  }, 60_000);
 
   it('a pod whose netns is gone (its processes ended) is released', async () => {
     const i = idx.upgrade!;
