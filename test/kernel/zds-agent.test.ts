@@ -103,6 +103,17 @@ kernelDescribe('run --ztunnel-mode inpod on the simulated node', 'builds network
     return performance.now() - t0;
   }
 
+  /** GET on the agent's health address, from the node's netns (where it listens). */
+  const httpGet = (path: string) =>
+    systemRunner.run([
+      'nsenter',
+      `--net=/var/run/netns/${sim.nodeNs}`,
+      process.execPath,
+      '-e',
+      'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))',
+      `http://${HEALTH}${path}`,
+    ]);
+
   const createPod = (name: string, labels: Record<string, string> = {}) =>
     kube.api.createPod({
       name,
@@ -183,7 +194,7 @@ kernelDescribe('run --ztunnel-mode inpod on the simulated node', 'builds network
   });
 
   it('no ztunnel yet: enrolled pods stay enrolled, and /readyz says why', async () => {
-    const res = await systemRunner.run(['nsenter', `--net=/var/run/netns/${sim.nodeNs}`, 'curl', '-s', `http://${HEALTH}/readyz`]);
+    const res = await httpGet('/readyz');
     expect(res).toMatch(/no ztunnel connected to the ZDS socket/);
   });
 
@@ -255,7 +266,7 @@ kernelDescribe('run --ztunnel-mode inpod on the simulated node', 'builds network
   });
 
   it('metrics: connections, requests by type, snapshot durations', async () => {
-    const text = await systemRunner.run(['nsenter', `--net=/var/run/netns/${sim.nodeNs}`, 'curl', '-s', `http://${HEALTH}/metrics`]);
+    const text = await httpGet('/metrics');
     expect(text).toMatch(/ambient_redirect_zds_connections\{phase="ready"\} 1/);
     expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="add"\} [1-9]/);
     expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="del"\} [1-9]/);
