@@ -206,7 +206,12 @@ export class InPodAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     await this.idle();
-    for (const list of this.leaving.values()) for (const l of list) clearTimeout(l.timer);
+    for (const list of this.leaving.values())
+      for (const l of list) {
+        clearTimeout(l.timer);
+        this.o.netns.close(l.capture.fd);
+      }
+    this.leaving.clear();
     for (const h of this.held.values()) if (h.netns) this.o.netns.close(h.netns.fd);
     this.held.clear();
   }
