@@ -3,8 +3,21 @@
  * on fixtures shaped as the kernel writes them, and the matching rules (one namespace
  * holding every IP of the pod, never a guess).
  */
+import { closeSync, linkSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { canonicalIpv6, matchNetns, parseFibTrieLocal, parseIfInet6, type NetnsCandidate } from '../../src/zds/netns.js';
+import {
+  canonicalIpv6,
+  matchNetns,
+  netnsIdAt,
+  openNetns,
+  ownNetnsId,
+  parseFibTrieLocal,
+  parseIfInet6,
+  scanHostNetns,
+  type NetnsCandidate,
+} from '../../src/zds/netns.js';
 
 // A pod netns's /proc/<pid>/net/fib_trie: lo, eth0 with 10.244.1.7/32, a default route.
 const FIB_TRIE = `Main:
@@ -88,5 +101,55 @@ describe('matching a pod to a netns', () => {
     const hostWithIt = ns('4:1', 1, '10.244.1.7');
     expect(matchNetns(['10.244.1.7'], [hostWithIt, podA], new Set(['4:1']))).toEqual({ kind: 'found', candidate: podA });
     expect(matchNetns(['10.244.1.7'], [hostWithIt], new Set(['4:1'])).kind).toBe('none');
+  });
+});
+
+describe('the /proc adapter', () => {
+  it('scans a proc folder: one candidate per namespace (two processes in one netns are one), its addresses, processes that vanish skipped', () => {
+    const proc = mkdtempSync(join(tmpdir(), 'zds-proc-'));
+    try {
+      const pidDir = (pid: number, fib: string, inet6: string | null) => {
+        mkdirSync(join(proc, String(pid), 'ns'), { recursive: true });
+        mkdirSync(join(proc, String(pid), 'net'));
+        writeFileSync(join(proc, String(pid), 'net', 'fib_trie'), fib);
+        if (inet6 !== null) writeFileSync(join(proc, String(pid), 'net', 'if_inet6'), inet6);
+      };
+      pidDir(200, FIB_TRIE, IF_INET6);
+      writeFileSync(join(proc, '200', 'ns', 'net'), '');
+      // pid 201 shares 200's namespace (the same inode, as a second container of a pod does).
+      pidDir(201, FIB_TRIE, IF_INET6);
+      linkSync(join(proc, '200', 'ns', 'net'), join(proc, '201', 'ns', 'net'));
+      // pid 300: another netns, IPv4 only (no if_inet6 file at all).
+      pidDir(300, FIB_TRIE.replaceAll('10.244.1.7', '10.244.1.8'), null);
+      writeFileSync(join(proc, '300', 'ns', 'net'), '');
+      // pid 400 ended between readdir and stat: no ns/net.
+      mkdirSync(join(proc, '400'));
+      mkdirSync(join(proc, 'self'));
+      const found = scanHostNetns(proc).sort((a, b) => a.pid - b.pid);
+      expect(found.map((c) => ({ pid: c.pid, addrs: c.addrs }))).toEqual([
+        { pid: 200, addrs: ['10.244.1.7', '2001:db8:0:1::', 'fd00::a07'] },
+        { pid: 300, addrs: ['10.244.1.8'] },
+      ]);
+      expect(found[0]!.id).toBe(netnsIdAt(join(proc, '201', 'ns', 'net')));
+      expect(matchNetns(['10.244.1.7', 'fd00::a07'], found)).toMatchObject({ kind: 'found', candidate: { pid: 200 } });
+    } finally {
+      rmSync(proc, { recursive: true, force: true });
+    }
+  });
+
+  it('a proc folder that cannot be listed is a clear error', () => {
+    expect(() => scanHostNetns('/nonexistent-proc')).toThrow(/cannot list \/nonexistent-proc: .*hostPID, or --host-proc/);
+  });
+
+  it('opens only a network namespace, and only the one the scan saw', () => {
+    const own = openNetns('/proc/self/ns/net');
+    try {
+      expect(own.id).toBe(ownNetnsId());
+    } finally {
+      closeSync(own.fd);
+    }
+    expect(() => openNetns('/dev/null')).toThrow(/\/dev\/null is not a network namespace/);
+    expect(() => openNetns('/proc/self/ns/net', '4:1')).toThrow(/another network namespace than the one scanned/);
+    expect(netnsIdAt('/nonexistent')).toBeNull();
   });
 });
