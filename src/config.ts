@@ -9,6 +9,7 @@ import { LEVELS, type Level } from './log.js';
 import { parseSelector } from './core/enrollment.js';
 import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
 import { repoPath } from './lib/repo-path.js';
+import { DEFAULT_ZDS_SOCKET } from './zds/paths.js';
 
 // Commands import these from here as well as from lib/flags.ts.
 export { ConfigError, parseFlags, usageOf };
@@ -58,7 +59,20 @@ export interface RunConfig {
   readonly logLevel: Level;
   /** The chained CNI plugin's side (docs/cni.md); socket '' = no CNI gate. */
   readonly cni: CniConfig;
+  /**
+   * Which ztunnel the agent serves (docs/zds.md): `node`, ztunnel in its own netns (Istio
+   * 1.18-1.22, the host-veth capture); `inpod`, ztunnel >= 1.23 opening its listeners in
+   * each pod's netns, told the pods over ZDS at `zdsSocket`.
+   */
+  readonly ztunnelMode: ZtunnelMode;
+  /** The ZDS socket the agent listens on (inpod mode). */
+  readonly zdsSocket: string;
+  /** Where the host's /proc is (inpod mode: the pods' netns of existing pods are found there). */
+  readonly hostProc: string;
 }
+
+export const ZTUNNEL_MODES = ['node', 'inpod'] as const;
+export type ZtunnelMode = (typeof ZTUNNEL_MODES)[number];
 
 export interface CniConfig {
   /** Unix socket the plugin asks; '' when the gate is off. */
@@ -74,6 +88,16 @@ export interface CniConfig {
   /** The plugin binary to install. */
   readonly plugin: string;
 }
+
+/** --ztunnel-mode and --zds-socket: declared once for run and status. */
+export const ZTUNNEL_MODE_FLAGS: Record<'ztunnel-mode' | 'zds-socket', FlagSpec> = {
+  'ztunnel-mode': {
+    env: 'ZTUNNEL_MODE',
+    help: 'the ztunnel served: inpod (ztunnel >= 1.23, pods sent over ZDS) | node (ztunnel 1.18-1.22 in its own netns)',
+    default: 'inpod',
+  },
+  'zds-socket': { env: 'ZDS_SOCKET', help: 'inpod mode: the ZDS socket the agent listens on for ztunnel', default: DEFAULT_ZDS_SOCKET },
+};
 
 /** The object `make` builds, at the top of the checkout or image. */
 export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
@@ -125,6 +149,12 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'cni-bin-dir': { env: 'CNI_BIN_DIR', help: 'where the container runtime finds CNI plugins', default: '/opt/cni/bin' },
   'cni-conf-dir': { env: 'CNI_CONF_DIR', help: 'the node’s CNI configuration folder (first *.conflist)', default: '/etc/cni/net.d' },
   'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
+  ...ZTUNNEL_MODE_FLAGS,
+  'host-proc': {
+    env: 'HOST_PROC',
+    help: 'inpod mode: the host’s /proc (hostPID: /proc), where the netns of pods that exist at start are found',
+    default: '/proc',
+  },
 };
 
 function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
@@ -171,6 +201,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   const staticGiven = typeof values.enroll === 'string' || env.ENROLL_IPS !== undefined;
   const enroll = Object.freeze(ipList('enroll', v.enroll ?? env.ENROLL_IPS ?? ''));
   let membership: MembershipSource;
+  const ztunnelMode = oneOf('ztunnel-mode', v['ztunnel-mode']!, ZTUNNEL_MODES);
   if (staticGiven) {
     if (!ztunnelIp) throw new ConfigError('--ztunnel-ip (or $ZTUNNEL_IP) is required with --enroll');
     membership = { kind: 'static', enroll };
@@ -191,6 +222,9 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   const backoffMax = numberIn('backoff-max', v['backoff-max']!, 0.1, 600, 'a number of seconds');
   if (backoffMax < backoffInitial) throw new ConfigError(`--backoff-max: ${backoffMax} is below --backoff-initial ${backoffInitial}`);
   const mode = oneOf('mode', v.mode!, ['ebpf', 'iptables', 'auto'] as const);
+  const cni = cniConfig(v, membership);
+  if (ztunnelMode === 'inpod' && membership.kind === 'static')
+    throw new ConfigError('--enroll serves the node-level ztunnel only (--ztunnel-mode node): inpod mode sends ztunnel pods, which need Kubernetes membership');
   return Object.freeze({
     nodeName,
     mode,
@@ -216,8 +250,16 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     dnsServers: Object.freeze([...new Set([...ipList('dns-servers', v['dns-servers'] ?? ''), ...ipList('node-local-dns', v['node-local-dns'] ?? '')])]),
     dnsService: dnsService(v['dns-service']!, membership),
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),
-    cni: cniConfig(v, membership),
+    cni,
+    ztunnelMode,
+    zdsSocket: absolute('zds-socket', v['zds-socket']!),
+    hostProc: absolute('host-proc', v['host-proc']!),
   });
+}
+
+function absolute(name: string, value: string): string {
+  if (!value.startsWith('/')) throw new ConfigError(`--${name}: "${value}" is not an absolute path`);
+  return value;
 }
 
 function dnsService(text: string, membership: MembershipSource): { namespace: string; name: string } | null {

@@ -31,8 +31,15 @@ function inNode(nodeNs: string, args: readonly string[]): string[] {
   return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, distEntry('../../src/cli/main.js'), ...args];
 }
 
+/**
+ * Starts `ambient-redirect run` with `args`. The simulated node's topology is the
+ * node-level ztunnel's (its own netns, host veths), so the agent is started with
+ * `--ztunnel-mode node` unless the caller names a mode itself (the in-pod tests pass
+ * `--ztunnel-mode inpod`).
+ */
 export function startController(nodeNs: string, args: readonly string[]): ControllerProcess {
-  const child = startProcess(inNode(nodeNs, ['run', ...args]));
+  const mode = args.includes('--ztunnel-mode') ? [] : ['--ztunnel-mode', 'node'];
+  const child = startProcess(inNode(nodeNs, ['run', ...mode, ...args]));
   const events: LogEvent[] = [];
   const listeners = new Set<(e: LogEvent) => void>();
   let exited = false;
@@ -93,7 +100,13 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
   };
 }
 
-/** Runs a one-shot command (uninstall, status) in the node netns; returns its stdout. */
+/**
+ * Runs a one-shot command (uninstall, status) in the node netns; returns its stdout.
+ * `status` and `run` get `--ztunnel-mode node` unless the caller names a mode (see
+ * startController).
+ */
 export function runInNode(nodeNs: string, args: readonly string[], runner: CommandRunner = systemRunner): Promise<string> {
-  return runner.run(inNode(nodeNs, args));
+  const [command, ...rest] = args;
+  const withMode = (command === 'status' || command === 'run') && !rest.includes('--ztunnel-mode') ? [command, '--ztunnel-mode', 'node', ...rest] : args;
+  return runner.run(inNode(nodeNs, withMode));
 }

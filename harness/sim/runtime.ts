@@ -41,6 +41,12 @@ export interface RuntimeOptions {
   chain: PluginConf | null;
   plugin?: string;
   runner?: CommandRunner;
+  /**
+   * Where the pod's first connection goes (default the outside server). The in-pod gate
+   * test points it at the pod's own address on ztunnel's 15001: present only once ztunnel
+   * has the pod.
+   */
+  target?: (pod: SimPod) => { ip: string; port: number };
 }
 
 export interface PluginRun {
@@ -187,7 +193,7 @@ export class SimRuntime {
   }
 
   private startClient(pod: SimPod): Client {
-    const { ip, port } = this.o.sim.outside;
+    const { ip, port } = this.o.target?.(pod) ?? this.o.sim.outside;
     const child = startProcess(
       ['ip', 'netns', 'exec', pod.ns, process.execPath, distEntry('./runtime.js'), 'client', '--to', `${ip}:${port}`, '--timeout-ms', '3000'],
       {

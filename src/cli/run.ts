@@ -11,14 +11,25 @@ import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
 import { describeFinding } from '../core/ordering.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
+import type { InPodCapture } from '../capture/inpod.js';
+import { closeFd } from '../host/libc.js';
+import { InPodAgent, type NetnsPort } from '../zds/agent.js';
+import { netnsIdAt, openNetns, ownNetnsId, scanHostNetns } from '../zds/netns.js';
+import { ZdsServer } from '../zds/server.js';
+import { mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 
 export const runUsage = `usage: ambient-redirect run [flags]
 
-Runs the node agent: loads the capture programs (or adopts the pinned ones), keeps the
-maps equal to the enrolled pods of this node, and repairs drift every resync interval.
-Membership comes from the Kubernetes API (--kubeconfig, or in-cluster) or, for tests and
-demos, from a static list (--enroll, with --ztunnel-ip). SIGTERM and SIGINT stop the agent
-and leave the data path as it is; only \`uninstall\` removes it.
+Runs the node agent for one of two ztunnels (--ztunnel-mode, docs/zds.md):
+  inpod  ztunnel >= 1.23 (the default): serves ZDS at --zds-socket, sends ztunnel each
+         enrolled pod with its network namespace, and installs the in-pod capture there.
+  node   ztunnel 1.18-1.22 in its own netns: loads the capture programs (or adopts the
+         pinned ones) and keeps the maps equal to the enrolled pods.
+Drift is repaired every resync interval. Membership comes from the Kubernetes API
+(--kubeconfig, or in-cluster) or, for tests and demos in node mode, from a static list
+(--enroll, with --ztunnel-ip). SIGTERM and SIGINT stop the agent and leave the data path
+(and what ztunnel holds) as it is; only \`uninstall\` removes it.
 
 flags (environment equivalents in brackets):
 ${usageOf(RUN_FLAGS)}
@@ -42,51 +53,149 @@ function kubeMembership(cfg: RunConfig, api: KubeTransport, log: Logger): KubeMe
   });
 }
 
-export async function runCommand(argv: string[]): Promise<number> {
+/** What `run` gets from its caller besides the command line. */
+export interface RunDeps {
+  /**
+   * inpod mode's capture inside each pod's netns (src/capture/inpod.ts, issue 16); null or
+   * absent: this build has none, and pods are sent to ztunnel uncaptured (logged, /readyz).
+   */
+  inPodCapture?: (cfg: RunConfig, log: Logger) => InPodCapture | null;
+}
+
+/** What a started agent must release on the way out, in reverse order of start. */
+class Teardown {
+  private readonly steps: { what: string; run: () => unknown }[] = [];
+  constructor(private readonly log: Logger) {}
+  add(what: string, run: () => unknown): void {
+    this.steps.push({ what, run });
+  }
+  async run(): Promise<void> {
+    for (const s of this.steps.reverse()) {
+      try {
+        await s.run();
+      } catch (err) {
+        this.log.warn('stopping: a step failed', { step: s.what, error: errorMessage(err) });
+      }
+    }
+    this.steps.length = 0;
+  }
+}
+
+export async function runCommand(argv: string[], deps: RunDeps = {}): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(runUsage);
     return 0;
   }
   const cfg = parseRunConfig(argv, process.env);
   const log = createLogger(cfg.logLevel);
+  const teardown = new Teardown(log);
+  const fail = async (what: string, fields: Record<string, unknown>) => {
+    log.error(what, fields);
+    await teardown.run();
+    return 1;
+  };
   let membership: Membership;
   let kube: KubeMembership | null = null;
-  /** The DNS Service's addresses (Kubernetes membership), added to the flags' ones. */
+  /** The DNS Service's addresses (Kubernetes membership, node mode), added to the flags' ones. */
   let dns: DnsServiceReader | null = null;
   try {
     if (cfg.membership.kind === 'kubernetes') {
       const api = kubeApi(cfg);
       membership = kube = kubeMembership(cfg, api, log);
-      if (cfg.dnsService) dns = new DnsServiceReader(api, cfg.dnsService, log);
+      if (cfg.dnsService && cfg.ztunnelMode === 'node') dns = new DnsServiceReader(api, cfg.dnsService, log);
     } else membership = staticMembership(cfg.membership.enroll);
   } catch (err) {
-    log.error('cannot read the Kubernetes configuration', { error: errorMessage(err) });
-    return 1;
+    return fail('cannot read the Kubernetes configuration', { error: errorMessage(err) });
   }
-  let mode: RedirectMode;
-  let modeName: RedirectMode['name'];
+  log.info('starting', { ztunnelMode: cfg.ztunnelMode, ...(cfg.ztunnelMode === 'inpod' && { zdsSocket: cfg.zdsSocket }) });
+
+  // Not ready until the data path is in place (and after each pass, only while it stays so).
+  const readiness = new Readiness();
+  let started: Started;
   try {
-    modeName = resolveMode(cfg.mode, { log });
-    mode = createRedirectMode(modeName, {
-      objectPath: cfg.objectPath,
-      pinRoot: cfg.pinRoot,
-      runner: systemRunner,
-      log,
-      dnsCapture: cfg.dnsCapture,
-      dnsServers: () => [...cfg.dnsServers, ...(dns?.servers ?? [])],
-      tunnel: cfg.tunnel,
-      ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
-      ...(cfg.delivery !== 'auto' && { delivery: cfg.delivery }),
-    });
-    await mode.init();
+    started =
+      cfg.ztunnelMode === 'inpod' ? await startInPod(cfg, kube!, readiness, log, teardown, deps) : await startNode(cfg, membership, kube, dns, log, teardown);
   } catch (err) {
-    log.error('cannot start the data path', { error: errorMessage(err) });
-    return 1;
+    return fail(cfg.ztunnelMode === 'inpod' ? 'cannot start the in-pod mode' : 'cannot start the data path', { error: errorMessage(err) });
+  }
+  const metrics = started.metrics;
+  const listeners = [
+    { address: cfg.healthAddress, serve: 'all' as const, what: 'metrics and health' },
+    { address: cfg.metricsAddress, serve: 'metrics' as const, what: 'the metrics scrape address' },
+  ];
+  for (const l of listeners) {
+    if (!l.address) continue;
+    try {
+      const server = await serveMetrics(l.address, {
+        metrics,
+        readiness,
+        serve: l.serve,
+        ...(started.zdsView && { zds: started.zdsView }),
+        onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }),
+      });
+      teardown.add(`close ${l.what}`, () => server.close());
+    } catch (err) {
+      return fail(`cannot serve ${l.what}`, { address: l.address, error: errorMessage(err) });
+    }
   }
 
-  // Not ready until a pass has attached and verified the data path (and after each
-  // pass, only while it stays so).
-  const readiness = new Readiness();
+  // The membership starts first: the CNI gate writes the namespace list before it serves.
+  kube?.start();
+  if (kube) teardown.add('stop the Kubernetes watches', () => kube.stop());
+  if (cfg.cni.socket && kube) {
+    if (cfg.cni.install) readiness.setCniInstalled(false, 'not installed yet');
+    try {
+      const cni: CniGate = await startCniGate(cfg.cni, kube, log, {
+        onInstalled: (ok, reason) => readiness.setCniInstalled(ok, reason),
+        ...(started.inpod && { inpod: started.inpod }),
+      });
+      teardown.add('close the CNI gate', () => cni.close());
+    } catch (err) {
+      return fail('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
+    }
+  }
+  await started.begin(readiness);
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+    process.once('SIGINT', () => resolve('SIGINT'));
+  });
+  await teardown.run();
+  log.info('stopped; data path left in place', { signal });
+  return 0;
+}
+
+/** A started mode: its metrics, what the CNI gate waits on (inpod), and its loop's start. */
+interface Started {
+  metrics: AgentMetrics;
+  inpod?: InPodAgent;
+  zdsView?: () => unknown;
+  /** Starts the reconcile loop (after the membership and the CNI gate). */
+  begin(readiness: Readiness): Promise<void>;
+}
+
+/** node mode: the capture programs on the host veths, the controller's passes. */
+async function startNode(
+  cfg: RunConfig,
+  membership: Membership,
+  kube: KubeMembership | null,
+  dns: DnsServiceReader | null,
+  log: Logger,
+  teardown: Teardown,
+): Promise<Started> {
+  const modeName: RedirectMode['name'] = resolveMode(cfg.mode, { log });
+  const mode: RedirectMode = createRedirectMode(modeName, {
+    objectPath: cfg.objectPath,
+    pinRoot: cfg.pinRoot,
+    runner: systemRunner,
+    log,
+    dnsCapture: cfg.dnsCapture,
+    dnsServers: () => [...cfg.dnsServers, ...(dns?.servers ?? [])],
+    tunnel: cfg.tunnel,
+    ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
+    ...(cfg.delivery !== 'auto' && { delivery: cfg.delivery }),
+  });
+  await mode.init();
+  teardown.add('release the capture mode', () => mode.close());
   const maps = pinnedMaps(cfg.pinRoot);
   const k = kube;
   const metrics = new AgentMetrics(
@@ -104,31 +213,7 @@ export async function runCommand(argv: string[]): Promise<number> {
     { defaultMetrics: true },
   );
   metrics.setMode(modeName, cfg.mode);
-  const servers: Awaited<ReturnType<typeof serveMetrics>>[] = [];
-  const closeServers = () => Promise.all(servers.map((s) => s.close()));
-  const listeners = [
-    { address: cfg.healthAddress, serve: 'all' as const, what: 'metrics and health' },
-    { address: cfg.metricsAddress, serve: 'metrics' as const, what: 'the metrics scrape address' },
-  ];
-  for (const l of listeners) {
-    if (!l.address) continue;
-    try {
-      servers.push(
-        await serveMetrics(l.address, {
-          metrics,
-          readiness,
-          serve: l.serve,
-          onError: (e) => log.error('metrics server failed', { address: l.address, error: e.message }),
-        }),
-      );
-    } catch (err) {
-      log.error(`cannot serve ${l.what}`, { address: l.address, error: errorMessage(err) });
-      await closeServers();
-      mode.close();
-      return 1;
-    }
-  }
-
+  metrics.setZtunnelMode('node');
   const controller = new Controller({
     mode,
     membership: instrumentMembership(membership, (s) => metrics.observeEventToProgrammed(s)),
@@ -138,63 +223,146 @@ export async function runCommand(argv: string[]): Promise<number> {
     maxDeleteShare: cfg.maxDeleteShare,
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
   });
-  let cni: CniGate | null = null;
-  // The membership starts first: the CNI gate writes the namespace list before it serves.
-  kube?.start();
-  if (cfg.cni.socket && kube) {
-    if (cfg.cni.install) readiness.setCniInstalled(false, 'not installed yet');
-    try {
-      cni = await startCniGate(cfg.cni, kube, log, { onInstalled: (ok, reason) => readiness.setCniInstalled(ok, reason) });
-    } catch (err) {
-      log.error('cannot serve the CNI plugin', { socket: cfg.cni.socket, error: errorMessage(err) });
-      await kube.stop();
-      await closeServers();
-      mode.close();
-      return 1;
-    }
-  }
-  let first = true;
-  // Read before the first pass, then every 30 s (backing off while the API fails): a failed read keeps the last.
-  await dns?.refresh();
-  // The timer only asks; the reader decides when a read is due (src/kube/dns.ts).
-  const dnsTimer = dns ? setInterval(() => void dns!.refresh(), 5_000) : null;
-  dnsTimer?.unref();
-  controller.start(
-    cfg.resyncSeconds * 1000,
-    (r, seconds) => {
-      metrics.observePass(r, seconds);
-      const synced = membership.view().synced;
-      readiness.setPassFailed(null);
-      // A pass before the first full sync touches nothing: it attaches nothing either.
-      if (synced) readiness.setDataPathAttached(true);
-      readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem);
-      readiness.setFindings(r.findings.map(describeFinding));
-      const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
-      // "programmed" once: the first pass on a synced membership.
-      if (first && synced) {
-        log.info('programmed', { ...r });
-        first = false;
-        readiness.markSynced();
-      } else if (changed || r.breaker !== 'closed') log.info('reconciled', { ...r });
+  return {
+    metrics,
+    begin: async (readiness) => {
+      let first = true;
+      // Read before the first pass, then every 30 s (backing off while the API fails): a failed read keeps the last.
+      await dns?.refresh();
+      // The timer only asks; the reader decides when a read is due (src/kube/dns.ts).
+      const dnsTimer = dns ? setInterval(() => void dns.refresh(), 5_000) : null;
+      dnsTimer?.unref();
+      if (dnsTimer) teardown.add('stop the DNS Service reads', () => clearInterval(dnsTimer));
+      teardown.add('stop the controller', () => controller.stop());
+      controller.start(
+        cfg.resyncSeconds * 1000,
+        (r, seconds) => {
+          metrics.observePass(r, seconds);
+          const synced = membership.view().synced;
+          readiness.setPassFailed(null);
+          // A pass before the first full sync touches nothing: it attaches nothing either.
+          if (synced) readiness.setDataPathAttached(true);
+          readiness.setZtunnelKnown(r.ztunnel, r.ztunnelProblem);
+          readiness.setFindings(r.findings.map(describeFinding));
+          const changed = r.upserted + r.deleted + r.attached + r.detached > 0;
+          // "programmed" once: the first pass on a synced membership.
+          if (first && synced) {
+            log.info('programmed', { ...r });
+            first = false;
+            readiness.markSynced();
+          } else if (changed || r.breaker !== 'closed') log.info('reconciled', { ...r });
+        },
+        (err, seconds) => {
+          metrics.observeFailedPass(seconds);
+          readiness.setPassFailed(errorMessage(err));
+          log.error('reconcile failed; retrying with backoff', { error: errorMessage(err) });
+        },
+      );
     },
-    (err, seconds) => {
-      metrics.observeFailedPass(seconds);
-      readiness.setPassFailed(errorMessage(err));
-      log.error('reconcile failed; retrying with backoff', { error: errorMessage(err) });
+  };
+}
+
+/** The host's network namespaces as the in-pod agent reads them (src/zds/netns.ts). */
+function hostNetns(hostProc: string): NetnsPort {
+  const own = ownNetnsId();
+  return {
+    scan: () => scanHostNetns(hostProc),
+    open: (path, expectId) => openNetns(path, expectId),
+    idAt: netnsIdAt,
+    procPath: (pid) => join(hostProc, String(pid), 'ns', 'net'),
+    ownId: () => own,
+    close: closeFd,
+  };
+}
+
+/** inpod mode: the ZDS server, the pods' netns, the in-pod capture; no host-veth programs. */
+async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readiness, log: Logger, teardown: Teardown, deps: RunDeps): Promise<Started> {
+  const capture = deps.inPodCapture?.(cfg, log) ?? null;
+  if (capture) {
+    await capture.init();
+    teardown.add('release the in-pod capture', () => capture.close());
+  } else log.error('no in-pod capture in this build: ztunnel is sent the pods, but their traffic is not redirected to it (docs/zds.md)');
+  const metrics = new AgentMetrics(
+    {
+      podName: (ip: string) => {
+        const p = kube.enrolled().get(ip);
+        return p ? { namespace: p.namespace, pod: p.name } : null;
+      },
+      watchRestarts: () => ({ pods: kube.podReflector.stats.restarts, namespaces: kube.nsReflector.stats.restarts }),
+      rejectedPods: () => kube.stats.rejected,
     },
+    { defaultMetrics: true },
   );
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
+  metrics.setZtunnelMode('inpod');
+  // ztunnel's host folder: created when missing (ztunnel connects once the socket is there).
+  mkdirSync(dirname(cfg.zdsSocket), { recursive: true, mode: 0o755 });
+  const server = new ZdsServer({
+    path: cfg.zdsSocket,
+    log,
+    onAck: (_conn, request, error) => {
+      if (request.kind === 'snapshot_sent' && error === null && server.counters.lastSnapshotMs !== null)
+        metrics.observeZdsSnapshot(server.counters.lastSnapshotMs / 1000);
+    },
   });
-  await cni?.close();
-  if (dnsTimer) clearInterval(dnsTimer);
-  await controller.stop();
-  await kube?.stop();
-  await closeServers();
-  mode.close();
-  log.info('stopped; data path left in place', { signal });
-  return 0;
+  teardown.add('close the ZDS server', () => server.close());
+  metrics.setZdsSource(() => ({ connections: server.connections(), counters: server.counters }));
+  const agent = new InPodAgent({ source: kube, server, capture, netns: hostNetns(cfg.hostProc), log });
+  teardown.add('stop the in-pod agent', () => agent.stop());
+  const connectedReason = `no ztunnel connected to the ZDS socket ${cfg.zdsSocket} (enrolled pods stay enrolled; new ones wait at the CNI gate)`;
+  const ztunnelState = () =>
+    readiness.setZtunnelConnected(
+      server.connections().some((c) => c.phase !== 'hello'),
+      connectedReason,
+    );
+  server.subscribe({ ack: ztunnelState, closed: ztunnelState });
+  return {
+    metrics,
+    inpod: agent,
+    zdsView: () => ({
+      ztunnelMode: 'inpod',
+      socket: cfg.zdsSocket,
+      capture: capture?.name ?? null,
+      connections: server.connections(),
+      counters: server.counters,
+      pods: agent.status(),
+    }),
+    begin: async (readiness) => {
+      readiness.setDataPathAttached(true);
+      readiness.setFindings(capture ? [] : ['no in-pod capture in this build: pods are sent to ztunnel uncaptured']);
+      ztunnelState();
+      let first = true;
+      const pass = async () => {
+        const t0 = performance.now();
+        await agent.kick(true);
+        const seconds = (performance.now() - t0) / 1000;
+        const pods = agent.status();
+        metrics.observePass({ enrolled: pods.length, programmed: pods.filter((p) => p.acked && p.installed).length, upserted: 0, attached: 0 }, seconds);
+        ztunnelState();
+        if (first && kube.hasSynced()) {
+          first = false;
+          readiness.markSynced();
+          log.info('programmed', { ztunnelMode: 'inpod', enrolled: pods.length, found: pods.filter((p) => p.netns).length });
+        }
+      };
+      let timer: NodeJS.Timeout | undefined;
+      let stopped = false;
+      const tick = () => {
+        if (stopped) return;
+        void pass().finally(() => {
+          if (!stopped) timer = setTimeout(tick, cfg.resyncSeconds * 1000 * (0.9 + Math.random() * 0.2));
+        });
+      };
+      teardown.add('stop the resync', () => {
+        stopped = true;
+        clearTimeout(timer);
+      });
+      // The first full pass once the lists are in; membership changes kick passes meanwhile.
+      kube.onChange(() => {
+        if (first && kube.hasSynced()) void pass();
+      });
+      tick();
+    },
+  };
 }
 
 export { ConfigError };

@@ -9,7 +9,9 @@ import { pinDir } from '../bpf/pins.js';
 import { listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
 import { LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
 import { describeFinding, deviceBypass, programsAhead, type Finding } from '../core/ordering.js';
-import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
+import { PIN_ROOT_FLAG, resolveFlags, usageOf, ConfigError } from '../lib/flags.js';
+import { ZTUNNEL_MODE_FLAGS, ZTUNNEL_MODES } from '../config.js';
+import { parseListenAddress } from '../metrics/server.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import { linkKinds, readHostNet, readLinksIn } from '../host/netinfo.js';
 import { systemRunner, type CommandRunner } from '../host/runner.js';
@@ -18,15 +20,84 @@ import { IPSET } from '../capture/iptables/rules.js';
 import { selectMode, type KernelFacts } from '../capture/select.js';
 import type { SelectedMode } from '../core/modes.js';
 
-const FLAGS = PIN_ROOT_FLAG;
+const FLAGS = {
+  ...PIN_ROOT_FLAG,
+  ...ZTUNNEL_MODE_FLAGS,
+  'health-address': { env: 'HEALTH_ADDRESS', help: 'inpod mode: the agent’s health address, where /zds is read', default: '' },
+};
 
-export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--json]
+export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--ztunnel-mode inpod|node] [--health-address IP:PORT] [--json]
 
-Shows this node's data path: the capture mode installed, the kernel's facts and the mode
-they select, ztunnel, every enrolled pod with the programs on its veth and its counters,
-and how full the maps are. Reads the kernel only: it works while \`run\` is stopped and
-while the API server is down. Run it in the node's network namespace, as root.
+node mode: shows this node's data path: the capture mode installed, the kernel's facts
+and the mode they select, ztunnel, every enrolled pod with the programs on its veth and
+its counters, and how full the maps are. Reads the kernel only: it works while \`run\` is
+stopped and while the API server is down. Run it in the node's network namespace, as root.
+
+inpod mode (the default, as for \`run\`): asks the running agent (GET /zds on its health
+address, $HEALTH_ADDRESS in the agent's container) for the ztunnels connected over ZDS,
+how many pods each was sent, and every enrolled pod's netns, capture and ack.
+
+flags (environment equivalents in brackets):
+${usageOf(FLAGS)}
 `;
+
+/** What the agent's /zds answers (src/cli/run.ts, inpod mode). */
+export interface ZdsStatus {
+  ztunnelMode: 'inpod';
+  socket: string;
+  capture: string | null;
+  connections: { id: number; phase: string; podsSent: number }[];
+  counters: { requests: Record<string, number>; acksOk: number; ackErrors: number; ackTimeouts: number; malformed: number; lastSnapshotMs: number | null };
+  pods: { uid: string; namespace: string; name: string; ips: string[]; netns: string | null; installed: boolean; acked: boolean; problem: string | null }[];
+}
+
+/** inpod mode: the running agent's ZDS view, from its health address. */
+export async function readZdsStatus(healthAddress: string): Promise<ZdsStatus> {
+  if (!healthAddress) throw new Error('inpod mode: the agent is asked over its health address: give --health-address (or $HEALTH_ADDRESS)');
+  const { host, port } = parseListenAddress(healthAddress);
+  const h = !host || host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  const url = `http://${h.includes(':') ? `[${h}]` : h}:${port}/zds`;
+  let res: Response;
+  try {
+    res = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+  } catch (err) {
+    throw new Error(`the agent does not answer at ${url} (is \`run --ztunnel-mode inpod\` running?): ${(err as Error).message}`);
+  }
+  if (!res.ok) throw new Error(`${url} answered ${res.status}: is the agent in inpod mode?`);
+  return (await res.json()) as ZdsStatus;
+}
+
+export function renderZdsStatus(z: ZdsStatus): string {
+  const lines: string[] = [];
+  lines.push(`ztunnel mode: inpod (ZDS socket ${z.socket})`);
+  lines.push(`in-pod capture: ${z.capture ?? 'NONE in this build (pods are sent to ztunnel uncaptured)'}`);
+  const ready = z.connections.filter((c) => c.phase !== 'hello');
+  lines.push(`ztunnels connected: ${ready.length}${ready.length === 0 ? ' (enrolled pods stay enrolled; new pods wait at the CNI gate)' : ''}`);
+  if (z.connections.length) {
+    const rows = [['connection', 'phase', 'pods sent']];
+    for (const c of z.connections) rows.push([String(c.id), c.phase, String(c.podsSent)]);
+    lines.push(table(rows));
+  }
+  const r = z.counters.requests;
+  lines.push(
+    `requests: add ${r.add ?? 0}, keep ${r.keep ?? 0}, del ${r.del ?? 0}, snapshot_sent ${r.snapshot_sent ?? 0}; acks ok ${z.counters.acksOk}, with error ${z.counters.ackErrors}, timed out ${z.counters.ackTimeouts}; last snapshot ${z.counters.lastSnapshotMs ?? '-'} ms`,
+  );
+  lines.push(`enrolled pods: ${z.pods.length}`);
+  if (z.pods.length) {
+    const rows = [['pod', 'ips', 'netns', 'capture', 'acked', 'problem']];
+    for (const p of z.pods)
+      rows.push([
+        `${p.namespace}/${p.name}`,
+        p.ips.join(','),
+        p.netns ?? 'NOT FOUND',
+        p.installed ? (z.capture ? 'installed' : 'none') : 'no',
+        p.acked ? 'yes' : 'no',
+        p.problem ?? '',
+      ]);
+    lines.push(table(rows));
+  }
+  return lines.join('\n') + '\n';
+}
 
 export interface PodStatus {
   ip: string;
@@ -243,7 +314,14 @@ export async function statusCommand(argv: string[]): Promise<number> {
     process.stdout.write(statusUsage);
     return 0;
   }
+  const mode = f.get('ztunnel-mode')!;
+  if (!(ZTUNNEL_MODES as readonly string[]).includes(mode)) throw new ConfigError(`--ztunnel-mode: "${mode}" is not one of ${ZTUNNEL_MODES.join(', ')}`);
+  if (mode === 'inpod') {
+    const z = await readZdsStatus(f.get('health-address') ?? '');
+    process.stdout.write(f.flag('json') ? JSON.stringify(z) + '\n' : renderZdsStatus(z));
+    return 0;
+  }
   const s = await readStatus(f.get('pin-root')!);
-  process.stdout.write(f.flag('json') ? JSON.stringify(s) + '\n' : renderStatus(s));
+  process.stdout.write(f.flag('json') ? JSON.stringify({ ztunnelMode: 'node', ...s }) + '\n' : `ztunnel mode: node\n${renderStatus(s)}`);
   return 0;
 }

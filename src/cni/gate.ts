@@ -18,7 +18,7 @@ import { watch, type FSWatcher } from 'node:fs';
 import { dirname } from 'node:path';
 import type { CniConfig } from '../config.js';
 import type { Logger } from '../log.js';
-import { CniHandler, type CniMembership } from './handler.js';
+import { CniHandler, type CniMembership, type InPodGate } from './handler.js';
 import { installCni } from './install.js';
 import { namespacesFile, NamespaceListWriter } from './nsfile.js';
 import { serveCni, type CniServer } from './server.js';
@@ -35,6 +35,8 @@ export interface GateOptions {
   checkIntervalMs?: number;
   /** How long start waits for the namespaces before serving (default the ADD timeout). */
   startWaitMs?: number;
+  /** inpod mode: ADD waits for ztunnel's ack instead of the node-level pass (handler.ts InPodGate). */
+  inpod?: InPodGate;
 }
 
 /** The plugin waits a little longer than the agent, so the agent's own error is the one seen. */
@@ -65,7 +67,7 @@ function untilOrTimeout(m: GateMembership, cond: () => boolean, ms: number): Pro
 }
 
 export async function startCniGate(cfg: CniConfig, m: GateMembership, log: Logger, opts: GateOptions = {}): Promise<CniGate> {
-  const handler = new CniHandler(m, { addTimeoutMs: cfg.addTimeoutMs, log });
+  const handler = new CniHandler(m, { addTimeoutMs: cfg.addTimeoutMs, log, ...(opts.inpod && { inpod: opts.inpod }) });
   const writer = new NamespaceListWriter(namespacesFile(cfg.stateDir));
   let closed = false;
 

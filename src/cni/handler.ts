@@ -37,10 +37,27 @@ export interface CniMembership {
   onChange(cb: () => void): void;
 }
 
+/**
+ * inpod mode (src/zds/agent.ts): an enrolled pod is in place once its capture is installed
+ * and ztunnel acked its `add`; the ADD gives the agent the sandbox's netns first, and fails
+ * at once when ztunnel refused the pod.
+ */
+export interface InPodGate {
+  /** The sandbox's netns (CNI_NETNS), before the pod is announced. */
+  sandbox(uid: string, netnsPath: string): void;
+  /** The pod is in place in this sandbox's netns: captured, and ztunnel acked its add. */
+  ready(uid: string): boolean;
+  /** Why the pod cannot be in place (ztunnel's ack error, a failed capture), or null. */
+  failure(uid: string): string | null;
+  /** Why it is not in place yet, in words (for the timeout's message). */
+  pending(uid: string): string;
+}
+
 export interface CniHandlerOptions {
   /** How long an ADD may take in all (sync, lookup, programming). */
   addTimeoutMs: number;
   log: Logger;
+  inpod?: InPodGate;
 }
 
 class Deadline extends Error {}
@@ -106,17 +123,26 @@ export class CniHandler {
         msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name} is enrolled but ${ips.join(', ')} is not programmed`,
       });
     }
+    const inpod = this.opts.inpod;
+    const uid = decision.pod.uid;
+    inpod?.sandbox(uid, req.netns);
     this.m.provisionPod(decision.pod, req.containerId);
+    const failed = () => inpod?.failure(uid) ?? null;
     try {
       await this.until(
         this.programmedWaiters,
-        () => this.covered(ips),
+        () => (inpod ? inpod.ready(uid) : this.covered(ips)) || failed() !== null,
         deadline,
-        `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`,
+        inpod
+          ? `not in place within ${this.opts.addTimeoutMs} ms: ${inpod.pending(uid)}`
+          : `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`,
       );
     } catch (err) {
-      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${(err as Error).message}` });
+      const msg = err instanceof Deadline && inpod ? `not in place within ${this.opts.addTimeoutMs} ms: ${inpod.pending(uid)}` : (err as Error).message;
+      return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${msg}` });
     }
+    const refused = (inpod ? inpod.ready(uid) : this.covered(ips)) ? null : failed();
+    if (refused !== null) return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${refused}` });
     this.stats.enrolled++;
     this.opts.log.info('cni: pod enrolled before start', {
       pod: req.pod.name,

@@ -19,6 +19,7 @@ export class Readiness {
   private findings: string[] = [];
   private failed: string | null = null;
   private ztunnelProblem: string | null = null;
+  private ztunnelMissing: string | null = null;
 
   /** The first pass on a fully synced membership was applied (latched). */
   markSynced(): void {
@@ -33,7 +34,15 @@ export class Readiness {
   /** The last pass placed ztunnel (PassReport.ztunnel); `problem`: why discovery took none. */
   setZtunnelKnown(known: boolean, problem: string | null = null): void {
     this.ztunnel = known;
+    this.ztunnelMissing = null;
     this.ztunnelProblem = known ? null : problem;
+  }
+
+  /** inpod mode: a ztunnel is connected over ZDS (true), or why none is (the /readyz reason). */
+  setZtunnelConnected(connected: boolean, missing: string): void {
+    this.ztunnel = connected;
+    this.ztunnelProblem = null;
+    this.ztunnelMissing = connected ? null : missing;
   }
 
   /** With --cni-install: our entry is (not) in the runtime's CNI config list (src/cni/gate.ts). */
@@ -55,7 +64,8 @@ export class Readiness {
     const missing: string[] = [];
     if (!this.synced) missing.push('first full sync not programmed yet');
     if (!this.attached) missing.push('data path not attached');
-    if (!this.ztunnel) missing.push(this.ztunnelProblem ? `ztunnel refused: ${this.ztunnelProblem}` : 'ztunnel not known on this node');
+    if (!this.ztunnel)
+      missing.push(this.ztunnelProblem ? `ztunnel refused: ${this.ztunnelProblem}` : (this.ztunnelMissing ?? 'ztunnel not known on this node'));
     if (this.cniEntry && !this.cniEntry.installed)
       missing.push(`CNI plugin not in the runtime's config list${this.cniEntry.reason ? `: ${this.cniEntry.reason}` : ''}`);
     if (this.failed !== null) missing.push(`last reconcile pass failed: ${this.failed}`);

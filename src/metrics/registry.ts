@@ -9,6 +9,21 @@ import type { Finding, FindingKind } from '../core/ordering.js';
 import type { MapUsage, PodCounterSample } from './pinned.js';
 import type { RequestedMode, SelectedMode } from '../core/modes.js';
 
+/** The ZDS server's view at scrape time (inpod mode; src/zds/server.ts). */
+export interface ZdsSample {
+  connections: readonly { phase: string; podsSent: number }[];
+  counters: {
+    connectionsAccepted: number;
+    connectionsRefused: number;
+    requests: Record<string, number>;
+    acksOk: number;
+    ackErrors: number;
+    ackTimeouts: number;
+    helloTimeouts: number;
+    malformed: number;
+  };
+}
+
 export const PREFIX = 'ambient_redirect_';
 
 /** Read at scrape time; each may be absent (iptables mode has no maps, static membership no watches). */
@@ -57,6 +72,9 @@ export class AgentMetrics {
   private readonly reattached: Counter;
   private readonly mode: Gauge;
   private readonly foreign: Gauge;
+  private readonly ztunnelMode: Gauge;
+  private readonly zdsSnapshot: Histogram;
+  private zdsSource: (() => ZdsSample) | null = null;
 
   constructor(sources: MetricSources = {}, opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -161,6 +179,83 @@ export class AgentMetrics {
         for (const [watch, n] of Object.entries(sources.watchRestarts?.() ?? {})) this.inc({ watch }, n);
       },
     });
+    this.ztunnelMode = new Gauge({
+      name: `${PREFIX}ztunnel_mode`,
+      help: 'The ztunnel the agent serves (1 on the series of the mode): node (own netns) or inpod (ZDS)',
+      labelNames: ['mode'],
+      registers,
+    });
+    this.zdsSnapshot = new Histogram({
+      name: `${PREFIX}zds_snapshot_duration_seconds`,
+      help: 'inpod mode: from a ztunnel’s hello to its ack of snapshot_sent',
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10],
+      registers,
+    });
+    const zds = () => this.zdsSource?.() ?? null;
+    new Gauge({
+      name: `${PREFIX}zds_connections`,
+      help: 'inpod mode: ztunnel connections open on the ZDS socket, by phase (hello, snapshot, ready)',
+      labelNames: ['phase'],
+      registers,
+      collect() {
+        this.reset();
+        const z = zds();
+        if (!z) return;
+        for (const phase of ['hello', 'snapshot', 'ready']) this.set({ phase }, z.connections.filter((c) => c.phase === phase).length);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}zds_connections_total`,
+      help: 'inpod mode: ZDS connections accepted, or refused (too many open)',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        this.reset();
+        const z = zds();
+        if (!z) return;
+        this.inc({ outcome: 'accepted' }, z.counters.connectionsAccepted);
+        this.inc({ outcome: 'refused' }, z.counters.connectionsRefused);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}zds_requests_total`,
+      help: 'inpod mode: ZDS requests sent to ztunnel, by type (add, keep, del, snapshot_sent)',
+      labelNames: ['type'],
+      registers,
+      collect() {
+        this.reset();
+        const z = zds();
+        if (!z) return;
+        for (const [type, n] of Object.entries(z.counters.requests)) this.inc({ type }, n);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}zds_acks_total`,
+      help: 'inpod mode: ztunnel’s answers to our requests: ok, error (an ack with an error), timeout (none in 5 s)',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        this.reset();
+        const z = zds();
+        if (!z) return;
+        this.inc({ outcome: 'ok' }, z.counters.acksOk);
+        this.inc({ outcome: 'error' }, z.counters.ackErrors);
+        this.inc({ outcome: 'timeout' }, z.counters.ackTimeouts);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}zds_bad_peer_total`,
+      help: 'inpod mode: ZDS connections closed for bad input: malformed datagram, or no hello in time',
+      labelNames: ['reason'],
+      registers,
+      collect() {
+        this.reset();
+        const z = zds();
+        if (!z) return;
+        this.inc({ reason: 'malformed' }, z.counters.malformed);
+        this.inc({ reason: 'hello-timeout' }, z.counters.helloTimeouts);
+      },
+    });
     new Counter({
       name: `${PREFIX}rejected_pod_objects_total`,
       help: 'Pod objects from the API that could not be parsed and were ignored',
@@ -199,6 +294,21 @@ export class AgentMetrics {
   setMode(mode: SelectedMode, requested: RequestedMode): void {
     this.mode.reset();
     this.mode.set({ mode, requested, fallback: String(requested === 'ebpf' && mode !== 'ebpf') }, 1);
+  }
+
+  setZtunnelMode(mode: 'node' | 'inpod'): void {
+    this.ztunnelMode.reset();
+    this.ztunnelMode.set({ mode }, 1);
+  }
+
+  /** inpod mode: where the ZDS series are read at scrape time. */
+  setZdsSource(source: () => ZdsSample): void {
+    this.zdsSource = source;
+  }
+
+  /** inpod mode: one snapshot acked (seconds from hello to snapshot_sent's ack). */
+  observeZdsSnapshot(seconds: number): void {
+    this.zdsSnapshot.observe(seconds);
   }
 
   metrics(): Promise<string> {

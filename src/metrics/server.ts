@@ -1,7 +1,8 @@
 /**
  * The agent's HTTP endpoints: /metrics (Prometheus text), /healthz (the process answers),
- * /readyz (200 only when Readiness says so; 503 names what is missing), on the health
- * address; and, on an optional scrape address, /metrics alone.
+ * /readyz (200 only when Readiness says so; 503 names what is missing), /zds (inpod mode:
+ * the connected ztunnels and the pods sent to each, JSON, what `status` shows), on the
+ * health address; and, on an optional scrape address, /metrics alone.
  *
  * This server shares the event loop that answers the CNI plugin, and /metrics names pods,
  * namespaces and IPs: it is meant for 127.0.0.1 (the chart's default), and whoever reaches
@@ -58,6 +59,8 @@ export interface ServeDeps {
   /** 'all' (the health address) or 'metrics' (a scrape address: /metrics only). */
   serve?: 'all' | 'metrics';
   limits?: Partial<ServerLimits>;
+  /** inpod mode: the ZDS view `status` reads (GET /zds, JSON, health address only). */
+  zds?: () => unknown;
 }
 
 export async function serveMetrics(address: string, deps: ServeDeps): Promise<MetricsServer> {
@@ -95,6 +98,11 @@ export async function serveMetrics(address: string, deps: ServeDeps): Promise<Me
       if (only === 'all' && path === '/readyz') {
         const s = deps.readiness.state();
         return text(s.ready ? 200 : 503, s.ready ? 'ok\n' : s.missing.map((m) => `not ready: ${m}\n`).join(''));
+      }
+      if (only === 'all' && path === '/zds' && deps.zds) {
+        if (res.headersSent) return;
+        res.writeHead(200, { 'Content-Type': 'application/json' });
+        return res.end(req.method === 'HEAD' ? undefined : `${JSON.stringify(deps.zds())}\n`);
       }
       if (path === '/metrics') {
         const timer = setTimeout(() => text(503, `metrics took longer than ${limits.scrapeTimeoutMs} ms\n`, true), limits.scrapeTimeoutMs);

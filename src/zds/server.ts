@@ -3,14 +3,14 @@
  * pure state machine (src/zds/state.ts). It owns the listening socket and the connections;
  * the caller owns the pods' netns fds and keeps each open from addPod until removePod.
  *
- * Not wired into `run` yet (docs/zds.md): the in-pod mode will feed it the enrolled pods.
+ * `run --ztunnel-mode inpod` feeds it the enrolled pods through src/zds/agent.ts.
  */
 import type { Logger } from '../log.js';
 import { acceptConn, closeFd, LibcError, sharedPoller, recvDatagram, seqpacketListen, sendDatagram } from '../host/libc.js';
 import { decodeHello, decodeResponse, encodeRequest, MAX_DATAGRAM, ZdsDecodeError, type WorkloadInfo, type WorkloadRequest } from './codec.js';
 import { type Action, type ConnStatus, type Counters, DEFAULT_MAX_CONNECTIONS, type Inbound, ZdsState } from './state.js';
 
-export const DEFAULT_ZDS_SOCKET = '/var/run/ztunnel/ztunnel.sock';
+export { DEFAULT_ZDS_SOCKET } from './paths.js';
 
 export interface ZdsServerOptions {
   path: string;
@@ -23,6 +23,13 @@ export interface ZdsServerOptions {
   now?: () => number;
 }
 
+/** What a user of the server hears besides the options' callbacks (src/zds/agent.ts). */
+export interface ZdsEvents {
+  ack(conn: number, request: WorkloadRequest, error: string | null): void;
+  /** A connection is gone (peer closed, dropped for bad input or a timeout). */
+  closed(conn: number): void;
+}
+
 export class ZdsServer {
   private readonly state: ZdsState;
   private readonly poller = sharedPoller();
@@ -33,6 +40,7 @@ export class ZdsServer {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly now: () => number;
+  private readonly subscribers: ZdsEvents[] = [];
 
   constructor(private readonly opts: ZdsServerOptions) {
     this.now = opts.now ?? Date.now;
@@ -40,6 +48,14 @@ export class ZdsServer {
     this.listenFd = seqpacketListen(opts.path, opts.mode ?? 0o600);
     this.poller.add(this.listenFd, () => this.acceptAll());
     opts.log.info('zds listening', { path: opts.path, mode: (opts.mode ?? 0o600).toString(8) });
+  }
+
+  subscribe(events: ZdsEvents): void {
+    this.subscribers.push(events);
+  }
+
+  get path(): string {
+    return this.opts.path;
   }
 
   get counters(): Readonly<Counters> {
@@ -145,6 +161,7 @@ export class ZdsServer {
       closeFd(fd);
     }
     this.apply(this.state.connClosed(id, reason));
+    for (const s of this.subscribers) s.closed(id);
   }
 
   private apply(actions: Action[]): void {
@@ -155,6 +172,7 @@ export class ZdsServer {
           break;
         case 'acked':
           this.opts.onAck?.(a.conn, a.request, a.error);
+          for (const s of this.subscribers) s.ack(a.conn, a.request, a.error);
           break;
         case 'close': {
           const fd = this.conns.get(a.conn);
@@ -163,6 +181,7 @@ export class ZdsServer {
             this.poller.remove(fd);
             closeFd(fd);
           }
+          for (const s of this.subscribers) s.closed(a.conn);
           break;
         }
         case 'send':

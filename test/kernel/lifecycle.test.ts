@@ -298,9 +298,17 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
   it('refuses a pin root that is not a bpffs, in one clear line', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ar-notbpffs-'));
     try {
-      const err = (await runInNode(sim.nodeNs, ['run', '--pin-root', dir, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip]).catch(
-        (e: unknown) => e,
-      )) as CommandError;
+      const err = (await runInNode(sim.nodeNs, [
+        'run',
+        '--ztunnel-mode',
+        'node',
+        '--pin-root',
+        dir,
+        '--ztunnel-ip',
+        sim.ztunnel.ip,
+        '--enroll',
+        sim.pods[0]!.ip,
+      ]).catch((e: unknown) => e)) as CommandError;
       expect(err).toBeInstanceOf(CommandError);
       expect(err.exitCode).not.toBe(0);
       expect(err.stderr).toContain(`${dir} is not a bpffs mount`);

@@ -3,14 +3,17 @@ import { ConfigError, parseRunConfig } from '../../src/config.js';
 
 describe('run configuration', () => {
   it('takes flags over environment over defaults, frozen', () => {
-    const cfg = parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10, 10.0.0.11'], { LOG_LEVEL: 'debug', ZTUNNEL_IP: '10.9.9.9' });
+    const cfg = parseRunConfig(['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10, 10.0.0.11'], {
+      LOG_LEVEL: 'debug',
+      ZTUNNEL_IP: '10.9.9.9',
+    });
     expect(cfg).toMatchObject({ ztunnelIp: '10.0.0.2', logLevel: 'debug', pinRoot: '/sys/fs/bpf', mode: 'auto', resyncSeconds: 5 });
     expect(cfg.membership).toEqual({ kind: 'static', enroll: ['10.0.0.10', '10.0.0.11'] });
     expect(Object.isFrozen(cfg)).toBe(true);
   });
 
   it('an empty --enroll is static membership with nobody enrolled', () => {
-    expect(parseRunConfig(['--ztunnel-ip', '10.0.0.2', '--enroll', ''], {}).membership).toEqual({ kind: 'static', enroll: [] });
+    expect(parseRunConfig(['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', ''], {}).membership).toEqual({ kind: 'static', enroll: [] });
   });
 
   it('reads Kubernetes settings from flags and environment, with client-go-like defaults', () => {
@@ -45,14 +48,14 @@ describe('run configuration', () => {
   });
 
   it.each([
-    [['--ztunnel-ip', 'x', '--enroll', ''], /ztunnel-ip.*not an IP/],
+    [['--ztunnel-mode', 'node', '--ztunnel-ip', 'x', '--enroll', ''], /ztunnel-ip.*not an IP/],
     [[], /no membership source: give --kubeconfig/],
     [['--enroll', '10.0.0.1'], /ztunnel-ip.*required with --enroll/],
-    [['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.1,nope'], /enroll.*"nope"/],
-    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--mode', 'bogus'], /mode.*not one of/],
-    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--resync-interval', '0'], /resync-interval/],
+    [['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.1,nope'], /enroll.*"nope"/],
+    [['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '', '--mode', 'bogus'], /mode.*not one of/],
+    [['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '', '--resync-interval', '0'], /resync-interval/],
     [['--ztunnel-ip', '10.0.0.2', '--what'], /Unknown option/],
-    [['--ztunnel-ip', '10.0.0.2', '--enroll', '', '--log-level', 'loud'], /log-level/],
+    [['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '', '--log-level', 'loud'], /log-level/],
     [['--kubeconfig', '/k'], /node-name.*required/],
     [['--kubeconfig', '/k', '--node-name', 'n', '--max-delete-share', '2'], /max-delete-share: "2"/],
     [['--kubeconfig', '/k', '--node-name', 'n', '--ztunnel-selector', 'app in (x)'], /ztunnel-selector/],
@@ -70,7 +73,7 @@ describe('run configuration', () => {
 });
 
 describe('data-path flags', () => {
-  const base = ['--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10'];
+  const base = ['--ztunnel-mode', 'node', '--ztunnel-ip', '10.0.0.2', '--enroll', '10.0.0.10'];
 
   it('take delivery, tunnel and DNS capture from flags or environment', () => {
     expect(parseRunConfig(base, {})).toMatchObject({ delivery: 'auto', tunnel: 'auto', dnsCapture: false, resyncSeconds: 5 });

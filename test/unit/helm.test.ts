@@ -47,6 +47,40 @@ describe('helm lint', () => {
     expect(r.stdout + r.stderr).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
     expect(r.status).toBe(0);
   });
+
+  it.each(['inpod', 'node'])('passes with --strict for ztunnel.mode=%s, and fails for a bad mode', (mode) => {
+    const r = helmRun(['lint', '--strict', CHART, '--set', `ztunnel.mode=${mode}`]);
+    expect(r.stdout + r.stderr).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+    const bad = helmRun(['lint', '--strict', CHART, '--set', `ztunnel.mode=${mode}-pod`]);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stdout + bad.stderr).toMatch(/ztunnel\/mode/);
+  });
+});
+
+describe('ztunnel.mode', () => {
+  it('inpod is the default: ZTUNNEL_MODE and ZDS_SOCKET for run, the socket’s host folder, hostPID and SYS_PTRACE, and nothing else beyond node mode', () => {
+    const inpod = render({ 'ztunnel.zdsDir': '/run/zt' });
+    const node = render({ 'ztunnel.mode': 'node' });
+    const c = agent(inpod);
+    const env = Object.fromEntries(c.env.map((e: Obj) => [e.name, e.value]));
+    expect(env).toMatchObject({ ZTUNNEL_MODE: 'inpod', ZDS_SOCKET: '/run/zt/ztunnel.sock' });
+    expect(mountsByName(c).zds).toEqual({ name: 'zds', mountPath: '/run/zt' });
+    expect(volumesByName(inpod).zds.hostPath).toEqual({ path: '/run/zt', type: 'DirectoryOrCreate' });
+    expect(daemonSet(inpod).spec.template.spec.hostPID).toBe(true);
+    // The difference to node mode is exactly these.
+    const nodeCaps = agent(node).securityContext.capabilities.add as string[];
+    expect((c.securityContext.capabilities.add as string[]).filter((x) => !nodeCaps.includes(x))).toEqual(['SYS_PTRACE']);
+    expect(Object.keys(mountsByName(c)).filter((m) => !(m in mountsByName(agent(node))))).toEqual(['zds']);
+    expect(Object.keys(volumesByName(inpod)).filter((v) => !(v in volumesByName(node)))).toEqual(['zds']);
+    expect(agent(node).env.map((e: Obj) => e.name)).not.toContain('ZDS_SOCKET');
+    expect(Object.fromEntries(agent(node).env.map((e: Obj) => [e.name, e.value])).ZTUNNEL_MODE).toBe('node');
+  });
+
+  it('uninstallDataPath renders no hostPID and no ZDS folder', () => {
+    const objs = render({ uninstallDataPath: true });
+    expect(daemonSet(objs).spec.template.spec.hostPID).toBeUndefined();
+    expect(volumesByName(objs).zds).toBeUndefined();
+  });
 });
 
 describe('values.schema.json', () => {
@@ -59,6 +93,9 @@ describe('values.schema.json', () => {
     ['pinRoot=sys/fs/bpf', /pinRoot/],
     ['redirectmode=ebpf', /redirectmode/], // a typo is not silently ignored
     ['ztunnel.selector=null', /selector/],
+    ['ztunnel.mode=ambient', /ztunnel\/mode/],
+    ['ztunnel.mode=Inpod', /ztunnel\/mode/],
+    ['ztunnel.zdsDir=var/run/ztunnel', /zdsDir/],
   ])('rejects %s', (set, field) => {
     const r = helmRun(['template', 'mesh', CHART, '--set', set]);
     expect(r.status).not.toBe(0);
@@ -80,8 +117,9 @@ describe('what each mode renders', () => {
     auto: { caps: ['NET_ADMIN', 'NET_RAW', 'SYS_ADMIN'], mounts: ['boot', 'bpffs', ...CNI, 'netns', 'xtables-lock'] },
   } as const;
 
-  it.each(Object.keys(expected) as (keyof typeof expected)[])('%s: drop ALL, add back only its capabilities; only its mounts', (mode) => {
-    const objs = render({ redirectMode: mode });
+  it.each(Object.keys(expected) as (keyof typeof expected)[])('%s (ztunnel.mode node): drop ALL, add back only its capabilities; only its mounts', (mode) => {
+    const objs = render({ redirectMode: mode, 'ztunnel.mode': 'node' });
+    expect(daemonSet(objs).spec.template.spec.hostPID).toBeUndefined();
     const c = agent(objs);
     expect(c.securityContext.capabilities.drop).toEqual(['ALL']);
     expect([...c.securityContext.capabilities.add].sort()).toEqual(expected[mode].caps);
@@ -285,6 +323,13 @@ describe('the chart and `run` agree', () => {
     }
     return { args: c.args as string[], env, names: (c.env as Obj[]).map((e) => e.name as string) };
   }
+
+  it('parseRunConfig gets the mode and socket the values ask for', () => {
+    const { args, env } = containerInvocation(render({ 'ztunnel.zdsDir': '/run/zt' }), 'node-7');
+    expect(parseRunConfig(args.slice(1), env)).toMatchObject({ ztunnelMode: 'inpod', zdsSocket: '/run/zt/ztunnel.sock', hostProc: '/proc' });
+    const n = containerInvocation(render({ 'ztunnel.mode': 'node' }), 'node-7');
+    expect(parseRunConfig(n.args.slice(1), n.env).ztunnelMode).toBe('node');
+  });
 
   it('dns values reach `run`: capture, the DNS Service (readable through a Role on it alone), node-local and more servers', () => {
     const dflt = render({ redirectMode: 'ebpf' });

@@ -55,6 +55,7 @@ const PACKAGE: Record<string, string> = {
   mv: 'coreutils',
   rm: 'coreutils',
   mkdir: 'coreutils',
+  sleep: 'coreutils',
   mktemp: 'coreutils',
   touch: 'coreutils',
   cat: 'coreutils',

@@ -192,6 +192,42 @@ const rows: Row[] = [
     log: 'zds malformed datagram',
     fields: { error: 'wire-type' },
   },
+  {
+    name: 'an ack nobody asked for (after the snapshot)',
+    run: async (p) => {
+      await p.handshake();
+      p.send(encodeResponse({ error: '' }));
+    },
+    log: 'zds ack without a request',
+  },
+  {
+    name: 'ack with an error for snapshot_sent',
+    run: async (p) => {
+      p.send(encodeHello({ version: 1 }));
+      for (;;) {
+        const m = await p.next();
+        if (typeof m === 'string') throw new Error(m);
+        m.fds.forEach((f) => closeFd(f));
+        p.send(encodeResponse({ error: m.req.kind === 'snapshot_sent' ? 'not ready' : '' }));
+        if (m.req.kind === 'snapshot_sent') return;
+      }
+    },
+    log: 'zds ack with error',
+    fields: { request: 'snapshot_sent', error: 'not ready' },
+  },
+  {
+    name: 'an ack carrying a file descriptor',
+    run: async (p) => {
+      p.send(encodeHello({ version: 1 }));
+      const m = await p.next();
+      if (typeof m === 'object') m.fds.forEach((f) => closeFd(f));
+      const f = openSync('/dev/null', 'r');
+      p.send(encodeResponse({ error: '' }), [f]);
+      closeSync(f);
+    },
+    log: 'zds malformed datagram',
+    fields: { error: 'unexpected-fds' },
+  },
 ];
 
 describe('ZDS server conformance (real SEQPACKET socket)', () => {
@@ -225,7 +261,7 @@ describe('ZDS server conformance (real SEQPACKET socket)', () => {
     fresh.close();
   });
 
-  it.each(rows)('$name: log line, connection closed, state kept', async (row) => {
+  it.each(rows)('$name: log line, connection closed, nothing enrolled lost', async (row) => {
     const bad = new Peer(path);
     await row.run(bad);
     let m: Awaited<ReturnType<Peer['next']>>;

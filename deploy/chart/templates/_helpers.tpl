@@ -28,6 +28,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $pairs -}}
 {{- end -}}
 
+{{/* ztunnel.mode inpod: the agent serves ZDS (docs/zds.md). */}}
+{{- define "ar.inpod" -}}
+{{- if eq .Values.ztunnel.mode "inpod" }}true{{ end -}}
+{{- end -}}
+
 {{/* The mode may load BPF programs and pin maps: ebpf, or auto (which may pick ebpf). */}}
 {{- define "ar.usesEbpf" -}}
 {{- if ne .Values.redirectMode "iptables" }}true{{ end -}}
@@ -44,11 +49,14 @@ Capabilities added back after drop ALL; why each one: deploy/README.md.
   SYS_ADMIN  both modes: setns(2) into ztunnel's netns, `ip netns exec` (unshare + mounts), bpf() on every kernel
   NET_RAW    iptables mode: iptables-legacy's raw socket (the node may use the legacy backend)
   SYS_RESOURCE  ebpf mode on kernels < 5.11, when asked (legacyKernelMemlock)
+  SYS_PTRACE ztunnel.mode inpod: open /proc/<pid>/ns/net of the host's processes (pods' pause
+             processes run as other users) to find the netns of pods that exist at start
 */}}
 {{- define "ar.capabilities" -}}
 {{- $caps := list "NET_ADMIN" "SYS_ADMIN" -}}
 {{- if include "ar.usesIptables" . -}}{{- $caps = append $caps "NET_RAW" -}}{{- end -}}
 {{- if and (include "ar.usesEbpf" .) .Values.legacyKernelMemlock -}}{{- $caps = append $caps "SYS_RESOURCE" -}}{{- end -}}
+{{- if include "ar.inpod" . -}}{{- $caps = append $caps "SYS_PTRACE" -}}{{- end -}}
 {{- toJson $caps -}}
 {{- end -}}
 
