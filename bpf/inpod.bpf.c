@@ -4,14 +4,14 @@
  * enrolled pod's netns, and these programs hand the pod's TCP (and DNS) to its sockets
  * there, with no iptables in the pod.
  *
- * - inpod_out, TC egress of the pod's eth0 (rows PO1-PO9): a frame to capture is looped
+ * - inpod_out, TC egress of the pod's eth0 (rows PO1-PO10): a frame to capture is looped
  *   back into eth0's ingress (destination MAC := eth0's own, bpf_redirect with
  *   BPF_F_INGRESS) with INPOD_MARK_LOOP.
- * - inpod_in, TC ingress of the pod's eth0 (rows PI1-PI12): the frame's socket is found
+ * - inpod_in, TC ingress of the pod's eth0 (rows PL1-PL4, PI1-PI9): the frame's socket is found
  *   (its connection's, else ztunnel's listener) and assigned with bpf_sk_assign; the
  *   loop mark, kept, makes policy routing deliver the foreign destination locally.
  * - inpod_host_in / inpod_host_out, TC egress / ingress of the pod's host veth (rows
- *   PH1-PH6): the node's own TCP to the pod leaves with the probe source, which the pod's
+ *   PH1-PH9): the node's own TCP to the pod leaves with the probe source, which the pod's
  *   programs let through uncaptured, and nothing else may carry.
  * - inpod_reuseport_probe: the delivery probe (src/capture/inpod/probe.ts).
  *
@@ -215,44 +215,38 @@ enum out_verdict {
 static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const struct flow *f)
 {
 	struct bpf_sock *sk;
-	bool dns;
 
 	if (!is_ip(f))
-		return OUT_PASS;                                 /* PO1 */
+		return f->l3 == L3_ARP ? OUT_PASS : OUT_DROP;    /* PO1 */
 	if ((skb->mark & INPOD_ZTUNNEL_MARK_MASK) == INPOD_ZTUNNEL_MARK)
 		return OUT_PASS;                                 /* PO2 */
 	if (f->l4 == L4_BAD_CHAIN)
 		return OUT_DROP;                                 /* PO3 */
 	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
 		return OUT_PASS;                                 /* PO4 */
-	if (f->proto == IPPROTO_TCP && fragmented(skb, f))
-		return OUT_DROP;                                 /* PO5 */
-	if (f->l4 != L4_OK || f->nonfirst_frag)
-		return f->proto == IPPROTO_TCP ? OUT_DROP : OUT_PASS; /* PO5 */
-	dns = dns_out(f);
+	if (f->proto == IPPROTO_UDP && (f->l4 != L4_OK || f->nonfirst_frag || !dns_out(f)))
+		return OUT_PASS;                                 /* PO5 */
+	if (f->l4 != L4_OK || fragmented(skb, f))
+		return OUT_DROP;                                 /* PO6 */
 	if (f->proto == IPPROTO_UDP) {
-		if (!dns)
-			return OUT_PASS;                         /* PO4 */
-		if (fragmented(skb, f))
-			return OUT_DROP;                         /* PO5 */
 		sk = ztunnel_socket(skb, f, INPOD_PORT_DNS);
 		if (!sk)
-			return OUT_DROP;                         /* PO9 */
+			return OUT_DROP;                         /* PO8 */
 		bpf_sk_release(sk);
-		return OUT_LOOP;                                 /* PO6 */
+		return OUT_LOOP;                                 /* PO8 */
 	}
 	if (tcp_conn(skb, f) != CONN_NONE)
 		return OUT_LOOP;                                 /* PO7 */
 	if (tcp_syn(f)) {
-		sk = ztunnel_socket(skb, f, dns ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND);
+		sk = ztunnel_socket(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND);
 		if (!sk)
-			return OUT_DROP;                         /* PO9 */
+			return OUT_DROP;                         /* PO8 */
 		bpf_sk_release(sk);
-		return OUT_LOOP;                                 /* PO6 */
+		return OUT_LOOP;                                 /* PO8 */
 	}
 	if (tcp_sender_socket(skb, f))
-		return OUT_PASS;                                 /* PO8 */
-	return OUT_DROP;                                         /* PO9 */
+		return OUT_PASS;                                 /* PO9 */
+	return OUT_DROP;                                         /* PO10 */
 }
 
 SEC("tc")
@@ -323,32 +317,29 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f, 
 	long err;
 
 	if (!sk)
-		return TC_ACT_SHOT;                              /* PI12 */
+		return TC_ACT_SHOT;
 	err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-/* The pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
+/* PL1-PL4: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
 static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f)
 {
 	enum conn c;
 
 	if (!is_ip(f) || f->l4 != L4_OK || f->nonfirst_frag || fragmented(skb, f))
-		return TC_ACT_SHOT;                              /* PI2 */
-	if (f->proto == IPPROTO_UDP) {
-		if (!dns_out(f))
-			return TC_ACT_SHOT;                      /* PI2 */
-		return deliver(skb, f, INPOD_PORT_DNS);          /* PI3 */
-	}
+		return TC_ACT_SHOT;                              /* PL1 */
+	if (f->proto == IPPROTO_UDP)
+		return dns_out(f) ? deliver(skb, f, INPOD_PORT_DNS) : TC_ACT_SHOT; /* PL4, PL1 */
 	if (f->proto != IPPROTO_TCP)
-		return TC_ACT_SHOT;                              /* PI2 */
+		return TC_ACT_SHOT;                              /* PL1 */
 	c = tcp_conn(skb, f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(f)))
-		return TC_ACT_OK;                                /* PI4 */
+		return TC_ACT_OK;                                /* PL2 */
 	if (!tcp_syn(f) || c == CONN_TIME_WAIT)
-		return TC_ACT_SHOT;                              /* PI5 */
-	return deliver(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND); /* PI3 */
+		return TC_ACT_SHOT;                              /* PL3 */
+	return deliver(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND); /* PL4 */
 }
 
 SEC("tc")
@@ -359,25 +350,25 @@ int inpod_in(struct __sk_buff *skb)
 
 	parse_frame(skb, &f);
 	if (skb->mark == INPOD_MARK_LOOP)
-		return in_looped(skb, &f);                       /* PI2-PI5 */
+		return in_looped(skb, &f);                       /* PL1-PL4 */
 	if (!is_ip(&f))
-		return TC_ACT_OK;                                /* PI1 */
+		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PI1 */
 	if (f.l4 == L4_BAD_CHAIN)
-		return TC_ACT_SHOT;                              /* PI6 */
+		return TC_ACT_SHOT;                              /* PI2 */
 	if (f.proto != IPPROTO_TCP)
-		return TC_ACT_OK;                                /* PI7 */
+		return TC_ACT_OK;                                /* PI3 */
 	if (f.l4 != L4_OK || fragmented(skb, &f))
-		return TC_ACT_SHOT;                              /* PI8 */
+		return TC_ACT_SHOT;                              /* PI4 */
 	if (is_probe_addr(&f, &f.src))
-		return TC_ACT_OK;                                /* PI9 */
+		return TC_ACT_OK;                                /* PI5 */
 	c = tcp_conn(skb, &f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
-		return TC_ACT_OK;                                /* PI10 */
+		return TC_ACT_OK;                                /* PI6 */
 	if (c == CONN_TIME_WAIT)
-		return TC_ACT_SHOT;                              /* PI11 */
+		return TC_ACT_SHOT;                              /* PI7 */
 	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
-		return TC_ACT_OK;                                /* PI10 */
-	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI12 */
+		return TC_ACT_OK;                                /* PI8 */
+	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 
 /* --- the pod's host veth: the node's own TCP gets the probe source -------------------- */
@@ -442,17 +433,18 @@ int inpod_host_in(struct __sk_buff *skb)
 	if (skb->ingress_ifindex != 0 || f.proto != IPPROTO_TCP || f.l4 != L4_OK || f.nonfirst_frag)
 		return TC_ACT_OK;                                /* PH3 */
 	probe_key(&k, &f, true);
-	known = bpf_map_lookup_elem(&probe_flows, &k);
 	if (tcp_syn(&f)) {
 		__builtin_memcpy(v.node, f.src.addr, 16);
 		/* A full map evicts its oldest flow (LRU). */
 		if (bpf_map_update_elem(&probe_flows, &k, &v, BPF_ANY) < 0)
 			return TC_ACT_SHOT;                      /* PH4 */
-	} else if (!known || !addr16_eq(known->node, f.src.addr)) {
-		return TC_ACT_OK;                                /* PH3 */
+	} else {
+		known = bpf_map_lookup_elem(&probe_flows, &k);
+		if (!known || !addr16_eq(known->node, f.src.addr))
+			return TC_ACT_OK;                        /* PH6 */
 	}
 	probe_addr(&probe, f.l3 == L3_IPV4);
-	return rewrite_addr(skb, &f, true, probe.addr) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH4 */
+	return rewrite_addr(skb, &f, true, probe.addr) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH4, PH5 */
 }
 
 /* TC ingress of the pod's host veth: frames from the pod. */
@@ -466,15 +458,15 @@ int inpod_host_out(struct __sk_buff *skb)
 
 	parse_frame(skb, &f);
 	if (!is_ip(&f) || !is_probe_addr(&f, &f.dst))
-		return TC_ACT_OK;                                /* PH5 */
+		return TC_ACT_OK;                                /* PH7 */
 	if (f.proto != IPPROTO_TCP || f.l4 != L4_OK || f.nonfirst_frag)
-		return TC_ACT_SHOT;                              /* PH6 */
+		return TC_ACT_SHOT;                              /* PH9 */
 	probe_key(&k, &f, false);
 	known = bpf_map_lookup_elem(&probe_flows, &k);
 	if (!known)
-		return TC_ACT_SHOT;                              /* PH6 */
+		return TC_ACT_SHOT;                              /* PH9 */
 	__builtin_memcpy(node, known->node, 16);
-	return rewrite_addr(skb, &f, false, node) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH5 */
+	return rewrite_addr(skb, &f, false, node) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH8 */
 }
 
 /* --- the delivery probe ------------------------------------------------------------- */
