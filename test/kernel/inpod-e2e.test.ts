@@ -225,6 +225,9 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         const r3 = await sim.connect('outside', { ip: sim.pods[0]!.ip6, port: APP_PORT }, 1, 1_000, PROBE6);
         for (const r of [r1, r2, r3]) expect(r[0]!.ok).toBe(false);
         expect(app.accepted.length).toBe(n);
+        // Not even half-open: no SYN from the probe address reached the app's listener.
+        const halfOpen = await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-H', '-tn', 'state', 'syn-recv']);
+        expect(halfOpen.trim()).toBe('');
         expect(accepted.length).toBe(z);
         // Without the spoofed source the same pod is captured like anyone: 15006.
         expect(await sim.connect(p1, { ip: sim.pods[0]!.ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
