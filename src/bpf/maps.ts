@@ -43,7 +43,13 @@ export const PINNED_MAPS = {
     maxEntries: inpodConstants.MAX_PROBE_FLOWS,
     perCpu: false,
   },
-  inpod_pods: { type: MapType.HASH, keySize: inpod.INPOD_POD_KEY_SIZE, valueSize: inpod.INPOD_POD_SIZE, maxEntries: inpodConstants.MAX_INPOD_PODS, perCpu: false },
+  inpod_pods: {
+    type: MapType.HASH,
+    keySize: inpod.INPOD_POD_KEY_SIZE,
+    valueSize: inpod.INPOD_POD_SIZE,
+    maxEntries: inpodConstants.MAX_INPOD_PODS,
+    perCpu: false,
+  },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

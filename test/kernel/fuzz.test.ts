@@ -138,9 +138,7 @@ function inpodFrame(gen: Gen): Buffer {
   const podPort = gen.pick([CONN.podPort, CONN.podPort, 53, 15008, 9090]);
   const peerPort = gen.pick([CONN.outPort, CONN.outPort, 53, 50000]);
   const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
-  const l4 = gen.chance(0.8)
-    ? b.tcp({ sport, dport, flags: gen.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, gen.int(256)]) })
-    : b.udp({ sport, dport });
+  const l4 = gen.chance(0.8) ? b.tcp({ sport, dport, flags: gen.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, gen.int(256)]) }) : b.udp({ sport, dport });
   const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
   if (v6) return b.v6Frame({ ...ip, ext: gen.chance(0.1) ? [{ type: 'fragment', offset: gen.pick([0, 5]), more: gen.chance(0.5) }] : [] }, l4);
   return b.v4Frame({ ...ip, moreFragments: gen.chance(0.05), fragOffset: gen.chance(0.05) ? 5 : 0 }, l4);
@@ -212,7 +210,8 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
         for (const program of programs) {
           const s = stats.get(program)!;
           s.frames++;
-          const mark = program === 'inpod_out' ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK]) : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
+          const mark =
+            program === 'inpod_out' ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK]) : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
           const ingressIfindex = gen.pick([0, 0, NODE_IFINDEX]);
           const expected =
             program === 'inpod_out'

@@ -12,6 +12,7 @@ import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
 import { createEbpfInPodCapture, type EbpfInPodCapture } from '../../src/capture/inpod/ebpf.js';
+import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
@@ -265,6 +266,62 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       expect(await capture.check(pod)).toBe(false);
       await capture.install(pod);
       expect(await capture.check(pod)).toBe(true);
+    });
+  });
+
+  describe('agent restart and bad input', () => {
+    it('a new agent of the same build adopts: same programs, check true, install changes nothing', async () => {
+      const second = createEbpfInPodCapture({
+        objectPath: 'build/inpod.bpf.o',
+        pinRoot,
+        dnsCapture: true,
+        runner: systemRunner,
+        log: createLogger('error', () => undefined),
+        hostNetns: `/var/run/netns/${sim.nodeNs}`,
+        probe: false,
+      });
+      try {
+        const filters = () => run(['tc', '-n', sim.pods[0]!.ns, 'filter', 'show', 'dev', 'eth0', 'egress']);
+        const before = await filters();
+        await second.init();
+        expect(await second.check(pod)).toBe(true);
+        await second.install(pod);
+        expect(await filters()).toBe(before);
+        expect(await capture.check(pod)).toBe(true);
+      } finally {
+        second.close();
+      }
+    });
+
+    it('a netns without the pod’s interface: install is a clear error, check false, remove succeeds and changes nothing', async () => {
+      const ns = `${sim.prefix}-empty`;
+      await run(['ip', 'netns', 'add', ns]);
+      const fd = openSync(`/var/run/netns/${ns}`, 'r');
+      try {
+        const empty: PodNetns = { ...pod, uid: 'uid-empty', name: 'empty', fd };
+        const snap = await snapshot(ns, []);
+        await expect(capture.install(empty)).rejects.toThrow(/no interface in its netns holds 198\.18\.0\.10/);
+        expect(await capture.check(empty)).toBe(false);
+        await capture.remove(empty);
+        expect(await snapshot(ns, [])).toBe(snap);
+        await expect(capture.install({ ...empty, ips: [] })).rejects.toThrow(/no IP address/);
+      } finally {
+        closeSync(fd);
+        await run(['ip', 'netns', 'del', ns]);
+      }
+    });
+  });
+
+  describe('the delivery probe', () => {
+    it('says bpf_sk_assign takes a SO_REUSEPORT socket on this kernel, and leaves no netns behind', async () => {
+      expect(await probeReuseportAssign('build/inpod.bpf.o', systemRunner)).toEqual({ reuseportAssign: true });
+      expect(await run(['ip', 'netns', 'list'])).not.toMatch(new RegExp(`ambient-redirect-probe-${process.pid}-`));
+    });
+
+    it('says no when the program does not assign (a pass-all program in its place): the answer is the kernel’s, not assumed', async () => {
+      const r = await probeReuseportAssign('build/tests/foreign.bpf.o', systemRunner, 'foreign_pass');
+      expect(r.reuseportAssign).toBe(false);
+      expect(r.reason).toMatch(/refuses SO_REUSEPORT/);
     });
   });
 

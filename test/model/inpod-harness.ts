@@ -46,7 +46,8 @@ export class InpodHarness {
     try {
       await run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
       await run(['ip', '-n', netns, 'link', 'add', `${prefix}a`, 'type', 'veth', 'peer', 'name', `${prefix}b`]);
-      for (const a of addresses) await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
+      for (const a of addresses)
+        await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
       const links = JSON.parse(await run(['ip', '-n', netns, '-j', 'link', 'show'])) as { ifname: string; ifindex: number }[];
       obj = BpfObject.openAndLoad(INPOD_OBJECT, { programs: [...INPOD_PROGRAMS] });
       leave = enterNetns(`/var/run/netns/${netns}`);

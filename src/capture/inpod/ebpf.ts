@@ -93,6 +93,14 @@ interface PodPlace {
   hostIfindex: number;
 }
 
+/** The pod's interface or the node's route to it is not (or no longer) there. */
+export class LocateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LocateError';
+  }
+}
+
 function isGone(err: unknown): boolean {
   const code = (err as { code?: string }).code;
   return code === 'ENOENT' || code === 'EBADF' || code === 'ENODEV';
@@ -118,7 +126,11 @@ export class EbpfInPodCapture implements InPodCapture {
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
     this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(this.opts.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
-    this.opts.log.info(this.installed.adopted ? 'in-pod ebpf adopted' : 'in-pod ebpf loaded', { pinDir: this.dir, programs: ids, dnsCapture: !!this.opts.dnsCapture });
+    this.opts.log.info(this.installed.adopted ? 'in-pod ebpf adopted' : 'in-pod ebpf loaded', {
+      pinDir: this.dir,
+      programs: ids,
+      dnsCapture: !!this.opts.dnsCapture,
+    });
   }
 
   private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods'): BpfMap {
@@ -149,18 +161,28 @@ export class EbpfInPodCapture implements InPodCapture {
 
   private async locate(pod: PodNetns): Promise<PodPlace> {
     const what = `pod ${pod.namespace}/${pod.name}`;
-    if (pod.ips.length === 0) throw new Error(`${what}: no IP address to find its interface by`);
+    if (pod.ips.length === 0) throw new LocateError(`${what}: no IP address to find its interface by`);
     const nsPath = `/proc/${process.pid}/fd/${pod.fd}`;
     const inode = BigInt(fstatSync(pod.fd).ino);
     const wanted = new Set(pod.ips.map((ip) => decodeAddrKey(encodeAddrKey(ip))));
-    const addrs = JSON.parse(await this.inPod(nsPath, ['ip', '-j', 'addr', 'show'])) as { ifindex: number; ifname: string; addr_info?: { local?: string }[] }[];
+    const addrs = JSON.parse(await this.inPod(nsPath, ['ip', '-j', 'addr', 'show'])) as {
+      ifindex: number;
+      ifname: string;
+      link_index?: number;
+      addr_info?: { local?: string }[];
+    }[];
     const link = addrs.find((l) => (l.addr_info ?? []).some((a) => a.local !== undefined && wanted.has(decodeAddrKey(encodeAddrKey(a.local)))));
-    if (!link) throw new Error(`${what}: no interface in its netns holds ${pod.ips.join(', ')}`);
-    const route = JSON.parse(await this.onHost(['ip', '-j', 'route', 'get', pod.ips[0]!])) as { dev?: string }[];
+    if (!link) throw new LocateError(`${what}: no interface in its netns holds ${pod.ips.join(', ')}`);
+    const route = JSON.parse(await this.onHost(['ip', '-j', 'route', 'get', pod.ips[0]!])) as { dev?: string; gateway?: string }[];
     const dev = route[0]?.dev;
-    if (!dev) throw new Error(`${what}: the node has no route to ${pod.ips[0]}`);
-    const [hostLink] = JSON.parse(await this.onHost(['ip', '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[];
-    if (!hostLink) throw new Error(`${what}: the node's link ${dev} is gone`);
+    if (!dev || route[0]?.gateway) throw new LocateError(`${what}: the node has no direct route to ${pod.ips[0]}`);
+    const [hostLink] = JSON.parse(await this.onHost(['ip', '-j', 'link', 'show', 'dev', dev])) as { ifindex: number; link_index?: number }[];
+    if (!hostLink) throw new LocateError(`${what}: the node's link ${dev} is gone`);
+    // The node's route must lead to this interface's veth peer, never to an uplink (a
+    // default route answers `route get` for a pod whose veth is gone).
+    if (link.link_index !== hostLink.ifindex || hostLink.link_index !== link.ifindex) {
+      throw new LocateError(`${what}: the node's route to ${pod.ips[0]} goes through ${dev}, which is not the veth peer of ${link.ifname}`);
+    }
     return { nsPath, inode, eth: { ifindex: link.ifindex, name: link.ifname }, hostIfindex: hostLink.ifindex };
   }
 
@@ -223,19 +245,35 @@ export class EbpfInPodCapture implements InPodCapture {
   }
 
   private async hasRule(nsPath: string, family: (typeof FAMILIES)[number]): Promise<boolean> {
-    const rules = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'rule', 'show'])) as { priority?: number; fwmark?: string; fwmask?: string; table?: string }[];
+    const rules = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'rule', 'show'])) as {
+      priority?: number;
+      fwmark?: string;
+      fwmask?: string;
+      table?: string;
+    }[];
     return rules.some((r) => String(r.priority) === RULE_PREF && r.fwmark === LOOP_MARK && r.fwmask === LOOP_MARK && r.table === ROUTE_TABLE);
   }
 
   private async hasRoute(nsPath: string, family: (typeof FAMILIES)[number]): Promise<boolean> {
-    const routes = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'route', 'show', 'table', ROUTE_TABLE])) as { type?: string; dst?: string; dev?: string }[];
+    const routes = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'route', 'show', 'table', ROUTE_TABLE])) as {
+      type?: string;
+      dst?: string;
+      dev?: string;
+    }[];
     return routes.some((r) => r.type === 'local' && r.dst === 'default' && r.dev === 'lo');
   }
 
   // --- check --------------------------------------------------------------------------
 
   async check(pod: PodNetns): Promise<boolean> {
-    const at = await this.locate(pod);
+    let at: PodPlace;
+    try {
+      at = await this.locate(pod);
+    } catch (err) {
+      // No interface or route for the pod: nothing of ours can be in place.
+      if (err instanceof LocateError) return false;
+      throw err;
+    }
     const rec = this.record(at.inode);
     if (!rec || rec.ethIfindex !== at.eth.ifindex || rec.hostIfindex !== at.hostIfindex) return false;
     const want: Record<Direction, number> = { ingress: this.program(INPOD_PROGRAMS.in).id, egress: this.program(INPOD_PROGRAMS.out).id };
@@ -266,7 +304,7 @@ export class EbpfInPodCapture implements InPodCapture {
       eth = (await this.locate(pod)).eth;
     } catch (err) {
       // The pod's interface (or the node's route) is gone: what was on them went with them.
-      if (!(err instanceof CommandError) && !(err instanceof Error && /no interface|no route|is gone/.test(err.message))) throw err;
+      if (!(err instanceof LocateError) && !(err instanceof CommandError)) throw err;
     }
     const ethIfindex = eth?.ifindex ?? rec?.ethIfindex;
     if (ethIfindex !== undefined) {
@@ -276,7 +314,9 @@ export class EbpfInPodCapture implements InPodCapture {
       });
     }
     for (const f of FAMILIES) {
-      while (await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'rule', 'del', 'pref', RULE_PREF, 'fwmark', `${LOOP_MARK}/${LOOP_MARK}`, 'lookup', ROUTE_TABLE]));
+      while (
+        await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'rule', 'del', 'pref', RULE_PREF, 'fwmark', `${LOOP_MARK}/${LOOP_MARK}`, 'lookup', ROUTE_TABLE])
+      );
       await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE]);
     }
     if (eth && rec && !(rec.flags & codec.InpodPodFlags.ACCEPT_LOCAL)) {
@@ -307,7 +347,7 @@ export class EbpfInPodCapture implements InPodCapture {
     for (const k of flows.keys()) if (ips.has(codec.decodeProbeFlowKey(k).pod)) flows.delete(k);
   }
 
-  /** Summed nothing: the programs keep no counters yet; the probe flows for tests and status. */
+  /** The probe flows the host veths' programs recorded (for tests and status). */
   probeFlows(): { flow: codec.ProbeFlow; node: string }[] {
     return this.map('probe_flows')
       .entries()

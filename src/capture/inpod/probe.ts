@@ -33,7 +33,11 @@ export function probeNetnsName(): string {
   return `ambient-redirect-probe-${process.pid}-${randomBytes(3).toString('hex')}`;
 }
 
-export async function probeReuseportAssign(objectPath: string, runner: CommandRunner): Promise<DeliveryProbe> {
+/**
+ * Runs the probe. `program` names the probe program in the object (tests give one that
+ * never assigns, to see the probe say no).
+ */
+export async function probeReuseportAssign(objectPath: string, runner: CommandRunner, program = PROBE_PROGRAM): Promise<DeliveryProbe> {
   const ns = probeNetnsName();
   await runner.run(['ip', 'netns', 'add', ns]);
   const fds: number[] = [];
@@ -41,11 +45,11 @@ export async function probeReuseportAssign(objectPath: string, runner: CommandRu
   try {
     await runner.run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
     try {
-      obj = BpfObject.openAndLoad(objectPath, { programs: [PROBE_PROGRAM] });
+      obj = BpfObject.openAndLoad(objectPath, { programs: [program] });
     } catch (err) {
       return { reuseportAssign: false, reason: `the probe program does not load (no bpf_sk_assign?): ${(err as Error).message}` };
     }
-    const prog = obj.programFd(PROBE_PROGRAM);
+    const prog = obj.programFd(program);
     const [assigned, plain] = withNetns(netnsPath(ns), () => {
       attachTc(LOOPBACK_IFINDEX, 'ingress', prog);
       const a = udpLoopbackSocket(PROBE_REUSEPORT, true);
