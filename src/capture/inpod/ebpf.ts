@@ -26,7 +26,7 @@ import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../.
 import type { BpfMap } from '../../bpf/object.js';
 import { withNetns } from '../../bpf/netns.js';
 import { ensurePinDir } from '../../bpf/pins.js';
-import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../bpf/tc.js';
+import { attachTc, destroyClsact, detachTc, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
 import { listTcFilters } from '../../bpf/hooks.js';
 import { CommandError, type CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
@@ -324,7 +324,9 @@ export class EbpfInPodCapture implements InPodCapture {
     }
     if (rec) {
       this.hostDo(() => {
-        for (const d of ['ingress', 'egress'] as const) detachTc(rec.hostIfindex, d);
+        // Only a filter running one of our host programs: the pod's veth may be gone and
+        // its ifindex be another device's, whose filter at our place is not ours to remove.
+        for (const d of ['ingress', 'egress'] as const) if (runsHostProgram(rec.hostIfindex, d)) detachTc(rec.hostIfindex, d);
         if (rec.flags & codec.InpodPodFlags.QDISC_HOST && hooksEmpty(rec.hostIfindex)) destroyClsact(rec.hostIfindex);
       });
     }
@@ -358,6 +360,12 @@ export class EbpfInPodCapture implements InPodCapture {
     if (this.installed) closeInstalled(this.installed);
     this.installed = null;
   }
+}
+
+/** Our filter on the hook runs an in-pod host program (by name: any build's). */
+function runsHostProgram(ifindex: number, direction: Direction): boolean {
+  const ours = listTcFilters(ifindex, direction).find((f) => f.handle === `0x${OUR_FILTER.handle.toString(16)}` && f.pref === OUR_FILTER.priority);
+  return ours?.progName === INPOD_PROGRAMS.hostIn || ours?.progName === INPOD_PROGRAMS.hostOut;
 }
 
 /** No clsact filter left on either hook of the device (of the calling thread's netns). */
