@@ -91,6 +91,7 @@ node_modules/.package-lock.json: package-lock.json
 # Regenerates the TypeScript view of the shared structs from the object's BTF.
 layout: build
 	node dist/tools/layout-gen.js build/redirect.bpf.o bpf/include/ambient_redirect.h > src/bpf/layout.generated.ts
+	node dist/tools/layout-gen.js build/inpod.bpf.o bpf/include/inpod.h > src/bpf/inpod-layout.generated.ts
 
 # Installs what a fresh machine lacks, mounts bpffs, builds. Quiet when all is there.
 setup:

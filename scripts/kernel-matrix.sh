@@ -144,7 +144,9 @@ cmd_initramfs() {
   command -v busybox >/dev/null || die "busybox (busybox-static) is missing"
   command -v cpio >/dev/null || die "cpio is missing"
   tree=$(mktemp -d)
-  mkdir -p "$tree"/{bin,sbin,proc,sys,dev,tmp,run,matrix/build/tests}
+  mkdir -p "$tree"/{bin,sbin,proc,sys,dev,tmp,run,var,matrix/build/tests}
+  # ip netns (the in-pod delivery probe's throwaway netns) keeps its names in /var/run/netns.
+  ln -s ../run "$tree/var/run"
   cp /bin/busybox "$tree/bin/busybox"
   for a in sh mount mkdir cat echo insmod poweroff sleep uname ulimit; do ln -s busybox "$tree/bin/$a"; done
   local libbpf
@@ -156,7 +158,7 @@ cmd_initramfs() {
   cp -r node_modules/koffi "$tree/matrix/node_modules/koffi"
   cp -r node_modules/@koromix/koffi-linux-x64 "$tree/matrix/node_modules/@koromix/"
   cp package.json "$tree/matrix/"
-  cp build/redirect.bpf.o "$tree/matrix/build/"
+  cp build/redirect.bpf.o build/inpod.bpf.o "$tree/matrix/build/"
   cp build/tests/broken.bpf.o "$tree/matrix/build/tests/"
   cat >"$tree/init" <<EOF
 #!/bin/sh

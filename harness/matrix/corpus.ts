@@ -30,7 +30,12 @@ export interface Corpus {
   frames: string[];
   /** Grouped by state (the runner fills the maps once per group). */
   runs: CorpusRun[];
+  /** The in-pod capture's object: its programs are loaded and attached, and its delivery probe run. */
+  inpod?: { object: string; programs: string[] };
 }
+
+/** The in-pod delivery probe's answer on a kernel (src/capture/inpod/probe.ts), or its error. */
+export type InpodProbeReport = { reuseportAssign: boolean; reason?: string } | { error: string };
 
 /**
  * A run's outcome: [0, retval, mark, changes] when it ran, [3, ...] when it ran with
@@ -100,6 +105,10 @@ export interface RunnerReport {
   outcomes: RunOutcome[] | null;
   /** Whether BPF_PROG_RUN took skb->ingress_ifindex on this kernel. */
   ingressCtx: boolean | null;
+  /** The in-pod object's programs, loaded one at a time (`MATRIX inpod-prog`). */
+  inpodPrograms: ProgramLoad[];
+  /** The in-pod delivery probe (`MATRIX inpod-probe`). */
+  inpodProbe: InpodProbeReport | null;
   /** The runner finished (`MATRIX done`). */
   done: boolean;
   /** The runner's own fatal error, if it printed one. */
@@ -119,7 +128,16 @@ export function encodeOutcomes(outcomes: RunOutcome[]): string[] {
 
 /** Reads the runner's lines out of a console log (kernel messages and all). */
 export function parseReport(log: string): RunnerReport {
-  const report: RunnerReport = { facts: null, programs: [], negative: null, outcomes: null, ingressCtx: null, done: false };
+  const report: RunnerReport = {
+    facts: null,
+    programs: [],
+    negative: null,
+    outcomes: null,
+    ingressCtx: null,
+    inpodPrograms: [],
+    inpodProbe: null,
+    done: false,
+  };
   let b64: string[] | null = null;
   let expected = 0;
   for (const raw of log.split('\n')) {
@@ -138,6 +156,12 @@ export function parseReport(log: string): RunnerReport {
         break;
       case 'negative':
         report.negative = JSON.parse(rest) as NegativeControl;
+        break;
+      case 'inpod-prog':
+        report.inpodPrograms.push(JSON.parse(rest) as ProgramLoad);
+        break;
+      case 'inpod-probe':
+        report.inpodProbe = JSON.parse(rest) as InpodProbeReport;
         break;
       case 'ctx':
         report.ingressCtx = (JSON.parse(rest) as { ingressIfindex: boolean }).ingressIfindex;

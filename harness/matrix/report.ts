@@ -34,6 +34,8 @@ export interface Expected {
   mode: 'ebpf';
   /** libbpf 1.1 has no tcx links (1.3): netlink TC on every kernel. */
   attach: 'netlink tc';
+  /** The in-pod delivery probe: bpf_sk_assign takes a SO_REUSEPORT socket from 6.5 (kernel commit 9c02bec95954). */
+  inpodReuseportAssign: boolean;
 }
 
 /** What the controller should pick on a kernel, from its release alone (the cross-check). */
@@ -45,6 +47,7 @@ export function expectedFor(release: string): Expected {
     delivery: atLeast(5, 7) ? 'sk_assign' : 'tproxy',
     mode: 'ebpf',
     attach: 'netlink tc',
+    inpodReuseportAssign: atLeast(6, 5),
   };
 }
 
@@ -54,8 +57,8 @@ export function attachOf(libbpf: string): 'netlink tc' | 'tcx' {
   return m && (Number(m[1]) > 1 || Number(m[2]) >= 3) ? 'tcx' : 'netlink tc';
 }
 
-/** Every reason this kernel's row fails; empty when it passes. */
-export function problemsOf(row: KernelRow, programs: readonly string[]): string[] {
+/** Every reason this kernel's row fails; empty when it passes. `inpod`: the in-pod object's programs. */
+export function problemsOf(row: KernelRow, programs: readonly string[], inpod: readonly string[] = []): string[] {
   const p: string[] = [];
   const r = row.report;
   if (r.fatal) p.push(`runner failed: ${r.fatal.split('\n')[0]}`);
@@ -76,8 +79,18 @@ export function problemsOf(row: KernelRow, programs: readonly string[]): string[
         p.push(`host selectMode says ${host.mode}, the VM ${r.facts.selection.mode}`);
     }
   }
-  for (const name of programs) {
-    const l = r.programs.find((x) => x.name === name);
+  if (inpod.length > 0) {
+    const probe = r.inpodProbe;
+    if (!probe) p.push('no in-pod delivery probe reported');
+    else if ('error' in probe) p.push(`in-pod delivery probe failed: ${probe.error}`);
+    else if (r.facts && probe.reuseportAssign !== expectedFor(r.facts.release).inpodReuseportAssign)
+      p.push(
+        `in-pod probe says bpf_sk_assign ${probe.reuseportAssign ? 'takes' : 'refuses'} SO_REUSEPORT sockets, expected the opposite on ${r.facts.release}`,
+      );
+  }
+  const loads = (name: string) => r.programs.find((x) => x.name === name) ?? r.inpodPrograms.find((x) => x.name === name);
+  for (const name of [...programs, ...inpod]) {
+    const l = loads(name);
     if (!l) p.push(`${name}: no load result`);
     else if (!l.loaded) p.push(`${name} rejected:\n${l.error}`);
     else {
@@ -109,7 +122,7 @@ function pad(cells: string[][]): string {
 }
 
 /** The matrix as two plain-text tables: per kernel, and instructions per program. */
-export function formatTable(rows: readonly KernelRow[], programs: readonly string[]): string {
+export function formatTable(rows: readonly KernelRow[], programs: readonly string[], inpod: readonly string[] = []): string {
   const head = [
     'kernel',
     'libbpf',
@@ -119,6 +132,8 @@ export function formatTable(rows: readonly KernelRow[], programs: readonly strin
     'delivery',
     'attach (tc)',
     'mode',
+    'in-pod loaded',
+    'reuseport assign',
     'frames',
     'not runnable',
     'no ingress ctx',
@@ -140,19 +155,21 @@ export function formatTable(rows: readonly KernelRow[], programs: readonly strin
       f?.delivery ?? '-',
       f ? `${attachOf(f.libbpf)} ${r.programs.filter((l) => l.attached === 'ok').length}/${programs.length}` : '-',
       sel,
+      `${r.inpodPrograms.filter((l) => l.loaded && l.attached === 'ok').length}/${inpod.length}`,
+      !r.inpodProbe ? '-' : 'error' in r.inpodProbe ? 'error' : r.inpodProbe.reuseportAssign ? 'yes' : 'no',
       String(row.frames),
       String(row.notRunnable),
       String(row.ctxFallback),
       String(row.disagreements),
-      problemsOf(row, programs).length === 0 ? 'ok' : 'FAIL',
+      problemsOf(row, programs, inpod).length === 0 ? 'ok' : 'FAIL',
       `${row.seconds.toFixed(0)} s`,
     ];
   });
   const insHead = ['instructions: object / after verifier / processed', ...rows.map((r) => r.release)];
-  const insBody = programs.map((name) => [
+  const insBody = [...programs, ...inpod].map((name) => [
     name,
     ...rows.map((row) => {
-      const l = row.report.programs.find((x) => x.name === name);
+      const l = row.report.programs.find((x) => x.name === name) ?? row.report.inpodPrograms.find((x) => x.name === name);
       const obj = row.objectInsns.get(name) ?? 0;
       if (!l?.loaded) return `${obj} / rejected`;
       return `${obj} / ${l.xlatedInsns} / ${l.verifiedInsns ?? 'n/a'}`;

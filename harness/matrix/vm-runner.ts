@@ -18,6 +18,8 @@ import { isNotRunnable, runProgram } from '../bpf/testrun.js';
 import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
+import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { applyMapState } from './state.js';
 import {
   encodeOutcomes,
@@ -25,6 +27,7 @@ import {
   frameChanges,
   MATRIX_VETHS,
   type Corpus,
+  type InpodProbeReport,
   type NegativeControl,
   type ProgramLoad,
   type RunnerFacts,
@@ -65,6 +68,11 @@ const PROG_INFO_LEN = 232;
 
 /** Where the ebpf mode attaches each program (docs/datapath.md), on the runner's veths. */
 function hookOf(name: string): { ifindex: number; direction: Direction } {
+  // In-pod: the pod's interface (a) both ways, its host veth (b) both ways.
+  if (name === 'inpod_out') return { ifindex: MATRIX_VETHS.a, direction: 'egress' };
+  if (name === 'inpod_in') return { ifindex: MATRIX_VETHS.a, direction: 'ingress' };
+  if (name === 'inpod_host_in') return { ifindex: MATRIX_VETHS.b, direction: 'egress' };
+  if (name === 'inpod_host_out') return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   if (name.startsWith('zt_')) return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   return { ifindex: MATRIX_VETHS.a, direction: name === 'in_redirect' ? 'egress' : 'ingress' };
 }
@@ -174,7 +182,20 @@ function replay(corpus: Corpus, loadable: string[]): RunOutcome[] {
   }
 }
 
-function main(): void {
+/** The in-pod programs loaded and attached, and the delivery probe run on this kernel. */
+async function inpod(corpus: Corpus): Promise<void> {
+  if (!corpus.inpod) return;
+  for (const p of corpus.inpod.programs) say('inpod-prog', loadOne(corpus.inpod.object, p));
+  let probe: InpodProbeReport;
+  try {
+    probe = await probeReuseportAssign(corpus.inpod.object, systemRunner);
+  } catch (err) {
+    probe = { error: tail(err, 5) };
+  }
+  say('inpod-probe', probe);
+}
+
+async function main(): Promise<void> {
   const path = process.argv[2];
   if (!path) throw new Error('usage: vm-runner.js corpus.json');
   const corpus = JSON.parse(readFileSync(path, 'utf8')) as Corpus;
@@ -188,13 +209,12 @@ function main(): void {
   const loadable = loads.filter((l) => l.loaded).map((l) => l.name);
   const outcomes = loadable.length > 0 ? replay(corpus, loadable) : corpus.runs.map((): RunOutcome => [2, 'no program loaded']);
   say('time', { replayed: seconds(), runs: outcomes.length });
+  await inpod(corpus);
   process.stdout.write(encodeOutcomes(outcomes).join('\n') + '\n');
   process.stdout.write(`${LINE} done\n`);
 }
 
-try {
-  main();
-} catch (err) {
+main().catch((err: unknown) => {
   say('fatal', err instanceof Error ? (err.stack ?? err.message) : String(err));
   process.exitCode = 1;
-}
+});

@@ -14,6 +14,8 @@ const c = {
   listen: libc.func('int listen(int fd, int backlog)'),
   connect: libc.func('int connect(int fd, const void *addr, uint32_t len)'),
   getsockopt: libc.func('int getsockopt(int fd, int level, int name, _Out_ void *value, _Inout_ uint32_t *len)'),
+  sendto: libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t alen)'),
+  recv: libc.func('intptr_t recv(int fd, void *buf, size_t len, int flags)'),
 };
 const errno = (): number => koffi.errno();
 
@@ -66,7 +68,9 @@ const SOCK_DGRAM = 2;
 const SO_MARK = 36;
 const SOL_TCP = 6;
 const TCP_NODELAY = 1;
+const SO_RCVTIMEO = 20;
 const SO_SNDTIMEO = 21;
+const MSG_DONTWAIT = 0x40;
 /** SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) share the number. */
 const SO_ORIGINAL_DST = 80;
 
@@ -131,10 +135,15 @@ export function originalDst(fd: number, family: typeof AF_INET | typeof AF_INET6
 }
 
 /**
- * A UDP socket bound to `port` (0: any) on the wildcard address (or loopback, as ztunnel's
- * DNS proxy binds), with SO_MARK when `mark` is given; for dgram's bind({ fd }).
+ * A UDP socket in the calling thread's netns bound to `port` (0: any) on the wildcard
+ * address (or loopback, as ztunnel's DNS proxy binds), transparent and with SO_MARK when
+ * asked (ztunnel's in-pod DNS socket is both); for dgram's bind({ fd }) or udpReceive.
  */
-export function udpSocket(family: typeof AF_INET | typeof AF_INET6, port: number, mark?: number, loopback = false): number {
+export function udpSocket(
+  family: typeof AF_INET | typeof AF_INET6,
+  port: number,
+  opts: { mark?: number; loopback?: boolean; transparent?: boolean } = {},
+): number {
   const fd = c.socket(family, SOCK_DGRAM, 0) as number;
   if (fd < 0) throw new BpfError('socket', `udp port ${port}`, errno());
   const one = Buffer.alloc(4);
@@ -146,14 +155,43 @@ export function udpSocket(family: typeof AF_INET | typeof AF_INET6, port: number
   };
   if (c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, one, 4) < 0) fail('setsockopt(SO_REUSEADDR)');
   if (family === AF_INET6 && c.setsockopt(fd, SOL_IPV6, IPV6_V6ONLY, one, 4) < 0) fail('setsockopt(IPV6_V6ONLY)');
-  if (mark !== undefined) {
+  if (opts.transparent) {
+    const t = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
+    if (c.setsockopt(fd, t[0]!, t[1]!, one, 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
+  }
+  if (opts.mark !== undefined) {
     const m = Buffer.alloc(4);
-    m.writeInt32LE(mark);
+    m.writeUInt32LE(opts.mark);
     if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
   }
-  const addr = sockaddr(family === AF_INET ? (loopback ? '127.0.0.1' : '0.0.0.0') : loopback ? '::1' : '::', port);
+  const any = family === AF_INET ? '0.0.0.0' : '::';
+  const loop = family === AF_INET ? '127.0.0.1' : '::1';
+  const addr = sockaddr(opts.loopback ? loop : any, port);
   if (c.bind(fd, addr, addr.length) < 0) fail('bind');
   return fd;
+}
+
+export function udpSendTo(fd: number, ip: string, port: number, data: Buffer): void {
+  const addr = sockaddr(ip, port);
+  if (Number(c.sendto(fd, data, data.length, 0, addr, addr.length)) < 0) throw new BpfError('sendto', `${ip}:${port}`, errno());
+}
+
+/** One datagram waiting on the socket, or null. */
+export function udpReceive(fd: number): Buffer | null {
+  const buf = Buffer.alloc(2048);
+  const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
+  return n < 0 ? null : buf.subarray(0, n);
+}
+
+export function closeSocket(fd: number): void {
+  c.close(fd);
+}
+
+function timeval(ms: number): Buffer {
+  const b = Buffer.alloc(16);
+  b.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  b.writeBigInt64LE(BigInt((ms % 1000) * 1000), 8);
+  return b;
 }
 
 /**
@@ -242,4 +280,38 @@ export function transparentMarkedConnect(fromIp: string, ip: string, port: numbe
   const addr = sockaddr(ip, port);
   if (c.connect(fd, addr, addr.length) < 0) fail('connect');
   return fd;
+}
+
+/**
+ * A blocking TCP connect from the calling thread's netns with SO_MARK `mark` (as ztunnel's
+ * own sockets), bounded by `timeoutMs`; returns the first bytes the server sent, or the
+ * error. For a test's "ztunnel's own traffic is never captured". `read: false` returns
+ * once connected (reply ''): a server in this same process cannot answer a blocked thread.
+ */
+export function markedExchange(
+  ip: string,
+  port: number,
+  mark: number,
+  opts: { timeoutMs?: number; read?: boolean } = {},
+): { ok: true; reply: string } | { ok: false; error: string } {
+  const timeoutMs = opts.timeoutMs ?? 2_000;
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM, 0) as number;
+  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  try {
+    const m = Buffer.alloc(4);
+    m.writeUInt32LE(mark);
+    if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) throw new BpfError('setsockopt(SO_MARK)', ip, errno());
+    if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeval(timeoutMs), 16) < 0) throw new BpfError('setsockopt(SO_SNDTIMEO)', ip, errno());
+    if (c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, timeval(timeoutMs), 16) < 0) throw new BpfError('setsockopt(SO_RCVTIMEO)', ip, errno());
+    const addr = sockaddr(ip, port);
+    if (c.connect(fd, addr, addr.length) < 0) return { ok: false, error: `connect: errno ${errno()}` };
+    if (opts.read === false) return { ok: true, reply: '' };
+    const buf = Buffer.alloc(256);
+    const n = Number(c.recv(fd, buf, buf.length, 0));
+    if (n < 0) return { ok: false, error: `recv: errno ${errno()}` };
+    return { ok: true, reply: buf.subarray(0, n).toString('utf8') };
+  } finally {
+    c.close(fd);
+  }
 }

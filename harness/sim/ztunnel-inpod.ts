@@ -265,7 +265,7 @@ export class ZtunnelInpod {
       setNetns(netnsFd, `pod ${uid}`);
       try {
         for (const port of this.ports) for (const family of [AF_INET, AF_INET6] as const) fds.push(markedListener(family, port, ZTUNNEL_MARK));
-        if (this.opts.dns) for (const family of [AF_INET, AF_INET6] as const) udp.push(udpSocket(family, DNS_PORT, ZTUNNEL_MARK, true));
+        if (this.opts.dns) for (const family of [AF_INET, AF_INET6] as const) udp.push(udpSocket(family, DNS_PORT, { mark: ZTUNNEL_MARK, loopback: true }));
       } finally {
         setNetns(own, 'own netns');
       }
@@ -354,6 +354,40 @@ export class ZtunnelInpod {
     }
     for (const uid of [...this.workloads.keys()]) this.del(uid);
   }
+}
+
+/**
+ * ztunnel's in-pod listeners: TCP on each port, IPv4 and IPv6, transparent, SO_REUSEPORT,
+ * marked 0x539, opened inside the netns at `netnsFd` (setns on this thread, sockets, setns
+ * back). Each accepted connection is reported, then answered with `ztunnel` and closed.
+ */
+export function listenInNetns(netnsFd: number, what: string, ports: readonly number[], onAccepted: (port: number, s: net.Socket) => void): net.Server[] {
+  const fds: number[] = [];
+  const own = openSync('/proc/thread-self/ns/net', 'r');
+  try {
+    setNetns(netnsFd, what);
+    try {
+      for (const port of ports) for (const family of [AF_INET, AF_INET6] as const) fds.push(markedListener(family, port, ZTUNNEL_MARK));
+    } finally {
+      setNetns(own, 'own netns');
+    }
+  } catch (err) {
+    fds.forEach(closeFd);
+    throw err;
+  } finally {
+    closeSync(own);
+  }
+  return fds.map((fd, i) => {
+    const port = ports[Math.floor(i / 2)]!;
+    const server = net.createServer((s) => {
+      onAccepted(port, s);
+      s.on('error', () => s.destroy());
+      s.end('ztunnel\n');
+    });
+    server.on('error', () => undefined);
+    server.listen({ fd });
+    return server;
+  });
 }
 
 function main(argv: string[]): void {

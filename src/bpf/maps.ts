@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import * as codec from './codec.js';
 import { constants } from './layout.generated.js';
 import { BpfMap, type MapSizes } from './object.js';
+import * as inpod from './inpod-codec.js';
+import { constants as inpodConstants } from './inpod-layout.generated.js';
 
 /** enum bpf_map_type (linux/bpf.h), the ones maps.h uses. */
 export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, LRU_HASH: 9 } as const;
@@ -32,6 +34,22 @@ export const PINNED_MAPS = {
   },
   counters: { type: MapType.PERCPU_HASH, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
   qdiscs: { type: MapType.HASH, keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
+  // The in-pod capture's (bpf/inpod.bpf.c), pinned in the `inpod/` folder of the pin folder.
+  inpod_config: { type: MapType.ARRAY, keySize: 4, valueSize: inpod.INPOD_CONFIG_SIZE, maxEntries: 1, perCpu: false },
+  probe_flows: {
+    type: MapType.LRU_HASH,
+    keySize: inpod.PROBE_FLOW_KEY_SIZE,
+    valueSize: inpod.PROBE_FLOW_INFO_SIZE,
+    maxEntries: inpodConstants.MAX_PROBE_FLOWS,
+    perCpu: false,
+  },
+  inpod_pods: {
+    type: MapType.HASH,
+    keySize: inpod.INPOD_POD_KEY_SIZE,
+    valueSize: inpod.INPOD_POD_SIZE,
+    maxEntries: inpodConstants.MAX_INPOD_PODS,
+    perCpu: false,
+  },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

@@ -48,6 +48,7 @@ const c = {
   eventfd: libc.func('int eventfd(uint32_t initval, int flags)'),
   write: libc.func('intptr_t write(int fd, const void *buf, size_t count)'),
   read: libc.func('intptr_t read(int fd, void *buf, size_t count)'),
+  sendto: libc.func('intptr_t sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t alen)'),
 };
 
 const errno = (): number => koffi.errno();
@@ -72,6 +73,7 @@ const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
 const SOCK_SEQPACKET = 5;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
@@ -298,6 +300,41 @@ export function markedListener(family: typeof AF_INET | typeof AF_INET6, port: n
   if (c.bind(fd, addr, addr.length) < 0) fail('bind');
   if (c.listen(fd, 511) < 0) fail('listen');
   return fd;
+}
+
+/** sockaddr_in of 127.0.0.1:port. */
+function loopback4(port: number): Buffer {
+  const addr = Buffer.alloc(16);
+  addr.writeUInt16LE(AF_INET, 0);
+  addr.writeUInt16BE(port, 2);
+  addr.writeUInt32BE(0x7f000001, 4);
+  return addr;
+}
+
+/**
+ * A non-blocking UDP socket bound to 127.0.0.1:port in the calling thread's network
+ * namespace, with SO_REUSEPORT when asked (the in-pod delivery probe,
+ * src/capture/inpod/probe.ts). Read it with recvDatagram.
+ */
+export function udpLoopbackSocket(port: number, reuseport: boolean): number {
+  const what = `UDP 127.0.0.1:${port}`;
+  const fd = c.socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
+  if (fd < 0) throw new LibcError('socket', what, errno());
+  const fail = (op: string): never => {
+    const e = errno();
+    closeQuiet(fd);
+    throw new LibcError(op, what, e);
+  };
+  if (reuseport && c.setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, int32(1), 4) < 0) fail('setsockopt(SO_REUSEPORT)');
+  const addr = loopback4(port);
+  if (c.bind(fd, addr, addr.length) < 0) fail('bind');
+  return fd;
+}
+
+/** Sends one datagram from `fd` to 127.0.0.1:port. */
+export function udpSendLoopback(fd: number, port: number, data: Buffer): void {
+  const addr = loopback4(port);
+  if (Number(c.sendto(fd, data, data.length, MSG_DONTWAIT, addr, addr.length)) < 0) throw new LibcError('sendto', `127.0.0.1:${port}`, errno());
 }
 
 // --- readiness --------------------------------------------------------------------------

@@ -16,6 +16,12 @@ describe('generated layouts', () => {
     expect(readFileSync('src/bpf/layout.generated.ts', 'utf8')).toBe(generated);
   });
 
+  it('match the in-pod object too (bpf/include/inpod.h -> src/bpf/inpod-layout.generated.ts)', async () => {
+    const generated = await generateLayoutModule('build/inpod.bpf.o', 'bpf/include/inpod.h');
+    expect(readFileSync('src/bpf/inpod-layout.generated.ts', 'utf8')).toBe(generated);
+    expect(declaredStructs(readFileSync('bpf/include/inpod.h', 'utf8')).sort()).toEqual(['inpod_config', 'inpod_pod', 'probe_flow_info', 'probe_flow_key']);
+  });
+
   it("give the core's flags (src/core/values.ts) the header's values", () => {
     expect(PodFlags).toEqual({ ENROLLED: constants.POD_F_ENROLLED });
     expect(ZtunnelFlags).toEqual({ PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE });

@@ -13,8 +13,22 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
-import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
-import { truncate } from '../../harness/packet/builder.js';
+import { baseState, FLOW, NODE, NODE_IFINDEX, OUTSIDE, POD_A, PROBE, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
+import * as b from '../../harness/packet/builder.js';
+import { ipBytes, truncate } from '../../harness/packet/builder.js';
+import {
+  connKey,
+  inpodHostIn,
+  inpodHostOut,
+  inpodIn,
+  inpodOut,
+  LOOP_MARK,
+  probeFlowKey,
+  recordInpod,
+  type ConnState,
+  type InpodState,
+} from '../model/inpod.js';
+import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
 import { kernelDescribe } from '../support/gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
@@ -94,6 +108,136 @@ kernelDescribe('differential fuzzing: kernel vs the reference model', 'loads BPF
           }
         }
       }
+    }
+
+    for (const [program, s] of stats) {
+      const rows = [...s.rows].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true })).map(([r, n]) => `${r}:${n}`);
+      console.log(`fuzz ${program}: ${s.frames} frames, ${s.disagreements.length} disagreements (${s.notRunnable} not runnable; rows ${rows.join(' ')})`);
+    }
+    const all = [...stats.values()].flatMap((s) => s.disagreements);
+    for (const d of all.slice(0, 20)) console.log(d);
+    for (const s of stats.values()) expect(s.frames).toBeGreaterThanOrEqual(10_000);
+    expect(all, `${all.length} disagreements; first:\n${all.slice(0, 5).join('\n')}`).toEqual([]);
+  });
+});
+
+// --- the in-pod programs (docs/datapath.md, "In-pod capture") ------------------------------
+
+const INPOD_FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500) * 2 + 500;
+const IP_POD = { v4: POD_A.v4, v6: POD_A.v6 };
+const IP_NODE = { v4: NODE.v4, v6: NODE.v6 };
+/** The generator's flow ports (FLOW): its frames between pod A and the node meet these sockets. */
+const CONN = { podPort: FLOW.podPort, outPort: FLOW.nodePort };
+
+/** Frames near the in-pod rows: pod A with the node, the probe address and the outside, on the flow's ports. */
+function inpodFrame(gen: Gen): Buffer {
+  const v6 = gen.chance(0.5);
+  const pod = v6 ? IP_POD.v6 : IP_POD.v4;
+  const peer = gen.pick(v6 ? [IP_NODE.v6, PROBE.v6, OUTSIDE.v6] : [IP_NODE.v4, PROBE.v4, OUTSIDE.v4]);
+  const toPod = gen.chance(0.5);
+  const podPort = gen.pick([CONN.podPort, CONN.podPort, 53, 15008, 9090]);
+  const peerPort = gen.pick([CONN.outPort, CONN.outPort, 53, 50000]);
+  const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
+  const l4 = gen.chance(0.8) ? b.tcp({ sport, dport, flags: gen.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, gen.int(256)]) }) : b.udp({ sport, dport });
+  const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
+  if (v6) return b.v6Frame({ ...ip, ext: gen.chance(0.1) ? [{ type: 'fragment', offset: gen.pick([0, 5]), more: gen.chance(0.5) }] : [] }, l4);
+  return b.v4Frame({ ...ip, moreFragments: gen.chance(0.05), fragOffset: gen.chance(0.05) ? 5 : 0 }, l4);
+}
+
+kernelDescribe('differential fuzzing: in-pod programs vs the reference model', 'loads BPF programs', () => {
+  let h: InpodHarness;
+  const h4 = (ip: string) => m.addrKeyHex(ipBytes(ip));
+  beforeAll(async () => {
+    h = await InpodHarness.create([IP_POD.v4, IP_POD.v6, IP_NODE.v4, IP_NODE.v6]);
+  });
+  afterAll(async () => {
+    await h?.close();
+  });
+
+  it(`agrees with the model on every runnable frame (seed ${SEED})`, { timeout: 180_000 }, async () => {
+    const programs: InpodProgram[] = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'];
+    const stats = new Map(programs.map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]));
+    const gen = new Gen(SEED + 1);
+    const cuts = truncationSeeds();
+    const flows = () =>
+      new Map([
+        [probeFlowKey(h4(IP_POD.v4), CONN.podPort, CONN.outPort, 4), h4(IP_NODE.v4)],
+        [probeFlowKey(h4(IP_POD.v6), CONN.podPort, CONN.outPort, 6), h4(IP_NODE.v6)],
+      ]);
+    const listeners = new Set<string>();
+    const conns = new Map<string, ConnState>();
+    const states: { name: string; dns: boolean; setup?: () => Promise<void> }[] = [
+      { name: 'no sockets, DNS capture off', dns: false },
+      { name: 'no sockets, DNS capture on', dns: true },
+      {
+        name: "ztunnel's sockets, an app listener, a connection and a TIME_WAIT, DNS capture on",
+        dns: true,
+        setup: async () => {
+          for (const [kind, port] of [
+            ['tcp4', 15001],
+            ['tcp6', 15001],
+            ['tcp4', 15006],
+            ['tcp6', 15006],
+            ['tcp4', 15053],
+            ['udp4', 15053],
+            ['udp6', 15053],
+            ['tcp6', 443],
+          ] as const) {
+            await h.listen(kind, port);
+            listeners.add(`${kind}:${port}`);
+          }
+          await h.connection({ ip: IP_POD.v4, port: CONN.podPort }, { ip: IP_NODE.v4, port: CONN.outPort });
+          conns.set(connKey(4, h4(IP_POD.v4), CONN.podPort, h4(IP_NODE.v4), CONN.outPort), 'open');
+          conns.set(connKey(4, h4(IP_NODE.v4), CONN.outPort, h4(IP_POD.v4), CONN.podPort), 'open');
+          await h.connection({ ip: IP_POD.v6, port: CONN.podPort }, { ip: IP_NODE.v6, port: CONN.outPort }, true);
+          conns.set(connKey(6, h4(IP_POD.v6), CONN.podPort, h4(IP_NODE.v6), CONN.outPort), 'time_wait');
+          await h.connection({ ip: IP_NODE.v6, port: CONN.outPort + 1 }, { ip: IP_POD.v6, port: CONN.podPort + 1 }, true);
+          conns.set(connKey(6, h4(IP_NODE.v6), CONN.outPort + 1, h4(IP_POD.v6), CONN.podPort + 1), 'time_wait');
+        },
+      },
+    ];
+
+    for (const st of states) {
+      await st.setup?.();
+      const state: InpodState = { dnsCapture: st.dns, probeFlows: flows() };
+      h.applyState(state);
+      const sockets = { listeners, conns };
+      const frames: Buffer[] = [];
+      for (const f of cuts) for (let n = 0; n <= f.length; n++) frames.push(truncate(f, n));
+      while (frames.length < INPOD_FRAMES_PER_STATE) frames.push(gen.chance(0.4) ? inpodFrame(gen) : gen.next());
+
+      for (const frame of frames) {
+        for (const program of programs) {
+          const s = stats.get(program)!;
+          s.frames++;
+          const mark =
+            program === 'inpod_out' ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK]) : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
+          const ingressIfindex = gen.pick([0, 0, NODE_IFINDEX]);
+          const expected =
+            program === 'inpod_out'
+              ? inpodOut(frame, state, { mark }, sockets)
+              : program === 'inpod_in'
+                ? inpodIn(frame, state, { mark }, sockets)
+                : program === 'inpod_host_in'
+                  ? inpodHostIn(frame, state, { ingressIfindex })
+                  : inpodHostOut(frame, state);
+          const k = h.run(program, frame, { mark, ingressIfindex });
+          s.rows.set(expected.row, (s.rows.get(expected.row) ?? 0) + 1);
+          if (k === null) {
+            s.notRunnable++;
+            continue;
+          }
+          recordInpod(state, expected);
+          const diff = inpodDisagreement(expected, k, frame, mark);
+          if (diff && s.disagreements.length < 2000) {
+            s.disagreements.push(
+              `FUZZ_SEED=${SEED} ${program} [${st.name}] mark 0x${mark.toString(16)} ingress ${ingressIfindex}\n  frame ${frame.toString('hex')}\n  model ${expected.verdict} ${expected.row}; ${diff}`,
+            );
+          }
+        }
+      }
+      // What the kernel recorded (PH4) is what the model recorded.
+      expect(h.probeFlows(), `probe_flows after [${st.name}]`).toEqual(state.probeFlows);
     }
 
     for (const [program, s] of stats) {

@@ -98,7 +98,7 @@ const ETH_HLEN = 14;
 const P = { ICMP: 1, TCP: 6, UDP: 17, ICMPV6: 58 } as const;
 const V6_EXT = new Set([0, 43, 44, 51, 60]);
 
-type L2 =
+export type L2 =
   | { kind: 'short' } // O1
   | { kind: 'arp' } // O2
   | { kind: 'vlan' } // O3
@@ -106,7 +106,7 @@ type L2 =
   | { kind: 'bad-ip'; family: 4 | 6 } // O5 / O6
   | { kind: 'ip'; ip: Ip };
 
-interface Ip {
+export interface Ip {
   family: 4 | 6;
   /** 16-byte keys, hex. */
   src: string;
@@ -123,7 +123,7 @@ interface Ip {
   l4Off: number;
 }
 
-function parse(f: Buffer): L2 {
+export function parse(f: Buffer): L2 {
   if (f.length < ETH_HLEN) return { kind: 'short' };
   const type = f.readUInt16BE(12);
   if (type === 0x0806) return { kind: 'arp' };

@@ -28,6 +28,9 @@ import { kernelDescribe } from '../support/gate.js';
 const OBJECT = 'build/redirect.bpf.o';
 const BROKEN = 'build/tests/broken.bpf.o';
 const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
+/** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
+const INPOD_OBJECT = 'build/inpod.bpf.o';
+const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'] as const;
 const SEED = 20240611;
 const FRAMES_PER_STATE = Number(process.env.MATRIX_FRAMES ?? 1500);
 const CACHE = process.env.KERNEL_MATRIX_CACHE ?? 'build/kernels';
@@ -134,7 +137,20 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       expected.push({ verdict });
     }
   }
-  return { corpus: { version: 1, object: OBJECT, broken: BROKEN, programs: [...PROGRAMS], states, frames, runs }, expected, models };
+  return {
+    corpus: {
+      version: 1,
+      object: OBJECT,
+      broken: BROKEN,
+      programs: [...PROGRAMS],
+      states,
+      frames,
+      runs,
+      inpod: { object: INPOD_OBJECT, programs: [...INPOD_PROGRAMS] },
+    },
+    expected,
+    models,
+  };
 }
 
 /** A model state whose host flows can grow without touching the group's pristine one. */
@@ -197,10 +213,12 @@ function compare(
 /** Instructions per program in the object: its symbol's size / 8. */
 async function objectInsns(): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  const syms = await systemRunner.run(['llvm-readelf', '-s', '--wide', OBJECT]);
-  for (const line of syms.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[3] === 'FUNC' && f[4] === 'GLOBAL') out.set(f[7]!, Number(f[2]) / 8);
+  for (const object of [OBJECT, INPOD_OBJECT]) {
+    const syms = await systemRunner.run(['llvm-readelf', '-s', '--wide', object]);
+    for (const line of syms.split('\n')) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] === 'FUNC' && f[4] === 'GLOBAL') out.set(f[7]!, Number(f[2]) / 8);
+    }
   }
   return out;
 }
@@ -307,11 +325,11 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
   afterAll(() => {
     if (rows.length === 0) return;
     console.log(
-      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS)}`,
+      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS)}`,
     );
     for (const r of rows)
       console.log(
-        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length} programs loaded, ${r.frames} frames, ${r.disagreements} disagreements`,
+        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length + r.report.inpodPrograms.filter((l) => l.loaded).length} programs loaded (${r.report.inpodPrograms.filter((l) => l.loaded).length} in-pod), ${r.frames} frames, ${r.disagreements} disagreements, in-pod delivery ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'sk_assign' : 'iptables (bpf_sk_assign refuses SO_REUSEPORT)') : 'unknown'}`,
       );
   });
 
@@ -327,7 +345,7 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       const row = rows.find((r) => r.label === label);
       expect(row, `no ${label} kernel in the matrix`).toBeDefined();
       const d = details.get(row!.release)!;
-      const problems = problemsOf(row!, PROGRAMS);
+      const problems = problemsOf(row!, PROGRAMS, INPOD_PROGRAMS);
       const context = [
         ...d.disagreements.slice(0, 5),
         ...d.errors.slice(0, 5),
@@ -346,11 +364,16 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       }
       const good = rows[0]!;
       const bad = (over: Partial<KernelRow>, report?: Partial<RunnerReport>) =>
-        problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS);
+        problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS, INPOD_PROGRAMS);
       expect(bad({}, { negative: { rejected: false, detail: 'loaded' } })).not.toEqual([]);
       expect(bad({}, { facts: { ...good.report.facts!, variant: 'redirect' } })).not.toEqual([]);
       expect(bad({ disagreements: 1 })).not.toEqual([]);
       expect(bad({}, { programs: good.report.programs.slice(1) })).not.toEqual([]);
+      expect(bad({}, { inpodPrograms: good.report.inpodPrograms.slice(1) })).not.toEqual([]);
+      const probe = good.report.inpodProbe;
+      expect(probe && 'reuseportAssign' in probe).toBe(true);
+      expect(bad({}, { inpodProbe: { reuseportAssign: !(probe as { reuseportAssign: boolean }).reuseportAssign } })).not.toEqual([]);
+      expect(bad({}, { inpodProbe: null })).not.toEqual([]);
     });
   });
 });

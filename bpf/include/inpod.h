@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Layouts and constants of the in-pod capture (bpf/inpod.bpf.c; docs/datapath.md, "In-pod
+ * capture"), shared by its programs and the agent. Plain data, as ambient_redirect.h:
+ * src/bpf/inpod-layout.generated.ts is generated from the object's BTF.
+ */
+#ifndef AMBIENT_REDIRECT_INPOD_H
+#define AMBIENT_REDIRECT_INPOD_H
+
+#include <linux/types.h>
+
+/* Kubelet-probe flows the node has open to in-pod pods at once (LRU: the oldest go). */
+#ifndef MAX_PROBE_FLOWS
+#define MAX_PROBE_FLOWS 16384
+#endif
+
+/* ztunnel's in-pod listeners: the same ports as in its own netns. */
+#define INPOD_PORT_OUTBOUND 15001
+#define INPOD_PORT_INBOUND 15006
+#define INPOD_PORT_HBONE 15008
+#define INPOD_PORT_DNS 15053
+
+/* ztunnel's SO_MARK (1337) under Istio's mask: its traffic is never captured. */
+#define INPOD_ZTUNNEL_MARK 0x539
+#define INPOD_ZTUNNEL_MARK_MASK 0xfff
+
+/*
+ * The mark inpod_out puts on a frame it loops back into the pod: inpod_in knows by it that
+ * the frame is the pod's own (a mark does not survive a veth into another netns, so no
+ * frame from outside carries it), and policy routing turns it into local delivery.
+ */
+#define INPOD_MARK_LOOP 0x20000
+
+/* The source the node's own connections to in-pod pods are rewritten to (Istio's). */
+#define INPOD_PROBE_ADDR4 0xa9fe077f /* 169.254.7.127, host order */
+
+#ifndef MAX_INPOD_PODS
+#define MAX_INPOD_PODS 65536
+#endif
+
+/* Policy routing in the pod's netns: fwmark INPOD_MARK_LOOP -> this table (local default dev lo). */
+#define INPOD_ROUTE_TABLE 135
+#define INPOD_RULE_PREF 135
+
+/* The one slot of the inpod_config map. */
+#define INPOD_CONFIG_SLOT 0
+
+enum inpod_flags {
+	INPOD_F_DNS_CAPTURE = 1 << 0, /* UDP and TCP to port 53 go to ztunnel's 15053 */
+};
+
+/* Value of the inpod_config map's single slot. */
+struct inpod_config {
+	__u32 flags; /* enum inpod_flags, host order */
+};
+
+/*
+ * Key of the probe_flows map: a TCP flow the node opened to an in-pod pod, whose source the
+ * host-side program rewrote to the probe address.
+ */
+struct probe_flow_key {
+	__u8 pod[16];     /* the pod's address, network order; IPv4 as ::ffff:a.b.c.d */
+	__u16 pod_port;   /* network order */
+	__u16 node_port;  /* network order */
+	__u8 family;      /* 4 or 6 */
+	__u8 pad[3];      /* 0 */
+};
+
+/* Value of the probe_flows map. */
+struct probe_flow_info {
+	__u8 node[16]; /* the node's original source address, network order (IPv4 as the key's) */
+};
+
+/*
+ * Value of the inpod_pods map, the agent's record of what it did in a pod's netns (no
+ * program reads it), keyed by the netns's inode number (__u64, host order): uninstall
+ * undoes exactly that, after a restart too.
+ */
+struct inpod_pod {
+	__u32 eth_ifindex;  /* the pod's interface inside its netns, host order */
+	__u32 host_ifindex; /* the pod's host veth in the node's netns, host order */
+	__u32 flags;        /* enum inpod_pod_flags, host order */
+	__u32 pad;          /* 0 */
+};
+
+enum inpod_pod_flags {
+	INPOD_POD_QDISC_POD = 1 << 0,    /* we created the clsact qdisc on the pod's interface */
+	INPOD_POD_QDISC_HOST = 1 << 1,   /* we created the one on its host veth */
+	INPOD_POD_ACCEPT_LOCAL = 1 << 2, /* accept_local was already 1 (remove leaves it so) */
+};
+
+#endif /* AMBIENT_REDIRECT_INPOD_H */

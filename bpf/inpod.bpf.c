@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The in-pod capture (docs/datapath.md, "In-pod capture"): ztunnel listens inside each
+ * enrolled pod's netns, and these programs hand the pod's TCP (and DNS) to its sockets
+ * there, with no iptables in the pod.
+ *
+ * - inpod_out, TC egress of the pod's eth0 (rows PO1-PO10): a frame to capture is looped
+ *   back into eth0's ingress (destination MAC := eth0's own, bpf_redirect with
+ *   BPF_F_INGRESS) with INPOD_MARK_LOOP.
+ * - inpod_in, TC ingress of the pod's eth0 (rows PL1-PL4, PI1-PI9): the frame's socket is found
+ *   (its connection's, else ztunnel's listener) and assigned with bpf_sk_assign; the
+ *   loop mark, kept, makes policy routing deliver the foreign destination locally.
+ * - inpod_host_in / inpod_host_out, TC egress / ingress of the pod's host veth (rows
+ *   PH1-PH9): the node's own TCP to the pod leaves with the probe source, which the pod's
+ *   programs let through uncaptured, and nothing else may carry.
+ * - inpod_reuseport_probe: the delivery probe (src/capture/inpod/probe.ts).
+ *
+ * Needs bpf_sk_assign on SO_REUSEPORT sockets (6.5): the agent probes it and falls back
+ * to the iptables in-pod capture where it is missing.
+ */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ambient_redirect.h"
+#include "parse.h"
+#include "inpod.h"
+
+/* inpod_config: 0 -> { flags DNS_CAPTURE } */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct inpod_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_config SEC(".maps");
+
+/* probe_flows: { pod ::ffff:198.18.0.10, 8080, 41234, 4 } -> { node ::ffff:198.19.0.1 } */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_PROBE_FLOWS);
+	__type(key, struct probe_flow_key);
+	__type(value, struct probe_flow_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} probe_flows SEC(".maps");
+
+/* inpod_pods (the agent's record): netns inode 4026532890 -> { eth 2, host 14, QDISC_POD } */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_INPOD_PODS);
+	__type(key, __u64);
+	__type(value, struct inpod_pod);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_pods SEC(".maps");
+
+#define DNS_PORT 53
+#define F_SYN 0x02
+#define F_ACK 0x10
+
+static __always_inline bool dns_capture(void)
+{
+	__u32 slot = INPOD_CONFIG_SLOT;
+	struct inpod_config *c = bpf_map_lookup_elem(&inpod_config, &slot);
+
+	return c && (c->flags & INPOD_F_DNS_CAPTURE);
+}
+
+static __always_inline bool is_ip(const struct flow *f)
+{
+	return f->l3 == L3_IPV4 || f->l3 == L3_IPV6;
+}
+
+static __always_inline bool tcp_syn(const struct flow *f)
+{
+	return (f->tcp_flags & (F_SYN | F_ACK)) == F_SYN;
+}
+
+/* One extension header of the walk below: 1 when it is a fragment header. */
+static __always_inline int ipv6_frag_step(struct __sk_buff *skb, __u8 *nh, __u32 *off)
+{
+	__u8 h[2];
+
+	if (*nh == IPPROTO_FRAGMENT)
+		return 1;
+	if (!ipv6_ext(*nh) || bpf_skb_load_bytes(skb, *off, h, 2) < 0) {
+		*nh = IPPROTO_NONE;
+		return 0;
+	}
+	*off += ipv6_hdr_len(*nh, h[1]);
+	*nh = h[0];
+	return 0;
+}
+
+/*
+ * Any fragment, first or later: a fragment's socket assignment does not survive
+ * reassembly (the stack orphans fragments), so captured protocols never travel in them.
+ * IPv6: a fragment header among the first MAX_IPV6_EXT headers (a longer chain is
+ * L4_BAD_CHAIN already).
+ */
+static __always_inline bool fragmented(struct __sk_buff *skb, const struct flow *f)
+{
+	__u32 off = ETH_HLEN + 40;
+	__u8 nh;
+	int i;
+
+	if (f->l3 == L3_IPV4) {
+		__be16 frag;
+
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &frag, 2) < 0)
+			return true;
+		return (bpf_ntohs(frag) & 0x3fff) != 0;
+	}
+	if (f->nonfirst_frag)
+		return true;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + 6, &nh, 1) < 0)
+		return true;
+#pragma unroll
+	for (i = 0; i < MAX_IPV6_EXT; i++)
+		if (ipv6_frag_step(skb, &nh, &off))
+			return true;
+	return false;
+}
+
+/* The frame's tuple; `dport` replaces its destination port, `reverse` swaps the ends. */
+static __always_inline __u32 tuple_of(const struct flow *f, struct bpf_sock_tuple *t, __be16 dport, bool reverse)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (f->l3 == L3_IPV4) {
+		t->ipv4.saddr = reverse ? f->dst4 : f->src4;
+		t->ipv4.daddr = reverse ? f->src4 : f->dst4;
+		t->ipv4.sport = reverse ? f->dport : f->sport;
+		t->ipv4.dport = reverse ? f->sport : dport;
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, reverse ? f->dst.addr : f->src.addr, 16);
+	__builtin_memcpy(t->ipv6.daddr, reverse ? f->src.addr : f->dst.addr, 16);
+	t->ipv6.sport = reverse ? f->dport : f->sport;
+	t->ipv6.dport = reverse ? f->sport : dport;
+	return sizeof(t->ipv6);
+}
+
+enum conn {
+	CONN_NONE = 0, /* no socket of a connection holds the 4-tuple */
+	CONN_OPEN,     /* an established, opening or closing socket holds it */
+	CONN_TIME_WAIT,
+};
+
+/* The connection a TCP frame belongs to in this netns, seen from its receiving end. */
+static __always_inline enum conn tcp_conn(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	enum conn c = CONN_NONE;
+	__u32 len = tuple_of(f, &t, f->dport, false);
+
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return CONN_NONE;
+	if (sk->state == BPF_TCP_TIME_WAIT)
+		c = CONN_TIME_WAIT;
+	else if (sk->state != BPF_TCP_LISTEN)
+		c = CONN_OPEN;
+	bpf_sk_release(sk);
+	return c;
+}
+
+/* Whether a socket of this netns sends from the frame's source (any, a listener too). */
+static __always_inline bool tcp_sender_socket(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	__u32 len = tuple_of(f, &t, 0, true);
+
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return false;
+	bpf_sk_release(sk);
+	return true;
+}
+
+/* ztunnel's listener (TCP) or socket (UDP) on `port` for this frame, or NULL. */
+static __always_inline struct bpf_sock *ztunnel_socket(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	__u32 len = tuple_of(f, &t, bpf_htons(port), false);
+
+	if (f->proto == IPPROTO_UDP)
+		return bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return NULL;
+	}
+	return sk;
+}
+
+/* The frame is DNS the pod sends and DNS capture takes. */
+static __always_inline bool dns_out(const struct flow *f)
+{
+	return (f->proto == IPPROTO_UDP || f->proto == IPPROTO_TCP) && f->dport == bpf_htons(DNS_PORT) && dns_capture();
+}
+
+/* --- inpod_out: TC egress of eth0 in the pod's netns --------------------------------- */
+
+enum out_verdict {
+	OUT_PASS = 0,
+	OUT_DROP,
+	OUT_LOOP,
+};
+
+static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock *sk;
+
+	if (!is_ip(f))
+		return f->l3 == L3_ARP ? OUT_PASS : OUT_DROP;    /* PO1 */
+	if ((skb->mark & INPOD_ZTUNNEL_MARK_MASK) == INPOD_ZTUNNEL_MARK)
+		return OUT_PASS;                                 /* PO2 */
+	if (f->l4 == L4_BAD_CHAIN)
+		return OUT_DROP;                                 /* PO3 */
+	if (f->proto != IPPROTO_TCP && f->proto != IPPROTO_UDP)
+		return OUT_PASS;                                 /* PO4 */
+	if (f->proto == IPPROTO_UDP && (f->l4 != L4_OK || f->nonfirst_frag || !dns_out(f)))
+		return OUT_PASS;                                 /* PO5 */
+	if (f->l4 != L4_OK || fragmented(skb, f))
+		return OUT_DROP;                                 /* PO6 */
+	if (f->proto == IPPROTO_UDP) {
+		sk = ztunnel_socket(skb, f, INPOD_PORT_DNS);
+		if (!sk)
+			return OUT_DROP;                         /* PO8 */
+		bpf_sk_release(sk);
+		return OUT_LOOP;                                 /* PO8 */
+	}
+	if (tcp_conn(skb, f) != CONN_NONE)
+		return OUT_LOOP;                                 /* PO7 */
+	if (tcp_syn(f)) {
+		sk = ztunnel_socket(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND);
+		if (!sk)
+			return OUT_DROP;                         /* PO8 */
+		bpf_sk_release(sk);
+		return OUT_LOOP;                                 /* PO8 */
+	}
+	if (tcp_sender_socket(skb, f))
+		return OUT_PASS;                                 /* PO9 */
+	return OUT_DROP;                                         /* PO10 */
+}
+
+SEC("tc")
+int inpod_out(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct flow f;
+
+	parse_frame(skb, &f);
+	switch (out_verdict(skb, &f)) {
+	case OUT_PASS:
+		return TC_ACT_OK;
+	case OUT_DROP:
+		return TC_ACT_SHOT;
+	default:
+		break;
+	}
+	/* Frames addressed to another host are PACKET_OTHERHOST on ingress and never reach IP. */
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	skb->mark = INPOD_MARK_LOOP;
+	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+/* --- inpod_in: TC ingress of eth0 in the pod's netns ---------------------------------- */
+
+/* The probe address of the frame's family, as a key (no global data: built here). */
+static __always_inline void probe_addr(struct addr_key *a, bool v4)
+{
+	if (v4) {
+		addr_from_v4(a, bpf_htonl(INPOD_PROBE_ADDR4));
+		return;
+	}
+	/* fd16:9254:7127:1337:ffff:ffff:ffff:ffff */
+	*(__be32 *)&a->addr[0] = bpf_htonl(0xfd169254);
+	*(__be32 *)&a->addr[4] = bpf_htonl(0x71271337);
+	*(__be32 *)&a->addr[8] = 0xffffffff;
+	*(__be32 *)&a->addr[12] = 0xffffffff;
+}
+
+/* 16 bytes equal (no memcmp in BPF: two 8-byte words, copied to be aligned). */
+static __always_inline bool addr16_eq(const __u8 *a, const __u8 *b)
+{
+	__u64 x[2], y[2];
+
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+static __always_inline bool is_probe_addr(const struct flow *f, const struct addr_key *a)
+{
+	struct addr_key p;
+
+	probe_addr(&p, f->l3 == L3_IPV4);
+	return addr16_eq(a->addr, p.addr);
+}
+
+/* Assigns ztunnel's socket on `port`; no socket (or a refusal) drops: fail closed. */
+static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct bpf_sock *sk = ztunnel_socket(skb, f, port);
+	long err;
+
+	if (!sk)
+		return TC_ACT_SHOT;
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* PL1-PL4: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
+static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f)
+{
+	enum conn c;
+
+	if (!is_ip(f) || f->l4 != L4_OK || f->nonfirst_frag || fragmented(skb, f))
+		return TC_ACT_SHOT;                              /* PL1 */
+	if (f->proto == IPPROTO_UDP)
+		return dns_out(f) ? deliver(skb, f, INPOD_PORT_DNS) : TC_ACT_SHOT; /* PL4, PL1 */
+	if (f->proto != IPPROTO_TCP)
+		return TC_ACT_SHOT;                              /* PL1 */
+	c = tcp_conn(skb, f);
+	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(f)))
+		return TC_ACT_OK;                                /* PL2 */
+	if (!tcp_syn(f) || c == CONN_TIME_WAIT)
+		return TC_ACT_SHOT;                              /* PL3 */
+	return deliver(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND); /* PL4 */
+}
+
+SEC("tc")
+int inpod_in(struct __sk_buff *skb)
+{
+	struct flow f;
+	enum conn c;
+
+	parse_frame(skb, &f);
+	if (skb->mark == INPOD_MARK_LOOP)
+		return in_looped(skb, &f);                       /* PL1-PL4 */
+	if (!is_ip(&f))
+		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PI1 */
+	if (f.l4 == L4_BAD_CHAIN)
+		return TC_ACT_SHOT;                              /* PI2 */
+	if (f.proto != IPPROTO_TCP)
+		return TC_ACT_OK;                                /* PI3 */
+	if (f.l4 != L4_OK || fragmented(skb, &f))
+		return TC_ACT_SHOT;                              /* PI4 */
+	if (is_probe_addr(&f, &f.src))
+		return TC_ACT_OK;                                /* PI5 */
+	c = tcp_conn(skb, &f);
+	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
+		return TC_ACT_OK;                                /* PI6 */
+	if (c == CONN_TIME_WAIT)
+		return TC_ACT_SHOT;                              /* PI7 */
+	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
+		return TC_ACT_OK;                                /* PI8 */
+	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
+}
+
+/* --- the pod's host veth: the node's own TCP gets the probe source -------------------- */
+
+static __always_inline void probe_key(struct probe_flow_key *k, const struct flow *f, bool to_pod)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->pod, to_pod ? f->dst.addr : f->src.addr, 16);
+	k->pod_port = to_pod ? f->dport : f->sport;
+	k->node_port = to_pod ? f->sport : f->dport;
+	k->family = f->l3 == L3_IPV4 ? 4 : 6;
+}
+
+#define IPV4_SRC_OFF (ETH_HLEN + 12)
+#define IPV4_DST_OFF (ETH_HLEN + 16)
+#define IPV6_SRC_OFF (ETH_HLEN + 8)
+#define IPV6_DST_OFF (ETH_HLEN + 24)
+#define IPV4_CSUM_OFF (ETH_HLEN + 10)
+
+/* Rewrites the source (or destination) address, fixing the IPv4 and TCP checksums. */
+static __always_inline int rewrite_addr(struct __sk_buff *skb, const struct flow *f, bool source, const __u8 *to)
+{
+	__u32 tcp_csum = f->l4_off + 16;
+
+	if (f->l3 == L3_IPV4) {
+		__be32 from = source ? f->src4 : f->dst4;
+		__be32 new4;
+
+		__builtin_memcpy(&new4, to + 12, 4);
+		if (bpf_l4_csum_replace(skb, tcp_csum, from, new4, BPF_F_PSEUDO_HDR | 4) < 0 ||
+		    bpf_l3_csum_replace(skb, IPV4_CSUM_OFF, from, new4, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, source ? IPV4_SRC_OFF : IPV4_DST_OFF, &new4, 4, 0) < 0)
+			return -1;
+		return 0;
+	} else {
+		__u8 from[16];
+		__s64 diff;
+
+		__builtin_memcpy(from, source ? f->src.addr : f->dst.addr, 16);
+		diff = bpf_csum_diff((__be32 *)from, 16, (__be32 *)to, 16, 0);
+		if (diff < 0 || bpf_l4_csum_replace(skb, tcp_csum, 0, diff, BPF_F_PSEUDO_HDR) < 0 ||
+		    bpf_skb_store_bytes(skb, source ? IPV6_SRC_OFF : IPV6_DST_OFF, to, 16, 0) < 0)
+			return -1;
+		return 0;
+	}
+}
+
+/* TC egress of the pod's host veth: frames to the pod. */
+SEC("tc")
+int inpod_host_in(struct __sk_buff *skb)
+{
+	struct probe_flow_key k;
+	struct probe_flow_info *known, v;
+	struct addr_key probe;
+	struct flow f;
+
+	parse_frame(skb, &f);
+	if (!is_ip(&f))
+		return TC_ACT_OK;                                /* PH1 */
+	if (is_probe_addr(&f, &f.src))
+		return TC_ACT_SHOT;                              /* PH2 */
+	if (skb->ingress_ifindex != 0 || f.proto != IPPROTO_TCP || f.l4 != L4_OK || f.nonfirst_frag)
+		return TC_ACT_OK;                                /* PH3 */
+	probe_key(&k, &f, true);
+	if (tcp_syn(&f)) {
+		__builtin_memcpy(v.node, f.src.addr, 16);
+		/* A full map evicts its oldest flow (LRU). */
+		if (bpf_map_update_elem(&probe_flows, &k, &v, BPF_ANY) < 0)
+			return TC_ACT_SHOT;                      /* PH4 */
+	} else {
+		known = bpf_map_lookup_elem(&probe_flows, &k);
+		if (!known || !addr16_eq(known->node, f.src.addr))
+			return TC_ACT_OK;                        /* PH6 */
+	}
+	probe_addr(&probe, f.l3 == L3_IPV4);
+	return rewrite_addr(skb, &f, true, probe.addr) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH4, PH5 */
+}
+
+/* TC ingress of the pod's host veth: frames from the pod. */
+SEC("tc")
+int inpod_host_out(struct __sk_buff *skb)
+{
+	struct probe_flow_key k;
+	struct probe_flow_info *known;
+	__u8 node[16];
+	struct flow f;
+
+	parse_frame(skb, &f);
+	if (!is_ip(&f) || !is_probe_addr(&f, &f.dst))
+		return TC_ACT_OK;                                /* PH7 */
+	if (f.proto != IPPROTO_TCP || f.l4 != L4_OK || f.nonfirst_frag)
+		return TC_ACT_SHOT;                              /* PH9 */
+	probe_key(&k, &f, false);
+	known = bpf_map_lookup_elem(&probe_flows, &k);
+	if (!known)
+		return TC_ACT_SHOT;                              /* PH9 */
+	__builtin_memcpy(node, known->node, 16);
+	return rewrite_addr(skb, &f, false, node) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH8 */
+}
+
+/* --- the delivery probe ------------------------------------------------------------- */
+
+/*
+ * Loaded on lo of a throwaway netns by the agent (src/capture/inpod/probe.ts): a UDP
+ * datagram to port INPOD_PROBE_TO is assigned to the SO_REUSEPORT socket on
+ * INPOD_PROBE_REUSEPORT. The agent learns which socket received it.
+ */
+#define INPOD_PROBE_TO 15999
+#define INPOD_PROBE_REUSEPORT 15998
+
+SEC("tc")
+int inpod_reuseport_probe(struct __sk_buff *skb)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	struct flow f;
+
+	parse_frame(skb, &f);
+	if (f.l3 != L3_IPV4 || f.proto != IPPROTO_UDP || f.l4 != L4_OK || f.dport != bpf_htons(INPOD_PROBE_TO))
+		return TC_ACT_OK;
+	__builtin_memset(&t, 0, sizeof(t));
+	t.ipv4.saddr = f.src4;
+	t.ipv4.daddr = f.dst4;
+	t.ipv4.sport = f.sport;
+	t.ipv4.dport = bpf_htons(INPOD_PROBE_REUSEPORT);
+	sk = bpf_sk_lookup_udp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_OK;
+	bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,102 @@
+/**
+ * Pure codec for the in-pod capture's maps (bpf/include/inpod.h). Offsets and sizes come
+ * from the generated layouts; byte orders are the header's, field by field.
+ */
+import { CodecError, decodeAddrKey, encodeAddrKey } from './codec.js';
+import { constants, layouts } from './inpod-layout.generated.js';
+
+export const INPOD_CONFIG_SIZE = layouts.inpod_config.size;
+export const PROBE_FLOW_KEY_SIZE = layouts.probe_flow_key.size;
+export const PROBE_FLOW_INFO_SIZE = layouts.probe_flow_info.size;
+export const INPOD_POD_SIZE = layouts.inpod_pod.size;
+export const INPOD_POD_KEY_SIZE = 8;
+
+export const InpodFlags = { DNS_CAPTURE: constants.INPOD_F_DNS_CAPTURE } as const;
+export const InpodPodFlags = {
+  QDISC_POD: constants.INPOD_POD_QDISC_POD,
+  QDISC_HOST: constants.INPOD_POD_QDISC_HOST,
+  ACCEPT_LOCAL: constants.INPOD_POD_ACCEPT_LOCAL,
+} as const;
+
+export function encodeConfigSlot(): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(constants.INPOD_CONFIG_SLOT);
+  return b;
+}
+
+export function encodeInpodConfig(flags: number): Buffer {
+  const b = Buffer.alloc(INPOD_CONFIG_SIZE);
+  b.writeUInt32LE(flags >>> 0, layouts.inpod_config.fields.flags.offset);
+  return b;
+}
+
+export function decodeInpodConfig(b: Buffer): { flags: number } {
+  if (b.length !== INPOD_CONFIG_SIZE) throw new CodecError(`inpod_config is ${INPOD_CONFIG_SIZE} bytes, got ${b.length}`);
+  return { flags: b.readUInt32LE(layouts.inpod_config.fields.flags.offset) };
+}
+
+/** A TCP flow of the node to an in-pod pod whose source was rewritten to the probe address. */
+export interface ProbeFlow {
+  pod: string;
+  podPort: number;
+  nodePort: number;
+  family: 4 | 6;
+}
+
+export function encodeProbeFlowKey(k: ProbeFlow): Buffer {
+  const f = layouts.probe_flow_key.fields;
+  const b = Buffer.alloc(PROBE_FLOW_KEY_SIZE);
+  encodeAddrKey(k.pod).copy(b, f.pod.offset);
+  b.writeUInt16BE(k.podPort, f.pod_port.offset);
+  b.writeUInt16BE(k.nodePort, f.node_port.offset);
+  b.writeUInt8(k.family, f.family.offset);
+  return b;
+}
+
+export function decodeProbeFlowKey(b: Buffer): ProbeFlow {
+  if (b.length !== PROBE_FLOW_KEY_SIZE) throw new CodecError(`probe_flow_key is ${PROBE_FLOW_KEY_SIZE} bytes, got ${b.length}`);
+  const f = layouts.probe_flow_key.fields;
+  const family = b.readUInt8(f.family.offset);
+  if (family !== 4 && family !== 6) throw new CodecError(`probe_flow_key family is 4 or 6, got ${family}`);
+  return {
+    pod: decodeAddrKey(b.subarray(f.pod.offset, f.pod.offset + f.pod.size)),
+    podPort: b.readUInt16BE(f.pod_port.offset),
+    nodePort: b.readUInt16BE(f.node_port.offset),
+    family,
+  };
+}
+
+export function decodeProbeFlowInfo(b: Buffer): { node: string } {
+  if (b.length !== PROBE_FLOW_INFO_SIZE) throw new CodecError(`probe_flow_info is ${PROBE_FLOW_INFO_SIZE} bytes, got ${b.length}`);
+  const f = layouts.probe_flow_info.fields;
+  return { node: decodeAddrKey(b.subarray(f.node.offset, f.node.offset + f.node.size)) };
+}
+
+/** The agent's record of a pod's netns (value of inpod_pods). */
+export interface InpodPod {
+  ethIfindex: number;
+  hostIfindex: number;
+  flags: number;
+}
+
+/** inpod_pods is keyed by the netns's inode number. */
+export function encodeNetnsKey(inode: number | bigint): Buffer {
+  const b = Buffer.alloc(INPOD_POD_KEY_SIZE);
+  b.writeBigUInt64LE(BigInt(inode));
+  return b;
+}
+
+export function encodeInpodPod(p: InpodPod): Buffer {
+  const f = layouts.inpod_pod.fields;
+  const b = Buffer.alloc(INPOD_POD_SIZE);
+  b.writeUInt32LE(p.ethIfindex >>> 0, f.eth_ifindex.offset);
+  b.writeUInt32LE(p.hostIfindex >>> 0, f.host_ifindex.offset);
+  b.writeUInt32LE(p.flags >>> 0, f.flags.offset);
+  return b;
+}
+
+export function decodeInpodPod(b: Buffer): InpodPod {
+  if (b.length !== INPOD_POD_SIZE) throw new CodecError(`inpod_pod is ${INPOD_POD_SIZE} bytes, got ${b.length}`);
+  const f = layouts.inpod_pod.fields;
+  return { ethIfindex: b.readUInt32LE(f.eth_ifindex.offset), hostIfindex: b.readUInt32LE(f.host_ifindex.offset), flags: b.readUInt32LE(f.flags.offset) };
+}

@@ -1,0 +1,374 @@
+/**
+ * The in-pod capture with eBPF (docs/datapath.md, "In-pod capture"): an implementation of
+ * InPodCapture (src/capture/inpod.ts) with no iptables in the pod.
+ *
+ * In each pod's netns: inpod_out on the pod interface's TC egress, inpod_in on its TC
+ * ingress, a policy-routing rule and table that deliver the loop mark locally, and
+ * accept_local on the interface. On the pod's host veth, in the node's netns:
+ * inpod_host_in (TC egress) and inpod_host_out (TC ingress), the probe-source rewrite.
+ *
+ * Entering a pod's netns: commands (ip, sysctl) run under `nsenter --net=/proc/<agent
+ * pid>/fd/<fd>` with the fd the ZDS flow holds; the libbpf calls (TC attach, query,
+ * detach) run on the loop thread moved into the netns with setns and back
+ * (src/bpf/netns.ts), synchronously, so nothing else runs meanwhile.
+ *
+ * Pins: `<pin folder>/inpod/` holds this object's maps (inpod_config, probe_flows and
+ * inpod_pods, the agent's record of what it changed in each pod's netns, so that remove
+ * undoes exactly that, after a restart too) and `prog-<hash>/` its programs, adopted by
+ * the next agent of the same build.
+ */
+import { fstatSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import * as codec from '../../bpf/inpod-codec.js';
+import { constants } from '../../bpf/inpod-layout.generated.js';
+import { decodeAddrKey, encodeAddrKey } from '../../bpf/codec.js';
+import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
+import type { BpfMap } from '../../bpf/object.js';
+import { withNetns } from '../../bpf/netns.js';
+import { ensurePinDir } from '../../bpf/pins.js';
+import { attachTc, destroyClsact, detachTc, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
+import { listTcFilters } from '../../bpf/hooks.js';
+import { CommandError, type CommandRunner } from '../../host/runner.js';
+import type { Logger } from '../../log.js';
+import type { InPodCapture, PodNetns } from '../inpod.js';
+import { probeReuseportAssign } from './probe.js';
+
+export const INPOD_PROGRAMS = {
+  /** TC egress of the pod's interface, in its netns. */
+  out: 'inpod_out',
+  /** TC ingress of the pod's interface, in its netns. */
+  in: 'inpod_in',
+  /** TC egress of the pod's host veth (frames to the pod). */
+  hostIn: 'inpod_host_in',
+  /** TC ingress of the pod's host veth (frames from the pod). */
+  hostOut: 'inpod_host_out',
+} as const;
+
+export const INPOD_PIN_SUBDIR = 'inpod';
+export const LOOP_MARK = `0x${constants.INPOD_MARK_LOOP.toString(16)}`;
+export const ROUTE_TABLE = String(constants.INPOD_ROUTE_TABLE);
+export const RULE_PREF = String(constants.INPOD_RULE_PREF);
+const FAMILIES = ['-4', '-6'] as const;
+
+export interface InpodEbpfOptions {
+  /** The compiled object (build/inpod.bpf.o). */
+  objectPath: string;
+  /** The bpffs root (as `run --pin-root`); pins go under `<root>/ambient-redirect/v1/inpod/`. */
+  pinRoot: string;
+  /** UDP and TCP to port 53 go to ztunnel's 15053 (default off). */
+  dnsCapture?: boolean;
+  runner: CommandRunner;
+  log: Logger;
+  /**
+   * The node's network namespace (where the pods' host veths are), as a path; default:
+   * the agent's own. Tests that run the agent's code in-process name a simulated node's.
+   */
+  hostNetns?: string;
+  /**
+   * Run the delivery probe in init (default true). False only where the caller has probed
+   * already (src/capture/inpod/probe.ts); an init that probes and fails throws
+   * InpodUnsupportedError, for the caller to pick the iptables in-pod capture.
+   */
+  probe?: boolean;
+}
+
+/** This kernel cannot run the eBPF in-pod capture: the caller falls back to iptables. */
+export class InpodUnsupportedError extends Error {
+  constructor(reason: string) {
+    super(`the eBPF in-pod capture cannot run on this kernel: ${reason}; use the iptables in-pod capture`);
+    this.name = 'InpodUnsupportedError';
+  }
+}
+
+/** The one call that builds the eBPF in-pod capture (init() still to be awaited). */
+export function createEbpfInPodCapture(opts: InpodEbpfOptions): EbpfInPodCapture {
+  return new EbpfInPodCapture(opts);
+}
+
+interface PodPlace {
+  /** `/proc/<pid>/fd/<fd>`: the pod's netns as this process holds it. */
+  nsPath: string;
+  inode: bigint;
+  eth: { ifindex: number; name: string };
+  hostIfindex: number;
+}
+
+/** The pod's interface or the node's route to it is not (or no longer) there. */
+export class LocateError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LocateError';
+  }
+}
+
+function isGone(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'ENOENT' || code === 'EBADF' || code === 'ENODEV';
+}
+
+export class EbpfInPodCapture implements InPodCapture {
+  readonly name = 'ebpf' as const;
+  private installed: Installed | null = null;
+  private dir = '';
+
+  constructor(private readonly opts: InpodEbpfOptions) {}
+
+  async init(): Promise<void> {
+    if (this.opts.probe !== false) {
+      const p = await probeReuseportAssign(this.opts.objectPath, this.opts.runner);
+      if (!p.reuseportAssign) throw new InpodUnsupportedError(p.reason ?? 'the delivery probe failed');
+    }
+    this.dir = join(ensurePinDir(this.opts.pinRoot), INPOD_PIN_SUBDIR);
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, Object.values(INPOD_PROGRAMS));
+    // Pods attached to an older build's programs keep them (the kernel holds attached
+    // programs) until check() finds them outdated and install() replaces them in place.
+    if (!this.installed.adopted) commitInstall(this.dir, this.installed);
+    this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(this.opts.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
+    const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
+    this.opts.log.info(this.installed.adopted ? 'in-pod ebpf adopted' : 'in-pod ebpf loaded', {
+      pinDir: this.dir,
+      programs: ids,
+      dnsCapture: !!this.opts.dnsCapture,
+    });
+  }
+
+  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods'): BpfMap {
+    const m = this.installed?.maps.get(name);
+    if (!m) throw new Error(`in-pod ebpf capture not initialised (map ${name})`);
+    return m;
+  }
+
+  private program(name: string): { fd: number; id: number } {
+    const p = this.installed?.programs.get(name);
+    if (!p) throw new Error(`in-pod ebpf capture not initialised (program ${name})`);
+    return p;
+  }
+
+  // --- where things are ---------------------------------------------------------------
+
+  private inPod(nsPath: string, argv: string[]): Promise<string> {
+    return this.opts.runner.run(['nsenter', `--net=${nsPath}`, ...argv]);
+  }
+
+  private onHost(argv: string[]): Promise<string> {
+    return this.opts.hostNetns ? this.opts.runner.run(['nsenter', `--net=${this.opts.hostNetns}`, ...argv]) : this.opts.runner.run(argv);
+  }
+
+  private hostDo<T>(fn: () => T extends Promise<unknown> ? never : T): T {
+    return this.opts.hostNetns ? withNetns(this.opts.hostNetns, fn) : fn();
+  }
+
+  private async locate(pod: PodNetns): Promise<PodPlace> {
+    const what = `pod ${pod.namespace}/${pod.name}`;
+    if (pod.ips.length === 0) throw new LocateError(`${what}: no IP address to find its interface by`);
+    const nsPath = `/proc/${process.pid}/fd/${pod.fd}`;
+    const inode = BigInt(fstatSync(pod.fd).ino);
+    const wanted = new Set(pod.ips.map((ip) => decodeAddrKey(encodeAddrKey(ip))));
+    const addrs = JSON.parse(await this.inPod(nsPath, ['ip', '-j', 'addr', 'show'])) as {
+      ifindex: number;
+      ifname: string;
+      link_index?: number;
+      addr_info?: { local?: string }[];
+    }[];
+    const link = addrs.find((l) => (l.addr_info ?? []).some((a) => a.local !== undefined && wanted.has(decodeAddrKey(encodeAddrKey(a.local)))));
+    if (!link) throw new LocateError(`${what}: no interface in its netns holds ${pod.ips.join(', ')}`);
+    const route = JSON.parse(await this.onHost(['ip', '-j', 'route', 'get', pod.ips[0]!])) as { dev?: string; gateway?: string }[];
+    const dev = route[0]?.dev;
+    if (!dev || route[0]?.gateway) throw new LocateError(`${what}: the node has no direct route to ${pod.ips[0]}`);
+    const [hostLink] = JSON.parse(await this.onHost(['ip', '-j', 'link', 'show', 'dev', dev])) as { ifindex: number; link_index?: number }[];
+    if (!hostLink) throw new LocateError(`${what}: the node's link ${dev} is gone`);
+    // The node's route must lead to this interface's veth peer, never to an uplink (a
+    // default route answers `route get` for a pod whose veth is gone).
+    if (link.link_index !== hostLink.ifindex || hostLink.link_index !== link.ifindex) {
+      throw new LocateError(`${what}: the node's route to ${pod.ips[0]} goes through ${dev}, which is not the veth peer of ${link.ifname}`);
+    }
+    return { nsPath, inode, eth: { ifindex: link.ifindex, name: link.ifname }, hostIfindex: hostLink.ifindex };
+  }
+
+  private record(inode: bigint): codec.InpodPod | null {
+    const v = this.map('inpod_pods').lookup(codec.encodeNetnsKey(inode));
+    return v ? codec.decodeInpodPod(v) : null;
+  }
+
+  // --- install ------------------------------------------------------------------------
+
+  async install(pod: PodNetns): Promise<void> {
+    const at = await this.locate(pod);
+    const had = this.record(at.inode);
+    // The record first, with what was there before us (a repeated install keeps the
+    // first one's): remove restores exactly that, even if this install stops half-way.
+    let flags = had?.flags ?? 0;
+    if (!had) {
+      const acceptLocal = (await this.inPod(at.nsPath, ['sysctl', '-n', `net.ipv4.conf.${at.eth.name}.accept_local`])).trim();
+      if (acceptLocal === '1') flags |= codec.InpodPodFlags.ACCEPT_LOCAL;
+    }
+    const save = () =>
+      this.map('inpod_pods').update(codec.encodeNetnsKey(at.inode), codec.encodeInpodPod({ ethIfindex: at.eth.ifindex, hostIfindex: at.hostIfindex, flags }));
+    save();
+
+    // Routing before programs: the first frame inpod_out loops is delivered.
+    await this.inPod(at.nsPath, ['sysctl', '-q', '-w', `net.ipv4.conf.${at.eth.name}.accept_local=1`]);
+    for (const f of FAMILIES) {
+      if (!(await this.hasRule(at.nsPath, f))) {
+        await this.inPod(at.nsPath, ['ip', f, 'rule', 'add', 'pref', RULE_PREF, 'fwmark', `${LOOP_MARK}/${LOOP_MARK}`, 'lookup', ROUTE_TABLE]);
+      }
+      await this.inPod(at.nsPath, ['ip', f, 'route', 'replace', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE]);
+    }
+
+    // inpod_in before inpod_out: a looped frame always finds its deliverer. Attached in
+    // place (replace), so a re-install never leaves a hook empty.
+    const podIn = this.program(INPOD_PROGRAMS.in);
+    const podOut = this.program(INPOD_PROGRAMS.out);
+    const created = withNetns(at.nsPath, () => {
+      const a = attachTc(at.eth.ifindex, 'ingress', podIn.fd);
+      const b = attachTc(at.eth.ifindex, 'egress', podOut.fd);
+      return a.createdQdisc || b.createdQdisc;
+    });
+    if (created) flags |= codec.InpodPodFlags.QDISC_POD;
+    const hostIn = this.program(INPOD_PROGRAMS.hostIn);
+    const hostOut = this.program(INPOD_PROGRAMS.hostOut);
+    const hostCreated = this.hostDo(() => {
+      const a = attachTc(at.hostIfindex, 'egress', hostIn.fd);
+      const b = attachTc(at.hostIfindex, 'ingress', hostOut.fd);
+      return a.createdQdisc || b.createdQdisc;
+    });
+    if (hostCreated) flags |= codec.InpodPodFlags.QDISC_HOST;
+    save();
+    this.opts.log.info('in-pod capture installed', {
+      pod: pod.name,
+      namespace: pod.namespace,
+      uid: pod.uid,
+      interface: at.eth.name,
+      hostIfindex: at.hostIfindex,
+    });
+  }
+
+  private async hasRule(nsPath: string, family: (typeof FAMILIES)[number]): Promise<boolean> {
+    const rules = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'rule', 'show'])) as {
+      priority?: number;
+      fwmark?: string;
+      fwmask?: string;
+      table?: string;
+    }[];
+    return rules.some((r) => String(r.priority) === RULE_PREF && r.fwmark === LOOP_MARK && r.fwmask === LOOP_MARK && r.table === ROUTE_TABLE);
+  }
+
+  private async hasRoute(nsPath: string, family: (typeof FAMILIES)[number]): Promise<boolean> {
+    const routes = JSON.parse(await this.inPod(nsPath, ['ip', '-j', family, 'route', 'show', 'table', ROUTE_TABLE])) as {
+      type?: string;
+      dst?: string;
+      dev?: string;
+    }[];
+    return routes.some((r) => r.type === 'local' && r.dst === 'default' && r.dev === 'lo');
+  }
+
+  // --- check --------------------------------------------------------------------------
+
+  async check(pod: PodNetns): Promise<boolean> {
+    let at: PodPlace;
+    try {
+      at = await this.locate(pod);
+    } catch (err) {
+      // No interface or route for the pod: nothing of ours can be in place.
+      if (err instanceof LocateError) return false;
+      throw err;
+    }
+    const rec = this.record(at.inode);
+    if (!rec || rec.ethIfindex !== at.eth.ifindex || rec.hostIfindex !== at.hostIfindex) return false;
+    const want: Record<Direction, number> = { ingress: this.program(INPOD_PROGRAMS.in).id, egress: this.program(INPOD_PROGRAMS.out).id };
+    const podOk = withNetns(at.nsPath, () => queryTc(at.eth.ifindex, 'ingress') === want.ingress && queryTc(at.eth.ifindex, 'egress') === want.egress);
+    if (!podOk) return false;
+    const hostWant: Record<Direction, number> = { egress: this.program(INPOD_PROGRAMS.hostIn).id, ingress: this.program(INPOD_PROGRAMS.hostOut).id };
+    const hostOk = this.hostDo(() => queryTc(at.hostIfindex, 'egress') === hostWant.egress && queryTc(at.hostIfindex, 'ingress') === hostWant.ingress);
+    if (!hostOk) return false;
+    for (const f of FAMILIES) if (!(await this.hasRule(at.nsPath, f)) || !(await this.hasRoute(at.nsPath, f))) return false;
+    const acceptLocal = (await this.inPod(at.nsPath, ['sysctl', '-n', `net.ipv4.conf.${at.eth.name}.accept_local`])).trim();
+    return acceptLocal === '1';
+  }
+
+  // --- remove -------------------------------------------------------------------------
+
+  async remove(pod: PodNetns): Promise<void> {
+    let inode: bigint;
+    try {
+      inode = BigInt(fstatSync(pod.fd).ino);
+    } catch (err) {
+      if (isGone(err)) return this.forgetFlows(pod);
+      throw err;
+    }
+    const rec = this.record(inode);
+    const nsPath = `/proc/${process.pid}/fd/${pod.fd}`;
+    let eth: { ifindex: number; name: string } | null = null;
+    try {
+      eth = (await this.locate(pod)).eth;
+    } catch (err) {
+      // The pod's interface (or the node's route) is gone: what was on them went with them.
+      if (!(err instanceof LocateError) && !(err instanceof CommandError)) throw err;
+    }
+    const ethIfindex = eth?.ifindex ?? rec?.ethIfindex;
+    if (ethIfindex !== undefined) {
+      withNetns(nsPath, () => {
+        for (const d of ['ingress', 'egress'] as const) detachTc(ethIfindex, d);
+        if (rec && rec.flags & codec.InpodPodFlags.QDISC_POD && hooksEmpty(ethIfindex)) destroyClsact(ethIfindex);
+      });
+    }
+    for (const f of FAMILIES) {
+      while (
+        await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'rule', 'del', 'pref', RULE_PREF, 'fwmark', `${LOOP_MARK}/${LOOP_MARK}`, 'lookup', ROUTE_TABLE])
+      );
+      await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE]);
+    }
+    if (eth && rec && !(rec.flags & codec.InpodPodFlags.ACCEPT_LOCAL)) {
+      await this.ok(['nsenter', `--net=${nsPath}`, 'sysctl', '-q', '-w', `net.ipv4.conf.${eth.name}.accept_local=0`]);
+    }
+    if (rec) {
+      this.hostDo(() => {
+        // Only a filter running one of our host programs: the pod's veth may be gone and
+        // its ifindex be another device's, whose filter at our place is not ours to remove.
+        for (const d of ['ingress', 'egress'] as const) if (runsHostProgram(rec.hostIfindex, d)) detachTc(rec.hostIfindex, d);
+        if (rec.flags & codec.InpodPodFlags.QDISC_HOST && hooksEmpty(rec.hostIfindex)) destroyClsact(rec.hostIfindex);
+      });
+    }
+    this.forgetFlows(pod);
+    this.map('inpod_pods').delete(codec.encodeNetnsKey(inode));
+    this.opts.log.info('in-pod capture removed', { pod: pod.name, namespace: pod.namespace, uid: pod.uid });
+  }
+
+  private ok(argv: string[]): Promise<boolean> {
+    return this.opts.runner.run(argv).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /** The pod's probe flows go with it (a new pod may get its address). */
+  private forgetFlows(pod: PodNetns): void {
+    const ips = new Set(pod.ips.map((ip) => decodeAddrKey(encodeAddrKey(ip))));
+    const flows = this.map('probe_flows');
+    for (const k of flows.keys()) if (ips.has(codec.decodeProbeFlowKey(k).pod)) flows.delete(k);
+  }
+
+  /** The probe flows the host veths' programs recorded (for tests and status). */
+  probeFlows(): { flow: codec.ProbeFlow; node: string }[] {
+    return this.map('probe_flows')
+      .entries()
+      .map(([k, v]) => ({ flow: codec.decodeProbeFlowKey(k), node: codec.decodeProbeFlowInfo(v).node }));
+  }
+
+  close(): void {
+    if (this.installed) closeInstalled(this.installed);
+    this.installed = null;
+  }
+}
+
+/** Our filter on the hook runs an in-pod host program (by name: any build's). */
+function runsHostProgram(ifindex: number, direction: Direction): boolean {
+  const ours = listTcFilters(ifindex, direction).find((f) => f.handle === `0x${OUR_FILTER.handle.toString(16)}` && f.pref === OUR_FILTER.priority);
+  return ours?.progName === INPOD_PROGRAMS.hostIn || ours?.progName === INPOD_PROGRAMS.hostOut;
+}
+
+/** No clsact filter left on either hook of the device (of the calling thread's netns). */
+function hooksEmpty(ifindex: number): boolean {
+  return listTcFilters(ifindex, 'ingress').length === 0 && listTcFilters(ifindex, 'egress').length === 0;
+}

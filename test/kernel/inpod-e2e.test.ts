@@ -1,0 +1,369 @@
+/**
+ * The eBPF in-pod capture end to end with real packets (docs/datapath.md, "In-pod
+ * capture"): a simulated node (harness/sim/node.ts) whose pod0 is enrolled in-pod, the
+ * stand-in ztunnel's listeners (harness/sim/ztunnel-inpod.ts) opened inside pod0's netns
+ * plus a DNS socket, and the capture installed by its InPodCapture (the agent's code, run
+ * in this process, the node's netns named as the host). Oracles: the listeners' own
+ * reports (port and local address of each accepted connection), the outside server's
+ * record of every source, the app's, and snapshots of the netns before and after.
+ */
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import type net from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withNetns } from '../../src/bpf/netns.js';
+import { createEbpfInPodCapture, type EbpfInPodCapture } from '../../src/capture/inpod/ebpf.js';
+import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
+import type { PodNetns } from '../../src/capture/inpod.js';
+import { systemRunner } from '../../src/host/runner.js';
+import { createLogger } from '../../src/log.js';
+import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
+import { AF_INET, AF_INET6, closeSocket, markedExchange, udpReceive, udpSendTo, udpSocket } from '../../harness/sim/transparent.js';
+import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
+import { kernelDescribe } from '../support/gate.js';
+import { sleep, until } from '../support/wait.js';
+
+const PROBE4 = '169.254.7.127';
+const PROBE6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
+const APP_PORT = 8080;
+const run = (argv: string[]) => systemRunner.run(argv);
+
+/** What a netns holds that the capture may touch: compared before install and after remove. */
+async function snapshot(ns: string, devs: string[]): Promise<string> {
+  const parts = [
+    await run(['ip', '-n', ns, '-d', 'link', 'show']),
+    await run(['ip', '-n', ns, 'addr', 'show']),
+    await run(['ip', '-n', ns, '-4', 'route', 'show', 'table', 'all']),
+    await run(['ip', '-n', ns, '-6', 'route', 'show', 'table', 'all']),
+    await run(['ip', '-n', ns, '-4', 'rule', 'show']),
+    await run(['ip', '-n', ns, '-6', 'rule', 'show']),
+    await run(['tc', '-n', ns, 'qdisc', 'show']),
+  ];
+  for (const d of devs) for (const dir of ['ingress', 'egress']) parts.push(await run(['tc', '-n', ns, 'filter', 'show', 'dev', d, dir]));
+  // Every net.* sysctl of the netns, minus the ones that count or randomise by themselves.
+  const sysctls = (await run(['ip', 'netns', 'exec', ns, 'sysctl', '-a', '--pattern', '^net\\.']).catch((e: { stdout?: string }) => e.stdout ?? ''))
+    .split('\n')
+    .filter((l) => !/stable_secret|\.nf_conntrack_count|hash_?secret|base_reachable_time|fib_sync_mem|flowlabel/.test(l));
+  parts.push(sysctls.join('\n'));
+  return parts.join('\n----\n').replace(/\s+used \d+|\s+\d+sec/g, '');
+}
+
+kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates network namespaces and loads BPF programs', () => {
+  let sim: SimNode;
+  let capture: EbpfInPodCapture;
+  let outside: SimServer;
+  let app: SimServer;
+  let podFd = -1;
+  let pod: PodNetns;
+  let servers: net.Server[] = [];
+  let dnsFds: number[] = [];
+  const accepted: { port: number; src: string; origDst: string }[] = [];
+  let before = '';
+  let hostBefore = '';
+  let pinRoot = '';
+
+  const hostVeth = () => sim.pods[0]!.hostVeth;
+
+  function openListeners(): void {
+    servers = listenInNetns(podFd, 'pod0', [15001, 15006, 15008, 15053], (port, s) => {
+      accepted.push({ port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: `${s.localAddress}:${s.localPort}` });
+    });
+    dnsFds = withNetns(`/proc/self/fd/${podFd}`, () => [
+      udpSocket(AF_INET, 15053, { transparent: true, mark: ZTUNNEL_MARK }),
+      udpSocket(AF_INET6, 15053, { transparent: true, mark: ZTUNNEL_MARK }),
+    ]);
+  }
+
+  async function closeListeners(): Promise<void> {
+    await Promise.all(servers.map((s) => new Promise<void>((r) => s.close(() => r()))));
+    servers = [];
+    dnsFds.forEach(closeSocket);
+    dnsFds = [];
+  }
+
+  beforeAll(async () => {
+    sim = await createSimNode({ pods: 2 });
+    pinRoot = runPinRoot(sim.prefix);
+    mkdirSync(pinRoot, { recursive: true });
+    const p0 = sim.pods[0]!;
+    podFd = openSync(`/var/run/netns/${p0.ns}`, 'r');
+    pod = { uid: 'uid-pod0', namespace: 'default', name: p0.name, ips: [p0.ip, p0.ip6], fd: podFd };
+    outside = await sim.startOutside();
+    app = await sim.startPodServer(p0, APP_PORT);
+    before = await snapshot(p0.ns, ['eth0']);
+    hostBefore = await snapshot(sim.nodeNs, [hostVeth()]);
+    capture = createEbpfInPodCapture({
+      objectPath: 'build/inpod.bpf.o',
+      pinRoot,
+      dnsCapture: true,
+      runner: systemRunner,
+      log: createLogger('error', () => undefined),
+      hostNetns: `/var/run/netns/${sim.nodeNs}`,
+    });
+    await capture.init();
+    openListeners();
+    await capture.install(pod);
+  }, 60_000);
+
+  afterAll(async () => {
+    await closeListeners().catch(() => undefined);
+    capture?.close();
+    if (podFd >= 0) closeSync(podFd);
+    await sim?.teardown();
+  });
+
+  const last = () => accepted[accepted.length - 1];
+
+  describe('outbound TCP reaches 15001 inside the pod, with its original destination', () => {
+    for (const [family, ip] of [
+      ['IPv4', OUTSIDE_IP],
+      ['IPv6', OUTSIDE_IP6],
+    ] as const) {
+      it(family, async () => {
+        const n = accepted.length;
+        const [r] = await sim.connect(sim.pods[0]!, { ip, port: 8080 }, 1);
+        expect(r).toEqual({ ok: true, reply: 'ztunnel' });
+        await until('the listener report', () => accepted.length > n);
+        const a = last()!;
+        expect(a.port).toBe(15001);
+        expect(a.origDst).toBe(`${ip}:8080`);
+        expect(a.src.startsWith(family === 'IPv4' ? sim.pods[0]!.ip : sim.pods[0]!.ip6)).toBe(true);
+        expect(outside.accepted).toEqual([]);
+      });
+    }
+  });
+
+  describe('inbound TCP reaches 15006; 15008 reaches its own listener untouched', () => {
+    for (const family of ['IPv4', 'IPv6'] as const) {
+      it(family, async () => {
+        const ip = family === 'IPv4' ? sim.pods[0]!.ip : sim.pods[0]!.ip6;
+        const n = accepted.length;
+        expect(await sim.connect('outside', { ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15006 report', () => accepted.length > n);
+        expect(last()).toMatchObject({ port: 15006, origDst: `${ip}:${APP_PORT}` });
+        expect(await sim.connect('outside', { ip, port: 15008 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15008 report', () => accepted.length > n + 1);
+        expect(last()).toMatchObject({ port: 15008, origDst: `${ip}:15008` });
+        expect(app.accepted).toEqual([]);
+      });
+    }
+  });
+
+  describe('DNS goes to 15053 with DNS capture on', () => {
+    it('TCP to port 53, IPv4 and IPv6', async () => {
+      for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {
+        const n = accepted.length;
+        expect(await sim.connect(sim.pods[0]!, { ip, port: 53 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15053 report', () => accepted.length > n);
+        expect(last()).toMatchObject({ port: 15053, origDst: `${ip}:53` });
+      }
+    });
+
+    it('UDP to port 53, IPv4 and IPv6, reaches the DNS socket and nothing leaves', async () => {
+      for (const [i, ip, family] of [
+        [0, OUTSIDE_IP, AF_INET],
+        [1, OUTSIDE_IP6, AF_INET6],
+      ] as const) {
+        const query = Buffer.from(`query-${i}`);
+        const fd = withNetns(`/proc/self/fd/${podFd}`, () => udpSocket(family, 0));
+        try {
+          udpSendTo(fd, ip, 53, query);
+          let got: Buffer | null = null;
+          await until(`the datagram on 15053 (${ip})`, () => (got = udpReceive(dnsFds[i]!)) !== null, 3_000);
+          expect(got!.toString()).toBe(query.toString());
+        } finally {
+          closeSocket(fd);
+        }
+      }
+    });
+  });
+
+  describe("ztunnel's own traffic (mark 0x539) is never captured, nor are its replies", () => {
+    it('reaches the outside server from the pod’s address', async () => {
+      for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {
+        const n = outside.accepted.length;
+        const r = withNetns(`/proc/self/fd/${podFd}`, () => markedExchange(ip, 8080, ZTUNNEL_MARK));
+        expect(r).toEqual({ ok: true, reply: 'outside\n' });
+        await outside.waitForAccepted(n + 1);
+        expect(outside.accepted[n]!.src.startsWith(ip === OUTSIDE_IP ? sim.pods[0]!.ip : sim.pods[0]!.ip6)).toBe(true);
+      }
+      // Another mark is the pod's own traffic: captured.
+      const n = accepted.length;
+      // (The listener is in this process: connected is all a blocked thread can see.)
+      const r = withNetns(`/proc/self/fd/${podFd}`, () => markedExchange(OUTSIDE_IP, 8080, 0x538, { read: false }));
+      expect(r).toEqual({ ok: true, reply: '' });
+      await until('the 15001 report', () => accepted.length > n);
+      expect(last()).toMatchObject({ port: 15001, origDst: `${OUTSIDE_IP}:8080` });
+      expect(outside.accepted).toHaveLength(2);
+    });
+  });
+
+  describe('kubelet probes: the node reaches the app uncaptured, and nobody else can', () => {
+    it('the node (its own address) reaches the app, seen from the probe address; IPv4 and IPv6', async () => {
+      for (const [ip, probe] of [
+        [sim.pods[0]!.ip, PROBE4],
+        [sim.pods[0]!.ip6, PROBE6],
+      ] as const) {
+        const n = app.accepted.length;
+        const z = accepted.length;
+        expect(await sim.connect('node', { ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: sim.pods[0]!.name }]);
+        await app.waitForAccepted(n + 1);
+        expect(app.accepted[n]!.src.replace(/^::ffff:/, '').startsWith(probe)).toBe(true);
+        expect(accepted.length).toBe(z);
+      }
+    });
+
+    it('a pod spoofing the probe address, and the outside with it, reach nothing', async () => {
+      const p1 = sim.pods[1]!;
+      await run(['ip', '-n', p1.ns, 'addr', 'add', `${PROBE4}/32`, 'dev', 'lo']);
+      await run(['ip', 'netns', 'exec', sim.outside.ns, 'ip', 'addr', 'add', `${PROBE4}/32`, 'dev', 'lo']);
+      await run(['ip', '-n', sim.outside.ns, 'addr', 'add', `${PROBE6}/128`, 'dev', 'lo', 'nodad']);
+      try {
+        const n = app.accepted.length;
+        const z = accepted.length;
+        const r1 = await sim.connect(p1, { ip: sim.pods[0]!.ip, port: APP_PORT }, 1, 1_000, PROBE4);
+        const r2 = await sim.connect('outside', { ip: sim.pods[0]!.ip, port: APP_PORT }, 1, 1_000, PROBE4);
+        const r3 = await sim.connect('outside', { ip: sim.pods[0]!.ip6, port: APP_PORT }, 1, 1_000, PROBE6);
+        for (const r of [r1, r2, r3]) expect(r[0]!.ok).toBe(false);
+        expect(app.accepted.length).toBe(n);
+        // Not even half-open: no SYN from the probe address reached the app's listener.
+        const halfOpen = await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-H', '-tn', 'state', 'syn-recv']);
+        expect(halfOpen.trim()).toBe('');
+        expect(accepted.length).toBe(z);
+        // Without the spoofed source the same pod is captured like anyone: 15006.
+        expect(await sim.connect(p1, { ip: sim.pods[0]!.ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        expect(app.accepted.length).toBe(n);
+      } finally {
+        await run(['ip', '-n', p1.ns, 'addr', 'del', `${PROBE4}/32`, 'dev', 'lo']);
+        await run(['ip', '-n', sim.outside.ns, 'addr', 'del', `${PROBE4}/32`, 'dev', 'lo']);
+        await run(['ip', '-n', sim.outside.ns, 'addr', 'del', `${PROBE6}/128`, 'dev', 'lo']);
+      }
+    });
+
+    it('a plain pod is untouched: its outbound reaches the outside server directly', async () => {
+      const n = outside.accepted.length;
+      expect(await sim.connect(sim.pods[1]!, { ip: OUTSIDE_IP, port: 8080 }, 1)).toEqual([{ ok: true, reply: 'outside' }]);
+      await outside.waitForAccepted(n + 1);
+      expect(outside.accepted[n]!.src.startsWith(sim.pods[1]!.ip)).toBe(true);
+    });
+  });
+
+  describe('drift', () => {
+    it('check says false when a program is removed from the pod’s interface, and install repairs it', async () => {
+      expect(await capture.check(pod)).toBe(true);
+      await run(['tc', '-n', sim.pods[0]!.ns, 'filter', 'del', 'dev', 'eth0', 'egress']);
+      expect(await capture.check(pod)).toBe(false);
+      // Uncaptured now: the pod's outbound would leave directly.
+      await capture.install(pod);
+      expect(await capture.check(pod)).toBe(true);
+      const n = accepted.length;
+      expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 8080 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+      await until('the 15001 report', () => accepted.length > n);
+    });
+
+    it('check says false when the routing rule is gone', async () => {
+      await run(['ip', '-n', sim.pods[0]!.ns, '-6', 'rule', 'del', 'pref', '135']);
+      expect(await capture.check(pod)).toBe(false);
+      await capture.install(pod);
+      expect(await capture.check(pod)).toBe(true);
+    });
+  });
+
+  describe('agent restart and bad input', () => {
+    it('a new agent of the same build adopts: same programs, check true, install changes nothing', async () => {
+      const second = createEbpfInPodCapture({
+        objectPath: 'build/inpod.bpf.o',
+        pinRoot,
+        dnsCapture: true,
+        runner: systemRunner,
+        log: createLogger('error', () => undefined),
+        hostNetns: `/var/run/netns/${sim.nodeNs}`,
+        probe: false,
+      });
+      try {
+        const filters = () => run(['tc', '-n', sim.pods[0]!.ns, 'filter', 'show', 'dev', 'eth0', 'egress']);
+        const before = await filters();
+        await second.init();
+        expect(await second.check(pod)).toBe(true);
+        await second.install(pod);
+        expect(await filters()).toBe(before);
+        expect(await capture.check(pod)).toBe(true);
+      } finally {
+        second.close();
+      }
+    });
+
+    it('a netns without the pod’s interface: install is a clear error, check false, remove succeeds and changes nothing', async () => {
+      const ns = `${sim.prefix}-empty`;
+      await run(['ip', 'netns', 'add', ns]);
+      const fd = openSync(`/var/run/netns/${ns}`, 'r');
+      try {
+        const empty: PodNetns = { ...pod, uid: 'uid-empty', name: 'empty', fd };
+        const snap = await snapshot(ns, []);
+        await expect(capture.install(empty)).rejects.toThrow(/no interface in its netns holds 198\.18\.0\.10/);
+        expect(await capture.check(empty)).toBe(false);
+        await capture.remove(empty);
+        expect(await snapshot(ns, [])).toBe(snap);
+        await expect(capture.install({ ...empty, ips: [] })).rejects.toThrow(/no IP address/);
+      } finally {
+        closeSync(fd);
+        await run(['ip', 'netns', 'del', ns]);
+      }
+    });
+  });
+
+  describe('the delivery probe', () => {
+    it('says bpf_sk_assign takes a SO_REUSEPORT socket on this kernel, and leaves no netns behind', async () => {
+      expect(await probeReuseportAssign('build/inpod.bpf.o', systemRunner)).toEqual({ reuseportAssign: true });
+      expect(await run(['ip', 'netns', 'list'])).not.toMatch(new RegExp(`ambient-redirect-probe-${process.pid}-`));
+    });
+
+    it('says no when the program does not assign (a pass-all program in its place): the answer is the kernel’s, not assumed', async () => {
+      const r = await probeReuseportAssign('build/tests/foreign.bpf.o', systemRunner, 'foreign_pass');
+      expect(r.reuseportAssign).toBe(false);
+      expect(r.reason).toMatch(/refuses SO_REUSEPORT/);
+    });
+  });
+
+  describe('fail closed: with ztunnel’s sockets gone nothing leaves, nothing gets in', () => {
+    it('connections fail and neither the outside server nor the app sees any', async () => {
+      await closeListeners();
+      await sleep(50);
+      const out0 = outside.accepted.length;
+      const app0 = app.accepted.length;
+      for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {
+        const [r] = await sim.connect(sim.pods[0]!, { ip, port: 8080 }, 1, 1_000);
+        expect(r!.ok).toBe(false);
+      }
+      for (const ip of [sim.pods[0]!.ip, sim.pods[0]!.ip6]) {
+        const [r] = await sim.connect('outside', { ip, port: APP_PORT }, 1, 1_000);
+        expect(r!.ok).toBe(false);
+      }
+      const fd = withNetns(`/proc/self/fd/${podFd}`, () => udpSocket(AF_INET, 0));
+      udpSendTo(fd, OUTSIDE_IP, 53, Buffer.from('q'));
+      closeSocket(fd);
+      await sleep(200);
+      expect(outside.accepted.length).toBe(out0);
+      expect(app.accepted.length).toBe(app0);
+      // The probe exemption still holds: the kubelet reaches the app without ztunnel.
+      expect(await sim.connect('node', { ip: sim.pods[0]!.ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: sim.pods[0]!.name }]);
+      openListeners();
+    });
+  });
+
+  describe('remove', () => {
+    it('leaves the pod netns and the host veth as before install (snapshot diff empty), and is idempotent', async () => {
+      await capture.remove(pod);
+      expect(await snapshot(sim.pods[0]!.ns, ['eth0'])).toBe(before);
+      expect(await snapshot(sim.nodeNs, [hostVeth()])).toBe(hostBefore);
+      expect(capture.probeFlows().filter((f) => f.flow.pod === sim.pods[0]!.ip || f.flow.pod === sim.pods[0]!.ip6)).toEqual([]);
+      await capture.remove(pod);
+      expect(await capture.check(pod)).toBe(false);
+      // Uncaptured again: the outside server sees the pod itself.
+      const n = outside.accepted.length;
+      expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 8080 }, 1)).toEqual([{ ok: true, reply: 'outside' }]);
+      await outside.waitForAccepted(n + 1);
+      expect(outside.accepted[n]!.src.startsWith(sim.pods[0]!.ip)).toBe(true);
+    });
+  });
+});

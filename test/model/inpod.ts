@@ -1,0 +1,240 @@
+/**
+ * The reference model of docs/datapath.md's in-pod rows (PO, PL, PI, PH), written from the
+ * spec's text, as test/model/datapath.ts is for the node rows (whose frame parser it
+ * shares: the same facts, O1–O6 and O11, decide what is a sound IP packet here). Pure
+ * functions over a frame, the map contents and a table of the netns's sockets.
+ */
+import { addrKeyHex, parse, type Ip } from './datapath.js';
+
+export type InpodVerdictName = 'pass' | 'drop' | 'loop' | 'deliver';
+
+export interface InpodVerdict {
+  verdict: InpodVerdictName;
+  row: string;
+  /** deliver: the socket assigned ('tcp4:15001', 'udp6:15053', ...). */
+  socket?: string;
+  /** PH4: the flow it records (probeFlowKey) and the node address it remembers (hex). */
+  recordFlow?: { key: string; node: string };
+  /** PH4/PH5: the new source; PH8: the new destination (16-byte key, hex). */
+  rewrite?: { field: 'src' | 'dst'; to: string };
+}
+
+export const LOOP_MARK = 0x20000;
+export const ZTUNNEL_MARK = 0x539;
+export const Port = { OUTBOUND: 15001, INBOUND: 15006, HBONE: 15008, DNS: 15053 } as const;
+export const PROBE_HEX = { 4: addrKeyHex(Buffer.from([169, 254, 7, 127])), 6: 'fd169254712713 37ffffffffffffffff'.replace(' ', '') } as const;
+
+export interface InpodState {
+  dnsCapture: boolean;
+  /** probe_flows: probeFlowKey -> the node's address (hex). */
+  probeFlows: Map<string, string>;
+}
+
+export type ConnState = 'open' | 'time_wait';
+
+/** The netns's sockets, as the kernel's lookups see them. */
+export interface InpodSockets {
+  /** Wildcard-bound listeners and UDP sockets: 'tcp4:15001', 'udp6:15053', 'tcp4:8080'. */
+  listeners: ReadonlySet<string>;
+  /** Connection sockets by connKey (local end first). */
+  conns: ReadonlyMap<string, ConnState>;
+}
+
+export const NO_SOCKETS: InpodSockets = { listeners: new Set(), conns: new Map() };
+
+export function connKey(family: 4 | 6, localHex: string, lport: number, remoteHex: string, rport: number): string {
+  return `${family}|${localHex}|${lport}|${remoteHex}|${rport}`;
+}
+
+export function probeFlowKey(podHex: string, podPort: number, nodePort: number, family: 4 | 6): string {
+  return `${podHex}|${podPort}|${nodePort}|${family}`;
+}
+
+const TCP = 6;
+const UDP = 17;
+
+function l4Complete(f: Buffer, ip: Ip): boolean {
+  return ip.l4Off + (ip.proto === TCP ? 20 : 8) <= f.length;
+}
+
+/** TCP/UDP with its ports in the frame. */
+function ports(f: Buffer, ip: Ip): { sport: number; dport: number } | null {
+  if ((ip.proto !== TCP && ip.proto !== UDP) || ip.laterFragment || !l4Complete(f, ip)) return null;
+  return { sport: f.readUInt16BE(ip.l4Off), dport: f.readUInt16BE(ip.l4Off + 2) };
+}
+
+function syn(f: Buffer, ip: Ip): boolean {
+  return (f[ip.l4Off + 13]! & 0x12) === 0x02;
+}
+
+/**
+ * Any fragment: IPv4 with MF or an offset; IPv6 with a fragment header in its chain.
+ * INTERP: the chain is the one O11 walks (no more than MAX_IPV6_EXT headers; a longer one
+ * is an unclassified chain, judged before this).
+ */
+function fragmented(f: Buffer, ip: Ip): boolean {
+  if (ip.family === 4) return (f.readUInt16BE(14 + 6) & 0x3fff) !== 0;
+  if (ip.laterFragment) return true;
+  let nh = f[14 + 6]!;
+  let off = 14 + 40;
+  for (let i = 0; i < 4; i++) {
+    if (nh === 44) return true;
+    if (![0, 43, 51, 60].includes(nh) || off + 2 > f.length) return false;
+    const len = nh === 51 ? (f[off + 1]! + 2) * 4 : (f[off + 1]! + 1) * 8;
+    nh = f[off]!;
+    off += len;
+  }
+  return false;
+}
+
+/** The socket a lookup by the frame's tuple (destination port replaced) finds. */
+function lookupTcp(s: InpodSockets, ip: Ip, src: [string, number], dst: [string, number]): ConnState | 'listen' | null {
+  const c = s.conns.get(connKey(ip.family, dst[0], dst[1], src[0], src[1]));
+  if (c) return c;
+  return s.listeners.has(`tcp${ip.family}:${dst[1]}`) ? 'listen' : null;
+}
+
+function conn(s: InpodSockets, ip: Ip, p: { sport: number; dport: number }): ConnState | null {
+  const c = lookupTcp(s, ip, [ip.src, p.sport], [ip.dst, p.dport]);
+  return c === 'listen' ? null : c;
+}
+
+/** ztunnel's listener (TCP) or socket (UDP) on `port` for the frame's tuple. */
+function ztunnelSocket(s: InpodSockets, ip: Ip, p: { sport: number }, port: number): string | null {
+  const name = `${ip.proto === UDP ? 'udp' : 'tcp'}${ip.family}:${port}`;
+  if (ip.proto === UDP) return s.listeners.has(name) ? name : null;
+  return lookupTcp(s, ip, [ip.src, p.sport], [ip.dst, port]) === 'listen' ? name : null;
+}
+
+function dnsOut(state: InpodState, p: { dport: number }): boolean {
+  return state.dnsCapture && p.dport === 53;
+}
+
+// --- inpod_out: TC egress of the pod's interface ---------------------------------------
+
+export function inpodOut(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PO1' };
+  const ip = l2.ip;
+  if ((ctx.mark & 0xfff) === ZTUNNEL_MARK) return { verdict: 'pass', row: 'PO2' };
+  if (ip.badChain) return { verdict: 'drop', row: 'PO3' };
+  if (ip.proto !== TCP && ip.proto !== UDP) return { verdict: 'pass', row: 'PO4' };
+  const p = ports(frame, ip);
+  if (ip.proto === UDP && (!p || !dnsOut(state, p))) return { verdict: 'pass', row: 'PO5' };
+  if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PO6' };
+  if (ip.proto === UDP) return ztunnelSocket(s, ip, p, Port.DNS) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
+  if (conn(s, ip, p)) return { verdict: 'loop', row: 'PO7' };
+  if (syn(frame, ip)) {
+    return ztunnelSocket(s, ip, p, dnsOut(state, p) ? Port.DNS : Port.OUTBOUND) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
+  }
+  if (lookupTcp(s, ip, [ip.dst, p.dport], [ip.src, p.sport]) !== null) return { verdict: 'pass', row: 'PO9' };
+  return { verdict: 'drop', row: 'PO10' };
+}
+
+// --- inpod_in: TC ingress of the pod's interface ---------------------------------------
+
+function deliver(s: InpodSockets, ip: Ip, p: { sport: number }, port: number, row: string): InpodVerdict {
+  const sock = ztunnelSocket(s, ip, p, port);
+  return sock ? { verdict: 'deliver', row, socket: sock } : { verdict: 'drop', row };
+}
+
+export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
+  const l2 = parse(frame);
+  if (ctx.mark === LOOP_MARK) {
+    if (l2.kind !== 'ip') return { verdict: 'drop', row: 'PL1' };
+    const ip = l2.ip;
+    const p = ports(frame, ip);
+    if (ip.badChain || !p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PL1' };
+    if (ip.proto === UDP) return dnsOut(state, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
+    const c = conn(s, ip, p);
+    if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PL2' };
+    if (!syn(frame, ip) || c === 'time_wait') return { verdict: 'drop', row: 'PL3' };
+    return deliver(s, ip, p, dnsOut(state, p) ? Port.DNS : Port.OUTBOUND, 'PL4');
+  }
+  if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PI1' };
+  const ip = l2.ip;
+  if (ip.badChain) return { verdict: 'drop', row: 'PI2' };
+  if (ip.proto !== TCP) return { verdict: 'pass', row: 'PI3' };
+  const p = ports(frame, ip);
+  if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PI4' };
+  if (ip.src === PROBE_HEX[ip.family]) return { verdict: 'pass', row: 'PI5' };
+  const c = conn(s, ip, p);
+  if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI6' };
+  if (c === 'time_wait') return { verdict: 'drop', row: 'PI7' };
+  if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI8' };
+  return deliver(s, ip, p, Port.INBOUND, 'PI9');
+}
+
+// --- the pod's host veth -----------------------------------------------------------------
+
+/** inpod_host_in: TC egress of the host veth (frames to the pod). */
+export function inpodHostIn(frame: Buffer, state: InpodState, ctx: { ingressIfindex: number }): InpodVerdict {
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip') return { verdict: 'pass', row: 'PH1' };
+  const ip = l2.ip;
+  if (ip.src === PROBE_HEX[ip.family]) return { verdict: 'drop', row: 'PH2' };
+  // INTERP: "TCP with its ports" as O10's: a chain that does not end in TCP is not TCP.
+  const p = ip.badChain || ip.proto !== TCP ? null : ports(frame, ip);
+  if (ctx.ingressIfindex !== 0 || !p) return { verdict: 'pass', row: 'PH3' };
+  const key = probeFlowKey(ip.dst, p.dport, p.sport, ip.family);
+  const rewrite = { field: 'src' as const, to: PROBE_HEX[ip.family] };
+  if (syn(frame, ip)) return { verdict: 'pass', row: 'PH4', recordFlow: { key, node: ip.src }, rewrite };
+  if (state.probeFlows.get(key) === ip.src) return { verdict: 'pass', row: 'PH5', rewrite };
+  return { verdict: 'pass', row: 'PH6' };
+}
+
+/** inpod_host_out: TC ingress of the host veth (frames from the pod). */
+export function inpodHostOut(frame: Buffer, state: InpodState): InpodVerdict {
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip' || l2.ip.dst !== PROBE_HEX[l2.ip.family]) return { verdict: 'pass', row: 'PH7' };
+  const ip = l2.ip;
+  const p = ip.badChain || ip.proto !== TCP ? null : ports(frame, ip);
+  if (!p) return { verdict: 'drop', row: 'PH9' };
+  const node = state.probeFlows.get(probeFlowKey(ip.src, p.sport, p.dport, ip.family));
+  if (node === undefined) return { verdict: 'drop', row: 'PH9' };
+  return { verdict: 'pass', row: 'PH8', rewrite: { field: 'dst', to: node } };
+}
+
+/** What a verdict leaves in the maps (PH4 records its flow, as the kernel does). */
+export function recordInpod(state: InpodState, v: InpodVerdict): void {
+  if (v.recordFlow) state.probeFlows.set(v.recordFlow.key, v.recordFlow.node);
+}
+
+// --- the bytes a verdict leaves ------------------------------------------------------------
+
+/** Ones' complement helpers on 16-bit words as the kernel stores them (csum_replace). */
+function fold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
+  return sum;
+}
+
+/** RFC 1624 incremental update of a checksum over a changed run of 16-bit words. */
+function csumUpdate(check: number, from: Buffer, to: Buffer): number {
+  let sum = ~check & 0xffff;
+  for (let i = 0; i < from.length; i += 2) sum += ~from.readUInt16BE(i) & 0xffff;
+  for (let i = 0; i < to.length; i += 2) sum += to.readUInt16BE(i);
+  return ~fold(sum) & 0xffff;
+}
+
+/**
+ * The frame as the program leaves it: loop rewrites the destination MAC to the source's;
+ * a rewrite changes the address and updates the IPv4 header checksum (IPv4) and the TCP
+ * checksum (its pseudo-header) incrementally.
+ */
+export function expectedBytes(frame: Buffer, v: InpodVerdict): Buffer {
+  const out = Buffer.from(frame);
+  if (v.verdict === 'loop') frame.copy(out, 0, 6, 12);
+  if (!v.rewrite) return out;
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip') return out;
+  const ip = l2.ip;
+  const to16 = Buffer.from(v.rewrite.to, 'hex');
+  const to = ip.family === 4 ? to16.subarray(12) : to16;
+  const off = ip.family === 4 ? (v.rewrite.field === 'src' ? 26 : 30) : v.rewrite.field === 'src' ? 22 : 38;
+  const from = Buffer.from(frame.subarray(off, off + to.length));
+  const tcpCheck = ip.l4Off + 16;
+  out.writeUInt16BE(csumUpdate(out.readUInt16BE(tcpCheck), from, to), tcpCheck);
+  if (ip.family === 4) out.writeUInt16BE(csumUpdate(out.readUInt16BE(24), from, to), 24);
+  to.copy(out, off);
+  return out;
+}

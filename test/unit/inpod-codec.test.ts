@@ -1,0 +1,46 @@
+/** The in-pod maps' codec (src/bpf/inpod-codec.ts) against the generated layouts. */
+import { describe, expect, it } from 'vitest';
+import * as codec from '../../src/bpf/inpod-codec.js';
+import { CodecError } from '../../src/bpf/codec.js';
+import { layouts } from '../../src/bpf/inpod-layout.generated.js';
+import { PINNED_MAPS } from '../../src/bpf/maps.js';
+
+describe('in-pod codec', () => {
+  it('lays out a probe flow key as the layout says, ports in network order', () => {
+    const k = codec.encodeProbeFlowKey({ pod: '198.18.0.10', podPort: 8080, nodePort: 41234, family: 4 });
+    const f = layouts.probe_flow_key.fields;
+    expect(k).toHaveLength(layouts.probe_flow_key.size);
+    expect(k.subarray(f.pod.offset, f.pod.offset + 16).toString('hex')).toBe('00000000000000000000ffffc612000a');
+    expect(k.readUInt16BE(f.pod_port.offset)).toBe(8080);
+    expect(k.readUInt16BE(f.node_port.offset)).toBe(41234);
+    expect(k[f.family.offset]).toBe(4);
+    expect(k.subarray(f.pad.offset, f.pad.offset + 3).toString('hex')).toBe('000000');
+    expect(codec.decodeProbeFlowKey(k)).toEqual({ pod: '198.18.0.10', podPort: 8080, nodePort: 41234, family: 4 });
+    const k6 = codec.encodeProbeFlowKey({ pod: 'fd00:10:244::a', podPort: 1, nodePort: 65535, family: 6 });
+    expect(codec.decodeProbeFlowKey(k6)).toEqual({ pod: 'fd00:10:244::a', podPort: 1, nodePort: 65535, family: 6 });
+  });
+
+  it('round-trips the pod record and the config, host order', () => {
+    const v = codec.encodeInpodPod({ ethIfindex: 2, hostIfindex: 14, flags: codec.InpodPodFlags.QDISC_POD | codec.InpodPodFlags.ACCEPT_LOCAL });
+    expect(v).toHaveLength(layouts.inpod_pod.size);
+    expect(v.readUInt32LE(layouts.inpod_pod.fields.host_ifindex.offset)).toBe(14);
+    expect(codec.decodeInpodPod(v)).toEqual({ ethIfindex: 2, hostIfindex: 14, flags: 5 });
+    expect(codec.decodeInpodConfig(codec.encodeInpodConfig(codec.InpodFlags.DNS_CAPTURE))).toEqual({ flags: 1 });
+    expect(codec.encodeNetnsKey(4026532890n).readBigUInt64LE(0)).toBe(4026532890n);
+  });
+
+  it('refuses buffers of the wrong size and a bad family with a clear error', () => {
+    expect(() => codec.decodeProbeFlowKey(Buffer.alloc(3))).toThrow(CodecError);
+    const k = codec.encodeProbeFlowKey({ pod: '198.18.0.10', podPort: 1, nodePort: 2, family: 4 });
+    k[layouts.probe_flow_key.fields.family.offset] = 5;
+    expect(() => codec.decodeProbeFlowKey(k)).toThrow(/family is 4 or 6, got 5/);
+    expect(() => codec.decodeInpodPod(Buffer.alloc(15))).toThrow(CodecError);
+    expect(() => codec.decodeInpodConfig(Buffer.alloc(8))).toThrow(CodecError);
+  });
+
+  it('registers the in-pod maps in the catalogue with their layouts', () => {
+    expect(PINNED_MAPS.probe_flows).toMatchObject({ keySize: layouts.probe_flow_key.size, valueSize: layouts.probe_flow_info.size, maxEntries: 16384 });
+    expect(PINNED_MAPS.inpod_pods).toMatchObject({ keySize: 8, valueSize: layouts.inpod_pod.size });
+    expect(PINNED_MAPS.inpod_config).toMatchObject({ keySize: 4, valueSize: layouts.inpod_config.size, maxEntries: 1 });
+  });
+});
