@@ -79,7 +79,7 @@ dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-loc
 
 # What the image holds (deploy/Dockerfile): the capture object, the CNI plugin and src/
 # alone; the harness, the test objects and the sanitizer build stay out.
-product: build/redirect.bpf.o build/ambient-redirect-cni product-ts
+product: build/redirect.bpf.o build/inpod.bpf.o build/ambient-redirect-cni product-ts
 
 product-ts: node_modules/.package-lock.json
 	npx tsc -p tsconfig.product.json

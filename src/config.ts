@@ -7,7 +7,7 @@ import { isIP } from 'node:net';
 import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
 import { parseSelector } from './core/enrollment.js';
-import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
+import { ConfigError, HOST_PROC_FLAG, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
 import { repoPath } from './lib/repo-path.js';
 import { DEFAULT_ZDS_SOCKET } from './zds/paths.js';
 
@@ -27,6 +27,7 @@ export interface RunConfig {
   readonly mode: Mode;
   readonly pinRoot: string;
   readonly objectPath: string;
+  readonly inpodObjectPath: string;
   /** ztunnel's IP when given: overrides discovery (required with static membership). */
   readonly ztunnelIp: string | null;
   readonly membership: MembershipSource;
@@ -101,6 +102,8 @@ export const ZTUNNEL_MODE_FLAGS: Record<'ztunnel-mode' | 'zds-socket', FlagSpec>
 
 /** The object `make` builds, at the top of the checkout or image. */
 export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
+/** The in-pod capture's object (inpod mode, docs/inpod.md). */
+export const DEFAULT_INPOD_OBJECT = repoPath('build/inpod.bpf.o', import.meta.url);
 /** The CNI plugin `make` builds (tools/cni/). */
 export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
@@ -108,7 +111,8 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'node-name': { env: 'NODE_NAME', help: 'this node’s name', default: '' },
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
   ...PIN_ROOT_FLAG,
-  object: { env: 'BPF_OBJECT', help: 'compiled BPF object', default: DEFAULT_OBJECT },
+  object: { env: 'BPF_OBJECT', help: 'compiled BPF object (node mode)', default: DEFAULT_OBJECT },
+  'inpod-object': { env: 'BPF_INPOD_OBJECT', help: 'compiled BPF object of the in-pod capture (inpod mode)', default: DEFAULT_INPOD_OBJECT },
   kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
   'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
   'ztunnel-selector': { env: 'ZTUNNEL_SELECTOR', help: 'labels of the ztunnel pods (k=v,...)', default: 'app=ztunnel' },
@@ -150,11 +154,7 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'cni-conf-dir': { env: 'CNI_CONF_DIR', help: 'the node’s CNI configuration folder (first *.conflist)', default: '/etc/cni/net.d' },
   'cni-plugin': { env: 'CNI_PLUGIN', help: 'the plugin binary to install', default: DEFAULT_CNI_PLUGIN },
   ...ZTUNNEL_MODE_FLAGS,
-  'host-proc': {
-    env: 'HOST_PROC',
-    help: 'inpod mode: the host’s /proc (hostPID: /proc), where the netns of pods that exist at start are found',
-    default: '/proc',
-  },
+  ...HOST_PROC_FLAG,
 };
 
 function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
@@ -230,6 +230,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     mode,
     pinRoot: v['pin-root']!,
     objectPath: v.object!,
+    inpodObjectPath: v['inpod-object']!,
     ztunnelIp,
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,

@@ -2,6 +2,7 @@
  * The one place a capture mode is chosen and built. `run` and `uninstall` go through
  * here; nothing else switches on the mode.
  */
+import { uninstallInpodIptablesHost, uninstallInpodIptablesPods } from './inpod/iptables.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import type { Link } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
@@ -133,8 +134,11 @@ export function createRedirectMode(mode: ModeName, opts: ModeOptions): RedirectM
 }
 
 /** Removes what every mode may have left on this node; every step runs, each is idempotent. */
-export async function uninstallAll(opts: { pinRoot: string; runner: CommandRunner }): Promise<CleanupReport> {
+export async function uninstallAll(opts: { pinRoot: string; hostProc: string; runner: CommandRunner }): Promise<CleanupReport> {
   const c = new Cleanup();
+  // In-pod capture first: its host half (probe SNAT) must outlive the pods' rules.
+  c.merge(await uninstallInpodIptablesPods(opts.runner, opts.hostProc));
+  c.merge(await uninstallInpodIptablesHost(opts.runner));
   c.merge(await uninstallEbpf(opts.pinRoot, opts.runner));
   c.merge(await uninstallIptables(opts.runner));
   return c;

@@ -11,10 +11,10 @@ import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
 import { describeFinding } from '../core/ordering.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
-import type { InPodCapture } from '../capture/inpod.js';
+import { startInPodCapture } from '../capture/inpod/factory.js';
 import { closeFd } from '../host/libc.js';
 import { InPodAgent, type NetnsPort } from '../zds/agent.js';
-import { netnsIdAt, openNetns, ownNetnsId, scanHostNetns } from '../zds/netns.js';
+import { netnsIdAt, openNetns, ownNetnsId, scanHostNetns } from '../host/pod-netns.js';
 import { ZdsServer } from '../zds/server.js';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -53,15 +53,6 @@ function kubeMembership(cfg: RunConfig, api: KubeTransport, log: Logger): KubeMe
   });
 }
 
-/** What `run` gets from its caller besides the command line. */
-export interface RunDeps {
-  /**
-   * inpod mode's capture inside each pod's netns (src/capture/inpod.ts, issue 16); null or
-   * absent: this build has none, and pods are sent to ztunnel uncaptured (logged, /readyz).
-   */
-  inPodCapture?: (cfg: RunConfig, log: Logger) => InPodCapture | null;
-}
-
 /** What a started agent must release on the way out, in reverse order of start. */
 class Teardown {
   private readonly steps: { what: string; run: () => unknown }[] = [];
@@ -81,7 +72,7 @@ class Teardown {
   }
 }
 
-export async function runCommand(argv: string[], deps: RunDeps = {}): Promise<number> {
+export async function runCommand(argv: string[]): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(runUsage);
     return 0;
@@ -113,8 +104,7 @@ export async function runCommand(argv: string[], deps: RunDeps = {}): Promise<nu
   const readiness = new Readiness();
   let started: Started;
   try {
-    started =
-      cfg.ztunnelMode === 'inpod' ? await startInPod(cfg, kube!, readiness, log, teardown, deps) : await startNode(cfg, membership, kube, dns, log, teardown);
+    started = cfg.ztunnelMode === 'inpod' ? await startInPod(cfg, kube!, readiness, log, teardown) : await startNode(cfg, membership, kube, dns, log, teardown);
   } catch (err) {
     return fail(cfg.ztunnelMode === 'inpod' ? 'cannot start the in-pod mode' : 'cannot start the data path', { error: errorMessage(err) });
   }
@@ -262,7 +252,7 @@ async function startNode(
   };
 }
 
-/** The host's network namespaces as the in-pod agent reads them (src/zds/netns.ts). */
+/** The host's network namespaces as the in-pod agent reads them (src/host/pod-netns.ts). */
 function hostNetns(hostProc: string): NetnsPort {
   const own = ownNetnsId();
   return {
@@ -276,12 +266,16 @@ function hostNetns(hostProc: string): NetnsPort {
 }
 
 /** inpod mode: the ZDS server, the pods' netns, the in-pod capture; no host-veth programs. */
-async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readiness, log: Logger, teardown: Teardown, deps: RunDeps): Promise<Started> {
-  const capture = deps.inPodCapture?.(cfg, log) ?? null;
-  if (capture) {
-    await capture.init();
-    teardown.add('release the in-pod capture', () => capture.close());
-  } else log.error('no in-pod capture in this build: ztunnel is sent the pods, but their traffic is not redirected to it (docs/zds.md)');
+async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readiness, log: Logger, teardown: Teardown): Promise<Started> {
+  const capture = await startInPodCapture(resolveMode(cfg.mode, { log }), {
+    objectPath: cfg.inpodObjectPath,
+    pinRoot: cfg.pinRoot,
+    dnsCapture: cfg.dnsCapture,
+    runner: systemRunner,
+    log,
+  });
+  teardown.add('release the in-pod capture', () => capture.close());
+  log.info('in-pod capture ready', { capture: capture.name });
   const metrics = new AgentMetrics(
     {
       podName: (ip: string) => {
@@ -321,14 +315,13 @@ async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readi
     zdsView: () => ({
       ztunnelMode: 'inpod',
       socket: cfg.zdsSocket,
-      capture: capture?.name ?? null,
+      capture: capture.name,
       connections: server.connections(),
       counters: server.counters,
       pods: agent.status(),
     }),
     begin: async (readiness) => {
       readiness.setDataPathAttached(true);
-      readiness.setFindings(capture ? [] : ['no in-pod capture in this build: pods are sent to ztunnel uncaptured']);
       ztunnelState();
       let first = true;
       const pass = async () => {

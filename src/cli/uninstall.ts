@@ -1,22 +1,29 @@
 /** `ambient-redirect uninstall`: removes what we installed on this node, and nothing else. */
-import { PIN_ROOT_FLAG, resolveFlags } from '../lib/flags.js';
+import { HOST_PROC_FLAG, PIN_ROOT_FLAG, resolveFlags, usageOf } from '../lib/flags.js';
 import { systemRunner } from '../host/runner.js';
 import { createLogger } from '../log.js';
 import { uninstallAll } from '../capture/factory.js';
 
-const FLAGS = PIN_ROOT_FLAG;
+const FLAGS = { ...PIN_ROOT_FLAG, ...HOST_PROC_FLAG };
 
-export const uninstallUsage = `usage: ambient-redirect uninstall [--pin-root DIR] [--json]
+export const uninstallUsage = `usage: ambient-redirect uninstall [--pin-root DIR] [--host-proc DIR] [--json]
 
 Removes our TC filters from every link of this network namespace, clsact qdiscs that are
 empty afterwards, ztunnel-side rules, iptables mode's chains, rules, routes, tunnels and
 ipsets, and our pins under <pin-root>/ambient-redirect/v1/. Run it in the node's network
-namespace (on a node: the host's).
+namespace (on a node: the host's). The in-pod capture (inpod mode) is removed from every
+pod's network namespace that holds it: the eBPF one from the pods its pinned records name,
+the iptables one from each netns of the processes under --host-proc that carries its policy
+rule; then its host half (probe SNAT chains and sets).
 
 Every step runs even when another fails. A step left out on purpose (deleting empty nft
 tables when nft is not installed) is logged and does not change the exit status.
 Exit status: 0 when nothing of ours is left, 1 when a step failed (each is logged on
 stderr, naming what may still be there), 2 for a bad flag.
+
+flags (environment equivalents in brackets):
+${usageOf(FLAGS)}
+  --json             print what was removed, skipped and failed as one JSON object
 `;
 
 export async function uninstallCommand(argv: string[]): Promise<number> {
@@ -27,7 +34,7 @@ export async function uninstallCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const pinRoot = f.get('pin-root')!;
-  const r = await uninstallAll({ pinRoot, runner: systemRunner });
+  const r = await uninstallAll({ pinRoot, hostProc: f.get('host-proc')!, runner: systemRunner });
   const log = createLogger('info');
   for (const s of r.skipped) log.info('uninstall: skipped a step', s);
   for (const f of r.failed) log.error('uninstall: a step failed; what it removes may still be there', f);

@@ -32,6 +32,15 @@ export const PIN_ROOT_FLAG: Record<'pin-root', FlagSpec> = {
   'pin-root': { env: 'PIN_ROOT', help: 'bpffs mount holding our pins (ambient-redirect/v1/ under it)', default: DEFAULT_PIN_ROOT },
 };
 
+/** --host-proc: the host's /proc, where `run` (inpod) and `uninstall` find the pods' netns. */
+export const HOST_PROC_FLAG: Record<'host-proc', FlagSpec> = {
+  'host-proc': {
+    env: 'HOST_PROC',
+    help: 'the host’s /proc (hostPID: /proc), where the pods’ network namespaces are found (inpod mode)',
+    default: '/proc',
+  },
+};
+
 export function usageOf(flags: Record<string, FlagSpec>): string {
   return Object.entries(flags)
     .map(([name, f]) => `  --${name.padEnd(16)} ${f.help} [$${f.env}${f.default ? `, default ${f.default}` : ''}]`)

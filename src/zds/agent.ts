@@ -3,7 +3,7 @@
  * view over ZDS equal to the enrolled pods of this node.
  *
  * For each enrolled pod: find its network namespace (the CNI ADD's CNI_NETNS, else the
- * host's processes, src/zds/netns.ts), hold one fd of it, install the in-pod capture
+ * host's processes, src/host/pod-netns.ts), hold one fd of it, install the in-pod capture
  * (`InPodCapture.install`), then hand the pod to the ZDS server (its `add` goes to the
  * newest ztunnel, and into every later snapshot). A pod whose netns is not found yet is
  * held as `keep` and looked for again on every pass. A pod that leaves (or whose netns is
@@ -18,7 +18,7 @@ import type { PodView } from '../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../capture/inpod.js';
 import type { Logger } from '../log.js';
 import type { WorkloadInfo, WorkloadRequest } from './codec.js';
-import { matchNetns, type NetnsCandidate, type OpenNetns } from './netns.js';
+import { matchNetns, type NetnsCandidate, type OpenNetns } from '../host/pod-netns.js';
 import type { ConnStatus } from './state.js';
 
 /** What the agent needs of the membership (KubeMembership has it). */
@@ -39,7 +39,7 @@ export interface ZdsPort {
   subscribe(events: { ack(conn: number, request: WorkloadRequest, error: string | null): void; closed(conn: number): void }): void;
 }
 
-/** The host's network namespaces (src/zds/netns.ts's adapter; a fixture in unit tests). */
+/** The host's network namespaces (src/host/pod-netns.ts's adapter; a fixture in unit tests). */
 export interface NetnsPort {
   scan(): NetnsCandidate[];
   /** Opens a netns file; `expectId` refuses another namespace found there. */

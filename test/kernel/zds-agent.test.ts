@@ -11,7 +11,7 @@
  * it reads the kernel's own files through them (ns/net, net/fib_trie, net/if_inet6), and
  * cannot meet another run's netns holding the same address.
  */
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -48,301 +48,333 @@ async function marked(ns: string): Promise<string[]> {
     .sort();
 }
 
-kernelDescribe('run --ztunnel-mode inpod on the simulated node', 'builds network namespaces', () => {
-  let sim: SimNode;
-  let kube: SimKubeApi;
-  let controller: ControllerProcess | undefined;
-  let pinRoot: string;
-  let dir: string;
-  let procDir: string;
-  let args: string[];
-  const pauses: ChildProcess[] = [];
-  const standIns: ZtunnelInpod[] = [];
-  /** Pod name -> sim pod index. */
-  const idx: Record<string, number> = { a: 0, b: 1, optout: 2, plain: 3, late: 4, upgrade: 5 };
-  const nsOf = (name: string) => sim.pods[idx[name]!]!.ns;
+for (const mode of ['ebpf', 'iptables'] as const)
+  kernelDescribe(`run --ztunnel-mode inpod --mode ${mode} on the simulated node`, 'builds network namespaces', () => {
+    let sim: SimNode;
+    let kube: SimKubeApi;
+    let controller: ControllerProcess | undefined;
+    let pinRoot: string;
+    let dir: string;
+    let procDir: string;
+    let args: string[];
+    const pauses: ChildProcess[] = [];
+    const standIns: ZtunnelInpod[] = [];
+    /** Connections the stand-ins accepted (inside a pod's netns), as they reported them. */
+    const accepted: { uid: string; port: number; origDst: string }[] = [];
+    /** Pod name -> sim pod index. */
+    const idx: Record<string, number> = { a: 0, b: 1, optout: 2, plain: 3, late: 4, upgrade: 5 };
+    const nsOf = (name: string) => sim.pods[idx[name]!]!.ns;
 
-  const startStandIn = () => {
-    const z = new ZtunnelInpod({ socket: join(dir, 'ztunnel', 'ztunnel.sock') });
-    standIns.push(z);
-    return z;
-  };
+    const startStandIn = () => {
+      const z = new ZtunnelInpod({
+        socket: join(dir, 'ztunnel', 'ztunnel.sock'),
+        onEvent: (e) => {
+          if (e.event === 'accepted') accepted.push(e);
+        },
+      });
+      standIns.push(z);
+      return z;
+    };
 
-  /** Every pod's netns holds ztunnel's listeners `times` times if enrolled, none otherwise. */
-  async function expectExactly(enrolled: string[], times = 1): Promise<void> {
-    for (const name of Object.keys(idx)) {
-      const want = enrolled.includes(name)
-        ? Array.from({ length: times }, () => FULL)
-            .flat()
-            .sort()
-        : [];
-      expect(await marked(nsOf(name)), name).toEqual(want);
+    /** Every pod's netns holds ztunnel's listeners `times` times if enrolled, none otherwise. */
+    async function expectExactly(enrolled: string[], times = 1): Promise<void> {
+      for (const name of Object.keys(idx)) {
+        const want = enrolled.includes(name)
+          ? Array.from({ length: times }, () => FULL)
+              .flat()
+              .sort()
+          : [];
+        expect(await marked(nsOf(name)), name).toEqual(want);
+      }
     }
-  }
 
-  async function untilExactly(enrolled: string[], times = 1, ms = 10_000): Promise<void> {
-    await until(
-      () => `exactly ${enrolled.join(',')} x${times}`,
-      async () => {
-        for (const name of Object.keys(idx)) {
-          const n = enrolled.includes(name) ? FULL.length * times : 0;
-          if ((await marked(nsOf(name))).length !== n) return false;
+    async function untilExactly(enrolled: string[], times = 1, ms = 10_000): Promise<void> {
+      await until(
+        () => `exactly ${enrolled.join(',')} x${times}`,
+        async () => {
+          for (const name of Object.keys(idx)) {
+            const n = enrolled.includes(name) ? FULL.length * times : 0;
+            if ((await marked(nsOf(name))).length !== n) return false;
+          }
+          return true;
+        },
+        ms,
+      );
+      await expectExactly(enrolled, times);
+    }
+
+    /** How long the change takes to show in the pod's netns (listeners present or not). */
+    async function timeUntil(name: string, present: boolean, change: () => void): Promise<number> {
+      const t0 = performance.now();
+      change();
+      await until(`${name} ${present ? 'served' : 'released'}`, async () => (await marked(nsOf(name))).length === (present ? FULL.length : 0), 5_000, 10);
+      return performance.now() - t0;
+    }
+
+    /** GET on the agent's health address, from the node's netns (where it listens). */
+    const httpGet = (path: string) =>
+      systemRunner.run([
+        'nsenter',
+        `--net=/var/run/netns/${sim.nodeNs}`,
+        process.execPath,
+        '-e',
+        'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))',
+        `http://${HEALTH}${path}`,
+      ]);
+
+    const createPod = (name: string, labels: Record<string, string> = {}) =>
+      kube.api.createPod({
+        name,
+        namespace: name === 'plain' ? 'plain' : 'shop',
+        nodeName: NODE,
+        ip: sim.pods[idx[name]!]!.ip,
+        hostIp: OUTSIDE_HOST_IP,
+        labels,
+        serviceAccount: 'default',
+      });
+
+    beforeAll(async () => {
+      sim = await createSimNode({ pods: Object.keys(idx).length });
+      try {
+        pinRoot = pinRootFor(sim);
+        mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+        dir = mkdtempSync(join(tmpdir(), 'ar-zds-agent-'));
+        procDir = join(dir, 'proc');
+        mkdirSync(procDir);
+        // A pause process in each pod's netns, as the runtime keeps one; the agent's /proc holds these.
+        for (const p of sim.pods) {
+          const child = startProcess(['ip', 'netns', 'exec', p.ns, 'sleep', '3600']);
+          pauses.push(child);
+          symlinkSync(`/proc/${child.pid}`, join(procDir, String(child.pid)));
         }
-        return true;
-      },
-      ms,
-    );
-    await expectExactly(enrolled, times);
-  }
-
-  /** How long the change takes to show in the pod's netns (listeners present or not). */
-  async function timeUntil(name: string, present: boolean, change: () => void): Promise<number> {
-    const t0 = performance.now();
-    change();
-    await until(`${name} ${present ? 'served' : 'released'}`, async () => (await marked(nsOf(name))).length === (present ? FULL.length : 0), 5_000, 10);
-    return performance.now() - t0;
-  }
-
-  /** GET on the agent's health address, from the node's netns (where it listens). */
-  const httpGet = (path: string) =>
-    systemRunner.run([
-      'nsenter',
-      `--net=/var/run/netns/${sim.nodeNs}`,
-      process.execPath,
-      '-e',
-      'fetch(process.argv[1]).then((r) => r.text()).then((t) => process.stdout.write(t))',
-      `http://${HEALTH}${path}`,
-    ]);
-
-  const createPod = (name: string, labels: Record<string, string> = {}) =>
-    kube.api.createPod({
-      name,
-      namespace: name === 'plain' ? 'plain' : 'shop',
-      nodeName: NODE,
-      ip: sim.pods[idx[name]!]!.ip,
-      hostIp: OUTSIDE_HOST_IP,
-      labels,
-      serviceAccount: 'default',
+        kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+        kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+        kube.api.upsertNamespace('plain');
+        createPod('a');
+        createPod('b');
+        createPod('optout', { 'istio.io/dataplane-mode': 'none' });
+        createPod('plain');
+        args = [
+          '--ztunnel-mode',
+          'inpod',
+          '--mode',
+          mode,
+          '--kubeconfig',
+          kube.kubeconfig,
+          '--node-name',
+          NODE,
+          '--pin-root',
+          pinRoot,
+          '--zds-socket',
+          join(dir, 'ztunnel', 'ztunnel.sock'),
+          '--host-proc',
+          procDir,
+          '--resync-interval',
+          '1',
+          '--health-address',
+          HEALTH,
+          '--backoff-initial',
+          '0.2',
+          '--backoff-max',
+          '2',
+        ];
+        controller = startController(sim.nodeNs, args);
+        await controller.waitFor('zds listening');
+        await controller.waitFor('programmed');
+      } catch (err) {
+        await teardown();
+        throw err;
+      }
     });
 
-  beforeAll(async () => {
-    sim = await createSimNode({ pods: Object.keys(idx).length });
-    try {
-      pinRoot = pinRootFor(sim);
-      dir = mkdtempSync(join(tmpdir(), 'ar-zds-agent-'));
-      procDir = join(dir, 'proc');
-      mkdirSync(procDir);
-      // A pause process in each pod's netns, as the runtime keeps one; the agent's /proc holds these.
-      for (const p of sim.pods) {
-        const child = startProcess(['ip', 'netns', 'exec', p.ns, 'sleep', '3600']);
-        pauses.push(child);
-        symlinkSync(`/proc/${child.pid}`, join(procDir, String(child.pid)));
-      }
-      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-      kube.api.upsertNamespace('plain');
-      createPod('a');
-      createPod('b');
-      createPod('optout', { 'istio.io/dataplane-mode': 'none' });
-      createPod('plain');
-      args = [
-        '--ztunnel-mode',
-        'inpod',
-        '--kubeconfig',
-        kube.kubeconfig,
-        '--node-name',
-        NODE,
-        '--pin-root',
-        pinRoot,
-        '--zds-socket',
-        join(dir, 'ztunnel', 'ztunnel.sock'),
-        '--host-proc',
-        procDir,
-        '--resync-interval',
-        '1',
-        '--health-address',
-        HEALTH,
-        '--backoff-initial',
-        '0.2',
-        '--backoff-max',
-        '2',
-      ];
+    async function teardown(): Promise<void> {
+      for (const z of standIns) z.close();
+      for (const p of pauses) p.kill('SIGKILL');
+      await teardownNode(sim, pinRoot, controller, dir ? procDir : undefined);
+      controller = undefined;
+      await kube?.stop();
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    }
+    afterAll(teardown);
+
+    it('never looks for a ztunnel netns nor loads the node-level programs; the in-pod capture is ready', () => {
+      const msgs = controller!.events.map((e) => e.msg);
+      expect(msgs).toContain('zds listening');
+      expect(msgs.some((m) => /ztunnel not found|no Ready ztunnel|attached/i.test(m))).toBe(false);
+      // The node topology's maps are never pinned; the in-pod capture's are.
+      expect(existsSync(join(pinRoot, 'ambient-redirect', 'v1', 'pods'))).toBe(false);
+      expect(existsSync(join(pinRoot, 'ambient-redirect', 'v1', 'inpod'))).toBe(mode === 'ebpf');
+      expect(controller!.events.find((e) => e.msg === 'in-pod capture ready')).toMatchObject({ capture: mode });
+      expect(controller!.events.find((e) => e.msg === 'starting')).toMatchObject({ ztunnelMode: 'inpod' });
+    });
+
+    it('no ztunnel yet: enrolled pods stay enrolled, and /readyz says why', async () => {
+      const res = await httpGet('/readyz');
+      expect(res).toMatch(/no ztunnel connected to the ZDS socket/);
+    });
+
+    it('a ztunnel connects: the existing enrolled pods (found through their processes) get its listeners, the opted-out and plain ones none', async () => {
+      const z = startStandIn();
+      await until('the snapshot', () => z.ready);
+      await untilExactly(['a', 'b']);
+      const status = await runInNode(sim.nodeNs, ['status', '--ztunnel-mode', 'inpod', '--health-address', HEALTH]);
+      expect(status).toMatch(/ztunnels connected: 1/);
+      expect(status).toMatch(new RegExp(`^in-pod capture: ${mode}$`, 'm'));
+      expect(status).toMatch(/shop\/a\s+198\.18\.0\.10\s+\d+:\d+\s+installed\s+yes/); // its netns found, captured, acked
+      expect(status).toMatch(/^1\s+ready\s+2$/m); // one connection, sent both pods
+    });
+
+    it('captured: an enrolled pod’s outbound TCP reaches ztunnel’s 15001 inside its own netns with its original destination; a plain pod’s goes direct', async () => {
+      const outside = await sim.startOutside();
+      const z = standIns.at(-1)!;
+      accepted.length = 0;
+      const [captured] = await sim.connect(sim.pods[idx.a!]!, sim.outside, 1);
+      expect(captured).toMatchObject({ ok: true, reply: 'ztunnel' });
+      await until('the stand-in’s record', () => accepted.length > 0);
+      const uidA = z.held().find((h) => h.info.name === 'a')!.uid;
+      expect(accepted[0]).toMatchObject({ uid: uidA, port: 15001, origDst: `${sim.outside.ip}:${sim.outside.port}` });
+      expect(outside.accepted).toHaveLength(0);
+      const [direct] = await sim.connect(sim.pods[idx.plain!]!, sim.outside, 1);
+      expect(direct).toMatchObject({ ok: true, reply: 'outside' });
+      await outside.waitForAccepted(1);
+      expect(accepted).toHaveLength(1);
+    });
+
+    it('enroll, opt-out, opt back in and delete are each reflected within 1 s', async () => {
+      const times: Record<string, number> = {};
+      times.enroll = await timeUntil('late', true, () => createPod('late'));
+      times.optOut = await timeUntil('b', false, () =>
+        kube.api.updatePod('shop', 'b', (o) => {
+          o.metadata.labels['istio.io/dataplane-mode'] = 'none';
+        }),
+      );
+      times.optIn = await timeUntil('optout', true, () =>
+        kube.api.updatePod('shop', 'optout', (o) => {
+          delete o.metadata.labels['istio.io/dataplane-mode'];
+        }),
+      );
+      times.delete = await timeUntil('late', false, () => kube.api.deletePod('shop', 'late'));
+      console.log(
+        `zds agent: enroll ${times.enroll!.toFixed(0)} ms, opt-out ${times.optOut!.toFixed(0)} ms, opt-in ${times.optIn!.toFixed(0)} ms, delete ${times.delete!.toFixed(0)} ms`,
+      );
+      for (const [what, ms] of Object.entries(times)) expect(ms, what).toBeLessThan(1_000);
+      await expectExactly(['a', 'optout']);
+    });
+
+    it('agent restart: ztunnel reconnects, gets the full snapshot, and no pod loses its sockets', async () => {
+      const inodes = async () => (await systemRunner.run(['ip', 'netns', 'exec', nsOf('a'), 'ss', '-H', '-tlne'])).match(/ino:\d+/g)?.sort();
+      const before = await inodes();
+      const snapshots = standIns.at(-1)!.stats.snapshots;
+      await controller!.stop('SIGTERM');
       controller = startController(sim.nodeNs, args);
-      await controller.waitFor('zds listening');
       await controller.waitFor('programmed');
-    } catch (err) {
-      await teardown();
-      throw err;
-    }
-  });
+      await until('the snapshot after the agent restart', () => standIns.at(-1)!.stats.snapshots > snapshots);
+      await expectExactly(['a', 'optout']);
+      expect(await inodes()).toEqual(before);
+    });
 
-  async function teardown(): Promise<void> {
-    for (const z of standIns) z.close();
-    for (const p of pauses) p.kill('SIGKILL');
-    await teardownNode(sim, pinRoot, controller);
-    controller = undefined;
-    await kube?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  }
-  afterAll(teardown);
+    it('ztunnel restart: its listeners go with it, and the new one gets the snapshot', async () => {
+      standIns.at(-1)!.close();
+      await untilExactly([]);
+      const z = startStandIn();
+      await until('the snapshot', () => z.ready);
+      await untilExactly(['a', 'optout']);
+    });
 
-  it('never looks for a ztunnel netns nor loads the host-veth programs', () => {
-    const msgs = controller!.events.map((e) => e.msg);
-    expect(msgs).toContain('zds listening');
-    expect(msgs.some((m) => /ztunnel not found|no Ready ztunnel|capture mode|attached/i.test(m))).toBe(false);
-    expect(controller!.events.find((e) => e.msg === 'starting')).toMatchObject({ ztunnelMode: 'inpod' });
-  });
+    it('two ztunnels (upgrade): a new pod goes to the newest only, a del reaches both; the old one gone, exactly the enrolled set', async () => {
+      const old = standIns.at(-1)!;
+      const fresh = startStandIn();
+      await until('the second snapshot', () => fresh.ready);
+      // SO_REUSEPORT: both ztunnels listen in the enrolled pods' netns.
+      await untilExactly(['a', 'optout'], 2);
+      createPod('upgrade');
+      await until('upgrade served', async () => (await marked(nsOf('upgrade'))).length === FULL.length);
+      expect(fresh.held().map((h) => h.info.name)).toContain('upgrade');
+      expect(old.held().map((h) => h.info.name)).not.toContain('upgrade');
+      kube.api.deletePod('shop', 'optout');
+      await until('optout released by both', async () => (await marked(nsOf('optout'))).length === 0);
+      old.close();
+      await untilExactly(['a', 'upgrade']);
+    });
 
-  it('no ztunnel yet: enrolled pods stay enrolled, and /readyz says why', async () => {
-    const res = await httpGet('/readyz');
-    expect(res).toMatch(/no ztunnel connected to the ZDS socket/);
-  });
+    it('metrics: connections, requests by type, snapshot durations', async () => {
+      const text = await httpGet('/metrics');
+      expect(text).toMatch(/ambient_redirect_zds_connections\{phase="ready"\} 1/);
+      expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="add"\} [1-9]/);
+      expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="del"\} [1-9]/);
+      expect(text).toMatch(/ambient_redirect_zds_snapshot_duration_seconds_count [1-9]/);
+      expect(text).toMatch(/ambient_redirect_ztunnel_mode\{mode="inpod"\} 1/);
+    });
 
-  it('a ztunnel connects: the existing enrolled pods (found through their processes) get its listeners, the opted-out and plain ones none', async () => {
-    const z = startStandIn();
-    await until('the snapshot', () => z.ready);
-    await untilExactly(['a', 'b']);
-    const status = await runInNode(sim.nodeNs, ['status', '--ztunnel-mode', 'inpod', '--health-address', HEALTH]);
-    expect(status).toMatch(/ztunnels connected: 1/);
-    expect(status).toMatch(/shop\/a\s+198\.18\.0\.10\s+\d+:\d+\s+none\s+yes/); // its netns found, no capture in this build, acked
-    expect(status).toMatch(/^1\s+ready\s+2$/m); // one connection, sent both pods
-  });
-
-  it('enroll, opt-out, opt back in and delete are each reflected within 1 s', async () => {
-    const times: Record<string, number> = {};
-    times.enroll = await timeUntil('late', true, () => createPod('late'));
-    times.optOut = await timeUntil('b', false, () =>
-      kube.api.updatePod('shop', 'b', (o) => {
-        o.metadata.labels['istio.io/dataplane-mode'] = 'none';
-      }),
-    );
-    times.optIn = await timeUntil('optout', true, () =>
-      kube.api.updatePod('shop', 'optout', (o) => {
-        delete o.metadata.labels['istio.io/dataplane-mode'];
-      }),
-    );
-    times.delete = await timeUntil('late', false, () => kube.api.deletePod('shop', 'late'));
-    console.log(
-      `zds agent: enroll ${times.enroll!.toFixed(0)} ms, opt-out ${times.optOut!.toFixed(0)} ms, opt-in ${times.optIn!.toFixed(0)} ms, delete ${times.delete!.toFixed(0)} ms`,
-    );
-    for (const [what, ms] of Object.entries(times)) expect(ms, what).toBeLessThan(1_000);
-    await expectExactly(['a', 'optout']);
-  });
-
-  it('agent restart: ztunnel reconnects, gets the full snapshot, and no pod loses its sockets', async () => {
-    const inodes = async () => (await systemRunner.run(['ip', 'netns', 'exec', nsOf('a'), 'ss', '-H', '-tlne'])).match(/ino:\d+/g)?.sort();
-    const before = await inodes();
-    const snapshots = standIns.at(-1)!.stats.snapshots;
-    await controller!.stop('SIGTERM');
-    controller = startController(sim.nodeNs, args);
-    await controller.waitFor('programmed');
-    await until('the snapshot after the agent restart', () => standIns.at(-1)!.stats.snapshots > snapshots);
-    await expectExactly(['a', 'optout']);
-    expect(await inodes()).toEqual(before);
-  });
-
-  it('ztunnel restart: its listeners go with it, and the new one gets the snapshot', async () => {
-    standIns.at(-1)!.close();
-    await untilExactly([]);
-    const z = startStandIn();
-    await until('the snapshot', () => z.ready);
-    await untilExactly(['a', 'optout']);
-  });
-
-  it('two ztunnels (upgrade): a new pod goes to the newest only, a del reaches both; the old one gone, exactly the enrolled set', async () => {
-    const old = standIns.at(-1)!;
-    const fresh = startStandIn();
-    await until('the second snapshot', () => fresh.ready);
-    // SO_REUSEPORT: both ztunnels listen in the enrolled pods' netns.
-    await untilExactly(['a', 'optout'], 2);
-    createPod('upgrade');
-    await until('upgrade served', async () => (await marked(nsOf('upgrade'))).length === FULL.length);
-    expect(fresh.held().map((h) => h.info.name)).toContain('upgrade');
-    expect(old.held().map((h) => h.info.name)).not.toContain('upgrade');
-    kube.api.deletePod('shop', 'optout');
-    await until('optout released by both', async () => (await marked(nsOf('optout'))).length === 0);
-    old.close();
-    await untilExactly(['a', 'upgrade']);
-  });
-
-  it('metrics: connections, requests by type, snapshot durations', async () => {
-    const text = await httpGet('/metrics');
-    expect(text).toMatch(/ambient_redirect_zds_connections\{phase="ready"\} 1/);
-    expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="add"\} [1-9]/);
-    expect(text).toMatch(/ambient_redirect_zds_requests_total\{type="del"\} [1-9]/);
-    expect(text).toMatch(/ambient_redirect_zds_snapshot_duration_seconds_count [1-9]/);
-    expect(text).toMatch(/ambient_redirect_ztunnel_mode\{mode="inpod"\} 1/);
-  });
-
-  it('bad peers on the running agent’s socket: each gets a warn line and a closed connection; nothing enrolled is lost', async () => {
-    const sockPath = join(dir, 'ztunnel', 'ztunnel.sock');
-    const resident = standIns.at(-1)!;
-    const sent = resident.stats.requests;
-    /** Sends, then waits for the agent to close the connection (zero bytes or an error). */
-    const feed = async (send: (fd: number) => Promise<void> | void, ms = 8_000) => {
-      const fd = seqpacketConnect(sockPath);
-      try {
-        await send(fd);
-        const end = Date.now() + ms;
-        while (Date.now() < end) {
-          let got: ReturnType<typeof recvDatagram>;
-          try {
-            got = recvDatagram(fd, 4096);
-          } catch {
-            return 'closed';
+    it('bad peers on the running agent’s socket: each gets a warn line and a closed connection; nothing enrolled is lost', async () => {
+      const sockPath = join(dir, 'ztunnel', 'ztunnel.sock');
+      const resident = standIns.at(-1)!;
+      const sent = resident.stats.requests;
+      /** Sends, then waits for the agent to close the connection (zero bytes or an error). */
+      const feed = async (send: (fd: number) => Promise<void> | void, ms = 8_000) => {
+        const fd = seqpacketConnect(sockPath);
+        try {
+          await send(fd);
+          const end = Date.now() + ms;
+          while (Date.now() < end) {
+            let got: ReturnType<typeof recvDatagram>;
+            try {
+              got = recvDatagram(fd, 4096);
+            } catch {
+              return 'closed';
+            }
+            if (got.kind === 'zero') return 'closed';
+            for (const f of got.kind === 'datagram' ? got.fds : []) closeFd(f);
+            if (got.kind === 'datagram') sendDatagram(fd, encodeResponse({ error: 'refused by a bad peer' }));
+            await sleep(10);
           }
-          if (got.kind === 'zero') return 'closed';
-          for (const f of got.kind === 'datagram' ? got.fds : []) closeFd(f);
-          if (got.kind === 'datagram') sendDatagram(fd, encodeResponse({ error: 'refused by a bad peer' }));
-          await sleep(10);
+          return 'open';
+        } finally {
+          closeFd(fd);
         }
-        return 'open';
-      } finally {
-        closeFd(fd);
+      };
+      const table: [string, (fd: number) => void, string][] = [
+        ['garbage', (fd) => void sendDatagram(fd, Buffer.from('ffffffff', 'hex')), 'zds malformed datagram'],
+        ['truncated hello', (fd) => void sendDatagram(fd, Buffer.from('08', 'hex')), 'zds malformed datagram'],
+        ['oversized datagram', (fd) => void sendDatagram(fd, Buffer.alloc(2000, 8)), 'zds malformed datagram'],
+        ['wrong version', (fd) => void sendDatagram(fd, encodeHello({ version: 2 })), 'zds unsupported version'],
+        ['ack with an error', (fd) => void sendDatagram(fd, encodeHello({ version: 1 })), 'zds ack with error'],
+        ['silent peer', () => {}, 'zds no hello in time'],
+      ];
+      for (const [name, send, msg] of table) {
+        const seen = controller!.events.length;
+        expect(await feed(send), name).toBe('closed');
+        await controller!.waitForAfter(seen, msg, 2_000);
       }
-    };
-    const table: [string, (fd: number) => void, string][] = [
-      ['garbage', (fd) => void sendDatagram(fd, Buffer.from('ffffffff', 'hex')), 'zds malformed datagram'],
-      ['truncated hello', (fd) => void sendDatagram(fd, Buffer.from('08', 'hex')), 'zds malformed datagram'],
-      ['oversized datagram', (fd) => void sendDatagram(fd, Buffer.alloc(2000, 8)), 'zds malformed datagram'],
-      ['wrong version', (fd) => void sendDatagram(fd, encodeHello({ version: 2 })), 'zds unsupported version'],
-      ['ack with an error', (fd) => void sendDatagram(fd, encodeHello({ version: 1 })), 'zds ack with error'],
-      ['silent peer', () => {}, 'zds no hello in time'],
-    ];
-    for (const [name, send, msg] of table) {
+      // 100 connections at once: the ones past the limit are refused, each with a line.
       const seen = controller!.events.length;
-      expect(await feed(send), name).toBe('closed');
-      await controller!.waitForAfter(seen, msg, 2_000);
-    }
-    // 100 connections at once: the ones past the limit are refused, each with a line.
-    const seen = controller!.events.length;
-    const flood = Array.from({ length: 100 }, () => seqpacketConnect(sockPath));
-    await controller!.waitForAfter(seen, 'zds connection refused: too many connections', 5_000);
-    flood.forEach((fd) => closeFd(fd));
-    // The agent kept its state: the resident ztunnel was sent nothing new and still serves
-    // every enrolled pod, and a new ztunnel gets them all in its snapshot.
-    expect(resident.connected()).toBe(true);
-    expect(resident.stats.requests).toBe(sent);
-    await expectExactly(['a', 'upgrade']);
-    const fresh = startStandIn();
-    await until('a new ztunnel’s snapshot', () => fresh.ready);
-    expect(
-      fresh
-        .held()
-        .map((h) => h.info.name)
-        .sort(),
-    ).toEqual(['a', 'upgrade']);
-    fresh.close();
-    await untilExactly(['a', 'upgrade']);
-  }, 60_000);
+      const flood = Array.from({ length: 100 }, () => seqpacketConnect(sockPath));
+      await controller!.waitForAfter(seen, 'zds connection refused: too many connections', 5_000);
+      flood.forEach((fd) => closeFd(fd));
+      // The agent kept its state: the resident ztunnel was sent nothing new and still serves
+      // every enrolled pod, and a new ztunnel gets them all in its snapshot.
+      expect(resident.connected()).toBe(true);
+      expect(resident.stats.requests).toBe(sent);
+      await expectExactly(['a', 'upgrade']);
+      const fresh = startStandIn();
+      await until('a new ztunnel’s snapshot', () => fresh.ready);
+      expect(
+        fresh
+          .held()
+          .map((h) => h.info.name)
+          .sort(),
+      ).toEqual(['a', 'upgrade']);
+      fresh.close();
+      await untilExactly(['a', 'upgrade']);
+    }, 60_000);
 
-  it('a pod whose netns is gone (its processes ended) is released', async () => {
-    const i = idx.upgrade!;
-    const pause = pauses[i]!;
-    pause.kill('SIGKILL');
-    unlinkSync(join(procDir, String(pause.pid)));
-    // The netns itself stays (named), so ztunnel's listeners are what keeps it alive: the agent must del.
-    await until('upgrade released', async () => (await marked(nsOf('upgrade'))).length === 0, 5_000);
-    await expectExactly(['a']);
+    it('a pod whose netns is gone (its processes ended) is released', async () => {
+      const i = idx.upgrade!;
+      const pause = pauses[i]!;
+      pause.kill('SIGKILL');
+      unlinkSync(join(procDir, String(pause.pid)));
+      // The netns itself stays (named), so ztunnel's listeners are what keeps it alive: the agent must del.
+      await until('upgrade released', async () => (await marked(nsOf('upgrade'))).length === 0, 5_000);
+      await expectExactly(['a']);
+    });
   });
-});

@@ -74,6 +74,7 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
     sim = await createSimNode({ pods: 0 });
     try {
       pinRoot = pinRootFor(sim);
+      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
       dir = mkdtempSync(join(tmpdir(), 'ar-zds-cni-'));
       for (const d of ['net.d', 'bin', 'proc']) mkdirSync(join(dir, d));
       writeFileSync(conflist(), CONFLIST);
@@ -121,7 +122,7 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
 
   async function teardown(): Promise<void> {
     for (const z of standIns) z.close();
-    await teardownNode(sim, pinRoot, controller);
+    await teardownNode(sim, pinRoot, controller, dir ? join(dir, 'proc') : undefined);
     controller = undefined;
     await kube?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });

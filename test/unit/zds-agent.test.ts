@@ -11,7 +11,7 @@ import type { NamespaceView, PodView } from '../../src/core/enrollment.js';
 import { CniHandler, type CniMembership } from '../../src/cni/handler.js';
 import { InPodAgent, type InPodSource, type NetnsPort, type ZdsPort } from '../../src/zds/agent.js';
 import type { WorkloadInfo, WorkloadRequest } from '../../src/zds/codec.js';
-import type { NetnsCandidate } from '../../src/zds/netns.js';
+import type { NetnsCandidate } from '../../src/host/pod-netns.js';
 import type { ConnStatus } from '../../src/zds/state.js';
 import { quietLog } from './kube-harness.js';
 

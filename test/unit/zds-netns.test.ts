@@ -1,5 +1,5 @@
 /**
- * Finding a pod's netns through the host's processes (src/zds/netns.ts): the /proc parsers
+ * Finding a pod's netns through the host's processes (src/host/pod-netns.ts): the /proc parsers
  * on fixtures shaped as the kernel writes them, and the matching rules (one namespace
  * holding every IP of the pod, never a guess).
  */
@@ -17,7 +17,7 @@ import {
   parseIfInet6,
   scanHostNetns,
   type NetnsCandidate,
-} from '../../src/zds/netns.js';
+} from '../../src/host/pod-netns.js';
 
 // A pod netns's /proc/<pid>/net/fib_trie: lo, eth0 with 10.244.1.7/32, a default route.
 const FIB_TRIE = `Main:

@@ -9,6 +9,8 @@
  * from iptables-rules.ts; restores are `--noflush` and touch only our chains.
  */
 import { existsSync, readlinkSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { type NetnsCandidate, ownNetnsId, scanHostNetns } from '../../host/pod-netns.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
 import { Cleanup, type CleanupReport, isMissingTool } from '../cleanup.js';
@@ -369,6 +371,34 @@ export async function uninstallInpodIptablesHost(runner: CommandRunner, hostNetn
       await runner.run(wrap(['ipset', 'destroy', PROBE_SET[f]]));
       c.removed.push(`destroyed ipset ${PROBE_SET[f]} in ${where}`);
     });
+  }
+  return c;
+}
+
+/**
+ * `uninstall`, the pods' half: every network namespace of the host's processes (`hostProc`,
+ * the host's /proc) that holds our in-pod policy rule (priority RULE_PRIORITY, protocol
+ * ROUTE_PROTO: the mark `install` leaves in each pod) has the in-pod rules and routing
+ * removed, as `remove` does. A netns that ends during the scan is skipped.
+ */
+export async function uninstallInpodIptablesPods(runner: CommandRunner, hostProc: string): Promise<CleanupReport> {
+  const c = new Cleanup();
+  const own = ownNetnsId();
+  let candidates: NetnsCandidate[] = [];
+  await c.step(`list the network namespaces of ${hostProc}`, () => {
+    candidates = scanHostNetns(hostProc);
+  });
+  for (const ns of candidates) {
+    if (ns.id === own) continue;
+    const path = join(hostProc, String(ns.pid), 'ns', 'net');
+    const wrap: Wrap = (argv) => ['nsenter', `--net=${path}`, '--', ...argv];
+    let ours = false;
+    for (const f of FAMILIES) {
+      const out = await runner.run(wrap(['ip', `-${f}`, '-j', 'rule', 'show'])).catch(() => '[]');
+      const rules = JSON.parse(out.trim() || '[]') as IpRuleJson[];
+      if (rules.some((r) => r.priority === RULE_PRIORITY && String(r.protocol) === ROUTE_PROTO)) ours = true;
+    }
+    if (ours) await removeFromNetns(runner, c, wrap, `netns ${ns.id} (process ${ns.pid})`);
   }
   return c;
 }
