@@ -101,7 +101,7 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
         '--cni-state-dir',
         join(dir, 'state'),
         '--cni-add-timeout',
-        '3',
+        '8',
         '--cni-install',
         'true',
         '--cni-bin-dir',
@@ -163,7 +163,7 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
     expect(failed.started).toBe(false);
     const err = JSON.parse(failed.add!.stdout) as { code: number; msg: string };
     expect(err.code).toBe(11);
-    expect(err.msg).toBe('ambient-redirect: pod shop/late: not in place within 3000 ms: no ztunnel is connected to the ZDS socket');
+    expect(err.msg).toBe('ambient-redirect: pod shop/late: not in place within 8000 ms: no ztunnel is connected to the ZDS socket');
 
     const plain: PodSpecRt = { index: 121, name: 'web', namespace: 'plain', connect: false };
     const plainRun = await rt.runSandbox(plain, rt.createPodObject(plain));
