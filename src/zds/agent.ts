@@ -54,6 +54,8 @@ export interface NetnsPort {
 }
 
 /** How long a CNI_NETNS waits for its pod to be enrolled before it is forgotten. */
+/** Pods a pass works on at once (netns lookups, capture installs and checks). */
+const PASS_CONCURRENCY = 8;
 const HINT_TTL_MS = 5 * 60_000;
 
 export interface InPodAgentOptions {
@@ -104,6 +106,8 @@ export interface InPodPodStatus {
 
 export class InPodAgent {
   private readonly held = new Map<string, Held>();
+  /** Per-pod locks (`serial`): the tail of each pod's queued work. */
+  private readonly locks = new Map<string, Promise<void>>();
   private readonly leaving = new Map<string, Leaving[]>();
   /**
    * CNI_NETNS of sandboxes the CNI gate saw, by pod UID (newest wins). The ADD names the
@@ -120,7 +124,10 @@ export class InPodAgent {
   readonly stats = { installs: 0, installFailures: 0, reinstalls: 0, removes: 0, netnsGone: 0, scans: 0 };
 
   constructor(private readonly o: InPodAgentOptions) {
-    o.source.onChange(() => this.kick());
+    o.source.onChange(() => {
+      this.fast();
+      void this.kick();
+    });
     o.server.subscribe({ ack: (c, r, e) => this.acked(c, r, e), closed: (c) => this.connClosed(c) });
   }
 
@@ -132,7 +139,8 @@ export class InPodAgent {
     const h = this.held.get(uid);
     // A retried ADD (new sandbox) clears the previous attempt's failure.
     if (h) h.failure = null;
-    this.kick();
+    this.fast();
+    void this.kick();
   }
 
   /** The pod is in place in the netns its latest ADD named: captured, and acked by ztunnel. */
@@ -217,13 +225,14 @@ export class InPodAgent {
   }
 
   private async pass(full: boolean): Promise<void> {
-    const { source, server, log } = this.o;
+    const { source } = this.o;
     // Before the first full lists the view is partial: deleting now would drop pods
     // ztunnel serves (a restarted agent).
     if (!source.hasSynced()) return;
     const desired = new Map<string, PodView>();
     for (const p of source.enrolled().values()) desired.set(p.uid, p);
-    for (const uid of [...this.held.keys()]) if (!desired.has(uid)) await this.leave(uid, 'pod no longer enrolled');
+    const gone = [...this.held.keys()].filter((uid) => !desired.has(uid));
+    await inParallel(gone, PASS_CONCURRENCY, (uid) => this.serial(uid, () => this.leave(uid, 'pod no longer enrolled')));
     for (const [uid, at] of this.hintTimes) {
       if (desired.has(uid) || this.held.has(uid) || Date.now() - at < HINT_TTL_MS) continue;
       this.hints.delete(uid);
@@ -239,37 +248,80 @@ export class InPodAgent {
       return scan;
     };
 
-    for (const [uid, pod] of desired) {
-      const h = this.held.get(uid);
-      const hint = this.hints.get(uid) ?? null;
-      if (h?.netns) {
-        // A new sandbox (the runtime's retry, a restarted pod): the old netns leaves.
-        const moved = hint !== null && hint !== h.path && this.o.netns.idAt(hint) !== h.netns.id;
-        const gone = full && !moved && !this.alive(h, scanned);
-        if (moved || gone) {
-          if (gone) {
-            this.stats.netnsGone++;
-            log.info('inpod: pod netns gone; del sent, looking for it again', { pod: pod.name, namespace: pod.namespace, uid });
-          }
-          await this.leave(uid, moved ? 'new sandbox' : 'netns gone');
-        } else {
-          h.pod = pod;
-          const info = workloadInfo(pod);
-          if (!sameInfo(info, h.info)) {
-            h.info = info;
-            if (h.installed) server.addPod(uid, info, h.netns.fd);
-          }
-          if (full && h.installed && !(await this.checkCapture(h))) {
-            this.stats.reinstalls++;
-            log.warn('inpod: capture drifted; installing it again', { pod: pod.name, namespace: pod.namespace, uid });
-            await this.install(h);
-          } else if (!h.installed) await this.install(h);
-          continue;
-        }
-      }
-      await this.enter(pod, hint, scanned);
-    }
+    // Pods one at a time would queue every new pod's ADD behind each install before it
+    // (seconds for 50 pods starting together); each pod's work touches only its own entry,
+    // and runs under that pod's lock (a pass and the fast path never work on one pod at once).
+    await inParallel([...desired], PASS_CONCURRENCY, ([uid, pod]) => this.serial(uid, () => this.podWork(uid, pod, full, scanned)));
     this.publish();
+  }
+
+  /** One desired pod's share of a pass: follow its netns, reinstall a drifted capture, or enter it. */
+  private async podWork(uid: string, pod: PodView, full: boolean, scanned: () => NetnsCandidate[]): Promise<void> {
+    const { server, log } = this.o;
+    const h = this.held.get(uid);
+    const hint = this.hints.get(uid) ?? null;
+    if (h?.netns) {
+      // A new sandbox (the runtime's retry, a restarted pod): the old netns leaves.
+      const moved = hint !== null && hint !== h.path && this.o.netns.idAt(hint) !== h.netns.id;
+      const gone = full && !moved && !this.alive(h, scanned);
+      if (moved || gone) {
+        if (gone) {
+          this.stats.netnsGone++;
+          log.info('inpod: pod netns gone; del sent, looking for it again', { pod: pod.name, namespace: pod.namespace, uid });
+        }
+        await this.leave(uid, moved ? 'new sandbox' : 'netns gone');
+      } else {
+        h.pod = pod;
+        const info = workloadInfo(pod);
+        if (!sameInfo(info, h.info)) {
+          h.info = info;
+          if (h.installed) server.addPod(uid, info, h.netns.fd);
+        }
+        if (full && h.installed && !(await this.checkCapture(h))) {
+          this.stats.reinstalls++;
+          log.warn('inpod: capture drifted; installing it again', { pod: pod.name, namespace: pod.namespace, uid });
+          await this.install(h);
+        } else if (!h.installed) await this.install(h);
+        return;
+      }
+    }
+    await this.enter(pod, hint, scanned);
+  }
+
+  /** Runs `work` after every earlier work on the same pod; the pod's lock. */
+  private serial(uid: string, work: () => Promise<void>): Promise<void> {
+    const prev = this.locks.get(uid) ?? Promise.resolve();
+    const next = prev.then(work, work);
+    this.locks.set(uid, next);
+    const release = () => {
+      if (this.locks.get(uid) === next) this.locks.delete(uid);
+    };
+    next.then(release, release);
+    return next;
+  }
+
+  /**
+   * The fast path: enrolled pods the agent does not hold yet are entered at once, each
+   * under its lock, without waiting for a running pass (a new pod's ADD waits on this).
+   */
+  private fast(): void {
+    if (this.stopped || !this.o.source.hasSynced()) return;
+    let scan: NetnsCandidate[] | null = null;
+    const scanned = () => {
+      if (!scan) {
+        this.stats.scans++;
+        scan = this.o.netns.scan();
+      }
+      return scan;
+    };
+    for (const pod of this.o.source.enrolled().values()) {
+      if (this.held.get(pod.uid)?.installed || this.locks.has(pod.uid)) continue;
+      void this.serial(pod.uid, async () => {
+        if (this.stopped || this.held.get(pod.uid)?.installed) return;
+        await this.podWork(pod.uid, pod, false, scanned);
+        this.publish();
+      }).catch((err: unknown) => this.o.log.error('inpod: entering a new pod failed; the next pass retries', { uid: pod.uid, error: errorText(err) }));
+    }
   }
 
   /** A pod to hold: open its netns, install the capture, send it (or `keep` it while not found). */
@@ -461,4 +513,22 @@ function capturePod(h: Held): PodNetns {
 
 function errorText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** Runs `work` over `items`, at most `limit` at a time; rejects with the first failure once all settled. */
+async function inParallel<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const errors: unknown[] = [];
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      try {
+        await work(item);
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (errors.length) throw errors[0];
 }
