@@ -32,6 +32,7 @@ import { attachTc, destroyClsact, detachTc, OUR_FILTER, queryTc, type Direction 
 import { listTcFilters } from '../../bpf/hooks.js';
 import { CommandError, type CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
+import { repoPath } from '../../lib/repo-path.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
 
@@ -47,14 +48,16 @@ export const INPOD_PROGRAMS = {
 } as const;
 
 export const INPOD_PIN_SUBDIR = 'inpod';
+/** Where `make` puts the object, beside package.json (in the image too: deploy/Dockerfile). */
+export const DEFAULT_INPOD_OBJECT = repoPath('build/inpod.bpf.o', import.meta.url);
 export const LOOP_MARK = `0x${constants.INPOD_MARK_LOOP.toString(16)}`;
 export const ROUTE_TABLE = String(constants.INPOD_ROUTE_TABLE);
 export const RULE_PREF = String(constants.INPOD_RULE_PREF);
 const FAMILIES = ['-4', '-6'] as const;
 
 export interface InpodEbpfOptions {
-  /** The compiled object (build/inpod.bpf.o). */
-  objectPath: string;
+  /** The compiled object; default DEFAULT_INPOD_OBJECT (build/inpod.bpf.o). */
+  objectPath?: string;
   /** The bpffs root (as `run --pin-root`); pins go under `<root>/ambient-redirect/v1/inpod/`. */
   pinRoot: string;
   /** UDP and TCP to port 53 go to ztunnel's 15053 (default off). */
@@ -113,16 +116,20 @@ export class EbpfInPodCapture implements InPodCapture {
   private installed: Installed | null = null;
   private dir = '';
 
-  constructor(private readonly opts: InpodEbpfOptions) {}
+  private readonly objectPath: string;
+
+  constructor(private readonly opts: InpodEbpfOptions) {
+    this.objectPath = opts.objectPath ?? DEFAULT_INPOD_OBJECT;
+  }
 
   async init(): Promise<void> {
     if (this.opts.probe !== false) {
-      const p = await probeReuseportAssign(this.opts.objectPath, this.opts.runner);
+      const p = await probeReuseportAssign(this.objectPath, this.opts.runner);
       if (!p.reuseportAssign) throw new InpodUnsupportedError(p.reason ?? 'the delivery probe failed');
     }
     this.dir = join(ensurePinDir(this.opts.pinRoot), INPOD_PIN_SUBDIR);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, Object.values(INPOD_PROGRAMS));
+    this.installed = loadOrAdopt(this.objectPath, this.dir, Object.values(INPOD_PROGRAMS));
     // Pods attached to an older build's programs keep them (the kernel holds attached
     // programs) until check() finds them outdated and install() replaces them in place.
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
