@@ -144,6 +144,11 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         expect(await sim.connect('outside', { ip, port: 15008 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
         await until('the 15008 report', () => accepted.length > n + 1);
         expect(last()).toMatchObject({ port: 15008, origDst: `${ip}:15008` });
+        // The outbound listener is not reachable from outside (it would send as the pod):
+        // a connection to it is inbound like any other.
+        expect(await sim.connect('outside', { ip, port: 15001 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15006 report for 15001', () => accepted.length > n + 2);
+        expect(last()).toMatchObject({ port: 15006, origDst: `${ip}:15001` });
         expect(app.accepted).toEqual([]);
       });
     }
