@@ -425,8 +425,8 @@ async function undoPod(
   return removed;
 }
 
-/** Paths that hold each of `inodes`' network namespaces: named ones, then processes'. */
-function findNetns(inodes: ReadonlySet<bigint>): Map<bigint, string> {
+/** Paths that hold each of `inodes`' network namespaces: named ones, then processes' under `proc`. */
+function findNetns(inodes: ReadonlySet<bigint>, proc: string): Map<bigint, string> {
   const found = new Map<bigint, string>();
   const look = (path: string) => {
     try {
@@ -445,7 +445,7 @@ function findNetns(inodes: ReadonlySet<bigint>): Map<bigint, string> {
     }
     for (const n of names) look(join(dir, n));
   }
-  if (found.size < inodes.size) for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) look(`/proc/${pid}/ns/net`);
+  if (found.size < inodes.size) for (const pid of readdirSync(proc).filter((d) => /^\d+$/.test(d))) look(join(proc, pid, 'ns', 'net'));
   return found;
 }
 
@@ -455,7 +455,13 @@ function findNetns(inodes: ReadonlySet<bigint>): Map<bigint, string> {
  * `inpod/` pins go. A pod whose netns is gone had nothing left to undo but its host veth,
  * which is undone too. Every step runs even when another failed; the report says what each did.
  */
-export async function uninstallInpod(opts: { pinRoot: string; runner: CommandRunner; hostNetns?: string }): Promise<CleanupReport> {
+export async function uninstallInpod(opts: {
+  pinRoot: string;
+  runner: CommandRunner;
+  /** The host's /proc (the agent's `--host-proc`), where pods' processes show their netns; default /proc. */
+  hostProc?: string;
+  hostNetns?: string;
+}): Promise<CleanupReport> {
   const c = new Cleanup();
   const dir = join(pinDir(opts.pinRoot), INPOD_PIN_SUBDIR);
   if (!existsSync(join(dir, 'inpod_pods'))) {
@@ -471,7 +477,7 @@ export async function uninstallInpod(opts: { pinRoot: string; runner: CommandRun
         map.close();
       }
     })) ?? [];
-  const paths = findNetns(new Set(records.map((r) => r.inode)));
+  const paths = findNetns(new Set(records.map((r) => r.inode)), opts.hostProc ?? '/proc');
   for (const { inode, rec } of records) {
     await c.step(`undo the capture in netns ${inode}`, async () => {
       const nsPath = paths.get(inode);
