@@ -77,7 +77,7 @@ dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-loc
 	cp src/zds/zds.proto dist/src/zds/zds.proto
 	@touch $@
 
-# What the image holds (deploy/Dockerfile): the capture object, the CNI plugin and src/
+# What the image holds (deploy/Dockerfile): the capture objects, the CNI plugin and src/
 # alone; the harness, the test objects and the sanitizer build stay out.
 product: build/redirect.bpf.o build/inpod.bpf.o build/ambient-redirect-cni product-ts
 

@@ -361,13 +361,15 @@ int inpod_in(struct __sk_buff *skb)
 		return TC_ACT_SHOT;                              /* PI4 */
 	if (is_probe_addr(&f, &f.src))
 		return TC_ACT_OK;                                /* PI5 */
+	/* Before the connection check: a SYN meeting a TIME_WAIT on 15008 is the kernel's to
+	 * handle (its listener is ztunnel's). */
+	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
+		return TC_ACT_OK;                                /* PI6 */
 	c = tcp_conn(skb, &f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
-		return TC_ACT_OK;                                /* PI6 */
+		return TC_ACT_OK;                                /* PI7 */
 	if (c == CONN_TIME_WAIT)
-		return TC_ACT_SHOT;                              /* PI7 */
-	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
-		return TC_ACT_OK;                                /* PI8 */
+		return TC_ACT_SHOT;                              /* PI8 */
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 

@@ -150,7 +150,8 @@ cmd_initramfs() {
   cp /bin/busybox "$tree/bin/busybox"
   for a in sh mount mkdir cat echo insmod poweroff sleep uname ulimit; do ln -s busybox "$tree/bin/$a"; done
   local libbpf
-  libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ { print $NF; exit }')
+  # awk reads to the end: an early exit would kill ldconfig with SIGPIPE, fatal under pipefail.
+  libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ && !found { print $NF; found = 1 }')
   copy_with_libs "$tree" "$(readlink -f "$(command -v node)")" "$(command -v ip)" "$libbpf"
   [ -e "$tree/usr/bin/node" ] || { mkdir -p "$tree/usr/bin"; cp -L "$(command -v node)" "$tree/usr/bin/node"; }
   cp -r dist "$tree/matrix/dist"

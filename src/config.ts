@@ -100,10 +100,8 @@ export const ZTUNNEL_MODE_FLAGS: Record<'ztunnel-mode' | 'zds-socket', FlagSpec>
   'zds-socket': { env: 'ZDS_SOCKET', help: 'inpod mode: the ZDS socket the agent listens on for ztunnel', default: DEFAULT_ZDS_SOCKET },
 };
 
-/** The object `make` builds, at the top of the checkout or image. */
-export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
-/** The in-pod capture's object (inpod mode, docs/inpod.md). */
-export const DEFAULT_INPOD_OBJECT = repoPath('build/inpod.bpf.o', import.meta.url);
+import { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT } from './lib/repo-path.js';
+export { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT };
 /** The CNI plugin `make` builds (tools/cni/). */
 export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 

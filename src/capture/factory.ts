@@ -2,6 +2,7 @@
  * The one place a capture mode is chosen and built. `run` and `uninstall` go through
  * here; nothing else switches on the mode.
  */
+import { uninstallInpod } from './inpod/ebpf.js';
 import { uninstallInpodIptablesHost, uninstallInpodIptablesPods } from './inpod/iptables.js';
 import { gatherKernelFacts } from '../host/kernel.js';
 import type { Link } from '../host/netinfo.js';
@@ -139,6 +140,8 @@ export async function uninstallAll(opts: { pinRoot: string; hostProc: string; ru
   // In-pod capture first: its host half (probe SNAT) must outlive the pods' rules.
   c.merge(await uninstallInpodIptablesPods(opts.runner, opts.hostProc));
   c.merge(await uninstallInpodIptablesHost(opts.runner));
+  // Before uninstallEbpf: the pinned in-pod records say what each pod had before us.
+  c.merge(await uninstallInpod({ pinRoot: opts.pinRoot, runner: opts.runner, hostProc: opts.hostProc }));
   c.merge(await uninstallEbpf(opts.pinRoot, opts.runner));
   c.merge(await uninstallIptables(opts.runner));
   return c;

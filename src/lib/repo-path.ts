@@ -14,3 +14,8 @@ export function repoPath(rel: string, moduleUrl: string): string {
     if (dirname(dir) === dir) throw new Error(`no package.json above ${start}: cannot find ${rel}`);
   }
 }
+
+/** The node topology's capture object `make` builds. */
+export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
+/** The in-pod capture's object (inpod mode, docs/inpod.md). */
+export const DEFAULT_INPOD_OBJECT = repoPath('build/inpod.bpf.o', import.meta.url);

@@ -260,14 +260,14 @@ const ROWS: Row[] = [
   },
   { id: 'PI5', name: 'IPv6: a SYN from the probe address passes', program: 'inpod_in', frame: v6(PROBE.v6, POD.v6, syn(50000, APP_PORT)), verdict: 'pass' },
   {
-    id: 'PI6',
+    id: 'PI7',
     name: "the answer to the pod's connection passes",
     program: 'inpod_in',
     frame: v4(OUT.v4, POD.v4, ack(CONN.outPort, CONN.podPort)),
     verdict: 'pass',
   },
-  { id: 'PI7', name: 'a SYN meeting TIME_WAIT drops', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), verdict: 'drop' },
-  { id: 'PI8', name: 'a SYN to 15008 passes (HBONE)', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, 15008)), verdict: 'pass' },
+  { id: 'PI8', name: 'a SYN meeting TIME_WAIT drops', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), verdict: 'drop' },
+  { id: 'PI6', name: 'a SYN to 15008 passes (HBONE)', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, 15008)), verdict: 'pass' },
   { id: 'PI9', name: 'a SYN to the app goes to 15006', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)), verdict: 'deliver' },
   { id: 'PI9', name: 'an ACK of no connection goes to 15006 too', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, ack(40000, APP_PORT)), verdict: 'deliver' },
   {

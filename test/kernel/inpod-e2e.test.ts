@@ -7,11 +7,11 @@
  * reports (port and local address of each accepted connection), the outside server's
  * record of every source, the app's, and snapshots of the netns before and after.
  */
-import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
-import { createEbpfInPodCapture, type EbpfInPodCapture } from '../../src/capture/inpod/ebpf.js';
+import { createEbpfInPodCapture, type EbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
 import { systemRunner } from '../../src/host/runner.js';
@@ -144,6 +144,11 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         expect(await sim.connect('outside', { ip, port: 15008 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
         await until('the 15008 report', () => accepted.length > n + 1);
         expect(last()).toMatchObject({ port: 15008, origDst: `${ip}:15008` });
+        // The outbound listener is not reachable from outside (it would send as the pod):
+        // a connection to it is inbound like any other.
+        expect(await sim.connect('outside', { ip, port: 15001 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15006 report for 15001', () => accepted.length > n + 2);
+        expect(last()).toMatchObject({ port: 15006, origDst: `${ip}:15001` });
         expect(app.accepted).toEqual([]);
       });
     }
@@ -364,6 +369,21 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 8080 }, 1)).toEqual([{ ok: true, reply: 'outside' }]);
       await outside.waitForAccepted(n + 1);
       expect(outside.accepted[n]!.src.startsWith(sim.pods[0]!.ip)).toBe(true);
+    });
+  });
+
+  describe('uninstall (no pod fd, only the pin root: after the agent is gone)', () => {
+    it('finds the pod by its netns, puts it and the host veth back as before, and removes the in-pod pins', async () => {
+      await capture.install(pod);
+      expect(await capture.check(pod)).toBe(true);
+      const report = await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` });
+      expect(report.failed).toEqual([]);
+      expect(report.removed.some((r) => /egress filter of interface/.test(r))).toBe(true);
+      expect(await snapshot(sim.pods[0]!.ns, ['eth0'])).toBe(before);
+      expect(await snapshot(sim.nodeNs, [hostVeth()])).toBe(hostBefore);
+      expect(existsSync(`${pinRoot}/ambient-redirect/v1/inpod`)).toBe(false);
+      // Nothing left to do the second time.
+      expect((await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` })).failed).toEqual([]);
     });
   });
 });

@@ -158,10 +158,10 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   const p = ports(frame, ip);
   if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PI4' };
   if (ip.src === PROBE_HEX[ip.family]) return { verdict: 'pass', row: 'PI5' };
+  if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI6' };
   const c = conn(s, ip, p);
-  if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI6' };
-  if (c === 'time_wait') return { verdict: 'drop', row: 'PI7' };
-  if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI8' };
+  if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI7' };
+  if (c === 'time_wait') return { verdict: 'drop', row: 'PI8' };
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
 }
 

@@ -17,7 +17,7 @@
  * undoes exactly that, after a restart too) and `prog-<hash>/` its programs, adopted by
  * the next agent of the same build.
  */
-import { fstatSync, mkdirSync } from 'node:fs';
+import { existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import * as codec from '../../bpf/inpod-codec.js';
 import { constants } from '../../bpf/inpod-layout.generated.js';
@@ -25,11 +25,14 @@ import { decodeAddrKey, encodeAddrKey } from '../../bpf/codec.js';
 import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
 import type { BpfMap } from '../../bpf/object.js';
 import { withNetns } from '../../bpf/netns.js';
-import { ensurePinDir } from '../../bpf/pins.js';
+import { ensurePinDir, pinDir } from '../../bpf/pins.js';
+import { openPinnedMap } from '../../bpf/maps.js';
+import { Cleanup, type CleanupReport } from '../cleanup.js';
 import { attachTc, destroyClsact, detachTc, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
 import { listTcFilters } from '../../bpf/hooks.js';
 import { CommandError, type CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
+import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
 
@@ -51,8 +54,8 @@ export const RULE_PREF = String(constants.INPOD_RULE_PREF);
 const FAMILIES = ['-4', '-6'] as const;
 
 export interface InpodEbpfOptions {
-  /** The compiled object (build/inpod.bpf.o). */
-  objectPath: string;
+  /** The compiled object; default DEFAULT_INPOD_OBJECT (build/inpod.bpf.o). */
+  objectPath?: string;
   /** The bpffs root (as `run --pin-root`); pins go under `<root>/ambient-redirect/v1/inpod/`. */
   pinRoot: string;
   /** UDP and TCP to port 53 go to ztunnel's 15053 (default off). */
@@ -111,16 +114,20 @@ export class EbpfInPodCapture implements InPodCapture {
   private installed: Installed | null = null;
   private dir = '';
 
-  constructor(private readonly opts: InpodEbpfOptions) {}
+  private readonly objectPath: string;
+
+  constructor(private readonly opts: InpodEbpfOptions) {
+    this.objectPath = opts.objectPath ?? DEFAULT_INPOD_OBJECT;
+  }
 
   async init(): Promise<void> {
     if (this.opts.probe !== false) {
-      const p = await probeReuseportAssign(this.opts.objectPath, this.opts.runner);
+      const p = await probeReuseportAssign(this.objectPath, this.opts.runner);
       if (!p.reuseportAssign) throw new InpodUnsupportedError(p.reason ?? 'the delivery probe failed');
     }
     this.dir = join(ensurePinDir(this.opts.pinRoot), INPOD_PIN_SUBDIR);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, Object.values(INPOD_PROGRAMS));
+    this.installed = loadOrAdopt(this.objectPath, this.dir, Object.values(INPOD_PROGRAMS));
     // Pods attached to an older build's programs keep them (the kernel holds attached
     // programs) until check() finds them outdated and install() replaces them in place.
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
@@ -306,40 +313,10 @@ export class EbpfInPodCapture implements InPodCapture {
       // The pod's interface (or the node's route) is gone: what was on them went with them.
       if (!(err instanceof LocateError) && !(err instanceof CommandError)) throw err;
     }
-    const ethIfindex = eth?.ifindex ?? rec?.ethIfindex;
-    if (ethIfindex !== undefined) {
-      withNetns(nsPath, () => {
-        for (const d of ['ingress', 'egress'] as const) detachTc(ethIfindex, d);
-        if (rec && rec.flags & codec.InpodPodFlags.QDISC_POD && hooksEmpty(ethIfindex)) destroyClsact(ethIfindex);
-      });
-    }
-    for (const f of FAMILIES) {
-      while (
-        await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'rule', 'del', 'pref', RULE_PREF, 'fwmark', `${LOOP_MARK}/${LOOP_MARK}`, 'lookup', ROUTE_TABLE])
-      );
-      await this.ok(['nsenter', `--net=${nsPath}`, 'ip', f, 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE]);
-    }
-    if (eth && rec && !(rec.flags & codec.InpodPodFlags.ACCEPT_LOCAL)) {
-      await this.ok(['nsenter', `--net=${nsPath}`, 'sysctl', '-q', '-w', `net.ipv4.conf.${eth.name}.accept_local=0`]);
-    }
-    if (rec) {
-      this.hostDo(() => {
-        // Only a filter running one of our host programs: the pod's veth may be gone and
-        // its ifindex be another device's, whose filter at our place is not ours to remove.
-        for (const d of ['ingress', 'egress'] as const) if (runsHostProgram(rec.hostIfindex, d)) detachTc(rec.hostIfindex, d);
-        if (rec.flags & codec.InpodPodFlags.QDISC_HOST && hooksEmpty(rec.hostIfindex)) destroyClsact(rec.hostIfindex);
-      });
-    }
+    await undoPod({ runner: this.opts.runner, hostNetns: this.opts.hostNetns }, nsPath, rec, eth);
     this.forgetFlows(pod);
     this.map('inpod_pods').delete(codec.encodeNetnsKey(inode));
     this.opts.log.info('in-pod capture removed', { pod: pod.name, namespace: pod.namespace, uid: pod.uid });
-  }
-
-  private ok(argv: string[]): Promise<boolean> {
-    return this.opts.runner.run(argv).then(
-      () => true,
-      () => false,
-    );
   }
 
   /** The pod's probe flows go with it (a new pod may get its address). */
@@ -362,10 +339,169 @@ export class EbpfInPodCapture implements InPodCapture {
   }
 }
 
-/** Our filter on the hook runs an in-pod host program (by name: any build's). */
-function runsHostProgram(ifindex: number, direction: Direction): boolean {
+/** Our filter on the hook runs one of `names` (by name: any build's). */
+function runsOurs(ifindex: number, direction: Direction, names: readonly string[]): boolean {
   const ours = listTcFilters(ifindex, direction).find((f) => f.handle === `0x${OUR_FILTER.handle.toString(16)}` && f.pref === OUR_FILTER.priority);
-  return ours?.progName === INPOD_PROGRAMS.hostIn || ours?.progName === INPOD_PROGRAMS.hostOut;
+  return ours?.progName !== null && ours?.progName !== undefined && names.includes(ours.progName);
+}
+
+function ok(runner: CommandRunner, argv: string[]): Promise<boolean> {
+  return runner.run(argv).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Undoes what install did in a pod's netns (at `nsPath`) and on its host veth, as the
+ * record says; returns what it removed. Filters are detached only where they run our
+ * programs (an interface or veth may be gone, its ifindex another device's), qdiscs
+ * destroyed only if we created them and they are empty, accept_local put back to 0 only if
+ * it was 0. A part already gone is no error.
+ */
+async function undoPod(
+  u: { runner: CommandRunner; hostNetns?: string },
+  nsPath: string,
+  rec: codec.InpodPod | null,
+  eth: { ifindex: number; name: string } | null,
+): Promise<string[]> {
+  const removed: string[] = [];
+  const ethIfindex = eth?.ifindex ?? rec?.ethIfindex;
+  const podPrograms = [INPOD_PROGRAMS.in, INPOD_PROGRAMS.out];
+  if (ethIfindex !== undefined) {
+    withNetns(nsPath, () => {
+      for (const d of ['ingress', 'egress'] as const) {
+        if (runsOurs(ethIfindex, d, podPrograms) && detachTc(ethIfindex, d)) removed.push(`${d} filter of interface ${ethIfindex}`);
+      }
+      if (rec && rec.flags & codec.InpodPodFlags.QDISC_POD && hooksEmpty(ethIfindex)) {
+        destroyClsact(ethIfindex);
+        removed.push(`clsact qdisc of interface ${ethIfindex}`);
+      }
+    });
+  }
+  for (const f of FAMILIES) {
+    while (
+      await ok(u.runner, [
+        'nsenter',
+        `--net=${nsPath}`,
+        'ip',
+        f,
+        'rule',
+        'del',
+        'pref',
+        RULE_PREF,
+        'fwmark',
+        `${LOOP_MARK}/${LOOP_MARK}`,
+        'lookup',
+        ROUTE_TABLE,
+      ])
+    ) {
+      removed.push(`${f} rule pref ${RULE_PREF}`);
+    }
+    if (await ok(u.runner, ['nsenter', `--net=${nsPath}`, 'ip', f, 'route', 'del', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE])) {
+      removed.push(`${f} route table ${ROUTE_TABLE}`);
+    }
+  }
+  if (eth && rec && !(rec.flags & codec.InpodPodFlags.ACCEPT_LOCAL)) {
+    if (await ok(u.runner, ['nsenter', `--net=${nsPath}`, 'sysctl', '-q', '-w', `net.ipv4.conf.${eth.name}.accept_local=0`]))
+      removed.push(`accept_local on ${eth.name}`);
+  }
+  if (rec) {
+    const host = () => {
+      const hostPrograms = [INPOD_PROGRAMS.hostIn, INPOD_PROGRAMS.hostOut];
+      for (const d of ['ingress', 'egress'] as const) {
+        if (runsOurs(rec.hostIfindex, d, hostPrograms) && detachTc(rec.hostIfindex, d)) removed.push(`${d} filter of host veth ${rec.hostIfindex}`);
+      }
+      if (rec.flags & codec.InpodPodFlags.QDISC_HOST && hooksEmpty(rec.hostIfindex)) {
+        destroyClsact(rec.hostIfindex);
+        removed.push(`clsact qdisc of host veth ${rec.hostIfindex}`);
+      }
+    };
+    if (u.hostNetns) withNetns(u.hostNetns, host);
+    else host();
+  }
+  return removed;
+}
+
+/** Paths that hold each of `inodes`' network namespaces: named ones, then processes' under `proc`. */
+function findNetns(inodes: ReadonlySet<bigint>, proc: string): Map<bigint, string> {
+  const found = new Map<bigint, string>();
+  const look = (path: string) => {
+    try {
+      const ino = BigInt(statSync(path).ino);
+      if (inodes.has(ino) && !found.has(ino)) found.set(ino, path);
+    } catch {
+      // Gone meanwhile, or not ours to read.
+    }
+  };
+  for (const dir of ['/var/run/netns', '/run/netns']) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const n of names) look(join(dir, n));
+  }
+  if (found.size < inodes.size) for (const pid of readdirSync(proc).filter((d) => /^\d+$/.test(d))) look(join(proc, pid, 'ns', 'net'));
+  return found;
+}
+
+/**
+ * `uninstall` for the in-pod capture: every pod the pinned record names is found by its
+ * netns inode (a named netns or a process's) and put back as it was (undoPod), then the
+ * `inpod/` pins go. A pod whose netns is gone had nothing left to undo but its host veth,
+ * which is undone too. Every step runs even when another failed; the report says what each did.
+ */
+export async function uninstallInpod(opts: {
+  pinRoot: string;
+  runner: CommandRunner;
+  /** The host's /proc (the agent's `--host-proc`), where pods' processes show their netns; default /proc. */
+  hostProc?: string;
+  hostNetns?: string;
+}): Promise<CleanupReport> {
+  const c = new Cleanup();
+  const dir = join(pinDir(opts.pinRoot), INPOD_PIN_SUBDIR);
+  if (!existsSync(join(dir, 'inpod_pods'))) {
+    await c.step(`remove ${dir}`, () => rmSync(dir, { recursive: true, force: true }));
+    return c;
+  }
+  const records =
+    (await c.step('read the in-pod records', () => {
+      const map = openPinnedMap(dir, 'inpod_pods');
+      try {
+        return map.entries().map(([k, v]) => ({ inode: k.readBigUInt64LE(0), rec: codec.decodeInpodPod(v) }));
+      } finally {
+        map.close();
+      }
+    })) ?? [];
+  const paths = findNetns(new Set(records.map((r) => r.inode)), opts.hostProc ?? '/proc');
+  for (const { inode, rec } of records) {
+    await c.step(`undo the capture in netns ${inode}`, async () => {
+      const nsPath = paths.get(inode);
+      let eth: { ifindex: number; name: string } | null = null;
+      if (nsPath) {
+        const links = JSON.parse(await opts.runner.run(['nsenter', `--net=${nsPath}`, 'ip', '-j', 'link', 'show'])) as { ifindex: number; ifname: string }[];
+        const l = links.find((x) => x.ifindex === rec.ethIfindex);
+        if (l) eth = { ifindex: l.ifindex, name: l.ifname };
+        c.removed.push(...(await undoPod(opts, nsPath, rec, eth)).map((r) => `${r} (netns ${inode})`));
+      } else {
+        c.skip(`the pod side of netns ${inode}`, 'the netns is gone, and with it what was in it');
+        const host = () => {
+          for (const d of ['ingress', 'egress'] as const) {
+            if (runsOurs(rec.hostIfindex, d, [INPOD_PROGRAMS.hostIn, INPOD_PROGRAMS.hostOut])) detachTc(rec.hostIfindex, d);
+          }
+        };
+        if (opts.hostNetns) withNetns(opts.hostNetns, host);
+        else host();
+      }
+    });
+  }
+  await c.step(`remove ${dir}`, () => {
+    rmSync(dir, { recursive: true, force: true });
+    c.removed.push(`unpinned ${dir}`);
+  });
+  return c;
 }
 
 /** No clsact filter left on either hook of the device (of the calling thread's netns). */
