@@ -189,12 +189,14 @@ function shellCommands(text: string): Set<string> {
       continue;
     }
     let line = raw.replace(/(^|\s)#.*$/, '');
-    // Command substitutions, innermost first, also inside double quotes.
+    const unquote = (t: string) => t.replace(/"(?:[^"\\]|\\.)*"|'[^']*'/g, '_S_');
+    // Command substitutions, innermost first, also inside double quotes; their own quoted
+    // text (an awk program) is no command either.
     for (let m = /\$\(([^()]*)\)/.exec(line); m; m = /\$\(([^()]*)\)/.exec(line)) {
-      segments.push(m[1]!);
+      segments.push(unquote(m[1]!));
       line = line.slice(0, m.index) + '_S_' + line.slice(m.index + m[0].length);
     }
-    segments.push(line.replace(/"(?:[^"\\]|\\.)*"|'[^']*'/g, '_S_'));
+    segments.push(unquote(line));
   }
   for (const segment of segments) {
     for (const seg of segment.split(/\|\||&&|[|;]|`|\bthen\b|\bdo\b|\belse\b/)) {
