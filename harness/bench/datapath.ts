@@ -11,6 +11,7 @@ import * as ffi from '../../src/bpf/ffi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { runProgram, isNotRunnable } from '../bpf/testrun.js';
 import * as b from '../packet/builder.js';
+import { median } from './stats.js';
 
 export interface BenchOptions {
   objectPath: string;
@@ -75,22 +76,24 @@ export interface BenchRow {
   ns: number;
   /** The empty program's median in the same interleaved run. */
   emptyNs: number;
-  /** Time to fill the pods map to `entries` with one batch update, and with one update per entry. */
-  fillMs: { batch: number; oneByOne: number };
+  /** Per round (same order as the empty program's): ns/packet of this program and of the empty one. */
+  rounds: number[];
+  emptyRounds: number[];
+  /** Time to fill the pods map to `entries` with one batch update (each of `fills` runs), and with one update per entry (once). */
+  fillMs: { batch: number[]; oneByOne: number };
 }
 
-export function median(xs: readonly number[]): number {
-  const s = [...xs].sort((a, c) => a - c);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
+/** Batch fills timed at each size (each from an empty map). */
+export const FILLS = 7;
+
+export { median };
 
 /**
  * Fills the pods map with `entries` entries (the benchmark's pod first) and returns how
  * long it took, in one batch update and, for comparison, in one update per entry (keys and
  * values encoded beforehand: the syscalls are what is timed).
  */
-function fillPods(obj: BpfObject, entries: number): { batch: number; oneByOne: number } {
+function fillPods(obj: BpfObject, entries: number, fills = 1): { batch: number[]; oneByOne: number } {
   const pods = obj.map('pods');
   const clear = () => {
     for (const k of pods.keys()) pods.delete(k);
@@ -102,13 +105,16 @@ function fillPods(obj: BpfObject, entries: number): { batch: number; oneByOne: n
   let t = performance.now();
   for (const k of keys) pods.update(k, value);
   const oneByOne = performance.now() - t;
-  clear();
   const allKeys = Buffer.concat(keys);
   const allValues = Buffer.concat(keys.map(() => value));
-  t = performance.now();
-  const n = ffi.mapUpdateBatch(pods.fd, 'pods', allKeys, allValues, keys.length);
-  const batch = performance.now() - t;
-  if (n !== keys.length) throw new Error(`pods: batch update wrote ${n} of ${keys.length}`);
+  const batch: number[] = [];
+  for (let i = 0; i < fills; i++) {
+    clear();
+    t = performance.now();
+    const n = ffi.mapUpdateBatch(pods.fd, 'pods', allKeys, allValues, keys.length);
+    batch.push(performance.now() - t);
+    if (n !== keys.length) throw new Error(`pods: batch update wrote ${n} of ${keys.length}`);
+  }
   return { batch, oneByOne };
 }
 
@@ -136,7 +142,7 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
     }
     const rows: BenchRow[] = [];
     for (const entries of opts.sizes) {
-      const fillMs = fillPods(obj, Math.min(entries, obj.map('pods').maxEntries));
+      const fillMs = fillPods(obj, Math.min(entries, obj.map('pods').maxEntries), FILLS);
       const samples = new Map(subjects.map((s) => [s.program, [] as number[]]));
       for (let round = 0; round < opts.rounds; round++) {
         for (let i = 0; i < subjects.length; i++) {
@@ -148,8 +154,17 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
         }
       }
       const emptyNs = median(samples.get('empty')!);
-      for (const c of CASES) rows.push({ entries, program: c.program, ns: median(samples.get(c.program)!), emptyNs, fillMs });
-      log(`measured ${entries} entries (filled in ${fillMs.batch.toFixed(1)} ms by one batch update, ${fillMs.oneByOne.toFixed(1)} ms one by one)`);
+      for (const c of CASES)
+        rows.push({
+          entries,
+          program: c.program,
+          ns: median(samples.get(c.program)!),
+          emptyNs,
+          rounds: samples.get(c.program)!,
+          emptyRounds: samples.get('empty')!,
+          fillMs,
+        });
+      log(`measured ${entries} entries (filled in ${median(fillMs.batch).toFixed(1)} ms by one batch update, ${fillMs.oneByOne.toFixed(1)} ms one by one)`);
     }
     return rows;
   } finally {
