@@ -90,6 +90,40 @@ export class BpfMap {
     ffi.mapUpdateElem(this.fd, this.name, key, value, flags);
   }
 
+  /**
+   * Writes `count` entries packed back to back (`keys`: count × keySize, `values`: count ×
+   * bufferSize) in one syscall where the kernel has batch operations (5.6+), else one
+   * update per entry. Either way, on an error the entries before it stay written.
+   */
+  updateBatch(keys: Buffer, values: Buffer, count: number): void {
+    if (count === 0) return;
+    this.checkSize('keys', keys, count * this.keySize);
+    this.checkSize('values', values, count * this.bufferSize);
+    if (!BpfMap.noBatch) {
+      try {
+        const n = ffi.mapUpdateBatch(this.fd, this.name, keys, values, count);
+        if (n === count) return;
+        throw new BpfError('bpf_map_update_batch', this.name, 5 /* EIO */, `wrote ${n} of ${count} entries`);
+      } catch (err) {
+        // Before 5.6 the command is unknown (EINVAL before anything is written); some map
+        // types have no batch operations (ENOTSUPP, EOPNOTSUPP).
+        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
+        BpfMap.noBatch = true;
+      }
+    }
+    for (let i = 0; i < count; i++) {
+      ffi.mapUpdateElem(
+        this.fd,
+        this.name,
+        keys.subarray(i * this.keySize, (i + 1) * this.keySize),
+        values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize),
+      );
+    }
+  }
+
+  /** Set once the kernel refused a batch update as unknown: every later one goes entry by entry. */
+  private static noBatch = false;
+
   lookup(key: Buffer): Buffer | null {
     this.checkSize('key', key, this.keySize);
     const value = Buffer.alloc(this.bufferSize);

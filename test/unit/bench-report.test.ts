@@ -185,7 +185,7 @@ describe('ratios against the goals', () => {
       emptyNs: 20,
       rounds: [20 * k, 21 * k, 19 * k],
       emptyRounds: [20, 21, 19],
-      fillMs: { batch: [12, 13, 11], oneByOne: 100 },
+      fillMs: { batch: [12, 13, 11], pack: [2, 3, 2], call: [10, 10, 9], oneByOne: 100 },
     });
     const fs = datapathFigures([row(10, 'zt_mark', 1.4), row(65536, 'zt_mark', 1.4), row(10, 'zt_assign', 4), row(65536, 'zt_assign', 5)]);
     const by = Object.fromEntries(fs.map((f) => [f.label, f]));
