@@ -176,7 +176,9 @@ const V4_MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
 /** Inverse of encodeAddr: IPv4-mapped addresses come back as dotted quads. */
 export function decodeAddr(buf: Buffer): string {
   if (buf.length !== 16) throw new CodecError(`address must be 16 bytes, got ${buf.length}`);
-  if (buf.subarray(0, 12).equals(V4_MAPPED)) return [...buf.subarray(12)].join('.');
+  let mapped = true;
+  for (let i = 0; i < 12 && mapped; i++) mapped = buf[i] === V4_MAPPED[i];
+  if (mapped) return `${buf[12]}.${buf[13]}.${buf[14]}.${buf[15]}`;
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(buf.readUInt16BE(i).toString(16));
   // Compress the longest run of zero groups (RFC 5952).
@@ -300,6 +302,12 @@ export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (reado
   return { keys, values, count };
 }
 
+/** The ifindex of a pods-map value, alone. */
+export function decodePodIfindex(buf: Buffer): number {
+  if (buf.length !== POD_INFO_SIZE) throw new CodecError(`pod_info must be ${POD_INFO_SIZE} bytes, got ${buf.length}`);
+  return buf.readUInt32LE(POD_INFO.ifindex.offset);
+}
+
 export function decodePodInfo(buf: Buffer): PodInfo {
   const l = layouts.pod_info;
   const mac = field(l, 'mac');
@@ -412,14 +420,25 @@ export function zeroCounters(): PodCounters {
  * Sums a per-CPU value as the kernel returns it: one struct per possible CPU, each
  * rounded up to 8 bytes.
  */
+/** Each counter with its offset, computed once (a scrape decodes every pod's counters). */
+const COUNTER_OFFSETS = (Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]).map(
+  ([k, f]) => [k, layouts.pod_counters.fields[f].offset] as const,
+);
+
 export function decodePodCountersPerCpu(buf: Buffer): PodCounters {
   const stride = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
   if (buf.length % stride !== 0) throw new CodecError(`per-CPU counters: ${buf.length} bytes is not a multiple of ${stride}`);
   const sum = zeroCounters();
-  for (let cpu = 0; cpu < buf.length; cpu += stride) {
-    for (const [k, f] of Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]) {
-      sum[k] += buf.readBigUInt64LE(cpu + layouts.pod_counters.fields[f].offset);
+  for (const [k, offset] of COUNTER_OFFSETS) {
+    // Summed as two 32-bit halves in plain numbers (exact below 2^53 per half-sum, i.e.
+    // for any count of CPUs), one BigInt per counter: a scrape decodes every pod.
+    let lo = 0;
+    let hi = 0;
+    for (let cpu = 0; cpu < buf.length; cpu += stride) {
+      lo += buf.readUInt32LE(cpu + offset);
+      hi += buf.readUInt32LE(cpu + offset + 4);
     }
+    sum[k] = (BigInt(hi) << 32n) + BigInt(lo);
   }
   return sum;
 }

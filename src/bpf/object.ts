@@ -155,7 +155,20 @@ export class BpfMap {
   }
 
   /** All entries; an entry deleted between the key walk and its lookup is left out. */
+  /**
+   * Every entry, read in batches of up to 4,096 (one syscall each) where the kernel has
+   * batch lookups (5.6+), else key by key with get_next_key and lookup. Not a snapshot
+   * either way: entries changing meanwhile may be seen or not.
+   */
   entries(): [Buffer, Buffer][] {
+    if (!BpfMap.noLookupBatch) {
+      try {
+        return this.entriesBatched();
+      } catch (err) {
+        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
+        BpfMap.noLookupBatch = true;
+      }
+    }
     const out: [Buffer, Buffer][] = [];
     for (const k of this.keys()) {
       const v = this.lookup(k);
@@ -163,6 +176,38 @@ export class BpfMap {
     }
     return out;
   }
+
+  private entriesBatched(): [Buffer, Buffer][] {
+    const out: [Buffer, Buffer][] = [];
+    // The position token: a bucket index for hash maps, a key for arrays.
+    const tokenSize = Math.max(8, this.keySize);
+    let inBatch: Buffer | null = null;
+    let chunk = Math.min(4096, Math.max(1, this.maxEntries));
+    for (;;) {
+      const outBatch = Buffer.alloc(tokenSize);
+      const keys = Buffer.allocUnsafe(chunk * this.keySize);
+      const values = Buffer.allocUnsafe(chunk * this.bufferSize);
+      let r: { count: number; done: boolean };
+      try {
+        r = ffi.mapLookupBatch(this.fd, this.name, inBatch, outBatch, keys, values, chunk);
+      } catch (err) {
+        // A hash bucket holds more entries than the chunk: ask again with room for it.
+        if (err instanceof BpfError && err.errno === 28 /* ENOSPC */ && chunk < this.maxEntries) {
+          chunk = Math.min(this.maxEntries, chunk * 2);
+          continue;
+        }
+        throw err;
+      }
+      for (let i = 0; i < r.count; i++) {
+        out.push([keys.subarray(i * this.keySize, (i + 1) * this.keySize), values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize)]);
+      }
+      if (r.done) return out;
+      inBatch = outBatch;
+    }
+  }
+
+  /** Set once the kernel refused a batch lookup as unknown: every later walk goes key by key. */
+  private static noLookupBatch = false;
 
   close(): void {
     if (this.closed) return;

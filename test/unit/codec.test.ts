@@ -186,3 +186,25 @@ describe('the address parser against node:net isIP and a plain split parser', ()
     expect(mismatches).toEqual([]);
   });
 });
+
+describe('per-CPU counters', () => {
+  it('sums every CPU exactly, carries across 32 bits included', () => {
+    const stride = Math.ceil(codec.POD_COUNTERS_SIZE / 8) * 8;
+    const cpus = [
+      { ...codec.zeroCounters(), redirectedPackets: 0xffffffffn, droppedBytes: 2n ** 40n + 5n, passedBytes: 3n },
+      { ...codec.zeroCounters(), redirectedPackets: 1n, droppedBytes: 2n ** 40n, passedPackets: 7n },
+      { ...codec.zeroCounters(), redirectedPackets: 0xffffffffn, redirectedBytes: 2n ** 52n },
+    ];
+    const buf = Buffer.alloc(stride * cpus.length);
+    cpus.forEach((c, i) => codec.encodePodCounters(c).copy(buf, i * stride));
+    expect(codec.decodePodCountersPerCpu(buf)).toEqual({
+      redirectedPackets: 0x1ffffffffn,
+      redirectedBytes: 2n ** 52n,
+      droppedPackets: 0n,
+      droppedBytes: 2n ** 41n + 5n,
+      passedPackets: 7n,
+      passedBytes: 3n,
+    });
+    expect(() => codec.decodePodCountersPerCpu(buf.subarray(1))).toThrow(/not a multiple/);
+  });
+});
