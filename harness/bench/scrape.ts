@@ -133,7 +133,7 @@ async function main(): Promise<void> {
     await timeScrape(now); // warm-up: the JIT, the first allocations
     for (let i = 0; i < scrapes; i++) {
       t.now.push(await timeScrape(now));
-      if (i < Math.min(scrapes, 5)) t.before.push(await timeScrape(before));
+      if (i < Math.min(scrapes, 3)) t.before.push(await timeScrape(before));
       await new Promise((r) => setTimeout(r, 20)); // the reader's per-scrape cache ends with the turn
       const r0 = performance.now();
       const maps = pinnedMaps(root);
