@@ -6,6 +6,10 @@
  *                                      (connections/s); P+1: echo (request/response);
  *                                      P+2: sink, answers the byte count when the sender
  *                                      closes its side (stream throughput)
+ *   traffic-peer.js ztunnel --port R --terminate T [--listen 15001,15006,15008]
+ *                                      (ztunnel) the stand-in: captured connections to
+ *                                      R..R+2 relayed, to T..T+2 answered here as the
+ *                                      server would; T..T+2 also served directly
  *   traffic-peer.js crr|rr|stream --to IP --port P --seconds S --warmup S [--concurrency N]
  *                                      (a pod) one workload; one JSON line on stdout
  *
@@ -53,34 +57,118 @@ function emit(o: object): void {
   process.stdout.write(`${JSON.stringify(o)}\n`);
 }
 
-function serve(port: number): Promise<void> {
-  const crr = net.createServer({ noDelay: true }, (s) => {
-    s.on('error', () => s.destroy());
-    s.once('data', () => s.end(RESPONSE));
-  });
-  const rr = net.createServer({ noDelay: true }, (s) => {
-    s.on('error', () => s.destroy());
-    s.pipe(s);
-  });
-  const sink = net.createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => s.destroy());
+/** What each workload's server does with an accepted connection (the same in every role). */
+const ANSWER: Record<PeerResult['workload'], (s: net.Socket) => void> = {
+  crr: (s) => s.once('data', () => s.end(RESPONSE)),
+  rr: (s) => s.pipe(s),
+  stream: (s) => {
     s.on('end', () => s.end(`${s.bytesRead}\n`));
     s.resume();
-  });
-  const servers: [net.Server, number][] = [
-    [crr, port],
-    [rr, port + 1],
-    [sink, port + 2],
-  ];
+  },
+};
+const BY_OFFSET = ['crr', 'rr', 'stream'] as const;
+
+function accept(s: net.Socket, workload: PeerResult['workload']): void {
+  s.on('error', () => s.destroy());
+  if (workload !== 'stream') s.setNoDelay(true);
+  ANSWER[workload](s);
+}
+
+function listen(servers: [net.Server, object][]): Promise<void> {
   return Promise.all(
     servers.map(
-      ([srv, p]) =>
+      ([srv, opts]) =>
         new Promise<void>((resolve, reject) => {
           srv.once('error', reject);
-          srv.listen({ port: p, host: '0.0.0.0', backlog: 4096 }, resolve);
+          srv.listen(opts, resolve);
         }),
     ),
-  ).then(() => emit({ event: 'listening', port }));
+  ).then(() => undefined);
+}
+
+/** P: connections/s, P+1: request/response, P+2: stream, on 0.0.0.0; `onAccept` counts. */
+function plainServers(port: number, onAccept: () => void = () => {}): [net.Server, object][] {
+  return BY_OFFSET.map((w, i) => [
+    net.createServer({ allowHalfOpen: w === 'stream' }, (s) => {
+      onAccept();
+      accept(s, w);
+    }),
+    { port: port + i, host: '0.0.0.0', backlog: 4096 },
+  ]);
+}
+
+function serve(port: number): Promise<void> {
+  return listen(plainServers(port)).then(() => emit({ event: 'listening', port }));
+}
+
+/**
+ * Relays a captured connection to its original destination (the accepted socket's local
+ * address) and back: stream pipes only, Nagle off on both legs, half-closes passed on.
+ */
+function relay(down: net.Socket): void {
+  down.setNoDelay(true);
+  down.pause();
+  const up = net.connect({ host: down.localAddress!, port: down.localPort!, allowHalfOpen: true, noDelay: true });
+  const close = () => {
+    down.destroy();
+    up.destroy();
+  };
+  down.on('error', close);
+  up.on('error', close);
+  up.once('connect', () => {
+    down.pipe(up);
+    up.pipe(down);
+  });
+}
+
+/**
+ * The ztunnel stand-in of the benchmark, in ztunnel's netns. On the transparent listeners
+ * (`listenPorts`), a captured connection whose original destination port is R..R+2 is
+ * relayed there (as ztunnel would); one to T..T+2 is terminated here, answered as the
+ * server would (so the capture path is measured without a relay); anything else is reset.
+ * On T..T+2 of ztunnel's own address it also serves directly (the "direct" scenario: the
+ * same server, the same distance, no capture). Counts each kind; a line "counts" on stdin
+ * is answered with them (no per-connection output on the measured path).
+ */
+async function standIn(relayPort: number, terminatePort: number, listenPorts: number[]): Promise<void> {
+  const { AF_INET, AF_INET6, transparentListener } = await import('../sim/transparent.js');
+  const counts = { relayed: 0, terminated: 0, direct: 0, refused: 0 };
+  const onCaptured = (s: net.Socket) => {
+    const dport = s.localPort ?? 0;
+    if (dport >= relayPort && dport < relayPort + 3) {
+      counts.relayed++;
+      return relay(s);
+    }
+    if (dport >= terminatePort && dport < terminatePort + 3) {
+      counts.terminated++;
+      return accept(s, BY_OFFSET[dport - terminatePort]!);
+    }
+    counts.refused++;
+    s.resetAndDestroy();
+  };
+  const servers: [net.Server, object][] = plainServers(terminatePort, () => counts.direct++);
+  for (const port of listenPorts)
+    for (const family of [AF_INET, AF_INET6] as const)
+      servers.push([net.createServer({ allowHalfOpen: true }, onCaptured), { fd: transparentListener(family, port) }]);
+  await listen(servers);
+  process.stdin.setEncoding('utf8');
+  let buf = '';
+  process.stdin.on('data', (d: string) => {
+    buf += d;
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      if (buf.slice(0, i).trim() === 'counts') emit({ event: 'counts', ...counts });
+      buf = buf.slice(i + 1);
+    }
+  });
+  process.stdin.on('end', () => process.exit(0));
+  emit({ event: 'listening', ports: listenPorts });
+}
+
+export interface StandInCounts {
+  relayed: number;
+  terminated: number;
+  direct: number;
+  refused: number;
 }
 
 interface Window {
@@ -199,12 +287,30 @@ async function main(argv: string[]): Promise<void> {
   const [role, ...rest] = argv;
   const { values } = parseArgs({
     args: rest,
-    options: { port: { type: 'string' }, to: { type: 'string' }, seconds: { type: 'string' }, warmup: { type: 'string' }, concurrency: { type: 'string' } },
+    options: {
+      port: { type: 'string' },
+      terminate: { type: 'string' },
+      listen: { type: 'string' },
+      to: { type: 'string' },
+      seconds: { type: 'string' },
+      warmup: { type: 'string' },
+      concurrency: { type: 'string' },
+    },
     strict: true,
   });
-  const port = Number(values.port);
-  if (!Number.isInteger(port) || port < 1 || port > 65533) throw new Error(`--port must be in 1..65533, got "${values.port}"`);
+  const portOf = (name: string, v: string | undefined) => {
+    const p = Number(v);
+    if (!Number.isInteger(p) || p < 1 || p > 65533) throw new Error(`--${name} must be in 1..65533, got "${v}"`);
+    return p;
+  };
+  const port = portOf('port', values.port);
   if (role === 'serve') return serve(port);
+  if (role === 'ztunnel')
+    return standIn(
+      port,
+      portOf('terminate', values.terminate),
+      (values.listen ?? '15001').split(',').map((p) => portOf('listen', p)),
+    );
   const host = values.to ?? '';
   if (net.isIP(host) === 0) throw new Error(`--to must be an IP address, got "${host}"`);
   const seconds = Number(values.seconds ?? 2);
@@ -219,7 +325,7 @@ async function main(argv: string[]): Promise<void> {
   if (role === 'crr') result = await crr(host, port, w, concurrency);
   else if (role === 'rr') result = await rr(host, port + 1, w);
   else if (role === 'stream') result = await stream(host, port + 2, w);
-  else throw new Error(`unknown role "${role}" (serve, crr, rr, stream)`);
+  else throw new Error(`unknown role "${role}" (serve, ztunnel, crr, rr, stream)`);
   emit({ event: 'result', ...result, synRetrans: synRetransNow() - syn0 });
   process.exit(0);
 }

@@ -10,7 +10,8 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, resolveFlags } from '../../src/lib/flags.js';
 import { DEFAULT_TRAFFIC, type TrafficRun } from '../bench/traffic.js';
-import { ratios, ratioSvg, ratioTable, renderMarkdown, trafficTable, type ReportInput } from '../bench/report.js';
+import { goalFigures, RELAY_RATIOS, ratios, ratioSvg, ratioTable, renderMarkdown, trafficTable, type ReportInput } from '../bench/report.js';
+import { figureTable, splitFigures, type Figure } from '../bench/stats.js';
 
 // Defaults of the data-path part, repeated here so that `--help` needs no libbpf.
 const DATAPATH_DEFAULTS = { repeat: 100_000, rounds: 15, objectPath: 'build/redirect.bpf.o', sizes: [10, 1000, 65536] };
@@ -37,11 +38,14 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   datapath  ns/packet of each program under BPF_PROG_RUN beside an empty TC program, with
             ${DATAPATH_DEFAULTS.sizes.join(', ')} entries in the pods map (loads programs; attaches and pins nothing)
   traffic   connections/s, request/response and stream throughput from a pod of a simulated
-            node: no capture, ebpf mode, iptables mode, an unenrolled pod beside ebpf mode;
-            the ratios issue 6 sets goals for (builds network namespaces; tears them down)
+            node: direct to a server at ztunnel's distance, ebpf and iptables capture to a
+            stand-in that terminates, the same through a relaying stand-in, an unenrolled pod
+            beside ebpf mode (builds network namespaces; tears them down)
   control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
-            harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces)
-All parts by default. Tables on stdout, progress on stderr. --write FILE.md also writes
+            harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
+            harness/bench/scrape.ts: a /metrics scrape at full maps, and a request on the loop while scraping
+All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
+that was measured, with its 95 % interval and its verdict (met, not met, undecided). --write FILE.md also writes
 the chart as FILE.svg. Root (BPF, network namespaces); Ctrl-C tears down what it built.
 `;
 
@@ -67,10 +71,10 @@ function parts(value: string): Set<Part> {
  * a new one is one more entry here): each run as its own process, its summary kept as
  * printed.
  */
-const CONTROL_SCRIPTS = ['control.js', 'cni.js'] as const;
+const CONTROL_SCRIPTS = ['control.js', 'cni.js', 'scrape.js'] as const;
 
-async function runControl(signal: AbortSignal): Promise<{ scripts: { script: string; lines: string[] }[] } | { missing: string }> {
-  const scripts: { script: string; lines: string[] }[] = [];
+async function runControl(signal: AbortSignal): Promise<{ scripts: { script: string; lines: string[]; figures: Figure[] }[] } | { missing: string }> {
+  const scripts: { script: string; lines: string[]; figures: Figure[] }[] = [];
   for (const name of CONTROL_SCRIPTS) {
     const script = fileURLToPath(new URL(`../bench/${name}`, import.meta.url));
     if (!existsSync(script) || signal.aborted) continue;
@@ -82,13 +86,13 @@ async function runControl(signal: AbortSignal): Promise<{ scripts: { script: str
     const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
     signal.removeEventListener('abort', onAbort);
     if (code !== 0) throw new Error(`${name} exited with ${code}${signal.aborted ? ' (interrupted)' : ''}`);
-    scripts.push({
-      script: `harness/bench/${name.replace(/\.js$/, '.ts')}`,
-      lines: out
+    const { lines, figures } = splitFigures(
+      out
         .split('\n')
         .map((l) => l.trim())
         .filter(Boolean),
-    });
+    );
+    scripts.push({ script: `harness/bench/${name.replace(/\.js$/, '.ts')}`, lines, figures });
   }
   return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`harness/bench/control.ts`).' };
 }
@@ -152,6 +156,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
       report.traffic = { ...run.options, samples: run.samples, modes: run.modes };
       print(trafficTable(run.samples));
       print(ratioTable(ratios(run.samples)));
+      print(ratioTable(ratios(run.samples, RELAY_RATIOS)));
     }
     if (only.has('control') && !abort.signal.aborted) {
       report.control = await timed('control', () => runControl(abort.signal));
@@ -163,6 +168,8 @@ export async function benchCommand(argv: string[]): Promise<number> {
     process.off('SIGTERM', onSignal);
   }
   if (abort.signal.aborted) return 130;
+  const goals = goalFigures(report);
+  if (goals.length) print(figureTable(goals));
   if (write) {
     const svgName = `${basename(write, '.md')}.svg`;
     writeFileSync(write, renderMarkdown({ ...report, svgName }));

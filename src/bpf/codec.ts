@@ -48,39 +48,127 @@ function field(l: Layout, name: string): { offset: number; size: number } {
 
 // --- addresses ---------------------------------------------------------------------------
 
-function parseV4(ip: string): Buffer {
-  return Buffer.from(ip.split('.').map((o) => Number(o)));
+// Writers into a caller's buffer at an offset: a batch of 65,536 entries is packed into one
+// buffer with no allocation per entry (small Buffer.alloc calls were most of a fill's time).
+
+function zero(out: Buffer, from: number, to: number): void {
+  // A loop, not Buffer#fill: for a few bytes the native call costs more than the work.
+  for (let i = from; i < to; i++) out[i] = 0;
 }
 
-function parseV6(ip: string): Buffer {
-  let text = ip;
-  const out = Buffer.alloc(16);
-  // A trailing dotted quad (::ffff:1.2.3.4) becomes two groups.
-  const v4 = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
-  if (v4) {
-    const b = parseV4(v4[1]!);
-    text = text.slice(0, -v4[1]!.length) + `${b.readUInt16BE(0).toString(16)}:${b.readUInt16BE(2).toString(16)}`;
+/**
+ * A dotted quad at ip[from..to) as 4 bytes at `off`; false (nothing promised about `out`)
+ * unless it is exactly four decimal octets 0..255 without leading zeros, as isIP wants.
+ */
+function writeV4(ip: string, from: number, to: number, out: Buffer, off: number): boolean {
+  let n = 0;
+  let digits = 0;
+  let part = 0;
+  for (let i = from; i <= to; i++) {
+    const c = i < to ? ip.charCodeAt(i) : 46;
+    if (c === 46 /* . */) {
+      if (digits === 0 || part > 3 || n > 255) return false;
+      out[off + part++] = n;
+      n = 0;
+      digits = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits === 1 && n === 0) return false; // a leading zero
+      n = n * 10 + (c - 48);
+      digits++;
+    } else return false;
   }
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const headGroups = head ? head.split(':') : [];
-  const tailGroups = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? headGroups : [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill('0'), ...tailGroups];
-  groups.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
-  return out;
+  return part === 4;
+}
+
+/** One group of 1..4 hex digits at ip[from..to), or -1. */
+function hexGroup(ip: string, from: number, to: number): number {
+  if (to <= from || to - from > 4) return -1;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const d = hex(ip.charCodeAt(i));
+    if (d < 0) return -1;
+    n = (n << 4) | d;
+  }
+  return n;
+}
+
+const groups = new Uint16Array(8);
+const quadBytes = Buffer.alloc(4);
+
+/**
+ * A plain IPv6 address (groups, at most one "::", an optional trailing dotted quad) as 16
+ * bytes at `off`; false for anything else (a zone, a typo), which the caller hands to the
+ * general path.
+ */
+function writeV6(ip: string, out: Buffer, off: number): boolean {
+  const len = ip.length;
+  let count = 0;
+  let atGap = -1;
+  let i = 0;
+  if (len < 2) return false;
+  if (ip.charCodeAt(0) === 58 /* : */) {
+    if (ip.charCodeAt(1) !== 58) return false;
+    atGap = 0;
+    i = 2;
+  }
+  while (i < len) {
+    let j = i;
+    while (j < len && ip.charCodeAt(j) !== 58 && ip.charCodeAt(j) !== 46) j++;
+    if (j < len && ip.charCodeAt(j) === 46 /* . */) {
+      // The rest is a dotted quad: the last two groups.
+      if (count > 6 || !writeV4(ip, i, len, quadBytes, 0)) return false;
+      groups[count++] = quadBytes.readUInt16BE(0);
+      groups[count++] = quadBytes.readUInt16BE(2);
+      break;
+    }
+    const g = hexGroup(ip, i, j);
+    if (g < 0 || count === 8) return false;
+    groups[count++] = g;
+    if (j === len) break;
+    if (j + 1 < len && ip.charCodeAt(j + 1) === 58) {
+      if (atGap >= 0) return false;
+      atGap = count;
+      i = j + 2;
+    } else {
+      i = j + 1;
+      if (i === len) return false; // a trailing single ":"
+    }
+  }
+  if (atGap >= 0 ? count > 7 : count !== 8) return false;
+  const zeros = atGap >= 0 ? 8 - count : 0;
+  for (let g = 0, k = 0; g < 8; g++) {
+    const v = g >= atGap && g < atGap + zeros ? 0 : groups[k++]!;
+    out[off + g * 2] = v >> 8;
+    out[off + g * 2 + 1] = v & 0xff;
+  }
+  return true;
+}
+
+/** What isIP accepts and the fast parsers do not (a zone, an unusual spelling): the general path. */
+function writeOther(ip: string, out: Buffer, off: number): void {
+  const family = isIP(ip);
+  if (family === 0) throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
+  const bare = ip.replace(/%.*$/, '');
+  if (family === 4 || !writeV6(bare, out, off)) throw new CodecError(`not an IP address this agent stores: ${JSON.stringify(ip)}`);
+}
+
+/** 16 bytes at `off`, network order; IPv4 as ::ffff:a.b.c.d. Throws CodecError on anything else. */
+export function writeAddr(ip: string, out: Buffer, off: number): void {
+  if (ip.includes(':')) {
+    if (!writeV6(ip, out, off)) writeOther(ip, out, off);
+    return;
+  }
+  if (!writeV4(ip, 0, ip.length, out, off + 12)) throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
+  zero(out, off, off + 10);
+  out[off + 10] = 0xff;
+  out[off + 11] = 0xff;
 }
 
 /** 16 bytes, network order; IPv4 as ::ffff:a.b.c.d. Throws CodecError on anything else. */
 export function encodeAddr(ip: string): Buffer {
-  const family = isIP(ip);
-  if (family === 4) {
-    const out = Buffer.alloc(16);
-    out[10] = 0xff;
-    out[11] = 0xff;
-    parseV4(ip).copy(out, 12);
-    return out;
-  }
-  if (family === 6) return parseV6(ip);
-  throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
+  const out = Buffer.allocUnsafe(16);
+  writeAddr(ip, out, 0);
+  return out;
 }
 
 const V4_MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
@@ -88,7 +176,9 @@ const V4_MAPPED = Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
 /** Inverse of encodeAddr: IPv4-mapped addresses come back as dotted quads. */
 export function decodeAddr(buf: Buffer): string {
   if (buf.length !== 16) throw new CodecError(`address must be 16 bytes, got ${buf.length}`);
-  if (buf.subarray(0, 12).equals(V4_MAPPED)) return [...buf.subarray(12)].join('.');
+  let mapped = true;
+  for (let i = 0; i < 12 && mapped; i++) mapped = buf[i] === V4_MAPPED[i];
+  if (mapped) return `${buf[12]}.${buf[13]}.${buf[14]}.${buf[15]}`;
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push(buf.readUInt16BE(i).toString(16));
   // Compress the longest run of zero groups (RFC 5952).
@@ -111,10 +201,21 @@ export function decodeAddr(buf: Buffer): string {
   return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
 }
 
-function encodeMac(mac: string): Buffer {
-  const parts = mac.split(':');
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{2}$/.test(p))) throw new CodecError(`not a MAC address: ${JSON.stringify(mac)}`);
-  return Buffer.from(parts.map((p) => parseInt(p, 16)));
+function hex(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  const l = c | 0x20;
+  return l >= 97 && l <= 102 ? l - 87 : -1;
+}
+
+function writeMac(mac: string, out: Buffer, off: number): void {
+  const bad = () => new CodecError(`not a MAC address: ${JSON.stringify(mac)}`);
+  if (mac.length !== 17) throw bad();
+  for (let i = 0; i < 6; i++) {
+    const hi = hex(mac.charCodeAt(i * 3));
+    const lo = hex(mac.charCodeAt(i * 3 + 1));
+    if (hi < 0 || lo < 0 || (i < 5 && mac.charCodeAt(i * 3 + 2) !== 58)) throw bad();
+    out[off + i] = (hi << 4) | lo;
+  }
 }
 
 function decodeMac(buf: Buffer): string {
@@ -136,9 +237,17 @@ function u16(value: number, what: string): number {
 /** Key of the pods and dns_servers maps. */
 export const ADDR_KEY_SIZE = layouts.addr_key.size;
 
+const ADDR_KEY_ADDR = field(layouts.addr_key, 'addr');
+
+/** The key at `off` of a packed buffer (padding zeroed). */
+export function writeAddrKey(ip: string, out: Buffer, off: number): void {
+  zero(out, off, off + ADDR_KEY_SIZE);
+  writeAddr(ip, out, off + ADDR_KEY_ADDR.offset);
+}
+
 export function encodeAddrKey(ip: string): Buffer {
-  const key = Buffer.alloc(ADDR_KEY_SIZE);
-  encodeAddr(ip).copy(key, field(layouts.addr_key, 'addr').offset);
+  const key = Buffer.allocUnsafe(ADDR_KEY_SIZE);
+  writeAddrKey(ip, key, 0);
   return key;
 }
 
@@ -162,13 +271,41 @@ export function decodeU32Key(buf: Buffer): number {
 
 export const POD_INFO_SIZE = layouts.pod_info.size;
 
+const POD_INFO = { ifindex: field(layouts.pod_info, 'ifindex'), mac: field(layouts.pod_info, 'mac'), flags: field(layouts.pod_info, 'flags') };
+
+/** The value at `off` of a packed buffer (padding zeroed). */
+export function writePodInfo(v: PodInfo, out: Buffer, off: number): void {
+  zero(out, off, off + POD_INFO_SIZE);
+  out.writeUInt32LE(u32(v.ifindex, 'ifindex'), off + POD_INFO.ifindex.offset);
+  writeMac(v.mac, out, off + POD_INFO.mac.offset);
+  out.writeUInt16LE(u16(v.flags, 'flags'), off + POD_INFO.flags.offset);
+}
+
 export function encodePodInfo(v: PodInfo): Buffer {
-  const l = layouts.pod_info;
-  const buf = Buffer.alloc(l.size);
-  buf.writeUInt32LE(u32(v.ifindex, 'ifindex'), field(l, 'ifindex').offset);
-  encodeMac(v.mac).copy(buf, field(l, 'mac').offset);
-  buf.writeUInt16LE(u16(v.flags, 'flags'), field(l, 'flags').offset);
+  const buf = Buffer.allocUnsafe(POD_INFO_SIZE);
+  writePodInfo(v, buf, 0);
   return buf;
+}
+
+/** Pods packed for one batch update: keys back to back, values back to back. */
+export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (readonly [string, PodInfo])[]): { keys: Buffer; values: Buffer; count: number } {
+  // Iterated in place: copying 65,536 entries into an array first costs more than packing them.
+  const count = entries instanceof Map ? entries.size : (entries as readonly unknown[]).length;
+  const keys = Buffer.allocUnsafe(count * ADDR_KEY_SIZE);
+  const values = Buffer.allocUnsafe(count * POD_INFO_SIZE);
+  let i = 0;
+  for (const [ip, info] of entries) {
+    writeAddrKey(ip, keys, i * ADDR_KEY_SIZE);
+    writePodInfo(info, values, i * POD_INFO_SIZE);
+    i++;
+  }
+  return { keys, values, count };
+}
+
+/** The ifindex of a pods-map value, alone. */
+export function decodePodIfindex(buf: Buffer): number {
+  if (buf.length !== POD_INFO_SIZE) throw new CodecError(`pod_info must be ${POD_INFO_SIZE} bytes, got ${buf.length}`);
+  return buf.readUInt32LE(POD_INFO.ifindex.offset);
 }
 
 export function decodePodInfo(buf: Buffer): PodInfo {
@@ -193,7 +330,7 @@ export function encodeZtunnelInfo(v: ZtunnelInfo): Buffer {
   const buf = Buffer.alloc(l.size);
   buf.writeUInt32LE(u32(v.ifindex, 'ifindex'), field(l, 'ifindex').offset);
   buf.writeUInt32LE(u32(v.peerIfindex, 'peer_ifindex'), field(l, 'peer_ifindex').offset);
-  encodeMac(v.mac).copy(buf, field(l, 'mac').offset);
+  writeMac(v.mac, buf, field(l, 'mac').offset);
   buf.writeUInt16LE(u16(v.flags, 'flags'), field(l, 'flags').offset);
   buf.writeBigUInt64LE(v.netnsCookie, field(l, 'netns_cookie').offset);
   return buf;
@@ -283,14 +420,25 @@ export function zeroCounters(): PodCounters {
  * Sums a per-CPU value as the kernel returns it: one struct per possible CPU, each
  * rounded up to 8 bytes.
  */
+/** Each counter with its offset, computed once (a scrape decodes every pod's counters). */
+const COUNTER_OFFSETS = (Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]).map(
+  ([k, f]) => [k, layouts.pod_counters.fields[f].offset] as const,
+);
+
 export function decodePodCountersPerCpu(buf: Buffer): PodCounters {
   const stride = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
   if (buf.length % stride !== 0) throw new CodecError(`per-CPU counters: ${buf.length} bytes is not a multiple of ${stride}`);
   const sum = zeroCounters();
-  for (let cpu = 0; cpu < buf.length; cpu += stride) {
-    for (const [k, f] of Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]) {
-      sum[k] += buf.readBigUInt64LE(cpu + layouts.pod_counters.fields[f].offset);
+  for (const [k, offset] of COUNTER_OFFSETS) {
+    // Summed as two 32-bit halves in plain numbers (exact below 2^53 per half-sum, i.e.
+    // for any count of CPUs), one BigInt per counter: a scrape decodes every pod.
+    let lo = 0;
+    let hi = 0;
+    for (let cpu = 0; cpu < buf.length; cpu += stride) {
+      lo += buf.readUInt32LE(cpu + offset);
+      hi += buf.readUInt32LE(cpu + offset + 4);
     }
+    sum[k] = (BigInt(hi) << 32n) + BigInt(lo);
   }
   return sum;
 }

@@ -98,6 +98,9 @@ const c = {
   bpf_map_update_elem: bpf.func('int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)'),
   bpf_map_lookup_elem: bpf.func('int bpf_map_lookup_elem(int fd, const void *key, _Out_ void *value)'),
   bpf_map_update_batch: bpf.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, const void *opts)'),
+  bpf_map_lookup_batch: bpf.func(
+    'int bpf_map_lookup_batch(int fd, const void *in_batch, _Out_ void *out_batch, _Out_ void *keys, _Out_ void *values, _Inout_ uint32_t *count, const void *opts)',
+  ),
   bpf_map_delete_elem: bpf.func('int bpf_map_delete_elem(int fd, const void *key)'),
   bpf_map_get_next_key: bpf.func('int bpf_map_get_next_key(int fd, const void *key, _Out_ void *next_key)'),
   bpf_obj_get: bpf.func('int bpf_obj_get(const char *pathname)'),
@@ -260,6 +263,27 @@ export function mapUpdateBatch(fd: number, name: string, keys: Buffer, values: B
   const n = [count];
   checkInt('bpf_map_update_batch', name, c.bpf_map_update_batch(fd, keys, values, n, null));
   return n[0]!;
+}
+
+/**
+ * Reads up to `count` entries after the position `inBatch` (null: from the start) into
+ * `keys` and `values`, and the next position into `outBatch`. Returns how many it read
+ * and whether the walk is over (ENOENT: the last entries are in this answer).
+ */
+export function mapLookupBatch(
+  fd: number,
+  name: string,
+  inBatch: Buffer | null,
+  outBatch: Buffer,
+  keys: Buffer,
+  values: Buffer,
+  count: number,
+): { count: number; done: boolean } {
+  const n = [count];
+  const ret = c.bpf_map_lookup_batch(fd, inBatch, outBatch, keys, values, n, null) as number;
+  if (ret === -2 /* ENOENT */) return { count: n[0]!, done: true };
+  checkInt('bpf_map_lookup_batch', name, ret);
+  return { count: n[0]!, done: false };
 }
 
 export function mapDeleteElem(fd: number, name: string, key: Buffer): void {

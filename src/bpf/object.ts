@@ -90,6 +90,40 @@ export class BpfMap {
     ffi.mapUpdateElem(this.fd, this.name, key, value, flags);
   }
 
+  /**
+   * Writes `count` entries packed back to back (`keys`: count × keySize, `values`: count ×
+   * bufferSize) in one syscall where the kernel has batch operations (5.6+), else one
+   * update per entry. Either way, on an error the entries before it stay written.
+   */
+  updateBatch(keys: Buffer, values: Buffer, count: number): void {
+    if (count === 0) return;
+    this.checkSize('keys', keys, count * this.keySize);
+    this.checkSize('values', values, count * this.bufferSize);
+    if (!BpfMap.noBatch) {
+      try {
+        const n = ffi.mapUpdateBatch(this.fd, this.name, keys, values, count);
+        if (n === count) return;
+        throw new BpfError('bpf_map_update_batch', this.name, 5 /* EIO */, `wrote ${n} of ${count} entries`);
+      } catch (err) {
+        // Before 5.6 the command is unknown (EINVAL before anything is written); some map
+        // types have no batch operations (ENOTSUPP, EOPNOTSUPP).
+        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
+        BpfMap.noBatch = true;
+      }
+    }
+    for (let i = 0; i < count; i++) {
+      ffi.mapUpdateElem(
+        this.fd,
+        this.name,
+        keys.subarray(i * this.keySize, (i + 1) * this.keySize),
+        values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize),
+      );
+    }
+  }
+
+  /** Set once the kernel refused a batch update as unknown: every later one goes entry by entry. */
+  private static noBatch = false;
+
   lookup(key: Buffer): Buffer | null {
     this.checkSize('key', key, this.keySize);
     const value = Buffer.alloc(this.bufferSize);
@@ -121,7 +155,20 @@ export class BpfMap {
   }
 
   /** All entries; an entry deleted between the key walk and its lookup is left out. */
+  /**
+   * Every entry, read in batches of up to 4,096 (one syscall each) where the kernel has
+   * batch lookups (5.6+), else key by key with get_next_key and lookup. Not a snapshot
+   * either way: entries changing meanwhile may be seen or not.
+   */
   entries(): [Buffer, Buffer][] {
+    if (!BpfMap.noLookupBatch) {
+      try {
+        return this.entriesBatched();
+      } catch (err) {
+        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
+        BpfMap.noLookupBatch = true;
+      }
+    }
     const out: [Buffer, Buffer][] = [];
     for (const k of this.keys()) {
       const v = this.lookup(k);
@@ -129,6 +176,38 @@ export class BpfMap {
     }
     return out;
   }
+
+  private entriesBatched(): [Buffer, Buffer][] {
+    const out: [Buffer, Buffer][] = [];
+    // The position token: a bucket index for hash maps, a key for arrays.
+    const tokenSize = Math.max(8, this.keySize);
+    let inBatch: Buffer | null = null;
+    let chunk = Math.min(4096, Math.max(1, this.maxEntries));
+    for (;;) {
+      const outBatch = Buffer.alloc(tokenSize);
+      const keys = Buffer.allocUnsafe(chunk * this.keySize);
+      const values = Buffer.allocUnsafe(chunk * this.bufferSize);
+      let r: { count: number; done: boolean };
+      try {
+        r = ffi.mapLookupBatch(this.fd, this.name, inBatch, outBatch, keys, values, chunk);
+      } catch (err) {
+        // A hash bucket holds more entries than the chunk: ask again with room for it.
+        if (err instanceof BpfError && err.errno === 28 /* ENOSPC */ && chunk < this.maxEntries) {
+          chunk = Math.min(this.maxEntries, chunk * 2);
+          continue;
+        }
+        throw err;
+      }
+      for (let i = 0; i < r.count; i++) {
+        out.push([keys.subarray(i * this.keySize, (i + 1) * this.keySize), values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize)]);
+      }
+      if (r.done) return out;
+      inBatch = outBatch;
+    }
+  }
+
+  /** Set once the kernel refused a batch lookup as unknown: every later walk goes key by key. */
+  private static noLookupBatch = false;
 
   close(): void {
     if (this.closed) return;

@@ -1,8 +1,10 @@
 /**
- * What the controller needs to know about the node's links and routes, read in bulk with
- * one `ip -j` call per table (never one process per pod).
+ * What the controller needs to know about the node's links and routes: this netns's read
+ * in bulk over rtnetlink in-process (src/host/netlink.ts; no process per pass), another
+ * netns's with one `ip -n NS -j` call (never one process per pod).
  */
 import type { HostNet, Link } from '../core/node.js';
+import { AF_INET, AF_INET6, dumpLinks, dumpRoutes, hostRoutes, netnsIds, type NlLink } from './netlink.js';
 import type { CommandRunner } from './runner.js';
 
 export type { HostNet, Link } from '../core/node.js';
@@ -63,16 +65,35 @@ export function parseNetns(text: string): Map<number, string> {
   return out;
 }
 
-export async function readHostNet(runner: CommandRunner): Promise<HostNet> {
-  const [links, routes4, routes6, netns] = await Promise.all([
-    runner.run(['ip', '-j', '-d', 'link', 'show']),
-    runner.run(['ip', '-j', '-4', 'route', 'show', 'table', 'main']),
-    runner.run(['ip', '-j', '-6', 'route', 'show', 'table', 'main']),
-    runner.run(['ip', '-j', 'netns', 'list']),
-  ]);
-  const hostRoutes = parseHostRoutes(routes4);
-  for (const [ip, dev] of parseHostRoutes(routes6)) hostRoutes.set(ip, dev);
-  return { links: parseLinks(links), hostRoutes, netnsById: parseNetns(netns) };
+/** Links as the controller sees them (a veth's peer only when it lives in another netns). */
+export function linksFromNetlink(links: readonly NlLink[]): Map<number, Link> {
+  const out = new Map<number, Link>();
+  for (const l of links) {
+    const link: Link = { ifindex: l.ifindex, name: l.name, mac: l.mac ?? '00:00:00:00:00:00' };
+    if (l.link !== undefined && l.link !== 0 && l.linkNetnsId !== undefined && l.linkNetnsId >= 0) {
+      link.peerIfindex = l.link;
+      link.peerNetnsId = l.linkNetnsId;
+    }
+    out.set(l.ifindex, link);
+  }
+  return out;
+}
+
+/**
+ * This netns's links, main-table host routes and netns ids, over rtnetlink. `_runner` is
+ * kept for the callers' shape (and the tests' fakes); nothing is spawned.
+ */
+export async function readHostNet(_runner?: CommandRunner): Promise<HostNet> {
+  const nl = dumpLinks();
+  const links = linksFromNetlink(nl);
+  const routes = new Map<string, string>();
+  for (const family of [AF_INET, AF_INET6] as const) {
+    for (const [ip, oif] of hostRoutes(dumpRoutes(family))) {
+      const dev = links.get(oif)?.name;
+      if (dev) routes.set(ip, dev);
+    }
+  }
+  return { links, hostRoutes: routes, netnsById: netnsIds() };
 }
 
 /** The links of a named netns (for the MAC of ztunnel's eth0). */
@@ -80,9 +101,10 @@ export async function readLinksIn(runner: CommandRunner, netns: string): Promise
   return parseLinks(await runner.run(['ip', '-n', netns, '-j', 'link', 'show']));
 }
 
-/** Each device's kind (`veth`, `netkit`, ...; null for none) from one `ip -d -j link show`. */
+/** Each device's kind (`veth`, `netkit`, ...; null for none): over rtnetlink here, one `ip -d -j link show` in another netns. */
 export async function linkKinds(runner: CommandRunner, netns?: string): Promise<Map<number, string | null>> {
-  const ns = netns ? ['-n', netns] : [];
+  if (!netns) return new Map(dumpLinks().map((l) => [l.ifindex, l.kind ?? null]));
+  const ns = ['-n', netns];
   const text = (await runner.run(['ip', ...ns, '-d', '-j', 'link', 'show'])).trim();
   const out = new Map<number, string | null>();
   if (text === '') return out;

@@ -1,13 +1,14 @@
 /**
  * HTTP to the API server with the credentials of a kubeconfig (or the in-cluster service
- * account). @kubernetes/client-node gives us the configuration and authentication; the
+ * account). @kubernetes/client-node gives us the configuration and authentication (its
+ * parts, src/kube/config.ts, not its generated API); the
  * requests themselves are ours so that every one has a timeout and a watch can be cut at
  * any moment (the client's Watch cannot be aborted before the response headers arrive).
  */
 import http from 'node:http';
 import https from 'node:https';
 import { createInterface } from 'node:readline';
-import { KubeConfig } from '@kubernetes/client-node';
+import { KubeConfig } from './config.js';
 
 export class KubeError extends Error {
   constructor(
@@ -38,9 +39,7 @@ export interface KubeSource {
 }
 
 export function loadKubeConfig(src: KubeSource): KubeConfig {
-  const kc = new KubeConfig();
-  if (src.kubeconfig) kc.loadFromFile(src.kubeconfig);
-  else kc.loadFromCluster();
+  const kc = src.kubeconfig ? KubeConfig.fromFile(src.kubeconfig) : KubeConfig.fromCluster();
   if (!kc.getCurrentCluster()) throw new Error('the kubeconfig names no current cluster');
   return kc;
 }

@@ -58,6 +58,33 @@ const VERDICTS = [
   ['passed', 'passedPackets', 'passedBytes'],
 ] as const satisfies readonly (readonly [string, keyof PodCounters, keyof PodCounters])[];
 
+/**
+ * Pod addresses with series of their own; the rest are summed under pod_ip="other". A node
+ * runs a few hundred pods at most: the cap only bounds a scrape of an overfull map (65,536
+ * entries would be 393,216 series, tens of megabytes of text).
+ */
+export const MAX_POD_SERIES = 1024;
+
+type Labels = { pod_ip: string; namespace: string; pod: string; verdict: string };
+
+/** The values of one per-pod family: a series per pod and verdict, up to MAX_POD_SERIES pods. */
+export function podValues(samples: readonly PodCounterSample[], index: 1 | 2, podName?: MetricSources['podName']): { labels: Labels; value: number }[] {
+  const out: { labels: Labels; value: number }[] = [];
+  const other = [0n, 0n, 0n];
+  samples.forEach((s, i) => {
+    if (i >= MAX_POD_SERIES) {
+      VERDICTS.forEach((v, k) => (other[k]! += s.counters[v[index]]));
+      return;
+    }
+    const n = podName?.(s.ip) ?? null;
+    for (const v of VERDICTS)
+      out.push({ labels: { pod_ip: s.ip, namespace: n?.namespace ?? '', pod: n?.pod ?? '', verdict: v[0] }, value: Number(s.counters[v[index]]) });
+  });
+  if (samples.length > MAX_POD_SERIES)
+    VERDICTS.forEach((v, k) => out.push({ labels: { pod_ip: 'other', namespace: '', pod: '', verdict: v[0] }, value: Number(other[k]) }));
+  return out;
+}
+
 /** Attachments that re-hooked a veth the maps already knew (drift repaired), not new pods. */
 export function reattachments(p: Pick<PassSummary, 'attached' | 'upserted'>): number {
   return Math.max(0, p.attached - p.upserted);
@@ -144,24 +171,27 @@ export class AgentMetrics {
       },
     });
 
-    const podLabels = (ip: string) => {
-      const n = sources.podName?.(ip) ?? null;
-      return { pod_ip: ip, namespace: n?.namespace ?? '', pod: n?.pod ?? '' };
+    // Both per-pod families come from one read of the maps per scrape (the collectors of a
+    // scrape run in one turn of the loop), and are handed to prom-client as finished values:
+    // its per-label inc() cost tens of microseconds a series, seconds at full maps.
+    let turn: PodCounterSample[] | null = null;
+    const samples = (): PodCounterSample[] => {
+      if (!turn) {
+        turn = sources.podCounters?.() ?? [];
+        setImmediate(() => {
+          turn = null;
+        }).unref();
+      }
+      return turn;
     };
     const perPod = (name: string, help: string, index: 1 | 2) =>
-      new Counter({
+      this.registry.registerMetric({
         name,
         help,
-        labelNames: ['pod_ip', 'namespace', 'pod', 'verdict'],
-        registers,
-        collect() {
-          this.reset();
-          for (const s of sources.podCounters?.() ?? []) {
-            const labels = podLabels(s.ip);
-            for (const v of VERDICTS) this.inc({ ...labels, verdict: v[0] }, Number(s.counters[v[index]]));
-          }
-        },
-      });
+        type: 'counter',
+        get: async () => ({ name, help, type: 'counter', aggregator: 'sum', values: podValues(samples(), index, sources.podName) }),
+        reset: () => {},
+      } as unknown as Counter);
     perPod(
       `${PREFIX}pod_packets_total`,
       'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs',

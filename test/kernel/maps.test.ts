@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { MapType, openPinnedMap, PINNED_MAPS } from '../../src/bpf/maps.js';
-import { PinnedMapMismatchError } from '../../src/bpf/object.js';
+import { BpfMap, PinnedMapMismatchError } from '../../src/bpf/object.js';
 import { pinDir } from '../../src/bpf/pins.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { pinnedMaps } from '../../src/metrics/pinned.js';
@@ -77,5 +77,25 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
       m.close();
     }
     expect(pinnedMaps(root).entries('counters')).toEqual([]);
+  });
+
+  it('a batch update writes every packed entry where bpftool reads it, and refuses a short buffer', async () => {
+    await create('batch', 'hash', codec.ADDR_KEY_SIZE, codec.POD_INFO_SIZE);
+    const m = BpfMap.openPinned(join(dir, 'batch'), 'batch', { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: 8, perCpu: false });
+    try {
+      const pods = new Map([
+        ['10.1.2.3', { ifindex: 11, mac: '0a:58:0a:01:02:03', flags: codec.PodFlags.ENROLLED }],
+        ['fd00::7', { ifindex: 12, mac: '0a:58:00:00:00:07', flags: 0 }],
+      ]);
+      const p = codec.packPods(pods);
+      m.updateBatch(p.keys, p.values, p.count);
+      const dump = JSON.parse(await systemRunner.run(['bpftool', '-j', 'map', 'dump', 'pinned', join(dir, 'batch')])) as { key: string[]; value: string[] }[];
+      const bytes = (xs: string[]) => Buffer.from(xs.map((x) => parseInt(x, 16)));
+      const got = new Map(dump.map((e) => [codec.decodeAddrKey(bytes(e.key)), codec.decodePodInfo(bytes(e.value))]));
+      expect(got).toEqual(pods);
+      expect(() => m.updateBatch(p.keys.subarray(1), p.values, p.count)).toThrow(/keys is 31 bytes, map wants 32/);
+    } finally {
+      m.close();
+    }
   });
 });

@@ -15,6 +15,8 @@ import {
   type MetricsServer,
   type PinnedMaps,
 } from '../../src/metrics/index.js';
+import { cachePerTurn } from '../../src/metrics/pinned.js';
+import { MAX_POD_SERIES } from '../../src/metrics/registry.js';
 
 /** The value of one sample line of the exposition text, or undefined. */
 function sample(text: string, name: string, labels: Record<string, string> = {}): number | undefined {
@@ -188,6 +190,53 @@ describe('AgentMetrics', () => {
     expect(sample(text, 'ambient_redirect_watch_restarts_total', { watch: 'pods' })).toBe(4);
     expect(sample(text, 'ambient_redirect_capture_mode', { mode: 'iptables', requested: 'ebpf', fallback: 'true' })).toBeUndefined();
     expect(sample(text, 'ambient_redirect_capture_mode', { mode: 'ebpf', requested: 'auto', fallback: 'false' })).toBe(1);
+  });
+
+  it('reads the pod counters once per scrape for both families, and again on the next scrape', async () => {
+    let reads = 0;
+    const counters = { ...codec.zeroCounters(), redirectedPackets: 3n, redirectedBytes: 300n };
+    const m = new AgentMetrics({
+      podCounters: () => {
+        reads++;
+        return [{ ip: '10.0.0.1', ifindex: 4, counters }];
+      },
+    });
+    const first = await m.metrics();
+    expect(reads).toBe(1);
+    expect(sample(first, 'ambient_redirect_pod_packets_total', { pod_ip: '10.0.0.1', namespace: '', pod: '', verdict: 'redirected' })).toBe(3);
+    expect(sample(first, 'ambient_redirect_pod_bytes_total', { pod_ip: '10.0.0.1', namespace: '', pod: '', verdict: 'redirected' })).toBe(300);
+    await new Promise((r) => setImmediate(r));
+    await m.metrics();
+    expect(reads).toBe(2);
+  });
+
+  it(`caps per-pod series at ${MAX_POD_SERIES} addresses and sums the rest under pod_ip="other"`, async () => {
+    const one = { ...codec.zeroCounters(), droppedPackets: 1n, passedBytes: 10n };
+    const pods = Array.from({ length: MAX_POD_SERIES + 5 }, (_, i) => ({ ip: `10.1.${i >> 8}.${i & 255}`, ifindex: i, counters: one }));
+    const text = await new AgentMetrics({ podCounters: () => pods }).metrics();
+    const series = text.split('\n').filter((l) => l.startsWith('ambient_redirect_pod_packets_total{'));
+    expect(series).toHaveLength((MAX_POD_SERIES + 1) * 3);
+    expect(sample(text, 'ambient_redirect_pod_packets_total', { pod_ip: 'other', namespace: '', pod: '', verdict: 'dropped' })).toBe(5);
+    expect(sample(text, 'ambient_redirect_pod_bytes_total', { pod_ip: 'other', namespace: '', pod: '', verdict: 'passed' })).toBe(50);
+    expect(sample(text, 'ambient_redirect_pod_packets_total', { pod_ip: '10.1.0.0', namespace: '', pod: '', verdict: 'dropped' })).toBe(1);
+  });
+
+  it('a pinned-map reader reads each map once per turn of the loop', async () => {
+    let walks = 0;
+    const raw: PinnedMaps = {
+      entries: () => {
+        walks++;
+        return [];
+      },
+    };
+    const cached = cachePerTurn(raw);
+    mapUsage(cached);
+    mapUsage(cached);
+    podCounters(cached);
+    expect(walks).toBe(4); // pods, counters, dns_servers, host_flows: once each
+    await new Promise((r) => setImmediate(r));
+    mapUsage(cached);
+    expect(walks).toBe(8);
   });
 
   it('counts a re-attachment only where a veth was hooked again without a new pod entry', () => {

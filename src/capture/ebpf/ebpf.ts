@@ -165,7 +165,9 @@ export class EbpfRedirect implements RedirectMode {
 
     const podDiff = diffPods(desired.pods, actual.pods);
     // Entries before hooks: a program attached to a veth finds its pod already there.
-    for (const [ip, info] of podDiff.upserts) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(info));
+    // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
+    const packed = codec.packPods(podDiff.upserts);
+    pods.updateBatch(packed.keys, packed.values, packed.count);
 
     const hookDiff = diffHooks(desired.hooks, actual.hooks);
     const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];

@@ -1,0 +1,254 @@
+/**
+ * rtnetlink dumps of this process's netns, in-process (koffi: socket, sendto, recv): the
+ * links, the main table's routes and the netns ids, what `ip -j link|route|netns` printed
+ * for src/host/netinfo.ts at four process spawns per pass. Synchronous: a dump is answered
+ * by the kernel at once, and a few hundred links read in well under a millisecond.
+ * With src/bpf/ffi.ts and src/host/libc.ts, one of the three modules that import koffi.
+ */
+import koffi from 'koffi';
+import { closeSync, openSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { errnoName } from '../bpf/errors.js';
+
+const libc = koffi.load('libc.so.6');
+const c = {
+  socket: libc.func('int socket(int domain, int type, int protocol)'),
+  bind: libc.func('int bind(int fd, const void *addr, uint32_t len)'),
+  send: libc.func('intptr_t send(int fd, const void *buf, size_t len, int flags)'),
+  recv: libc.func('intptr_t recv(int fd, _Out_ void *buf, size_t len, int flags)'),
+  close: libc.func('int close(int fd)'),
+};
+
+export class NetlinkError extends Error {
+  constructor(op: string, errno: number) {
+    super(`netlink ${op}: ${errnoName(errno)}`);
+    this.name = 'NetlinkError';
+  }
+}
+
+const AF_NETLINK = 16;
+const AF_UNSPEC = 0;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+const SOCK_RAW = 3;
+const SOCK_CLOEXEC = 0o2000000;
+const NETLINK_ROUTE = 0;
+const NLM_F_REQUEST = 0x1;
+const NLM_F_DUMP = 0x300;
+const NLMSG_ERROR = 2;
+const NLMSG_DONE = 3;
+const RTM_NEWLINK = 16;
+const RTM_GETLINK = 18;
+const RTM_NEWROUTE = 24;
+const RTM_GETROUTE = 26;
+const RTM_NEWNSID = 88;
+const RTM_GETNSID = 90;
+const IFLA_ADDRESS = 1;
+const IFLA_IFNAME = 3;
+const IFLA_LINK = 5;
+const IFLA_LINKINFO = 18;
+const IFLA_INFO_KIND = 1;
+const IFLA_LINK_NETNSID = 37;
+const RTA_DST = 1;
+const RTA_OIF = 4;
+const RTA_TABLE = 15;
+const RT_TABLE_MAIN = 254;
+const RTN_UNICAST = 1;
+const RTM_F_CLONED = 0x200;
+const NETNSA_NSID = 1;
+const NETNSA_FD = 3;
+
+export interface NlLink {
+  ifindex: number;
+  name: string;
+  /** Lower-case, colon-separated; absent when the link has no hardware address. */
+  mac?: string;
+  /** IFLA_LINK: the peer's ifindex (a veth's other end). */
+  link?: number;
+  /** IFLA_LINK_NETNSID: the peer's netns id, when it lives in another netns. */
+  linkNetnsId?: number;
+  /** IFLA_INFO_KIND: veth, netkit, bridge...; absent for a device without one. */
+  kind?: string;
+}
+
+export interface NlRoute {
+  family: number;
+  dst: string;
+  dstLen: number;
+  oif?: number;
+  table: number;
+  type: number;
+  flags: number;
+}
+
+let seq = 1;
+
+/** One request, every message of its answer (a dump's several datagrams), raw. */
+function request(type: number, flags: number, body: Buffer): Buffer[] {
+  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
+  if (fd < 0) throw new NetlinkError('socket', koffi.errno());
+  try {
+    const addr = Buffer.alloc(12); // sockaddr_nl, pid 0: the kernel assigns one
+    addr.writeUInt16LE(AF_NETLINK, 0);
+    if ((c.bind(fd, addr, addr.length) as number) < 0) throw new NetlinkError('bind', koffi.errno());
+    const mySeq = seq++;
+    const msg = Buffer.alloc(16 + align(body.length));
+    msg.writeUInt32LE(msg.length, 0);
+    msg.writeUInt16LE(type, 4);
+    msg.writeUInt16LE(flags | NLM_F_REQUEST, 6);
+    msg.writeUInt32LE(mySeq, 8);
+    body.copy(msg, 16);
+    if ((c.send(fd, msg, msg.length, 0) as number) < 0) throw new NetlinkError('send', koffi.errno());
+    const out: Buffer[] = [];
+    const buf = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const n = Number(c.recv(fd, buf, buf.length, 0));
+      if (n < 0) throw new NetlinkError('recv', koffi.errno());
+      for (let off = 0; off + 16 <= n; ) {
+        const len = buf.readUInt32LE(off);
+        const t = buf.readUInt16LE(off + 4);
+        if (len < 16 || off + len > n) throw new NetlinkError('recv (a truncated message)', 5 /* EIO */);
+        if (buf.readUInt32LE(off + 8) === mySeq) {
+          if (t === NLMSG_DONE) return out;
+          if (t === NLMSG_ERROR) {
+            const err = buf.readInt32LE(off + 16);
+            if (err !== 0) throw new NetlinkError(`request ${type}`, -err);
+            return out; // an ACK
+          }
+          out.push(Buffer.from(buf.subarray(off, off + len)));
+          if (!(flags & NLM_F_DUMP)) return out;
+        }
+        off += align(len);
+      }
+    }
+  } finally {
+    c.close(fd);
+  }
+}
+
+const align = (n: number) => (n + 3) & ~3;
+
+/** The attributes of a message after its fixed header, by type (the last one wins). */
+function attrs(msg: Buffer, from: number): Map<number, Buffer> {
+  const out = new Map<number, Buffer>();
+  for (let off = from; off + 4 <= msg.length; ) {
+    const len = msg.readUInt16LE(off);
+    if (len < 4) break;
+    out.set(msg.readUInt16LE(off + 2) & 0x3fff, msg.subarray(off + 4, off + len));
+    off += align(len);
+  }
+  return out;
+}
+
+const cstr = (b: Buffer) => b.toString('utf8', 0, b.indexOf(0) < 0 ? b.length : b.indexOf(0));
+
+/** Every link of this netns. */
+export function dumpLinks(): NlLink[] {
+  const ifinfo = Buffer.alloc(16); // struct ifinfomsg, family AF_UNSPEC
+  return request(RTM_GETLINK, NLM_F_DUMP, ifinfo)
+    .filter((m) => m.readUInt16LE(4) === RTM_NEWLINK)
+    .map((m) => {
+      const a = attrs(m, 16 + 16);
+      const link: NlLink = { ifindex: m.readInt32LE(16 + 4), name: cstr(a.get(IFLA_IFNAME) ?? Buffer.alloc(0)) };
+      const mac = a.get(IFLA_ADDRESS);
+      if (mac?.length) link.mac = [...mac].map((b) => b.toString(16).padStart(2, '0')).join(':');
+      const peer = a.get(IFLA_LINK);
+      if (peer && peer.length >= 4) link.link = peer.readUInt32LE(0);
+      const nsid = a.get(IFLA_LINK_NETNSID);
+      if (nsid && nsid.length >= 4) link.linkNetnsId = nsid.readInt32LE(0);
+      const info = a.get(IFLA_LINKINFO);
+      const kind = info && attrs(info, 0).get(IFLA_INFO_KIND);
+      if (kind) link.kind = cstr(kind);
+      return link;
+    });
+}
+
+/** Every route of one family (all tables; the caller filters). */
+export function dumpRoutes(family: typeof AF_INET | typeof AF_INET6): NlRoute[] {
+  const rtmsg = Buffer.alloc(12);
+  rtmsg.writeUInt8(family, 0);
+  return request(RTM_GETROUTE, NLM_F_DUMP, rtmsg)
+    .filter((m) => m.readUInt16LE(4) === RTM_NEWROUTE)
+    .map((m) => {
+      const a = attrs(m, 16 + 12);
+      const fam = m.readUInt8(16);
+      const dst = a.get(RTA_DST);
+      const table = a.get(RTA_TABLE);
+      const oif = a.get(RTA_OIF);
+      return {
+        family: fam,
+        dstLen: m.readUInt8(17),
+        dst: dst ? formatAddr(fam, dst) : '',
+        table: table && table.length >= 4 ? table.readUInt32LE(0) : m.readUInt8(20),
+        type: m.readUInt8(23),
+        flags: m.readUInt32LE(24),
+        ...(oif && oif.length >= 4 && { oif: oif.readUInt32LE(0) }),
+      };
+    });
+}
+
+function formatAddr(family: number, b: Buffer): string {
+  if (family === AF_INET) return `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(b.readUInt16BE(i).toString(16));
+  // RFC 5952: the longest run of two or more zero groups becomes "::" (the first of equals).
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && groups[j] === '0') j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j > i ? j : i + 1;
+  }
+  if (best < 0) return groups.join(':');
+  return `${groups.slice(0, best).join(':')}::${groups.slice(best + bestLen).join(':')}`;
+}
+
+/** Host routes (/32, /128) of the main table with an output device: address -> ifindex. */
+export function hostRoutes(routes: readonly NlRoute[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const r of routes) {
+    if (r.table !== RT_TABLE_MAIN || r.type !== RTN_UNICAST || r.flags & RTM_F_CLONED || r.oif === undefined) continue;
+    if (r.dstLen !== (r.family === AF_INET ? 32 : 128)) continue;
+    out.set(r.dst, r.oif);
+  }
+  return out;
+}
+
+/** The id this netns gives another (named under `dir`, as `ip netns` keeps them), or null when none is assigned. */
+export function netnsIds(dir = '/run/netns'): Map<number, string> {
+  const out = new Map<number, string>();
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    let fd: number;
+    try {
+      fd = openSync(join(dir, name), 'r');
+    } catch {
+      continue;
+    }
+    try {
+      const body = Buffer.alloc(4 + 8); // struct rtgenmsg (padded) + NETNSA_FD
+      body.writeUInt8(AF_UNSPEC, 0);
+      body.writeUInt16LE(8, 4);
+      body.writeUInt16LE(NETNSA_FD, 6);
+      body.writeUInt32LE(fd, 8);
+      const [m] = request(RTM_GETNSID, 0, body);
+      if (!m || m.readUInt16LE(4) !== RTM_NEWNSID) continue;
+      const id = attrs(m, 16 + 4).get(NETNSA_NSID);
+      if (id && id.length >= 4 && id.readInt32LE(0) >= 0) out.set(id.readInt32LE(0), name);
+    } catch {
+      // Not a netns (a stale mount point): `ip netns list` shows it without an id.
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return out;
+}
