@@ -15,22 +15,25 @@
  * Every workload checks who carried it: under a capture the stand-in accepted every
  * connection that succeeded; with none, no connection.
  *
- * A capture plugs in by name in CAPTURES below (the eBPF in-pod capture: one entry).
+ * A capture plugs in by name in CAPTURES below.
  */
-import { mkdtempSync, openSync, closeSync, rmSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { InPodCapture } from '../../src/capture/inpod.js';
+import { createEbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { InpodIptables, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode, type SimPod } from '../sim/node.js';
+import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
 import { median } from './report.js';
+import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
 import type { PeerResult } from './traffic-peer.js';
 
@@ -51,6 +54,20 @@ export const CAPTURES: Record<string, CaptureFactory> = {
       if (r.failed.length) throw new Error(`uninstalling the in-pod iptables host half: ${r.failed.map((f) => `${f.step}: ${f.error}`).join('; ')}`);
     },
   }),
+  ebpf: ({ sim, log }) => {
+    // The run's own folder of the host bpffs, as every simulated node pins (harness/sim/names.ts).
+    const pinRoot = pinRootFor(sim);
+    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+    const hostNetns = `/var/run/netns/${sim.nodeNs}`;
+    return {
+      capture: createEbpfInPodCapture({ pinRoot, runner: systemRunner, log, hostNetns }),
+      async uninstallHost() {
+        const r = await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns });
+        rmSync(pinRoot, { recursive: true, force: true });
+        if (r.failed.length) throw new Error(`uninstalling the eBPF in-pod capture: ${r.failed.map((f) => `${f.step}: ${f.error}`).join('; ')}`);
+      },
+    };
+  },
 };
 
 export interface InpodBenchOptions {
@@ -194,6 +211,25 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   return lines.join('\n');
 }
 
+/** Issue 18's goals for in-pod eBPF over in-pod iptables, by workload. */
+const INPOD_GOALS: Record<Workload, Goal> = { crr: { kind: 'atLeast', value: 1.3 }, rr: { kind: 'atLeast', value: 1.15 }, stream: { kind: 'none' } };
+const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'request/response', stream: 'stream throughput' };
+
+/** In-pod ebpf / in-pod iptables per workload: per-round ratios, their interval and verdict (both captures run). */
+export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
+  const rounds = [...new Set(samples.map((s) => s.round))];
+  const rate = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r)?.rate;
+  if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
+  return WORKLOADS.map((w) => {
+    const pairs = rounds.flatMap((r) => {
+      const num = rate('ebpf', w, r);
+      const den = rate('iptables', w, r);
+      return num !== undefined && den !== undefined ? [{ num, den }] : [];
+    });
+    return figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs));
+  });
+}
+
 export function parseOptions(argv: string[]): InpodBenchOptions {
   const { values } = parseArgs({
     args: argv,
@@ -243,6 +279,8 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   runInpodBench(options, (l) => process.stderr.write(`${l}\n`)).then(
     (samples) => {
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
+      const figures = inpodFigures(samples);
+      if (figures.length) process.stdout.write(`${figuresLine(figures)}\n`);
       process.exit(0);
     },
     (err: unknown) => {

@@ -293,6 +293,9 @@ async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readi
   const server = new ZdsServer({
     path: cfg.zdsSocket,
     log,
+    // A ztunnel that reconnects to a restarted agent gets its snapshot once the agent holds
+    // every enrolled pod (after the first full pass), never a partial one.
+    holdSnapshots: true,
     onAck: (_conn, request, error) => {
       if (request.kind === 'snapshot_sent' && error === null && server.counters.lastSnapshotMs !== null)
         metrics.observeZdsSnapshot(server.counters.lastSnapshotMs / 1000);
@@ -326,13 +329,16 @@ async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readi
       let first = true;
       const pass = async () => {
         const t0 = performance.now();
+        // Synced before the pass starts: only such a pass gathers every enrolled pod.
+        const synced = kube.hasSynced();
         await agent.kick(true);
         const seconds = (performance.now() - t0) / 1000;
         const pods = agent.status();
         metrics.observePass({ enrolled: pods.length, programmed: pods.filter((p) => p.acked && p.installed).length, upserted: 0, attached: 0 }, seconds);
         ztunnelState();
-        if (first && kube.hasSynced()) {
+        if (first && synced) {
           first = false;
+          server.podSetComplete();
           readiness.markSynced();
           log.info('programmed', { ztunnelMode: 'inpod', enrolled: pods.length, found: pods.filter((p) => p.netns).length });
         }

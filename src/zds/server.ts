@@ -21,6 +21,11 @@ export interface ZdsServerOptions {
   /** Called for every ack (error null on success); the CNI gate will wait on it. */
   onAck?: (conn: number, request: WorkloadRequest, error: string | null) => void;
   now?: () => number;
+  /**
+   * Hold each connection's snapshot until `podSetComplete()` (an agent gathering its pods
+   * at start: a partial snapshot would make ztunnel drop the rest). Default false.
+   */
+  holdSnapshots?: boolean;
 }
 
 /** What a user of the server hears besides the options' callbacks (src/zds/agent.ts). */
@@ -44,10 +49,15 @@ export class ZdsServer {
 
   constructor(private readonly opts: ZdsServerOptions) {
     this.now = opts.now ?? Date.now;
-    this.state = new ZdsState(opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
+    this.state = new ZdsState(opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS, !opts.holdSnapshots);
     this.listenFd = seqpacketListen(opts.path, opts.mode ?? 0o600);
     this.poller.add(this.listenFd, () => this.acceptAll());
     opts.log.info('zds listening', { path: opts.path, mode: (opts.mode ?? 0o600).toString(8) });
+  }
+
+  /** The agent holds every enrolled pod it can: held snapshots go out now. */
+  podSetComplete(): void {
+    this.apply(this.state.podSetComplete(this.now()));
   }
 
   subscribe(events: ZdsEvents): void {

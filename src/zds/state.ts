@@ -28,7 +28,11 @@ export type Action =
   | { kind: 'log'; level: 'info' | 'warn'; msg: string; fields: Record<string, unknown> }
   | { kind: 'acked'; conn: number; request: WorkloadRequest; error: string | null };
 
-type Phase = 'hello' | 'snapshot' | 'ready';
+/**
+ * hello: waiting for the peer's hello; waiting: it said hello, and its snapshot waits until
+ * the agent's pod set is complete (`podSetComplete`); snapshot: being sent; ready.
+ */
+type Phase = 'hello' | 'waiting' | 'snapshot' | 'ready';
 
 interface Conn {
   id: number;
@@ -77,7 +81,34 @@ export class ZdsState {
     lastSnapshotMs: null,
   };
 
-  constructor(private readonly maxConnections = DEFAULT_MAX_CONNECTIONS) {}
+  /**
+   * `complete` false: the pod set is still being gathered (an agent that just started), and
+   * a snapshot sent now would make ztunnel drop the pods not gathered yet; snapshots wait
+   * for `podSetComplete`.
+   */
+  constructor(
+    private readonly maxConnections = DEFAULT_MAX_CONNECTIONS,
+    private complete = true,
+  ) {}
+
+  /** The pod set is complete: every connection waiting for its snapshot gets it now. */
+  podSetComplete(now: number): Action[] {
+    if (this.complete) return [];
+    this.complete = true;
+    const out: Action[] = [];
+    for (const c of this.conns.values()) if (c.phase === 'waiting') out.push(...this.startSnapshot(c, now));
+    return out;
+  }
+
+  private startSnapshot(c: Conn, now: number): Action[] {
+    c.phase = 'snapshot';
+    c.snapshotStartedAt = now;
+    const snapshot: WorkloadRequest[] = [...this.pods.values()]
+      .sort((a, b) => (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0))
+      .map((p) => (p.hasNetns ? { kind: 'add', uid: p.uid, workloadInfo: p.info } : { kind: 'keep', uid: p.uid }));
+    c.queue.push(...snapshot, { kind: 'snapshot_sent' });
+    return [log('info', 'zds snapshot', { conn: c.id, snapshotPods: snapshot.length }), ...this.pump(c, now)];
+  }
 
   podList(): Pod[] {
     return [...this.pods.values()];
@@ -131,13 +162,12 @@ export class ZdsState {
       if (msg.hello.version !== Version.V1) {
         return this.drop(c, 'warn', 'zds unsupported version', { version: msg.hello.version, want: Version.V1 });
       }
-      c.phase = 'snapshot';
-      c.snapshotStartedAt = now;
-      const snapshot: WorkloadRequest[] = [...this.pods.values()]
-        .sort((a, b) => (a.uid < b.uid ? -1 : a.uid > b.uid ? 1 : 0))
-        .map((p) => (p.hasNetns ? { kind: 'add', uid: p.uid, workloadInfo: p.info } : { kind: 'keep', uid: p.uid }));
-      c.queue.push(...snapshot, { kind: 'snapshot_sent' });
-      return [log('info', 'zds hello', { conn: id, version: msg.hello.version, snapshotPods: snapshot.length }), ...this.pump(c, now)];
+      const hello = log('info', 'zds hello', { conn: id, version: msg.hello.version, snapshotWaits: !this.complete });
+      if (!this.complete) {
+        c.phase = 'waiting';
+        return [hello];
+      }
+      return [hello, ...this.startSnapshot(c, now)];
     }
     if (msg.kind !== 'ack') return this.drop(c, 'warn', 'zds unexpected message', { got: msg.kind, phase: c.phase });
     if (!c.outstanding) return this.drop(c, 'warn', 'zds ack without a request', {});
@@ -200,7 +230,8 @@ export class ZdsState {
     if (!this.pods.delete(uid)) return [];
     const out: Action[] = [];
     for (const c of this.conns.values()) {
-      if (c.phase === 'hello') continue;
+      // Before its snapshot: the snapshot will not name the pod.
+      if (c.phase === 'hello' || c.phase === 'waiting') continue;
       // Not sent yet: drop it from the queue instead of sending add then del.
       const queued = c.queue.findIndex((r) => (r.kind === 'add' || r.kind === 'keep') && r.uid === uid);
       if (queued >= 0) {
@@ -215,7 +246,7 @@ export class ZdsState {
 
   private newest(): Conn | undefined {
     let newest: Conn | undefined;
-    for (const c of this.conns.values()) if (c.phase !== 'hello' && (!newest || c.id > newest.id)) newest = c;
+    for (const c of this.conns.values()) if (c.phase !== 'hello' && c.phase !== 'waiting' && (!newest || c.id > newest.id)) newest = c;
     return newest;
   }
 

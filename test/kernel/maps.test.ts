@@ -35,10 +35,9 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
     rmSync(root, { recursive: true, force: true });
   });
 
-  it('knows every map bpf/include/maps.h declares, with its type', () => {
-    const declared = [...readFileSync('bpf/include/maps.h', 'utf8').matchAll(/__uint\(type, BPF_MAP_TYPE_(\w+)\);[^}]*\}\s*(\w+)\s+SEC\("\.maps"\)/g)].map(
-      (m) => [m[2], m[1]],
-    );
+  it('knows every map bpf/include/maps.h and bpf/inpod.bpf.c declare, with its type', () => {
+    const sources = ['bpf/include/maps.h', 'bpf/inpod.bpf.c'].map((f) => readFileSync(f, 'utf8')).join('\n');
+    const declared = [...sources.matchAll(/__uint\(type, BPF_MAP_TYPE_(\w+)\);[^}]*\}\s*(\w+)\s+SEC\("\.maps"\)/g)].map((m) => [m[2], m[1]]);
     expect(Object.fromEntries(declared)).toEqual(
       Object.fromEntries(Object.entries(PINNED_MAPS).map(([n, s]) => [n, Object.entries(MapType).find(([, v]) => v === s.type)![0]])),
     );

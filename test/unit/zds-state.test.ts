@@ -39,6 +39,24 @@ describe('ZDS agent state machine', () => {
     expect(s.counters.lastSnapshotMs).toBe(20);
   });
 
+  it('holds a snapshot until the pod set is complete (a restarted agent): nothing partial, nothing twice', () => {
+    const s = new ZdsState(undefined, false);
+    s.podAdded({ uid: 'a', info: info('a'), hasNetns: true }, 0);
+    s.connOpened(1, 0);
+    const h = s.inbound(1, hello, 1);
+    expect(sends(h)).toEqual([]); // no snapshot of a pod set still being gathered
+    expect(s.connections()).toEqual([{ id: 1, phase: 'waiting', podsSent: 0 }]);
+    // Pods gathered meanwhile go into the snapshot, not ahead of it; one that left is not named.
+    expect(sends(s.podAdded({ uid: 'b', info: info('b'), hasNetns: true }, 2))).toEqual([]);
+    s.podAdded({ uid: 'gone', info: info('gone'), hasNetns: true }, 2);
+    expect(sends(s.podRemoved('gone', 3))).toEqual([]);
+    // A waiting connection is never closed for a missing hello.
+    expect(closes(s.tick(HELLO_TIMEOUT_MS + 10))).toEqual([]);
+    expect(ackAll(s, 1, s.podSetComplete(4))).toEqual(['1:add a +fd', '1:add b +fd', '1:snapshot_sent']);
+    expect(s.podSetComplete(5)).toEqual([]);
+    expect(s.connections()).toEqual([{ id: 1, phase: 'ready', podsSent: 2 }]);
+  });
+
   it('sends an add to the newest connection only and a del to every connection', () => {
     const s = new ZdsState();
     s.connOpened(1, 0);
