@@ -6,7 +6,7 @@
 import { isIP } from 'node:net';
 import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
-import { parseSelector } from './core/enrollment.js';
+import { DEFAULT_ENABLEMENT_SELECTORS, parseEnablementSelectors, parseSelector, type EnablementSelector } from './core/enrollment.js';
 import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
 import { repoPath } from './lib/repo-path.js';
 
@@ -30,6 +30,8 @@ export interface RunConfig {
   readonly ztunnelIp: string | null;
   readonly membership: MembershipSource;
   readonly ztunnelNamespace: string;
+  /** Which pods are enrolled (Kubernetes membership): Istio's rules unless given. */
+  readonly enablementSelectors: readonly EnablementSelector[];
   readonly ztunnelSelector: Readonly<Record<string, string>>;
   /** The DaemonSet that must control the ztunnel pod. */
   readonly ztunnelDaemonSet: string;
@@ -91,6 +93,10 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'ztunnel-daemonset': { env: 'ZTUNNEL_DAEMONSET', help: 'the DaemonSet that must control a ztunnel pod (ownerReferences)', default: 'ztunnel' },
   'ztunnel-service-account': { env: 'ZTUNNEL_SERVICE_ACCOUNT', help: 'the service account a ztunnel pod must run as', default: 'ztunnel' },
   'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP: overrides discovery (required with --enroll)' },
+  'enablement-selectors': {
+    env: 'ENABLEMENT_SELECTORS',
+    help: 'which pods are enrolled: JSON list of {podSelector, namespaceSelector} (default: Istio’s, pod label istio.io/dataplane-mode=ambient anywhere or the namespace label, docs/operations.md)',
+  },
   enroll: { env: 'ENROLL_IPS', help: 'static membership instead of Kubernetes: comma-separated pod IPs' },
   'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered; drift is repaired within ~2x)', default: '5' },
   'max-delete-share': { env: 'MAX_DELETE_SHARE', help: 'share of entries one pass may delete without a confirming list', default: '0.5' },
@@ -187,6 +193,14 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   } catch (err) {
     throw new ConfigError(`--ztunnel-selector: ${(err as Error).message}`);
   }
+  let enablementSelectors = DEFAULT_ENABLEMENT_SELECTORS;
+  if (v['enablement-selectors'] !== undefined && v['enablement-selectors'].trim() !== '') {
+    try {
+      enablementSelectors = parseEnablementSelectors(v['enablement-selectors']);
+    } catch (err) {
+      throw new ConfigError(`--enablement-selectors: ${(err as Error).message}`);
+    }
+  }
   const backoffInitial = numberIn('backoff-initial', v['backoff-initial']!, 0.01, 60, 'a number of seconds');
   const backoffMax = numberIn('backoff-max', v['backoff-max']!, 0.1, 600, 'a number of seconds');
   if (backoffMax < backoffInitial) throw new ConfigError(`--backoff-max: ${backoffMax} is below --backoff-initial ${backoffInitial}`);
@@ -200,6 +214,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,
     ztunnelSelector: Object.freeze(ztunnelSelector),
+    enablementSelectors,
     ztunnelDaemonSet: objectName('ztunnel-daemonset', v['ztunnel-daemonset']!),
     ztunnelServiceAccount: objectName('ztunnel-service-account', v['ztunnel-service-account']!),
     resyncSeconds: numberIn('resync-interval', v['resync-interval']!, 1, 3600, 'a number of seconds'),

@@ -11,6 +11,7 @@ import {
   chooseZtunnel,
   DATAPLANE_LABEL,
   enrolledPods,
+  type EnablementSelector,
   STATUS_ANNOTATION,
   type ZtunnelChoice,
   type EnrollmentContext,
@@ -27,6 +28,8 @@ import { Reflector, type WatchEventType } from './reflector.js';
 
 export interface KubeMembershipOptions {
   nodeName: string;
+  /** The enablement rules (src/core/enrollment.ts); default Istio's. */
+  selectors?: readonly EnablementSelector[];
   ztunnel: ZtunnelSelector;
   backoff: BackoffOptions;
   stallTimeoutMs: number;
@@ -143,7 +146,11 @@ export class KubeMembership implements Membership {
       for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
       const zt = this.ztunnel().pod;
       if (zt?.ips[0]) reserved.add(zt.ips[0]);
-      this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
+      this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, {
+        nodeName: this.opts.nodeName,
+        reserved,
+        ...(this.opts.selectors && { selectors: this.opts.selectors }),
+      });
     }
     return this.enrolledCache;
   }
@@ -224,7 +231,7 @@ export class KubeMembership implements Membership {
     for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
     const zt = this.ztunnel().pod;
     if (zt?.ips[0]) reserved.add(zt.ips[0]);
-    return { nodeName: this.opts.nodeName, reserved };
+    return { nodeName: this.opts.nodeName, reserved, ...(this.opts.selectors && { selectors: this.opts.selectors }) };
   }
 
   /** The cached pod: by UID when given, else the newest live one of that name. */

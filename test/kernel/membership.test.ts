@@ -144,6 +144,25 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     expect(await route(0)).toBe('ztunnel');
   });
 
+  it('pod-level enrollment (Istio’s rules): a pod labelled ambient in an unlabelled namespace is captured, a pod’s opt-out wins over its namespace, relabelling follows', async () => {
+    const DM = 'istio.io/dataplane-mode';
+    kube.api.createPod({ name: 'solo', namespace: 'plain', nodeName: NODE, ip: ip(1), hostIp: OUTSIDE_HOST_IP, labels: { [DM]: 'ambient' } });
+    kube.api.createPod({ name: 'out', namespace: 'shop', nodeName: NODE, ip: ip(2), hostIp: OUTSIDE_HOST_IP, labels: { [DM]: 'none' } });
+    await mapBecomes([ip(0), ip(1)]);
+    expect(await route(1)).toBe('ztunnel');
+    expect(await route(2)).toBe('direct');
+    await until('annotation on the pod-labelled pod', () => kube.api.getPod('plain', 'solo')?.metadata.annotations[ANN] === 'enabled');
+    // The opt-out and the pod label flip; the namespace's label is never touched.
+    kube.api.updatePod('plain', 'solo', (o) => (o.metadata.labels[DM] = 'none'));
+    kube.api.updatePod('shop', 'out', (o) => delete o.metadata.labels[DM]);
+    await mapBecomes([ip(0), ip(2)]);
+    expect(await route(1)).toBe('direct');
+    expect(await route(2)).toBe('ztunnel');
+    kube.api.deletePod('plain', 'solo');
+    kube.api.deletePod('shop', 'out');
+    await mapBecomes([ip(0)]);
+  });
+
   it('410 Gone: exactly one relist, then events flow', async () => {
     const podLists = kube.api.count('list', '/api/v1/pods');
     const nsLists = kube.api.count('list', '/api/v1/namespaces');
@@ -277,7 +296,10 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       }
       const ambient = (ns: string) => kube.api.getNamespace(ns)?.metadata.labels['istio.io/dataplane-mode'] === 'ambient';
       return [...owner]
-        .filter(([pip, p]) => ambient(p.metadata.namespace) && p.metadata.labels['istio.io/dataplane-mode'] !== 'none' && pip !== '198.18.0.99')
+        .filter(([pip, p]) => {
+          const mode = p.metadata.labels['istio.io/dataplane-mode'];
+          return mode !== 'none' && (mode === 'ambient' || ambient(p.metadata.namespace)) && pip !== '198.18.0.99';
+        })
         .map(([pip]) => pip)
         .sort();
     };
@@ -294,7 +316,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
           ip: pick(ips),
           hostIp: OUTSIDE_HOST_IP,
           hostNetwork,
-          ...(rnd() < 0.1 && { labels: { 'istio.io/dataplane-mode': 'none' } }),
+          ...(rnd() < 0.2 && { labels: { 'istio.io/dataplane-mode': pick(['none', 'ambient']) } }),
         });
       } else if (r < 0.75) {
         const p = pick(live);
