@@ -54,12 +54,16 @@
 #define ZT_MARK_TPROXY 0x1000
 
 enum pod_flags {
-	POD_F_ENROLLED = 1 << 0, /* capture this pod; clear: the pod's traffic passes */
+	POD_F_ENROLLED = 1 << 0,       /* capture this pod; clear: the pod's traffic passes */
+	POD_F_DNS_CAPTURE = 1 << 1,    /* this pod's DNS is captured whatever the slot says */
+	POD_F_NO_DNS_CAPTURE = 1 << 2, /* this pod's DNS is not captured whatever the slot says */
+	POD_F_BYPASS_INBOUND = 1 << 3, /* frames to the pod pass uncaptured (and their flows' replies) */
 };
 
 enum ztunnel_flags {
-	ZT_F_PRESENT = 1 << 0,     /* the slot describes a live ztunnel; clear: fail closed */
-	ZT_F_DNS_CAPTURE = 1 << 1, /* UDP port 53 goes to ztunnel too */
+	ZT_F_PRESENT = 1 << 0,      /* the slot describes a live ztunnel; clear: fail closed */
+	ZT_F_DNS_CAPTURE = 1 << 1,  /* DNS (UDP and TCP to port 53) goes to ztunnel's 15053 */
+	ZT_F_NON_TCP_DROP = 1 << 2, /* UDP but captured DNS, and ICMP but errors: drop; clear: pass */
 };
 
 /* Key of the pods and dns_servers maps: an IP address. */

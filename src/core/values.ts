@@ -8,9 +8,9 @@
  */
 
 /** Flags of pod_info (enum pod_flags). */
-export const PodFlags = { ENROLLED: 1 } as const;
+export const PodFlags = { ENROLLED: 1, DNS_CAPTURE: 2, NO_DNS_CAPTURE: 4, BYPASS_INBOUND: 8 } as const;
 /** Flags of ztunnel_info (enum ztunnel_flags). */
-export const ZtunnelFlags = { PRESENT: 1, DNS_CAPTURE: 2 } as const;
+export const ZtunnelFlags = { PRESENT: 1, DNS_CAPTURE: 2, NON_TCP_DROP: 4 } as const;
 
 export interface PodInfo {
   ifindex: number;
