@@ -4,7 +4,7 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
-import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
+import { NON_TCP_POLICIES, type Delivery, type NonTcpPolicy, type RequestedMode, type RequestedTunnel, type Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
 import { DEFAULT_ENABLEMENT_SELECTORS, parseEnablementSelectors, parseSelector, type EnablementSelector } from './core/enrollment.js';
 import { ConfigError, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
@@ -50,6 +50,8 @@ export interface RunConfig {
   readonly delivery: 'auto' | Delivery;
   readonly tunnel: RequestedTunnel;
   readonly dnsCapture: boolean;
+  /** UDP but captured DNS, and ICMP but errors: pass uncaptured or drop. */
+  readonly nonTcp: NonTcpPolicy;
   /**
    * DNS servers given by flags (--dns-servers, --node-local-dns); with Kubernetes
    * membership the DNS Service's addresses are added to them.
@@ -111,7 +113,12 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
-  'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
+  'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP and TCP 53) to ztunnel’s 15053: true | false', default: 'false' },
+  'non-tcp': {
+    env: 'NON_TCP',
+    help: 'enrolled pods’ UDP (but captured DNS) and ICMP (but errors), which ztunnel does not proxy: pass (uncaptured, as Istio) | drop',
+    default: 'pass',
+  },
   'dns-service': {
     env: 'DNS_SERVICE',
     help: 'namespace/name of the cluster DNS Service whose addresses UDP 53 may reach uncaptured (none: no Service)',
@@ -228,6 +235,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
     dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',
+    nonTcp: oneOf('non-tcp', v['non-tcp']!, NON_TCP_POLICIES),
     dnsServers: Object.freeze([...new Set([...ipList('dns-servers', v['dns-servers'] ?? ''), ...ipList('node-local-dns', v['node-local-dns'] ?? '')])]),
     dnsService: dnsService(v['dns-service']!, membership),
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),

@@ -74,6 +74,7 @@ export async function runCommand(argv: string[]): Promise<number> {
       runner: systemRunner,
       log,
       dnsCapture: cfg.dnsCapture,
+      nonTcp: cfg.nonTcp,
       dnsServers: () => [...cfg.dnsServers, ...(dns?.servers ?? [])],
       tunnel: cfg.tunnel,
       ...(cfg.variant !== 'auto' && { variant: cfg.variant }),

@@ -952,7 +952,6 @@ function inboundRows(): Row[] {
       frame: v4(TO_A4, b.icmp4({ type: 3, code: 4 })),
       verdict: 'redirect',
     },
-    ,
     { id: 'I16b', name: 'IPv4 ICMP echo reply', program: i, frame: v4(TO_A4, b.icmp4({ type: 0 })), verdict: 'pass' },
     { id: 'I16b', name: 'IPv6 ICMPv6 echo request, drop policy', program: i, frame: v6(TO_A6, b.icmp6()), state: { ztunnel: ZT.nonTcpDrop }, verdict: 'drop' },
     {

@@ -331,7 +331,15 @@ describe('the chart and `run` agree', () => {
     expect(() => parseRunConfig(b.args.slice(1), b.env)).toThrow('--enablement-selectors: [0].podSelector.matchLabels: "a b" is not a label value');
   });
 
+  it('ambient.nonTcp reaches `run`: pass by default, drop as set', () => {
+    const d = containerInvocation(render({}), 'n1');
+    expect(parseRunConfig(d.args.slice(1), d.env).nonTcp).toBe('pass');
+    const x = containerInvocation(render({ 'ambient.nonTcp': 'drop' }), 'n1');
+    expect(parseRunConfig(x.args.slice(1), x.env).nonTcp).toBe('drop');
+  });
+
   it.each([
+    ['ambient.nonTcp=reject'],
     ['dns.service=kube-dns'],
     ['dns.capture=yes'],
     ['dns.servers={dns.local}'],

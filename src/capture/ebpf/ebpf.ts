@@ -29,7 +29,7 @@ const BPF_FUNC_sk_assign = 124;
 const BPF_FUNC_redirect_peer = 155;
 
 export type { Variant } from '../../core/modes.js';
-import type { Variant } from '../../core/modes.js';
+import type { NonTcpPolicy, Variant } from '../../core/modes.js';
 export type { Delivery };
 
 export const PROGRAMS = {
@@ -57,6 +57,8 @@ export interface EbpfOptions {
   delivery?: Delivery;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured (default) or drop (ZT_F_NON_TCP_DROP). */
+  nonTcp?: NonTcpPolicy;
   /**
    * The cluster's DNS servers, read on every pass: with DNS capture off, UDP to port 53
    * of these (and answers from them) is all of port 53 that passes (docs/datapath.md O15).
@@ -158,8 +160,13 @@ export class EbpfRedirect implements RedirectMode {
 
     // ztunnel's side first: its netns must deliver before pods are sent to it.
     if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
-    const slot =
-      desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
+    // --non-tcp drop holds with or without a ztunnel (what passes while it is away must not
+    // depend on it); DNS capture is written only beside a ztunnel, as before: without one a
+    // pod's DNS to the cluster's servers passes (O15).
+    const nonTcp = this.opts.nonTcp === 'drop' ? codec.ZtunnelFlags.NON_TCP_DROP : 0;
+    const slot = desired.ztunnel
+      ? { ...desired.ztunnel, flags: desired.ztunnel.flags | nonTcp | (this.opts.dnsCapture ? codec.ZtunnelFlags.DNS_CAPTURE : 0) }
+      : { ...emptySlot, flags: nonTcp };
     this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
     this.syncDnsServers();
 

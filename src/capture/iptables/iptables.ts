@@ -381,6 +381,8 @@ export interface IptablesOptions {
   tunnel: Tunnel;
   /** Capture the pods' DNS to ztunnel's 15053. */
   dnsCapture?: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured (default) or drop. */
+  nonTcp?: 'pass' | 'drop';
   /** The cluster's DNS servers, read on every pass: UDP 53 to them goes direct without DNS capture. */
   dnsServers?: () => readonly string[];
   /** Forces a backend; detected when absent. */
@@ -437,7 +439,14 @@ export class IptablesRedirect implements RedirectMode {
     const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null }));
     const lost = pods.filter((p) => p.dev === null).map((p) => p.ip);
     if (lost.length) log.warn('enrolled pods whose host veth is gone: their traffic is dropped until the next pass', { pods: lost });
-    const plan = buildPlan({ tunnel, pods, ztunnel: z, dnsCapture: this.opts.dnsCapture ?? false, dnsServers: this.opts.dnsServers?.() ?? [] });
+    const plan = buildPlan({
+      tunnel,
+      pods,
+      ztunnel: z,
+      dnsCapture: this.opts.dnsCapture ?? false,
+      nonTcp: this.opts.nonTcp ?? 'pass',
+      dnsServers: this.opts.dnsServers?.() ?? [],
+    });
     let attached = 0;
     let detached = 0;
     // Where the node-side devices say the other end lives: cleaned if ztunnel moved.

@@ -160,8 +160,10 @@ export interface PlanInput {
   pods: readonly PodLink[];
   /** null: no ztunnel; enrolled pods fail closed. */
   ztunnel: ZtunnelSide | null;
-  /** Capture the pods' DNS (UDP 53) to ztunnel's 15053, as in ebpf mode's flag. */
+  /** Capture the pods' DNS (UDP and TCP 53) to ztunnel's 15053, as in ebpf mode's flag. */
   dnsCapture: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured or drop, as ebpf mode's O15b/I16b (default pass). */
+  nonTcp?: 'pass' | 'drop';
   /**
    * The cluster's DNS servers: without DNS capture, an enrolled pod's UDP to port 53 of
    * one of these goes direct (and its answers come back direct), as ebpf mode's O15/I16.
@@ -244,10 +246,21 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
     if (ztIp) pre.push(`! -s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -j MARK --set-xmark ${MARK.proxy}`);
     pre.push(`-m mark --mark ${MARK.skip} -j RETURN`, `-i ${z.hostVeth} -j MARK --set-xmark ${MARK.connSkip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   }
-  // Capture: TCP, UDP and ICMP from an enrolled pod (the ebpf programs capture the same);
-  // every other protocol from it is dropped (ebpf's O13).
-  for (const proto of ['tcp', 'udp', f === 4 ? 'icmp' : 'ipv6-icmp'])
-    pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  // --non-tcp (ebpf's O15b, I16b): what ztunnel does not proxy, UDP but captured DNS and
+  // ICMP but errors (which concern ztunnel's sockets), in either direction, passes
+  // uncaptured (its connection skipped, so the answers come back direct) or is dropped.
+  // Inbound DNS is never captured (ztunnel answers from its netns, marked above).
+  const icmp = f === 4 ? 'icmp' : 'ipv6-icmp';
+  const nonTcp = (input.nonTcp ?? 'pass') === 'drop' ? '-j DROP' : `-j MARK --set-xmark ${MARK.connSkip}`;
+  if (input.dnsCapture) pre.push(`-p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.outbound}`);
+  for (const t of ICMP_ERRORS[f]) pre.push(`${icmpProto(f)} ${t} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`);
+  for (const t of ICMP_ERRORS[f]) pre.push(`${icmpProto(f)} ${t} -m set --match-set ${set} dst -j RETURN`);
+  for (const dir of ['src', 'dst']) for (const proto of ['udp', icmp]) pre.push(`-p ${proto} -m set --match-set ${set} ${dir} ${nonTcp}`);
+  pre.push(`-m mark --mark ${MARK.skip} -j RETURN`);
+  // Capture: the rest of TCP from an enrolled pod (UDP and ICMP were judged above, as the
+  // ebpf programs do); every other protocol from it is dropped (ebpf's O13).
+  pre.push(`-p tcp -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
   pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`, `-m set --match-set ${set} src -j DROP`);
   return [
     chain('mangle', 'ztunnel-PREROUTING', 'PREROUTING', pre),
@@ -307,7 +320,9 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
       tp(LINK.outbound.ztunnel, PORT.outbound, f),
       tp(LINK.inbound.ztunnel, PORT.inboundPlaintext, f),
     ];
-    if (input.dnsCapture) rules.push(tp(LINK.outbound.ztunnel, PORT.dns, f, '-p udp -m udp --dport 53'));
+    // DNS over UDP and TCP to 15053, before the catch-all TCP rule takes TCP 53 to 15001.
+    if (input.dnsCapture)
+      rules.unshift(tp(LINK.outbound.ztunnel, PORT.dns, f, '-p udp -m udp --dport 53'), tp(LINK.outbound.ztunnel, PORT.dns, f, '-p tcp -m tcp --dport 53'));
     // What the tunnels bring and no listener takes: ICMP errors are delivered locally (to
     // the ztunnel socket they concern, as Z8); everything else is dropped (as Z10).
     // IPv6 neighbour discovery over the tunnels themselves (the node resolving ztunnel's
