@@ -8,6 +8,38 @@ import { isIP } from 'node:net';
 export const DATAPLANE_LABEL = 'istio.io/dataplane-mode';
 export const STATUS_ANNOTATION = 'ambient.istio.io/redirection';
 
+/** Istio's per-pod annotations (docs/operations.md "Per-pod annotations"). */
+export const BYPASS_INBOUND_ANNOTATION = 'ambient.istio.io/bypass-inbound-capture';
+export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
+export const REROUTE_VIRTUAL_INTERFACES_ANNOTATION = 'ambient.istio.io/reroute-virtual-interfaces';
+
+/** What a pod's annotations ask of its capture. */
+export interface PodOverrides {
+  /** bypass-inbound-capture: "true". */
+  bypassInbound: boolean;
+  /** dns-capture: "true" or "false"; null when absent (or another value): the node's setting. */
+  dnsCapture: boolean | null;
+  /** reroute-virtual-interfaces: the interface names listed (comma-separated). */
+  rerouteInterfaces: readonly string[];
+}
+
+export const NO_OVERRIDES: PodOverrides = Object.freeze({ bypassInbound: false, dnsCapture: null, rerouteInterfaces: Object.freeze([]) });
+
+/** The overrides a pod's annotations carry; values Istio would not take count as absent. */
+export function podOverrides(annotations: Readonly<Record<string, string>>): PodOverrides {
+  const bool = (v: string | undefined) =>
+    v === undefined ? null : v.trim().toLowerCase() === 'true' ? true : v.trim().toLowerCase() === 'false' ? false : null;
+  const reroute = (annotations[REROUTE_VIRTUAL_INTERFACES_ANNOTATION] ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  return Object.freeze({
+    bypassInbound: bool(annotations[BYPASS_INBOUND_ANNOTATION]) === true,
+    dnsCapture: bool(annotations[DNS_CAPTURE_ANNOTATION]),
+    rerouteInterfaces: Object.freeze(reroute),
+  });
+}
+
 export interface PodView {
   uid: string;
   name: string;
@@ -34,6 +66,8 @@ export interface PodView {
   serviceAccount?: string;
   /** metadata.deletionTimestamp is set: the pod is being deleted (its sandbox may already be gone). */
   terminating?: boolean;
+  /** Its per-pod annotations (absent: none). */
+  overrides?: PodOverrides;
 }
 
 export interface NamespaceView {

@@ -7,10 +7,12 @@
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
 import type { EnrolledRef } from '../core/desired.js';
+import { overrideFlags } from '../core/values.js';
 import {
   chooseZtunnel,
   DATAPLANE_LABEL,
   enrolledPods,
+  NO_OVERRIDES,
   type EnablementSelector,
   STATUS_ANNOTATION,
   type ZtunnelChoice,
@@ -123,7 +125,14 @@ export class KubeMembership implements Membership {
     const zt = this.ztunnel();
     const enrolled = this.enrolled();
     const pods = new Map<string, EnrolledRef>();
-    for (const [ip, p] of enrolled) pods.set(ip, { uid: p.uid, terminating: p.terminating === true, ips: p.ips, announced: this.announced.get(p.uid) ?? null });
+    for (const [ip, p] of enrolled)
+      pods.set(ip, {
+        uid: p.uid,
+        terminating: p.terminating === true,
+        ips: p.ips,
+        announced: this.announced.get(p.uid) ?? null,
+        flags: overrideFlags(p.overrides ?? NO_OVERRIDES),
+      });
     return {
       synced: this.hasSynced(),
       enrolled: [...enrolled.keys()],
@@ -444,6 +453,7 @@ function sameInputs(a: PodView, b: PodView): boolean {
     a.serviceAccount === b.serviceAccount &&
     a.terminating === b.terminating &&
     JSON.stringify(a.owner) === JSON.stringify(b.owner) &&
-    JSON.stringify(a.labels) === JSON.stringify(b.labels)
+    JSON.stringify(a.labels) === JSON.stringify(b.labels) &&
+    JSON.stringify(a.overrides) === JSON.stringify(b.overrides)
   );
 }

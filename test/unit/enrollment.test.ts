@@ -5,6 +5,7 @@ import {
   enrollment,
   ipProblem,
   parseEnablementSelectors,
+  podOverrides,
   selectZtunnel,
   type NamespaceView,
   type PodView,
@@ -109,6 +110,25 @@ describe('enrollment rules', () => {
     expect(enrollment(pod(), nsDev, c).enrolled).toBe(false);
     expect(enrollment(pod(), nsNoOwner, c).enrolled).toBe(false);
     expect(enrollment(pod(), { name: 'e', labels: { owner: 'y' } }, c).enrolled).toBe(true); // NotIn: an absent key matches
+  });
+
+  it.each([
+    [{}, { bypassInbound: false, dnsCapture: null, rerouteInterfaces: [] }],
+    [
+      {
+        'ambient.istio.io/bypass-inbound-capture': 'true',
+        'ambient.istio.io/dns-capture': 'false',
+        'ambient.istio.io/reroute-virtual-interfaces': 'tap0, net1 ,',
+      },
+      { bypassInbound: true, dnsCapture: false, rerouteInterfaces: ['tap0', 'net1'] },
+    ],
+    [
+      { 'ambient.istio.io/bypass-inbound-capture': 'yes', 'ambient.istio.io/dns-capture': 'TRUE' },
+      { bypassInbound: false, dnsCapture: true, rerouteInterfaces: [] },
+    ],
+    [{ 'ambient.istio.io/dns-capture': 'maybe' }, { bypassInbound: false, dnsCapture: null, rerouteInterfaces: [] }],
+  ])('the per-pod annotations %j', (annotations, want) => {
+    expect(podOverrides(annotations)).toEqual(want);
   });
 
   it('the default selectors are Istio’s, and parse from their own JSON', () => {

@@ -357,6 +357,41 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
     ]);
   });
 
+  it('per-pod annotations: dns-capture on or off for one pod against the node, bypass-inbound-capture marks what comes to it, nothing else', () => {
+    const annotated = [
+      { ip: '10.244.1.7', dev: 'veth0', flags: 1 | 2 | 8 },
+      { ip: '10.244.1.9', dev: 'veth1', flags: 1 | 4 },
+    ];
+    const input = { tunnel: 'vxlan' as const, pods: annotated, ztunnel: z, dnsServers: ['10.96.0.10'] };
+    const pre = (p: ReturnType<typeof buildPlan>) => p.node.chains.find((c) => c.family === 4 && c.chain === 'ztunnel-PREROUTING')!.rules;
+    const zt = (p: ReturnType<typeof buildPlan>) => p.ztunnel!.chains.find((c) => c.family === 4)!.rules;
+    // Node capture off: pod .7 has its own.
+    const off = buildPlan({ ...input, dnsCapture: false });
+    expect(pre(off)).toContain('-s 10.244.1.7/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x100/0x100');
+    expect(pre(off).indexOf('-s 10.244.1.7/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x100/0x100')).toBeLessThan(
+      pre(off).indexOf('-d 10.96.0.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220'),
+    );
+    expect(zt(off).slice(0, 2)).toEqual([
+      '-i pistioout -s 10.244.1.7/32 -p udp -m udp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+      '-i pistioout -s 10.244.1.7/32 -p tcp -m tcp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+    ]);
+    expect(pre(off).some((r) => r.includes('10.244.1.9/32'))).toBe(false);
+    // Node capture on: pod .9 opts out (its servers exempt, other UDP 53 by --non-tcp), its TCP 53 to 15001.
+    const on = buildPlan({ ...input, dnsCapture: true, nonTcp: 'drop' });
+    expect(pre(on)).toEqual(
+      expect.arrayContaining([
+        '-s 10.244.1.9/32 -d 10.96.0.10/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+        '-s 10.244.1.9/32 -p udp -m udp --dport 53 -m mark ! --mark 0x200/0x200 -j DROP',
+      ]),
+    );
+    expect(zt(on)[0]).toBe('-i pistioout -s 10.244.1.9/32 -p tcp -m tcp --dport 53 -j TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff');
+    expect(pre(on).some((r) => r.startsWith('-s 10.244.1.7/32'))).toBe(false);
+    // bypass-inbound-capture: only pod .7, as a destination, before the skip RETURN.
+    const bypass = pre(off).filter((r) => r.includes('--match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220') && r.startsWith('-d '));
+    expect(bypass).toEqual(['-d 10.244.1.7/32 -m set --match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220']);
+    expect(pre(off).indexOf(bypass[0]!)).toBeLessThan(pre(off).indexOf('-m mark --mark 0x200/0x200 -j RETURN'));
+  });
+
   it('a pod whose veth is gone gets no set entry nor veth rule (its traffic is dropped by the binding)', () => {
     const p = buildPlan({ tunnel: 'vxlan', pods: [{ ip: '10.244.1.7', dev: null }], ztunnel: z, dnsCapture: false });
     expect(p.sets[4]).toEqual(['10.244.1.7']);

@@ -436,7 +436,7 @@ export class IptablesRedirect implements RedirectMode {
     const node = await readSide(runner, null, backend);
     // Each pod's host veth by name, for the anti-spoofing rules and set.
     const byIndex = new Map([...node.links.entries()].filter(([, l]) => l.ifindex !== undefined).map(([n, l]) => [l.ifindex!, n]));
-    const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null }));
+    const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null, flags: info.flags }));
     const lost = pods.filter((p) => p.dev === null).map((p) => p.ip);
     if (lost.length) log.warn('enrolled pods whose host veth is gone: their traffic is dropped until the next pass', { pods: lost });
     const plan = buildPlan({

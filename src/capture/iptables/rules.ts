@@ -152,6 +152,27 @@ export interface ZtunnelSide {
 export interface PodLink {
   ip: string;
   dev: string | null;
+  /** The pod entry's flags (src/core/values.ts PodFlags): its annotations' DNS capture and inbound bypass. */
+  flags?: number;
+}
+
+/** Pod flags as the shared header names them (bpf/include/ambient_redirect.h enum pod_flags). */
+const POD_F = { DNS_CAPTURE: 2, NO_DNS_CAPTURE: 4, BYPASS_INBOUND: 8 } as const;
+
+/** The enrolled IPs of family f whose pod entry has `flag`, sorted. */
+function podsWith(input: PlanInput, f: Family, flag: number): string[] {
+  return input.pods
+    .filter((p) => familyOf(p.ip) === f && ((p.flags ?? 0) & flag) !== 0)
+    .map((p) => p.ip)
+    .sort();
+}
+
+/** Whether DNS is captured for a pod: its annotation first, else the node's setting. */
+function dnsCapturedFor(input: PlanInput, p: PodLink): boolean {
+  const flags = p.flags ?? 0;
+  if (flags & POD_F.DNS_CAPTURE) return true;
+  if (flags & POD_F.NO_DNS_CAPTURE) return false;
+  return input.dnsCapture;
 }
 
 export interface PlanInput {
@@ -232,12 +253,27 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
   // The tunnel's own packets: from ztunnel's address, on ztunnel's veth, to the tunnel port.
   if (z && ztIp) pre.push(`-s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -p udp -m udp --dport ${port} -j RETURN`);
   // DNS to the cluster's servers, without DNS capture: the connection is skipped like the
-  // node's own, so its answers come back direct too (the connmark rule below).
+  // node's own, so its answers come back direct too (the connmark rule below). A pod's
+  // dns-capture annotation overrides the node's setting for that pod, either way.
+  const servers = [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort();
+  const nonTcp = (input.nonTcp ?? 'pass') === 'drop' ? '-j DROP' : `-j MARK --set-xmark ${MARK.connSkip}`;
   if (!input.dnsCapture) {
-    for (const dns of [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort()) {
+    const own = podsWith(input, f, POD_F.DNS_CAPTURE);
+    for (const ip of own) pre.push(`-s ${ip}/${hostLen(f)} -p udp -m udp --dport 53 -j MARK --set-xmark ${MARK.outbound}`);
+    if (own.length) pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`);
+    for (const dns of servers) {
       pre.push(`-d ${dns}/${hostLen(f)} -p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
     }
+  } else {
+    for (const ip of podsWith(input, f, POD_F.NO_DNS_CAPTURE)) {
+      for (const dns of servers) pre.push(`-s ${ip}/${hostLen(f)} -d ${dns}/${hostLen(f)} -p udp -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
+      pre.push(`-s ${ip}/${hostLen(f)} -p udp -m udp --dport 53 -m mark ! --mark ${MARK.skip} ${nonTcp}`);
+    }
   }
+  // bypass-inbound-capture: what comes to the pod skips capture, its connection marked so
+  // that the pod's answers skip it too; the pod's own connections are captured as ever.
+  for (const ip of podsWith(input, f, POD_F.BYPASS_INBOUND))
+    pre.push(`-d ${ip}/${hostLen(f)} -m set --match-set ${set} dst -j MARK --set-xmark ${MARK.connSkip}`);
   // Connections the node or ztunnel opened are never captured, in either direction.
   pre.push(`-m connmark --mark ${MARK.connSkip} -j MARK --set-xmark ${MARK.skip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   if (z) {
@@ -251,7 +287,6 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
   // uncaptured (its connection skipped, so the answers come back direct) or is dropped.
   // Inbound DNS is never captured (ztunnel answers from its netns, marked above).
   const icmp = f === 4 ? 'icmp' : 'ipv6-icmp';
-  const nonTcp = (input.nonTcp ?? 'pass') === 'drop' ? '-j DROP' : `-j MARK --set-xmark ${MARK.connSkip}`;
   if (input.dnsCapture) pre.push(`-p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.outbound}`);
   for (const t of ICMP_ERRORS[f]) pre.push(`${icmpProto(f)} ${t} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
   pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`);
@@ -320,9 +355,17 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
       tp(LINK.outbound.ztunnel, PORT.outbound, f),
       tp(LINK.inbound.ztunnel, PORT.inboundPlaintext, f),
     ];
-    // DNS over UDP and TCP to 15053, before the catch-all TCP rule takes TCP 53 to 15001.
-    if (input.dnsCapture)
-      rules.unshift(tp(LINK.outbound.ztunnel, PORT.dns, f, '-p udp -m udp --dport 53'), tp(LINK.outbound.ztunnel, PORT.dns, f, '-p tcp -m tcp --dport 53'));
+    // DNS over UDP and TCP to 15053, before the catch-all TCP rule takes TCP 53 to 15001;
+    // per pod where its annotation says otherwise than the node (the tunnel keeps the source).
+    const dns = (src: string) => [
+      tp(LINK.outbound.ztunnel, PORT.dns, f, `${src}-p udp -m udp --dport 53`),
+      tp(LINK.outbound.ztunnel, PORT.dns, f, `${src}-p tcp -m tcp --dport 53`),
+    ];
+    const own = input.pods.filter((p) => familyOf(p.ip) === f && dnsCapturedFor(input, p) !== input.dnsCapture).map((p) => `-s ${p.ip}/${hostLen(f)} `);
+    const perPod = input.dnsCapture
+      ? own.sort().map((src) => tp(LINK.outbound.ztunnel, PORT.outbound, f, `${src}-p tcp -m tcp --dport 53`))
+      : own.sort().flatMap(dns);
+    rules.unshift(...perPod, ...(input.dnsCapture ? dns('') : []));
     // What the tunnels bring and no listener takes: ICMP errors are delivered locally (to
     // the ztunnel socket they concern, as Z8); everything else is dropped (as Z10).
     // IPv6 neighbour discovery over the tunnels themselves (the node resolving ztunnel's
