@@ -128,7 +128,10 @@ struct qdisc_info {
 };
 
 enum qdisc_flags {
-	QDISC_F_CREATED = 1 << 0, /* we created it: uninstall may remove it once empty */
+	QDISC_F_CREATED = 1 << 0,   /* we created it: uninstall may remove it once empty */
+	QDISC_F_RP_FILTER = 1 << 1, /* we changed its rp_filter: bits 2-3 hold the old value,
+				     * bits 4-5 ours; uninstall puts the old one back while ours
+				     * is still there. ifindex 0 is conf.all, 0xffffffff conf.default */
 };
 
 /* Value of the per-CPU counters map, keyed by the pod's host veth ifindex (__u32). */

@@ -104,4 +104,5 @@ export const constants = {
   QDISC_NETNS_NODE: 0,
   QDISC_NETNS_ZTUNNEL: 1,
   QDISC_F_CREATED: 1,
+  QDISC_F_RP_FILTER: 2,
 } as const;
