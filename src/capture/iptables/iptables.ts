@@ -467,6 +467,7 @@ export class IptablesRedirect implements RedirectMode {
 
     // 2. The node: tunnels, then routes and rules, then devices no longer wanted.
     const nl = await applyLinks(runner, log, null, plan.node.links, node.links);
+    if (nl.created && plan.node.sysctls.length) await runner.run(['sysctl', '-q', '-w', ...plan.node.sysctls]);
     const rr = await applyRoutesAndRules(runner, null, plan.node, node);
     const unwanted = [...node.links.entries()].filter(([n, l]) => isOurNodeLink(n, l) && !plan.node.links.some((t) => t.name === n)).map(([n]) => n);
     detached += await deleteLinks(runner, null, unwanted);

@@ -399,7 +399,9 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
     rules,
     routes,
     chains,
-    sysctls: [LINK.inbound.ztunnel, LINK.outbound.ztunnel].map((d) => `net.ipv4.conf.${d}.rp_filter=0`),
+    // Loose, not 0: the kernel takes the larger of conf.all and the device, so 0 is strict
+    // on a node whose conf.all is 1; loose passes there (the tunnels have addresses).
+    sysctls: [LINK.inbound.ztunnel, LINK.outbound.ztunnel].map((d) => `net.ipv4.conf.${d}.rp_filter=2`),
   };
 }
 
@@ -430,7 +432,9 @@ export function buildPlan(input: PlanInput): Plan {
     rules: FAMILIES.flatMap(nodeRules),
     routes: FAMILIES.flatMap((f) => nodeRoutes(f, input, z)),
     chains: FAMILIES.flatMap((f) => nodeChains(f, input, z, port)),
-    sysctls: [],
+    // ztunnel's transparent answers (the original destination as source) come back out of
+    // the inbound tunnel: strict reverse-path filtering would drop them (see above).
+    sysctls: z && u ? [LINK.inbound.node, LINK.outbound.node].map((d) => `net.ipv4.conf.${d}.rp_filter=2`) : [],
   };
   return { sets, ifaceSets, node, ztunnel: z && u ? ztunnelPlan(input, z, u.node) : null };
 }
