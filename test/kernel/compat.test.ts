@@ -10,11 +10,14 @@
 import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
+import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
+import { startSimKubeApi } from '../../harness/sim/kube-sim.js';
+import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { kernelDescribe } from '../support/gate.js';
 import { teardownNode } from '../support/node.js';
-import { until } from '../support/wait.js';
+import { sleep, until } from '../support/wait.js';
 
 const UDP_PORT = 9999;
 const srcIp = (src: string) => src.slice(0, src.lastIndexOf(':')).replace(/^\[|\]$/g, '');
@@ -107,4 +110,64 @@ kernelDescribe('Istio traffic behaviour: --non-tcp and TCP DNS', 'loads BPF, bui
       });
     });
   }
+
+  it('iptables mode, through the API double: dns-capture sends the annotated pod’s TCP/53 to 15053 alone; bypass-inbound-capture lets the outside reach its app uncaptured while its own connections stay captured', async () => {
+    const kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+    const APP = 9292;
+    const app = await sim.startPodServer(sim.pods[1]!, APP);
+    const NODE = 'sim-node';
+    try {
+      kube.api.upsertNamespace('istio-system');
+      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
+      kube.api.createPod({ name: 'ztunnel-x', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
+      kube.api.createPod({ name: 'plain', namespace: 'shop', nodeName: NODE, ip: sim.pods[0]!.ip, hostIp: OUTSIDE_HOST_IP });
+      kube.api.createPod({
+        name: 'annotated',
+        namespace: 'shop',
+        nodeName: NODE,
+        ip: sim.pods[1]!.ip,
+        hostIp: OUTSIDE_HOST_IP,
+        annotations: { 'ambient.istio.io/dns-capture': 'true', 'ambient.istio.io/bypass-inbound-capture': 'true' },
+      });
+      controller = startController(sim.nodeNs, [
+        '--kubeconfig',
+        kube.kubeconfig,
+        '--node-name',
+        NODE,
+        '--pin-root',
+        pinRoot,
+        '--mode',
+        'iptables',
+        '--dns-service',
+        'none',
+      ]);
+      await controller.waitFor('programmed');
+      const via = async (i: number, port: number) => {
+        const n = ztunnel.accepted.length;
+        const [r] = await sim.connect(sim.pods[i]!, { ip: sim.outside.ip, port }, 1);
+        expect(r?.ok, r?.error).toBe(true);
+        await ztunnel.waitForAccepted(n + 1);
+        return ztunnel.accepted[n]!.port;
+      };
+      // Both pods programmed: wait until pod 1's connections reach ztunnel.
+      const end = Date.now() + 15_000;
+      while (Date.now() < end) {
+        const n = ztunnel.accepted.length;
+        await sim.connect(sim.pods[1]!, sim.outside, 1);
+        await sleep(100);
+        if (ztunnel.accepted.length > n) break;
+      }
+      expect(await via(1, 53)).toBe(15053);
+      expect(await via(0, 53)).toBe(15001);
+      expect(await via(1, sim.outside.port)).toBe(15001);
+      const z = ztunnel.accepted.length;
+      expect(await sim.connect('outside', { ip: sim.pods[1]!.ip, port: APP }, 2)).toEqual(Array(2).fill({ ok: true, reply: sim.pods[1]!.name }));
+      expect(ztunnel.accepted.length).toBe(z);
+      expect(await sim.connect('outside', { ip: sim.pods[0]!.ip, port: APP }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+    } finally {
+      await app.stop();
+      if (controller) await stop();
+      await kube.stop();
+    }
+  });
 });

@@ -389,7 +389,10 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
     // bypass-inbound-capture: only pod .7, as a destination, before the skip RETURN.
     const bypass = pre(off).filter((r) => r.includes('--match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220') && r.startsWith('-d '));
     expect(bypass).toEqual(['-d 10.244.1.7/32 -m set --match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220']);
-    expect(pre(off).indexOf(bypass[0]!)).toBeLessThan(pre(off).indexOf('-m mark --mark 0x200/0x200 -j RETURN'));
+    // After ztunnel's own marks (what it delivers must not mark the pod's captured connections), followed by a skip RETURN.
+    const at = pre(off).indexOf(bypass[0]!);
+    expect(at).toBeGreaterThan(pre(off).indexOf('-i vethzt -j MARK --set-xmark 0x220/0x220'));
+    expect(pre(off)[at + 1]).toBe('-m mark --mark 0x200/0x200 -j RETURN');
   });
 
   it('a pod whose veth is gone gets no set entry nor veth rule (its traffic is dropped by the binding)', () => {

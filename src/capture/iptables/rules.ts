@@ -270,10 +270,6 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
       pre.push(`-s ${ip}/${hostLen(f)} -p udp -m udp --dport 53 -m mark ! --mark ${MARK.skip} ${nonTcp}`);
     }
   }
-  // bypass-inbound-capture: what comes to the pod skips capture, its connection marked so
-  // that the pod's answers skip it too; the pod's own connections are captured as ever.
-  for (const ip of podsWith(input, f, POD_F.BYPASS_INBOUND))
-    pre.push(`-d ${ip}/${hostLen(f)} -m set --match-set ${set} dst -j MARK --set-xmark ${MARK.connSkip}`);
   // Connections the node or ztunnel opened are never captured, in either direction.
   pre.push(`-m connmark --mark ${MARK.connSkip} -j MARK --set-xmark ${MARK.skip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   if (z) {
@@ -282,6 +278,13 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
     if (ztIp) pre.push(`! -s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -j MARK --set-xmark ${MARK.proxy}`);
     pre.push(`-m mark --mark ${MARK.skip} -j RETURN`, `-i ${z.hostVeth} -j MARK --set-xmark ${MARK.connSkip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   }
+  // bypass-inbound-capture: what comes to the pod skips capture, its connection marked so
+  // that the pod's answers skip it too; the pod's own connections are captured as ever.
+  // After ztunnel's and the tunnels' RETURNs: what ztunnel delivers to the pod (answers
+  // on the pod's captured connections) must not mark those connections.
+  const bypass = podsWith(input, f, POD_F.BYPASS_INBOUND);
+  for (const ip of bypass) pre.push(`-d ${ip}/${hostLen(f)} -m set --match-set ${set} dst -j MARK --set-xmark ${MARK.connSkip}`);
+  if (bypass.length) pre.push(`-m mark --mark ${MARK.skip} -j RETURN`);
   // --non-tcp (ebpf's O15b, I16b): what ztunnel does not proxy, UDP but captured DNS and
   // ICMP but errors (which concern ztunnel's sockets), in either direction, passes
   // uncaptured (its connection skipped, so the answers come back direct) or is dropped.
