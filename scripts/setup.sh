@@ -15,7 +15,7 @@ node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)
 # Debian packages the build, the tests, the demo and the bench use: every command the code
 # spawns comes from one of these or from the base image (test/unit/spawned-commands.test.ts
 # keeps this list true).
-packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables nftables ipset procps util-linux make
+packages=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iptables nftables ipset procps util-linux iputils-ping make
   qemu-system-x86 busybox-static cpio xz-utils  # the kernel matrix (docs/kernel-matrix.md)
   libclang-rt-14-dev)  # the plugin's ASan+UBSan build for the CNI fuzz run (docs/cni.md)
 missing=()

@@ -4,9 +4,9 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
-import type { Delivery, RequestedMode, RequestedTunnel, Variant } from './core/modes.js';
+import { NON_TCP_POLICIES, type Delivery, type NonTcpPolicy, type RequestedMode, type RequestedTunnel, type Variant } from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
-import { parseSelector } from './core/enrollment.js';
+import { DEFAULT_ENABLEMENT_SELECTORS, parseEnablementSelectors, parseSelector, type EnablementSelector } from './core/enrollment.js';
 import { ConfigError, HOST_PROC_FLAG, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
 import { repoPath } from './lib/repo-path.js';
 import { DEFAULT_ZDS_SOCKET } from './zds/paths.js';
@@ -32,6 +32,8 @@ export interface RunConfig {
   readonly ztunnelIp: string | null;
   readonly membership: MembershipSource;
   readonly ztunnelNamespace: string;
+  /** Which pods are enrolled (Kubernetes membership): Istio's rules unless given. */
+  readonly enablementSelectors: readonly EnablementSelector[];
   readonly ztunnelSelector: Readonly<Record<string, string>>;
   /** The DaemonSet that must control the ztunnel pod. */
   readonly ztunnelDaemonSet: string;
@@ -50,6 +52,8 @@ export interface RunConfig {
   readonly delivery: 'auto' | Delivery;
   readonly tunnel: RequestedTunnel;
   readonly dnsCapture: boolean;
+  /** UDP but captured DNS, and ICMP but errors: pass uncaptured or drop. */
+  readonly nonTcp: NonTcpPolicy;
   /**
    * DNS servers given by flags (--dns-servers, --node-local-dns); with Kubernetes
    * membership the DNS Service's addresses are added to them.
@@ -117,6 +121,10 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   'ztunnel-daemonset': { env: 'ZTUNNEL_DAEMONSET', help: 'the DaemonSet that must control a ztunnel pod (ownerReferences)', default: 'ztunnel' },
   'ztunnel-service-account': { env: 'ZTUNNEL_SERVICE_ACCOUNT', help: 'the service account a ztunnel pod must run as', default: 'ztunnel' },
   'ztunnel-ip': { env: 'ZTUNNEL_IP', help: 'ztunnel’s pod IP: overrides discovery (required with --enroll)' },
+  'enablement-selectors': {
+    env: 'ENABLEMENT_SELECTORS',
+    help: 'which pods are enrolled: JSON list of {podSelector, namespaceSelector} (default: Istio’s, pod label istio.io/dataplane-mode=ambient anywhere or the namespace label, docs/operations.md)',
+  },
   enroll: { env: 'ENROLL_IPS', help: 'static membership instead of Kubernetes: comma-separated pod IPs' },
   'resync-interval': { env: 'RESYNC_INTERVAL', help: 'seconds between full reconcile passes (jittered; drift is repaired within ~2x)', default: '5' },
   'max-delete-share': { env: 'MAX_DELETE_SHARE', help: 'share of entries one pass may delete without a confirming list', default: '0.5' },
@@ -131,7 +139,12 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
-  'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP 53) to ztunnel’s 15053: true | false', default: 'false' },
+  'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP and TCP 53) to ztunnel’s 15053: true | false', default: 'false' },
+  'non-tcp': {
+    env: 'NON_TCP',
+    help: 'enrolled pods’ UDP (but captured DNS) and ICMP (but errors), which ztunnel does not proxy: pass (uncaptured, as Istio) | drop',
+    default: 'pass',
+  },
   'dns-service': {
     env: 'DNS_SERVICE',
     help: 'namespace/name of the cluster DNS Service whose addresses UDP 53 may reach uncaptured (none: no Service)',
@@ -216,6 +229,14 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   } catch (err) {
     throw new ConfigError(`--ztunnel-selector: ${(err as Error).message}`);
   }
+  let enablementSelectors = DEFAULT_ENABLEMENT_SELECTORS;
+  if (v['enablement-selectors'] !== undefined && v['enablement-selectors'].trim() !== '') {
+    try {
+      enablementSelectors = parseEnablementSelectors(v['enablement-selectors']);
+    } catch (err) {
+      throw new ConfigError(`--enablement-selectors: ${(err as Error).message}`);
+    }
+  }
   const backoffInitial = numberIn('backoff-initial', v['backoff-initial']!, 0.01, 60, 'a number of seconds');
   const backoffMax = numberIn('backoff-max', v['backoff-max']!, 0.1, 600, 'a number of seconds');
   if (backoffMax < backoffInitial) throw new ConfigError(`--backoff-max: ${backoffMax} is below --backoff-initial ${backoffInitial}`);
@@ -233,6 +254,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     membership: Object.freeze(membership),
     ztunnelNamespace: v['ztunnel-namespace']!,
     ztunnelSelector: Object.freeze(ztunnelSelector),
+    enablementSelectors,
     ztunnelDaemonSet: objectName('ztunnel-daemonset', v['ztunnel-daemonset']!),
     ztunnelServiceAccount: objectName('ztunnel-service-account', v['ztunnel-service-account']!),
     resyncSeconds: numberIn('resync-interval', v['resync-interval']!, 1, 3600, 'a number of seconds'),
@@ -246,6 +268,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
     dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',
+    nonTcp: oneOf('non-tcp', v['non-tcp']!, NON_TCP_POLICIES),
     dnsServers: Object.freeze([...new Set([...ipList('dns-servers', v['dns-servers'] ?? ''), ...ipList('node-local-dns', v['node-local-dns'] ?? '')])]),
     dnsService: dnsService(v['dns-service']!, membership),
     logLevel: oneOf('log-level', v['log-level']!, LEVELS),

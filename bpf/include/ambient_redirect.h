@@ -54,12 +54,16 @@
 #define ZT_MARK_TPROXY 0x1000
 
 enum pod_flags {
-	POD_F_ENROLLED = 1 << 0, /* capture this pod; clear: the pod's traffic passes */
+	POD_F_ENROLLED = 1 << 0,       /* capture this pod; clear: the pod's traffic passes */
+	POD_F_DNS_CAPTURE = 1 << 1,    /* this pod's DNS is captured whatever the slot says */
+	POD_F_NO_DNS_CAPTURE = 1 << 2, /* this pod's DNS is not captured whatever the slot says */
+	POD_F_BYPASS_INBOUND = 1 << 3, /* frames to the pod pass uncaptured (and their flows' replies) */
 };
 
 enum ztunnel_flags {
-	ZT_F_PRESENT = 1 << 0,     /* the slot describes a live ztunnel; clear: fail closed */
-	ZT_F_DNS_CAPTURE = 1 << 1, /* UDP port 53 goes to ztunnel too */
+	ZT_F_PRESENT = 1 << 0,      /* the slot describes a live ztunnel; clear: fail closed */
+	ZT_F_DNS_CAPTURE = 1 << 1,  /* DNS (UDP and TCP to port 53) goes to ztunnel's 15053 */
+	ZT_F_NON_TCP_DROP = 1 << 2, /* UDP but captured DNS, and ICMP but errors: drop; clear: pass */
 };
 
 /* Key of the pods and dns_servers maps: an IP address. */
@@ -124,7 +128,10 @@ struct qdisc_info {
 };
 
 enum qdisc_flags {
-	QDISC_F_CREATED = 1 << 0, /* we created it: uninstall may remove it once empty */
+	QDISC_F_CREATED = 1 << 0,   /* we created it: uninstall may remove it once empty */
+	QDISC_F_RP_FILTER = 1 << 1, /* we changed its rp_filter: bits 2-3 hold the old value,
+				     * bits 4-5 ours; uninstall puts the old one back while ours
+				     * is still there. ifindex 0 is conf.all, 0xffffffff conf.default */
 };
 
 /* Value of the per-CPU counters map, keyed by the pod's host veth ifindex (__u32). */

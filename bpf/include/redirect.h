@@ -88,6 +88,22 @@ static __always_inline int host_originated(struct __sk_buff *skb, const struct f
 	return host_flow_known(&k, skb->ifindex);
 }
 
+/*
+ * I11b: a pod that bypasses inbound capture gets every frame; a UDP datagram or TCP SYN
+ * from a peer is recorded so that the pod's answers pass too (O10), not only the peer's
+ * side. The pod cannot open such a flow itself: its SYN is captured.
+ */
+static __always_inline void bypassed_flow(struct __sk_buff *skb, const struct flow *f)
+{
+	struct host_flow_key k;
+	struct host_flow_info h = { .ifindex = skb->ifindex };
+
+	if (!has_ports(f) || !(f->proto == IPPROTO_UDP || tcp_opening(f)))
+		return;
+	host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
+	bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
+}
+
 /* O10: the pod answering a flow the node opened (never a SYN of its own). */
 static __always_inline int host_flow_reply(struct __sk_buff *skb, const struct flow *f)
 {
@@ -143,26 +159,61 @@ static __always_inline int l3_verdict(const struct flow *f, enum verdict *v)
 	return 0;
 }
 
+/* The pod's own DNS capture setting (its annotation) wins over the node's. */
+static __always_inline bool dns_captured(__u16 zt_flags, __u16 pod_flags)
+{
+	if (pod_flags & POD_F_DNS_CAPTURE)
+		return true;
+	if (pod_flags & POD_F_NO_DNS_CAPTURE)
+		return false;
+	return zt_flags & ZT_F_DNS_CAPTURE;
+}
+
+/* ICMP errors (v4 3, 11, 12; v6 1-4) concern a socket, ztunnel's for captured flows. */
+static __always_inline int icmp_error(const struct flow *f)
+{
+	if (f->l3 == L3_IPV4)
+		return f->icmp_type == 3 || f->icmp_type == 11 || f->icmp_type == 12;
+	return f->icmp_type >= 1 && f->icmp_type <= 4;
+}
+
+/* The --non-tcp policy for what ztunnel does not proxy: pass uncaptured, or drop. */
+static __always_inline enum verdict non_tcp(__u16 zt_flags)
+{
+	return (zt_flags & ZT_F_NON_TCP_DROP) ? V_DROP : V_PASS;
+}
+
 /*
  * The rows after the addresses are judged, common to both directions: the extension
- * chain, fragments, protocols, DNS without capture, fail closed, redirect.
+ * chain, fragments, protocols, DNS, the non-TCP policy, fail closed, redirect.
  * `dns_port` and `server` are the port and address that mark DNS in this direction
- * (destination outbound, source inbound).
+ * (destination outbound, source inbound); only outbound DNS is captured (ztunnel's
+ * answers come back from its netns, row I7).
  */
 static __always_inline enum verdict l4_verdict(const struct flow *f, const struct ztunnel_info *zt,
-					       __be16 dns_port, const struct addr_key *server)
+					       __be16 dns_port, const struct addr_key *server,
+					       bool outbound, __u16 pod_flags)
 {
+	__u16 ztf = ztunnel_flags();
+	bool dns = f->proto == IPPROTO_UDP && dns_port == bpf_htons(DNS_PORT);
+
 	if (f->l4 == L4_BAD_CHAIN)
 		return V_DROP;                                   /* O11, I12 */
-	if (f->nonfirst_frag && f->l4 == L4_OK)                  /* O12, I13 */
-		return zt ? V_REDIRECT : V_DROP;
+	if (f->nonfirst_frag && f->l4 == L4_OK) {
+		if (f->proto != IPPROTO_TCP && !(ztf & ZT_F_NON_TCP_DROP))
+			return V_PASS;                           /* O12, I13: UDP/ICMP, pass policy */
+		return zt ? V_REDIRECT : V_DROP;                 /* O12, I13 */
+	}
 	if (f->l4 == L4_OTHER)
 		return V_DROP;                                   /* O13, I14 */
-	if (f->l4 == L4_TRUNCATED && !is_icmp(f))
+	if (f->l4 == L4_TRUNCATED)
 		return V_DROP;                                   /* O14, I15 */
-	if (f->proto == IPPROTO_UDP && dns_port == bpf_htons(DNS_PORT) &&
-	    !(ztunnel_flags() & ZT_F_DNS_CAPTURE) && dns_server(server))
+	if (dns && outbound && dns_captured(ztf, pod_flags))
+		return zt ? V_REDIRECT : V_DROP;                 /* O16, O17 */
+	if (dns && !dns_captured(ztf, pod_flags) && dns_server(server))
 		return V_PASS;                                   /* O15, I16 */
+	if (f->proto == IPPROTO_UDP || (is_icmp(f) && !icmp_error(f)))
+		return non_tcp(ztf);                             /* O15b, I16b */
 	if (!zt)
 		return V_DROP;                                   /* O16, I17 */
 	return V_REDIRECT;                                       /* O17, I18 */
@@ -212,7 +263,7 @@ static __always_inline enum verdict outbound_verdict(struct __sk_buff *skb, cons
 		return V_PASS;                                   /* O9 */
 	if (host_flow_reply(skb, f))
 		return V_PASS;                                   /* O10 */
-	return l4_verdict(f, zt, f->dport, &f->dst);
+	return l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
 }
 
 static __always_inline int capture_outbound(struct __sk_buff *skb, bool peer)
@@ -243,7 +294,11 @@ static __always_inline enum verdict inbound_verdict(struct __sk_buff *skb, const
 		return V_PASS;                                   /* I10 */
 	if (host_originated(skb, f))
 		return V_PASS;                                   /* I11 */
-	return l4_verdict(f, zt, f->sport, &f->src);
+	if (pod->flags & POD_F_BYPASS_INBOUND) {
+		bypassed_flow(skb, f);
+		return V_PASS;                                   /* I11b */
+	}
+	return l4_verdict(f, zt, f->sport, &f->src, false, pod->flags);
 }
 
 static __always_inline int capture_inbound(struct __sk_buff *skb)

@@ -15,32 +15,25 @@ enum zt_class {
 	ZC_DELIVER,
 };
 
-static __always_inline int enrolled(const struct addr_key *a)
+/* The flags of an enrolled pod's entry, or 0 when the address is no enrolled pod. */
+static __always_inline __u16 enrolled_flags(const struct addr_key *a)
 {
 	struct pod_info *p = bpf_map_lookup_elem(&pods, a);
 
-	return p && (p->flags & POD_F_ENROLLED);
-}
-
-/* ICMP errors (v4 3, 11, 12; v6 1-4) concern a socket; queries like echo do not. */
-static __always_inline int icmp_error(const struct flow *f)
-{
-	if (f->l3 == L3_IPV4)
-		return f->icmp_type == 3 || f->icmp_type == 11 || f->icmp_type == 12;
-	return f->icmp_type >= 1 && f->icmp_type <= 4;
+	return p && (p->flags & POD_F_ENROLLED) ? p->flags : 0;
 }
 
 /* Z1–Z10: the class of a frame and, for delivery, its mark. */
 static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *mark)
 {
-	__u32 slot = ZTUNNEL_SLOT;
-	struct ztunnel_info *zt;
+	__u16 src_flags;
 	int outbound;
 
 	if (f->l3 != L3_IPV4 && f->l3 != L3_IPV6)
 		return ZC_PASS;                                  /* Z1 */
-	outbound = enrolled(&f->src);
-	if (!outbound && !enrolled(&f->dst))
+	src_flags = enrolled_flags(&f->src);
+	outbound = src_flags != 0;
+	if (!outbound && !enrolled_flags(&f->dst))
 		return ZC_PASS;                                  /* Z2 */
 	if (f->l4 == L4_BAD_CHAIN)
 		return ZC_DROP;                                  /* Z3 */
@@ -53,17 +46,14 @@ static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *ma
 		}
 		return ZC_DROP;                                  /* Z10 */
 	}
+	if (outbound && f->dport == bpf_htons(DNS_PORT) &&
+	    (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && dns_captured(ztunnel_flags(), src_flags)) {
+		*mark = ZT_MARK_DNS;
+		return ZC_DELIVER;                               /* Z5: UDP and TCP */
+	}
 	if (outbound && f->proto == IPPROTO_TCP) {
 		*mark = ZT_MARK_OUTBOUND;
 		return ZC_DELIVER;                               /* Z4 */
-	}
-	if (outbound && f->proto == IPPROTO_UDP && f->dport == bpf_htons(DNS_PORT)) {
-		zt = bpf_map_lookup_elem(&ztunnel, &slot);
-		if (zt && (zt->flags & ZT_F_DNS_CAPTURE)) {
-			*mark = ZT_MARK_DNS;
-			return ZC_DELIVER;                       /* Z5 */
-		}
-		return ZC_DROP;                                  /* Z10 */
 	}
 	if (!outbound && f->proto == IPPROTO_TCP) {
 		*mark = f->dport == bpf_htons(ZTUNNEL_PORT_HBONE) ? ZT_MARK_HBONE : ZT_MARK_INBOUND;
@@ -128,7 +118,7 @@ static __always_inline int zt_assign_socket(struct __sk_buff *skb, const struct 
 	__u32 len;
 	long err;
 
-	if (*mark == ZT_MARK_DNS) {
+	if (*mark == ZT_MARK_DNS && f->proto == IPPROTO_UDP) {
 		len = zt_tuple(f, &t, zt_listener_port(*mark));
 		sk = bpf_sk_lookup_udp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)

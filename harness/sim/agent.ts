@@ -14,16 +14,23 @@
  *   agent.js connect --to IP:PORT --count N --timeout-ms T [--bind IP] [--local-port P]
  *                                      N sequential connections, from IP (and port) if
  *                                      given; one result line each
+ *   agent.js udp-server --port P [--reply TEXT]
+ *                                      a UDP server (IPv4 and IPv6): reports each datagram's
+ *                                      source and answers TEXT
+ *   agent.js udp-send --to IP:PORT --count N --timeout-ms T
+ *                                      N sequential datagrams, each waiting for an answer;
+ *                                      one result line each
  *
  * Each prints one JSON object per line on stdout. Bad arguments: one line on stderr, exit 2.
  */
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
 
 class UsageError extends Error {}
 
 const USAGE =
-  'usage: agent.js ztunnel --port P[,P...] [--proxy] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP] [--local-port P]';
+  'usage: agent.js ztunnel --port P[,P...] [--proxy] | server --port P [--reply TEXT] | connect --to IP:PORT --count N --timeout-ms T [--bind IP] [--local-port P] | udp-server --port P [--reply TEXT] | udp-send --to IP:PORT --count N --timeout-ms T';
 
 function emit(event: object): void {
   process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -139,6 +146,44 @@ async function runServer(port: number, reply: string): Promise<void> {
   emit({ event: 'listening', port });
 }
 
+async function runUdpServer(port: number, reply: string): Promise<void> {
+  const sockets = [dgram.createSocket({ type: 'udp4' }), dgram.createSocket({ type: 'udp6', ipv6Only: true })];
+  await Promise.all(
+    sockets.map(
+      (s, i) =>
+        new Promise<void>((resolve, reject) => {
+          s.once('error', reject);
+          s.on('message', (_msg, rinfo) => {
+            emit({ event: 'accepted', src: rinfo.family === 'IPv6' ? `[${rinfo.address}]:${rinfo.port}` : `${rinfo.address}:${rinfo.port}` });
+            s.send(reply, rinfo.port, rinfo.address);
+          });
+          s.bind({ port, address: i === 0 ? '0.0.0.0' : '::' }, () => resolve());
+        }),
+    ),
+  );
+  emit({ event: 'listening', port });
+}
+
+/** One datagram and its answer; the timeout covers both. */
+function udpAttempt(to: { host: string; port: number }, timeoutMs: number): Promise<Result> {
+  return new Promise((resolve) => {
+    const socket = dgram.createSocket(net.isIPv6(to.host) ? 'udp6' : 'udp4');
+    const done = (r: Result) => {
+      clearTimeout(timer);
+      socket.close();
+      resolve(r);
+    };
+    const timer = setTimeout(() => done({ ok: false, error: 'ETIMEDOUT' }), timeoutMs);
+    socket.on('message', (msg) => done({ ok: true, reply: msg.toString('utf8').trim() }));
+    socket.on('error', (err: NodeJS.ErrnoException) => done({ ok: false, error: err.code ?? err.message }));
+    socket.send('ping', to.port, to.host);
+  });
+}
+
+async function runUdpSend(to: { host: string; port: number }, count: number, timeoutMs: number): Promise<void> {
+  for (let i = 0; i < count; i++) emit({ event: 'result', ...(await udpAttempt(to, timeoutMs)) });
+}
+
 interface Result {
   ok: boolean;
   reply?: string;
@@ -192,6 +237,10 @@ async function main(argv: string[]): Promise<void> {
       return runZtunnel(portList(values), values.proxy === true);
     case 'server':
       return runServer(intOption(values, 'port', 1, 65535), typeof values.reply === 'string' ? values.reply : 'server');
+    case 'udp-server':
+      return runUdpServer(intOption(values, 'port', 1, 65535), typeof values.reply === 'string' ? values.reply : 'server');
+    case 'udp-send':
+      return runUdpSend(target(values), intOption(values, 'count', 1, 100_000), intOption(values, 'timeout-ms', 1, 600_000));
     case 'connect':
       return runConnect(
         target(values),

@@ -42,6 +42,7 @@ export interface PodSpec {
   phase?: string;
   ready?: boolean;
   sidecar?: boolean;
+  annotations?: Record<string, string>;
   created?: Date;
   /** The controlling owner (ownerReferences, controller: true). */
   owner?: { kind: string; name: string };
@@ -252,7 +253,7 @@ export class KubeApiDouble {
         namespace: spec.namespace,
         uid: spec.uid ?? randomUUID(),
         labels: { ...(spec.labels ?? {}) },
-        annotations: spec.sidecar ? { 'sidecar.istio.io/status': '{}' } : {},
+        annotations: { ...(spec.annotations ?? {}), ...(spec.sidecar && { 'sidecar.istio.io/status': '{}' }) },
         creationTimestamp: (spec.created ?? new Date()).toISOString(),
         ...(spec.owner && {
           ownerReferences: [

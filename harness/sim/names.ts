@@ -11,7 +11,7 @@ export const GATEWAY_IP6 = 'fe80::1';
 export const ZTUNNEL_IP = '198.18.0.2';
 export const ZTUNNEL_IP6 = 'fd00:198:18::2';
 /** ztunnel's listeners: outbound capture, inbound plaintext, inbound HBONE. */
-export const ZTUNNEL_PORTS = [15001, 15006, 15008] as const;
+export const ZTUNNEL_PORTS = [15001, 15006, 15008, 15053] as const;
 export const OUTSIDE_HOST_IP = '198.19.0.1';
 export const OUTSIDE_HOST_IP6 = 'fd00:198:19::1';
 export const OUTSIDE_IP = '198.19.0.2';

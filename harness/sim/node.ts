@@ -10,7 +10,7 @@ import { rmSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { Cleanup } from '../../src/capture/cleanup.js';
 import { distEntry } from './dist.js';
-import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
+import { CommandError, startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import {
   GATEWAY_IP,
   GATEWAY_IP6,
@@ -88,6 +88,12 @@ export interface SimNode {
    * source address (another pod's IP to spoof, a forged source from outside).
    */
   connect(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number, bind?: string, localPort?: number): Promise<ConnectResult[]>;
+  /** A UDP server answering each datagram (`accepted`: each datagram's source) on `port` of the outside netns. */
+  startUdpOutside(port: number): Promise<SimServer>;
+  /** `count` sequential datagrams, each waiting `timeoutMs` for the server's answer. */
+  udpSend(from: SimSource, to: { ip: string; port: number }, count: number, timeoutMs?: number): Promise<ConnectResult[]>;
+  /** ICMP echo (`ping`, one request per count, 1 s wait each): how many were answered. */
+  ping(from: SimSource, ip: string, count: number): Promise<number>;
   /** Deletes a pod's veth pair and wires a new one (new ifindex, new MACs), as a CNI re-ADD does. */
   recreatePodLink(pod: SimPod): Promise<void>;
   /** Idempotent: stops the servers, deletes every netns of the run and checks none is left. */
@@ -356,6 +362,28 @@ async function connect(
   return results;
 }
 
+async function udpSend(
+  runner: CommandRunner,
+  t: Topology,
+  from: SimSource,
+  to: { ip: string; port: number },
+  count: number,
+  timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
+): Promise<ConnectResult[]> {
+  const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
+  const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
+  const out = await runner.run(agentArgv(ns, ['udp-send', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs)]), {
+    timeoutMs: count * (timeoutMs + 1_000) + 60_000,
+  });
+  const results = out
+    .split('\n')
+    .map(parseEvent)
+    .filter((ev): ev is AgentEvent => ev?.event === 'result')
+    .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
+  if (results.length !== count) throw new Error(`sim udp-send from ${ns}: expected ${count} results, got ${results.length}: ${out}`);
+  return results;
+}
+
 // --- the node --------------------------------------------------------------------------
 
 export async function createSimNode(opts: { pods: number; prefix?: string; runner?: CommandRunner }): Promise<SimNode> {
@@ -388,6 +416,24 @@ export async function createSimNode(opts: { pods: number; prefix?: string; runne
     startNodeServer: (port) => startServer(topology.nodeNs, ['server', '--port', String(port), '--reply', 'node'], servers),
     startOutside: () => startServer(topology.outside.ns, ['server', '--port', String(OUTSIDE_PORT), '--reply', 'outside'], servers),
     connect: (from, to, count, timeoutMs, bind, localPort) => connect(runner, topology, from, to, count, timeoutMs, bind, localPort),
+    startUdpOutside: (port) => startServer(topology.outside.ns, ['udp-server', '--port', String(port), '--reply', 'outside'], servers),
+    udpSend: (from, to, count, timeoutMs) => udpSend(runner, topology, from, to, count, timeoutMs),
+    async ping(from, ip, count) {
+      const ns = from === 'node' ? topology.nodeNs : from === 'outside' ? topology.outside.ns : from.ns;
+      let answered = 0;
+      for (let i = 0; i < count; i++) {
+        // One echo per run: ping exits 1 when it goes unanswered, a result here, not an error.
+        const ok = await runner.run(['ip', 'netns', 'exec', ns, 'ping', '-n', '-c', '1', '-W', '1', ip], { timeoutMs: 10_000 }).then(
+          () => true,
+          (err: unknown) => {
+            if (err instanceof CommandError && err.exitCode === 1) return false;
+            throw err;
+          },
+        );
+        if (ok) answered++;
+      }
+      return answered;
+    },
     async recreatePodLink(pod) {
       await runner.run(['ip', '-n', topology.nodeNs, 'link', 'del', pod.hostVeth]);
       await attachEndpoint(runner, topology.nodeNs, pod.ns, pod.hostVeth, pod.ip, pod.ip6);

@@ -470,7 +470,30 @@ export function decodeQdiscKey(buf: Buffer): { ifindex: number; netns: number } 
 }
 
 export function encodeQdiscCreated(): Buffer {
+  return encodeQdiscFlags(constants.QDISC_F_CREATED);
+}
+
+/** The record's flags (enum qdisc_flags): CREATED, RP_FILTER (old value in bits 2-3, ours in 4-5). */
+export const QdiscFlags = { CREATED: constants.QDISC_F_CREATED, RP_FILTER: constants.QDISC_F_RP_FILTER } as const;
+/** Record keys that are no device: conf.all and conf.default of the node's netns. */
+export const RP_ALL_IFINDEX = 0;
+export const RP_DEFAULT_IFINDEX = 0xffffffff;
+
+export function rpFilterFlags(was: number, wrote: number): number {
+  return constants.QDISC_F_RP_FILTER | ((was & 3) << 2) | ((wrote & 3) << 4);
+}
+
+export function decodeRpFilterFlags(flags: number): { was: number; wrote: number } | null {
+  if (!(flags & constants.QDISC_F_RP_FILTER)) return null;
+  return { was: (flags >> 2) & 3, wrote: (flags >> 4) & 3 };
+}
+
+export function encodeQdiscFlags(flags: number): Buffer {
   const buf = Buffer.alloc(QDISC_INFO_SIZE);
-  buf.writeUInt32LE(constants.QDISC_F_CREATED, field(layouts.qdisc_info, 'flags').offset);
+  buf.writeUInt32LE(u32(flags, 'flags'), field(layouts.qdisc_info, 'flags').offset);
   return buf;
+}
+
+export function decodeQdiscFlags(buf: Buffer): number {
+  return buf.readUInt32LE(field(layouts.qdisc_info, 'flags').offset);
 }

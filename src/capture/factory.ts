@@ -11,6 +11,7 @@ import { createLogger, type Logger } from '../log.js';
 import { EbpfRedirect, uninstallEbpf, type Delivery, type Variant } from './ebpf/ebpf.js';
 import { IptablesRedirect, uninstallIptables, type BackendKind } from './iptables/iptables.js';
 import type { Desired } from '../core/desired.js';
+import type { NonTcpPolicy } from '../core/modes.js';
 import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import { selectMode, selectTunnel, type KernelFacts, type RequestedTunnel } from './select.js';
@@ -32,6 +33,8 @@ export interface ModeOptions {
   iptablesBackend?: BackendKind;
   /** Capture the pods' DNS to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
+  /** Both modes: UDP (but captured DNS) and ICMP (but errors) pass uncaptured or are dropped (default pass). */
+  nonTcp?: NonTcpPolicy;
   /** Both modes: the cluster's DNS servers, exempt from capture when DNS capture is off; read on every pass. */
   dnsServers?: () => readonly string[];
   /** Injected kernel facts (tests); gathered from this kernel when absent. */
@@ -68,6 +71,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         ...(opts.variant && { variant: opts.variant }),
         ...(opts.delivery && { delivery: opts.delivery }),
         ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+        ...(opts.nonTcp && { nonTcp: opts.nonTcp }),
         ...(opts.dnsServers && { dnsServers: opts.dnsServers }),
       });
     case 'iptables': {
@@ -79,6 +83,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         log: opts.log,
         tunnel: t.tunnel,
         ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
+        ...(opts.nonTcp && { nonTcp: opts.nonTcp }),
         ...(opts.dnsServers && { dnsServers: opts.dnsServers }),
         ...(opts.iptablesBackend && { backend: opts.iptablesBackend }),
       });

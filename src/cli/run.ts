@@ -44,6 +44,7 @@ function kubeMembership(cfg: RunConfig, api: KubeTransport, log: Logger): KubeMe
   log.info('watching the Kubernetes API', { server: api.server, node: cfg.nodeName });
   return new KubeMembership(api, {
     nodeName: cfg.nodeName,
+    selectors: cfg.enablementSelectors,
     ztunnel: { namespace: cfg.ztunnelNamespace, labels: cfg.ztunnelSelector, daemonSet: cfg.ztunnelDaemonSet, serviceAccount: cfg.ztunnelServiceAccount },
     backoff: { initialMs: cfg.backoffInitialMs, maxMs: cfg.backoffMaxMs, jitter: DEFAULT_BACKOFF.jitter },
     stallTimeoutMs: cfg.watchStallSeconds * 1000,
@@ -179,6 +180,7 @@ async function startNode(
     runner: systemRunner,
     log,
     dnsCapture: cfg.dnsCapture,
+    nonTcp: cfg.nonTcp,
     dnsServers: () => [...cfg.dnsServers, ...(dns?.servers ?? [])],
     tunnel: cfg.tunnel,
     ...(cfg.variant !== 'auto' && { variant: cfg.variant }),

@@ -164,7 +164,7 @@ export class Controller {
       }
       this.refusedLogged = now;
     }
-    const desired = desiredState(view.enrolled, net, zt, placement);
+    const desired = desiredState(view.enrolled, net, zt, placement, view.pods);
     const deletes = [...actual.pods.keys()].filter((ip) => !desired.pods.has(ip));
     const programmedByMembership = new Set(desired.pods.keys());
 

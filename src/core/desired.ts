@@ -40,6 +40,8 @@ export interface EnrolledRef {
   ips: readonly string[];
   /** The last sandbox the CNI gate announced for this UID (its container ID), or null. */
   announced: string | null;
+  /** Pod flags beyond ENROLLED from its annotations (values.ts overrideFlags); 0 when absent. */
+  flags?: number;
 }
 
 export interface Placement {
@@ -175,7 +177,13 @@ export function ztunnelInfo(z: ZtunnelPlacement): ZtunnelInfo {
  * Without `placement`, each enrolled IP goes on the veth its host route names (static
  * membership: IPs without identity); with it, on the pod's bound sandbox.
  */
-export function desiredState(enrolled: Iterable<string>, net: HostNet, ztunnel: ZtunnelPlacement | null, placement?: Placement): Desired {
+export function desiredState(
+  enrolled: Iterable<string>,
+  net: HostNet,
+  ztunnel: ZtunnelPlacement | null,
+  placement?: Placement,
+  refs?: ReadonlyMap<string, EnrolledRef>,
+): Desired {
   const pods = new Map<string, PodInfo>();
   const hooks = new Set<number>();
   const unplaced: string[] = placement ? [...placement.unplaced] : [];
@@ -185,7 +193,7 @@ export function desiredState(enrolled: Iterable<string>, net: HostNet, ztunnel: 
       unplaced.push(ip);
       continue;
     }
-    pods.set(ip, { ifindex: link.ifindex, mac: '00:00:00:00:00:00', flags: PodFlags.ENROLLED });
+    pods.set(ip, { ifindex: link.ifindex, mac: '00:00:00:00:00:00', flags: PodFlags.ENROLLED | (refs?.get(ip)?.flags ?? 0) });
     hooks.add(link.ifindex);
   }
   return { pods, ztunnel: ztunnel ? ztunnelInfo(ztunnel) : null, ztunnelPlacement: ztunnel, hooks, unplaced, refused: placement ? placement.refused : [] };

@@ -8,6 +8,38 @@ import { isIP } from 'node:net';
 export const DATAPLANE_LABEL = 'istio.io/dataplane-mode';
 export const STATUS_ANNOTATION = 'ambient.istio.io/redirection';
 
+/** Istio's per-pod annotations (docs/operations.md "Per-pod annotations"). */
+export const BYPASS_INBOUND_ANNOTATION = 'ambient.istio.io/bypass-inbound-capture';
+export const DNS_CAPTURE_ANNOTATION = 'ambient.istio.io/dns-capture';
+export const REROUTE_VIRTUAL_INTERFACES_ANNOTATION = 'ambient.istio.io/reroute-virtual-interfaces';
+
+/** What a pod's annotations ask of its capture. */
+export interface PodOverrides {
+  /** bypass-inbound-capture: "true". */
+  bypassInbound: boolean;
+  /** dns-capture: "true" or "false"; null when absent (or another value): the node's setting. */
+  dnsCapture: boolean | null;
+  /** reroute-virtual-interfaces: the interface names listed (comma-separated). */
+  rerouteInterfaces: readonly string[];
+}
+
+export const NO_OVERRIDES: PodOverrides = Object.freeze({ bypassInbound: false, dnsCapture: null, rerouteInterfaces: Object.freeze([]) });
+
+/** The overrides a pod's annotations carry; values Istio would not take count as absent. */
+export function podOverrides(annotations: Readonly<Record<string, string>>): PodOverrides {
+  const bool = (v: string | undefined) =>
+    v === undefined ? null : v.trim().toLowerCase() === 'true' ? true : v.trim().toLowerCase() === 'false' ? false : null;
+  const reroute = (annotations[REROUTE_VIRTUAL_INTERFACES_ANNOTATION] ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  return Object.freeze({
+    bypassInbound: bool(annotations[BYPASS_INBOUND_ANNOTATION]) === true,
+    dnsCapture: bool(annotations[DNS_CAPTURE_ANNOTATION]),
+    rerouteInterfaces: Object.freeze(reroute),
+  });
+}
+
 export interface PodView {
   uid: string;
   name: string;
@@ -34,6 +66,8 @@ export interface PodView {
   serviceAccount?: string;
   /** metadata.deletionTimestamp is set: the pod is being deleted (its sandbox may already be gone). */
   terminating?: boolean;
+  /** Its per-pod annotations (absent: none). */
+  overrides?: PodOverrides;
 }
 
 export interface NamespaceView {
@@ -72,17 +106,177 @@ export function ipProblem(ip: string, reserved: ReadonlySet<string> = new Set())
   return null;
 }
 
+/** A Kubernetes label selector (matchLabels and matchExpressions, ANDed). */
+export interface LabelSelector {
+  matchLabels?: Readonly<Record<string, string>>;
+  matchExpressions?: readonly LabelRequirement[];
+}
+
+export interface LabelRequirement {
+  key: string;
+  operator: 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+  values?: readonly string[];
+}
+
+/**
+ * One enablement rule: a pod matches when its labels match `podSelector` and its
+ * namespace's labels match `namespaceSelector` (an absent selector matches everything).
+ * A pod is enrolled when any rule matches (docs/design.md, "Enrollment").
+ */
+export interface EnablementSelector {
+  podSelector?: LabelSelector;
+  namespaceSelector?: LabelSelector;
+}
+
+/**
+ * Istio's current default rules: a pod labelled ambient anywhere, or any pod not opted
+ * out in a namespace labelled ambient.
+ */
+export const DEFAULT_ENABLEMENT_SELECTORS: readonly EnablementSelector[] = Object.freeze([
+  { podSelector: { matchLabels: { [DATAPLANE_LABEL]: 'ambient' } } },
+  {
+    podSelector: { matchExpressions: [{ key: DATAPLANE_LABEL, operator: 'NotIn', values: ['none'] }] },
+    namespaceSelector: { matchLabels: { [DATAPLANE_LABEL]: 'ambient' } },
+  },
+]);
+
+export function selectorMatches(sel: LabelSelector | undefined, labels: Readonly<Record<string, string>>): boolean {
+  if (!sel) return true;
+  for (const [k, v] of Object.entries(sel.matchLabels ?? {})) if (labels[k] !== v) return false;
+  for (const r of sel.matchExpressions ?? []) {
+    const has = Object.hasOwn(labels, r.key);
+    const value = labels[r.key];
+    const ok =
+      r.operator === 'Exists'
+        ? has
+        : r.operator === 'DoesNotExist'
+          ? !has
+          : r.operator === 'In'
+            ? has && (r.values ?? []).includes(value!)
+            : !has || !(r.values ?? []).includes(value!);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// A label key: an optional DNS-subdomain prefix and a name of at most 63 characters.
+const LABEL_NAME = /^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_PREFIX = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+const LABEL_VALUE = /^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$/;
+
+function labelKeyProblem(key: unknown): string | null {
+  if (typeof key !== 'string') return 'a label key must be a string';
+  const slash = key.lastIndexOf('/');
+  const prefix = slash >= 0 ? key.slice(0, slash) : null;
+  const name = slash >= 0 ? key.slice(slash + 1) : key;
+  if (prefix !== null && !LABEL_PREFIX.test(prefix)) return `"${key}": the prefix is not a DNS subdomain`;
+  if (!LABEL_NAME.test(name)) return `"${key}" is not a label key`;
+  return null;
+}
+
+function labelValueProblem(v: unknown): string | null {
+  if (typeof v !== 'string') return `${JSON.stringify(v)} is not a string`;
+  return LABEL_VALUE.test(v) ? null : `"${v}" is not a label value`;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function labelSelector(v: unknown, where: string): LabelSelector {
+  if (!isObject(v)) throw new Error(`${where}: not an object`);
+  for (const k of Object.keys(v)) if (k !== 'matchLabels' && k !== 'matchExpressions') throw new Error(`${where}: unknown field "${k}"`);
+  const out: { matchLabels?: Record<string, string>; matchExpressions?: LabelRequirement[] } = {};
+  if (v.matchLabels !== undefined) {
+    if (!isObject(v.matchLabels)) throw new Error(`${where}.matchLabels: not an object`);
+    const ml: Record<string, string> = {};
+    for (const [k, val] of Object.entries(v.matchLabels)) {
+      const p = labelKeyProblem(k) ?? labelValueProblem(val);
+      if (p) throw new Error(`${where}.matchLabels: ${p}`);
+      ml[k] = val as string;
+    }
+    out.matchLabels = Object.freeze(ml);
+  }
+  if (v.matchExpressions !== undefined) {
+    if (!Array.isArray(v.matchExpressions)) throw new Error(`${where}.matchExpressions: not a list`);
+    out.matchExpressions = v.matchExpressions.map((e, i) => {
+      const w = `${where}.matchExpressions[${i}]`;
+      if (!isObject(e)) throw new Error(`${w}: not an object`);
+      for (const k of Object.keys(e)) if (!['key', 'operator', 'values'].includes(k)) throw new Error(`${w}: unknown field "${k}"`);
+      const kp = labelKeyProblem(e.key);
+      if (kp) throw new Error(`${w}.key: ${kp}`);
+      const op = e.operator;
+      if (op !== 'In' && op !== 'NotIn' && op !== 'Exists' && op !== 'DoesNotExist')
+        throw new Error(`${w}.operator: ${JSON.stringify(op)} is not one of In, NotIn, Exists, DoesNotExist`);
+      const values = e.values ?? [];
+      if (!Array.isArray(values)) throw new Error(`${w}.values: not a list`);
+      for (const val of values) {
+        const p = labelValueProblem(val);
+        if (p) throw new Error(`${w}.values: ${p}`);
+      }
+      if ((op === 'In' || op === 'NotIn') && values.length === 0) throw new Error(`${w}: ${op} needs at least one value`);
+      if ((op === 'Exists' || op === 'DoesNotExist') && values.length > 0) throw new Error(`${w}: ${op} takes no values`);
+      return Object.freeze({ key: e.key as string, operator: op, values: Object.freeze([...values] as string[]) });
+    });
+    Object.freeze(out.matchExpressions);
+  }
+  return Object.freeze(out);
+}
+
+/**
+ * Parses enablement selectors given as JSON (the shape of Istio's Helm value
+ * `ambient.enablementSelectors`: a list of {podSelector, namespaceSelector}); throws an
+ * Error saying what is wrong and where. A rule with neither selector would enroll every
+ * pod of the cluster (the mesh's own included) and is refused.
+ */
+export function parseEnablementSelectors(text: string): readonly EnablementSelector[] {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`not JSON (${(err as Error).message})`);
+  }
+  if (!Array.isArray(raw)) throw new Error('not a list of {podSelector, namespaceSelector}');
+  if (raw.length === 0) throw new Error('an empty list enrolls nothing: give at least one rule');
+  return Object.freeze(
+    raw.map((r, i) => {
+      const w = `[${i}]`;
+      if (!isObject(r)) throw new Error(`${w}: not an object`);
+      for (const k of Object.keys(r)) if (k !== 'podSelector' && k !== 'namespaceSelector') throw new Error(`${w}: unknown field "${k}"`);
+      if (r.podSelector === undefined && r.namespaceSelector === undefined)
+        throw new Error(`${w}: neither podSelector nor namespaceSelector: it would enroll every pod`);
+      const out: EnablementSelector = {};
+      if (r.podSelector !== undefined) out.podSelector = labelSelector(r.podSelector, `${w}.podSelector`);
+      if (r.namespaceSelector !== undefined) out.namespaceSelector = labelSelector(r.namespaceSelector, `${w}.namespaceSelector`);
+      return Object.freeze(out);
+    }),
+  );
+}
+
 export interface EnrollmentContext {
   nodeName: string;
   /** The node's and ztunnel's own addresses. */
   reserved: ReadonlySet<string>;
+  /** The enablement rules; default DEFAULT_ENABLEMENT_SELECTORS. */
+  selectors?: readonly EnablementSelector[];
 }
 
+/** Whether any rule selects the pod (the namespace unknown: only rules without a namespaceSelector can). */
+export function selected(pod: PodView, ns: NamespaceView | undefined, selectors: readonly EnablementSelector[]): boolean {
+  return selectors.some(
+    (s) =>
+      selectorMatches(s.podSelector, pod.labels) &&
+      (s.namespaceSelector === undefined || (ns !== undefined && selectorMatches(s.namespaceSelector, ns.labels))),
+  );
+}
+
+/**
+ * Precedence: eligibility (this node), then the pod's opt-out label (whatever the rules
+ * say), then the rules, then what makes a selected pod impossible to capture.
+ */
 export function enrollment(pod: PodView, ns: NamespaceView | undefined, ctx: EnrollmentContext): Verdict {
   if (pod.nodeName !== ctx.nodeName) return { enrolled: false, reason: 'pod of another node' };
-  if (!ns) return { enrolled: false, reason: 'namespace unknown' };
-  if (ns.labels[DATAPLANE_LABEL] !== 'ambient') return { enrolled: false, reason: 'namespace not ambient' };
   if (pod.labels[DATAPLANE_LABEL] === 'none') return { enrolled: false, reason: 'pod opted out' };
+  if (!selected(pod, ns, ctx.selectors ?? DEFAULT_ENABLEMENT_SELECTORS))
+    return { enrolled: false, reason: ns ? 'no enablement selector matches' : 'namespace unknown' };
   if (pod.hostNetwork) return { enrolled: false, reason: 'hostNetwork' };
   if (pod.sidecar) return { enrolled: false, reason: 'has a sidecar' };
   if (isTerminal(pod)) return { enrolled: false, reason: `terminal (${pod.phase})` };

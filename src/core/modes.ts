@@ -14,3 +14,9 @@ export type Delivery = 'sk_assign' | 'tproxy';
 /** What --tunnel asks for, and the tunnel iptables mode builds. */
 export type RequestedTunnel = 'geneve' | 'vxlan' | 'auto';
 export type Tunnel = 'geneve' | 'vxlan';
+/**
+ * What --non-tcp does with what ztunnel does not proxy (UDP but captured DNS, ICMP but
+ * errors): pass it uncaptured (Istio's behaviour) or drop it (docs/datapath.md O15b).
+ */
+export type NonTcpPolicy = 'pass' | 'drop';
+export const NON_TCP_POLICIES: readonly NonTcpPolicy[] = ['pass', 'drop'];

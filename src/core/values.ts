@@ -8,9 +8,16 @@
  */
 
 /** Flags of pod_info (enum pod_flags). */
-export const PodFlags = { ENROLLED: 1 } as const;
+export const PodFlags = { ENROLLED: 1, DNS_CAPTURE: 2, NO_DNS_CAPTURE: 4, BYPASS_INBOUND: 8 } as const;
 /** Flags of ztunnel_info (enum ztunnel_flags). */
-export const ZtunnelFlags = { PRESENT: 1, DNS_CAPTURE: 2 } as const;
+export const ZtunnelFlags = { PRESENT: 1, DNS_CAPTURE: 2, NON_TCP_DROP: 4 } as const;
+
+/** The pod entry's flags beyond ENROLLED that a pod's annotations ask for (docs/datapath.md "Flags"). */
+export function overrideFlags(o: { bypassInbound: boolean; dnsCapture: boolean | null }): number {
+  return (
+    (o.bypassInbound ? PodFlags.BYPASS_INBOUND : 0) | (o.dnsCapture === true ? PodFlags.DNS_CAPTURE : o.dnsCapture === false ? PodFlags.NO_DNS_CAPTURE : 0)
+  );
+}
 
 export interface PodInfo {
   ifindex: number;

@@ -7,10 +7,13 @@
 import { PodCache, NamespaceCache } from '../controller/cache.js';
 import type { Membership, MembershipView } from '../controller/controller.js';
 import type { EnrolledRef } from '../core/desired.js';
+import { overrideFlags } from '../core/values.js';
 import {
   chooseZtunnel,
   DATAPLANE_LABEL,
   enrolledPods,
+  NO_OVERRIDES,
+  type EnablementSelector,
   STATUS_ANNOTATION,
   type ZtunnelChoice,
   type EnrollmentContext,
@@ -27,6 +30,8 @@ import { Reflector, type WatchEventType } from './reflector.js';
 
 export interface KubeMembershipOptions {
   nodeName: string;
+  /** The enablement rules (src/core/enrollment.ts); default Istio's. */
+  selectors?: readonly EnablementSelector[];
   ztunnel: ZtunnelSelector;
   backoff: BackoffOptions;
   stallTimeoutMs: number;
@@ -120,7 +125,14 @@ export class KubeMembership implements Membership {
     const zt = this.ztunnel();
     const enrolled = this.enrolled();
     const pods = new Map<string, EnrolledRef>();
-    for (const [ip, p] of enrolled) pods.set(ip, { uid: p.uid, terminating: p.terminating === true, ips: p.ips, announced: this.announced.get(p.uid) ?? null });
+    for (const [ip, p] of enrolled)
+      pods.set(ip, {
+        uid: p.uid,
+        terminating: p.terminating === true,
+        ips: p.ips,
+        announced: this.announced.get(p.uid) ?? null,
+        flags: overrideFlags(p.overrides ?? NO_OVERRIDES),
+      });
     return {
       synced: this.hasSynced(),
       enrolled: [...enrolled.keys()],
@@ -143,7 +155,11 @@ export class KubeMembership implements Membership {
       for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
       const zt = this.ztunnel().pod;
       if (zt?.ips[0]) reserved.add(zt.ips[0]);
-      this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, { nodeName: this.opts.nodeName, reserved });
+      this.enrolledCache = enrolledPods(this.podsForEnrollment(), this.namespaces.map, {
+        nodeName: this.opts.nodeName,
+        reserved,
+        ...(this.opts.selectors && { selectors: this.opts.selectors }),
+      });
     }
     return this.enrolledCache;
   }
@@ -224,7 +240,7 @@ export class KubeMembership implements Membership {
     for (const p of this.pods.values()) if (p.hostIp) reserved.add(p.hostIp);
     const zt = this.ztunnel().pod;
     if (zt?.ips[0]) reserved.add(zt.ips[0]);
-    return { nodeName: this.opts.nodeName, reserved };
+    return { nodeName: this.opts.nodeName, reserved, ...(this.opts.selectors && { selectors: this.opts.selectors }) };
   }
 
   /** The cached pod: by UID when given, else the newest live one of that name. */
@@ -437,6 +453,7 @@ function sameInputs(a: PodView, b: PodView): boolean {
     a.serviceAccount === b.serviceAccount &&
     a.terminating === b.terminating &&
     JSON.stringify(a.owner) === JSON.stringify(b.owner) &&
-    JSON.stringify(a.labels) === JSON.stringify(b.labels)
+    JSON.stringify(a.labels) === JSON.stringify(b.labels) &&
+    JSON.stringify(a.overrides) === JSON.stringify(b.overrides)
   );
 }

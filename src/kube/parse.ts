@@ -4,7 +4,7 @@
  * it; nothing here throws.
  */
 import { isIP } from 'node:net';
-import { STATUS_ANNOTATION, type NamespaceView, type PodView } from '../core/enrollment.js';
+import { podOverrides, STATUS_ANNOTATION, type NamespaceView, type PodView } from '../core/enrollment.js';
 
 export type Parsed<T> = { ok: true; value: T } | { ok: false; reason: string; uid?: string };
 
@@ -138,6 +138,7 @@ export function parsePod(raw: unknown): Parsed<PodView> {
       owner: controllerOwner(meta),
       serviceAccount: str(spec, 'serviceAccountName', 'spec', { optional: true }),
       terminating: typeof deletion === 'string' && deletion !== '',
+      overrides: podOverrides(annotations),
     };
     return { ok: true, value };
   } catch (err) {

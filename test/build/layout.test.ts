@@ -23,10 +23,23 @@ describe('generated layouts', () => {
   });
 
   it("give the core's flags (src/core/values.ts) the header's values", () => {
-    expect(PodFlags).toEqual({ ENROLLED: constants.POD_F_ENROLLED });
-    expect(ZtunnelFlags).toEqual({ PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE });
+    expect(PodFlags).toEqual({
+      ENROLLED: constants.POD_F_ENROLLED,
+      DNS_CAPTURE: constants.POD_F_DNS_CAPTURE,
+      NO_DNS_CAPTURE: constants.POD_F_NO_DNS_CAPTURE,
+      BYPASS_INBOUND: constants.POD_F_BYPASS_INBOUND,
+    });
+    expect(ZtunnelFlags).toEqual({ PRESENT: constants.ZT_F_PRESENT, DNS_CAPTURE: constants.ZT_F_DNS_CAPTURE, NON_TCP_DROP: constants.ZT_F_NON_TCP_DROP });
     const flagNames = Object.keys(constants).filter((k) => /^(POD|ZT)_F_/.test(k));
-    expect(flagNames.sort()).toEqual(['POD_F_ENROLLED', 'ZT_F_DNS_CAPTURE', 'ZT_F_PRESENT']);
+    expect(flagNames.sort()).toEqual([
+      'POD_F_BYPASS_INBOUND',
+      'POD_F_DNS_CAPTURE',
+      'POD_F_ENROLLED',
+      'POD_F_NO_DNS_CAPTURE',
+      'ZT_F_DNS_CAPTURE',
+      'ZT_F_NON_TCP_DROP',
+      'ZT_F_PRESENT',
+    ]);
   });
 
   it('cover every struct the shared header declares', () => {

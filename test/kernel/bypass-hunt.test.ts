@@ -13,8 +13,9 @@
  * sniffers are not blind while the agent runs.
  *
  * The verdicts expected are docs/datapath.md's (ebpf) and docs/fallback.md's (iptables):
- * only ND and MLD pass to link-local; no address is trusted as a probe's; DNS is captured
- * like any UDP unless sent to a cluster DNS server (none is configured here).
+ * only ND and MLD pass to link-local; no address is trusted as a probe's; the agent runs
+ * with `--non-tcp drop`, so UDP (DNS included, no cluster DNS server being configured) and
+ * ICMP echo go nowhere.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -354,7 +355,21 @@ kernelDescribe('bypass hunt', 'builds network namespaces, programs and rules', (
         // 2. The agent, enrolling two pods; the hunt's pod is one of them.
         zt = await sim.startZtunnel();
         const enrolled = [sim.pods[0]!, sim.pods[1]!].flatMap((p) => [p.ip, p.ip6]);
-        controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', enrolled.join(','), '--mode', mode]);
+        // --non-tcp drop: the strict policy, under which nothing of an enrolled pod leaves
+        // but through ztunnel. Under the default, pass, its UDP and ICMP echo leave
+        // uncaptured on purpose (docs/datapath.md O15b; test/kernel/compat.test.ts).
+        controller = startController(sim.nodeNs, [
+          '--pin-root',
+          pinRoot,
+          '--ztunnel-ip',
+          sim.ztunnel.ip,
+          '--enroll',
+          enrolled.join(','),
+          '--mode',
+          mode,
+          '--non-tcp',
+          'drop',
+        ]);
         await controller.waitFor('programmed', 60_000);
         const fresh = { outbound: classes('outbound', sim, w), inbound: classes('inbound', sim, w) };
         const ctlFresh = controls(sim, w);

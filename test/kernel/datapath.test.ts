@@ -28,6 +28,8 @@ const LISTENERS = [
   ['tcp6', 15008],
   ['udp4', 15053],
   ['udp6', 15053],
+  ['tcp4', 15053],
+  ['tcp6', 15053],
 ] as const;
 
 kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads BPF programs', () => {

@@ -44,6 +44,17 @@ function states(v: Veths): { name: string; spec: StateSpec }[] {
     { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns } },
     { name: 'PRESENT with ifindex 0', spec: { ...base, ztunnel: ZT.presentIfindex0 } },
     { name: 'pods map full', spec: { ...base, ztunnel: ZT.dns, fillPods: true } },
+    { name: 'non-TCP drop', spec: { ...base, ztunnel: ZT.nonTcpDrop } },
+    { name: 'non-TCP drop, DNS capture on', spec: { ...base, ztunnel: ZT.dnsNonTcpDrop } },
+    { name: 'slot not PRESENT, non-TCP drop', spec: { ...base, ztunnel: ZT.notPresentNonTcpDrop } },
+    {
+      name: 'per-pod flags: pod A DNS capture on and inbound bypassed, pod B DNS capture off, node capture on',
+      spec: {
+        ...base,
+        ztunnel: ZT.dns,
+        pods: base.pods.map((p) => (p.ip === POD_A.v4 || p.ip === POD_A.v6 ? { ...p, flags: 1 | 2 | 8 } : p.flags === 1 ? { ...p, flags: 1 | 4 } : p)),
+      },
+    },
     { name: 'no DNS servers, no host flows', spec: { ...base, dnsServers: [], hostFlows: [] } },
     {
       name: 'stale ifindex (pod A on veth B)',

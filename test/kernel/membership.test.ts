@@ -144,6 +144,88 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     expect(await route(0)).toBe('ztunnel');
   });
 
+  it('pod-level enrollment (Istio’s rules): a pod labelled ambient in an unlabelled namespace is captured, a pod’s opt-out wins over its namespace, relabelling follows', async () => {
+    const DM = 'istio.io/dataplane-mode';
+    kube.api.createPod({ name: 'solo', namespace: 'plain', nodeName: NODE, ip: ip(1), hostIp: OUTSIDE_HOST_IP, labels: { [DM]: 'ambient' } });
+    kube.api.createPod({ name: 'out', namespace: 'shop', nodeName: NODE, ip: ip(2), hostIp: OUTSIDE_HOST_IP, labels: { [DM]: 'none' } });
+    await mapBecomes([ip(0), ip(1)]);
+    expect(await route(1)).toBe('ztunnel');
+    expect(await route(2)).toBe('direct');
+    await until('annotation on the pod-labelled pod', () => kube.api.getPod('plain', 'solo')?.metadata.annotations[ANN] === 'enabled');
+    // The opt-out and the pod label flip; the namespace's label is never touched.
+    kube.api.updatePod('plain', 'solo', (o) => (o.metadata.labels[DM] = 'none'));
+    kube.api.updatePod('shop', 'out', (o) => delete o.metadata.labels[DM]);
+    await mapBecomes([ip(0), ip(2)]);
+    expect(await route(1)).toBe('direct');
+    expect(await route(2)).toBe('ztunnel');
+    kube.api.deletePod('plain', 'solo');
+    kube.api.deletePod('shop', 'out');
+    await mapBecomes([ip(0)]);
+  });
+
+  it('per-pod annotations: dns-capture sends that pod’s TCP/53 to 15053 alone; bypass-inbound-capture lets the outside reach the pod’s app uncaptured, its own connections stay captured; removing them restores capture', async () => {
+    const APP = 9191;
+    const app = await sim.startPodServer(sim.pods[1]!, APP);
+    const DNS_ANN = 'ambient.istio.io/dns-capture';
+    const BYPASS_ANN = 'ambient.istio.io/bypass-inbound-capture';
+    try {
+      kube.api.createPod({
+        name: 'ann',
+        namespace: 'shop',
+        nodeName: NODE,
+        ip: ip(1),
+        hostIp: OUTSIDE_HOST_IP,
+        annotations: { [DNS_ANN]: 'true', [BYPASS_ANN]: 'true' },
+      });
+      await mapBecomes([ip(0), ip(1)]);
+      /** The ztunnel listener a TCP connection from pod i to the outside's address on `port` reached. */
+      const listener = async (i: number, port: number) => {
+        const n = ztunnel.accepted.length;
+        const [r] = await sim.connect(sim.pods[i]!, { ip: sim.outside.ip, port }, 1);
+        expect(r?.ok, r?.error).toBe(true);
+        await ztunnel.waitForAccepted(n + 1);
+        return [ztunnel.accepted[n]!.port, ztunnel.accepted[n]!.origDst];
+      };
+      // The node's DNS capture is off: only the annotated pod's TCP/53 goes to the DNS port.
+      expect(await listener(1, 53)).toEqual([15053, `${sim.outside.ip}:53`]);
+      expect(await listener(0, 53)).toEqual([15001, `${sim.outside.ip}:53`]);
+      // Inbound bypassed: the outside reaches the app itself, ztunnel sees nothing of it.
+      const z = ztunnel.accepted.length;
+      expect(await sim.connect('outside', { ip: ip(1), port: APP }, 2)).toEqual(Array(2).fill({ ok: true, reply: sim.pods[1]!.name }));
+      await app.waitForAccepted(2);
+      expect(ztunnel.accepted.length).toBe(z);
+      // Its own outbound connections are still captured.
+      expect(await route(1)).toBe('ztunnel');
+      // Pod 0 (no annotation): inbound captured.
+      const p0 = await sim.startPodServer(sim.pods[0]!, APP);
+      try {
+        expect(await sim.connect('outside', { ip: ip(0), port: APP }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        expect(p0.accepted).toHaveLength(0);
+      } finally {
+        await p0.stop();
+      }
+      // The annotations go: capture comes back for the pod, with the node's settings.
+      kube.api.updatePod('shop', 'ann', (o) => {
+        delete o.metadata.annotations[DNS_ANN];
+        delete o.metadata.annotations[BYPASS_ANN];
+      });
+      const end = Date.now() + 10_000;
+      let reply = '';
+      while (Date.now() < end) {
+        const [r] = await sim.connect('outside', { ip: ip(1), port: APP }, 1);
+        reply = r?.reply ?? '';
+        if (reply === 'ztunnel') break;
+        await sleep(200);
+      }
+      expect(reply).toBe('ztunnel');
+      expect(await listener(1, 53)).toEqual([15001, `${sim.outside.ip}:53`]);
+    } finally {
+      await app.stop();
+      kube.api.deletePod('shop', 'ann');
+      await mapBecomes([ip(0)]);
+    }
+  });
+
   it('410 Gone: exactly one relist, then events flow', async () => {
     const podLists = kube.api.count('list', '/api/v1/pods');
     const nsLists = kube.api.count('list', '/api/v1/namespaces');
@@ -277,7 +359,10 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
       }
       const ambient = (ns: string) => kube.api.getNamespace(ns)?.metadata.labels['istio.io/dataplane-mode'] === 'ambient';
       return [...owner]
-        .filter(([pip, p]) => ambient(p.metadata.namespace) && p.metadata.labels['istio.io/dataplane-mode'] !== 'none' && pip !== '198.18.0.99')
+        .filter(([pip, p]) => {
+          const mode = p.metadata.labels['istio.io/dataplane-mode'];
+          return mode !== 'none' && (mode === 'ambient' || ambient(p.metadata.namespace)) && pip !== '198.18.0.99';
+        })
         .map(([pip]) => pip)
         .sort();
     };
@@ -294,7 +379,7 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
           ip: pick(ips),
           hostIp: OUTSIDE_HOST_IP,
           hostNetwork,
-          ...(rnd() < 0.1 && { labels: { 'istio.io/dataplane-mode': 'none' } }),
+          ...(rnd() < 0.2 && { labels: { 'istio.io/dataplane-mode': pick(['none', 'ambient']) } }),
         });
       } else if (r < 0.75) {
         const p = pick(live);

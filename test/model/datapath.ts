@@ -24,8 +24,12 @@ export interface Verdict {
 
 // Constants of the spec / shared header (bpf/include/ambient_redirect.h).
 export const POD_F_ENROLLED = 1;
+export const POD_F_DNS_CAPTURE = 2;
+export const POD_F_NO_DNS_CAPTURE = 4;
+export const POD_F_BYPASS_INBOUND = 8;
 export const ZT_F_PRESENT = 1;
 export const ZT_F_DNS_CAPTURE = 2;
+export const ZT_F_NON_TCP_DROP = 4;
 export const MAX_IPV6_EXT = 4;
 export const Mark = { LOCAL: 0x800, OUTBOUND: 0x900, INBOUND: 0xa00, HBONE: 0xb00, DNS: 0xc00 } as const;
 export const Port = { OUTBOUND: 15001, INBOUND: 15006, HBONE: 15008, DNS: 15053 } as const;
@@ -91,6 +95,9 @@ export function addrKeyHex(addr: Buffer): string {
   if (addr.length === 16) return addr.toString('hex');
   throw new Error(`address of ${addr.length} bytes`);
 }
+
+const ICMP4_ERRORS = new Set([3, 11, 12]);
+const ICMP6_ERRORS = new Set([1, 2, 3, 4]);
 
 // --- parsing (rows O1–O6, O11, the facts the later rows need) ----------------------------
 
@@ -246,8 +253,24 @@ function ztunnelPresent(s: ModelState): boolean {
   return (s.ztunnel.flags & ZT_F_PRESENT) !== 0 && s.ztunnel.ifindex !== 0;
 }
 
-function dnsCapture(s: ModelState): boolean {
+/** DNS capture for a pod: its own flags (annotation) first, else the slot's. */
+function dnsCapture(s: ModelState, podFlags: number): boolean {
+  if (podFlags & POD_F_DNS_CAPTURE) return true;
+  if (podFlags & POD_F_NO_DNS_CAPTURE) return false;
   return (s.ztunnel.flags & ZT_F_DNS_CAPTURE) !== 0;
+}
+
+function nonTcpDrop(s: ModelState): boolean {
+  return (s.ztunnel.flags & ZT_F_NON_TCP_DROP) !== 0;
+}
+
+function icmpError(frame: Buffer, ip: Ip): boolean {
+  return isIcmp(ip) && (ip.family === 4 ? ICMP4_ERRORS : ICMP6_ERRORS).has(frame[ip.l4Off]!);
+}
+
+/** O15b / I16b: what ztunnel does not proxy (UDP but captured DNS, ICMP but errors), by the policy. */
+function nonTcp(s: ModelState, row: string): Verdict {
+  return { verdict: nonTcpDrop(s) ? 'drop' : 'pass', row };
 }
 
 /** O7 / I8: ICMPv6 neighbour discovery (133–137) or MLD (130–132, 143), header in the frame. */
@@ -268,8 +291,8 @@ function tcpOpening(f: Buffer, ip: Ip): boolean {
 }
 
 /** O15 / I16: UDP with the DNS port on the server's side, no capture, a known server. */
-function dnsBypass(s: ModelState, f: Buffer, ip: Ip, side: 'dst' | 'src'): boolean {
-  if (ip.proto !== P.UDP || dnsCapture(s)) return false;
+function dnsBypass(s: ModelState, f: Buffer, ip: Ip, side: 'dst' | 'src', podFlags: number): boolean {
+  if (ip.proto !== P.UDP || dnsCapture(s, podFlags)) return false;
   return (side === 'dst' ? dport(f, ip) : sport(f, ip)) === 53 && s.dnsServers.has(side === 'dst' ? ip.dst : ip.src);
 }
 
@@ -314,11 +337,17 @@ export function outbound(frame: Buffer, state: ModelState, ctx: ModelCtx): Verdi
   }
   if (ip.badChain) return { verdict: 'drop', row: 'O11' };
   if (ip.laterFragment && carried(ip)) {
+    // INTERP: a non-first fragment of UDP or ICMP follows the non-TCP policy as a whole
+    // under pass (its first fragment may be DNS: only the drop policy sends it to ztunnel).
+    if (ip.proto !== P.TCP && !nonTcpDrop(state)) return { verdict: 'pass', row: 'O12' };
     return ztunnelPresent(state) ? redirect(state, 'O12') : { verdict: 'drop', row: 'O12' };
   }
   if (!carried(ip)) return { verdict: 'drop', row: 'O13' };
-  if ((ip.proto === P.TCP || ip.proto === P.UDP) && !l4Complete(frame, ip)) return { verdict: 'drop', row: 'O14' };
-  if (dnsBypass(state, frame, ip, 'dst')) return { verdict: 'pass', row: 'O15' };
+  if (!l4Complete(frame, ip)) return { verdict: 'drop', row: 'O14' };
+  const isDns = ip.proto === P.UDP && dport(frame, ip) === 53;
+  if (isDns && dnsCapture(state, pod.flags)) return ztunnelPresent(state) ? redirect(state, 'O17') : { verdict: 'drop', row: 'O16' };
+  if (dnsBypass(state, frame, ip, 'dst', pod.flags)) return { verdict: 'pass', row: 'O15' };
+  if (ip.proto === P.UDP || (isIcmp(ip) && !icmpError(frame, ip))) return nonTcp(state, 'O15b');
   if (!ztunnelPresent(state)) return { verdict: 'drop', row: 'O16' };
   return redirect(state, 'O17');
 }
@@ -339,13 +368,24 @@ export function inbound(frame: Buffer, state: ModelState, ctx: ModelCtx): Verdic
     if (ip.proto === P.UDP || tcpOpening(frame, ip)) return { verdict: 'pass', row: 'I11', recordFlow: { key, ifindex: ctx.ifindex } };
     if (state.hostFlows.get(key) === ctx.ifindex) return { verdict: 'pass', row: 'I11' };
   }
+  if (pod.flags & POD_F_BYPASS_INBOUND) {
+    // I11b: every frame passes; a UDP datagram or TCP SYN records its flow (as I11 does) for the pod's answers (O10).
+    if (hasPorts(frame, ip) && (ip.proto === P.UDP || tcpOpening(frame, ip))) {
+      const key = hostFlowKey(ip.dst, dport(frame, ip), ip.src, sport(frame, ip), ip.proto);
+      return { verdict: 'pass', row: 'I11b', recordFlow: { key, ifindex: ctx.ifindex } };
+    }
+    return { verdict: 'pass', row: 'I11b' };
+  }
   if (ip.badChain) return { verdict: 'drop', row: 'I12' };
   if (ip.laterFragment && carried(ip)) {
+    if (ip.proto !== P.TCP && !nonTcpDrop(state)) return { verdict: 'pass', row: 'I13' };
     return ztunnelPresent(state) ? redirect(state, 'I13') : { verdict: 'drop', row: 'I13' };
   }
   if (!carried(ip)) return { verdict: 'drop', row: 'I14' };
-  if ((ip.proto === P.TCP || ip.proto === P.UDP) && !l4Complete(frame, ip)) return { verdict: 'drop', row: 'I15' };
-  if (dnsBypass(state, frame, ip, 'src')) return { verdict: 'pass', row: 'I16' };
+  if (!l4Complete(frame, ip)) return { verdict: 'drop', row: 'I15' };
+  if (dnsBypass(state, frame, ip, 'src', pod.flags)) return { verdict: 'pass', row: 'I16' };
+  // Inbound DNS is never captured: ztunnel's answers come from its netns (I7).
+  if (ip.proto === P.UDP || (isIcmp(ip) && !icmpError(frame, ip))) return nonTcp(state, 'I16b');
   if (!ztunnelPresent(state)) return { verdict: 'drop', row: 'I17' };
   return redirect(state, 'I18');
 }
@@ -356,9 +396,6 @@ function enrolled(state: ModelState, key: string): boolean {
   const p = state.pods.get(key);
   return p !== undefined && (p.flags & POD_F_ENROLLED) !== 0;
 }
-
-const ICMP4_ERRORS = new Set([3, 11, 12]);
-const ICMP6_ERRORS = new Set([1, 2, 3, 4]);
 
 interface ZtClass {
   verdict: Verdict;
@@ -386,6 +423,18 @@ function ztClassify(frame: Buffer, state: ModelState): ZtClass {
     return { verdict: { verdict: 'drop', row: 'Z10' } };
   }
   if (!carried(ip) || !l4Complete(frame, ip)) return { verdict: { verdict: 'drop', row: 'Z10' } };
+  const srcFlags = out ? state.pods.get(ip.src)!.flags : 0;
+  if (out && (ip.proto === P.TCP || ip.proto === P.UDP) && dport(frame, ip) === 53 && dnsCapture(state, srcFlags)) {
+    // TCP DNS as Z4: its established socket first, else the 15053 listener.
+    const tcp = ip.proto === P.TCP;
+    return {
+      verdict: { verdict: 'deliver', row: 'Z5', mark: Mark.DNS },
+      lookup: {
+        listener: `${tcp ? 'tcp' : 'udp'}${fam}:${Port.DNS}`,
+        ...(tcp && { established: tupleKey(fam, ip.dst, dport(frame, ip), ip.src, sport(frame, ip)) }),
+      },
+    };
+  }
   if (ip.proto === P.TCP) {
     if (out) {
       return {
@@ -400,9 +449,6 @@ function ztClassify(frame: Buffer, state: ModelState): ZtClass {
       return { verdict: { verdict: 'deliver', row: 'Z6', mark: Mark.HBONE }, lookup: { listener: `tcp${fam}:${Port.HBONE}` } };
     }
     return { verdict: { verdict: 'deliver', row: 'Z7', mark: Mark.INBOUND }, lookup: { listener: `tcp${fam}:${Port.INBOUND}` } };
-  }
-  if (ip.proto === P.UDP && out && dport(frame, ip) === 53 && dnsCapture(state)) {
-    return { verdict: { verdict: 'deliver', row: 'Z5', mark: Mark.DNS }, lookup: { listener: `udp${fam}:${Port.DNS}` } };
   }
   if (isIcmp(ip) && (fam === 4 ? ICMP4_ERRORS : ICMP6_ERRORS).has(frame[ip.l4Off]!)) {
     return { verdict: { verdict: 'deliver', row: 'Z8', mark: Mark.LOCAL } };

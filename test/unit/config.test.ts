@@ -108,6 +108,8 @@ describe('data-path flags', () => {
     [['--delivery', 'magic'], /delivery/],
     [['--tunnel', 'gre'], /tunnel/],
     [['--dns-capture', 'yes'], /dns-capture/],
+    [['--non-tcp', 'reject'], /--non-tcp: "reject" is not one of pass, drop/],
+    [['--enablement-selectors', '[{}]'], /--enablement-selectors: \[0\]: neither podSelector nor namespaceSelector/],
     [['--dns-servers', '10.96.0.10,kube-dns'], /dns-servers: "kube-dns" is not an IP/],
     [['--node-local-dns', '169.254.20.10/32'], /node-local-dns/],
   ])('rejects %j', (extra, msg) => {

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
 import { desiredState, diffHooks, diffPods } from '../../src/core/desired.js';
+import { overrideFlags } from '../../src/core/values.js';
 import type { HostNet, Link } from '../../src/host/netinfo.js';
 
 const link = (ifindex: number, name: string, extra: Partial<Link> = {}): Link => ({
@@ -37,6 +38,14 @@ describe('desired state', () => {
     expect([...d.hooks]).toEqual([5]);
     expect(d.ztunnel).toMatchObject({ ifindex: 7, peerIfindex: 2, mac: '0a:00:00:00:00:02', flags: 1 });
     expect(d.unplaced).toEqual([]);
+  });
+
+  it('adds the flags a pod’s annotations ask for to its entry', () => {
+    const ref = { uid: 'u', terminating: false, ips: ['10.0.0.10'], announced: null, flags: overrideFlags({ bypassInbound: true, dnsCapture: false }) };
+    const d = desiredState(['10.0.0.10'], net(), zt, undefined, new Map([['10.0.0.10', ref]]));
+    expect(d.pods.get('10.0.0.10')?.flags).toBe(PodFlags.ENROLLED | PodFlags.BYPASS_INBOUND | PodFlags.NO_DNS_CAPTURE);
+    expect(overrideFlags({ bypassInbound: false, dnsCapture: true })).toBe(PodFlags.DNS_CAPTURE);
+    expect(overrideFlags({ bypassInbound: false, dnsCapture: null })).toBe(0);
   });
 
   it('reports enrolled pods without a route instead of guessing', () => {

@@ -1,5 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { enrolledPods, enrollment, ipProblem, selectZtunnel, type NamespaceView, type PodView } from '../../src/core/enrollment.js';
+import {
+  DEFAULT_ENABLEMENT_SELECTORS,
+  enrolledPods,
+  enrollment,
+  ipProblem,
+  parseEnablementSelectors,
+  podOverrides,
+  selectZtunnel,
+  type NamespaceView,
+  type PodView,
+} from '../../src/core/enrollment.js';
 
 const NODE = 'node-a';
 const ambient: NamespaceView = { name: 'shop', labels: { 'istio.io/dataplane-mode': 'ambient' } };
@@ -32,9 +42,20 @@ function pod(over: Partial<PodView> = {}): PodView {
 describe('enrollment rules', () => {
   it.each([
     ['a running pod in an ambient namespace', pod(), ambient, true],
-    ['a pod in a namespace without the label', pod({ namespace: 'plain' }), plain, 'namespace not ambient'],
+    ['a pod in a namespace without the label', pod({ namespace: 'plain' }), plain, 'no enablement selector matches'],
     ['a pod whose namespace is unknown', pod(), undefined, 'namespace unknown'],
     ['a pod that opts out', pod({ labels: { 'istio.io/dataplane-mode': 'none' } }), ambient, 'pod opted out'],
+    ['a pod labelled ambient in a namespace without the label', pod({ namespace: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } }), plain, true],
+    [
+      'a pod labelled ambient in a namespace labelled none',
+      pod({ labels: { 'istio.io/dataplane-mode': 'ambient' } }),
+      { name: 'x', labels: { 'istio.io/dataplane-mode': 'none' } },
+      true,
+    ],
+    ['a pod labelled ambient whose namespace is unknown', pod({ labels: { 'istio.io/dataplane-mode': 'ambient' } }), undefined, true],
+    ['a pod with another dataplane-mode value in an ambient namespace', pod({ labels: { 'istio.io/dataplane-mode': 'sidecar' } }), ambient, true],
+    ['a pod labelled ambient with hostNetwork', pod({ hostNetwork: true, labels: { 'istio.io/dataplane-mode': 'ambient' } }), plain, 'hostNetwork'],
+    ['a pod labelled ambient with a sidecar', pod({ sidecar: true, labels: { 'istio.io/dataplane-mode': 'ambient' } }), plain, 'has a sidecar'],
     ['a hostNetwork pod', pod({ hostNetwork: true }), ambient, 'hostNetwork'],
     ['a pod with a sidecar', pod({ sidecar: true }), ambient, 'has a sidecar'],
     ['a Succeeded pod', pod({ phase: 'Succeeded' }), ambient, 'terminal (Succeeded)'],
@@ -48,6 +69,93 @@ describe('enrollment rules', () => {
     const v = enrollment(p, ns, ctx);
     if (want === true) expect(v).toEqual({ enrolled: true });
     else expect(v).toEqual({ enrolled: false, reason: want });
+  });
+
+  it('the pod opt-out wins over every rule, custom ones included', () => {
+    const all = parseEnablementSelectors('[{"namespaceSelector":{"matchExpressions":[{"key":"team","operator":"Exists"}]}}]');
+    const ns: NamespaceView = { name: 't', labels: { team: 'a' } };
+    expect(enrollment(pod({ namespace: 't' }), ns, { ...ctx, selectors: all })).toEqual({ enrolled: true });
+    expect(enrollment(pod({ namespace: 't', labels: { 'istio.io/dataplane-mode': 'none' } }), ns, { ...ctx, selectors: all })).toEqual({
+      enrolled: false,
+      reason: 'pod opted out',
+    });
+    // The custom rules replace the defaults: the ambient label alone no longer enrolls.
+    expect(enrollment(pod({ labels: { 'istio.io/dataplane-mode': 'ambient' } }), ambient, { ...ctx, selectors: all }).enrolled).toBe(false);
+  });
+
+  it('custom selectors: matchLabels and every operator, pod and namespace ANDed, rules ORed', () => {
+    const sel = parseEnablementSelectors(
+      JSON.stringify([
+        { podSelector: { matchLabels: { mesh: 'on' }, matchExpressions: [{ key: 'tier', operator: 'In', values: ['web', 'api'] }] } },
+        {
+          podSelector: { matchExpressions: [{ key: 'legacy', operator: 'DoesNotExist' }] },
+          namespaceSelector: {
+            matchExpressions: [
+              { key: 'env', operator: 'NotIn', values: ['dev'] },
+              { key: 'owner', operator: 'Exists' },
+            ],
+          },
+        },
+      ]),
+    );
+    const c = { ...ctx, selectors: sel };
+    const nsProd: NamespaceView = { name: 'p', labels: { env: 'prod', owner: 'x' } };
+    const nsDev: NamespaceView = { name: 'd', labels: { env: 'dev', owner: 'x' } };
+    const nsNoOwner: NamespaceView = { name: 'n', labels: { env: 'prod' } };
+    expect(enrollment(pod({ labels: { mesh: 'on', tier: 'web' } }), nsDev, c).enrolled).toBe(true);
+    expect(enrollment(pod({ labels: { mesh: 'on', tier: 'db' } }), nsNoOwner, c).enrolled).toBe(false);
+    expect(enrollment(pod({ labels: { mesh: 'on' } }), nsNoOwner, c).enrolled).toBe(false);
+    expect(enrollment(pod(), nsProd, c).enrolled).toBe(true);
+    expect(enrollment(pod({ labels: { legacy: '' } }), nsProd, c).enrolled).toBe(false);
+    expect(enrollment(pod(), nsDev, c).enrolled).toBe(false);
+    expect(enrollment(pod(), nsNoOwner, c).enrolled).toBe(false);
+    expect(enrollment(pod(), { name: 'e', labels: { owner: 'y' } }, c).enrolled).toBe(true); // NotIn: an absent key matches
+  });
+
+  it.each([
+    [{}, { bypassInbound: false, dnsCapture: null, rerouteInterfaces: [] }],
+    [
+      {
+        'ambient.istio.io/bypass-inbound-capture': 'true',
+        'ambient.istio.io/dns-capture': 'false',
+        'ambient.istio.io/reroute-virtual-interfaces': 'tap0, net1 ,',
+      },
+      { bypassInbound: true, dnsCapture: false, rerouteInterfaces: ['tap0', 'net1'] },
+    ],
+    [
+      { 'ambient.istio.io/bypass-inbound-capture': 'yes', 'ambient.istio.io/dns-capture': 'TRUE' },
+      { bypassInbound: false, dnsCapture: true, rerouteInterfaces: [] },
+    ],
+    [{ 'ambient.istio.io/dns-capture': 'maybe' }, { bypassInbound: false, dnsCapture: null, rerouteInterfaces: [] }],
+  ])('the per-pod annotations %j', (annotations, want) => {
+    expect(podOverrides(annotations)).toEqual(want);
+  });
+
+  it('the default selectors are Istio’s, and parse from their own JSON', () => {
+    expect(parseEnablementSelectors(JSON.stringify(DEFAULT_ENABLEMENT_SELECTORS))).toEqual(DEFAULT_ENABLEMENT_SELECTORS);
+  });
+
+  it.each([
+    ['{}', 'not a list'],
+    ['[]', 'an empty list enrolls nothing'],
+    ['[{"x', 'not JSON'],
+    ['[{}]', '[0]: neither podSelector nor namespaceSelector'],
+    ['[{"podSelecter":{}}]', '[0]: unknown field "podSelecter"'],
+    ['[{"podSelector":{"matchLabels":{"a b":"c"}}}]', '[0].podSelector.matchLabels: "a b" is not a label key'],
+    ['[{"podSelector":{"matchLabels":{"a":"c d"}}}]', '[0].podSelector.matchLabels: "c d" is not a label value'],
+    ['[{"podSelector":{"matchLabels":{"a":1}}}]', '[0].podSelector.matchLabels: 1 is not a string'],
+    [
+      '[{"podSelector":{"matchExpressions":[{"key":"a","operator":"Equals","values":["b"]}]}}]',
+      'operator: "Equals" is not one of In, NotIn, Exists, DoesNotExist',
+    ],
+    ['[{"podSelector":{"matchExpressions":[{"key":"a","operator":"In"}]}}]', 'In needs at least one value'],
+    [
+      '[{"namespaceSelector":{"matchExpressions":[{"key":"a","operator":"Exists","values":["b"]}]}}]',
+      '[0].namespaceSelector.matchExpressions[0]: Exists takes no values',
+    ],
+    ['[{"podSelector":{"matchLabels":{"UPPER.example/a":"b"}}}]', 'the prefix is not a DNS subdomain'],
+  ])('a bad selector %s is a clear error', (text, message) => {
+    expect(() => parseEnablementSelectors(text)).toThrow(message);
   });
 
   it.each([

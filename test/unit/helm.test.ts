@@ -10,6 +10,7 @@ import { loadAll } from 'js-yaml';
 // A CEL evaluator (a devDependency) runs the admission policy's expressions as written.
 import { run as celRun } from '@bufbuild/cel';
 import { parseRunConfig, RUN_FLAGS } from '../../src/config.js';
+import { DEFAULT_ENABLEMENT_SELECTORS } from '../../src/core/enrollment.js';
 
 const CHART = 'deploy/chart';
 let helm = '';
@@ -363,7 +364,33 @@ describe('the chart and `run` agree', () => {
     expect(none.some((o) => o.kind === 'Role')).toBe(false);
   });
 
-  it.each([['dns.service=kube-dns'], ['dns.capture=yes'], ['dns.servers={dns.local}']])('the schema rejects %s', (set) => {
+  it('enablement selectors reach `run`: Istio’s rules by default, a custom list as given, a bad selector a clear error', () => {
+    const dflt = render({});
+    const inv = containerInvocation(dflt, 'n1');
+    expect(parseRunConfig(inv.args.slice(1), inv.env).enablementSelectors).toEqual(DEFAULT_ENABLEMENT_SELECTORS);
+    const custom = render({ 'ambient.enablementSelectors[0].namespaceSelector.matchLabels.mesh': 'yes' });
+    const c = containerInvocation(custom, 'n1');
+    expect(parseRunConfig(c.args.slice(1), c.env).enablementSelectors).toEqual([{ namespaceSelector: { matchLabels: { mesh: 'yes' } } }]);
+    const bad = render({ 'ambient.enablementSelectors[0].podSelector.matchLabels.mesh': 'a b' });
+    const b = containerInvocation(bad, 'n1');
+    expect(() => parseRunConfig(b.args.slice(1), b.env)).toThrow('--enablement-selectors: [0].podSelector.matchLabels: "a b" is not a label value');
+  });
+
+  it('ambient.nonTcp reaches `run`: pass by default, drop as set', () => {
+    const d = containerInvocation(render({}), 'n1');
+    expect(parseRunConfig(d.args.slice(1), d.env).nonTcp).toBe('pass');
+    const x = containerInvocation(render({ 'ambient.nonTcp': 'drop' }), 'n1');
+    expect(parseRunConfig(x.args.slice(1), x.env).nonTcp).toBe('drop');
+  });
+
+  it.each([
+    ['ambient.nonTcp=reject'],
+    ['dns.service=kube-dns'],
+    ['dns.capture=yes'],
+    ['dns.servers={dns.local}'],
+    ['ambient.enablementSelectors=null'],
+    ['ambient.enablementSelectors[0].podselector.x=y'],
+  ])('the schema rejects %s', (set) => {
     const r = helmRun(['template', 'mesh', CHART, '--set', set]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/schema/i);

@@ -231,6 +231,7 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
   const z = { netns: 'zt', hostVeth: 'vethzt', eth: 'eth0', ips: [V4.ztunnel.ip, V6.ztunnel.ip], hostIps: { 4: V4.ztunnel.host, 6: V6.ztunnel.host } };
   const pods = [...V4.pods, ...V6.pods].map((ip, i) => ({ ip, dev: `veth${i % 2}` }));
   const plan = buildPlan({ tunnel: 'vxlan', pods, ztunnel: z, dnsCapture: false });
+  const inputOf = (_f: 4 | 6) => ({ tunnel: 'vxlan' as const, pods, ztunnel: z, dnsCapture: false });
   const rules = (side: 'node' | 'ztunnel', f: 4 | 6, chain: string) =>
     (side === 'node' ? plan.node : plan.ztunnel!).chains.find((c) => c.family === f && c.chain === chain && c.table === 'mangle')!.rules;
 
@@ -260,19 +261,40 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
       expect(plan.ifaceSets[f]).toEqual(f === 4 ? ['10.244.1.7,veth0', '10.244.1.9,veth1'] : ['fd00:10:244:1::7,veth0', 'fd00:10:244:1::9,veth1']);
     });
 
-    it(`IPv${f}: TCP, UDP and ICMP are captured, every other protocol from an enrolled pod is dropped`, () => {
-      const tail = pre.slice(-5);
+    it(`IPv${f}: TCP is captured (UDP and ICMP by --non-tcp, below), every other protocol from an enrolled pod is dropped`, () => {
+      const tail = pre.slice(-3);
       expect(tail).toEqual([
         `-p tcp -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
-        `-p udp -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
-        `-p ${f === 4 ? 'icmp' : 'ipv6-icmp'} -m set --match-set ${set} src -j MARK --set-xmark 0x100/0x100`,
         '-m mark --mark 0x100/0x100 -j RETURN',
         `-m set --match-set ${set} src -j DROP`,
       ]);
       // Only ND and MLD to link scope pass uncaptured; nothing else returns before capture without a mark.
-      const nd = pre.filter((r) => r.includes('icmpv6-type'));
+      const nd = pre.filter((r) => r.includes('icmpv6-type') && !r.includes('--match-set'));
       expect(nd.every((r) => /^-d (fe80::\/10|ff02::\/16) -p ipv6-icmp -m icmp6 --icmpv6-type (13[0-7]|143) -j RETURN$/.test(r))).toBe(true);
       expect(nd).toHaveLength(f === 6 ? 18 : 0);
+    });
+
+    it(`IPv${f}: --non-tcp: UDP and ICMP queries of enrolled pods pass with their connection skipped (pass) or are dropped (drop), both ways; ICMP errors and captured DNS stay captured`, () => {
+      const icmp = f === 4 ? 'icmp' : 'ipv6-icmp';
+      const verdicts = (p: ReturnType<typeof buildPlan>) =>
+        p.node.chains
+          .find((c) => c.family === f && c.chain === 'ztunnel-PREROUTING')!
+          .rules.filter((r) => /^-p (udp|icmp|ipv6-icmp) -m set --match-set \S+ (src|dst) -j (DROP|MARK --set-xmark 0x220\/0x220)$/.test(r));
+      const both = (target: string) =>
+        ['src', 'dst'].flatMap((d) => [`-p udp -m set --match-set ${set} ${d} ${target}`, `-p ${icmp} -m set --match-set ${set} ${d} ${target}`]);
+      expect(verdicts(plan)).toEqual(both('-j MARK --set-xmark 0x220/0x220'));
+      const dropPlan = buildPlan({ ...inputOf(f), nonTcp: 'drop' });
+      expect(verdicts(dropPlan)).toEqual(both('-j DROP'));
+      // Errors leave before the policy: outbound marked for ztunnel, inbound to the inbound table (ztunnel).
+      const pol = pre.indexOf(both('-j MARK --set-xmark 0x220/0x220')[0]!);
+      const errors = pre.filter((r) => r.includes(f === 4 ? '--icmp-type' : '--icmpv6-type') && r.includes('--match-set'));
+      expect(errors).toHaveLength(f === 4 ? 6 : 8);
+      for (const e of errors) expect(pre.indexOf(e)).toBeLessThan(pol);
+      // With DNS capture, UDP 53 from a pod is marked for ztunnel before the policy.
+      const dnsPlan = buildPlan({ ...inputOf(f), dnsCapture: true }).node.chains.find((c) => c.family === f && c.chain === 'ztunnel-PREROUTING')!.rules;
+      const dnsRule = `-p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark 0x100/0x100`;
+      expect(dnsPlan.indexOf(dnsRule)).toBeGreaterThan(-1);
+      expect(dnsPlan.indexOf(dnsRule)).toBeLessThan(dnsPlan.indexOf(both('-j MARK --set-xmark 0x220/0x220')[0]!));
     });
 
     it(`IPv${f}: captured packets for the node itself are dropped, not delivered`, () => {
@@ -322,8 +344,55 @@ describe('iptables plan closes the ways around ztunnel (issue 14)', () => {
     const r4 = pre(off, 4);
     expect(r4.indexOf(dns4[0]!)).toBeGreaterThan(r4.indexOf('-i veth1 -m set ! --match-set ztunnel-pods-ifaces src,src -j DROP'));
     expect(r4.indexOf(dns4[1]!)).toBeLessThan(r4.indexOf('-m mark --mark 0x200/0x200 -j RETURN'));
-    // With DNS capture all of UDP 53 goes to ztunnel's 15053.
-    expect(pre(buildPlan({ ...input, dnsCapture: true }), 4).some((r) => r.includes('--dport 53'))).toBe(false);
+    // With DNS capture all of UDP 53 goes to ztunnel's 15053: no exemption, one capture rule.
+    expect(pre(buildPlan({ ...input, dnsCapture: true }), 4).filter((r) => r.includes('--dport 53'))).toEqual([
+      '-p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x100/0x100',
+    ]);
+    // And ztunnel's side takes UDP and TCP 53 to 15053 ahead of the TCP catch-all to 15001.
+    const zt = buildPlan({ ...input, dnsCapture: true }).ztunnel!.chains.find((c) => c.family === 4)!.rules;
+    expect(zt.slice(0, 3)).toEqual([
+      '-i pistioout -p udp -m udp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+      '-i pistioout -p tcp -m tcp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+      '-i pistioin -p tcp -m tcp --dport 15008 -j TPROXY --on-port 15008 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+    ]);
+  });
+
+  it('per-pod annotations: dns-capture on or off for one pod against the node, bypass-inbound-capture marks what comes to it, nothing else', () => {
+    const annotated = [
+      { ip: '10.244.1.7', dev: 'veth0', flags: 1 | 2 | 8 },
+      { ip: '10.244.1.9', dev: 'veth1', flags: 1 | 4 },
+    ];
+    const input = { tunnel: 'vxlan' as const, pods: annotated, ztunnel: z, dnsServers: ['10.96.0.10'] };
+    const pre = (p: ReturnType<typeof buildPlan>) => p.node.chains.find((c) => c.family === 4 && c.chain === 'ztunnel-PREROUTING')!.rules;
+    const zt = (p: ReturnType<typeof buildPlan>) => p.ztunnel!.chains.find((c) => c.family === 4)!.rules;
+    // Node capture off: pod .7 has its own.
+    const off = buildPlan({ ...input, dnsCapture: false });
+    expect(pre(off)).toContain('-s 10.244.1.7/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x100/0x100');
+    expect(pre(off).indexOf('-s 10.244.1.7/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x100/0x100')).toBeLessThan(
+      pre(off).indexOf('-d 10.96.0.10/32 -p udp -m set --match-set ztunnel-pods-ips src -m udp --dport 53 -j MARK --set-xmark 0x220/0x220'),
+    );
+    expect(zt(off).slice(0, 2)).toEqual([
+      '-i pistioout -s 10.244.1.7/32 -p udp -m udp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+      '-i pistioout -s 10.244.1.7/32 -p tcp -m tcp --dport 53 -j TPROXY --on-port 15053 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff',
+    ]);
+    expect(pre(off).some((r) => r.includes('10.244.1.9/32'))).toBe(false);
+    // Node capture on: pod .9 opts out (its servers exempt, other UDP 53 by --non-tcp), its TCP 53 to 15001.
+    const on = buildPlan({ ...input, dnsCapture: true, nonTcp: 'drop' });
+    expect(pre(on)).toEqual(
+      expect.arrayContaining([
+        '-s 10.244.1.9/32 -d 10.96.0.10/32 -p udp -m udp --dport 53 -j MARK --set-xmark 0x220/0x220',
+        '-s 10.244.1.9/32 -p udp -m udp --dport 53 -m mark ! --mark 0x200/0x200 -j DROP',
+      ]),
+    );
+    expect(zt(on)[0]).toBe('-i pistioout -s 10.244.1.9/32 -p tcp -m tcp --dport 53 -j TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff');
+    expect(pre(on).some((r) => r.startsWith('-s 10.244.1.7/32'))).toBe(false);
+    // bypass-inbound-capture: only pod .7, as a destination, before the skip RETURN.
+    const bypass = pre(off).filter((r) => r.includes('--match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220') && r.startsWith('-d '));
+    expect(bypass).toEqual(['-d 10.244.1.7/32 -m set --match-set ztunnel-pods-ips dst -j MARK --set-xmark 0x220/0x220']);
+    // After ztunnel's own marks (what it delivers must not mark the pod's captured connections), followed by a skip RETURN.
+    const at = pre(off).indexOf(bypass[0]!);
+    expect(at).toBeGreaterThan(pre(off).indexOf('-i vethzt -j MARK --set-xmark 0x220/0x220'));
+    expect(pre(off)[at + 1]).toBe('-m mark --mark 0x200/0x200 -j RETURN');
   });
 
   it('a pod whose veth is gone gets no set entry nor veth rule (its traffic is dropped by the binding)', () => {

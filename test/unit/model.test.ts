@@ -12,10 +12,21 @@ import { ipBytes } from '../../harness/packet/builder.js';
 const veths = { a: 2, b: 3 };
 const MAX_PODS = 65536;
 const ctxOf = (r: Row) => ({ ifindex: veths.a, ingressIfindex: r.ingressIfindex ?? 5 });
-const rowId = (id: string) => expect.stringMatching(new RegExp(`^${id.replace(/\d+$/, '')}\\d+$`));
+const rowId = (id: string) => expect.stringMatching(new RegExp(`^${id.replace(/\d+[a-z]?$/, '')}\\d+[a-z]?$`));
 
 const allSockets: m.SocketTable = {
-  listeners: new Set(['tcp4:15001', 'tcp6:15001', 'tcp4:15006', 'tcp6:15006', 'tcp4:15008', 'tcp6:15008', 'udp4:15053', 'udp6:15053']),
+  listeners: new Set([
+    'tcp4:15001',
+    'tcp6:15001',
+    'tcp4:15006',
+    'tcp6:15006',
+    'tcp4:15008',
+    'tcp6:15008',
+    'udp4:15053',
+    'udp6:15053',
+    'tcp4:15053',
+    'tcp6:15053',
+  ]),
   established: new Set([m.tupleKey(4, m.addrKeyHex(ipBytes(OUTSIDE.v4)), EST.outsidePort, m.addrKeyHex(ipBytes(POD_A.v4)), EST.podPort)]),
 };
 const noListeners: m.SocketTable = { listeners: new Set(), established: allSockets.established };

@@ -31,6 +31,7 @@ const PACKAGE: Record<string, string> = {
   'ip6tables-legacy-save': 'iptables',
   'ip6tables-legacy-restore': 'iptables',
   sysctl: 'procps',
+  ping: 'iputils-ping',
   nsenter: 'util-linux',
   mountpoint: 'util-linux',
   mount: 'mount',

@@ -24,12 +24,13 @@ import type { ActualState, ApplyResult, RedirectMode } from '../mode.js';
 import { configureZtunnelNetns, unconfigureZtunnelNetns, type Delivery } from './ztunnel-netns.js';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { openRpFilter, restoreRpFilter } from '../../host/rpfilter.js';
 
 const BPF_FUNC_sk_assign = 124;
 const BPF_FUNC_redirect_peer = 155;
 
 export type { Variant } from '../../core/modes.js';
-import type { Variant } from '../../core/modes.js';
+import type { NonTcpPolicy, Variant } from '../../core/modes.js';
 export type { Delivery };
 
 export const PROGRAMS = {
@@ -57,6 +58,8 @@ export interface EbpfOptions {
   delivery?: Delivery;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured (default) or drop (ZT_F_NON_TCP_DROP). */
+  nonTcp?: NonTcpPolicy;
   /**
    * The cluster's DNS servers, read on every pass: with DNS capture off, UDP to port 53
    * of these (and answers from them) is all of port 53 that passes (docs/datapath.md O15).
@@ -158,8 +161,13 @@ export class EbpfRedirect implements RedirectMode {
 
     // ztunnel's side first: its netns must deliver before pods are sent to it.
     if (desired.ztunnelPlacement) await this.ensureZtunnelSide(desired.ztunnelPlacement, delivery);
-    const slot =
-      desired.ztunnel && this.opts.dnsCapture ? { ...desired.ztunnel, flags: desired.ztunnel.flags | codec.ZtunnelFlags.DNS_CAPTURE } : desired.ztunnel;
+    // --non-tcp drop holds with or without a ztunnel (what passes while it is away must not
+    // depend on it); DNS capture is written only beside a ztunnel, as before: without one a
+    // pod's DNS to the cluster's servers passes (O15).
+    const nonTcp = this.opts.nonTcp === 'drop' ? codec.ZtunnelFlags.NON_TCP_DROP : 0;
+    const slot = desired.ztunnel
+      ? { ...desired.ztunnel, flags: desired.ztunnel.flags | nonTcp | (this.opts.dnsCapture ? codec.ZtunnelFlags.DNS_CAPTURE : 0) }
+      : { ...emptySlot, flags: nonTcp };
     this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
     this.syncDnsServers();
 
@@ -236,6 +244,7 @@ export class EbpfRedirect implements RedirectMode {
 
   /** The delivery program on ztunnel's eth0 and the routing it needs; repaired if gone. */
   private async ensureZtunnelSide(z: ZtunnelPlacement, delivery: Delivery): Promise<void> {
+    await this.loosenZtunnelLink(z);
     const name = PROGRAMS.ztunnel[delivery];
     const prog = this.program(name);
     const path = netnsPath(z.netns);
@@ -251,9 +260,40 @@ export class EbpfRedirect implements RedirectMode {
     this.opts.log.info('ztunnel side ready', { netns: z.netns, ifindex: z.peer.ifindex, program: name, id: prog.id });
   }
 
+  /**
+   * ztunnel's transparent packets (replies with the original destination as source,
+   * inbound connections with the original client's) enter the node on ztunnel's host veth:
+   * strict rp_filter there would drop them. Loosened on that link alone, recorded in the
+   * qdiscs map so that uninstall can put the value back (docs/operations.md "Sysctls").
+   */
+  private async loosenZtunnelLink(z: ZtunnelPlacement): Promise<void> {
+    const writes = openRpFilter(z.hostLink.name);
+    if (writes.length === 0) return;
+    const byName = new Map([...(await readHostNet(this.opts.runner)).links].map(([i, l]) => [l.name, i]));
+    const map = this.map('qdiscs');
+    for (const w of writes) {
+      const ifindex = w.dev === 'all' ? codec.RP_ALL_IFINDEX : w.dev === 'default' ? codec.RP_DEFAULT_IFINDEX : byName.get(w.dev);
+      if (ifindex === undefined) continue;
+      const key = codec.encodeQdiscKey(ifindex, codec.QdiscNetns.NODE);
+      const have = map.lookup(key);
+      // The first change of a device is the one to undo: a later pass never overwrites it.
+      const flags = have ? codec.decodeQdiscFlags(have) : 0;
+      if (codec.decodeRpFilterFlags(flags)) continue;
+      map.update(key, codec.encodeQdiscFlags(flags | codec.rpFilterFlags(w.was, w.wrote)));
+    }
+    this.opts.log.info('rp_filter opened for ztunnel’s link', { dev: z.hostLink.name, writes });
+  }
+
   /** Uninstall removes a clsact qdisc only if we created it (and it is empty by then). */
   private recordQdisc(ifindex: number, netns: number): void {
-    this.map('qdiscs').update(codec.encodeQdiscKey(ifindex, netns), codec.encodeQdiscCreated());
+    this.addQdiscFlags(ifindex, netns, codec.QdiscFlags.CREATED);
+  }
+
+  private addQdiscFlags(ifindex: number, netns: number, flags: number): void {
+    const map = this.map('qdiscs');
+    const key = codec.encodeQdiscKey(ifindex, netns);
+    const have = map.lookup(key);
+    map.update(key, codec.encodeQdiscFlags((have ? codec.decodeQdiscFlags(have) : 0) | flags));
   }
 
   /** Records of node-netns veths that are gone: a new link may get their ifindex. */
@@ -261,7 +301,7 @@ export class EbpfRedirect implements RedirectMode {
     const map = this.map('qdiscs');
     for (const k of map.keys()) {
       const { ifindex, netns } = codec.decodeQdiscKey(k);
-      if (netns === codec.QdiscNetns.NODE && !links.has(ifindex)) map.delete(k);
+      if (netns === codec.QdiscNetns.NODE && ifindex !== codec.RP_ALL_IFINDEX && ifindex !== codec.RP_DEFAULT_IFINDEX && !links.has(ifindex)) map.delete(k);
     }
   }
 
@@ -306,16 +346,19 @@ async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<Zt
   return { hostLink, peer: { ifindex: zt.peerIfindex, name: 'eth0', mac: zt.mac }, netns };
 }
 
-/** The clsact qdiscs we created, from the pinned record (empty when nothing is pinned). */
-function createdQdiscs(pinRoot: string): Set<string> {
+/** The pinned record of what we did to devices, by `${netns}/${ifindex}` (empty when nothing is pinned). */
+function deviceRecords(pinRoot: string): Map<string, number> {
   const path = join(pinDir(pinRoot), 'qdiscs');
-  if (!existsSync(path)) return new Set();
+  if (!existsSync(path)) return new Map();
   const map = openPinnedMap(pinDir(pinRoot), 'qdiscs');
   try {
-    return new Set(
+    return new Map(
       map.keys().map((k) => {
         const { ifindex, netns } = codec.decodeQdiscKey(k);
-        return `${netns}/${ifindex}`;
+        const v = map.lookup(k);
+        // A record without flags is an older build's: it recorded only created qdiscs.
+        const flags = v ? codec.decodeQdiscFlags(v) : codec.QdiscFlags.CREATED;
+        return [`${netns}/${ifindex}`, flags || codec.QdiscFlags.CREATED] as const;
       }),
     );
   } finally {
@@ -332,7 +375,8 @@ function createdQdiscs(pinRoot: string): Set<string> {
  */
 export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<CleanupReport> {
   const c = new Cleanup();
-  const ours = (await c.step('read the pinned qdiscs record', () => createdQdiscs(pinRoot))) ?? new Set<string>();
+  const records = (await c.step('read the pinned qdiscs record', () => deviceRecords(pinRoot))) ?? new Map<string, number>();
+  const ours = new Set([...records].filter(([, f]) => f & codec.QdiscFlags.CREATED).map(([k]) => k));
   const zt = await c.step('find ztunnel from the pinned slot', () => pinnedZtunnel(pinRoot, runner));
   if (zt) {
     const path = netnsPath(zt.netns);
@@ -364,6 +408,23 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
         c.removed.push(`removed clsact qdisc from ${link.name}`);
       }
     });
+    const rp = codec.decodeRpFilterFlags(records.get(`${codec.QdiscNetns.NODE}/${link.ifindex}`) ?? 0);
+    if (rp) {
+      await c.step(`restore rp_filter on ${link.name}`, () => {
+        if (restoreRpFilter({ dev: link.name, ...rp })) c.removed.push(`restored rp_filter=${rp.was} on ${link.name}`);
+      });
+    }
+  }
+  // conf.default, then conf.all last: every device is back first.
+  for (const [ifindex, dev] of [
+    [codec.RP_DEFAULT_IFINDEX, 'default'],
+    [codec.RP_ALL_IFINDEX, 'all'],
+  ] as const) {
+    const rp = codec.decodeRpFilterFlags(records.get(`${codec.QdiscNetns.NODE}/${ifindex}`) ?? 0);
+    if (rp)
+      await c.step(`restore rp_filter ${dev}`, () => {
+        if (restoreRpFilter({ dev, ...rp })) c.removed.push(`restored rp_filter=${rp.was} on ${dev}`);
+      });
   }
   await c.step('remove our pins', () => c.removed.push(...removePins(pinRoot).map((p) => `unpinned ${p}`)));
   return c;

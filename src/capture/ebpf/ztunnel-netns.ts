@@ -21,6 +21,7 @@ const TPROXY_PORTS: [mark: number, proto: 'tcp' | 'udp', port: number][] = [
   [constants.ZT_MARK_INBOUND, 'tcp', constants.ZTUNNEL_PORT_INBOUND],
   [constants.ZT_MARK_HBONE, 'tcp', constants.ZTUNNEL_PORT_HBONE],
   [constants.ZT_MARK_DNS, 'udp', constants.ZTUNNEL_PORT_DNS],
+  [constants.ZT_MARK_DNS, 'tcp', constants.ZTUNNEL_PORT_DNS],
 ];
 
 const families = [

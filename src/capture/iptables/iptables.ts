@@ -381,6 +381,8 @@ export interface IptablesOptions {
   tunnel: Tunnel;
   /** Capture the pods' DNS to ztunnel's 15053. */
   dnsCapture?: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured (default) or drop. */
+  nonTcp?: 'pass' | 'drop';
   /** The cluster's DNS servers, read on every pass: UDP 53 to them goes direct without DNS capture. */
   dnsServers?: () => readonly string[];
   /** Forces a backend; detected when absent. */
@@ -434,10 +436,17 @@ export class IptablesRedirect implements RedirectMode {
     const node = await readSide(runner, null, backend);
     // Each pod's host veth by name, for the anti-spoofing rules and set.
     const byIndex = new Map([...node.links.entries()].filter(([, l]) => l.ifindex !== undefined).map(([n, l]) => [l.ifindex!, n]));
-    const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null }));
+    const pods = [...desired.pods.entries()].map(([ip, info]) => ({ ip, dev: byIndex.get(info.ifindex) ?? null, flags: info.flags }));
     const lost = pods.filter((p) => p.dev === null).map((p) => p.ip);
     if (lost.length) log.warn('enrolled pods whose host veth is gone: their traffic is dropped until the next pass', { pods: lost });
-    const plan = buildPlan({ tunnel, pods, ztunnel: z, dnsCapture: this.opts.dnsCapture ?? false, dnsServers: this.opts.dnsServers?.() ?? [] });
+    const plan = buildPlan({
+      tunnel,
+      pods,
+      ztunnel: z,
+      dnsCapture: this.opts.dnsCapture ?? false,
+      nonTcp: this.opts.nonTcp ?? 'pass',
+      dnsServers: this.opts.dnsServers?.() ?? [],
+    });
     let attached = 0;
     let detached = 0;
     // Where the node-side devices say the other end lives: cleaned if ztunnel moved.
@@ -458,6 +467,7 @@ export class IptablesRedirect implements RedirectMode {
 
     // 2. The node: tunnels, then routes and rules, then devices no longer wanted.
     const nl = await applyLinks(runner, log, null, plan.node.links, node.links);
+    if (nl.created && plan.node.sysctls.length) await runner.run(['sysctl', '-q', '-w', ...plan.node.sysctls]);
     const rr = await applyRoutesAndRules(runner, null, plan.node, node);
     const unwanted = [...node.links.entries()].filter(([n, l]) => isOurNodeLink(n, l) && !plan.node.links.some((t) => t.name === n)).map(([n]) => n);
     detached += await deleteLinks(runner, null, unwanted);

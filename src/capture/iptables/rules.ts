@@ -152,6 +152,27 @@ export interface ZtunnelSide {
 export interface PodLink {
   ip: string;
   dev: string | null;
+  /** The pod entry's flags (src/core/values.ts PodFlags): its annotations' DNS capture and inbound bypass. */
+  flags?: number;
+}
+
+/** Pod flags as the shared header names them (bpf/include/ambient_redirect.h enum pod_flags). */
+const POD_F = { DNS_CAPTURE: 2, NO_DNS_CAPTURE: 4, BYPASS_INBOUND: 8 } as const;
+
+/** The enrolled IPs of family f whose pod entry has `flag`, sorted. */
+function podsWith(input: PlanInput, f: Family, flag: number): string[] {
+  return input.pods
+    .filter((p) => familyOf(p.ip) === f && ((p.flags ?? 0) & flag) !== 0)
+    .map((p) => p.ip)
+    .sort();
+}
+
+/** Whether DNS is captured for a pod: its annotation first, else the node's setting. */
+function dnsCapturedFor(input: PlanInput, p: PodLink): boolean {
+  const flags = p.flags ?? 0;
+  if (flags & POD_F.DNS_CAPTURE) return true;
+  if (flags & POD_F.NO_DNS_CAPTURE) return false;
+  return input.dnsCapture;
 }
 
 export interface PlanInput {
@@ -160,8 +181,10 @@ export interface PlanInput {
   pods: readonly PodLink[];
   /** null: no ztunnel; enrolled pods fail closed. */
   ztunnel: ZtunnelSide | null;
-  /** Capture the pods' DNS (UDP 53) to ztunnel's 15053, as in ebpf mode's flag. */
+  /** Capture the pods' DNS (UDP and TCP 53) to ztunnel's 15053, as in ebpf mode's flag. */
   dnsCapture: boolean;
+  /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured or drop, as ebpf mode's O15b/I16b (default pass). */
+  nonTcp?: 'pass' | 'drop';
   /**
    * The cluster's DNS servers: without DNS capture, an enrolled pod's UDP to port 53 of
    * one of these goes direct (and its answers come back direct), as ebpf mode's O15/I16.
@@ -230,10 +253,21 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
   // The tunnel's own packets: from ztunnel's address, on ztunnel's veth, to the tunnel port.
   if (z && ztIp) pre.push(`-s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -p udp -m udp --dport ${port} -j RETURN`);
   // DNS to the cluster's servers, without DNS capture: the connection is skipped like the
-  // node's own, so its answers come back direct too (the connmark rule below).
+  // node's own, so its answers come back direct too (the connmark rule below). A pod's
+  // dns-capture annotation overrides the node's setting for that pod, either way.
+  const servers = [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort();
+  const nonTcp = (input.nonTcp ?? 'pass') === 'drop' ? '-j DROP' : `-j MARK --set-xmark ${MARK.connSkip}`;
   if (!input.dnsCapture) {
-    for (const dns of [...new Set(input.dnsServers ?? [])].filter((ip) => familyOf(ip) === f).sort()) {
+    const own = podsWith(input, f, POD_F.DNS_CAPTURE);
+    for (const ip of own) pre.push(`-s ${ip}/${hostLen(f)} -p udp -m udp --dport 53 -j MARK --set-xmark ${MARK.outbound}`);
+    if (own.length) pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`);
+    for (const dns of servers) {
       pre.push(`-d ${dns}/${hostLen(f)} -p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
+    }
+  } else {
+    for (const ip of podsWith(input, f, POD_F.NO_DNS_CAPTURE)) {
+      for (const dns of servers) pre.push(`-s ${ip}/${hostLen(f)} -d ${dns}/${hostLen(f)} -p udp -m udp --dport 53 -j MARK --set-xmark ${MARK.connSkip}`);
+      pre.push(`-s ${ip}/${hostLen(f)} -p udp -m udp --dport 53 -m mark ! --mark ${MARK.skip} ${nonTcp}`);
     }
   }
   // Connections the node or ztunnel opened are never captured, in either direction.
@@ -244,10 +278,27 @@ function nodeChains(f: Family, input: PlanInput, z: ZtunnelSide | null, port: nu
     if (ztIp) pre.push(`! -s ${ztIp}/${hostLen(f)} -i ${z.hostVeth} -j MARK --set-xmark ${MARK.proxy}`);
     pre.push(`-m mark --mark ${MARK.skip} -j RETURN`, `-i ${z.hostVeth} -j MARK --set-xmark ${MARK.connSkip}`, `-m mark --mark ${MARK.skip} -j RETURN`);
   }
-  // Capture: TCP, UDP and ICMP from an enrolled pod (the ebpf programs capture the same);
-  // every other protocol from it is dropped (ebpf's O13).
-  for (const proto of ['tcp', 'udp', f === 4 ? 'icmp' : 'ipv6-icmp'])
-    pre.push(`-p ${proto} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  // bypass-inbound-capture: what comes to the pod skips capture, its connection marked so
+  // that the pod's answers skip it too; the pod's own connections are captured as ever.
+  // After ztunnel's and the tunnels' RETURNs: what ztunnel delivers to the pod (answers
+  // on the pod's captured connections) must not mark those connections.
+  const bypass = podsWith(input, f, POD_F.BYPASS_INBOUND);
+  for (const ip of bypass) pre.push(`-d ${ip}/${hostLen(f)} -m set --match-set ${set} dst -j MARK --set-xmark ${MARK.connSkip}`);
+  if (bypass.length) pre.push(`-m mark --mark ${MARK.skip} -j RETURN`);
+  // --non-tcp (ebpf's O15b, I16b): what ztunnel does not proxy, UDP but captured DNS and
+  // ICMP but errors (which concern ztunnel's sockets), in either direction, passes
+  // uncaptured (its connection skipped, so the answers come back direct) or is dropped.
+  // Inbound DNS is never captured (ztunnel answers from its netns, marked above).
+  const icmp = f === 4 ? 'icmp' : 'ipv6-icmp';
+  if (input.dnsCapture) pre.push(`-p udp -m set --match-set ${set} src -m udp --dport 53 -j MARK --set-xmark ${MARK.outbound}`);
+  for (const t of ICMP_ERRORS[f]) pre.push(`${icmpProto(f)} ${t} -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
+  pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`);
+  for (const t of ICMP_ERRORS[f]) pre.push(`${icmpProto(f)} ${t} -m set --match-set ${set} dst -j RETURN`);
+  for (const dir of ['src', 'dst']) for (const proto of ['udp', icmp]) pre.push(`-p ${proto} -m set --match-set ${set} ${dir} ${nonTcp}`);
+  pre.push(`-m mark --mark ${MARK.skip} -j RETURN`);
+  // Capture: the rest of TCP from an enrolled pod (UDP and ICMP were judged above, as the
+  // ebpf programs do); every other protocol from it is dropped (ebpf's O13).
+  pre.push(`-p tcp -m set --match-set ${set} src -j MARK --set-xmark ${MARK.outbound}`);
   pre.push(`-m mark --mark ${MARK.outbound} -j RETURN`, `-m set --match-set ${set} src -j DROP`);
   return [
     chain('mangle', 'ztunnel-PREROUTING', 'PREROUTING', pre),
@@ -307,7 +358,17 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
       tp(LINK.outbound.ztunnel, PORT.outbound, f),
       tp(LINK.inbound.ztunnel, PORT.inboundPlaintext, f),
     ];
-    if (input.dnsCapture) rules.push(tp(LINK.outbound.ztunnel, PORT.dns, f, '-p udp -m udp --dport 53'));
+    // DNS over UDP and TCP to 15053, before the catch-all TCP rule takes TCP 53 to 15001;
+    // per pod where its annotation says otherwise than the node (the tunnel keeps the source).
+    const dns = (src: string) => [
+      tp(LINK.outbound.ztunnel, PORT.dns, f, `${src}-p udp -m udp --dport 53`),
+      tp(LINK.outbound.ztunnel, PORT.dns, f, `${src}-p tcp -m tcp --dport 53`),
+    ];
+    const own = input.pods.filter((p) => familyOf(p.ip) === f && dnsCapturedFor(input, p) !== input.dnsCapture).map((p) => `-s ${p.ip}/${hostLen(f)} `);
+    const perPod = input.dnsCapture
+      ? own.sort().map((src) => tp(LINK.outbound.ztunnel, PORT.outbound, f, `${src}-p tcp -m tcp --dport 53`))
+      : own.sort().flatMap(dns);
+    rules.unshift(...perPod, ...(input.dnsCapture ? dns('') : []));
     // What the tunnels bring and no listener takes: ICMP errors are delivered locally (to
     // the ztunnel socket they concern, as Z8); everything else is dropped (as Z10).
     // IPv6 neighbour discovery over the tunnels themselves (the node resolving ztunnel's
@@ -341,7 +402,9 @@ function ztunnelPlan(input: PlanInput, z: ZtunnelSide, nodeUnderlay: string): Si
     rules,
     routes,
     chains,
-    sysctls: [LINK.inbound.ztunnel, LINK.outbound.ztunnel].map((d) => `net.ipv4.conf.${d}.rp_filter=0`),
+    // Loose, not 0: the kernel takes the larger of conf.all and the device, so 0 is strict
+    // on a node whose conf.all is 1; loose passes there (the tunnels have addresses).
+    sysctls: [LINK.inbound.ztunnel, LINK.outbound.ztunnel].map((d) => `net.ipv4.conf.${d}.rp_filter=2`),
   };
 }
 
@@ -372,7 +435,9 @@ export function buildPlan(input: PlanInput): Plan {
     rules: FAMILIES.flatMap(nodeRules),
     routes: FAMILIES.flatMap((f) => nodeRoutes(f, input, z)),
     chains: FAMILIES.flatMap((f) => nodeChains(f, input, z, port)),
-    sysctls: [],
+    // ztunnel's transparent answers (the original destination as source) come back out of
+    // the inbound tunnel: strict reverse-path filtering would drop them (see above).
+    sysctls: z && u ? [LINK.inbound.node, LINK.outbound.node].map((d) => `net.ipv4.conf.${d}.rp_filter=2`) : [],
   };
   return { sets, ifaceSets, node, ztunnel: z && u ? ztunnelPlan(input, z, u.node) : null };
 }
