@@ -240,6 +240,33 @@ for (const mode of ['ebpf', 'iptables'] as const)
       expect(accepted).toHaveLength(1);
     });
 
+    it('drift: the capture taken out of a pod’s netns behind the agent’s back is back within 10 s, and captures again', async () => {
+      const ns = nsOf('a');
+      // What an operator's (or another agent's) cleanup would do: our filters, or our chain's rules.
+      const breakIt =
+        mode === 'ebpf'
+          ? ['ip', 'netns', 'exec', ns, 'tc', 'filter', 'del', 'dev', 'eth0', 'egress']
+          : ['ip', 'netns', 'exec', ns, 'iptables', '-t', 'nat', '-F', 'ISTIO_OUTPUT'];
+      const repairs = () => controller!.events.filter((e) => e.msg === 'inpod: capture drifted; installing it again').length;
+      const before = repairs();
+      await systemRunner.run(breakIt);
+      const t0 = performance.now();
+      await until('the agent to notice the drift', () => repairs() > before, 10_000);
+      // Repaired = the pod's next connection is captured again (the reinstall follows the log line).
+      let captured = false;
+      while (!captured && performance.now() - t0 < 10_000) {
+        accepted.length = 0;
+        const [r] = await sim.connect(sim.pods[idx.a!]!, sim.outside, 1);
+        captured = r?.reply === 'ztunnel';
+      }
+      const ms = performance.now() - t0;
+      console.log(`zds agent (${mode}): drift repaired in ${ms.toFixed(0)} ms`);
+      expect(captured).toBe(true);
+      expect(ms).toBeLessThan(10_000);
+      await until('the stand-in’s record', () => accepted.length > 0);
+      expect(accepted[0]).toMatchObject({ port: 15001, origDst: `${sim.outside.ip}:${sim.outside.port}` });
+    });
+
     it('enroll, opt-out, opt back in and delete are each reflected within 1 s', async () => {
       const times: Record<string, number> = {};
       times.enroll = await timeUntil('late', true, () => createPod('late'));
