@@ -1,6 +1,7 @@
 /** `ambient-redirect cni install|uninstall`: the plugin and our entry in the node's CNI config list. */
 import { RUN_FLAGS, ConfigError, usageOf } from '../config.js';
 import { resolveFlags } from '../lib/flags.js';
+import { pluginTimeoutFor } from './conflist.js';
 import { installCni, uninstallCni } from './install.js';
 import { namespacesFile } from './nsfile.js';
 
@@ -43,7 +44,7 @@ export async function cniCommand(argv: string[]): Promise<number> {
   const r = installCni({
     ...dirs,
     plugin: v('cni-plugin'),
-    entry: { socketPath: socket, namespacesFile: namespacesFile(dirs.stateDir), timeoutMs: Math.round(timeout * 1000 + 2000) },
+    entry: { socketPath: socket, namespacesFile: namespacesFile(dirs.stateDir), timeoutMs: pluginTimeoutFor(timeout * 1000) },
   });
   process.stdout.write(`${JSON.stringify({ msg: 'cni: installed', ...r })}\n`);
   return 0;

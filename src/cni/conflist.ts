@@ -8,6 +8,16 @@
  */
 import { SUPPORTED_VERSIONS } from './request.js';
 
+/**
+ * How much longer than the agent's ADD deadline the plugin waits for the agent's answer, so
+ * that the agent's own error (which names what is missing) is the one the runtime sees, even
+ * when the agent's loop is busy (a resync pass checking every pod's capture).
+ */
+export const PLUGIN_TIMEOUT_MARGIN_MS = 5_000;
+
+/** The plugin's `timeoutMs` for an agent whose ADD deadline is `addTimeoutMs`. */
+export const pluginTimeoutFor = (addTimeoutMs: number): number => Math.round(addTimeoutMs + PLUGIN_TIMEOUT_MARGIN_MS);
+
 export const PLUGIN_TYPE = 'ambient-redirect-cni';
 
 export class ConflistError extends Error {}

@@ -20,6 +20,7 @@ import type { CniConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import { CniHandler, type CniMembership, type InPodGate } from './handler.js';
 import { installCni } from './install.js';
+import { pluginTimeoutFor } from './conflist.js';
 import { namespacesFile, NamespaceListWriter } from './nsfile.js';
 import { serveCni, type CniServer } from './server.js';
 
@@ -40,7 +41,7 @@ export interface GateOptions {
 }
 
 /** The plugin waits a little longer than the agent, so the agent's own error is the one seen. */
-export const pluginTimeoutMs = (cfg: CniConfig) => Math.round(cfg.addTimeoutMs + 2_000);
+export const pluginTimeoutMs = (cfg: CniConfig) => pluginTimeoutFor(cfg.addTimeoutMs);
 
 export interface CniGate {
   handler: CniHandler;
