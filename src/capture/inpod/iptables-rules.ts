@@ -9,6 +9,7 @@
  * ours. Rules are in iptables-save's own spelling, so that what the kernel echoes back
  * compares equal to what we want.
  */
+import { parseSave } from '../iptables/rules.js';
 import { isIPv4, isIPv6 } from 'node:net';
 
 export type Family = 4 | 6;
@@ -165,29 +166,9 @@ export function checkPodIps(ips: readonly string[], who: string): string[] {
 
 // --- iptables-save parsing and restore input --------------------------------------------
 
-export type Save = Map<string, { chains: Set<string>; rules: Map<string, string[]> }>;
-
-/** `iptables-save` output → each table's chains and rules. */
-export function parseSave(text: string): Save {
-  const tables: Save = new Map();
-  let cur: { chains: Set<string>; rules: Map<string, string[]> } | undefined;
-  for (const line of text.split('\n')) {
-    if (line.startsWith('*')) {
-      cur = { chains: new Set(), rules: new Map() };
-      tables.set(line.slice(1).trim(), cur);
-    } else if (cur && line.startsWith(':')) {
-      cur.chains.add(line.slice(1).split(' ')[0]!);
-    } else if (cur && line.startsWith('-A ')) {
-      const rest = line.slice(3);
-      const sp = rest.indexOf(' ');
-      const chain = sp < 0 ? rest : rest.slice(0, sp);
-      const list = cur.rules.get(chain) ?? [];
-      list.push(sp < 0 ? '' : rest.slice(sp + 1));
-      cur.rules.set(chain, list);
-    }
-  }
-  return tables;
-}
+/** `iptables-save` output read by the node topology's parser: each table's chains and rules. */
+export { parseSave };
+export type Save = ReturnType<typeof parseSave>;
 
 /** What differs between `want` (and the chains of ours that should not be there) and a save. */
 export function chainDrift(want: readonly InpodChain[], names: readonly { table: Table; chain: string; base: string }[], save: Save): string[] {
