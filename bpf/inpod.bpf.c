@@ -13,6 +13,10 @@
  * - inpod_host_in / inpod_host_out, TC egress / ingress of the pod's host veth (rows
  *   PH1-PH9): the node's own TCP to the pod leaves with the probe source, which the pod's
  *   programs let through uncaptured, and nothing else may carry.
+ * - inpod_lookup, the socket lookup (SK_LOOKUP) of the pod's netns: a SYN that meets a
+ *   TIME_WAIT cannot be assigned at TC; inpod_in leaves ztunnel's listener in
+ *   inpod_handoff and this program gives it to the kernel's listener lookup on the
+ *   TIME_WAIT path (rows PL5, PI8, PK1-PK3).
  * - inpod_reuseport_probe: the delivery probe (src/capture/inpod/probe.ts).
  *
  * Needs bpf_sk_assign on SO_REUSEPORT sockets (6.5): the agent probes it and falls back
@@ -46,6 +50,18 @@ struct {
 	__type(value, struct probe_flow_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } probe_flows SEC(".maps");
+
+/*
+ * inpod_handoff (written by inpod_in, read and emptied by inpod_lookup):
+ * { ::ffff:198.18.0.10:41234 -> ::ffff:198.19.0.2:8080, 4 } -> ztunnel's 15001 listener
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, MAX_HANDOFFS);
+	__type(key, struct inpod_handoff_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_handoff SEC(".maps");
 
 /* inpod_pods (the agent's record): netns inode 4026532890 -> { eth 2, host 14, QDISC_POD } */
 struct {
@@ -323,10 +339,61 @@ static __always_inline int deliver(struct __sk_buff *skb, const struct flow *f, 
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-/* PL1-PL4: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
+/*
+ * The pod's own socket that sent this SYN, still opening (SYN_SENT): proof that the source
+ * address is this netns's own, which a raw socket's forged frame does not have.
+ */
+static __always_inline bool connecting_socket(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	bool opening;
+	__u32 len = tuple_of(f, &t, 0, true);
+
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return false;
+	opening = sk->state == BPF_TCP_SYN_SENT;
+	bpf_sk_release(sk);
+	return opening;
+}
+
+/* The handoff key of a frame, as the stack's listener lookup will see it. */
+static __always_inline void handoff_key(struct inpod_handoff_key *k, const struct flow *f)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->remote, f->src.addr, 16);
+	__builtin_memcpy(k->local, f->dst.addr, 16);
+	k->remote_port = f->sport;
+	k->local_port = f->dport;
+	k->family = f->l3 == L3_IPV4 ? 4 : 6;
+}
+
+/*
+ * A SYN meeting a TIME_WAIT (PL5, PI8): the kernel refuses a new request beside it, so no
+ * bpf_sk_assign. The frame passes with ztunnel's listener left in inpod_handoff; the stack
+ * retires the TIME_WAIT and asks the listener lookup, where inpod_lookup gives it ztunnel's
+ * listener. No listener, or no room: dropped (fail closed).
+ */
+static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, __u16 port)
+{
+	struct inpod_handoff_key k;
+	struct bpf_sock *sk = ztunnel_socket(skb, f, port);
+	long err;
+
+	if (!sk)
+		return TC_ACT_SHOT;
+	handoff_key(&k, f);
+	err = bpf_map_update_elem(&inpod_handoff, &k, sk, BPF_ANY);
+	bpf_sk_release(sk);
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* PL1-PL5: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
 static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f)
 {
 	enum conn c;
+	__u16 port;
 
 	if (!is_ip(f) || f->l4 != L4_OK || f->nonfirst_frag || fragmented(skb, f))
 		return TC_ACT_SHOT;                              /* PL1 */
@@ -337,9 +404,14 @@ static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f
 	c = tcp_conn(skb, f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(f)))
 		return TC_ACT_OK;                                /* PL2 */
-	if (!tcp_syn(f) || c == CONN_TIME_WAIT)
+	if (!tcp_syn(f))
 		return TC_ACT_SHOT;                              /* PL3 */
-	return deliver(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND); /* PL4 */
+	port = dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND;
+	if (c == CONN_NONE)
+		return deliver(skb, f, port);                    /* PL4 */
+	if (!connecting_socket(skb, f))
+		return TC_ACT_SHOT;                              /* PL3 */
+	return handoff(skb, f, port);                            /* PL5 */
 }
 
 SEC("tc")
@@ -350,7 +422,7 @@ int inpod_in(struct __sk_buff *skb)
 
 	parse_frame(skb, &f);
 	if (skb->mark == INPOD_MARK_LOOP)
-		return in_looped(skb, &f);                       /* PL1-PL4 */
+		return in_looped(skb, &f);                       /* PL1-PL5 */
 	if (!is_ip(&f))
 		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PI1 */
 	if (f.l4 == L4_BAD_CHAIN)
@@ -362,14 +434,14 @@ int inpod_in(struct __sk_buff *skb)
 	if (is_probe_addr(&f, &f.src))
 		return TC_ACT_OK;                                /* PI5 */
 	/* Before the connection check: a SYN meeting a TIME_WAIT on 15008 is the kernel's to
-	 * handle (its listener is ztunnel's). */
+	 * handle (its listener is ztunnel's; inpod_lookup finds no handoff for it). */
 	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
 		return TC_ACT_OK;                                /* PI6 */
 	c = tcp_conn(skb, &f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
 		return TC_ACT_OK;                                /* PI7 */
 	if (c == CONN_TIME_WAIT)
-		return TC_ACT_SHOT;                              /* PI8 */
+		return handoff(skb, &f, INPOD_PORT_INBOUND);     /* PI8 */
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 
@@ -469,6 +541,63 @@ int inpod_host_out(struct __sk_buff *skb)
 		return TC_ACT_SHOT;                              /* PH9 */
 	__builtin_memcpy(node, known->node, 16);
 	return rewrite_addr(skb, &f, false, node) < 0 ? TC_ACT_SHOT : TC_ACT_OK; /* PH8 */
+}
+
+/* --- inpod_lookup: the socket lookup of the pod's netns ------------------------------- */
+
+#define AF_INET 2
+#define AF_INET6 10
+
+/*
+ * Runs on every listener (and unconnected UDP) lookup in the pod's netns; acts only on a
+ * TCP lookup whose 4-tuple inpod_in handed over (PK1): gives it ztunnel's listener and
+ * forgets the entry. Anything else: the kernel's own lookup (PK3).
+ */
+SEC("sk_lookup")
+int inpod_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct inpod_handoff_key k;
+	struct bpf_sock *sk;
+	long err;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;                                  /* PK3 */
+	__builtin_memset(&k, 0, sizeof(k));
+	if (ctx->family == AF_INET) {
+		__be32 r = ctx->remote_ip4, l = ctx->local_ip4;
+
+		k.remote[10] = k.remote[11] = 0xff;
+		k.local[10] = k.local[11] = 0xff;
+		__builtin_memcpy(&k.remote[12], &r, 4);
+		__builtin_memcpy(&k.local[12], &l, 4);
+		k.family = 4;
+	} else if (ctx->family == AF_INET6) {
+		__u32 r[4], l[4];
+
+		r[0] = ctx->remote_ip6[0];
+		r[1] = ctx->remote_ip6[1];
+		r[2] = ctx->remote_ip6[2];
+		r[3] = ctx->remote_ip6[3];
+		l[0] = ctx->local_ip6[0];
+		l[1] = ctx->local_ip6[1];
+		l[2] = ctx->local_ip6[2];
+		l[3] = ctx->local_ip6[3];
+		__builtin_memcpy(k.remote, r, 16);
+		__builtin_memcpy(k.local, l, 16);
+		k.family = 6;
+	} else {
+		return SK_PASS;                                  /* PK3 */
+	}
+	/* remote_port: network order in the low 16 bits (a 16-bit field from 5.19). */
+	k.remote_port = (__u16)ctx->remote_port;
+	k.local_port = bpf_htons((__u16)ctx->local_port);
+	sk = bpf_map_lookup_elem(&inpod_handoff, &k);
+	if (!sk)
+		return SK_PASS;                                  /* PK3 */
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	bpf_map_delete_elem(&inpod_handoff, &k);
+	return err ? SK_DROP : SK_PASS;                          /* PK2, PK1 */
 }
 
 /* --- the delivery probe ------------------------------------------------------------- */

@@ -14,6 +14,15 @@
 #define MAX_PROBE_FLOWS 16384
 #endif
 
+/*
+ * SYNs handed over at once to ztunnel's listeners through the kernel's TIME_WAIT path
+ * (inpod_handoff); each entry lives from the TC program's write to the socket lookup's
+ * read of the same frame. A full map drops the SYN: fail closed.
+ */
+#ifndef MAX_HANDOFFS
+#define MAX_HANDOFFS 4096
+#endif
+
 /* ztunnel's in-pod listeners: the same ports as in its own netns. */
 #define INPOD_PORT_OUTBOUND 15001
 #define INPOD_PORT_INBOUND 15006
@@ -69,6 +78,20 @@ struct probe_flow_key {
 /* Value of the probe_flows map. */
 struct probe_flow_info {
 	__u8 node[16]; /* the node's original source address, network order (IPv4 as the key's) */
+};
+
+/*
+ * Key of the inpod_handoff map: a TCP SYN whose 4-tuple meets a TIME_WAIT socket in the pod's
+ * netns, as the receiving stack sees it (docs/datapath.md, "TIME_WAIT: the handoff"). Its
+ * value is ztunnel's listener, which inpod_lookup gives the kernel's listener lookup.
+ */
+struct inpod_handoff_key {
+	__u8 remote[16];    /* the SYN's source, network order; IPv4 as ::ffff:a.b.c.d */
+	__u8 local[16];     /* its destination, likewise */
+	__u16 remote_port;  /* network order */
+	__u16 local_port;   /* network order */
+	__u8 family;        /* 4 or 6 */
+	__u8 pad[3];        /* 0 */
 };
 
 /*

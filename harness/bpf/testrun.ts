@@ -118,3 +118,56 @@ export function enterNetns(path: string): () => void {
     }
   };
 }
+
+// --- SK_LOOKUP ------------------------------------------------------------------------------
+
+/** struct bpf_sk_lookup (linux/bpf.h): offsets of the fields BPF_PROG_RUN takes (5.14). */
+const SK_LOOKUP = {
+  size: 72,
+  cookie: 0,
+  family: 8,
+  protocol: 12,
+  remoteIp4: 16,
+  remoteIp6: 20,
+  remotePort: 36,
+  localIp4: 40,
+  localIp6: 44,
+  localPort: 60,
+} as const;
+
+export interface SkLookupInput {
+  family: 4 | 6;
+  protocol: number;
+  /** Addresses as their wire bytes (4 or 16). */
+  remote: Buffer;
+  remotePort: number;
+  local: Buffer;
+  localPort: number;
+}
+
+export interface SkLookupResult {
+  /** SK_PASS (1) or SK_DROP (0). */
+  retval: number;
+  /** The cookie of the socket the program selected, 0 for none. */
+  cookie: bigint;
+}
+
+/** Runs an SK_LOOKUP program once on a lookup, in the calling thread's netns. */
+export function runSkLookup(progFd: number, input: SkLookupInput): SkLookupResult {
+  const ctx = Buffer.alloc(SK_LOOKUP.size);
+  ctx.writeUInt32LE(input.family === 4 ? 2 : 10, SK_LOOKUP.family);
+  ctx.writeUInt32LE(input.protocol, SK_LOOKUP.protocol);
+  if (input.family === 4) {
+    input.remote.copy(ctx, SK_LOOKUP.remoteIp4);
+    input.local.copy(ctx, SK_LOOKUP.localIp4);
+  } else {
+    input.remote.copy(ctx, SK_LOOKUP.remoteIp6);
+    input.local.copy(ctx, SK_LOOKUP.localIp6);
+  }
+  ctx.writeUInt16BE(input.remotePort, SK_LOOKUP.remotePort); // network order
+  ctx.writeUInt32LE(input.localPort, SK_LOOKUP.localPort); // host order
+  const out = Buffer.alloc(SK_LOOKUP.size);
+  const r = ffi.progTestRun(progFd, { dataIn: null, dataOut: null, ctxIn: ctx, ctxOut: out, repeat: 1 });
+  if ('errno' in r) throw new Error(`BPF_PROG_RUN(sk_lookup prog fd ${progFd}): errno ${r.errno}`);
+  return { retval: r.retval, cookie: out.readBigUInt64LE(SK_LOOKUP.cookie) };
+}

@@ -10,7 +10,7 @@
  *
  * Expects the two veths of MATRIX_VETHS in its netns (scripts/kernel-matrix.sh makes them).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as ffi from '../../src/bpf/ffi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
@@ -77,8 +77,29 @@ function hookOf(name: string): { ifindex: number; direction: Direction } {
   return { ifindex: MATRIX_VETHS.a, direction: name === 'in_redirect' ? 'egress' : 'ingress' };
 }
 
+/** The socket lookup program: a link on the runner's own netns, read back, closed (detached). */
+function attachLookupCheck(fd: number): string {
+  const ns = openSync('/proc/self/ns/net', 'r');
+  try {
+    const link = ffi.netnsLinkCreate(ns, ffi.BPF_SK_LOOKUP, fd, 'the runner netns');
+    try {
+      const seen = ffi.netnsQuery(ns, ffi.BPF_SK_LOOKUP, 'the runner netns');
+      const id = ffi.objGetInfo(fd, 'inpod_lookup', 12).readUInt32LE(8);
+      if (!seen.includes(id)) return `attached program ${id}, the netns shows ${seen.join(', ') || 'none'}`;
+    } finally {
+      ffi.closeFd(link);
+    }
+    return 'ok';
+  } catch (err) {
+    return tail(err, 5);
+  } finally {
+    closeSync(ns);
+  }
+}
+
 /** Attaches with the loader's netlink TC (src/bpf/tc.ts), reads it back, detaches. */
 function attachCheck(name: string, fd: number): string {
+  if (name === 'inpod_lookup') return attachLookupCheck(fd);
   const { ifindex, direction } = hookOf(name);
   try {
     const a = attachTc(ifindex, direction, fd);

@@ -384,6 +384,8 @@ export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcF
 const SYS_BPF: Record<string, number> = { x64: 321, arm64: 280 };
 const BPF_PROG_QUERY = 16;
 const BPF_LINK_CREATE = 28;
+const BPF_LINK_UPDATE = 29;
+const BPF_LINK_DETACH = 34;
 const BPF_ATTR_SIZE = 64;
 
 export const TcxAttachType = { INGRESS: 46, EGRESS: 47 } as const;
@@ -434,6 +436,54 @@ export function tcxLinkCreate(ifindex: number, type: TcxAttachType, progFd: numb
   attr.writeUInt32LE(type, 8);
   attr.writeUInt32LE(flags, 12);
   return bpfSyscall('bpf(BPF_LINK_CREATE)', describeTcx(ifindex, type), BPF_LINK_CREATE, attr);
+}
+
+/** enum bpf_attach_type: the socket lookup of a network namespace (5.9). */
+export const BPF_SK_LOOKUP = 36;
+
+/** The programs attached to a network namespace's hook (BPF_PROG_QUERY on its fd). */
+export function netnsQuery(netnsFd: number, type: number, what: string, max = 64): number[] {
+  const ids = koffi.alloc('uint32_t', max);
+  try {
+    const attr = Buffer.alloc(BPF_ATTR_SIZE);
+    attr.writeUInt32LE(netnsFd, 0); // target_fd
+    attr.writeUInt32LE(type, 4); // attach_type
+    attr.writeBigUInt64LE(BigInt(koffi.address(ids)), 16); // prog_ids
+    attr.writeUInt32LE(max, 24); // count
+    bpfSyscall('bpf(BPF_PROG_QUERY)', what, BPF_PROG_QUERY, attr);
+    const count = attr.readUInt32LE(24);
+    return count === 0 ? [] : Array.from(koffi.decode(ids, 'uint32_t', Math.min(count, max)) as ArrayLike<number>);
+  } finally {
+    koffi.free(ids);
+  }
+}
+
+/**
+ * Attaches a program to a network namespace's hook (`type`, e.g. BPF_SK_LOOKUP) through a
+ * BPF link; returns the link fd. The attachment ends when the link's last fd and pin go,
+ * or with the namespace.
+ */
+export function netnsLinkCreate(netnsFd: number, type: number, progFd: number, what: string): number {
+  const attr = Buffer.alloc(BPF_ATTR_SIZE);
+  attr.writeUInt32LE(progFd, 0);
+  attr.writeUInt32LE(netnsFd, 4); // target_fd
+  attr.writeUInt32LE(type, 8);
+  return bpfSyscall('bpf(BPF_LINK_CREATE)', what, BPF_LINK_CREATE, attr);
+}
+
+/** Puts another program behind an existing link (BPF_LINK_UPDATE), with no gap. */
+export function linkUpdate(linkFd: number, progFd: number, what: string): void {
+  const attr = Buffer.alloc(BPF_ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  attr.writeUInt32LE(progFd, 4); // new_prog_fd
+  bpfSyscall('bpf(BPF_LINK_UPDATE)', what, BPF_LINK_UPDATE, attr);
+}
+
+/** Ends a link's attachment now, whoever else holds it (BPF_LINK_DETACH, 5.9). */
+export function linkDetach(linkFd: number, what: string): void {
+  const attr = Buffer.alloc(BPF_ATTR_SIZE);
+  attr.writeUInt32LE(linkFd, 0);
+  bpfSyscall('bpf(BPF_LINK_DETACH)', what, BPF_LINK_DETACH, attr);
 }
 
 // --- rtnetlink: listing a hook's tc filters in-process ------------------------------------
@@ -490,9 +540,10 @@ export function netlinkDumpFilters(ifindex: number, attachPoint: TcAttachPoint):
 // --- BPF_PROG_RUN ------------------------------------------------------------------------
 
 export interface TestRunIn {
-  dataIn: Buffer;
+  /** null for programs that run on a context alone (SK_LOOKUP). */
+  dataIn: Buffer | null;
   /** Room for the program's output frame (the kernel fails with ENOSPC when too small). */
-  dataOut: Buffer;
+  dataOut: Buffer | null;
   ctxIn: Buffer | null;
   ctxOut: Buffer | null;
   repeat: number;
@@ -516,8 +567,8 @@ export function progTestRun(progFd: number, input: TestRunIn): TestRunOut | { er
     sz: TEST_RUN_OPTS_SIZE,
     data_in: input.dataIn,
     data_out: input.dataOut,
-    data_size_in: input.dataIn.length,
-    data_size_out: input.dataOut.length,
+    data_size_in: input.dataIn?.length ?? 0,
+    data_size_out: input.dataOut?.length ?? 0,
     ctx_in: input.ctxIn,
     ctx_out: input.ctxOut,
     ctx_size_in: input.ctxIn?.length ?? 0,

@@ -10,6 +10,7 @@ export const PROBE_FLOW_KEY_SIZE = layouts.probe_flow_key.size;
 export const PROBE_FLOW_INFO_SIZE = layouts.probe_flow_info.size;
 export const INPOD_POD_SIZE = layouts.inpod_pod.size;
 export const INPOD_POD_KEY_SIZE = 8;
+export const HANDOFF_KEY_SIZE = layouts.inpod_handoff_key.size;
 
 export const InpodFlags = { DNS_CAPTURE: constants.INPOD_F_DNS_CAPTURE } as const;
 export const InpodPodFlags = {
@@ -99,4 +100,38 @@ export function decodeInpodPod(b: Buffer): InpodPod {
   if (b.length !== INPOD_POD_SIZE) throw new CodecError(`inpod_pod is ${INPOD_POD_SIZE} bytes, got ${b.length}`);
   const f = layouts.inpod_pod.fields;
   return { ethIfindex: b.readUInt32LE(f.eth_ifindex.offset), hostIfindex: b.readUInt32LE(f.host_ifindex.offset), flags: b.readUInt32LE(f.flags.offset) };
+}
+
+/** A SYN handed over to ztunnel's listener on the TIME_WAIT path (key of inpod_handoff). */
+export interface Handoff {
+  remote: string;
+  remotePort: number;
+  local: string;
+  localPort: number;
+  family: 4 | 6;
+}
+
+export function encodeHandoffKey(k: Handoff): Buffer {
+  const f = layouts.inpod_handoff_key.fields;
+  const b = Buffer.alloc(HANDOFF_KEY_SIZE);
+  encodeAddrKey(k.remote).copy(b, f.remote.offset);
+  encodeAddrKey(k.local).copy(b, f.local.offset);
+  b.writeUInt16BE(k.remotePort, f.remote_port.offset);
+  b.writeUInt16BE(k.localPort, f.local_port.offset);
+  b.writeUInt8(k.family, f.family.offset);
+  return b;
+}
+
+export function decodeHandoffKey(b: Buffer): Handoff {
+  if (b.length !== HANDOFF_KEY_SIZE) throw new CodecError(`inpod_handoff_key is ${HANDOFF_KEY_SIZE} bytes, got ${b.length}`);
+  const f = layouts.inpod_handoff_key.fields;
+  const family = b.readUInt8(f.family.offset);
+  if (family !== 4 && family !== 6) throw new CodecError(`inpod_handoff_key family is 4 or 6, got ${family}`);
+  return {
+    remote: decodeAddrKey(b.subarray(f.remote.offset, f.remote.offset + f.remote.size)),
+    remotePort: b.readUInt16BE(f.remote_port.offset),
+    local: decodeAddrKey(b.subarray(f.local.offset, f.local.offset + f.local.size)),
+    localPort: b.readUInt16BE(f.local_port.offset),
+    family,
+  };
 }

@@ -25,6 +25,17 @@ export const layouts = {
       node: { offset: 0, size: 16 },
     },
   },
+  inpod_handoff_key: {
+    size: 40,
+    fields: {
+      remote: { offset: 0, size: 16 },
+      local: { offset: 16, size: 16 },
+      remote_port: { offset: 32, size: 2 },
+      local_port: { offset: 34, size: 2 },
+      family: { offset: 36, size: 1 },
+      pad: { offset: 37, size: 3 },
+    },
+  },
   inpod_pod: {
     size: 16,
     fields: {
@@ -39,6 +50,7 @@ export const layouts = {
 /** Constants of the shared header (#defines and enum members). */
 export const constants = {
   MAX_PROBE_FLOWS: 16384,
+  MAX_HANDOFFS: 4096,
   INPOD_PORT_OUTBOUND: 15001,
   INPOD_PORT_INBOUND: 15006,
   INPOD_PORT_HBONE: 15008,

@@ -21,7 +21,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync
 import { dirname, join } from 'node:path';
 import { isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
-import { isPinnedMapName, openPinnedMap } from './maps.js';
+import { isPinnedMapName, MapType, openPinnedMap } from './maps.js';
 import { BpfObject, mapInfoOf, programId, type BpfMap, type MapDef } from './object.js';
 
 // bpffs refuses dots in names (they are kept for its own files).
@@ -120,6 +120,8 @@ function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
   try {
     const k = mapInfoOf(fd, into.name);
     if (k.keySize !== def.keySize || k.valueSize !== def.valueSize || k.type !== def.type) return;
+    // A socket map's entries are sockets of the moment (inpod_handoff): nothing to carry over.
+    if (def.type === MapType.SOCKHASH) return;
     if (!isPinnedMapName(into.name)) return;
     const old = openPinnedMap(dirname(oldPath), into.name, { path: oldPath, maxEntries: def.maxEntries });
     try {

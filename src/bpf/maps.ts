@@ -14,7 +14,7 @@ import * as inpod from './inpod-codec.js';
 import { constants as inpodConstants } from './inpod-layout.generated.js';
 
 /** enum bpf_map_type (linux/bpf.h), the ones maps.h uses. */
-export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, LRU_HASH: 9 } as const;
+export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, LRU_HASH: 9, SOCKHASH: 18 } as const;
 
 export interface PinnedMapSpec extends MapSizes {
   type: number;
@@ -50,6 +50,8 @@ export const PINNED_MAPS = {
     maxEntries: inpodConstants.MAX_INPOD_PODS,
     perCpu: false,
   },
+  // Values are sockets: read back as socket cookies, never copied by a migration.
+  inpod_handoff: { type: MapType.SOCKHASH, keySize: inpod.HANDOFF_KEY_SIZE, valueSize: 8, maxEntries: inpodConstants.MAX_HANDOFFS, perCpu: false },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

@@ -18,7 +18,9 @@ import * as b from '../../harness/packet/builder.js';
 import { ipBytes, truncate } from '../../harness/packet/builder.js';
 import {
   connKey,
+  handoffKey,
   inpodHostIn,
+  inpodLookup,
   inpodHostOut,
   inpodIn,
   inpodOut,
@@ -27,6 +29,7 @@ import {
   recordInpod,
   type ConnState,
   type InpodState,
+  type LookupCtx,
 } from '../model/inpod.js';
 import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
 import { kernelDescribe } from '../support/gate.js';
@@ -139,6 +142,8 @@ const IP_POD = { v4: POD_A.v4, v6: POD_A.v6 };
 const IP_NODE = { v4: NODE.v4, v6: NODE.v6 };
 /** The generator's flow ports (FLOW): its frames between pod A and the node meet these sockets. */
 const CONN = { podPort: FLOW.podPort, outPort: FLOW.nodePort };
+/** Ports inpodFrame also picks: a TIME_WAIT at the node's end and the pod connecting on it. */
+const FAR = { podPort: 9090, peerPort: 50000 };
 
 /** Frames near the in-pod rows: pod A with the node, the probe address and the outside, on the flow's ports. */
 function inpodFrame(gen: Gen): Buffer {
@@ -146,13 +151,46 @@ function inpodFrame(gen: Gen): Buffer {
   const pod = v6 ? IP_POD.v6 : IP_POD.v4;
   const peer = gen.pick(v6 ? [IP_NODE.v6, PROBE.v6, OUTSIDE.v6] : [IP_NODE.v4, PROBE.v4, OUTSIDE.v4]);
   const toPod = gen.chance(0.5);
-  const podPort = gen.pick([CONN.podPort, CONN.podPort, 53, 15008, 9090]);
-  const peerPort = gen.pick([CONN.outPort, CONN.outPort, 53, 50000]);
+  const podPort = gen.pick([CONN.podPort, CONN.podPort, 53, 15008, FAR.podPort]);
+  const peerPort = gen.pick([CONN.outPort, CONN.outPort, 53, FAR.peerPort]);
   const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
   const l4 = gen.chance(0.8) ? b.tcp({ sport, dport, flags: gen.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, gen.int(256)]) }) : b.udp({ sport, dport });
   const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
   if (v6) return b.v6Frame({ ...ip, ext: gen.chance(0.1) ? [{ type: 'fragment', offset: gen.pick([0, 5]), more: gen.chance(0.5) }] : [] }, l4);
   return b.v4Frame({ ...ip, moreFragments: gen.chance(0.05), fragOffset: gen.chance(0.05) ? 5 : 0 }, l4);
+}
+
+/** inpod_lookup's runs per state: over the three states, more than 10,000. */
+const LOOKUPS_PER_STATE = Math.max(3400, Math.ceil(INPOD_FRAMES_PER_STATE / 1.5));
+
+/** A listener lookup near the generator's flows: its family, protocol, ends and ports. */
+function lookupCtx(gen: Gen): LookupCtx {
+  const v6 = gen.chance(0.5);
+  const addrs = v6 ? [IP_POD.v6, IP_NODE.v6, OUTSIDE.v6] : [IP_POD.v4, IP_NODE.v4, OUTSIDE.v4];
+  const ports = [CONN.podPort, CONN.outPort, FAR.podPort, FAR.peerPort, 53, 15006, 8080];
+  return {
+    family: v6 ? 6 : 4,
+    protocol: gen.pick([6, 6, 6, 17, 132]),
+    remoteHex: m.addrKeyHex(ipBytes(gen.pick(addrs))),
+    remotePort: gen.pick(ports),
+    localHex: m.addrKeyHex(ipBytes(gen.pick(addrs))),
+    localPort: gen.pick(ports),
+  };
+}
+
+const lookupKey = (c: LookupCtx) => handoffKey(c.family, c.remoteHex, c.remotePort, c.localHex, c.localPort);
+
+/** The lookup of a handed-over tuple, sometimes as UDP. */
+function ctxOfKey(key: string, gen: Gen): LookupCtx {
+  const [family, remoteHex, rport, localHex, lport] = key.split('|');
+  return {
+    family: Number(family) as 4 | 6,
+    protocol: gen.pick([6, 6, 6, 17]),
+    remoteHex: remoteHex!,
+    remotePort: Number(rport),
+    localHex: localHex!,
+    localPort: Number(lport),
+  };
 }
 
 kernelDescribe('differential fuzzing: in-pod programs vs the reference model', 'loads BPF programs', () => {
@@ -167,7 +205,9 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
 
   it(`agrees with the model on every runnable frame (seed ${SEED})`, { timeout: 180_000 }, async () => {
     const programs: InpodProgram[] = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'];
-    const stats = new Map(programs.map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]));
+    const stats = new Map(
+      [...programs, 'inpod_lookup'].map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]),
+    );
     const gen = new Gen(SEED + 1);
     const cuts = truncationSeeds();
     const flows = () =>
@@ -204,17 +244,33 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
           conns.set(connKey(6, h4(IP_POD.v6), CONN.podPort, h4(IP_NODE.v6), CONN.outPort), 'time_wait');
           await h.connection({ ip: IP_NODE.v6, port: CONN.outPort + 1 }, { ip: IP_POD.v6, port: CONN.podPort + 1 }, true);
           conns.set(connKey(6, h4(IP_NODE.v6), CONN.outPort + 1, h4(IP_POD.v6), CONN.podPort + 1), 'time_wait');
+          // A TIME_WAIT at the far end on the generator's ports, with the pod connecting again
+          // on the same 4-tuple: looped SYNs there are handed over (PL5).
+          await h.connection({ ip: IP_NODE.v6, port: FAR.peerPort }, { ip: IP_POD.v6, port: FAR.podPort }, true);
+          conns.set(connKey(6, h4(IP_NODE.v6), FAR.peerPort, h4(IP_POD.v6), FAR.podPort), 'time_wait');
+          await h.connecting({ ip: IP_POD.v6, port: FAR.podPort }, { ip: IP_NODE.v6, port: FAR.peerPort });
+          conns.set(connKey(6, h4(IP_POD.v6), FAR.podPort, h4(IP_NODE.v6), FAR.peerPort), 'syn_sent');
         },
       },
     ];
 
     for (const st of states) {
       await st.setup?.();
-      const state: InpodState = { dnsCapture: st.dns, probeFlows: flows() };
+      const state: InpodState = { dnsCapture: st.dns, probeFlows: flows(), handoffs: new Map() };
+      h.clearHandoffs();
       h.applyState(state);
       const sockets = { listeners, conns };
       const frames: Buffer[] = [];
       for (const f of cuts) for (let n = 0; n <= f.length; n++) frames.push(truncate(f, n));
+      // SYNs on the tuples the TIME_WAITs hold (PL5, PI8), rare in the random mix.
+      for (let i = 0; i < 60; i++) {
+        const flags = gen.pick([0x02, 0x02, 0x12, 0x10]);
+        frames.push(
+          gen.chance(0.5)
+            ? b.v6Frame({ src: IP_POD.v6, dst: IP_NODE.v6 }, b.tcp({ sport: FAR.podPort, dport: FAR.peerPort, flags }))
+            : b.v6Frame({ src: IP_NODE.v6, dst: IP_POD.v6 }, b.tcp({ sport: CONN.outPort, dport: CONN.podPort, flags })),
+        );
+      }
       while (frames.length < INPOD_FRAMES_PER_STATE) frames.push(gen.chance(0.4) ? inpodFrame(gen) : gen.next());
 
       for (const frame of frames) {
@@ -247,8 +303,42 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
           }
         }
       }
-      // What the kernel recorded (PH4) is what the model recorded.
+      // What the kernel recorded (PH4, PL5/PI8) is what the model recorded.
       expect(h.probeFlows(), `probe_flows after [${st.name}]`).toEqual(state.probeFlows);
+      expect(await h.handoffs(), `inpod_handoff after [${st.name}]`).toEqual(state.handoffs);
+
+      // inpod_lookup on lookups near those handoffs, with the ones left by inpod_in and a
+      // few seeded here; a lookup that takes an entry has it put back, in both.
+      const ls = stats.get('inpod_lookup')!;
+      const handoffs = state.handoffs!;
+      const zt = [...listeners].filter((l) => l.startsWith('tcp'));
+      if (zt.length > 0) {
+        for (let i = 0; i < 24; i++) {
+          const k = lookupKey(lookupCtx(gen));
+          const sock = gen.pick(zt);
+          h.seedHandoff(k, sock);
+          handoffs.set(k, sock);
+        }
+      }
+      const v6only = new Set([...listeners].filter((l) => l.startsWith('tcp6')));
+      for (let i = 0; i < LOOKUPS_PER_STATE; i++) {
+        const ctx = gen.chance(0.5) && handoffs.size > 0 ? ctxOfKey(gen.pick([...handoffs.keys()]), gen) : lookupCtx(gen);
+        const mv = inpodLookup(ctx, handoffs, v6only);
+        const k = await h.runLookup(ctx);
+        ls.frames++;
+        ls.rows.set(mv.row, (ls.rows.get(mv.row) ?? 0) + 1);
+        const want = mv.selected ? { verdict: mv.verdict, selected: mv.selected } : { verdict: mv.verdict };
+        if (JSON.stringify(k) !== JSON.stringify(want) && ls.disagreements.length < 2000) {
+          ls.disagreements.push(
+            `FUZZ_SEED=${SEED} inpod_lookup [${st.name}] ${JSON.stringify(ctx)}\n  model ${JSON.stringify(want)} ${mv.row}; kernel ${JSON.stringify(k)}`,
+          );
+        }
+        if (mv.takes) {
+          const sock = handoffs.get(mv.takes)!;
+          h.seedHandoff(mv.takes, sock);
+        }
+      }
+      expect(await h.handoffs(), `inpod_handoff after the lookups of [${st.name}]`).toEqual(handoffs);
     }
 
     for (const [program, s] of stats) {

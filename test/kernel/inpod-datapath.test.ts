@@ -15,7 +15,9 @@ import * as b from '../../harness/packet/builder.js';
 import { addrKeyHex } from '../model/datapath.js';
 import {
   connKey,
+  handoffKey,
   inpodHostIn,
+  inpodLookup,
   inpodHostOut,
   inpodIn,
   inpodOut,
@@ -27,6 +29,7 @@ import {
   type InpodSockets,
   type InpodState,
   type InpodVerdictName,
+  type LookupCtx,
 } from '../model/inpod.js';
 import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
 import { kernelDescribe } from '../support/gate.js';
@@ -38,8 +41,13 @@ const PROBE = { v4: '169.254.7.127', v6: 'fd16:9254:7127:1337:ffff:ffff:ffff:fff
 /** A connection of the pod's (its app's, captured or not), and one left in TIME_WAIT. */
 const CONN = { podPort: 41000, outPort: 9443 };
 const TW = { podPort: 41001, outPort: 9444 };
-/** TIME_WAIT at the far end's address (what a looped frame of the pod meets: ztunnel's end). */
+/**
+ * TIME_WAIT at the far end's address (what a looped frame of the pod meets: ztunnel's end),
+ * with the pod's own socket connecting again on the same 4-tuple (PL5).
+ */
 const TW_FAR = { podPort: 41002, outPort: 9445 };
+/** The same, with no socket of the pod's connecting on it (a forged SYN: PL3). */
+const TW_FORGED = { podPort: 41003, outPort: 9446 };
 const APP_PORT = 8080;
 const ZT_LISTENERS = [
   ['tcp4', 15001],
@@ -53,6 +61,16 @@ const ZT_LISTENERS = [
 ] as const;
 
 const h4 = (ip: string) => addrKeyHex(b.ipBytes(ip));
+/** A listener lookup of the pod's netns, as inpod_lookup receives it (TCP). */
+const lookup = (family: 4 | 6, remote: string, remotePort: number, local: string, localPort: number): LookupCtx => ({
+  family,
+  protocol: 6,
+  remoteHex: h4(remote),
+  remotePort,
+  localHex: h4(local),
+  localPort,
+});
+const key = (c: LookupCtx) => handoffKey(c.family, c.remoteHex, c.remotePort, c.localHex, c.localPort);
 
 interface Row {
   id: string;
@@ -210,10 +228,27 @@ const ROWS: Row[] = [
     verdict: 'pass',
   },
   {
-    id: 'PL3',
-    name: 'looped SYN meeting TIME_WAIT drops',
+    id: 'PL5',
+    name: "looped SYN of the pod's connecting socket meeting TIME_WAIT is handed over to 15001",
     program: 'inpod_in',
     frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+    mark: LOOP_MARK,
+    verdict: 'pass',
+  },
+  {
+    id: 'PL5',
+    name: 'the same without 15001 drops',
+    program: 'inpod_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+    mark: LOOP_MARK,
+    noZtunnel: true,
+    verdict: 'drop',
+  },
+  {
+    id: 'PL3',
+    name: 'looped SYN meeting TIME_WAIT with no connecting socket of the pod drops (forged source)',
+    program: 'inpod_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FORGED.podPort, TW_FORGED.outPort)),
     mark: LOOP_MARK,
     verdict: 'drop',
   },
@@ -266,7 +301,21 @@ const ROWS: Row[] = [
     frame: v4(OUT.v4, POD.v4, ack(CONN.outPort, CONN.podPort)),
     verdict: 'pass',
   },
-  { id: 'PI8', name: 'a SYN meeting TIME_WAIT drops', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), verdict: 'drop' },
+  {
+    id: 'PI8',
+    name: 'a SYN meeting TIME_WAIT is handed over to 15006',
+    program: 'inpod_in',
+    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PI8',
+    name: 'the same without 15006 drops',
+    program: 'inpod_in',
+    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
+    noZtunnel: true,
+    verdict: 'drop',
+  },
   { id: 'PI6', name: 'a SYN to 15008 passes (HBONE)', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, 15008)), verdict: 'pass' },
   { id: 'PI9', name: 'a SYN to the app goes to 15006', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)), verdict: 'deliver' },
   { id: 'PI9', name: 'an ACK of no connection goes to 15006 too', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, ack(40000, APP_PORT)), verdict: 'deliver' },
@@ -364,13 +413,53 @@ const ROWS: Row[] = [
   },
 ];
 
+/** inpod_lookup's rows: the handoffs seeded from here, the lookup, and how many entries stay. */
+const LOOKUP_ROWS: { id: string; name: string; seed: [string, string][]; ctx: LookupCtx; left: number }[] = [
+  {
+    id: 'PK1',
+    name: 'an IPv4 lookup with a handoff gets its listener, and the entry goes',
+    seed: [[key(lookup(4, OUT.v4, 40000, POD.v4, APP_PORT)), 'tcp4:15006']],
+    ctx: lookup(4, OUT.v4, 40000, POD.v4, APP_PORT),
+    left: 0,
+  },
+  {
+    id: 'PK1',
+    name: 'IPv6 likewise (a looped SYN to 15001)',
+    seed: [[key(lookup(6, POD.v6, 40001, OUT.v6, 443)), 'tcp6:15001']],
+    ctx: lookup(6, POD.v6, 40001, OUT.v6, 443),
+    left: 0,
+  },
+  {
+    id: 'PK2',
+    name: 'a handoff whose listener refuses the lookup (IPv6-only, an IPv4 lookup) drops, and the entry goes',
+    seed: [[key(lookup(4, OUT.v4, 40002, POD.v4, APP_PORT)), 'tcp6:15006']],
+    ctx: lookup(4, OUT.v4, 40002, POD.v4, APP_PORT),
+    left: 0,
+  },
+  { id: 'PK3', name: 'a TCP lookup with no handoff: the kernel’s own', seed: [], ctx: lookup(4, OUT.v4, 40003, POD.v4, APP_PORT), left: 0 },
+  {
+    id: 'PK3',
+    name: 'a lookup for another port of a handed-over tuple: the kernel’s own, the entry stays',
+    seed: [[key(lookup(4, OUT.v4, 40004, POD.v4, APP_PORT)), 'tcp4:15006']],
+    ctx: lookup(4, OUT.v4, 40004, POD.v4, APP_PORT + 1),
+    left: 1,
+  },
+  {
+    id: 'PK3',
+    name: 'a UDP lookup of a handed-over tuple: the kernel’s own, the entry stays',
+    seed: [[key(lookup(4, OUT.v4, 40005, POD.v4, 53)), 'tcp4:15006']],
+    ctx: { ...lookup(4, OUT.v4, 40005, POD.v4, 53), protocol: 17 },
+    left: 1,
+  },
+];
+
 kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads BPF programs', () => {
   let h: InpodHarness;
   const closeZt: (() => Promise<void>)[] = [];
   const conns = new Map<string, ConnState>();
   const listeners = new Set<string>([`tcp4:${APP_PORT}`]);
   // The probe flows the PH rows share: PH4 records, PH5/PH8 use (rows run in order).
-  const state: InpodState = { dnsCapture: false, probeFlows: new Map() };
+  const state: InpodState = { dnsCapture: false, probeFlows: new Map(), handoffs: new Map() };
 
   beforeAll(async () => {
     h = await InpodHarness.create([POD.v4, POD.v6, OUT.v4, OUT.v6]);
@@ -386,13 +475,17 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
     conns.set(connKey(6, h4(POD.v6), TW.podPort, h4(OUT.v6), TW.outPort), 'time_wait');
     await h.connection({ ip: OUT.v6, port: TW_FAR.outPort }, { ip: POD.v6, port: TW_FAR.podPort }, true);
     conns.set(connKey(6, h4(OUT.v6), TW_FAR.outPort, h4(POD.v6), TW_FAR.podPort), 'time_wait');
+    await h.connecting({ ip: POD.v6, port: TW_FAR.podPort }, { ip: OUT.v6, port: TW_FAR.outPort });
+    conns.set(connKey(6, h4(POD.v6), TW_FAR.podPort, h4(OUT.v6), TW_FAR.outPort), 'syn_sent');
+    await h.connection({ ip: OUT.v6, port: TW_FORGED.outPort }, { ip: POD.v6, port: TW_FORGED.podPort }, true);
+    conns.set(connKey(6, h4(OUT.v6), TW_FORGED.outPort, h4(POD.v6), TW_FORGED.podPort), 'time_wait');
   });
 
   afterAll(async () => {
     await h?.close();
   });
 
-  function check(r: Row, sockets: InpodSockets): void {
+  async function check(r: Row, sockets: InpodSockets): Promise<void> {
     const s: InpodState = { ...state, dnsCapture: !!r.dns };
     h.applyState(s);
     const mark = r.mark ?? 0;
@@ -411,12 +504,45 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
     const diff = inpodDisagreement(mv, k!, r.frame, mark);
     expect(diff, `${r.id} ${r.name}\nframe ${b.hex(r.frame)}`).toBeNull();
     recordInpod(state, mv);
-    // What the kernel recorded, the model recorded.
+    // What the kernel recorded, the model recorded: the probe flows, and the handoff (its
+    // key and the listener in it), emptied after each row.
     expect(h.probeFlows()).toEqual(state.probeFlows);
+    expect(await h.handoffs()).toEqual(state.handoffs);
+    h.clearHandoffs();
+    state.handoffs!.clear();
   }
 
   describe("with ztunnel's sockets", () => {
     it.each(ROWS.filter((r) => !r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, { listeners, conns }));
+
+    it('PL5 and PI8 leave the listener the socket lookup then gives the kernel (PK1), and the entry goes', async () => {
+      for (const [frame, mark, ctx, socket] of [
+        [v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), 0, lookup(6, OUT.v6, TW.outPort, POD.v6, TW.podPort), 'tcp6:15006'],
+        [v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)), LOOP_MARK, lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort), 'tcp6:15001'],
+      ] as const) {
+        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
+        expect([...(await h.handoffs()).values()]).toEqual([socket]);
+        expect(await h.runLookup(ctx)).toEqual({ verdict: 'pass', selected: socket });
+        expect(await h.handoffs()).toEqual(new Map());
+      }
+    });
+
+    describe('inpod_lookup (PK rows)', () => {
+      const v6only = new Set(['tcp6:15001', 'tcp6:15006', 'tcp6:15053']);
+      it.each(LOOKUP_ROWS.map((r) => [`${r.id} ${r.name}`, r] as const))('%s', async (_, r) => {
+        h.clearHandoffs();
+        for (const [k, sock] of r.seed) h.seedHandoff(k, sock);
+        const handoffs = new Map(r.seed);
+        const mv = inpodLookup(r.ctx, handoffs, v6only);
+        expect(mv.row).toBe(r.id);
+        const k = await h.runLookup(r.ctx);
+        expect(k).toEqual(mv.selected ? { verdict: mv.verdict, selected: mv.selected } : { verdict: mv.verdict });
+        if (mv.takes) handoffs.delete(mv.takes);
+        expect(await h.handoffs()).toEqual(handoffs);
+        expect(handoffs.size).toBe(r.left);
+        h.clearHandoffs();
+      });
+    });
 
     it('PH4 recorded the flows PH5 and PH8 use, from the node’s addresses', () => {
       expect(state.probeFlows).toEqual(
@@ -441,10 +567,11 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
     const ids = new Set(ROWS.map((r) => r.id));
     const spec = [
       ...Array.from({ length: 10 }, (_, i) => `PO${i + 1}`),
-      ...Array.from({ length: 4 }, (_, i) => `PL${i + 1}`),
+      ...Array.from({ length: 5 }, (_, i) => `PL${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PI${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PH${i + 1}`),
     ];
-    expect([...ids].sort()).toEqual(spec.sort());
+    for (const r of LOOKUP_ROWS) ids.add(r.id);
+    expect([...ids].sort()).toEqual([...spec, 'PK1', 'PK2', 'PK3'].sort());
   });
 });

@@ -7,10 +7,12 @@
  * reports (port and local address of each accepted connection), the outside server's
  * record of every source, the app's, and snapshots of the netns before and after.
  */
+import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
+import { BPF_SK_LOOKUP, netnsQuery } from '../../src/bpf/ffi.js';
 import { createEbpfInPodCapture, type EbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
@@ -27,6 +29,20 @@ const PROBE4 = '169.254.7.127';
 const PROBE6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
 const APP_PORT = 8080;
 const run = (argv: string[]) => systemRunner.run(argv);
+
+/** TIME_WAIT sockets in the netns on local or remote port `port`. */
+async function timeWaits(ns: string, port: number): Promise<number> {
+  const out = await run(['ip', 'netns', 'exec', ns, 'ss', '-tanH', 'state', 'time-wait', `( sport = :${port} or dport = :${port} )`]);
+  return out.split('\n').filter((l) => l.trim()).length;
+}
+
+/** The id of the link that attaches program `progId` (bpftool's list). */
+function linkIdOf(progId: number): number {
+  const links = JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as { id: number; prog_id: number; type: string }[];
+  const l = links.find((x) => x.prog_id === progId && x.type === 'netns');
+  if (!l) throw new Error(`no netns link runs program ${progId}`);
+  return l.id;
+}
 
 /** What a netns holds that the capture may touch: compared before install and after remove. */
 async function snapshot(ns: string, devs: string[]): Promise<string> {
@@ -45,6 +61,13 @@ async function snapshot(ns: string, devs: string[]): Promise<string> {
     .split('\n')
     .filter((l) => !/stable_secret|\.nf_conntrack_count|hash_?secret|base_reachable_time|fib_sync_mem|flowlabel/.test(l));
   parts.push(sysctls.join('\n'));
+  // The netns's socket lookup programs (inpod_lookup's link).
+  const fd = openSync(`/var/run/netns/${ns}`, 'r');
+  try {
+    parts.push(`sk_lookup programs: ${netnsQuery(fd, BPF_SK_LOOKUP, ns).length}`);
+  } finally {
+    closeSync(fd);
+  }
   return parts.join('\n----\n').replace(/\s+used \d+|\s+\d+sec/g, '');
 }
 
@@ -253,6 +276,48 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     });
   });
 
+  describe('a reused 4-tuple meets ztunnel’s TIME_WAIT and still reaches ztunnel (the handoff)', () => {
+    // The stand-in closes first, so each accepted connection leaves a TIME_WAIT in the pod's
+    // netns; the next connection from the same port meets it. A SYN lost there costs the
+    // client a 1 s retransmit: 700 ms fails.
+    for (const [family, ip] of [
+      ['IPv4', OUTSIDE_IP],
+      ['IPv6', OUTSIDE_IP6],
+    ] as const) {
+      it(`outbound, ${family}: three connections from one port, each to 15001 with its original destination`, async () => {
+        const port = 40000 + Math.floor(Math.random() * 20000);
+        const n = accepted.length;
+        const seen = { outside: outside.accepted.length, app: app.accepted.length };
+        for (let i = 0; i < 3; i++) {
+          expect(await sim.connect(sim.pods[0]!, { ip, port: 8080 }, 1, 700, undefined, port)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+          if (i === 0) await until('the TIME_WAIT of the first connection', async () => (await timeWaits(sim.pods[0]!.ns, port)) > 0);
+        }
+        await until('the listener reports', () => accepted.length >= n + 3);
+        expect(accepted.slice(n).map((a) => [a.port, a.origDst])).toEqual(Array(3).fill([15001, `${ip}:8080`]));
+        expect(outside.accepted.length).toBe(seen.outside);
+        expect(app.accepted.length).toBe(seen.app);
+      });
+    }
+
+    it('inbound, IPv4 and IPv6: three connections from one outside port, each to 15006, none to the app', async () => {
+      const seenApp = app.accepted.length;
+      for (const ip of [sim.pods[0]!.ip, sim.pods[0]!.ip6]) {
+        const port = 40000 + Math.floor(Math.random() * 20000);
+        const n = accepted.length;
+        for (let i = 0; i < 3; i++) {
+          expect(await sim.connect('outside', { ip, port: APP_PORT }, 1, 700, undefined, port)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        }
+        await until('the listener reports', () => accepted.length >= n + 3);
+        expect(accepted.slice(n).map((a) => [a.port, a.origDst])).toEqual(Array(3).fill([15006, `${ip}:${APP_PORT}`]));
+      }
+      expect(app.accepted.length).toBe(seenApp);
+    });
+
+    it('the handoff map is empty after each (the socket lookup takes what inpod_in left)', () => {
+      expect(capture.handoffs()).toEqual([]);
+    });
+  });
+
   describe('drift', () => {
     it('check says false when a program is removed from the pod’s interface, and install repairs it', async () => {
       expect(await capture.check(pod)).toBe(true);
@@ -264,6 +329,22 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       const n = accepted.length;
       expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 8080 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
       await until('the 15001 report', () => accepted.length > n);
+    });
+
+    it('check says false when the socket lookup link is detached, and install attaches it again', async () => {
+      const nsFd = openSync(`/var/run/netns/${sim.pods[0]!.ns}`, 'r');
+      try {
+        const [id] = netnsQuery(nsFd, BPF_SK_LOOKUP, 'pod0');
+        expect(id).toBeDefined();
+        await run(['bpftool', 'link', 'detach', 'id', String(linkIdOf(id!))]);
+        expect(netnsQuery(nsFd, BPF_SK_LOOKUP, 'pod0')).toEqual([]);
+        expect(await capture.check(pod)).toBe(false);
+        await capture.install(pod);
+        expect(await capture.check(pod)).toBe(true);
+        expect(netnsQuery(nsFd, BPF_SK_LOOKUP, 'pod0')).toHaveLength(1);
+      } finally {
+        closeSync(nsFd);
+      }
     });
 
     it('check says false when the routing rule is gone', async () => {

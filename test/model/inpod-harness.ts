@@ -11,12 +11,14 @@ import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/inpod-codec.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../harness/bpf/testrun.js';
-import { expectedBytes, type InpodState, type InpodVerdict, type InpodVerdictName, LOOP_MARK } from './inpod.js';
+import { enterNetns, isNotRunnable, runProgram, runSkLookup, TcAct } from '../../harness/bpf/testrun.js';
+import { expectedBytes, handoffKey, type InpodState, type InpodVerdict, type InpodVerdictName, type LookupCtx, LOOP_MARK } from './inpod.js';
 
 export const INPOD_OBJECT = 'build/inpod.bpf.o';
 export const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'] as const;
 export type InpodProgram = (typeof INPOD_PROGRAMS)[number];
+/** The socket lookup program (SK_LOOKUP): run on a lookup, not a frame (runLookup). */
+export const INPOD_LOOKUP = 'inpod_lookup';
 
 export interface InpodOutcome {
   verdict: InpodVerdictName | `retval ${number}`;
@@ -26,6 +28,10 @@ export interface InpodOutcome {
 
 export class InpodHarness {
   private readonly closers: (() => Promise<void>)[] = [];
+  /** The fds of this netns's TCP listeners by name ('tcp4:15001'), for seeding handoffs. */
+  private readonly listenerFds = new Map<string, number>();
+  /** socketsByCookie's answer while the listeners stay as they are. */
+  private cookies: Map<bigint, string> | null = null;
 
   private constructor(
     readonly netns: string,
@@ -45,11 +51,14 @@ export class InpodHarness {
     let obj: BpfObject | null = null;
     try {
       await run(['ip', '-n', netns, 'link', 'set', 'lo', 'up']);
+      // A connecting socket whose SYN meets a TIME_WAIT on lo answers its ACK with a RST;
+      // RFC 1337 keeps the TIME_WAIT alive (and the socket connecting) for the PL5 rows.
+      await run(['ip', 'netns', 'exec', netns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_rfc1337=1']);
       await run(['ip', '-n', netns, 'link', 'add', `${prefix}a`, 'type', 'veth', 'peer', 'name', `${prefix}b`]);
       for (const a of addresses)
         await run(['ip', '-n', netns, 'addr', 'add', a.includes(':') ? `${a}/128` : `${a}/32`, 'dev', 'lo', ...(a.includes(':') ? ['nodad'] : [])]);
       const links = JSON.parse(await run(['ip', '-n', netns, '-j', 'link', 'show'])) as { ifname: string; ifindex: number }[];
-      obj = BpfObject.openAndLoad(INPOD_OBJECT, { programs: [...INPOD_PROGRAMS] });
+      obj = BpfObject.openAndLoad(INPOD_OBJECT, { programs: [...INPOD_PROGRAMS, INPOD_LOOKUP] });
       leave = enterNetns(`/var/run/netns/${netns}`);
       return new InpodHarness(netns, links.find((l) => l.ifname === `${prefix}a`)!.ifindex, obj, leave);
     } catch (err) {
@@ -60,7 +69,7 @@ export class InpodHarness {
     }
   }
 
-  map(name: 'inpod_config' | 'probe_flows'): BpfMap {
+  map(name: 'inpod_config' | 'probe_flows' | 'inpod_handoff'): BpfMap {
     return this.obj.map(name);
   }
 
@@ -87,6 +96,75 @@ export class InpodHarness {
       out.set(`${k.subarray(0, 16).toString('hex')}|${k.readUInt16BE(16)}|${k.readUInt16BE(18)}|${k.readUInt8(20)}`, v.toString('hex'));
     }
     return out;
+  }
+
+  /** inpod_handoff as the model keys it, each value the listener it holds ('tcp6:15006'). */
+  async handoffs(): Promise<Map<string, string>> {
+    const entries = this.map('inpod_handoff').entries();
+    const out = new Map<string, string>();
+    if (entries.length === 0) return out;
+    const names = await this.socketsByCookie();
+    for (const [k, v] of entries) {
+      const key = codec.decodeHandoffKey(k);
+      const cookie = v.readBigUInt64LE(0);
+      const name = names.get(cookie) ?? `cookie ${cookie}`;
+      out.set(handoffKey(key.family, k.subarray(0, 16).toString('hex'), key.remotePort, k.subarray(16, 32).toString('hex'), key.localPort), name);
+    }
+    return out;
+  }
+
+  /** Empties inpod_handoff. */
+  clearHandoffs(): void {
+    const m = this.map('inpod_handoff');
+    for (const k of m.keys()) m.delete(k);
+  }
+
+  /** Puts a handoff in the map from here (the listener by name, as the model keys them). */
+  seedHandoff(key: string, socket: string): void {
+    const fd = this.listenerFds.get(socket);
+    if (fd === undefined) throw new Error(`no listener ${socket} to hand over to`);
+    const [family, remote, rport, local, lport] = key.split('|');
+    const k = Buffer.alloc(codec.HANDOFF_KEY_SIZE);
+    Buffer.from(remote!, 'hex').copy(k, 0);
+    Buffer.from(local!, 'hex').copy(k, 16);
+    k.writeUInt16BE(Number(rport), 32);
+    k.writeUInt16BE(Number(lport), 34);
+    k.writeUInt8(Number(family), 36);
+    const v = Buffer.alloc(8);
+    v.writeBigUInt64LE(BigInt(fd));
+    this.map('inpod_handoff').update(k, v);
+  }
+
+  /** This netns's TCP listeners by socket cookie (ss -e's `sk:`), named as the model names them. */
+  private async socketsByCookie(): Promise<Map<bigint, string>> {
+    if (this.cookies) return this.cookies;
+    const out = new Map<bigint, string>();
+    const text = await systemRunner.run(['ip', 'netns', 'exec', this.netns, 'ss', '-tlnHe']);
+    for (const line of text.split('\n')) {
+      const local = line.trim().split(/\s+/)[3];
+      const sk = /\bsk:([0-9a-f]+)/.exec(line)?.[1];
+      if (!local || !sk) continue;
+      const port = local.slice(local.lastIndexOf(':') + 1);
+      out.set(BigInt(`0x${sk}`), `${local.startsWith('[') || local.startsWith('*') ? 'tcp6' : 'tcp4'}:${port}`);
+    }
+    this.cookies = out;
+    return out;
+  }
+
+  /** Runs inpod_lookup on a lookup: its verdict and the socket it selected (by name), if any. */
+  async runLookup(ctx: LookupCtx): Promise<{ verdict: 'pass' | 'drop' | `retval ${number}`; selected?: string }> {
+    const addr = (hex: string) => (ctx.family === 4 ? Buffer.from(hex, 'hex').subarray(12) : Buffer.from(hex, 'hex'));
+    const r = runSkLookup(this.obj.programFd(INPOD_LOOKUP), {
+      family: ctx.family,
+      protocol: ctx.protocol,
+      remote: addr(ctx.remoteHex),
+      remotePort: ctx.remotePort,
+      local: addr(ctx.localHex),
+      localPort: ctx.localPort,
+    });
+    const verdict = r.retval === 1 ? 'pass' : r.retval === 0 ? 'drop' : (`retval ${r.retval}` as const);
+    if (r.cookie === 0n) return { verdict };
+    return { verdict, selected: (await this.socketsByCookie()).get(r.cookie) ?? `cookie ${r.cookie}` };
   }
 
   /** Runs a program; null when the kernel refuses the input (not runnable). */
@@ -119,9 +197,36 @@ export class InpodHarness {
       server.once('error', reject);
       server.listen({ port, host: kind === 'tcp4' ? '0.0.0.0' : '::', ipv6Only: kind === 'tcp6' }, () => resolve());
     });
-    const close = () => new Promise<void>((resolve) => server.close(() => resolve()));
+    const name = `${kind}:${port}`;
+    this.cookies = null;
+    this.listenerFds.set(name, (server as unknown as { _handle: { fd: number } })._handle.fd);
+    const close = () =>
+      new Promise<void>((resolve) => {
+        this.listenerFds.delete(name);
+        this.cookies = null;
+        server.close(() => resolve());
+      });
     this.closers.push(close);
     return close;
+  }
+
+  /**
+   * A socket of the run's netns connecting client → server and staying so (SYN_SENT): the
+   * server's end must be a TIME_WAIT over lo that answers with an ACK (see create()).
+   */
+  async connecting(client: { ip: string; port: number }, server: { ip: string; port: number }): Promise<void> {
+    const cli = net.connect({ host: server.ip, port: server.port, localAddress: client.ip, localPort: client.port });
+    cli.on('error', () => undefined);
+    this.closers.push(async () => {
+      cli.destroy();
+    });
+    const ip = client.ip.includes(':') ? `[${client.ip}]` : client.ip;
+    for (let i = 0; i < 100; i++) {
+      const out = await systemRunner.run(['ip', 'netns', 'exec', this.netns, 'ss', '-tanH', 'state', 'syn-sent', 'src', `${ip}:${client.port}`]);
+      if (out.trim()) return;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    throw new Error(`no connecting socket ${client.ip}:${client.port} -> ${server.ip}:${server.port}`);
   }
 
   /**

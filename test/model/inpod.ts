@@ -1,5 +1,5 @@
 /**
- * The reference model of docs/datapath.md's in-pod rows (PO, PL, PI, PH), written from the
+ * The reference model of docs/datapath.md's in-pod rows (PO, PL, PI, PH, PK), written from the
  * spec's text, as test/model/datapath.ts is for the node rows (whose frame parser it
  * shares: the same facts, O1–O6 and O11, decide what is a sound IP packet here). Pure
  * functions over a frame, the map contents and a table of the netns's sockets.
@@ -17,6 +17,8 @@ export interface InpodVerdict {
   recordFlow?: { key: string; node: string };
   /** PH4/PH5: the new source; PH8: the new destination (16-byte key, hex). */
   rewrite?: { field: 'src' | 'dst'; to: string };
+  /** PL5/PI8: the handoff it leaves for the socket lookup (handoffKey) and the listener in it. */
+  handoff?: { key: string; socket: string };
 }
 
 export const LOOP_MARK = 0x20000;
@@ -28,9 +30,12 @@ export interface InpodState {
   dnsCapture: boolean;
   /** probe_flows: probeFlowKey -> the node's address (hex). */
   probeFlows: Map<string, string>;
+  /** inpod_handoff: handoffKey -> the listener it holds ('tcp4:15001'); absent: not tracked. */
+  handoffs?: Map<string, string>;
 }
 
-export type ConnState = 'open' | 'time_wait';
+/** 'syn_sent': a connecting socket (the pod's own, its SYN not yet answered). */
+export type ConnState = 'open' | 'time_wait' | 'syn_sent';
 
 /** The netns's sockets, as the kernel's lookups see them. */
 export interface InpodSockets {
@@ -44,6 +49,11 @@ export const NO_SOCKETS: InpodSockets = { listeners: new Set(), conns: new Map()
 
 export function connKey(family: 4 | 6, localHex: string, lport: number, remoteHex: string, rport: number): string {
   return `${family}|${localHex}|${lport}|${remoteHex}|${rport}`;
+}
+
+/** A handoff's key: the SYN's source and destination, as the receiving stack sees them. */
+export function handoffKey(family: 4 | 6, remoteHex: string, rport: number, localHex: string, lport: number): string {
+  return `${family}|${remoteHex}|${rport}|${localHex}|${lport}`;
 }
 
 export function probeFlowKey(podHex: string, podPort: number, nodePort: number, family: 4 | 6): string {
@@ -94,9 +104,10 @@ function lookupTcp(s: InpodSockets, ip: Ip, src: [string, number], dst: [string,
   return s.listeners.has(`tcp${ip.family}:${dst[1]}`) ? 'listen' : null;
 }
 
-function conn(s: InpodSockets, ip: Ip, p: { sport: number; dport: number }): ConnState | null {
+/** The connection of the frame's tuple: a connecting socket is an open one here (not TIME_WAIT). */
+function conn(s: InpodSockets, ip: Ip, p: { sport: number; dport: number }): 'open' | 'time_wait' | null {
   const c = lookupTcp(s, ip, [ip.src, p.sport], [ip.dst, p.dport]);
-  return c === 'listen' ? null : c;
+  return c === 'listen' || c === null ? null : c === 'time_wait' ? 'time_wait' : 'open';
 }
 
 /** ztunnel's listener (TCP) or socket (UDP) on `port` for the frame's tuple. */
@@ -138,6 +149,13 @@ function deliver(s: InpodSockets, ip: Ip, p: { sport: number }, port: number, ro
   return sock ? { verdict: 'deliver', row, socket: sock } : { verdict: 'drop', row };
 }
 
+/** PL5/PI8: ztunnel's listener left for the socket lookup, the frame passed; none: drop. */
+function handoff(s: InpodSockets, ip: Ip, p: { sport: number; dport: number }, port: number, row: string): InpodVerdict {
+  const sock = ztunnelSocket(s, ip, p, port);
+  if (!sock) return { verdict: 'drop', row };
+  return { verdict: 'pass', row, handoff: { key: handoffKey(ip.family, ip.src, p.sport, ip.dst, p.dport), socket: sock } };
+}
+
 export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
   const l2 = parse(frame);
   if (ctx.mark === LOOP_MARK) {
@@ -148,8 +166,12 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
     if (ip.proto === UDP) return dnsOut(state, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
     const c = conn(s, ip, p);
     if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PL2' };
-    if (!syn(frame, ip) || c === 'time_wait') return { verdict: 'drop', row: 'PL3' };
-    return deliver(s, ip, p, dnsOut(state, p) ? Port.DNS : Port.OUTBOUND, 'PL4');
+    if (!syn(frame, ip)) return { verdict: 'drop', row: 'PL3' };
+    const port = dnsOut(state, p) ? Port.DNS : Port.OUTBOUND;
+    if (c === null) return deliver(s, ip, p, port, 'PL4');
+    // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
+    if (s.conns.get(connKey(ip.family, ip.src, p.sport, ip.dst, p.dport)) !== 'syn_sent') return { verdict: 'drop', row: 'PL3' };
+    return handoff(s, ip, p, port, 'PL5');
   }
   if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PI1' };
   const ip = l2.ip;
@@ -161,7 +183,7 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI6' };
   const c = conn(s, ip, p);
   if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI7' };
-  if (c === 'time_wait') return { verdict: 'drop', row: 'PI8' };
+  if (c === 'time_wait') return handoff(s, ip, p, Port.INBOUND, 'PI8');
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
 }
 
@@ -198,6 +220,42 @@ export function inpodHostOut(frame: Buffer, state: InpodState): InpodVerdict {
 /** What a verdict leaves in the maps (PH4 records its flow, as the kernel does). */
 export function recordInpod(state: InpodState, v: InpodVerdict): void {
   if (v.recordFlow) state.probeFlows.set(v.recordFlow.key, v.recordFlow.node);
+  if (v.handoff) state.handoffs?.set(v.handoff.key, v.handoff.socket);
+}
+
+// --- inpod_lookup: the socket lookup of the pod's netns -----------------------------------
+
+/** What the kernel's listener lookup hands the program (struct bpf_sk_lookup's fields). */
+export interface LookupCtx {
+  family: 4 | 6;
+  protocol: number;
+  remoteHex: string;
+  remotePort: number;
+  localHex: string;
+  localPort: number;
+}
+
+export interface LookupVerdict {
+  verdict: 'pass' | 'drop';
+  row: 'PK1' | 'PK2' | 'PK3';
+  /** PK1: the socket given to the lookup. */
+  selected?: string;
+  /** PK1/PK2: the handoff taken (and removed). */
+  takes?: string;
+}
+
+/**
+ * inpod_lookup. `sockets`: the listener each socket name is, for the assign check (a socket
+ * of the other family refuses unless it is a dual-stack IPv6 one; `v6only` names them).
+ */
+export function inpodLookup(ctx: LookupCtx, handoffs: ReadonlyMap<string, string>, v6only: ReadonlySet<string>): LookupVerdict {
+  if (ctx.protocol !== TCP) return { verdict: 'pass', row: 'PK3' };
+  const key = handoffKey(ctx.family, ctx.remoteHex, ctx.remotePort, ctx.localHex, ctx.localPort);
+  const sock = handoffs.get(key);
+  if (sock === undefined) return { verdict: 'pass', row: 'PK3' };
+  const sockFamily = sock.startsWith('tcp6') ? 6 : 4;
+  const fits = sockFamily === ctx.family || (sockFamily === 6 && !v6only.has(sock));
+  return fits ? { verdict: 'pass', row: 'PK1', selected: sock, takes: key } : { verdict: 'drop', row: 'PK2', takes: key };
 }
 
 // --- the bytes a verdict leaves ------------------------------------------------------------

@@ -30,7 +30,7 @@ const BROKEN = 'build/tests/broken.bpf.o';
 const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
-const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'] as const;
+const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_lookup'] as const;
 const SEED = 20240611;
 const FRAMES_PER_STATE = Number(process.env.MATRIX_FRAMES ?? 1500);
 const CACHE = process.env.KERNEL_MATRIX_CACHE ?? 'build/kernels';

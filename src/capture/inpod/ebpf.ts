@@ -12,10 +12,15 @@
  * detach) run on the loop thread moved into the netns with setns and back
  * (src/bpf/netns.ts), synchronously, so nothing else runs meanwhile.
  *
- * Pins: `<pin folder>/inpod/` holds this object's maps (inpod_config, probe_flows and
- * inpod_pods, the agent's record of what it changed in each pod's netns, so that remove
- * undoes exactly that, after a restart too) and `prog-<hash>/` its programs, adopted by
- * the next agent of the same build.
+ * The pod's netns also gets inpod_lookup on its socket lookup hook, through a BPF link
+ * pinned at `<pin folder>/inpod/links/lookup-<netns inode>`: the SYNs that meet a
+ * TIME_WAIT reach ztunnel's listener through it (docs/datapath.md, "TIME_WAIT: the
+ * handoff").
+ *
+ * Pins: `<pin folder>/inpod/` holds this object's maps (inpod_config, probe_flows,
+ * inpod_handoff and inpod_pods, the agent's record of what it changed in each pod's netns,
+ * so that remove undoes exactly that, after a restart too), `prog-<hash>/` its programs,
+ * adopted by the next agent of the same build, and `links/`.
  */
 import { existsSync, fstatSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,6 +35,8 @@ import { openPinnedMap } from '../../bpf/maps.js';
 import { Cleanup, type CleanupReport } from '../cleanup.js';
 import { attachTc, destroyClsact, detachTc, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
 import { listTcFilters } from '../../bpf/hooks.js';
+import { BPF_SK_LOOKUP } from '../../bpf/ffi.js';
+import { ensureNetnsLink, netnsLinkState, removeNetnsLink } from '../../bpf/netns-link.js';
 import { CommandError, type CommandRunner } from '../../host/runner.js';
 import type { Logger } from '../../log.js';
 import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
@@ -45,7 +52,14 @@ export const INPOD_PROGRAMS = {
   hostIn: 'inpod_host_in',
   /** TC ingress of the pod's host veth (frames from the pod). */
   hostOut: 'inpod_host_out',
+  /** The socket lookup (SK_LOOKUP) of the pod's netns: SYNs meeting a TIME_WAIT. */
+  lookup: 'inpod_lookup',
 } as const;
+
+/** Where the link that attaches inpod_lookup to a pod's netns is pinned. */
+export function lookupLinkPin(dir: string, inode: bigint): string {
+  return join(dir, 'links', `lookup-${inode}`);
+}
 
 export const INPOD_PIN_SUBDIR = 'inpod';
 export const LOOP_MARK = `0x${constants.INPOD_MARK_LOOP.toString(16)}`;
@@ -131,6 +145,7 @@ export class EbpfInPodCapture implements InPodCapture {
     // Pods attached to an older build's programs keep them (the kernel holds attached
     // programs) until check() finds them outdated and install() replaces them in place.
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
+    this.sweepLinks();
     this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(this.opts.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
     this.opts.log.info(this.installed.adopted ? 'in-pod ebpf adopted' : 'in-pod ebpf loaded', {
@@ -140,7 +155,16 @@ export class EbpfInPodCapture implements InPodCapture {
     });
   }
 
-  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods'): BpfMap {
+  /** Links of pods whose netns is gone (detached by the kernel with it): their pins go. */
+  private sweepLinks(): void {
+    const links = join(this.dir, 'links');
+    for (const f of existsSync(links) ? readdirSync(links) : []) {
+      const path = join(links, f);
+      if (netnsLinkState(path)?.netnsIno === 0) removeNetnsLink(path);
+    }
+  }
+
+  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods' | 'inpod_handoff'): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`in-pod ebpf capture not initialised (map ${name})`);
     return m;
@@ -223,6 +247,11 @@ export class EbpfInPodCapture implements InPodCapture {
       await this.inPod(at.nsPath, ['ip', f, 'route', 'replace', 'local', 'default', 'dev', 'lo', 'table', ROUTE_TABLE]);
     }
 
+    // The socket lookup before inpod_in: a SYN inpod_in hands over on the TIME_WAIT path
+    // must find inpod_lookup there, or the kernel's own lookup would pick the listener of
+    // its destination port.
+    ensureNetnsLink(lookupLinkPin(this.dir, at.inode), pod.fd, Number(at.inode), BPF_SK_LOOKUP, this.program(INPOD_PROGRAMS.lookup));
+
     // inpod_in before inpod_out: a looped frame always finds its deliverer. Attached in
     // place (replace), so a re-install never leaves a hook empty.
     const podIn = this.program(INPOD_PROGRAMS.in);
@@ -286,6 +315,8 @@ export class EbpfInPodCapture implements InPodCapture {
     const want: Record<Direction, number> = { ingress: this.program(INPOD_PROGRAMS.in).id, egress: this.program(INPOD_PROGRAMS.out).id };
     const podOk = withNetns(at.nsPath, () => queryTc(at.eth.ifindex, 'ingress') === want.ingress && queryTc(at.eth.ifindex, 'egress') === want.egress);
     if (!podOk) return false;
+    const link = netnsLinkState(lookupLinkPin(this.dir, at.inode));
+    if (!link || link.progId !== this.program(INPOD_PROGRAMS.lookup).id || BigInt(link.netnsIno) !== at.inode) return false;
     const hostWant: Record<Direction, number> = { egress: this.program(INPOD_PROGRAMS.hostIn).id, ingress: this.program(INPOD_PROGRAMS.hostOut).id };
     const hostOk = this.hostDo(() => queryTc(at.hostIfindex, 'egress') === hostWant.egress && queryTc(at.hostIfindex, 'ingress') === hostWant.ingress);
     if (!hostOk) return false;
@@ -313,7 +344,7 @@ export class EbpfInPodCapture implements InPodCapture {
       // The pod's interface (or the node's route) is gone: what was on them went with them.
       if (!(err instanceof LocateError) && !(err instanceof CommandError)) throw err;
     }
-    await undoPod({ runner: this.opts.runner, hostNetns: this.opts.hostNetns }, nsPath, rec, eth);
+    await undoPod({ runner: this.opts.runner, hostNetns: this.opts.hostNetns }, this.dir, inode, nsPath, rec, eth);
     this.forgetFlows(pod);
     this.map('inpod_pods').delete(codec.encodeNetnsKey(inode));
     this.opts.log.info('in-pod capture removed', { pod: pod.name, namespace: pod.namespace, uid: pod.uid });
@@ -324,6 +355,13 @@ export class EbpfInPodCapture implements InPodCapture {
     const ips = new Set(pod.ips.map((ip) => decodeAddrKey(encodeAddrKey(ip))));
     const flows = this.map('probe_flows');
     for (const k of flows.keys()) if (ips.has(codec.decodeProbeFlowKey(k).pod)) flows.delete(k);
+  }
+
+  /** SYNs handed over to ztunnel's listeners and not yet taken by the socket lookup (for tests and status). */
+  handoffs(): codec.Handoff[] {
+    return this.map('inpod_handoff')
+      .keys()
+      .map((k) => codec.decodeHandoffKey(k));
   }
 
   /** The probe flows the host veths' programs recorded (for tests and status). */
@@ -361,6 +399,8 @@ function ok(runner: CommandRunner, argv: string[]): Promise<boolean> {
  */
 async function undoPod(
   u: { runner: CommandRunner; hostNetns?: string },
+  dir: string,
+  inode: bigint,
   nsPath: string,
   rec: codec.InpodPod | null,
   eth: { ifindex: number; name: string } | null,
@@ -379,6 +419,8 @@ async function undoPod(
       }
     });
   }
+  // After inpod_in: nothing hands a SYN over any more.
+  if (removeNetnsLink(lookupLinkPin(dir, inode))) removed.push('socket lookup link');
   for (const f of FAMILIES) {
     while (
       await ok(u.runner, [
@@ -484,9 +526,10 @@ export async function uninstallInpod(opts: {
         const links = JSON.parse(await opts.runner.run(['nsenter', `--net=${nsPath}`, 'ip', '-j', 'link', 'show'])) as { ifindex: number; ifname: string }[];
         const l = links.find((x) => x.ifindex === rec.ethIfindex);
         if (l) eth = { ifindex: l.ifindex, name: l.ifname };
-        c.removed.push(...(await undoPod(opts, nsPath, rec, eth)).map((r) => `${r} (netns ${inode})`));
+        c.removed.push(...(await undoPod(opts, dir, inode, nsPath, rec, eth)).map((r) => `${r} (netns ${inode})`));
       } else {
         c.skip(`the pod side of netns ${inode}`, 'the netns is gone, and with it what was in it');
+        removeNetnsLink(lookupLinkPin(dir, inode));
         const host = () => {
           for (const d of ['ingress', 'egress'] as const) {
             if (runsOurs(rec.hostIfindex, d, [INPOD_PROGRAMS.hostIn, INPOD_PROGRAMS.hostOut])) detachTc(rec.hostIfindex, d);
