@@ -84,7 +84,7 @@ function attachLookupCheck(fd: number): string {
     const link = ffi.netnsLinkCreate(ns, ffi.BPF_SK_LOOKUP, fd, 'the runner netns');
     try {
       const seen = ffi.netnsQuery(ns, ffi.BPF_SK_LOOKUP, 'the runner netns');
-      const id = ffi.objGetInfo(fd, 'inpod_lookup', 12).readUInt32LE(8);
+      const id = ffi.objGetInfo(fd, 'inpod_lookup', 8).readUInt32LE(4); // bpf_prog_info: type, id
       if (!seen.includes(id)) return `attached program ${id}, the netns shows ${seen.join(', ') || 'none'}`;
     } finally {
       ffi.closeFd(link);

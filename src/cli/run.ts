@@ -269,9 +269,9 @@ function hostNetns(hostProc: string): NetnsPort {
 
 /** inpod mode: the ZDS server, the pods' netns, the in-pod capture; no host-veth programs. */
 async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readiness, log: Logger, teardown: Teardown): Promise<Started> {
-  // --mode ebpf on a kernel without the BPF features falls back as in the node topology;
-  // then the delivery probe decides. --mode auto gets iptables here (src/capture/inpod/factory.ts).
-  const capture = await startInPodCapture(cfg.mode === 'ebpf' ? resolveMode('ebpf', { log }) : cfg.mode, {
+  // auto and ebpf on a kernel without the BPF features fall back as in the node topology;
+  // then the delivery probe decides (src/capture/inpod/factory.ts).
+  const capture = await startInPodCapture(cfg.mode === 'iptables' ? 'iptables' : resolveMode(cfg.mode, { log }), {
     objectPath: cfg.inpodObjectPath,
     pinRoot: cfg.pinRoot,
     dnsCapture: cfg.dnsCapture,

@@ -23,6 +23,7 @@ import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js'
 import { AF_INET, AF_INET6, closeSocket, markedExchange, udpReceive, udpSendTo, udpSocket } from '../../harness/sim/transparent.js';
 import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
+import { netnsSnapshot } from '../support/snapshot.js';
 import { sleep, until } from '../support/wait.js';
 
 const PROBE4 = '169.254.7.127';
@@ -44,33 +45,6 @@ function linkIdOf(progId: number): number {
   return l.id;
 }
 
-/** What a netns holds that the capture may touch: compared before install and after remove. */
-async function snapshot(ns: string, devs: string[]): Promise<string> {
-  const parts = [
-    await run(['ip', '-n', ns, '-d', 'link', 'show']),
-    await run(['ip', '-n', ns, 'addr', 'show']),
-    await run(['ip', '-n', ns, '-4', 'route', 'show', 'table', 'all']),
-    await run(['ip', '-n', ns, '-6', 'route', 'show', 'table', 'all']),
-    await run(['ip', '-n', ns, '-4', 'rule', 'show']),
-    await run(['ip', '-n', ns, '-6', 'rule', 'show']),
-    await run(['tc', '-n', ns, 'qdisc', 'show']),
-  ];
-  for (const d of devs) for (const dir of ['ingress', 'egress']) parts.push(await run(['tc', '-n', ns, 'filter', 'show', 'dev', d, dir]));
-  // Every net.* sysctl of the netns, minus the ones that count or randomise by themselves.
-  const sysctls = (await run(['ip', 'netns', 'exec', ns, 'sysctl', '-a', '--pattern', '^net\\.']).catch((e: { stdout?: string }) => e.stdout ?? ''))
-    .split('\n')
-    .filter((l) => !/stable_secret|\.nf_conntrack_count|hash_?secret|base_reachable_time|fib_sync_mem|flowlabel/.test(l));
-  parts.push(sysctls.join('\n'));
-  // The netns's socket lookup programs (inpod_lookup's link).
-  const fd = openSync(`/var/run/netns/${ns}`, 'r');
-  try {
-    parts.push(`sk_lookup programs: ${netnsQuery(fd, BPF_SK_LOOKUP, ns).length}`);
-  } finally {
-    closeSync(fd);
-  }
-  return parts.join('\n----\n').replace(/\s+used \d+|\s+\d+sec/g, '');
-}
-
 kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates network namespaces and loads BPF programs', () => {
   let sim: SimNode;
   let capture: EbpfInPodCapture;
@@ -81,8 +55,8 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
   let servers: net.Server[] = [];
   let dnsFds: number[] = [];
   const accepted: { port: number; src: string; origDst: string }[] = [];
-  let before = '';
-  let hostBefore = '';
+  let before: Record<string, string> = {};
+  let hostBefore: Record<string, string> = {};
   let pinRoot = '';
 
   const hostVeth = () => sim.pods[0]!.hostVeth;
@@ -113,8 +87,8 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     pod = { uid: 'uid-pod0', namespace: 'default', name: p0.name, ips: [p0.ip, p0.ip6], fd: podFd };
     outside = await sim.startOutside();
     app = await sim.startPodServer(p0, APP_PORT);
-    before = await snapshot(p0.ns, ['eth0']);
-    hostBefore = await snapshot(sim.nodeNs, [hostVeth()]);
+    before = await netnsSnapshot(p0.ns, ['eth0']);
+    hostBefore = await netnsSnapshot(sim.nodeNs, [hostVeth()]);
     capture = createEbpfInPodCapture({
       objectPath: 'build/inpod.bpf.o',
       pinRoot,
@@ -372,7 +346,7 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         await second.init();
         expect(await second.check(pod)).toBe(true);
         await second.install(pod);
-        expect(await filters()).toBe(before);
+        expect(await filters()).toEqual(before);
         expect(await capture.check(pod)).toBe(true);
       } finally {
         second.close();
@@ -385,11 +359,11 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       const fd = openSync(`/var/run/netns/${ns}`, 'r');
       try {
         const empty: PodNetns = { ...pod, uid: 'uid-empty', name: 'empty', fd };
-        const snap = await snapshot(ns, []);
+        const snap = await netnsSnapshot(ns, []);
         await expect(capture.install(empty)).rejects.toThrow(/no interface in its netns holds 198\.18\.0\.10/);
         expect(await capture.check(empty)).toBe(false);
         await capture.remove(empty);
-        expect(await snapshot(ns, [])).toBe(snap);
+        expect(await netnsSnapshot(ns, [])).toEqual(snap);
         await expect(capture.install({ ...empty, ips: [] })).rejects.toThrow(/no IP address/);
       } finally {
         closeSync(fd);
@@ -440,8 +414,8 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
   describe('remove', () => {
     it('leaves the pod netns and the host veth as before install (snapshot diff empty), and is idempotent', async () => {
       await capture.remove(pod);
-      expect(await snapshot(sim.pods[0]!.ns, ['eth0'])).toBe(before);
-      expect(await snapshot(sim.nodeNs, [hostVeth()])).toBe(hostBefore);
+      expect(await netnsSnapshot(sim.pods[0]!.ns, ['eth0'])).toEqual(before);
+      expect(await netnsSnapshot(sim.nodeNs, [hostVeth()])).toEqual(hostBefore);
       expect(capture.probeFlows().filter((f) => f.flow.pod === sim.pods[0]!.ip || f.flow.pod === sim.pods[0]!.ip6)).toEqual([]);
       await capture.remove(pod);
       expect(await capture.check(pod)).toBe(false);
@@ -460,8 +434,8 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       const report = await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` });
       expect(report.failed).toEqual([]);
       expect(report.removed.some((r) => /egress filter of interface/.test(r))).toBe(true);
-      expect(await snapshot(sim.pods[0]!.ns, ['eth0'])).toBe(before);
-      expect(await snapshot(sim.nodeNs, [hostVeth()])).toBe(hostBefore);
+      expect(await netnsSnapshot(sim.pods[0]!.ns, ['eth0'])).toEqual(before);
+      expect(await netnsSnapshot(sim.nodeNs, [hostVeth()])).toEqual(hostBefore);
       expect(existsSync(`${pinRoot}/ambient-redirect/v1/inpod`)).toBe(false);
       // Nothing left to do the second time.
       expect((await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` })).failed).toEqual([]);

@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { netnsSnapshot } from '../support/snapshot.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
@@ -64,6 +65,7 @@ for (const mode of ['ebpf', 'iptables'] as const)
     /** Pod name -> sim pod index. */
     const idx: Record<string, number> = { a: 0, b: 1, optout: 2, plain: 3, late: 4, upgrade: 5 };
     const nsOf = (name: string) => sim.pods[idx[name]!]!.ns;
+    const beforeAgent = new Map<string, Record<string, string>>();
 
     const startStandIn = () => {
       const z = new ZtunnelInpod({
@@ -178,6 +180,15 @@ for (const mode of ['ebpf', 'iptables'] as const)
           '--backoff-max',
           '2',
         ];
+        // Every netns as it was before the agent: `uninstall` must leave exactly this.
+        for (const p of sim.pods) beforeAgent.set(p.ns, await netnsSnapshot(p.ns, ['eth0']));
+        beforeAgent.set(
+          sim.nodeNs,
+          await netnsSnapshot(
+            sim.nodeNs,
+            sim.pods.map((p) => p.hostVeth),
+          ),
+        );
         controller = startController(sim.nodeNs, args);
         await controller.waitFor('zds listening');
         await controller.waitFor('programmed');
@@ -404,4 +415,19 @@ for (const mode of ['ebpf', 'iptables'] as const)
       await until('upgrade released', async () => (await marked(nsOf('upgrade'))).length === 0, 5_000);
       await expectExactly(['a']);
     });
+
+    it('uninstall (the command, the agent stopped): every pod netns and the node as before the agent started', async () => {
+      for (const z of standIns) z.close();
+      await controller!.stop('SIGTERM');
+      controller = undefined;
+      await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot, '--host-proc', procDir]);
+      for (const p of sim.pods) expect(await netnsSnapshot(p.ns, ['eth0']), p.name).toEqual(beforeAgent.get(p.ns));
+      expect(
+        await netnsSnapshot(
+          sim.nodeNs,
+          sim.pods.map((p) => p.hostVeth),
+        ),
+      ).toEqual(beforeAgent.get(sim.nodeNs));
+      expect(existsSync(join(pinRoot, 'ambient-redirect', 'v1', 'inpod'))).toBe(false);
+    }, 60_000);
   });

@@ -29,6 +29,25 @@ describe('in-pod codec', () => {
     expect(codec.encodeNetnsKey(4026532890n).readBigUInt64LE(0)).toBe(4026532890n);
   });
 
+  it('lays out a handoff key as the layout says: source then destination, ports in network order', () => {
+    const h = { remote: '198.18.0.10', remotePort: 41234, local: '198.19.0.2', localPort: 8080, family: 4 as const };
+    const k = codec.encodeHandoffKey(h);
+    const f = layouts.inpod_handoff_key.fields;
+    expect(k).toHaveLength(40);
+    expect(k.subarray(f.remote.offset, f.remote.offset + 16).toString('hex')).toBe('00000000000000000000ffffc612000a');
+    expect(k.subarray(f.local.offset, f.local.offset + 16).toString('hex')).toBe('00000000000000000000ffffc6130002');
+    expect(k.readUInt16BE(f.remote_port.offset)).toBe(41234);
+    expect(k.readUInt16BE(f.local_port.offset)).toBe(8080);
+    expect(k[f.family.offset]).toBe(4);
+    expect(codec.decodeHandoffKey(k)).toEqual(h);
+    const h6 = { remote: '2001:db8::5', remotePort: 1, local: 'fd00:10:244::a', localPort: 65535, family: 6 as const };
+    expect(codec.decodeHandoffKey(codec.encodeHandoffKey(h6))).toEqual(h6);
+    expect(() => codec.decodeHandoffKey(Buffer.alloc(39))).toThrow(/40 bytes, got 39/);
+    k[f.family.offset] = 0;
+    expect(() => codec.decodeHandoffKey(k)).toThrow(/family is 4 or 6, got 0/);
+    expect(PINNED_MAPS.inpod_handoff).toMatchObject({ type: 18, keySize: 40, valueSize: 8, maxEntries: 4096 });
+  });
+
   it('refuses buffers of the wrong size and a bad family with a clear error', () => {
     expect(() => codec.decodeProbeFlowKey(Buffer.alloc(3))).toThrow(CodecError);
     const k = codec.encodeProbeFlowKey({ pod: '198.18.0.10', podPort: 1, nodePort: 2, family: 4 });

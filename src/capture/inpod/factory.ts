@@ -1,11 +1,8 @@
 /**
- * The in-pod capture `run --ztunnel-mode inpod` uses (docs/inpod.md). `--mode ebpf` asks
+ * The in-pod capture `run --ztunnel-mode inpod` uses (docs/inpod.md). `auto` and `ebpf` ask
  * for the eBPF capture: the delivery probe then decides, and a kernel whose bpf_sk_assign
- * refuses ztunnel's SO_REUSEPORT listeners (before 6.5) gets the iptables one, with one log
- * line saying why. `--mode auto` and `--mode iptables` get Istio's iptables rules: the eBPF
- * capture loses a new connection whose 4-tuple meets a TIME_WAIT of ztunnel's in the pod
- * (docs/datapath.md, "TIME_WAIT: the known limit"), which the benchmark's connections/s
- * workload hits at once, so it is not chosen unasked.
+ * refuses ztunnel's SO_REUSEPORT listeners (before 6.5) gets Istio's iptables rules, with one
+ * log line saying why. `iptables` gets those rules without a probe.
  */
 import type { RequestedMode } from '../../core/modes.js';
 import type { CommandRunner } from '../../host/runner.js';
@@ -23,13 +20,9 @@ export interface InPodCaptureOptions {
   log: Logger;
 }
 
-/** Builds and initialises the in-pod capture `--mode` asks for; an ebpf kernel that cannot run it falls back to iptables. */
+/** Builds and initialises the in-pod capture `--mode` asks for; a kernel that cannot run the eBPF one gets iptables. */
 export async function startInPodCapture(requested: RequestedMode, opts: InPodCaptureOptions): Promise<InPodCapture> {
-  if (requested === 'auto')
-    opts.log.info('in-pod capture: iptables (auto); the eBPF in-pod capture is opt-in (--mode ebpf) until its TIME_WAIT limit is solved', {
-      doc: 'docs/datapath.md, "TIME_WAIT: the known limit"',
-    });
-  if (requested === 'ebpf') {
+  if (requested !== 'iptables') {
     const ebpf = createEbpfInPodCapture({
       objectPath: opts.objectPath,
       pinRoot: opts.pinRoot,
