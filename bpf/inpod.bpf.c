@@ -401,11 +401,13 @@ static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f
 		return dns_out(f) ? deliver(skb, f, INPOD_PORT_DNS) : TC_ACT_SHOT; /* PL4, PL1 */
 	if (f->proto != IPPROTO_TCP)
 		return TC_ACT_SHOT;                              /* PL1 */
-	c = tcp_conn(skb, f);
-	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(f)))
-		return TC_ACT_OK;                                /* PL2 */
+	/* inpod_out loops a segment that is not a SYN only for a connection it found (PO7):
+	 * no second lookup for the rest of a captured connection. */
 	if (!tcp_syn(f))
-		return TC_ACT_SHOT;                              /* PL3 */
+		return TC_ACT_OK;                                /* PL2 */
+	c = tcp_conn(skb, f);
+	if (c == CONN_OPEN)
+		return TC_ACT_OK;                                /* PL2 */
 	port = dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND;
 	if (c == CONN_NONE)
 		return deliver(skb, f, port);                    /* PL4 */

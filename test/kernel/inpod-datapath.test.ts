@@ -252,7 +252,14 @@ const ROWS: Row[] = [
     mark: LOOP_MARK,
     verdict: 'drop',
   },
-  { id: 'PL3', name: 'looped ACK of no connection drops', program: 'inpod_in', frame: v4(POD.v4, OUT.v4, ack(40000, 80)), mark: LOOP_MARK, verdict: 'drop' },
+  {
+    id: 'PL2',
+    name: 'looped ACK of no connection passes (inpod_out looped it for one; the stack answers what closed since)',
+    program: 'inpod_in',
+    frame: v4(POD.v4, OUT.v4, ack(40000, 80)),
+    mark: LOOP_MARK,
+    verdict: 'pass',
+  },
   { id: 'PL4', name: 'looped SYN goes to 15001', program: 'inpod_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), mark: LOOP_MARK, verdict: 'deliver' },
   {
     id: 'PL4',

@@ -164,9 +164,9 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
     const p = ports(frame, ip);
     if (ip.badChain || !p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PL1' };
     if (ip.proto === UDP) return dnsOut(state, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
+    if (!syn(frame, ip)) return { verdict: 'pass', row: 'PL2' };
     const c = conn(s, ip, p);
-    if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PL2' };
-    if (!syn(frame, ip)) return { verdict: 'drop', row: 'PL3' };
+    if (c === 'open') return { verdict: 'pass', row: 'PL2' };
     const port = dnsOut(state, p) ? Port.DNS : Port.OUTBOUND;
     if (c === null) return deliver(s, ip, p, port, 'PL4');
     // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
