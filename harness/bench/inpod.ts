@@ -1,9 +1,11 @@
 /**
  * In-pod captures side by side (figures, not a test): the same traffic from one enrolled
  * pod of a simulated node with no capture and under each in-pod capture named, through the
- * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts with `proxy`: listeners inside the
- * pod's netns, each connection relayed to its original destination by a socket marked
- * 0x539, as ztunnel does). The pod's netns reaches the stand-in over a real ZDS socket.
+ * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts: listeners inside the pod's netns),
+ * which either answers each captured connection itself as the server would (terminating:
+ * the capture path alone, the goals' figures) or relays it to its original destination by
+ * a socket marked 0x539, as ztunnel does (`<capture>-relay`: the relay's cost included).
+ * The pod's netns reaches the stand-in over a real ZDS socket.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
  *                                    [--warmup S] [--concurrency N]
@@ -18,6 +20,7 @@
  * A capture plugs in by name in CAPTURES below.
  */
 import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -35,7 +38,7 @@ import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
-import type { PeerResult } from './traffic-peer.js';
+import { accept as answerAs, BY_OFFSET, type PeerResult } from './traffic-peer.js';
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -77,6 +80,9 @@ export interface InpodBenchOptions {
   warmupSeconds: number;
   concurrency: number;
 }
+
+/** The suffix of a capture's scenario with the relaying stand-in. */
+const RELAY = '-relay';
 
 export const DEFAULT_INPOD_BENCH: InpodBenchOptions = { captures: Object.keys(CAPTURES), rounds: 5, seconds: 2, warmupSeconds: 0.3, concurrency: 4 };
 
@@ -148,13 +154,23 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
     const onEvent = (e: StandInEvent) => {
       if (e.event === 'accepted') accepted++;
     };
-    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, onEvent });
+    // Terminating for a capture's own scenario, relaying for `<capture>-relay`.
+    let terminate = true;
+    const answer = (sock: Socket, origDst: string): boolean => {
+      if (!terminate) return false;
+      const w = BY_OFFSET[Number(origDst.slice(origDst.lastIndexOf(':') + 1)) - PORT];
+      if (!w) return false;
+      answerAs(sock, w);
+      return true;
+    };
+    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, answer, onEvent });
     const zt = z;
     await until('the stand-in connected', () => zt.ready);
-    const scenarios = ['none', ...o.captures];
+    const scenarios = ['none', ...o.captures, ...o.captures.map((c) => `${c}${RELAY}`)];
     for (let round = 0; round < o.rounds; round++) {
       for (const scenario of rotate(scenarios, round)) {
-        const bench = scenario === 'none' ? null : CAPTURES[scenario]!({ sim, log });
+        terminate = !scenario.endsWith(RELAY);
+        const bench = scenario === 'none' ? null : CAPTURES[scenario.replace(RELAY, '')]!({ sim, log });
         if (bench) {
           // The ZDS flow's order: capture in place, then the pod's add.
           await bench.capture.init();
@@ -201,11 +217,17 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
 /** Medians per scenario and workload, and each capture's ratio to every other (and to none). */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
   const med = (scenario: string, w: Workload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
-  const lines = [`${'scenario'.padEnd(12)}${WORKLOADS.map((w) => w.padStart(16)).join('')}`];
-  for (const s of ['none', ...captures]) lines.push(`${s.padEnd(12)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
-  for (const a of captures) {
-    for (const b of [...captures.filter((x) => x !== a), 'none']) {
-      lines.push(`inpod ${a}/${b}: ${WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
+  const lines = [`${'scenario'.padEnd(16)}${WORKLOADS.map((w) => w.padStart(16)).join('')}`];
+  const relayed = captures.map((c) => `${c}${RELAY}`).filter((c) => samples.some((s) => s.scenario === c));
+  for (const s of ['none', ...captures, ...relayed]) lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  for (const [set, label] of [
+    [captures, 'terminating stand-in'],
+    [relayed, 'relaying stand-in'],
+  ] as const) {
+    for (const a of set) {
+      for (const b of [...set.filter((x) => x !== a), 'none']) {
+        lines.push(`inpod ${a}/${b} (${label}): ${WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
+      }
     }
   }
   return lines.join('\n');

@@ -66,9 +66,11 @@ const ANSWER: Record<PeerResult['workload'], (s: net.Socket) => void> = {
     s.resume();
   },
 };
-const BY_OFFSET = ['crr', 'rr', 'stream'] as const;
+/** The workload served on port P + i. */
+export const BY_OFFSET = ['crr', 'rr', 'stream'] as const;
 
-function accept(s: net.Socket, workload: PeerResult['workload']): void {
+/** Answers an accepted connection as the workload's server does (also the in-pod stand-in's, terminating). */
+export function accept(s: net.Socket, workload: PeerResult['workload']): void {
   s.on('error', () => s.destroy());
   if (workload !== 'stream') s.setNoDelay(true);
   ANSWER[workload](s);

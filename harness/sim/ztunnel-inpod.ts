@@ -78,6 +78,12 @@ export interface ZtunnelInpodOptions {
    * socket marked 0x539, so the pod's capture lets it out.
    */
   proxy?: boolean;
+  /**
+   * Asked first for each accepted connection with its original destination: true when it
+   * answered the connection itself (a terminating stand-in; benchmarks), false to go on as
+   * `proxy` says.
+   */
+  answer?: (s: net.Socket, origDst: string) => boolean;
   onEvent?: (e: StandInEvent) => void;
 }
 
@@ -292,6 +298,7 @@ export class ZtunnelInpod {
         const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
         const nat = handle?.fd !== undefined && handle.fd >= 0 ? originalDst(handle.fd, i % 2 === 0 ? AF_INET : AF_INET6) : null;
         this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: nat ?? `${s.localAddress}:${s.localPort}` });
+        if (this.opts.answer?.(s, nat ?? `${s.localAddress}:${s.localPort}`)) return;
         if (this.opts.proxy) return this.relay(s, netnsFd, nat ?? `${s.localAddress}:${s.localPort}`);
         s.on('error', () => s.destroy());
         s.end('ztunnel\n');

@@ -14,12 +14,16 @@ describe('in-pod bench', () => {
       ...[100, 300, 200].map((r, i) => sample('none', 'crr', r, i)),
       ...[50, 60, 40].map((r, i) => sample('iptables', 'crr', r, i)),
       ...[65, 75, 70].map((r, i) => sample('ebpf', 'crr', r, i)),
-      ...['none', 'iptables', 'ebpf'].flatMap((s) => [sample(s, 'rr', 1000), sample(s, 'stream', 1e9)]),
+      ...[30, 20].map((r, i) => sample('ebpf-relay', 'crr', r, i)),
+      ...[40, 40].map((r, i) => sample('iptables-relay', 'crr', r, i)),
+      ...['none', 'iptables', 'ebpf', 'ebpf-relay', 'iptables-relay'].flatMap((s) => [sample(s, 'rr', 1000), sample(s, 'stream', 1e9)]),
     ];
     const text = inpodTable(samples, ['ebpf', 'iptables']);
-    expect(text).toContain('inpod ebpf/iptables: crr 1.40x, rr 1.00x, stream 1.00x');
-    expect(text).toContain('inpod iptables/none: crr 0.25x');
+    expect(text).toContain('inpod ebpf/iptables (terminating stand-in): crr 1.40x, rr 1.00x, stream 1.00x');
+    expect(text).toContain('inpod iptables/none (terminating stand-in): crr 0.25x');
+    expect(text).toContain('inpod ebpf-relay/iptables-relay (relaying stand-in): crr 0.63x');
     expect(text.split('\n')[1]).toMatch(/^none\s+200 conn\/s/);
+    expect(text).toMatch(/^ebpf-relay\s+25 conn\/s/m);
   });
 
   it('iptables is registered by name; unknown captures and bad numbers are clear errors', () => {
