@@ -65,7 +65,7 @@ export const CAPTURES: Record<string, CaptureFactory> = {
     return {
       capture: createEbpfInPodCapture({ pinRoot, runner: systemRunner, log, hostNetns }),
       async uninstallHost() {
-        const r = await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns });
+        const r = await uninstallInpod({ pinRoot, hostNetns });
         rmSync(pinRoot, { recursive: true, force: true });
         if (r.failed.length) throw new Error(`uninstalling the eBPF in-pod capture: ${r.failed.map((f) => `${f.step}: ${f.error}`).join('; ')}`);
       },

@@ -146,7 +146,7 @@ export async function uninstallAll(opts: { pinRoot: string; hostProc: string; ru
   c.merge(await uninstallInpodIptablesPods(opts.runner, opts.hostProc));
   c.merge(await uninstallInpodIptablesHost(opts.runner));
   // Before uninstallEbpf: the pinned in-pod records say what each pod had before us.
-  c.merge(await uninstallInpod({ pinRoot: opts.pinRoot, runner: opts.runner, hostProc: opts.hostProc }));
+  c.merge(await uninstallInpod({ pinRoot: opts.pinRoot, hostProc: opts.hostProc }));
   c.merge(await uninstallEbpf(opts.pinRoot, opts.runner));
   c.merge(await uninstallIptables(opts.runner));
   return c;

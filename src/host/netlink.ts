@@ -20,11 +20,17 @@ const c = {
 };
 
 export class NetlinkError extends Error {
-  constructor(op: string, errno: number) {
+  constructor(
+    op: string,
+    readonly errno: number,
+  ) {
     super(`netlink ${op}: ${errnoName(errno)}`);
     this.name = 'NetlinkError';
   }
 }
+
+const ENOENT = 2;
+const ESRCH = 3;
 
 const AF_NETLINK = 16;
 const AF_UNSPEC = 0;
@@ -251,4 +257,148 @@ export function netnsIds(dir = '/run/netns'): Map<number, string> {
     }
   }
   return out;
+}
+
+// --- addresses, policy rules and routes: what the in-pod capture reads and writes ----------
+
+const RTM_NEWADDR = 20;
+const RTM_GETADDR = 22;
+const RTM_DELROUTE = 25;
+const RTM_NEWRULE = 32;
+const RTM_DELRULE = 33;
+const RTM_GETRULE = 34;
+const NLM_F_ACK = 0x4;
+const NLM_F_EXCL = 0x200;
+const NLM_F_CREATE = 0x400;
+const NLM_F_REPLACE = 0x100;
+const IFA_ADDRESS = 1;
+const IFA_LOCAL = 2;
+const FRA_PRIORITY = 6;
+const FRA_FWMARK = 10;
+const FRA_TABLE = 15;
+const FRA_FWMASK = 16;
+const FR_ACT_TO_TBL = 1;
+const RTPROT_BOOT = 3;
+const RT_SCOPE_HOST = 254;
+/** rtm_type of a local route (`ip route add local ...`). */
+export const RTN_LOCAL = 2;
+
+export interface NlAddr {
+  ifindex: number;
+  family: number;
+  address: string;
+}
+
+/** Every address of this netns (IFA_LOCAL where the kernel gives one, else IFA_ADDRESS). */
+export function dumpAddrs(): NlAddr[] {
+  const ifaddr = Buffer.alloc(8); // struct ifaddrmsg, family AF_UNSPEC
+  return request(RTM_GETADDR, NLM_F_DUMP, ifaddr)
+    .filter((m) => m.readUInt16LE(4) === RTM_NEWADDR)
+    .flatMap((m) => {
+      const family = m.readUInt8(16);
+      const a = attrs(m, 16 + 8);
+      const addr = a.get(IFA_LOCAL) ?? a.get(IFA_ADDRESS);
+      if (!addr || (family !== AF_INET && family !== AF_INET6)) return [];
+      return [{ ifindex: m.readUInt32LE(16 + 4), family, address: formatAddr(family, addr) }];
+    });
+}
+
+/** A policy rule "fwmark mark/mask lookup table" at a priority. */
+export interface NlFwmarkRule {
+  priority: number;
+  fwmark: number;
+  fwmask: number;
+  table: number;
+}
+
+function rtattr(type: number, value: Buffer): Buffer {
+  const b = Buffer.alloc(align(4 + value.length));
+  b.writeUInt16LE(4 + value.length, 0);
+  b.writeUInt16LE(type, 2);
+  value.copy(b, 4);
+  return b;
+}
+
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+};
+
+/** The rules of one family that select by fwmark (others are left out). */
+export function dumpFwmarkRules(family: typeof AF_INET | typeof AF_INET6): NlFwmarkRule[] {
+  const hdr = Buffer.alloc(12); // struct fib_rule_hdr
+  hdr.writeUInt8(family, 0);
+  return request(RTM_GETRULE, NLM_F_DUMP, hdr)
+    .filter((m) => m.readUInt16LE(4) === RTM_NEWRULE)
+    .flatMap((m) => {
+      const a = attrs(m, 16 + 12);
+      const mark = a.get(FRA_FWMARK);
+      if (!mark) return [];
+      const table = a.get(FRA_TABLE);
+      return [
+        {
+          priority: a.get(FRA_PRIORITY)?.readUInt32LE(0) ?? 0,
+          fwmark: mark.readUInt32LE(0),
+          fwmask: a.get(FRA_FWMASK)?.readUInt32LE(0) ?? 0xffffffff,
+          table: table ? table.readUInt32LE(0) : m.readUInt8(16 + 4),
+        },
+      ];
+    });
+}
+
+function fwmarkRuleMessage(family: number, r: NlFwmarkRule): Buffer {
+  const hdr = Buffer.alloc(12);
+  hdr.writeUInt8(family, 0);
+  hdr.writeUInt8(r.table < 256 ? r.table : 0, 4);
+  hdr.writeUInt8(FR_ACT_TO_TBL, 7);
+  return Buffer.concat([
+    hdr,
+    rtattr(FRA_PRIORITY, u32(r.priority)),
+    rtattr(FRA_FWMARK, u32(r.fwmark)),
+    rtattr(FRA_FWMASK, u32(r.fwmask)),
+    rtattr(FRA_TABLE, u32(r.table)),
+  ]);
+}
+
+/** `ip rule add pref P fwmark M/K lookup T`; EEXIST when the same rule is there. */
+export function addFwmarkRule(family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule): void {
+  request(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, fwmarkRuleMessage(family, r));
+}
+
+/** `ip rule del pref P fwmark M/K lookup T`; false when there was none. */
+export function delFwmarkRule(family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule): boolean {
+  try {
+    request(RTM_DELRULE, NLM_F_ACK, fwmarkRuleMessage(family, r));
+    return true;
+  } catch (err) {
+    if (err instanceof NetlinkError && err.errno === ENOENT) return false;
+    throw err;
+  }
+}
+
+function localDefaultMessage(family: number, table: number, oif: number): Buffer {
+  const rtmsg = Buffer.alloc(12);
+  rtmsg.writeUInt8(family, 0);
+  rtmsg.writeUInt8(table < 256 ? table : 0, 4); // rtm_table
+  rtmsg.writeUInt8(RTPROT_BOOT, 5);
+  rtmsg.writeUInt8(RT_SCOPE_HOST, 6);
+  rtmsg.writeUInt8(RTN_LOCAL, 7);
+  return Buffer.concat([rtmsg, rtattr(RTA_TABLE, u32(table)), rtattr(RTA_OIF, u32(oif))]);
+}
+
+/** `ip route replace local default dev <oif> table T`. */
+export function replaceLocalDefault(family: typeof AF_INET | typeof AF_INET6, table: number, oif: number): void {
+  request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, localDefaultMessage(family, table, oif));
+}
+
+/** `ip route del local default dev <oif> table T`; false when there was none. */
+export function delLocalDefault(family: typeof AF_INET | typeof AF_INET6, table: number, oif: number): boolean {
+  try {
+    request(RTM_DELROUTE, NLM_F_ACK, localDefaultMessage(family, table, oif));
+    return true;
+  } catch (err) {
+    if (err instanceof NetlinkError && (err.errno === ENOENT || err.errno === ESRCH)) return false;
+    throw err;
+  }
 }

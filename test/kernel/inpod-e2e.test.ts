@@ -16,7 +16,7 @@ import { BPF_SK_LOOKUP, netnsQuery } from '../../src/bpf/ffi.js';
 import { createEbpfInPodCapture, type EbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
-import { systemRunner } from '../../src/host/runner.js';
+import { type CommandRunner, systemRunner } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
@@ -44,6 +44,15 @@ function linkIdOf(progId: number): number {
   if (!l) throw new Error(`no netns link runs program ${progId}`);
   return l.id;
 }
+
+/** Every command the capture spawns (only init's delivery probe should). */
+const spawned: string[][] = [];
+const countingRunner: CommandRunner = {
+  run: (argv, opts) => {
+    spawned.push(argv);
+    return systemRunner.run(argv, opts);
+  },
+};
 
 kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates network namespaces and loads BPF programs', () => {
   let sim: SimNode;
@@ -93,7 +102,7 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       objectPath: 'build/inpod.bpf.o',
       pinRoot,
       dnsCapture: true,
-      runner: systemRunner,
+      runner: countingRunner,
       log: createLogger('error', () => undefined),
       hostNetns: `/var/run/netns/${sim.nodeNs}`,
     });
@@ -293,6 +302,14 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
   });
 
   describe('drift', () => {
+    it('check and install spawn no process (rtnetlink, /proc/sys and libbpf, in-process)', async () => {
+      const n = spawned.length;
+      expect(await capture.check(pod)).toBe(true);
+      await capture.install(pod);
+      expect(await capture.check(pod)).toBe(true);
+      expect(spawned.slice(n)).toEqual([]);
+    });
+
     it('check says false when a program is removed from the pod’s interface, and install repairs it', async () => {
       expect(await capture.check(pod)).toBe(true);
       await run(['tc', '-n', sim.pods[0]!.ns, 'filter', 'del', 'dev', 'eth0', 'egress']);
@@ -413,7 +430,9 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
 
   describe('remove', () => {
     it('leaves the pod netns and the host veth as before install (snapshot diff empty), and is idempotent', async () => {
+      const spawnedBefore = spawned.length;
       await capture.remove(pod);
+      expect(spawned.slice(spawnedBefore), 'remove spawns nothing').toEqual([]);
       expect(await netnsSnapshot(sim.pods[0]!.ns, ['eth0'])).toEqual(before);
       expect(await netnsSnapshot(sim.nodeNs, [hostVeth()])).toEqual(hostBefore);
       expect(capture.probeFlows().filter((f) => f.flow.pod === sim.pods[0]!.ip || f.flow.pod === sim.pods[0]!.ip6)).toEqual([]);
@@ -431,14 +450,14 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     it('finds the pod by its netns, puts it and the host veth back as before, and removes the in-pod pins', async () => {
       await capture.install(pod);
       expect(await capture.check(pod)).toBe(true);
-      const report = await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` });
+      const report = await uninstallInpod({ pinRoot, hostNetns: `/var/run/netns/${sim.nodeNs}` });
       expect(report.failed).toEqual([]);
       expect(report.removed.some((r) => /egress filter of interface/.test(r))).toBe(true);
       expect(await netnsSnapshot(sim.pods[0]!.ns, ['eth0'])).toEqual(before);
       expect(await netnsSnapshot(sim.nodeNs, [hostVeth()])).toEqual(hostBefore);
       expect(existsSync(`${pinRoot}/ambient-redirect/v1/inpod`)).toBe(false);
       // Nothing left to do the second time.
-      expect((await uninstallInpod({ pinRoot, runner: systemRunner, hostNetns: `/var/run/netns/${sim.nodeNs}` })).failed).toEqual([]);
+      expect((await uninstallInpod({ pinRoot, hostNetns: `/var/run/netns/${sim.nodeNs}` })).failed).toEqual([]);
     });
   });
 });
