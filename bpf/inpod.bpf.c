@@ -51,6 +51,15 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } probe_flows SEC(".maps");
 
+/* inpod_overrides (the agent's, from each pod's annotations): ::ffff:198.18.0.10 -> { BYPASS_INBOUND } */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_INPOD_PODS);
+	__type(key, struct addr_key);
+	__type(value, struct inpod_override);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_overrides SEC(".maps");
+
 /*
  * inpod_handoff (written by inpod_in, read and emptied by inpod_lookup):
  * { ::ffff:198.18.0.10:41234 -> ::ffff:198.19.0.2:8080, 4 } -> ztunnel's 15001 listener
@@ -76,11 +85,26 @@ struct {
 #define F_SYN 0x02
 #define F_ACK 0x10
 
-static __always_inline bool dns_capture(void)
+/* The pod's annotation flags (enum inpod_override_flags), 0 when it has none. */
+static __always_inline __u32 overrides_of(const struct addr_key *pod)
+{
+	struct inpod_override *o = bpf_map_lookup_elem(&inpod_overrides, pod);
+
+	return o ? o->flags : 0;
+}
+
+/* DNS capture for the pod at `pod`: its annotation, else the node's setting. */
+static __always_inline bool dns_capture(const struct addr_key *pod)
 {
 	__u32 slot = INPOD_CONFIG_SLOT;
-	struct inpod_config *c = bpf_map_lookup_elem(&inpod_config, &slot);
+	struct inpod_config *c;
+	__u32 o = overrides_of(pod);
 
+	if (o & INPOD_O_DNS_CAPTURE)
+		return true;
+	if (o & INPOD_O_NO_DNS_CAPTURE)
+		return false;
+	c = bpf_map_lookup_elem(&inpod_config, &slot);
 	return c && (c->flags & INPOD_F_DNS_CAPTURE);
 }
 
@@ -214,10 +238,10 @@ static __always_inline struct bpf_sock *ztunnel_socket(struct __sk_buff *skb, co
 	return sk;
 }
 
-/* The frame is DNS the pod sends and DNS capture takes. */
+/* The frame is DNS the pod (its source) sends and DNS capture takes. */
 static __always_inline bool dns_out(const struct flow *f)
 {
-	return (f->proto == IPPROTO_UDP || f->proto == IPPROTO_TCP) && f->dport == bpf_htons(DNS_PORT) && dns_capture();
+	return (f->proto == IPPROTO_UDP || f->proto == IPPROTO_TCP) && f->dport == bpf_htons(DNS_PORT) && dns_capture(&f->src);
 }
 
 /* --- inpod_out: TC egress of eth0 in the pod's netns --------------------------------- */
@@ -442,6 +466,8 @@ int inpod_in(struct __sk_buff *skb)
 	c = tcp_conn(skb, &f);
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
 		return TC_ACT_OK;                                /* PI7 */
+	if (overrides_of(&f.dst) & INPOD_O_BYPASS_INBOUND)
+		return TC_ACT_OK;                                /* PI7b */
 	if (c == CONN_TIME_WAIT)
 		return handoff(skb, &f, INPOD_PORT_INBOUND);     /* PI8 */
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */

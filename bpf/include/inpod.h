@@ -58,6 +58,18 @@ enum inpod_flags {
 	INPOD_F_DNS_CAPTURE = 1 << 0, /* UDP and TCP to port 53 go to ztunnel's 15053 */
 };
 
+/* A pod's annotations, by its address (inpod_overrides). */
+enum inpod_override_flags {
+	INPOD_O_DNS_CAPTURE = 1 << 0,    /* dns-capture "true": this pod's DNS goes to 15053 */
+	INPOD_O_NO_DNS_CAPTURE = 1 << 1, /* dns-capture "false": this pod's DNS is not captured */
+	INPOD_O_BYPASS_INBOUND = 1 << 2, /* bypass-inbound-capture "true": inbound TCP reaches the pod */
+};
+
+/* Value of the inpod_overrides map, keyed by the pod's address (struct addr_key). */
+struct inpod_override {
+	__u32 flags; /* enum inpod_override_flags, host order */
+};
+
 /* Value of the inpod_config map's single slot. */
 struct inpod_config {
 	__u32 flags; /* enum inpod_flags, host order */

@@ -11,6 +11,33 @@ export const PROBE_FLOW_INFO_SIZE = layouts.probe_flow_info.size;
 export const INPOD_POD_SIZE = layouts.inpod_pod.size;
 export const INPOD_POD_KEY_SIZE = 8;
 export const HANDOFF_KEY_SIZE = layouts.inpod_handoff_key.size;
+export const INPOD_OVERRIDE_SIZE = layouts.inpod_override.size;
+
+/** A pod's annotations as inpod_overrides holds them (by the pod's address). */
+export const InpodOverrideFlags = {
+  DNS_CAPTURE: constants.INPOD_O_DNS_CAPTURE,
+  NO_DNS_CAPTURE: constants.INPOD_O_NO_DNS_CAPTURE,
+  BYPASS_INBOUND: constants.INPOD_O_BYPASS_INBOUND,
+} as const;
+
+/** The flags of a pod's overrides (0: none, the entry is not written). */
+export function overrideFlags(o: { bypassInbound: boolean; dnsCapture: boolean | null }): number {
+  return (
+    (o.bypassInbound ? InpodOverrideFlags.BYPASS_INBOUND : 0) |
+    (o.dnsCapture === true ? InpodOverrideFlags.DNS_CAPTURE : o.dnsCapture === false ? InpodOverrideFlags.NO_DNS_CAPTURE : 0)
+  );
+}
+
+export function encodeInpodOverride(flags: number): Buffer {
+  const b = Buffer.alloc(INPOD_OVERRIDE_SIZE);
+  b.writeUInt32LE(flags >>> 0, layouts.inpod_override.fields.flags.offset);
+  return b;
+}
+
+export function decodeInpodOverride(b: Buffer): number {
+  if (b.length !== INPOD_OVERRIDE_SIZE) throw new CodecError(`inpod_override is ${INPOD_OVERRIDE_SIZE} bytes, got ${b.length}`);
+  return b.readUInt32LE(layouts.inpod_override.fields.flags.offset);
+}
 
 export const InpodFlags = { DNS_CAPTURE: constants.INPOD_F_DNS_CAPTURE } as const;
 export const InpodPodFlags = {

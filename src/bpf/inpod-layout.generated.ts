@@ -3,6 +3,12 @@
 // test/build/layout.test.ts fails when this file and the compiled object disagree.
 
 export const layouts = {
+  inpod_override: {
+    size: 4,
+    fields: {
+      flags: { offset: 0, size: 4 },
+    },
+  },
   inpod_config: {
     size: 4,
     fields: {
@@ -64,6 +70,9 @@ export const constants = {
   INPOD_RULE_PREF: 135,
   INPOD_CONFIG_SLOT: 0,
   INPOD_F_DNS_CAPTURE: 1,
+  INPOD_O_DNS_CAPTURE: 1,
+  INPOD_O_NO_DNS_CAPTURE: 2,
+  INPOD_O_BYPASS_INBOUND: 4,
   INPOD_POD_QDISC_POD: 1,
   INPOD_POD_QDISC_HOST: 2,
   INPOD_POD_ACCEPT_LOCAL: 4,

@@ -50,6 +50,13 @@ export const PINNED_MAPS = {
     maxEntries: inpodConstants.MAX_INPOD_PODS,
     perCpu: false,
   },
+  inpod_overrides: {
+    type: MapType.HASH,
+    keySize: codec.ADDR_KEY_SIZE,
+    valueSize: inpod.INPOD_OVERRIDE_SIZE,
+    maxEntries: inpodConstants.MAX_INPOD_PODS,
+    perCpu: false,
+  },
   // Values are sockets: read back as socket cookies, never copied by a migration.
   inpod_handoff: { type: MapType.SOCKHASH, keySize: inpod.HANDOFF_KEY_SIZE, valueSize: 8, maxEntries: inpodConstants.MAX_HANDOFFS, perCpu: false },
 } as const satisfies Record<string, PinnedMapSpec>;

@@ -6,6 +6,8 @@
  * iptables (Istio's in-pod rules), chosen as the node topology's modes are.
  */
 
+import type { PodOverrides } from '../core/enrollment.js';
+
 /** An enrolled pod and its network namespace, held open by the agent. */
 export interface PodNetns {
   uid: string;
@@ -15,6 +17,8 @@ export interface PodNetns {
   ips: readonly string[];
   /** An open fd of the pod's netns, owned by the agent; valid until `remove` returns. */
   fd: number;
+  /** What the pod's annotations ask of its capture (docs/operations.md, "Per-pod annotations"); none when absent. */
+  overrides?: PodOverrides;
 }
 
 export interface InPodCapture {

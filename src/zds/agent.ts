@@ -14,7 +14,7 @@
  * The CNI gate asks `failure(uid)` and waits on the membership's `programmed` set, which
  * holds the IPs of pods whose capture is installed and whose `add` ztunnel acked.
  */
-import type { PodView } from '../core/enrollment.js';
+import { NO_OVERRIDES, type PodView } from '../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../capture/inpod.js';
 import type { Logger } from '../log.js';
 import type { WorkloadInfo, WorkloadRequest } from './codec.js';
@@ -508,7 +508,7 @@ function sameInfo(a: WorkloadInfo, b: WorkloadInfo): boolean {
 }
 
 function capturePod(h: Held): PodNetns {
-  return { uid: h.pod.uid, namespace: h.pod.namespace, name: h.pod.name, ips: h.pod.ips, fd: h.netns!.fd };
+  return { uid: h.pod.uid, namespace: h.pod.namespace, name: h.pod.name, ips: h.pod.ips, fd: h.netns!.fd, overrides: h.pod.overrides ?? NO_OVERRIDES };
 }
 
 function errorText(err: unknown): string {

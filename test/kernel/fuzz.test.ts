@@ -30,6 +30,7 @@ import {
   type ConnState,
   type InpodState,
   type LookupCtx,
+  Override,
 } from '../model/inpod.js';
 import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
 import { kernelDescribe } from '../support/gate.js';
@@ -217,12 +218,13 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
       ]);
     const listeners = new Set<string>();
     const conns = new Map<string, ConnState>();
-    const states: { name: string; dns: boolean; setup?: () => Promise<void> }[] = [
-      { name: 'no sockets, DNS capture off', dns: false },
-      { name: 'no sockets, DNS capture on', dns: true },
+    const states: { name: string; dns: boolean; overrides: [string, number][]; setup?: () => Promise<void> }[] = [
+      { name: 'no sockets, DNS capture off (pod A IPv4: dns-capture "true")', dns: false, overrides: [[IP_POD.v4, Override.DNS_CAPTURE]] },
+      { name: 'no sockets, DNS capture on (pod A IPv6: dns-capture "false")', dns: true, overrides: [[IP_POD.v6, Override.NO_DNS_CAPTURE]] },
       {
-        name: "ztunnel's sockets, an app listener, a connection and a TIME_WAIT, DNS capture on",
+        name: "ztunnel's sockets, an app listener, a connection and a TIME_WAIT, DNS capture on (pod A IPv4: bypass-inbound-capture)",
         dns: true,
+        overrides: [[IP_POD.v4, Override.BYPASS_INBOUND]],
         setup: async () => {
           for (const [kind, port] of [
             ['tcp4', 15001],
@@ -256,7 +258,12 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
 
     for (const st of states) {
       await st.setup?.();
-      const state: InpodState = { dnsCapture: st.dns, probeFlows: flows(), handoffs: new Map() };
+      const state: InpodState = {
+        dnsCapture: st.dns,
+        probeFlows: flows(),
+        handoffs: new Map(),
+        overrides: new Map(st.overrides.map(([ip, f]) => [h4(ip), f])),
+      };
       h.clearHandoffs();
       h.applyState(state);
       const sockets = { listeners, conns };

@@ -22,6 +22,7 @@ import {
   inpodIn,
   inpodOut,
   LOOP_MARK,
+  Override,
   PROBE_HEX,
   probeFlowKey,
   recordInpod,
@@ -81,6 +82,8 @@ interface Row {
   mark?: number;
   ingressIfindex?: number;
   dns?: boolean;
+  /** inpod_overrides for the row: a pod address -> its annotation flags. */
+  overrides?: [string, number][];
   /** Needs ztunnel's sockets absent (run after they are closed). */
   noZtunnel?: boolean;
 }
@@ -334,6 +337,65 @@ const ROWS: Row[] = [
     noZtunnel: true,
     verdict: 'drop',
   },
+  // a pod's annotations (inpod_overrides, by its address)
+  {
+    id: 'PO8',
+    name: 'dns-capture "true" on the pod, node setting off: its DNS UDP loops',
+    program: 'inpod_out',
+    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
+    overrides: [[POD.v4, Override.DNS_CAPTURE]],
+    verdict: 'loop',
+  },
+  {
+    id: 'PO5',
+    name: 'dns-capture "false" on the pod, node setting on: its DNS UDP passes',
+    program: 'inpod_out',
+    frame: v6(POD.v6, OUT.v6, b.udp({ dport: 53 })),
+    dns: true,
+    overrides: [[POD.v6, Override.NO_DNS_CAPTURE]],
+    verdict: 'pass',
+  },
+  {
+    id: 'PO5',
+    name: 'another pod\'s dns-capture "true" changes nothing for this one',
+    program: 'inpod_out',
+    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
+    overrides: [['198.18.0.11', Override.DNS_CAPTURE]],
+    verdict: 'pass',
+  },
+  {
+    id: 'PL4',
+    name: 'dns-capture "true": the looped DNS TCP SYN goes to 15053',
+    program: 'inpod_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
+    mark: LOOP_MARK,
+    overrides: [[POD.v4, Override.DNS_CAPTURE]],
+    verdict: 'deliver',
+  },
+  {
+    id: 'PI7b',
+    name: 'bypass-inbound-capture: a SYN to the app passes to it',
+    program: 'inpod_in',
+    frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)),
+    overrides: [[POD.v4, Override.BYPASS_INBOUND]],
+    verdict: 'pass',
+  },
+  {
+    id: 'PI7b',
+    name: 'bypass-inbound-capture: a SYN meeting a TIME_WAIT passes too (no handoff: the kernel’s own)',
+    program: 'inpod_in',
+    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
+    overrides: [[POD.v6, Override.BYPASS_INBOUND | Override.NO_DNS_CAPTURE]],
+    verdict: 'pass',
+  },
+  {
+    id: 'PI9',
+    name: "another pod's bypass changes nothing for this one: to 15006",
+    program: 'inpod_in',
+    frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)),
+    overrides: [['198.18.0.11', Override.BYPASS_INBOUND]],
+    verdict: 'deliver',
+  },
   // the host veth
   { id: 'PH1', name: 'ARP passes', program: 'inpod_host_in', frame: b.arpFrame({}), verdict: 'pass' },
   {
@@ -493,7 +555,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
   });
 
   async function check(r: Row, sockets: InpodSockets): Promise<void> {
-    const s: InpodState = { ...state, dnsCapture: !!r.dns };
+    const s: InpodState = { ...state, dnsCapture: !!r.dns, overrides: new Map((r.overrides ?? []).map(([ip, f]) => [h4(ip), f])) };
     h.applyState(s);
     const mark = r.mark ?? 0;
     const ingressIfindex = r.ingressIfindex ?? 0;
@@ -576,6 +638,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
       ...Array.from({ length: 10 }, (_, i) => `PO${i + 1}`),
       ...Array.from({ length: 5 }, (_, i) => `PL${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PI${i + 1}`),
+      'PI7b',
       ...Array.from({ length: 9 }, (_, i) => `PH${i + 1}`),
     ];
     for (const r of LOOKUP_ROWS) ids.add(r.id);

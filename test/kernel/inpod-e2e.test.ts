@@ -189,6 +189,36 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     });
   });
 
+  describe('the pod’s annotations (bypass-inbound-capture, dns-capture), changed while it runs', () => {
+    it('bypass and dns-capture "false": check sees the change; after install inbound reaches the app and TCP 53 goes to 15001; back to none: 15006 and 15053 again', async () => {
+      const withAnn: PodNetns = { ...pod, overrides: { bypassInbound: true, dnsCapture: false, rerouteInterfaces: [] } };
+      expect(await capture.check(withAnn)).toBe(false);
+      await capture.install(withAnn);
+      expect(await capture.check(withAnn)).toBe(true);
+      expect(await capture.check(pod)).toBe(false);
+      try {
+        for (const ip of [sim.pods[0]!.ip, sim.pods[0]!.ip6]) {
+          const seen = { app: app.accepted.length, zt: accepted.length };
+          expect(await sim.connect('outside', { ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: 'pod0' }]);
+          await app.waitForAccepted(seen.app + 1);
+          expect(accepted.length).toBe(seen.zt);
+        }
+        const n = accepted.length;
+        expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 53 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        await until('the 15001 report', () => accepted.length > n);
+        expect(last()).toMatchObject({ port: 15001, origDst: `${OUTSIDE_IP}:53` });
+      } finally {
+        await capture.install(pod);
+      }
+      expect(await capture.check(pod)).toBe(true);
+      const n = accepted.length;
+      expect(await sim.connect('outside', { ip: sim.pods[0]!.ip, port: APP_PORT }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+      expect(await sim.connect(sim.pods[0]!, { ip: OUTSIDE_IP, port: 53 }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+      await until('the two reports', () => accepted.length >= n + 2);
+      expect(accepted.slice(n).map((a) => a.port)).toEqual([15006, 15053]);
+    });
+  });
+
   describe("ztunnel's own traffic (mark 0x539) is never captured, nor are its replies", () => {
     it('reaches the outside server from the pod’s address', async () => {
       for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {

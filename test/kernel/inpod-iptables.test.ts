@@ -205,6 +205,29 @@ function suite(): void {
     expect(app.accepted.length).toBe(0);
   });
 
+  it('the pod’s annotations: bypass-inbound-capture (and a reroute interface) are drift until installed; then inbound reaches the app, outbound is still captured; back to none', async () => {
+    const withAnn = { ...podNetns(), overrides: { bypassInbound: true, dnsCapture: null, rerouteInterfaces: ['tap0'] } };
+    expect(await capture.check(withAnn)).toBe(false);
+    await capture.install(withAnn);
+    try {
+      // What iptables-save echoes is what the rules say: no endless reinstall.
+      expect(await capture.check(withAnn)).toBe(true);
+      const seen = { app: app.accepted.length, zt: accepted(15006).length, out: accepted(15001).length };
+      const r = await sim!.connect('outside', { ip: pod.ip, port: 8080 }, 1);
+      expect(r[0]!.reply).toBe('pod0');
+      expect(app.accepted.length).toBe(seen.app + 1);
+      expect(accepted(15006).length).toBe(seen.zt);
+      expect((await sim!.connect(pod, { ip: sim!.outside.ip, port: 8080 }, 1))[0]!.reply).toBe('ztunnel');
+      await until('the 15001 report', () => accepted(15001).length > seen.out);
+    } finally {
+      await capture.install(podNetns());
+    }
+    expect(await capture.check(podNetns())).toBe(true);
+    const n = accepted(15006).length;
+    expect((await sim!.connect('outside', { ip: pod.ip, port: 8080 }, 1))[0]!.reply).toBe('ztunnel');
+    await until('the 15006 report', () => accepted(15006).length > n);
+  });
+
   it('HBONE (15008) reaches its listener untouched: not redirected', async () => {
     const n = accepted(15008).length;
     const r = await sim!.connect('outside', { ip: pod.ip, port: 15008 }, 1);

@@ -69,13 +69,16 @@ export class InpodHarness {
     }
   }
 
-  map(name: 'inpod_config' | 'probe_flows' | 'inpod_handoff'): BpfMap {
+  map(name: 'inpod_config' | 'probe_flows' | 'inpod_handoff' | 'inpod_overrides'): BpfMap {
     return this.obj.map(name);
   }
 
   /** Makes the maps hold exactly `state`. */
   applyState(state: InpodState): void {
     this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(state.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
+    const o = this.map('inpod_overrides');
+    for (const k of o.keys()) o.delete(k);
+    for (const [addr, flags] of state.overrides ?? []) o.update(Buffer.from(addr, 'hex'), codec.encodeInpodOverride(flags));
     const flows = this.map('probe_flows');
     for (const k of flows.keys()) flows.delete(k);
     for (const [key, node] of state.probeFlows) {

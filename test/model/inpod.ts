@@ -30,6 +30,8 @@ export interface InpodState {
   dnsCapture: boolean;
   /** probe_flows: probeFlowKey -> the node's address (hex). */
   probeFlows: Map<string, string>;
+  /** inpod_overrides: a pod's address (hex) -> its flags (Override); absent: none. */
+  overrides?: ReadonlyMap<string, number>;
   /** inpod_handoff: handoffKey -> the listener it holds ('tcp4:15001'); absent: not tracked. */
   handoffs?: Map<string, string>;
 }
@@ -117,8 +119,16 @@ function ztunnelSocket(s: InpodSockets, ip: Ip, p: { sport: number }, port: numb
   return lookupTcp(s, ip, [ip.src, p.sport], [ip.dst, port]) === 'listen' ? name : null;
 }
 
-function dnsOut(state: InpodState, p: { dport: number }): boolean {
-  return state.dnsCapture && p.dport === 53;
+/** inpod_overrides' flags (enum inpod_override_flags). */
+export const Override = { DNS_CAPTURE: 1, NO_DNS_CAPTURE: 2, BYPASS_INBOUND: 4 } as const;
+
+/** DNS the pod (the frame's source) sends and DNS capture takes: its annotation, else the node's setting. */
+function dnsOut(state: InpodState, ip: Ip, p: { dport: number }): boolean {
+  if (p.dport !== 53) return false;
+  const o = state.overrides?.get(ip.src) ?? 0;
+  if (o & Override.DNS_CAPTURE) return true;
+  if (o & Override.NO_DNS_CAPTURE) return false;
+  return state.dnsCapture;
 }
 
 // --- inpod_out: TC egress of the pod's interface ---------------------------------------
@@ -131,12 +141,12 @@ export function inpodOut(frame: Buffer, state: InpodState, ctx: { mark: number }
   if (ip.badChain) return { verdict: 'drop', row: 'PO3' };
   if (ip.proto !== TCP && ip.proto !== UDP) return { verdict: 'pass', row: 'PO4' };
   const p = ports(frame, ip);
-  if (ip.proto === UDP && (!p || !dnsOut(state, p))) return { verdict: 'pass', row: 'PO5' };
+  if (ip.proto === UDP && (!p || !dnsOut(state, ip, p))) return { verdict: 'pass', row: 'PO5' };
   if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PO6' };
   if (ip.proto === UDP) return ztunnelSocket(s, ip, p, Port.DNS) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
   if (conn(s, ip, p)) return { verdict: 'loop', row: 'PO7' };
   if (syn(frame, ip)) {
-    return ztunnelSocket(s, ip, p, dnsOut(state, p) ? Port.DNS : Port.OUTBOUND) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
+    return ztunnelSocket(s, ip, p, dnsOut(state, ip, p) ? Port.DNS : Port.OUTBOUND) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
   }
   if (lookupTcp(s, ip, [ip.dst, p.dport], [ip.src, p.sport]) !== null) return { verdict: 'pass', row: 'PO9' };
   return { verdict: 'drop', row: 'PO10' };
@@ -163,11 +173,11 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
     const ip = l2.ip;
     const p = ports(frame, ip);
     if (ip.badChain || !p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PL1' };
-    if (ip.proto === UDP) return dnsOut(state, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
+    if (ip.proto === UDP) return dnsOut(state, ip, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
     if (!syn(frame, ip)) return { verdict: 'pass', row: 'PL2' };
     const c = conn(s, ip, p);
     if (c === 'open') return { verdict: 'pass', row: 'PL2' };
-    const port = dnsOut(state, p) ? Port.DNS : Port.OUTBOUND;
+    const port = dnsOut(state, ip, p) ? Port.DNS : Port.OUTBOUND;
     if (c === null) return deliver(s, ip, p, port, 'PL4');
     // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
     if (s.conns.get(connKey(ip.family, ip.src, p.sport, ip.dst, p.dport)) !== 'syn_sent') return { verdict: 'drop', row: 'PL3' };
@@ -183,6 +193,7 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI6' };
   const c = conn(s, ip, p);
   if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI7' };
+  if ((state.overrides?.get(ip.dst) ?? 0) & Override.BYPASS_INBOUND) return { verdict: 'pass', row: 'PI7b' };
   if (c === 'time_wait') return handoff(s, ip, p, Port.INBOUND, 'PI8');
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
 }

@@ -48,6 +48,16 @@ describe('in-pod codec', () => {
     expect(PINNED_MAPS.inpod_handoff).toMatchObject({ type: 18, keySize: 40, valueSize: 8, maxEntries: 4096 });
   });
 
+  it('a pod’s annotations as override flags: none is 0 (no entry), each annotation its bit', () => {
+    expect(codec.overrideFlags({ bypassInbound: false, dnsCapture: null })).toBe(0);
+    expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: null })).toBe(codec.InpodOverrideFlags.BYPASS_INBOUND);
+    expect(codec.overrideFlags({ bypassInbound: false, dnsCapture: true })).toBe(codec.InpodOverrideFlags.DNS_CAPTURE);
+    expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: false })).toBe(codec.InpodOverrideFlags.BYPASS_INBOUND | codec.InpodOverrideFlags.NO_DNS_CAPTURE);
+    expect(codec.decodeInpodOverride(codec.encodeInpodOverride(5))).toBe(5);
+    expect(() => codec.decodeInpodOverride(Buffer.alloc(8))).toThrow(CodecError);
+    expect(PINNED_MAPS.inpod_overrides).toMatchObject({ keySize: 16, valueSize: 4 });
+  });
+
   it('refuses buffers of the wrong size and a bad family with a clear error', () => {
     expect(() => codec.decodeProbeFlowKey(Buffer.alloc(3))).toThrow(CodecError);
     const k = codec.encodeProbeFlowKey({ pod: '198.18.0.10', podPort: 1, nodePort: 2, family: 4 });

@@ -86,6 +86,20 @@ describe('pod netns rules', () => {
     expect(pre[1]).toContain('REDIRECT --to-ports 15006');
   });
 
+  it('the pod’s annotations: bypass-inbound-capture drops the inbound redirect only; reroute-virtual-interfaces sends each interface’s TCP to 15001, first', () => {
+    const pre = (o: Parameters<typeof podChains>[1]) => podChains(4, o).find((c) => c.table === 'nat' && c.chain === 'ISTIO_PRERT')!.rules;
+    const plain = pre({ dnsCapture: true });
+    const bypass = pre({ dnsCapture: true, bypassInbound: true });
+    expect(plain.some((r) => r.includes('--to-ports 15006'))).toBe(true);
+    expect(bypass.some((r) => r.includes('15006'))).toBe(false);
+    expect(bypass).toEqual(plain.filter((r) => !r.includes('15006')));
+    // The rest of the pod's rules are the same (its outbound is still captured).
+    const rest = (o: Parameters<typeof podChains>[1]) => podChains(6, o).filter((c) => !(c.table === 'nat' && c.chain === 'ISTIO_PRERT'));
+    expect(rest({ dnsCapture: false, bypassInbound: true })).toEqual(rest({ dnsCapture: false }));
+    const reroute = pre({ dnsCapture: false, rerouteInterfaces: ['tap0', 'tap1'] });
+    expect(reroute.slice(0, 2)).toEqual(['-i tap0 -p tcp -j REDIRECT --to-ports 15001', '-i tap1 -p tcp -j REDIRECT --to-ports 15001']);
+  });
+
   it('DNS capture off: no rule names 53 or 15053, no raw chains', () => {
     const chains = podChains(4, { dnsCapture: false });
     expect(chains.some((c) => c.table === 'raw')).toBe(false);

@@ -57,6 +57,7 @@ import {
 } from '../../host/netlink.js';
 import type { Logger } from '../../log.js';
 import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
+import { NO_OVERRIDES } from '../../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
 
@@ -211,7 +212,7 @@ export class EbpfInPodCapture implements InPodCapture {
     }
   }
 
-  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods' | 'inpod_handoff'): BpfMap {
+  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods' | 'inpod_handoff' | 'inpod_overrides'): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`in-pod ebpf capture not initialised (map ${name})`);
     return m;
@@ -280,6 +281,9 @@ export class EbpfInPodCapture implements InPodCapture {
       }
     });
 
+    // The pod's annotations before its programs: its first frames already obey them.
+    this.writeOverrides(pod);
+
     // The socket lookup before inpod_in: a SYN inpod_in hands over on the TIME_WAIT path
     // must find inpod_lookup there, or the kernel's own lookup would pick the listener of
     // its destination port.
@@ -329,6 +333,7 @@ export class EbpfInPodCapture implements InPodCapture {
     const want: Record<Direction, number> = { ingress: this.program(INPOD_PROGRAMS.in).id, egress: this.program(INPOD_PROGRAMS.out).id };
     const podOk = withNetns(at.nsPath, () => queryTc(at.eth.ifindex, 'ingress') === want.ingress && queryTc(at.eth.ifindex, 'egress') === want.egress);
     if (!podOk) return false;
+    if (!this.overridesMatch(pod)) return false;
     const link = netnsLinkState(lookupLinkPin(this.dir, at.inode));
     if (!link || link.progId !== this.program(INPOD_PROGRAMS.lookup).id || BigInt(link.netnsIno) !== at.inode) return false;
     const hostWant: Record<Direction, number> = { egress: this.program(INPOD_PROGRAMS.hostIn).id, ingress: this.program(INPOD_PROGRAMS.hostOut).id };
@@ -362,8 +367,28 @@ export class EbpfInPodCapture implements InPodCapture {
     this.opts.log.info('in-pod capture removed', { pod: pod.name, namespace: pod.namespace, uid: pod.uid });
   }
 
-  /** The pod's probe flows go with it (a new pod may get its address). */
+  /** inpod_overrides for each of the pod's addresses: its annotations' flags, or no entry. */
+  private writeOverrides(pod: PodNetns): void {
+    const flags = codec.overrideFlags(pod.overrides ?? NO_OVERRIDES);
+    const m = this.map('inpod_overrides');
+    for (const ip of pod.ips) {
+      if (flags) m.update(encodeAddrKey(ip), codec.encodeInpodOverride(flags));
+      else m.delete(encodeAddrKey(ip));
+    }
+  }
+
+  private overridesMatch(pod: PodNetns): boolean {
+    const flags = codec.overrideFlags(pod.overrides ?? NO_OVERRIDES);
+    const m = this.map('inpod_overrides');
+    return pod.ips.every((ip) => {
+      const v = m.lookup(encodeAddrKey(ip));
+      return v ? codec.decodeInpodOverride(v) === flags : flags === 0;
+    });
+  }
+
+  /** The pod's probe flows and overrides go with it (a new pod may get its address). */
   private forgetFlows(pod: PodNetns): void {
+    for (const ip of pod.ips) this.map('inpod_overrides').delete(encodeAddrKey(ip));
     const ips = new Set(pod.ips.map((ip) => decodeAddrKey(encodeAddrKey(ip))));
     const flows = this.map('probe_flows');
     for (const k of flows.keys()) if (ips.has(codec.decodeProbeFlowKey(k).pod)) flows.delete(k);

@@ -53,6 +53,10 @@ export interface InpodChain {
 export interface PodOptions {
   /** DNS (UDP and TCP 53) to ztunnel's 15053. */
   dnsCapture: boolean;
+  /** bypass-inbound-capture: inbound TCP reaches the pod uncaptured (no REDIRECT to 15006). */
+  bypassInbound?: boolean;
+  /** reroute-virtual-interfaces: TCP arriving on these interfaces inside the pod goes to 15001. */
+  rerouteInterfaces?: readonly string[];
 }
 
 /** The chains of one pod netns, for one family. */
@@ -75,10 +79,13 @@ export function podChains(f: Family, opts: PodOptions): InpodChain[] {
     c('mangle', CHAIN.prerouting, 'PREROUTING', [`-m mark --mark ${ZTUNNEL_MARK} -j CONNMARK --set-xmark ${CONN_MARK}`]),
     c('mangle', CHAIN.output, 'OUTPUT', [`-m connmark --mark ${CONN_MARK} -j CONNMARK --restore-mark --nfmask ${RESTORE_MASK} --ctmask ${RESTORE_MASK}`]),
     c('nat', CHAIN.prerouting, 'PREROUTING', [
+      // A virtual interface's TCP (a VM's tap in the pod) is the pod's outbound.
+      ...(opts.rerouteInterfaces ?? []).map((i) => `-i ${i} -p tcp -j REDIRECT --to-ports ${PORT.outbound}`),
       // Kubelet probes, SNATed on the host: the one source let in uncaptured.
       `-s ${probe} -p tcp -m tcp -j ACCEPT`,
-      // Every other inbound TCP but HBONE (which ztunnel takes on 15008 itself).
-      `${notLocal} -p tcp -m tcp ! --dport ${PORT.hbone} ${notZtunnel} -j REDIRECT --to-ports ${PORT.inboundPlaintext}`,
+      // Every other inbound TCP but HBONE (which ztunnel takes on 15008 itself), unless the
+      // pod bypasses inbound capture.
+      ...(opts.bypassInbound ? [] : [`${notLocal} -p tcp -m tcp ! --dport ${PORT.hbone} ${notZtunnel} -j REDIRECT --to-ports ${PORT.inboundPlaintext}`]),
     ]),
   );
   const out = [`-d ${probe} -p tcp -m tcp -j ACCEPT`];

@@ -36,6 +36,7 @@ import {
   removalInput,
   restoreInput,
   setCreateLines,
+  type PodOptions,
   type Table,
   CONN_MARK,
 } from './iptables-rules.js';
@@ -79,6 +80,12 @@ export class InpodIptables implements InPodCapture {
   private get dns(): boolean {
     return this.opts.dnsCapture ?? false;
   }
+  /** The pod's rules: its annotations over the node's DNS setting (docs/operations.md, "Per-pod annotations"). */
+  private podOptions(pod: PodNetns): PodOptions {
+    const o = pod.overrides;
+    return { dnsCapture: o?.dnsCapture ?? this.dns, bypassInbound: o?.bypassInbound ?? false, rerouteInterfaces: o?.rerouteInterfaces ?? [] };
+  }
+
 
   private host(argv: string[]): string[] {
     const ns = this.opts.hostNetns ?? null;
@@ -173,7 +180,7 @@ export class InpodIptables implements InPodCapture {
       // Routing first: the rules mark ztunnel's replies for a table that must be there.
       await this.ensurePodRouting(pod, f);
       const save = parseSave(await runner.run(this.inPod(pod, saveCmd(this.backend, f))));
-      const input = restoreInput(podChains(f, { dnsCapture: this.dns }), POD_CHAIN_NAMES, save);
+      const input = restoreInput(podChains(f, this.podOptions(pod)), POD_CHAIN_NAMES, save);
       if (input) await runner.run(this.inPod(pod, restoreCmd(this.backend, f)), { input });
     }
     log.info('in-pod iptables capture installed', { pod: podName(pod), uid: pod.uid, ips, families });
@@ -221,7 +228,7 @@ export class InpodIptables implements InPodCapture {
     const v6 = await this.podHasIPv6(pod);
     for (const f of FAMILIES.filter((x) => x === 4 || v6)) {
       const save = parseSave(await runner.run(this.inPod(pod, saveCmd(this.backend, f))));
-      out.push(...chainDrift(podChains(f, { dnsCapture: this.dns }), POD_CHAIN_NAMES, save).map((d) => `pod IPv${f}: ${d}`));
+      out.push(...chainDrift(podChains(f, this.podOptions(pod)), POD_CHAIN_NAMES, save).map((d) => `pod IPv${f}: ${d}`));
       const r = await this.routingDrift(pod, f);
       if (!r.rule) out.push(`pod IPv${f}: ip rule ${RULE_PRIORITY} fwmark ${CONN_MARK} lookup ${ROUTE_TABLE} missing`);
       if (!r.route) out.push(`pod IPv${f}: local default route on lo in table ${ROUTE_TABLE} missing`);
