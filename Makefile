@@ -19,6 +19,9 @@ build: bpf ts cni rawframe
 TEST_OBJ := build/test/redirect-rebuilt.bpf.o build/test/redirect-small.bpf.o build/test/redirect-unloadable.bpf.o
 # Another project's program for the ordering test: it passes every packet.
 TEST_OBJ += build/tests/foreign.bpf.o
+# A primary CNI's programs beside ours, one per verdict (ok, next, drop, redirect), for the
+# coexistence matrix (test/kernel/cni-coexist.test.ts).
+TEST_OBJ += build/tests/foreign-verdicts.bpf.o
 
 bpf: $(BPF_OBJ) $(TEST_OBJ)
 

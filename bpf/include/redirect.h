@@ -239,8 +239,13 @@ static __always_inline int finish(struct __sk_buff *skb, enum verdict v, const s
 				  bool peer)
 {
 	count(skb->ifindex, v, skb->len);
+	/* Pass hands the frame on to whatever runs after us on the hook (a primary CNI's
+	 * filter attached before the agent started), which then decides as if we were not
+	 * there; with nothing after us the kernel passes it (docs/datapath.md, "Beside the
+	 * primary CNI's programs"). TC_ACT_OK would end the walk and keep that CNI's
+	 * routing, NAT and policy from an enrolled pod's uncaptured traffic. */
 	if (v == V_PASS)
-		return TC_ACT_OK;
+		return TC_ACT_UNSPEC;
 	if (v == V_DROP || !zt)
 		return TC_ACT_SHOT;
 	return do_redirect(skb, zt, peer);

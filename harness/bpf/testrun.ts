@@ -11,7 +11,8 @@ import { closeSync, openSync } from 'node:fs';
 import * as ffi from '../../src/bpf/ffi.js';
 
 /** TC verdicts (linux/pkt_cls.h). */
-export const TcAct = { OK: 0, SHOT: 2, REDIRECT: 7 } as const;
+/** UNSPEC is TC_ACT_UNSPEC (-1) as BPF_PROG_RUN reports it, a u32: the pod programs' pass. */
+export const TcAct = { OK: 0, SHOT: 2, REDIRECT: 7, UNSPEC: 0xffffffff } as const;
 
 /**
  * struct __sk_buff (linux/bpf.h) as BPF_PROG_RUN takes it: the kernel refuses (EINVAL) a

@@ -2,15 +2,19 @@
  * The ADD decision, pure: given what the agent knows of the pod and its namespace, hold
  * the sandbox until it is programmed, let it pass, or fail it (the runtime retries).
  */
-import { DATAPLANE_LABEL, enrollment, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
+import { DEFAULT_ENABLEMENT_SELECTORS, enrollment, namespaceRulesOut, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
 import { CNI_ERR, type CniError } from './request.js';
 
 export type Decision = { kind: 'pass'; reason: string } | { kind: 'enroll'; pod: PodView } | { kind: 'error'; error: CniError };
 
-/** Before any pod lookup: a pod of a namespace that is not ambient is never enrolled. */
-export function namespaceDecision(ns: NamespaceView | undefined): Decision | null {
+/**
+ * Before any pod lookup: a pod passes at once only when its namespace does not exist or
+ * the enablement rules rule out every pod of it (src/core/enrollment.ts); else the pod's
+ * own labels decide (a pod labelled ambient in an unlabelled namespace is held too).
+ */
+export function namespaceDecision(ns: NamespaceView | undefined, ctx: Pick<EnrollmentContext, 'selectors'>): Decision | null {
   if (!ns) return { kind: 'pass', reason: 'namespace unknown' };
-  if (ns.labels[DATAPLANE_LABEL] !== 'ambient') return { kind: 'pass', reason: 'namespace not ambient' };
+  if (namespaceRulesOut(ns, ctx.selectors ?? DEFAULT_ENABLEMENT_SELECTORS)) return { kind: 'pass', reason: 'namespace selected by no enablement rule' };
   return null;
 }
 

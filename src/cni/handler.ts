@@ -10,7 +10,7 @@
  * so it can decide every ADD). GC forgets the announcements of sandboxes the runtime no
  * longer has.
  */
-import { DATAPLANE_LABEL, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
+import { DEFAULT_ENABLEMENT_SELECTORS, namespaceSelected, type EnrollmentContext, type NamespaceView, type PodView } from '../core/enrollment.js';
 import type { Logger } from '../log.js';
 import { namespaceDecision, podDecision, type Decision } from './decide.js';
 import type { RawRequest, Reply } from './protocol.js';
@@ -159,8 +159,9 @@ export class CniHandler {
     if (!namespace || !name) return { kind: 'pass', reason: 'not a Kubernetes pod (no K8S_POD_NAMESPACE/K8S_POD_NAME)' };
     // Before the first lists the namespace may look unknown: wait for them.
     await this.until(this.syncWaiters, () => this.m.hasSynced(), deadline, 'the agent has not synced with the API yet');
-    const nsView = await this.namespaceOf(namespace, deadline);
-    const early = namespaceDecision(nsView);
+    const ctx = this.m.enrollmentContext();
+    const nsView = await this.namespaceOf(namespace, deadline, ctx);
+    const early = namespaceDecision(nsView, ctx);
     if (early) return early;
     if (uid && this.m.podDeleted(uid)) return { kind: 'pass', reason: 'pod deleted in the API' };
     let pod = this.m.cachedPod(namespace, name, uid || undefined);
@@ -176,7 +177,7 @@ export class CniHandler {
         };
       pod = fetched;
     }
-    return podDecision(pod, nsView, req.ips, this.m.enrollmentContext());
+    return podDecision(pod, nsView, req.ips, ctx);
   }
 
   /**
@@ -186,11 +187,11 @@ export class CniHandler {
    * undefined: the namespace does not exist. Throws (a retryable error) when the API
    * cannot be read.
    */
-  private async namespaceOf(name: string, deadline: number): Promise<NamespaceView | undefined> {
+  private async namespaceOf(name: string, deadline: number, ctx: EnrollmentContext): Promise<NamespaceView | undefined> {
     // Not a namespace name (RFC 1123 label): no such namespace can exist, nothing to ask.
     if (name.length > 63 || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name)) return undefined;
     const cached = this.m.namespace(name);
-    if (cached && cached.labels[DATAPLANE_LABEL] === 'ambient' && this.m.namespacesLive()) return cached;
+    if (cached && namespaceSelected(cached, ctx.selectors ?? DEFAULT_ENABLEMENT_SELECTORS) && this.m.namespacesLive()) return cached;
     this.stats.namespaceReads++;
     let fetched: NamespaceView | null;
     try {

@@ -269,6 +269,25 @@ export function selected(pod: PodView, ns: NamespaceView | undefined, selectors:
 }
 
 /**
+ * Whether the namespace's labels alone rule out every pod of it: each rule has a
+ * namespaceSelector and none matches. A rule without one (Istio's default: the pod label
+ * in any namespace) leaves every namespace open, so a pod's own labels must be read. The
+ * CNI gate passes a pod at once only when this holds (docs/cni.md, "What ADD does").
+ */
+export function namespaceRulesOut(ns: NamespaceView, selectors: readonly EnablementSelector[]): boolean {
+  return selectors.every((s) => s.namespaceSelector !== undefined && !selectorMatches(s.namespaceSelector, ns.labels));
+}
+
+/**
+ * Whether some rule's namespaceSelector matches the namespace: its pods are enrolled for
+ * where they are (unless their own labels say otherwise). The namespaces the CNI plugin
+ * holds pods of when the agent cannot be asked (docs/cni.md).
+ */
+export function namespaceSelected(ns: NamespaceView, selectors: readonly EnablementSelector[]): boolean {
+  return selectors.some((s) => s.namespaceSelector !== undefined && selectorMatches(s.namespaceSelector, ns.labels));
+}
+
+/**
  * Precedence: eligibility (this node), then the pod's opt-out label (whatever the rules
  * say), then the rules, then what makes a selected pod impossible to capture.
  */

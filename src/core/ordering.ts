@@ -7,7 +7,7 @@
  *
  * The kernel runs a device's hook in this order: the tcx programs (6.6+, in the order
  * BPF_PROG_QUERY lists them), then the clsact filters of chain 0 by ascending priority,
- * within one priority in the order the dump lists them.
+ * within one priority in the order the dump lists them (the filter attached last first).
  */
 
 /** One clsact filter as `tc -j filter show` lists it. */
@@ -47,7 +47,7 @@ export type FindingKind =
   | 'tcx'
   /** A clsact filter at a priority below ours. */
   | 'tc-lower-priority'
-  /** Another filter at our priority: which of the two runs first is the order of attachment. */
+  /** Another filter at our priority listed before ours: attached after ours, it runs first. */
   | 'tc-same-priority'
   /** Our filter is not at its place (or holds another program) after the pass. */
   | 'missing'
@@ -85,10 +85,14 @@ export function programsAhead(at: Pick<Finding, 'where' | 'device' | 'direction'
   const mine = filters.find(isOurPlace);
   if (!mine) add('missing', `our filter (pref ${ours.priority} handle ${hex(ours.handle)}) is not there`);
   else if (mine.progId !== ours.progId) add('missing', `${describeFilter(mine)} holds another program than ours (${ours.progId})`);
-  for (const f of filters) {
+  // Within one priority the dump lists the filters in the order they run (the one attached
+  // last first): a filter listed after ours runs after ours and sees only what ours passes.
+  // One attached (or re-attached) later moves ahead of ours, and the next pass sees it.
+  const ourIndex = mine ? filters.indexOf(mine) : filters.length;
+  for (const [i, f] of filters.entries()) {
     if (isOurPlace(f)) continue;
     if (f.pref < ours.priority) add('tc-lower-priority', describeFilter(f));
-    else if (f.pref === ours.priority) add('tc-same-priority', describeFilter(f));
+    else if (f.pref === ours.priority && i < ourIndex) add('tc-same-priority', describeFilter(f));
   }
   return found;
 }

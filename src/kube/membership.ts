@@ -10,8 +10,9 @@ import type { EnrolledRef } from '../core/desired.js';
 import { overrideFlags } from '../core/values.js';
 import {
   chooseZtunnel,
-  DATAPLANE_LABEL,
+  DEFAULT_ENABLEMENT_SELECTORS,
   enrolledPods,
+  namespaceSelected,
   NO_OVERRIDES,
   type EnablementSelector,
   STATUS_ANNOTATION,
@@ -226,10 +227,11 @@ export class KubeMembership implements Membership {
     return n.value.ns;
   }
 
-  /** Namespaces labelled ambient, sorted (the plugin's fallback list). */
+  /** Namespaces some enablement rule selects by their labels, sorted (the plugin's fallback list). */
   ambientNamespaces(): string[] {
+    const selectors = this.opts.selectors ?? DEFAULT_ENABLEMENT_SELECTORS;
     return [...this.namespaces.map.values()]
-      .filter((n) => n.labels[DATAPLANE_LABEL] === 'ambient')
+      .filter((n) => namespaceSelected(n, selectors))
       .map((n) => n.name)
       .sort();
   }

@@ -160,6 +160,31 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     for (const r of runs) await rt.teardown(specs[r.pod.index]!, r.uid, r.containerId);
   }, 180_000);
 
+  it('gate on, pods labelled ambient in a namespace that is not: held until captured like the rest; unlabelled ones pass', async () => {
+    // Istio's default rules enroll a pod by its own label in any namespace (docs/cni.md,
+    // "What ADD does"): the gate holds those as it holds the pods of labelled namespaces.
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: chainFromConflist(), plugin: join(dir, 'bin', 'ambient-redirect-cni') });
+    const n = 10;
+    const labelled = Array.from({ length: n }, (_, i) => ({
+      index: 200 + i,
+      name: `labelled-${i}`,
+      namespace: 'plain',
+      labels: { 'istio.io/dataplane-mode': 'ambient' },
+    }));
+    const unlabelled = [{ index: 200 + n, name: 'unlabelled', namespace: 'plain' }];
+    const runs = await runAll(rt, labelled);
+    const [other] = await runAll(rt, unlabelled);
+    await sleep(300); // the servers' reports are asynchronous
+    console.log(`cni gate, pod label in an unlabelled namespace: ${bypassesFrom(runs)} of ${n} first connections bypassed`);
+    for (const r of runs) expect(r.add?.code, r.add?.stdout).toBe(0);
+    expect(bypassesFrom(runs)).toBe(0);
+    expect(runs.map((r) => r.connection?.reply)).toEqual(Array(n).fill('ztunnel'));
+    expect(other!.add?.code).toBe(0);
+    expect(other!.connection?.reply).toBe('outside');
+    for (const r of runs) await rt.teardown(labelled[r.pod.index - 200]!, r.uid, r.containerId);
+    await rt.teardown(unlabelled[0]!, other!.uid, other!.containerId);
+  }, 120_000);
+
   it(`gate off (plugin not in the chain): how many first connections bypass ztunnel`, async () => {
     const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: null });
     const specs = Array.from({ length: PODS }, (_, i) => ({ index: PODS + i, name: `ungated-${i}`, namespace: 'shop' }));

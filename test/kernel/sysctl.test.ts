@@ -2,10 +2,11 @@
  * The data path on a node whose defaults are strict: rp_filter=1 on every interface of
  * every netns of the simulated node (all, default, each link, so links made later inherit
  * it). ztunnel's transparent replies (source: the pod's original destination) arrive on
- * ztunnel's host veth (ebpf mode) or the inbound tunnel (iptables mode), where strict
- * reverse-path filtering would drop them; the agent opens that link (keeping every
+ * ztunnel's host veth, where strict reverse-path filtering would drop them; in ebpf mode
+ * the agent opens that link (keeping every
  * other one as strict as it was), and uninstall puts back what was there. iptables mode
- * on such a node is not covered yet (docs/operations.md "Sysctls"). Oracles: real connections through the
+ * on such a node is not supported yet: its two causes are in docs/operations.md
+ * "Sysctls". Oracles: real connections through the
  * ztunnel stand-in, the sysctls read back from /proc in each netns.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';

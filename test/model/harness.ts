@@ -129,7 +129,9 @@ export class DatapathHarness {
     let verdict: KernelOutcome['verdict'];
     if (r.retval === TcAct.SHOT) verdict = 'drop';
     else if (r.retval === TcAct.REDIRECT && !zt) verdict = 'redirect';
-    else if (r.retval === TcAct.OK) verdict = zt && r.mark !== inMark ? 'deliver' : 'pass';
+    // The pod programs pass with TC_ACT_UNSPEC (the hook's next filter decides); ztunnel's with TC_ACT_OK.
+    else if (r.retval === TcAct.UNSPEC && !zt) verdict = 'pass';
+    else if (r.retval === TcAct.OK && zt) verdict = r.mark !== inMark ? 'deliver' : 'pass';
     else verdict = `retval ${r.retval}`;
     return { verdict, mark: r.mark, dataOut: r.dataOut };
   }

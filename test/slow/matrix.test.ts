@@ -200,7 +200,9 @@ function compare(
     let verdict: KernelOutcome['verdict'];
     if (retval === TcAct.SHOT) verdict = 'drop';
     else if (retval === TcAct.REDIRECT && !zt) verdict = 'redirect';
-    else if (retval === TcAct.OK) verdict = zt && mark !== 0 ? 'deliver' : 'pass';
+    // The pod programs pass with TC_ACT_UNSPEC (the hook's next filter decides); ztunnel's with TC_ACT_OK.
+    else if (retval === TcAct.UNSPEC && !zt) verdict = 'pass';
+    else if (retval === TcAct.OK && zt) verdict = mark !== 0 ? 'deliver' : 'pass';
     else verdict = `retval ${retval}`;
     const k: KernelOutcome = { verdict, mark, dataOut: applyChanges(frame, changes) };
     // A dropped frame's mark goes nowhere: compare marks only when the frame lives on.

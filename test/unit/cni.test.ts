@@ -216,10 +216,21 @@ const podView = (over: Partial<PodView> = {}): PodView => ({
 });
 
 describe('the enrollment decision', () => {
-  it('a namespace that is not ambient (or unknown) passes before any pod lookup', () => {
-    expect(namespaceDecision(plain)).toMatchObject({ kind: 'pass', reason: 'namespace not ambient' });
-    expect(namespaceDecision(undefined)).toMatchObject({ kind: 'pass' });
-    expect(namespaceDecision(ambient)).toBeNull();
+  it('a namespace passes its pods before any pod lookup only when the rules rule them all out', () => {
+    // Istio's default rules enroll a pod labelled ambient in any namespace: its labels decide.
+    expect(namespaceDecision(plain, ctx)).toBeNull();
+    expect(namespaceDecision(ambient, ctx)).toBeNull();
+    expect(namespaceDecision(undefined, ctx)).toMatchObject({ kind: 'pass', reason: 'namespace unknown' });
+    // Rules that all need a namespace label: an unlabelled namespace's pods pass at once.
+    const byNamespace = { selectors: [{ namespaceSelector: { matchLabels: { 'istio.io/dataplane-mode': 'ambient' } } }] };
+    expect(namespaceDecision(plain, byNamespace)).toMatchObject({ kind: 'pass', reason: 'namespace selected by no enablement rule' });
+    expect(namespaceDecision(ambient, byNamespace)).toBeNull();
+  });
+
+  it('a pod labelled ambient in an unlabelled namespace is enrolled; one without the label passes', () => {
+    const labelled = podView({ namespace: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } });
+    expect(podDecision(labelled, plain, ['10.244.1.10'], ctx)).toMatchObject({ kind: 'enroll' });
+    expect(podDecision(podView({ namespace: 'plain' }), plain, ['10.244.1.10'], ctx)).toMatchObject({ kind: 'pass', reason: 'no enablement selector matches' });
   });
 
   it('a Pending pod without IP in the API is enrolled with the sandbox IPs', () => {
@@ -404,12 +415,37 @@ describe('the handler', () => {
     stdin: netconf(PREV_1_0),
   });
 
-  it('a pod outside the mesh gets prevResult back at once, without a pod lookup', async () => {
+  it('a pod outside the mesh gets prevResult back at once: from the watch’s cache, nothing announced', async () => {
     const m = new FakeMembership();
+    m.pods = [podView({ namespace: 'plain' })];
     const r = await new CniHandler(m, { addTimeoutMs: 1000, log: quietLog }).handle(req('ADD', 'plain'));
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout.toString())).toEqual(PREV_1_0);
-    expect(m.fetches).toBe(0);
+    expect([m.fetches, m.provisioned.length]).toEqual([0, 0]);
+  });
+
+  it('with rules that all need a namespace label, a pod of an unlabelled namespace passes without any pod lookup', async () => {
+    const m = new FakeMembership();
+    m.enrollmentContext = () => ({ ...ctx, selectors: [{ namespaceSelector: { matchLabels: { 'istio.io/dataplane-mode': 'ambient' } } }] });
+    m.apiPods = [podView({ namespace: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } })];
+    const r = await new CniHandler(m, { addTimeoutMs: 1000, log: quietLog }).handle(req('ADD', 'plain'));
+    expect(r.code).toBe(0);
+    expect([m.fetches, m.provisioned.length]).toEqual([0, 0]);
+  });
+
+  it('a pod labelled ambient in an unlabelled namespace is held until a pass programs it (read from the API when the watch is behind)', async () => {
+    const m = new FakeMembership();
+    m.apiPods = [podView({ namespace: 'plain', labels: { 'istio.io/dataplane-mode': 'ambient' } })];
+    const pending = new CniHandler(m, { addTimeoutMs: 2000, log: quietLog }).handle(req('ADD', 'plain'));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(m.fetches).toBe(1);
+    expect(m.provisioned.map((p) => [p.pod.namespace, p.pod.ips])).toEqual([['plain', ['10.244.1.10', 'fd00::a']]]);
+    let answered = false;
+    void pending.then(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(answered).toBe(false);
+    m.pass(['10.244.1.10', 'fd00::a']);
+    expect((await pending).code).toBe(0);
   });
 
   it('an enrolled pod is announced and held until a pass programs all its IPs', async () => {
@@ -457,6 +493,7 @@ describe('the handler', () => {
 
   it('waits for the first sync instead of guessing', async () => {
     const m = new FakeMembership();
+    m.pods = [podView({ namespace: 'plain' })];
     m.synced = false;
     const p = new CniHandler(m, { addTimeoutMs: 1000, log: quietLog }).handle(req('ADD', 'plain'));
     setTimeout(() => {

@@ -39,9 +39,19 @@ describe('programsAhead', () => {
       want: ['tc-same-priority: tc bpf filter pref 1 handle 0x1 program 7 cil_from_container shares our priority on veth1 ingress and may run first'],
     },
     {
-      name: 'another filter at our priority, listed after ours (a re-attach may reorder them)',
+      // Attached before ours: it runs after ours (test/kernel/cni-coexist.test.ts shows it
+      // with packets), sees what ours passes, and is no bypass.
+      name: 'another filter at our priority, listed after ours',
       hook: { tcx: [], tc: [...ours(), bpf(1, '0x1', 7)] },
-      want: ['tc-same-priority: tc bpf filter pref 1 handle 0x1 program 7 shares our priority on veth1 ingress and may run first'],
+      want: [],
+    },
+    {
+      name: 'another filter at our priority while ours is missing',
+      hook: { tcx: [], tc: [head(1), bpf(1, '0x1', 7)] },
+      want: [
+        'missing: our filter (pref 1 handle 0xa4b1) is not there on veth1 ingress',
+        'tc-same-priority: tc bpf filter pref 1 handle 0x1 program 7 shares our priority on veth1 ingress and may run first',
+      ],
     },
     {
       name: 'a filter at a lower priority than ours (ours at an older build’s 9393)',

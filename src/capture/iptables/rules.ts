@@ -435,8 +435,10 @@ export function buildPlan(input: PlanInput): Plan {
     rules: FAMILIES.flatMap(nodeRules),
     routes: FAMILIES.flatMap((f) => nodeRoutes(f, input, z)),
     chains: FAMILIES.flatMap((f) => nodeChains(f, input, z, port)),
-    // ztunnel's transparent answers (the original destination as source) come back out of
-    // the inbound tunnel: strict reverse-path filtering would drop them (see above).
+    // Packets with foreign sources come back out of the tunnels: strict reverse-path
+    // filtering would drop them (see above). ztunnel's transparent answers leave its eth0
+    // instead and arrive on its host veth, where these do not help: a strict node is not
+    // supported in this mode yet (docs/operations.md "Sysctls").
     sysctls: z && u ? [LINK.inbound.node, LINK.outbound.node].map((d) => `net.ipv4.conf.${d}.rp_filter=2`) : [],
   };
   return { sets, ifaceSets, node, ztunnel: z && u ? ztunnelPlan(input, z, u.node) : null };
