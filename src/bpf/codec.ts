@@ -302,6 +302,9 @@ export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (reado
   return { keys, values, count };
 }
 
+/** Where a pods-map value holds its ifindex (a host-order u32): readers of whole batches read it in place. */
+export const POD_INFO_IFINDEX_OFFSET = POD_INFO.ifindex.offset;
+
 /** The ifindex of a pods-map value, alone. */
 export function decodePodIfindex(buf: Buffer): number {
   if (buf.length !== POD_INFO_SIZE) throw new CodecError(`pod_info must be ${POD_INFO_SIZE} bytes, got ${buf.length}`);
@@ -424,6 +427,12 @@ export function zeroCounters(): PodCounters {
 const COUNTER_OFFSETS = (Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]).map(
   ([k, f]) => [k, layouts.pod_counters.fields[f].offset] as const,
 );
+
+/** The counters' fields in PodCounters order (redirected, dropped, passed; packets before bytes), as offsets into one CPU's struct. */
+export const POD_COUNTER_KEYS: readonly (keyof PodCounters)[] = COUNTER_OFFSETS.map(([k]) => k);
+export const POD_COUNTER_OFFSETS: readonly number[] = COUNTER_OFFSETS.map(([, o]) => o);
+/** One CPU's struct in a per-CPU value: rounded up to 8 bytes. */
+export const POD_COUNTERS_STRIDE = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
 
 export function decodePodCountersPerCpu(buf: Buffer): PodCounters {
   const stride = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
