@@ -52,7 +52,8 @@ async function timeScrape(m: AgentMetrics, keep = false): Promise<number> {
   setImmediate(tick);
   const c = process.cpuUsage();
   const t = performance.now();
-  const body = await m.metrics();
+  // What the HTTP server writes (src/metrics/server.ts): the text's pieces, never joined.
+  const body = await m.exposition();
   const ms = performance.now() - t;
   const used = process.cpuUsage(c);
   ticking = false;
@@ -61,7 +62,7 @@ async function timeScrape(m: AgentMetrics, keep = false): Promise<number> {
     cpuMs.push((used.user + used.system) / 1000);
     holdMs.push(hold);
   }
-  if (!body.includes('pod_packets_total{')) throw new Error('scrape: no per-pod counters in the body');
+  if (!body.some((p) => p.includes('pod_packets_total{'))) throw new Error('scrape: no per-pod counters in the body');
   return ms;
 }
 
@@ -159,8 +160,8 @@ async function main(): Promise<void> {
       for (const phase of round % 2 ? (['scraping', 'quiet'] as const) : (['quiet', 'scraping'] as const)) {
         let timer: NodeJS.Timeout | undefined;
         if (phase === 'scraping') {
-          void now.metrics();
-          timer = setInterval(() => void now.metrics(), 1000);
+          void now.exposition();
+          timer = setInterval(() => void now.exposition(), 1000);
         }
         const rtts = await new Promise<number[]>((resolve) => {
           child!.once('message', (m) => resolve(m as number[]));

@@ -89,23 +89,32 @@ const PODS_PER_TURN = 128;
 
 /**
  * The sample lines of one per-pod family (`index` 0: packets, 1: bytes), written as
- * prom-client writes a counter's (labels in the order pod_ip, namespace, pod, verdict),
- * a turn of the loop every PODS_PER_TURN pods. prom-client's own formatting of these
- * series (an object, four escapes and a join per series) took tens of milliseconds.
+ * prom-client writes a counter's (labels in the order pod_ip, namespace, pod, verdict), in
+ * pieces of PODS_PER_TURN pods, each joined in its own turn of the loop and each starting
+ * with its newline. prom-client's own formatting of these series (an object, four escapes
+ * and a join per series) took tens of milliseconds; a join of a whole family, or of the
+ * whole text, copies hundreds of kilobytes in one turn (milliseconds on a busy machine).
  */
 export async function podLines(name: string, series: PodSeries, index: 0 | 1, podName?: MetricSources['podName']): Promise<string[]> {
-  const lines: string[] = [];
+  const pieces: string[] = [];
   const at = VERDICTS.map((v) => POD_COUNTER_KEYS.indexOf(v[index + 1] as keyof PodCounters));
-  for (let i = 0; i < series.ips.length; i++) {
-    if (i > 0 && i % PODS_PER_TURN === 0) await nextTurn();
-    const ip = series.ips[i]!;
-    const n = podName?.(ip) ?? null;
-    const labels = `${name}{pod_ip="${escapeLabel(ip)}",namespace="${escapeLabel(n?.namespace ?? '')}",pod="${escapeLabel(n?.pod ?? '')}",verdict="`;
-    VERDICTS.forEach((v, k) => lines.push(`${labels}${v[0]}"} ${valueText(series.values[6 * i + at[k]!]!)}`));
+  for (let from = 0; from < series.ips.length; from += PODS_PER_TURN) {
+    if (from > 0) await nextTurn();
+    // A leading "" so that the joined piece starts with its newline (flat, not a concatenation).
+    const lines: string[] = [''];
+    for (let i = from; i < Math.min(series.ips.length, from + PODS_PER_TURN); i++) {
+      const ip = series.ips[i]!;
+      const n = podName?.(ip) ?? null;
+      const labels = `${name}{pod_ip="${escapeLabel(ip)}",namespace="${escapeLabel(n?.namespace ?? '')}",pod="${escapeLabel(n?.pod ?? '')}",verdict="`;
+      VERDICTS.forEach((v, k) => lines.push(`${labels}${v[0]}"} ${valueText(series.values[6 * i + at[k]!]!)}`));
+    }
+    pieces.push(lines.join('\n'));
   }
   if (series.other)
-    VERDICTS.forEach((v, k) => lines.push(`${name}{pod_ip="other",namespace="",pod="",verdict="${v[0]}"} ${valueText(series.other![at[k]!]!)}`));
-  return lines;
+    pieces.push(
+      ['', ...VERDICTS.map((v, k) => `${name}{pod_ip="other",namespace="",pod="",verdict="${v[0]}"} ${valueText(series.other![at[k]!]!)}`)].join('\n'),
+    );
+  return pieces;
 }
 
 /** Attachments that re-hooked a veth the maps already knew (drift repaired), not new pods. */
@@ -382,16 +391,25 @@ export class AgentMetrics {
     return p;
   }
 
-  /** The exposition text (Prometheus format), as prom-client writes a registry's. */
-  async metrics(): Promise<string> {
-    const sample = this.sample();
-    const [head, tail, series] = await Promise.all([this.registry.metrics(), this.after.metrics(), sample.then((s) => s.pods)]);
-    const blocks = [head.slice(0, -1)];
-    for (const f of this.perPod) {
-      const lines = await podLines(f.name, series, f.index, this.sources.podName);
-      blocks.push([`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} counter`, ...lines].join('\n'));
+  /**
+   * The exposition text (Prometheus format), as prom-client writes a registry's, in
+   * pieces whose concatenation is the text: the HTTP server writes them one by one, and
+   * nothing copies the whole text at once.
+   */
+  async exposition(): Promise<string[]> {
+    const [head, tail, series] = await Promise.all([this.registry.metrics(), this.after.metrics(), this.sample().then((s) => s.pods)]);
+    // prom-client joins its metrics with a blank line and ends the text with a newline.
+    const out = [head];
+    for (const [k, f] of this.perPod.entries()) {
+      out.push(`${k === 0 ? '\n' : '\n\n'}# HELP ${f.name} ${f.help}\n# TYPE ${f.name} counter`);
+      out.push(...(await podLines(f.name, series, f.index, this.sources.podName)));
     }
-    blocks.push(tail.slice(0, -1));
-    return `${blocks.join('\n\n')}\n`;
+    out.push(`\n\n${tail}`);
+    return out;
+  }
+
+  /** The exposition text in one string. */
+  async metrics(): Promise<string> {
+    return (await this.exposition()).join('');
   }
 }

@@ -369,6 +369,21 @@ describe('serveMetrics', () => {
     expect((await fetch(url('/metrics'), { method: 'POST' })).status).toBe(405);
   });
 
+  it('/metrics sends the text piece by piece: the same bytes as metrics(), Content-Length in bytes', async () => {
+    const c = { ...codec.zeroCounters(), redirectedPackets: 7n };
+    const pods = Array.from({ length: 300 }, (_, i) => ({ ip: `10.4.${i >> 8}.${i & 255}`, ifindex: i, counters: c }));
+    // A two-byte character in a label: the length is in bytes, not characters.
+    const metrics = new AgentMetrics({ podCounters: () => pods, podName: (ip) => ({ namespace: 'café’s', pod: ip }) });
+    srv = await serveMetrics('127.0.0.1:0', { metrics, readiness: new Readiness() });
+    const r = await fetch(`http://127.0.0.1:${srv.port()}/metrics`);
+    const body = Buffer.from(await r.arrayBuffer());
+    expect(Number(r.headers.get('content-length'))).toBe(body.length);
+    expect(body.toString('utf8')).toBe(await metrics.metrics());
+    expect(
+      sample(body.toString('utf8'), 'ambient_redirect_pod_packets_total', { pod_ip: '10.4.1.0', namespace: 'café’s', pod: '10.4.1.0', verdict: 'redirected' }),
+    ).toBe(7);
+  });
+
   it('fails to start on a taken port instead of serving nothing', async () => {
     srv = await serveMetrics('127.0.0.1:0', { metrics: new AgentMetrics(), readiness: new Readiness() });
     await expect(serveMetrics(`127.0.0.1:${srv.port()}`, { metrics: new AgentMetrics(), readiness: new Readiness() })).rejects.toThrow(/EADDRINUSE/);
