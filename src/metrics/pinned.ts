@@ -168,87 +168,118 @@ export async function readScrape(pinRoot: string, opts: ScrapeOptions): Promise<
   const dir = pinDir(pinRoot);
   const usage: MapUsage[] = [];
   const open = (name: keyof typeof MAP_CAPACITY) => (existsSync(join(dir, name)) ? openPinnedMap(dir, name) : null);
-
-  // Pods: the addresses of the first maxSeries pods, and each pod's veth (ifindex).
-  const ips: string[] = [];
-  /** ifindex → the indexes of the pods with series that have it (two for a dual-stack pod). */
-  const seriesOf = new Map<number, number[]>();
   const pods = open('pods');
-  /** ifindex → how many pods beyond the first maxSeries have it. */
-  const beyond = new U32Counts(pods?.maxEntries ?? 0);
-  if (pods) {
-    const entries = await walkMap(pods, batch, (keys, values, n) => {
-      const v = new DataView(values.buffer, values.byteOffset, values.byteLength);
-      for (let i = 0; i < n; i++) {
-        const ifindex = v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_IFINDEX_OFFSET, true);
-        if (ips.length < opts.maxSeries) {
-          const at = ips.length;
-          ips.push(codec.decodeAddrKey(keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)));
-          const list = seriesOf.get(ifindex);
-          if (list) list.push(at);
-          else seriesOf.set(ifindex, [at]);
-        } else beyond.add(ifindex);
-      }
-    });
-    usage.push({ map: 'pods', entries, capacity: MAP_CAPACITY.pods });
-  }
-
-  // Counters: each veth's per-CPU counters summed, to the pods that have series, or into
-  // the sum of the others. Exact: each 64-bit counter is summed as two 32-bit halves.
-  const values = new Float64Array(6 * ips.length);
-  const otherHi = new Float64Array(6);
-  const otherLo = new Float64Array(6);
+  const pj = new PodJoin(opts.maxSeries, pods?.maxEntries ?? 0);
+  if (pods) usage.push({ map: 'pods', entries: await walkMap(pods, batch, (k, v, n) => pj.pods(k, v, n)), capacity: MAP_CAPACITY.pods });
   const counters = open('counters');
   if (counters) {
-    const stride = codec.POD_COUNTERS_STRIDE;
-    const cpus = counters.bufferSize / stride;
-    const offsets = codec.POD_COUNTER_OFFSETS;
-    const hi = new Float64Array(6);
-    const lo = new Float64Array(6);
-    const entries = await walkMap(counters, batch, (keys, vals, n) => {
-      const k = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
-      const v = new DataView(vals.buffer, vals.byteOffset, vals.byteLength);
-      for (let i = 0; i < n; i++) {
-        const ifindex = k.getUint32(i * 4, true);
-        const at = seriesOf.get(ifindex);
-        const times = beyond.get(ifindex);
-        if (!at && times === 0) continue; // a veth no pod entry names: not exposed, as before
-        const base = i * counters.bufferSize;
-        for (let c = 0; c < 6; c++) {
-          let l = 0;
-          let h = 0;
-          for (let cpu = 0, off = base + offsets[c]!; cpu < cpus; cpu++, off += stride) {
-            l += v.getUint32(off, true);
-            h += v.getUint32(off + 4, true);
-          }
-          const carry = Math.floor(l / TWO32);
-          lo[c] = l - carry * TWO32;
-          hi[c] = h + carry;
-        }
-        if (at) for (const p of at) for (let c = 0; c < 6; c++) values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
-        if (times > 0)
-          for (let c = 0; c < 6; c++) {
-            otherHi[c]! += hi[c]! * times;
-            otherLo[c]! += lo[c]! * times;
-          }
-      }
-    });
-    usage.push({ map: 'counters', entries, capacity: MAP_CAPACITY.counters });
+    pj.startCounters(counters.bufferSize);
+    usage.push({ map: 'counters', entries: await walkMap(counters, batch, (k, v, n) => pj.counters(k, v, n)), capacity: MAP_CAPACITY.counters });
   }
   for (const name of ['dns_servers', 'host_flows'] as const) {
     const m = open(name);
     if (m) usage.push({ map: name, entries: await walkMap(m, batch, () => {}), capacity: MAP_CAPACITY[name] });
   }
+  return { usage, pods: pj.series() };
+}
 
-  let other: Float64Array | null = null;
-  if (beyond.size > 0) {
-    other = new Float64Array(6);
-    for (let c = 0; c < 6; c++) {
-      const carry = Math.floor(otherLo[c]! / TWO32);
-      other[c] = (otherHi[c]! + carry) * TWO32 + (otherLo[c]! - carry * TWO32);
+/**
+ * The pods map joined to the counters map, batch by batch. A class, not closures made per
+ * scrape: its methods keep their optimised code from one scrape to the next (a closure
+ * made anew each scrape started cold every time).
+ */
+class PodJoin {
+  /** The addresses of the first maxSeries pods, in the map's order. */
+  private readonly ips: string[] = [];
+  /** ifindex → the indexes of the pods with series that have it (two for a dual-stack pod). */
+  private readonly seriesOf = new Map<number, number[]>();
+  /** ifindex → how many pods beyond the first maxSeries have it. */
+  private readonly beyond: U32Counts;
+  private values = new Float64Array(0);
+  /** The sums of the pods beyond, as two exact halves per counter. */
+  private readonly otherHi = new Float64Array(6);
+  private readonly otherLo = new Float64Array(6);
+  private readonly hi = new Float64Array(6);
+  private readonly lo = new Float64Array(6);
+  private bufferSize = 0;
+
+  constructor(
+    private readonly maxSeries: number,
+    podsCapacity: number,
+  ) {
+    this.beyond = new U32Counts(podsCapacity);
+  }
+
+  /** A batch of the pods map: the first maxSeries pods' addresses, and each pod's veth. */
+  pods(keys: Buffer, values: Buffer, n: number): void {
+    const v = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    for (let i = 0; i < n; i++) {
+      const ifindex = v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_IFINDEX_OFFSET, true);
+      if (this.ips.length < this.maxSeries) {
+        const at = this.ips.length;
+        this.ips.push(codec.decodeAddrKey(keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)));
+        const list = this.seriesOf.get(ifindex);
+        if (list) list.push(at);
+        else this.seriesOf.set(ifindex, [at]);
+      } else this.beyond.add(ifindex);
     }
   }
-  return { usage, pods: { ips, values, other } };
+
+  startCounters(bufferSize: number): void {
+    this.bufferSize = bufferSize;
+    this.values = new Float64Array(6 * this.ips.length);
+  }
+
+  /**
+   * A batch of the counters map: each veth's per-CPU counters summed, to the pods that
+   * have series, or into the sums of the others. Exact: each 64-bit counter is summed as
+   * two 32-bit halves; a veth no pod entry names is left out, as before.
+   */
+  counters(keys: Buffer, vals: Buffer, n: number): void {
+    const k = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
+    const v = new DataView(vals.buffer, vals.byteOffset, vals.byteLength);
+    const { hi, lo, bufferSize } = this;
+    const stride = codec.POD_COUNTERS_STRIDE;
+    const cpus = bufferSize / stride;
+    const offsets = codec.POD_COUNTER_OFFSETS;
+    for (let i = 0; i < n; i++) {
+      const ifindex = k.getUint32(i * 4, true);
+      const at = this.seriesOf.get(ifindex);
+      const times = this.beyond.get(ifindex);
+      if (!at && times === 0) continue;
+      const base = i * bufferSize;
+      for (let c = 0; c < 6; c++) {
+        let l = 0;
+        let h = 0;
+        for (let cpu = 0, off = base + offsets[c]!; cpu < cpus; cpu++, off += stride) {
+          l += v.getUint32(off, true);
+          h += v.getUint32(off + 4, true);
+        }
+        const carry = Math.floor(l / TWO32);
+        lo[c] = l - carry * TWO32;
+        hi[c] = h + carry;
+      }
+      if (at) for (const p of at) for (let c = 0; c < 6; c++) this.values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
+      if (times > 0)
+        for (let c = 0; c < 6; c++) {
+          this.otherHi[c]! += hi[c]! * times;
+          this.otherLo[c]! += lo[c]! * times;
+        }
+    }
+  }
+
+  series(): PodSeries {
+    if (this.values.length !== 6 * this.ips.length) this.values = new Float64Array(6 * this.ips.length); // no counters map
+    let other: Float64Array | null = null;
+    if (this.beyond.size > 0) {
+      other = new Float64Array(6);
+      for (let c = 0; c < 6; c++) {
+        const carry = Math.floor(this.otherLo[c]! / TWO32);
+        other[c] = (this.otherHi[c]! + carry) * TWO32 + (this.otherLo[c]! - carry * TWO32);
+      }
+    }
+    return { ips: this.ips, values: this.values, other };
+  }
 }
 
 /**
