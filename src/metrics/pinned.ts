@@ -191,10 +191,11 @@ export async function readScrape(pinRoot: string, opts: ScrapeOptions): Promise<
 class PodJoin {
   /** The addresses of the first maxSeries pods, in the map's order. */
   private readonly ips: string[] = [];
-  /** ifindex → the indexes of the pods with series that have it (two for a dual-stack pod). */
-  private readonly seriesOf = new Map<number, number[]>();
-  /** ifindex → how many pods beyond the first maxSeries have it. */
-  private readonly beyond: U32Counts;
+  /** Per veth (ifindex): the pods beyond the first maxSeries that have it, and the first of those with series. */
+  private readonly veths: VethTable;
+  /** Series pod → the next series pod on the same veth (a dual-stack pod has two), -1 for none. */
+  private readonly next: number[] = [];
+  private beyondPods = 0;
   private values = new Float64Array(0);
   /** The sums of the pods beyond, as two exact halves per counter. */
   private readonly otherHi = new Float64Array(6);
@@ -207,21 +208,23 @@ class PodJoin {
     private readonly maxSeries: number,
     podsCapacity: number,
   ) {
-    this.beyond = new U32Counts(podsCapacity);
+    this.veths = new VethTable(podsCapacity);
   }
 
   /** A batch of the pods map: the first maxSeries pods' addresses, and each pod's veth. */
   pods(keys: Buffer, values: Buffer, n: number): void {
     const v = new DataView(values.buffer, values.byteOffset, values.byteLength);
+    const t = this.veths;
     for (let i = 0; i < n; i++) {
-      const ifindex = v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_IFINDEX_OFFSET, true);
+      const slot = t.insert(v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_IFINDEX_OFFSET, true));
       if (this.ips.length < this.maxSeries) {
-        const at = this.ips.length;
+        this.next.push(t.head[slot]!);
+        t.head[slot] = this.ips.length;
         this.ips.push(codec.decodeAddrKey(keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)));
-        const list = this.seriesOf.get(ifindex);
-        if (list) list.push(at);
-        else this.seriesOf.set(ifindex, [at]);
-      } else this.beyond.add(ifindex);
+      } else {
+        t.beyond[slot]!++;
+        this.beyondPods++;
+      }
     }
   }
 
@@ -238,15 +241,13 @@ class PodJoin {
   counters(keys: Buffer, vals: Buffer, n: number): void {
     const k = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
     const v = new DataView(vals.buffer, vals.byteOffset, vals.byteLength);
-    const { hi, lo, bufferSize } = this;
+    const { hi, lo, bufferSize, veths, next, values } = this;
     const stride = codec.POD_COUNTERS_STRIDE;
     const cpus = bufferSize / stride;
     const offsets = codec.POD_COUNTER_OFFSETS;
     for (let i = 0; i < n; i++) {
-      const ifindex = k.getUint32(i * 4, true);
-      const at = this.seriesOf.get(ifindex);
-      const times = this.beyond.get(ifindex);
-      if (!at && times === 0) continue;
+      const slot = veths.find(k.getUint32(i * 4, true));
+      if (slot < 0) continue;
       const base = i * bufferSize;
       for (let c = 0; c < 6; c++) {
         let l = 0;
@@ -259,7 +260,8 @@ class PodJoin {
         lo[c] = l - carry * TWO32;
         hi[c] = h + carry;
       }
-      if (at) for (const p of at) for (let c = 0; c < 6; c++) this.values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
+      for (let p = veths.head[slot]!; p >= 0; p = next[p]!) for (let c = 0; c < 6; c++) values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
+      const times = veths.beyond[slot]!;
       if (times > 0)
         for (let c = 0; c < 6; c++) {
           this.otherHi[c]! += hi[c]! * times;
@@ -271,7 +273,7 @@ class PodJoin {
   series(): PodSeries {
     if (this.values.length !== 6 * this.ips.length) this.values = new Float64Array(6 * this.ips.length); // no counters map
     let other: Float64Array | null = null;
-    if (this.beyond.size > 0) {
+    if (this.beyondPods > 0) {
       other = new Float64Array(6);
       for (let c = 0; c < 6; c++) {
         const carry = Math.floor(this.otherLo[c]! / TWO32);
@@ -283,52 +285,68 @@ class PodJoin {
 }
 
 /**
- * u32 → count, open addressing in typed arrays: a Map of 65,536 ifindexes cost a scrape
- * about 15 ms of CPU to build, this about one.
+ * The veths (ifindexes) of the pods map, open addressing in typed arrays: one probe per
+ * counters entry finds both what the join needs. A Map of 65,536 ifindexes cost a scrape
+ * about 15 ms of CPU to build. Exported for its test.
  */
-class U32Counts {
-  size = 0;
-  private keys: Uint32Array;
-  /** 0: an empty slot. */
-  private counts: Uint32Array;
-  private mask: number;
+export class VethTable {
+  /** Per slot: the pods beyond the first maxSeries on this veth. */
+  beyond!: Uint32Array;
+  /** Per slot: a series pod on this veth (PodJoin.next chains the others), -1 for none. */
+  head!: Int32Array;
+  private keys!: Uint32Array;
+  private used!: Uint8Array;
+  private mask = 0;
+  private size = 0;
 
   constructor(expected: number) {
     let n = 16;
     while (n < expected * 2) n *= 2;
+    this.alloc(n);
+  }
+
+  private alloc(n: number): void {
     this.keys = new Uint32Array(n);
-    this.counts = new Uint32Array(n);
+    this.used = new Uint8Array(n);
+    this.beyond = new Uint32Array(n);
+    this.head = new Int32Array(n).fill(-1);
     this.mask = n - 1;
   }
 
-  private slot(key: number): number {
+  /** The slot of `key`, or -1. */
+  find(key: number): number {
     let i = Math.imul(key, 0x9e3779b1) & this.mask;
-    while (this.counts[i] !== 0 && this.keys[i] !== key) i = (i + 1) & this.mask;
-    return i;
+    while (this.used[i] !== 0) {
+      if (this.keys[i] === key) return i;
+      i = (i + 1) & this.mask;
+    }
+    return -1;
   }
 
-  add(key: number, times = 1): void {
+  /** The slot of `key`, made if new. */
+  insert(key: number): number {
     // Never more than half full (more entries than expected: a map larger than the catalogue says).
     if ((this.size + 1) * 2 > this.keys.length) this.grow();
-    const i = this.slot(key);
-    if (this.counts[i] === 0) {
+    let i = Math.imul(key, 0x9e3779b1) & this.mask;
+    while (this.used[i] !== 0 && this.keys[i] !== key) i = (i + 1) & this.mask;
+    if (this.used[i] === 0) {
+      this.used[i] = 1;
       this.keys[i] = key;
       this.size++;
     }
-    this.counts[i]! += times;
-  }
-
-  get(key: number): number {
-    return this.counts[this.slot(key)]!;
+    return i;
   }
 
   private grow(): void {
-    const { keys, counts } = this;
-    this.keys = new Uint32Array(keys.length * 2);
-    this.counts = new Uint32Array(keys.length * 2);
-    this.mask = this.keys.length - 1;
+    const { keys, used, beyond, head } = this;
+    this.alloc(keys.length * 2);
     this.size = 0;
-    for (let i = 0; i < keys.length; i++) if (counts[i] !== 0) this.add(keys[i]!, counts[i]);
+    for (let i = 0; i < keys.length; i++) {
+      if (used[i] === 0) continue;
+      const j = this.insert(keys[i]!);
+      this.beyond[j] = beyond[i]!;
+      this.head[j] = head[i]!;
+    }
   }
 }
 

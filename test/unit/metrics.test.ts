@@ -16,7 +16,7 @@ import {
   type MetricsServer,
   type PinnedMaps,
 } from '../../src/metrics/index.js';
-import { cachePerTurn, podSeriesOf, type PodCounterSample } from '../../src/metrics/pinned.js';
+import { cachePerTurn, podSeriesOf, VethTable, type PodCounterSample } from '../../src/metrics/pinned.js';
 import { MAX_POD_SERIES } from '../../src/metrics/registry.js';
 
 /** The value of one sample line of the exposition text, or undefined. */
@@ -287,6 +287,24 @@ describe('AgentMetrics', () => {
     ]);
     expect(text.endsWith('\n') && !text.endsWith('\n\n')).toBe(true);
     expect(text).not.toMatch(/\n\n\n/);
+  });
+
+  it("the scrape's veth table finds every ifindex it was given, through growing past what it expected", () => {
+    const t = new VethTable(1);
+    const keys = Array.from({ length: 3000 }, (_, i) => (i * 2654435761) >>> 0);
+    keys.forEach((k, i) => {
+      const slot = t.insert(k);
+      t.beyond[slot]! += 1;
+      if (i % 2) t.head[slot] = i;
+    });
+    expect(t.insert(keys[7]!)).toBe(t.find(keys[7]!)); // an existing key keeps its slot
+    keys.forEach((k, i) => {
+      const slot = t.find(k);
+      expect(slot).toBeGreaterThanOrEqual(0);
+      expect(t.beyond[slot]).toBe(1);
+      expect(t.head[slot]).toBe(i % 2 ? i : -1);
+    });
+    expect(t.find(12345)).toBe(-1);
   });
 
   it('podSeriesOf keeps the first pods in order and sums the rest exactly before rounding', () => {
