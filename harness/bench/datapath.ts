@@ -88,6 +88,9 @@ export interface FillTimes {
   /** Of which packing the keys and values in JS, and the one batch-update call (koffi and the kernel). */
   pack: number[];
   call: number[];
+  /** CPU time (user + system) of the packing and of the call, each run: the machine may be shared. */
+  packCpu?: number[];
+  callCpu?: number[];
   /** One encode and one update per entry. */
   oneByOne: number;
 }
@@ -115,14 +118,19 @@ function fillPods(obj: BpfObject, entries: number, fills = 1): FillTimes {
   let t = performance.now();
   for (const [ip, v] of desired) pods.update(codec.encodeAddrKey(ip), codec.encodePodInfo(v));
   const oneByOne = performance.now() - t;
-  const out: FillTimes = { batch: [], pack: [], call: [], oneByOne };
+  const out = { batch: [] as number[], pack: [] as number[], call: [] as number[], packCpu: [] as number[], callCpu: [] as number[], oneByOne };
+  const cpuMs = (u: NodeJS.CpuUsage) => (u.user + u.system) / 1000;
   for (let i = 0; i < fills; i++) {
     clear();
+    const c0 = process.cpuUsage();
     t = performance.now();
     const p = codec.packPods(desired);
     const packed = performance.now();
+    out.packCpu.push(cpuMs(process.cpuUsage(c0)));
+    const c1 = process.cpuUsage();
     pods.updateBatch(p.keys, p.values, p.count);
     const done = performance.now();
+    out.callCpu.push(cpuMs(process.cpuUsage(c1)));
     out.batch.push(done - t);
     out.pack.push(packed - t);
     out.call.push(done - packed);

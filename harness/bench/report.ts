@@ -269,7 +269,7 @@ function datapathReading(rows: readonly BenchRow[]): string[] {
       const batch = median(f.batch);
       const ms = (xs: readonly number[]) => `${median(xs).toFixed(1)} ms`;
       return [
-        `- Filling the pods map with ${largest.toLocaleString('en-US')} entries as the agent does (a Map of pods packed into one buffer, one batch update): ${ms(f.batch)} (median of ${f.batch.length}: ${f.batch.map((x) => x.toFixed(1)).join(', ')}), of which packing in JS ${ms(f.pack)} and the batch-update call ${ms(f.call)}; one encode and one update per entry: ${f.oneByOne.toFixed(1)} ms (${(f.oneByOne / batch).toFixed(1)}× the batch).`,
+        `- Filling the pods map with ${largest.toLocaleString('en-US')} entries as the agent does (a Map of pods packed into one buffer, one batch update): ${ms(f.batch)} (median of ${f.batch.length}: ${f.batch.map((x) => x.toFixed(1)).join(', ')}), of which packing in JS ${ms(f.pack)} and the batch-update call ${ms(f.call)}${f.packCpu && f.callCpu ? ` (CPU time: packing ${ms(f.packCpu)}, the call ${ms(f.callCpu)})` : ''}; one encode and one update per entry: ${f.oneByOne.toFixed(1)} ms (${(f.oneByOne / batch).toFixed(1)}× the batch).`,
       ];
     })(),
     '- Caveat for `zt_assign`: BPF_PROG_RUN never runs a program "at TC ingress", so `bpf_sk_assign` returns EOPNOTSUPP and the program fails closed; the figure covers the parse, the map lookups and both socket lookups, not the assign.',

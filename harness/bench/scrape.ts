@@ -1,88 +1,83 @@
 /**
- * The metrics scrape at full maps (figures, not a test; root: loads BPF, pins in bpffs):
+ * The metrics scrape at full maps, and CNI ADDs on the loop while it runs (figures, not a
+ * test; root: loads BPF, pins in bpffs):
  *
  *   node dist/harness/bench/scrape.js [--entries 65536] [--scrapes 15] [--rounds 6] [--phase-seconds 4]
  *
  * Loads the capture object with its maps pinned in a bpffs folder of this run, fills the
  * pods and counters maps with `entries` entries, and times a whole /metrics body (the
- * agent's registry with the sources `run` wires: map usage and per-pod counters) read the
- * agent's way (each map once per scrape, in batches), then the way before (every metric
- * walking the maps key by key) three times. Then the loop question: a child process
- * sends one small request at a time over a Unix socket, answered by this process's event
- * loop as the CNI gate's are, in phases with and without a scrape every second
- * (interleaved rounds); a scrape that holds the loop shows up in the requests' p99.
+ * agent's registry with the source `run` wires: readScrape, each map walked once in
+ * batches, a turn of the loop between batches), its CPU time, and the longest the loop
+ * went without a turn meanwhile; beside it, three scrapes with the whole-entry reader
+ * `status` uses (pinnedMaps and podCounters: every entry as Buffers, every pod's counters
+ * as BigInts, in one turn). Then the loop question, side by side: a child process plays
+ * the CNI plugin, one ADD at a time about every 10 ms (a pod outside the mesh and an
+ * enrolled pod in turn), answered by this process's loop with the agent's CNI server and
+ * handler (harness/bench/cni-loop.ts), in phases with and without a scrape every second
+ * (interleaved rounds, the order alternating); a scrape that holds the loop shows up in
+ * the ADDs' p99.
  */
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as codec from '../../src/bpf/codec.js';
-import { openPinnedMap, type PinnedMapName } from '../../src/bpf/maps.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { pinDir } from '../../src/bpf/pins.js';
+import type { CniServer } from '../../src/cni/server.js';
 import { AgentMetrics } from '../../src/metrics/registry.js';
-import { mapUsage, pinnedMaps, podCounters, type PinnedMaps } from '../../src/metrics/pinned.js';
+import { mapUsage, pinnedMaps, podCounters, readScrape } from '../../src/metrics/pinned.js';
+import { addRequest, cniAdd, serveAdds } from './cni-loop.js';
 import { bootstrap, figure, figuresLine, median, quantile } from './stats.js';
-
-/** The reader before this change: every call opens the pin and walks it key by key. */
-function perKeyReader(root: string): PinnedMaps {
-  return {
-    entries(name: PinnedMapName) {
-      const m = openPinnedMap(pinDir(root), name);
-      try {
-        const out: [Buffer, Buffer][] = [];
-        for (const k of m.keys()) {
-          const v = m.lookup(k);
-          if (v) out.push([k, v]);
-        }
-        return out;
-      } catch {
-        return null;
-      } finally {
-        m.close();
-      }
-    },
-  };
-}
-
-function agentMetrics(maps: PinnedMaps): AgentMetrics {
-  return new AgentMetrics({ mapUsage: () => mapUsage(maps), podCounters: () => podCounters(maps), podName: () => null }, { defaultMetrics: true });
-}
 
 /** CPU time of this process per scrape (user + system), beside the wall-clock time: the machine may be shared. */
 const cpuMs: number[] = [];
+/** Per scrape, the longest the loop went without a turn. */
+const holdMs: number[] = [];
 
-async function timeScrape(m: AgentMetrics, keepCpu = false): Promise<number> {
+async function timeScrape(m: AgentMetrics, keep = false): Promise<number> {
+  // A turn-counter beside the scrape: the gaps between its turns are what a CNI ADD arriving meanwhile waits.
+  let last = performance.now();
+  let hold = 0;
+  let ticking = true;
+  const tick = () => {
+    const now = performance.now();
+    hold = Math.max(hold, now - last);
+    last = now;
+    if (ticking) setImmediate(tick);
+  };
+  setImmediate(tick);
   const c = process.cpuUsage();
   const t = performance.now();
-  const body = await m.metrics();
+  // What the HTTP server writes (src/metrics/server.ts): the text's pieces, never joined.
+  const body = await m.exposition();
   const ms = performance.now() - t;
   const used = process.cpuUsage(c);
-  if (keepCpu) cpuMs.push((used.user + used.system) / 1000);
-  if (!body.includes('pod_packets_total')) throw new Error('scrape: no per-pod counters in the body');
+  ticking = false;
+  hold = Math.max(hold, performance.now() - last);
+  if (keep) {
+    cpuMs.push((used.user + used.system) / 1000);
+    holdMs.push(hold);
+  }
+  if (!body.some((p) => p.includes('pod_packets_total{'))) throw new Error('scrape: no per-pod counters in the body');
   return ms;
 }
 
-/** The child: one request at a time for `ms`, each answered by the parent's loop; RTTs back over IPC. */
+/** The child: one ADD at a time for `ms`, as the plugin sends it; times back over IPC. */
 async function client(socket: string): Promise<void> {
-  const s = net.connect(socket);
-  await new Promise((r) => s.once('connect', r));
-  s.setNoDelay(true);
+  const requests = [addRequest('plain'), addRequest('shop')];
   process.on('message', async (m: { ms: number }) => {
     const rtts: number[] = [];
     const until = performance.now() + m.ms;
-    while (performance.now() < until) {
+    for (let i = 0; performance.now() < until; i++) {
       const t = performance.now();
-      await new Promise<void>((resolve) => {
-        s.once('data', () => resolve());
-        s.write('ADD\n');
-      });
+      const reply = await cniAdd(socket, requests[i % 2]!);
       rtts.push(performance.now() - t);
-      // Requests spread over the phase, as pods arrive (about 100/s).
+      if (reply.code !== 0) throw new Error(`ADD failed: ${String(reply.stdout)}`);
+      // ADDs spread over the phase, as pods arrive (about 100/s).
       await new Promise((r) => setTimeout(r, 10));
     }
     process.send!(rtts);
@@ -114,7 +109,7 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ar-scrape-'));
   let obj: BpfObject | undefined;
   let child: ReturnType<typeof fork> | undefined;
-  let server: net.Server | undefined;
+  let server: CniServer | undefined;
   try {
     mkdirSync(pinDir(root), { recursive: true, mode: 0o700 });
     obj = BpfObject.openAndLoad('build/redirect.bpf.o', { pinRoot: pinDir(root), programs: ['out_redirect'] });
@@ -132,38 +127,31 @@ async function main(): Promise<void> {
     }
     counters.updateBatch(ckeys, cvals, entries);
 
-    // Whole scrapes, the agent's reader; each after a turn of the loop (its cache gone).
-    const now = agentMetrics(pinnedMaps(root));
-    const before = agentMetrics(perKeyReader(root));
-    const t = { now: [] as number[], before: [] as number[], read: [] as number[], decode: [] as number[] };
+    // Whole scrapes, the agent's reader (as `run` wires it); each reads the maps afresh.
+    const now = new AgentMetrics({ kernel: (o) => readScrape(root, o), podName: () => null }, { defaultMetrics: true });
+    const t = { now: [] as number[], whole: [] as number[], read: [] as number[] };
     await timeScrape(now); // warm-up: the JIT, the first allocations
-    await new Promise((r) => setTimeout(r, 20)); // past the turn: the next scrape reads the maps afresh
+    await new Promise((r) => setTimeout(r, 20));
     for (let i = 0; i < scrapes; i++) {
       t.now.push(await timeScrape(now, true));
-      await new Promise((r) => setTimeout(r, 20)); // the reader's per-scrape cache ends with the turn
+      await new Promise((r) => setTimeout(r, 20));
       const r0 = performance.now();
-      const maps = pinnedMaps(root);
-      maps.entries('pods');
-      maps.entries('counters');
-      const r1 = performance.now();
-      podCounters(maps);
-      t.read.push(r1 - r0);
-      t.decode.push(performance.now() - r1);
+      await readScrape(root, { maxSeries: 1024 });
+      t.read.push(performance.now() - r0);
       await new Promise((r) => setTimeout(r, 20));
     }
-    // The old reader last: its 393,216 label sets a scrape leave the heap a garbage
-    // collection the agent's scrapes above would otherwise pay for.
-    for (let i = 0; i < Math.min(scrapes, 3); i++) t.before.push(await timeScrape(before));
+    // The whole-entry reader last: the garbage it leaves would otherwise land on the scrapes above.
+    const maps = pinnedMaps(root);
+    const whole = new AgentMetrics({ mapUsage: () => mapUsage(maps), podCounters: () => podCounters(maps), podName: () => null }, { defaultMetrics: true });
+    for (let i = 0; i < Math.min(scrapes, 3); i++) {
+      t.whole.push(await timeScrape(whole));
+      await new Promise((r) => setTimeout(r, 20));
+    }
     process.stderr.write(`scrape bench: ${scrapes} scrapes at ${entries} entries\n`);
 
-    // The loop: a request answered here, with and without a scrape every second.
-    const socket = join(dir, 'gate.sock');
-    server = net.createServer((s) => {
-      s.setNoDelay(true);
-      s.on('data', () => s.write('OK\n'));
-      s.on('error', () => s.destroy());
-    });
-    await new Promise<void>((r) => server!.listen(socket, r));
+    // The loop: CNI ADDs answered here, with and without a scrape every second.
+    const socket = join(dir, 'cni.sock');
+    server = await serveAdds(socket);
     child = fork(fileURLToPath(import.meta.url), ['--role', 'client', '--socket', socket], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     await new Promise((r) => child!.once('message', r));
     const p99 = { quiet: [] as number[], scraping: [] as number[] };
@@ -172,8 +160,8 @@ async function main(): Promise<void> {
       for (const phase of round % 2 ? (['scraping', 'quiet'] as const) : (['quiet', 'scraping'] as const)) {
         let timer: NodeJS.Timeout | undefined;
         if (phase === 'scraping') {
-          void now.metrics();
-          timer = setInterval(() => void now.metrics(), 1000);
+          void now.exposition();
+          timer = setInterval(() => void now.exposition(), 1000);
         }
         const rtts = await new Promise<number[]>((resolve) => {
           child!.once('message', (m) => resolve(m as number[]));
@@ -184,18 +172,22 @@ async function main(): Promise<void> {
         all[phase].push(...rtts);
       }
       process.stderr.write(
-        `scrape bench: round ${round + 1}/${rounds}: request p99 quiet ${p99.quiet.at(-1)!.toFixed(2)} ms, scraping ${p99.scraping.at(-1)!.toFixed(2)} ms\n`,
+        `scrape bench: round ${round + 1}/${rounds}: CNI ADD p99 quiet ${p99.quiet.at(-1)!.toFixed(2)} ms, scraping ${p99.scraping.at(-1)!.toFixed(2)} ms\n`,
       );
     }
     const f = (xs: number[]) => median(xs).toFixed(1);
+    const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(', ');
     const out = [
-      `metrics scrape at ${entries.toLocaleString('en-US')} pods and counters entries (whole /metrics body, ${scrapes} scrapes): median ${f(t.now)} ms (${t.now.map((x) => x.toFixed(0)).join(', ')}), CPU time ${f(cpuMs)} ms; of which reading both maps in batches ${f(t.read)} ms and decoding every pod's counters ${f(t.decode)} ms (apart, same maps)`,
-      `the same scrape with the reader before (each metric walking the maps key by key): median ${f(t.before)} ms over ${t.before.length}`,
-      `a request answered on this loop, one at a time about every 10 ms from another process: p99 per ${phaseMs / 1000} s phase, quiet ${p99.quiet.map((x) => x.toFixed(1)).join(', ')} ms; with a scrape every second ${p99.scraping.map((x) => x.toFixed(1)).join(', ')} ms; max ${Math.max(...all.quiet).toFixed(1)} / ${Math.max(...all.scraping).toFixed(1)} ms`,
+      `metrics scrape at ${entries.toLocaleString('en-US')} pods and counters entries (whole /metrics body, ${scrapes} scrapes): median ${f(t.now)} ms (${t.now.map((x) => x.toFixed(0)).join(', ')}), CPU time ${f(cpuMs)} ms, longest the loop went without a turn ${f(holdMs)} ms (max ${Math.max(...holdMs).toFixed(1)}); of which reading the maps (readScrape alone) ${f(t.read)} ms`,
+      `the same scrape with the whole-entry reader \`status\` uses (every entry and counter decoded, one turn): median ${f(t.whole)} ms over ${t.whole.length}`,
+      `CNI ADD answered on this loop (agent's CNI server and handler), one at a time about every 10 ms from another process, p99 per ${phaseMs / 1000} s phase: quiet ${list(p99.quiet)} ms; with a scrape every second ${list(p99.scraping)} ms; max ${Math.max(...all.quiet).toFixed(1)} / ${Math.max(...all.scraping).toFixed(1)} ms`,
       figuresLine([
         figure(`one metrics scrape at ${entries.toLocaleString('en-US')} entries`, 'ms', { kind: 'atMost', value: 50 }, bootstrap(t.now, median, 21)),
+        figure(`CPU time of one metrics scrape at ${entries.toLocaleString('en-US')} entries`, 'ms', { kind: 'none' }, bootstrap(cpuMs, median, 23)),
+        figure('CNI ADD p99 on the agent’s loop, no scrapes', 'ms', { kind: 'none' }, bootstrap(p99.quiet, median, 24)),
+        figure('CNI ADD p99 on the agent’s loop, a scrape every second', 'ms', { kind: 'none' }, bootstrap(p99.scraping, median, 25)),
         figure(
-          "request on the CNI gate's loop: p99 added by a scrape every second",
+          'CNI ADD on the agent’s loop: p99 added by a scrape every second',
           'ms',
           { kind: 'atMost', value: 1 },
           bootstrap(
@@ -209,7 +201,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${out.join('\n')}\n`);
   } finally {
     child?.kill('SIGKILL');
-    server?.close();
+    await server?.close();
     obj?.close();
     rmSync(root, { recursive: true, force: true });
     rmSync(dir, { recursive: true, force: true });

@@ -43,7 +43,7 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
             beside ebpf mode (builds network namespaces; tears them down)
   control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
             harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
-            harness/bench/scrape.ts: a /metrics scrape at full maps, and a request on the loop while scraping;
+            harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
             harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
 that was measured, with its 95 % interval and its verdict (met, not met, undecided). --write FILE.md also writes

@@ -80,18 +80,6 @@ function writeV4(ip: string, from: number, to: number, out: Buffer, off: number)
   return part === 4;
 }
 
-/** One group of 1..4 hex digits at ip[from..to), or -1. */
-function hexGroup(ip: string, from: number, to: number): number {
-  if (to <= from || to - from > 4) return -1;
-  let n = 0;
-  for (let i = from; i < to; i++) {
-    const d = hex(ip.charCodeAt(i));
-    if (d < 0) return -1;
-    n = (n << 4) | d;
-  }
-  return n;
-}
-
 const groups = new Uint16Array(8);
 const quadBytes = Buffer.alloc(4);
 
@@ -112,8 +100,16 @@ function writeV6(ip: string, out: Buffer, off: number): boolean {
     i = 2;
   }
   while (i < len) {
+    // One pass over the group: its value as the digits go by.
     let j = i;
-    while (j < len && ip.charCodeAt(j) !== 58 && ip.charCodeAt(j) !== 46) j++;
+    let g = 0;
+    for (; j < len; j++) {
+      const c = ip.charCodeAt(j);
+      if (c === 58 /* : */ || c === 46 /* . */) break;
+      const d = hex(c);
+      if (d < 0) return false;
+      g = (g << 4) | d;
+    }
     if (j < len && ip.charCodeAt(j) === 46 /* . */) {
       // The rest is a dotted quad: the last two groups.
       if (count > 6 || !writeV4(ip, i, len, quadBytes, 0)) return false;
@@ -121,8 +117,7 @@ function writeV6(ip: string, out: Buffer, off: number): boolean {
       groups[count++] = quadBytes.readUInt16BE(2);
       break;
     }
-    const g = hexGroup(ip, i, j);
-    if (g < 0 || count === 8) return false;
+    if (j === i || j - i > 4 || count === 8) return false;
     groups[count++] = g;
     if (j === len) break;
     if (j + 1 < len && ip.charCodeAt(j + 1) === 58) {
@@ -150,6 +145,17 @@ function writeOther(ip: string, out: Buffer, off: number): void {
   if (family === 0) throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
   const bare = ip.replace(/%.*$/, '');
   if (family === 4 || !writeV6(bare, out, off)) throw new CodecError(`not an IP address this agent stores: ${JSON.stringify(ip)}`);
+}
+
+/** writeAddr into bytes known to be zero (a packed batch's): the IPv4 prefix's zeros are already there. */
+function writeAddrZeroed(ip: string, out: Buffer, off: number): void {
+  if (ip.includes(':')) {
+    if (!writeV6(ip, out, off)) writeOther(ip, out, off);
+    return;
+  }
+  if (!writeV4(ip, 0, ip.length, out, off + 12)) throw new CodecError(`not an IP address: ${JSON.stringify(ip)}`);
+  out[off + 10] = 0xff;
+  out[off + 11] = 0xff;
 }
 
 /** 16 bytes at `off`, network order; IPv4 as ::ffff:a.b.c.d. Throws CodecError on anything else. */
@@ -287,20 +293,45 @@ export function encodePodInfo(v: PodInfo): Buffer {
   return buf;
 }
 
-/** Pods packed for one batch update: keys back to back, values back to back. */
+/** A host-order (little-endian, as on every architecture we build for) u32 / u16 at `off`, written byte by byte. */
+function putU32(out: Buffer, off: number, v: number): void {
+  out[off] = v;
+  out[off + 1] = v >>> 8;
+  out[off + 2] = v >>> 16;
+  out[off + 3] = v >>> 24;
+}
+
+function putU16(out: Buffer, off: number, v: number): void {
+  out[off] = v;
+  out[off + 1] = v >>> 8;
+}
+
+/**
+ * Pods packed for one batch update: keys back to back, values back to back. Both buffers
+ * come zeroed (one calloc), so an entry writes its fields and nothing else: no padding to
+ * clear, no per-entry object or Buffer, a Map walked with forEach (no [key, value] pair
+ * per entry).
+ */
 export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (readonly [string, PodInfo])[]): { keys: Buffer; values: Buffer; count: number } {
-  // Iterated in place: copying 65,536 entries into an array first costs more than packing them.
   const count = entries instanceof Map ? entries.size : (entries as readonly unknown[]).length;
-  const keys = Buffer.allocUnsafe(count * ADDR_KEY_SIZE);
-  const values = Buffer.allocUnsafe(count * POD_INFO_SIZE);
+  const keys = Buffer.alloc(count * ADDR_KEY_SIZE);
+  const values = Buffer.alloc(count * POD_INFO_SIZE);
   let i = 0;
-  for (const [ip, info] of entries) {
-    writeAddrKey(ip, keys, i * ADDR_KEY_SIZE);
-    writePodInfo(info, values, i * POD_INFO_SIZE);
+  const put = (info: PodInfo, ip: string) => {
+    writeAddrZeroed(ip, keys, i * ADDR_KEY_SIZE + ADDR_KEY_ADDR.offset);
+    const off = i * POD_INFO_SIZE;
+    putU32(values, off + POD_INFO.ifindex.offset, u32(info.ifindex, 'ifindex'));
+    writeMac(info.mac, values, off + POD_INFO.mac.offset);
+    putU16(values, off + POD_INFO.flags.offset, u16(info.flags, 'flags'));
     i++;
-  }
+  };
+  if (entries instanceof Map) (entries as ReadonlyMap<string, PodInfo>).forEach(put);
+  else for (const [ip, info] of entries as readonly (readonly [string, PodInfo])[]) put(info, ip);
   return { keys, values, count };
 }
+
+/** Where a pods-map value holds its ifindex (a host-order u32): readers of whole batches read it in place. */
+export const POD_INFO_IFINDEX_OFFSET = POD_INFO.ifindex.offset;
 
 /** The ifindex of a pods-map value, alone. */
 export function decodePodIfindex(buf: Buffer): number {
@@ -424,6 +455,12 @@ export function zeroCounters(): PodCounters {
 const COUNTER_OFFSETS = (Object.entries(counterFields) as [keyof PodCounters, keyof typeof layouts.pod_counters.fields][]).map(
   ([k, f]) => [k, layouts.pod_counters.fields[f].offset] as const,
 );
+
+/** The counters' fields in PodCounters order (redirected, dropped, passed; packets before bytes), as offsets into one CPU's struct. */
+export const POD_COUNTER_KEYS: readonly (keyof PodCounters)[] = COUNTER_OFFSETS.map(([k]) => k);
+export const POD_COUNTER_OFFSETS: readonly number[] = COUNTER_OFFSETS.map(([, o]) => o);
+/** One CPU's struct in a per-CPU value: rounded up to 8 bytes. */
+export const POD_COUNTERS_STRIDE = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;
 
 export function decodePodCountersPerCpu(buf: Buffer): PodCounters {
   const stride = Math.ceil(POD_COUNTERS_SIZE / 8) * 8;

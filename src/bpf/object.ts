@@ -31,6 +31,9 @@ export class PinnedMapMismatchError extends Error {
   }
 }
 
+/** A kernel (or map type) without batch operations: EINVAL before 5.6 (an unknown command), ENOTSUPP, EOPNOTSUPP. */
+const NO_BATCH_ERRNOS = [22, 95, 524];
+
 export class BpfMap {
   readonly name: string;
   readonly fd: number;
@@ -107,7 +110,7 @@ export class BpfMap {
       } catch (err) {
         // Before 5.6 the command is unknown (EINVAL before anything is written); some map
         // types have no batch operations (ENOTSUPP, EOPNOTSUPP).
-        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
+        if (!(err instanceof BpfError) || !NO_BATCH_ERRNOS.includes(err.errno)) throw err;
         BpfMap.noBatch = true;
       }
     }
@@ -154,66 +157,137 @@ export class BpfMap {
     }
   }
 
-  /** All entries; an entry deleted between the key walk and its lookup is left out. */
   /**
-   * Every entry, read in batches of up to 4,096 (one syscall each) where the kernel has
-   * batch lookups (5.6+), else key by key with get_next_key and lookup. Not a snapshot
-   * either way: entries changing meanwhile may be seen or not.
+   * Every entry as [key, value] pairs, read by walk() in batches of up to 4,096. Not a
+   * snapshot: entries changing meanwhile may be seen or not.
    */
   entries(): [Buffer, Buffer][] {
-    if (!BpfMap.noLookupBatch) {
-      try {
-        return this.entriesBatched();
-      } catch (err) {
-        if (!(err instanceof BpfError) || ![22, 95, 524].includes(err.errno)) throw err;
-        BpfMap.noLookupBatch = true;
-      }
-    }
     const out: [Buffer, Buffer][] = [];
-    for (const k of this.keys()) {
-      const v = this.lookup(k);
-      if (v) out.push([k, v]);
+    // Fresh buffers per batch: the pairs are views into them.
+    const w = this.walk(4096, { reuse: false });
+    while (!w.done) {
+      const n = w.next();
+      for (let i = 0; i < n; i++)
+        out.push([w.keys.subarray(i * this.keySize, (i + 1) * this.keySize), w.values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize)]);
     }
     return out;
   }
 
-  private entriesBatched(): [Buffer, Buffer][] {
-    const out: [Buffer, Buffer][] = [];
-    // The position token: a bucket index for hash maps, a key for arrays.
-    const tokenSize = Math.max(8, this.keySize);
-    let inBatch: Buffer | null = null;
-    let chunk = Math.min(4096, Math.max(1, this.maxEntries));
-    for (;;) {
-      const outBatch = Buffer.alloc(tokenSize);
-      const keys = Buffer.allocUnsafe(chunk * this.keySize);
-      const values = Buffer.allocUnsafe(chunk * this.bufferSize);
-      let r: { count: number; done: boolean };
-      try {
-        r = ffi.mapLookupBatch(this.fd, this.name, inBatch, outBatch, keys, values, chunk);
-      } catch (err) {
-        // A hash bucket holds more entries than the chunk: ask again with room for it.
-        if (err instanceof BpfError && err.errno === 28 /* ENOSPC */ && chunk < this.maxEntries) {
-          chunk = Math.min(this.maxEntries, chunk * 2);
-          continue;
-        }
-        throw err;
-      }
-      for (let i = 0; i < r.count; i++) {
-        out.push([keys.subarray(i * this.keySize, (i + 1) * this.keySize), values.subarray(i * this.bufferSize, (i + 1) * this.bufferSize)]);
-      }
-      if (r.done) return out;
-      inBatch = outBatch;
-    }
+  /**
+   * A walk over every entry, up to `chunk` entries at a time (fewer for per-CPU maps on
+   * many CPUs: a batch's two buffers stay under 4 MiB): one syscall a batch where the
+   * kernel has batch lookups (5.6+), else key by key with get_next_key and lookup. By
+   * default every batch is read into the same two buffers (valid until the next batch):
+   * a reader that decodes each batch before asking for the next allocates nothing per entry.
+   */
+  walk(chunk = 4096, opts: { reuse?: boolean } = {}): MapWalk {
+    const cap = Math.floor(WALK_BUFFER_BYTES / (this.keySize + this.bufferSize));
+    return new MapWalk(this, Math.max(1, Math.min(chunk, this.maxEntries, cap)), opts.reuse ?? true);
   }
-
-  /** Set once the kernel refused a batch lookup as unknown: every later walk goes key by key. */
-  private static noLookupBatch = false;
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
     if (this.ownsFd) ffi.closeFd(this.fd);
   }
+}
+
+/** The most a walk's batch buffers hold (keys and values), unless one hash bucket needs more. */
+const WALK_BUFFER_BYTES = 4 << 20;
+
+/** Set once the kernel refused a batch lookup as unknown: every later walk goes key by key. */
+let noLookupBatch = false;
+
+/**
+ * One walk over a map's entries (BpfMap.walk): next() reads the next batch into `keys` and
+ * `values` (count × keySize and count × bufferSize, back to back) and returns its count;
+ * `done` once the last batch is in. The buffers sit at offset 0 of their own ArrayBuffers,
+ * so a DataView over `.buffer` reads the kernel's host-order fields directly.
+ */
+export class MapWalk {
+  keys: Buffer;
+  values: Buffer;
+  done = false;
+  private chunk: number;
+  /** The kernel's position (a bucket index for hash maps, a key for arrays); null before the first batch. */
+  private token: Buffer | null = null;
+  /** Key by key: the last key read, null before the first. */
+  private lastKey: Buffer | null = null;
+  private started = false;
+
+  constructor(
+    private readonly map: BpfMap,
+    chunk: number,
+    private readonly reuse: boolean,
+  ) {
+    this.chunk = chunk;
+    this.keys = ownBuffer(chunk * map.keySize);
+    this.values = ownBuffer(chunk * map.bufferSize);
+  }
+
+  next(): number {
+    if (this.done) return 0;
+    if (this.started && !this.reuse) this.resize(this.chunk);
+    this.started = true;
+    if (!noLookupBatch) {
+      try {
+        return this.nextBatch();
+      } catch (err) {
+        // Only the first batch can meet a kernel without batch lookups (nothing read yet).
+        if (this.token !== null || !(err instanceof BpfError) || !NO_BATCH_ERRNOS.includes(err.errno)) throw err;
+        noLookupBatch = true;
+      }
+    }
+    return this.nextByKey();
+  }
+
+  private resize(chunk: number): void {
+    this.chunk = chunk;
+    this.keys = ownBuffer(chunk * this.map.keySize);
+    this.values = ownBuffer(chunk * this.map.bufferSize);
+  }
+
+  private nextBatch(): number {
+    const m = this.map;
+    for (;;) {
+      const out = Buffer.alloc(Math.max(8, m.keySize));
+      let r: { count: number; done: boolean };
+      try {
+        r = ffi.mapLookupBatch(m.fd, m.name, this.token, out, this.keys, this.values, this.chunk);
+      } catch (err) {
+        // A hash bucket holds more entries than the chunk: ask again with room for it.
+        if (err instanceof BpfError && err.errno === 28 /* ENOSPC */ && this.chunk < m.maxEntries) {
+          this.resize(Math.min(m.maxEntries, this.chunk * 2));
+          continue;
+        }
+        throw err;
+      }
+      this.token = out;
+      if (r.done) this.done = true;
+      return r.count;
+    }
+  }
+
+  private nextByKey(): number {
+    const m = this.map;
+    let n = 0;
+    while (n < this.chunk) {
+      const key = this.keys.subarray(n * m.keySize, (n + 1) * m.keySize);
+      if (!ffi.mapGetNextKey(m.fd, m.name, this.lastKey, key)) {
+        this.done = true;
+        break;
+      }
+      this.lastKey = Buffer.from(key);
+      // An entry deleted between the key walk and its lookup is left out.
+      if (ffi.mapLookupElem(m.fd, m.name, key, this.values.subarray(n * m.bufferSize, (n + 1) * m.bufferSize))) n++;
+    }
+    return n;
+  }
+}
+
+/** Zeroed, at offset 0 of an ArrayBuffer of its own (never a slice of Node's pool). */
+function ownBuffer(size: number): Buffer {
+  return Buffer.from(new ArrayBuffer(size));
 }
 
 export interface OpenOptions {

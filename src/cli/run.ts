@@ -5,7 +5,7 @@ import { DEFAULT_BACKOFF } from '../controller/queue.js';
 import { systemRunner } from '../host/runner.js';
 import { DnsServiceReader, KubeMembership, kubeTransport, loadKubeConfig, type KubeTransport } from '../kube/index.js';
 import { createLogger, type Logger } from '../log.js';
-import { AgentMetrics, Readiness, instrumentMembership, mapUsage, pinnedMaps, podCounters, serveMetrics } from '../metrics/index.js';
+import { AgentMetrics, Readiness, instrumentMembership, readScrape, serveMetrics } from '../metrics/index.js';
 import { createRedirectMode, resolveMode } from '../capture/factory.js';
 import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
@@ -188,11 +188,10 @@ async function startNode(
   });
   await mode.init();
   teardown.add('release the capture mode', () => mode.close());
-  const maps = pinnedMaps(cfg.pinRoot);
   const k = kube;
   const metrics = new AgentMetrics(
     {
-      ...(modeName === 'ebpf' && { mapUsage: () => mapUsage(maps), podCounters: () => podCounters(maps) }),
+      ...(modeName === 'ebpf' && { kernel: (o: { maxSeries: number }) => readScrape(cfg.pinRoot, o) }),
       ...(k && {
         podName: (ip: string) => {
           const p = k.enrolled().get(ip);

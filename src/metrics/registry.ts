@@ -6,7 +6,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { PodCounters } from '../bpf/codec.js';
 import type { Finding, FindingKind } from '../core/ordering.js';
-import type { MapUsage, PodCounterSample } from './pinned.js';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import { POD_COUNTER_KEYS } from '../bpf/codec.js';
+import { type KernelSample, type MapUsage, type PodCounterSample, type PodSeries, podSeriesOf } from './pinned.js';
 import type { RequestedMode, SelectedMode } from '../core/modes.js';
 
 /** The ZDS server's view at scrape time (inpod mode; src/zds/server.ts). */
@@ -28,6 +30,11 @@ export const PREFIX = 'ambient_redirect_';
 
 /** Read at scrape time; each may be absent (iptables mode has no maps, static membership no watches). */
 export interface MetricSources {
+  /**
+   * The kernel's maps, read once per scrape and possibly across turns of the loop
+   * (readScrape in src/metrics/pinned.ts); when given, mapUsage and podCounters are not asked.
+   */
+  kernel?: (opts: { maxSeries: number }) => Promise<KernelSample>;
   mapUsage?: () => MapUsage[];
   podCounters?: () => PodCounterSample[];
   /** Pod IP → its namespace and name, when the membership knows them. */
@@ -65,24 +72,49 @@ const VERDICTS = [
  */
 export const MAX_POD_SERIES = 1024;
 
-type Labels = { pod_ip: string; namespace: string; pod: string; verdict: string };
+/** prom-client's escaping of a label value (its registry.js), for the lines written here. */
+function escapeLabel(v: string): string {
+  return /[\\\n"]/.test(v) ? v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"') : v;
+}
 
-/** The values of one per-pod family: a series per pod and verdict, up to MAX_POD_SERIES pods. */
-export function podValues(samples: readonly PodCounterSample[], index: 1 | 2, podName?: MetricSources['podName']): { labels: Labels; value: number }[] {
-  const out: { labels: Labels; value: number }[] = [];
-  const other = [0n, 0n, 0n];
-  samples.forEach((s, i) => {
-    if (i >= MAX_POD_SERIES) {
-      VERDICTS.forEach((v, k) => (other[k]! += s.counters[v[index]]));
-      return;
+/** prom-client's text for a sample value (its util.js getValueAsString). */
+function valueText(v: number): string {
+  if (Number.isNaN(v)) return 'Nan';
+  if (!Number.isFinite(v)) return v < 0 ? '-Inf' : '+Inf';
+  return `${v}`;
+}
+
+/** Pods formatted between two turns of the loop. */
+const PODS_PER_TURN = 128;
+
+/**
+ * The sample lines of one per-pod family (`index` 0: packets, 1: bytes), written as
+ * prom-client writes a counter's (labels in the order pod_ip, namespace, pod, verdict), in
+ * pieces of PODS_PER_TURN pods, each joined in its own turn of the loop and each starting
+ * with its newline. prom-client's own formatting of these series (an object, four escapes
+ * and a join per series) took tens of milliseconds; a join of a whole family, or of the
+ * whole text, copies hundreds of kilobytes in one turn (milliseconds on a busy machine).
+ */
+export async function podLines(name: string, series: PodSeries, index: 0 | 1, podName?: MetricSources['podName']): Promise<string[]> {
+  const pieces: string[] = [];
+  const at = VERDICTS.map((v) => POD_COUNTER_KEYS.indexOf(v[index + 1] as keyof PodCounters));
+  for (let from = 0; from < series.ips.length; from += PODS_PER_TURN) {
+    if (from > 0) await nextTurn();
+    // A leading "" so that the joined piece starts with its newline (flat, not a concatenation).
+    const lines: string[] = [''];
+    for (let i = from; i < Math.min(series.ips.length, from + PODS_PER_TURN); i++) {
+      const ip = series.ips[i]!;
+      const n = podName?.(ip) ?? null;
+      const labels = `${name}{pod_ip="${escapeLabel(ip)}",namespace="${escapeLabel(n?.namespace ?? '')}",pod="${escapeLabel(n?.pod ?? '')}",verdict="`;
+      VERDICTS.forEach((v, k) => lines.push(`${labels}${v[0]}"} ${valueText(series.values[6 * i + at[k]!]!)}`));
     }
-    const n = podName?.(s.ip) ?? null;
-    for (const v of VERDICTS)
-      out.push({ labels: { pod_ip: s.ip, namespace: n?.namespace ?? '', pod: n?.pod ?? '', verdict: v[0] }, value: Number(s.counters[v[index]]) });
-  });
-  if (samples.length > MAX_POD_SERIES)
-    VERDICTS.forEach((v, k) => out.push({ labels: { pod_ip: 'other', namespace: '', pod: '', verdict: v[0] }, value: Number(other[k]) }));
-  return out;
+    pieces.push(lines.join('\n'));
+  }
+  if (series.other)
+    pieces.push(
+      ['', ...VERDICTS.map((v, k) => `${name}{pod_ip="other",namespace="",pod="",verdict="${v[0]}"} ${valueText(series.other![at[k]!]!)}`)].join('\n'),
+    );
+  return pieces;
 }
 
 /** Attachments that re-hooked a veth the maps already knew (drift repaired), not new pods. */
@@ -102,9 +134,17 @@ export class AgentMetrics {
   private readonly ztunnelMode: Gauge;
   private readonly zdsSnapshot: Histogram;
   private zdsSource: (() => ZdsSample) | null = null;
+  /** The metrics after the per-pod families (the exposition is registry, per-pod families, after). */
+  private readonly after = new Registry();
+  private readonly perPod: { name: string; help: string; index: 0 | 1 }[];
+  /** The kernel sample of the scrape under way, shared by its collectors. */
+  private pending: Promise<KernelSample> | null = null;
 
-  constructor(sources: MetricSources = {}, opts: { defaultMetrics?: boolean } = {}) {
-    const registers = [this.registry];
+  constructor(
+    private readonly sources: MetricSources = {},
+    opts: { defaultMetrics?: boolean } = {},
+  ) {
+    let registers = [this.registry];
     if (opts.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
     this.enrolled = new Gauge({ name: `${PREFIX}enrolled_pods`, help: 'Pods of this node the membership enrolls', registers });
     this.programmed = new Gauge({ name: `${PREFIX}programmed_pods`, help: 'Enrolled pods the data path holds after the last pass', registers });
@@ -140,14 +180,17 @@ export class AgentMetrics {
       registers,
     });
 
+    // One read of the kernel per scrape serves the three map gauges and both per-pod families.
+    const usage = async (): Promise<MapUsage[]> => (await this.sample()).usage;
     new Gauge({
       name: `${PREFIX}map_entries`,
       help: 'Entries in each pinned BPF map',
       labelNames: ['map'],
       registers,
-      collect() {
+      async collect() {
+        const u = await usage();
         this.reset();
-        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.entries);
+        for (const x of u) this.set({ map: x.map }, x.entries);
       },
     });
     new Gauge({
@@ -155,9 +198,10 @@ export class AgentMetrics {
       help: 'max_entries of each pinned BPF map',
       labelNames: ['map'],
       registers,
-      collect() {
+      async collect() {
+        const u = await usage();
         this.reset();
-        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.capacity);
+        for (const x of u) this.set({ map: x.map }, x.capacity);
       },
     });
     new Gauge({
@@ -165,39 +209,26 @@ export class AgentMetrics {
       help: 'Entries over capacity of each pinned BPF map (1 = full: new pods cannot be enrolled)',
       labelNames: ['map'],
       registers,
-      collect() {
+      async collect() {
+        const u = await usage();
         this.reset();
-        for (const u of sources.mapUsage?.() ?? []) this.set({ map: u.map }, u.capacity ? u.entries / u.capacity : 0);
+        for (const x of u) this.set({ map: x.map }, x.capacity ? x.entries / x.capacity : 0);
       },
     });
 
-    // Both per-pod families come from one read of the maps per scrape (the collectors of a
-    // scrape run in one turn of the loop), and are handed to prom-client as finished values:
-    // its per-label inc() cost tens of microseconds a series, seconds at full maps.
-    let turn: PodCounterSample[] | null = null;
-    const samples = (): PodCounterSample[] => {
-      if (!turn) {
-        turn = sources.podCounters?.() ?? [];
-        setImmediate(() => {
-          turn = null;
-        }).unref();
-      }
-      return turn;
-    };
-    const perPod = (name: string, help: string, index: 1 | 2) =>
-      this.registry.registerMetric({
-        name,
-        help,
-        type: 'counter',
-        get: async () => ({ name, help, type: 'counter', aggregator: 'sum', values: podValues(samples(), index, sources.podName) }),
-        reset: () => {},
-      } as unknown as Counter);
-    perPod(
-      `${PREFIX}pod_packets_total`,
-      'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs',
-      1,
-    );
-    perPod(`${PREFIX}pod_bytes_total`, 'Bytes of each enrolled pod by verdict, summed over CPUs', 2);
+    // The per-pod families are written here, not by prom-client (its formatting of a few
+    // thousand series held the loop for tens of milliseconds): metrics() puts them between
+    // the metrics registered above (`registry`) and those below (`after`), where they were
+    // registered before, so the exposition is the same text.
+    this.perPod = [
+      {
+        name: `${PREFIX}pod_packets_total`,
+        help: 'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs',
+        index: 0,
+      },
+      { name: `${PREFIX}pod_bytes_total`, help: 'Bytes of each enrolled pod by verdict, summed over CPUs', index: 1 },
+    ];
+    registers = [this.after];
 
     new Counter({
       name: `${PREFIX}watch_restarts_total`,
@@ -341,7 +372,44 @@ export class AgentMetrics {
     this.zdsSnapshot.observe(seconds);
   }
 
-  metrics(): Promise<string> {
-    return this.registry.metrics();
+  /**
+   * The kernel's maps for the scrape under way: read once (the collectors of a scrape all
+   * ask in its first turn) and dropped a turn after the read ends, so the next scrape reads afresh.
+   */
+  private sample(): Promise<KernelSample> {
+    if (this.pending) return this.pending;
+    const s = this.sources;
+    const p: Promise<KernelSample> = s.kernel
+      ? s.kernel({ maxSeries: MAX_POD_SERIES })
+      : Promise.resolve().then(() => ({ usage: s.mapUsage?.() ?? [], pods: podSeriesOf(s.podCounters?.() ?? [], MAX_POD_SERIES) }));
+    this.pending = p;
+    const drop = () =>
+      setImmediate(() => {
+        if (this.pending === p) this.pending = null;
+      });
+    p.then(drop, drop);
+    return p;
+  }
+
+  /**
+   * The exposition text (Prometheus format), as prom-client writes a registry's, in
+   * pieces whose concatenation is the text: the HTTP server writes them one by one, and
+   * nothing copies the whole text at once.
+   */
+  async exposition(): Promise<string[]> {
+    const [head, tail, series] = await Promise.all([this.registry.metrics(), this.after.metrics(), this.sample().then((s) => s.pods)]);
+    // prom-client joins its metrics with a blank line and ends the text with a newline.
+    const out = [head];
+    for (const [k, f] of this.perPod.entries()) {
+      out.push(`${k === 0 ? '\n' : '\n\n'}# HELP ${f.name} ${f.help}\n# TYPE ${f.name} counter`);
+      out.push(...(await podLines(f.name, series, f.index, this.sources.podName)));
+    }
+    out.push(`\n\n${tail}`);
+    return out;
+  }
+
+  /** The exposition text in one string. */
+  async metrics(): Promise<string> {
+    return (await this.exposition()).join('');
   }
 }

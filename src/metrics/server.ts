@@ -68,9 +68,9 @@ export async function serveMetrics(address: string, deps: ServeDeps): Promise<Me
   const limits = { ...DEFAULT_LIMITS, ...deps.limits };
   const only = deps.serve ?? 'all';
   // One scrape computes at a time; those arriving meanwhile get the same body.
-  let inflight: Promise<string> | null = null;
+  let inflight: Promise<string[]> | null = null;
   const scrape = () =>
-    (inflight ??= deps.metrics.metrics().finally(() => {
+    (inflight ??= deps.metrics.exposition().finally(() => {
       inflight = null;
     }));
 
@@ -107,11 +107,15 @@ export async function serveMetrics(address: string, deps: ServeDeps): Promise<Me
       if (path === '/metrics') {
         const timer = setTimeout(() => text(503, `metrics took longer than ${limits.scrapeTimeoutMs} ms\n`, true), limits.scrapeTimeoutMs);
         scrape().then(
-          (body) => {
+          (pieces) => {
             clearTimeout(timer);
             if (res.headersSent) return;
-            res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType });
-            res.end(req.method === 'HEAD' ? undefined : body);
+            // Written piece by piece (AgentMetrics.exposition): the text is never copied whole.
+            let length = 0;
+            for (const p of pieces) length += Buffer.byteLength(p);
+            res.writeHead(200, { 'Content-Type': deps.metrics.registry.contentType, 'Content-Length': length });
+            if (req.method !== 'HEAD') for (const p of pieces) res.write(p);
+            res.end();
           },
           (err: unknown) => {
             clearTimeout(timer);

@@ -98,6 +98,25 @@ describe('packing a batch of pods', () => {
     expect(codec.decodeAddr(codec.encodeAddr('::ffff:10.1.2.3'))).toBe('10.1.2.3');
   });
 
+  it('packs a Map (walked with forEach) exactly as the same entries in an array, the widest fields included', () => {
+    const wide = { ifindex: 0xffff_ffff, mac: 'ff:ff:ff:ff:ff:ff', flags: 0xffff };
+    const odd = { ifindex: 0x0102_0304, mac: '01:02:03:04:05:06', flags: 0x0a0b };
+    const entries = [
+      ['10.9.8.7', wide],
+      ['fd00:1:2:3:4:5:6:7', odd],
+      ['::ffff:1.2.3.4', a],
+      ['0.0.0.0', b],
+    ] as const;
+    const fromMap = codec.packPods(new Map(entries));
+    const fromArray = codec.packPods(entries);
+    expect(fromMap).toEqual(fromArray);
+    entries.forEach(([ip, v], i) => {
+      expect(fromMap.keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)).toEqual(codec.encodeAddrKey(ip));
+      expect(fromMap.values.subarray(i * codec.POD_INFO_SIZE, (i + 1) * codec.POD_INFO_SIZE)).toEqual(codec.encodePodInfo(v));
+    });
+    expect(() => codec.packPods(new Map([['10.0.0.1', { ...a, flags: 0x1_0000 }]]))).toThrow(/flags out of range/);
+  });
+
   it('zeroes padding even in a reused, dirty buffer', () => {
     const dirty = Buffer.alloc(codec.ADDR_KEY_SIZE + codec.POD_INFO_SIZE, 0xee);
     codec.writeAddrKey('10.0.0.1', dirty, 0);

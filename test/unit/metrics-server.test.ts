@@ -94,10 +94,11 @@ describe('serveMetrics limits', () => {
     let calls = 0;
     let release: (v: string) => void = () => {};
     const real = new AgentMetrics();
+    // The server writes AgentMetrics.exposition()'s pieces; this one answers when released.
     const slow = Object.assign(Object.create(real) as AgentMetrics, {
-      metrics: () => {
+      exposition: () => {
         calls++;
-        return new Promise<string>((r) => (release = r));
+        return new Promise<string[]>((r) => (release = (text) => r([text.slice(0, 2), text.slice(2)])));
       },
     });
     const srv = await serve({ metrics: slow, readiness: new Readiness(), limits: { scrapeTimeoutMs: 300 } });

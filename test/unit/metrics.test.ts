@@ -1,4 +1,5 @@
 /** Metrics and health (src/metrics): latency tracking, readiness, scrape-time sources, exposition, HTTP. */
+import { Registry } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import type { Membership, MembershipView } from '../../src/controller/controller.js';
@@ -15,7 +16,7 @@ import {
   type MetricsServer,
   type PinnedMaps,
 } from '../../src/metrics/index.js';
-import { cachePerTurn } from '../../src/metrics/pinned.js';
+import { cachePerTurn, podSeriesOf, VethTable, type PodCounterSample } from '../../src/metrics/pinned.js';
 import { MAX_POD_SERIES } from '../../src/metrics/registry.js';
 
 /** The value of one sample line of the exposition text, or undefined. */
@@ -221,6 +222,108 @@ describe('AgentMetrics', () => {
     expect(sample(text, 'ambient_redirect_pod_packets_total', { pod_ip: '10.1.0.0', namespace: '', pod: '', verdict: 'dropped' })).toBe(1);
   });
 
+  it('writes the per-pod families as prom-client wrote them: same text, same place, escapes and the "other" sum included', async () => {
+    // Values past 2^53 (rounded as Number(bigint) rounds) and names that need escaping.
+    const samples: PodCounterSample[] = Array.from({ length: MAX_POD_SERIES + 7 }, (_, i) => ({
+      ip: i % 2 ? `fd00::${i.toString(16)}` : `10.2.${i >> 8}.${i & 255}`,
+      ifindex: i,
+      counters: {
+        redirectedPackets: BigInt(i),
+        redirectedBytes: 2n ** 53n + BigInt(i) * 3n,
+        droppedPackets: BigInt(i % 5),
+        droppedBytes: 2n ** 62n + BigInt(i),
+        passedPackets: 0n,
+        passedBytes: BigInt(i) * 1000n,
+      },
+    }));
+    const podName = (ip: string) =>
+      ip.endsWith('.8') ? { namespace: 'we"ird\\ns', pod: 'line\nbreak' } : ip.startsWith('fd00') ? null : { namespace: 'shop', pod: `p-${ip}` };
+    const text = await new AgentMetrics({ podCounters: () => samples, podName, mapUsage: () => [{ map: 'pods', entries: 3, capacity: 8 }] }).metrics();
+
+    // The reference: prom-client formatting the series the way this registry handed them over before.
+    const verdicts = [
+      ['redirected', 'redirectedPackets', 'redirectedBytes'],
+      ['dropped', 'droppedPackets', 'droppedBytes'],
+      ['passed', 'passedPackets', 'passedBytes'],
+    ] as const;
+    const reference = async (name: string, help: string, index: 1 | 2) => {
+      const values: { labels: Record<string, string>; value: number }[] = [];
+      const other = [0n, 0n, 0n];
+      samples.forEach((s, i) => {
+        if (i >= MAX_POD_SERIES) return verdicts.forEach((v, k) => (other[k]! += s.counters[v[index]]));
+        const n = podName(s.ip);
+        for (const v of verdicts)
+          values.push({ labels: { pod_ip: s.ip, namespace: n?.namespace ?? '', pod: n?.pod ?? '', verdict: v[0] }, value: Number(s.counters[v[index]]) });
+      });
+      verdicts.forEach((v, k) => values.push({ labels: { pod_ip: 'other', namespace: '', pod: '', verdict: v[0] }, value: Number(other[k]) }));
+      const r = new Registry();
+      r.registerMetric({
+        name,
+        help,
+        type: 'counter',
+        get: async () => ({ name, help, type: 'counter', aggregator: 'sum', values }),
+        reset: () => {},
+      } as never);
+      return (await r.metrics()).trimEnd();
+    };
+    const block = (name: string) => {
+      const from = text.indexOf(`# HELP ${name} `);
+      const to = text.indexOf('\n\n', from);
+      return text.slice(from, to < 0 ? undefined : to);
+    };
+    const packets = 'ambient_redirect_pod_packets_total';
+    const bytes = 'ambient_redirect_pod_bytes_total';
+    expect(block(packets)).toBe(
+      await reference(packets, 'Packets of each enrolled pod by verdict (redirected to ztunnel, dropped failing closed, passed), summed over CPUs', 1),
+    );
+    expect(block(bytes)).toBe(await reference(bytes, 'Bytes of each enrolled pod by verdict, summed over CPUs', 2));
+    // Where they were registered: after the map gauges, before the watch restarts; the text ends as prom-client's does.
+    const order = [...text.matchAll(/^# HELP (\S+)/gm)].map((m) => m[1]);
+    expect(order.slice(order.indexOf('ambient_redirect_map_pressure_ratio'), order.indexOf('ambient_redirect_map_pressure_ratio') + 4)).toEqual([
+      'ambient_redirect_map_pressure_ratio',
+      packets,
+      bytes,
+      'ambient_redirect_watch_restarts_total',
+    ]);
+    expect(text.endsWith('\n') && !text.endsWith('\n\n')).toBe(true);
+    expect(text).not.toMatch(/\n\n\n/);
+  });
+
+  it("the scrape's veth table finds every ifindex it was given, through growing past what it expected", () => {
+    const t = new VethTable(1);
+    const keys = Array.from({ length: 3000 }, (_, i) => (i * 2654435761) >>> 0);
+    keys.forEach((k, i) => {
+      const slot = t.insert(k);
+      t.beyond[slot]! += 1;
+      if (i % 2) t.head[slot] = i;
+    });
+    expect(t.insert(keys[7]!)).toBe(t.find(keys[7]!)); // an existing key keeps its slot
+    keys.forEach((k, i) => {
+      const slot = t.find(k);
+      expect(slot).toBeGreaterThanOrEqual(0);
+      expect(t.beyond[slot]).toBe(1);
+      expect(t.head[slot]).toBe(i % 2 ? i : -1);
+    });
+    expect(t.find(12345)).toBe(-1);
+  });
+
+  it('podSeriesOf keeps the first pods in order and sums the rest exactly before rounding', () => {
+    const c = (v: bigint): codec.PodCounters => ({ ...codec.zeroCounters(), redirectedBytes: v });
+    const s = podSeriesOf(
+      [
+        { ip: 'a', ifindex: 1, counters: c(1n) },
+        { ip: 'b', ifindex: 2, counters: c(2n ** 53n) },
+        { ip: 'c', ifindex: 3, counters: c(1n) },
+        { ip: 'd', ifindex: 3, counters: c(1n) },
+      ],
+      2,
+    );
+    expect(s.ips).toEqual(['a', 'b']);
+    expect([...s.values]).toEqual([0, 1, 0, 0, 0, 0, 0, 2 ** 53, 0, 0, 0, 0]);
+    expect([...s.other!]).toEqual([0, 2, 0, 0, 0, 0]);
+    expect(podSeriesOf([{ ip: 'a', ifindex: 1, counters: c(1n) }], 2).other).toBeNull();
+  });
+
   it('a pinned-map reader reads each map once per turn of the loop', async () => {
     let walks = 0;
     const raw: PinnedMaps = {
@@ -282,6 +385,21 @@ describe('serveMetrics', () => {
     expect(sample(await r.text(), 'ambient_redirect_enrolled_pods')).toBe(2);
     expect((await fetch(url('/nope'))).status).toBe(404);
     expect((await fetch(url('/metrics'), { method: 'POST' })).status).toBe(405);
+  });
+
+  it('/metrics sends the text piece by piece: the same bytes as metrics(), Content-Length in bytes', async () => {
+    const c = { ...codec.zeroCounters(), redirectedPackets: 7n };
+    const pods = Array.from({ length: 300 }, (_, i) => ({ ip: `10.4.${i >> 8}.${i & 255}`, ifindex: i, counters: c }));
+    // A two-byte character in a label: the length is in bytes, not characters.
+    const metrics = new AgentMetrics({ podCounters: () => pods, podName: (ip) => ({ namespace: 'café’s', pod: ip }) });
+    srv = await serveMetrics('127.0.0.1:0', { metrics, readiness: new Readiness() });
+    const r = await fetch(`http://127.0.0.1:${srv.port()}/metrics`);
+    const body = Buffer.from(await r.arrayBuffer());
+    expect(Number(r.headers.get('content-length'))).toBe(body.length);
+    expect(body.toString('utf8')).toBe(await metrics.metrics());
+    expect(
+      sample(body.toString('utf8'), 'ambient_redirect_pod_packets_total', { pod_ip: '10.4.1.0', namespace: 'café’s', pod: '10.4.1.0', verdict: 'redirected' }),
+    ).toBe(7);
   });
 
   it('fails to start on a taken port instead of serving nothing', async () => {
