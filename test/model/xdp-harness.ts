@@ -93,11 +93,10 @@ export class XdpHarness {
 }
 
 /** Compares a kernel outcome with the model's; returns what differs, or null. */
-export function xdpDisagreement(model: XdpVerdict, k: XdpOutcome, frame: Buffer): string | null {
+export function xdpDisagreement(model: XdpVerdict, k: XdpOutcome): string | null {
   const problems: string[] = [];
   if (model.action !== k.action) problems.push(`action: model ${model.action} (${model.row}), kernel ${k.action}`);
-  const expected = Buffer.from(frame);
-  if (model.action === 'XDP_REDIRECT' && k.action === 'XDP_REDIRECT' && model.rewrittenDstMac) macBytes(model.rewrittenDstMac).copy(expected, 0);
+  const expected = model.frameOut;
   if (!k.dataOut.equals(expected)) problems.push(`bytes: expected ${expected.toString('hex')}, kernel ${k.dataOut.toString('hex')}`);
   return problems.length ? problems.join('; ') : null;
 }
