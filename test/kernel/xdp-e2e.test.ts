@@ -122,7 +122,7 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
     const pod = sim.pods[0]!;
     const before = { zt: seen(ztunnel, pod.ip).length, out: seen(outside, pod.ip).length, c: counters(), csum: await tcpCsumErrors(sim.ztunnel.ns) };
     expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1, 1_500)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
-    // Lost at ztunnel's veth, before its stack (which, in NAPI mode, counts them as checksum errors: below).
+    // Lost at ztunnel's veth, before its stack sees them.
     expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
     expect(seen(ztunnel, pod.ip)).toHaveLength(before.zt);
     expect(seen(outside, pod.ip)).toHaveLength(before.out);
@@ -131,17 +131,12 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
   });
 
   /**
-   * Measured (6.18): in NAPI mode the redirected frames do reach ztunnel's netns, and its TCP
-   * drops every one as a checksum error. The pod's eth0 offloads TCP checksums
-   * (CHECKSUM_PARTIAL: the field holds only the pseudo-header sum); an XDP_REDIRECT carries
-   * the bytes, not that state, so the frame arrives as a finished one with a wrong sum. TC's
-   * redirect keeps the skb and its checksum state, which is why the TC hook does not meet
-   * this. Until xdp_out completes the checksum of what it redirects (docs/datapath.md, "XDP
-   * (pod-side outbound)", open items), this test holds the XDP hook to what it does now:
-   * the SYNs reach ztunnel's TCP and nothing else, and fail there closed. It is to become
-   * "reaches the stand-in with its original destination" when the fix lands.
+   * The pod's eth0 offloads TCP checksums (the field holds the pseudo-header sum); an
+   * XDP_REDIRECT carries the bytes, not that state, so xdp_out completes the checksum
+   * itself. Without that (measured before it did) every SYN died in ztunnel's TCP as a
+   * checksum error: this test checks there are none.
    */
-  it('with an XDP program on ztunnel’s eth0 (NAPI mode): the SYNs reach ztunnel’s TCP, which drops them on their offloaded checksum; nothing leaves', async () => {
+  it('with an XDP program on ztunnel’s eth0 (NAPI mode): outbound TCP reaches only ztunnel, with its original destination, IPv4 and IPv6', async () => {
     napiOn();
     try {
       const pod = sim.pods[0]!;
@@ -149,14 +144,19 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
         [sim.outside.ip, pod.ip],
         [sim.outside.ip6, pod.ip6],
       ] as const) {
-        const before = { zt: seen(ztunnel, src).length, out: seen(outside, src).length, csum: await tcpCsumErrors(sim.ztunnel.ns), c: counters()! };
-        expect(await sim.connect(pod, { ip, port: sim.outside.port }, 1, 1_500)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
-        // The SYN and its retransmit: redirected by xdp_out, delivered to ztunnel's netns, refused by its TCP.
-        const redirected = counters()!.redirectedPackets - before.c.redirectedPackets;
-        expect(redirected).toBeGreaterThanOrEqual(2n);
-        expect(BigInt((await tcpCsumErrors(sim.ztunnel.ns)) - before.csum)).toBe(redirected);
-        expect(seen(ztunnel, src)).toHaveLength(before.zt);
-        expect(seen(outside, src)).toHaveLength(before.out);
+        const before = { zt: seen(ztunnel, src).length, csum: await tcpCsumErrors(sim.ztunnel.ns), c: counters()! };
+        expect(await sim.connect(pod, { ip, port: sim.outside.port }, 3)).toEqual(Array(3).fill({ ok: true, reply: 'ztunnel' }));
+        await ztunnel.waitForAccepted(ztunnel.accepted.length);
+        const dst = ip.includes(':') ? `[${ip}]:${sim.outside.port}` : `${ip}:${sim.outside.port}`;
+        expect(
+          seen(ztunnel, src)
+            .slice(before.zt)
+            .map((a) => [a.origDst, a.port]),
+        ).toEqual(Array(3).fill([dst, 15001]));
+        expect(seen(outside, src)).toHaveLength(0);
+        expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
+        // Each connection's SYN, ACK, request and FIN at least went through xdp_out's redirect.
+        expect(counters()!.redirectedPackets - before.c.redirectedPackets).toBeGreaterThanOrEqual(9n);
       }
     } finally {
       napiOff();
@@ -207,6 +207,13 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
       expect(counters()!.droppedPackets).toBeGreaterThan(before.c.droppedPackets);
     } finally {
       slot.update(codec.encodeSlot(0), saved);
+      napiOff();
+    }
+    // And back: the same pod reaches ztunnel again once the slot is PRESENT.
+    napiOn();
+    try {
+      expect(await sim.connect(sim.pods[0]!, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+    } finally {
       napiOff();
     }
   });
