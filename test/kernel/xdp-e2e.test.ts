@@ -14,7 +14,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfObject } from '../../src/bpf/object.js';
-import { systemRunner } from '../../src/host/runner.js';
+import { createInterface } from 'node:readline';
+import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { distEntry } from '../../harness/sim/dist.js';
 import { enterNetns } from '../../harness/bpf/testrun.js';
 import { attachXdp, detachXdp } from '../../harness/bpf/xdp-attach.js';
 import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
@@ -159,6 +161,47 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
         expect(counters()!.redirectedPackets - before.c.redirectedPackets).toBeGreaterThanOrEqual(9n);
       }
     } finally {
+      napiOff();
+    }
+  });
+
+  it('captured DNS over UDP (O17 with DNS capture): the datagram reaches a UDP socket on 15053 in ztunnel’s netns and its answer comes back, IPv4 and IPv6', async () => {
+    napiOn();
+    // A plain UDP server on 15053 in ztunnel's netns (zt_assign hands it the datagram).
+    const server = startProcess([
+      'ip',
+      'netns',
+      'exec',
+      sim.ztunnel.ns,
+      process.execPath,
+      distEntry('./agent.js'),
+      'udp-server',
+      '--port',
+      '15053',
+      '--reply',
+      'ztunnel-dns',
+    ]);
+    const slot = obj!.map('ztunnel');
+    const saved = slot.lookup(codec.encodeSlot(0))!;
+    const zt = codec.decodeZtunnelInfo(saved);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('close', (code) => reject(new Error(`udp-server exited ${code}`)));
+        createInterface({ input: server.stdout! }).on('line', (l) => {
+          if (l.includes('"listening"')) resolve();
+        });
+      });
+      slot.update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, flags: zt.flags | 2 }));
+      const pod = sim.pods[0]!;
+      for (const ip of [sim.outside.ip, sim.outside.ip6]) {
+        const before = { out: udpOutside.accepted.length, c: counters()! };
+        expect(await sim.udpSend(pod, { ip, port: 53 }, 2, 1_500), ip).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel-dns' }));
+        expect(counters()!.redirectedPackets - before.c.redirectedPackets, ip).toBe(2n);
+        expect(udpOutside.accepted).toHaveLength(before.out);
+      }
+    } finally {
+      slot.update(codec.encodeSlot(0), saved);
+      server.kill('SIGTERM');
       napiOff();
     }
   });
