@@ -8,6 +8,8 @@
  * with direct packet access (bounded offsets), and the verdict itself is redirect.h's,
  * unchanged: l3_verdict, the O7–O10 checks and l4_verdict take a struct flow, not an skb.
  * Lengths are the frame's: data_end - data (veth hands its XDP program a linear frame).
+ * One thing the hook adds: before a redirect, an offloaded TCP/UDP checksum is completed
+ * (xdp_complete_csum), since an XDP redirect carries the bytes and not the skb's checksum state.
  */
 #ifndef AMBIENT_REDIRECT_XDP_H
 #define AMBIENT_REDIRECT_XDP_H
@@ -278,8 +280,8 @@ static __always_inline __u16 xdp_csum_fold(__u32 s)
  * So before a redirect: a TCP or UDP frame that is no fragment (IPv4: MF clear, offset 0;
  * IPv6: no extension header), whose L4 length (from the IP header; for UDP also its own
  * length field) is in the frame, and whose checksum does not verify, is taken to be
- * offloaded and completed the way the device would: field := fold(~sum of the L4 bytes as
- * they are). A checksum that verifies, an IPv4 UDP checksum of 0 (none) and anything else
+ * offloaded and completed the way the device would: field := the one's complement of the
+ * folded sum of the L4 bytes as they are (the field's pseudo-header sum included). A checksum that verifies, an IPv4 UDP checksum of 0 (none) and anything else
  * are left alone.
  */
 static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct flow *f)
