@@ -1,4 +1,6 @@
 # ambient-redirect. `make test` and `make demo` set up a fresh machine first (root, Debian).
+# Every bpf/*.bpf.c is an object: redirect (TC), inpod, xdp (the XDP hook of the pod-side
+# outbound capture, docs/datapath.md; not in `product` until the agent attaches it), bench_empty.
 BPF_SRC   := $(wildcard bpf/*.bpf.c)
 BPF_OBJ   := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRC))
 BPF_HDRS  := $(wildcard bpf/include/*.h)

@@ -1,0 +1,440 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The XDP hook of the pod-side outbound capture (docs/datapath.md, "XDP (pod-side
+ * outbound)"): rows O1–O17 on a frame at the XDP hook of an enrolled pod's host veth.
+ *
+ * The frame parser of parse.h reads through bpf_skb_load_bytes and skb->vlan_present; an
+ * XDP program has no skb, so this header parses the same fields into the same struct flow
+ * with direct packet access (bounded offsets), and the verdict itself is redirect.h's,
+ * unchanged: l3_verdict, the O7–O10 checks and l4_verdict take a struct flow, not an skb.
+ * Lengths are the frame's: data_end - data (veth hands its XDP program a linear frame).
+ * One thing the hook adds: before a redirect, an offloaded TCP/UDP checksum is completed
+ * (xdp_complete_csum), since an XDP redirect carries the bytes and not the skb's checksum state.
+ */
+#ifndef AMBIENT_REDIRECT_XDP_H
+#define AMBIENT_REDIRECT_XDP_H
+
+/*
+ * Offsets a read may start at. A frame at a veth's XDP hook fits a page (the kernel caps
+ * the veth's MTU for that), so 4096 loses nothing; the bound lets the verifier see the
+ * pointer arithmetic as bounded.
+ */
+#define XDP_MAX_OFF 4096
+
+/* Copies `len` (a constant) bytes at `off` of the frame; -1 when they are not all in it. */
+static __always_inline int xdp_load(const struct xdp_md *ctx, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *p;
+
+	if (off > XDP_MAX_OFF)
+		return -1;
+	p = (__u8 *)data + off;
+	if ((void *)(p + len) > data_end)
+		return -1;
+	__builtin_memcpy(to, p, len);
+	return 0;
+}
+
+static __always_inline __u32 xdp_len(const struct xdp_md *ctx)
+{
+	return (__u32)(ctx->data_end - ctx->data);
+}
+
+/* parse.h's parse_l4 over an XDP frame. */
+static __always_inline void xdp_parse_l4(const struct xdp_md *ctx, struct flow *f)
+{
+	__u8 hdr[14];
+	__u32 need;
+	int err;
+
+	if (f->proto == IPPROTO_TCP)
+		need = 20;
+	else if (f->proto == IPPROTO_UDP || is_icmp(f))
+		need = 8;
+	else {
+		f->l4 = L4_OTHER;
+		return;
+	}
+	if (f->nonfirst_frag) {
+		f->l4 = L4_OK;
+		return;
+	}
+	if (f->l4_off + need > xdp_len(ctx)) {
+		f->l4 = L4_TRUNCATED;
+		return;
+	}
+	f->l4 = L4_OK;
+	/* TCP's flags too (byte 13); the header is 20 bytes, so they are there. */
+	if (f->proto == IPPROTO_TCP)
+		err = xdp_load(ctx, f->l4_off, hdr, 14);
+	else
+		err = xdp_load(ctx, f->l4_off, hdr, 4);
+	if (err < 0) {
+		f->l4 = L4_TRUNCATED;
+		return;
+	}
+	if (f->proto == IPPROTO_TCP)
+		f->tcp_flags = hdr[13];
+	if (is_icmp(f)) {
+		f->icmp_type = hdr[0];
+	} else {
+		__builtin_memcpy(&f->sport, &hdr[0], 2);
+		__builtin_memcpy(&f->dport, &hdr[2], 2);
+	}
+}
+
+/* parse.h's parse_ipv6_chain over an XDP frame: the same walk, the same limits. */
+static __always_inline void xdp_parse_ipv6_chain(const struct xdp_md *ctx, struct flow *f, __u8 nh)
+{
+	__u32 frame_len = xdp_len(ctx);
+	int i;
+
+#pragma unroll
+	for (i = 0; i < MAX_IPV6_EXT; i++) {
+		__u8 h[4];
+		__u32 len;
+
+		if (!ipv6_ext(nh))
+			break;
+		if (xdp_load(ctx, f->l4_off, h, 2) < 0) {
+			f->l4 = L4_BAD_CHAIN;
+			return;
+		}
+		len = nh == IPPROTO_FRAGMENT ? 8 : ipv6_hdr_len(nh, h[1]);
+		if (f->l4_off + len > frame_len) {
+			f->l4 = L4_BAD_CHAIN;
+			return;
+		}
+		if (nh == IPPROTO_FRAGMENT) {
+			__u16 off;
+
+			if (xdp_load(ctx, f->l4_off, h, 4) < 0) {
+				f->l4 = L4_BAD_CHAIN;
+				return;
+			}
+			off = ((__u16)h[2] << 8 | h[3]) & 0xfff8;
+			nh = h[0];
+			f->l4_off += len;
+			if (off) {
+				/* The rest is payload: the protocol is the fragment header's. */
+				f->nonfirst_frag = 1;
+				break;
+			}
+			continue;
+		}
+		nh = h[0];
+		f->l4_off += len;
+	}
+	f->proto = nh;
+	if (!f->nonfirst_frag && ipv6_ext(nh)) {
+		f->l4 = L4_BAD_CHAIN; /* longer than MAX_IPV6_EXT */
+		return;
+	}
+	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6) {
+		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
+		return;
+	}
+	xdp_parse_l4(ctx, f);
+}
+
+/*
+ * parse.h's parse_frame over an XDP frame. One difference, which the hook imposes: a VLAN
+ * tag a veth offloaded into skb metadata is not in an XDP frame and no XDP field shows it;
+ * only tags in the frame are O3 here (see docs/datapath.md, "XDP (pod-side outbound)").
+ */
+static __always_inline void xdp_parse_frame(const struct xdp_md *ctx, struct flow *f)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u16 proto;
+
+	__builtin_memset(f, 0, sizeof(*f));
+	if ((void *)(eth + 1) > data_end) {
+		f->l3 = L3_SHORT;
+		return;
+	}
+	proto = bpf_ntohs(eth->h_proto);
+	if (proto == ETH_P_ARP) {
+		f->l3 = L3_ARP;
+		return;
+	}
+	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
+		f->l3 = L3_VLAN;
+		return;
+	}
+	if (proto == ETH_P_IP) {
+		struct iphdr *ip = (void *)(eth + 1);
+		__u32 ihl;
+
+		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		ihl = ip->ihl * 4;
+		if (sizeof(*eth) + ihl > xdp_len(ctx)) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		f->l3 = L3_IPV4;
+		f->src4 = ip->saddr;
+		f->dst4 = ip->daddr;
+		addr_from_v4(&f->src, ip->saddr);
+		addr_from_v4(&f->dst, ip->daddr);
+		f->proto = ip->protocol;
+		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
+		f->l4_off = sizeof(*eth) + ihl;
+		xdp_parse_l4(ctx, f);
+		return;
+	}
+	if (proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end || ip6->version != 6) {
+			f->l3 = L3_BAD_IP;
+			return;
+		}
+		f->l3 = L3_IPV6;
+		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
+		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
+		f->l4_off = sizeof(*eth) + sizeof(*ip6);
+		xdp_parse_ipv6_chain(ctx, f, ip6->nexthdr);
+		return;
+	}
+	f->l3 = L3_OTHER;
+}
+
+/* --- completing an offloaded checksum (docs/datapath.md, "XDP (pod-side outbound)") -------- */
+
+/* One step of xdp_csum_range: `n` bytes (a multiple of 4, at most 512: bpf_csum_diff's
+ * limit) at `off` added to `*sum` when at least `n` are left; -1 when not in the frame. */
+#define XDP_CSUM_STEP(n)                                                                     \
+	if (len >= (n)) {                                                                    \
+		__u8 *p;                                                                     \
+		long r;                                                                      \
+		if (off > XDP_MAX_OFF)                                                       \
+			return -1;                                                           \
+		p = (__u8 *)(long)ctx->data + off;                                           \
+		if ((void *)(p + (n)) > (void *)(long)ctx->data_end)                         \
+			return -1;                                                           \
+		r = bpf_csum_diff(0, 0, (__be32 *)p, (n), *sum);                             \
+		if (r < 0)                                                                   \
+			return -1;                                                           \
+		*sum = (__u32)r;                                                             \
+		off += (n);                                                                  \
+		len -= (n);                                                                  \
+	}
+
+/* The one's complement sum of `len` bytes at `off` (any length up to 4096), into `*sum`. */
+static __always_inline int xdp_csum_range(const struct xdp_md *ctx, __u32 off, __u32 len, __u32 *sum)
+{
+	__u8 tail[4] = {};
+	__u32 rest;
+	long r;
+
+	if (len > XDP_MAX_OFF)
+		return -1;
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(512)
+	XDP_CSUM_STEP(256)
+	XDP_CSUM_STEP(128)
+	XDP_CSUM_STEP(64)
+	XDP_CSUM_STEP(32)
+	XDP_CSUM_STEP(16)
+	XDP_CSUM_STEP(8)
+	XDP_CSUM_STEP(4)
+	/* 0-3 bytes left: summed as one word padded with zeros, as the checksum defines. */
+	rest = len;
+	if (rest >= 1 && xdp_load(ctx, off, &tail[0], 1) < 0)
+		return -1;
+	if (rest >= 2 && xdp_load(ctx, off + 1, &tail[1], 1) < 0)
+		return -1;
+	if (rest >= 3 && xdp_load(ctx, off + 2, &tail[2], 1) < 0)
+		return -1;
+	r = bpf_csum_diff(0, 0, (__be32 *)tail, 4, *sum);
+	if (r < 0)
+		return -1;
+	*sum = (__u32)r;
+	return 0;
+}
+
+/* csum_fold: the 16-bit one's complement of a 32-bit partial sum, in wire order. */
+static __always_inline __u16 xdp_csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+/*
+ * The pod's eth0 offloads TCP/UDP checksums: its stack leaves only the pseudo-header sum in
+ * the field and the skb says so (CHECKSUM_PARTIAL), which an XDP redirect does not carry.
+ * So before a redirect: a TCP or UDP frame that is no fragment (IPv4: MF clear, offset 0;
+ * IPv6: no extension header), whose L4 length (from the IP header; for UDP also its own
+ * length field) is in the frame, and whose checksum does not verify, is taken to be
+ * offloaded and completed the way the device would: field := the one's complement of the
+ * folded sum of the L4 bytes as they are (the field's pseudo-header sum included). A checksum that verifies, an IPv4 UDP checksum of 0 (none) and anything else
+ * are left alone.
+ */
+static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct flow *f)
+{
+	__u32 l4_len, pseudo = 0, l4 = 0, frame_len = xdp_len(ctx);
+	__u8 ph[40] = {};
+	__u16 field, done;
+	__u8 h[8];
+	long r;
+
+	if (!has_ports(f))
+		return;
+	if (f->l3 == L3_IPV4) {
+		__u16 tot, frag;
+
+		if (xdp_load(ctx, 14 + 2, h, 6) < 0)
+			return;
+		tot = (__u16)h[0] << 8 | h[1];
+		frag = (__u16)h[4] << 8 | h[5];
+		if (frag & 0x3fff)
+			return;
+		if (14 + tot > frame_len || 14 + tot < f->l4_off)
+			return;
+		l4_len = 14 + tot - f->l4_off;
+		__builtin_memcpy(&ph[0], &f->src4, 4);
+		__builtin_memcpy(&ph[4], &f->dst4, 4);
+		ph[9] = f->proto;
+		ph[10] = l4_len >> 8;
+		ph[11] = l4_len & 0xff;
+		r = bpf_csum_diff(0, 0, (__be32 *)ph, 12, 0);
+	} else {
+		__u16 plen;
+
+		if (f->l4_off != 14 + 40)
+			return; /* extension headers: left alone */
+		if (xdp_load(ctx, 14 + 4, h, 2) < 0)
+			return;
+		plen = (__u16)h[0] << 8 | h[1];
+		if (14 + 40 + (__u32)plen > frame_len)
+			return;
+		l4_len = plen;
+		__builtin_memcpy(&ph[0], f->src.addr, 16);
+		__builtin_memcpy(&ph[16], f->dst.addr, 16);
+		ph[34] = l4_len >> 8;
+		ph[35] = l4_len & 0xff;
+		ph[39] = f->proto;
+		r = bpf_csum_diff(0, 0, (__be32 *)ph, 40, 0);
+	}
+	if (r < 0)
+		return;
+	pseudo = (__u32)r;
+	if (l4_len < (f->proto == IPPROTO_TCP ? 20 : 8))
+		return;
+	if (xdp_load(ctx, f->l4_off, h, 8) < 0)
+		return;
+	if (f->proto == IPPROTO_UDP) {
+		if (((__u32)h[4] << 8 | h[5]) != l4_len)
+			return;
+		__builtin_memcpy(&field, &h[6], 2);
+		if (f->l3 == L3_IPV4 && field == 0)
+			return;
+	}
+	if (xdp_csum_range(ctx, f->l4_off, l4_len, &l4) < 0)
+		return;
+	{
+		__u64 total = (__u64)pseudo + l4;
+
+		if (xdp_csum_fold((__u32)((total & 0xffffffff) + (total >> 32))) == 0)
+			return; /* it verifies */
+	}
+	done = xdp_csum_fold(l4);
+	if (f->proto == IPPROTO_UDP && done == 0)
+		done = 0xffff;
+	{
+		__u32 at = f->l4_off + (f->proto == IPPROTO_TCP ? 16 : 6);
+		__u8 *p;
+
+		if (at > XDP_MAX_OFF)
+			return;
+		p = (__u8 *)(long)ctx->data + at;
+		if ((void *)(p + 2) > (void *)(long)ctx->data_end)
+			return;
+		__builtin_memcpy(p, &done, 2);
+	}
+}
+
+/* O10 (redirect.h's host_flow_reply): `I` is the veth the frame arrived on. */
+static __always_inline int xdp_host_flow_reply(__u32 ifindex, const struct flow *f)
+{
+	struct host_flow_key k;
+
+	if (!has_ports(f) || tcp_opening(f))
+		return 0;
+	host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
+	return host_flow_known(&k, ifindex);
+}
+
+/* O1–O17 (redirect.h's outbound_verdict) for a frame that arrived on `ifindex`. */
+static __always_inline enum verdict xdp_outbound_verdict(__u32 ifindex, const struct flow *f,
+							 const struct ztunnel_info *zt)
+{
+	struct pod_info *pod;
+	enum verdict v;
+
+	if (l3_verdict(f, &v))
+		return v;                                        /* O1–O6 */
+	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
+		return V_PASS;                                   /* O7 */
+	pod = bpf_map_lookup_elem(&pods, &f->src);
+	if (!pod || pod->ifindex != ifindex)
+		return V_DROP;                                   /* O8 */
+	if (!(pod->flags & POD_F_ENROLLED))
+		return V_PASS;                                   /* O9 */
+	if (xdp_host_flow_reply(ifindex, f))
+		return V_PASS;                                   /* O10 */
+	return l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+}
+
+/*
+ * The XDP action of a verdict, counted as TC's are. A redirect completes an offloaded
+ * checksum (xdp_complete_csum), rewrites the destination MAC to ztunnel's eth0 and hands the frame to ztunnel's host veth, whose transmit puts it
+ * on ztunnel's eth0's receive queue: that queue exists only in NAPI mode (an XDP program
+ * on ztunnel's eth0, or GRO on it from 5.13), else the kernel drops the frame. Dropped
+ * either way, never around ztunnel.
+ */
+static __always_inline int xdp_finish(struct xdp_md *ctx, enum verdict v, const struct ztunnel_info *zt,
+				      const struct flow *f)
+{
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	count(ctx->ingress_ifindex, v, xdp_len(ctx));
+	if (v == V_PASS)
+		return XDP_PASS;
+	if (v == V_DROP || !zt)
+		return XDP_DROP;
+	xdp_complete_csum(ctx, f);
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, zt->mac, ETH_ALEN);
+	return bpf_redirect(zt->ifindex, 0);
+}
+
+static __always_inline int xdp_capture_outbound(struct xdp_md *ctx)
+{
+	struct ztunnel_info *zt = ztunnel_slot();
+	struct flow f;
+
+	xdp_parse_frame(ctx, &f);
+	return xdp_finish(ctx, xdp_outbound_verdict(ctx->ingress_ifindex, &f, zt), zt, &f);
+}
+
+#endif
