@@ -20,6 +20,8 @@ import {
   parseRules,
   parseSave,
   routeArgs,
+  routeDelArgs,
+  ruleOpArgs,
   routeKey,
   ruleKey,
   tunnelArgs,
@@ -215,7 +217,7 @@ export async function applyRoutesAndRules(runner: CommandRunner, ns: Ns, want: S
     const wantSlots = new Set(wantRoutes.map(slot));
     for (const r of haveRoutes) {
       if (wantSlots.has(slot(r))) continue;
-      lines.push(['route', 'del', ...(r.type === 'unicast' ? [] : [r.type]), r.dst, 'table', r.table, 'proto', ROUTE_PROTO]);
+      lines.push(routeDelArgs(r));
       removed++;
     }
     const haveRules = new Set(have.rules.filter((r) => r.family === f).map(ruleKey));
@@ -223,11 +225,11 @@ export async function applyRoutesAndRules(runner: CommandRunner, ns: Ns, want: S
     const wantRuleKeys = new Set(wantRules.map(ruleKey));
     for (const r of wantRules)
       if (!haveRules.has(ruleKey(r))) {
-        lines.push(['rule', 'add', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]);
+        lines.push(ruleOpArgs('add', r));
         added++;
       }
     for (const r of have.rules.filter((x) => x.family === f && !wantRuleKeys.has(ruleKey(x)))) {
-      lines.push(['rule', 'del', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]);
+      lines.push(ruleOpArgs('del', r));
       removed++;
     }
     await ipBatch(runner, ns, f, lines);

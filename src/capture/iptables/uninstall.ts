@@ -7,7 +7,21 @@ import type { CommandRunner } from '../../host/runner.js';
 import { Cleanup, type CleanupReport, isMissingTool } from '../cleanup.js';
 import { backendsPresent, type BackendKind, restoreCmd, saveCmd } from './backend.js';
 import { chainRemovalInput, emptyTables } from './restore.js';
-import { ALIAS_PREFIX, FAMILIES, IFSET, IPSET, OUR_CHAINS, ROUTE_PROTO, ZTUNNEL_CHAINS, parseRoutes, parseRules, parseSave, type Family } from './rules.js';
+import {
+  ALIAS_PREFIX,
+  FAMILIES,
+  IFSET,
+  IPSET,
+  OUR_CHAINS,
+  ROUTE_PROTO,
+  ZTUNNEL_CHAINS,
+  parseRoutes,
+  parseRules,
+  parseSave,
+  routeDelArgs,
+  ruleOpArgs,
+  type Family,
+} from './rules.js';
 import { deleteLinks, inNs, ipBatch, ipCmd, isOurNodeLink, isOurZtunnelLink, type LinkState, listNetns, type Ns, readLinks, readSetNames } from './side.js';
 
 const where = (ns: Ns) => (ns ? ` in ${ns}` : '');
@@ -80,10 +94,7 @@ async function removeRoutesAndRules(runner: CommandRunner, c: Cleanup, ns: Ns): 
     await c.step(`remove our IPv${f} ip rules and routes${where(ns)}`, async () => {
       const routes = parseRoutes(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'route', 'show', 'table', 'all', 'proto', ROUTE_PROTO)));
       const rules = parseRules(f, await runner.run(ipCmd(ns, `-${f}`, '-j', 'rule', 'show')));
-      await ipBatch(runner, ns, f, [
-        ...rules.map((r) => ['rule', 'del', 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO]),
-        ...routes.map((r) => ['route', 'del', ...(r.type === 'unicast' ? [] : [r.type]), r.dst, 'table', r.table, 'proto', ROUTE_PROTO]),
-      ]);
+      await ipBatch(runner, ns, f, [...rules.map((r) => ruleOpArgs('del', r)), ...routes.map((r) => routeDelArgs(r))]);
       if (rules.length) c.removed.push(`removed ${rules.length} IPv${f} ip rules${where(ns)}`);
       if (routes.length) c.removed.push(`removed ${routes.length} IPv${f} routes${where(ns)}`);
     });
