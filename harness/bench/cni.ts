@@ -32,17 +32,15 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => void (cluster?.teardown() ?? Promise.resolve()).finally(() => process.exit(130)));
   try {
     cluster = await SimCluster.create({ pods: 0, nodeName: NODE, ztunnel: 'node', scratch: 'ar-cni-bench-' });
-    const { sim, kube, dir } = cluster;
-    const socket = join(dir, 'run', 'cni.sock');
-    const stateDir = join(dir, 'state');
-    const controller = cluster.startAgent(['--resync-interval', '30', '--cni-socket', socket, '--cni-state-dir', stateDir, '--cni-add-timeout', '5']);
+    const { sim, kube } = cluster;
+    const controller = cluster.startAgent(['--resync-interval', '30', ...cluster.cniFlags(5, false)]);
     await controller.waitFor('programmed');
     await controller.waitFor('cni: ambient namespace list written');
     const rt = new SimRuntime({
       sim,
       api: kube.api,
       nodeName: NODE,
-      chain: { socketPath: socket, namespacesFile: join(stateDir, 'ambient-namespaces'), timeoutMs: 7000 },
+      chain: { socketPath: cluster.cniSocket, namespacesFile: join(cluster.cniStateDir, 'ambient-namespaces'), timeoutMs: 7000 },
     });
     const outside: number[] = [];
     const enrolled: number[] = [];

@@ -142,6 +142,34 @@ export class SimCluster {
     ];
   }
 
+  /** The agent's CNI socket (cniFlags). */
+  get cniSocket(): string {
+    return join(this.dir, 'run', 'cni.sock');
+  }
+
+  /** The agent's CNI state folder (cniFlags): the ambient namespace list is there. */
+  get cniStateDir(): string {
+    return join(this.dir, 'state');
+  }
+
+  /**
+   * The CNI gate's flags, its files in the scratch folder: the socket run/cni.sock, the state
+   * folder state/ and, with `install`, the plugin copied into bin/ and our entry in the
+   * config lists of net.d/ (folders the caller makes, with the primary's list).
+   */
+  cniFlags(addTimeoutS: number, install: boolean): string[] {
+    if (!this.dir) throw new Error('SimCluster: the CNI gate needs a scratch folder');
+    return [
+      '--cni-socket',
+      this.cniSocket,
+      '--cni-state-dir',
+      this.cniStateDir,
+      '--cni-add-timeout',
+      String(addTimeoutS),
+      ...(install ? ['--cni-install', 'true', '--cni-bin-dir', join(this.dir, 'bin'), '--cni-conf-dir', join(this.dir, 'net.d')] : []),
+    ];
+  }
+
   /** Starts `run` in the node netns with the common flags and `extra`; teardown kills it. */
   startAgent(extra: readonly string[]): ControllerProcess {
     this.controller = startController(this.sim.nodeNs, [...this.agentFlags(), ...extra]);

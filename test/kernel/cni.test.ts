@@ -77,26 +77,7 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
       mkdirSync(join(dir, 'net.d'));
       mkdirSync(join(dir, 'bin'));
       writeFileSync(conflist(), CONFLIST);
-      args = [
-        '--backoff-initial',
-        '0.2',
-        '--backoff-max',
-        '2',
-        '--resync-interval',
-        '30',
-        '--cni-socket',
-        join(dir, 'run', 'cni.sock'),
-        '--cni-state-dir',
-        join(dir, 'state'),
-        '--cni-add-timeout',
-        '5',
-        '--cni-install',
-        'true',
-        '--cni-bin-dir',
-        join(dir, 'bin'),
-        '--cni-conf-dir',
-        join(dir, 'net.d'),
-      ];
+      args = ['--backoff-initial', '0.2', '--backoff-max', '2', '--resync-interval', '30', ...cluster.cniFlags(5, true)];
       controller = cluster.startAgent(args);
       await controller.waitFor('programmed');
       await controller.waitFor('cni: plugin installed');

@@ -75,26 +75,7 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
     try {
       for (const d of ['net.d', 'bin']) mkdirSync(join(dir, d));
       writeFileSync(conflist(), CONFLIST);
-      controller = cluster.startAgent([
-        '--ztunnel-mode',
-        'inpod',
-        '--zds-socket',
-        sock(),
-        '--resync-interval',
-        '30',
-        '--cni-socket',
-        join(dir, 'run', 'cni.sock'),
-        '--cni-state-dir',
-        join(dir, 'state'),
-        '--cni-add-timeout',
-        '8',
-        '--cni-install',
-        'true',
-        '--cni-bin-dir',
-        join(dir, 'bin'),
-        '--cni-conf-dir',
-        join(dir, 'net.d'),
-      ]);
+      controller = cluster.startAgent(['--ztunnel-mode', 'inpod', '--zds-socket', sock(), '--resync-interval', '30', ...cluster.cniFlags(8, true)]);
       await controller.waitFor('programmed');
       await controller.waitFor('cni: plugin installed');
       const z = new ZtunnelInpod({ socket: sock() });
