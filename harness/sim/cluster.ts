@@ -73,7 +73,8 @@ export class SimCluster {
       if (opts.kube !== false) await cluster.startKube();
       return cluster;
     } catch (err) {
-      if (cluster) await cluster.teardown();
+      // The set-up's error is the one to report; what its teardown could not undo is lost with it.
+      if (cluster) await cluster.teardown().catch(() => undefined);
       else {
         await sim.teardown();
         rmSync(pinRoot, { recursive: true, force: true });
