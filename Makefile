@@ -9,7 +9,7 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout setup test test-unit test-build test-kernel test-slow demo clean product product-ts lint
+.PHONY: all build bpf ts cni rawframe layout print-bpf-cflags setup test test-unit test-build test-kernel test-slow demo clean product product-ts lint
 
 all: build
 
@@ -70,6 +70,11 @@ rawframe: build/rawframe
 build/rawframe: tools/rawframe/rawframe.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
+
+# The flags every BPF object is compiled with (test/build/bpf-headers.test.ts compiles each
+# header alone with them).
+print-bpf-cflags:
+	@echo $(BPF_CFLAGS)
 
 # The agent (src/ -> dist/src/), the harness (harness/ -> dist/harness/) and the build-time
 # generators (tools/ -> dist/tools/) in one compile.

@@ -21,34 +21,34 @@
 SEC("tc")
 int out_redirect(struct __sk_buff *skb)
 {
-	return capture_outbound(skb, false);
+	return redirect_capture_outbound(skb, false);
 }
 
 SEC("tc")
 int out_redir_peer(struct __sk_buff *skb)
 {
-	return capture_outbound(skb, true);
+	return redirect_capture_outbound(skb, true);
 }
 
 /* I1–I18: frames entering an enrolled pod (TC egress of its host veth). */
 SEC("tc")
 int in_redirect(struct __sk_buff *skb)
 {
-	return capture_inbound(skb);
+	return redirect_capture_inbound(skb);
 }
 
 /* Z1–Z10: ztunnel's eth0, TPROXY rules pick the listener by mark. */
 SEC("tc")
 int zt_mark(struct __sk_buff *skb)
 {
-	return ztunnel_deliver(skb, false);
+	return zt_deliver(skb, false);
 }
 
 /* Z1–Z11: ztunnel's eth0, the socket is assigned here. */
 SEC("tc")
 int zt_assign(struct __sk_buff *skb)
 {
-	return ztunnel_deliver(skb, true);
+	return zt_deliver(skb, true);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

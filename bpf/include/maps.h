@@ -3,6 +3,11 @@
 #ifndef AMBIENT_REDIRECT_MAPS_H
 #define AMBIENT_REDIRECT_MAPS_H
 
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ambient_redirect.h"
+
 /* pods: ::ffff:198.18.0.10 -> { ifindex 12, mac 0a:58:c6:12:00:0a, flags ENROLLED } */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

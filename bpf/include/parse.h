@@ -10,14 +10,26 @@
 #ifndef AMBIENT_REDIRECT_PARSE_H
 #define AMBIENT_REDIRECT_PARSE_H
 
+#include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ambient_redirect.h"
 
 #ifndef ETH_P_8021AD
 #define ETH_P_8021AD 0x88A8
 #endif
+
+/* Bits of struct flow's tcp_flags (the TCP header's flags byte). */
+#define FLOW_TCP_SYN 0x02
+#define FLOW_TCP_ACK 0x10
+
+/* DNS's well-known port, in host order (compare with bpf_htons). */
+#define FLOW_PORT_DNS 53
 
 enum l3_kind {
 	L3_SHORT = 0,  /* not even an Ethernet header */

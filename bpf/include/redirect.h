@@ -6,18 +6,24 @@
 #ifndef AMBIENT_REDIRECT_REDIRECT_H
 #define AMBIENT_REDIRECT_REDIRECT_H
 
+#include <stdbool.h>
+#include <linux/bpf.h>
 #include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 
-#define DNS_PORT 53
+#include "ambient_redirect.h"
+#include "maps.h"
+#include "parse.h"
 
-enum verdict {
+enum redirect_verdict {
 	V_PASS = 0,
 	V_DROP,
 	V_REDIRECT,
 };
 
 /* The slot's flags, whether or not it describes a live ztunnel (DNS capture is policy). */
-static __always_inline __u16 ztunnel_flags(void)
+static __always_inline __u16 redirect_ztunnel_flags(void)
 {
 	__u32 slot = ZTUNNEL_SLOT;
 	struct ztunnel_info *zt = bpf_map_lookup_elem(&ztunnel, &slot);
@@ -26,7 +32,7 @@ static __always_inline __u16 ztunnel_flags(void)
 }
 
 /* The live ztunnel, or NULL: then what would be redirected is dropped (fail closed). */
-static __always_inline struct ztunnel_info *ztunnel_slot(void)
+static __always_inline struct ztunnel_info *redirect_ztunnel_slot(void)
 {
 	__u32 slot = ZTUNNEL_SLOT;
 	struct ztunnel_info *zt = bpf_map_lookup_elem(&ztunnel, &slot);
@@ -36,16 +42,14 @@ static __always_inline struct ztunnel_info *ztunnel_slot(void)
 	return zt;
 }
 
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
 
 /* A TCP SYN without ACK: the first segment of a new connection. */
-static __always_inline int tcp_opening(const struct flow *f)
+static __always_inline int redirect_tcp_opening(const struct flow *f)
 {
-	return f->proto == IPPROTO_TCP && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+	return f->proto == IPPROTO_TCP && (f->tcp_flags & (FLOW_TCP_SYN | FLOW_TCP_ACK)) == FLOW_TCP_SYN;
 }
 
-static __always_inline void host_flow_key(struct host_flow_key *k, const struct addr_key *pod,
+static __always_inline void redirect_host_flow_key(struct host_flow_key *k, const struct addr_key *pod,
 					  const struct addr_key *peer, __be16 pod_port, __be16 peer_port,
 					  __u8 proto)
 {
@@ -58,7 +62,7 @@ static __always_inline void host_flow_key(struct host_flow_key *k, const struct 
 }
 
 /* The flow is one the node opened to the pod behind this veth. */
-static __always_inline int host_flow_known(const struct host_flow_key *k, __u32 ifindex)
+static __always_inline int redirect_host_flow_known(const struct host_flow_key *k, __u32 ifindex)
 {
 	struct host_flow_info *h = bpf_map_lookup_elem(&host_flows, k);
 
@@ -71,21 +75,21 @@ static __always_inline int host_flow_known(const struct host_flow_key *k, __u32 
  * other TCP segments pass only on a recorded one (a SYN-ACK of the node answers a
  * connection someone else opened, which ztunnel may own).
  */
-static __always_inline int host_originated(struct __sk_buff *skb, const struct flow *f)
+static __always_inline int redirect_host_originated(struct __sk_buff *skb, const struct flow *f)
 {
 	struct host_flow_key k;
 
 	if (skb->ingress_ifindex != 0 || !has_ports(f))
 		return 0;
-	host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
-	if (f->proto == IPPROTO_UDP || tcp_opening(f)) {
+	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
+	if (f->proto == IPPROTO_UDP || redirect_tcp_opening(f)) {
 		struct host_flow_info h = { .ifindex = skb->ifindex };
 
 		/* A full map evicts its oldest flow (LRU); a failed write only costs the reply. */
 		bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
 		return 1;
 	}
-	return host_flow_known(&k, skb->ifindex);
+	return redirect_host_flow_known(&k, skb->ifindex);
 }
 
 /*
@@ -93,34 +97,34 @@ static __always_inline int host_originated(struct __sk_buff *skb, const struct f
  * from a peer is recorded so that the pod's answers pass too (O10), not only the peer's
  * side. The pod cannot open such a flow itself: its SYN is captured.
  */
-static __always_inline void bypassed_flow(struct __sk_buff *skb, const struct flow *f)
+static __always_inline void redirect_bypassed_flow(struct __sk_buff *skb, const struct flow *f)
 {
 	struct host_flow_key k;
 	struct host_flow_info h = { .ifindex = skb->ifindex };
 
-	if (!has_ports(f) || !(f->proto == IPPROTO_UDP || tcp_opening(f)))
+	if (!has_ports(f) || !(f->proto == IPPROTO_UDP || redirect_tcp_opening(f)))
 		return;
-	host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
+	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
 	bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
 }
 
 /* O10: the pod answering a flow the node opened (never a SYN of its own). */
-static __always_inline int host_flow_reply(struct __sk_buff *skb, const struct flow *f)
+static __always_inline int redirect_host_flow_reply(struct __sk_buff *skb, const struct flow *f)
 {
 	struct host_flow_key k;
 
-	if (!has_ports(f) || tcp_opening(f))
+	if (!has_ports(f) || redirect_tcp_opening(f))
 		return 0;
-	host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
-	return host_flow_known(&k, skb->ifindex);
+	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
+	return redirect_host_flow_known(&k, skb->ifindex);
 }
 
-static __always_inline int dns_server(const struct addr_key *a)
+static __always_inline int redirect_dns_server(const struct addr_key *a)
 {
 	return bpf_map_lookup_elem(&dns_servers, a) != NULL;
 }
 
-static __always_inline void count(__u32 ifindex, enum verdict v, __u64 len)
+static __always_inline void redirect_count(__u32 ifindex, enum redirect_verdict v, __u64 len)
 {
 	struct pod_counters *c = bpf_map_lookup_elem(&counters, &ifindex);
 
@@ -146,7 +150,7 @@ static __always_inline void count(__u32 ifindex, enum verdict v, __u64 len)
 }
 
 /* O1–O6 / I1–I6: only IPv4 and IPv6 with a sound fixed header go on. */
-static __always_inline int l3_verdict(const struct flow *f, enum verdict *v)
+static __always_inline int redirect_l3_verdict(const struct flow *f, enum redirect_verdict *v)
 {
 	if (f->l3 == L3_ARP) {
 		*v = V_PASS;
@@ -160,7 +164,7 @@ static __always_inline int l3_verdict(const struct flow *f, enum verdict *v)
 }
 
 /* The pod's own DNS capture setting (its annotation) wins over the node's. */
-static __always_inline bool dns_captured(__u16 zt_flags, __u16 pod_flags)
+static __always_inline bool redirect_dns_captured(__u16 zt_flags, __u16 pod_flags)
 {
 	if (pod_flags & POD_F_DNS_CAPTURE)
 		return true;
@@ -170,7 +174,7 @@ static __always_inline bool dns_captured(__u16 zt_flags, __u16 pod_flags)
 }
 
 /* ICMP errors (v4 3, 11, 12; v6 1-4) concern a socket, ztunnel's for captured flows. */
-static __always_inline int icmp_error(const struct flow *f)
+static __always_inline int redirect_icmp_error(const struct flow *f)
 {
 	if (f->l3 == L3_IPV4)
 		return f->icmp_type == 3 || f->icmp_type == 11 || f->icmp_type == 12;
@@ -178,7 +182,7 @@ static __always_inline int icmp_error(const struct flow *f)
 }
 
 /* The --non-tcp policy for what ztunnel does not proxy: pass uncaptured, or drop. */
-static __always_inline enum verdict non_tcp(__u16 zt_flags)
+static __always_inline enum redirect_verdict redirect_non_tcp(__u16 zt_flags)
 {
 	return (zt_flags & ZT_F_NON_TCP_DROP) ? V_DROP : V_PASS;
 }
@@ -190,12 +194,12 @@ static __always_inline enum verdict non_tcp(__u16 zt_flags)
  * (destination outbound, source inbound); only outbound DNS is captured (ztunnel's
  * answers come back from its netns, row I7).
  */
-static __always_inline enum verdict l4_verdict(const struct flow *f, const struct ztunnel_info *zt,
+static __always_inline enum redirect_verdict redirect_l4_verdict(const struct flow *f, const struct ztunnel_info *zt,
 					       __be16 dns_port, const struct addr_key *server,
 					       bool outbound, __u16 pod_flags)
 {
-	__u16 ztf = ztunnel_flags();
-	bool dns = f->proto == IPPROTO_UDP && dns_port == bpf_htons(DNS_PORT);
+	__u16 ztf = redirect_ztunnel_flags();
+	bool dns = f->proto == IPPROTO_UDP && dns_port == bpf_htons(FLOW_PORT_DNS);
 
 	if (f->l4 == L4_BAD_CHAIN)
 		return V_DROP;                                   /* O11, I12 */
@@ -208,18 +212,18 @@ static __always_inline enum verdict l4_verdict(const struct flow *f, const struc
 		return V_DROP;                                   /* O13, I14 */
 	if (f->l4 == L4_TRUNCATED)
 		return V_DROP;                                   /* O14, I15 */
-	if (dns && outbound && dns_captured(ztf, pod_flags))
+	if (dns && outbound && redirect_dns_captured(ztf, pod_flags))
 		return zt ? V_REDIRECT : V_DROP;                 /* O16, O17 */
-	if (dns && !dns_captured(ztf, pod_flags) && dns_server(server))
+	if (dns && !redirect_dns_captured(ztf, pod_flags) && redirect_dns_server(server))
 		return V_PASS;                                   /* O15, I16 */
-	if (f->proto == IPPROTO_UDP || (is_icmp(f) && !icmp_error(f)))
-		return non_tcp(ztf);                             /* O15b, I16b */
+	if (f->proto == IPPROTO_UDP || (is_icmp(f) && !redirect_icmp_error(f)))
+		return redirect_non_tcp(ztf);                             /* O15b, I16b */
 	if (!zt)
 		return V_DROP;                                   /* O16, I17 */
 	return V_REDIRECT;                                       /* O17, I18 */
 }
 
-static __always_inline int do_redirect(struct __sk_buff *skb, const struct ztunnel_info *zt, bool peer)
+static __always_inline int redirect_to_ztunnel(struct __sk_buff *skb, const struct ztunnel_info *zt, bool peer)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -235,10 +239,10 @@ static __always_inline int do_redirect(struct __sk_buff *skb, const struct ztunn
 	return bpf_redirect(zt->ifindex, 0);
 }
 
-static __always_inline int finish(struct __sk_buff *skb, enum verdict v, const struct ztunnel_info *zt,
+static __always_inline int redirect_finish(struct __sk_buff *skb, enum redirect_verdict v, const struct ztunnel_info *zt,
 				  bool peer)
 {
-	count(skb->ifindex, v, skb->len);
+	redirect_count(skb->ifindex, v, skb->len);
 	/* Pass hands the frame on to whatever runs after us on the hook (a primary CNI's
 	 * filter attached before the agent started), which then decides as if we were not
 	 * there; with nothing after us the kernel passes it (docs/datapath.md, "Beside the
@@ -248,16 +252,16 @@ static __always_inline int finish(struct __sk_buff *skb, enum verdict v, const s
 		return TC_ACT_UNSPEC;
 	if (v == V_DROP || !zt)
 		return TC_ACT_SHOT;
-	return do_redirect(skb, zt, peer);
+	return redirect_to_ztunnel(skb, zt, peer);
 }
 
-static __always_inline enum verdict outbound_verdict(struct __sk_buff *skb, const struct flow *f,
+static __always_inline enum redirect_verdict redirect_outbound_verdict(struct __sk_buff *skb, const struct flow *f,
 						     const struct ztunnel_info *zt)
 {
 	struct pod_info *pod;
-	enum verdict v;
+	enum redirect_verdict v;
 
-	if (l3_verdict(f, &v))
+	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
 	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
@@ -266,27 +270,27 @@ static __always_inline enum verdict outbound_verdict(struct __sk_buff *skb, cons
 		return V_DROP;                                   /* O8 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
-	if (host_flow_reply(skb, f))
+	if (redirect_host_flow_reply(skb, f))
 		return V_PASS;                                   /* O10 */
-	return l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
 }
 
-static __always_inline int capture_outbound(struct __sk_buff *skb, bool peer)
+static __always_inline int redirect_capture_outbound(struct __sk_buff *skb, bool peer)
 {
-	struct ztunnel_info *zt = ztunnel_slot();
+	struct ztunnel_info *zt = redirect_ztunnel_slot();
 	struct flow f;
 
 	parse_frame(skb, &f);
-	return finish(skb, outbound_verdict(skb, &f, zt), zt, peer);
+	return redirect_finish(skb, redirect_outbound_verdict(skb, &f, zt), zt, peer);
 }
 
-static __always_inline enum verdict inbound_verdict(struct __sk_buff *skb, const struct flow *f,
+static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __sk_buff *skb, const struct flow *f,
 						    const struct ztunnel_info *zt)
 {
 	struct pod_info *pod;
-	enum verdict v;
+	enum redirect_verdict v;
 
-	if (l3_verdict(f, &v))
+	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* I1–I6 */
 	if (zt && skb->ingress_ifindex == zt->ifindex)
 		return V_PASS;                                   /* I7 */
@@ -297,22 +301,22 @@ static __always_inline enum verdict inbound_verdict(struct __sk_buff *skb, const
 		return V_DROP;                                   /* I9 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* I10 */
-	if (host_originated(skb, f))
+	if (redirect_host_originated(skb, f))
 		return V_PASS;                                   /* I11 */
 	if (pod->flags & POD_F_BYPASS_INBOUND) {
-		bypassed_flow(skb, f);
+		redirect_bypassed_flow(skb, f);
 		return V_PASS;                                   /* I11b */
 	}
-	return l4_verdict(f, zt, f->sport, &f->src, false, pod->flags);
+	return redirect_l4_verdict(f, zt, f->sport, &f->src, false, pod->flags);
 }
 
-static __always_inline int capture_inbound(struct __sk_buff *skb)
+static __always_inline int redirect_capture_inbound(struct __sk_buff *skb)
 {
-	struct ztunnel_info *zt = ztunnel_slot();
+	struct ztunnel_info *zt = redirect_ztunnel_slot();
 	struct flow f;
 
 	parse_frame(skb, &f);
-	return finish(skb, inbound_verdict(skb, &f, zt), zt, false);
+	return redirect_finish(skb, redirect_inbound_verdict(skb, &f, zt), zt, false);
 }
 
 #endif

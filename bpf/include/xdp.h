@@ -373,20 +373,20 @@ static __always_inline int xdp_host_flow_reply(__u32 ifindex, const struct flow 
 {
 	struct host_flow_key k;
 
-	if (!has_ports(f) || tcp_opening(f))
+	if (!has_ports(f) || redirect_tcp_opening(f))
 		return 0;
-	host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
-	return host_flow_known(&k, ifindex);
+	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
+	return redirect_host_flow_known(&k, ifindex);
 }
 
 /* O1–O17 (redirect.h's outbound_verdict) for a frame that arrived on `ifindex`. */
-static __always_inline enum verdict xdp_outbound_verdict(__u32 ifindex, const struct flow *f,
+static __always_inline enum redirect_verdict xdp_outbound_verdict(__u32 ifindex, const struct flow *f,
 							 const struct ztunnel_info *zt)
 {
 	struct pod_info *pod;
-	enum verdict v;
+	enum redirect_verdict v;
 
-	if (l3_verdict(f, &v))
+	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
 	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
@@ -397,7 +397,7 @@ static __always_inline enum verdict xdp_outbound_verdict(__u32 ifindex, const st
 		return V_PASS;                                   /* O9 */
 	if (xdp_host_flow_reply(ifindex, f))
 		return V_PASS;                                   /* O10 */
-	return l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
 }
 
 /*
@@ -407,13 +407,13 @@ static __always_inline enum verdict xdp_outbound_verdict(__u32 ifindex, const st
  * on ztunnel's eth0, or GRO on it from 5.13), else the kernel drops the frame. Dropped
  * either way, never around ztunnel.
  */
-static __always_inline int xdp_finish(struct xdp_md *ctx, enum verdict v, const struct ztunnel_info *zt,
+static __always_inline int xdp_finish(struct xdp_md *ctx, enum redirect_verdict v, const struct ztunnel_info *zt,
 				      const struct flow *f)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 
-	count(ctx->ingress_ifindex, v, xdp_len(ctx));
+	redirect_count(ctx->ingress_ifindex, v, xdp_len(ctx));
 	if (v == V_PASS)
 		return XDP_PASS;
 	if (v == V_DROP || !zt)
@@ -430,7 +430,7 @@ static __always_inline int xdp_finish(struct xdp_md *ctx, enum verdict v, const 
 
 static __always_inline int xdp_capture_outbound(struct xdp_md *ctx)
 {
-	struct ztunnel_info *zt = ztunnel_slot();
+	struct ztunnel_info *zt = redirect_ztunnel_slot();
 	struct flow f;
 
 	xdp_parse_frame(ctx, &f);

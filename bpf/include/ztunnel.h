@@ -9,6 +9,17 @@
 #ifndef AMBIENT_REDIRECT_ZTUNNEL_H
 #define AMBIENT_REDIRECT_ZTUNNEL_H
 
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ambient_redirect.h"
+#include "maps.h"
+#include "parse.h"
+#include "redirect.h" /* the ztunnel slot's flags, DNS capture, ICMP errors */
+
 enum zt_class {
 	ZC_PASS = 0, /* not captured traffic */
 	ZC_DROP,
@@ -16,7 +27,7 @@ enum zt_class {
 };
 
 /* The flags of an enrolled pod's entry, or 0 when the address is no enrolled pod. */
-static __always_inline __u16 enrolled_flags(const struct addr_key *a)
+static __always_inline __u16 zt_enrolled_flags(const struct addr_key *a)
 {
 	struct pod_info *p = bpf_map_lookup_elem(&pods, a);
 
@@ -31,9 +42,9 @@ static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *ma
 
 	if (f->l3 != L3_IPV4 && f->l3 != L3_IPV6)
 		return ZC_PASS;                                  /* Z1 */
-	src_flags = enrolled_flags(&f->src);
+	src_flags = zt_enrolled_flags(&f->src);
 	outbound = src_flags != 0;
-	if (!outbound && !enrolled_flags(&f->dst))
+	if (!outbound && !zt_enrolled_flags(&f->dst))
 		return ZC_PASS;                                  /* Z2 */
 	if (f->l4 == L4_BAD_CHAIN)
 		return ZC_DROP;                                  /* Z3 */
@@ -46,8 +57,8 @@ static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *ma
 		}
 		return ZC_DROP;                                  /* Z10 */
 	}
-	if (outbound && f->dport == bpf_htons(DNS_PORT) &&
-	    (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && dns_captured(ztunnel_flags(), src_flags)) {
+	if (outbound && f->dport == bpf_htons(FLOW_PORT_DNS) &&
+	    (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && redirect_dns_captured(redirect_ztunnel_flags(), src_flags)) {
 		*mark = ZT_MARK_DNS;
 		return ZC_DELIVER;                               /* Z5: UDP and TCP */
 	}
@@ -59,7 +70,7 @@ static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *ma
 		*mark = f->dport == bpf_htons(ZTUNNEL_PORT_HBONE) ? ZT_MARK_HBONE : ZT_MARK_INBOUND;
 		return ZC_DELIVER;                               /* Z6, Z7 */
 	}
-	if (is_icmp(f) && icmp_error(f)) {
+	if (is_icmp(f) && redirect_icmp_error(f)) {
 		*mark = ZT_MARK_LOCAL;
 		return ZC_DELIVER;                               /* Z8 */
 	}
@@ -98,12 +109,6 @@ static __always_inline __be16 zt_listener_port(__u32 mark)
 	}
 }
 
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
-
-#define TCP_FLAG_SYN 0x02
-#define TCP_FLAG_ACK 0x10
-
 /*
  * Z4–Z7, Z11: a connection's segments go to its established socket, a new connection's
  * SYN to ztunnel's listener. A SYN whose 4-tuple still has the previous connection's
@@ -128,7 +133,7 @@ static __always_inline int zt_assign_socket(struct __sk_buff *skb, const struct 
 	len = zt_tuple(f, &t, f->dport);
 	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
 	if (sk) {
-		if (sk->state == BPF_TCP_TIME_WAIT && (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		if (sk->state == BPF_TCP_TIME_WAIT && (f->tcp_flags & (FLOW_TCP_SYN | FLOW_TCP_ACK)) == FLOW_TCP_SYN) {
 			bpf_sk_release(sk);
 			*mark |= ZT_MARK_TPROXY;
 			return TC_ACT_OK;
@@ -151,7 +156,7 @@ assign:
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
-static __always_inline int ztunnel_deliver(struct __sk_buff *skb, bool assign)
+static __always_inline int zt_deliver(struct __sk_buff *skb, bool assign)
 {
 	int verdict = TC_ACT_OK;
 	__u32 mark = 0;

@@ -10,17 +10,10 @@
  * them, in the same rounds, the plugin's VERSION (exec cost alone, no agent asked).
  * Goals (issue 9): p99 <= 20 ms outside the mesh, <= 50 ms for an enrolled pod.
  */
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { startController, runInNode, type ControllerProcess } from '../sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../sim/kube-sim.js';
-import { ZTUNNEL_POD } from '../sim/kube-api.js';
-import { OUTSIDE_HOST_IP } from '../sim/names.js';
-import { createSimNode, type SimNode } from '../sim/node.js';
+import { SimCluster } from '../sim/cluster.js';
 import { DEFAULT_PLUGIN, runPlugin, SimRuntime } from '../sim/runtime.js';
-import { pinRootFor } from '../sim/scenario.js';
 import { bootstrap, figure, figuresLine, quantile } from './stats.js';
 
 const NODE = 'bench-node';
@@ -35,55 +28,19 @@ async function main(): Promise<void> {
   const { values } = parseArgs({ options: { pods: { type: 'string', default: '40' } } });
   const pods = Number(values.pods);
   if (!Number.isInteger(pods) || pods < 1 || pods > 110) throw new Error('--pods: an integer in 1..110');
-  let sim: SimNode | undefined;
-  let kube: SimKubeApi | undefined;
-  let controller: ControllerProcess | undefined;
-  let pinRoot = '';
-  const dir = mkdtempSync(join(tmpdir(), 'ar-cni-bench-'));
-  const cleanup = async () => {
-    await controller?.stop('SIGKILL');
-    if (sim && pinRoot) await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]).catch(() => '');
-    await kube?.stop();
-    if (pinRoot) rmSync(pinRoot, { recursive: true, force: true });
-    rmSync(dir, { recursive: true, force: true });
-    await sim?.teardown();
-  };
-  process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+  let cluster: SimCluster | undefined;
+  process.once('SIGINT', () => void (cluster?.teardown() ?? Promise.resolve()).finally(() => process.exit(130)));
   try {
-    sim = await createSimNode({ pods: 0 });
-    pinRoot = pinRootFor(sim);
-    mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-    kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-    await Promise.all([sim.startZtunnel(), sim.startOutside()]);
-    kube.api.upsertNamespace('istio-system');
-    kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-    kube.api.upsertNamespace('plain');
-    kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
-    const socket = join(dir, 'run', 'cni.sock');
-    const stateDir = join(dir, 'state');
-    controller = startController(sim.nodeNs, [
-      '--kubeconfig',
-      kube.kubeconfig,
-      '--node-name',
-      NODE,
-      '--pin-root',
-      pinRoot,
-      '--resync-interval',
-      '30',
-      '--cni-socket',
-      socket,
-      '--cni-state-dir',
-      stateDir,
-      '--cni-add-timeout',
-      '5',
-    ]);
+    cluster = await SimCluster.create({ pods: 0, nodeName: NODE, ztunnel: 'node', scratch: 'ar-cni-bench-' });
+    const { sim, kube } = cluster;
+    const controller = cluster.startAgent(['--resync-interval', '30', ...cluster.cniFlags(5, false)]);
     await controller.waitFor('programmed');
     await controller.waitFor('cni: ambient namespace list written');
     const rt = new SimRuntime({
       sim,
       api: kube.api,
       nodeName: NODE,
-      chain: { socketPath: socket, namespacesFile: join(stateDir, 'ambient-namespaces'), timeoutMs: 7000 },
+      chain: { socketPath: cluster.cniSocket, namespacesFile: join(cluster.cniStateDir, 'ambient-namespaces'), timeoutMs: 7000 },
     });
     const outside: number[] = [];
     const enrolled: number[] = [];
@@ -116,7 +73,7 @@ async function main(): Promise<void> {
       ]),
     );
   } finally {
-    await cleanup();
+    await cluster?.teardown();
   }
 }
 

@@ -9,6 +9,8 @@
  * over the rounds. A drift of the whole machine within a round cancels in the ratio.
  */
 
+import { rng } from '../lib/rng.js';
+
 export type Goal =
   | { kind: 'atLeast'; value: number }
   | { kind: 'atMost'; value: number }
@@ -38,18 +40,6 @@ export interface Figure extends Interval {
 /** The confidence level of every interval in the report. */
 export const CONFIDENCE = 0.95;
 const RESAMPLES = 4000;
-
-/** mulberry32: small, seeded, good enough to resample with. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export function median(xs: readonly number[]): number {
   if (xs.length === 0) return NaN;

@@ -20,6 +20,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { relay } from '../sim/relay.js';
 
 export const REQUEST = Buffer.from('GET /\n');
 export const RESPONSE = Buffer.from('200 ok\n');
@@ -101,26 +102,6 @@ function plainServers(port: number, onAccept: () => void = () => {}): [net.Serve
 
 function serve(port: number): Promise<void> {
   return listen(plainServers(port)).then(() => emit({ event: 'listening', port }));
-}
-
-/**
- * Relays a captured connection to its original destination (the accepted socket's local
- * address) and back: stream pipes only, Nagle off on both legs, half-closes passed on.
- */
-function relay(down: net.Socket): void {
-  down.setNoDelay(true);
-  down.pause();
-  const up = net.connect({ host: down.localAddress!, port: down.localPort!, allowHalfOpen: true, noDelay: true });
-  const close = () => {
-    down.destroy();
-    up.destroy();
-  };
-  down.on('error', close);
-  up.on('error', close);
-  up.once('connect', () => {
-    down.pipe(up);
-    up.pipe(down);
-  });
 }
 
 /**

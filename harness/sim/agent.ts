@@ -26,6 +26,7 @@
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { parseArgs } from 'node:util';
+import { relay } from './relay.js';
 
 class UsageError extends Error {}
 
@@ -93,28 +94,12 @@ function listenAll(servers: [net.Server, object][]): Promise<void> {
   return Promise.all(servers.map(([server, opts]) => new Promise<void>((resolve) => server.listen(opts, resolve)))).then(() => undefined);
 }
 
-/**
- * Relays each connection to its original destination (the accepted socket's local
- * address) and back: stream pipes only, no per-chunk JavaScript, Nagle off on both legs
- * (small request/response traffic), half-closes passed on, a reset on one leg ends both.
- */
-function relay(server: net.Server, describe: (s: net.Socket) => object): void {
+/** Relays each connection to its original destination and back (./relay.ts), reporting it first. */
+function relayAll(server: net.Server, describe: (s: net.Socket) => object): void {
   server.on('error', (err) => fail(err));
   server.on('connection', (down) => {
     emit({ event: 'accepted', ...describe(down) });
-    down.setNoDelay(true);
-    down.pause();
-    const up = net.connect({ host: down.localAddress!, port: down.localPort!, allowHalfOpen: true, noDelay: true });
-    const close = () => {
-      down.destroy();
-      up.destroy();
-    };
-    down.on('error', close);
-    up.on('error', close);
-    up.once('connect', () => {
-      down.pipe(up);
-      up.pipe(down);
-    });
+    relay(down);
   });
 }
 
@@ -126,7 +111,7 @@ async function runZtunnel(ports: number[], proxy: boolean): Promise<void> {
     for (const family of [AF_INET, AF_INET6] as const) {
       const server = net.createServer({ allowHalfOpen: proxy });
       const describe = (s: net.Socket) => ({ src: address(s, 'remote'), origDst: hostPort(s.localAddress, s.localPort), port });
-      if (proxy) relay(server, describe);
+      if (proxy) relayAll(server, describe);
       else serve(server, 'ztunnel', describe);
       servers.push([server, { fd: transparentListener(family, port) }]);
     }

@@ -326,7 +326,37 @@ async function startServer(ns: string, args: string[], running: Set<SimServer>):
   });
 }
 
-async function connect(
+/**
+ * Runs one of the sim agent's client commands (connect, udp-send) in `from`'s netns and
+ * returns its `count` results.
+ */
+async function agentResults(
+  runner: CommandRunner,
+  t: Topology,
+  from: SimSource,
+  command: 'connect' | 'udp-send',
+  to: { ip: string; port: number },
+  count: number,
+  timeoutMs: number,
+  extra: readonly string[] = [],
+): Promise<ConnectResult[]> {
+  const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
+  const name = typeof from === 'string' ? `the ${from}` : from.name;
+  const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
+  const argv = agentArgv(ns, [command, '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs), ...extra]);
+  // The agent enforces the per-connection timeout; this bound only catches a hung agent
+  // (a loaded machine can take seconds just to start Node).
+  const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 60_000 });
+  const results = out
+    .split('\n')
+    .map(parseEvent)
+    .filter((ev): ev is AgentEvent => ev?.event === 'result')
+    .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
+  if (results.length !== count) throw new Error(`sim ${command} from ${name}: expected ${count} results, got ${results.length}: ${out}`);
+  return results;
+}
+
+function connect(
   runner: CommandRunner,
   t: Topology,
   from: SimSource,
@@ -336,33 +366,13 @@ async function connect(
   bind?: string,
   localPort?: number,
 ): Promise<ConnectResult[]> {
-  const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
-  const name = typeof from === 'string' ? `the ${from}` : from.name;
-  const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
-  const argv = agentArgv(ns, [
-    'connect',
-    '--to',
-    dest,
-    '--count',
-    String(count),
-    '--timeout-ms',
-    String(timeoutMs),
+  return agentResults(runner, t, from, 'connect', to, count, timeoutMs, [
     ...(bind ? ['--bind', bind] : []),
     ...(localPort ? ['--local-port', String(localPort)] : []),
   ]);
-  // The agent enforces the per-connection timeout; this bound only catches a hung agent
-  // (a loaded machine can take seconds just to start Node).
-  const out = await runner.run(argv, { timeoutMs: count * (timeoutMs + 1_000) + 60_000 });
-  const results = out
-    .split('\n')
-    .map(parseEvent)
-    .filter((ev): ev is AgentEvent => ev?.event === 'result')
-    .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
-  if (results.length !== count) throw new Error(`sim connect from ${name}: expected ${count} results, got ${results.length}: ${out}`);
-  return results;
 }
 
-async function udpSend(
+function udpSend(
   runner: CommandRunner,
   t: Topology,
   from: SimSource,
@@ -370,18 +380,7 @@ async function udpSend(
   count: number,
   timeoutMs = DEFAULT_CONNECT_TIMEOUT_MS,
 ): Promise<ConnectResult[]> {
-  const ns = from === 'node' ? t.nodeNs : from === 'outside' ? t.outside.ns : from.ns;
-  const dest = to.ip.includes(':') ? `[${to.ip}]:${to.port}` : `${to.ip}:${to.port}`;
-  const out = await runner.run(agentArgv(ns, ['udp-send', '--to', dest, '--count', String(count), '--timeout-ms', String(timeoutMs)]), {
-    timeoutMs: count * (timeoutMs + 1_000) + 60_000,
-  });
-  const results = out
-    .split('\n')
-    .map(parseEvent)
-    .filter((ev): ev is AgentEvent => ev?.event === 'result')
-    .map(({ ok, reply, error }) => ({ ok: ok === true, ...(reply !== undefined && { reply }), ...(error !== undefined && { error }) }));
-  if (results.length !== count) throw new Error(`sim udp-send from ${ns}: expected ${count} results, got ${results.length}: ${out}`);
-  return results;
+  return agentResults(runner, t, from, 'udp-send', to, count, timeoutMs);
 }
 
 // --- the node --------------------------------------------------------------------------

@@ -194,34 +194,79 @@ function timeval(ms: number): Buffer {
   return b;
 }
 
-/**
- * A TCP connection to ip:port made by a socket carrying SO_MARK `mark` (as ztunnel's own
- * sockets do), connected (blocking) before it is returned; for new net.Socket({ fd }).
- */
-export function markedConnect(ip: string, port: number, mark: number): number {
-  const family = ip.includes(':') ? AF_INET6 : AF_INET;
-  const fd = c.socket(family, SOCK_STREAM, 0) as number;
-  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
-  const m = Buffer.alloc(4);
-  m.writeInt32LE(mark);
-  const fail = (op: string): never => {
-    const e = errno();
-    c.close(fd);
-    throw new BpfError(op, `${ip}:${port}`, e);
-  };
-  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
-  // A bounded connect: SO_SNDTIMEO applies to connect(2) too.
-  const timeout = Buffer.alloc(16);
-  timeout.writeBigInt64LE(3n, 0);
-  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
-  const addr = sockaddr(ip, port);
-  if (c.connect(fd, addr, addr.length) < 0) fail('connect');
-  return fd;
-}
-
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const EINPROGRESS = 115;
+
+function int32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  return b;
+}
+
+/**
+ * A TCP socket for `ip`'s family carrying SO_MARK `mark` (as ztunnel's own sockets do), in
+ * the netns this thread is in, with what `opts` asks: non-blocking, Nagle off, bound to a
+ * `from` address not of this netns (IP_TRANSPARENT), send and receive timeouts (the send
+ * timeout bounds connect(2) too). A failing call closes it and throws, naming `target`.
+ */
+function markedSocket(
+  ip: string,
+  mark: number,
+  target: string,
+  opts: { nonBlocking?: boolean; noDelay?: boolean; from?: string; sendTimeoutMs?: number; recvTimeoutMs?: number } = {},
+): number {
+  const family = ip.includes(':') ? AF_INET6 : AF_INET;
+  const fd = c.socket(family, SOCK_STREAM | (opts.nonBlocking ? SOCK_NONBLOCK | SOCK_CLOEXEC : 0), 0) as number;
+  if (fd < 0) throw new BpfError('socket', target, errno());
+  const set = (op: string, level: number, name: number, value: Buffer) => {
+    if (c.setsockopt(fd, level, name, value, value.length) >= 0) return;
+    const e = errno();
+    c.close(fd);
+    throw new BpfError(op, target, e);
+  };
+  set('setsockopt(SO_MARK)', SOL_SOCKET, SO_MARK, int32(mark));
+  if (opts.noDelay) set('setsockopt(TCP_NODELAY)', SOL_TCP, TCP_NODELAY, int32(1));
+  if (opts.from !== undefined) {
+    if (family === AF_INET) set('setsockopt(IP_TRANSPARENT)', SOL_IP, IP_TRANSPARENT, int32(1));
+    else set('setsockopt(IPV6_TRANSPARENT)', SOL_IPV6, IPV6_TRANSPARENT, int32(1));
+  }
+  if (opts.sendTimeoutMs !== undefined) set('setsockopt(SO_SNDTIMEO)', SOL_SOCKET, SO_SNDTIMEO, timeval(opts.sendTimeoutMs));
+  if (opts.recvTimeoutMs !== undefined) set('setsockopt(SO_RCVTIMEO)', SOL_SOCKET, SO_RCVTIMEO, timeval(opts.recvTimeoutMs));
+  if (opts.from !== undefined) {
+    const local = sockaddr(opts.from, 0);
+    if (c.bind(fd, local, local.length) < 0) {
+      const e = errno();
+      c.close(fd);
+      throw new BpfError('bind', target, e);
+    }
+  }
+  return fd;
+}
+
+/** connect(2): 0, or the errno it failed with. */
+function connectErrno(fd: number, ip: string, port: number): number {
+  const addr = sockaddr(ip, port);
+  return c.connect(fd, addr, addr.length) < 0 ? errno() : 0;
+}
+
+/** Connects `fd` (blocking), or closes it and throws; returns it. */
+function connectOrThrow(fd: number, ip: string, port: number, target: string): number {
+  const e = connectErrno(fd, ip, port);
+  if (e === 0) return fd;
+  c.close(fd);
+  throw new BpfError('connect', target, e);
+}
+
+/**
+ * A TCP connection to ip:port made by a socket carrying SO_MARK `mark` (as ztunnel's own
+ * sockets do), connected (blocking, 3 s at most) before it is returned; for new
+ * net.Socket({ fd }).
+ */
+export function markedConnect(ip: string, port: number, mark: number): number {
+  const target = `${ip}:${port}`;
+  return connectOrThrow(markedSocket(ip, mark, target, { sendTimeoutMs: 3_000 }), ip, port, target);
+}
 
 /**
  * A TCP connection to ip:port started (non-blocking) by a socket carrying SO_MARK `mark`,
@@ -229,23 +274,12 @@ const EINPROGRESS = 115;
  * connection (a proxy's upstream leg, made inside a pod's netns).
  */
 export function markedConnectStart(ip: string, port: number, mark: number): number {
-  const family = ip.includes(':') ? AF_INET6 : AF_INET;
-  const fd = c.socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
-  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
-  const m = Buffer.alloc(4);
-  m.writeInt32LE(mark);
-  const fail = (op: string, e = errno()): never => {
+  const target = `${ip}:${port}`;
+  const fd = markedSocket(ip, mark, target, { nonBlocking: true, noDelay: true });
+  const e = connectErrno(fd, ip, port);
+  if (e !== 0 && e !== EINPROGRESS) {
     c.close(fd);
-    throw new BpfError(op, `${ip}:${port}`, e);
-  };
-  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) fail('setsockopt(SO_MARK)');
-  const one = Buffer.alloc(4);
-  one.writeInt32LE(1);
-  if (c.setsockopt(fd, SOL_TCP, TCP_NODELAY, one, 4) < 0) fail('setsockopt(TCP_NODELAY)');
-  const addr = sockaddr(ip, port);
-  if (c.connect(fd, addr, addr.length) < 0) {
-    const e = errno();
-    if (e !== EINPROGRESS) fail('connect', e);
+    throw new BpfError('connect', target, e);
   }
   return fd;
 }
@@ -256,30 +290,8 @@ export function markedConnectStart(ip: string, port: number, mark: number): numb
  * leg to the app, sent with the client's own address.
  */
 export function transparentMarkedConnect(fromIp: string, ip: string, port: number, mark: number): number {
-  const family = ip.includes(':') ? AF_INET6 : AF_INET;
-  const fd = c.socket(family, SOCK_STREAM, 0) as number;
-  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
-  const int = (v: number) => {
-    const b = Buffer.alloc(4);
-    b.writeInt32LE(v);
-    return b;
-  };
-  const fail = (op: string): never => {
-    const e = errno();
-    c.close(fd);
-    throw new BpfError(op, `${fromIp} -> ${ip}:${port}`, e);
-  };
-  if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, int(mark), 4) < 0) fail('setsockopt(SO_MARK)');
-  const transparent = family === AF_INET ? [SOL_IP, IP_TRANSPARENT] : [SOL_IPV6, IPV6_TRANSPARENT];
-  if (c.setsockopt(fd, transparent[0]!, transparent[1]!, int(1), 4) < 0) fail('setsockopt(IP_TRANSPARENT)');
-  const timeout = Buffer.alloc(16);
-  timeout.writeBigInt64LE(3n, 0);
-  if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeout, 16) < 0) fail('setsockopt(SO_SNDTIMEO)');
-  const local = sockaddr(fromIp, 0);
-  if (c.bind(fd, local, local.length) < 0) fail('bind');
-  const addr = sockaddr(ip, port);
-  if (c.connect(fd, addr, addr.length) < 0) fail('connect');
-  return fd;
+  const target = `${fromIp} -> ${ip}:${port}`;
+  return connectOrThrow(markedSocket(ip, mark, target, { from: fromIp, sendTimeoutMs: 3_000 }), ip, port, target);
 }
 
 /**
@@ -295,17 +307,10 @@ export function markedExchange(
   opts: { timeoutMs?: number; read?: boolean } = {},
 ): { ok: true; reply: string } | { ok: false; error: string } {
   const timeoutMs = opts.timeoutMs ?? 2_000;
-  const family = ip.includes(':') ? AF_INET6 : AF_INET;
-  const fd = c.socket(family, SOCK_STREAM, 0) as number;
-  if (fd < 0) throw new BpfError('socket', `${ip}:${port}`, errno());
+  const fd = markedSocket(ip, mark, `${ip}:${port}`, { sendTimeoutMs: timeoutMs, recvTimeoutMs: timeoutMs });
   try {
-    const m = Buffer.alloc(4);
-    m.writeUInt32LE(mark);
-    if (c.setsockopt(fd, SOL_SOCKET, SO_MARK, m, 4) < 0) throw new BpfError('setsockopt(SO_MARK)', ip, errno());
-    if (c.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, timeval(timeoutMs), 16) < 0) throw new BpfError('setsockopt(SO_SNDTIMEO)', ip, errno());
-    if (c.setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, timeval(timeoutMs), 16) < 0) throw new BpfError('setsockopt(SO_RCVTIMEO)', ip, errno());
-    const addr = sockaddr(ip, port);
-    if (c.connect(fd, addr, addr.length) < 0) return { ok: false, error: `connect: errno ${errno()}` };
+    const e = connectErrno(fd, ip, port);
+    if (e !== 0) return { ok: false, error: `connect: errno ${e}` };
     if (opts.read === false) return { ok: true, reply: '' };
     const buf = Buffer.alloc(256);
     const n = Number(c.recv(fd, buf, buf.length, 0));

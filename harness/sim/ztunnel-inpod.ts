@@ -29,6 +29,7 @@ import {
   type WorkloadInfo,
   type WorkloadRequest,
 } from '../../src/zds/codec.js';
+import { relay } from './relay.js';
 import { markedConnectStart, originalDst, udpSocket } from './transparent.js';
 
 export const INPOD_PORTS = [15001, 15006, 15008] as const;
@@ -262,24 +263,37 @@ export class ZtunnelInpod {
     return '';
   }
 
-  /** Opens the listeners inside the pod's netns: setns on this thread, sockets, setns back. */
+  /** Opens the listeners inside the pod's netns (listenInNetns, and the DNS sockets). */
   private listenIn(uid: string, netnsFd: number): (net.Server | dgram.Socket)[] {
-    const fds: number[] = [];
-    const udp: number[] = [];
-    const own = openSync('/proc/thread-self/ns/net', 'r');
+    const proxy = this.opts.proxy === true;
+    const tcp = listenInNetns(
+      netnsFd,
+      `pod ${uid}`,
+      this.ports,
+      (port, s, family) => {
+        // As ztunnel: SO_ORIGINAL_DST (REDIRECT's NAT), else the local address (TPROXY, sk_assign).
+        const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
+        const nat = handle?.fd !== undefined && handle.fd >= 0 ? originalDst(handle.fd, family) : null;
+        const origDst = nat ?? `${s.localAddress}:${s.localPort}`;
+        this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst });
+        if (this.opts.answer?.(s, origDst)) return true;
+        if (proxy) this.relay(s, netnsFd, origDst);
+        return proxy;
+      },
+      { allowHalfOpen: proxy },
+    );
+    let udp: number[];
     try {
-      setNetns(netnsFd, `pod ${uid}`);
-      try {
-        for (const port of this.ports) for (const family of [AF_INET, AF_INET6] as const) fds.push(markedListener(family, port, ZTUNNEL_MARK));
-        if (this.opts.dns) for (const family of [AF_INET, AF_INET6] as const) udp.push(udpSocket(family, DNS_PORT, { mark: ZTUNNEL_MARK, loopback: true }));
-      } finally {
-        setNetns(own, 'own netns');
-      }
+      udp = this.opts.dns
+        ? openInNetns(
+            netnsFd,
+            `pod ${uid}`,
+            ([AF_INET, AF_INET6] as const).map((family) => () => udpSocket(family, DNS_PORT, { mark: ZTUNNEL_MARK, loopback: true })),
+          )
+        : [];
     } catch (err) {
-      [...fds, ...udp].forEach(closeFd);
+      for (const server of tcp) server.close();
       throw err;
-    } finally {
-      closeSync(own);
     }
     const dns = udp.map((fd, i) => {
       const sock = dgram.createSocket(i === 0 ? 'udp4' : 'udp6');
@@ -291,53 +305,20 @@ export class ZtunnelInpod {
       sock.bind({ fd });
       return sock;
     });
-    const tcp = fds.map((fd, i) => {
-      const port = this.ports[Math.floor(i / 2)]!;
-      const server = net.createServer({ allowHalfOpen: this.opts.proxy === true }, (s) => {
-        // As ztunnel: SO_ORIGINAL_DST (REDIRECT's NAT), else the local address (TPROXY, sk_assign).
-        const handle = (s as unknown as { _handle?: { fd?: number } })._handle;
-        const nat = handle?.fd !== undefined && handle.fd >= 0 ? originalDst(handle.fd, i % 2 === 0 ? AF_INET : AF_INET6) : null;
-        this.emit({ event: 'accepted', uid, port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: nat ?? `${s.localAddress}:${s.localPort}` });
-        if (this.opts.answer?.(s, nat ?? `${s.localAddress}:${s.localPort}`)) return;
-        if (this.opts.proxy) return this.relay(s, netnsFd, nat ?? `${s.localAddress}:${s.localPort}`);
-        s.on('error', () => s.destroy());
-        s.end('ztunnel\n');
-      });
-      server.on('error', () => undefined);
-      server.listen({ fd });
-      return server;
-    });
     return [...tcp, ...dns];
   }
 
-  /** Pipes `down` to a marked upstream connection to `dst`, opened in the pod's netns. */
+  /** Relays `down` (./relay.ts) over a marked upstream connection to `dst`, opened in the pod's netns. */
   private relay(down: net.Socket, netnsFd: number, dst: string): void {
     const i = dst.lastIndexOf(':');
     let fd: number;
-    const own = openSync('/proc/thread-self/ns/net', 'r');
     try {
-      setNetns(netnsFd, 'pod (relay)');
-      try {
-        fd = markedConnectStart(dst.slice(0, i), Number(dst.slice(i + 1)), ZTUNNEL_MARK);
-      } finally {
-        setNetns(own, 'own netns');
-      }
+      [fd] = openInNetns(netnsFd, 'pod (relay)', [() => markedConnectStart(dst.slice(0, i), Number(dst.slice(i + 1)), ZTUNNEL_MARK)]) as [number];
     } catch {
       down.destroy();
       return;
-    } finally {
-      closeSync(own);
     }
-    down.setNoDelay(true);
-    const up = new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
-    const close = () => {
-      down.destroy();
-      up.destroy();
-    };
-    down.on('error', close);
-    up.on('error', close);
-    down.pipe(up);
-    up.pipe(down);
+    relay(down, new net.Socket({ fd, readable: true, writable: true, allowHalfOpen: true }));
   }
 
   private del(uid: string): void {
@@ -364,17 +345,16 @@ export class ZtunnelInpod {
 }
 
 /**
- * ztunnel's in-pod listeners: TCP on each port, IPv4 and IPv6, transparent, SO_REUSEPORT,
- * marked 0x539, opened inside the netns at `netnsFd` (setns on this thread, sockets, setns
- * back). Each accepted connection is reported, then answered with `ztunnel` and closed.
+ * Opens sockets inside the netns at `netnsFd` (setns on this thread, each `open`, setns
+ * back); when one fails, closes those already opened and throws.
  */
-export function listenInNetns(netnsFd: number, what: string, ports: readonly number[], onAccepted: (port: number, s: net.Socket) => void): net.Server[] {
+function openInNetns(netnsFd: number, what: string, opens: readonly (() => number)[]): number[] {
   const fds: number[] = [];
   const own = openSync('/proc/thread-self/ns/net', 'r');
   try {
     setNetns(netnsFd, what);
     try {
-      for (const port of ports) for (const family of [AF_INET, AF_INET6] as const) fds.push(markedListener(family, port, ZTUNNEL_MARK));
+      for (const open of opens) fds.push(open());
     } finally {
       setNetns(own, 'own netns');
     }
@@ -384,10 +364,32 @@ export function listenInNetns(netnsFd: number, what: string, ports: readonly num
   } finally {
     closeSync(own);
   }
+  return fds;
+}
+
+/**
+ * ztunnel's in-pod listeners: TCP on each port, IPv4 and IPv6, transparent, SO_REUSEPORT,
+ * marked 0x539, opened inside the netns at `netnsFd`. Each accepted connection is reported;
+ * unless `onAccepted` returns true (it took the connection), it is answered with `ztunnel`
+ * and closed.
+ */
+export function listenInNetns(
+  netnsFd: number,
+  what: string,
+  ports: readonly number[],
+  onAccepted: (port: number, s: net.Socket, family: typeof AF_INET | typeof AF_INET6) => unknown,
+  opts: { allowHalfOpen?: boolean } = {},
+): net.Server[] {
+  const families = [AF_INET, AF_INET6] as const;
+  const fds = openInNetns(
+    netnsFd,
+    what,
+    ports.flatMap((port) => families.map((family) => () => markedListener(family, port, ZTUNNEL_MARK))),
+  );
   return fds.map((fd, i) => {
     const port = ports[Math.floor(i / 2)]!;
-    const server = net.createServer((s) => {
-      onAccepted(port, s);
+    const server = net.createServer({ allowHalfOpen: opts.allowHalfOpen === true }, (s) => {
+      if (onAccepted(port, s, families[i % 2]!) === true) return;
       s.on('error', () => s.destroy());
       s.end('ztunnel\n');
     });

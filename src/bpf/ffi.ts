@@ -8,11 +8,42 @@
  * Structs the kernel and we share never cross here as koffi types: keys and values are
  * Buffers built by the codec. Only libbpf's own option structs are declared below.
  */
-import koffi from 'koffi';
+import koffi, { type LibraryHandle } from 'koffi';
 import { BpfError, checkInt, checkPtr } from './errors.js';
 
-const bpf = koffi.load('libbpf.so.1');
-const libc = koffi.load('libc.so.6');
+/**
+ * A library opened on the first call of one of its functions, not at import: the unit tests
+ * import modules that reach this one and must run where the system libbpf is missing
+ * (test/unit/no-libbpf.test.ts). `func` declares a binding as koffi's does; the returned
+ * function binds it on its first call and calls the bound function from then on.
+ */
+type Binding = ReturnType<LibraryHandle['func']>;
+
+function lazyLibrary(path: string, onLoad?: (lib: LibraryHandle) => void) {
+  let lib: LibraryHandle | undefined;
+  const open = (): LibraryHandle => {
+    if (!lib) {
+      const opened = koffi.load(path);
+      onLoad?.(opened);
+      lib = opened;
+    }
+    return lib;
+  };
+  return {
+    func(definition: string): Binding {
+      let fn: Binding | undefined;
+      return ((...args: unknown[]) => {
+        fn ??= open().func(definition);
+        return fn(...args);
+      }) as Binding;
+    },
+  };
+}
+
+// libbpf prints warnings to stderr by default; the controller reports through its own
+// errors instead (the verifier log travels in the BpfError).
+const bpf = lazyLibrary('libbpf.so.1', (lib) => lib.func('void *libbpf_set_print(void *fn)')(null));
+const libc = lazyLibrary('libc.so.6');
 
 // Opaque libbpf handles.
 koffi.opaque('bpf_object');
@@ -122,10 +153,6 @@ const c = {
   send: libc.func('long send(int fd, const void *buf, size_t len, int flags)'),
   recv: libc.func('long recv(int fd, _Out_ void *buf, size_t len, int flags)'),
 };
-
-// libbpf prints warnings to stderr by default; the controller reports through its own
-// errors instead (the verifier log travels in the BpfError).
-c.libbpf_set_print(null);
 
 /** Pointers returned by libbpf: opaque to us. */
 export type ObjectPtr = { readonly __brand: 'bpf_object' };

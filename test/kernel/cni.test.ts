@@ -7,18 +7,14 @@
  * connected (a pod IP there is a bypass), ztunnel's record, the plugin's stdout and exit
  * code, the config file's bytes.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startController, runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
-import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
-import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { SimCluster } from '../../harness/sim/cluster.js';
+import { runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
+import type { SimKubeApi } from '../../harness/sim/kube-sim.js';
+import type { SimNode, SimServer } from '../../harness/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
-import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
 import { sleep } from '../support/wait.js';
 
@@ -38,7 +34,6 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
   let controller: ControllerProcess | undefined;
   let ztunnel: SimServer;
   let outside: SimServer;
-  let pinRoot: string;
   let dir: string;
   let args: string[];
   const conflist = () => join(dir, 'net.d', '10-calico.conflist');
@@ -73,48 +68,17 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     return outside.accepted.filter((a) => ips.has(a.src.slice(0, a.src.lastIndexOf(':')).replace(/^::ffff:/, ''))).length;
   };
 
+  let cluster: SimCluster | undefined;
+
   beforeAll(async () => {
-    sim = await createSimNode({ pods: 0 });
+    cluster = await SimCluster.create({ pods: 0, nodeName: NODE, ztunnel: 'node', scratch: 'ar-cni-' });
+    ({ sim, kube, ztunnel, outside, dir } = cluster);
     try {
-      pinRoot = pinRootFor(sim);
-      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-      dir = mkdtempSync(join(tmpdir(), 'ar-cni-'));
       mkdirSync(join(dir, 'net.d'));
       mkdirSync(join(dir, 'bin'));
       writeFileSync(conflist(), CONFLIST);
-      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-      [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
-      kube.api.upsertNamespace('istio-system');
-      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-      kube.api.upsertNamespace('plain');
-      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
-      args = [
-        '--kubeconfig',
-        kube.kubeconfig,
-        '--node-name',
-        NODE,
-        '--pin-root',
-        pinRoot,
-        '--backoff-initial',
-        '0.2',
-        '--backoff-max',
-        '2',
-        '--resync-interval',
-        '30',
-        '--cni-socket',
-        join(dir, 'run', 'cni.sock'),
-        '--cni-state-dir',
-        join(dir, 'state'),
-        '--cni-add-timeout',
-        '5',
-        '--cni-install',
-        'true',
-        '--cni-bin-dir',
-        join(dir, 'bin'),
-        '--cni-conf-dir',
-        join(dir, 'net.d'),
-      ];
-      controller = startController(sim.nodeNs, args);
+      args = ['--backoff-initial', '0.2', '--backoff-max', '2', '--resync-interval', '30', ...cluster.cniFlags(5, true)];
+      controller = cluster.startAgent(args);
       await controller.waitFor('programmed');
       await controller.waitFor('cni: plugin installed');
     } catch (err) {
@@ -124,10 +88,9 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
   });
 
   async function teardown(): Promise<void> {
-    await teardownNode(sim, pinRoot, controller);
+    await cluster?.teardown();
+    cluster = undefined;
     controller = undefined;
-    await kube?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   }
   afterAll(teardown);
 
@@ -227,7 +190,7 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     expect(JSON.parse(plainRun.add!.stdout).ips[0].address).toBe(`${plainRun.pod.ip}/32`);
     expect(plainRun.connection?.reply).toBe('outside');
 
-    controller = startController(sim.nodeNs, args);
+    controller = cluster!.startAgent(args);
     await controller.waitFor('programmed');
     // The runtime retries with a new sandbox until ADD succeeds.
     let retry: PodRun | undefined;

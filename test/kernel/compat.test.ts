@@ -7,16 +7,12 @@
  * datagram's source, ping's answers, the ztunnel stand-in's record of the listener port and
  * original destination of each connection.
  */
-import { mkdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
-import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
-import { startSimKubeApi } from '../../harness/sim/kube-sim.js';
+import { SimCluster } from '../../harness/sim/cluster.js';
+import { runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
-import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
-import { pinRootFor } from '../../harness/sim/scenario.js';
+import type { SimNode, SimServer } from '../../harness/sim/node.js';
 import { kernelDescribe } from '../support/gate.js';
-import { teardownNode } from '../support/node.js';
 import { sleep, until } from '../support/wait.js';
 
 const UDP_PORT = 9999;
@@ -30,22 +26,23 @@ kernelDescribe('Istio traffic behaviour: --non-tcp and TCP DNS', 'loads BPF, bui
   let controller: ControllerProcess | undefined;
   let pinRoot: string;
 
+  let cluster: SimCluster | undefined;
+
   beforeAll(async () => {
-    sim = await createSimNode({ pods: 2 });
+    cluster = await SimCluster.create({ pods: 2, ztunnel: 'node', kube: false });
+    ({ sim, ztunnel, outside, pinRoot } = cluster);
     try {
-      pinRoot = pinRootFor(sim);
-      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-      [ztunnel, outside, udp] = await Promise.all([sim.startZtunnel(), sim.startOutside(), sim.startUdpOutside(UDP_PORT)]);
+      udp = await sim.startUdpOutside(UDP_PORT);
     } catch (err) {
-      await teardownNode(sim, pinRoot);
+      await cluster.teardown();
       throw err;
     }
   });
 
-  afterAll(() => teardownNode(sim, pinRoot, controller));
+  afterAll(() => cluster?.teardown());
 
   async function start(mode: 'ebpf' | 'iptables', extra: string[]): Promise<void> {
-    controller = startController(sim.nodeNs, ['--pin-root', pinRoot, '--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip, '--mode', mode, ...extra]);
+    controller = cluster!.startAgent(['--ztunnel-ip', sim.ztunnel.ip, '--enroll', sim.pods[0]!.ip, '--mode', mode, ...extra]);
     await controller.waitFor('programmed');
   }
 
@@ -112,14 +109,11 @@ kernelDescribe('Istio traffic behaviour: --non-tcp and TCP DNS', 'loads BPF, bui
   }
 
   it('iptables mode, through the API double: dns-capture sends the annotated pod’s TCP/53 to 15053 alone; bypass-inbound-capture lets the outside reach its app uncaptured while its own connections stay captured', async () => {
-    const kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
+    const kube = await cluster!.startKube();
     const APP = 9292;
     const app = await sim.startPodServer(sim.pods[1]!, APP);
-    const NODE = 'sim-node';
+    const NODE = cluster!.nodeName;
     try {
-      kube.api.upsertNamespace('istio-system');
-      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-      kube.api.createPod({ name: 'ztunnel-x', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       kube.api.createPod({ name: 'plain', namespace: 'shop', nodeName: NODE, ip: sim.pods[0]!.ip, hostIp: OUTSIDE_HOST_IP });
       kube.api.createPod({
         name: 'annotated',
@@ -129,18 +123,7 @@ kernelDescribe('Istio traffic behaviour: --non-tcp and TCP DNS', 'loads BPF, bui
         hostIp: OUTSIDE_HOST_IP,
         annotations: { 'ambient.istio.io/dns-capture': 'true', 'ambient.istio.io/bypass-inbound-capture': 'true' },
       });
-      controller = startController(sim.nodeNs, [
-        '--kubeconfig',
-        kube.kubeconfig,
-        '--node-name',
-        NODE,
-        '--pin-root',
-        pinRoot,
-        '--mode',
-        'iptables',
-        '--dns-service',
-        'none',
-      ]);
+      controller = cluster!.startAgent(['--mode', 'iptables', '--dns-service', 'none']);
       await controller.waitFor('programmed');
       const via = async (i: number, port: number) => {
         const n = ztunnel.accepted.length;
@@ -167,7 +150,7 @@ kernelDescribe('Istio traffic behaviour: --non-tcp and TCP DNS', 'loads BPF, bui
     } finally {
       await app.stop();
       if (controller) await stop();
-      await kube.stop();
+      await cluster!.stopKube();
     }
   });
 });

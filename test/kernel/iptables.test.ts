@@ -11,7 +11,7 @@ import { systemRunner } from '../../src/host/runner.js';
 import { startController, runInNode } from '../../harness/sim/controller.js';
 import { createSimNode, newPrefix, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor, runStaticScenario } from '../../harness/sim/scenario.js';
-import { emptyTables } from '../../src/capture/iptables/iptables.js';
+import { emptyTables } from '../../src/capture/iptables/restore.js';
 import { kernelDescribe } from '../support/gate.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';

@@ -9,17 +9,14 @@
  * instead of 60 s): what is checked is the behaviour — nothing removed, traffic
  * unaffected, retries bounded by the cap to <= 1/s, convergence after recovery.
  */
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { systemRunner } from '../../src/host/runner.js';
-import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
-import { ZTUNNEL_POD } from '../../harness/sim/kube-api.js';
+import { SimCluster } from '../../harness/sim/cluster.js';
+import type { ControllerProcess } from '../../harness/sim/controller.js';
+import type { SimKubeApi } from '../../harness/sim/kube-sim.js';
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
-import { createSimNode, unwirePod, wirePod, type SimNode, type SimServer } from '../../harness/sim/node.js';
-import { pinRootFor } from '../../harness/sim/scenario.js';
-import { teardownNode } from '../support/node.js';
+import { unwirePod, wirePod, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { kernelDescribe } from '../support/gate.js';
 import { sleep, until as waitUntil } from '../support/wait.js';
 
@@ -74,26 +71,15 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
 
   const pod = (name: string, ns: string, i: number) => kube.api.createPod({ name, namespace: ns, nodeName: NODE, ip: ip(i), hostIp: OUTSIDE_HOST_IP });
 
+  let cluster: SimCluster | undefined;
+
   beforeAll(async () => {
-    sim = await createSimNode({ pods: 4 });
+    cluster = await SimCluster.create({ pods: 4, nodeName: NODE, ztunnel: 'node' });
+    ({ sim, kube, ztunnel, outside, pinRoot } = cluster);
     try {
-      pinRoot = pinRootFor(sim);
-      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-      [ztunnel, outside] = await Promise.all([sim.startZtunnel(), sim.startOutside()]);
-      kube.api.upsertNamespace('istio-system');
-      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-      kube.api.upsertNamespace('plain');
-      kube.api.createPod({ name: 'ztunnel-abc', namespace: 'istio-system', nodeName: NODE, ip: sim.ztunnel.ip, hostIp: OUTSIDE_HOST_IP, ...ZTUNNEL_POD });
       // A pod of another node with an IP of this one: only the field selector keeps it out.
       kube.api.createPod({ name: 'elsewhere', namespace: 'shop', nodeName: 'other-node', ip: ip(3), hostIp: '198.19.9.9' });
-      controller = startController(sim.nodeNs, [
-        '--kubeconfig',
-        kube.kubeconfig,
-        '--node-name',
-        NODE,
-        '--pin-root',
-        pinRoot,
+      controller = cluster.startAgent([
         '--backoff-initial',
         '0.2',
         '--backoff-max',
@@ -116,9 +102,9 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
   });
 
   async function teardown(): Promise<void> {
-    await teardownNode(sim, pinRoot, controller);
+    await cluster?.teardown();
+    cluster = undefined;
     controller = undefined;
-    await kube?.stop();
   }
   afterAll(teardown);
 

@@ -11,22 +11,20 @@
  * it reads the kernel's own files through them (ns/net, net/fib_trie, net/if_inet6), and
  * cannot meet another run's netns holding the same address.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, unlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, symlinkSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { netnsSnapshot } from '../support/snapshot.js';
-import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
+import { SimCluster } from '../../harness/sim/cluster.js';
+import { runInNode, type ControllerProcess } from '../../harness/sim/controller.js';
+import type { SimKubeApi } from '../../harness/sim/kube-sim.js';
 import { OUTSIDE_HOST_IP } from '../../harness/sim/names.js';
-import { createSimNode, type SimNode } from '../../harness/sim/node.js';
-import { pinRootFor } from '../../harness/sim/scenario.js';
+import type { SimNode } from '../../harness/sim/node.js';
 import { INPOD_PORTS, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { closeFd, recvDatagram, seqpacketConnect, sendDatagram } from '../../src/host/libc.js';
 import { encodeHello, encodeResponse } from '../../src/zds/codec.js';
-import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
 import { sleep, until } from '../support/wait.js';
 
@@ -135,23 +133,19 @@ for (const mode of ['ebpf', 'iptables'] as const)
         serviceAccount: 'default',
       });
 
+    let cluster: SimCluster | undefined;
+
     beforeAll(async () => {
-      sim = await createSimNode({ pods: Object.keys(idx).length });
+      cluster = await SimCluster.create({ pods: Object.keys(idx).length, nodeName: NODE, ztunnel: 'inpod', scratch: 'ar-zds-agent-', hostProc: true });
+      ({ sim, kube, pinRoot, dir } = cluster);
+      procDir = cluster.hostProc!;
       try {
-        pinRoot = pinRootFor(sim);
-        mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-        dir = mkdtempSync(join(tmpdir(), 'ar-zds-agent-'));
-        procDir = join(dir, 'proc');
-        mkdirSync(procDir);
         // A pause process in each pod's netns, as the runtime keeps one; the agent's /proc holds these.
         for (const p of sim.pods) {
           const child = startProcess(['ip', 'netns', 'exec', p.ns, 'sleep', '3600']);
           pauses.push(child);
           symlinkSync(`/proc/${child.pid}`, join(procDir, String(child.pid)));
         }
-        kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-        kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-        kube.api.upsertNamespace('plain');
         createPod('a');
         createPod('b');
         createPod('optout', { 'istio.io/dataplane-mode': 'none' });
@@ -161,16 +155,8 @@ for (const mode of ['ebpf', 'iptables'] as const)
           'inpod',
           '--mode',
           mode,
-          '--kubeconfig',
-          kube.kubeconfig,
-          '--node-name',
-          NODE,
-          '--pin-root',
-          pinRoot,
           '--zds-socket',
           join(dir, 'ztunnel', 'ztunnel.sock'),
-          '--host-proc',
-          procDir,
           '--resync-interval',
           '1',
           '--health-address',
@@ -189,7 +175,7 @@ for (const mode of ['ebpf', 'iptables'] as const)
             sim.pods.map((p) => p.hostVeth),
           ),
         );
-        controller = startController(sim.nodeNs, args);
+        controller = cluster.startAgent(args);
         await controller.waitFor('zds listening');
         await controller.waitFor('programmed');
       } catch (err) {
@@ -201,10 +187,9 @@ for (const mode of ['ebpf', 'iptables'] as const)
     async function teardown(): Promise<void> {
       for (const z of standIns) z.close();
       for (const p of pauses) p.kill('SIGKILL');
-      await teardownNode(sim, pinRoot, controller, dir ? procDir : undefined);
+      await cluster?.teardown();
+      cluster = undefined;
       controller = undefined;
-      await kube?.stop();
-      if (dir) rmSync(dir, { recursive: true, force: true });
     }
     afterAll(teardown);
 
@@ -304,7 +289,7 @@ for (const mode of ['ebpf', 'iptables'] as const)
       const before = await inodes();
       const snapshots = standIns.at(-1)!.stats.snapshots;
       await controller!.stop('SIGTERM');
-      controller = startController(sim.nodeNs, args);
+      controller = cluster!.startAgent(args);
       await controller.waitFor('programmed');
       await until('the snapshot after the agent restart', () => standIns.at(-1)!.stats.snapshots > snapshots);
       await expectExactly(['a', 'optout']);

@@ -10,17 +10,15 @@
  * The agent is given an empty --host-proc: pods are known here only through their CNI
  * ADD's netns (CNI_NETNS), never through another run's processes.
  */
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
-import { startSimKubeApi, type SimKubeApi } from '../../harness/sim/kube-sim.js';
-import { createSimNode, type SimNode } from '../../harness/sim/node.js';
+import { SimCluster } from '../../harness/sim/cluster.js';
+import type { ControllerProcess } from '../../harness/sim/controller.js';
+import type { SimKubeApi } from '../../harness/sim/kube-sim.js';
+import type { SimNode } from '../../harness/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
-import { pinRootFor } from '../../harness/sim/scenario.js';
 import { ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
-import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
 import { until } from '../support/wait.js';
 
@@ -33,7 +31,6 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
   let sim: SimNode;
   let kube: SimKubeApi;
   let controller: ControllerProcess | undefined;
-  let pinRoot: string;
   let dir: string;
   const standIns: ZtunnelInpod[] = [];
   const sock = () => join(dir, 'ztunnel', 'ztunnel.sock');
@@ -70,45 +67,15 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
   /** First connections not answered by ztunnel inside the pod. */
   const bypasses = (runs: PodRun[]) => runs.filter((r) => r.connection?.reply !== 'ztunnel').length;
 
+  let cluster: SimCluster | undefined;
+
   beforeAll(async () => {
-    sim = await createSimNode({ pods: 0 });
+    cluster = await SimCluster.create({ pods: 0, nodeName: NODE, ztunnel: 'inpod', scratch: 'ar-zds-cni-', hostProc: true });
+    ({ sim, kube, dir } = cluster);
     try {
-      pinRoot = pinRootFor(sim);
-      mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-      dir = mkdtempSync(join(tmpdir(), 'ar-zds-cni-'));
-      for (const d of ['net.d', 'bin', 'proc']) mkdirSync(join(dir, d));
+      for (const d of ['net.d', 'bin']) mkdirSync(join(dir, d));
       writeFileSync(conflist(), CONFLIST);
-      kube = await startSimKubeApi(sim.nodeNs, { bookmarkMs: 500 });
-      kube.api.upsertNamespace('shop', { 'istio.io/dataplane-mode': 'ambient' });
-      kube.api.upsertNamespace('plain');
-      controller = startController(sim.nodeNs, [
-        '--ztunnel-mode',
-        'inpod',
-        '--zds-socket',
-        sock(),
-        '--host-proc',
-        join(dir, 'proc'),
-        '--kubeconfig',
-        kube.kubeconfig,
-        '--node-name',
-        NODE,
-        '--pin-root',
-        pinRoot,
-        '--resync-interval',
-        '30',
-        '--cni-socket',
-        join(dir, 'run', 'cni.sock'),
-        '--cni-state-dir',
-        join(dir, 'state'),
-        '--cni-add-timeout',
-        '8',
-        '--cni-install',
-        'true',
-        '--cni-bin-dir',
-        join(dir, 'bin'),
-        '--cni-conf-dir',
-        join(dir, 'net.d'),
-      ]);
+      controller = cluster.startAgent(['--ztunnel-mode', 'inpod', '--zds-socket', sock(), '--resync-interval', '30', ...cluster.cniFlags(8, true)]);
       await controller.waitFor('programmed');
       await controller.waitFor('cni: plugin installed');
       const z = new ZtunnelInpod({ socket: sock() });
@@ -122,10 +89,9 @@ kernelDescribe('the CNI gate in inpod mode on the simulated node', 'builds netwo
 
   async function teardown(): Promise<void> {
     for (const z of standIns) z.close();
-    await teardownNode(sim, pinRoot, controller, dir ? join(dir, 'proc') : undefined);
+    await cluster?.teardown();
+    cluster = undefined;
     controller = undefined;
-    await kube?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
   }
   afterAll(teardown);
 

@@ -5,18 +5,7 @@
  */
 import * as b from '../../harness/packet/builder.js';
 import { DNS, FLOW, NODE, NOT_DNS, OUTSIDE, POD_A, POD_B, POD_U, PROBE } from './rows.js';
-
-/** mulberry32: small, fast, good enough to spread frames. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../../harness/lib/rng.js';
 
 export class Gen {
   readonly r: () => number;

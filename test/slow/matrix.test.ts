@@ -14,7 +14,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
-import { disagreement, modelStateOf, type KernelOutcome, type StateSpec } from '../model/harness.js';
+import { disagreement, modelStateOf, OBJECT_PATH as OBJECT, PROGRAMS, type KernelOutcome, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ROWS, stateOf, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
 import { truncate } from '../../harness/packet/builder.js';
@@ -25,9 +25,7 @@ import { applyChanges, MATRIX_VETHS, parseReport, type Corpus, type CorpusRun, t
 import { formatTable, problemsOf, type KernelRow } from '../../harness/matrix/report.js';
 import { kernelDescribe } from '../support/gate.js';
 
-const OBJECT = 'build/redirect.bpf.o';
 const BROKEN = 'build/tests/broken.bpf.o';
-const PROGRAMS = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'] as const;
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
 const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_lookup'] as const;
@@ -133,7 +131,7 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       else if (program === 'in_redirect') verdict = m.inbound(frame, model, ctx);
       else verdict = m.outbound(frame, model, ctx);
       m.record(model, verdict);
-      runs.push([st, PROGRAMS.indexOf(program as (typeof PROGRAMS)[number]), frameOf(frame), ifindex, ingressIfindex, 0]);
+      runs.push([st, PROGRAMS.indexOf(program as ProgramName), frameOf(frame), ifindex, ingressIfindex, 0]);
       expected.push({ verdict });
     }
   }

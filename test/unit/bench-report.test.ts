@@ -2,7 +2,8 @@
 import { describe, expect, it } from 'vitest';
 import { datapathFigures, goalFigures, median, RELAY_RATIOS, ratios, ratioSvg, renderMarkdown, summarize, trafficTable } from '../../harness/bench/report.js';
 import type { BenchRow } from '../../harness/bench/datapath.js';
-import { bootstrap, figure, figureTable, quantile, ratioInterval, rng, splitFigures, figuresLine, verdict } from '../../harness/bench/stats.js';
+import { bootstrap, figure, figureTable, quantile, ratioInterval, splitFigures, figuresLine, verdict } from '../../harness/bench/stats.js';
+import { rng } from '../../harness/lib/rng.js';
 import { rotate, type Scenario, type TrafficSample, type Workload } from '../../harness/bench/traffic.js';
 import { synRetransmits as parseSynRetrans } from '../../harness/bench/traffic-peer.js';
 

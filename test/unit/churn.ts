@@ -14,7 +14,7 @@
 import { Controller } from '../../src/controller/controller.js';
 import { KubeMembership } from '../../src/kube/membership.js';
 import type { RedirectMode } from '../../src/capture/mode.js';
-import { rng } from '../model/generate.js';
+import { rng } from '../../harness/lib/rng.js';
 import { FakeMode, InProcessTransport, fakeNet, fakeZtunnel, quietLog } from './kube-harness.js';
 
 export const SEEDS = process.env.CHURN_SEED ? [Number(process.env.CHURN_SEED)] : Array.from({ length: 100 }, (_, i) => i + 1);

@@ -457,6 +457,16 @@ export function routeArgs(r: RouteSpec): string[] {
   return a;
 }
 
+/** `ip route del` arguments for one of our routes: its slot (type, destination, table) and our protocol. */
+export function routeDelArgs(r: RouteSpec): string[] {
+  return ['route', 'del', ...(r.type === 'unicast' ? [] : [r.type]), r.dst, 'table', r.table, 'proto', ROUTE_PROTO];
+}
+
+/** `ip rule add|del` arguments for one of our rules (priority, selector, our protocol). */
+export function ruleOpArgs(op: 'add' | 'del', r: RuleSpec): string[] {
+  return ['rule', op, 'priority', String(r.priority), ...r.args, 'protocol', ROUTE_PROTO];
+}
+
 /** What identifies a route for comparison: the fields the kernel echoes back. */
 export function routeKey(r: RouteSpec): string {
   return [r.family, r.table, r.type, r.dst, r.via ?? '-', r.type === 'unreachable' ? '-' : (r.dev ?? '-'), r.src ?? '-'].join(' ');
