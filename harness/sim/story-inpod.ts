@@ -125,7 +125,10 @@ export async function inpodWorld(sim: SimNode, mode: SelectedMode): Promise<Stor
     async capture() {
       if (!node.agent) return [`the agent's in-pod capture (asked: --mode ${mode}): ${capturePicked ?? '?'}`];
       const status = await node.status();
-      const lines = status.split('\n').filter((l) => /^(in-pod capture|ztunnels connected|enrolled pods):/.test(l));
+      // The capture, ztunnel's connection, and each enrolled pod's netns, capture and ack.
+      const all = status.trimEnd().split('\n');
+      const pods = all.findIndex((l) => l.startsWith('enrolled pods:'));
+      const lines = [...all.filter((l) => /^(in-pod capture|ztunnels connected):/.test(l)), ...(pods >= 0 ? all.slice(pods) : [])];
       return [`the agent's in-pod capture (asked: --mode ${mode}; its log says: ${capturePicked}); \`status\` says:`, ...lines.map((l) => `  ${l}`)];
     },
 
