@@ -95,7 +95,9 @@ export async function startInpodNode(sim: SimNode, o: InpodNodeOptions): Promise
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
     mkdirSync(hostProc);
     for (const p of sim.pods) {
-      const child = startProcess(['ip', 'netns', 'exec', p.ns, 'sleep', 'infinity']);
+      // Its own process group: a Ctrl-C in the terminal (SIGINT to the demo's group) must not
+      // end it before uninstall, which finds the pods' netns through it. stop() ends it.
+      const child = startProcess(['ip', 'netns', 'exec', p.ns, 'sleep', 'infinity'], { detached: true, stdio: 'ignore' });
       pauses.push(child);
       symlinkSync(`/proc/${child.pid}`, join(hostProc, String(child.pid)));
     }

@@ -190,6 +190,7 @@ export async function runStory(sim: SimNode, world: StoryWorld, opts: StoryOptio
   let outside: SimServer | undefined;
   let app: SimServer | undefined;
   const dst = `${sim.outside.ip}:${sim.outside.port}`;
+  let failed = false;
   const nsLabels: Record<string, Record<string, string>> = { shop: {}, plain: {} };
 
   const actors: Actor[] = sim.pods.map((pod, i) => ({
@@ -409,9 +410,21 @@ export async function runStory(sim: SimNode, world: StoryWorld, opts: StoryOptio
     const removed = await world.finish();
     for (const line of removed.trim().split('\n').filter(Boolean)) opts.print(`  uninstall: ${line}\n`);
     return { steps, ok: steps.every((s) => s.ok), capture };
+  } catch (err) {
+    failed = true;
+    throw err;
   } finally {
-    // Every part of the cleanup runs, whatever another part throws.
+    // Every part of the cleanup runs, whatever another part throws. A cleanup that fails
+    // is said, and fails the story when nothing else did.
     await Promise.allSettled([app?.stop(), outside?.stop()]);
-    await world.cleanup();
+    const cleanupError = await world.cleanup().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    if (cleanupError !== undefined) {
+      opts.print(`- cleanup failed: ${cleanupError instanceof Error ? cleanupError.message : String(cleanupError)}\n`);
+      // biome-ignore lint/correctness/noUnsafeFinally: a failed cleanup must fail a story that otherwise passed
+      if (!failed) throw cleanupError;
+    }
   }
 }

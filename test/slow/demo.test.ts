@@ -67,8 +67,12 @@ kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF
   }
 
   it('tears everything down on Ctrl-C (SIGINT) mid-run (the in-pod story, the default)', async () => {
-    const child = startProcess([process.execPath, 'dist/harness/main.js', 'demo', '--pods', '3', '--rounds', '2']);
+    // Its own process group, signalled as a whole: what Ctrl-C in a terminal does (the
+    // agent, the servers and every other child get SIGINT too).
+    const child = startProcess([process.execPath, 'dist/harness/main.js', 'demo', '--pods', '3', '--rounds', '2'], { detached: true });
     let out = '';
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`demo never reached its second step: ${out}`)), 90_000);
@@ -84,10 +88,11 @@ kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF
     const prefix = /network namespaces (\w+)-\*/.exec(out)?.[1];
     expect(prefix).toBeDefined();
     expect(await leftovers(prefix!)).toEqual(expect.arrayContaining(['netns', 'in-pod files']));
-    child.kill('SIGINT');
+    process.kill(-child.pid!, 'SIGINT');
     const code = await exited;
-    expect(code).toBe(130);
+    expect(code, `${out}\n${err}`).toBe(130);
     expect(out).toContain('tearing down');
+    expect(out).not.toContain('cleanup failed');
     expect(await leftovers(prefix!)).toEqual([]);
   }, 120_000);
 });
