@@ -4,11 +4,27 @@
  * captures. Every step holds, the verdict passes, exit 0, the capture the agent picked is
  * shown, and nothing is left behind; Ctrl-C mid-run tears everything down too.
  */
+import { execFile } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { expect, it } from 'vitest';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { kernelDescribe } from '../support/gate.js';
+
+/** Runs the demo to its end; its exit code and output, whatever the code. */
+function runDemo(args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['dist/harness/main.js', 'demo', ...args],
+      { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : null) : 0;
+        resolve({ code, out: `${stdout}${stderr ? `\n[stderr]\n${stderr}` : ''}` });
+      },
+    );
+  });
+}
 
 async function leftovers(prefix: string): Promise<string[]> {
   const found: string[] = [];
@@ -32,10 +48,9 @@ kernelDescribe('demo command', 'the demo builds network namespaces and loads BPF
     ['node', 'iptables'],
   ] as const) {
     it(`tells the whole story, --topology ${topology} --mode ${mode}: every step holds, PASS, nothing left behind`, async () => {
-      const out = await systemRunner.run(
-        [process.execPath, 'dist/harness/main.js', 'demo', '--topology', topology, '--mode', mode, '--pods', '3', '--rounds', '1'],
-        { timeoutMs: 300_000 },
-      );
+      const { code, out } = await runDemo(['--topology', topology, '--mode', mode, '--pods', '3', '--rounds', '1'], 300_000);
+      // The whole output on failure: the tables, the verdict's reasons, the agent's warnings.
+      expect(code, out).toBe(0);
       const prefix = /network namespaces (\w+)-\*/.exec(out)?.[1];
       expect(prefix).toBeDefined();
       expect(out).toMatch(STEPS);
