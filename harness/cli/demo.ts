@@ -97,6 +97,10 @@ export async function demoCommand(argv: string[]): Promise<number> {
     if (!result.ok) {
       // What the agent itself said went wrong, for whoever reads the failure.
       const warnings = world.agentLog().filter((e) => e.level === 'warn' || e.level === 'error');
+      if (warnings.some((e) => e.msg === 'inpod: capture drifted; installing it again'))
+        print(
+          "\nthe agent found its in-pod capture taken out of a pod behind its back (drift) and put it back: a pod's connections go direct in between. Nothing in the demo does that. On a shared machine another run's `uninstall` without --host-proc takes Istio's in-pod iptables rules out of every netns it finds (docs/design.md, \"The harness\").\n",
+        );
       if (warnings.length)
         print(
           `\nthe agent's warnings and errors (last ${Math.min(warnings.length, 30)}):\n${warnings
