@@ -4,6 +4,9 @@
  * which remounts /sys and would hide the host's bpffs), just as a hostNetwork DaemonSet
  * pod sees the node's network and the host's bpffs.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { startProcess, systemRunner, type CommandRunner } from '../../src/host/runner.js';
 import { distEntry } from './dist.js';
@@ -104,9 +107,23 @@ export function startController(nodeNs: string, args: readonly string[]): Contro
  * Runs a one-shot command (uninstall, status) in the node netns; returns its stdout.
  * `status` and `run` get `--ztunnel-mode node` unless the caller names a mode (see
  * startController).
+ *
+ * `uninstall` without `--host-proc` gets an empty one: the simulated node's pods are known
+ * only through the /proc its caller gives (inpod-node.ts). Left to the default, /proc, it
+ * would look at every process of this shared machine and take the in-pod iptables capture
+ * out of every other run's pods (seen: the demo's enrolled pods went direct while another
+ * run's node-topology test uninstalled).
  */
-export function runInNode(nodeNs: string, args: readonly string[], runner: CommandRunner = systemRunner): Promise<string> {
+export async function runInNode(nodeNs: string, args: readonly string[], runner: CommandRunner = systemRunner): Promise<string> {
   const [command, ...rest] = args;
+  if (command === 'uninstall' && !rest.some((a) => a === '--host-proc' || a.startsWith('--host-proc='))) {
+    const none = mkdtempSync(join(tmpdir(), `ar-noproc-${nodeNs}-`));
+    try {
+      return await runner.run(inNode(nodeNs, [...args, '--host-proc', none]));
+    } finally {
+      rmSync(none, { recursive: true, force: true });
+    }
+  }
   const withMode = (command === 'status' || command === 'run') && !rest.includes('--ztunnel-mode') ? [command, '--ztunnel-mode', 'node', ...rest] : args;
   return runner.run(inNode(nodeNs, withMode));
 }
