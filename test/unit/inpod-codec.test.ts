@@ -52,7 +52,9 @@ describe('in-pod codec', () => {
     expect(codec.overrideFlags({ bypassInbound: false, dnsCapture: null })).toBe(0);
     expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: null })).toBe(codec.InpodOverrideFlags.BYPASS_INBOUND);
     expect(codec.overrideFlags({ bypassInbound: false, dnsCapture: true })).toBe(codec.InpodOverrideFlags.DNS_CAPTURE);
-    expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: false })).toBe(codec.InpodOverrideFlags.BYPASS_INBOUND | codec.InpodOverrideFlags.NO_DNS_CAPTURE);
+    expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: false })).toBe(
+      codec.InpodOverrideFlags.BYPASS_INBOUND | codec.InpodOverrideFlags.NO_DNS_CAPTURE,
+    );
     expect(codec.decodeInpodOverride(codec.encodeInpodOverride(5))).toBe(5);
     expect(() => codec.decodeInpodOverride(Buffer.alloc(8))).toThrow(CodecError);
     expect(PINNED_MAPS.inpod_overrides).toMatchObject({ keySize: 16, valueSize: 4 });

@@ -86,7 +86,6 @@ export class InpodIptables implements InPodCapture {
     return { dnsCapture: o?.dnsCapture ?? this.dns, bypassInbound: o?.bypassInbound ?? false, rerouteInterfaces: o?.rerouteInterfaces ?? [] };
   }
 
-
   private host(argv: string[]): string[] {
     const ns = this.opts.hostNetns ?? null;
     return ns ? ['ip', 'netns', 'exec', ns, ...argv] : argv;
