@@ -125,11 +125,11 @@ static __always_inline int ipv6_frag_step(struct __sk_buff *skb, __u8 *nh, __u32
 
 	if (*nh == IPPROTO_FRAGMENT)
 		return 1;
-	if (!ipv6_ext(*nh) || bpf_skb_load_bytes(skb, *off, h, 2) < 0) {
+	if (!parse_ipv6_ext(*nh) || bpf_skb_load_bytes(skb, *off, h, 2) < 0) {
 		*nh = IPPROTO_NONE;
 		return 0;
 	}
-	*off += ipv6_hdr_len(*nh, h[1]);
+	*off += parse_ipv6_hdr_len(*nh, h[1]);
 	*nh = h[0];
 	return 0;
 }
@@ -322,7 +322,7 @@ int inpod_out(struct __sk_buff *skb)
 static __always_inline void probe_addr(struct addr_key *a, bool v4)
 {
 	if (v4) {
-		addr_from_v4(a, bpf_htonl(INPOD_PROBE_ADDR4));
+		parse_addr_from_v4(a, bpf_htonl(INPOD_PROBE_ADDR4));
 		return;
 	}
 	/* fd16:9254:7127:1337:ffff:ffff:ffff:ffff */

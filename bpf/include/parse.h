@@ -63,7 +63,7 @@ struct flow {
 	__u32 l4_off;        /* offset of the L4 header */
 };
 
-static __always_inline void addr_from_v4(struct addr_key *k, __be32 a)
+static __always_inline void parse_addr_from_v4(struct addr_key *k, __be32 a)
 {
 	__builtin_memset(k, 0, sizeof(*k));
 	k->addr[10] = 0xff;
@@ -72,12 +72,12 @@ static __always_inline void addr_from_v4(struct addr_key *k, __be32 a)
 }
 
 /* ICMP of the frame's own family: ICMPv6 inside IPv4 is just another protocol. */
-static __always_inline int is_icmp(const struct flow *f)
+static __always_inline int parse_is_icmp(const struct flow *f)
 {
 	return f->l3 == L3_IPV4 ? f->proto == IPPROTO_ICMP : f->proto == IPPROTO_ICMPV6;
 }
 
-static __always_inline int ipv6_ext(__u8 nh)
+static __always_inline int parse_ipv6_ext(__u8 nh)
 {
 	return nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
 	       nh == IPPROTO_FRAGMENT || nh == IPPROTO_AH;
@@ -91,7 +91,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 
 	if (f->proto == IPPROTO_TCP)
 		need = 20;
-	else if (f->proto == IPPROTO_UDP || is_icmp(f))
+	else if (f->proto == IPPROTO_UDP || parse_is_icmp(f))
 		need = 8;
 	else {
 		f->l4 = L4_OTHER;
@@ -113,7 +113,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 	}
 	if (f->proto == IPPROTO_TCP)
 		f->tcp_flags = hdr[13];
-	if (is_icmp(f)) {
+	if (parse_is_icmp(f)) {
 		f->icmp_type = hdr[0];
 	} else {
 		__builtin_memcpy(&f->sport, &hdr[0], 2);
@@ -121,7 +121,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 	}
 }
 
-static __always_inline __u32 ipv6_hdr_len(__u8 type, __u8 hdrlen)
+static __always_inline __u32 parse_ipv6_hdr_len(__u8 type, __u8 hdrlen)
 {
 	return type == IPPROTO_AH ? ((__u32)hdrlen + 2) * 4 : ((__u32)hdrlen + 1) * 8;
 }
@@ -135,13 +135,13 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 		__u8 h[4];
 		__u32 len;
 
-		if (!ipv6_ext(nh))
+		if (!parse_ipv6_ext(nh))
 			break;
 		if (bpf_skb_load_bytes(skb, f->l4_off, h, 2) < 0) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
 		}
-		len = nh == IPPROTO_FRAGMENT ? 8 : ipv6_hdr_len(nh, h[1]);
+		len = nh == IPPROTO_FRAGMENT ? 8 : parse_ipv6_hdr_len(nh, h[1]);
 		if (f->l4_off + len > skb->len) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
@@ -167,7 +167,7 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 		f->l4_off += len;
 	}
 	f->proto = nh;
-	if (!f->nonfirst_frag && ipv6_ext(nh)) {
+	if (!f->nonfirst_frag && parse_ipv6_ext(nh)) {
 		f->l4 = L4_BAD_CHAIN; /* longer than MAX_IPV6_EXT */
 		return;
 	}
@@ -220,8 +220,8 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		f->l3 = L3_IPV4;
 		f->src4 = ip->saddr;
 		f->dst4 = ip->daddr;
-		addr_from_v4(&f->src, ip->saddr);
-		addr_from_v4(&f->dst, ip->daddr);
+		parse_addr_from_v4(&f->src, ip->saddr);
+		parse_addr_from_v4(&f->dst, ip->daddr);
 		f->proto = ip->protocol;
 		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 		f->l4_off = sizeof(*eth) + ihl;
@@ -246,14 +246,14 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 }
 
 /* fe80::/10 and ff02::/16: never forwarded by the host. */
-static __always_inline int ipv6_link_local(const struct addr_key *a)
+static __always_inline int parse_ipv6_link_local(const struct addr_key *a)
 {
 	return (a->addr[0] == 0xfe && (a->addr[1] & 0xc0) == 0x80) ||
 	       (a->addr[0] == 0xff && a->addr[1] == 0x02);
 }
 
 /* ICMPv6 neighbour discovery (133-137) or MLD (130-132, 143), header in the frame. */
-static __always_inline int ipv6_nd_or_mld(const struct flow *f)
+static __always_inline int parse_ipv6_nd_or_mld(const struct flow *f)
 {
 	if (f->l3 != L3_IPV6 || f->proto != IPPROTO_ICMPV6 || f->l4 != L4_OK || f->nonfirst_frag)
 		return 0;
@@ -261,7 +261,7 @@ static __always_inline int ipv6_nd_or_mld(const struct flow *f)
 }
 
 /* TCP or UDP whose ports were read: a flow the host_flows map can name. */
-static __always_inline int has_ports(const struct flow *f)
+static __always_inline int parse_has_ports(const struct flow *f)
 {
 	return (f->proto == IPPROTO_TCP || f->proto == IPPROTO_UDP) && f->l4 == L4_OK && !f->nonfirst_frag;
 }

@@ -79,7 +79,7 @@ static __always_inline int redirect_host_originated(struct __sk_buff *skb, const
 {
 	struct host_flow_key k;
 
-	if (skb->ingress_ifindex != 0 || !has_ports(f))
+	if (skb->ingress_ifindex != 0 || !parse_has_ports(f))
 		return 0;
 	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
 	if (f->proto == IPPROTO_UDP || redirect_tcp_opening(f)) {
@@ -102,7 +102,7 @@ static __always_inline void redirect_bypassed_flow(struct __sk_buff *skb, const 
 	struct host_flow_key k;
 	struct host_flow_info h = { .ifindex = skb->ifindex };
 
-	if (!has_ports(f) || !(f->proto == IPPROTO_UDP || redirect_tcp_opening(f)))
+	if (!parse_has_ports(f) || !(f->proto == IPPROTO_UDP || redirect_tcp_opening(f)))
 		return;
 	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
 	bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
@@ -113,7 +113,7 @@ static __always_inline int redirect_host_flow_reply(struct __sk_buff *skb, const
 {
 	struct host_flow_key k;
 
-	if (!has_ports(f) || redirect_tcp_opening(f))
+	if (!parse_has_ports(f) || redirect_tcp_opening(f))
 		return 0;
 	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
 	return redirect_host_flow_known(&k, skb->ifindex);
@@ -216,7 +216,7 @@ static __always_inline enum redirect_verdict redirect_l4_verdict(const struct fl
 		return zt ? V_REDIRECT : V_DROP;                 /* O16, O17 */
 	if (dns && !redirect_dns_captured(ztf, pod_flags) && redirect_dns_server(server))
 		return V_PASS;                                   /* O15, I16 */
-	if (f->proto == IPPROTO_UDP || (is_icmp(f) && !redirect_icmp_error(f)))
+	if (f->proto == IPPROTO_UDP || (parse_is_icmp(f) && !redirect_icmp_error(f)))
 		return redirect_non_tcp(ztf);                             /* O15b, I16b */
 	if (!zt)
 		return V_DROP;                                   /* O16, I17 */
@@ -263,7 +263,7 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(struct __
 
 	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
-	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
+	if (parse_ipv6_nd_or_mld(f) && parse_ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
 	pod = bpf_map_lookup_elem(&pods, &f->src);
 	if (!pod || pod->ifindex != skb->ifindex)
@@ -294,7 +294,7 @@ static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __s
 		return v;                                        /* I1–I6 */
 	if (zt && skb->ingress_ifindex == zt->ifindex)
 		return V_PASS;                                   /* I7 */
-	if (ipv6_nd_or_mld(f) && (ipv6_link_local(&f->src) || ipv6_link_local(&f->dst)))
+	if (parse_ipv6_nd_or_mld(f) && (parse_ipv6_link_local(&f->src) || parse_ipv6_link_local(&f->dst)))
 		return V_PASS;                                   /* I8 */
 	pod = bpf_map_lookup_elem(&pods, &f->dst);
 	if (!pod || pod->ifindex != skb->ifindex)

@@ -51,7 +51,7 @@ static __always_inline void xdp_parse_l4(const struct xdp_md *ctx, struct flow *
 
 	if (f->proto == IPPROTO_TCP)
 		need = 20;
-	else if (f->proto == IPPROTO_UDP || is_icmp(f))
+	else if (f->proto == IPPROTO_UDP || parse_is_icmp(f))
 		need = 8;
 	else {
 		f->l4 = L4_OTHER;
@@ -77,7 +77,7 @@ static __always_inline void xdp_parse_l4(const struct xdp_md *ctx, struct flow *
 	}
 	if (f->proto == IPPROTO_TCP)
 		f->tcp_flags = hdr[13];
-	if (is_icmp(f)) {
+	if (parse_is_icmp(f)) {
 		f->icmp_type = hdr[0];
 	} else {
 		__builtin_memcpy(&f->sport, &hdr[0], 2);
@@ -96,13 +96,13 @@ static __always_inline void xdp_parse_ipv6_chain(const struct xdp_md *ctx, struc
 		__u8 h[4];
 		__u32 len;
 
-		if (!ipv6_ext(nh))
+		if (!parse_ipv6_ext(nh))
 			break;
 		if (xdp_load(ctx, f->l4_off, h, 2) < 0) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
 		}
-		len = nh == IPPROTO_FRAGMENT ? 8 : ipv6_hdr_len(nh, h[1]);
+		len = nh == IPPROTO_FRAGMENT ? 8 : parse_ipv6_hdr_len(nh, h[1]);
 		if (f->l4_off + len > frame_len) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
@@ -128,7 +128,7 @@ static __always_inline void xdp_parse_ipv6_chain(const struct xdp_md *ctx, struc
 		f->l4_off += len;
 	}
 	f->proto = nh;
-	if (!f->nonfirst_frag && ipv6_ext(nh)) {
+	if (!f->nonfirst_frag && parse_ipv6_ext(nh)) {
 		f->l4 = L4_BAD_CHAIN; /* longer than MAX_IPV6_EXT */
 		return;
 	}
@@ -181,8 +181,8 @@ static __always_inline void xdp_parse_frame(const struct xdp_md *ctx, struct flo
 		f->l3 = L3_IPV4;
 		f->src4 = ip->saddr;
 		f->dst4 = ip->daddr;
-		addr_from_v4(&f->src, ip->saddr);
-		addr_from_v4(&f->dst, ip->daddr);
+		parse_addr_from_v4(&f->src, ip->saddr);
+		parse_addr_from_v4(&f->dst, ip->daddr);
 		f->proto = ip->protocol;
 		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 		f->l4_off = sizeof(*eth) + ihl;
@@ -292,7 +292,7 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 	__u8 h[8];
 	long r;
 
-	if (!has_ports(f))
+	if (!parse_has_ports(f))
 		return;
 	if (f->l3 == L3_IPV4) {
 		__u16 tot, frag;
@@ -373,7 +373,7 @@ static __always_inline int xdp_host_flow_reply(__u32 ifindex, const struct flow 
 {
 	struct host_flow_key k;
 
-	if (!has_ports(f) || redirect_tcp_opening(f))
+	if (!parse_has_ports(f) || redirect_tcp_opening(f))
 		return 0;
 	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
 	return redirect_host_flow_known(&k, ifindex);
@@ -388,7 +388,7 @@ static __always_inline enum redirect_verdict xdp_outbound_verdict(__u32 ifindex,
 
 	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
-	if (ipv6_nd_or_mld(f) && ipv6_link_local(&f->dst))
+	if (parse_ipv6_nd_or_mld(f) && parse_ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
 	pod = bpf_map_lookup_elem(&pods, &f->src);
 	if (!pod || pod->ifindex != ifindex)

@@ -70,7 +70,7 @@ static __always_inline enum zt_class zt_classify(const struct flow *f, __u32 *ma
 		*mark = f->dport == bpf_htons(ZTUNNEL_PORT_HBONE) ? ZT_MARK_HBONE : ZT_MARK_INBOUND;
 		return ZC_DELIVER;                               /* Z6, Z7 */
 	}
-	if (is_icmp(f) && redirect_icmp_error(f)) {
+	if (parse_is_icmp(f) && redirect_icmp_error(f)) {
 		*mark = ZT_MARK_LOCAL;
 		return ZC_DELIVER;                               /* Z8 */
 	}
