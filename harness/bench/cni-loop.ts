@@ -40,7 +40,10 @@ const POD: PodView = {
   statusAnnotation: null,
 };
 
-/** A membership that has synced, knows both namespaces and the pod, and has programmed its IP. */
+/** The same pod's name in the namespace outside the mesh: found in the API, not enrolled (no label). */
+const PLAIN_POD: PodView = { ...POD, uid: 'uid-web-0-plain', namespace: 'plain', ips: ['10.244.1.11'] };
+
+/** A membership that has synced, knows both namespaces and both pods, and has programmed the enrolled one's IP. */
 function settledMembership(): CniMembership {
   const programmed = new Set([ENROLLED_IP]);
   return {
@@ -48,7 +51,8 @@ function settledMembership(): CniMembership {
     namespace: (n) => NAMESPACES.get(n),
     namespacesLive: () => true,
     fetchNamespace: async (n) => NAMESPACES.get(n) ?? null,
-    cachedPod: (ns, name) => (ns === POD.namespace && name === POD.name ? POD : undefined),
+    // The gate looks a pod up wherever a pod label could enroll it (any namespace, by default).
+    cachedPod: (ns, name) => [POD, PLAIN_POD].find((p) => p.namespace === ns && p.name === name),
     podDeleted: () => false,
     fetchPod: async () => null,
     enrollmentContext: () => ({ nodeName: NODE, reserved: new Set(['10.0.0.1']) }),
@@ -76,7 +80,7 @@ export function addRequest(namespace: 'shop' | 'plain'): Buffer {
       CNI_NETNS: '/var/run/netns/cni-1234',
       CNI_IFNAME: 'eth0',
       CNI_PATH: '/opt/cni/bin',
-      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=web-0;K8S_POD_UID=uid-web-0`,
+      CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=${namespace};K8S_POD_NAME=web-0;K8S_POD_UID=${namespace === 'plain' ? PLAIN_POD.uid : POD.uid}`,
     },
     stdin: Buffer.from(
       JSON.stringify({
