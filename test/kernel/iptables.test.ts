@@ -242,10 +242,14 @@ kernelDescribe('iptables mode end to end', 'builds network namespaces, iptables 
       // The uninstall command as a node without nftables runs it: nft is not on PATH.
       // An empty --host-proc: the machine's /proc would take the in-pod rules out of other runs' pods.
       const noProc = mkdtempSync(join(tmpdir(), 'ar-noproc-'));
-      const r = spawnSync('nsenter', [`--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/src/cli/main.js', 'uninstall', '--pin-root', pinRoot, '--host-proc', noProc], {
-        encoding: 'utf8',
-        env: { ...process.env, PATH: bin },
-      });
+      const r = spawnSync(
+        'nsenter',
+        [`--net=/var/run/netns/${sim.nodeNs}`, process.execPath, 'dist/src/cli/main.js', 'uninstall', '--pin-root', pinRoot, '--host-proc', noProc],
+        {
+          encoding: 'utf8',
+          env: { ...process.env, PATH: bin },
+        },
+      );
       rmSync(noProc, { recursive: true, force: true });
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toContain('deleted istioout');
