@@ -14,6 +14,18 @@
 #ifndef AMBIENT_REDIRECT_XDP_H
 #define AMBIENT_REDIRECT_XDP_H
 
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "ambient_redirect.h"
+#include "maps.h"
+#include "parse.h"
+#include "redirect.h"
+
 /*
  * Offsets a read may start at. A frame at a veth's XDP hook fits a page (the kernel caps
  * the veth's MTU for that), so 4096 loses nothing; the bound lets the verifier see the

@@ -19,7 +19,14 @@ describe('generated layouts', () => {
   it('match the in-pod object too (bpf/include/inpod.h -> src/bpf/inpod-layout.generated.ts)', async () => {
     const generated = await generateLayoutModule('build/inpod.bpf.o', 'bpf/include/inpod.h');
     expect(readFileSync('src/bpf/inpod-layout.generated.ts', 'utf8')).toBe(generated);
-    expect(declaredStructs(readFileSync('bpf/include/inpod.h', 'utf8')).sort()).toEqual(['inpod_config', 'inpod_pod', 'probe_flow_info', 'probe_flow_key']);
+    expect(declaredStructs(readFileSync('bpf/include/inpod.h', 'utf8')).sort()).toEqual([
+      'inpod_config',
+      'inpod_handoff_key',
+      'inpod_override',
+      'inpod_pod',
+      'probe_flow_info',
+      'probe_flow_key',
+    ]);
   });
 
   it("give the core's flags (src/core/values.ts) the header's values", () => {
