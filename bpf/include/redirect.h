@@ -109,14 +109,15 @@ static __always_inline void redirect_bypassed_flow(struct __sk_buff *skb, const 
 }
 
 /* O10: the pod answering a flow the node opened (never a SYN of its own). */
-static __always_inline int redirect_host_flow_reply(struct __sk_buff *skb, const struct flow *f)
+/* O10: `ifindex` is the veth the frame arrived on (the TC and the XDP hook alike). */
+static __always_inline int redirect_host_flow_reply(__u32 ifindex, const struct flow *f)
 {
 	struct host_flow_key k;
 
 	if (!parse_has_ports(f) || redirect_tcp_opening(f))
 		return 0;
 	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
-	return redirect_host_flow_known(&k, skb->ifindex);
+	return redirect_host_flow_known(&k, ifindex);
 }
 
 static __always_inline int redirect_dns_server(const struct addr_key *a)
@@ -255,7 +256,8 @@ static __always_inline int redirect_finish(struct __sk_buff *skb, enum redirect_
 	return redirect_to_ztunnel(skb, zt, peer);
 }
 
-static __always_inline enum redirect_verdict redirect_outbound_verdict(struct __sk_buff *skb, const struct flow *f,
+/* O1–O17 for a frame that arrived on the veth `ifindex` (the TC and the XDP hook alike). */
+static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifindex, const struct flow *f,
 						     const struct ztunnel_info *zt)
 {
 	struct pod_info *pod;
@@ -266,11 +268,11 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(struct __
 	if (parse_ipv6_nd_or_mld(f) && parse_ipv6_link_local(&f->dst))
 		return V_PASS;                                   /* O7 */
 	pod = bpf_map_lookup_elem(&pods, &f->src);
-	if (!pod || pod->ifindex != skb->ifindex)
+	if (!pod || pod->ifindex != ifindex)
 		return V_DROP;                                   /* O8 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
-	if (redirect_host_flow_reply(skb, f))
+	if (redirect_host_flow_reply(ifindex, f))
 		return V_PASS;                                   /* O10 */
 	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
 }
@@ -281,7 +283,7 @@ static __always_inline int redirect_capture_outbound(struct __sk_buff *skb, bool
 	struct flow f;
 
 	parse_frame(skb, &f);
-	return redirect_finish(skb, redirect_outbound_verdict(skb, &f, zt), zt, peer);
+	return redirect_finish(skb, redirect_outbound_verdict(skb->ifindex, &f, zt), zt, peer);
 }
 
 static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __sk_buff *skb, const struct flow *f,

@@ -380,38 +380,6 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 	}
 }
 
-/* O10 (redirect.h's host_flow_reply): `I` is the veth the frame arrived on. */
-static __always_inline int xdp_host_flow_reply(__u32 ifindex, const struct flow *f)
-{
-	struct host_flow_key k;
-
-	if (!parse_has_ports(f) || redirect_tcp_opening(f))
-		return 0;
-	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
-	return redirect_host_flow_known(&k, ifindex);
-}
-
-/* O1–O17 (redirect.h's outbound_verdict) for a frame that arrived on `ifindex`. */
-static __always_inline enum redirect_verdict xdp_outbound_verdict(__u32 ifindex, const struct flow *f,
-							 const struct ztunnel_info *zt)
-{
-	struct pod_info *pod;
-	enum redirect_verdict v;
-
-	if (redirect_l3_verdict(f, &v))
-		return v;                                        /* O1–O6 */
-	if (parse_ipv6_nd_or_mld(f) && parse_ipv6_link_local(&f->dst))
-		return V_PASS;                                   /* O7 */
-	pod = bpf_map_lookup_elem(&pods, &f->src);
-	if (!pod || pod->ifindex != ifindex)
-		return V_DROP;                                   /* O8 */
-	if (!(pod->flags & POD_F_ENROLLED))
-		return V_PASS;                                   /* O9 */
-	if (xdp_host_flow_reply(ifindex, f))
-		return V_PASS;                                   /* O10 */
-	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
-}
-
 /*
  * The XDP action of a verdict, counted as TC's are. A redirect completes an offloaded
  * checksum (xdp_complete_csum), rewrites the destination MAC to ztunnel's eth0 and hands the frame to ztunnel's host veth, whose transmit puts it
@@ -446,7 +414,7 @@ static __always_inline int xdp_capture_outbound(struct xdp_md *ctx)
 	struct flow f;
 
 	xdp_parse_frame(ctx, &f);
-	return xdp_finish(ctx, xdp_outbound_verdict(ctx->ingress_ifindex, &f, zt), zt, &f);
+	return xdp_finish(ctx, redirect_outbound_verdict(ctx->ingress_ifindex, &f, zt), zt, &f);
 }
 
 #endif
