@@ -66,6 +66,20 @@ async function timeScrape(m: AgentMetrics, keep = false): Promise<number> {
   return ms;
 }
 
+/** One phase of the child's ADDs: their times, or the child's failure (an error it sent, or its exit). */
+function phaseOf(child: ReturnType<typeof fork>, ms: number): Promise<number[]> {
+  return new Promise<number[]>((resolve, reject) => {
+    const onExit = (code: number | null, signal: string | null) => reject(new Error(`the CNI client exited (${signal ?? code}) during a phase`));
+    child.once('exit', onExit);
+    child.once('message', (m) => {
+      child.off('exit', onExit);
+      if (Array.isArray(m)) resolve(m as number[]);
+      else reject(new Error(`the CNI client: ${(m as { error?: string }).error ?? JSON.stringify(m)}`));
+    });
+    child.send({ ms });
+  });
+}
+
 /** The child: one ADD at a time for `ms`, as the plugin sends it; times back over IPC. */
 async function client(socket: string): Promise<void> {
   const requests = [addRequest('plain'), addRequest('shop')];
@@ -76,7 +90,9 @@ async function client(socket: string): Promise<void> {
       const t = performance.now();
       const reply = await cniAdd(socket, requests[i % 2]!);
       rtts.push(performance.now() - t);
-      if (reply.code !== 0) throw new Error(`ADD failed: ${String(reply.stdout)}`);
+      // A failure goes back to the parent, which stops and cleans up; a throw here would only
+      // end this child and leave the parent waiting.
+      if (reply.code !== 0) return void process.send!({ error: `ADD failed: ${String(reply.stdout)}` });
       // ADDs spread over the phase, as pods arrive (about 100/s).
       await new Promise((r) => setTimeout(r, 10));
     }
@@ -163,11 +179,7 @@ async function main(): Promise<void> {
           void now.exposition();
           timer = setInterval(() => void now.exposition(), 1000);
         }
-        const rtts = await new Promise<number[]>((resolve) => {
-          child!.once('message', (m) => resolve(m as number[]));
-          child!.send({ ms: phaseMs });
-        });
-        clearInterval(timer);
+        const rtts = await phaseOf(child!, phaseMs).finally(() => clearInterval(timer));
         p99[phase].push(quantile(rtts, 0.99));
         all[phase].push(...rtts);
       }
