@@ -265,58 +265,36 @@ export class AgentMetrics {
         for (const phase of ['hello', 'snapshot', 'ready']) this.set({ phase }, z.connections.filter((c) => c.phase === phase).length);
       },
     });
-    new Counter({
-      name: `${PREFIX}zds_connections_total`,
-      help: 'inpod mode: ZDS connections accepted, or refused (too many open)',
-      labelNames: ['outcome'],
-      registers,
-      collect() {
-        this.reset();
-        const z = zds();
-        if (!z) return;
-        this.inc({ outcome: 'accepted' }, z.counters.connectionsAccepted);
-        this.inc({ outcome: 'refused' }, z.counters.connectionsRefused);
-      },
-    });
-    new Counter({
-      name: `${PREFIX}zds_requests_total`,
-      help: 'inpod mode: ZDS requests sent to ztunnel, by type (add, keep, del, snapshot_sent)',
-      labelNames: ['type'],
-      registers,
-      collect() {
-        this.reset();
-        const z = zds();
-        if (!z) return;
-        for (const [type, n] of Object.entries(z.counters.requests)) this.inc({ type }, n);
-      },
-    });
-    new Counter({
-      name: `${PREFIX}zds_acks_total`,
-      help: 'inpod mode: ztunnel’s answers to our requests: ok, error (an ack with an error), timeout (none in 5 s)',
-      labelNames: ['outcome'],
-      registers,
-      collect() {
-        this.reset();
-        const z = zds();
-        if (!z) return;
-        this.inc({ outcome: 'ok' }, z.counters.acksOk);
-        this.inc({ outcome: 'error' }, z.counters.ackErrors);
-        this.inc({ outcome: 'timeout' }, z.counters.ackTimeouts);
-      },
-    });
-    new Counter({
-      name: `${PREFIX}zds_bad_peer_total`,
-      help: 'inpod mode: ZDS connections closed for bad input: malformed datagram, or no hello in time',
-      labelNames: ['reason'],
-      registers,
-      collect() {
-        this.reset();
-        const z = zds();
-        if (!z) return;
-        this.inc({ reason: 'malformed' }, z.counters.malformed);
-        this.inc({ reason: 'hello-timeout' }, z.counters.helloTimeouts);
-      },
-    });
+    // The ZDS counters: each a label's values from the server's counters, none outside inpod mode.
+    const zdsCounter = (name: string, help: string, label: string, values: (z: ZdsSample) => Record<string, number>) =>
+      new Counter({
+        name: `${PREFIX}${name}`,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          this.reset();
+          const z = zds();
+          if (!z) return;
+          for (const [value, n] of Object.entries(values(z))) this.inc({ [label]: value }, n);
+        },
+      });
+    zdsCounter('zds_connections_total', 'inpod mode: ZDS connections accepted, or refused (too many open)', 'outcome', (z) => ({
+      accepted: z.counters.connectionsAccepted,
+      refused: z.counters.connectionsRefused,
+    }));
+    zdsCounter('zds_requests_total', 'inpod mode: ZDS requests sent to ztunnel, by type (add, keep, del, snapshot_sent)', 'type', (z) => ({
+      ...z.counters.requests,
+    }));
+    zdsCounter('zds_acks_total', 'inpod mode: ztunnel’s answers to our requests: ok, error (an ack with an error), timeout (none in 5 s)', 'outcome', (z) => ({
+      ok: z.counters.acksOk,
+      error: z.counters.ackErrors,
+      timeout: z.counters.ackTimeouts,
+    }));
+    zdsCounter('zds_bad_peer_total', 'inpod mode: ZDS connections closed for bad input: malformed datagram, or no hello in time', 'reason', (z) => ({
+      malformed: z.counters.malformed,
+      'hello-timeout': z.counters.helloTimeouts,
+    }));
     new Counter({
       name: `${PREFIX}rejected_pod_objects_total`,
       help: 'Pod objects from the API that could not be parsed and were ignored',

@@ -109,8 +109,12 @@ describe('serveMetrics limits', () => {
     release('late 1\n');
     await new Promise((r) => setTimeout(r, 20));
     calls = 0;
+    // Released only once the server holds all ten requests (a fixed wait let a slow machine
+    // release before the last ones arrived, and those started a second computation).
+    let arrived = 0;
+    srv.server.on('request', () => arrived++);
     const storm = Array.from({ length: 10 }, () => fetch(url).then(async (r) => [r.status, await r.text()] as const));
-    await new Promise((r) => setTimeout(r, 100));
+    while (arrived < 10) await new Promise((r) => setTimeout(r, 10));
     release('x 1\n');
     const answers = await Promise.all(storm);
     expect(calls).toBe(1);
