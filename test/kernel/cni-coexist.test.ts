@@ -13,21 +13,20 @@
  * expectation is derived below from the kernel's order on a hook; a change of the
  * agent's attach or detection, or of the kernel's order, fails the row.
  */
-import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as ffi from '../../src/bpf/ffi.js';
 import { netnsPath, withNetns } from '../../src/bpf/netns.js';
 import { BpfObject } from '../../src/bpf/object.js';
-import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { names } from '../../harness/sim/names.js';
 import { createSimNode, type ConnectResult, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from '../support/node.js';
+import { httpProber, type HttpProber } from '../support/http-prober.js';
 import { kernelDescribe } from '../support/gate.js';
 
 const OBJECT = 'build/tests/foreign-verdicts.bpf.o';
@@ -100,7 +99,7 @@ kernelDescribe('beside the primary CNI’s programs', 'loads BPF and builds netw
    * look for, and the host's /proc would hand uninstall the pods of other tests running now.
    */
   let noProc = '';
-  let prober: { child: ChildProcess; waiting: ((line: string) => void)[] } | null = null;
+  let prober: HttpProber | undefined;
   const results: string[] = [];
 
   const start = async () => {
@@ -144,15 +143,7 @@ kernelDescribe('beside the primary CNI’s programs', 'loads BPF and builds netw
     console.log(
       `cni-coexist matrix (hook, attached, verdict: TCP outbound, TCP inbound, foreign sees captured, UDP, foreign sees UDP, /readyz):\n${results.join('\n')}`,
     );
-    if (prober) {
-      const child = prober.child;
-      prober = null;
-      await new Promise<void>((resolve) => {
-        child.once('close', () => resolve());
-        child.stdin!.end();
-        child.kill('SIGTERM');
-      });
-    }
+    await prober?.close();
     for (const fd of links) ffi.closeFd(fd);
     links.clear();
     foreign?.close();
@@ -160,22 +151,9 @@ kernelDescribe('beside the primary CNI’s programs', 'loads BPF and builds netw
     if (noProc) rmSync(noProc, { recursive: true, force: true });
   });
 
-  /** GET from inside the node netns through one long-lived process (see ordering.test.ts). */
-  function get(path: string): Promise<{ status: number; body: string }> {
-    if (!prober) {
-      const script = `require('node:readline').createInterface({ input: process.stdin }).on('line', (p) => fetch('http://${ADDRESS}' + p).then(
-        async (r) => ({ status: r.status, body: await r.text() }), (e) => ({ status: 0, body: String(e) })).then((r) => process.stdout.write(JSON.stringify(r) + '\\n')));`;
-      const child = startProcess(['ip', 'netns', 'exec', sim.nodeNs, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
-      const p = { child, waiting: [] as ((line: string) => void)[] };
-      createInterface({ input: child.stdout! }).on('line', (line) => p.waiting.shift()?.(line));
-      prober = p;
-    }
-    const p = prober;
-    return new Promise((resolve) => {
-      p.waiting.push((line) => resolve(JSON.parse(line) as { status: number; body: string }));
-      p.child.stdin!.write(path + '\n');
-    });
-  }
+  /** GET from inside the node netns, where the agent listens (test/support/http-prober.ts). */
+  const get = (path: string) => (prober ??= httpProber(sim.nodeNs, ADDRESS)).get(path);
+
   async function readyzUntil(pred: (r: { status: number; body: string }) => boolean, what: string): Promise<{ status: number; body: string }> {
     const t0 = Date.now();
     for (;;) {

@@ -13,13 +13,12 @@ import * as ffi from '../../src/bpf/ffi.js';
 import { netnsPath, withNetns } from '../../src/bpf/netns.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import type { Status } from '../../src/cli/status.js';
-import type { ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
-import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from '../support/node.js';
+import { httpProber, type HttpProber } from '../support/http-prober.js';
 import { kernelDescribe } from '../support/gate.js';
 
 const ADDRESS = '127.0.0.1:15035';
@@ -64,42 +63,16 @@ kernelDescribe('ordering', 'loads BPF and builds network namespaces', () => {
   });
 
   afterAll(async () => {
-    if (prober) {
-      const child = prober.child;
-      prober = null;
-      await new Promise<void>((resolve) => {
-        child.once('close', () => resolve());
-        child.stdin!.end();
-        child.kill('SIGTERM');
-      });
-    }
+    await prober?.close();
     for (const fd of links) ffi.closeFd(fd);
     links.clear();
     foreign?.close();
     await teardownNode(sim, pinRoot, controller);
   });
 
-  /**
-   * GET from inside the node netns, where the agent listens, through one long-lived
-   * process there (a process per request takes seconds on a busy machine: longer than a
-   * pass, which would blur "within one pass").
-   */
-  let prober: { child: ChildProcess; waiting: ((line: string) => void)[] } | null = null;
-  function get(path: string): Promise<{ status: number; body: string }> {
-    if (!prober) {
-      const script = `require('node:readline').createInterface({ input: process.stdin }).on('line', (p) => fetch('http://${ADDRESS}' + p).then(
-        async (r) => ({ status: r.status, body: await r.text() }), (e) => ({ status: 0, body: String(e) })).then((r) => process.stdout.write(JSON.stringify(r) + '\\n')));`;
-      const child = startProcess(['ip', 'netns', 'exec', sim.nodeNs, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
-      const p = { child, waiting: [] as ((line: string) => void)[] };
-      createInterface({ input: child.stdout! }).on('line', (line) => p.waiting.shift()?.(line));
-      prober = p;
-    }
-    const p = prober;
-    return new Promise((resolve) => {
-      p.waiting.push((line) => resolve(JSON.parse(line) as { status: number; body: string }));
-      p.child.stdin!.write(path + '\n');
-    });
-  }
+  /** GET from inside the node netns, where the agent listens (test/support/http-prober.ts). */
+  let prober: HttpProber | undefined;
+  const get = (path: string) => (prober ??= httpProber(sim.nodeNs, ADDRESS)).get(path);
 
   function sample(text: string, name: string, labels: Record<string, string>): number | undefined {
     for (const line of text.split('\n')) {
