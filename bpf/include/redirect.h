@@ -272,9 +272,14 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifi
 		return V_DROP;                                   /* O8 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
-	if (redirect_host_flow_reply(ifindex, f))
+	/* O10 comes before O11–O17 in the spec, but its only verdict is pass: asked after
+	 * them, and only when they would not pass, it gives the same verdict and spares
+	 * what passes anyway (UDP under --non-tcp pass, DNS to a known server) the
+	 * host_flows lookup, the dearest of the path (its 40-byte key). */
+	v = redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	if (v != V_PASS && redirect_host_flow_reply(ifindex, f))
 		return V_PASS;                                   /* O10 */
-	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	return v;
 }
 
 static __always_inline int redirect_capture_outbound(struct __sk_buff *skb, bool peer)
