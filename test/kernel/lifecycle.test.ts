@@ -236,7 +236,9 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       const keysOf = async (name: string) =>
         (JSON.parse(await dumpMap(name)) as { key: string[] }[]).map((e) => e.key.map((x) => x.replace(/^0x/, '')).join(''));
       expect(await keysOf('host_flows4')).toContain(codec.encodeHostFlow4Key(flow).toString('hex'));
+      // Copied at the load, removed from host_flows only once the old programs were gone.
       expect(await keysOf('host_flows')).not.toContain(codec.encodeHostFlowKey(flow).toString('hex'));
+      expect(JSON.stringify(controller!.events)).toContain('moved IPv4 flows from host_flows to host_flows4');
       expect(failed).toEqual([]);
       expect(bypasses()).toBe(bypassBefore);
       expect(seen.length).toBeGreaterThan(3);
