@@ -35,7 +35,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } dns_servers SEC(".maps");
 
-/* host_flows (written by in_redirect): { pod ::ffff:198.18.0.10:8080, node ::ffff:10.0.0.4:41234, TCP } -> { ifindex 12 } */
+/* host_flows (IPv6, written by in_redirect): { pod fd00::a:8080, node fd00::4:41234, TCP } -> { ifindex 12 } */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_HOST_FLOWS);
@@ -43,6 +43,15 @@ struct {
 	__type(value, struct host_flow_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } host_flows SEC(".maps");
+
+/* host_flows4 (IPv4, written by in_redirect): { pod 198.18.0.10:8080, node 10.0.0.4:41234, TCP } -> { ifindex 12 } */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_HOST_FLOWS);
+	__type(key, struct host_flow4_key);
+	__type(value, struct host_flow_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} host_flows4 SEC(".maps");
 
 /* counters (per CPU): 12 -> { redirected 40/2960, dropped 1/60, passed 3/180 } */
 struct {

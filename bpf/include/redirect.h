@@ -49,23 +49,115 @@ static __always_inline int redirect_tcp_opening(const struct flow *f)
 	return f->proto == IPPROTO_TCP && (f->tcp_flags & (FLOW_TCP_SYN | FLOW_TCP_ACK)) == FLOW_TCP_SYN;
 }
 
-static __always_inline void redirect_host_flow_key(struct host_flow_key *k, const struct addr_key *pod,
-					  const struct addr_key *peer, __be16 pod_port, __be16 peer_port,
-					  __u8 proto)
+/*
+ * The host_flows key of a frame's flow, seen from the pod: `inbound` frames go to the pod
+ * (its side is the destination), outbound ones come from it.
+ *
+ * The key is put together in registers and stored a word at a time: the lookup hashes it
+ * a word at a time, and a word the CPU must piece together from narrower stores still in
+ * flight (a 2-byte port, a 1-byte protocol) stalls the load, which cost more than the hash
+ * itself (docs/datapath.md, "Cost").
+ */
+union redirect_host_flow4 {
+	struct host_flow4_key k;
+	__u64 w[2];
+};
+
+union redirect_host_flow6 {
+	struct host_flow_key k;
+	__u64 w[5];
+};
+
+/* 1 and the address's IPv4 part when it is IPv4-mapped (every IPv4 frame's are), else 0. */
+static __always_inline int redirect_addr_v4(const struct addr_key *a, __be32 *v4)
 {
-	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(&k->pod, pod, sizeof(*pod));
-	__builtin_memcpy(&k->peer, peer, sizeof(*peer));
-	k->pod_port = pod_port;
-	k->peer_port = peer_port;
-	k->proto = proto;
+	__u32 w[4];
+
+	__builtin_memcpy(w, a->addr, sizeof(w));
+	if (w[0] || w[1] || w[2] != bpf_htonl(0x0000ffff))
+		return 0;
+	*v4 = w[3];
+	return 1;
 }
 
-/* The flow is one the node opened to the pod behind this veth. */
-static __always_inline int redirect_host_flow_known(const struct host_flow_key *k, __u32 ifindex)
+/*
+ * A flow between two IPv4-mapped addresses (an IPv4 frame's, or an IPv6 frame's with such
+ * addresses, which names the same flow) is keyed in host_flows4 by their IPv4 parts; any
+ * other in host_flows. `src4`/`dst4` are set for the former.
+ */
+static __always_inline int redirect_host_flow_is4(const struct flow *f, __be32 *src4, __be32 *dst4)
 {
-	struct host_flow_info *h = bpf_map_lookup_elem(&host_flows, k);
+	if (f->l3 == L3_IPV4) {
+		*src4 = f->src4;
+		*dst4 = f->dst4;
+		return 1;
+	}
+	return redirect_addr_v4(&f->src, src4) && redirect_addr_v4(&f->dst, dst4);
+}
 
+static __always_inline void redirect_host_flow4_key(union redirect_host_flow4 *key, const struct flow *f, __be32 src4,
+						    __be32 dst4, bool inbound)
+{
+	union redirect_host_flow4 u = {};
+
+	u.k.pod = inbound ? dst4 : src4;
+	u.k.peer = inbound ? src4 : dst4;
+	u.k.pod_port = inbound ? f->dport : f->sport;
+	u.k.peer_port = inbound ? f->sport : f->dport;
+	u.k.proto = f->proto;
+	key->w[0] = u.w[0];
+	key->w[1] = u.w[1];
+}
+
+static __always_inline void redirect_host_flow6_key(union redirect_host_flow6 *key, const struct flow *f, bool inbound)
+{
+	union redirect_host_flow6 u = {};
+
+	u.k.pod_port = inbound ? f->dport : f->sport;
+	u.k.peer_port = inbound ? f->sport : f->dport;
+	u.k.proto = f->proto;
+	__builtin_memcpy(&key->w[0], inbound ? &f->dst : &f->src, sizeof(key->k.pod));
+	__builtin_memcpy(&key->w[2], inbound ? &f->src : &f->dst, sizeof(key->k.peer));
+	key->w[4] = u.w[4];
+}
+
+/* Records the frame's flow as one the node opened to the pod behind the veth `ifindex`. */
+static __always_inline void redirect_host_flow_record(const struct flow *f, bool inbound, __u32 ifindex)
+{
+	struct host_flow_info h = { .ifindex = ifindex };
+	__be32 src4, dst4;
+
+	/* A full map evicts its oldest flow (LRU); a failed write only costs the reply. */
+	if (redirect_host_flow_is4(f, &src4, &dst4)) {
+		union redirect_host_flow4 k;
+
+		redirect_host_flow4_key(&k, f, src4, dst4, inbound);
+		bpf_map_update_elem(&host_flows4, &k, &h, BPF_ANY);
+	} else {
+		union redirect_host_flow6 k;
+
+		redirect_host_flow6_key(&k, f, inbound);
+		bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
+	}
+}
+
+/* The frame's flow is one the node opened to the pod behind the veth `ifindex`. */
+static __always_inline int redirect_host_flow_known(const struct flow *f, bool inbound, __u32 ifindex)
+{
+	struct host_flow_info *h;
+	__be32 src4, dst4;
+
+	if (redirect_host_flow_is4(f, &src4, &dst4)) {
+		union redirect_host_flow4 k;
+
+		redirect_host_flow4_key(&k, f, src4, dst4, inbound);
+		h = bpf_map_lookup_elem(&host_flows4, &k);
+	} else {
+		union redirect_host_flow6 k;
+
+		redirect_host_flow6_key(&k, f, inbound);
+		h = bpf_map_lookup_elem(&host_flows, &k);
+	}
 	return h && h->ifindex == ifindex;
 }
 
@@ -77,19 +169,13 @@ static __always_inline int redirect_host_flow_known(const struct host_flow_key *
  */
 static __always_inline int redirect_host_originated(struct __sk_buff *skb, const struct flow *f)
 {
-	struct host_flow_key k;
-
 	if (skb->ingress_ifindex != 0 || !parse_has_ports(f))
 		return 0;
-	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
 	if (f->proto == IPPROTO_UDP || redirect_tcp_opening(f)) {
-		struct host_flow_info h = { .ifindex = skb->ifindex };
-
-		/* A full map evicts its oldest flow (LRU); a failed write only costs the reply. */
-		bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
+		redirect_host_flow_record(f, true, skb->ifindex);
 		return 1;
 	}
-	return redirect_host_flow_known(&k, skb->ifindex);
+	return redirect_host_flow_known(f, true, skb->ifindex);
 }
 
 /*
@@ -99,25 +185,18 @@ static __always_inline int redirect_host_originated(struct __sk_buff *skb, const
  */
 static __always_inline void redirect_bypassed_flow(struct __sk_buff *skb, const struct flow *f)
 {
-	struct host_flow_key k;
-	struct host_flow_info h = { .ifindex = skb->ifindex };
-
 	if (!parse_has_ports(f) || !(f->proto == IPPROTO_UDP || redirect_tcp_opening(f)))
 		return;
-	redirect_host_flow_key(&k, &f->dst, &f->src, f->dport, f->sport, f->proto);
-	bpf_map_update_elem(&host_flows, &k, &h, BPF_ANY);
+	redirect_host_flow_record(f, true, skb->ifindex);
 }
 
-/* O10: the pod answering a flow the node opened (never a SYN of its own). */
-/* O10: `ifindex` is the veth the frame arrived on (the TC and the XDP hook alike). */
+/* O10: the pod answering a flow the node opened (never a SYN of its own); `ifindex` is
+ * the veth the frame arrived on (the TC and the XDP hook alike). */
 static __always_inline int redirect_host_flow_reply(__u32 ifindex, const struct flow *f)
 {
-	struct host_flow_key k;
-
 	if (!parse_has_ports(f) || redirect_tcp_opening(f))
 		return 0;
-	redirect_host_flow_key(&k, &f->src, &f->dst, f->sport, f->dport, f->proto);
-	return redirect_host_flow_known(&k, ifindex);
+	return redirect_host_flow_known(f, false, ifindex);
 }
 
 static __always_inline int redirect_dns_server(const struct addr_key *a)
@@ -272,9 +351,14 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifi
 		return V_DROP;                                   /* O8 */
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
-	if (redirect_host_flow_reply(ifindex, f))
+	/* O10 comes before O11–O17 in the spec, but its only verdict is pass: asked after
+	 * them, and only when they would not pass, it gives the same verdict and spares
+	 * what passes anyway (UDP under --non-tcp pass, DNS to a known server) the
+	 * host_flows lookup, the dearest of the path (its 40-byte key). */
+	v = redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	if (v != V_PASS && redirect_host_flow_reply(ifindex, f))
 		return V_PASS;                                   /* O10 */
-	return redirect_l4_verdict(f, zt, f->dport, &f->dst, true, pod->flags);
+	return v;
 }
 
 static __always_inline int redirect_capture_outbound(struct __sk_buff *skb, bool peer)

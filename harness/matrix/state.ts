@@ -31,14 +31,16 @@ export function fillerPods(count: number): { key: Buffer; ip: string }[] {
   return out;
 }
 
-/** Makes the object's pods, dns_servers, host_flows and ztunnel maps hold exactly `s` (counters stay). */
+/** Makes the object's pods, dns_servers, host_flows(4) and ztunnel maps hold exactly `s` (counters stay). */
 export function applyMapState(obj: BpfObject, s: MapState): void {
   const pods = obj.map('pods');
   for (const k of pods.keys()) pods.delete(k);
   const dns = obj.map('dns_servers');
   for (const k of dns.keys()) dns.delete(k);
-  const flows = obj.map('host_flows');
-  for (const k of flows.keys()) flows.delete(k);
+  for (const name of ['host_flows', 'host_flows4']) {
+    const flows = obj.map(name);
+    for (const k of flows.keys()) flows.delete(k);
+  }
   for (const p of s.pods)
     pods.update(codec.encodeAddrKey(p.ip), codec.encodePodInfo({ ifindex: p.ifindex, mac: p.mac ?? '00:00:00:00:00:00', flags: p.flags }));
   if (s.fillPods) {
@@ -48,7 +50,10 @@ export function applyMapState(obj: BpfObject, s: MapState): void {
     if (n !== filler.length) throw new Error(`batch update wrote ${n} of ${filler.length}`);
   }
   for (const ip of s.dnsServers) dns.update(codec.encodeAddrKey(ip), codec.encodeDnsInfo());
-  for (const f of s.hostFlows ?? []) flows.update(codec.encodeHostFlowKey(f.flow), codec.encodeHostFlowInfo({ ifindex: f.ifindex }));
+  for (const f of s.hostFlows ?? []) {
+    const { map, key } = codec.encodeHostFlow(f.flow);
+    obj.map(map).update(key, codec.encodeHostFlowInfo({ ifindex: f.ifindex }));
+  }
   const zt = s.ztunnel ?? { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0 };
   obj.map('ztunnel').update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, netnsCookie: 0n }));
 }

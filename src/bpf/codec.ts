@@ -388,7 +388,7 @@ export function encodeDnsInfo(): Buffer {
   return Buffer.alloc(DNS_INFO_SIZE);
 }
 
-// --- host_flows map (written by in_redirect) ----------------------------------------------
+// --- host_flows and host_flows4 maps (written by in_redirect) ------------------------------
 
 export const HOST_FLOW_KEY_SIZE = layouts.host_flow_key.size;
 export const HOST_FLOW_INFO_SIZE = layouts.host_flow_info.size;
@@ -418,6 +418,52 @@ export function decodeHostFlowKey(buf: Buffer): HostFlowKey {
     peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
     proto: buf.readUInt8(field(l, 'proto').offset),
   };
+}
+
+export const HOST_FLOW4_KEY_SIZE = layouts.host_flow4_key.size;
+
+/**
+ * The map a flow is kept in: host_flows4 when both its addresses are IPv4 (or IPv4-mapped,
+ * the same to the programs), host_flows otherwise (bpf/include/redirect.h).
+ */
+export function hostFlowMapOf(k: Pick<HostFlowKey, 'pod' | 'peer'>): 'host_flows4' | 'host_flows' {
+  const mapped = (ip: string) => encodeAddr(ip).subarray(0, 12).equals(V4_MAPPED);
+  return mapped(k.pod) && mapped(k.peer) ? 'host_flows4' : 'host_flows';
+}
+
+/** The key of an IPv4 flow in host_flows4 (see hostFlowMapOf). */
+export function encodeHostFlow4Key(k: HostFlowKey): Buffer {
+  if (hostFlowMapOf(k) !== 'host_flows4') throw new CodecError(`host_flows4 keeps IPv4 flows only: ${k.pod} ${k.peer}`);
+  const l = layouts.host_flow4_key;
+  const buf = Buffer.alloc(l.size);
+  encodeAddr(k.pod).copy(buf, field(l, 'pod').offset, 12, 16);
+  encodeAddr(k.peer).copy(buf, field(l, 'peer').offset, 12, 16);
+  buf.writeUInt16BE(u16(k.podPort, 'pod_port'), field(l, 'pod_port').offset);
+  buf.writeUInt16BE(u16(k.peerPort, 'peer_port'), field(l, 'peer_port').offset);
+  if (k.proto !== 6 && k.proto !== 17) throw new CodecError(`host flow protocol must be 6 or 17: ${k.proto}`);
+  buf.writeUInt8(k.proto, field(l, 'proto').offset);
+  return buf;
+}
+
+export function decodeHostFlow4Key(buf: Buffer): HostFlowKey {
+  const l = layouts.host_flow4_key;
+  const addr = (name: 'pod' | 'peer') => {
+    const o = field(l, name).offset;
+    return `${buf[o]}.${buf[o + 1]}.${buf[o + 2]}.${buf[o + 3]}`;
+  };
+  return {
+    pod: addr('pod'),
+    peer: addr('peer'),
+    podPort: buf.readUInt16BE(field(l, 'pod_port').offset),
+    peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
+    proto: buf.readUInt8(field(l, 'proto').offset),
+  };
+}
+
+/** A flow's map and its key there. */
+export function encodeHostFlow(k: HostFlowKey): { map: 'host_flows4' | 'host_flows'; key: Buffer } {
+  const map = hostFlowMapOf(k);
+  return { map, key: map === 'host_flows4' ? encodeHostFlow4Key(k) : encodeHostFlowKey(k) };
 }
 
 export function encodeHostFlowInfo(v: { ifindex: number }): Buffer {

@@ -12,13 +12,15 @@
  *   old one's pin only after the new programs (which use it) are attached everywhere.
  *   Until then the old programs and maps keep working; a load that fails changes nothing.
  *
- * `<pin dir>/` holds: pods, ztunnel, dns_servers, host_flows, counters, qdiscs,
- * prog-<hash>/<program>... A map an older build pinned that this build no longer has
+ * `<pin dir>/` holds: pods, ztunnel, dns_servers, host_flows, host_flows4, counters, qdiscs,
+ * prog-<hash>/<program>... (host_flows4 came later: the first load that creates it copies
+ * host_flows's IPv4 flows into it, and its commit moves them.) A map an older build pinned that this build no longer has
  * (host_addrs, before host_flows replaced it) is unpinned with the old programs.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import * as codec from './codec.js';
 import { isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
 import { isPinnedMapName, MapType, openPinnedMap } from './maps.js';
@@ -40,6 +42,8 @@ export interface Installed {
   adopted: boolean;
   /** Maps whose schema changed: their `__next` pins await commitInstall. */
   migrating: string[];
+  /** This load created host_flows4 beside an older build's host_flows: commitInstall moves the IPv4 flows over. */
+  carryHostFlows4?: boolean;
   progDir: string;
 }
 
@@ -111,8 +115,24 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
   // A migration carries over what the controller cannot derive again (its qdisc records,
   // the counters) where the layout allows: same key and value sizes, a raw copy.
   for (const name of migrating) copyEntries(join(dir, name), maps.get(name)!, defs.get(name)!);
+  // An older build kept IPv4 flows in host_flows too: they are copied to the new
+  // host_flows4, so the answers on connections the node opened before the upgrade still
+  // pass (O10). The old programs still read them there until commitInstall, which copies
+  // what they recorded meanwhile and only then removes them.
+  const carryHostFlows4 = newMaps.includes('host_flows4') && maps.has('host_flows4') && maps.has('host_flows');
+  if (carryHostFlows4) copyHostFlows4(maps.get('host_flows')!, maps.get('host_flows4')!, false);
   const progs = new Map(programs.map((p) => [p, openProgram(join(progDir, p), p)]));
-  return { programs: progs, maps, adopted: missing.length === 0 && migrating.length === 0, migrating, progDir };
+  return { programs: progs, maps, adopted: missing.length === 0 && migrating.length === 0, migrating, progDir, carryHostFlows4 };
+}
+
+/** host_flows's IPv4 flows into host_flows4 (`move`: and out of host_flows). */
+function copyHostFlows4(from: BpfMap, into: BpfMap, move: boolean): void {
+  for (const [key, value] of from.entries()) {
+    const flow = codec.decodeHostFlowKey(key);
+    if (codec.hostFlowMapOf(flow) !== 'host_flows4') continue;
+    into.update(codec.encodeHostFlow4Key(flow), value);
+    if (move) from.delete(key);
+  }
 }
 
 function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
@@ -149,6 +169,11 @@ function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {
  */
 export function commitInstall(dir: string, installed: Installed): string[] {
   const done: string[] = [];
+  if (installed.carryHostFlows4) {
+    copyHostFlows4(installed.maps.get('host_flows')!, installed.maps.get('host_flows4')!, true);
+    installed.carryHostFlows4 = false;
+    done.push('moved IPv4 flows from host_flows to host_flows4');
+  }
   for (const name of installed.migrating) {
     renameSync(join(dir, name + NEXT), join(dir, name));
     done.push(`migrated map ${name}`);

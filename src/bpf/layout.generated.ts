@@ -44,6 +44,17 @@ export const layouts = {
       pad: { offset: 37, size: 3 },
     },
   },
+  host_flow4_key: {
+    size: 16,
+    fields: {
+      pod: { offset: 0, size: 4 },
+      peer: { offset: 4, size: 4 },
+      pod_port: { offset: 8, size: 2 },
+      peer_port: { offset: 10, size: 2 },
+      proto: { offset: 12, size: 1 },
+      pad: { offset: 13, size: 3 },
+    },
+  },
   host_flow_info: {
     size: 4,
     fields: {

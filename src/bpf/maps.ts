@@ -32,6 +32,13 @@ export const PINNED_MAPS = {
     maxEntries: constants.MAX_HOST_FLOWS,
     perCpu: false,
   },
+  host_flows4: {
+    type: MapType.LRU_HASH,
+    keySize: codec.HOST_FLOW4_KEY_SIZE,
+    valueSize: codec.HOST_FLOW_INFO_SIZE,
+    maxEntries: constants.MAX_HOST_FLOWS,
+    perCpu: false,
+  },
   counters: { type: MapType.PERCPU_HASH, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
   qdiscs: { type: MapType.HASH, keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
   // The in-pod capture's (bpf/inpod.bpf.c), pinned in the `inpod/` folder of the pin folder.

@@ -40,6 +40,7 @@ export const MAP_CAPACITY = {
   counters: PINNED_MAPS.counters.maxEntries,
   dns_servers: PINNED_MAPS.dns_servers.maxEntries,
   host_flows: PINNED_MAPS.host_flows.maxEntries,
+  host_flows4: PINNED_MAPS.host_flows4.maxEntries,
 } as const;
 
 export function mapUsage(maps: PinnedMaps): MapUsage[] {
@@ -176,7 +177,7 @@ export async function readScrape(pinRoot: string, opts: ScrapeOptions): Promise<
     pj.startCounters(counters.bufferSize);
     usage.push({ map: 'counters', entries: await walkMap(counters, batch, (k, v, n) => pj.counters(k, v, n)), capacity: MAP_CAPACITY.counters });
   }
-  for (const name of ['dns_servers', 'host_flows'] as const) {
+  for (const name of ['dns_servers', 'host_flows', 'host_flows4'] as const) {
     const m = open(name);
     if (m) usage.push({ map: name, entries: await walkMap(m, batch, () => {}), capacity: MAP_CAPACITY[name] });
   }

@@ -53,6 +53,7 @@ describe('generated layouts', () => {
     expect(declaredStructs(readFileSync(HEADER, 'utf8')).sort()).toEqual([
       'addr_key',
       'dns_info',
+      'host_flow4_key',
       'host_flow_info',
       'host_flow_key',
       'pod_counters',

@@ -107,13 +107,33 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
     expect(h.counters(h.vethA)).toMatchObject({ redirectedPackets: 1n, redirectedBytes: BigInt(r.frame.length), droppedPackets: 0n, passedPackets: 0n });
   });
 
+  /** What host_flows and host_flows4 hold, decoded; each entry tagged with its map. */
+  const flows = () => [
+    ...h
+      .map('host_flows4')
+      .entries()
+      .map(([k, v]) => ({ ...codec.decodeHostFlow4Key(k), ...codec.decodeHostFlowInfo(v) })),
+    ...h
+      .map('host_flows')
+      .entries()
+      .map(([k, v]) => ({ ...codec.decodeHostFlowKey(k), ...codec.decodeHostFlowInfo(v), v6: true })),
+  ];
+
+  it('I11 then O10 over IPv6: the flow is kept in host_flows (IPv4 flows in host_flows4), and its answers pass', () => {
+    h.applyState(stateOf(veths(), { state: { hostFlows: [] } }));
+    const syn = b.v6Frame({ src: NODE.v6, dst: POD_A.v6 }, b.tcp({ sport: 51000, dport: 8080, flags: 0x02 }));
+    const synAck = b.v6Frame({ src: POD_A.v6, dst: NODE.v6 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
+    expect(h.run('out_redirect', synAck, { ifindex: h.vethA })?.verdict).toBe('redirect');
+    expect(h.run('in_redirect', syn, { ifindex: h.vethA, ingressIfindex: 0 })?.verdict).toBe('pass');
+    expect(flows()).toEqual([{ pod: POD_A.v6, podPort: 8080, peer: NODE.v6, peerPort: 51000, proto: 6, ifindex: h.vethA, v6: true }]);
+    expect(h.run('out_redirect', synAck, { ifindex: h.vethA })?.verdict).toBe('pass');
+    // The same ports over IPv4 are another flow.
+    const synAck4 = b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
+    expect(h.run('out_redirect', synAck4, { ifindex: h.vethA })?.verdict).toBe('redirect');
+  });
+
   it('I11 then O10: the node’s SYN records its flow on this veth, and only that flow’s answers pass', () => {
     h.applyState(stateOf(veths(), { state: { hostFlows: [] } }));
-    const flows = () =>
-      h
-        .map('host_flows')
-        .entries()
-        .map(([k, v]) => ({ ...codec.decodeHostFlowKey(k), ...codec.decodeHostFlowInfo(v) }));
     const syn = b.v4Frame({ src: NODE.v4, dst: POD_A.v4 }, b.tcp({ sport: 51000, dport: 8080, flags: 0x02 }));
     const synAck = b.v4Frame({ src: POD_A.v4, dst: NODE.v4 }, b.tcp({ sport: 8080, dport: 51000, flags: 0x12 }));
     // Before: the pod's answer is captured like anything else.

@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as codec from '../../src/bpf/codec.js';
 import { CommandError, systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
@@ -206,6 +207,23 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
         'name',
         'host_addrs',
       ]);
+      // An older build had no host_flows4: its IPv4 flows were in host_flows, and move over.
+      const flow = { pod: '198.18.0.77', podPort: 8080, peer: '10.0.0.4', peerPort: 41234, proto: 6 };
+      const hex = (buf: Buffer) => [...buf].map((x) => x.toString(16).padStart(2, '0'));
+      rmSync(join(pinDir, 'host_flows4'));
+      await systemRunner.run([
+        'bpftool',
+        'map',
+        'update',
+        'pinned',
+        join(pinDir, 'host_flows'),
+        'key',
+        'hex',
+        ...hex(codec.encodeHostFlowKey(flow)),
+        'value',
+        'hex',
+        ...hex(codec.encodeHostFlowInfo({ ifindex: 4242 })),
+      ]);
       const { failed } = await trafficDuring(
         (async () => {
           start(OBJECTS.rebuilt);
@@ -215,6 +233,12 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       );
       polling = false;
       await poller;
+      const keysOf = async (name: string) =>
+        (JSON.parse(await dumpMap(name)) as { key: string[] }[]).map((e) => e.key.map((x) => x.replace(/^0x/, '')).join(''));
+      expect(await keysOf('host_flows4')).toContain(codec.encodeHostFlow4Key(flow).toString('hex'));
+      // Copied at the load, removed from host_flows only once the old programs were gone.
+      expect(await keysOf('host_flows')).not.toContain(codec.encodeHostFlowKey(flow).toString('hex'));
+      expect(JSON.stringify(controller!.events)).toContain('moved IPv4 flows from host_flows to host_flows4');
       expect(failed).toEqual([]);
       expect(bypasses()).toBe(bypassBefore);
       expect(seen.length).toBeGreaterThan(3);

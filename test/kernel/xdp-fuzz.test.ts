@@ -110,10 +110,14 @@ kernelDescribe('differential fuzzing: the XDP hook vs the reference model', 'loa
     for (const st of states(v)) {
       h.applyState(st.spec);
       const model = modelStateOf(st.spec, h.maxPods);
-      const flowsBefore = h.obj
-        .map('host_flows')
-        .entries()
-        .map(([k, x]) => `${k.toString('hex')}=${x.toString('hex')}`);
+      const flowEntries = () =>
+        (['host_flows', 'host_flows4'] as const).flatMap((name) =>
+          h.obj
+            .map(name)
+            .entries()
+            .map(([k, x]) => `${name} ${k.toString('hex')}=${x.toString('hex')}`),
+        );
+      const flowsBefore = flowEntries();
       const want = new Map([
         [v.a, counters(v.a)],
         [v.b, counters(v.b)],
@@ -148,10 +152,7 @@ kernelDescribe('differential fuzzing: the XDP hook vs the reference model', 'loa
         }
       }
       for (const [ifindex, sums] of want) expect(counters(ifindex), `counters of veth ${ifindex === v.a ? 'A' : 'B'} after [${st.name}]`).toEqual(sums);
-      const flowsAfter = h.obj
-        .map('host_flows')
-        .entries()
-        .map(([k, x]) => `${k.toString('hex')}=${x.toString('hex')}`);
+      const flowsAfter = flowEntries();
       expect(flowsAfter.sort(), `host_flows after [${st.name}]`).toEqual(flowsBefore.sort());
       expect(flowsAfter.length, `host_flows after [${st.name}]`).toBe(st.spec.hostFlows?.length ?? 0);
     }

@@ -111,7 +111,7 @@ export class DatapathHarness {
     return this.obj.programFd(name);
   }
 
-  map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'host_flows' | 'counters'): BpfMap {
+  map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'host_flows' | 'host_flows4' | 'counters'): BpfMap {
     return this.obj.map(name);
   }
 

@@ -227,3 +227,30 @@ describe('per-CPU counters', () => {
     expect(() => codec.decodePodCountersPerCpu(buf.subarray(1))).toThrow(/not a multiple/);
   });
 });
+
+describe('host flows', () => {
+  const v4 = { pod: '198.18.0.10', podPort: 8080, peer: '10.0.0.4', peerPort: 41234, proto: 6 };
+  const v6 = { pod: 'fd00:10:244::a', podPort: 8080, peer: 'fd00:10::4', peerPort: 41234, proto: 17 };
+
+  it('keeps a flow between IPv4 (or IPv4-mapped) addresses in host_flows4, any other in host_flows', () => {
+    expect(codec.hostFlowMapOf(v4)).toBe('host_flows4');
+    expect(codec.hostFlowMapOf({ pod: '::ffff:198.18.0.10', peer: '::ffff:10.0.0.4' })).toBe('host_flows4');
+    expect(codec.hostFlowMapOf(v6)).toBe('host_flows');
+    expect(codec.hostFlowMapOf({ pod: '::ffff:198.18.0.10', peer: 'fd00:10::4' })).toBe('host_flows');
+  });
+
+  it('encodes host_flows4 keys as the programs build them: addresses and ports in network order, protocol, zero pad', () => {
+    const key = codec.encodeHostFlow4Key(v4);
+    expect(key.length).toBe(layouts.host_flow4_key.size);
+    expect(key.toString('hex')).toBe('c612000a0a000004' + '1f90a112' + '06000000');
+    expect(codec.decodeHostFlow4Key(key)).toEqual(v4);
+    expect(codec.encodeHostFlow(v4)).toEqual({ map: 'host_flows4', key });
+    expect(() => codec.encodeHostFlow4Key(v6)).toThrow(/IPv4 flows only/);
+  });
+
+  it('round-trips host_flows keys', () => {
+    const { map, key } = codec.encodeHostFlow(v6);
+    expect(map).toBe('host_flows');
+    expect(codec.decodeHostFlowKey(key)).toEqual(v6);
+  });
+});

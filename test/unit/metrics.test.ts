@@ -109,7 +109,7 @@ const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [
   codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED }),
 ];
 
-function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
+function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'host_flows4' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
   return { entries: (name) => m[name] ?? null };
 }
 
@@ -336,10 +336,10 @@ describe('AgentMetrics', () => {
     mapUsage(cached);
     mapUsage(cached);
     podCounters(cached);
-    expect(walks).toBe(4); // pods, counters, dns_servers, host_flows: once each
+    expect(walks).toBe(5); // pods, counters, dns_servers, host_flows, host_flows4: once each
     await new Promise((r) => setImmediate(r));
     mapUsage(cached);
-    expect(walks).toBe(8);
+    expect(walks).toBe(10);
   });
 
   it('counts a re-attachment only where a veth was hooked again without a new pod entry', () => {
