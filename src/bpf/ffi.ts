@@ -152,7 +152,6 @@ const c = {
   bpf_tc_query: bpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
   bpf_xdp_attach: bpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
   bpf_xdp_detach: bpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
-  bpf_xdp_query_id: bpf.func('int bpf_xdp_query_id(int ifindex, int flags, _Out_ uint32_t *prog_id)'),
   bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
 
   close: libc.func('int close(int fd)'),
@@ -433,13 +432,6 @@ export function xdpDetach(ifindex: number, flags: number, oldProgFd: number | nu
   checkInt('bpf_xdp_detach', `ifindex ${ifindex} xdp`, c.bpf_xdp_detach(ifindex, flags, opts));
 }
 
-/** The id of the program on a device's XDP hook in the mode `flags` names (0: none there). */
-export function xdpQueryId(ifindex: number, flags: number): number {
-  const id = [0];
-  checkInt('bpf_xdp_query_id', `ifindex ${ifindex} xdp`, c.bpf_xdp_query_id(ifindex, flags, id));
-  return id[0]!;
-}
-
 // --- tcx (kernel 6.6+): the raw bpf(2) syscall, since libbpf 1.1 predates it ----------------
 //
 // The attr layouts below are the kernel's union bpf_attr (include/uapi/linux/bpf.h) for the
@@ -567,24 +559,49 @@ const TC_H_CLSACT = 0xfffffff1;
  * the first NLMSG_ERROR. Parsing is src/bpf/hooks.ts's.
  */
 export function netlinkDumpFilters(ifindex: number, attachPoint: TcAttachPoint): Buffer[] {
+  const req = Buffer.alloc(16 + 20);
+  req.writeUInt32LE(req.length, 0); // nlmsg_len
+  req.writeUInt16LE(RTM_GETTFILTER, 4);
+  req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+  req.writeUInt32LE(1, 8); // seq
+  // struct tcmsg: family, pad[3], ifindex, handle, parent, info
+  req.writeInt32LE(ifindex, 20);
+  // parent: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS 0xfff2 | TC_H_MIN_EGRESS 0xfff3)
+  req.writeUInt32LE(((TC_H_CLSACT & 0xffff0000) | (attachPoint === TcAttachPoint.INGRESS ? 0xfff2 : 0xfff3)) >>> 0, 28);
+  return netlinkExchange(req, 'RTM_GETTFILTER', describeHook(ifindex, attachPoint));
+}
+
+const RTM_GETLINK = 18;
+const NLM_F_ACK = 0x4;
+
+/**
+ * One device's RTM_NEWLINK (in the calling thread's netns), asked for by index rather than
+ * in a dump of every link (what libbpf's bpf_xdp_query does, a cost that grows with the
+ * node's veths on every call), followed by the ack: the raw messages, up to and including
+ * the first NLMSG_ERROR (the ack, or the error). Parsing is src/bpf/xdp.ts's.
+ */
+export function netlinkGetLink(ifindex: number): Buffer[] {
+  const req = Buffer.alloc(16 + 16);
+  req.writeUInt32LE(req.length, 0); // nlmsg_len
+  req.writeUInt16LE(RTM_GETLINK, 4);
+  req.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
+  req.writeUInt32LE(1, 8); // seq
+  // struct ifinfomsg: family, pad, type, index, flags, change
+  req.writeInt32LE(ifindex, 20);
+  return netlinkExchange(req, 'RTM_GETLINK', `ifindex ${ifindex}`);
+}
+
+/** Sends one request on a fresh rtnetlink socket; the replies up to NLMSG_DONE or the first NLMSG_ERROR. */
+function netlinkExchange(req: Buffer, op: string, what: string): Buffer[] {
   const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
-  if (fd < 0) throw new BpfError('socket(AF_NETLINK)', describeHook(ifindex, attachPoint), errno());
+  if (fd < 0) throw new BpfError('socket(AF_NETLINK)', what, errno());
   try {
-    const req = Buffer.alloc(16 + 20);
-    req.writeUInt32LE(req.length, 0); // nlmsg_len
-    req.writeUInt16LE(RTM_GETTFILTER, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(1, 8); // seq
-    // struct tcmsg: family, pad[3], ifindex, handle, parent, info
-    req.writeInt32LE(ifindex, 20);
-    // parent: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS 0xfff2 | TC_H_MIN_EGRESS 0xfff3)
-    req.writeUInt32LE(((TC_H_CLSACT & 0xffff0000) | (attachPoint === TcAttachPoint.INGRESS ? 0xfff2 : 0xfff3)) >>> 0, 28);
-    if (Number(c.send(fd, req, req.length, 0)) < 0) throw new BpfError('send(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+    if (Number(c.send(fd, req, req.length, 0)) < 0) throw new BpfError(`send(${op})`, what, errno());
     const out: Buffer[] = [];
     const buf = Buffer.alloc(64 * 1024);
     for (;;) {
       const n = Number(c.recv(fd, buf, buf.length, 0));
-      if (n < 0) throw new BpfError('recv(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+      if (n < 0) throw new BpfError(`recv(${op})`, what, errno());
       let off = 0;
       while (off + 16 <= n) {
         const len = buf.readUInt32LE(off);

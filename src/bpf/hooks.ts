@@ -16,7 +16,7 @@ const TCA_CHAIN = 11;
 const TCA_BPF_ID = 11;
 
 /** The rtattrs of a netlink payload: type → value. */
-function attrs(buf: Buffer, off: number, end: number): Map<number, Buffer> {
+export function attrs(buf: Buffer, off: number, end: number): Map<number, Buffer> {
   const out = new Map<number, Buffer>();
   while (off + 4 <= end) {
     const len = buf.readUInt16LE(off);

@@ -3,7 +3,9 @@
  * on the controller process, so:
  *
  * - maps are pinned by name in the pin folder and reused;
- * - programs are pinned in `prog-<hash of the object file>/`: a restarted controller
+ * - programs are pinned in `prog-<hash of the object files>/` (the XDP hook's object is a
+ *   companion of the TC one: its programs use the same pinned maps, and both objects' hash
+ *   names the folder; with one object the hash is of that file alone): a restarted controller
  *   with the same build adopts them (same program IDs, nothing loaded, nothing
  *   re-attached); a new build loads new programs beside them, which the caller swaps in
  *   place on every hook, then drops the old folder;

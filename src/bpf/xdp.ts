@@ -1,6 +1,8 @@
 /**
- * XDP attachments on a device of the calling thread's network namespace, through libbpf's
- * netlink calls (bpf_xdp_attach, bpf_xdp_detach, bpf_xdp_query_id). A device has one XDP
+ * XDP attachments on a device of the calling thread's network namespace: attach and detach
+ * through libbpf (bpf_xdp_attach, bpf_xdp_detach), the query through one RTM_GETLINK of
+ * that device (libbpf's bpf_xdp_query dumps every link of the netns for each device asked
+ * about: a pass over n veths would cost n²). A device has one XDP
  * program at most (native or generic, not both), so "ours" is decided by program id: the
  * caller passes the id it expects there, and a swap or a removal happens only if that is
  * still the program on the hook (XDP_FLAGS_REPLACE, 5.7+), never over someone else's.
@@ -8,8 +10,9 @@
  */
 import { BpfError, isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
+import { attrs } from './hooks.js';
 
-const { UPDATE_IF_NOEXIST, SKB_MODE, DRV_MODE, REPLACE } = ffi.XdpFlags;
+const { UPDATE_IF_NOEXIST, DRV_MODE, REPLACE } = ffi.XdpFlags;
 
 export interface XdpProgram {
   id: number;
@@ -17,17 +20,44 @@ export interface XdpProgram {
   mode: 'native' | 'generic';
 }
 
+const RTM_NEWLINK = 16;
+const IFLA_XDP = 43;
+const IFLA_XDP_ATTACHED = 2;
+const IFLA_XDP_DRV_PROG_ID = 5;
+const IFLA_XDP_SKB_PROG_ID = 6;
+const ATTACHED = { DRV: 1, SKB: 2, MULTI: 4 } as const;
+
+/**
+ * A device's RTM_GETLINK reply → the program on its XDP hook (native first: a device has
+ * one in one mode, but the kernel's answer names each mode's). ENODEV: the device is gone.
+ */
+export function parseXdpLink(msgs: readonly Buffer[], what: string): XdpProgram | null {
+  for (const m of msgs) {
+    const type = m.readUInt16LE(4);
+    if (type === 2 /* NLMSG_ERROR */) {
+      const err = -m.readInt32LE(16);
+      if (err === 0) continue;
+      if (err === 19 /* ENODEV */) return null;
+      throw new BpfError('RTM_GETLINK', what, err);
+    }
+    if (type !== RTM_NEWLINK || m.length < 32) continue;
+    const xdp = attrs(m, 32, m.length).get(IFLA_XDP);
+    if (!xdp) return null;
+    const a = attrs(xdp, 0, xdp.length);
+    const u32 = (t: number) => (a.get(t)?.length === 4 ? a.get(t)!.readUInt32LE(0) : 0);
+    const attached = a.get(IFLA_XDP_ATTACHED)?.[0] ?? 0;
+    if (attached !== ATTACHED.DRV && attached !== ATTACHED.SKB && attached !== ATTACHED.MULTI) return null;
+    const native = u32(IFLA_XDP_DRV_PROG_ID);
+    if (native) return { id: native, mode: 'native' };
+    const generic = u32(IFLA_XDP_SKB_PROG_ID);
+    return generic ? { id: generic, mode: 'generic' } : null;
+  }
+  return null;
+}
+
 /** The program on the device's XDP hook, or null (also for a device that is gone). */
 export function queryXdp(ifindex: number): XdpProgram | null {
-  try {
-    const native = ffi.xdpQueryId(ifindex, DRV_MODE);
-    if (native) return { id: native, mode: 'native' };
-    const generic = ffi.xdpQueryId(ifindex, SKB_MODE);
-    return generic ? { id: generic, mode: 'generic' } : null;
-  } catch (err) {
-    if (isNotFound(err)) return null;
-    throw err;
-  }
+  return parseXdpLink(ffi.netlinkGetLink(ifindex), `ifindex ${ifindex}`);
 }
 
 /** An fd of the program with this id, given to `f` and closed after. */

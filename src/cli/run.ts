@@ -18,6 +18,7 @@ import { InPodAgent, type NetnsPort } from '../zds/agent.js';
 import { netnsIdAt, openNetns, ownNetnsId, scanHostNetns } from '../host/pod-netns.js';
 import { ZdsServer } from '../zds/server.js';
 import { mkdirSync } from 'node:fs';
+import { release } from 'node:os';
 import { dirname, join } from 'node:path';
 
 export const runUsage = `usage: ambient-redirect run [flags]
@@ -175,9 +176,9 @@ async function startNode(
   teardown: Teardown,
 ): Promise<Started> {
   const modeName: RedirectMode['name'] = resolveMode(cfg.mode, { log });
-  const hook = selectHook(cfg.hook, { ztunnelMode: 'node', mode: modeName });
-  // xdp asked for and iptables selected (the kernel cannot run ebpf mode): said loudly.
-  if (hook.hook === null && cfg.hook === 'xdp') log.warn('outbound hook selected', { requested: cfg.hook, hook: null, reason: hook.reason });
+  const hook = selectHook(cfg.hook, { ztunnelMode: 'node', mode: modeName, release: release() });
+  // xdp asked for and iptables selected (the kernel cannot run ebpf mode), or a kernel below the XDP hook's floor: said loudly.
+  if ((hook.hook === null && cfg.hook === 'xdp') || hook.fallback) log.warn('outbound hook selected', { requested: cfg.hook, hook: null, reason: hook.reason });
   else log.info('outbound hook selected', { requested: cfg.hook, hook: hook.hook, reason: hook.reason });
   const mode: RedirectMode = createRedirectMode(modeName, {
     objectPath: cfg.objectPath,

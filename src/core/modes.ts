@@ -52,12 +52,28 @@ export const AUTO_HOOK: { hook: Hook; why: string } = {
  * refuses the flags (src/config.ts); where iptables is a fallback chosen at run time, the
  * request is logged as not applying (a node whose kernel lacks the BPF features runs no BPF).
  */
-export function selectHook(requested: RequestedHook, capture: { ztunnelMode: 'node' | 'inpod'; mode: SelectedMode }): HookSelection {
+export function selectHook(
+  requested: RequestedHook,
+  capture: { ztunnelMode: 'node' | 'inpod'; mode: SelectedMode; release?: string },
+): HookSelection & { fallback?: true } {
   if (capture.ztunnelMode !== 'node') return { hook: null, reason: `--hook ${requested} does not apply: the in-pod capture has no host-veth hook` };
   if (capture.mode !== 'ebpf') return { hook: null, reason: `--hook ${requested} does not apply: iptables mode runs no BPF program` };
   if (requested === 'auto') return { hook: AUTO_HOOK.hook, reason: `auto: ${AUTO_HOOK.why}` };
+  const m = /^(\d+)\.(\d+)/.exec(capture.release ?? '');
+  if (requested === 'xdp' && m && (Number(m[1]) < XDP_FLOOR.major || (Number(m[1]) === XDP_FLOOR.major && Number(m[2]) < XDP_FLOOR.minor)))
+    return {
+      hook: 'tc',
+      fallback: true,
+      reason: `xdp requested but kernel ${capture.release} is older than ${XDP_FLOOR.major}.${XDP_FLOOR.minor}, whose verifier takes xdp_out (up to 1,000,000 instructions processed; 4.20's limit is 131,072): falling back to tc`,
+    };
   return { hook: requested, reason: `${requested} requested` };
 }
+
+/**
+ * The XDP hook's floor: xdp_out's verifier cost (300,000-700,000 instructions processed,
+ * docs/kernel-matrix.md) needs the 1,000,000 limit that came in 5.2.
+ */
+export const XDP_FLOOR = { major: 5, minor: 2 } as const;
 
 /** Whether a --hook request contradicts the other flags (refused at start, exit 2), and why. */
 export function hookConflict(requested: RequestedHook, flags: { ztunnelMode: 'node' | 'inpod'; mode: RequestedMode }): string | null {

@@ -298,6 +298,7 @@ kernelDescribe('XDP hook lifecycle', 'loads BPF and builds network namespaces', 
         const r = await get('/readyz');
         expect(r.body).toContain(`native XDP program ${theirId} xdp_pass`);
         expect(r.body).toContain(`${pod.hostVeth} XDP`);
+        expect((await get('/metrics')).body).toMatch(/ambient_redirect_foreign_programs\{hook="pod-ingress",kind="xdp"\} 1\n/);
         const s = await status();
         expect(s.pods.find((p) => p.ip === pod.ip)).toMatchObject({ xdp: { id: theirId, ours: false }, outbound: { hook: 'tc' } });
         expect(s.ordering.findings).toEqual([expect.objectContaining({ where: 'pod', device: pod.hostVeth, kind: 'xdp' })]);

@@ -16,6 +16,18 @@ describe('selectHook: the pods’ outbound hook', () => {
     expect(selectHook('tc', { ztunnelMode: 'node', mode: 'ebpf' })).toEqual({ hook: 'tc', reason: 'tc requested' });
   });
 
+  it('xdp below the XDP hook’s floor (5.2: the verifier limit xdp_out needs) falls back to tc, loudly', () => {
+    expect(selectHook('xdp', { ztunnelMode: 'node', mode: 'ebpf', release: '4.20.17' })).toMatchObject({
+      hook: 'tc',
+      fallback: true,
+      reason: expect.stringContaining('older than 5.2'),
+    });
+    expect(selectHook('xdp', { ztunnelMode: 'node', mode: 'ebpf', release: '5.1.0' }).hook).toBe('tc');
+    expect(selectHook('xdp', { ztunnelMode: 'node', mode: 'ebpf', release: '5.2.0' })).toEqual({ hook: 'xdp', reason: 'xdp requested' });
+    expect(selectHook('xdp', { ztunnelMode: 'node', mode: 'ebpf', release: '6.18.44-fc-v782' }).hook).toBe('xdp');
+    expect(selectHook('tc', { ztunnelMode: 'node', mode: 'ebpf', release: '4.20.0' }).hook).toBe('tc');
+  });
+
   it('no hook where the capture has none: the in-pod capture, iptables mode (a fallback included)', () => {
     for (const requested of ['tc', 'xdp', 'auto'] as const) {
       expect(selectHook(requested, { ztunnelMode: 'inpod', mode: 'ebpf' }).hook).toBeNull();
