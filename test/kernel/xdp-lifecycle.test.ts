@@ -337,6 +337,39 @@ kernelDescribe('XDP hook lifecycle', 'loads BPF and builds network namespaces', 
       expectOneOutbound(await hooks(), 'xdp');
     }, 30_000);
 
+    it('a veth pair the kernel will not run XDP on (MTU 9000): our TC filter stays, /readyz names the refusal; with the MTU lowered xdp_out takes over', async () => {
+      const pod = enrolled[1]!;
+      const mtu = (n: number) =>
+        Promise.all([
+          run(['ip', '-n', sim.nodeNs, 'link', 'set', 'dev', pod.hostVeth, 'mtu', String(n)]),
+          run(['ip', '-n', pod.ns, 'link', 'set', 'dev', 'eth0', 'mtu', String(n)]),
+        ]);
+      // XDP on the veth caps its MTU: off the hook first (back to tc), then the jumbo MTU.
+      await stop();
+      start('tc');
+      await controller!.waitFor('programmed');
+      await stop();
+      await mtu(9000);
+      try {
+        start('xdp');
+        await controller!.waitFor('programmed');
+        expect(await controller!.waitFor('XDP hook not ours')).toMatchObject({ problem: expect.stringContaining('ERANGE') });
+        const out = (await hooks())[`${pod.hostVeth}/out`]!;
+        expect(out.xdp).toBeNull();
+        expect(out.tc).toHaveLength(1);
+        await waitUntil(async () => (await get('/readyz')).status === 503, 10_000, '/readyz false');
+        expect((await get('/readyz')).body).toContain(`our xdp_out could not be attached: bpf_xdp_attach(ifindex`);
+        await toZtunnel(pod);
+        // The other veth took the XDP hook as asked.
+        expect((await hooks())[`${enrolled[0]!.hostVeth}/out`]!.xdp?.name).toBe('xdp_out');
+      } finally {
+        await mtu(1500);
+      }
+      await waitUntil(async () => (await hooks())[`${pod.hostVeth}/out`]!.xdp?.name === 'xdp_out', 10_000, 'xdp_out attached once the MTU fits');
+      await waitUntil(async () => (await get('/readyz')).status === 200, 10_000, '/readyz true');
+      expectOneOutbound(await hooks(), 'xdp');
+    }, 60_000);
+
     it('xdp→tc and tc→xdp across a restart, under traffic: exactly one outbound program per veth after, never none meanwhile', async () => {
       for (const hook of ['tc', 'xdp'] as const) {
         await stop();
