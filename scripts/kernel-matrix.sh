@@ -159,7 +159,7 @@ cmd_initramfs() {
   cp -r node_modules/koffi "$tree/matrix/node_modules/koffi"
   cp -r node_modules/@koromix/koffi-linux-x64 "$tree/matrix/node_modules/@koromix/"
   cp package.json "$tree/matrix/"
-  cp build/redirect.bpf.o build/inpod.bpf.o "$tree/matrix/build/"
+  cp build/redirect.bpf.o build/inpod.bpf.o build/xdp.bpf.o "$tree/matrix/build/"
   cp build/tests/broken.bpf.o "$tree/matrix/build/tests/"
   cat >"$tree/init" <<EOF
 #!/bin/sh

@@ -32,6 +32,8 @@ export interface Corpus {
   runs: CorpusRun[];
   /** The in-pod capture's object: its programs are loaded and attached, and its delivery probe run. */
   inpod?: { object: string; programs: string[] };
+  /** The XDP hook's object (`run --hook xdp`): its programs are loaded and attached to a veth's XDP hook. */
+  xdp?: { object: string; programs: string[] };
 }
 
 /** The in-pod delivery probe's answer on a kernel (src/capture/inpod/probe.ts), or its error. */
@@ -109,6 +111,8 @@ export interface RunnerReport {
   inpodPrograms: ProgramLoad[];
   /** The in-pod delivery probe (`MATRIX inpod-probe`). */
   inpodProbe: InpodProbeReport | null;
+  /** The XDP object's programs, loaded and attached one at a time (`MATRIX xdp-prog`). */
+  xdpPrograms: ProgramLoad[];
   /** The runner finished (`MATRIX done`). */
   done: boolean;
   /** The runner's own fatal error, if it printed one. */
@@ -136,6 +140,7 @@ export function parseReport(log: string): RunnerReport {
     ingressCtx: null,
     inpodPrograms: [],
     inpodProbe: null,
+    xdpPrograms: [],
     done: false,
   };
   let b64: string[] | null = null;
@@ -159,6 +164,9 @@ export function parseReport(log: string): RunnerReport {
         break;
       case 'inpod-prog':
         report.inpodPrograms.push(JSON.parse(rest) as ProgramLoad);
+        break;
+      case 'xdp-prog':
+        report.xdpPrograms.push(JSON.parse(rest) as ProgramLoad);
         break;
       case 'inpod-probe':
         report.inpodProbe = JSON.parse(rest) as InpodProbeReport;

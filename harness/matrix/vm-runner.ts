@@ -2,8 +2,8 @@
  * The kernel matrix's runner (docs/kernel-matrix.md): runs inside each qemu VM (and on this
  * machine, in a netns of its own) with the controller's own code, not a copy of it: the
  * kernel facts and selectMode of `run`, probeVariant/probeDelivery of the ebpf mode, the
- * BpfObject loader over the system libbpf through koffi, and BPF_PROG_RUN of the kernel
- * tests. It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
+ * BpfObject loader over the system libbpf through koffi, the TC and XDP attach of
+ * src/bpf/tc.ts and src/bpf/xdp.ts, and BPF_PROG_RUN of the kernel tests. It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
  * (harness/matrix/corpus.ts); the host compares the outcomes with the reference model.
  *
  *   node dist/harness/matrix/vm-runner.js corpus.json
@@ -14,6 +14,7 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import * as ffi from '../../src/bpf/ffi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
+import { attachXdp, detachXdp, queryXdp } from '../../src/bpf/xdp.js';
 import { isNotRunnable, runProgram } from '../bpf/testrun.js';
 import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
@@ -97,9 +98,29 @@ function attachLookupCheck(fd: number): string {
   }
 }
 
+/**
+ * The XDP programs on a veth's XDP hook in native mode, as the agent attaches them
+ * (src/bpf/xdp.ts): xdp_out on the pod's host veth (a), xdp_pass on ztunnel's eth0 (b).
+ */
+function attachXdpCheck(name: string, fd: number): string {
+  const ifindex = name === 'xdp_pass' ? MATRIX_VETHS.b : MATRIX_VETHS.a;
+  try {
+    const id = ffi.objGetInfo(fd, name, 8).readUInt32LE(4); // bpf_prog_info: type, id
+    attachXdp(ifindex, fd, null);
+    const seen = queryXdp(ifindex);
+    const detached = detachXdp(ifindex, id);
+    if (seen?.id !== id || seen.mode !== 'native') return `attached program ${id}, the hook shows ${seen ? `${seen.mode} ${seen.id}` : 'none'}`;
+    if (!detached) return `program ${id} could not be detached`;
+    return queryXdp(ifindex) === null ? 'ok' : 'the hook is not empty after detach';
+  } catch (err) {
+    return tail(err, 5);
+  }
+}
+
 /** Attaches with the loader's netlink TC (src/bpf/tc.ts), reads it back, detaches. */
 function attachCheck(name: string, fd: number): string {
   if (name === 'inpod_lookup') return attachLookupCheck(fd);
+  if (name.startsWith('xdp_')) return attachXdpCheck(name, fd);
   const { ifindex, direction } = hookOf(name);
   try {
     const a = attachTc(ifindex, direction, fd);
@@ -231,6 +252,7 @@ async function main(): Promise<void> {
   const outcomes = loadable.length > 0 ? replay(corpus, loadable) : corpus.runs.map((): RunOutcome => [2, 'no program loaded']);
   say('time', { replayed: seconds(), runs: outcomes.length });
   await inpod(corpus);
+  for (const p of corpus.xdp?.programs ?? []) say('xdp-prog', loadOne(corpus.xdp!.object, p));
   process.stdout.write(encodeOutcomes(outcomes).join('\n') + '\n');
   process.stdout.write(`${LINE} done\n`);
 }

@@ -98,6 +98,12 @@ koffi.struct('bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 const TEST_RUN_OPTS_SIZE = koffi.sizeof('bpf_test_run_opts');
+
+koffi.struct('bpf_xdp_attach_opts', {
+  sz: 'size_t',
+  old_prog_fd: 'int',
+});
+const XDP_ATTACH_OPTS_SIZE = koffi.sizeof('bpf_xdp_attach_opts');
 const TC_OPTS_SIZE = koffi.sizeof('bpf_tc_opts');
 
 const c = {
@@ -144,6 +150,8 @@ const c = {
   bpf_tc_attach: bpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
   bpf_tc_detach: bpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
   bpf_tc_query: bpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_xdp_attach: bpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
+  bpf_xdp_detach: bpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
   bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
 
   close: libc.func('int close(int fd)'),
@@ -403,6 +411,27 @@ export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcF
   return opts.prog_id;
 }
 
+// --- XDP (netlink) attachment ------------------------------------------------------------
+
+/** linux/if_link.h's XDP_FLAGS_*. */
+export const XdpFlags = { UPDATE_IF_NOEXIST: 1 << 0, SKB_MODE: 1 << 1, DRV_MODE: 1 << 2, HW_MODE: 1 << 3, REPLACE: 1 << 4 } as const;
+
+/**
+ * Attaches a program to a device's XDP hook. With XDP_FLAGS_REPLACE and `oldProgFd`, only
+ * if that program is the one there (EEXIST otherwise), swapped in one step; with
+ * XDP_FLAGS_UPDATE_IF_NOEXIST, only if the hook is empty (EBUSY otherwise).
+ */
+export function xdpAttach(ifindex: number, progFd: number, flags: number, oldProgFd: number | null): void {
+  const opts = oldProgFd === null ? null : { sz: XDP_ATTACH_OPTS_SIZE, old_prog_fd: oldProgFd };
+  checkInt('bpf_xdp_attach', `ifindex ${ifindex} xdp`, c.bpf_xdp_attach(ifindex, progFd, flags, opts));
+}
+
+/** Empties a device's XDP hook; with XDP_FLAGS_REPLACE and `oldProgFd`, only if that program is there. */
+export function xdpDetach(ifindex: number, flags: number, oldProgFd: number | null): void {
+  const opts = oldProgFd === null ? null : { sz: XDP_ATTACH_OPTS_SIZE, old_prog_fd: oldProgFd };
+  checkInt('bpf_xdp_detach', `ifindex ${ifindex} xdp`, c.bpf_xdp_detach(ifindex, flags, opts));
+}
+
 // --- tcx (kernel 6.6+): the raw bpf(2) syscall, since libbpf 1.1 predates it ----------------
 //
 // The attr layouts below are the kernel's union bpf_attr (include/uapi/linux/bpf.h) for the
@@ -530,24 +559,49 @@ const TC_H_CLSACT = 0xfffffff1;
  * the first NLMSG_ERROR. Parsing is src/bpf/hooks.ts's.
  */
 export function netlinkDumpFilters(ifindex: number, attachPoint: TcAttachPoint): Buffer[] {
+  const req = Buffer.alloc(16 + 20);
+  req.writeUInt32LE(req.length, 0); // nlmsg_len
+  req.writeUInt16LE(RTM_GETTFILTER, 4);
+  req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+  req.writeUInt32LE(1, 8); // seq
+  // struct tcmsg: family, pad[3], ifindex, handle, parent, info
+  req.writeInt32LE(ifindex, 20);
+  // parent: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS 0xfff2 | TC_H_MIN_EGRESS 0xfff3)
+  req.writeUInt32LE(((TC_H_CLSACT & 0xffff0000) | (attachPoint === TcAttachPoint.INGRESS ? 0xfff2 : 0xfff3)) >>> 0, 28);
+  return netlinkExchange(req, 'RTM_GETTFILTER', describeHook(ifindex, attachPoint));
+}
+
+const RTM_GETLINK = 18;
+const NLM_F_ACK = 0x4;
+
+/**
+ * One device's RTM_NEWLINK (in the calling thread's netns), asked for by index rather than
+ * in a dump of every link (what libbpf's bpf_xdp_query does, a cost that grows with the
+ * node's veths on every call), followed by the ack: the raw messages, up to and including
+ * the first NLMSG_ERROR (the ack, or the error). Parsing is src/bpf/xdp.ts's.
+ */
+export function netlinkGetLink(ifindex: number): Buffer[] {
+  const req = Buffer.alloc(16 + 16);
+  req.writeUInt32LE(req.length, 0); // nlmsg_len
+  req.writeUInt16LE(RTM_GETLINK, 4);
+  req.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
+  req.writeUInt32LE(1, 8); // seq
+  // struct ifinfomsg: family, pad, type, index, flags, change
+  req.writeInt32LE(ifindex, 20);
+  return netlinkExchange(req, 'RTM_GETLINK', `ifindex ${ifindex}`);
+}
+
+/** Sends one request on a fresh rtnetlink socket; the replies up to NLMSG_DONE or the first NLMSG_ERROR. */
+function netlinkExchange(req: Buffer, op: string, what: string): Buffer[] {
   const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
-  if (fd < 0) throw new BpfError('socket(AF_NETLINK)', describeHook(ifindex, attachPoint), errno());
+  if (fd < 0) throw new BpfError('socket(AF_NETLINK)', what, errno());
   try {
-    const req = Buffer.alloc(16 + 20);
-    req.writeUInt32LE(req.length, 0); // nlmsg_len
-    req.writeUInt16LE(RTM_GETTFILTER, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(1, 8); // seq
-    // struct tcmsg: family, pad[3], ifindex, handle, parent, info
-    req.writeInt32LE(ifindex, 20);
-    // parent: TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS 0xfff2 | TC_H_MIN_EGRESS 0xfff3)
-    req.writeUInt32LE(((TC_H_CLSACT & 0xffff0000) | (attachPoint === TcAttachPoint.INGRESS ? 0xfff2 : 0xfff3)) >>> 0, 28);
-    if (Number(c.send(fd, req, req.length, 0)) < 0) throw new BpfError('send(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+    if (Number(c.send(fd, req, req.length, 0)) < 0) throw new BpfError(`send(${op})`, what, errno());
     const out: Buffer[] = [];
     const buf = Buffer.alloc(64 * 1024);
     for (;;) {
       const n = Number(c.recv(fd, buf, buf.length, 0));
-      if (n < 0) throw new BpfError('recv(RTM_GETTFILTER)', describeHook(ifindex, attachPoint), errno());
+      if (n < 0) throw new BpfError(`recv(${op})`, what, errno());
       let off = 0;
       while (off + 16 <= n) {
         const len = buf.readUInt32LE(off);

@@ -16,7 +16,7 @@ const TCA_CHAIN = 11;
 const TCA_BPF_ID = 11;
 
 /** The rtattrs of a netlink payload: type → value. */
-function attrs(buf: Buffer, off: number, end: number): Map<number, Buffer> {
+export function attrs(buf: Buffer, off: number, end: number): Map<number, Buffer> {
   const out = new Map<number, Buffer>();
   while (off + 4 <= end) {
     const len = buf.readUInt16LE(off);
@@ -73,7 +73,7 @@ export function listTcFilters(ifindex: number, direction: Direction): TcFilterEn
 const TCX: Record<Direction, ffi.TcxAttachType> = { ingress: ffi.TcxAttachType.INGRESS, egress: ffi.TcxAttachType.EGRESS };
 
 /** A program's name, or null when it is gone or unreadable. */
-function programName(id: number): string | null {
+export function programName(id: number): string | null {
   let fd: number;
   try {
     fd = ffi.progGetFdById(id);

@@ -1,12 +1,14 @@
 /**
  * `ambient-redirect status`: what this node's data path is, read from the kernel only (the
- * pins, the TC hooks, the ipsets), so it answers while `run` is stopped and while the API
+ * pins, the TC and XDP hooks, the ipsets), so it answers while `run` is stopped and while the API
  * server is down.
  */
 import * as codec from '../bpf/codec.js';
 import { netnsPath, withNetns } from '../bpf/netns.js';
 import { pinDir } from '../bpf/pins.js';
-import { listTcFilters, listTcx, probeTcx } from '../bpf/hooks.js';
+import { listTcFilters, listTcx, probeTcx, programName } from '../bpf/hooks.js';
+import { pinnedProgramIds } from '../bpf/install.js';
+import { queryXdp } from '../bpf/xdp.js';
 import { LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../bpf/tc.js';
 import { describeFinding, deviceBypass, programsAhead, type Finding } from '../core/ordering.js';
 import { PIN_ROOT_FLAG, resolveFlags, usageOf, ConfigError } from '../lib/flags.js';
@@ -29,8 +31,9 @@ const FLAGS = {
 export const statusUsage = `usage: ambient-redirect status [--pin-root DIR] [--ztunnel-mode inpod|node] [--health-address IP:PORT] [--json]
 
 node mode: shows this node's data path: the capture mode installed, the kernel's facts
-and the mode they select, ztunnel, every enrolled pod with the programs on its veth and
-its counters, and how full the maps are. Reads the kernel only: it works while \`run\` is
+and the mode they select, ztunnel (with the XDP program on its eth0, --hook xdp), every
+enrolled pod with the programs on its veth (which hook holds its outbound program: tc or
+xdp, and any XDP program there that is not ours) and its counters, and how full the maps are. Reads the kernel only: it works while \`run\` is
 stopped and while the API server is down. Run it in the node's network namespace, as root.
 
 inpod mode (the default, as for \`run\`): asks the running agent (GET /zds on its health
@@ -103,16 +106,37 @@ export interface PodStatus {
   ip: string;
   ifindex: number;
   veth: string | null;
-  /** Program IDs on the veth's hooks (null: none of ours). */
+  /** Program IDs of our TC filters on the veth's hooks (null: none of ours). */
   hooks: { ingress: number | null; egress: number | null };
+  /** Which hook holds our outbound program (`run --hook`): TC ingress or XDP; null: neither. */
+  outbound: { hook: 'tc' | 'xdp'; id: number } | null;
+  /** The program on the veth's XDP hook, ours or not; null: none. */
+  xdp: XdpStatus | null;
   counters: { redirected: [string, string]; dropped: [string, string]; passed: [string, string] };
+}
+
+export interface XdpStatus {
+  id: number;
+  name: string | null;
+  mode: 'native' | 'generic';
+  /** Pinned in our program folders. */
+  ours: boolean;
 }
 
 export interface Status {
   mode: SelectedMode | 'none';
   pinDir: string;
   kernel: { release: string; probes: KernelFacts['probes']; probeError?: string; selects: string; reason: string };
-  ztunnel: { ifindex: number; peerIfindex: number; mac: string; dnsCapture: boolean; netns: string | null; program: number | null } | null;
+  ztunnel: {
+    ifindex: number;
+    peerIfindex: number;
+    mac: string;
+    dnsCapture: boolean;
+    netns: string | null;
+    program: number | null;
+    /** The program on eth0's XDP hook: our xdp_pass (NAPI mode, `--hook xdp`), someone else's, or null. */
+    xdp: XdpStatus | null;
+  } | null;
   pods: PodStatus[];
   maps: MapUsage[];
   /** ebpf mode: the DNS servers port 53 may reach uncaptured (dns_servers). */
@@ -143,11 +167,16 @@ async function readOrdering(pods: PodStatus[], ztunnel: Status['ztunnel'], ztDev
   const veths = new Map<number, string>();
   for (const p of pods) if (p.veth) veths.set(p.ifindex, p.veth);
   const hooksOf = new Map(pods.map((p) => [p.ifindex, p.hooks]));
+  const podOf = new Map(pods.map((p) => [p.ifindex, p]));
   const kinds = veths.size ? await linkKinds(runner) : new Map<number, string | null>();
   for (const [ifindex, dev] of veths) {
     const bypass = deviceBypass(kinds.get(ifindex) ?? null);
     if (bypass) findings.push({ where: 'pod', device: dev, direction: 'egress', kind: 'bypass', program: bypass });
+    const p = podOf.get(ifindex);
+    if (p?.xdp && !p.xdp.ours) findings.push({ where: 'pod', device: dev, direction: 'ingress', kind: 'xdp', program: foreignXdp(p.xdp) });
     for (const direction of DIRECTIONS) {
+      // Our outbound program at XDP: TC ingress is not where it runs.
+      if (direction === 'ingress' && p?.outbound?.hook === 'xdp') continue;
       const progId = hooksOf.get(ifindex)?.[direction] ?? null;
       if (progId === null) continue; // shown as MISSING in the pod table
       const hook = { tcx: listTcx(ifindex, direction), tc: listTcFilters(ifindex, direction) };
@@ -161,10 +190,22 @@ async function readOrdering(pods: PodStatus[], ztunnel: Status['ztunnel'], ztDev
     }));
     findings.push(...programsAhead({ where: 'ztunnel', device: ztDev, direction: 'ingress' }, hook, { ...place, progId: ztunnel.program }));
   }
+  if (ztunnel?.xdp && !ztunnel.xdp.ours && ztDev)
+    findings.push({ where: 'ztunnel', device: ztDev, direction: 'ingress', kind: 'xdp', program: foreignXdp(ztunnel.xdp) });
   return { tcx: probeTcx(), findings: findings.map((f) => ({ ...f, text: describeFinding(f) })) };
 }
 
 const pair = (packets: bigint, bytes: bigint): [string, string] => [packets.toString(), bytes.toString()];
+
+function foreignXdp(x: XdpStatus): string {
+  return `${x.mode} XDP program ${x.id}${x.name ? ` ${x.name}` : ''} (not ours) runs before our TC programs`;
+}
+
+/** The program on a device's XDP hook (of the calling thread's netns), and whether it is ours. */
+function xdpStatus(ifindex: number, ours: ReadonlyMap<number, string>): XdpStatus | null {
+  const x = queryXdp(ifindex);
+  return x ? { id: x.id, mode: x.mode, name: ours.get(x.id) ?? programName(x.id), ours: ours.has(x.id) } : null;
+}
 
 async function ipsetMembers(runner: CommandRunner): Promise<string[] | null> {
   const out: string[] = [];
@@ -199,6 +240,7 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
   const podsRaw = maps.entries('pods');
   const ipset = await ipsetMembers(runner);
   const net = await readHostNet(runner);
+  const ours = pinnedProgramIds(pinDir(pinRoot));
 
   let ztunnel: Status['ztunnel'] = null;
   const slot = maps.entries('ztunnel')?.[0];
@@ -207,7 +249,9 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     if (zt.flags & codec.ZtunnelFlags.PRESENT) {
       const host = net.links.get(zt.ifindex);
       const netns = host?.peerNetnsId !== undefined ? (net.netnsById.get(host.peerNetnsId) ?? null) : null;
-      const program = netns ? withNetns(netnsPath(netns), () => ourProgram(zt.peerIfindex, 'ingress')) : null;
+      const [program, xdp] = netns
+        ? withNetns(netnsPath(netns), () => [ourProgram(zt.peerIfindex, 'ingress'), xdpStatus(zt.peerIfindex, ours)] as const)
+        : [null, null];
       ztunnel = {
         ifindex: zt.ifindex,
         peerIfindex: zt.peerIfindex,
@@ -215,21 +259,28 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
         dnsCapture: (zt.flags & codec.ZtunnelFlags.DNS_CAPTURE) !== 0,
         netns,
         program,
+        xdp,
       };
     }
   }
 
-  const pods: PodStatus[] = podCounters(maps).map(({ ip, ifindex, counters: c }) => ({
-    ip,
-    ifindex,
-    veth: net.links.get(ifindex)?.name ?? null,
-    hooks: { ingress: ourProgram(ifindex, 'ingress'), egress: ourProgram(ifindex, 'egress') },
-    counters: {
-      redirected: pair(c.redirectedPackets, c.redirectedBytes),
-      dropped: pair(c.droppedPackets, c.droppedBytes),
-      passed: pair(c.passedPackets, c.passedBytes),
-    },
-  }));
+  const pods: PodStatus[] = podCounters(maps).map(({ ip, ifindex, counters: c }) => {
+    const hooks = { ingress: ourProgram(ifindex, 'ingress'), egress: ourProgram(ifindex, 'egress') };
+    const xdp = xdpStatus(ifindex, ours);
+    return {
+      ip,
+      ifindex,
+      veth: net.links.get(ifindex)?.name ?? null,
+      hooks,
+      outbound: xdp?.ours ? { hook: 'xdp' as const, id: xdp.id } : hooks.ingress !== null ? { hook: 'tc' as const, id: hooks.ingress } : null,
+      xdp,
+      counters: {
+        redirected: pair(c.redirectedPackets, c.redirectedBytes),
+        dropped: pair(c.droppedPackets, c.droppedBytes),
+        passed: pair(c.passedPackets, c.passedBytes),
+      },
+    };
+  });
   pods.sort((a, b) => a.ip.localeCompare(b.ip));
   let ztDev: string | null = null;
   if (ztunnel?.netns) ztDev = (await readLinksIn(runner, ztunnel.netns)).get(ztunnel.peerIfindex)?.name ?? null;
@@ -274,7 +325,7 @@ export function renderStatus(s: Status): string {
     lines.push(`pins: ${s.pinDir}`);
     lines.push(
       s.ztunnel
-        ? `ztunnel: host veth ifindex ${s.ztunnel.ifindex}, netns ${s.ztunnel.netns ?? '?'}, eth0 ${s.ztunnel.mac}, delivery program ${s.ztunnel.program ?? 'MISSING'}${s.ztunnel.dnsCapture ? ', DNS capture' : ''}`
+        ? `ztunnel: host veth ifindex ${s.ztunnel.ifindex}, netns ${s.ztunnel.netns ?? '?'}, eth0 ${s.ztunnel.mac}, delivery program ${s.ztunnel.program ?? 'MISSING'}${s.ztunnel.xdp ? `, eth0 XDP ${s.ztunnel.xdp.ours ? `${s.ztunnel.xdp.name ?? '?'} ${s.ztunnel.xdp.id} (NAPI mode)` : `program ${s.ztunnel.xdp.id} NOT OURS`}` : ''}${s.ztunnel.dnsCapture ? ', DNS capture' : ''}`
         : 'ztunnel: absent (enrolled pods fail closed)',
     );
     lines.push(`maps: ${s.maps.map((m) => `${m.map} ${m.entries}/${m.capacity}`).join(', ')}`);
@@ -288,13 +339,14 @@ export function renderStatus(s: Status): string {
     );
     lines.push(`enrolled pod addresses: ${s.pods.length}`);
     if (s.pods.length) {
-      const rows = [['ip', 'veth', 'ingress prog', 'egress prog', 'redirected pkts/bytes', 'dropped pkts/bytes', 'passed pkts/bytes']];
+      const rows = [['ip', 'veth', 'outbound prog', 'inbound prog', 'redirected pkts/bytes', 'dropped pkts/bytes', 'passed pkts/bytes']];
       for (const p of s.pods) {
+        const foreign = p.xdp && !p.xdp.ours ? ` (XDP ${p.xdp.id} NOT OURS)` : '';
         rows.push([
           p.ip,
           p.veth ?? `ifindex ${p.ifindex} (gone)`,
-          String(p.hooks.ingress ?? 'MISSING'),
-          String(p.hooks.egress ?? 'MISSING'),
+          (p.outbound ? `${p.outbound.hook} ${p.outbound.id}` : 'MISSING') + foreign,
+          `tc ${p.hooks.egress ?? 'MISSING'}`,
           p.counters.redirected.join('/'),
           p.counters.dropped.join('/'),
           p.counters.passed.join('/'),

@@ -57,7 +57,7 @@ export interface PassSummary {
 
 /** Every hook and kind the ordering gauge reports, 0 included, so alerts see the series. */
 const ORDER_HOOKS = ['pod-ingress', 'pod-egress', 'ztunnel-ingress'] as const;
-const ORDER_KINDS: readonly FindingKind[] = ['tcx', 'tc-lower-priority', 'tc-same-priority', 'missing', 'bypass'];
+const ORDER_KINDS: readonly FindingKind[] = ['tcx', 'tc-lower-priority', 'tc-same-priority', 'missing', 'bypass', 'xdp'];
 
 const VERDICTS = [
   ['redirected', 'redirectedPackets', 'redirectedBytes'],

@@ -55,12 +55,15 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
     const s = await status();
     expect(s.mode).toBe('ebpf');
     expect(s.kernel.selects).toBe('ebpf');
-    expect(s.ztunnel).toMatchObject({ netns: sim.ztunnel.ns, program: await tcProgram('eth0', 'ingress', sim.ztunnel.ns) });
+    expect(s.ztunnel).toMatchObject({ netns: sim.ztunnel.ns, program: await tcProgram('eth0', 'ingress', sim.ztunnel.ns), xdp: null });
     expect(s.pods.map((p) => p.ip).sort()).toEqual([pod.ip, pod.ip6].sort());
     for (const p of s.pods) {
       expect(p.veth).toBe(pod.hostVeth);
       expect(p.hooks).toEqual({ ingress: await tcProgram(pod.hostVeth, 'ingress'), egress: await tcProgram(pod.hostVeth, 'egress') });
       expect(p.hooks.ingress).not.toBeNull();
+      // The outbound program at TC ingress (the default hook), nothing on the XDP hook.
+      expect(p.outbound).toEqual({ hook: 'tc', id: p.hooks.ingress });
+      expect(p.xdp).toBeNull();
       // 3 connections: at least SYN, ACK, data, FIN... each redirected.
       expect(Number(p.counters.redirected[0])).toBeGreaterThanOrEqual(9);
     }
@@ -71,7 +74,7 @@ kernelDescribe('status', 'loads BPF and builds network namespaces', () => {
     const human = await runInNode(sim.nodeNs, ['status', '--pin-root', pinRoot]);
     expect(human).toContain('mode: ebpf');
     expect(human).toContain('DNS servers (UDP 53 uncaptured): 10.96.0.10, 169.254.20.10, fd00:96::a');
-    expect(human).toMatch(new RegExp(`${pod.ip.replace(/\./g, '\\.')}\\s+${pod.hostVeth}\\s+\\d+\\s+\\d+`));
+    expect(human).toMatch(new RegExp(`${pod.ip.replace(/\./g, '\\.')}\\s+${pod.hostVeth}\\s+tc \\d+\\s+tc \\d+`));
   });
 
   it('answers the same with run stopped', async () => {

@@ -29,6 +29,9 @@ const BROKEN = 'build/tests/broken.bpf.o';
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
 const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_lookup'] as const;
+/** The XDP hook (`run --hook xdp`, docs/datapath.md "The outbound hook"): loaded and attached to a veth's XDP hook in native mode. */
+const XDP_OBJECT = 'build/xdp.bpf.o';
+const XDP_PROGRAMS = ['xdp_out', 'xdp_pass'] as const;
 const SEED = 20240611;
 const FRAMES_PER_STATE = Number(process.env.MATRIX_FRAMES ?? 1500);
 const CACHE = process.env.KERNEL_MATRIX_CACHE ?? 'build/kernels';
@@ -145,6 +148,7 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       frames,
       runs,
       inpod: { object: INPOD_OBJECT, programs: [...INPOD_PROGRAMS] },
+      xdp: { object: XDP_OBJECT, programs: [...XDP_PROGRAMS] },
     },
     expected,
     models,
@@ -213,7 +217,7 @@ function compare(
 /** Instructions per program in the object: its symbol's size / 8. */
 async function objectInsns(): Promise<Map<string, number>> {
   const out = new Map<string, number>();
-  for (const object of [OBJECT, INPOD_OBJECT]) {
+  for (const object of [OBJECT, INPOD_OBJECT, XDP_OBJECT]) {
     const syms = await systemRunner.run(['llvm-readelf', '-s', '--wide', object]);
     for (const line of syms.split('\n')) {
       const f = line.trim().split(/\s+/);
@@ -325,11 +329,11 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
   afterAll(() => {
     if (rows.length === 0) return;
     console.log(
-      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS)}`,
+      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS)}`,
     );
     for (const r of rows)
       console.log(
-        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length + r.report.inpodPrograms.filter((l) => l.loaded).length} programs loaded (${r.report.inpodPrograms.filter((l) => l.loaded).length} in-pod), ${r.frames} frames, ${r.disagreements} disagreements, in-pod delivery ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'sk_assign' : 'iptables (bpf_sk_assign refuses SO_REUSEPORT)') : 'unknown'}`,
+        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length + r.report.inpodPrograms.filter((l) => l.loaded).length + r.report.xdpPrograms.filter((l) => l.loaded).length} programs loaded (${r.report.inpodPrograms.filter((l) => l.loaded).length} in-pod, ${r.report.xdpPrograms.filter((l) => l.loaded && l.attached === 'ok').length} XDP attached), ${r.frames} frames, ${r.disagreements} disagreements, in-pod delivery ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'sk_assign' : 'iptables (bpf_sk_assign refuses SO_REUSEPORT)') : 'unknown'}`,
       );
   });
 
@@ -345,7 +349,7 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       const row = rows.find((r) => r.label === label);
       expect(row, `no ${label} kernel in the matrix`).toBeDefined();
       const d = details.get(row!.release)!;
-      const problems = problemsOf(row!, PROGRAMS, INPOD_PROGRAMS);
+      const problems = problemsOf(row!, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS);
       const context = [
         ...d.disagreements.slice(0, 5),
         ...d.errors.slice(0, 5),
@@ -364,12 +368,16 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       }
       const good = rows[0]!;
       const bad = (over: Partial<KernelRow>, report?: Partial<RunnerReport>) =>
-        problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS, INPOD_PROGRAMS);
+        problemsOf({ ...good, ...over, report: { ...good.report, ...report } }, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS);
       expect(bad({}, { negative: { rejected: false, detail: 'loaded' } })).not.toEqual([]);
       expect(bad({}, { facts: { ...good.report.facts!, variant: 'redirect' } })).not.toEqual([]);
       expect(bad({ disagreements: 1 })).not.toEqual([]);
       expect(bad({}, { programs: good.report.programs.slice(1) })).not.toEqual([]);
       expect(bad({}, { inpodPrograms: good.report.inpodPrograms.slice(1) })).not.toEqual([]);
+      expect(bad({}, { xdpPrograms: good.report.xdpPrograms.slice(1) })).not.toEqual([]);
+      expect(bad({}, { xdpPrograms: good.report.xdpPrograms.map((l) => ({ ...l, attached: 'EINVAL' })) })).not.toEqual([]);
+      // The XDP hook's budget is the kernel's 1,000,000 (it needs 5.2+), not 4.20's half.
+      expect(bad({}, { xdpPrograms: good.report.xdpPrograms.map((l) => ({ ...l, verifiedInsns: 1_000_000 })) })).not.toEqual([]);
       const probe = good.report.inpodProbe;
       expect(probe && 'reuseportAssign' in probe).toBe(true);
       expect(bad({}, { inpodProbe: { reuseportAssign: !(probe as { reuseportAssign: boolean }).reuseportAssign } })).not.toEqual([]);

@@ -189,5 +189,15 @@ describe('readiness and the gauge follow the last pass', () => {
     m.observePass({ ...pass, findings: [] }, 0.01);
     expect(await value('pod-egress', 'tcx')).toBe(0);
     expect(await value('ztunnel-ingress', 'tc-same-priority')).toBe(0);
+    // The XDP hook's kind is reported too, 0 included.
+    expect(await value('pod-ingress', 'xdp')).toBe(0);
+    m.observePass({ ...pass, findings: [{ where: 'pod', direction: 'ingress', kind: 'xdp' }] }, 0.01);
+    expect(await value('pod-ingress', 'xdp')).toBe(1);
+  });
+
+  it('an XDP program not ours (or ours missing with --hook xdp) is named with the device’s XDP hook', () => {
+    const program = 'native XDP program 7 foo (not ours) runs before our TC programs';
+    expect(describeFinding({ where: 'pod', device: 'veth1', direction: 'ingress', kind: 'xdp', program })).toBe(`${program} on veth1 XDP`);
+    expect(describeFinding({ where: 'ztunnel', device: 'eth0', direction: 'ingress', kind: 'xdp', program })).toBe(`${program} on ztunnel's eth0 XDP`);
   });
 });
