@@ -20,18 +20,9 @@ import { Cleanup } from '../../src/capture/cleanup.js';
 import { kernelDescribe } from '../support/gate.js';
 import { teardownNode } from '../support/node.js';
 import { netnsSnapshot } from '../support/snapshot.js';
+import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
-
-/** Every rp_filter (and every `all`/`default`) in a netns, as name=value lines. */
-async function rpFilters(ns: string): Promise<string[]> {
-  const out = await run(['ip', 'netns', 'exec', ns, 'sysctl', '-a', '--pattern', '\\.rp_filter$']);
-  return out
-    .split('\n')
-    .map((l) => l.replace(/\s/g, ''))
-    .filter(Boolean)
-    .sort();
-}
 
 /** One device's rp_filter in a netns. */
 async function rpFilter(ns: string, dev: string): Promise<number> {
@@ -51,12 +42,6 @@ async function records(ns: string): Promise<string[]> {
   return lines.map((l) => l.replace(/^-A ztunnel-RPFILTER -m comment --comment /, ''));
 }
 
-async function strict(ns: string): Promise<void> {
-  await run(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.conf.all.rp_filter=1', 'net.ipv4.conf.default.rp_filter=1']);
-  const links = JSON.parse(await run(['ip', '-n', ns, '-j', 'link', 'show'])) as { ifname: string }[];
-  for (const l of links) await run(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.conf.${l.ifname}.rp_filter=1`]);
-}
-
 kernelDescribe('a node with strict reverse-path filtering', 'builds network namespaces, loads BPF, writes sysctls in them', () => {
   let sim: SimNode;
   let before: Record<string, string[]>;
@@ -64,7 +49,7 @@ kernelDescribe('a node with strict reverse-path filtering', 'builds network name
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 2 });
-    for (const ns of nets()) await strict(ns);
+    for (const ns of nets()) await strictRpFilter(ns);
     before = Object.fromEntries(await Promise.all(nets().map(async (ns) => [ns, await rpFilters(ns)] as const)));
     expect(before[sim.nodeNs]!.every((l) => l.endsWith('=1'))).toBe(true);
   });
@@ -148,7 +133,7 @@ kernelDescribe('iptables mode on a node with strict reverse-path filtering', 'bu
     sim = await createSimNode({ pods: 3 });
     pinRoot = pinRootFor(sim);
     mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-    for (const ns of nets()) await strict(ns);
+    for (const ns of nets()) await strictRpFilter(ns);
     // Link-local IPv6 addresses settle (DAD) shortly after the links come up.
     await new Promise((r) => setTimeout(r, 2_500));
     before = Object.fromEntries(await Promise.all(nets().map(async (ns) => [ns, await netnsSnapshot(ns)] as const)));
