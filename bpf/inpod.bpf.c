@@ -493,7 +493,7 @@ int inpod_vm_in(struct __sk_buff *skb)
 
 	parse_frame(skb, &f);
 	if (!is_ip(&f))
-		return TC_ACT_OK;                                /* PV1: ARP; no other L3 is routed */
+		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PV1 */
 	if (f.l4 == L4_BAD_CHAIN)
 		return TC_ACT_SHOT;                              /* PV2 */
 	if (f.proto != IPPROTO_TCP)
