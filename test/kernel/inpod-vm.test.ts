@@ -20,7 +20,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createEbpfInPodCapture, type EbpfInPodCapture } from '../../src/capture/inpod/ebpf.js';
+import { createEbpfInPodCapture, type EbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { InpodIptables, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
 import { systemRunner } from '../../src/host/runner.js';
@@ -35,6 +35,8 @@ import { until } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 const OUT = 8080;
+/** The pod's own app. */
+const APP = 9090;
 
 interface Vm {
   ns: string;
@@ -69,10 +71,12 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
   let pod: SimPod;
   let podFd = -1;
   let outside: SimServer;
+  let app: SimServer;
   let servers: net.Server[] = [];
   const accepted: { port: number; src: string; origDst: string }[] = [];
   const vms: Vm[] = [];
   let capture: EbpfInPodCapture;
+  let pinRoot = '';
   let before: Record<string, string> = {};
   const log = createLogger('error', () => undefined);
   let nextPort = Math.floor(Math.random() * 20000);
@@ -90,21 +94,27 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
     overrides: { bypassInbound: false, dnsCapture: null, rerouteInterfaces: reroute },
   });
 
-  /** One connection from the VM's `src` to the outside server: who answered, who saw it. */
-  async function fromVm(vm: Vm, src: string): Promise<{ reply: string; ztunnel: string[]; outside: string[] }> {
+  /** One connection from the VM's `src` (to the outside server by default): who answered, who saw it. */
+  async function fromVm(
+    vm: Vm,
+    src: string,
+    to = { ip: OUTSIDE_IP, port: OUT },
+  ): Promise<{ reply: string; ztunnel: string[]; outside: string[]; app: string[] }> {
     // A port of its own, so that each connection's reports are told apart (NAT keeps it).
     const port = 30000 + nextPort++;
     const mine = (a: { src: string }) => a.src.endsWith(`:${port}`);
-    const [r] = await sim.connect({ index: -1, name: vm.ns, ns: vm.ns, ip: src, ip6: '', hostVeth: '' }, { ip: OUTSIDE_IP, port: OUT }, 1, 1_500, src, port);
-    if (r!.ok) await until('the report', () => accepted.some(mine) || outside.accepted.some(mine), 2_000).catch(() => undefined);
+    const ip = (a: { src: string }) => a.src.slice(0, a.src.lastIndexOf(':')).replace(/^::ffff:/, '');
+    const [r] = await sim.connect({ index: -1, name: vm.ns, ns: vm.ns, ip: src, ip6: '', hostVeth: '' }, to, 1, 1_500, src, port);
+    if (r!.ok) await until('the report', () => [accepted, outside.accepted, app.accepted].some((l) => l.some(mine)), 2_000).catch(() => undefined);
     return {
       reply: r!.ok ? r!.reply! : 'failed',
-      ztunnel: accepted.filter(mine).map((a) => `${a.port} ${a.src.slice(0, a.src.lastIndexOf(':'))} -> ${a.origDst}`),
-      outside: outside.accepted.filter(mine).map((a) => a.src.slice(0, a.src.lastIndexOf(':'))),
+      ztunnel: accepted.filter(mine).map((a) => `${a.port} ${ip(a)} -> ${a.origDst}`),
+      outside: outside.accepted.filter(mine).map(ip),
+      app: app.accepted.filter(mine).map(ip),
     };
   }
-  const captured = (src: string) => ({ reply: 'ztunnel', ztunnel: [`15001 ${src} -> ${OUTSIDE_IP}:${OUT}`], outside: [] });
-  const dropped = { reply: 'failed', ztunnel: [], outside: [] };
+  const captured = (src: string) => ({ reply: 'ztunnel', ztunnel: [`15001 ${src} -> ${OUTSIDE_IP}:${OUT}`], outside: [], app: [] });
+  const dropped = { reply: 'failed', ztunnel: [], outside: [], app: [] };
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 1 });
@@ -113,6 +123,7 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
     for (const i of [0, 1]) vms.push(await addVm(sim, pod, i));
     podFd = openSync(`/var/run/netns/${pod.ns}`, 'r');
     outside = await sim.startOutside();
+    app = await sim.startPodServer(pod, APP);
     // ztunnel's listeners in the pod; the original destination as ztunnel reads it
     // (SO_ORIGINAL_DST after a REDIRECT, else the transparent socket's own address).
     servers = listenInNetns(podFd, 'pod0', [15001, 15006, 15008], (port, s, family) => {
@@ -120,7 +131,7 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
       accepted.push({ port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: originalDst(fd, family) ?? `${s.localAddress}:${s.localPort}` });
     });
     before = await snapshot();
-    const pinRoot = runPinRoot(sim.prefix);
+    pinRoot = runPinRoot(sim.prefix);
     mkdirSync(pinRoot, { recursive: true });
     capture = createEbpfInPodCapture({ objectPath: 'build/inpod.bpf.o', pinRoot, runner: systemRunner, log, hostNetns: `/var/run/netns/${sim.nodeNs}` });
     await capture.init();
@@ -134,9 +145,9 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
   });
 
   it('before any capture: the VMs reach the outside directly, NATed as the pod or with their own address', async () => {
-    expect(await fromVm(vms[0]!, vms[0]!.nat)).toEqual({ reply: 'outside', ztunnel: [], outside: [pod.ip] });
-    expect(await fromVm(vms[0]!, vms[0]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[0]!.routed] });
-    expect(await fromVm(vms[1]!, vms[1]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[1]!.routed] });
+    expect(await fromVm(vms[0]!, vms[0]!.nat)).toEqual({ reply: 'outside', ztunnel: [], outside: [pod.ip], app: [] });
+    expect(await fromVm(vms[0]!, vms[0]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[0]!.routed], app: [] });
+    expect(await fromVm(vms[1]!, vms[1]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[1]!.routed], app: [] });
   });
 
   describe('eBPF in-pod capture', () => {
@@ -153,6 +164,19 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
       expect(await fromVm(vms[0]!, vms[0]!.nat)).toEqual(captured(vms[0]!.nat));
       expect(await fromVm(vms[0]!, vms[0]!.routed)).toEqual(captured(vms[0]!.routed));
       for (const src of [vms[1]!.nat, vms[1]!.routed]) expect(await fromVm(vms[1]!, src), src).toEqual(dropped);
+    });
+
+    it('to the pod’s own app: from the listed interface to 15001; from the other, straight to the app (inside the pod’s netns no hook of the capture sees it)', async () => {
+      const toApp = { ip: pod.ip, port: APP };
+      expect(await fromVm(vms[0]!, vms[0]!.routed, toApp)).toEqual({
+        reply: 'ztunnel',
+        ztunnel: [`15001 ${vms[0]!.routed} -> ${pod.ip}:${APP}`],
+        outside: [],
+        app: [],
+      });
+      // As a process of the pod connecting to its own address would (Istio's rules take
+      // this one to 15006: see the iptables case below).
+      expect(await fromVm(vms[1]!, vms[1]!.routed, toApp)).toEqual({ reply: pod.name, ztunnel: [], outside: [], app: [vms[1]!.routed] });
     });
 
     it('a listed interface made after install (a VM started later) is drift, and install attaches it', async () => {
@@ -179,7 +203,16 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
       await capture.install(podNetns(['tap0']));
       await capture.remove(podNetns(['tap0']));
       expect(await snapshot()).toEqual(before);
-      expect(await fromVm(vms[0]!, vms[0]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[0]!.routed] });
+      expect(await fromVm(vms[0]!, vms[0]!.routed)).toEqual({ reply: 'outside', ztunnel: [], outside: [vms[0]!.routed], app: [] });
+    });
+
+    it('uninstall (from the pinned records alone) takes inpod_vm_in off the VM interface too', async () => {
+      await capture.install(podNetns(['tap0']));
+      expect(await fromVm(vms[0]!, vms[0]!.nat)).toEqual(captured(vms[0]!.nat));
+      const r = await uninstallInpod({ pinRoot, hostNetns: `/var/run/netns/${sim.nodeNs}` });
+      expect(r.failed).toEqual([]);
+      expect(r.removed).toContainEqual(expect.stringMatching(/^ingress filter of VM interface tap0 /));
+      expect(await snapshot()).toEqual(before);
     });
   });
 
@@ -203,7 +236,13 @@ kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod 
 
     it('the other interface’s TCP is not let around ztunnel either: ISTIO_PRERT takes it to 15006, as inbound', async () => {
       for (const src of [vms[1]!.nat, vms[1]!.routed])
-        expect(await fromVm(vms[1]!, src), src).toEqual({ reply: 'ztunnel', ztunnel: [`15006 ${src} -> ${OUTSIDE_IP}:${OUT}`], outside: [] });
+        expect(await fromVm(vms[1]!, src), src).toEqual({ reply: 'ztunnel', ztunnel: [`15006 ${src} -> ${OUTSIDE_IP}:${OUT}`], outside: [], app: [] });
+      // To the pod's own app: the listed interface's to 15001, the other's to 15006.
+      const toApp = { ip: pod.ip, port: APP };
+      const r = vms[0]!.routed;
+      expect(await fromVm(vms[0]!, r, toApp)).toEqual({ reply: 'ztunnel', ztunnel: [`15001 ${r} -> ${pod.ip}:${APP}`], outside: [], app: [] });
+      const u = vms[1]!.routed;
+      expect(await fromVm(vms[1]!, u, toApp)).toEqual({ reply: 'ztunnel', ztunnel: [`15006 ${u} -> ${pod.ip}:${APP}`], outside: [], app: [] });
     });
 
     it('remove leaves the pod netns as before, but for two empty nat base chains where the pod has a nat table of its own', async () => {
