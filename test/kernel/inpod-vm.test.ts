@@ -61,7 +61,9 @@ async function addVm(sim: SimNode, pod: SimPod, i: number): Promise<Vm> {
   await run(['ip', '-n', ns, 'addr', 'add', `${vm.routed}/32`, 'dev', 'eth0']);
   await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
   await run(['ip', '-n', ns, 'route', 'add', 'default', 'via', `${net(0)}.1`]);
-  await run(['ip', 'netns', 'exec', pod.ns, 'iptables-nft', '-t', 'nat', '-A', 'POSTROUTING', '-s', `${net(0)}.0/24`, '-o', 'eth0', '-j', 'MASQUERADE']);
+  await systemRunner.run(['ip', 'netns', 'exec', pod.ns, 'iptables-nft-restore', '--noflush'], {
+    input: `*nat\n-A POSTROUTING -s ${net(0)}.0/24 -o eth0 -j MASQUERADE\nCOMMIT\n`,
+  });
   await run(['ip', '-n', sim.nodeNs, 'route', 'add', `${net(1)}.0/24`, 'via', pod.ip, 'dev', pod.hostVeth]);
   return vm;
 }
