@@ -98,6 +98,7 @@ kernelDescribe('iptables mode on a node with strict reverse-path filtering', 'bu
   let pinRoot: string;
   let controller: ControllerProcess | undefined;
   let ztunnel: SimServer;
+  let outside: SimServer;
   let udp: SimServer;
   let before: Record<string, Record<string, string>>;
   const nets = () => [sim.nodeNs, sim.ztunnel.ns, ...sim.pods.map((p) => p.ns)];
@@ -137,7 +138,7 @@ kernelDescribe('iptables mode on a node with strict reverse-path filtering', 'bu
     // Link-local IPv6 addresses settle (DAD) shortly after the links come up.
     await new Promise((r) => setTimeout(r, 2_500));
     before = Object.fromEntries(await Promise.all(nets().map(async (ns) => [ns, await netnsSnapshot(ns)] as const)));
-    [ztunnel, , udp] = await Promise.all([sim.startZtunnel(), sim.startOutside(), sim.startUdpOutside(UDP_PORT)]);
+    [ztunnel, outside, udp] = await Promise.all([sim.startZtunnel(), sim.startOutside(), sim.startUdpOutside(UDP_PORT)]);
   });
 
   afterAll(async () => {
@@ -178,6 +179,24 @@ kernelDescribe('iptables mode on a node with strict reverse-path filtering', 'bu
         `"rp_filter dev=${sim.ztunnel.hostVeth} ifindex=${await idx(sim.ztunnel.hostVeth)} was=1 wrote=0"`,
       ].sort(),
     );
+  });
+
+  it('who cannot use the opened veth: the enrolled pod sending from an address not its own is still dropped (the veth binding)', async () => {
+    const pod = sim.pods[0]!;
+    const forged = '10.244.99.99';
+    await run(['ip', '-n', pod.ns, 'addr', 'add', `${forged}/32`, 'dev', 'lo']);
+    // The way back to the forged address leads to the pod: only the binding stands between
+    // it and a completed connection.
+    await run(['ip', '-n', sim.nodeNs, 'route', 'add', `${forged}/32`, 'dev', pod.hostVeth]);
+    try {
+      const [r] = await sim.connect(pod, outside4(), 1, 1_500, forged);
+      expect(r!.ok).toBe(false);
+      // Not even captured: the binding drops it before anything else.
+      expect([...outside.accepted, ...ztunnel.accepted].filter((a) => a.src.startsWith(`${forged}:`))).toEqual([]);
+    } finally {
+      await run(['ip', '-n', pod.ns, 'addr', 'del', `${forged}/32`, 'dev', 'lo']);
+      await run(['ip', '-n', sim.nodeNs, 'route', 'del', `${forged}/32`, 'dev', pod.hostVeth]);
+    }
   });
 
   it('without those writes no captured IPv4 connection completes: both veths are needed (IPv6 has no rp_filter)', async () => {
