@@ -20,6 +20,7 @@ import { Cleanup } from '../../src/capture/cleanup.js';
 import { kernelDescribe } from '../support/gate.js';
 import { teardownNode } from '../support/node.js';
 import { netnsSnapshot } from '../support/snapshot.js';
+import { until } from '../support/wait.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -258,6 +259,36 @@ kernelDescribe('iptables mode on a node with strict reverse-path filtering', 'bu
     expect(mine[0]).not.toEqual(old);
     expect(mine[0]).toMatch(/was=1 wrote=0"$/);
     expect(await captured(1)).toEqual(['ztunnel', 'ztunnel']);
+    await stop();
+    await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]);
+    for (const ns of nets()) expect(await rpFilters(ns), ns).toEqual(rps[ns]);
+  });
+
+  it('a switch to ebpf mode: its start puts back what iptables mode recorded, its next pass opens the link again, and uninstall leaves every value as before', async () => {
+    const rps = Object.fromEntries(await Promise.all(nets().map(async (ns) => [ns, await rpFilters(ns)] as const)));
+    await start([1]);
+    await stop();
+    expect(await records(sim.nodeNs)).not.toEqual([]);
+    const pod = sim.pods[1]!;
+    controller = startController(sim.nodeNs, [
+      '--mode',
+      'ebpf',
+      '--pin-root',
+      pinRoot,
+      '--ztunnel-ip',
+      sim.ztunnel.ip,
+      '--resync-interval',
+      '1',
+      '--enroll',
+      [pod.ip, pod.ip6].join(','),
+    ]);
+    await controller.waitFor('programmed');
+    await until('iptables mode’s records gone', async () => (await records(sim.nodeNs)).length === 0, 10_000);
+    await until('a captured connection completing again', async () => (await captured(1, outside4(), 1))[0] === 'ztunnel', 15_000, 200);
+    expect(await rpFilter(sim.nodeNs, 'all')).toBe(0);
+    expect(await rpFilter(sim.nodeNs, sim.ztunnel.hostVeth)).toBe(0);
+    // ebpf mode needs no opened pod veth: its redirect skips the routing check.
+    expect(await rpFilter(sim.nodeNs, pod.hostVeth)).toBe(1);
     await stop();
     await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]);
     for (const ns of nets()) expect(await rpFilters(ns), ns).toEqual(rps[ns]);
