@@ -17,6 +17,9 @@
  *   TIME_WAIT cannot be assigned at TC; inpod_in leaves ztunnel's listener in
  *   inpod_handoff and this program gives it to the kernel's listener lookup on the
  *   TIME_WAIT path (rows PL5, PI8, PK1-PK3).
+ * - inpod_vm_in, TC ingress of each interface the pod's reroute-virtual-interfaces
+ *   annotation lists (a VM's tap, rows PV1-PV5): its TCP goes to ztunnel's 15001 as the
+ *   pod's outbound, before routing could forward it.
  * - inpod_reuseport_probe: the delivery probe (src/capture/inpod/probe.ts).
  *
  * Needs bpf_sk_assign on SO_REUSEPORT sockets (6.5): the agent probes it and falls back
@@ -471,6 +474,41 @@ int inpod_in(struct __sk_buff *skb)
 	if (c == CONN_TIME_WAIT)
 		return handoff(skb, &f, INPOD_PORT_INBOUND);     /* PI8 */
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
+}
+
+/* --- inpod_vm_in: TC ingress of a VM's interface inside the pod's netns ------------------ */
+
+/*
+ * An interface the pod's `reroute-virtual-interfaces` annotation lists (a VM's tap): its
+ * TCP is the pod's outbound, whatever its source (the VM's own address, or one the pod
+ * NATs later). It goes to ztunnel's 15001 before routing could forward it, as inpod_in
+ * delivers a looped frame: the loop mark makes policy routing deliver the foreign
+ * destination locally, to the socket bpf_sk_assign picked (rows PV1-PV5).
+ */
+SEC("tc")
+int inpod_vm_in(struct __sk_buff *skb)
+{
+	struct flow f;
+	enum conn c;
+
+	parse_frame(skb, &f);
+	if (!is_ip(&f))
+		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PV1 */
+	if (f.l4 == L4_BAD_CHAIN)
+		return TC_ACT_SHOT;                              /* PV2 */
+	if (f.proto != IPPROTO_TCP)
+		return TC_ACT_OK;                                /* PV1: forwarded, judged by inpod_out */
+	if (f.l4 != L4_OK || fragmented(skb, &f))
+		return TC_ACT_SHOT;                              /* PV2 */
+	skb->mark = INPOD_MARK_LOOP;
+	c = tcp_conn(skb, &f);
+	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
+		return TC_ACT_OK;                                /* PV3: ztunnel's side of it */
+	if (!tcp_syn(&f))
+		return TC_ACT_SHOT;                              /* PV4: no connection to forward it around */
+	if (c == CONN_TIME_WAIT)
+		return handoff(skb, &f, INPOD_PORT_OUTBOUND);    /* PV5 */
+	return deliver(skb, &f, INPOD_PORT_OUTBOUND);            /* PV5 */
 }
 
 /* --- the pod's host veth: the node's own TCP gets the probe source -------------------- */

@@ -122,6 +122,7 @@ enum inpod_pod_flags {
 	INPOD_POD_QDISC_POD = 1 << 0,    /* we created the clsact qdisc on the pod's interface */
 	INPOD_POD_QDISC_HOST = 1 << 1,   /* we created the one on its host veth */
 	INPOD_POD_ACCEPT_LOCAL = 1 << 2, /* accept_local was already 1 (remove leaves it so) */
+	INPOD_POD_QDISC_VM = 1 << 3,     /* we created the clsact qdisc on a VM interface (remove deletes those left empty) */
 };
 
 #endif /* AMBIENT_REDIRECT_INPOD_H */

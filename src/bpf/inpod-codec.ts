@@ -44,6 +44,7 @@ export const InpodPodFlags = {
   QDISC_POD: constants.INPOD_POD_QDISC_POD,
   QDISC_HOST: constants.INPOD_POD_QDISC_HOST,
   ACCEPT_LOCAL: constants.INPOD_POD_ACCEPT_LOCAL,
+  QDISC_VM: constants.INPOD_POD_QDISC_VM,
 } as const;
 
 export function encodeConfigSlot(): Buffer {

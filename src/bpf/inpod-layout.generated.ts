@@ -76,4 +76,5 @@ export const constants = {
   INPOD_POD_QDISC_POD: 1,
   INPOD_POD_QDISC_HOST: 2,
   INPOD_POD_ACCEPT_LOCAL: 4,
+  INPOD_POD_QDISC_VM: 8,
 } as const;

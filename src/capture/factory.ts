@@ -45,6 +45,8 @@ export interface ModeOptions {
   dnsServers?: () => readonly string[];
   /** Injected kernel facts (tests); gathered from this kernel when absent. */
   facts?: KernelFacts;
+  /** iptables mode: where the node's sysctls are (default /proc/sys). */
+  procSys?: string;
 }
 
 /**
@@ -94,6 +96,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         ...(opts.nonTcp && { nonTcp: opts.nonTcp }),
         ...(opts.dnsServers && { dnsServers: opts.dnsServers }),
         ...(opts.iptablesBackend && { backend: opts.iptablesBackend }),
+        ...(opts.procSys && { procSys: opts.procSys }),
       });
     }
   }
@@ -101,7 +104,7 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
 
 /** Removes what the other mode may have left: a node restarted with another mode. */
 function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<CleanupReport> {
-  return mode === 'iptables' ? uninstallEbpf(opts.pinRoot, opts.runner) : uninstallIptables(opts.runner);
+  return mode === 'iptables' ? uninstallEbpf(opts.pinRoot, opts.runner) : uninstallIptables(opts.runner, opts.procSys);
 }
 
 /**

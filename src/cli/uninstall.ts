@@ -10,7 +10,8 @@ export const uninstallUsage = `usage: ambient-redirect uninstall [--pin-root DIR
 
 Removes our TC filters from every link of this network namespace, clsact qdiscs that are
 empty afterwards, ztunnel-side rules, iptables mode's chains, rules, routes, tunnels and
-ipsets, and our pins under <pin-root>/ambient-redirect/v1/. Run it in the node's network
+ipsets, and our pins under <pin-root>/ambient-redirect/v1/; puts back the rp_filter values
+either mode recorded changing, where they still read what we wrote. Run it in the node's network
 namespace (on a node: the host's). The in-pod capture (inpod mode) is removed from every
 pod's network namespace that holds it: the eBPF one from the pods its pinned records name,
 the iptables one from each netns of the processes under --host-proc that carries its policy

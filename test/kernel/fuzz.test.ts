@@ -22,6 +22,7 @@ import {
   inpodHostIn,
   inpodLookup,
   inpodHostOut,
+  inpodVmIn,
   inpodIn,
   inpodOut,
   LOOP_MARK,
@@ -205,7 +206,7 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
   });
 
   it(`agrees with the model on every runnable frame (seed ${SEED})`, { timeout: 180_000 }, async () => {
-    const programs: InpodProgram[] = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'];
+    const programs: InpodProgram[] = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in'];
     const stats = new Map(
       [...programs, 'inpod_lookup'].map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]),
     );
@@ -294,7 +295,9 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
                 ? inpodIn(frame, state, { mark }, sockets)
                 : program === 'inpod_host_in'
                   ? inpodHostIn(frame, state, { ingressIfindex })
-                  : inpodHostOut(frame, state);
+                  : program === 'inpod_vm_in'
+                    ? inpodVmIn(frame, sockets)
+                    : inpodHostOut(frame, state);
           const k = h.run(program, frame, { mark, ingressIfindex });
           s.rows.set(expected.row, (s.rows.get(expected.row) ?? 0) + 1);
           if (k === null) {

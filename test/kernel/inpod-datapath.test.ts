@@ -1,5 +1,5 @@
 /**
- * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PH) through the
+ * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PV, PH) through the
  * kernel's BPF_PROG_RUN: build/inpod.bpf.o on frames from the packet builder, the maps
  * written through the codec, the sockets the programs look up held by this thread inside
  * the run's netns. Each row checks the verdict the spec gives (written here by hand),
@@ -21,6 +21,7 @@ import {
   inpodHostOut,
   inpodIn,
   inpodOut,
+  inpodVmIn,
   LOOP_MARK,
   Override,
   PROBE_HEX,
@@ -38,6 +39,8 @@ import { kernelDescribe } from '../support/gate.js';
 const POD = { v4: '198.18.0.10', v6: 'fd00:10:244::a' };
 const OUT = { v4: '203.0.113.5', v6: '2001:db8::5' };
 const NODE = { v4: '10.0.0.4', v6: 'fd00:10::4' };
+/** A VM behind the pod (reroute-virtual-interfaces): its own address. */
+const VM = { v4: '10.250.0.2', v6: 'fd00:250::2' };
 const PROBE = { v4: '169.254.7.127', v6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff' };
 /** A connection of the pod's (its app's, captured or not), and one left in TIME_WAIT. */
 const CONN = { podPort: 41000, outPort: 9443 };
@@ -337,6 +340,65 @@ const ROWS: Row[] = [
     noZtunnel: true,
     verdict: 'drop',
   },
+  // inpod_vm_in: a VM interface the pod's reroute-virtual-interfaces lists
+  { id: 'PV1', name: 'ARP passes', program: 'inpod_vm_in', frame: b.arpFrame({ senderIp: VM.v4, targetIp: '10.250.0.1' }), verdict: 'pass' },
+  { id: 'PV1', name: 'LLDP drops', program: 'inpod_vm_in', frame: b.ether({}, 0x88cc, Buffer.alloc(46)), verdict: 'drop' },
+  { id: 'PV1', name: 'IPv4 IHL 4 drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80), { ihl: 4 }), verdict: 'drop' },
+  { id: 'PV1', name: 'UDP passes, unmarked (routed as before)', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, b.udp({ dport: 53 })), verdict: 'pass' },
+  {
+    id: 'PV1',
+    name: 'ICMPv6 neighbour solicitation passes',
+    program: 'inpod_vm_in',
+    frame: v6('fe80::2', 'ff02::1:ff00:1', b.icmp6({ type: 135 })),
+    verdict: 'pass',
+  },
+  { id: 'PV2', name: 'IPv6 chain ending in ESP drops', program: 'inpod_vm_in', frame: v6(VM.v6, OUT.v6, b.esp()), verdict: 'drop' },
+  {
+    id: 'PV2',
+    name: 'TCP first fragment (MF) drops',
+    program: 'inpod_vm_in',
+    frame: v4(VM.v4, OUT.v4, syn(40000, 80), { moreFragments: true }),
+    verdict: 'drop',
+  },
+  {
+    id: 'PV2',
+    name: 'TCP header cut to 12 bytes drops',
+    program: 'inpod_vm_in',
+    frame: b.truncate(v4(VM.v4, OUT.v4, syn(40000, 80)), 14 + 20 + 12),
+    verdict: 'drop',
+  },
+  {
+    id: 'PV3',
+    name: 'a segment of a connection a socket of the netns holds passes with the loop mark',
+    program: 'inpod_vm_in',
+    frame: v4(POD.v4, OUT.v4, ack(CONN.podPort, CONN.outPort)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PV3',
+    name: 'a non-SYN meeting a TIME_WAIT passes with the loop mark (the kernel answers it)',
+    program: 'inpod_vm_in',
+    frame: v6(OUT.v6, POD.v6, ack(TW.outPort, TW.podPort)),
+    verdict: 'pass',
+  },
+  { id: 'PV4', name: 'an ACK of no connection drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, ack(40000, 80)), verdict: 'drop' },
+  { id: 'PV5', name: 'a SYN goes to 15001 (any source: the VM’s own)', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80)), verdict: 'deliver' },
+  { id: 'PV5', name: 'IPv6: a SYN goes to 15001', program: 'inpod_vm_in', frame: v6(VM.v6, OUT.v6, syn(40000, 80)), verdict: 'deliver' },
+  {
+    id: 'PV5',
+    name: 'a SYN to the pod’s own app goes to 15001 too (as Istio’s REDIRECT)',
+    program: 'inpod_vm_in',
+    frame: v4(VM.v4, POD.v4, syn(40000, APP_PORT)),
+    verdict: 'deliver',
+  },
+  {
+    id: 'PV5',
+    name: 'a SYN meeting a TIME_WAIT is handed over to 15001',
+    program: 'inpod_vm_in',
+    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
+    verdict: 'pass',
+  },
+  { id: 'PV5', name: 'a SYN without 15001 drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80)), noZtunnel: true, verdict: 'drop' },
   // a pod's annotations (inpod_overrides, by its address)
   {
     id: 'PO8',
@@ -566,7 +628,9 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
           ? inpodIn(r.frame, s, { mark }, sockets)
           : r.program === 'inpod_host_in'
             ? inpodHostIn(r.frame, s, { ingressIfindex })
-            : inpodHostOut(r.frame, s);
+            : r.program === 'inpod_vm_in'
+              ? inpodVmIn(r.frame, sockets)
+              : inpodHostOut(r.frame, s);
     expect([mv.row, mv.verdict], 'the model disagrees with the table').toEqual([r.id, r.verdict]);
     const k = h.run(r.program, r.frame, { mark, ingressIfindex });
     expect(k, `${r.id} not runnable`).not.toBeNull();
@@ -639,6 +703,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
       ...Array.from({ length: 5 }, (_, i) => `PL${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PI${i + 1}`),
       'PI7b',
+      ...Array.from({ length: 5 }, (_, i) => `PV${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PH${i + 1}`),
     ];
     for (const r of LOOKUP_ROWS) ids.add(r.id);

@@ -23,6 +23,7 @@ import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js'
 import { AF_INET, AF_INET6, closeSocket, markedExchange, udpReceive, udpSendTo, udpSocket } from '../../harness/sim/transparent.js';
 import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
+import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { netnsSnapshot } from '../support/snapshot.js';
 import { sleep, until } from '../support/wait.js';
 
@@ -89,6 +90,10 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 2 });
+    // A node whose defaults are strict (rp_filter=1 everywhere): what passes here passes
+    // on a loose node too, and the capture writes no rp_filter (docs/operations.md "Sysctls").
+    for (const ns of [sim.nodeNs, sim.ztunnel.ns, ...sim.pods.map((p) => p.ns)]) await strictRpFilter(ns);
+    for (const ns of [sim.nodeNs, sim.pods[0]!.ns]) expect((await rpFilters(ns)).filter((l) => !l.endsWith('=1'))).toEqual([]);
     pinRoot = runPinRoot(sim.prefix);
     mkdirSync(pinRoot, { recursive: true });
     const p0 = sim.pods[0]!;

@@ -25,6 +25,7 @@ import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../
 import { markedConnect, transparentMarkedConnect, udpSocket } from '../../harness/sim/transparent.js';
 import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
+import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { until } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -141,6 +142,10 @@ function suite(): void {
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 2 });
+    // A node whose defaults are strict (rp_filter=1 everywhere): what passes here passes
+    // on a loose node too, and the capture writes no rp_filter (docs/operations.md "Sysctls").
+    for (const ns of [sim.nodeNs, sim.ztunnel.ns, ...sim.pods.map((p) => p.ns)]) await strictRpFilter(ns);
+    for (const ns of [sim.nodeNs, sim.pods[0]!.ns]) expect((await rpFilters(ns)).filter((l) => !l.endsWith('=1'))).toEqual([]);
     [pod, plain] = [sim.pods[0]!, sim.pods[1]!];
     for (const ns of [pod.ns, plain.ns, sim.nodeNs]) before[ns] = await snapshot(ns);
     outside = await sim.startOutside();

@@ -15,7 +15,7 @@ import { enterNetns, isNotRunnable, runProgram, runSkLookup, TcAct } from '../..
 import { expectedBytes, handoffKey, type InpodState, type InpodVerdict, type InpodVerdictName, type LookupCtx, LOOP_MARK } from './inpod.js';
 
 export const INPOD_OBJECT = 'build/inpod.bpf.o';
-export const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out'] as const;
+export const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in'] as const;
 export type InpodProgram = (typeof INPOD_PROGRAMS)[number];
 /** The socket lookup program (SK_LOOKUP): run on a lookup, not a frame (runLookup). */
 export const INPOD_LOOKUP = 'inpod_lookup';
@@ -284,7 +284,7 @@ export function inpodDisagreement(model: InpodVerdict, k: InpodOutcome, frame: B
   // is a drop there; test/kernel/inpod-e2e.test.ts sees the real delivery.
   const want = model.verdict === 'deliver' ? 'drop' : model.verdict;
   if (k.verdict !== want) problems.push(`verdict: model ${model.verdict} (${model.row}), kernel ${k.verdict}`);
-  const mark = model.verdict === 'loop' ? LOOP_MARK : inMark;
+  const mark = model.mark ?? (model.verdict === 'loop' ? LOOP_MARK : inMark);
   if (k.verdict !== 'drop' && k.mark !== mark) problems.push(`mark: model 0x${mark.toString(16)}, kernel 0x${k.mark.toString(16)}`);
   if (k.verdict !== 'drop') {
     const expected = expectedBytes(frame, model);

@@ -19,6 +19,8 @@ export interface InpodVerdict {
   rewrite?: { field: 'src' | 'dst'; to: string };
   /** PL5/PI8: the handoff it leaves for the socket lookup (handoffKey) and the listener in it. */
   handoff?: { key: string; socket: string };
+  /** The mark it leaves when not the one it came with, nor a loop's (PV3, PV5: the loop mark). */
+  mark?: number;
 }
 
 export const LOOP_MARK = 0x20000;
@@ -196,6 +198,23 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   if ((state.overrides?.get(ip.dst) ?? 0) & Override.BYPASS_INBOUND) return { verdict: 'pass', row: 'PI7b' };
   if (c === 'time_wait') return handoff(s, ip, p, Port.INBOUND, 'PI8');
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
+}
+
+// --- inpod_vm_in: TC ingress of a VM interface the pod's annotation lists -------------------
+
+export function inpodVmIn(frame: Buffer, s: InpodSockets): InpodVerdict {
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PV1' };
+  const ip = l2.ip;
+  if (ip.badChain) return { verdict: 'drop', row: 'PV2' };
+  if (ip.proto !== TCP) return { verdict: 'pass', row: 'PV1' };
+  const p = ports(frame, ip);
+  if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PV2' };
+  const c = conn(s, ip, p);
+  if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PV3', mark: LOOP_MARK };
+  if (!syn(frame, ip)) return { verdict: 'drop', row: 'PV4' };
+  const v = c === 'time_wait' ? handoff(s, ip, p, Port.OUTBOUND, 'PV5') : deliver(s, ip, p, Port.OUTBOUND, 'PV5');
+  return v.verdict === 'drop' ? v : { ...v, mark: LOOP_MARK };
 }
 
 // --- the pod's host veth -----------------------------------------------------------------

@@ -10,7 +10,7 @@ import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'no
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { InpodIptables, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
+import { InpodIptables, leftBaseChains, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
 import {
   chainDrift,
   checkPodIps,
@@ -233,6 +233,51 @@ describe('recorded commands', () => {
     await c.remove(pod);
     const text = runner.log.join('\n').replaceAll(`/proc/${process.pid}/fd/${fd}`, '/proc/AGENT/fd/NETNS') + '\n';
     checkGolden('install-remove', text);
+  });
+
+  it('remove: the base chains iptables-nft made for our jumps go where the table stays (the pod’s own rules in it); not one with other rules or a DROP policy', () => {
+    const was = parseSave(
+      [
+        '*nat',
+        ':PREROUTING ACCEPT [0:0]',
+        ':OUTPUT ACCEPT [0:0]',
+        ':POSTROUTING ACCEPT [0:0]',
+        ':ISTIO_PRERT - [0:0]',
+        ':ISTIO_OUTPUT - [0:0]',
+        '-A PREROUTING -j ISTIO_PRERT',
+        '-A OUTPUT -j ISTIO_OUTPUT',
+        '-A POSTROUTING -s 10.250.0.0/24 -o eth0 -j MASQUERADE',
+        'COMMIT',
+        '*mangle',
+        ':PREROUTING DROP [0:0]',
+        ':OUTPUT ACCEPT [0:0]',
+        ':ISTIO_PRERT - [0:0]',
+        ':ISTIO_OUTPUT - [0:0]',
+        '-A PREROUTING -j ISTIO_PRERT',
+        '-A OUTPUT -j ISTIO_OUTPUT',
+        '-A OUTPUT -j MARK --set-mark 0x1',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+    const after = [
+      '*nat',
+      ':PREROUTING ACCEPT [0:0]',
+      ':OUTPUT ACCEPT [0:0]',
+      ':POSTROUTING ACCEPT [0:0]',
+      '-A POSTROUTING -s 10.250.0.0/24 -o eth0 -j MASQUERADE',
+      'COMMIT',
+      '*mangle',
+      ':PREROUTING DROP [0:0]',
+      ':OUTPUT ACCEPT [0:0]',
+      '-A OUTPUT -j MARK --set-mark 0x1',
+      'COMMIT',
+      '',
+    ].join('\n');
+    expect(leftBaseChains(was, after, POD_CHAIN_NAMES, ['nat', 'mangle'])).toEqual([
+      ['nat', 'PREROUTING'],
+      ['nat', 'OUTPUT'],
+    ]);
   });
 
   it('uninstall of the host half on a host holding it: golden', async () => {

@@ -4,10 +4,11 @@
  * no ztunnel (fail closed), and uninstall. Any difference fails; regenerate on purpose
  * with `UPDATE_GOLDEN=1 npx vitest run test/unit/iptables-golden.test.ts` and review the diff.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { PodFlags } from '../../src/bpf/codec.js';
 import type { Desired } from '../../src/core/desired.js';
 import { CommandError, type CommandRunner, type RunOptions } from '../../src/host/runner.js';
@@ -18,6 +19,14 @@ import { uninstallIptables } from '../../src/capture/iptables/uninstall.js';
 import { buildPlan, parseSave } from '../../src/capture/iptables/rules.js';
 import { createRedirectMode } from '../../src/capture/factory.js';
 import type { Tunnel } from '../../src/capture/select.js';
+
+/** A /proc/sys of a node with loose defaults: nothing to open, no write (test/unit/rpfilter.test.ts has the strict node). */
+const PROC_SYS = mkdtempSync(join(tmpdir(), 'iptables-golden-sys-'));
+for (const dev of ['all', 'default']) {
+  mkdirSync(join(PROC_SYS, 'net/ipv4/conf', dev), { recursive: true });
+  writeFileSync(join(PROC_SYS, 'net/ipv4/conf', dev, 'rp_filter'), '0\n');
+}
+afterAll(() => rmSync(PROC_SYS, { recursive: true, force: true }));
 
 const GOLDEN = join(dirname(fileURLToPath(import.meta.url)), '..', 'fixtures', 'golden', 'iptables');
 const silent = createLogger('error', () => {});
@@ -96,7 +105,7 @@ function caseRunner(c: Case): RecordingRunner {
 
 async function record(c: Case): Promise<string> {
   const runner = caseRunner(c);
-  const mode = new IptablesRedirect({ runner, log: silent, tunnel: c.tunnel, backend: 'nft' });
+  const mode = new IptablesRedirect({ runner, log: silent, tunnel: c.tunnel, backend: 'nft', procSys: PROC_SYS });
   await mode.init();
   await mode.apply(desired(c), await mode.actual());
   return runner.log.join('\n') + '\n';
@@ -151,6 +160,7 @@ describe('iptables mode golden files', () => {
       iptablesBackend: 'nft',
       facts: { release: '6.18.0', probes: null, geneve: false },
       dnsServers: () => ['10.96.0.10'],
+      procSys: PROC_SYS,
     });
     await mode.init();
     await mode.apply(desired(c), await mode.actual());
@@ -175,7 +185,8 @@ describe('iptables mode golden files', () => {
       return new RecordingRunner((argv) => {
         const cmd = argv.join(' ');
         if (argv[0] === 'nft' && nft === 'missing') throw new CommandError(argv, null, 'spawn nft ENOENT');
-        if (cmd === 'iptables-nft-save' && saves++ > 1) return '*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n';
+        // The first save is read for rp_filter records, the second for our chains.
+        if (cmd === 'iptables-nft-save' && saves++ > 2) return '*mangle\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n';
         return INSTALLED[cmd];
       });
     };

@@ -6,6 +6,8 @@
  * ingress, a policy-routing rule and table that deliver the loop mark locally, and
  * accept_local on the interface. On the pod's host veth, in the node's netns:
  * inpod_host_in (TC egress) and inpod_host_out (TC ingress), the probe-source rewrite.
+ * On each interface the pod's `reroute-virtual-interfaces` annotation lists that exists in
+ * its netns (a VM's tap): inpod_vm_in (TC ingress), the VM's TCP to ztunnel's 15001.
  *
  * Entering a pod's netns: everything (rtnetlink for links, addresses, rules and routes;
  * /proc/sys for accept_local; libbpf for TC and the socket lookup link) runs in-process on
@@ -72,6 +74,8 @@ export const INPOD_PROGRAMS = {
   hostOut: 'inpod_host_out',
   /** The socket lookup (SK_LOOKUP) of the pod's netns: SYNs meeting a TIME_WAIT. */
   lookup: 'inpod_lookup',
+  /** TC ingress of each interface in the pod's reroute-virtual-interfaces annotation (a VM's tap). */
+  vm: 'inpod_vm_in',
 } as const;
 
 /** Where the link that attaches inpod_lookup to a pod's netns is pinned. */
@@ -299,6 +303,7 @@ export class EbpfInPodCapture implements InPodCapture {
       return a.createdQdisc || b.createdQdisc;
     });
     if (created) flags |= codec.InpodPodFlags.QDISC_POD;
+    if (this.syncVmInterfaces(at, pod, flags)) flags |= codec.InpodPodFlags.QDISC_VM;
     const hostIn = this.program(INPOD_PROGRAMS.hostIn);
     const hostOut = this.program(INPOD_PROGRAMS.hostOut);
     const hostCreated = this.hostDo(() => {
@@ -315,6 +320,38 @@ export class EbpfInPodCapture implements InPodCapture {
       interface: at.eth.name,
       hostIfindex: at.hostIfindex,
     });
+  }
+
+  /**
+   * inpod_vm_in on the ingress of each interface the annotation lists that is in the pod's
+   * netns now, and off every other (an annotation changed). A listed interface made later
+   * (a VM started after the pod) gets it on the next pass: check() sees it missing, and
+   * until then inpod_out drops the VM's TCP (docs/operations.md, "Per-pod annotations").
+   * True when a clsact qdisc was created for it.
+   */
+  private syncVmInterfaces(at: PodPlace, pod: PodNetns, flags: number): boolean {
+    const want = new Set(pod.overrides?.rerouteInterfaces ?? []);
+    const vm = this.program(INPOD_PROGRAMS.vm);
+    return withNetns(at.nsPath, () => {
+      let created = false;
+      for (const l of dumpLinks()) {
+        if (l.ifindex === at.eth.ifindex || l.ifindex === LO_IFINDEX) continue;
+        if (want.has(l.name)) created = attachTc(l.ifindex, 'ingress', vm.fd).createdQdisc || created;
+        else detachVm(l.ifindex, flags);
+      }
+      return created;
+    });
+  }
+
+  /** In the pod's netns: inpod_vm_in runs on exactly the listed interfaces that exist. */
+  private vmInterfacesMatch(at: PodPlace, pod: PodNetns): boolean {
+    const want = new Set(pod.overrides?.rerouteInterfaces ?? []);
+    const id = this.program(INPOD_PROGRAMS.vm).id;
+    return withNetns(at.nsPath, () =>
+      dumpLinks().every(
+        (l) => l.ifindex === at.eth.ifindex || l.ifindex === LO_IFINDEX || (want.has(l.name) ? queryTc(l.ifindex, 'ingress') === id : !runsVm(l.ifindex)),
+      ),
+    );
   }
 
   // --- check --------------------------------------------------------------------------
@@ -334,6 +371,7 @@ export class EbpfInPodCapture implements InPodCapture {
     const podOk = withNetns(at.nsPath, () => queryTc(at.eth.ifindex, 'ingress') === want.ingress && queryTc(at.eth.ifindex, 'egress') === want.egress);
     if (!podOk) return false;
     if (!this.overridesMatch(pod)) return false;
+    if (!this.vmInterfacesMatch(at, pod)) return false;
     const link = netnsLinkState(lookupLinkPin(this.dir, at.inode));
     if (!link || link.progId !== this.program(INPOD_PROGRAMS.lookup).id || BigInt(link.netnsIno) !== at.inode) return false;
     const hostWant: Record<Direction, number> = { egress: this.program(INPOD_PROGRAMS.hostIn).id, ingress: this.program(INPOD_PROGRAMS.hostOut).id };
@@ -449,6 +487,12 @@ function undoPod(
       }
     });
   }
+  withNetns(nsPath, () => {
+    for (const l of dumpLinks()) {
+      if (l.ifindex === ethIfindex || l.ifindex === LO_IFINDEX) continue;
+      removed.push(...detachVm(l.ifindex, rec?.flags ?? 0).map((r) => `${r} of VM interface ${l.name}`));
+    }
+  });
   // After inpod_in: nothing hands a SYN over any more.
   if (removeNetnsLink(lookupLinkPin(dir, inode))) removed.push('socket lookup link');
   withNetns(nsPath, () => {
@@ -560,6 +604,23 @@ export async function uninstallInpod(opts: {
     c.removed.push(`unpinned ${dir}`);
   });
   return c;
+}
+
+/** In the calling thread's netns: our ingress filter on the device runs inpod_vm_in (any build's). */
+function runsVm(ifindex: number): boolean {
+  return queryTc(ifindex, 'ingress') !== null && runsOurs(ifindex, 'ingress', [INPOD_PROGRAMS.vm]);
+}
+
+/**
+ * In the calling thread's netns: inpod_vm_in off the device's ingress where it runs, and the
+ * clsact qdisc with it when we created one on a VM interface (`flags`, the pod's record)
+ * and nothing else is left on it. What it removed.
+ */
+function detachVm(ifindex: number, flags: number): string[] {
+  if (!runsVm(ifindex) || !detachTc(ifindex, 'ingress')) return [];
+  if (!(flags & codec.InpodPodFlags.QDISC_VM) || !hooksEmpty(ifindex)) return ['ingress filter'];
+  destroyClsact(ifindex);
+  return ['ingress filter', 'clsact qdisc'];
 }
 
 /** No clsact filter left on either hook of the device (of the calling thread's netns). */

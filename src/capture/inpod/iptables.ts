@@ -313,19 +313,63 @@ async function removeChains(
         .map((l) => l.slice(1));
       const family = f === 4 ? 'ip' : 'ip6';
       await c.step(`delete the empty nft ${family} tables in ${where}`, async () => {
-        for (const t of emptyTables(await runner.run(wrap(saveCmd('nft', f))), touched)) {
-          try {
+        const after = await runner.run(wrap(saveCmd('nft', f)));
+        const tables = emptyTables(after, touched);
+        // In a table that holds someone else's rules too (a VM's MASQUERADE in the pod's
+        // nat), iptables-restore made the base chains our jumps were in; empty now, with
+        // their policy accept, they go the same way.
+        const chains = leftBaseChains(parseSave(save), after, names, touched).filter(([t]) => !tables.includes(t));
+        try {
+          for (const t of tables) {
             await runner.run(wrap(['nft', 'delete', 'table', family, t]));
-          } catch (err) {
-            if (!isMissingTool(err)) throw err;
-            c.skip('delete the empty nft tables', 'nft is not installed; the empty tables filter nothing and are left');
-            return;
+            c.removed.push(`deleted the empty ${family} ${t} table in ${where}`);
           }
-          c.removed.push(`deleted the empty ${family} ${t} table in ${where}`);
+          for (const [t, chain] of chains) {
+            await runner.run(wrap(['nft', 'delete', 'chain', family, t, chain]));
+            c.removed.push(`deleted the empty ${family} ${t} ${chain} chain in ${where}`);
+          }
+        } catch (err) {
+          if (!isMissingTool(err)) throw err;
+          c.skip('delete the empty nft tables', 'nft is not installed; the empty tables filter nothing and are left');
         }
       });
     }
   }
+}
+
+/**
+ * Base chains of `touched` tables that held nothing but our jumps before the removal
+ * (`was`) and are empty, policy ACCEPT, after it (`after`, iptables-save text): [table, chain].
+ */
+export function leftBaseChains(
+  was: ReturnType<typeof parseSave>,
+  after: string,
+  names: readonly { table: Table; chain: string; base: string }[],
+  touched: readonly string[],
+): [string, string][] {
+  const now = parseSave(after);
+  const out: [string, string][] = [];
+  for (const t of touched) {
+    const jumps = new Set(names.filter((n) => n.table === t).map((n) => `-j ${n.chain}`));
+    for (const base of new Set(names.filter((n) => n.table === t).map((n) => n.base))) {
+      const before = was.get(t)?.rules.get(base) ?? [];
+      if (before.length === 0 || !before.every((r) => jumps.has(r))) continue;
+      if (!now.get(t)?.chains.has(base) || (now.get(t)?.rules.get(base)?.length ?? 0) > 0) continue;
+      if (!policyAccept(after, t, base)) continue;
+      out.push([t, base]);
+    }
+  }
+  return out;
+}
+
+/** The base chain's policy in iptables-save text is ACCEPT. */
+function policyAccept(save: string, table: string, chain: string): boolean {
+  let cur = '';
+  for (const line of save.split('\n')) {
+    if (line.startsWith('*')) cur = line.slice(1).trim();
+    else if (cur === table && line.startsWith(`:${chain} `)) return line.split(' ')[1] === 'ACCEPT';
+  }
+  return false;
 }
 
 /** Removes our chains, ip rule and route from one netns (a pod's); nothing else. */

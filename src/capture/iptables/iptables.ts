@@ -26,6 +26,8 @@ import {
   readSide,
 } from './side.js';
 import { removeZtunnelSide } from './uninstall.js';
+import { RECORDABLE_DEV, RP_CHAIN, parseRpFilterRecords, writeRpFilterRecords } from './rpfilter-record.js';
+import { mergeRpFilterRecords, planCloseRpFilter, planOpenRpFilter, recordLive, writeRpFilter } from '../../host/rpfilter.js';
 
 // src/capture/inpod/iptables.ts imports these from here.
 export { type BackendKind, detectBackend } from './backend.js';
@@ -43,6 +45,8 @@ export interface IptablesOptions {
   dnsServers?: () => readonly string[];
   /** Forces a backend; detected when absent. */
   backend?: BackendKind;
+  /** Where the node's sysctls are (default /proc/sys): rp_filter is read and written there. */
+  procSys?: string;
 }
 
 export class IptablesRedirect implements RedirectMode {
@@ -105,6 +109,7 @@ export class IptablesRedirect implements RedirectMode {
     });
     let attached = 0;
     let detached = 0;
+    await this.openRpFilter(node, [...(z ? [z.hostVeth] : []), ...pods.flatMap((p) => (p.dev ? [p.dev] : []))]);
     // Where the node-side devices say the other end lives: cleaned if ztunnel moved.
     const staleNetns = new Set([...node.links.entries()].filter(([n, l]) => isOurNodeLink(n, l)).map(([, l]) => l.alias!.slice(ALIAS_PREFIX.length)));
 
@@ -162,6 +167,48 @@ export class IptablesRedirect implements RedirectMode {
     }
     if (!z) log.debug('no ztunnel: enrolled pods fail closed (unreachable routes)', {});
     return { upserted: adds.length, deleted: dels.length, attached, detached };
+  }
+
+  /**
+   * Strict reverse-path filtering drops the enrolled pods' own packets on their veths (the
+   * reverse lookup of a forwarded packet goes through rule 103 to the inbound tunnel) and
+   * ztunnel's transparent answers on its veth (docs/operations.md "Sysctls"): those are
+   * opened, every other link kept as strict as it was (src/host/rpfilter.ts decides how).
+   * Each change is recorded (rpfilter-record.ts) before it is made; a pod that left gets its
+   * veth's value back; the records of devices gone are dropped.
+   */
+  private async openRpFilter(node: Awaited<ReturnType<typeof readSide>>, wanted: string[]): Promise<void> {
+    const { runner, log } = this.opts;
+    const devs = [...new Set(wanted)].filter((d) => {
+      if (RECORDABLE_DEV.test(d)) return true;
+      log.warn('rp_filter left as it is on a device whose name we cannot record', { dev: d });
+      return false;
+    });
+    const procSys = this.opts.procSys ?? '/proc/sys';
+    const ifindexOf = (dev: string) => node.links.get(dev)?.ifindex;
+    const had = parseRpFilterRecords(node.saves[4]);
+    const live = had.filter((r) => recordLive(r, ifindexOf));
+    const all = live.find((r) => r.dev === 'all');
+    const closes = live.filter((r) => !devs.includes(r.dev)).flatMap((r) => planCloseRpFilter(r, all, procSys) ?? []);
+    const opens = devs.length ? planOpenRpFilter(devs, procSys) : [];
+    const writes = [...closes, ...opens];
+    const records = mergeRpFilterRecords(live, writes, ifindexOf);
+    if (JSON.stringify(records) !== JSON.stringify(had)) {
+      const chainExists = !!node.saves[4].get(RP_CHAIN.table)?.chains.has(RP_CHAIN.chain);
+      await writeRpFilterRecords(runner, this.backend, records, chainExists);
+    }
+    try {
+      writeRpFilter(writes, procSys);
+    } catch (err) {
+      // The rest of the data path still goes in: IPv6 and the fail-closed rules need no sysctl.
+      log.error('could not write rp_filter: captured IPv4 connections will not complete on this node', {
+        error: (err as Error).message,
+        writes,
+        hint: 'is /proc/sys read-only in the agent container? (deploy/README.md "Known gaps")',
+      });
+      return;
+    }
+    if (writes.length) log.info('rp_filter changed', { opened: devs, writes });
   }
 
   close(): void {}

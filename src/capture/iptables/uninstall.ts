@@ -22,6 +22,8 @@ import {
   ruleOpArgs,
   type Family,
 } from './rules.js';
+import { readRpFilterRecords, writeRpFilterRecords } from './rpfilter-record.js';
+import { restoreRpFilterRecords } from '../../host/rpfilter.js';
 import { deleteLinks, inNs, ipBatch, ipCmd, isOurNodeLink, isOurZtunnelLink, type LinkState, listNetns, type Ns, readLinks, readSetNames } from './side.js';
 
 const where = (ns: Ns) => (ns ? ` in ${ns}` : '');
@@ -101,6 +103,23 @@ async function removeRoutesAndRules(runner: CommandRunner, c: Cleanup, ns: Ns): 
   }
 }
 
+/** Puts back the rp_filter values we recorded (devices, then default, then all), then drops the record chain. */
+async function restoreRpFilter(runner: CommandRunner, c: Cleanup, b: BackendKind, links: Map<string, LinkState>, procSys: string): Promise<void> {
+  await c.step(`restore the rp_filter values we changed (records in ${b} iptables)`, async () => {
+    let read: Awaited<ReturnType<typeof readRpFilterRecords>>;
+    try {
+      read = await readRpFilterRecords(runner, b);
+    } catch {
+      return; // this backend has no IPv4 tables here: no records
+    }
+    if (!read.chainExists) return;
+    const done = restoreRpFilterRecords(read.records, (dev) => links.get(dev)?.ifindex, procSys);
+    c.removed.push(...done.map((r) => `restored rp_filter=${r.was} on ${r.dev}`));
+    await writeRpFilterRecords(runner, b, [], true);
+    c.removed.push(`removed the rp_filter records (${b} iptables mangle ztunnel-RPFILTER)`);
+  });
+}
+
 export async function removeZtunnelSide(runner: CommandRunner, c: Cleanup, ns: string, backends: BackendKind[]): Promise<void> {
   await removeChains(runner, c, ns, backends, ZTUNNEL_CHAINS);
   await removeRoutesAndRules(runner, c, ns);
@@ -116,7 +135,7 @@ export async function removeZtunnelSide(runner: CommandRunner, c: Cleanup, ns: s
  * in the ztunnel netns its tunnels point at; nothing else. Idempotent. Every step runs
  * even when another failed; the report says what each did.
  */
-export async function uninstallIptables(runner: CommandRunner): Promise<CleanupReport> {
+export async function uninstallIptables(runner: CommandRunner, procSys = '/proc/sys'): Promise<CleanupReport> {
   const c = new Cleanup();
   const backends = await backendsPresent(runner);
   const links = (await c.step("read the node's links", () => readLinks(runner, null))) ?? new Map<string, LinkState>();
@@ -125,6 +144,8 @@ export async function uninstallIptables(runner: CommandRunner): Promise<CleanupR
   const existing = (await c.step('list network namespaces', () => listNetns(runner))) ?? new Set<string>();
   for (const ns of ztNetns) if (existing.has(ns)) await removeZtunnelSide(runner, c, ns, backends);
 
+  // Before the tunnels go: a pod's packets keep passing until the last of ours is gone.
+  for (const b of backends) await restoreRpFilter(runner, c, b, links, procSys);
   await removeChains(runner, c, null, backends, OUR_CHAINS);
   await removeRoutesAndRules(runner, c, null);
   await c.step('delete our tunnel links', async () => {
