@@ -10,8 +10,6 @@
  */
 import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { netnsPath, withNetns } from '../../src/bpf/netns.js';
 import { BpfObject } from '../../src/bpf/object.js';
@@ -23,6 +21,7 @@ import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { netnsSnapshot } from '../support/snapshot.js';
 import { teardownNode } from '../support/node.js';
+import { httpProber, type HttpProber } from '../support/http-prober.js';
 import { kernelDescribe } from '../support/gate.js';
 import { sleep } from '../support/wait.js';
 
@@ -72,13 +71,25 @@ kernelDescribe('XDP hook lifecycle', 'loads BPF and builds network namespaces', 
   };
 
   async function hookOf(ns: string, dev: string, dir: string): Promise<HookState[string]> {
+    const ours = async () =>
+      (
+        JSON.parse(await run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir]).catch(() => '[]')) as {
+          options?: { handle?: string; prog?: { id: number } };
+        }[]
+      )
+        .filter((f) => f.options?.handle === '0xa4b1')
+        .map((f) => f.options!.prog!.id);
+    // TC, XDP, TC again: the three reads are not one snapshot, and a switch adds one hook
+    // before it removes the other. Read old-then-new, a switch in between shows the new one;
+    // read new-then-old, it can show neither. With TC on both sides of the XDP read, one
+    // pair is old-then-new whichever way the switch goes, so "neither" is never seen by a
+    // switch done in the right order, and a TC filter seen by either read counts.
+    const before = await ours();
     const [l] = JSON.parse(await run(['ip', '-n', ns, '-j', '-d', 'link', 'show', 'dev', dev])) as { xdp?: { prog?: { id: number; name: string } } }[];
-    const tc = JSON.parse(await run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir]).catch(() => '[]')) as {
-      options?: { handle?: string; prog?: { id: number } };
-    }[];
+    const after = await ours();
     return {
       xdp: l!.xdp?.prog ? { id: l!.xdp.prog.id, name: l!.xdp.prog.name } : null,
-      tc: tc.filter((f) => f.options?.handle === '0xa4b1').map((f) => f.options!.prog!.id),
+      tc: after.length > 0 ? after : before,
     };
   }
   /** Each enrolled veth's outbound (XDP and TC ingress), its TC egress, and ztunnel's eth0. */
@@ -142,23 +153,9 @@ kernelDescribe('XDP hook lifecycle', 'loads BPF and builds network namespaces', 
     expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel' }));
   const status = async () => JSON.parse(await runInNode(sim.nodeNs, ['status', '--json', '--pin-root', pinRoot])) as Status;
 
-  /** GET from inside the node netns, through one long-lived process there. */
-  let prober: { child: ChildProcess; waiting: ((line: string) => void)[] } | null = null;
-  function get(path: string): Promise<{ status: number; body: string }> {
-    if (!prober) {
-      const script = `require('node:readline').createInterface({ input: process.stdin }).on('line', (p) => fetch('http://${ADDRESS}' + p).then(
-        async (r) => ({ status: r.status, body: await r.text() }), (e) => ({ status: 0, body: String(e) })).then((r) => process.stdout.write(JSON.stringify(r) + '\\n')));`;
-      const child = startProcess(['ip', 'netns', 'exec', sim.nodeNs, process.execPath, '-e', script], { stdio: ['pipe', 'pipe', 'pipe'] });
-      const p = { child, waiting: [] as ((line: string) => void)[] };
-      createInterface({ input: child.stdout! }).on('line', (line) => p.waiting.shift()?.(line));
-      prober = p;
-    }
-    const p = prober;
-    return new Promise((resolve) => {
-      p.waiting.push((line) => resolve(JSON.parse(line) as { status: number; body: string }));
-      p.child.stdin!.write(path + '\n');
-    });
-  }
+  /** GET from inside the node netns, where the agent listens (test/support/http-prober.ts). */
+  let prober: HttpProber | undefined;
+  const get = (path: string) => (prober ??= httpProber(sim.nodeNs, ADDRESS)).get(path);
 
   async function ifindexOf(ns: string, dev: string): Promise<number> {
     return (JSON.parse(await run(['ip', '-n', ns, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number }[])[0]!.ifindex;
@@ -185,15 +182,7 @@ kernelDescribe('XDP hook lifecycle', 'loads BPF and builds network namespaces', 
   });
 
   afterAll(async () => {
-    if (prober) {
-      const child = prober.child;
-      prober = null;
-      await new Promise<void>((resolve) => {
-        child.once('close', () => resolve());
-        child.stdin!.end();
-        child.kill('SIGTERM');
-      });
-    }
+    await prober?.close();
     foreign?.close();
     await teardownNode(sim, pinRoot, controller);
   });
