@@ -1,21 +1,30 @@
 /**
  * In-pod captures side by side (figures, not a test): the same traffic from one enrolled
  * pod of a simulated node with no capture and under each in-pod capture named, through the
- * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts: listeners inside the pod's netns),
- * which either answers each captured connection itself as the server would (terminating:
- * the capture path alone, the goals' figures) or relays it to its original destination by
- * a socket marked 0x539, as ztunnel does (`<capture>-relay`: the relay's cost included).
- * The pod's netns reaches the stand-in over a real ZDS socket.
+ * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts: ZDS, listeners inside the pod's
+ * netns), which either has each captured connection answered as the server would
+ * (terminating: the capture path alone, the goals' figures) or relays it to its original
+ * destination by a socket marked 0x539, as ztunnel does (`<capture>-relay`: the relay's
+ * cost included). The pod's netns reaches the stand-in over a real ZDS socket.
+ *
+ * Ends: `none` and the terminating scenarios run native ends (tools/trafficpeer): its
+ * client in the pod, its server outside, and, for a terminating capture, the listeners
+ * the capture finds are the native stand-in's (`trafficpeer ztunnel --netns-fd 3`, spawned
+ * on the ZDS add with the pod's netns fd inherited, which it enters with setns; SO_MARK
+ * 0x539, SO_REUSEPORT, transparent, as ztunnel's), so no JavaScript event loop sets the
+ * pace. The relay keeps Node.js at both ends. `--endpoints native,js` adds `none-js` and
+ * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
- *                                    [--warmup S] [--concurrency N]
+ *                                    [--warmup S] [--concurrency N] [--endpoints native,js]
  *
- * Workloads are traffic.ts's (traffic-peer.js): connections/s, request/response, stream.
+ * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response, stream.
  * Scenarios are interleaved over rounds, the order rotating each round, and every figure
  * is the median. Each capture is installed for its slot (init, install, ZDS add) and taken
  * out after it (ZDS del, remove, the host half uninstalled), so the captures never meet.
- * Every workload checks who carried it: under a capture the stand-in accepted every
- * connection that succeeded; with none, no connection.
+ * Every workload checks who carried it: under a capture the scenario's stand-in (native or
+ * JS) accepted every connection that succeeded and the other none; with no capture, no
+ * stand-in any connection.
  *
  * A capture plugs in by name in CAPTURES below.
  */
@@ -23,22 +32,22 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { InPodCapture } from '../../src/capture/inpod.js';
 import { createEbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { InpodIptables, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
-import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
-import { createSimNode, type SimNode, type SimPod } from '../sim/node.js';
+import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
-import { accept as answerAs, BY_OFFSET, type PeerResult } from './traffic-peer.js';
+import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
+import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -79,12 +88,37 @@ export interface InpodBenchOptions {
   seconds: number;
   warmupSeconds: number;
   concurrency: number;
+  /** Ends of `none` and the terminating scenarios: native always; js adds `none-js`, `<capture>-js`. */
+  endpoints: readonly PeerKind[];
 }
 
 /** The suffix of a capture's scenario with the relaying stand-in. */
 const RELAY = '-relay';
+/** The suffix of a scenario with traffic-peer.js ends instead of native ones. */
+const JS = '-js';
 
-export const DEFAULT_INPOD_BENCH: InpodBenchOptions = { captures: Object.keys(CAPTURES), rounds: 5, seconds: 2, warmupSeconds: 0.3, concurrency: 4 };
+export const DEFAULT_INPOD_BENCH: InpodBenchOptions = {
+  captures: Object.keys(CAPTURES),
+  rounds: 5,
+  seconds: 2,
+  warmupSeconds: 0.3,
+  concurrency: 4,
+  endpoints: ['native'],
+};
+
+/** What a scenario's name says: the capture (or none), its ends, and whether the stand-in relays. */
+export function scenarioOf(name: string): { capture: string | null; ends: PeerKind; relay: boolean } {
+  const relay = name.endsWith(RELAY);
+  const js = name.endsWith(JS);
+  const base = relay ? name.slice(0, -RELAY.length) : js ? name.slice(0, -JS.length) : name;
+  return { capture: base === 'none' ? null : base, ends: relay || js ? 'js' : 'native', relay };
+}
+
+/** Every scenario of a run, in its base order (rounds rotate it). */
+export function scenarioNames(captures: readonly string[], endpoints: readonly PeerKind[]): string[] {
+  const js = endpoints.includes('js') ? ['none', ...captures].map((c) => `${c}${JS}`) : [];
+  return ['none', ...captures, ...captures.map((c) => `${c}${RELAY}`), ...js];
+}
 
 export interface InpodSample {
   round: number;
@@ -95,35 +129,12 @@ export interface InpodSample {
   errors: number;
 }
 
+/** The JS server's ports outside (the relay and the JS ends go there). */
 const PORT = 9000;
-const PEER = fileURLToPath(new URL('./traffic-peer.js', import.meta.url));
+/** The native server's ports outside; a native stand-in terminates connections to them. */
+const NATIVE_PORT = 9100;
+const PORTS: Record<PeerKind, number> = { native: NATIVE_PORT, js: PORT };
 const UID = 'bench-pod0';
-
-async function startPeerServer(sim: SimNode): Promise<{ stop: () => void }> {
-  const child = startProcess(['ip', 'netns', 'exec', sim.outside.ns, process.execPath, PEER, 'serve', '--port', String(PORT)]);
-  let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2048)));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('bench server: not listening after 10 s')), 10_000);
-    child.once('close', (code) => reject(new Error(`bench server exited (${code}): ${stderr.trim()}`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (line.includes('"listening"')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-  return { stop: () => child.kill('SIGKILL') };
-}
-
-async function runPeer(pod: SimPod, workload: Workload, to: string, o: InpodBenchOptions): Promise<PeerResult> {
-  const argv = ['ip', 'netns', 'exec', pod.ns, process.execPath, PEER, workload, '--to', to, '--port', String(PORT)];
-  argv.push('--seconds', String(o.seconds), '--warmup', String(o.warmupSeconds), '--concurrency', String(o.concurrency));
-  const out = await systemRunner.run(argv, { timeoutMs: (o.seconds + o.warmupSeconds) * 1000 + 30_000 });
-  const line = out.split('\n').find((l) => l.includes('"result"'));
-  if (!line) throw new Error(`${workload} from ${pod.name}: no result (${out.trim()})`);
-  return JSON.parse(line) as PeerResult;
-}
 
 async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
@@ -141,36 +152,54 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
   const dir = mkdtempSync(join(tmpdir(), 'inpod-bench-'));
   const pod = sim.pods[0]!;
   let fd = -1;
-  let server: { stop: () => void } | undefined;
+  const servers: PeerProcess[] = [];
   let zds: ZdsServer | undefined;
   let z: ZtunnelInpod | undefined;
   const samples: InpodSample[] = [];
   try {
     fd = openSync(`/var/run/netns/${pod.ns}`, 'r');
     const podNetns = { uid: UID, namespace: 'bench', name: pod.name, ips: [pod.ip, pod.ip6], fd };
-    server = await startPeerServer(sim);
+    servers.push(await startPeer(sim.outside.ns, 'js', ['serve', '--port', String(PORT)]));
+    servers.push(await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)]));
     zds = new ZdsServer({ path: join(dir, 'ztunnel.sock'), log });
     let accepted = 0;
     const onEvent = (e: StandInEvent) => {
       if (e.event === 'accepted') accepted++;
     };
-    // Terminating for a capture's own scenario, relaying for `<capture>-relay`.
-    let terminate = true;
+    let current = scenarioOf('none');
+    // JS ends terminating: answered here; relaying: left to the stand-in's relay.
     const answer = (sock: Socket, origDst: string): boolean => {
-      if (!terminate) return false;
+      if (current.relay || current.ends !== 'js') return false;
       const w = BY_OFFSET[Number(origDst.slice(origDst.lastIndexOf(':') + 1)) - PORT];
       if (!w) return false;
       answerAs(sock, w);
       return true;
     };
-    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, answer, onEvent });
+    // Native ends terminating: the pod's listeners are the native stand-in's.
+    let native: Promise<PeerProcess> | null = null;
+    const listenElsewhere = (_uid: string, netnsFd: number, ports: readonly number[]) => {
+      if (current.relay || current.ends !== 'native') return null;
+      const args = ['ztunnel', '--terminate', String(NATIVE_PORT), '--listen', ports.join(','), '--netns-fd', '3'];
+      const started = startPeer('', 'native', args, { stdio: ['pipe', 'pipe', 'pipe', netnsFd] });
+      started.catch(() => undefined); // awaited (and its failure thrown) by the scenario
+      native = started;
+      return {
+        close: () =>
+          void started.then(
+            (p) => p.stop(),
+            () => undefined,
+          ),
+      };
+    };
+    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, answer, listenElsewhere, onEvent });
     const zt = z;
     await until('the stand-in connected', () => zt.ready);
-    const scenarios = ['none', ...o.captures, ...o.captures.map((c) => `${c}${RELAY}`)];
+    const none: StandInCounts = { relayed: 0, terminated: 0, direct: 0, refused: 0 };
     for (let round = 0; round < o.rounds; round++) {
-      for (const scenario of rotate(scenarios, round)) {
-        terminate = !scenario.endsWith(RELAY);
-        const bench = scenario === 'none' ? null : CAPTURES[scenario.replace(RELAY, '')]!({ sim, log });
+      for (const scenario of rotate(scenarioNames(o.captures, o.endpoints), round)) {
+        current = scenarioOf(scenario);
+        native = null;
+        const bench = current.capture === null ? null : CAPTURES[current.capture]!({ sim, log });
         if (bench) {
           // The ZDS flow's order: capture in place, then the pod's add.
           await bench.capture.init();
@@ -179,14 +208,25 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           await until('the stand-in holds the pod', () => zt.held().some((h) => h.uid === UID));
         }
         try {
+          const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
+          if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
+            throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(WORKLOADS, round)) {
-            const before = accepted;
-            const r = await runPeer(pod, workload, sim.outside.ip, o);
+            const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
+            const r = await runClient(pod.ns, current.ends, workload, sim.outside.ip, PORTS[current.ends], o);
             const succeeded = r.connections - r.errors;
-            if (bench) await until(`${scenario} ${workload}: the stand-in accepted what succeeded`, () => accepted - before >= succeeded);
-            const via = accepted - before;
-            if (bench ? via < succeeded || via > r.connections : via !== 0)
-              throw new Error(`${scenario} ${workload}: the stand-in saw ${via} of ${r.connections} connections (${r.errors} failed)`);
+            const nativeNow = async () => (nativeStandIn ? await standInCounts(nativeStandIn) : none);
+            const jsCarries = bench !== null && current.ends === 'js';
+            if (jsCarries) await until(`${scenario} ${workload}: the stand-in accepted what succeeded`, () => accepted - before.js >= succeeded);
+            const after = await nativeNow();
+            const via = { js: accepted - before.js, native: after.terminated - before.native.terminated, refused: after.refused - before.native.refused };
+            const carrier = bench === null ? null : current.ends;
+            for (const kind of PEER_KINDS) {
+              const n = via[kind];
+              if (kind === carrier ? n < succeeded || n > r.connections : n !== 0)
+                throw new Error(`${scenario} ${workload}: the ${kind} stand-in took ${n} of ${r.connections} connections (${r.errors} failed)`);
+            }
+            if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
             samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors });
             say(
               `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}`,
@@ -196,6 +236,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           if (bench) {
             zds.removePod(UID);
             await until('the stand-in let the pod go', () => !zt.held().some((h) => h.uid === UID));
+            // Its listeners gone before the next scenario's (SO_REUSEPORT would share the ports).
+            if (native) await (await (native as Promise<PeerProcess>)).exited;
             await bench.capture.remove(podNetns);
             bench.capture.close();
             await bench.uninstallHost();
@@ -207,25 +249,34 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
   } finally {
     z?.close();
     zds?.close();
-    server?.stop();
+    for (const p of servers) p.stop();
     if (fd >= 0) closeSync(fd);
     rmSync(dir, { recursive: true, force: true });
     await sim.teardown();
   }
 }
 
-/** Medians per scenario and workload, and each capture's ratio to every other (and to none). */
+/**
+ * Medians per scenario and workload, and each capture's ratio to every other (and to none),
+ * for each kind of stand-in that ran: terminating with native ends, relaying, terminating
+ * with JS ends.
+ */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
   const med = (scenario: string, w: Workload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
   const lines = [`${'scenario'.padEnd(16)}${WORKLOADS.map((w) => w.padStart(16)).join('')}`];
-  const relayed = captures.map((c) => `${c}${RELAY}`).filter((c) => samples.some((s) => s.scenario === c));
-  for (const s of ['none', ...captures, ...relayed]) lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
-  for (const [set, label] of [
-    [captures, 'terminating stand-in'],
-    [relayed, 'relaying stand-in'],
+  const ran = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
+  const relayed = ran(captures.map((c) => `${c}${RELAY}`));
+  const js = ran(captures.map((c) => `${c}${JS}`));
+  const noneJs = ran([`none${JS}`]);
+  for (const s of ['none', ...captures, ...relayed, ...noneJs, ...js])
+    lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  for (const [set, base, label] of [
+    [captures, 'none', 'terminating stand-in'],
+    [relayed, 'none', 'relaying stand-in'],
+    [js, `none${JS}`, 'terminating stand-in, JS ends'],
   ] as const) {
     for (const a of set) {
-      for (const b of [...set.filter((x) => x !== a), 'none']) {
+      for (const b of [...set.filter((x) => x !== a), base]) {
         lines.push(`inpod ${a}/${b} (${label}): ${WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
       }
     }
@@ -261,6 +312,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
       seconds: { type: 'string' },
       warmup: { type: 'string' },
       concurrency: { type: 'string' },
+      endpoints: { type: 'string' },
     },
     strict: true,
   });
@@ -287,6 +339,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     seconds: num('seconds', values.seconds, d.seconds, 0.1, 60, false),
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 256, true),
+    endpoints: parseEndpoints(values.endpoints),
   };
 }
 

@@ -34,6 +34,8 @@ export interface PeerProcess {
   /** Sends one command line on stdin and resolves with the first line holding `"event":"<reply>"`. */
   ask(command: string, reply: string): Promise<string>;
   stop(): void;
+  /** Resolves when the process has exited (its sockets closed). */
+  exited: Promise<void>;
 }
 
 /** Starts a peer (a server or a stand-in) in `ns`; resolves once it says it listens. */
@@ -52,7 +54,12 @@ export async function startPeer(ns: string, kind: PeerKind, args: string[], opts
     }
   };
   let closed = false;
-  child.once('close', () => (closed = true));
+  const exited = new Promise<void>((resolve) =>
+    child.once('close', () => {
+      closed = true;
+      resolve();
+    }),
+  );
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${what}: not listening after 10 s`)), 10_000);
     child.once('close', (code) => {
@@ -77,6 +84,7 @@ export async function startPeer(ns: string, kind: PeerKind, args: string[], opts
     stop: () => {
       if (!closed) child.kill('SIGKILL');
     },
+    exited,
   };
 }
 
@@ -109,4 +117,16 @@ export function parseResult(out: string, what: string): PeerResult {
   }
   if (!['crr', 'rr', 'stream'].includes(r.workload as string)) throw new Error(`${what}: result workload is ${String(r.workload)}: ${line}`);
   return r as unknown as PeerResult;
+}
+
+/** `--endpoints`: a comma-separated list of kinds; native always (the goals are measured on it). */
+export function parseEndpoints(raw: string | undefined): PeerKind[] {
+  if (raw === undefined) return ['native'];
+  const kinds = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const k of kinds) if (!(PEER_KINDS as readonly string[]).includes(k)) throw new Error(`--endpoints: "${k}" is not one of ${PEER_KINDS.join(', ')}`);
+  if (!kinds.includes('native')) throw new Error('--endpoints: native is always measured (the goals are on it); add js to compare');
+  return [...new Set(kinds as PeerKind[])];
 }

@@ -37,7 +37,7 @@ import { runInNode, startController, type ControllerProcess, type LogEvent } fro
 import { createSimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { ZTUNNEL_PORTS } from '../sim/names.js';
-import { PEER_KINDS, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
+import { parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import type { StandInCounts } from './traffic-peer.js';
 import type { SelectedMode } from '../../src/core/modes.js';
 
@@ -337,18 +337,13 @@ export function parseTrafficOptions(argv: string[]): TrafficOptions {
       throw new Error(`--${name}: "${raw}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
     return n;
   };
-  const endpoints = (values.endpoints ?? d.endpoints.join(','))
-    .split(',')
-    .map((s) => s.trim())
-    .filter(Boolean);
-  for (const e of endpoints) if (!(PEER_KINDS as readonly string[]).includes(e)) throw new Error(`--endpoints: "${e}" is not one of ${PEER_KINDS.join(', ')}`);
-  if (!endpoints.includes('native')) throw new Error('--endpoints: native is always measured (the goals are on it); add js to compare');
+  const endpoints = parseEndpoints(values.endpoints);
   return {
     rounds: num('rounds', values.rounds, d.rounds, 1, 50, true),
     seconds: num('seconds', values.seconds, d.seconds, 0.2, 30, false),
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 64, true),
-    endpoints: endpoints as PeerKind[],
+    endpoints,
   };
 }
 
