@@ -16,7 +16,15 @@ import type { PeerResult, StandInCounts } from './traffic-peer.js';
 export type PeerKind = 'native' | 'js';
 export const PEER_KINDS: readonly PeerKind[] = ['native', 'js'];
 
-const JS_PEER = fileURLToPath(new URL('./traffic-peer.js', import.meta.url));
+/** traffic-peer.js beside this module once compiled; under vitest (harness/bench/), the dist copy. */
+function jsPeer(): string {
+  const candidates = [new URL('./traffic-peer.js', import.meta.url), new URL('../../dist/harness/bench/traffic-peer.js', import.meta.url)].map((u) =>
+    fileURLToPath(u),
+  );
+  const found = candidates.find((p) => existsSync(p));
+  if (!found) throw new Error(`not built (looked for ${candidates.join(', ')}): run make build`);
+  return found;
+}
 
 export function nativePeerBin(): string {
   const path = repoPath('build/trafficpeer', import.meta.url);
@@ -26,7 +34,7 @@ export function nativePeerBin(): string {
 
 /** The command line of a peer of `kind` (before its role and flags). */
 export function peerCommand(kind: PeerKind): string[] {
-  return kind === 'native' ? [nativePeerBin()] : [process.execPath, JS_PEER];
+  return kind === 'native' ? [nativePeerBin()] : [process.execPath, jsPeer()];
 }
 
 export interface PeerProcess {
