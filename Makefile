@@ -1,6 +1,6 @@
 # ambient-redirect. `make test` and `make demo` set up a fresh machine first (root, Debian).
 # Every bpf/*.bpf.c is an object: redirect (TC), inpod, xdp (the XDP hook of the pod-side
-# outbound capture, docs/datapath.md; not in `product` until the agent attaches it), bench_empty.
+# outbound capture, `run --hook xdp`, docs/datapath.md), bench_empty.
 BPF_SRC   := $(wildcard bpf/*.bpf.c)
 BPF_OBJ   := $(patsubst bpf/%.bpf.c,build/%.bpf.o,$(BPF_SRC))
 BPF_HDRS  := $(wildcard bpf/include/*.h)
@@ -97,7 +97,7 @@ dist/.built: $(TS_SRC) src/zds/zds.proto tsconfig.json node_modules/.package-loc
 
 # What the image holds (deploy/Dockerfile): the capture objects, the CNI plugin and src/
 # alone; the harness, the test objects and the sanitizer build stay out.
-product: build/redirect.bpf.o build/inpod.bpf.o build/ambient-redirect-cni product-ts
+product: build/redirect.bpf.o build/xdp.bpf.o build/inpod.bpf.o build/ambient-redirect-cni product-ts
 
 product-ts: node_modules/.package-lock.json
 	npx tsc -p tsconfig.product.json

@@ -4,7 +4,17 @@
  * A bad value is a ConfigError: one clear line and exit code 2.
  */
 import { isIP } from 'node:net';
-import { NON_TCP_POLICIES, type Delivery, type NonTcpPolicy, type RequestedMode, type RequestedTunnel, type Variant } from './core/modes.js';
+import {
+  hookConflict,
+  NON_TCP_POLICIES,
+  REQUESTED_HOOKS,
+  type Delivery,
+  type NonTcpPolicy,
+  type RequestedHook,
+  type RequestedMode,
+  type RequestedTunnel,
+  type Variant,
+} from './core/modes.js';
 import { LEVELS, type Level } from './log.js';
 import { DEFAULT_ENABLEMENT_SELECTORS, parseEnablementSelectors, parseSelector, type EnablementSelector } from './core/enrollment.js';
 import { ConfigError, HOST_PROC_FLAG, parseFlags, PIN_ROOT_FLAG, resolveValues, usageOf, type FlagSpec } from './lib/flags.js';
@@ -27,6 +37,8 @@ export interface RunConfig {
   readonly mode: Mode;
   readonly pinRoot: string;
   readonly objectPath: string;
+  /** The XDP hook's object (--hook xdp): its programs share objectPath's pinned maps. */
+  readonly xdpObjectPath: string;
   readonly inpodObjectPath: string;
   /** ztunnel's IP when given: overrides discovery (required with static membership). */
   readonly ztunnelIp: string | null;
@@ -49,6 +61,8 @@ export interface RunConfig {
   /** host:port of an extra listener serving /metrics only (a scrape address), or '' for none. */
   readonly metricsAddress: string;
   readonly variant: VariantChoice;
+  /** The pod-side outbound hook (node topology, ebpf mode): tc, xdp, or auto (src/core/modes.ts selectHook). */
+  readonly hook: RequestedHook;
   readonly delivery: 'auto' | Delivery;
   readonly tunnel: RequestedTunnel;
   readonly dnsCapture: boolean;
@@ -104,8 +118,8 @@ export const ZTUNNEL_MODE_FLAGS: Record<'ztunnel-mode' | 'zds-socket', FlagSpec>
   'zds-socket': { env: 'ZDS_SOCKET', help: 'inpod mode: the ZDS socket the agent listens on for ztunnel', default: DEFAULT_ZDS_SOCKET },
 };
 
-import { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT } from './lib/repo-path.js';
-export { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT };
+import { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT, DEFAULT_XDP_OBJECT } from './lib/repo-path.js';
+export { DEFAULT_INPOD_OBJECT, DEFAULT_OBJECT, DEFAULT_XDP_OBJECT };
 /** The CNI plugin `make` builds (tools/cni/). */
 export const DEFAULT_CNI_PLUGIN = repoPath('build/ambient-redirect-cni', import.meta.url);
 
@@ -114,6 +128,7 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   mode: { env: 'REDIRECT_MODE', help: 'capture mode: ebpf | iptables | auto (probe the kernel)', default: 'auto' },
   ...PIN_ROOT_FLAG,
   object: { env: 'BPF_OBJECT', help: 'compiled BPF object (node mode)', default: DEFAULT_OBJECT },
+  'xdp-object': { env: 'BPF_XDP_OBJECT', help: 'compiled BPF object of the XDP hook (node mode, --hook xdp)', default: DEFAULT_XDP_OBJECT },
   'inpod-object': { env: 'BPF_INPOD_OBJECT', help: 'compiled BPF object of the in-pod capture (inpod mode)', default: DEFAULT_INPOD_OBJECT },
   kubeconfig: { env: 'KUBECONFIG', help: 'kubeconfig file (default: in-cluster service account when $KUBERNETES_SERVICE_HOST is set)' },
   'ztunnel-namespace': { env: 'ZTUNNEL_NAMESPACE', help: 'namespace of the ztunnel pods', default: 'istio-system' },
@@ -137,6 +152,11 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   },
   'metrics-address': { env: 'METRICS_ADDRESS', help: 'host:port of a scrape address serving /metrics only (default: none)' },
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
+  hook: {
+    env: 'REDIRECT_HOOK',
+    help: 'node mode, ebpf: the hook of the pods’ outbound program: tc | xdp | auto (auto: tc for now, docs/datapath.md)',
+    default: 'auto',
+  },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },
   tunnel: { env: 'REDIRECT_TUNNEL', help: 'iptables mode: auto | geneve | vxlan (auto: Geneve where the kernel has it)', default: 'auto' },
   'dns-capture': { env: 'DNS_CAPTURE', help: 'capture pods’ DNS (UDP and TCP 53) to ztunnel’s 15053: true | false', default: 'false' },
@@ -242,6 +262,9 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
   if (backoffMax < backoffInitial) throw new ConfigError(`--backoff-max: ${backoffMax} is below --backoff-initial ${backoffInitial}`);
   const mode = oneOf('mode', v.mode!, ['ebpf', 'iptables', 'auto'] as const);
   const cni = cniConfig(v, membership);
+  const hook = oneOf('hook', v.hook!, REQUESTED_HOOKS);
+  const conflict = hookConflict(hook, { ztunnelMode, mode });
+  if (conflict) throw new ConfigError(conflict);
   if (ztunnelMode === 'inpod' && membership.kind === 'static')
     throw new ConfigError('--enroll serves the node-level ztunnel only (--ztunnel-mode node): inpod mode sends ztunnel pods, which need Kubernetes membership');
   return Object.freeze({
@@ -249,6 +272,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     mode,
     pinRoot: v['pin-root']!,
     objectPath: v.object!,
+    xdpObjectPath: v['xdp-object']!,
     inpodObjectPath: v['inpod-object']!,
     ztunnelIp,
     membership: Object.freeze(membership),
@@ -265,6 +289,7 @@ export function parseRunConfig(argv: readonly string[], env: NodeJS.ProcessEnv):
     healthAddress: v['health-address'] ? hostPort('health-address', v['health-address']) : '',
     metricsAddress: v['metrics-address'] ? hostPort('metrics-address', v['metrics-address']) : '',
     variant: oneOf('variant', v.variant!, ['auto', 'redirect', 'redirect_peer'] as const),
+    hook,
     delivery: oneOf('delivery', v.delivery!, ['auto', 'sk_assign', 'tproxy'] as const),
     tunnel: oneOf('tunnel', v.tunnel!, ['auto', 'geneve', 'vxlan'] as const),
     dnsCapture: oneOf('dns-capture', v['dns-capture']!, ['true', 'false'] as const) === 'true',

@@ -1,8 +1,8 @@
 /**
  * Attaches and detaches XDP programs on a device of the calling thread's network namespace
  * (libbpf's bpf_xdp_attach / bpf_xdp_detach over netlink; enter the netns first with
- * testrun.ts's enterNetns). Harness only: the agent does not run the XDP hook yet
- * (docs/datapath.md, "XDP (pod-side outbound)").
+ * testrun.ts's enterNetns). Harness only, for tests that play someone else on a hook (a
+ * foreign program, a program taken away); the agent attaches through src/bpf/xdp.ts.
  */
 import koffi from 'koffi';
 

@@ -27,7 +27,11 @@ function hintFor(op: string, errno: number): string | undefined {
     case 'E2BIG':
       return 'map is full (max_entries reached)';
     case 'EEXIST':
-      return 'already exists';
+      return op.startsWith('bpf_xdp') ? 'another XDP program than the one expected is on the hook' : 'already exists';
+    case 'EBUSY':
+      return op.startsWith('bpf_xdp') ? 'another XDP program is on the hook' : undefined;
+    case 'ERANGE':
+      return op.startsWith('bpf_xdp') ? 'the veth pair’s MTU is too large for XDP (a frame must fit a page)' : undefined;
     default:
       return undefined;
   }

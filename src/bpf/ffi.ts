@@ -98,6 +98,12 @@ koffi.struct('bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 const TEST_RUN_OPTS_SIZE = koffi.sizeof('bpf_test_run_opts');
+
+koffi.struct('bpf_xdp_attach_opts', {
+  sz: 'size_t',
+  old_prog_fd: 'int',
+});
+const XDP_ATTACH_OPTS_SIZE = koffi.sizeof('bpf_xdp_attach_opts');
 const TC_OPTS_SIZE = koffi.sizeof('bpf_tc_opts');
 
 const c = {
@@ -144,6 +150,9 @@ const c = {
   bpf_tc_attach: bpf.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
   bpf_tc_detach: bpf.func('int bpf_tc_detach(const bpf_tc_hook *hook, const bpf_tc_opts *opts)'),
   bpf_tc_query: bpf.func('int bpf_tc_query(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),
+  bpf_xdp_attach: bpf.func('int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
+  bpf_xdp_detach: bpf.func('int bpf_xdp_detach(int ifindex, uint32_t flags, const bpf_xdp_attach_opts *opts)'),
+  bpf_xdp_query_id: bpf.func('int bpf_xdp_query_id(int ifindex, int flags, _Out_ uint32_t *prog_id)'),
   bpf_prog_test_run_opts: bpf.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
 
   close: libc.func('int close(int fd)'),
@@ -401,6 +410,34 @@ export function tcQuery(ifindex: number, attachPoint: TcAttachPoint, filter: TcF
   if (ret === -2 /* ENOENT */) return null;
   checkInt('bpf_tc_query', describeHook(ifindex, attachPoint), ret);
   return opts.prog_id;
+}
+
+// --- XDP (netlink) attachment ------------------------------------------------------------
+
+/** linux/if_link.h's XDP_FLAGS_*. */
+export const XdpFlags = { UPDATE_IF_NOEXIST: 1 << 0, SKB_MODE: 1 << 1, DRV_MODE: 1 << 2, HW_MODE: 1 << 3, REPLACE: 1 << 4 } as const;
+
+/**
+ * Attaches a program to a device's XDP hook. With XDP_FLAGS_REPLACE and `oldProgFd`, only
+ * if that program is the one there (EEXIST otherwise), swapped in one step; with
+ * XDP_FLAGS_UPDATE_IF_NOEXIST, only if the hook is empty (EBUSY otherwise).
+ */
+export function xdpAttach(ifindex: number, progFd: number, flags: number, oldProgFd: number | null): void {
+  const opts = oldProgFd === null ? null : { sz: XDP_ATTACH_OPTS_SIZE, old_prog_fd: oldProgFd };
+  checkInt('bpf_xdp_attach', `ifindex ${ifindex} xdp`, c.bpf_xdp_attach(ifindex, progFd, flags, opts));
+}
+
+/** Empties a device's XDP hook; with XDP_FLAGS_REPLACE and `oldProgFd`, only if that program is there. */
+export function xdpDetach(ifindex: number, flags: number, oldProgFd: number | null): void {
+  const opts = oldProgFd === null ? null : { sz: XDP_ATTACH_OPTS_SIZE, old_prog_fd: oldProgFd };
+  checkInt('bpf_xdp_detach', `ifindex ${ifindex} xdp`, c.bpf_xdp_detach(ifindex, flags, opts));
+}
+
+/** The id of the program on a device's XDP hook in the mode `flags` names (0: none there). */
+export function xdpQueryId(ifindex: number, flags: number): number {
+  const id = [0];
+  checkInt('bpf_xdp_query_id', `ifindex ${ifindex} xdp`, c.bpf_xdp_query_id(ifindex, flags, id));
+  return id[0]!;
 }
 
 // --- tcx (kernel 6.6+): the raw bpf(2) syscall, since libbpf 1.1 predates it ----------------

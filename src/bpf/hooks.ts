@@ -73,7 +73,7 @@ export function listTcFilters(ifindex: number, direction: Direction): TcFilterEn
 const TCX: Record<Direction, ffi.TcxAttachType> = { ingress: ffi.TcxAttachType.INGRESS, egress: ffi.TcxAttachType.EGRESS };
 
 /** A program's name, or null when it is gone or unreadable. */
-function programName(id: number): string | null {
+export function programName(id: number): string | null {
   let fd: number;
   try {
     fd = ffi.progGetFdById(id);

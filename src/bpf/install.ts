@@ -27,8 +27,31 @@ import { BpfObject, mapInfoOf, programId, type BpfMap, type MapDef } from './obj
 // bpffs refuses dots in names (they are kept for its own files).
 const NEXT = '__next';
 
-export function objectHash(objectPath: string): string {
-  return createHash('sha256').update(readFileSync(objectPath)).digest('hex').slice(0, 16);
+/** The build's name: a hash of its object files (one object: of that file alone, as before there were two). */
+export function objectHash(objectPath: string, ...more: string[]): string {
+  const h = createHash('sha256').update(readFileSync(objectPath));
+  for (const p of more) h.update(readFileSync(p));
+  return h.digest('hex').slice(0, 16);
+}
+
+/** A further object of the same build: its programs use the first object's maps, by pin. */
+export interface CompanionObject {
+  objectPath: string;
+  programs: readonly string[];
+}
+
+/** A companion's maps must be the first object's (same pins, same definitions). */
+function checkCompanionMaps(first: string, defs: Map<string, MapDef>, companion: string): void {
+  const probe = BpfObject.open(companion, { programs: [] });
+  try {
+    for (const [name, def] of probe.mapDefs()) {
+      const want = defs.get(name);
+      if (!want || want.type !== def.type || want.keySize !== def.keySize || want.valueSize !== def.valueSize || want.maxEntries !== def.maxEntries)
+        throw new Error(`${companion} defines map ${name} ${want ? 'differently from' : 'which is not in'} ${first}: the two objects are not of one build`);
+    }
+  } finally {
+    probe.close();
+  }
 }
 
 export interface Installed {
@@ -69,8 +92,8 @@ function openProgram(path: string, name: string): { fd: number; id: number } {
  * Adopts what is pinned for this build, or loads what is missing (see the module
  * comment). Reads the kernel and pins only: attaches nothing.
  */
-export function loadOrAdopt(objectPath: string, dir: string, programs: readonly string[]): Installed {
-  const progDir = join(dir, `prog-${objectHash(objectPath)}`);
+export function loadOrAdopt(objectPath: string, dir: string, programs: readonly string[], companions: readonly CompanionObject[] = []): Installed {
+  const progDir = join(dir, `prog-${objectHash(objectPath, ...companions.map((c) => c.objectPath))}`);
   const probe = BpfObject.open(objectPath, { programs: [] });
   let defs: Map<string, MapDef>;
   try {
@@ -78,8 +101,11 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
   } finally {
     probe.close();
   }
+  for (const c of companions) checkCompanionMaps(objectPath, defs, c.objectPath);
+  const objects = [{ objectPath, programs }, ...companions];
+  const everyProgram = objects.flatMap((o) => o.programs);
   const migrating = changedMaps(dir, defs);
-  const missing = programs.filter((p) => !existsSync(join(progDir, p)));
+  const missing = everyProgram.filter((p) => !existsSync(join(progDir, p)));
   // A map this build adds (none pinned yet) is created by a load, even with no program to load.
   const newMaps = [...defs.keys()].filter((m) => !existsSync(join(dir, m)));
 
@@ -88,17 +114,21 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
     for (const name of migrating) if (existsSync(join(dir, name + NEXT))) unlinkSync(join(dir, name + NEXT));
     const mapPinPaths = Object.fromEntries(migrating.map((m) => [m, join(dir, m + NEXT)]));
     // With a schema change every program is reloaded: the pinned ones use the old maps.
-    const toLoad = migrating.length > 0 ? [...programs] : missing;
-    const obj = BpfObject.openAndLoad(objectPath, { pinRoot: dir, programs: toLoad, mapPinPaths });
-    try {
-      mkdirSync(progDir, { recursive: true, mode: 0o700 });
-      for (const p of toLoad) {
-        const path = join(progDir, p);
-        if (existsSync(path)) unlinkSync(path);
-        obj.pinProgram(p, path);
+    // The first object loads first: it creates the maps (new or `__next`) the others reuse.
+    for (const [i, o] of objects.entries()) {
+      const toLoad = migrating.length > 0 ? [...o.programs] : o.programs.filter((p) => missing.includes(p));
+      if (i > 0 && toLoad.length === 0) continue;
+      const obj = BpfObject.openAndLoad(o.objectPath, { pinRoot: dir, programs: toLoad, mapPinPaths: i === 0 ? mapPinPaths : only(mapPinPaths, o.objectPath) });
+      try {
+        mkdirSync(progDir, { recursive: true, mode: 0o700 });
+        for (const p of toLoad) {
+          const path = join(progDir, p);
+          if (existsSync(path)) unlinkSync(path);
+          obj.pinProgram(p, path);
+        }
+      } finally {
+        obj.close();
       }
-    } finally {
-      obj.close();
     }
   }
 
@@ -111,8 +141,41 @@ export function loadOrAdopt(objectPath: string, dir: string, programs: readonly 
   // A migration carries over what the controller cannot derive again (its qdisc records,
   // the counters) where the layout allows: same key and value sizes, a raw copy.
   for (const name of migrating) copyEntries(join(dir, name), maps.get(name)!, defs.get(name)!);
-  const progs = new Map(programs.map((p) => [p, openProgram(join(progDir, p), p)]));
+  const progs = new Map(everyProgram.map((p) => [p, openProgram(join(progDir, p), p)]));
   return { programs: progs, maps, adopted: missing.length === 0 && migrating.length === 0, migrating, progDir };
+}
+
+/** The pin paths of the maps `objectPath` declares (a companion declares a subset). */
+function only(paths: Record<string, string>, objectPath: string): Record<string, string> {
+  const probe = BpfObject.open(objectPath, { programs: [] });
+  try {
+    const names = new Set(probe.mapNames());
+    return Object.fromEntries(Object.entries(paths).filter(([m]) => names.has(m)));
+  } finally {
+    probe.close();
+  }
+}
+
+/**
+ * The ids of every program pinned in the pin folder's program folders (this build's and
+ * any other's not yet unpinned): what may be detached or replaced as ours.
+ */
+export function pinnedProgramIds(dir: string): Map<number, string> {
+  const ids = new Map<number, string>();
+  if (!existsSync(dir)) return ids;
+  for (const entry of readdirSync(dir)) {
+    if (!entry.startsWith('prog-')) continue;
+    for (const p of readdirSync(join(dir, entry))) {
+      try {
+        const { fd, id } = openProgram(join(dir, entry, p), p);
+        ffi.closeFd(fd);
+        ids.set(id, p);
+      } catch (err) {
+        if (!isNotFound(err)) throw err;
+      }
+    }
+  }
+  return ids;
 }
 
 function copyEntries(oldPath: string, into: BpfMap, def: MapDef): void {

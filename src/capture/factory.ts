@@ -13,7 +13,7 @@ import type { BackendKind } from './iptables/backend.js';
 import { IptablesRedirect } from './iptables/iptables.js';
 import { uninstallIptables } from './iptables/uninstall.js';
 import type { Desired } from '../core/desired.js';
-import type { NonTcpPolicy } from '../core/modes.js';
+import type { Hook, NonTcpPolicy } from '../core/modes.js';
 import { Cleanup, type CleanupReport } from './cleanup.js';
 import type { ActualState, ApplyResult, RedirectMode } from './mode.js';
 import { selectMode, selectTunnel, type KernelFacts, type RequestedTunnel } from './select.js';
@@ -27,6 +27,10 @@ export interface ModeOptions {
   variant?: Variant;
   /** ebpf mode's ztunnel-side delivery: bpf_sk_assign or mark + TPROXY (default: probed). */
   delivery?: Delivery;
+  /** ebpf mode: the pods' outbound hook (src/core/modes.ts selectHook; default tc). */
+  hook?: Hook;
+  /** ebpf mode, hook xdp: the XDP object. */
+  xdpObjectPath?: string;
   runner: CommandRunner;
   log: Logger;
   /** iptables mode's tunnel: Geneve where the kernel has it, else VXLAN (default auto). */
@@ -72,6 +76,8 @@ function buildMode(mode: ModeName, opts: ModeOptions): RedirectMode {
         log: opts.log,
         ...(opts.variant && { variant: opts.variant }),
         ...(opts.delivery && { delivery: opts.delivery }),
+        ...(opts.hook && { hook: opts.hook }),
+        ...(opts.xdpObjectPath && { xdpObjectPath: opts.xdpObjectPath }),
         ...(opts.dnsCapture !== undefined && { dnsCapture: opts.dnsCapture }),
         ...(opts.nonTcp && { nonTcp: opts.nonTcp }),
         ...(opts.dnsServers && { dnsServers: opts.dnsServers }),

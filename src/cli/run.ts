@@ -10,6 +10,7 @@ import { createRedirectMode, resolveMode } from '../capture/factory.js';
 import type { RedirectMode } from '../capture/mode.js';
 import { errorMessage } from './errors.js';
 import { describeFinding } from '../core/ordering.js';
+import { selectHook } from '../core/modes.js';
 import { startCniGate, type CniGate } from '../cni/gate.js';
 import { startInPodCapture } from '../capture/inpod/factory.js';
 import { closeFd } from '../host/libc.js';
@@ -174,6 +175,10 @@ async function startNode(
   teardown: Teardown,
 ): Promise<Started> {
   const modeName: RedirectMode['name'] = resolveMode(cfg.mode, { log });
+  const hook = selectHook(cfg.hook, { ztunnelMode: 'node', mode: modeName });
+  // xdp asked for and iptables selected (the kernel cannot run ebpf mode): said loudly.
+  if (hook.hook === null && cfg.hook === 'xdp') log.warn('outbound hook selected', { requested: cfg.hook, hook: null, reason: hook.reason });
+  else log.info('outbound hook selected', { requested: cfg.hook, hook: hook.hook, reason: hook.reason });
   const mode: RedirectMode = createRedirectMode(modeName, {
     objectPath: cfg.objectPath,
     pinRoot: cfg.pinRoot,
@@ -185,6 +190,7 @@ async function startNode(
     tunnel: cfg.tunnel,
     ...(cfg.variant !== 'auto' && { variant: cfg.variant }),
     ...(cfg.delivery !== 'auto' && { delivery: cfg.delivery }),
+    ...(hook.hook && { hook: hook.hook, xdpObjectPath: cfg.xdpObjectPath }),
   });
   await mode.init();
   teardown.add('release the capture mode', () => mode.close());
@@ -278,6 +284,8 @@ async function startInPod(cfg: RunConfig, kube: KubeMembership, readiness: Readi
     log,
   });
   teardown.add('release the in-pod capture', () => capture.close());
+  if (cfg.hook !== 'auto')
+    log.info('outbound hook selected', { requested: cfg.hook, hook: null, reason: selectHook(cfg.hook, { ztunnelMode: 'inpod', mode: 'ebpf' }).reason });
   log.info('in-pod capture ready', { capture: capture.name });
   const metrics = new AgentMetrics(
     {

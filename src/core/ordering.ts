@@ -52,7 +52,12 @@ export type FindingKind =
   /** Our filter is not at its place (or holds another program) after the pass. */
   | 'missing'
   /** The device is of a kind whose traffic can skip this hook altogether. */
-  | 'bypass';
+  | 'bypass'
+  /**
+   * The device's XDP hook (it runs before every TC program) holds a program that is not the
+   * one we put there, or lacks ours (the xdp hook: attach refused, or someone else's there).
+   */
+  | 'xdp';
 
 export interface Finding {
   /** "pod" for an enrolled pod's host veth, "ztunnel" for ztunnel's eth0. */
@@ -111,6 +116,8 @@ export function describeFinding(f: Finding): string {
       return `${f.program} on ${hook}`;
     case 'bypass':
       return `${f.program} on ${hook}: its traffic can skip our program`;
+    case 'xdp':
+      return `${f.program} on ${f.where === 'ztunnel' ? "ztunnel's " : ''}${f.device} XDP`;
   }
 }
 

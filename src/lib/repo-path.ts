@@ -19,3 +19,5 @@ export function repoPath(rel: string, moduleUrl: string): string {
 export const DEFAULT_OBJECT = repoPath('build/redirect.bpf.o', import.meta.url);
 /** The in-pod capture's object (inpod mode, docs/inpod.md). */
 export const DEFAULT_INPOD_OBJECT = repoPath('build/inpod.bpf.o', import.meta.url);
+/** The XDP hook of the node topology's outbound capture (--hook xdp, docs/datapath.md). */
+export const DEFAULT_XDP_OBJECT = repoPath('build/xdp.bpf.o', import.meta.url);

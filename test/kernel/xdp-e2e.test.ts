@@ -1,19 +1,21 @@
 /**
- * The XDP hook with real packets on the simulated node (docs/datapath.md, "XDP
- * (pod-side outbound)"). The agent (ebpf mode, TC hook) runs as usual and owns the maps;
- * then pod 0's outbound TC filter is removed and xdp_out, loaded from build/xdp.bpf.o on
- * the agent's own pins, is attached to the XDP hook of pod 0's host veth instead (the
- * agent has no --hook yet: its resync is set to an hour so that it does not put the TC
- * filter back during the test). Pod 0's outbound is then judged by XDP alone; the rest of
- * the node (ztunnel's zt_assign, pod 1's TC programs, inbound) is the agent's.
+ * The XDP hook end to end through the agent (docs/datapath.md, "The outbound hook"): `run
+ * --hook xdp` on the simulated node puts xdp_out on the XDP hook of each enrolled pod's host
+ * veth (and no TC ingress filter there), keeps in_redirect on TC egress, and puts xdp_pass
+ * on ztunnel's eth0 beside zt_assign (NAPI mode, without which a frame redirected at XDP into
+ * ztunnel's veth is dropped). Pod 2 is not enrolled. The agent's resync is an hour: the tests
+ * that take ztunnel's XDP program away, or flip a flag in the maps, are not undone under them.
  *
- * Oracles: what the ztunnel stand-in and the outside server saw, and the per-veth counters.
+ * Oracles: what the ztunnel stand-in and the outside server saw, `ip -d link`, `tc filter
+ * show`, and the per-veth counters.
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { closeFd, objGet } from '../../src/bpf/ffi.js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
-import { BpfObject } from '../../src/bpf/object.js';
+import { openPinnedMap } from '../../src/bpf/maps.js';
+import type { BpfMap } from '../../src/bpf/object.js';
 import { createInterface } from 'node:readline';
 import { startProcess, systemRunner } from '../../src/host/runner.js';
 import { distEntry } from '../../harness/sim/dist.js';
@@ -24,7 +26,6 @@ import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/n
 import { pinRootFor } from '../../harness/sim/scenario.js';
 import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
-import { XDP_OBJECT_PATH } from '../model/xdp-harness.js';
 
 const ipOf = (src: string) => src.replace(/^\[/, '').replace(/\]?:\d+$/, '');
 const UDP_PORT = 5353;
@@ -41,6 +42,14 @@ async function ifindexOf(ns: string, dev: string): Promise<number> {
   return l!.ifindex;
 }
 
+/** The XDP program on a device, as `ip -d link` shows it. */
+async function xdpOn(ns: string, dev: string): Promise<{ name: string; id: number } | null> {
+  const [l] = JSON.parse(await systemRunner.run(['ip', '-n', ns, '-j', '-d', 'link', 'show', 'dev', dev])) as {
+    xdp?: { prog?: { name: string; id: number } };
+  }[];
+  return l!.xdp?.prog ? { name: l!.xdp.prog.name, id: l!.xdp.prog.id } : null;
+}
+
 /** Runs `f` with this thread in the netns `ns` (netlink calls act there). */
 function inNetns<T>(ns: string, f: () => T): T {
   const leave = enterNetns(`/var/run/netns/${ns}`);
@@ -51,17 +60,17 @@ function inNetns<T>(ns: string, f: () => T): T {
   }
 }
 
-kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host veth)', 'loads BPF and builds network namespaces', () => {
+kernelDescribe('the XDP hook end to end: run --hook xdp', 'loads BPF and builds network namespaces', () => {
   let sim: SimNode;
   let pinRoot: string;
   let controller: ControllerProcess | undefined;
   let ztunnel: SimServer;
   let outside: SimServer;
   let udpOutside: SimServer;
-  let obj: BpfObject | undefined;
   let podVeth: number;
   let ztEth0: number;
-  const attached: { ns: string; ifindex: number }[] = [];
+  let slotMap: BpfMap;
+  let countersMap: BpfMap;
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 3 });
@@ -72,6 +81,8 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
     controller = startController(sim.nodeNs, [
       '--mode',
       'ebpf',
+      '--hook',
+      'xdp',
       '--pin-root',
       pinRoot,
       '--ztunnel-ip',
@@ -82,54 +93,71 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
       [p0!.ip, p0!.ip6, p1!.ip, p1!.ip6].join(','),
     ]);
     await controller.waitFor('programmed');
-    // The agent's maps, reused by name: the XDP object is pin-compatible with the TC one.
-    obj = BpfObject.openAndLoad(XDP_OBJECT_PATH, { pinRoot: join(pinRoot, 'ambient-redirect', 'v1'), programs: ['xdp_out', 'xdp_pass'] });
     podVeth = await ifindexOf(sim.nodeNs, p0!.hostVeth);
     ztEth0 = await ifindexOf(sim.ztunnel.ns, 'eth0');
-    await systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'del', 'dev', p0!.hostVeth, 'ingress']);
-    inNetns(sim.nodeNs, () => attachXdp(podVeth, obj!.programFd('xdp_out')));
-    attached.push({ ns: sim.nodeNs, ifindex: podVeth });
+    const dir = join(pinRoot, 'ambient-redirect', 'v1');
+    slotMap = openPinnedMap(dir, 'ztunnel');
+    countersMap = openPinnedMap(dir, 'counters');
   });
 
   afterAll(async () => {
-    for (const a of attached.splice(0)) inNetns(a.ns, () => detachXdp(a.ifindex));
-    obj?.close();
+    slotMap?.close();
+    countersMap?.close();
     await teardownNode(sim, pinRoot, controller);
   });
 
   const seen = (server: SimServer, ip: string) => server.accepted.filter((a) => ipOf(a.src) === ip);
   const counters = () => {
-    const v = obj!.map('counters').lookup(codec.encodeU32Key(podVeth));
+    const v = countersMap.lookup(codec.encodeU32Key(podVeth));
     return v ? codec.decodePodCountersPerCpu(v) : null;
   };
-  /** ztunnel's eth0 in NAPI mode: xdp_pass on its XDP hook. */
-  const napiOn = () => {
-    inNetns(sim.ztunnel.ns, () => attachXdp(ztEth0, obj!.programFd('xdp_pass')));
-    attached.push({ ns: sim.ztunnel.ns, ifindex: ztEth0 });
-  };
-  const napiOff = () => {
+  /** Takes the agent's xdp_pass off ztunnel's eth0 for `f` (out of NAPI mode), then puts it back. */
+  async function withoutNapi<T>(f: () => Promise<T>): Promise<T> {
+    const pinned = readdirSync(join(pinRoot, 'ambient-redirect', 'v1')).find((e) => e.startsWith('prog-'))!;
+    const fd = objGet(join(pinRoot, 'ambient-redirect', 'v1', pinned, 'xdp_pass'));
     inNetns(sim.ztunnel.ns, () => detachXdp(ztEth0));
-    attached.pop();
-  };
+    try {
+      return await f();
+    } finally {
+      inNetns(sim.ztunnel.ns, () => attachXdp(ztEth0, fd));
+      closeFd(fd);
+    }
+  }
 
-  it('pod 0’s host veth runs xdp_out and no TC ingress filter', async () => {
-    const link = JSON.parse(await systemRunner.run(['ip', '-n', sim.nodeNs, '-j', '-d', 'link', 'show', 'dev', sim.pods[0]!.hostVeth])) as {
-      xdp?: { mode: number; prog?: { name: string } };
-    }[];
-    expect(link[0]!.xdp?.prog?.name).toBe('xdp_out');
-    expect((await systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', sim.pods[0]!.hostVeth, 'ingress'])).trim()).toBe('');
+  it('the agent put xdp_out on each enrolled veth’s XDP hook (no TC ingress filter), in_redirect on TC egress, xdp_pass and zt_assign on ztunnel’s eth0; the unenrolled veth has nothing', async () => {
+    const tcOn = async (ns: string, dev: string, dir: string) =>
+      (
+        JSON.parse(await systemRunner.run(['tc', '-n', ns, '-j', 'filter', 'show', 'dev', dev, dir]).catch(() => '[]')) as {
+          options?: { prog?: { name: string } };
+        }[]
+      )
+        .map((f) => f.options?.prog?.name)
+        .filter(Boolean);
+    for (const pod of sim.pods.slice(0, 2)) {
+      expect((await xdpOn(sim.nodeNs, pod.hostVeth))?.name).toBe('xdp_out');
+      expect(await tcOn(sim.nodeNs, pod.hostVeth, 'ingress')).toEqual([]);
+      expect(await tcOn(sim.nodeNs, pod.hostVeth, 'egress')).toEqual(['in_redirect']);
+    }
+    expect((await xdpOn(sim.ztunnel.ns, 'eth0'))?.name).toBe('xdp_pass');
+    expect(await tcOn(sim.ztunnel.ns, 'eth0', 'ingress')).toEqual(['zt_assign']);
+    const unenrolled = sim.pods[2]!;
+    expect(await xdpOn(sim.nodeNs, unenrolled.hostVeth)).toBeNull();
+    expect(await tcOn(sim.nodeNs, unenrolled.hostVeth, 'ingress')).toEqual([]);
+    expect(controller!.events.find((e) => e.msg === 'outbound hook selected')).toMatchObject({ requested: 'xdp', hook: 'xdp' });
   });
 
-  it('with ztunnel’s eth0 out of NAPI mode (no XDP program, GRO off as a veth starts) the redirected SYNs are lost: nothing leaves', async () => {
+  it('with ztunnel’s eth0 out of NAPI mode (its xdp_pass taken away, GRO off as a veth starts) the redirected SYNs are lost: nothing leaves', async () => {
     const pod = sim.pods[0]!;
-    const before = { zt: seen(ztunnel, pod.ip).length, out: seen(outside, pod.ip).length, c: counters(), csum: await tcpCsumErrors(sim.ztunnel.ns) };
-    expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1, 1_500)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
-    // Lost at ztunnel's veth, before its stack sees them.
-    expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
-    expect(seen(ztunnel, pod.ip)).toHaveLength(before.zt);
-    expect(seen(outside, pod.ip)).toHaveLength(before.out);
-    // xdp_out redirected them (counted so); the kernel dropped them at ztunnel's veth.
-    expect(counters()!.redirectedPackets).toBeGreaterThan(before.c?.redirectedPackets ?? 0n);
+    await withoutNapi(async () => {
+      const before = { zt: seen(ztunnel, pod.ip).length, out: seen(outside, pod.ip).length, c: counters(), csum: await tcpCsumErrors(sim.ztunnel.ns) };
+      expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 1, 1_500)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
+      // Lost at ztunnel's veth, before its stack sees them.
+      expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
+      expect(seen(ztunnel, pod.ip)).toHaveLength(before.zt);
+      expect(seen(outside, pod.ip)).toHaveLength(before.out);
+      // xdp_out redirected them (counted so); the kernel dropped them at ztunnel's veth.
+      expect(counters()!.redirectedPackets).toBeGreaterThan(before.c?.redirectedPackets ?? 0n);
+    });
   });
 
   /**
@@ -138,35 +166,29 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
    * itself. Without that (measured before it did) every SYN died in ztunnel's TCP as a
    * checksum error: this test checks there are none.
    */
-  it('with an XDP program on ztunnel’s eth0 (NAPI mode): outbound TCP reaches only ztunnel, with its original destination, IPv4 and IPv6', async () => {
-    napiOn();
-    try {
-      const pod = sim.pods[0]!;
-      for (const [ip, src] of [
-        [sim.outside.ip, pod.ip],
-        [sim.outside.ip6, pod.ip6],
-      ] as const) {
-        const before = { zt: seen(ztunnel, src).length, csum: await tcpCsumErrors(sim.ztunnel.ns), c: counters()! };
-        expect(await sim.connect(pod, { ip, port: sim.outside.port }, 3)).toEqual(Array(3).fill({ ok: true, reply: 'ztunnel' }));
-        await ztunnel.waitForAccepted(ztunnel.accepted.length);
-        const dst = ip.includes(':') ? `[${ip}]:${sim.outside.port}` : `${ip}:${sim.outside.port}`;
-        expect(
-          seen(ztunnel, src)
-            .slice(before.zt)
-            .map((a) => [a.origDst, a.port]),
-        ).toEqual(Array(3).fill([dst, 15001]));
-        expect(seen(outside, src)).toHaveLength(0);
-        expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
-        // Each connection's SYN, ACK, request and FIN at least went through xdp_out's redirect.
-        expect(counters()!.redirectedPackets - before.c.redirectedPackets).toBeGreaterThanOrEqual(9n);
-      }
-    } finally {
-      napiOff();
+  it('outbound TCP reaches only ztunnel, with its original destination, IPv4 and IPv6', async () => {
+    const pod = sim.pods[0]!;
+    for (const [ip, src] of [
+      [sim.outside.ip, pod.ip],
+      [sim.outside.ip6, pod.ip6],
+    ] as const) {
+      const before = { zt: seen(ztunnel, src).length, csum: await tcpCsumErrors(sim.ztunnel.ns), c: counters()! };
+      expect(await sim.connect(pod, { ip, port: sim.outside.port }, 3)).toEqual(Array(3).fill({ ok: true, reply: 'ztunnel' }));
+      await ztunnel.waitForAccepted(ztunnel.accepted.length);
+      const dst = ip.includes(':') ? `[${ip}]:${sim.outside.port}` : `${ip}:${sim.outside.port}`;
+      expect(
+        seen(ztunnel, src)
+          .slice(before.zt)
+          .map((a) => [a.origDst, a.port]),
+      ).toEqual(Array(3).fill([dst, 15001]));
+      expect(seen(outside, src)).toHaveLength(0);
+      expect(await tcpCsumErrors(sim.ztunnel.ns)).toBe(before.csum);
+      // Each connection's SYN, ACK, request and FIN at least went through xdp_out's redirect.
+      expect(counters()!.redirectedPackets - before.c.redirectedPackets).toBeGreaterThanOrEqual(9n);
     }
   });
 
   it('captured DNS over UDP (O17 with DNS capture): the datagram reaches a UDP socket on 15053 in ztunnel’s netns and its answer comes back, IPv4 and IPv6', async () => {
-    napiOn();
     // A plain UDP server on 15053 in ztunnel's netns (zt_assign hands it the datagram).
     const server = startProcess([
       'ip',
@@ -181,8 +203,7 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
       '--reply',
       'ztunnel-dns',
     ]);
-    const slot = obj!.map('ztunnel');
-    const saved = slot.lookup(codec.encodeSlot(0))!;
+    const saved = slotMap.lookup(codec.encodeSlot(0))!;
     const zt = codec.decodeZtunnelInfo(saved);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -191,7 +212,7 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
           if (l.includes('"listening"')) resolve();
         });
       });
-      slot.update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, flags: zt.flags | 2 }));
+      slotMap.update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, flags: zt.flags | codec.ZtunnelFlags.DNS_CAPTURE }));
       const pod = sim.pods[0]!;
       for (const ip of [sim.outside.ip, sim.outside.ip6]) {
         const before = { out: udpOutside.accepted.length, c: counters()! };
@@ -200,9 +221,8 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
         expect(udpOutside.accepted).toHaveLength(before.out);
       }
     } finally {
-      slot.update(codec.encodeSlot(0), saved);
+      slotMap.update(codec.encodeSlot(0), saved);
       server.kill('SIGTERM');
-      napiOff();
     }
   });
 
@@ -214,32 +234,25 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
 
   it('a pod spoofing another pod’s source (enrolled or not) is dropped at XDP', async () => {
     const [spoofer, victim, unenrolled] = sim.pods as [(typeof sim.pods)[0], (typeof sim.pods)[0], (typeof sim.pods)[0]];
-    napiOn();
-    try {
-      const before = counters()!;
-      for (const ip of [victim.ip, unenrolled.ip]) {
-        await systemRunner.run(['ip', '-n', spoofer.ns, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
-        try {
-          expect(await sim.connect(spoofer, { ip: sim.outside.ip, port: sim.outside.port }, 1, 1_500, ip)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
-        } finally {
-          await systemRunner.run(['ip', '-n', spoofer.ns, 'addr', 'del', `${ip}/32`, 'dev', 'eth0']);
-        }
-        expect(seen(outside, ip)).toHaveLength(0);
-        expect(seen(ztunnel, ip)).toHaveLength(0);
+    const before = counters()!;
+    for (const ip of [victim.ip, unenrolled.ip]) {
+      await systemRunner.run(['ip', '-n', spoofer.ns, 'addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+      try {
+        expect(await sim.connect(spoofer, { ip: sim.outside.ip, port: sim.outside.port }, 1, 1_500, ip)).toEqual([{ ok: false, error: 'ETIMEDOUT' }]);
+      } finally {
+        await systemRunner.run(['ip', '-n', spoofer.ns, 'addr', 'del', `${ip}/32`, 'dev', 'eth0']);
       }
-      expect(counters()!.droppedPackets).toBeGreaterThan(before.droppedPackets);
-    } finally {
-      napiOff();
+      expect(seen(outside, ip)).toHaveLength(0);
+      expect(seen(ztunnel, ip)).toHaveLength(0);
     }
+    expect(counters()!.droppedPackets).toBeGreaterThan(before.droppedPackets);
   });
 
-  it('fails closed: with the ztunnel slot not PRESENT nothing leaves, IPv4 or IPv6', async () => {
-    napiOn();
-    const slot = obj!.map('ztunnel');
-    const saved = slot.lookup(codec.encodeSlot(0))!;
+  it('fails closed: with the ztunnel slot not PRESENT nothing leaves, IPv4 or IPv6; and back', async () => {
+    const saved = slotMap.lookup(codec.encodeSlot(0))!;
     const zt = codec.decodeZtunnelInfo(saved);
     try {
-      slot.update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, flags: zt.flags & ~1 }));
+      slotMap.update(codec.encodeSlot(0), codec.encodeZtunnelInfo({ ...zt, flags: zt.flags & ~codec.ZtunnelFlags.PRESENT }));
       const pod = sim.pods[0]!;
       const before = { zt: ztunnel.accepted.length, out: outside.accepted.length, c: counters()! };
       for (const ip of [sim.outside.ip, sim.outside.ip6]) {
@@ -249,15 +262,16 @@ kernelDescribe('the XDP hook end to end (xdp_out on an enrolled pod’s host vet
       expect(outside.accepted).toHaveLength(before.out);
       expect(counters()!.droppedPackets).toBeGreaterThan(before.c.droppedPackets);
     } finally {
-      slot.update(codec.encodeSlot(0), saved);
-      napiOff();
+      slotMap.update(codec.encodeSlot(0), saved);
     }
-    // And back: the same pod reaches ztunnel again once the slot is PRESENT.
-    napiOn();
-    try {
-      expect(await sim.connect(sim.pods[0]!, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
-    } finally {
-      napiOff();
-    }
+    expect(await sim.connect(sim.pods[0]!, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+  });
+
+  it('the unenrolled pod is untouched: it reaches the outside directly, with its own address', async () => {
+    const pod = sim.pods[2]!;
+    const before = seen(outside, pod.ip).length;
+    expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'outside' }));
+    expect(seen(outside, pod.ip)).toHaveLength(before + 2);
+    expect(seen(ztunnel, pod.ip)).toHaveLength(0);
   });
 });

@@ -97,11 +97,24 @@ describe('values.schema.json', () => {
     ['ztunnel.mode=ambient', /ztunnel\/mode/],
     ['ztunnel.mode=Inpod', /ztunnel\/mode/],
     ['ztunnel.zdsDir=var/run/ztunnel', /zdsDir/],
+    ['hook=XDP', /hook/],
   ])('rejects %s', (set, field) => {
     const r = helmRun(['template', 'mesh', CHART, '--set', set]);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(/schema/i);
     expect(r.stderr).toMatch(field);
+  });
+
+  it('hook: REDIRECT_HOOK as given (auto by default); xdp only with ztunnel.mode=node and not iptables', () => {
+    const hookEnv = (objs: Obj[]) => (agent(objs).env as { name: string; value?: string }[]).find((e) => e.name === 'REDIRECT_HOOK')?.value;
+    expect(hookEnv(render())).toBe('auto');
+    expect(hookEnv(render({ hook: 'xdp', 'ztunnel.mode': 'node' }))).toBe('xdp');
+    expect(hookEnv(render({ hook: 'tc' }))).toBe('tc');
+    for (const set of [['hook=xdp'], ['hook=xdp', 'ztunnel.mode=node', 'redirectMode=iptables']]) {
+      const r = helmRun(['template', 'mesh', CHART, ...set.flatMap((s) => ['--set', s])]);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain('hook=xdp needs ztunnel.mode=node');
+    }
   });
 
   it('accepts each mode', () => {

@@ -1,8 +1,11 @@
 /**
  * The ebpf capture mode (docs/datapath.md): on each enrolled pod's host veth the outbound
- * program (TC ingress) and the inbound one (TC egress); on ztunnel's eth0, inside its
- * netns, the delivery program plus the policy routing (and TPROXY rules) it relies on.
- * Maps are pinned under the pin folder and adopted when already there.
+ * program (TC ingress, or with the xdp hook that veth's XDP hook) and the inbound one (TC
+ * egress); on ztunnel's eth0, inside its netns, the delivery program plus the policy
+ * routing (and TPROXY rules) it relies on, and with the xdp hook an XDP_PASS program that
+ * puts that eth0 in NAPI mode (an XDP redirect into a veth delivers only then).
+ * Maps are pinned under the pin folder and adopted when already there; the XDP object's
+ * programs share them (one build, two objects: src/bpf/install.ts).
  */
 import type { BpfMap } from '../../bpf/object.js';
 import { openPinnedMap, type PinnedMapName } from '../../bpf/maps.js';
@@ -12,7 +15,9 @@ import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../../bpf/ffi.js';
 import { netnsPath, withNetns } from '../../bpf/netns.js';
 import { ensurePinDir, pinDir, removePins } from '../../bpf/pins.js';
 import { attachTc, destroyClsact, detachTc, LEGACY_FILTER, OUR_FILTER, queryTc, type Direction } from '../../bpf/tc.js';
-import { listTcFilters, listTcx } from '../../bpf/hooks.js';
+import { listTcFilters, listTcx, programName } from '../../bpf/hooks.js';
+import { attachXdp, detachXdp, queryXdp, type XdpProgram } from '../../bpf/xdp.js';
+import { pinnedProgramIds } from '../../bpf/install.js';
 import { linkKinds, parseLinks, readHostNet, type Link } from '../../host/netinfo.js';
 import type { CommandRunner } from '../../host/runner.js';
 import type { Desired, ZtunnelPlacement } from '../../core/desired.js';
@@ -30,13 +35,15 @@ const BPF_FUNC_sk_assign = 124;
 const BPF_FUNC_redirect_peer = 155;
 
 export type { Variant } from '../../core/modes.js';
-import type { NonTcpPolicy, Variant } from '../../core/modes.js';
+import type { Hook, NonTcpPolicy, Variant } from '../../core/modes.js';
 export type { Delivery };
 
 export const PROGRAMS = {
   outbound: { redirect_peer: 'out_redir_peer', redirect: 'out_redirect' },
   inbound: 'in_redirect',
   ztunnel: { sk_assign: 'zt_assign', tproxy: 'zt_mark' },
+  /** build/xdp.bpf.o: the outbound program at the veth's XDP hook, and ztunnel's eth0's NAPI switch. */
+  xdp: { outbound: 'xdp_out', napi: 'xdp_pass' },
 } as const;
 
 /** bpf_redirect_peer (5.10) where the kernel offers it, plain bpf_redirect otherwise. */
@@ -56,6 +63,10 @@ export interface EbpfOptions {
   variant?: Variant;
   /** Forces the ztunnel-side delivery; probed when absent. */
   delivery?: Delivery;
+  /** The outbound program's hook on each enrolled veth (default tc). */
+  hook?: Hook;
+  /** The XDP hook's object (hook xdp). */
+  xdpObjectPath?: string;
   /** Capture the pods' DNS (UDP 53) to ztunnel's 15053 (default off). */
   dnsCapture?: boolean;
   /** UDP (but captured DNS) and ICMP (but errors): pass uncaptured (default) or drop (ZT_F_NON_TCP_DROP). */
@@ -80,6 +91,13 @@ export class EbpfRedirect implements RedirectMode {
   private ztunnelDone: string | null = null;
   /** Hooked veths whose programs are not (all) this build's, from the last actual(). */
   private readonly outdated = new Set<number>();
+  /** Program ids pinned in our folders (any build's): the XDP programs we may replace or remove. */
+  private ours = new Map<number, string>();
+  /**
+   * Why the XDP hook of a veth (or of ztunnel's eth0, key -1) does not hold ours (a foreign
+   * program left in place, an attach the kernel refused), from the last pass: a finding.
+   */
+  private readonly xdpProblems = new Map<number, string>();
   /** Enrolled veths' device kinds by ifindex (with the name they had, to notice a new device). */
   private readonly kinds = new Map<number, { name: string; kind: string | null }>();
 
@@ -93,6 +111,10 @@ export class EbpfRedirect implements RedirectMode {
     return this.choice().delivery;
   }
 
+  get hook(): Hook {
+    return this.opts.hook ?? 'tc';
+  }
+
   private choice() {
     if (!this.chosen) throw new Error('ebpf mode not initialised');
     return this.chosen;
@@ -102,8 +124,12 @@ export class EbpfRedirect implements RedirectMode {
     this.dir = ensurePinDir(this.opts.pinRoot);
     const variant = this.opts.variant ?? probeVariant();
     const delivery = this.opts.delivery ?? probeDelivery();
+    // With the xdp hook the TC outbound program is loaded too: a veth whose XDP hook holds
+    // someone else's program keeps it, and a switch back to tc has it ready.
     const programs = [PROGRAMS.outbound[variant], PROGRAMS.inbound, PROGRAMS.ztunnel[delivery]];
-    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, programs);
+    const companions = this.hook === 'xdp' ? [{ objectPath: this.xdpObjectPath(), programs: [PROGRAMS.xdp.outbound, PROGRAMS.xdp.napi] }] : [];
+    this.installed = loadOrAdopt(this.opts.objectPath, this.dir, programs, companions);
+    this.ours = pinnedProgramIds(this.dir);
     this.chosen = { variant, delivery };
     const { adopted, migrating, progDir } = this.installed;
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
@@ -112,9 +138,15 @@ export class EbpfRedirect implements RedirectMode {
       progDir,
       variant,
       delivery,
+      hook: this.hook,
       programs: ids,
       migrating,
     });
+  }
+
+  private xdpObjectPath(): string {
+    if (!this.opts.xdpObjectPath) throw new Error('the xdp hook needs the XDP object (--xdp-object)');
+    return this.opts.xdpObjectPath;
   }
 
   private map(name: PinnedMapName): BpfMap {
@@ -141,15 +173,18 @@ export class EbpfRedirect implements RedirectMode {
     const hooks = new Set<number>();
     this.outdated.clear();
     this.pruneQdiscRecords(new Set(candidateLinks));
-    const want = { ingress: this.program(PROGRAMS.outbound[this.variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    const want = this.wanted();
     // A filter at the legacy priority (an older build's) counts as ours and as outdated:
     // apply attaches at our place, then removes it.
     for (const ifindex of candidateLinks) {
-      const ids = POD_HOOKS.map((d) => [d, queryTc(ifindex, d)] as const);
+      const ingress = queryTc(ifindex, 'ingress');
+      const egress = queryTc(ifindex, 'egress');
       const legacy = POD_HOOKS.some((d) => queryTc(ifindex, d, LEGACY_FILTER) !== null);
-      if (!legacy && ids.every(([, id]) => id === null)) continue;
+      const xdp = queryXdp(ifindex);
+      const xdpOurs = xdp !== null && this.ours.has(xdp.id);
+      if (!legacy && ingress === null && egress === null && !xdpOurs) continue;
       hooks.add(ifindex);
-      if (legacy || ids.some(([d, id]) => id !== want[d])) this.outdated.add(ifindex);
+      if (legacy || egress !== want.inbound || !outboundInPlace(this.hook, want, ingress, xdp, xdpOurs)) this.outdated.add(ifindex);
     }
     return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
   }
@@ -181,15 +216,25 @@ export class EbpfRedirect implements RedirectMode {
     const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];
     const out = this.program(PROGRAMS.outbound[variant]).fd;
     const inb = this.program(PROGRAMS.inbound).fd;
+    for (const ifindex of [...this.xdpProblems.keys()]) if (ifindex >= 0 && !desired.hooks.has(ifindex)) this.xdpProblems.delete(ifindex);
     // Replaced in place at our handle and priority: a hook is never empty nor doubled.
+    // One outbound hook per veth, and never none: the new hook's program is in place before
+    // the other's is removed (tc→xdp: XDP attached, then our TC ingress filter removed).
     for (const ifindex of attach) {
-      const a = attachTc(ifindex, 'ingress', out);
       const b = attachTc(ifindex, 'egress', inb);
-      if (a.createdQdisc || b.createdQdisc) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
+      let created = b.createdQdisc;
+      if (this.hook === 'xdp' && this.placeXdp(ifindex)) {
+        detachTc(ifindex, 'ingress');
+      } else {
+        created = attachTc(ifindex, 'ingress', out).createdQdisc || created;
+        if (this.hook === 'tc') this.removeOurXdp(ifindex);
+      }
+      if (created) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
       // Only once ours runs at its place: the hook is never without our program.
       for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
     }
     for (const ifindex of hookDiff.detach) {
+      this.removeOurXdp(ifindex);
       for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
       this.map('counters').delete(codec.encodeU32Key(ifindex));
     }
@@ -200,6 +245,7 @@ export class EbpfRedirect implements RedirectMode {
       const done = commitInstall(this.dir, this.installed!);
       if (done.length) this.opts.log.info('upgrade complete', { done });
       this.installed!.adopted = true;
+      this.ours = pinnedProgramIds(this.dir);
     }
     return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
   }
@@ -209,26 +255,100 @@ export class EbpfRedirect implements RedirectMode {
    * ingress) and reports what runs before our program there, or lets traffic skip it.
    */
   async verify(desired: Desired, links: ReadonlyMap<number, Link>): Promise<Finding[]> {
-    const { variant, delivery } = this.choice();
-    const want = { ingress: this.program(PROGRAMS.outbound[variant]).id, egress: this.program(PROGRAMS.inbound).id };
+    const { delivery } = this.choice();
+    const want = this.wanted();
     const findings: Finding[] = [];
     const veths = [...desired.hooks].map((i) => links.get(i)).filter((l): l is Link => l !== undefined);
     await this.learnKinds(veths);
     for (const l of veths) {
       const bypass = deviceBypass(this.kinds.get(l.ifindex)?.kind ?? null);
       if (bypass) findings.push({ where: 'pod', device: l.name, direction: 'egress', kind: 'bypass', program: bypass });
+      const xdp = queryXdp(l.ifindex);
+      const xdpHolds = this.hook === 'xdp' && xdp?.id === want.xdpOut;
+      const problem = this.xdpProblems.get(l.ifindex);
+      // A program on the XDP hook that is not the one we put there runs before every TC program.
+      if (xdp && !xdpHolds) findings.push({ where: 'pod', device: l.name, direction: 'ingress', kind: 'xdp', program: xdpText(xdp, this.ours, problem) });
+      else if (this.hook === 'xdp' && !xdpHolds && problem)
+        findings.push({ where: 'pod', device: l.name, direction: 'ingress', kind: 'xdp', program: problem });
       for (const direction of POD_HOOKS) {
+        // With xdp_out in place the outbound runs at XDP: TC ingress is not ours to check.
+        if (direction === 'ingress' && xdpHolds) continue;
         const hook = { tcx: listTcx(l.ifindex, direction), tc: listTcFilters(l.ifindex, direction) };
-        findings.push(...programsAhead({ where: 'pod', device: l.name, direction }, hook, { ...OUR_FILTER, progId: want[direction] }));
+        findings.push(
+          ...programsAhead({ where: 'pod', device: l.name, direction }, hook, { ...OUR_FILTER, progId: direction === 'ingress' ? want.tcOut : want.inbound }),
+        );
       }
     }
     const z = desired.ztunnelPlacement;
     if (z) {
-      const hook = withNetns(netnsPath(z.netns), () => ({ tcx: listTcx(z.peer.ifindex, 'ingress'), tc: listTcFilters(z.peer.ifindex, 'ingress') }));
+      const { hook, xdp } = withNetns(netnsPath(z.netns), () => ({
+        hook: { tcx: listTcx(z.peer.ifindex, 'ingress'), tc: listTcFilters(z.peer.ifindex, 'ingress') },
+        xdp: queryXdp(z.peer.ifindex),
+      }));
       const ours = { ...OUR_FILTER, progId: this.program(PROGRAMS.ztunnel[delivery]).id };
       findings.push(...programsAhead({ where: 'ztunnel', device: z.peer.name, direction: 'ingress' }, hook, ours));
+      const napi = this.hook === 'xdp' ? want.napi : null;
+      const problem = this.xdpProblems.get(ZTUNNEL_KEY);
+      if (xdp && xdp.id !== napi)
+        findings.push({ where: 'ztunnel', device: z.peer.name, direction: 'ingress', kind: 'xdp', program: xdpText(xdp, this.ours, problem) });
+      else if (napi !== null && !xdp)
+        findings.push({
+          where: 'ztunnel',
+          device: z.peer.name,
+          direction: 'ingress',
+          kind: 'xdp',
+          program: problem ?? 'our XDP_PASS program (NAPI mode, which XDP redirects into this veth need) is not there',
+        });
     }
     return findings;
+  }
+
+  /** The program ids each hook should hold. */
+  private wanted(): Wanted {
+    const { variant } = this.choice();
+    const xdp = (n: string) => this.installed?.programs.get(n)?.id ?? null;
+    return {
+      tcOut: this.program(PROGRAMS.outbound[variant]).id,
+      inbound: this.program(PROGRAMS.inbound).id,
+      xdpOut: xdp(PROGRAMS.xdp.outbound),
+      napi: xdp(PROGRAMS.xdp.napi),
+    };
+  }
+
+  /**
+   * Puts our XDP program (`name`, xdp_out by default) on a device's XDP hook (of the calling
+   * thread's netns): onto an empty hook, or in place of one of ours (an older build's).
+   * Someone else's program is left where it is. Returns whether ours is there now; when
+   * not, the reason is kept for verify() (a finding) and logged once.
+   */
+  private placeXdp(ifindex: number, key: number = ifindex, name: string = PROGRAMS.xdp.outbound): boolean {
+    const prog = this.program(name);
+    const have = queryXdp(ifindex);
+    if (have?.id === prog.id) {
+      this.xdpProblems.delete(key);
+      return true;
+    }
+    let problem: string;
+    if (have && !this.ours.has(have.id)) {
+      problem = `${xdpText(have, this.ours)}: left in place, ours (${name}) not attached`;
+    } else {
+      try {
+        attachXdp(ifindex, prog.fd, have?.id ?? null);
+        this.xdpProblems.delete(key);
+        return true;
+      } catch (err) {
+        problem = `our ${name} could not be attached: ${(err as Error).message.split('\n')[0]}`;
+      }
+    }
+    if (this.xdpProblems.get(key) !== problem) this.opts.log.warn('XDP hook not ours', { ifindex, ztunnel: key === ZTUNNEL_KEY, problem });
+    this.xdpProblems.set(key, problem);
+    return false;
+  }
+
+  /** Removes our XDP program (any build's) from a device of the calling thread's netns; others' stay. */
+  private removeOurXdp(ifindex: number): void {
+    const have = queryXdp(ifindex);
+    if (have && this.ours.has(have.id)) detachXdp(ifindex, have.id);
   }
 
   /**
@@ -252,6 +372,11 @@ export class EbpfRedirect implements RedirectMode {
       await configureZtunnelNetns(z.netns, delivery, this.opts.runner);
       this.ztunnelDone = z.netns;
     }
+    // NAPI mode on ztunnel's eth0 before any pod's frames are redirected at XDP into it.
+    withNetns(path, () => {
+      if (this.hook === 'xdp') this.placeXdp(z.peer.ifindex, ZTUNNEL_KEY, PROGRAMS.xdp.napi);
+      else this.removeOurXdp(z.peer.ifindex);
+    });
     const [have, legacy] = withNetns(path, () => [queryTc(z.peer.ifindex, 'ingress'), queryTc(z.peer.ifindex, 'ingress', LEGACY_FILTER)]);
     if (have === prog.id && legacy === null) return;
     const a = withNetns(path, () => attachTc(z.peer.ifindex, 'ingress', prog.fd));
@@ -326,6 +451,37 @@ export class EbpfRedirect implements RedirectMode {
   }
 }
 
+/** The key of ztunnel's eth0 in xdpProblems (veths are keyed by their ifindex, never negative). */
+const ZTUNNEL_KEY = -1;
+
+interface Wanted {
+  tcOut: number;
+  inbound: number;
+  /** null: the xdp hook's programs are not loaded (hook tc). */
+  xdpOut: number | null;
+  napi: number | null;
+}
+
+/**
+ * Whether a veth's outbound hook is as the chosen hook wants: tc, our TC ingress filter and
+ * none of our XDP programs; xdp, our xdp_out and no TC ingress filter of ours, or, while
+ * someone else's XDP program holds the hook, our TC ingress filter behind it.
+ */
+function outboundInPlace(hook: Hook, want: Wanted, ingress: number | null, xdp: XdpProgram | null, xdpOurs: boolean): boolean {
+  if (hook === 'tc') return ingress === want.tcOut && !xdpOurs;
+  if (xdp?.id === want.xdpOut) return ingress === null;
+  return xdp !== null && !xdpOurs && ingress === want.tcOut;
+}
+
+/** An XDP program on a hook, in words (whether it is ours and why it is there). */
+function xdpText(p: XdpProgram, ours: ReadonlyMap<number, string>, problem?: string): string {
+  const mine = ours.get(p.id);
+  const name = mine ?? programName(p.id);
+  const what = `${p.mode} XDP program ${p.id}${name ? ` ${name}` : ''}`;
+  if (mine) return `${what} (ours, not the one this build wants there)`;
+  return problem ?? `${what} (not ours) runs before our TC programs`;
+}
+
 /** ztunnel's placement from the pinned slot: where uninstall finds its netns. */
 async function pinnedZtunnel(pinRoot: string, runner: CommandRunner): Promise<ZtunnelPlacement | null> {
   const path = join(pinDir(pinRoot), 'ztunnel');
@@ -367,7 +523,7 @@ function deviceRecords(pinRoot: string): Map<string, number> {
 }
 
 /**
- * Removes our filters from every link of this netns and from ztunnel's eth0, the clsact
+ * Removes our filters and XDP programs from every link of this netns and from ztunnel's eth0, the clsact
  * qdiscs we created (as the pinned qdiscs map records) once they are empty, the rules in
  * ztunnel's netns, and our pins. Other filters, and qdiscs someone else created or that
  * still hold filters, stay. Every step runs even when another failed; the report says
@@ -376,10 +532,17 @@ function deviceRecords(pinRoot: string): Map<string, number> {
 export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Promise<CleanupReport> {
   const c = new Cleanup();
   const records = (await c.step('read the pinned qdiscs record', () => deviceRecords(pinRoot))) ?? new Map<string, number>();
+  // Our XDP programs are known by id, from our pins (any build's): others' XDP programs stay.
+  const ourProgs = (await c.step('read our pinned programs', () => pinnedProgramIds(pinDir(pinRoot)))) ?? new Map<number, string>();
+  const removeXdp = (ifindex: number, where: string) => {
+    const have = queryXdp(ifindex);
+    if (have && ourProgs.has(have.id) && detachXdp(ifindex, have.id)) c.removed.push(`detached XDP program ${ourProgs.get(have.id)} from ${where}`);
+  };
   const ours = new Set([...records].filter(([, f]) => f & codec.QdiscFlags.CREATED).map(([k]) => k));
   const zt = await c.step('find ztunnel from the pinned slot', () => pinnedZtunnel(pinRoot, runner));
   if (zt) {
     const path = netnsPath(zt.netns);
+    await c.step(`detach our XDP program from eth0 in ${zt.netns}`, () => withNetns(path, () => removeXdp(zt.peer.ifindex, `eth0 in ${zt.netns}`)));
     for (const f of [OUR_FILTER, LEGACY_FILTER]) {
       await c.step(`detach our ingress filter from eth0 in ${zt.netns}`, () => {
         if (withNetns(path, () => detachTc(zt.peer.ifindex, 'ingress', f))) c.removed.push(`detached ingress filter from eth0 in ${zt.netns}`);
@@ -398,6 +561,7 @@ export async function uninstallEbpf(pinRoot: string, runner: CommandRunner): Pro
   const links = (await c.step("read the node's links", async () => parseLinks(await runner.run(['ip', '-j', 'link', 'show'])))) ?? new Map();
   for (const link of links.values()) {
     await c.step(`detach our filters from ${link.name}`, async () => {
+      removeXdp(link.ifindex, link.name);
       for (const direction of POD_HOOKS) {
         for (const f of [OUR_FILTER, LEGACY_FILTER]) {
           if (detachTc(link.ifindex, direction, f)) c.removed.push(`detached ${direction} filter from ${link.name}`);
