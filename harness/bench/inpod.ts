@@ -43,6 +43,7 @@ import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
+import { cpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
@@ -90,6 +91,8 @@ export interface InpodBenchOptions {
   concurrency: number;
   /** Ends of `none` and the terminating scenarios: native always; js adds `none-js`, `<capture>-js`. */
   endpoints: readonly PeerKind[];
+  /** Turn the kernel's BPF run statistics on for the run (and back) and report the capture programs' share. */
+  bpfStats?: boolean;
 }
 
 /** The suffix of a capture's scenario with the relaying stand-in. */
@@ -127,6 +130,10 @@ export interface InpodSample {
   workload: Workload;
   rate: number;
   errors: number;
+  /** The machine's busy CPU time over the client's run per operation (connection, round trip, byte), ns. */
+  cpuNsPerOp?: number;
+  /** With --bpf-stats: the capture's TC programs in the pod, runs and run time per operation. */
+  bpf?: { runsPerOp: number; nsPerOp: number };
 }
 
 /** The JS server's ports outside (the relay and the JS ends go there). */
@@ -213,7 +220,13 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(WORKLOADS, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
+            const cpu0 = cpuNow().busy;
+            const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
             const r = await runClient(pod.ns, current.ends, workload, sim.outside.ip, PORTS[current.ends], o);
+            const cpu1 = cpuNow().busy;
+            const progs = o.bpfStats ? Object.values(progDelta(prog0, await tcProgStats(pod.ns, 'eth0'))) : [];
+            // Operations over the whole run (warm-up too), as the CPU time covers it.
+            const ops = r.rate * (o.seconds + o.warmupSeconds);
             const succeeded = r.connections - r.errors;
             const nativeNow = async () => (nativeStandIn ? await standInCounts(nativeStandIn) : none);
             const jsCarries = bench !== null && current.ends === 'js';
@@ -227,7 +240,11 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
                 throw new Error(`${scenario} ${workload}: the ${kind} stand-in took ${n} of ${r.connections} connections (${r.errors} failed)`);
             }
             if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
-            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors });
+            const cost = ops > 0 ? { cpuNsPerOp: (cpu1 - cpu0) / ops } : {};
+            const bpf = progs.length
+              ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
+              : {};
+            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, ...cost, ...bpf });
             say(
               `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}`,
             );
@@ -284,6 +301,28 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   return lines.join('\n');
 }
 
+/**
+ * Where the time goes (with --bpf-stats): per scenario and workload, the machine's busy CPU
+ * per operation and the capture's TC programs' runs and run time per operation (medians).
+ */
+export function inpodCostTable(samples: readonly InpodSample[]): string {
+  const lines = ['cost per operation (connection, round trip; stream: per KiB): machine busy CPU | capture programs: runs, run time'];
+  const scenarios = [...new Set(samples.map((s) => s.scenario))];
+  for (const sc of scenarios) {
+    const cells = WORKLOADS.map((w) => {
+      const xs = samples.filter((s) => s.scenario === sc && s.workload === w && s.cpuNsPerOp !== undefined);
+      if (xs.length === 0) return '–';
+      const k = w === 'stream' ? 1024 : 1;
+      const cpu = median(xs.map((s) => s.cpuNsPerOp! * k));
+      const b = xs.filter((s) => s.bpf);
+      const bpf = b.length ? ` | ${median(b.map((s) => s.bpf!.runsPerOp * k)).toFixed(1)} runs ${median(b.map((s) => s.bpf!.nsPerOp * k)).toFixed(0)} ns` : '';
+      return `${w} ${(cpu / 1000).toFixed(1)} µs${bpf}`;
+    });
+    lines.push(`cost ${sc.padEnd(16)} ${cells.join('; ')}`);
+  }
+  return lines.join('\n');
+}
+
 /** Issue 18's goals for in-pod eBPF over in-pod iptables, by workload. */
 const INPOD_GOALS: Record<Workload, Goal> = { crr: { kind: 'atLeast', value: 1.3 }, rr: { kind: 'atLeast', value: 1.15 }, stream: { kind: 'none' } };
 const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'request/response', stream: 'stream throughput' };
@@ -313,6 +352,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
       warmup: { type: 'string' },
       concurrency: { type: 'string' },
       endpoints: { type: 'string' },
+      'bpf-stats': { type: 'boolean' },
     },
     strict: true,
   });
@@ -340,6 +380,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 256, true),
     endpoints: parseEndpoints(values.endpoints),
+    bpfStats: values['bpf-stats'] === true,
   };
 }
 
@@ -351,9 +392,11 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`inpod bench: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  runInpodBench(options, (l) => process.stderr.write(`${l}\n`)).then(
+  const run = () => runInpodBench(options, (l) => process.stderr.write(`${l}\n`));
+  (options.bpfStats ? withBpfStats(run) : run()).then(
     (samples) => {
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
+      if (options.bpfStats) process.stdout.write(`${inpodCostTable(samples)}\n`);
       const figures = inpodFigures(samples);
       if (figures.length) process.stdout.write(`${figuresLine(figures)}\n`);
       process.exit(0);

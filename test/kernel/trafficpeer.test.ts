@@ -154,6 +154,65 @@ function suite(): void {
     TIMEOUT,
   );
 
+  it(
+    'flood: the frames arrive, checksums right (UDP to a closed port counts as NoPorts; SYNs as segments), at the rate asked',
+    async () => {
+      const pod = sim.pods[0]!;
+      const [neigh] = JSON.parse(await systemRunner.run(['ip', '-n', pod.ns, '-j', 'neigh', 'show', 'dev', 'eth0', 'to', '169.254.1.1'])) as {
+        lladdr: string;
+      }[];
+      const snmp = async (proto: 'Udp' | 'Tcp') => {
+        const lines = (await systemRunner.run(['ip', 'netns', 'exec', sim.outside.ns, 'cat', '/proc/net/snmp']))
+          .split('\n')
+          .filter((l) => l.startsWith(`${proto}:`));
+        const names = lines[0]!.split(/\s+/);
+        const values = lines[1]!.split(/\s+/).map(Number);
+        return Object.fromEntries(names.map((n, i) => [n, values[i]!])) as Record<string, number>;
+      };
+      const flood = async (kind: string, port: number) => {
+        const out = await systemRunner.run([
+          'ip',
+          'netns',
+          'exec',
+          pod.ns,
+          nativePeerBin(),
+          'flood',
+          kind,
+          '--dev',
+          'eth0',
+          '--dst-mac',
+          neigh!.lladdr,
+          '--to',
+          sim.outside.ip,
+          '--port',
+          String(port),
+          '--seconds',
+          '0.5',
+          '--rate',
+          '2000',
+        ]);
+        return JSON.parse(out.split('\n').find((l) => l.includes('"event":"flood"'))!) as { sent: number; rate: number; errors: number };
+      };
+      const u0 = await snmp('Udp');
+      const udp = await flood('udp', 9999);
+      await new Promise((r) => setTimeout(r, 200));
+      const u1 = await snmp('Udp');
+      expect(udp.errors).toBe(0);
+      expect(udp.sent).toBeGreaterThan(500);
+      expect(udp.sent).toBeLessThan(1300);
+      expect(u1.NoPorts! - u0.NoPorts!).toBe(udp.sent);
+      expect(u1.InCsumErrors).toBe(u0.InCsumErrors);
+      const t0 = await snmp('Tcp');
+      const syn = await flood('syn', 9300);
+      await new Promise((r) => setTimeout(r, 200));
+      const t1 = await snmp('Tcp');
+      expect(syn.sent).toBeGreaterThan(500);
+      expect(t1.InSegs! - t0.InSegs!).toBeGreaterThanOrEqual(syn.sent);
+      expect(t1.InCsumErrors).toBe(t0.InCsumErrors);
+    },
+    TIMEOUT,
+  );
+
   it('bad arguments: a clear message and exit status 2', () => {
     const run = (...args: string[]) => spawnSync(nativePeerBin(), args, { encoding: 'utf8', input: '' });
     const cases: [string[], string][] = [
@@ -167,6 +226,9 @@ function suite(): void {
       [['ztunnel', '--terminate', '9000', '--listen', '15001,x'], '--listen must be an integer in 1..65535, got "x"'],
       [['ztunnel', '--listen', '15001'], 'ztunnel: --terminate is required'],
       [['serve', '--port', '9000', '--bogus'], 'serve: unknown flag "--bogus"'],
+      [['flood', 'icmp'], 'flood: name udp or syn'],
+      [['flood', 'udp', '--dev', 'eth0', '--dst-mac', 'zz:00:00:00:00:00', '--to', '198.19.0.2', '--port', '9'], '--dst-mac must be a MAC address'],
+      [['flood', 'syn', '--dev', 'eth0', '--dst-mac', '02:00:00:00:00:01', '--to', '::1', '--port', '9'], 'flood: --to must be an IPv4 address'],
     ];
     for (const [args, message] of cases) {
       const r = run(...args);

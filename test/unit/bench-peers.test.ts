@@ -5,6 +5,8 @@
  * in test/kernel/trafficpeer.test.ts.
  */
 import { describe, expect, it } from 'vitest';
+import { cpuNs, progDelta } from '../../harness/bench/cost.js';
+import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
 import { inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
 import { parseEndpoints, parseResult } from '../../harness/bench/peers.js';
 import { JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
@@ -127,5 +129,45 @@ describe('report with JS ends beside the native ones', () => {
     expect(md).toContain('The terminating pair again with Node.js at both ends');
     const nativeOnly = renderMarkdown({ ...input, traffic: { ...traffic, samples: samples.filter((s) => !s.scenario.endsWith('-js')) } });
     expect(nativeOnly).not.toContain('The terminating pair again');
+  });
+});
+
+describe('TC/XDP hooks bench and cost readings', () => {
+  it('reads /proc/stat busy and kernel time, and refuses a line it does not know', () => {
+    expect(cpuNs('cpu  10 2 30 400 5 6 7 0 0 0\ncpu0 1 1 1 1 1 1 1\n')).toEqual({ busy: (10 + 2 + 30 + 6 + 7) * 1e7, kernel: (30 + 6 + 7) * 1e7 });
+    expect(() => cpuNs('intr 1 2 3')).toThrow('/proc/stat: unexpected first line "intr 1 2 3"');
+    expect(progDelta({ a: { runTimeNs: 10, runCount: 1 } }, { a: { runTimeNs: 25, runCount: 4 }, b: { runTimeNs: 3, runCount: 1 } })).toEqual({
+      a: { runTimeNs: 15, runCount: 3 },
+      b: { runTimeNs: 3, runCount: 1 },
+    });
+  });
+
+  it("reads the flood's line and the pod's resets, field by field", () => {
+    const line = '{"event":"flood","kind":"udp","sent":100,"errors":0,"seconds":1.000000,"rate":100.000,"cpuUser":0.010000,"cpuSystem":0.200000}';
+    expect(parseFlood(`x\n${line}\n`)).toMatchObject({ sent: 100, cpuSystem: 0.2 });
+    expect(() => parseFlood('nothing')).toThrow('flood: no result');
+    expect(() => parseFlood(line.replace('"sent":100', '"sent":"many"'))).toThrow('flood: field sent is many');
+    const snmp = 'Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm ActiveOpens OutRsts InCsumErrors\nTcp: 1 5 42 0\n';
+    expect(outRsts(snmp)).toBe(42);
+    expect(() => outRsts('Ip: Forwarding\nIp: 1\n')).toThrow('no Tcp OutRsts');
+  });
+
+  it('figures are per-round paired xdp / tc ratios, with CPU per frame for each flood', () => {
+    const samples: HookSample[] = [0, 1, 2].flatMap((round) => [
+      { round, hook: 'tc' as const, workload: 'crr' as const, rate: 100 },
+      { round, hook: 'xdp' as const, workload: 'crr' as const, rate: 150 },
+      { round, hook: 'tc' as const, workload: 'flood-spoof' as const, rate: 1000, sent: 1000, delivered: 0, senderNsPerFrame: 800, machineNsPerFrame: 1600 },
+      { round, hook: 'xdp' as const, workload: 'flood-spoof' as const, rate: 2000, sent: 2000, delivered: 0, senderNsPerFrame: 400, machineNsPerFrame: 1600 },
+    ]);
+    const f = hookFigures(samples);
+    expect(f.map((x) => [x.label, x.value, x.n])).toEqual([
+      ['xdp / tc hook: connections/s', 1.5, 3],
+      ['xdp / tc hook: UDP flood, forged source: frames sent/s', 2, 3],
+      ['xdp / tc hook: UDP flood, forged source: sender CPU per frame', 0.5, 3],
+      ['xdp / tc hook: UDP flood, forged source: kernel CPU per frame (machine)', 1, 3],
+    ]);
+    expect(hookTable(samples)).toMatch(/^flood-spoof\s+1000\/s 0% 800ns\s+2000\/s 0% 400ns$/m);
+    expect(parseHookOptions(['--rounds', '2', '--flood-seconds', '0.5'])).toMatchObject({ rounds: 2, floodSeconds: 0.5 });
+    expect(() => parseHookOptions(['--flood-seconds', '0'])).toThrow('--flood-seconds: "0" is not a number in 0.2..30');
   });
 });

@@ -25,6 +25,14 @@
  *       {"event":"result","workload",...,"count","seconds","rate","connections","errors",
  *       "synRetrans"}. crr runs N connect loops at once (threads), on P; rr on P+1, stream
  *       on P+2.
+ *   trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S]
+ *                   [--src IP] [--rate PPS]
+ *       Small IPv4 frames written on IF as they are (AF_PACKET, batches of 64 by
+ *       sendmmsg), as fast as possible or at PPS, for S seconds: udp = 64-byte frames (22
+ *       bytes of payload), syn = 54-byte TCP SYNs; each frame a new source port. --src
+ *       forges the source address (default IF's own). One JSON line: {"event":"flood",
+ *       "kind","sent","errors","seconds","rate","cpuUser","cpuSystem"} (this process's
+ *       CPU seconds, getrusage).
  *
  * Exit status: 0; 2 with a message on stderr for bad arguments; 1 for a failed syscall.
  */
@@ -32,6 +40,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -67,7 +80,8 @@ static const char *const WORKLOAD_NAME[] = {"crr", "rr", "stream"};
 static const char *const USAGE =
     "usage: trafficpeer serve --port P [--threads N]\n"
     "       trafficpeer ztunnel --terminate T --listen L[,L...] [--direct] [--standby] [--netns-fd N] [--threads N]\n"
-    "       trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N]\n";
+    "       trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N]\n"
+    "       trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S] [--src IP] [--rate PPS]\n";
 
 static void usage_error(const char *fmt, ...) {
   va_list ap;
@@ -94,7 +108,8 @@ static double now_s(void) {
 /* --- arguments ------------------------------------------------------------------------- */
 
 struct args {
-  long port, terminate, threads, netns_fd, concurrency;
+  long port, terminate, threads, netns_fd, concurrency, rate;
+  const char *dev, *dst_mac, *src;
   double seconds, warmup;
   const char *to;
   long listen[MAX_LISTEN_PORTS];
@@ -159,6 +174,10 @@ static void parse_args(const char *role, const char *allowed, int argc, char **a
     else if (!strcmp(name, "seconds")) a->seconds = num_arg(name, v, 0, 60);
     else if (!strcmp(name, "warmup")) a->warmup = num_arg(name, v, 1, 10);
     else if (!strcmp(name, "to")) a->to = v;
+    else if (!strcmp(name, "dev")) a->dev = v;
+    else if (!strcmp(name, "dst-mac")) a->dst_mac = v;
+    else if (!strcmp(name, "src")) a->src = v;
+    else if (!strcmp(name, "rate")) a->rate = int_arg(name, v, 1, 100000000);
     else if (!strcmp(name, "listen")) parse_listen(a, v);
   }
 }
@@ -701,6 +720,156 @@ static int do_client(const char *role, struct args *a) {
   return 0;
 }
 
+/* --- flood ------------------------------------------------------------------------------ */
+
+#define FLOOD_BATCH 64
+#define UDP_FRAME 64
+#define SYN_FRAME 54
+
+static uint16_t csum_fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return (uint16_t)~sum;
+}
+
+static uint32_t csum_add(uint32_t sum, const unsigned char *p, size_t n) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += (uint32_t)(p[i] << 8 | p[i + 1]);
+  if (n & 1) sum += (uint32_t)(p[n - 1] << 8);
+  return sum;
+}
+
+/* Ethernet + IPv4 (+ UDP with 22 bytes of payload, or a TCP SYN) from `src` port `sport`. */
+static size_t build_frame(unsigned char *f, int syn, const unsigned char *smac, const unsigned char *dmac, struct in_addr src, struct in_addr dst,
+                          uint16_t sport, uint16_t dport) {
+  size_t len = syn ? SYN_FRAME : UDP_FRAME;
+  size_t l4 = len - 34;
+  memset(f, 0, len);
+  memcpy(f, dmac, 6);
+  memcpy(f + 6, smac, 6);
+  f[12] = 0x08;
+  unsigned char *ip = f + 14, *t = f + 34;
+  ip[0] = 0x45;
+  ip[2] = (unsigned char)((20 + l4) >> 8);
+  ip[3] = (unsigned char)(20 + l4);
+  ip[6] = 0x40; /* DF */
+  ip[8] = 64;
+  ip[9] = syn ? IPPROTO_TCP : IPPROTO_UDP;
+  memcpy(ip + 12, &src, 4);
+  memcpy(ip + 16, &dst, 4);
+  uint16_t c = csum_fold(csum_add(0, ip, 20));
+  ip[10] = (unsigned char)(c >> 8);
+  ip[11] = (unsigned char)c;
+  t[0] = (unsigned char)(sport >> 8);
+  t[1] = (unsigned char)sport;
+  t[2] = (unsigned char)(dport >> 8);
+  t[3] = (unsigned char)dport;
+  if (syn) {
+    t[4] = (unsigned char)(sport * 2654435761u >> 24); /* some sequence number */
+    t[12] = 0x50; /* 20-byte header */
+    t[13] = 0x02; /* SYN */
+    t[14] = 0xff;
+    t[15] = 0xff;
+  } else {
+    t[4] = (unsigned char)(l4 >> 8);
+    t[5] = (unsigned char)l4;
+    memset(t + 8, 0x66, l4 - 8);
+  }
+  /* The pseudo-header, then the segment: a receiver that checks must accept it. */
+  unsigned char pseudo[12];
+  memcpy(pseudo, ip + 12, 8);
+  pseudo[8] = 0;
+  pseudo[9] = ip[9];
+  pseudo[10] = (unsigned char)(l4 >> 8);
+  pseudo[11] = (unsigned char)l4;
+  c = csum_fold(csum_add(csum_add(0, pseudo, 12), t, l4));
+  if (!syn && c == 0) c = 0xffff;
+  t[syn ? 16 : 6] = (unsigned char)(c >> 8);
+  t[syn ? 17 : 7] = (unsigned char)c;
+  return len;
+}
+
+static void parse_mac(const char *s, unsigned char *mac) {
+  unsigned v[6];
+  char tail;
+  if (sscanf(s, "%x:%x:%x:%x:%x:%x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &tail) != 6) usage_error("--dst-mac must be a MAC address, got \"%s\"", s);
+  for (int i = 0; i < 6; i++) {
+    if (v[i] > 255) usage_error("--dst-mac must be a MAC address, got \"%s\"", s);
+    mac[i] = (unsigned char)v[i];
+  }
+}
+
+static int do_flood(const char *kind, struct args *a) {
+  int syn = !strcmp(kind, "syn");
+  if (!a->dev) usage_error("flood: --dev is required");
+  if (!a->dst_mac) usage_error("flood: --dst-mac is required");
+  if (!a->to) usage_error("flood: --to is required");
+  if (!a->port) usage_error("flood: --port is required");
+  unsigned char dmac[6], smac[6];
+  parse_mac(a->dst_mac, dmac);
+  struct in_addr dst, src;
+  if (inet_pton(AF_INET, a->to, &dst) != 1) usage_error("flood: --to must be an IPv4 address, got \"%s\"", a->to);
+  if (strlen(a->dev) >= IFNAMSIZ) usage_error("flood: --dev: no such interface \"%s\"", a->dev);
+  unsigned ifindex = if_nametoindex(a->dev);
+  if (!ifindex) usage_error("flood: --dev: no such interface \"%s\"", a->dev);
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+  if (fd < 0) fail("socket(AF_PACKET)");
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof(ifr));
+  strcpy(ifr.ifr_name, a->dev);
+  if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) fail("SIOCGIFHWADDR");
+  memcpy(smac, ifr.ifr_hwaddr.sa_data, 6);
+  if (a->src) {
+    if (inet_pton(AF_INET, a->src, &src) != 1) usage_error("flood: --src must be an IPv4 address, got \"%s\"", a->src);
+  } else {
+    int u = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    memset(&ifr, 0, sizeof(ifr));
+    strcpy(ifr.ifr_name, a->dev);
+    ifr.ifr_addr.sa_family = AF_INET;
+    if (u < 0 || ioctl(u, SIOCGIFADDR, &ifr) < 0) fail("SIOCGIFADDR (the device's IPv4 address)");
+    src = ((struct sockaddr_in *)&ifr.ifr_addr)->sin_addr;
+    close(u);
+  }
+  struct sockaddr_ll sll = {.sll_family = AF_PACKET, .sll_ifindex = (int)ifindex, .sll_halen = ETH_ALEN};
+  memcpy(sll.sll_addr, dmac, 6);
+  static unsigned char frames[FLOOD_BATCH][64];
+  struct iovec iov[FLOOD_BATCH];
+  struct mmsghdr msgs[FLOOD_BATCH];
+  memset(msgs, 0, sizeof(msgs));
+  unsigned long long sent = 0, errors = 0;
+  uint16_t sport = 1024;
+  double start = now_s(), until = start + a->seconds;
+  for (;;) {
+    double t = now_s();
+    if (t >= until) break;
+    if (a->rate && (double)sent > (t - start) * (double)a->rate) {
+      struct timespec pause_ts = {0, 50000};
+      nanosleep(&pause_ts, NULL);
+      continue;
+    }
+    for (int i = 0; i < FLOOD_BATCH; i++) {
+      iov[i].iov_base = frames[i];
+      iov[i].iov_len = build_frame(frames[i], syn, smac, dmac, src, dst, sport, (uint16_t)a->port);
+      sport = sport == 65535 ? 1024 : (uint16_t)(sport + 1);
+      msgs[i].msg_hdr = (struct msghdr){.msg_name = &sll, .msg_namelen = sizeof(sll), .msg_iov = &iov[i], .msg_iovlen = 1};
+    }
+    int n = sendmmsg(fd, msgs, FLOOD_BATCH, 0);
+    if (n < 0) {
+      if (errno != ENOBUFS && errno != EAGAIN && errno != EINTR) fail("sendmmsg");
+      errors += FLOOD_BATCH;
+      continue;
+    }
+    sent += (unsigned long long)n;
+    errors += (unsigned long long)(FLOOD_BATCH - n);
+  }
+  double seconds = now_s() - start;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  printf("{\"event\":\"flood\",\"kind\":\"%s\",\"sent\":%llu,\"errors\":%llu,\"seconds\":%.6f,\"rate\":%.3f,\"cpuUser\":%.6f,\"cpuSystem\":%.6f}\n", kind, sent, errors,
+         seconds, (double)sent / seconds, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6, (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6);
+  fflush(stdout);
+  close(fd);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2) usage_error("name a role");
@@ -720,6 +889,11 @@ int main(int argc, char **argv) {
       return do_client(role, &a);
     }
   }
-  usage_error("unknown role \"%s\" (serve, ztunnel, crr, rr, stream)", role);
+  if (!strcmp(role, "flood")) {
+    if (argc < 3 || (strcmp(argv[2], "udp") != 0 && strcmp(argv[2], "syn") != 0)) usage_error("flood: name udp or syn");
+    parse_args("flood", " dev dst-mac to port seconds src rate ", argc - 3, argv + 3, &a);
+    return do_flood(argv[2], &a);
+  }
+  usage_error("unknown role \"%s\" (serve, ztunnel, crr, rr, stream, flood)", role);
   return 2;
 }
