@@ -395,6 +395,9 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const run = () => runInpodBench(options, (l) => process.stderr.write(`${l}\n`));
   (options.bpfStats ? withBpfStats(run) : run()).then(
     (samples) => {
+      process.stdout.write(
+        "ends: native (build/trafficpeer: the pod's client, the outside server, and the listeners the capture finds in the pod) for none and the terminating captures; Node.js (traffic-peer.ts, the JS stand-in's relay) for <capture>-relay\n",
+      );
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
       if (options.bpfStats) process.stdout.write(`${inpodCostTable(samples)}\n`);
       const figures = inpodFigures(samples);
