@@ -22,6 +22,18 @@ export function cpuNs(stat: string): { busy: number; kernel: number } {
 
 export const cpuNow = (): { busy: number; kernel: number } => cpuNs(readFileSync('/proc/stat', 'utf8'));
 
+/** utime + stime of a process (all its threads) from /proc/PID/stat, seconds. */
+export function processCpuSeconds(stat: string): number {
+  // The command name may hold spaces and parentheses: fields count from the last ')'.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const utime = Number(f[11]);
+  const stime = Number(f[12]);
+  if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error(`/proc/PID/stat: unexpected "${stat.slice(0, 80)}"`);
+  return (utime + stime) * (TICK_NS / 1e9);
+}
+
+export const processCpuNow = (pid: number): number => processCpuSeconds(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+
 export interface ProgStats {
   /** Program name -> cumulative run time (ns) and runs, summed over the programs of that name. */
   [name: string]: { runTimeNs: number; runCount: number };

@@ -43,7 +43,7 @@ import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
-import { cpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
+import { cpuNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
@@ -132,6 +132,8 @@ export interface InpodSample {
   errors: number;
   /** The machine's busy CPU time over the client's run per operation (connection, round trip, byte), ns. */
   cpuNsPerOp?: number;
+  /** Native ends: the client's and the answering end's (server or stand-in) own CPU time per operation, ns. */
+  endsNsPerOp?: number;
   /** With --bpf-stats: the capture's TC programs in the pod, runs and run time per operation. */
   bpf?: { runsPerOp: number; nsPerOp: number };
 }
@@ -167,7 +169,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
     fd = openSync(`/var/run/netns/${pod.ns}`, 'r');
     const podNetns = { uid: UID, namespace: 'bench', name: pod.name, ips: [pod.ip, pod.ip6], fd };
     servers.push(await startPeer(sim.outside.ns, 'js', ['serve', '--port', String(PORT)]));
-    servers.push(await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)]));
+    const nativeServer = await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)]);
+    servers.push(nativeServer);
     zds = new ZdsServer({ path: join(dir, 'ztunnel.sock'), log });
     let accepted = 0;
     const onEvent = (e: StandInEvent) => {
@@ -220,10 +223,14 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(WORKLOADS, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
+            // The answering end: the native stand-in when it terminates, else the outside server.
+            const answerer = current.ends === 'native' ? (nativeStandIn ?? (bench ? null : nativeServer)) : null;
+            const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const cpu0 = cpuNow().busy;
             const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
             const r = await runClient(pod.ns, current.ends, workload, sim.outside.ip, PORTS[current.ends], o);
             const cpu1 = cpuNow().busy;
+            const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const progs = o.bpfStats ? Object.values(progDelta(prog0, await tcProgStats(pod.ns, 'eth0'))) : [];
             // Operations over the whole run (warm-up too), as the CPU time covers it.
             const ops = r.rate * (o.seconds + o.warmupSeconds);
@@ -240,7 +247,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
                 throw new Error(`${scenario} ${workload}: the ${kind} stand-in took ${n} of ${r.connections} connections (${r.errors} failed)`);
             }
             if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
-            const cost = ops > 0 ? { cpuNsPerOp: (cpu1 - cpu0) / ops } : {};
+            const ends = (r.cpuSeconds ?? NaN) + (end1 - end0);
+            const cost = ops > 0 ? { cpuNsPerOp: (cpu1 - cpu0) / ops, ...(Number.isFinite(ends) && { endsNsPerOp: (ends * 1e9) / ops }) } : {};
             const bpf = progs.length
               ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
               : {};
@@ -306,7 +314,9 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
  * per operation and the capture's TC programs' runs and run time per operation (medians).
  */
 export function inpodCostTable(samples: readonly InpodSample[]): string {
-  const lines = ['cost per operation (connection, round trip; stream: per KiB): machine busy CPU | capture programs: runs, run time'];
+  const lines = [
+    "cost per operation (connection, round trip; stream: per KiB): machine busy CPU, native ends' own CPU (client + server or stand-in) | capture programs: runs, run time",
+  ];
   const scenarios = [...new Set(samples.map((s) => s.scenario))];
   for (const sc of scenarios) {
     const cells = WORKLOADS.map((w) => {
@@ -314,9 +324,11 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
       if (xs.length === 0) return '–';
       const k = w === 'stream' ? 1024 : 1;
       const cpu = median(xs.map((s) => s.cpuNsPerOp! * k));
+      const e = xs.filter((s) => s.endsNsPerOp !== undefined);
+      const endsText = e.length ? `, ends ${(median(e.map((s) => s.endsNsPerOp! * k)) / 1000).toFixed(1)} µs` : '';
       const b = xs.filter((s) => s.bpf);
       const bpf = b.length ? ` | ${median(b.map((s) => s.bpf!.runsPerOp * k)).toFixed(1)} runs ${median(b.map((s) => s.bpf!.nsPerOp * k)).toFixed(0)} ns` : '';
-      return `${w} ${(cpu / 1000).toFixed(1)} µs${bpf}`;
+      return `${w} ${(cpu / 1000).toFixed(1)} µs${endsText}${bpf}`;
     });
     lines.push(`cost ${sc.padEnd(16)} ${cells.join('; ')}`);
   }
@@ -330,16 +342,30 @@ const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'req
 /** In-pod ebpf / in-pod iptables per workload: per-round ratios, their interval and verdict (both captures run). */
 export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
   const rounds = [...new Set(samples.map((s) => s.round))];
-  const rate = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r)?.rate;
+  const at = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
   if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
-  return WORKLOADS.map((w) => {
-    const pairs = rounds.flatMap((r) => {
-      const num = rate('ebpf', w, r);
-      const den = rate('iptables', w, r);
-      return num !== undefined && den !== undefined ? [{ num, den }] : [];
+  const pairs = (w: Workload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
+    rounds.flatMap((r) => {
+      const a = at(num, w, r);
+      const b = at(den, w, r);
+      const x = a && value(a);
+      const y = b && value(b);
+      return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
-    return figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs));
+  const rates = WORKLOADS.map((w) =>
+    figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate))),
+  );
+  // The same comparison in CPU: what the native ends (client and the stand-in, with the
+  // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
+  // ebpf cheaper). On a shared machine a rate follows the CPU share it gets as much as its
+  // cost; this follows the cost.
+  const cpu = (['crr', 'rr'] as const).flatMap((w) => {
+    const p = pairs(w, 'iptables', 'ebpf', (s) => s.endsNsPerOp);
+    return p.length
+      ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${w === 'crr' ? 'connection' : 'round trip'}`, '×', { kind: 'none' }, ratioInterval(p, 7))]
+      : [];
   });
+  return [...rates, ...cpu];
 }
 
 export function parseOptions(argv: string[]): InpodBenchOptions {

@@ -47,6 +47,8 @@ export interface PeerResult {
   errors: number;
   /** SYNs this netns retransmitted meanwhile (a lost SYN costs a second): TcpExt TCPSynRetrans. */
   synRetrans: number;
+  /** The native peer only (tools/trafficpeer): its own CPU time over the run, seconds. */
+  cpuSeconds?: number;
 }
 
 /** TcpExt TCPSynRetrans of this process's netns. */

@@ -5,9 +5,9 @@
  * in test/kernel/trafficpeer.test.ts.
  */
 import { describe, expect, it } from 'vitest';
-import { cpuNs, progDelta } from '../../harness/bench/cost.js';
+import { cpuNs, processCpuSeconds, progDelta } from '../../harness/bench/cost.js';
 import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
-import { inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
+import { inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
 import { parseEndpoints, parseResult } from '../../harness/bench/peers.js';
 import { JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
 import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample } from '../../harness/bench/traffic.js';
@@ -136,6 +136,9 @@ describe('TC/XDP hooks bench and cost readings', () => {
   it('reads /proc/stat busy and kernel time, and refuses a line it does not know', () => {
     expect(cpuNs('cpu  10 2 30 400 5 6 7 0 0 0\ncpu0 1 1 1 1 1 1 1\n')).toEqual({ busy: (10 + 2 + 30 + 6 + 7) * 1e7, kernel: (30 + 6 + 7) * 1e7 });
     expect(() => cpuNs('intr 1 2 3')).toThrow('/proc/stat: unexpected first line "intr 1 2 3"');
+    // utime 150 and stime 50 ticks, after a command name with a space and a parenthesis.
+    expect(processCpuSeconds('4242 (traffic peer) S 1 2 3 4 5 6 7 8 9 10 150 50 0 0 20 0 3 0 1')).toBeCloseTo(2, 9);
+    expect(() => processCpuSeconds('garbage')).toThrow('/proc/PID/stat: unexpected');
     expect(progDelta({ a: { runTimeNs: 10, runCount: 1 } }, { a: { runTimeNs: 25, runCount: 4 }, b: { runTimeNs: 3, runCount: 1 } })).toEqual({
       a: { runTimeNs: 15, runCount: 3 },
       b: { runTimeNs: 3, runCount: 1 },
@@ -169,5 +172,22 @@ describe('TC/XDP hooks bench and cost readings', () => {
     expect(hookTable(samples)).toMatch(/^flood-spoof\s+1000\/s 0% 800ns\s+2000\/s 0% 400ns$/m);
     expect(parseHookOptions(['--rounds', '2', '--flood-seconds', '0.5'])).toMatchObject({ rounds: 2, floodSeconds: 0.5 });
     expect(() => parseHookOptions(['--flood-seconds', '0'])).toThrow('--flood-seconds: "0" is not a number in 0.2..30');
+  });
+});
+
+describe('in-pod figures in CPU', () => {
+  it("adds iptables / ebpf of the native ends' CPU per operation when the run measured it", () => {
+    const s = (scenario: string, round: number, rate: number, endsNsPerOp?: number): InpodSample[] =>
+      (['crr', 'rr', 'stream'] as const).map((workload) => ({ round, scenario, workload, rate, errors: 0, ...(endsNsPerOp !== undefined && { endsNsPerOp }) }));
+    const withCpu = [0, 1, 2].flatMap((r) => [...s('ebpf', r, 110, 100), ...s('iptables', r, 100, 150)]);
+    const f = inpodFigures(withCpu);
+    expect(f.map((x) => [x.label, Number(x.value.toFixed(3))])).toEqual([
+      ['in-pod ebpf / in-pod iptables: connections/s', 1.1],
+      ['in-pod ebpf / in-pod iptables: request/response', 1.1],
+      ['in-pod ebpf / in-pod iptables: stream throughput', 1.1],
+      ["in-pod iptables / in-pod ebpf: ends' CPU per connection", 1.5],
+      ["in-pod iptables / in-pod ebpf: ends' CPU per round trip", 1.5],
+    ]);
+    expect(inpodFigures([0, 1].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100)]))).toHaveLength(3);
   });
 });

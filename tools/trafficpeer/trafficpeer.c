@@ -17,14 +17,14 @@
  *       --direct also serves T..T+2 plainly (the "direct" scenario). --netns-fd enters the
  *       netns at that inherited fd first (setns). --standby starts without the transparent
  *       listeners. Lines on stdin: "counts" -> {"event":"counts","relayed":0,
- *       "terminated":n,"direct":n,"refused":n}; "release" closes the transparent listeners
+ *       "terminated":n,"direct":n,"refused":n,"cpuSeconds":s}; "release" closes the transparent listeners
  *       ({"event":"released"}); "listen" opens them ({"event":"listening"}). Exits at the
  *       end of stdin.
  *   trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N]
  *       One workload from here; one JSON line on stdout, traffic-peer.ts's PeerResult:
  *       {"event":"result","workload",...,"count","seconds","rate","connections","errors",
- *       "synRetrans"}. crr runs N connect loops at once (threads), on P; rr on P+1, stream
- *       on P+2.
+ *       "synRetrans"}, and "cpuSeconds" (this process's CPU time, getrusage). crr runs N
+ *       connect loops at once (threads), on P; rr on P+1, stream on P+2.
  *   trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S]
  *                   [--src IP] [--rate PPS]
  *       Small IPv4 frames written on IF as they are (AF_PACKET, batches of 64 by
@@ -97,6 +97,13 @@ static void usage_error(const char *fmt, ...) {
 static void fail(const char *what) {
   fprintf(stderr, "trafficpeer: %s: %s\n", what, strerror(errno));
   exit(1);
+}
+
+/* This process's CPU seconds (all threads): its own work and what the kernel did in its context. */
+static double cpu_seconds(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
 static double now_s(void) {
@@ -474,8 +481,9 @@ static int do_ztunnel(struct args *a) {
   while (fgets(line, sizeof(line), stdin)) {
     line[strcspn(line, "\r\n")] = 0;
     if (!strcmp(line, "counts")) {
-      printf("{\"event\":\"counts\",\"relayed\":0,\"terminated\":%lu,\"direct\":%lu,\"refused\":%lu}\n", __atomic_load_n(&counts_terminated, __ATOMIC_RELAXED),
-             __atomic_load_n(&counts_direct, __ATOMIC_RELAXED), __atomic_load_n(&counts_refused, __ATOMIC_RELAXED));
+      printf("{\"event\":\"counts\",\"relayed\":0,\"terminated\":%lu,\"direct\":%lu,\"refused\":%lu,\"cpuSeconds\":%.6f}\n",
+             __atomic_load_n(&counts_terminated, __ATOMIC_RELAXED), __atomic_load_n(&counts_direct, __ATOMIC_RELAXED), __atomic_load_n(&counts_refused, __ATOMIC_RELAXED),
+             cpu_seconds());
       fflush(stdout);
     } else if (!strcmp(line, "release")) {
       for (int i = first_captured; i < nlisteners; i++)
@@ -618,8 +626,8 @@ static long syn_retransmits(void) {
 
 static void result(const char *workload, double count, double seconds, unsigned long connections, unsigned long errors, long syn0) {
   long syn1 = syn_retransmits();
-  printf("{\"event\":\"result\",\"workload\":\"%s\",\"count\":%.0f,\"seconds\":%.6f,\"rate\":%.3f,\"connections\":%lu,\"errors\":%lu,\"synRetrans\":%ld}\n", workload, count,
-         seconds, seconds > 0 ? count / seconds : 0, connections, errors, syn0 >= 0 && syn1 >= 0 ? syn1 - syn0 : 0);
+  printf("{\"event\":\"result\",\"workload\":\"%s\",\"count\":%.0f,\"seconds\":%.6f,\"rate\":%.3f,\"connections\":%lu,\"errors\":%lu,\"synRetrans\":%ld,\"cpuSeconds\":%.6f}\n",
+         workload, count, seconds, seconds > 0 ? count / seconds : 0, connections, errors, syn0 >= 0 && syn1 >= 0 ? syn1 - syn0 : 0, cpu_seconds());
   fflush(stdout);
 }
 
