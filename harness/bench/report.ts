@@ -88,17 +88,32 @@ export const JS_RATIOS: readonly { label: string; num: Scenario; den: Scenario; 
   { label: 'JS ends: ebpf / iptables (terminated): stream', num: 'ebpf-term-js', den: 'iptables-term-js', workload: 'stream' },
 ];
 
+/**
+ * The capture's cost in CPU rather than in rate (native ends only): what the client and the
+ * stand-in spent per operation, the denominator's over the numerator's (above 1: the
+ * numerator is cheaper). On a shared machine a rate follows the CPU share a run gets as
+ * much as its cost; this follows the cost. Figures with no goal.
+ */
+export const CPU_RATIOS: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; metric: 'endsNsPerOp' }[] = [
+  { label: "ends' CPU per connection: iptables / ebpf (terminated)", num: 'iptables-term', den: 'ebpf-term', workload: 'crr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per round trip: iptables / ebpf (terminated)", num: 'iptables-term', den: 'ebpf-term', workload: 'rr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per connection: direct / ebpf (terminated)", num: 'direct', den: 'ebpf-term', workload: 'crr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per round trip: direct / ebpf (terminated)", num: 'direct', den: 'ebpf-term', workload: 'rr', metric: 'endsNsPerOp' },
+];
+
 /** Per-round paired ratios of each comparison whose scenarios ran: geometric mean, bootstrap interval, verdict. */
 export function ratios(
   samples: readonly TrafficSample[],
-  list: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; goal?: Goal }[] = RATIOS,
+  list: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; goal?: Goal; metric?: 'rate' | 'endsNsPerOp' }[] = RATIOS,
 ): Ratio[] {
   return list.flatMap((r, idx) => {
     const rounds = [...new Set(samples.map((s) => s.round))];
     const pairs = rounds.flatMap((round) => {
       const a = samples.find((s) => s.round === round && s.scenario === r.num && s.workload === r.workload);
       const b = samples.find((s) => s.round === round && s.scenario === r.den && s.workload === r.workload);
-      return a && b ? [{ num: a.rate, den: b.rate }] : [];
+      const x = a?.[r.metric ?? 'rate'];
+      const y = b?.[r.metric ?? 'rate'];
+      return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
     if (pairs.length === 0) return [];
     const per = pairs.map((p) => p.num / p.den);
@@ -373,6 +388,15 @@ export function renderMarkdown(r: ReportInput): string {
       '',
       ratioTable(ratios(t.samples, RELAY_RATIOS)),
       '',
+      ...(ratios(t.samples, CPU_RATIOS).length
+        ? [
+            "The same comparisons in CPU (native ends: the client's and the stand-in's own CPU time per operation, the kernel's",
+            'work in their context included; above 1 the denominator is cheaper; no goals):',
+            '',
+            ratioTable(ratios(t.samples, CPU_RATIOS)),
+            '',
+          ]
+        : []),
       ...(t.samples.some((x) => x.scenario.endsWith('-js'))
         ? [
             'The terminating pair again with Node.js at both ends (`--endpoints native,js`; no goals: what the',

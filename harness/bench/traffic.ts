@@ -80,6 +80,11 @@ export interface TrafficSample {
   errors: number;
   /** SYN retransmissions in the client's netns during the run. */
   synRetrans?: number;
+  /**
+   * Native ends: the client's and the native stand-in's own CPU time (getrusage: their work
+   * and the kernel's done in their context) per operation over the whole run, ns.
+   */
+  endsNsPerOp?: number;
 }
 
 export interface TrafficRun {
@@ -271,7 +276,12 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
                 ) as unknown as StandInCounts;
               const wrong = carriedAsPlanned(plan, { native: delta('native'), js: delta('js') }, r);
               if (wrong) throw new Error(`${scenario} ${workload}: ${wrong}`);
-              samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans });
+              // The native stand-in answers every native scenario (terminated or direct).
+              const cpuOf = (c: StandInCounts) => (c as StandInCounts & { cpuSeconds?: number }).cpuSeconds ?? NaN;
+              const ends = (r.cpuSeconds ?? NaN) + cpuOf(after.native) - cpuOf(before.native);
+              const ops = r.rate * (o.seconds + o.warmupSeconds);
+              const cost = plan.peer === 'native' && Number.isFinite(ends) && ops > 0 ? { endsNsPerOp: (ends * 1e9) / ops } : {};
+              samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost });
               const notes = [r.errors && `${r.errors} errors`, r.synRetrans && `${r.synRetrans} SYN retransmits`].filter(Boolean).join(', ');
               log(
                 `traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(16)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`,
@@ -357,13 +367,18 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`traffic bench: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  const { JS_RATIOS, RELAY_RATIOS, ratios, ratioTable, trafficTable } = await import('./report.js');
+  const { CPU_RATIOS, JS_RATIOS, RELAY_RATIOS, ratios, ratioTable, trafficTable } = await import('./report.js');
   const abort = new AbortController();
   process.once('SIGINT', () => abort.abort());
   process.once('SIGTERM', () => abort.abort());
   runTraffic(options, (l) => process.stderr.write(`${l}\n`), abort.signal).then(
     (run) => {
-      const out = [trafficTable(run.samples), ratioTable(ratios(run.samples)), ratioTable(ratios(run.samples, RELAY_RATIOS))];
+      const out = [
+        trafficTable(run.samples),
+        ratioTable(ratios(run.samples)),
+        ratioTable(ratios(run.samples, RELAY_RATIOS)),
+        ratioTable(ratios(run.samples, CPU_RATIOS)),
+      ];
       if (options.endpoints.includes('js')) out.push(ratioTable(ratios(run.samples, JS_RATIOS)));
       process.stdout.write(`${out.join('\n\n')}\n`);
       process.exit(0);

@@ -9,7 +9,7 @@ import { cpuNs, processCpuSeconds, progDelta } from '../../harness/bench/cost.js
 import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
 import { inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
 import { parseEndpoints, parseResult } from '../../harness/bench/peers.js';
-import { JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
+import { CPU_RATIOS, JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
 import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample } from '../../harness/bench/traffic.js';
 import type { StandInCounts } from '../../harness/bench/traffic-peer.js';
 
@@ -127,6 +127,11 @@ describe('report with JS ends beside the native ones', () => {
     expect(md).toContain('native ends (`tools/trafficpeer`');
     expect(md).toContain('| JS ends: ebpf mode, pod A enrolled, stand-in terminates |');
     expect(md).toContain('The terminating pair again with Node.js at both ends');
+    expect(md).not.toContain('The same comparisons in CPU');
+    // With the ends' CPU measured: iptables / ebpf of it, per round, as its own table.
+    const withCpu = samples.map((s) => (s.scenario.endsWith('-js') ? s : { ...s, endsNsPerOp: s.scenario === 'iptables-term' ? 300 : 200 }));
+    expect(ratios(withCpu, CPU_RATIOS).map((r) => [r.label, r.value])).toContainEqual(["ends' CPU per connection: iptables / ebpf (terminated)", 1.5]);
+    expect(renderMarkdown({ ...input, traffic: { ...traffic, samples: withCpu } })).toContain('The same comparisons in CPU');
     const nativeOnly = renderMarkdown({ ...input, traffic: { ...traffic, samples: samples.filter((s) => !s.scenario.endsWith('-js')) } });
     expect(nativeOnly).not.toContain('The terminating pair again');
   });
