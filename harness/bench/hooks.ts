@@ -351,6 +351,9 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   }
   runHooks(options, (l) => process.stderr.write(`${l}\n`)).then(
     (samples) => {
+      process.stdout.write(
+        `ebpf mode with --hook tc and --hook xdp, ${options.rounds} rounds alternating; crr, rr, stream between native ends (build/trafficpeer), the stand-in terminating; floods written by trafficpeer flood (AF_PACKET) as fast as it can for ${options.floodSeconds} s: 64-byte UDP and 54-byte TCP SYNs from an enrolled pod, 64-byte UDP from an enrolled pod forging its source; CPU per frame: the sender's getrusage, and the machine's system+irq+softirq (/proc/stat, everyone's)\n`,
+      );
       process.stdout.write(`${hookTable(samples)}\n${figuresLine(hookFigures(samples))}\n`);
       process.exit(0);
     },
