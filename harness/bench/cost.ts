@@ -39,11 +39,18 @@ export interface ProgStats {
   [name: string]: { runTimeNs: number; runCount: number };
 }
 
-/** The run statistics of the TC programs on `dev` in `ns` (zero unless bpf_stats_enabled). */
+/** The run statistics of the TC and XDP programs on `dev` in `ns` (zero unless bpf_stats_enabled). */
 export async function tcProgStats(ns: string, dev: string): Promise<ProgStats> {
-  const [net] = JSON.parse(await systemRunner.run(['ip', 'netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev])) as { tc?: { id: number }[] }[];
+  const [net] = JSON.parse(await systemRunner.run(['ip', 'netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev])) as {
+    tc?: { id: number }[];
+    xdp?: { id?: number; multi_attachments?: { id: number }[] }[];
+  }[];
+  const ids = [
+    ...(net?.tc ?? []).map((t) => t.id),
+    ...(net?.xdp ?? []).flatMap((x) => (x.multi_attachments ? x.multi_attachments.map((m) => m.id) : x.id !== undefined ? [x.id] : [])),
+  ];
   const out: ProgStats = {};
-  for (const { id } of net?.tc ?? []) {
+  for (const id of ids) {
     const p = JSON.parse(await systemRunner.run(['bpftool', '-j', 'prog', 'show', 'id', String(id)])) as {
       name: string;
       run_time_ns?: number;

@@ -23,7 +23,10 @@
  * figure is a per-round paired ratio xdp / tc through stats.ts.
  *
  *   node dist/harness/bench/hooks.js [--rounds N] [--seconds S] [--flood-seconds S]
- *                                    [--concurrency N]
+ *                                    [--concurrency N] [--bpf-stats]
+ *
+ * --bpf-stats turns the kernel's BPF run statistics on for the run (and puts the switch
+ * back): the outbound program's own run time per run during each flood, at either hook.
  *
  * Needs an agent with `--hook` (the xdp branch's `run --hook tc|xdp|auto`): each slot checks
  * that the agent logged the hook it was asked for, and says so clearly when it did not.
@@ -36,7 +39,7 @@ import { runInNode, startController, type ControllerProcess } from '../sim/contr
 import { ZTUNNEL_PORTS } from '../sim/names.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
-import { cpuNow } from './cost.js';
+import { cpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure } from './stats.js';
 import { type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
@@ -53,6 +56,8 @@ export interface HookOptions {
   warmupSeconds: number;
   concurrency: number;
   floodSeconds: number;
+  /** Turn the kernel's BPF run statistics on for the run (and back) and report the outbound program's own time per frame. */
+  bpfStats?: boolean;
 }
 
 export const DEFAULT_HOOKS: HookOptions = { rounds: 3, seconds: 1.5, warmupSeconds: 0.3, concurrency: 4, floodSeconds: 1 };
@@ -68,6 +73,8 @@ export interface HookSample {
   delivered?: number;
   senderNsPerFrame?: number;
   machineNsPerFrame?: number;
+  /** With --bpf-stats: the outbound program on the sender's host veth (TC or XDP), its runs and run time per frame sent. */
+  prog?: { name: string; runsPerFrame: number; nsPerRun: number };
 }
 
 /** The outside port of the floods' UDP (nothing listens: the outside netns counts NoPorts). */
@@ -123,12 +130,13 @@ export function parseFlood(out: string): { sent: number; errors: number; seconds
   return r as unknown as ReturnType<typeof parseFlood>;
 }
 
-async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number): Promise<Omit<HookSample, 'round' | 'hook' | 'workload'>> {
+async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number, bpfStats: boolean): Promise<Omit<HookSample, 'round' | 'hook' | 'workload'>> {
   const pod = sim.pods[f.from]!;
   const [neigh] = JSON.parse(await systemRunner.run(['ip', '-n', pod.ns, '-j', 'neigh', 'show', 'dev', 'eth0', 'to', '169.254.1.1'])) as { lladdr?: string }[];
   if (!neigh?.lladdr) throw new Error(`flood: no gateway neighbour in ${pod.ns}`);
   const rxNs = f.to === 'outside' ? sim.outside.ns : sim.ztunnel.ns;
   const rx0 = await rxPackets(rxNs);
+  const prog0 = bpfStats ? await tcProgStats(sim.nodeNs, pod.hostVeth) : {};
   // ztunnel answers each SYN with a SYN-ACK, which the pod resets; those resets are captured too.
   const rst0 = f.kind === 'syn' ? await podRsts(pod.ns) : 0;
   const cpu0 = cpuNow().kernel;
@@ -136,6 +144,9 @@ async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number): 
   argv.push('--to', sim.outside.ip, '--port', String(port), '--seconds', String(seconds), ...(f.spoof ? ['--src', SPOOFED_SOURCE] : []));
   const r = parseFlood(await systemRunner.run(argv, { timeoutMs: seconds * 1000 + 30_000 }));
   const cpu1 = cpuNow().kernel;
+  // The outbound program: xdp_out at XDP, else the TC ingress one (its name starts out_).
+  const progs = bpfStats ? Object.entries(progDelta(prog0, await tcProgStats(sim.nodeNs, pod.hostVeth))).filter(([name]) => /^(xdp_out|out_)/.test(name)) : [];
+  const prog = progs.find(([, s]) => s.runCount > 0);
   // Frames still on their way (the backlog, a NAPI poll) arrive within a moment.
   await new Promise((res) => setTimeout(res, 200));
   const resets = f.kind === 'syn' ? (await podRsts(pod.ns)) - rst0 : 0;
@@ -147,6 +158,7 @@ async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number): 
     delivered,
     senderNsPerFrame: sent ? ((r.cpuUser + r.cpuSystem) * 1e9) / sent : NaN,
     machineNsPerFrame: sent ? (cpu1 - cpu0) / sent : NaN,
+    ...(prog && sent && { prog: { name: prog[0], runsPerFrame: prog[1].runCount / sent, nsPerRun: prog[1].runTimeNs / prog[1].runCount } }),
   };
 }
 
@@ -202,7 +214,7 @@ export async function runHooks(o: HookOptions, say: (line: string) => void = () 
                 throw new Error(`hooks ${hook} ${workload}: the stand-in terminated ${n} of ${r.connections} connections (${r.errors} failed)`);
               sample = { rate: r.rate };
             } else {
-              sample = await runFlood(sim, FLOODS[workload], workload === 'flood-syn' ? TERMINATE_PORT : UDP_PORT, o.floodSeconds);
+              sample = await runFlood(sim, FLOODS[workload], workload === 'flood-syn' ? TERMINATE_PORT : UDP_PORT, o.floodSeconds, o.bpfStats === true);
               // The outside's eth0 may see a stray frame of its own (neighbour discovery); a bypass is thousands.
               if (workload === 'flood-spoof' && sample.delivered! > Math.max(10, sample.sent! / 100))
                 throw new Error(
@@ -232,7 +244,8 @@ export async function runHooks(o: HookOptions, say: (line: string) => void = () 
 
 function describe(w: HookWorkload, s: Omit<HookSample, 'round' | 'hook' | 'workload'>): string {
   if (w === 'crr' || w === 'rr' || w === 'stream') return formatRate(w, s.rate);
-  return `${Math.round(s.rate)} frames/s sent, ${s.delivered}/${s.sent} delivered, ${s.senderNsPerFrame!.toFixed(0)} ns sender CPU/frame, ${s.machineNsPerFrame!.toFixed(0)} ns kernel CPU/frame (machine)`;
+  const prog = s.prog ? `, ${s.prog.name} ${s.prog.nsPerRun.toFixed(0)} ns/run (${s.prog.runsPerFrame.toFixed(2)} runs/frame)` : '';
+  return `${Math.round(s.rate)} frames/s sent, ${s.delivered}/${s.sent} delivered, ${s.senderNsPerFrame!.toFixed(0)} ns sender CPU/frame, ${s.machineNsPerFrame!.toFixed(0)} ns kernel CPU/frame (machine)${prog}`;
 }
 
 const TEXT: Record<HookWorkload, string> = {
@@ -321,6 +334,7 @@ export function parseHookOptions(argv: string[]): HookOptions {
       warmup: { type: 'string' },
       concurrency: { type: 'string' },
       'flood-seconds': { type: 'string' },
+      'bpf-stats': { type: 'boolean' },
     },
     strict: true,
   });
@@ -338,6 +352,7 @@ export function parseHookOptions(argv: string[]): HookOptions {
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 64, true),
     floodSeconds: num('flood-seconds', values['flood-seconds'], d.floodSeconds, 0.2, 30, false),
+    bpfStats: values['bpf-stats'] === true,
   };
 }
 
@@ -349,7 +364,8 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`hooks bench: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  runHooks(options, (l) => process.stderr.write(`${l}\n`)).then(
+  const run = () => runHooks(options, (l) => process.stderr.write(`${l}\n`));
+  (options.bpfStats ? withBpfStats(run) : run()).then(
     (samples) => {
       process.stdout.write(
         `ebpf mode with --hook tc and --hook xdp, ${options.rounds} rounds alternating; crr, rr, stream between native ends (build/trafficpeer), the stand-in terminating; floods written by trafficpeer flood (AF_PACKET) as fast as it can for ${options.floodSeconds} s: 64-byte UDP and 54-byte TCP SYNs from an enrolled pod, 64-byte UDP from an enrolled pod forging its source; CPU per frame: the sender's getrusage, and the machine's system+irq+softirq (/proc/stat, everyone's)\n`,

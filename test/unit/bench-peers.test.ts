@@ -174,6 +174,13 @@ describe('TC/XDP hooks bench and cost readings', () => {
       ['xdp / tc hook: UDP flood, forged source: sender CPU per frame', 0.5, 3],
       ['xdp / tc hook: UDP flood, forged source: kernel CPU per frame (machine)', 1, 3],
     ]);
+    // With --bpf-stats: the outbound program's own run time, xdp over tc.
+    const withProg = samples.map((x) =>
+      x.workload === 'flood-spoof'
+        ? { ...x, prog: { name: x.hook === 'xdp' ? 'xdp_out' : 'out_redir_peer', runsPerFrame: 1, nsPerRun: x.hook === 'xdp' ? 50 : 100 } }
+        : x,
+    );
+    expect(hookFigures(withProg).map((x) => [x.label, x.value])).toContainEqual(["xdp / tc hook: UDP flood, forged source: outbound program's run time", 0.5]);
     expect(hookTable(samples)).toMatch(/^flood-spoof\s+1000\/s 0% 800ns\s+2000\/s 0% 400ns$/m);
     expect(parseHookOptions(['--rounds', '2', '--flood-seconds', '0.5'])).toMatchObject({ rounds: 2, floodSeconds: 0.5 });
     expect(() => parseHookOptions(['--flood-seconds', '0'])).toThrow('--flood-seconds: "0" is not a number in 0.2..30');
