@@ -299,6 +299,8 @@ export function hookFigures(samples: readonly HookSample[]): Figure[] {
           ),
         ),
       );
+      const prog = pairs(w, (s) => s.prog?.nsPerRun);
+      if (prog.length) out.push(figure(`xdp / tc hook: ${TEXT[w]}: outbound program's run time`, '×', { kind: 'none' }, ratioInterval(prog, seed++)));
     }
   }
   return out;
