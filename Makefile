@@ -9,11 +9,11 @@ CLANG     ?= clang
 BPF_CFLAGS := -O2 -g -target bpf -mcpu=v2 -Wall -Werror -Ibpf/include \
               -I/usr/include/$(shell uname -m)-linux-gnu
 
-.PHONY: all build bpf ts cni rawframe layout print-bpf-cflags setup test test-unit test-build test-kernel test-slow demo clean product product-ts lint
+.PHONY: all build bpf ts cni rawframe trafficpeer layout print-bpf-cflags setup test test-unit test-build test-kernel test-slow demo clean product product-ts lint
 
 all: build
 
-build: bpf ts cni rawframe
+build: bpf ts cni rawframe trafficpeer
 
 # Variants of the capture object for the lifecycle tests: a new build of the same code
 # (other debug info), a map schema change (smaller maps), and one whose load fails
@@ -70,6 +70,14 @@ rawframe: build/rawframe
 build/rawframe: tools/rawframe/rawframe.c
 	@mkdir -p build
 	$(CLANG) -O2 -Wall -Wextra -Werror -o $@ $<
+
+# The native ends of the live traffic benchmarks (harness/bench/traffic.ts, inpod.ts):
+# clients, server and terminating ztunnel stand-in, threads and epoll (glibc only).
+trafficpeer: build/trafficpeer
+
+build/trafficpeer: tools/trafficpeer/trafficpeer.c
+	@mkdir -p build
+	$(CLANG) -O2 -Wall -Wextra -Werror -pthread -o $@ $<
 
 # The flags every BPF object is compiled with (test/build/bpf-headers.test.ts compiles each
 # header alone with them).

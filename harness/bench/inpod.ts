@@ -1,21 +1,30 @@
 /**
  * In-pod captures side by side (figures, not a test): the same traffic from one enrolled
  * pod of a simulated node with no capture and under each in-pod capture named, through the
- * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts: listeners inside the pod's netns),
- * which either answers each captured connection itself as the server would (terminating:
- * the capture path alone, the goals' figures) or relays it to its original destination by
- * a socket marked 0x539, as ztunnel does (`<capture>-relay`: the relay's cost included).
- * The pod's netns reaches the stand-in over a real ZDS socket.
+ * in-pod ztunnel stand-in (harness/sim/ztunnel-inpod.ts: ZDS, listeners inside the pod's
+ * netns), which either has each captured connection answered as the server would
+ * (terminating: the capture path alone, the goals' figures) or relays it to its original
+ * destination by a socket marked 0x539, as ztunnel does (`<capture>-relay`: the relay's
+ * cost included). The pod's netns reaches the stand-in over a real ZDS socket.
+ *
+ * Ends: `none` and the terminating scenarios run native ends (tools/trafficpeer): its
+ * client in the pod, its server outside, and, for a terminating capture, the listeners
+ * the capture finds are the native stand-in's (`trafficpeer ztunnel --netns-fd 3`, spawned
+ * on the ZDS add with the pod's netns fd inherited, which it enters with setns; SO_MARK
+ * 0x539, SO_REUSEPORT, transparent, as ztunnel's), so no JavaScript event loop sets the
+ * pace. The relay keeps Node.js at both ends. `--endpoints native,js` adds `none-js` and
+ * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
- *                                    [--warmup S] [--concurrency N]
+ *                                    [--warmup S] [--concurrency N] [--endpoints native,js]
  *
- * Workloads are traffic.ts's (traffic-peer.js): connections/s, request/response, stream.
+ * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response, stream.
  * Scenarios are interleaved over rounds, the order rotating each round, and every figure
  * is the median. Each capture is installed for its slot (init, install, ZDS add) and taken
  * out after it (ZDS del, remove, the host half uninstalled), so the captures never meet.
- * Every workload checks who carried it: under a capture the stand-in accepted every
- * connection that succeeded; with none, no connection.
+ * Every workload checks who carried it: under a capture the scenario's stand-in (native or
+ * JS) accepted every connection that succeeded and the other none; with no capture, no
+ * stand-in any connection.
  *
  * A capture plugs in by name in CAPTURES below.
  */
@@ -23,22 +32,23 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { InPodCapture } from '../../src/capture/inpod.js';
 import { createEbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { InpodIptables, uninstallInpodIptablesHost } from '../../src/capture/inpod/iptables.js';
-import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { createLogger, type Logger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
-import { createSimNode, type SimNode, type SimPod } from '../sim/node.js';
+import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
+import { cpuNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
-import { accept as answerAs, BY_OFFSET, type PeerResult } from './traffic-peer.js';
+import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
+import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -79,12 +89,39 @@ export interface InpodBenchOptions {
   seconds: number;
   warmupSeconds: number;
   concurrency: number;
+  /** Ends of `none` and the terminating scenarios: native always; js adds `none-js`, `<capture>-js`. */
+  endpoints: readonly PeerKind[];
+  /** Turn the kernel's BPF run statistics on for the run (and back) and report the capture programs' share. */
+  bpfStats?: boolean;
 }
 
 /** The suffix of a capture's scenario with the relaying stand-in. */
 const RELAY = '-relay';
+/** The suffix of a scenario with traffic-peer.js ends instead of native ones. */
+const JS = '-js';
 
-export const DEFAULT_INPOD_BENCH: InpodBenchOptions = { captures: Object.keys(CAPTURES), rounds: 5, seconds: 2, warmupSeconds: 0.3, concurrency: 4 };
+export const DEFAULT_INPOD_BENCH: InpodBenchOptions = {
+  captures: Object.keys(CAPTURES),
+  rounds: 5,
+  seconds: 2,
+  warmupSeconds: 0.3,
+  concurrency: 4,
+  endpoints: ['native'],
+};
+
+/** What a scenario's name says: the capture (or none), its ends, and whether the stand-in relays. */
+export function scenarioOf(name: string): { capture: string | null; ends: PeerKind; relay: boolean } {
+  const relay = name.endsWith(RELAY);
+  const js = name.endsWith(JS);
+  const base = relay ? name.slice(0, -RELAY.length) : js ? name.slice(0, -JS.length) : name;
+  return { capture: base === 'none' ? null : base, ends: relay || js ? 'js' : 'native', relay };
+}
+
+/** Every scenario of a run, in its base order (rounds rotate it). */
+export function scenarioNames(captures: readonly string[], endpoints: readonly PeerKind[]): string[] {
+  const js = endpoints.includes('js') ? ['none', ...captures].map((c) => `${c}${JS}`) : [];
+  return ['none', ...captures, ...captures.map((c) => `${c}${RELAY}`), ...js];
+}
 
 export interface InpodSample {
   round: number;
@@ -93,37 +130,20 @@ export interface InpodSample {
   workload: Workload;
   rate: number;
   errors: number;
+  /** The machine's busy CPU time over the client's run per operation (connection, round trip, byte), ns. */
+  cpuNsPerOp?: number;
+  /** Native ends: the client's and the answering end's (server or stand-in) own CPU time per operation, ns. */
+  endsNsPerOp?: number;
+  /** With --bpf-stats: the capture's TC programs in the pod, runs and run time per operation. */
+  bpf?: { runsPerOp: number; nsPerOp: number };
 }
 
+/** The JS server's ports outside (the relay and the JS ends go there). */
 const PORT = 9000;
-const PEER = fileURLToPath(new URL('./traffic-peer.js', import.meta.url));
+/** The native server's ports outside; a native stand-in terminates connections to them. */
+const NATIVE_PORT = 9100;
+const PORTS: Record<PeerKind, number> = { native: NATIVE_PORT, js: PORT };
 const UID = 'bench-pod0';
-
-async function startPeerServer(sim: SimNode): Promise<{ stop: () => void }> {
-  const child = startProcess(['ip', 'netns', 'exec', sim.outside.ns, process.execPath, PEER, 'serve', '--port', String(PORT)]);
-  let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2048)));
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('bench server: not listening after 10 s')), 10_000);
-    child.once('close', (code) => reject(new Error(`bench server exited (${code}): ${stderr.trim()}`)));
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (line.includes('"listening"')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-  return { stop: () => child.kill('SIGKILL') };
-}
-
-async function runPeer(pod: SimPod, workload: Workload, to: string, o: InpodBenchOptions): Promise<PeerResult> {
-  const argv = ['ip', 'netns', 'exec', pod.ns, process.execPath, PEER, workload, '--to', to, '--port', String(PORT)];
-  argv.push('--seconds', String(o.seconds), '--warmup', String(o.warmupSeconds), '--concurrency', String(o.concurrency));
-  const out = await systemRunner.run(argv, { timeoutMs: (o.seconds + o.warmupSeconds) * 1000 + 30_000 });
-  const line = out.split('\n').find((l) => l.includes('"result"'));
-  if (!line) throw new Error(`${workload} from ${pod.name}: no result (${out.trim()})`);
-  return JSON.parse(line) as PeerResult;
-}
 
 async function until(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
@@ -141,36 +161,55 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
   const dir = mkdtempSync(join(tmpdir(), 'inpod-bench-'));
   const pod = sim.pods[0]!;
   let fd = -1;
-  let server: { stop: () => void } | undefined;
+  const servers: PeerProcess[] = [];
   let zds: ZdsServer | undefined;
   let z: ZtunnelInpod | undefined;
   const samples: InpodSample[] = [];
   try {
     fd = openSync(`/var/run/netns/${pod.ns}`, 'r');
     const podNetns = { uid: UID, namespace: 'bench', name: pod.name, ips: [pod.ip, pod.ip6], fd };
-    server = await startPeerServer(sim);
+    servers.push(await startPeer(sim.outside.ns, 'js', ['serve', '--port', String(PORT)]));
+    const nativeServer = await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)]);
+    servers.push(nativeServer);
     zds = new ZdsServer({ path: join(dir, 'ztunnel.sock'), log });
     let accepted = 0;
     const onEvent = (e: StandInEvent) => {
       if (e.event === 'accepted') accepted++;
     };
-    // Terminating for a capture's own scenario, relaying for `<capture>-relay`.
-    let terminate = true;
+    let current = scenarioOf('none');
+    // JS ends terminating: answered here; relaying: left to the stand-in's relay.
     const answer = (sock: Socket, origDst: string): boolean => {
-      if (!terminate) return false;
+      if (current.relay || current.ends !== 'js') return false;
       const w = BY_OFFSET[Number(origDst.slice(origDst.lastIndexOf(':') + 1)) - PORT];
       if (!w) return false;
       answerAs(sock, w);
       return true;
     };
-    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, answer, onEvent });
+    // Native ends terminating: the pod's listeners are the native stand-in's.
+    let native: Promise<PeerProcess> | null = null;
+    const listenElsewhere = (_uid: string, netnsFd: number, ports: readonly number[]) => {
+      if (current.relay || current.ends !== 'native') return null;
+      const args = ['ztunnel', '--terminate', String(NATIVE_PORT), '--listen', ports.join(','), '--netns-fd', '3'];
+      const started = startPeer('', 'native', args, { stdio: ['pipe', 'pipe', 'pipe', netnsFd] });
+      started.catch(() => undefined); // awaited (and its failure thrown) by the scenario
+      native = started;
+      return {
+        close: () =>
+          void started.then(
+            (p) => p.stop(),
+            () => undefined,
+          ),
+      };
+    };
+    z = new ZtunnelInpod({ socket: join(dir, 'ztunnel.sock'), proxy: true, answer, listenElsewhere, onEvent });
     const zt = z;
     await until('the stand-in connected', () => zt.ready);
-    const scenarios = ['none', ...o.captures, ...o.captures.map((c) => `${c}${RELAY}`)];
+    const none: StandInCounts = { relayed: 0, terminated: 0, direct: 0, refused: 0 };
     for (let round = 0; round < o.rounds; round++) {
-      for (const scenario of rotate(scenarios, round)) {
-        terminate = !scenario.endsWith(RELAY);
-        const bench = scenario === 'none' ? null : CAPTURES[scenario.replace(RELAY, '')]!({ sim, log });
+      for (const scenario of rotate(scenarioNames(o.captures, o.endpoints), round)) {
+        current = scenarioOf(scenario);
+        native = null;
+        const bench = current.capture === null ? null : CAPTURES[current.capture]!({ sim, log });
         if (bench) {
           // The ZDS flow's order: capture in place, then the pod's add.
           await bench.capture.init();
@@ -179,15 +218,41 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           await until('the stand-in holds the pod', () => zt.held().some((h) => h.uid === UID));
         }
         try {
+          const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
+          if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
+            throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(WORKLOADS, round)) {
-            const before = accepted;
-            const r = await runPeer(pod, workload, sim.outside.ip, o);
+            const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
+            // The answering end: the native stand-in when it terminates, else the outside server.
+            const answerer = current.ends === 'native' ? (nativeStandIn ?? (bench ? null : nativeServer)) : null;
+            const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
+            const cpu0 = cpuNow().busy;
+            const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
+            const r = await runClient(pod.ns, current.ends, workload, sim.outside.ip, PORTS[current.ends], o);
+            const cpu1 = cpuNow().busy;
+            const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
+            const progs = o.bpfStats ? Object.values(progDelta(prog0, await tcProgStats(pod.ns, 'eth0'))) : [];
+            // Operations over the whole run (warm-up too), as the CPU time covers it.
+            const ops = r.rate * (o.seconds + o.warmupSeconds);
             const succeeded = r.connections - r.errors;
-            if (bench) await until(`${scenario} ${workload}: the stand-in accepted what succeeded`, () => accepted - before >= succeeded);
-            const via = accepted - before;
-            if (bench ? via < succeeded || via > r.connections : via !== 0)
-              throw new Error(`${scenario} ${workload}: the stand-in saw ${via} of ${r.connections} connections (${r.errors} failed)`);
-            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors });
+            const nativeNow = async () => (nativeStandIn ? await standInCounts(nativeStandIn) : none);
+            const jsCarries = bench !== null && current.ends === 'js';
+            if (jsCarries) await until(`${scenario} ${workload}: the stand-in accepted what succeeded`, () => accepted - before.js >= succeeded);
+            const after = await nativeNow();
+            const via = { js: accepted - before.js, native: after.terminated - before.native.terminated, refused: after.refused - before.native.refused };
+            const carrier = bench === null ? null : current.ends;
+            for (const kind of PEER_KINDS) {
+              const n = via[kind];
+              if (kind === carrier ? n < succeeded || n > r.connections : n !== 0)
+                throw new Error(`${scenario} ${workload}: the ${kind} stand-in took ${n} of ${r.connections} connections (${r.errors} failed)`);
+            }
+            if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
+            const ends = (r.cpuSeconds ?? NaN) + (end1 - end0);
+            const cost = ops > 0 ? { cpuNsPerOp: (cpu1 - cpu0) / ops, ...(Number.isFinite(ends) && { endsNsPerOp: (ends * 1e9) / ops }) } : {};
+            const bpf = progs.length
+              ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
+              : {};
+            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, ...cost, ...bpf });
             say(
               `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}`,
             );
@@ -196,6 +261,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           if (bench) {
             zds.removePod(UID);
             await until('the stand-in let the pod go', () => !zt.held().some((h) => h.uid === UID));
+            // Its listeners gone before the next scenario's (SO_REUSEPORT would share the ports).
+            if (native) await (await (native as Promise<PeerProcess>)).exited;
             await bench.capture.remove(podNetns);
             bench.capture.close();
             await bench.uninstallHost();
@@ -207,28 +274,63 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
   } finally {
     z?.close();
     zds?.close();
-    server?.stop();
+    for (const p of servers) p.stop();
     if (fd >= 0) closeSync(fd);
     rmSync(dir, { recursive: true, force: true });
     await sim.teardown();
   }
 }
 
-/** Medians per scenario and workload, and each capture's ratio to every other (and to none). */
+/**
+ * Medians per scenario and workload, and each capture's ratio to every other (and to none),
+ * for each kind of stand-in that ran: terminating with native ends, relaying, terminating
+ * with JS ends.
+ */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
   const med = (scenario: string, w: Workload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
   const lines = [`${'scenario'.padEnd(16)}${WORKLOADS.map((w) => w.padStart(16)).join('')}`];
-  const relayed = captures.map((c) => `${c}${RELAY}`).filter((c) => samples.some((s) => s.scenario === c));
-  for (const s of ['none', ...captures, ...relayed]) lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
-  for (const [set, label] of [
-    [captures, 'terminating stand-in'],
-    [relayed, 'relaying stand-in'],
+  const ran = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
+  const relayed = ran(captures.map((c) => `${c}${RELAY}`));
+  const js = ran(captures.map((c) => `${c}${JS}`));
+  const noneJs = ran([`none${JS}`]);
+  for (const s of ['none', ...captures, ...relayed, ...noneJs, ...js])
+    lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  for (const [set, base, label] of [
+    [captures, 'none', 'terminating stand-in'],
+    [relayed, 'none', 'relaying stand-in'],
+    [js, `none${JS}`, 'terminating stand-in, JS ends'],
   ] as const) {
     for (const a of set) {
-      for (const b of [...set.filter((x) => x !== a), 'none']) {
+      for (const b of [...set.filter((x) => x !== a), base]) {
         lines.push(`inpod ${a}/${b} (${label}): ${WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
       }
     }
+  }
+  return lines.join('\n');
+}
+
+/**
+ * Where the time goes (with --bpf-stats): per scenario and workload, the machine's busy CPU
+ * per operation and the capture's TC programs' runs and run time per operation (medians).
+ */
+export function inpodCostTable(samples: readonly InpodSample[]): string {
+  const lines = [
+    "cost per operation (connection, round trip; stream: per KiB): machine busy CPU, native ends' own CPU (client + server or stand-in) | capture programs: runs, run time",
+  ];
+  const scenarios = [...new Set(samples.map((s) => s.scenario))];
+  for (const sc of scenarios) {
+    const cells = WORKLOADS.map((w) => {
+      const xs = samples.filter((s) => s.scenario === sc && s.workload === w && s.cpuNsPerOp !== undefined);
+      if (xs.length === 0) return '–';
+      const k = w === 'stream' ? 1024 : 1;
+      const cpu = median(xs.map((s) => s.cpuNsPerOp! * k));
+      const e = xs.filter((s) => s.endsNsPerOp !== undefined);
+      const endsText = e.length ? `, ends ${(median(e.map((s) => s.endsNsPerOp! * k)) / 1000).toFixed(1)} µs` : '';
+      const b = xs.filter((s) => s.bpf);
+      const bpf = b.length ? ` | ${median(b.map((s) => s.bpf!.runsPerOp * k)).toFixed(1)} runs ${median(b.map((s) => s.bpf!.nsPerOp * k)).toFixed(0)} ns` : '';
+      return `${w} ${(cpu / 1000).toFixed(1)} µs${endsText}${bpf}`;
+    });
+    lines.push(`cost ${sc.padEnd(16)} ${cells.join('; ')}`);
   }
   return lines.join('\n');
 }
@@ -240,16 +342,30 @@ const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'req
 /** In-pod ebpf / in-pod iptables per workload: per-round ratios, their interval and verdict (both captures run). */
 export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
   const rounds = [...new Set(samples.map((s) => s.round))];
-  const rate = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r)?.rate;
+  const at = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
   if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
-  return WORKLOADS.map((w) => {
-    const pairs = rounds.flatMap((r) => {
-      const num = rate('ebpf', w, r);
-      const den = rate('iptables', w, r);
-      return num !== undefined && den !== undefined ? [{ num, den }] : [];
+  const pairs = (w: Workload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
+    rounds.flatMap((r) => {
+      const a = at(num, w, r);
+      const b = at(den, w, r);
+      const x = a && value(a);
+      const y = b && value(b);
+      return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
-    return figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs));
+  const rates = WORKLOADS.map((w) =>
+    figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate))),
+  );
+  // The same comparison in CPU: what the native ends (client and the stand-in, with the
+  // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
+  // ebpf cheaper). On a shared machine a rate follows the CPU share it gets as much as its
+  // cost; this follows the cost.
+  const cpu = (['crr', 'rr'] as const).flatMap((w) => {
+    const p = pairs(w, 'iptables', 'ebpf', (s) => s.endsNsPerOp);
+    return p.length
+      ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${w === 'crr' ? 'connection' : 'round trip'}`, '×', { kind: 'none' }, ratioInterval(p, 7))]
+      : [];
   });
+  return [...rates, ...cpu];
 }
 
 export function parseOptions(argv: string[]): InpodBenchOptions {
@@ -261,6 +377,8 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
       seconds: { type: 'string' },
       warmup: { type: 'string' },
       concurrency: { type: 'string' },
+      endpoints: { type: 'string' },
+      'bpf-stats': { type: 'boolean' },
     },
     strict: true,
   });
@@ -287,6 +405,8 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     seconds: num('seconds', values.seconds, d.seconds, 0.1, 60, false),
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 256, true),
+    endpoints: parseEndpoints(values.endpoints),
+    bpfStats: values['bpf-stats'] === true,
   };
 }
 
@@ -298,9 +418,14 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`inpod bench: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  runInpodBench(options, (l) => process.stderr.write(`${l}\n`)).then(
+  const run = () => runInpodBench(options, (l) => process.stderr.write(`${l}\n`));
+  (options.bpfStats ? withBpfStats(run) : run()).then(
     (samples) => {
+      process.stdout.write(
+        "ends: native (build/trafficpeer: the pod's client, the outside server, and the listeners the capture finds in the pod) for none and the terminating captures; Node.js (traffic-peer.ts, the JS stand-in's relay) for <capture>-relay\n",
+      );
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
+      if (options.bpfStats) process.stdout.write(`${inpodCostTable(samples)}\n`);
       const figures = inpodFigures(samples);
       if (figures.length) process.stdout.write(`${figuresLine(figures)}\n`);
       process.exit(0);

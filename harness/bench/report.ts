@@ -74,17 +74,46 @@ export const RELAY_RATIOS: readonly { label: string; num: Scenario; den: Scenari
   { label: 'relay: ebpf / no capture: stream', num: 'ebpf', den: 'none', workload: 'stream' },
 ];
 
+/**
+ * The same comparisons with traffic-peer.ts (Node.js) at both ends instead of the native
+ * ones (`--endpoints native,js`): how much a JavaScript event loop dilutes the capture's
+ * cost. Figures with no goal.
+ */
+export const JS_RATIOS: readonly { label: string; num: Scenario; den: Scenario; workload: Workload }[] = [
+  { label: 'JS ends: ebpf (terminated) / direct: connections/s', num: 'ebpf-term-js', den: 'direct-js', workload: 'crr' },
+  { label: 'JS ends: ebpf (terminated) / direct: request/response', num: 'ebpf-term-js', den: 'direct-js', workload: 'rr' },
+  { label: 'JS ends: ebpf (terminated) / direct: stream', num: 'ebpf-term-js', den: 'direct-js', workload: 'stream' },
+  { label: 'JS ends: ebpf / iptables (terminated): connections/s', num: 'ebpf-term-js', den: 'iptables-term-js', workload: 'crr' },
+  { label: 'JS ends: ebpf / iptables (terminated): request/response', num: 'ebpf-term-js', den: 'iptables-term-js', workload: 'rr' },
+  { label: 'JS ends: ebpf / iptables (terminated): stream', num: 'ebpf-term-js', den: 'iptables-term-js', workload: 'stream' },
+];
+
+/**
+ * The capture's cost in CPU rather than in rate (native ends only): what the client and the
+ * stand-in spent per operation, the denominator's over the numerator's (above 1: the
+ * numerator is cheaper). On a shared machine a rate follows the CPU share a run gets as
+ * much as its cost; this follows the cost. Figures with no goal.
+ */
+export const CPU_RATIOS: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; metric: 'endsNsPerOp' }[] = [
+  { label: "ends' CPU per connection: iptables / ebpf (terminated)", num: 'iptables-term', den: 'ebpf-term', workload: 'crr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per round trip: iptables / ebpf (terminated)", num: 'iptables-term', den: 'ebpf-term', workload: 'rr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per connection: direct / ebpf (terminated)", num: 'direct', den: 'ebpf-term', workload: 'crr', metric: 'endsNsPerOp' },
+  { label: "ends' CPU per round trip: direct / ebpf (terminated)", num: 'direct', den: 'ebpf-term', workload: 'rr', metric: 'endsNsPerOp' },
+];
+
 /** Per-round paired ratios of each comparison whose scenarios ran: geometric mean, bootstrap interval, verdict. */
 export function ratios(
   samples: readonly TrafficSample[],
-  list: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; goal?: Goal }[] = RATIOS,
+  list: readonly { label: string; num: Scenario; den: Scenario; workload: Workload; goal?: Goal; metric?: 'rate' | 'endsNsPerOp' }[] = RATIOS,
 ): Ratio[] {
   return list.flatMap((r, idx) => {
     const rounds = [...new Set(samples.map((s) => s.round))];
     const pairs = rounds.flatMap((round) => {
       const a = samples.find((s) => s.round === round && s.scenario === r.num && s.workload === r.workload);
       const b = samples.find((s) => s.round === round && s.scenario === r.den && s.workload === r.workload);
-      return a && b ? [{ num: a.rate, den: b.rate }] : [];
+      const x = a?.[r.metric ?? 'rate'];
+      const y = b?.[r.metric ?? 'rate'];
+      return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
     if (pairs.length === 0) return [];
     const per = pairs.map((p) => p.num / p.den);
@@ -144,6 +173,9 @@ const SCENARIO_TEXT: Record<Scenario, string> = {
   iptables: 'iptables mode, pod A enrolled, stand-in relays',
   'none-b': 'no capture (no controller), pod B',
   unenrolled: 'ebpf mode running, pod B not enrolled',
+  'direct-js': "JS ends: direct to the server on ztunnel's address, pod A",
+  'ebpf-term-js': 'JS ends: ebpf mode, pod A enrolled, stand-in terminates',
+  'iptables-term-js': 'JS ends: iptables mode, pod A enrolled, stand-in terminates',
 };
 
 const fmt = {
@@ -322,14 +354,17 @@ export function renderMarkdown(r: ReportInput): string {
       '',
       `![ratios](${r.svgName})`,
       '',
-      'One simulated node (network namespaces: node, two pods, ztunnel, outside). The ztunnel stand-in',
-      '(`traffic-peer.js ztunnel`, in the ztunnel netns) does three things: a captured connection to the',
-      'terminating ports is answered by the stand-in itself, as the server would (the capture path with',
-      'no relay); the same server also listens on ztunnel\'s own address, which the "direct" scenario reaches',
-      'with no capture at the same distance (pod veth, node, ztunnel veth); a captured connection to the',
-      "outside server's ports is relayed there (two sockets and a Node.js pipe, as ztunnel would). Every",
-      "workload checks from the stand-in's counters that each connection that succeeded was carried as its",
-      'scenario says (terminated, relayed, direct) and none otherwise. Workloads (`harness/bench/traffic-peer.ts`):',
+      'One simulated node (network namespaces: node, two pods, ztunnel, outside). The capture is measured',
+      'between native ends (`tools/trafficpeer`, C: threads and epoll), so that no JavaScript event loop',
+      "sets the pace: its client in the pod, and its ztunnel stand-in in ztunnel's netns, which answers a",
+      'captured connection to the terminating ports itself, as the server would (the capture path with no',
+      'relay), and serves the same ports on ztunnel\'s own address, which the "direct" scenario reaches with',
+      'no capture at the same distance (pod veth, node, ztunnel veth). The relay scenarios keep Node.js at',
+      'both ends (`harness/bench/traffic-peer.ts`): its stand-in relays a captured connection to the outside',
+      "server (two sockets and a Node.js pipe, as ztunnel would). One stand-in at a time holds ztunnel's",
+      "listeners, the one the scenario needs. Every workload checks from both stand-ins' counters that each",
+      'connection that succeeded was carried as its scenario says (which stand-in; terminated, relayed,',
+      'direct) and none otherwise. Workloads (the same wire behaviour at both kinds of ends):',
       `connections/s = connect, ${6}-byte request, response, close, ${t.concurrency} loops at once;`,
       'request/response = 64-byte ping-pong on one connection; stream = bulk bytes from the pod,',
       'counted by the receiver.',
@@ -353,6 +388,24 @@ export function renderMarkdown(r: ReportInput): string {
       '',
       ratioTable(ratios(t.samples, RELAY_RATIOS)),
       '',
+      ...(ratios(t.samples, CPU_RATIOS).length
+        ? [
+            "The same comparisons in CPU (native ends: the client's and the stand-in's own CPU time per operation, the kernel's",
+            'work in their context included; above 1 the denominator is cheaper; no goals):',
+            '',
+            ratioTable(ratios(t.samples, CPU_RATIOS)),
+            '',
+          ]
+        : []),
+      ...(t.samples.some((x) => x.scenario.endsWith('-js'))
+        ? [
+            'The terminating pair again with Node.js at both ends (`--endpoints native,js`; no goals: what the',
+            "event loop does to the capture's figures):",
+            '',
+            ratioTable(ratios(t.samples, JS_RATIOS)),
+            '',
+          ]
+        : []),
       '### Reading',
       '',
       '- Each ratio is taken round by round (both sides measured in the same round, minutes apart at',

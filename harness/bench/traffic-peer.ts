@@ -6,15 +6,21 @@
  *                                      (connections/s); P+1: echo (request/response);
  *                                      P+2: sink, answers the byte count when the sender
  *                                      closes its side (stream throughput)
- *   traffic-peer.js ztunnel --port R --terminate T [--listen 15001,15006,15008]
+ *   traffic-peer.js ztunnel --port R --terminate T [--listen 15001,15006,15008] [--standby]
  *                                      (ztunnel) the stand-in: captured connections to
  *                                      R..R+2 relayed, to T..T+2 answered here as the
- *                                      server would; T..T+2 also served directly
+ *                                      server would; T..T+2 also served directly. Stdin:
+ *                                      "counts"; "release" / "listen" give up and take
+ *                                      back the transparent listeners (--standby: start
+ *                                      without them), so that the native stand-in
+ *                                      (tools/trafficpeer) can hold the same ports
  *   traffic-peer.js crr|rr|stream --to IP --port P --seconds S --warmup S [--concurrency N]
  *                                      (a pod) one workload; one JSON line on stdout
  *
  * Servers and clients keep JavaScript off the per-byte path: the echo is a pipe, the sink
- * only counts at the end, the sender writes one preallocated buffer.
+ * only counts at the end, the sender writes one preallocated buffer. tools/trafficpeer is
+ * the same peer in C (the same roles, wire behaviour and output): the benchmarks use it
+ * wherever the capture's cost is measured, and this one for the relay (ztunnel's stand-in).
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -41,6 +47,8 @@ export interface PeerResult {
   errors: number;
   /** SYNs this netns retransmitted meanwhile (a lost SYN costs a second): TcpExt TCPSynRetrans. */
   synRetrans: number;
+  /** The native peer only (tools/trafficpeer): its own CPU time over the run, seconds. */
+  cpuSeconds?: number;
 }
 
 /** TcpExt TCPSynRetrans of this process's netns. */
@@ -113,7 +121,7 @@ function serve(port: number): Promise<void> {
  * same server, the same distance, no capture). Counts each kind; a line "counts" on stdin
  * is answered with them (no per-connection output on the measured path).
  */
-async function standIn(relayPort: number, terminatePort: number, listenPorts: number[]): Promise<void> {
+async function standIn(relayPort: number, terminatePort: number, listenPorts: number[], standby: boolean): Promise<void> {
   const { AF_INET, AF_INET6, transparentListener } = await import('../sim/transparent.js');
   const counts = { relayed: 0, terminated: 0, direct: 0, refused: 0 };
   const onCaptured = (s: net.Socket) => {
@@ -129,22 +137,50 @@ async function standIn(relayPort: number, terminatePort: number, listenPorts: nu
     counts.refused++;
     s.resetAndDestroy();
   };
-  const servers: [net.Server, object][] = plainServers(terminatePort, () => counts.direct++);
-  for (const port of listenPorts)
-    for (const family of [AF_INET, AF_INET6] as const)
-      servers.push([net.createServer({ allowHalfOpen: true }, onCaptured), { fd: transparentListener(family, port) }]);
-  await listen(servers);
+  // The transparent listeners: held, or given up so that another stand-in (the native one,
+  // tools/trafficpeer) can take the same ports ("release", "listen" on stdin).
+  let held: net.Server[] = [];
+  const hold = async () => {
+    if (held.length) return;
+    const servers: [net.Server, object][] = [];
+    for (const port of listenPorts)
+      for (const family of [AF_INET, AF_INET6] as const)
+        servers.push([net.createServer({ allowHalfOpen: true }, onCaptured), { fd: transparentListener(family, port) }]);
+    await listen(servers);
+    held = servers.map(([srv]) => srv);
+  };
+  await listen(plainServers(terminatePort, () => counts.direct++));
+  if (!standby) await hold();
   process.stdin.setEncoding('utf8');
   let buf = '';
+  let queue = Promise.resolve();
+  const command = async (line: string) => {
+    if (line === 'counts') emit({ event: 'counts', ...counts });
+    else if (line === 'release') {
+      // server.close() closes the listening socket at once (its connections go on).
+      for (const srv of held) srv.close();
+      held = [];
+      emit({ event: 'released' });
+    } else if (line === 'listen') {
+      await hold();
+      emit({ event: 'listening', ports: listenPorts });
+    } else if (line) process.stderr.write(`traffic-peer: unknown command "${line}" (counts, release, listen)\n`);
+  };
   process.stdin.on('data', (d: string) => {
     buf += d;
     for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-      if (buf.slice(0, i).trim() === 'counts') emit({ event: 'counts', ...counts });
+      const line = buf.slice(0, i).trim();
+      queue = queue
+        .then(() => command(line))
+        .catch((err: unknown) => {
+          process.stderr.write(`traffic-peer: ${line}: ${err instanceof Error ? err.message : String(err)}\n`);
+          process.exit(1);
+        });
       buf = buf.slice(i + 1);
     }
   });
   process.stdin.on('end', () => process.exit(0));
-  emit({ event: 'listening', ports: listenPorts });
+  emit({ event: 'listening', ports: standby ? [] : listenPorts });
 }
 
 export interface StandInCounts {
@@ -274,6 +310,7 @@ async function main(argv: string[]): Promise<void> {
       port: { type: 'string' },
       terminate: { type: 'string' },
       listen: { type: 'string' },
+      standby: { type: 'boolean' },
       to: { type: 'string' },
       seconds: { type: 'string' },
       warmup: { type: 'string' },
@@ -293,6 +330,7 @@ async function main(argv: string[]): Promise<void> {
       port,
       portOf('terminate', values.terminate),
       (values.listen ?? '15001').split(',').map((p) => portOf('listen', p)),
+      values.standby === true,
     );
   const host = values.to ?? '';
   if (net.isIP(host) === 0) throw new Error(`--to must be an IP address, got "${host}"`);

@@ -44,7 +44,8 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
             harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
             harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
-            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in
+            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in;
+            harness/bench/hooks.ts: ebpf mode with --hook tc beside --hook xdp (traffic, small-frame floods)
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
 that was measured, with its 95 % interval and its verdict (met, not met, undecided). --write FILE.md also writes
 the chart as FILE.svg. Root (BPF, network namespaces); Ctrl-C tears down what it built.
@@ -72,7 +73,7 @@ function parts(value: string): Set<Part> {
  * a new one is one more entry here): each run as its own process, its summary kept as
  * printed.
  */
-const CONTROL_SCRIPTS = ['control.js', 'cni.js', 'scrape.js', 'inpod.js'] as const;
+const CONTROL_SCRIPTS = ['control.js', 'cni.js', 'scrape.js', 'inpod.js', 'hooks.js'] as const;
 
 async function runControl(signal: AbortSignal): Promise<{ scripts: { script: string; lines: string[]; figures: Figure[] }[] } | { missing: string }> {
   const scripts: { script: string; lines: string[]; figures: Figure[] }[] = [];

@@ -61,7 +61,7 @@ interface Workload {
   info: WorkloadInfo;
   netnsFd: number;
   netnsInode: number;
-  servers: (net.Server | dgram.Socket)[];
+  servers: { close(): void }[];
 }
 
 export interface ZtunnelInpodOptions {
@@ -85,6 +85,13 @@ export interface ZtunnelInpodOptions {
    * `proxy` says.
    */
   answer?: (s: net.Socket, origDst: string) => boolean;
+  /**
+   * Asked first on each `add` (benchmarks): may open the pod's TCP listeners in another
+   * process instead of here (the native terminating stand-in, tools/trafficpeer, handed
+   * `netnsFd` to inherit and enter), returning what closes them on `del`; null to listen
+   * here as usual. `netnsFd` stays this stand-in's. The add is acked once it returns.
+   */
+  listenElsewhere?: (uid: string, netnsFd: number, ports: readonly number[]) => { close(): void } | null;
   onEvent?: (e: StandInEvent) => void;
 }
 
@@ -251,9 +258,10 @@ export class ZtunnelInpod {
       return '';
     }
     if (had) this.del(uid);
-    let servers: (net.Server | dgram.Socket)[];
+    let servers: { close(): void }[];
     try {
-      servers = this.listenIn(uid, netnsFd);
+      const elsewhere = this.opts.listenElsewhere?.(uid, netnsFd, this.ports);
+      servers = elsewhere ? [elsewhere] : this.listenIn(uid, netnsFd);
     } catch (err) {
       closeFd(netnsFd);
       return `add for ${uid}: ${(err as Error).message}`;
