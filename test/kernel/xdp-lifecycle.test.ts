@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { netnsPath, withNetns } from '../../src/bpf/netns.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import type { Status } from '../../src/cli/status.js';
-import { startProcess, systemRunner } from '../../src/host/runner.js';
+import { systemRunner } from '../../src/host/runner.js';
 import { attachXdp, detachXdp } from '../../harness/bpf/xdp-attach.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
