@@ -199,11 +199,13 @@ export interface XdpRunResult {
  * kernel refuses (EINVAL) frames shorter than an Ethernet header: those are not runnable.
  * Nothing is sent: XDP_REDIRECT is only a return value here.
  */
-export function runXdp(progFd: number, frame: Buffer, opts: { ingressIfindex?: number; repeat?: number } = {}): XdpRunResult | NotRunnable {
-  const ctx = Buffer.alloc(XDP_MD.size);
-  ctx.writeUInt32LE(frame.length, XDP_MD.dataEnd);
-  ctx.writeUInt32LE((opts.ingressIfindex ?? 0) >>> 0, XDP_MD.ingressIfindex);
-  const ctxOut = Buffer.alloc(XDP_MD.size);
+export function runXdp(progFd: number, frame: Buffer, opts: { ingressIfindex?: number; repeat?: number; noCtx?: boolean } = {}): XdpRunResult | NotRunnable {
+  // `noCtx`: no xdp_md at all, for kernels whose BPF_PROG_RUN takes none for XDP: the
+  // frame then arrives on the netns's loopback device (ingress_ifindex 1).
+  const ctx = opts.noCtx ? null : Buffer.alloc(XDP_MD.size);
+  ctx?.writeUInt32LE(frame.length, XDP_MD.dataEnd);
+  ctx?.writeUInt32LE((opts.ingressIfindex ?? 0) >>> 0, XDP_MD.ingressIfindex);
+  const ctxOut = ctx ? Buffer.alloc(XDP_MD.size) : null;
   const dataOut = Buffer.alloc(frame.length + OUT_SLACK);
   const r = ffi.progTestRun(progFd, { dataIn: frame, dataOut, ctxIn: ctx, ctxOut, repeat: opts.repeat ?? 1 });
   if ('errno' in r) {

@@ -32,9 +32,22 @@ export interface Corpus {
   runs: CorpusRun[];
   /** The in-pod capture's object: its programs are loaded and attached, and its delivery probe run. */
   inpod?: { object: string; programs: string[] };
-  /** The XDP hook's object (`run --hook xdp`): its programs are loaded and attached to a veth's XDP hook. */
-  xdp?: { object: string; programs: string[] };
+  /**
+   * The XDP hook's object (`run --hook xdp`): its programs are loaded and attached to a
+   * veth's XDP hook, and `xdp_out` replays `runs` (their outcomes follow the TC runs').
+   */
+  xdp?: { object: string; programs: string[]; runs?: XdpCorpusRun[] };
 }
+
+/**
+ * One BPF_PROG_RUN of `xdp_out`: [state, frame, xdp_md->ingress_ifindex]. Its outcome is a
+ * RunOutcome with mark 0; code 3 when the kernel's BPF_PROG_RUN takes no xdp_md for XDP
+ * (5.10), so the frame ran as arriving on the runner's loopback (ifindex 1).
+ */
+export type XdpCorpusRun = [state: number, frame: number, ingressIfindex: number];
+
+/** The runner's loopback: where an XDP frame run without an xdp_md arrives. */
+export const LOOPBACK_IFINDEX = 1;
 
 /** The in-pod delivery probe's answer on a kernel (src/capture/inpod/probe.ts), or its error. */
 export type InpodProbeReport = { reuseportAssign: boolean; reason?: string } | { error: string };
@@ -107,6 +120,8 @@ export interface RunnerReport {
   outcomes: RunOutcome[] | null;
   /** Whether BPF_PROG_RUN took skb->ingress_ifindex on this kernel. */
   ingressCtx: boolean | null;
+  /** Whether BPF_PROG_RUN took an xdp_md for XDP on this kernel (null: no XDP runs). */
+  xdpCtx?: boolean | null;
   /** The in-pod object's programs, loaded one at a time (`MATRIX inpod-prog`). */
   inpodPrograms: ProgramLoad[];
   /** The in-pod delivery probe (`MATRIX inpod-probe`). */
@@ -138,6 +153,7 @@ export function parseReport(log: string): RunnerReport {
     negative: null,
     outcomes: null,
     ingressCtx: null,
+    xdpCtx: null,
     inpodPrograms: [],
     inpodProbe: null,
     xdpPrograms: [],
@@ -173,6 +189,9 @@ export function parseReport(log: string): RunnerReport {
         break;
       case 'ctx':
         report.ingressCtx = (JSON.parse(rest) as { ingressIfindex: boolean }).ingressIfindex;
+        break;
+      case 'xdp-ctx':
+        report.xdpCtx = (JSON.parse(rest) as { ingressIfindex: boolean }).ingressIfindex;
         break;
       case 'outcomes-begin':
         b64 = [];

@@ -15,7 +15,7 @@ import * as ffi from '../../src/bpf/ffi.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { attachTc, destroyClsact, detachTc, queryTc, type Direction } from '../../src/bpf/tc.js';
 import { attachXdp, detachXdp, queryXdp } from '../../src/bpf/xdp.js';
-import { isNotRunnable, runProgram } from '../bpf/testrun.js';
+import { isNotRunnable, runProgram, runXdp } from '../bpf/testrun.js';
 import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
@@ -224,6 +224,65 @@ function replay(corpus: Corpus, loadable: string[]): RunOutcome[] {
   }
 }
 
+/**
+ * Whether BPF_PROG_RUN takes an xdp_md for XDP programs here (where it does not, any context is
+ * refused with EINVAL). Probed with a full-size frame, which every kernel runs.
+ */
+function probeXdpCtx(fd: number): boolean {
+  const frame = Buffer.alloc(64);
+  frame.writeUInt16BE(0x0800, 12);
+  runXdp(fd, frame, { noCtx: true }); // throws if even this is refused
+  try {
+    runXdp(fd, frame, { ingressIfindex: MATRIX_VETHS.a });
+    return true;
+  } catch (err) {
+    if (err instanceof Error && /errno 22$/.test(err.message)) return false;
+    throw err;
+  }
+}
+
+/**
+ * xdp_out on the corpus's XDP runs, under the same map states as the TC runs (the XDP
+ * object's maps are its own here, written the same way). Where the kernel takes no xdp_md,
+ * each frame runs without one (outcome code 3: it arrived on loopback).
+ */
+function replayXdp(corpus: Corpus): RunOutcome[] {
+  const runs = corpus.xdp?.runs ?? [];
+  if (runs.length === 0) return [];
+  let obj: BpfObject;
+  try {
+    obj = BpfObject.openAndLoad(corpus.xdp!.object, { programs: ['xdp_out'] });
+  } catch (err) {
+    return runs.map((): RunOutcome => [2, `xdp_out did not load: ${tail(err, 2)}`]);
+  }
+  try {
+    const fd = obj.programFd('xdp_out');
+    const ctx = probeXdpCtx(fd);
+    say('xdp-ctx', { ingressIfindex: ctx });
+    const frames = new Map<number, Buffer>();
+    const out: RunOutcome[] = [];
+    let state = -1;
+    for (const [st, frameIdx, ingressIfindex] of runs) {
+      if (st !== state) {
+        applyMapState(obj, corpus.states[st]!);
+        state = st;
+      }
+      let frame = frames.get(frameIdx);
+      if (!frame) frames.set(frameIdx, (frame = Buffer.from(corpus.frames[frameIdx]!, 'hex')));
+      try {
+        const r = runXdp(fd, frame, ctx ? { ingressIfindex } : { noCtx: true });
+        if ('notRunnable' in r) out.push([1, r.notRunnable]);
+        else out.push([ctx ? 0 : 3, r.retval, 0, frameChanges(frame, r.dataOut)]);
+      } catch (err) {
+        out.push([2, err instanceof Error ? err.message : String(err)]);
+      }
+    }
+    return out;
+  } finally {
+    obj.close();
+  }
+}
+
 /** The in-pod programs loaded and attached, and the delivery probe run on this kernel. */
 async function inpod(corpus: Corpus): Promise<void> {
   if (!corpus.inpod) return;
@@ -249,7 +308,9 @@ async function main(): Promise<void> {
   say('negative', negativeControl(corpus.broken));
   say('time', { loaded: seconds(), sinceStart: process.uptime() });
   const loadable = loads.filter((l) => l.loaded).map((l) => l.name);
-  const outcomes = loadable.length > 0 ? replay(corpus, loadable) : corpus.runs.map((): RunOutcome => [2, 'no program loaded']);
+  const tc = loadable.length > 0 ? replay(corpus, loadable) : corpus.runs.map((): RunOutcome => [2, 'no program loaded']);
+  // One list: the TC runs' outcomes, then the XDP runs'.
+  const outcomes = [...tc, ...replayXdp(corpus)];
   say('time', { replayed: seconds(), runs: outcomes.length });
   await inpod(corpus);
   for (const p of corpus.xdp?.programs ?? []) say('xdp-prog', loadOne(corpus.xdp!.object, p));

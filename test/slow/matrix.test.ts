@@ -19,9 +19,21 @@ import { Gen, truncationSeeds } from '../model/generate.js';
 import { baseState, NODE_IFINDEX, POD_A, ROWS, stateOf, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
 import { truncate } from '../../harness/packet/builder.js';
 import { BpfObject } from '../../src/bpf/object.js';
-import { TcAct } from '../../harness/bpf/testrun.js';
+import { TcAct, XdpAction } from '../../harness/bpf/testrun.js';
+import { xdpOutbound, xdpRunnable, type XdpActionName } from '../model/xdp.js';
+import { xdpDisagreement } from '../model/xdp-harness.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { applyChanges, MATRIX_VETHS, parseReport, type Corpus, type CorpusRun, type CorpusState, type RunnerReport } from '../../harness/matrix/corpus.js';
+import {
+  applyChanges,
+  LOOPBACK_IFINDEX,
+  MATRIX_VETHS,
+  parseReport,
+  type Corpus,
+  type CorpusRun,
+  type CorpusState,
+  type RunnerReport,
+  type XdpCorpusRun,
+} from '../../harness/matrix/corpus.js';
 import { formatTable, problemsOf, type KernelRow } from '../../harness/matrix/report.js';
 import { kernelDescribe } from '../support/gate.js';
 
@@ -29,7 +41,11 @@ const BROKEN = 'build/tests/broken.bpf.o';
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
 const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_lookup'] as const;
-/** The XDP hook (`run --hook xdp`, docs/datapath.md "The outbound hook"): loaded and attached to a veth's XDP hook in native mode. */
+/**
+ * The XDP hook (`run --hook xdp`, docs/datapath.md "The outbound hook"): loaded and attached
+ * to a veth's XDP hook in native mode, and xdp_out replayed on the rows' and the fuzzer's
+ * frames against test/model/xdp.ts.
+ */
 const XDP_OBJECT = 'build/xdp.bpf.o';
 const XDP_PROGRAMS = ['xdp_out', 'xdp_pass'] as const;
 const SEED = 20240611;
@@ -84,9 +100,16 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
     groups.get(st)!.push({ program, frame, ingress });
   };
 
+  // xdp_out's runs (after the TC runs): the frame arrives on pod A's veth, or on B's.
+  const xdpRuns: XdpCorpusRun[] = [];
+  const addXdp = (st: number, frame: Buffer, ingress: number) => xdpRuns.push([st, frameOf(frame), ingress]);
+
   // Every spec row (test/model/rows.ts) on the programs the kernel test runs it on.
-  for (const r of ROWS.outbound)
-    for (const p of ['out_redir_peer', 'out_redirect']) add(stateOfSpec(`row ${r.id}`, stateOf(v, r)), p, r.frame, r.ingressIfindex ?? NODE_IFINDEX);
+  for (const r of ROWS.outbound) {
+    const st = stateOfSpec(`row ${r.id}`, stateOf(v, r));
+    for (const p of ['out_redir_peer', 'out_redirect']) add(st, p, r.frame, r.ingressIfindex ?? NODE_IFINDEX);
+    addXdp(st, r.frame, v.a);
+  }
   for (const r of ROWS.inbound) add(stateOfSpec(`row ${r.id}`, stateOf(v, r)), 'in_redirect', r.frame, r.ingressIfindex ?? NODE_IFINDEX);
   for (const r of ROWS.ztunnel) {
     const st = stateOfSpec(`row ${r.id}`, stateOf(v, r));
@@ -117,6 +140,7 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
     for (const frame of fs) {
       const ingress = gen.pick([NODE_IFINDEX, NODE_IFINDEX, ZT_HOST_IFINDEX, 0]);
       for (const p of PROGRAMS) add(st, p, frame, ingress);
+      addXdp(st, frame, gen.chance(0.85) ? v.a : v.b);
     }
   }
 
@@ -148,7 +172,7 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       frames,
       runs,
       inpod: { object: INPOD_OBJECT, programs: [...INPOD_PROGRAMS] },
-      xdp: { object: XDP_OBJECT, programs: [...XDP_PROGRAMS] },
+      xdp: { object: XDP_OBJECT, programs: [...XDP_PROGRAMS], runs: xdpRuns },
     },
     expected,
     models,
@@ -210,6 +234,31 @@ function compare(
     // A dropped frame's mark goes nowhere: compare marks only when the frame lives on.
     const diff = disagreement(want, verdict === 'drop' && want.verdict === 'drop' ? { ...k, mark: 0 } : k, frame);
     if (diff) out.disagreements.push(`${where()}\n  model ${want.verdict} ${want.row}; ${diff}`);
+  });
+  // xdp_out's runs, after the TC runs' outcomes. xdp_out records no flows: each group's
+  // model state is the pristine one.
+  const xdpActions: Record<number, XdpActionName> = { [XdpAction.PASS]: 'XDP_PASS', [XdpAction.DROP]: 'XDP_DROP', [XdpAction.REDIRECT]: 'XDP_REDIRECT' };
+  (corpus.xdp?.runs ?? []).forEach(([st, frameIdx, ingressIfindex], j) => {
+    const o = outcomes[corpus.runs.length + j];
+    const frame = Buffer.from(corpus.frames[frameIdx]!, 'hex');
+    const where = () => `xdp_out [${corpus.states[st]!.name}] ingress ${ingressIfindex} frame ${frame.toString('hex')}`;
+    if (!o) return;
+    if (o[0] === 1) {
+      // Only a frame shorter than an Ethernet header may be refused.
+      if (xdpRunnable(frame)) out.errors.push(`${where()}: refused as too short (errno ${o[1]})`);
+      else out.notRunnable++;
+      return;
+    }
+    if (o[0] === 2) {
+      out.errors.push(`${where()}: ${o[1]}`);
+      return;
+    }
+    const [code, retval, , changes] = o;
+    // Code 3: the kernel took no xdp_md, so the frame arrived on the runner's loopback.
+    if (code === 3) out.ctxFallback++;
+    const want = xdpOutbound(frame, models.get(st)!, { ifindex: code === 3 ? LOOPBACK_IFINDEX : ingressIfindex });
+    const diff = xdpDisagreement(want, { action: xdpActions[retval] ?? `retval ${retval}`, dataOut: applyChanges(frame, changes) });
+    if (diff) out.disagreements.push(`${where()}\n  model ${want.action} ${want.row}; ${diff}`);
   });
   return out;
 }
@@ -329,7 +378,7 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
   afterAll(() => {
     if (rows.length === 0) return;
     console.log(
-      `kernel matrix: ${corpus.runs.length} runs per kernel (${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS)}`,
+      `kernel matrix: ${corpus.runs.length + (corpus.xdp?.runs?.length ?? 0)} runs per kernel (${corpus.runs.length} TC, ${corpus.xdp?.runs?.length ?? 0} XDP; ${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS)}`,
     );
     for (const r of rows)
       console.log(
