@@ -37,13 +37,17 @@ export interface HookSelection {
 }
 
 /**
- * What `auto` picks, and why. TC until the TC/XDP benchmark (docs/benchmarks.md) shows the
- * XDP hook cheaper: XDP on a veth also turns off the pod's software GSO, caps the veth's
- * MTU and needs ztunnel's eth0 in NAPI mode, costs TC does not have.
+ * What `auto` picks, and why: the TC/XDP benchmark's figures (docs/benchmarks.md, both
+ * hooks side by side in one run, 2026-12-01). XDP lost on every workload measured: the
+ * pod's stream fell to 0.30× (XDP on a veth turns off the pod's software GSO, so the pod
+ * sends MTU-sized frames), connections/s to 0.90× and request/response to 0.96×, and the
+ * floods it was expected to win (UDP and SYN from an enrolled pod, UDP from a forged
+ * source, dropped at the XDP hook) cost about 1.3× the CPU per frame of TC's, the frames
+ * crossing the veth one by one in NAPI mode instead of TC's direct path.
  */
 export const AUTO_HOOK: { hook: Hook; why: string } = {
   hook: 'tc',
-  why: 'tc until a benchmark shows xdp cheaper (xdp also turns off the pod’s GSO and caps its veth’s MTU)',
+  why: 'tc (xdp measured slower on every workload: stream 0.30×, connections/s 0.90×; floods, forged-source drops too, about 1.3× the CPU per frame)',
 };
 
 /**

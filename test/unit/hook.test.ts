@@ -3,7 +3,7 @@ import { AUTO_HOOK, hookConflict, selectHook } from '../../src/core/modes.js';
 import { ConfigError, parseRunConfig } from '../../src/config.js';
 
 describe('selectHook: the pods’ outbound hook', () => {
-  it('auto picks tc for now, and says why in one line', () => {
+  it('auto picks tc (the TC/XDP benchmark’s verdict), and says why in one line', () => {
     const s = selectHook('auto', { ztunnelMode: 'node', mode: 'ebpf' });
     expect(s.hook).toBe('tc');
     expect(AUTO_HOOK.hook).toBe('tc');
