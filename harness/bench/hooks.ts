@@ -13,6 +13,7 @@
  *                    to ztunnel's netns
  *   flood-spoof      pod B (enrolled) writes 64-byte UDP frames from an address that is not
  *                    its own: dropped (O8)
+ *   flood-spoof-syn  pod B writes TCP SYNs from that address to the outside: dropped (O8)
  *
  * For each flood: frames sent (the sender's count), frames delivered (the receiving netns's
  * eth0 rx_packets over the window; for SYNs less the resets the pod sent meanwhile, its
@@ -47,7 +48,7 @@ import { formatRate, rotate } from './traffic.js';
 
 export const HOOKS = ['tc', 'xdp'] as const;
 export type HookName = (typeof HOOKS)[number];
-export const HOOK_WORKLOADS = ['crr', 'rr', 'stream', 'flood-udp', 'flood-syn', 'flood-spoof'] as const;
+export const HOOK_WORKLOADS = ['crr', 'rr', 'stream', 'flood-udp', 'flood-syn', 'flood-spoof', 'flood-spoof-syn'] as const;
 export type HookWorkload = (typeof HOOK_WORKLOADS)[number];
 
 export interface HookOptions {
@@ -95,6 +96,7 @@ const FLOODS: Record<Extract<HookWorkload, `flood-${string}`>, Flood> = {
   'flood-udp': { from: 0, kind: 'udp', to: 'outside', spoof: false },
   'flood-syn': { from: 0, kind: 'syn', to: 'ztunnel', spoof: false },
   'flood-spoof': { from: 1, kind: 'udp', to: 'outside', spoof: true },
+  'flood-spoof-syn': { from: 1, kind: 'syn', to: 'outside', spoof: true },
 };
 
 /** eth0's received frames in `ns` (the kernel's own count). */
@@ -216,7 +218,7 @@ export async function runHooks(o: HookOptions, say: (line: string) => void = () 
             } else {
               sample = await runFlood(sim, FLOODS[workload], workload === 'flood-syn' ? TERMINATE_PORT : UDP_PORT, o.floodSeconds, o.bpfStats === true);
               // The outside's eth0 may see a stray frame of its own (neighbour discovery); a bypass is thousands.
-              if (workload === 'flood-spoof' && sample.delivered! > Math.max(10, sample.sent! / 100))
+              if (FLOODS[workload].spoof && sample.delivered! > Math.max(10, sample.sent! / 100))
                 throw new Error(
                   `hooks ${hook} ${workload}: ${sample.delivered} of ${sample.sent} frames from a forged source reached the outside (O8 drops them)`,
                 );
@@ -255,6 +257,7 @@ const TEXT: Record<HookWorkload, string> = {
   'flood-udp': 'UDP flood, enrolled pod',
   'flood-syn': 'SYN flood, enrolled pod',
   'flood-spoof': 'UDP flood, forged source',
+  'flood-spoof-syn': 'SYN flood, forged source',
 };
 
 /** xdp / tc, per round, for each workload's rate and each flood's CPU per frame. */
@@ -370,7 +373,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   (options.bpfStats ? withBpfStats(run) : run()).then(
     (samples) => {
       process.stdout.write(
-        `ebpf mode with --hook tc and --hook xdp, ${options.rounds} rounds alternating; crr, rr, stream between native ends (build/trafficpeer), the stand-in terminating; floods written by trafficpeer flood (AF_PACKET) as fast as it can for ${options.floodSeconds} s: 64-byte UDP and 54-byte TCP SYNs from an enrolled pod, 64-byte UDP from an enrolled pod forging its source; CPU per frame: the sender's getrusage, and the machine's system+irq+softirq (/proc/stat, everyone's)\n`,
+        `ebpf mode with --hook tc and --hook xdp, ${options.rounds} rounds alternating; crr, rr, stream between native ends (build/trafficpeer), the stand-in terminating; floods written by trafficpeer flood (AF_PACKET) as fast as it can for ${options.floodSeconds} s: 64-byte UDP and 54-byte TCP SYNs from an enrolled pod, 64-byte UDP and TCP SYNs from an enrolled pod forging its source; CPU per frame: the sender's getrusage, and the machine's system+irq+softirq (/proc/stat, everyone's)\n`,
       );
       process.stdout.write(`${hookTable(samples)}\n${figuresLine(hookFigures(samples))}\n`);
       process.exit(0);
