@@ -32,41 +32,12 @@ import { originalDst } from '../../harness/sim/transparent.js';
 import { netnsSnapshot } from '../support/snapshot.js';
 import { kernelDescribe } from '../support/gate.js';
 import { until } from '../support/wait.js';
+import { addVm, type Vm } from '../support/vm.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
 const OUT = 8080;
 /** The pod's own app. */
 const APP = 9090;
-
-interface Vm {
-  ns: string;
-  tap: string;
-  nat: string;
-  routed: string;
-}
-
-/** A VM netns behind a veth `tap` in the pod's netns (see the file's comment). */
-async function addVm(sim: SimNode, pod: SimPod, i: number): Promise<Vm> {
-  const ns = `${sim.prefix}-vm${i}`;
-  const tap = `tap${i}`;
-  const net = (k: number) => `10.${250 + 2 * i + k}.0`;
-  const vm: Vm = { ns, tap, nat: `${net(0)}.2`, routed: `${net(1)}.2` };
-  await run(['ip', 'netns', 'add', ns]);
-  await run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-  await run(['ip', '-n', pod.ns, 'link', 'add', tap, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-  await run(['ip', '-n', pod.ns, 'addr', 'add', `${net(0)}.1/24`, 'dev', tap]);
-  await run(['ip', '-n', pod.ns, 'link', 'set', tap, 'up']);
-  await run(['ip', '-n', pod.ns, 'route', 'add', `${net(1)}.0/24`, 'via', vm.nat, 'dev', tap]);
-  await run(['ip', '-n', ns, 'addr', 'add', `${vm.nat}/24`, 'dev', 'eth0']);
-  await run(['ip', '-n', ns, 'addr', 'add', `${vm.routed}/32`, 'dev', 'eth0']);
-  await run(['ip', '-n', ns, 'link', 'set', 'eth0', 'up']);
-  await run(['ip', '-n', ns, 'route', 'add', 'default', 'via', `${net(0)}.1`]);
-  await systemRunner.run(['ip', 'netns', 'exec', pod.ns, 'iptables-nft-restore', '--noflush'], {
-    input: `*nat\n-A POSTROUTING -s ${net(0)}.0/24 -o eth0 -j MASQUERADE\nCOMMIT\n`,
-  });
-  await run(['ip', '-n', sim.nodeNs, 'route', 'add', `${net(1)}.0/24`, 'via', pod.ip, 'dev', pod.hostVeth]);
-  return vm;
-}
 
 kernelDescribe('reroute-virtual-interfaces: a VM behind an enrolled pod (in-pod topology)', 'creates network namespaces and loads BPF programs', () => {
   let sim: SimNode;
