@@ -154,7 +154,7 @@ export const RUN_FLAGS: Record<string, FlagSpec> = {
   variant: { env: 'REDIRECT_VARIANT', help: 'ebpf mode: auto | redirect | redirect_peer (auto: probe the kernel)', default: 'auto' },
   hook: {
     env: 'REDIRECT_HOOK',
-    help: 'node mode, ebpf: the hook of the pods’ outbound program: tc | xdp | auto (auto: tc, which the TC/XDP benchmark found faster on every workload; docs/datapath.md)',
+    help: 'node mode, ebpf: the hook of the pods’ outbound program: tc | xdp | auto (auto: tc, which the TC/XDP benchmark found faster or even on every workload; docs/datapath.md)',
     default: 'auto',
   },
   delivery: { env: 'REDIRECT_DELIVERY', help: 'ebpf mode, ztunnel side: auto | sk_assign | tproxy (auto: probe the kernel)', default: 'auto' },

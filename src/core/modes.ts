@@ -38,16 +38,17 @@ export interface HookSelection {
 
 /**
  * What `auto` picks, and why: the TC/XDP benchmark's figures (docs/benchmarks.md, both
- * hooks side by side in one run, 2026-12-01). XDP lost on every workload measured: the
- * pod's stream fell to 0.30× (XDP on a veth turns off the pod's software GSO, so the pod
- * sends MTU-sized frames), connections/s to 0.90× and request/response to 0.96×, and the
- * floods it was expected to win (UDP and SYN from an enrolled pod, UDP from a forged
- * source, dropped at the XDP hook) cost about 1.3× the CPU per frame of TC's, the frames
- * crossing the veth one by one in NAPI mode instead of TC's direct path.
+ * hooks side by side in one run, 2026-12-01). XDP lost or tied on every workload: the
+ * pod's stream fell to 0.32× (XDP on a veth turns off the pod's software GSO, so the pod
+ * sends MTU-sized frames), connections/s to 0.88×, request/response tied (1.01×, interval
+ * 0.95-1.13), and the floods it was expected to win (UDP and SYNs from an enrolled pod,
+ * UDP and SYNs from a forged source, dropped at the XDP hook) cost 1.14-1.27× the CPU per
+ * frame of TC's, the frames crossing the veth to the peer's NAPI one by one instead of
+ * TC's direct path.
  */
 export const AUTO_HOOK: { hook: Hook; why: string } = {
   hook: 'tc',
-  why: 'tc (xdp measured slower on every workload: stream 0.30×, connections/s 0.90×; floods, forged-source drops too, about 1.3× the CPU per frame)',
+  why: 'tc (xdp measured slower or even on every workload: stream 0.32×, connections/s 0.88×, request/response 1.01×; floods, forged-source drops too, 1.14-1.27× the CPU per frame)',
 };
 
 /**
