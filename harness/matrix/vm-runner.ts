@@ -74,6 +74,8 @@ function hookOf(name: string): { ifindex: number; direction: Direction } {
   if (name === 'inpod_in') return { ifindex: MATRIX_VETHS.a, direction: 'ingress' };
   if (name === 'inpod_host_in') return { ifindex: MATRIX_VETHS.b, direction: 'egress' };
   if (name === 'inpod_host_out') return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
+  // A VM's tap listed in reroute-virtual-interfaces: its ingress (here veth b's).
+  if (name === 'inpod_vm_in') return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   if (name.startsWith('zt_')) return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   return { ifindex: MATRIX_VETHS.a, direction: name === 'in_redirect' ? 'egress' : 'ingress' };
 }

@@ -40,7 +40,7 @@ import { kernelDescribe } from '../support/gate.js';
 const BROKEN = 'build/tests/broken.bpf.o';
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
-const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_lookup'] as const;
+const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in', 'inpod_lookup'] as const;
 /**
  * The XDP hook (`run --hook xdp`, docs/datapath.md "The outbound hook"): loaded and attached
  * to a veth's XDP hook in native mode, and xdp_out replayed on the rows' and the fuzzer's
