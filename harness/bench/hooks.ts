@@ -45,6 +45,7 @@ import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure } from './stats.js';
 import { type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
 import { formatRate, rotate } from './traffic.js';
+import { numberOption } from './options.js';
 
 export const HOOKS = ['tc', 'xdp'] as const;
 export type HookName = (typeof HOOKS)[number];
@@ -344,13 +345,7 @@ export function parseHookOptions(argv: string[]): HookOptions {
     strict: true,
   });
   const d = DEFAULT_HOOKS;
-  const num = (name: string, raw: string | undefined, dflt: number, min: number, max: number, integer: boolean) => {
-    if (raw === undefined) return dflt;
-    const n = Number(raw);
-    if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n)))
-      throw new Error(`--${name}: "${raw}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
-    return n;
-  };
+  const num = numberOption;
   return {
     rounds: num('rounds', values.rounds, d.rounds, 1, 50, true),
     seconds: num('seconds', values.seconds, d.seconds, 0.2, 30, false),

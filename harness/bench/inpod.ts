@@ -49,6 +49,7 @@ import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './st
 import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
 import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
+import { numberOption } from './options.js';
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -382,13 +383,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     },
     strict: true,
   });
-  const num = (name: string, raw: string | undefined, dflt: number, min: number, max: number, integer: boolean) => {
-    if (raw === undefined) return dflt;
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n)))
-      throw new Error(`--${name}: "${raw}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
-    return n;
-  };
+  const num = numberOption;
   const d = DEFAULT_INPOD_BENCH;
   const captures =
     values.captures === undefined

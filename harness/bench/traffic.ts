@@ -40,6 +40,7 @@ import { ZTUNNEL_PORTS } from '../sim/names.js';
 import { parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import type { StandInCounts } from './traffic-peer.js';
 import type { SelectedMode } from '../../src/core/modes.js';
+import { numberOption } from './options.js';
 
 export const SCENARIOS = [
   'direct',
@@ -340,13 +341,7 @@ export function parseTrafficOptions(argv: string[]): TrafficOptions {
     strict: true,
   });
   const d = DEFAULT_TRAFFIC;
-  const num = (name: string, raw: string | undefined, dflt: number, min: number, max: number, integer: boolean) => {
-    if (raw === undefined) return dflt;
-    const n = Number(raw);
-    if (raw.trim() === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n)))
-      throw new Error(`--${name}: "${raw}" is not ${integer ? 'an integer' : 'a number'} in ${min}..${max}`);
-    return n;
-  };
+  const num = numberOption;
   const endpoints = parseEndpoints(values.endpoints);
   return {
     rounds: num('rounds', values.rounds, d.rounds, 1, 50, true),
