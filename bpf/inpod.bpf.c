@@ -75,6 +75,18 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_handoff SEC(".maps");
 
+/*
+ * inpod_listeners (written by inpod_in, read by no program): { ::ffff:198.18.0.10, 15001, 4 }
+ * -> ztunnel's 15001 listener, kept while it lives (the kernel removes a closed socket)
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, MAX_INPOD_LISTENERS);
+	__type(key, struct inpod_listener_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_listeners SEC(".maps");
+
 /* inpod_pods (the agent's record): netns inode 4026532890 -> { eth 2, host 14, QDISC_POD } */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -397,12 +409,30 @@ static __always_inline void handoff_key(struct inpod_handoff_key *k, const struc
 }
 
 /*
+ * Keeps the listener in inpod_listeners under the pod's address (a no-op once it is there).
+ * Without it the handoff entry is the listener's only sockmap link, and inpod_lookup's
+ * delete of it tears down the socket's sockmap state, which the next handoff builds
+ * again; an update that meets the teardown on the other CPU fails (EBUSY).
+ */
+static __always_inline void keep_listener(struct bpf_sock *sk, const struct flow *f, const struct addr_key *pod, __u16 port)
+{
+	struct inpod_listener_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memcpy(k.pod, pod->addr, 16);
+	k.port = bpf_htons(port);
+	k.family = f->l3 == L3_IPV4 ? 4 : 6;
+	bpf_map_update_elem(&inpod_listeners, &k, sk, BPF_NOEXIST);
+}
+
+/*
  * A SYN meeting a TIME_WAIT (PL5, PI8): the kernel refuses a new request beside it, so no
  * bpf_sk_assign. The frame passes with ztunnel's listener left in inpod_handoff; the stack
  * retires the TIME_WAIT and asks the listener lookup, where inpod_lookup gives it ztunnel's
- * listener. No listener, or no room: dropped (fail closed).
+ * listener. No listener, or no room: dropped (fail closed). `pod` is the pod's address in
+ * the SYN (its source outbound, its destination inbound).
  */
-static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, __u16 port)
+static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, const struct addr_key *pod, __u16 port)
 {
 	struct inpod_handoff_key k;
 	struct bpf_sock *sk = ztunnel_socket(skb, f, port);
@@ -410,6 +440,7 @@ static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, 
 
 	if (!sk)
 		return TC_ACT_SHOT;
+	keep_listener(sk, f, pod, port);
 	handoff_key(&k, f);
 	err = bpf_map_update_elem(&inpod_handoff, &k, sk, BPF_ANY);
 	bpf_sk_release(sk);
@@ -440,7 +471,7 @@ static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f
 		return deliver(skb, f, port);                    /* PL4 */
 	if (!connecting_socket(skb, f))
 		return TC_ACT_SHOT;                              /* PL3 */
-	return handoff(skb, f, port);                            /* PL5 */
+	return handoff(skb, f, &f->src, port);                   /* PL5 */
 }
 
 SEC("tc")
@@ -472,7 +503,7 @@ int inpod_in(struct __sk_buff *skb)
 	if (overrides_of(&f.dst) & INPOD_O_BYPASS_INBOUND)
 		return TC_ACT_OK;                                /* PI7b */
 	if (c == CONN_TIME_WAIT)
-		return handoff(skb, &f, INPOD_PORT_INBOUND);     /* PI8 */
+		return handoff(skb, &f, &f.dst, INPOD_PORT_INBOUND); /* PI8 */
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 
@@ -507,7 +538,7 @@ int inpod_vm_in(struct __sk_buff *skb)
 	if (!tcp_syn(&f))
 		return TC_ACT_SHOT;                              /* PV4: no connection to forward it around */
 	if (c == CONN_TIME_WAIT)
-		return handoff(skb, &f, INPOD_PORT_OUTBOUND);    /* PV5 */
+		return handoff(skb, &f, &f.src, INPOD_PORT_OUTBOUND); /* PV5 */
 	return deliver(skb, &f, INPOD_PORT_OUTBOUND);            /* PV5 */
 }
 

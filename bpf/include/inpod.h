@@ -23,6 +23,14 @@
 #define MAX_HANDOFFS 4096
 #endif
 
+/*
+ * ztunnel's listeners kept in inpod_listeners (one per pod address, port and family that
+ * had a SYN handed over). Best effort: a full map only costs the churn it saves.
+ */
+#ifndef MAX_INPOD_LISTENERS
+#define MAX_INPOD_LISTENERS 16384
+#endif
+
 /* ztunnel's in-pod listeners: the same ports as in its own netns. */
 #define INPOD_PORT_OUTBOUND 15001
 #define INPOD_PORT_INBOUND 15006
@@ -104,6 +112,21 @@ struct inpod_handoff_key {
 	__u16 local_port;   /* network order */
 	__u8 family;        /* 4 or 6 */
 	__u8 pad[3];        /* 0 */
+};
+
+/*
+ * Key of the inpod_listeners map: ztunnel's listener that took a handed-over SYN, by the
+ * pod's address the SYN carried (its source outbound, its destination inbound), the port
+ * and the SYN's family. The map holds each such listener for as long as it lives, so that
+ * the socket's sockmap state (its psock) is not torn down and rebuilt on every handoff:
+ * an inpod_handoff update that met that teardown on the other CPU failed with EBUSY and
+ * lost the SYN (docs/datapath.md, "TIME_WAIT: the handoff"). No program reads it.
+ */
+struct inpod_listener_key {
+	__u8 pod[16];  /* network order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port;    /* the listener's port, network order */
+	__u8 family;   /* 4 or 6: the SYN's */
+	__u8 pad;      /* 0 */
 };
 
 /*

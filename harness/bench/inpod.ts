@@ -131,6 +131,8 @@ export interface InpodSample {
   workload: Workload;
   rate: number;
   errors: number;
+  /** SYNs the pod's client sent again (its netns's TcpExtTCPSynRetrans over the run): each one a connection that waited a second. */
+  synRetrans: number;
   /** The machine's busy CPU time over the client's run per operation (connection, round trip, byte), ns. */
   cpuNsPerOp?: number;
   /** Native ends: the client's and the answering end's (server or stand-in) own CPU time per operation, ns. */
@@ -253,9 +255,9 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             const bpf = progs.length
               ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
               : {};
-            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, ...cost, ...bpf });
+            samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost, ...bpf });
             say(
-              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}`,
+              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}${r.synRetrans ? ` (${r.synRetrans} SYNs sent again)` : ''}`,
             );
           }
         } finally {
@@ -294,8 +296,11 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   const relayed = ran(captures.map((c) => `${c}${RELAY}`));
   const js = ran(captures.map((c) => `${c}${JS}`));
   const noneJs = ran([`none${JS}`]);
-  for (const s of ['none', ...captures, ...relayed, ...noneJs, ...js])
-    lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  const scenarios = ['none', ...captures, ...relayed, ...noneJs, ...js];
+  for (const s of scenarios) lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  // A lost SYN stalls its connection for the 1 s retransmit: a few of them move connections/s.
+  const resent = (s: string) => samples.filter((x) => x.scenario === s).reduce((n, x) => n + x.synRetrans, 0);
+  lines.push(`SYNs the client sent again (all rounds and workloads): ${scenarios.map((s) => `${s} ${resent(s)}`).join(', ')}`);
   for (const [set, base, label] of [
     [captures, 'none', 'terminating stand-in'],
     [relayed, 'none', 'relaying stand-in'],

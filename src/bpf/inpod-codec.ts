@@ -11,6 +11,7 @@ export const PROBE_FLOW_INFO_SIZE = layouts.probe_flow_info.size;
 export const INPOD_POD_SIZE = layouts.inpod_pod.size;
 export const INPOD_POD_KEY_SIZE = 8;
 export const HANDOFF_KEY_SIZE = layouts.inpod_handoff_key.size;
+export const LISTENER_KEY_SIZE = layouts.inpod_listener_key.size;
 export const INPOD_OVERRIDE_SIZE = layouts.inpod_override.size;
 
 /** A pod's annotations as inpod_overrides holds them (by the pod's address). */
@@ -162,4 +163,28 @@ export function decodeHandoffKey(b: Buffer): Handoff {
     localPort: b.readUInt16BE(f.local_port.offset),
     family,
   };
+}
+
+/** ztunnel's listener kept in inpod_listeners: the pod's address, the port and the family of the SYN that put it there. */
+export interface KeptListener {
+  pod: string;
+  port: number;
+  family: 4 | 6;
+}
+
+export function encodeListenerKey(k: KeptListener): Buffer {
+  const f = layouts.inpod_listener_key.fields;
+  const b = Buffer.alloc(LISTENER_KEY_SIZE);
+  encodeAddrKey(k.pod).copy(b, f.pod.offset);
+  b.writeUInt16BE(k.port, f.port.offset);
+  b.writeUInt8(k.family, f.family.offset);
+  return b;
+}
+
+export function decodeListenerKey(b: Buffer): KeptListener {
+  if (b.length !== LISTENER_KEY_SIZE) throw new CodecError(`inpod_listener_key is ${LISTENER_KEY_SIZE} bytes, got ${b.length}`);
+  const f = layouts.inpod_listener_key.fields;
+  const family = b.readUInt8(f.family.offset);
+  if (family !== 4 && family !== 6) throw new CodecError(`inpod_listener_key family is 4 or 6, got ${family}`);
+  return { pod: decodeAddrKey(b.subarray(f.pod.offset, f.pod.offset + f.pod.size)), port: b.readUInt16BE(f.port.offset), family };
 }

@@ -42,6 +42,15 @@ export const layouts = {
       pad: { offset: 37, size: 3 },
     },
   },
+  inpod_listener_key: {
+    size: 20,
+    fields: {
+      pod: { offset: 0, size: 16 },
+      port: { offset: 16, size: 2 },
+      family: { offset: 18, size: 1 },
+      pad: { offset: 19, size: 1 },
+    },
+  },
   inpod_pod: {
     size: 16,
     fields: {
@@ -57,6 +66,7 @@ export const layouts = {
 export const constants = {
   MAX_PROBE_FLOWS: 16384,
   MAX_HANDOFFS: 4096,
+  MAX_INPOD_LISTENERS: 16384,
   INPOD_PORT_OUTBOUND: 15001,
   INPOD_PORT_INBOUND: 15006,
   INPOD_PORT_HBONE: 15008,

@@ -66,6 +66,13 @@ export const PINNED_MAPS = {
   },
   // Values are sockets: read back as socket cookies, never copied by a migration.
   inpod_handoff: { type: MapType.SOCKHASH, keySize: inpod.HANDOFF_KEY_SIZE, valueSize: 8, maxEntries: inpodConstants.MAX_HANDOFFS, perCpu: false },
+  inpod_listeners: {
+    type: MapType.SOCKHASH,
+    keySize: inpod.LISTENER_KEY_SIZE,
+    valueSize: 8,
+    maxEntries: inpodConstants.MAX_INPOD_LISTENERS,
+    perCpu: false,
+  },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

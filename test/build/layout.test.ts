@@ -22,6 +22,7 @@ describe('generated layouts', () => {
     expect(declaredStructs(readFileSync('bpf/include/inpod.h', 'utf8')).sort()).toEqual([
       'inpod_config',
       'inpod_handoff_key',
+      'inpod_listener_key',
       'inpod_override',
       'inpod_pod',
       'probe_flow_info',

@@ -334,6 +334,21 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     it('the handoff map is empty after each (the socket lookup takes what inpod_in left)', () => {
       expect(capture.handoffs()).toEqual([]);
     });
+
+    it('the listeners that took a handoff are kept in inpod_listeners under the pod’s addresses (no sockmap teardown per SYN)', () => {
+      const p0 = sim.pods[0]!;
+      const key = (k: { pod: string; port: number; family: number }) => `${k.pod} ${k.port} ${k.family}`;
+      expect(capture.keptListeners().map(key).sort()).toEqual(
+        [
+          { pod: p0.ip, port: 15001, family: 4 },
+          { pod: p0.ip6, port: 15001, family: 6 },
+          { pod: p0.ip, port: 15006, family: 4 },
+          { pod: p0.ip6, port: 15006, family: 6 },
+        ]
+          .map(key)
+          .sort(),
+      );
+    });
   });
 
   describe('drift', () => {
@@ -441,6 +456,8 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
     it('connections fail and neither the outside server nor the app sees any', async () => {
       await closeListeners();
       await sleep(50);
+      // The kernel takes a closed listener out of every socket map: nothing of it is kept.
+      expect(capture.keptListeners()).toEqual([]);
       const out0 = outside.accepted.length;
       const app0 = app.accepted.length;
       for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {

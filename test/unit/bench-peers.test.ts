@@ -93,7 +93,7 @@ describe('in-pod bench ends', () => {
 
   it('the table compares the JS-ended captures with the JS-ended baseline', () => {
     const s = (scenario: string, rate: number): InpodSample[] =>
-      (['crr', 'rr', 'stream'] as const).map((workload) => ({ round: 0, scenario, workload, rate, errors: 0 }));
+      (['crr', 'rr', 'stream'] as const).map((workload) => ({ round: 0, scenario, workload, rate, errors: 0, synRetrans: 0 }));
     const text = inpodTable(
       [...s('none', 100), ...s('ebpf', 80), ...s('iptables', 50), ...s('none-js', 10), ...s('ebpf-js', 9), ...s('iptables-js', 6)],
       ['ebpf', 'iptables'],
@@ -190,7 +190,15 @@ describe('TC/XDP hooks bench and cost readings', () => {
 describe('in-pod figures in CPU', () => {
   it("adds iptables / ebpf of the native ends' CPU per operation when the run measured it", () => {
     const s = (scenario: string, round: number, rate: number, endsNsPerOp?: number): InpodSample[] =>
-      (['crr', 'rr', 'stream'] as const).map((workload) => ({ round, scenario, workload, rate, errors: 0, ...(endsNsPerOp !== undefined && { endsNsPerOp }) }));
+      (['crr', 'rr', 'stream'] as const).map((workload) => ({
+        round,
+        scenario,
+        workload,
+        rate,
+        errors: 0,
+        synRetrans: 0,
+        ...(endsNsPerOp !== undefined && { endsNsPerOp }),
+      }));
     const withCpu = [0, 1, 2].flatMap((r) => [...s('ebpf', r, 110, 100), ...s('iptables', r, 100, 150)]);
     const f = inpodFigures(withCpu);
     expect(f.map((x) => [x.label, Number(x.value.toFixed(3))])).toEqual([

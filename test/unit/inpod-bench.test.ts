@@ -6,7 +6,14 @@
 import { describe, expect, it } from 'vitest';
 import { CAPTURES, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
 
-const sample = (scenario: string, workload: InpodSample['workload'], rate: number, round = 0): InpodSample => ({ round, scenario, workload, rate, errors: 0 });
+const sample = (scenario: string, workload: InpodSample['workload'], rate: number, round = 0): InpodSample => ({
+  round,
+  scenario,
+  workload,
+  rate,
+  errors: 0,
+  synRetrans: 0,
+});
 
 describe('in-pod bench', () => {
   it('medians and ratios: each capture against the others and against none', () => {
@@ -24,6 +31,17 @@ describe('in-pod bench', () => {
     expect(text).toContain('inpod ebpf-relay/iptables-relay (relaying stand-in): crr 0.63x');
     expect(text.split('\n')[1]).toMatch(/^none\s+200 conn\/s/);
     expect(text).toMatch(/^ebpf-relay\s+25 conn\/s/m);
+    expect(text).toContain('SYNs the client sent again (all rounds and workloads): none 0, ebpf 0, iptables 0, ebpf-relay 0, iptables-relay 0');
+  });
+
+  it('counts the SYNs each scenario sent again over all rounds (a lost SYN costs its connection a second)', () => {
+    const samples = [
+      { ...sample('none', 'crr', 100), synRetrans: 0 },
+      { ...sample('ebpf', 'crr', 100, 0), synRetrans: 3 },
+      { ...sample('ebpf', 'crr', 100, 1), synRetrans: 2 },
+      { ...sample('ebpf', 'rr', 100, 1), synRetrans: 1 },
+    ];
+    expect(inpodTable(samples, ['ebpf'])).toContain('SYNs the client sent again (all rounds and workloads): none 0, ebpf 6');
   });
 
   it('iptables is registered by name; unknown captures and bad numbers are clear errors', () => {

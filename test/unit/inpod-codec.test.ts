@@ -48,6 +48,23 @@ describe('in-pod codec', () => {
     expect(PINNED_MAPS.inpod_handoff).toMatchObject({ type: 18, keySize: 40, valueSize: 8, maxEntries: 4096 });
   });
 
+  it('lays out a kept listener’s key: the pod’s address, the port in network order, the family', () => {
+    const l = { pod: '198.18.0.10', port: 15001, family: 4 as const };
+    const k = codec.encodeListenerKey(l);
+    const f = layouts.inpod_listener_key.fields;
+    expect(k).toHaveLength(20);
+    expect(k.subarray(f.pod.offset, f.pod.offset + 16).toString('hex')).toBe('00000000000000000000ffffc612000a');
+    expect(k.readUInt16BE(f.port.offset)).toBe(15001);
+    expect(k[f.family.offset]).toBe(4);
+    expect(codec.decodeListenerKey(k)).toEqual(l);
+    const l6 = { pod: 'fd00:10:244::a', port: 15006, family: 6 as const };
+    expect(codec.decodeListenerKey(codec.encodeListenerKey(l6))).toEqual(l6);
+    expect(() => codec.decodeListenerKey(Buffer.alloc(19))).toThrow(/20 bytes, got 19/);
+    k[f.family.offset] = 5;
+    expect(() => codec.decodeListenerKey(k)).toThrow(/family is 4 or 6, got 5/);
+    expect(PINNED_MAPS.inpod_listeners).toMatchObject({ type: 18, keySize: 20, valueSize: 8, maxEntries: 16384 });
+  });
+
   it('a pod’s annotations as override flags: none is 0 (no entry), each annotation its bit', () => {
     expect(codec.overrideFlags({ bypassInbound: false, dnsCapture: null })).toBe(0);
     expect(codec.overrideFlags({ bypassInbound: true, dnsCapture: null })).toBe(codec.InpodOverrideFlags.BYPASS_INBOUND);

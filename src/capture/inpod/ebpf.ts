@@ -22,7 +22,7 @@
  * handoff").
  *
  * Pins: `<pin folder>/inpod/` holds this object's maps (inpod_config, probe_flows,
- * inpod_handoff and inpod_pods, the agent's record of what it changed in each pod's netns,
+ * inpod_handoff, inpod_listeners and inpod_pods, the agent's record of what it changed in each pod's netns,
  * so that remove undoes exactly that, after a restart too), `prog-<hash>/` its programs,
  * adopted by the next agent of the same build, and `links/`.
  */
@@ -216,7 +216,7 @@ export class EbpfInPodCapture implements InPodCapture {
     }
   }
 
-  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods' | 'inpod_handoff' | 'inpod_overrides'): BpfMap {
+  private map(name: 'inpod_config' | 'probe_flows' | 'inpod_pods' | 'inpod_handoff' | 'inpod_listeners' | 'inpod_overrides'): BpfMap {
     const m = this.installed?.maps.get(name);
     if (!m) throw new Error(`in-pod ebpf capture not initialised (map ${name})`);
     return m;
@@ -437,6 +437,13 @@ export class EbpfInPodCapture implements InPodCapture {
     return this.map('inpod_handoff')
       .keys()
       .map((k) => codec.decodeHandoffKey(k));
+  }
+
+  /** ztunnel's listeners inpod_in keeps while they live (for tests and status). */
+  keptListeners(): codec.KeptListener[] {
+    return this.map('inpod_listeners')
+      .keys()
+      .map((k) => codec.decodeListenerKey(k));
   }
 
   /** The probe flows the host veths' programs recorded (for tests and status). */
