@@ -15,6 +15,7 @@ import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { enterNetns, isNotRunnable, runProgram, runSkLookup, TcAct, type NotRunnable, type RunResult } from '../bpf/testrun.js';
 import { handoffKey, type SocketKind, type SocketStep } from './sockets.js';
+import { socketCookie } from '../sim/transparent.js';
 
 /** The maps' contents as test/model/inpod.ts's InpodState holds them (addresses as 16-byte hex keys). */
 export interface InpodMapState {
@@ -122,7 +123,7 @@ export class InpodHarness {
     const entries = this.map('inpod_handoff').entries();
     const out = new Map<string, string>();
     if (entries.length === 0) return out;
-    const names = await this.socketsByCookie();
+    const names = this.socketsByCookie();
     for (const [k, v] of entries) {
       const key = codec.decodeHandoffKey(k);
       const cookie = v.readBigUInt64LE(0);
@@ -154,20 +155,11 @@ export class InpodHarness {
     this.map('inpod_handoff').update(k, v);
   }
 
-  /** This netns's TCP listeners by socket cookie (ss -e's `sk:`), named as the model names them. */
-  private async socketsByCookie(): Promise<Map<bigint, string>> {
+  /** This netns's TCP listeners by socket cookie (SO_COOKIE), named as the model names them. */
+  private socketsByCookie(): Map<bigint, string> {
     if (this.cookies) return this.cookies;
-    const out = new Map<bigint, string>();
-    const text = await systemRunner.run(['ip', 'netns', 'exec', this.netns, 'ss', '-tlnHe']);
-    for (const line of text.split('\n')) {
-      const local = line.trim().split(/\s+/)[3];
-      const sk = /\bsk:([0-9a-f]+)/.exec(line)?.[1];
-      if (!local || !sk) continue;
-      const port = local.slice(local.lastIndexOf(':') + 1);
-      out.set(BigInt(`0x${sk}`), `${local.startsWith('[') || local.startsWith('*') ? 'tcp6' : 'tcp4'}:${port}`);
-    }
-    this.cookies = out;
-    return out;
+    this.cookies = new Map([...this.listenerFds].map(([name, fd]) => [socketCookie(fd), name]));
+    return this.cookies;
   }
 
   /** Runs inpod_lookup on a lookup: its verdict and the socket it selected (by name), if any. */
@@ -183,7 +175,7 @@ export class InpodHarness {
     });
     const verdict = r.retval === 1 ? 'pass' : r.retval === 0 ? 'drop' : (`retval ${r.retval}` as const);
     if (r.cookie === 0n) return { verdict };
-    return { verdict, selected: (await this.socketsByCookie()).get(r.cookie) ?? `cookie ${r.cookie}` };
+    return { verdict, selected: this.socketsByCookie().get(r.cookie) ?? `cookie ${r.cookie}` };
   }
 
   /** Runs a program on a frame in the run's netns (skb->ifindex: its veth): BPF_PROG_RUN's answer. */
