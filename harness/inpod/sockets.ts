@@ -27,6 +27,16 @@ export type SocketStep =
   | { connection: [client: Endpoint, server: Endpoint]; timeWait?: boolean }
   | { connecting: [client: Endpoint, server: Endpoint] };
 
+const endpoint = ([ip, port]: [string, number]): Endpoint => ({ ip, port });
+/** A connection step: client → server, each as [address, port]. */
+export function connection(client: [string, number], server: [string, number], timeWait = false): SocketStep {
+  return { connection: [endpoint(client), endpoint(server)], ...(timeWait ? { timeWait } : {}) };
+}
+/** A connecting step: client → server, each as [address, port]. */
+export function connecting(client: [string, number], server: [string, number]): SocketStep {
+  return { connecting: [endpoint(client), endpoint(server)] };
+}
+
 /** The netns's sockets, as the kernel's lookups see them (test/model/inpod.ts InpodSockets). */
 export interface SocketTable {
   /** Wildcard-bound listeners and UDP sockets: 'tcp4:15001', 'udp6:15053', 'tcp4:8080'. */

@@ -4,7 +4,7 @@
  * in-pod rows, lookups near the handoffs, the contexts each program gets, and the map
  * states with the sockets the fuzzer's netns holds in each (harness/inpod/sockets.ts steps).
  */
-import type { SocketStep } from '../../harness/inpod/sockets.js';
+import { connecting, connection, type SocketStep } from '../../harness/inpod/sockets.js';
 import * as b from '../../harness/packet/builder.js';
 import { ipBytes, truncate } from '../../harness/packet/builder.js';
 import { addrKeyHex } from './datapath.js';
@@ -102,41 +102,13 @@ export const FUZZ_STATES: InpodFuzzState[] = [
           ['tcp6', 443],
         ] as const
       ).map(([kind, port]): SocketStep => ({ listen: kind, port })),
-      {
-        connection: [
-          { ip: IP_POD.v4, port: CONN.podPort },
-          { ip: IP_NODE.v4, port: CONN.outPort },
-        ],
-      },
-      {
-        connection: [
-          { ip: IP_POD.v6, port: CONN.podPort },
-          { ip: IP_NODE.v6, port: CONN.outPort },
-        ],
-        timeWait: true,
-      },
-      {
-        connection: [
-          { ip: IP_NODE.v6, port: CONN.outPort + 1 },
-          { ip: IP_POD.v6, port: CONN.podPort + 1 },
-        ],
-        timeWait: true,
-      },
+      connection([IP_POD.v4, CONN.podPort], [IP_NODE.v4, CONN.outPort]),
+      connection([IP_POD.v6, CONN.podPort], [IP_NODE.v6, CONN.outPort], true),
+      connection([IP_NODE.v6, CONN.outPort + 1], [IP_POD.v6, CONN.podPort + 1], true),
       // A TIME_WAIT at the far end on the generator's ports, with the pod connecting again
       // on the same 4-tuple: looped SYNs there are handed over (PL5).
-      {
-        connection: [
-          { ip: IP_NODE.v6, port: FAR.peerPort },
-          { ip: IP_POD.v6, port: FAR.podPort },
-        ],
-        timeWait: true,
-      },
-      {
-        connecting: [
-          { ip: IP_POD.v6, port: FAR.podPort },
-          { ip: IP_NODE.v6, port: FAR.peerPort },
-        ],
-      },
+      connection([IP_NODE.v6, FAR.peerPort], [IP_POD.v6, FAR.podPort], true),
+      connecting([IP_POD.v6, FAR.podPort], [IP_NODE.v6, FAR.peerPort]),
     ],
   },
 ];

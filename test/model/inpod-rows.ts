@@ -6,7 +6,7 @@
  * matrix (test/slow/matrix.test.ts).
  */
 import * as b from '../../harness/packet/builder.js';
-import type { SocketStep } from '../../harness/inpod/sockets.js';
+import { connecting, connection, type SocketStep } from '../../harness/inpod/sockets.js';
 import { addrKeyHex } from './datapath.js';
 import { handoffKey, LOOP_MARK, Override, type InpodFrameProgram, type InpodVerdictName, type LookupCtx } from './inpod.js';
 
@@ -562,39 +562,11 @@ export const LOOKUP_ROWS: { id: string; name: string; seed: [string, string][]; 
 export const ROW_SOCKETS: SocketStep[] = [
   ...ZT_LISTENERS.map(([kind, port]): SocketStep => ({ listen: kind, port })),
   { listen: 'tcp4', port: APP_PORT },
-  {
-    connection: [
-      { ip: POD.v4, port: CONN.podPort },
-      { ip: OUT.v4, port: CONN.outPort },
-    ],
-  },
-  {
-    connection: [
-      { ip: POD.v6, port: TW.podPort },
-      { ip: OUT.v6, port: TW.outPort },
-    ],
-    timeWait: true,
-  },
-  {
-    connection: [
-      { ip: OUT.v6, port: TW_FAR.outPort },
-      { ip: POD.v6, port: TW_FAR.podPort },
-    ],
-    timeWait: true,
-  },
-  {
-    connecting: [
-      { ip: POD.v6, port: TW_FAR.podPort },
-      { ip: OUT.v6, port: TW_FAR.outPort },
-    ],
-  },
-  {
-    connection: [
-      { ip: OUT.v6, port: TW_FORGED.outPort },
-      { ip: POD.v6, port: TW_FORGED.podPort },
-    ],
-    timeWait: true,
-  },
+  connection([POD.v4, CONN.podPort], [OUT.v4, CONN.outPort]),
+  connection([POD.v6, TW.podPort], [OUT.v6, TW.outPort], true),
+  connection([OUT.v6, TW_FAR.outPort], [POD.v6, TW_FAR.podPort], true),
+  connecting([POD.v6, TW_FAR.podPort], [OUT.v6, TW_FAR.outPort]),
+  connection([OUT.v6, TW_FORGED.outPort], [POD.v6, TW_FORGED.podPort], true),
 ];
 /** ztunnel's sockets closed: the noZtunnel rows (fail closed). */
 export const ZT_CLOSED: SocketStep[] = ZT_LISTENERS.map(([kind, port]): SocketStep => ({ close: kind, port }));
