@@ -18,7 +18,7 @@
  * ingress) → the model's deliver is a drop on every kernel, whether its SO_REUSEPORT check
  * (before 6.5) would have refused the listener or not (the listeners here set no SO_REUSEPORT).
  */
-import { socketTable, type SocketStep, type SocketTable } from '../../harness/inpod/sockets.js';
+import { socketTable, type SocketTable } from '../../harness/inpod/sockets.js';
 import { type InpodProgram, inpodVerdictOf, INPOD_PROGRAMS, type LookupOutcome } from '../../harness/inpod/harness.js';
 import { applyChanges, type InpodCorpusLookup, type InpodCtx, type InpodGroup, type InpodReplay, type RunOutcome } from '../../harness/matrix/corpus.js';
 import { Gen } from './generate.js';
@@ -234,7 +234,7 @@ export function judgeInpod(
   for (const scenario of replay.scenarios) {
     const sockets = socketTable([]);
     for (const phase of scenario.phases) {
-      socketTable(phase.steps as SocketStep[], sockets);
+      socketTable(phase.steps, sockets);
       const { v6only } = listenersOf(sockets);
       const zt = [...sockets.listeners].some((l) => /:150(01|06|53)$/.test(l));
       for (const g of phase.groups) {
@@ -278,7 +278,8 @@ export function judgeInpod(
         });
         // What the kernel recorded after the runs (PH4's flows, PL5/PI8's handoffs) is what the model recorded.
         const m = maps[groupIndex++];
-        if (m && os.length === g.runs.length) {
+        // (Not when a run failed in the kernel: that is an error already, and the maps then say nothing.)
+        if (m && os.length === g.runs.length && !os.some((o) => o[0] === 2)) {
           j.mapsCompared++;
           const same = (a: [string, string][], b: Map<string, string>) => JSON.stringify([...a].sort()) === JSON.stringify([...b].sort());
           if (!same(m[0], state.probeFlows))
