@@ -8,7 +8,7 @@
 #                       line per kernel: `<label> <dir>`. Offline with a cache: the cache,
 #                       and a line `note ...` saying so.
 #   initramfs OUT       the base initramfs (busybox, node + libbpf and their libraries,
-#                       iproute2's ip, dist/, koffi, our objects) as an uncompressed cpio
+#                       iproute2's ip and ss, dist/, koffi, our objects) as an uncompressed cpio
 #   boot DIR BASE CORPUS
 #                       boots the kernel of DIR under qemu (TCG) with BASE + its modules +
 #                       the corpus; the in-VM runner prints on the serial console (stdout)
@@ -148,11 +148,13 @@ cmd_initramfs() {
   # ip netns (the in-pod delivery probe's throwaway netns) keeps its names in /var/run/netns.
   ln -s ../run "$tree/var/run"
   cp /bin/busybox "$tree/bin/busybox"
-  for a in sh mount mkdir cat echo insmod poweroff sleep uname ulimit; do ln -s busybox "$tree/bin/$a"; done
+  # sysctl: the in-pod replay's netns (harness/inpod/harness.ts) sets tcp_rfc1337 in it.
+  for a in sh mount mkdir cat echo insmod poweroff sleep uname ulimit sysctl; do ln -s busybox "$tree/bin/$a"; done
   local libbpf
   # awk reads to the end: an early exit would kill ldconfig with SIGPIPE, fatal under pipefail.
   libbpf=$(ldconfig -p | awk '/libbpf\.so\.1 .*x86-64/ && !found { print $NF; found = 1 }')
-  copy_with_libs "$tree" "$(readlink -f "$(command -v node)")" "$(command -v ip)" "$libbpf"
+  # iproute2's ss: the in-pod replay names the sockets a lookup selects by their cookies.
+  copy_with_libs "$tree" "$(readlink -f "$(command -v node)")" "$(command -v ip)" "$(command -v ss)" "$libbpf"
   [ -e "$tree/usr/bin/node" ] || { mkdir -p "$tree/usr/bin"; cp -L "$(command -v node)" "$tree/usr/bin/node"; }
   cp -r dist "$tree/matrix/dist"
   mkdir -p "$tree/matrix/node_modules/@koromix"

@@ -6,6 +6,8 @@
  */
 import { gunzipSync, gzipSync } from 'node:zlib';
 import type { MapState } from './state.js';
+import type { LookupQuery } from '../inpod/harness.js';
+import type { SocketStep } from '../inpod/sockets.js';
 
 /** The runner's two veths (made by scripts/kernel-matrix.sh with these ifindexes). */
 export const MATRIX_VETHS = { a: 12, b: 13 } as const;
@@ -30,8 +32,11 @@ export interface Corpus {
   frames: string[];
   /** Grouped by state (the runner fills the maps once per group). */
   runs: CorpusRun[];
-  /** The in-pod capture's object: its programs are loaded and attached, and its delivery probe run. */
-  inpod?: { object: string; programs: string[] };
+  /**
+   * The in-pod capture's object: its programs are loaded and attached, and its delivery probe
+   * run; `replay`'s frames and lookups run through them (their outcomes follow the XDP runs').
+   */
+  inpod?: { object: string; programs: string[]; replay?: InpodReplay };
   /**
    * The XDP hook's object (`run --hook xdp`): its programs are loaded and attached to a
    * veth's XDP hook, and `xdp_out` replays `runs` (their outcomes follow the TC runs').
@@ -45,6 +50,62 @@ export interface Corpus {
  * (5.10), so the frame ran as arriving on the runner's loopback (ifindex 1).
  */
 export type XdpCorpusRun = [state: number, frame: number, ingressIfindex: number];
+
+/**
+ * The in-pod replay: each scenario in a netns of its own (harness/inpod/harness.ts, these
+ * addresses on its lo), its phases in order, each setting up sockets (added to the previous
+ * phases') before its groups run. Outcomes, in this order: per group, its runs', then its lookups'.
+ */
+export interface InpodReplay {
+  /** The frame programs runs name by index. */
+  programs: string[];
+  scenarios: InpodScenario[];
+}
+
+export interface InpodScenario {
+  name: string;
+  addresses: string[];
+  phases: InpodPhase[];
+}
+
+export interface InpodPhase {
+  name: string;
+  /** Sockets opened (or closed) in the scenario's netns before the phase's groups. */
+  steps: SocketStep[];
+  groups: InpodGroup[];
+}
+
+/** A map state (written once, handoffs emptied), the frames run under it, then the lookups. */
+export interface InpodGroup {
+  name: string;
+  dnsCapture: boolean;
+  /** inpod_overrides: [address key (16-byte hex), flags]. */
+  overrides: [string, number][];
+  /** probe_flows: [probeFlowKey, node address (hex)]. */
+  probeFlows: [string, string][];
+  runs: InpodCorpusRun[];
+  lookups: InpodCorpusLookup[];
+}
+
+/** One BPF_PROG_RUN of an in-pod frame program: [program, frame, skb->mark, skb->ingress_ifindex]. */
+export type InpodCorpusRun = [program: number, frame: number, mark: number, ingressIfindex: number];
+
+/**
+ * One BPF_PROG_RUN of inpod_lookup: the handoffs put in inpod_handoff first ([handoffKey, the
+ * listener by name]), then the lookup. Its outcome: [0, 0, 0, the result as JSON
+ * ({verdict, selected?})], or [2, message].
+ */
+export type InpodCorpusLookup = [seeds: [string, string][], query: LookupQuery];
+
+/**
+ * What BPF_PROG_RUN can do with the in-pod programs on a kernel (`MATRIX inpod-ctx`):
+ * whether it takes skb->ingress_ifindex for TC (5.10: no, frames then run with 0, outcome
+ * code 3), and whether it runs an SK_LOOKUP program (5.14+), else the error it gives.
+ */
+export interface InpodCtx {
+  ingressIfindex: boolean;
+  skLookupRun: true | string;
+}
 
 /** The runner's loopback: where an XDP frame run without an xdp_md arrives. */
 export const LOOPBACK_IFINDEX = 1;
@@ -128,6 +189,10 @@ export interface RunnerReport {
   inpodProbe: InpodProbeReport | null;
   /** The XDP object's programs, loaded and attached one at a time (`MATRIX xdp-prog`). */
   xdpPrograms: ProgramLoad[];
+  /** What BPF_PROG_RUN does with the in-pod programs here (`MATRIX inpod-ctx`; null: no in-pod replay). */
+  inpodCtx?: InpodCtx | null;
+  /** Per in-pod group, after its runs: probe_flows and inpod_handoff as the model keys them (`MATRIX inpod-maps`). */
+  inpodMaps?: [probeFlows: [string, string][], handoffs: [string, string][]][];
   /** The runner finished (`MATRIX done`). */
   done: boolean;
   /** The runner's own fatal error, if it printed one. */
@@ -157,6 +222,8 @@ export function parseReport(log: string): RunnerReport {
     inpodPrograms: [],
     inpodProbe: null,
     xdpPrograms: [],
+    inpodCtx: null,
+    inpodMaps: [],
     done: false,
   };
   let b64: string[] | null = null;
@@ -189,6 +256,12 @@ export function parseReport(log: string): RunnerReport {
         break;
       case 'ctx':
         report.ingressCtx = (JSON.parse(rest) as { ingressIfindex: boolean }).ingressIfindex;
+        break;
+      case 'inpod-ctx':
+        report.inpodCtx = JSON.parse(rest) as InpodCtx;
+        break;
+      case 'inpod-maps':
+        report.inpodMaps!.push(JSON.parse(rest) as [[string, string][], [string, string][]]);
         break;
       case 'xdp-ctx':
         report.xdpCtx = (JSON.parse(rest) as { ingressIfindex: boolean }).ingressIfindex;

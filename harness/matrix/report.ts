@@ -25,6 +25,9 @@ export interface KernelRow {
   /** Instructions of each program in the object (symbol size / 8), from the host. */
   objectInsns: ReadonlyMap<string, number>;
   frames: number;
+  /** Of `frames`: the in-pod frame programs' runs, and inpod_lookup's (harness/matrix/corpus.ts InpodReplay). */
+  inpodFrames?: number;
+  inpodLookups?: number;
   notRunnable: number;
   /** Runs made with skb->ingress_ifindex 0 because the kernel's BPF_PROG_RUN refuses it. */
   ctxFallback: number;
@@ -147,6 +150,8 @@ export function formatTable(rows: readonly KernelRow[], programs: readonly strin
     'xdp attached',
     'reuseport assign',
     'frames',
+    'in-pod frames',
+    'lookups',
     'not runnable',
     'no ingress ctx',
     'disagree',
@@ -171,6 +176,8 @@ export function formatTable(rows: readonly KernelRow[], programs: readonly strin
       `${(r.xdpPrograms ?? []).filter((l) => l.loaded && l.attached === 'ok').length}/${xdp.length}`,
       !r.inpodProbe ? '-' : 'error' in r.inpodProbe ? 'error' : r.inpodProbe.reuseportAssign ? 'yes' : 'no',
       String(row.frames),
+      String(row.inpodFrames ?? '-'),
+      String(row.inpodLookups ?? '-'),
       String(row.notRunnable),
       String(row.ctxFallback),
       String(row.disagreements),

@@ -3,7 +3,8 @@
  * machine, in a netns of its own) with the controller's own code, not a copy of it: the
  * kernel facts and selectMode of `run`, probeVariant/probeDelivery of the ebpf mode, the
  * BpfObject loader over the system libbpf through koffi, the TC and XDP attach of
- * src/bpf/tc.ts and src/bpf/xdp.ts, and BPF_PROG_RUN of the kernel tests. It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
+ * src/bpf/tc.ts and src/bpf/xdp.ts, and BPF_PROG_RUN of the kernel tests (the in-pod
+ * programs through the in-pod tests' own harness/inpod/harness.ts, sockets and all). It prints what it finds on stdout (the VM's serial console) as `MATRIX ...` lines
  * (harness/matrix/corpus.ts); the host compares the outcomes with the reference model.
  *
  *   node dist/harness/matrix/vm-runner.js corpus.json
@@ -20,6 +21,7 @@ import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
+import { InpodHarness, type InpodProgram } from '../inpod/harness.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { applyMapState } from './state.js';
 import {
@@ -28,7 +30,9 @@ import {
   frameChanges,
   MATRIX_VETHS,
   type Corpus,
+  type InpodCtx,
   type InpodProbeReport,
+  type InpodScenario,
   type NegativeControl,
   type ProgramLoad,
   type RunnerFacts,
@@ -298,6 +302,97 @@ async function inpod(corpus: Corpus): Promise<void> {
   say('inpod-probe', probe);
 }
 
+/**
+ * The in-pod replay (corpus.inpod.replay): each scenario in a netns of its own holding the
+ * sockets its phases set up (the in-pod tests' harness), each group's frames through the
+ * frame programs, then its lookups through inpod_lookup. Where BPF_PROG_RUN refuses
+ * skb->ingress_ifindex (5.10) a frame runs with 0 (outcome code 3); where it cannot run
+ * an SK_LOOKUP program (before 5.14) the lookups are still tried and report its error.
+ */
+async function replayInpod(corpus: Corpus): Promise<RunOutcome[]> {
+  const replay = corpus.inpod?.replay;
+  if (!replay) return [];
+  const out: RunOutcome[] = [];
+  const frames = new Map<number, Buffer>();
+  const frameOf = (i: number) => frames.get(i) ?? frames.set(i, Buffer.from(corpus.frames[i]!, 'hex')).get(i)!;
+  let ctx: InpodCtx | null = null;
+  for (const scenario of replay.scenarios) {
+    let h: InpodHarness;
+    try {
+      h = await InpodHarness.create(scenario.addresses);
+    } catch (err) {
+      const msg = `in-pod netns: ${tail(err, 3)}`;
+      for (const g of scenario.phases.flatMap((p) => p.groups)) {
+        out.push(...[...g.runs, ...g.lookups].map((): RunOutcome => [2, msg]));
+        say('inpod-maps', [[], []]); // one per group, as the host counts them
+      }
+      continue;
+    }
+    try {
+      if (!ctx) {
+        ctx = { ingressIfindex: probeIngressCtx(h.obj.programFd('inpod_host_in')), skLookupRun: true };
+        try {
+          await h.runLookup({ family: 4, protocol: 17, remoteHex: '0'.repeat(32), remotePort: 1, localHex: '0'.repeat(32), localPort: 1 });
+        } catch (err) {
+          ctx.skLookupRun = tail(err, 1);
+        }
+        say('inpod-ctx', ctx);
+      }
+      await replayScenario(h, scenario, replay.programs, frameOf, ctx, out);
+    } finally {
+      await h.close();
+    }
+  }
+  return out;
+}
+
+async function replayScenario(
+  h: InpodHarness,
+  scenario: InpodScenario,
+  programs: string[],
+  frameOf: (i: number) => Buffer,
+  ctx: InpodCtx,
+  out: RunOutcome[],
+): Promise<void> {
+  for (const phase of scenario.phases) {
+    try {
+      await h.setUp(phase.steps);
+    } catch (err) {
+      // The phase's sockets are not what the model is told: every outcome of it is an error.
+      const msg = `sockets of [${phase.name}]: ${tail(err, 3)}`;
+      for (const g of phase.groups) {
+        out.push(...[...g.runs, ...g.lookups].map((): RunOutcome => [2, msg]));
+        say('inpod-maps', [[], []]);
+      }
+      continue;
+    }
+    for (const g of phase.groups) {
+      h.clearHandoffs();
+      h.applyState({ dnsCapture: g.dnsCapture, probeFlows: new Map(g.probeFlows), overrides: new Map(g.overrides) });
+      for (const [prog, frameIdx, mark, ingressIfindex] of g.runs) {
+        const frame = frameOf(frameIdx);
+        const fallback = ingressIfindex !== 0 && !ctx.ingressIfindex;
+        try {
+          const r = h.runFrame(programs[prog] as InpodProgram, frame, { mark, ingressIfindex: fallback ? 0 : ingressIfindex });
+          if (isNotRunnable(r)) out.push([1, r.notRunnable]);
+          else out.push([fallback ? 3 : 0, r.retval, r.mark, frameChanges(frame, r.dataOut)]);
+        } catch (err) {
+          out.push([2, err instanceof Error ? err.message : String(err)]);
+        }
+      }
+      say('inpod-maps', [[...h.probeFlows()], [...(await h.handoffs())]]);
+      for (const [seeds, query] of g.lookups) {
+        try {
+          for (const [key, socket] of seeds) h.seedHandoff(key, socket);
+          out.push([0, 0, 0, JSON.stringify(await h.runLookup(query))]);
+        } catch (err) {
+          out.push([2, err instanceof Error ? err.message : String(err)]);
+        }
+      }
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const path = process.argv[2];
   if (!path) throw new Error('usage: vm-runner.js corpus.json');
@@ -315,6 +410,9 @@ async function main(): Promise<void> {
   const outcomes = [...tc, ...replayXdp(corpus)];
   say('time', { replayed: seconds(), runs: outcomes.length });
   await inpod(corpus);
+  // Then the in-pod replay's outcomes.
+  outcomes.push(...(await replayInpod(corpus)));
+  say('time', { inpodReplayed: seconds(), runs: outcomes.length });
   for (const p of corpus.xdp?.programs ?? []) say('xdp-prog', loadOne(corpus.xdp!.object, p));
   process.stdout.write(encodeOutcomes(outcomes).join('\n') + '\n');
   process.stdout.write(`${LINE} done\n`);

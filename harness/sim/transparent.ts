@@ -121,6 +121,15 @@ function formatAddr(buf: Buffer): string {
   return `${text}:${port}`;
 }
 
+const SO_COOKIE = 57;
+
+/** A socket's cookie (`getsockopt(SO_COOKIE)`): what BPF helpers and sk_lookup report for it. */
+export function socketCookie(fd: number): bigint {
+  const buf = Buffer.alloc(8);
+  if (c.getsockopt(fd, SOL_SOCKET, SO_COOKIE, buf, [8]) < 0) throw new BpfError('getsockopt(SO_COOKIE)', `fd ${fd}`, errno());
+  return buf.readBigUInt64LE(0);
+}
+
 /**
  * A connection's original destination as REDIRECT's conntrack NAT recorded it
  * (`getsockopt(SO_ORIGINAL_DST)`), as `ip:port`; null when the connection was not NATed

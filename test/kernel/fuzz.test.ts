@@ -13,27 +13,12 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
 import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
-import { baseState, FLOW, NODE, NODE_IFINDEX, OUTSIDE, POD_A, PROBE, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
-import * as b from '../../harness/packet/builder.js';
+import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
 import { ipBytes, truncate } from '../../harness/packet/builder.js';
-import {
-  connKey,
-  handoffKey,
-  inpodHostIn,
-  inpodLookup,
-  inpodHostOut,
-  inpodVmIn,
-  inpodIn,
-  inpodOut,
-  LOOP_MARK,
-  probeFlowKey,
-  recordInpod,
-  type ConnState,
-  type InpodState,
-  type LookupCtx,
-  Override,
-} from '../model/inpod.js';
-import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
+import { socketTable } from '../../harness/inpod/sockets.js';
+import { inpodLookup, inpodVerdict, recordInpod, type InpodState } from '../model/inpod.js';
+import { INPOD_LOOKUP, INPOD_PROGRAMS, InpodHarness, inpodDisagreement } from '../model/inpod-harness.js';
+import { ctxOfKey, FUZZ_ADDRESSES, FUZZ_STATES, fuzzContext, fuzzFrames, fuzzProbeFlows, lookupCtx, lookupKey } from '../model/inpod-fuzz.js';
 import { kernelDescribe } from '../support/gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
@@ -140,164 +125,44 @@ kernelDescribe('differential fuzzing: kernel vs the reference model', 'loads BPF
 // --- the in-pod programs (docs/datapath.md, "In-pod capture") ------------------------------
 
 const INPOD_FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500) * 2 + 500;
-const IP_POD = { v4: POD_A.v4, v6: POD_A.v6 };
-const IP_NODE = { v4: NODE.v4, v6: NODE.v6 };
-/** The generator's flow ports (FLOW): its frames between pod A and the node meet these sockets. */
-const CONN = { podPort: FLOW.podPort, outPort: FLOW.nodePort };
-/** Ports inpodFrame also picks: a TIME_WAIT at the node's end and the pod connecting on it. */
-const FAR = { podPort: 9090, peerPort: 50000 };
-
-/** Frames near the in-pod rows: pod A with the node, the probe address and the outside, on the flow's ports. */
-function inpodFrame(gen: Gen): Buffer {
-  const v6 = gen.chance(0.5);
-  const pod = v6 ? IP_POD.v6 : IP_POD.v4;
-  const peer = gen.pick(v6 ? [IP_NODE.v6, PROBE.v6, OUTSIDE.v6] : [IP_NODE.v4, PROBE.v4, OUTSIDE.v4]);
-  const toPod = gen.chance(0.5);
-  const podPort = gen.pick([CONN.podPort, CONN.podPort, 53, 15008, FAR.podPort]);
-  const peerPort = gen.pick([CONN.outPort, CONN.outPort, 53, FAR.peerPort]);
-  const [sport, dport] = toPod ? [peerPort, podPort] : [podPort, peerPort];
-  const l4 = gen.chance(0.8) ? b.tcp({ sport, dport, flags: gen.pick([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, gen.int(256)]) }) : b.udp({ sport, dport });
-  const ip = { src: toPod ? peer : pod, dst: toPod ? pod : peer };
-  if (v6) return b.v6Frame({ ...ip, ext: gen.chance(0.1) ? [{ type: 'fragment', offset: gen.pick([0, 5]), more: gen.chance(0.5) }] : [] }, l4);
-  return b.v4Frame({ ...ip, moreFragments: gen.chance(0.05), fragOffset: gen.chance(0.05) ? 5 : 0 }, l4);
-}
-
 /** inpod_lookup's runs per state: over the three states, more than 10,000. */
 const LOOKUPS_PER_STATE = Math.max(3400, Math.ceil(INPOD_FRAMES_PER_STATE / 1.5));
 
-/** A listener lookup near the generator's flows: its family, protocol, ends and ports. */
-function lookupCtx(gen: Gen): LookupCtx {
-  const v6 = gen.chance(0.5);
-  const addrs = v6 ? [IP_POD.v6, IP_NODE.v6, OUTSIDE.v6] : [IP_POD.v4, IP_NODE.v4, OUTSIDE.v4];
-  const ports = [CONN.podPort, CONN.outPort, FAR.podPort, FAR.peerPort, 53, 15006, 8080];
-  return {
-    family: v6 ? 6 : 4,
-    protocol: gen.pick([6, 6, 6, 17, 132]),
-    remoteHex: m.addrKeyHex(ipBytes(gen.pick(addrs))),
-    remotePort: gen.pick(ports),
-    localHex: m.addrKeyHex(ipBytes(gen.pick(addrs))),
-    localPort: gen.pick(ports),
-  };
-}
-
-const lookupKey = (c: LookupCtx) => handoffKey(c.family, c.remoteHex, c.remotePort, c.localHex, c.localPort);
-
-/** The lookup of a handed-over tuple, sometimes as UDP. */
-function ctxOfKey(key: string, gen: Gen): LookupCtx {
-  const [family, remoteHex, rport, localHex, lport] = key.split('|');
-  return {
-    family: Number(family) as 4 | 6,
-    protocol: gen.pick([6, 6, 6, 17]),
-    remoteHex: remoteHex!,
-    remotePort: Number(rport),
-    localHex: localHex!,
-    localPort: Number(lport),
-  };
-}
-
 kernelDescribe('differential fuzzing: in-pod programs vs the reference model', 'loads BPF programs', () => {
   let h: InpodHarness;
-  const h4 = (ip: string) => m.addrKeyHex(ipBytes(ip));
   beforeAll(async () => {
-    h = await InpodHarness.create([IP_POD.v4, IP_POD.v6, IP_NODE.v4, IP_NODE.v6]);
+    h = await InpodHarness.create(FUZZ_ADDRESSES);
   });
   afterAll(async () => {
     await h?.close();
   });
 
   it(`agrees with the model on every runnable frame (seed ${SEED})`, { timeout: 180_000 }, async () => {
-    const programs: InpodProgram[] = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in'];
     const stats = new Map(
-      [...programs, 'inpod_lookup'].map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]),
+      [...INPOD_PROGRAMS, INPOD_LOOKUP].map((p) => [p, { frames: 0, notRunnable: 0, disagreements: [] as string[], rows: new Map<string, number>() }]),
     );
     const gen = new Gen(SEED + 1);
-    const cuts = truncationSeeds();
-    const flows = () =>
-      new Map([
-        [probeFlowKey(h4(IP_POD.v4), CONN.podPort, CONN.outPort, 4), h4(IP_NODE.v4)],
-        [probeFlowKey(h4(IP_POD.v6), CONN.podPort, CONN.outPort, 6), h4(IP_NODE.v6)],
-      ]);
-    const listeners = new Set<string>();
-    const conns = new Map<string, ConnState>();
-    const states: { name: string; dns: boolean; overrides: [string, number][]; setup?: () => Promise<void> }[] = [
-      { name: 'no sockets, DNS capture off (pod A IPv4: dns-capture "true")', dns: false, overrides: [[IP_POD.v4, Override.DNS_CAPTURE]] },
-      { name: 'no sockets, DNS capture on (pod A IPv6: dns-capture "false")', dns: true, overrides: [[IP_POD.v6, Override.NO_DNS_CAPTURE]] },
-      {
-        name: "ztunnel's sockets, an app listener, a connection and a TIME_WAIT, DNS capture on (pod A IPv4: bypass-inbound-capture)",
-        dns: true,
-        overrides: [[IP_POD.v4, Override.BYPASS_INBOUND]],
-        setup: async () => {
-          for (const [kind, port] of [
-            ['tcp4', 15001],
-            ['tcp6', 15001],
-            ['tcp4', 15006],
-            ['tcp6', 15006],
-            ['tcp4', 15053],
-            ['udp4', 15053],
-            ['udp6', 15053],
-            ['tcp6', 443],
-          ] as const) {
-            await h.listen(kind, port);
-            listeners.add(`${kind}:${port}`);
-          }
-          await h.connection({ ip: IP_POD.v4, port: CONN.podPort }, { ip: IP_NODE.v4, port: CONN.outPort });
-          conns.set(connKey(4, h4(IP_POD.v4), CONN.podPort, h4(IP_NODE.v4), CONN.outPort), 'open');
-          conns.set(connKey(4, h4(IP_NODE.v4), CONN.outPort, h4(IP_POD.v4), CONN.podPort), 'open');
-          await h.connection({ ip: IP_POD.v6, port: CONN.podPort }, { ip: IP_NODE.v6, port: CONN.outPort }, true);
-          conns.set(connKey(6, h4(IP_POD.v6), CONN.podPort, h4(IP_NODE.v6), CONN.outPort), 'time_wait');
-          await h.connection({ ip: IP_NODE.v6, port: CONN.outPort + 1 }, { ip: IP_POD.v6, port: CONN.podPort + 1 }, true);
-          conns.set(connKey(6, h4(IP_NODE.v6), CONN.outPort + 1, h4(IP_POD.v6), CONN.podPort + 1), 'time_wait');
-          // A TIME_WAIT at the far end on the generator's ports, with the pod connecting again
-          // on the same 4-tuple: looped SYNs there are handed over (PL5).
-          await h.connection({ ip: IP_NODE.v6, port: FAR.peerPort }, { ip: IP_POD.v6, port: FAR.podPort }, true);
-          conns.set(connKey(6, h4(IP_NODE.v6), FAR.peerPort, h4(IP_POD.v6), FAR.podPort), 'time_wait');
-          await h.connecting({ ip: IP_POD.v6, port: FAR.podPort }, { ip: IP_NODE.v6, port: FAR.peerPort });
-          conns.set(connKey(6, h4(IP_POD.v6), FAR.podPort, h4(IP_NODE.v6), FAR.peerPort), 'syn_sent');
-        },
-      },
-    ];
+    const sockets = socketTable([]);
 
-    for (const st of states) {
-      await st.setup?.();
+    for (const st of FUZZ_STATES) {
+      await h.setUp(st.steps);
+      socketTable(st.steps, sockets);
       const state: InpodState = {
         dnsCapture: st.dns,
-        probeFlows: flows(),
+        probeFlows: fuzzProbeFlows(),
         handoffs: new Map(),
-        overrides: new Map(st.overrides.map(([ip, f]) => [h4(ip), f])),
+        overrides: new Map(st.overrides.map(([ip, f]) => [m.addrKeyHex(ipBytes(ip)), f])),
       };
       h.clearHandoffs();
       h.applyState(state);
-      const sockets = { listeners, conns };
-      const frames: Buffer[] = [];
-      for (const f of cuts) for (let n = 0; n <= f.length; n++) frames.push(truncate(f, n));
-      // SYNs on the tuples the TIME_WAITs hold (PL5, PI8), rare in the random mix.
-      for (let i = 0; i < 60; i++) {
-        const flags = gen.pick([0x02, 0x02, 0x12, 0x10]);
-        frames.push(
-          gen.chance(0.5)
-            ? b.v6Frame({ src: IP_POD.v6, dst: IP_NODE.v6 }, b.tcp({ sport: FAR.podPort, dport: FAR.peerPort, flags }))
-            : b.v6Frame({ src: IP_NODE.v6, dst: IP_POD.v6 }, b.tcp({ sport: CONN.outPort, dport: CONN.podPort, flags })),
-        );
-      }
-      while (frames.length < INPOD_FRAMES_PER_STATE) frames.push(gen.chance(0.4) ? inpodFrame(gen) : gen.next());
+      const frames = fuzzFrames(gen, INPOD_FRAMES_PER_STATE);
 
       for (const frame of frames) {
-        for (const program of programs) {
+        for (const program of INPOD_PROGRAMS) {
           const s = stats.get(program)!;
           s.frames++;
-          const mark =
-            program === 'inpod_out' ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK]) : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
-          const ingressIfindex = gen.pick([0, 0, NODE_IFINDEX]);
-          const expected =
-            program === 'inpod_out'
-              ? inpodOut(frame, state, { mark }, sockets)
-              : program === 'inpod_in'
-                ? inpodIn(frame, state, { mark }, sockets)
-                : program === 'inpod_host_in'
-                  ? inpodHostIn(frame, state, { ingressIfindex })
-                  : program === 'inpod_vm_in'
-                    ? inpodVmIn(frame, sockets)
-                    : inpodHostOut(frame, state);
+          const { mark, ingressIfindex } = fuzzContext(gen, program);
+          const expected = inpodVerdict(program, frame, state, { mark, ingressIfindex }, sockets);
           const k = h.run(program, frame, { mark, ingressIfindex });
           s.rows.set(expected.row, (s.rows.get(expected.row) ?? 0) + 1);
           if (k === null) {
@@ -321,7 +186,7 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
       // few seeded here; a lookup that takes an entry has it put back, in both.
       const ls = stats.get('inpod_lookup')!;
       const handoffs = state.handoffs!;
-      const zt = [...listeners].filter((l) => l.startsWith('tcp'));
+      const zt = [...sockets.listeners].filter((l) => l.startsWith('tcp'));
       if (zt.length > 0) {
         for (let i = 0; i < 24; i++) {
           const k = lookupKey(lookupCtx(gen));
@@ -330,7 +195,7 @@ kernelDescribe('differential fuzzing: in-pod programs vs the reference model', '
           handoffs.set(k, sock);
         }
       }
-      const v6only = new Set([...listeners].filter((l) => l.startsWith('tcp6')));
+      const v6only = new Set([...sockets.listeners].filter((l) => l.startsWith('tcp6')));
       for (let i = 0; i < LOOKUPS_PER_STATE; i++) {
         const ctx = gen.chance(0.5) && handoffs.size > 0 ? ctxOfKey(gen.pick([...handoffs.keys()]), gen) : lookupCtx(gen);
         const mv = inpodLookup(ctx, handoffs, v6only);

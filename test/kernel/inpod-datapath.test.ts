@@ -11,605 +11,42 @@
  * test/kernel/inpod-e2e.test.ts's.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { socketTable } from '../../harness/inpod/sockets.js';
 import * as b from '../../harness/packet/builder.js';
-import { addrKeyHex } from '../model/datapath.js';
+import { inpodLookup, inpodVerdict, LOOP_MARK, PROBE_HEX, probeFlowKey, recordInpod, type InpodSockets, type InpodState } from '../model/inpod.js';
+import { InpodHarness, inpodDisagreement } from '../model/inpod-harness.js';
 import {
-  connKey,
-  handoffKey,
-  inpodHostIn,
-  inpodLookup,
-  inpodHostOut,
-  inpodIn,
-  inpodOut,
-  inpodVmIn,
-  LOOP_MARK,
-  Override,
-  PROBE_HEX,
-  probeFlowKey,
-  recordInpod,
-  type ConnState,
-  type InpodSockets,
-  type InpodState,
-  type InpodVerdictName,
-  type LookupCtx,
-} from '../model/inpod.js';
-import { InpodHarness, inpodDisagreement, type InpodProgram } from '../model/inpod-harness.js';
+  APP_PORT,
+  h4,
+  LOOKUP_ROWS,
+  lookup,
+  NODE,
+  OUT,
+  POD,
+  PROBE,
+  ROW_ADDRESSES,
+  ROW_SOCKETS,
+  ROWS,
+  TW,
+  TW_FAR,
+  ZT_CLOSED,
+  type Row,
+} from '../model/inpod-rows.js';
 import { kernelDescribe } from '../support/gate.js';
 
-const POD = { v4: '198.18.0.10', v6: 'fd00:10:244::a' };
-const OUT = { v4: '203.0.113.5', v6: '2001:db8::5' };
-const NODE = { v4: '10.0.0.4', v6: 'fd00:10::4' };
-/** A VM behind the pod (reroute-virtual-interfaces): its own address. */
-const VM = { v4: '10.250.0.2', v6: 'fd00:250::2' };
-const PROBE = { v4: '169.254.7.127', v6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff' };
-/** A connection of the pod's (its app's, captured or not), and one left in TIME_WAIT. */
-const CONN = { podPort: 41000, outPort: 9443 };
-const TW = { podPort: 41001, outPort: 9444 };
-/**
- * TIME_WAIT at the far end's address (what a looped frame of the pod meets: ztunnel's end),
- * with the pod's own socket connecting again on the same 4-tuple (PL5).
- */
-const TW_FAR = { podPort: 41002, outPort: 9445 };
-/** The same, with no socket of the pod's connecting on it (a forged SYN: PL3). */
-const TW_FORGED = { podPort: 41003, outPort: 9446 };
-const APP_PORT = 8080;
-const ZT_LISTENERS = [
-  ['tcp4', 15001],
-  ['tcp6', 15001],
-  ['tcp4', 15006],
-  ['tcp6', 15006],
-  ['tcp4', 15053],
-  ['tcp6', 15053],
-  ['udp4', 15053],
-  ['udp6', 15053],
-] as const;
-
-const h4 = (ip: string) => addrKeyHex(b.ipBytes(ip));
-/** A listener lookup of the pod's netns, as inpod_lookup receives it (TCP). */
-const lookup = (family: 4 | 6, remote: string, remotePort: number, local: string, localPort: number): LookupCtx => ({
-  family,
-  protocol: 6,
-  remoteHex: h4(remote),
-  remotePort,
-  localHex: h4(local),
-  localPort,
-});
-const key = (c: LookupCtx) => handoffKey(c.family, c.remoteHex, c.remotePort, c.localHex, c.localPort);
-
-interface Row {
-  id: string;
-  name: string;
-  program: InpodProgram;
-  frame: Buffer;
-  verdict: InpodVerdictName;
-  mark?: number;
-  ingressIfindex?: number;
-  dns?: boolean;
-  /** inpod_overrides for the row: a pod address -> its annotation flags. */
-  overrides?: [string, number][];
-  /** Needs ztunnel's sockets absent (run after they are closed). */
-  noZtunnel?: boolean;
-}
-
-const v4 = (src: string, dst: string, l4: b.L4, ip: Partial<b.Ipv4Opts> = {}) => b.v4Frame({ src, dst, ...ip }, l4);
-const v6 = (src: string, dst: string, l4: b.L4, ip: Partial<b.Ipv6Opts> = {}) => b.v6Frame({ src, dst, ...ip }, l4);
+const v6 = (src: string, dst: string, l4: b.L4) => b.v6Frame({ src, dst }, l4);
 const syn = (sport: number, dport: number) => b.tcp({ sport, dport, flags: 0x02 });
-const ack = (sport: number, dport: number) => b.tcp({ sport, dport, flags: 0x10 });
-
-const ROWS: Row[] = [
-  // inpod_out
-  { id: 'PO1', name: 'ARP passes', program: 'inpod_out', frame: b.arpFrame({ senderIp: POD.v4, targetIp: '169.254.1.1' }), verdict: 'pass' },
-  {
-    id: 'PO1',
-    name: '802.1Q tag drops',
-    program: 'inpod_out',
-    frame: b.ether({ vlans: [{ tpid: 0x8100, tci: 5 }] }, 0x0800, b.ipv4({ src: POD.v4, dst: OUT.v4 }, syn(40000, 80))),
-    verdict: 'drop',
-  },
-  { id: 'PO1', name: 'IPv4 IHL 4 drops', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, syn(40000, 80), { ihl: 4 }), verdict: 'drop' },
-  { id: 'PO2', name: "ztunnel's mark 0x539: a SYN passes", program: 'inpod_out', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), mark: 0x539, verdict: 'pass' },
-  {
-    id: 'PO2',
-    name: 'mark 0x1539 (0x539 under the mask 0xfff) passes, IPv6',
-    program: 'inpod_out',
-    frame: v6(POD.v6, OUT.v6, syn(40000, 80)),
-    mark: 0x1539,
-    verdict: 'pass',
-  },
-  { id: 'PO3', name: 'IPv6 chain ending in ESP drops', program: 'inpod_out', frame: v6(POD.v6, OUT.v6, b.esp()), verdict: 'drop' },
-  { id: 'PO4', name: 'ICMP echo passes', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, b.icmp4({ type: 8 })), verdict: 'pass' },
-  { id: 'PO5', name: 'UDP to 443 passes', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, b.udp({ dport: 443 })), verdict: 'pass' },
-  { id: 'PO5', name: 'UDP to 53 with DNS capture off passes', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })), verdict: 'pass' },
-  {
-    id: 'PO6',
-    name: 'TCP first fragment (MF) drops',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, syn(40000, 80), { moreFragments: true }),
-    verdict: 'drop',
-  },
-  {
-    id: 'PO6',
-    name: 'IPv6 TCP with a fragment header (offset 0) drops',
-    program: 'inpod_out',
-    frame: v6(POD.v6, OUT.v6, syn(40000, 80), { ext: [{ type: 'fragment', more: true }] }),
-    verdict: 'drop',
-  },
-  {
-    id: 'PO6',
-    name: 'TCP header cut to 12 bytes drops',
-    program: 'inpod_out',
-    frame: b.truncate(v4(POD.v4, OUT.v4, syn(40000, 80)), 14 + 20 + 12),
-    verdict: 'drop',
-  },
-  {
-    id: 'PO6',
-    name: 'DNS UDP first fragment drops (capture on)',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 }), { moreFragments: true }),
-    dns: true,
-    verdict: 'drop',
-  },
-  {
-    id: 'PO7',
-    name: "a segment of the pod's connection (ztunnel's end is here) loops",
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, ack(CONN.podPort, CONN.outPort)),
-    verdict: 'loop',
-  },
-  {
-    id: 'PO7',
-    name: 'a segment meeting TIME_WAIT loops (inpod_in judges it)',
-    program: 'inpod_out',
-    frame: v6(POD.v6, OUT.v6, ack(TW_FAR.podPort, TW_FAR.outPort)),
-    verdict: 'loop',
-  },
-  { id: 'PO8', name: 'SYN with 15001 there loops, IPv4', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), verdict: 'loop' },
-  { id: 'PO8', name: 'SYN with 15001 there loops, IPv6', program: 'inpod_out', frame: v6(POD.v6, OUT.v6, syn(40000, 80)), verdict: 'loop' },
-  {
-    id: 'PO8',
-    name: 'TCP SYN to 53, DNS capture on, 15053 there: loops',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
-    dns: true,
-    verdict: 'loop',
-  },
-  {
-    id: 'PO8',
-    name: 'UDP to 53, DNS capture on, 15053 there: loops',
-    program: 'inpod_out',
-    frame: v6(POD.v6, OUT.v6, b.udp({ dport: 53 })),
-    dns: true,
-    verdict: 'loop',
-  },
-  {
-    id: 'PO8',
-    name: 'SYN without 15001: drops (fail closed)',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  {
-    id: 'PO8',
-    name: 'UDP to 53, capture on, no 15053: drops',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
-    dns: true,
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  {
-    id: 'PO9',
-    name: "the app's SYN-ACK from its listening port passes (a probe's answer)",
-    program: 'inpod_out',
-    frame: v4(POD.v4, PROBE.v4, b.tcp({ sport: APP_PORT, dport: 50000, flags: 0x12 })),
-    verdict: 'pass',
-  },
-  { id: 'PO10', name: 'an ACK no socket sends drops', program: 'inpod_out', frame: v4(POD.v4, OUT.v4, ack(40000, 80)), verdict: 'drop' },
-  // inpod_in, the pod's own frames looped back
-  { id: 'PL1', name: 'looped ICMP drops', program: 'inpod_in', frame: v4(POD.v4, OUT.v4, b.icmp4({ type: 8 })), mark: LOOP_MARK, verdict: 'drop' },
-  {
-    id: 'PL1',
-    name: 'looped UDP not DNS drops',
-    program: 'inpod_in',
-    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 443 })),
-    mark: LOOP_MARK,
-    dns: true,
-    verdict: 'drop',
-  },
-  {
-    id: 'PL2',
-    name: "looped segment of the pod's connection passes (mark kept)",
-    program: 'inpod_in',
-    frame: v4(POD.v4, OUT.v4, ack(CONN.podPort, CONN.outPort)),
-    mark: LOOP_MARK,
-    verdict: 'pass',
-  },
-  {
-    id: 'PL2',
-    name: 'looped ACK meeting TIME_WAIT passes',
-    program: 'inpod_in',
-    frame: v6(POD.v6, OUT.v6, ack(TW_FAR.podPort, TW_FAR.outPort)),
-    mark: LOOP_MARK,
-    verdict: 'pass',
-  },
-  {
-    id: 'PL5',
-    name: "looped SYN of the pod's connecting socket meeting TIME_WAIT is handed over to 15001",
-    program: 'inpod_in',
-    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
-    mark: LOOP_MARK,
-    verdict: 'pass',
-  },
-  {
-    id: 'PL5',
-    name: 'the same without 15001 drops',
-    program: 'inpod_in',
-    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
-    mark: LOOP_MARK,
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  {
-    id: 'PL3',
-    name: 'looped SYN meeting TIME_WAIT with no connecting socket of the pod drops (forged source)',
-    program: 'inpod_in',
-    frame: v6(POD.v6, OUT.v6, syn(TW_FORGED.podPort, TW_FORGED.outPort)),
-    mark: LOOP_MARK,
-    verdict: 'drop',
-  },
-  {
-    id: 'PL2',
-    name: 'looped ACK of no connection passes (inpod_out looped it for one; the stack answers what closed since)',
-    program: 'inpod_in',
-    frame: v4(POD.v4, OUT.v4, ack(40000, 80)),
-    mark: LOOP_MARK,
-    verdict: 'pass',
-  },
-  { id: 'PL4', name: 'looped SYN goes to 15001', program: 'inpod_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), mark: LOOP_MARK, verdict: 'deliver' },
-  {
-    id: 'PL4',
-    name: 'looped DNS UDP goes to 15053',
-    program: 'inpod_in',
-    frame: v6(POD.v6, OUT.v6, b.udp({ dport: 53 })),
-    mark: LOOP_MARK,
-    dns: true,
-    verdict: 'deliver',
-  },
-  {
-    id: 'PL4',
-    name: 'looped SYN without 15001 drops',
-    program: 'inpod_in',
-    frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
-    mark: LOOP_MARK,
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  // inpod_in, frames from outside
-  { id: 'PI1', name: 'ARP passes', program: 'inpod_in', frame: b.arpFrame({ senderIp: '169.254.1.1', targetIp: POD.v4 }), verdict: 'pass' },
-  { id: 'PI1', name: 'LLDP drops', program: 'inpod_in', frame: b.ether({}, 0x88cc, Buffer.alloc(46)), verdict: 'drop' },
-  { id: 'PI2', name: 'IPv6 chain ending in ESP drops', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, b.esp()), verdict: 'drop' },
-  { id: 'PI3', name: 'UDP passes', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, b.udp({ sport: 53, dport: 40000 })), verdict: 'pass' },
-  { id: 'PI3', name: 'ICMPv6 neighbour solicitation passes', program: 'inpod_in', frame: v6('fe80::1', POD.v6, b.icmp6({ type: 135 })), verdict: 'pass' },
-  { id: 'PI4', name: 'TCP later fragment drops', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT), { fragOffset: 3 }), verdict: 'drop' },
-  {
-    id: 'PI4',
-    name: 'TCP header truncated drops',
-    program: 'inpod_in',
-    frame: b.truncate(v6(OUT.v6, POD.v6, syn(40000, APP_PORT)), 14 + 40 + 10),
-    verdict: 'drop',
-  },
-  {
-    id: 'PI5',
-    name: 'a SYN from the probe address passes to the app',
-    program: 'inpod_in',
-    frame: v4(PROBE.v4, POD.v4, syn(50000, APP_PORT)),
-    verdict: 'pass',
-  },
-  { id: 'PI5', name: 'IPv6: a SYN from the probe address passes', program: 'inpod_in', frame: v6(PROBE.v6, POD.v6, syn(50000, APP_PORT)), verdict: 'pass' },
-  {
-    id: 'PI7',
-    name: "the answer to the pod's connection passes",
-    program: 'inpod_in',
-    frame: v4(OUT.v4, POD.v4, ack(CONN.outPort, CONN.podPort)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PI8',
-    name: 'a SYN meeting TIME_WAIT is handed over to 15006',
-    program: 'inpod_in',
-    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PI8',
-    name: 'the same without 15006 drops',
-    program: 'inpod_in',
-    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  { id: 'PI6', name: 'a SYN to 15008 passes (HBONE)', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, 15008)), verdict: 'pass' },
-  { id: 'PI9', name: 'a SYN to the app goes to 15006', program: 'inpod_in', frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)), verdict: 'deliver' },
-  { id: 'PI9', name: 'an ACK of no connection goes to 15006 too', program: 'inpod_in', frame: v6(OUT.v6, POD.v6, ack(40000, APP_PORT)), verdict: 'deliver' },
-  {
-    id: 'PI9',
-    name: 'a SYN to the app without 15006 drops',
-    program: 'inpod_in',
-    frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)),
-    noZtunnel: true,
-    verdict: 'drop',
-  },
-  // inpod_vm_in: a VM interface the pod's reroute-virtual-interfaces lists
-  { id: 'PV1', name: 'ARP passes', program: 'inpod_vm_in', frame: b.arpFrame({ senderIp: VM.v4, targetIp: '10.250.0.1' }), verdict: 'pass' },
-  { id: 'PV1', name: 'LLDP drops', program: 'inpod_vm_in', frame: b.ether({}, 0x88cc, Buffer.alloc(46)), verdict: 'drop' },
-  { id: 'PV1', name: 'IPv4 IHL 4 drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80), { ihl: 4 }), verdict: 'drop' },
-  { id: 'PV1', name: 'UDP passes, unmarked (routed as before)', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, b.udp({ dport: 53 })), verdict: 'pass' },
-  {
-    id: 'PV1',
-    name: 'ICMPv6 neighbour solicitation passes',
-    program: 'inpod_vm_in',
-    frame: v6('fe80::2', 'ff02::1:ff00:1', b.icmp6({ type: 135 })),
-    verdict: 'pass',
-  },
-  { id: 'PV2', name: 'IPv6 chain ending in ESP drops', program: 'inpod_vm_in', frame: v6(VM.v6, OUT.v6, b.esp()), verdict: 'drop' },
-  {
-    id: 'PV2',
-    name: 'TCP first fragment (MF) drops',
-    program: 'inpod_vm_in',
-    frame: v4(VM.v4, OUT.v4, syn(40000, 80), { moreFragments: true }),
-    verdict: 'drop',
-  },
-  {
-    id: 'PV2',
-    name: 'TCP header cut to 12 bytes drops',
-    program: 'inpod_vm_in',
-    frame: b.truncate(v4(VM.v4, OUT.v4, syn(40000, 80)), 14 + 20 + 12),
-    verdict: 'drop',
-  },
-  {
-    id: 'PV3',
-    name: 'a segment of a connection a socket of the netns holds passes with the loop mark',
-    program: 'inpod_vm_in',
-    frame: v4(POD.v4, OUT.v4, ack(CONN.podPort, CONN.outPort)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PV3',
-    name: 'a non-SYN meeting a TIME_WAIT passes with the loop mark (the kernel answers it)',
-    program: 'inpod_vm_in',
-    frame: v6(OUT.v6, POD.v6, ack(TW.outPort, TW.podPort)),
-    verdict: 'pass',
-  },
-  { id: 'PV4', name: 'an ACK of no connection drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, ack(40000, 80)), verdict: 'drop' },
-  { id: 'PV5', name: 'a SYN goes to 15001 (any source: the VM’s own)', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80)), verdict: 'deliver' },
-  { id: 'PV5', name: 'IPv6: a SYN goes to 15001', program: 'inpod_vm_in', frame: v6(VM.v6, OUT.v6, syn(40000, 80)), verdict: 'deliver' },
-  {
-    id: 'PV5',
-    name: 'a SYN to the pod’s own app goes to 15001 too (as Istio’s REDIRECT)',
-    program: 'inpod_vm_in',
-    frame: v4(VM.v4, POD.v4, syn(40000, APP_PORT)),
-    verdict: 'deliver',
-  },
-  {
-    id: 'PV5',
-    name: 'a SYN meeting a TIME_WAIT is handed over to 15001',
-    program: 'inpod_vm_in',
-    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
-    verdict: 'pass',
-  },
-  { id: 'PV5', name: 'a SYN without 15001 drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80)), noZtunnel: true, verdict: 'drop' },
-  // a pod's annotations (inpod_overrides, by its address)
-  {
-    id: 'PO8',
-    name: 'dns-capture "true" on the pod, node setting off: its DNS UDP loops',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
-    overrides: [[POD.v4, Override.DNS_CAPTURE]],
-    verdict: 'loop',
-  },
-  {
-    id: 'PO5',
-    name: 'dns-capture "false" on the pod, node setting on: its DNS UDP passes',
-    program: 'inpod_out',
-    frame: v6(POD.v6, OUT.v6, b.udp({ dport: 53 })),
-    dns: true,
-    overrides: [[POD.v6, Override.NO_DNS_CAPTURE]],
-    verdict: 'pass',
-  },
-  {
-    id: 'PO5',
-    name: 'another pod\'s dns-capture "true" changes nothing for this one',
-    program: 'inpod_out',
-    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
-    overrides: [['198.18.0.11', Override.DNS_CAPTURE]],
-    verdict: 'pass',
-  },
-  {
-    id: 'PL4',
-    name: 'dns-capture "true": the looped DNS TCP SYN goes to 15053',
-    program: 'inpod_in',
-    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
-    mark: LOOP_MARK,
-    overrides: [[POD.v4, Override.DNS_CAPTURE]],
-    verdict: 'deliver',
-  },
-  {
-    id: 'PI7b',
-    name: 'bypass-inbound-capture: a SYN to the app passes to it',
-    program: 'inpod_in',
-    frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)),
-    overrides: [[POD.v4, Override.BYPASS_INBOUND]],
-    verdict: 'pass',
-  },
-  {
-    id: 'PI7b',
-    name: 'bypass-inbound-capture: a SYN meeting a TIME_WAIT passes too (no handoff: the kernel’s own)',
-    program: 'inpod_in',
-    frame: v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)),
-    overrides: [[POD.v6, Override.BYPASS_INBOUND | Override.NO_DNS_CAPTURE]],
-    verdict: 'pass',
-  },
-  {
-    id: 'PI9',
-    name: "another pod's bypass changes nothing for this one: to 15006",
-    program: 'inpod_in',
-    frame: v4(OUT.v4, POD.v4, syn(40000, APP_PORT)),
-    overrides: [['198.18.0.11', Override.BYPASS_INBOUND]],
-    verdict: 'deliver',
-  },
-  // the host veth
-  { id: 'PH1', name: 'ARP passes', program: 'inpod_host_in', frame: b.arpFrame({}), verdict: 'pass' },
-  {
-    id: 'PH2',
-    name: 'a forwarded SYN from the probe address drops',
-    program: 'inpod_host_in',
-    frame: v4(PROBE.v4, POD.v4, syn(50000, APP_PORT)),
-    ingressIfindex: 5,
-    verdict: 'drop',
-  },
-  {
-    id: 'PH2',
-    name: 'the node itself sending from the probe address drops too',
-    program: 'inpod_host_in',
-    frame: v6(PROBE.v6, POD.v6, syn(50000, APP_PORT)),
-    ingressIfindex: 0,
-    verdict: 'drop',
-  },
-  {
-    id: 'PH3',
-    name: 'a forwarded SYN from the node’s address passes untouched',
-    program: 'inpod_host_in',
-    frame: v4(NODE.v4, POD.v4, syn(50000, APP_PORT)),
-    ingressIfindex: 5,
-    verdict: 'pass',
-  },
-  { id: 'PH3', name: 'UDP from the node passes untouched', program: 'inpod_host_in', frame: v4(NODE.v4, POD.v4, b.udp({ dport: 53 })), verdict: 'pass' },
-  {
-    id: 'PH4',
-    name: "the node's SYN gets the probe source, IPv4",
-    program: 'inpod_host_in',
-    frame: v4(NODE.v4, POD.v4, syn(50000, APP_PORT)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PH4',
-    name: "the node's SYN gets the probe source, IPv6",
-    program: 'inpod_host_in',
-    frame: v6(NODE.v6, POD.v6, syn(50001, APP_PORT)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PH5',
-    name: "the node's ACK on its recorded flow gets the probe source",
-    program: 'inpod_host_in',
-    frame: v4(NODE.v4, POD.v4, ack(50000, APP_PORT)),
-    verdict: 'pass',
-  },
-  {
-    id: 'PH6',
-    name: 'an ACK from another node address on that flow passes untouched',
-    program: 'inpod_host_in',
-    frame: v4('10.0.0.5', POD.v4, ack(50000, APP_PORT)),
-    verdict: 'pass',
-  },
-  { id: 'PH7', name: 'the pod to anyone else passes', program: 'inpod_host_out', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), verdict: 'pass' },
-  {
-    id: 'PH8',
-    name: 'the app’s SYN-ACK to the probe address goes back to the node, IPv4',
-    program: 'inpod_host_out',
-    frame: v4(POD.v4, PROBE.v4, b.tcp({ sport: APP_PORT, dport: 50000, flags: 0x12 })),
-    verdict: 'pass',
-  },
-  {
-    id: 'PH8',
-    name: 'IPv6 likewise',
-    program: 'inpod_host_out',
-    frame: v6(POD.v6, PROBE.v6, b.tcp({ sport: APP_PORT, dport: 50001, flags: 0x12 })),
-    verdict: 'pass',
-  },
-  {
-    id: 'PH9',
-    name: 'to the probe address on no recorded flow drops',
-    program: 'inpod_host_out',
-    frame: v4(POD.v4, PROBE.v4, ack(APP_PORT, 50999)),
-    verdict: 'drop',
-  },
-  {
-    id: 'PH9',
-    name: 'UDP to the probe address drops',
-    program: 'inpod_host_out',
-    frame: v4(POD.v4, PROBE.v4, b.udp({ sport: 53, dport: 50000 })),
-    verdict: 'drop',
-  },
-];
-
-/** inpod_lookup's rows: the handoffs seeded from here, the lookup, and how many entries stay. */
-const LOOKUP_ROWS: { id: string; name: string; seed: [string, string][]; ctx: LookupCtx; left: number }[] = [
-  {
-    id: 'PK1',
-    name: 'an IPv4 lookup with a handoff gets its listener, and the entry goes',
-    seed: [[key(lookup(4, OUT.v4, 40000, POD.v4, APP_PORT)), 'tcp4:15006']],
-    ctx: lookup(4, OUT.v4, 40000, POD.v4, APP_PORT),
-    left: 0,
-  },
-  {
-    id: 'PK1',
-    name: 'IPv6 likewise (a looped SYN to 15001)',
-    seed: [[key(lookup(6, POD.v6, 40001, OUT.v6, 443)), 'tcp6:15001']],
-    ctx: lookup(6, POD.v6, 40001, OUT.v6, 443),
-    left: 0,
-  },
-  {
-    id: 'PK2',
-    name: 'a handoff whose listener refuses the lookup (IPv6-only, an IPv4 lookup) drops, and the entry goes',
-    seed: [[key(lookup(4, OUT.v4, 40002, POD.v4, APP_PORT)), 'tcp6:15006']],
-    ctx: lookup(4, OUT.v4, 40002, POD.v4, APP_PORT),
-    left: 0,
-  },
-  { id: 'PK3', name: 'a TCP lookup with no handoff: the kernel’s own', seed: [], ctx: lookup(4, OUT.v4, 40003, POD.v4, APP_PORT), left: 0 },
-  {
-    id: 'PK3',
-    name: 'a lookup for another port of a handed-over tuple: the kernel’s own, the entry stays',
-    seed: [[key(lookup(4, OUT.v4, 40004, POD.v4, APP_PORT)), 'tcp4:15006']],
-    ctx: lookup(4, OUT.v4, 40004, POD.v4, APP_PORT + 1),
-    left: 1,
-  },
-  {
-    id: 'PK3',
-    name: 'a UDP lookup of a handed-over tuple: the kernel’s own, the entry stays',
-    seed: [[key(lookup(4, OUT.v4, 40005, POD.v4, 53)), 'tcp4:15006']],
-    ctx: { ...lookup(4, OUT.v4, 40005, POD.v4, 53), protocol: 17 },
-    left: 1,
-  },
-];
 
 kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads BPF programs', () => {
   let h: InpodHarness;
-  const closeZt: (() => Promise<void>)[] = [];
-  const conns = new Map<string, ConnState>();
-  const listeners = new Set<string>([`tcp4:${APP_PORT}`]);
+  // The sockets the rows' netns holds, as the model sees them (ROW_SOCKETS, then ZT_CLOSED).
+  const sockets = socketTable(ROW_SOCKETS);
   // The probe flows the PH rows share: PH4 records, PH5/PH8 use (rows run in order).
   const state: InpodState = { dnsCapture: false, probeFlows: new Map(), handoffs: new Map() };
 
   beforeAll(async () => {
-    h = await InpodHarness.create([POD.v4, POD.v6, OUT.v4, OUT.v6]);
-    for (const [kind, port] of ZT_LISTENERS) {
-      closeZt.push(await h.listen(kind, port));
-      listeners.add(`${kind}:${port}`);
-    }
-    await h.listen('tcp4', APP_PORT);
-    await h.connection({ ip: POD.v4, port: CONN.podPort }, { ip: OUT.v4, port: CONN.outPort });
-    conns.set(connKey(4, h4(POD.v4), CONN.podPort, h4(OUT.v4), CONN.outPort), 'open');
-    conns.set(connKey(4, h4(OUT.v4), CONN.outPort, h4(POD.v4), CONN.podPort), 'open');
-    await h.connection({ ip: POD.v6, port: TW.podPort }, { ip: OUT.v6, port: TW.outPort }, true);
-    conns.set(connKey(6, h4(POD.v6), TW.podPort, h4(OUT.v6), TW.outPort), 'time_wait');
-    await h.connection({ ip: OUT.v6, port: TW_FAR.outPort }, { ip: POD.v6, port: TW_FAR.podPort }, true);
-    conns.set(connKey(6, h4(OUT.v6), TW_FAR.outPort, h4(POD.v6), TW_FAR.podPort), 'time_wait');
-    await h.connecting({ ip: POD.v6, port: TW_FAR.podPort }, { ip: OUT.v6, port: TW_FAR.outPort });
-    conns.set(connKey(6, h4(POD.v6), TW_FAR.podPort, h4(OUT.v6), TW_FAR.outPort), 'syn_sent');
-    await h.connection({ ip: OUT.v6, port: TW_FORGED.outPort }, { ip: POD.v6, port: TW_FORGED.podPort }, true);
-    conns.set(connKey(6, h4(OUT.v6), TW_FORGED.outPort, h4(POD.v6), TW_FORGED.podPort), 'time_wait');
+    h = await InpodHarness.create(ROW_ADDRESSES);
+    await h.setUp(ROW_SOCKETS);
   });
 
   afterAll(async () => {
@@ -621,16 +58,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
     h.applyState(s);
     const mark = r.mark ?? 0;
     const ingressIfindex = r.ingressIfindex ?? 0;
-    const mv =
-      r.program === 'inpod_out'
-        ? inpodOut(r.frame, s, { mark }, sockets)
-        : r.program === 'inpod_in'
-          ? inpodIn(r.frame, s, { mark }, sockets)
-          : r.program === 'inpod_host_in'
-            ? inpodHostIn(r.frame, s, { ingressIfindex })
-            : r.program === 'inpod_vm_in'
-              ? inpodVmIn(r.frame, sockets)
-              : inpodHostOut(r.frame, s);
+    const mv = inpodVerdict(r.program, r.frame, s, { mark, ingressIfindex }, sockets);
     expect([mv.row, mv.verdict], 'the model disagrees with the table').toEqual([r.id, r.verdict]);
     const k = h.run(r.program, r.frame, { mark, ingressIfindex });
     expect(k, `${r.id} not runnable`).not.toBeNull();
@@ -646,7 +74,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
   }
 
   describe("with ztunnel's sockets", () => {
-    it.each(ROWS.filter((r) => !r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, { listeners, conns }));
+    it.each(ROWS.filter((r) => !r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, sockets));
 
     it('PL5 and PI8 leave the listener the socket lookup then gives the kernel (PK1), and the entry goes', async () => {
       for (const [frame, mark, ctx, socket] of [
@@ -690,10 +118,10 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
 
   describe("without ztunnel's sockets (fail closed)", () => {
     beforeAll(async () => {
-      for (const c of closeZt.splice(0)) await c();
-      for (const [kind, port] of ZT_LISTENERS) listeners.delete(`${kind}:${port}`);
+      await h.setUp(ZT_CLOSED);
+      socketTable(ZT_CLOSED, sockets);
     });
-    it.each(ROWS.filter((r) => r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, { listeners, conns }));
+    it.each(ROWS.filter((r) => r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, sockets));
   });
 
   it('covers every row of the spec', () => {

@@ -5,6 +5,10 @@
  * functions over a frame, the map contents and a table of the netns's sockets.
  */
 import { addrKeyHex, parse, type Ip } from './datapath.js';
+import { connKey, handoffKey, type ConnState } from '../../harness/inpod/sockets.js';
+
+// The socket table's and the handoffs' keys, shared with the kernel side (harness/inpod/).
+export { connKey, handoffKey, type ConnState };
 
 export type InpodVerdictName = 'pass' | 'drop' | 'loop' | 'deliver';
 
@@ -38,9 +42,6 @@ export interface InpodState {
   handoffs?: Map<string, string>;
 }
 
-/** 'syn_sent': a connecting socket (the pod's own, its SYN not yet answered). */
-export type ConnState = 'open' | 'time_wait' | 'syn_sent';
-
 /** The netns's sockets, as the kernel's lookups see them. */
 export interface InpodSockets {
   /** Wildcard-bound listeners and UDP sockets: 'tcp4:15001', 'udp6:15053', 'tcp4:8080'. */
@@ -50,15 +51,6 @@ export interface InpodSockets {
 }
 
 export const NO_SOCKETS: InpodSockets = { listeners: new Set(), conns: new Map() };
-
-export function connKey(family: 4 | 6, localHex: string, lport: number, remoteHex: string, rport: number): string {
-  return `${family}|${localHex}|${lport}|${remoteHex}|${rport}`;
-}
-
-/** A handoff's key: the SYN's source and destination, as the receiving stack sees them. */
-export function handoffKey(family: 4 | 6, remoteHex: string, rport: number, localHex: string, lport: number): string {
-  return `${family}|${remoteHex}|${rport}|${localHex}|${lport}`;
-}
 
 export function probeFlowKey(podHex: string, podPort: number, nodePort: number, family: 4 | 6): string {
   return `${podHex}|${podPort}|${nodePort}|${family}`;
@@ -245,6 +237,24 @@ export function inpodHostOut(frame: Buffer, state: InpodState): InpodVerdict {
   const node = state.probeFlows.get(probeFlowKey(ip.src, p.sport, p.dport, ip.family));
   if (node === undefined) return { verdict: 'drop', row: 'PH9' };
   return { verdict: 'pass', row: 'PH8', rewrite: { field: 'dst', to: node } };
+}
+
+/** The frame programs of build/inpod.bpf.o (inpod_lookup runs on a lookup: inpodLookup). */
+export type InpodFrameProgram = 'inpod_out' | 'inpod_in' | 'inpod_host_in' | 'inpod_host_out' | 'inpod_vm_in';
+
+/** The verdict of `program` on a frame in a context (each program reads what it reads of it). */
+export function inpodVerdict(
+  program: InpodFrameProgram,
+  frame: Buffer,
+  state: InpodState,
+  ctx: { mark: number; ingressIfindex: number },
+  s: InpodSockets,
+): InpodVerdict {
+  if (program === 'inpod_out') return inpodOut(frame, state, ctx, s);
+  if (program === 'inpod_in') return inpodIn(frame, state, ctx, s);
+  if (program === 'inpod_host_in') return inpodHostIn(frame, state, ctx);
+  if (program === 'inpod_vm_in') return inpodVmIn(frame, s);
+  return inpodHostOut(frame, state);
 }
 
 /** What a verdict leaves in the maps (PH4 records its flow, as the kernel does). */

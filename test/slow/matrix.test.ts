@@ -3,8 +3,10 @@
  * kernels booted under qemu (TCG), and this machine's kernel, each running the controller's
  * own code (harness/matrix/vm-runner.ts): the kernel probes and mode selection, every program of
  * ours loaded with the real loader, a negative control the verifier must reject, and the
- * packet corpus (every spec row and the fuzzer's frames) through BPF_PROG_RUN. The host
- * compares every outcome with the reference model and prints the table.
+ * packet corpus (every spec row and the fuzzer's frames) through BPF_PROG_RUN, the XDP
+ * hook's xdp_out and the in-pod programs included (test/model/inpod-matrix.ts: the in-pod rows
+ * and fuzzer's frames and lookups, with ztunnel's sockets held in the runner's netns and
+ * without). The host compares every outcome with the reference model and prints the table.
  *
  * Runs when the kernel images are cached under build/kernels/ or Debian's archive answers;
  * otherwise it skips with the reason printed, and under CI=true (or from `make
@@ -32,10 +34,12 @@ import {
   type CorpusRun,
   type CorpusState,
   type RunnerReport,
+  type RunOutcome,
   type XdpCorpusRun,
 } from '../../harness/matrix/corpus.js';
 import { formatTable, problemsOf, type KernelRow } from '../../harness/matrix/report.js';
 import { kernelDescribe } from '../support/gate.js';
+import { buildInpodReplay, inpodRunCount, judgeInpod, type InpodJudgement } from '../model/inpod-matrix.js';
 
 const BROKEN = 'build/tests/broken.bpf.o';
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
@@ -50,6 +54,9 @@ const XDP_OBJECT = 'build/xdp.bpf.o';
 const XDP_PROGRAMS = ['xdp_out', 'xdp_pass'] as const;
 const SEED = 20240611;
 const FRAMES_PER_STATE = Number(process.env.MATRIX_FRAMES ?? 1500);
+/** The in-pod fuzz part (test/model/inpod-matrix.ts): frames per state (each on the five frame programs) and lookups per state. */
+const INPOD_FRAMES_PER_STATE = Number(process.env.MATRIX_INPOD_FRAMES ?? 1500);
+const INPOD_LOOKUPS_PER_STATE = Math.ceil(INPOD_FRAMES_PER_STATE / 1.5);
 const CACHE = process.env.KERNEL_MATRIX_CACHE ?? 'build/kernels';
 const SCRIPT = 'scripts/kernel-matrix.sh';
 /** CI=true, and `make kernel-matrix` (KERNEL_MATRIX=1): a matrix that cannot run fails, never skips. */
@@ -162,6 +169,9 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       expected.push({ verdict });
     }
   }
+  // The in-pod rows and fuzzer's frames and lookups, after the XDP runs.
+  const frameAt = (i: number) => Buffer.from(frames[i]!, 'hex');
+  const inpodReplay = buildInpodReplay(frameOf, frameAt, SEED + 1, INPOD_FRAMES_PER_STATE, INPOD_LOOKUPS_PER_STATE);
   return {
     corpus: {
       version: 1,
@@ -171,7 +181,7 @@ function buildCorpus(maxPods: number): { corpus: Corpus; expected: Expectation[]
       states,
       frames,
       runs,
-      inpod: { object: INPOD_OBJECT, programs: [...INPOD_PROGRAMS] },
+      inpod: { object: INPOD_OBJECT, programs: [...INPOD_PROGRAMS], replay: inpodReplay },
       xdp: { object: XDP_OBJECT, programs: [...XDP_PROGRAMS], runs: xdpRuns },
     },
     expected,
@@ -194,8 +204,8 @@ function compare(
   expected: Expectation[],
   models: Map<number, m.ModelState>,
   report: RunnerReport,
-): { notRunnable: number; ctxFallback: number; disagreements: string[]; errors: string[] } {
-  const out = { notRunnable: 0, ctxFallback: 0, disagreements: [] as string[], errors: [] as string[] };
+): { notRunnable: number; ctxFallback: number; disagreements: string[]; errors: string[]; inpod: InpodJudgement | null } {
+  const out = { notRunnable: 0, ctxFallback: 0, disagreements: [] as string[], errors: [] as string[], inpod: null as InpodJudgement | null };
   const outcomes = report.outcomes ?? [];
   let group = { st: -1, model: null as m.ModelState | null };
   corpus.runs.forEach(([st, prog, frameIdx, ifindex, ingressIfindex], i) => {
@@ -260,6 +270,17 @@ function compare(
     const diff = xdpDisagreement(want, { action: xdpActions[retval] ?? `retval ${retval}`, dataOut: applyChanges(frame, changes) });
     if (diff) out.disagreements.push(`${where()}\n  model ${want.action} ${want.row}; ${diff}`);
   });
+  // The in-pod runs and lookups, after the XDP runs' outcomes.
+  const replay = corpus.inpod?.replay;
+  if (replay) {
+    const start = corpus.runs.length + (corpus.xdp?.runs?.length ?? 0);
+    const j = judgeInpod(replay, (i) => Buffer.from(corpus.frames[i]!, 'hex'), outcomes.slice(start), report.inpodCtx, report.inpodMaps ?? []);
+    out.notRunnable += j.notRunnable;
+    out.ctxFallback += j.noIngressCtx;
+    out.disagreements.push(...j.disagreements);
+    out.errors.push(...j.errors);
+    out.inpod = j;
+  }
   return out;
 }
 
@@ -307,7 +328,7 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
   let expected: Expectation[];
   let models: Map<number, m.ModelState>;
   const rows: KernelRow[] = [];
-  const details = new Map<string, { log: string; disagreements: string[]; errors: string[] }>();
+  const details = new Map<string, { log: string; disagreements: string[]; errors: string[]; inpod: InpodJudgement | null }>();
 
   beforeAll(async () => {
     const missing = await missingTools();
@@ -357,13 +378,15 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       const report = parseReport(log);
       const c = compare(corpus, expected, models, report);
       const release = report.facts?.release ?? `${label} (no report)`;
-      details.set(release, { log, disagreements: c.disagreements, errors: c.errors });
+      details.set(release, { log, disagreements: c.disagreements, errors: c.errors, inpod: c.inpod });
       const row: KernelRow = {
         label,
         release,
         report,
         objectInsns: insns,
         frames: (report.outcomes?.length ?? 0) - c.notRunnable,
+        inpodFrames: c.inpod ? c.inpod.frames.withListeners + c.inpod.frames.withoutListeners : 0,
+        inpodLookups: c.inpod ? c.inpod.lookups + c.inpod.lookupsRefused : 0,
         notRunnable: c.notRunnable,
         ctxFallback: c.ctxFallback,
         disagreements: c.disagreements.length,
@@ -377,13 +400,27 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
 
   afterAll(() => {
     if (rows.length === 0) return;
+    const inpodRuns = corpus.inpod?.replay ? inpodRunCount(corpus.inpod.replay) : 0;
     console.log(
-      `kernel matrix: ${corpus.runs.length + (corpus.xdp?.runs?.length ?? 0)} runs per kernel (${corpus.runs.length} TC, ${corpus.xdp?.runs?.length ?? 0} XDP; ${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS)}`,
+      `kernel matrix: ${corpus.runs.length + (corpus.xdp?.runs?.length ?? 0) + inpodRuns} runs per kernel (${corpus.runs.length} TC, ${corpus.xdp?.runs?.length ?? 0} XDP, ${inpodRuns} in-pod; ${corpus.frames.length} distinct frames, ${corpus.states.length} map states)\n${formatTable(rows, PROGRAMS, INPOD_PROGRAMS, XDP_PROGRAMS)}`,
     );
     for (const r of rows)
       console.log(
-        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length + r.report.inpodPrograms.filter((l) => l.loaded).length + r.report.xdpPrograms.filter((l) => l.loaded).length} programs loaded (${r.report.inpodPrograms.filter((l) => l.loaded).length} in-pod, ${r.report.xdpPrograms.filter((l) => l.loaded && l.attached === 'ok').length} XDP attached), ${r.frames} frames, ${r.disagreements} disagreements, in-pod delivery ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'sk_assign' : 'iptables (bpf_sk_assign refuses SO_REUSEPORT)') : 'unknown'}`,
+        `kernel ${r.release}: ${r.report.programs.filter((l) => l.loaded).length + r.report.inpodPrograms.filter((l) => l.loaded).length + r.report.xdpPrograms.filter((l) => l.loaded).length} programs loaded (${r.report.inpodPrograms.filter((l) => l.loaded).length} in-pod, ${r.report.xdpPrograms.filter((l) => l.loaded && l.attached === 'ok').length} XDP attached), ${r.frames} frames, ${r.inpodFrames ?? 0} in-pod frames, ${r.disagreements} disagreements, in-pod delivery ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'sk_assign' : 'iptables (bpf_sk_assign refuses SO_REUSEPORT)') : 'unknown'}`,
       );
+    for (const r of rows) {
+      const j = details.get(r.release)?.inpod;
+      const f = r.report.inpodCtx;
+      if (!j) continue;
+      const rows = [...j.rows].sort(([a], [b]) => a.localeCompare(b, 'en', { numeric: true })).map(([row, n]) => `${row}:${n}`);
+      console.log(
+        `kernel ${r.release} in-pod: ${j.frames.withListeners} frames with ztunnel's listeners, ${j.frames.withoutListeners} without (fail closed), ${j.notRunnable} not runnable; ` +
+          `${j.noIngressCtx} run without skb->ingress_ifindex (fact: BPF_PROG_RUN ${f?.ingressIfindex ? 'takes' : 'refuses'} it), ` +
+          `${j.deliverAsDrop} deliver judged as drop (bpf_sk_assign assigns nothing under BPF_PROG_RUN; SO_REUSEPORT assign ${r.report.inpodProbe && 'reuseportAssign' in r.report.inpodProbe ? (r.report.inpodProbe.reuseportAssign ? 'yes' : 'no') : 'unknown'}), ` +
+          `${j.lookups} lookups run, ${j.lookupsRefused} judged refused (fact: SK_LOOKUP test run ${f?.skLookupRun === true ? 'yes' : `no: ${f?.skLookupRun ?? 'unknown'}`}), ` +
+          `maps compared after ${j.mapsCompared} groups, ${j.disagreements.length} disagreements; rows ${rows.join(' ')}`,
+      );
+    }
   });
 
   for (const label of ['5.10', '6.1', '6.12', 'host']) {
@@ -406,6 +443,11 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       ];
       expect(problems, `kernel ${row!.release}:\n${problems.join('\n')}\n${context.join('\n')}`).toEqual([]);
       expect(row!.frames).toBeGreaterThan(0);
+      // The in-pod programs' frames were judged here, with ztunnel's listeners and without.
+      const j = d.inpod;
+      expect(j && j.frames.withListeners > 0 && j.frames.withoutListeners > 0 && j.lookups + j.lookupsRefused > 0, `in-pod replay on ${row!.release}`).toBe(
+        true,
+      );
     });
   }
 
@@ -431,6 +473,26 @@ kernelDescribe('kernel matrix: our programs and loader on 5.10, 6.1, 6.12 (qemu)
       expect(probe && 'reuseportAssign' in probe).toBe(true);
       expect(bad({}, { inpodProbe: { reuseportAssign: !(probe as { reuseportAssign: boolean }).reuseportAssign } })).not.toEqual([]);
       expect(bad({}, { inpodProbe: null })).not.toEqual([]);
+    });
+
+    it('an in-pod outcome other than the model’s, or lookups run where the probe found no SK_LOOKUP test run, are disagreements', (ctx) => {
+      const host = rows.find((r) => r.label === 'host');
+      if (skipReason !== null || !host?.report.outcomes || !corpus.inpod?.replay) {
+        ctx.skip();
+        return;
+      }
+      const r = host.report;
+      const start = corpus.runs.length + (corpus.xdp?.runs?.length ?? 0);
+      expect(compare(corpus, expected, models, r).disagreements).toEqual([]);
+      // The first in-pod run (PO1, an ARP frame inpod_out passes) reported as a drop.
+      const first = r.outcomes![start]!;
+      expect(first[0]).toBe(0);
+      const flipped = r.outcomes!.map((o, i) => (i === start ? ([0, TcAct.SHOT, 0, ''] as RunOutcome) : o));
+      expect(compare(corpus, expected, models, { ...r, outcomes: flipped }).disagreements).toHaveLength(1);
+      const noLookupRun = compare(corpus, expected, models, { ...r, inpodCtx: { ingressIfindex: true, skLookupRun: 'errno 524' } });
+      const lookups = details.get(host.release)!.inpod!.lookups;
+      expect(lookups).toBeGreaterThan(0);
+      expect(noLookupRun.disagreements).toHaveLength(lookups);
     });
   });
 });
