@@ -204,7 +204,7 @@ export interface PodDiff {
   deletes: string[];
 }
 
-const samePod = (a: PodInfo, b: PodInfo) => a.ifindex === b.ifindex && a.mac === b.mac && a.flags === b.flags;
+const samePod = (a: PodInfo, b: PodInfo) => a.ifindex === b.ifindex && a.mac === b.mac && a.flags === b.flags && (a.slot ?? 0) === (b.slot ?? 0);
 
 export function diffPods(desired: ReadonlyMap<string, PodInfo>, actual: ReadonlyMap<string, PodInfo>): PodDiff {
   const upserts = new Map<string, PodInfo>();
