@@ -391,6 +391,35 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       expect(again[1]!.redirected).toBe(after[1]!.redirected);
       await stop('SIGTERM');
     }, 90_000);
+
+    it('a slot given back is zeroed before another pod gets it: no pod inherits counts', async () => {
+      const [first, second] = enrolled as [SimPod, SimPod];
+      const third = sim.pods[2]!;
+      start();
+      await controller!.waitFor('programmed');
+      expect(await sim.connect(first, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel' }));
+      const [given] = slotsAndCounts(await status());
+      expect(given!.redirected).toBeGreaterThan(0n);
+      await stop('SIGTERM');
+      try {
+        // The first pod leaves (its entries and slot go), then a pod never enrolled arrives.
+        enrolled = [second];
+        start();
+        await controller!.waitFor('programmed');
+        await stop('SIGTERM');
+        enrolled = [second, third];
+        start();
+        await controller!.waitFor('programmed');
+        const [, arrived] = slotsAndCounts(await status());
+        expect(arrived!.slots).toEqual(given!.slots);
+        expect(arrived!.redirected).toBe(0n);
+        expect(await sim.connect(third, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        expect(slotsAndCounts(await status())[1]!.redirected).toBeGreaterThan(0n);
+      } finally {
+        await stop('SIGTERM');
+        enrolled = [first, second];
+      }
+    }, 60_000);
   });
 
   it('refuses a pin root that is not a bpffs, in one clear line', async () => {

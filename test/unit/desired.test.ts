@@ -85,4 +85,18 @@ describe('diffs', () => {
     expect(diffPods(m, new Map(m))).toEqual({ upserts: new Map(), deletes: [] });
     expect(diffHooks(new Set([1, 2]), new Set([2, 3]))).toEqual({ attach: [1], detach: [3] });
   });
+
+  it('rewrites an entry whose counters slot differs; no slot and slot 0 are the same', () => {
+    const d = diffPods(
+      new Map([
+        ['a', { ...p(1), slot: 4 }],
+        ['b', { ...p(2), slot: 0 }],
+      ]),
+      new Map([
+        ['a', { ...p(1), slot: 3 }],
+        ['b', p(2)],
+      ]),
+    );
+    expect([...d.upserts.keys()]).toEqual(['a']);
+  });
 });
