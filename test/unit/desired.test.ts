@@ -99,4 +99,32 @@ describe('diffs', () => {
     );
     expect([...d.upserts.keys()]).toEqual(['a']);
   });
+
+  it('with the veths’ slots, writes each entry with its veth’s (0 for a veth without one), copying only those written', () => {
+    const desired = new Map([
+      ['a', p(1)],
+      ['b', p(2)],
+      ['c', p(3)],
+    ]);
+    const actual = new Map([
+      ['a', { ...p(1), slot: 7 }],
+      ['b', { ...p(2), slot: 5 }],
+      ['c', { ...p(3), slot: 9 }],
+    ]);
+    const d = diffPods(
+      desired,
+      actual,
+      new Map([
+        [p(1).ifindex, 7],
+        [p(2).ifindex, 6],
+      ]),
+    );
+    expect(d.upserts).toEqual(
+      new Map([
+        ['b', { ...p(2), slot: 6 }],
+        ['c', { ...p(3), slot: 0 }],
+      ]),
+    );
+    expect(desired.get('b')!.slot).toBeUndefined();
+  });
 });

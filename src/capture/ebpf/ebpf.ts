@@ -190,10 +190,10 @@ export class EbpfRedirect implements RedirectMode {
 
   /**
    * Slots for the desired pods' veths: the fresh ones zeroed and recorded in veth_slots
-   * before any pods entry names them. Returns the pods with their slots, and the veths
-   * whose slots were given back (their veth_slots entries go once their pods entries have).
+   * before any pods entry names them. Returns every veth's slot, and the veths whose slots
+   * were given back (their veth_slots entries go once their pods entries have).
    */
-  private assignSlots(desired: ReadonlyMap<string, PodInfo>): { pods: Map<string, PodInfo>; freed: SlotRecord[] } {
+  private assignSlots(desired: ReadonlyMap<string, PodInfo>): { slots: ReadonlyMap<number, number>; freed: SlotRecord[] } {
     const { slots, fresh, freed } = this.slots!.assign([...desired.values()].map((p) => p.ifindex));
     if (fresh.length > 0) {
       const counters = this.map('counters');
@@ -209,9 +209,7 @@ export class EbpfRedirect implements RedirectMode {
       });
       this.map('veth_slots').updateBatch(vethKeys, vethVals, fresh.length);
     }
-    const pods = new Map<string, PodInfo>();
-    desired.forEach((p, ip) => pods.set(ip, { ...p, slot: slots.get(p.ifindex) ?? 0 }));
-    return { pods, freed };
+    return { slots, freed };
   }
 
   private xdpObjectPath(): string {
@@ -277,7 +275,7 @@ export class EbpfRedirect implements RedirectMode {
     this.syncDnsServers();
 
     const slotted = this.assignSlots(desired.pods);
-    const podDiff = diffPods(slotted.pods, actual.pods);
+    const podDiff = diffPods(desired.pods, actual.pods, slotted.slots);
     // Entries before hooks: a program attached to a veth finds its pod already there.
     // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
     const packed = codec.packPods(podDiff.upserts);
