@@ -32,6 +32,13 @@
 /* The one slot of the ztunnel map. */
 #define ZTUNNEL_SLOT 0
 
+/*
+ * The counters map's slot 0: frames on a veth the controller has recorded no slot for
+ * (a hook outliving its pod's entries for a moment, a pod entry written without one).
+ * The controller hands out slots 1..MAX_PODS, one per pod veth.
+ */
+#define COUNTERS_NO_SLOT 0
+
 /* Ports ztunnel listens on inside its netns. */
 #define ZTUNNEL_PORT_OUTBOUND 15001
 #define ZTUNNEL_PORT_INBOUND 15006
@@ -77,6 +84,13 @@ struct pod_info {
 			* arrive on it and its inbound traffic leave through it */
 	__u8 mac[6];   /* the pod's eth0 MAC, wire order (0 when unknown) */
 	__u16 flags;   /* enum pod_flags, host order */
+	__u32 slot;    /* the veth's index in counters, host order: every address of the pod
+			* has its veth's (COUNTERS_NO_SLOT: counted in slot 0) */
+};
+
+/* Value of the veth_slots map, keyed by a pod's host veth ifindex (__u32, host order). */
+struct veth_slot {
+	__u32 slot; /* the veth's index in counters (as in its pods entries), host order */
 };
 
 /* Value of the ztunnel map's single slot. */
@@ -149,7 +163,10 @@ enum qdisc_flags {
 				     * is still there. ifindex 0 is conf.all, 0xffffffff conf.default */
 };
 
-/* Value of the per-CPU counters map, keyed by the pod's host veth ifindex (__u32). */
+/*
+ * Value of the per-CPU counters array, indexed by the slot the controller gave the pod's
+ * host veth (__u32, pod_info.slot and veth_slots).
+ */
 struct pod_counters {
 	__u64 redirected_packets; /* host order, all of them */
 	__u64 redirected_bytes;

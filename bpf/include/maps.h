@@ -8,7 +8,7 @@
 
 #include "ambient_redirect.h"
 
-/* pods: ::ffff:198.18.0.10 -> { ifindex 12, mac 0a:58:c6:12:00:0a, flags ENROLLED } */
+/* pods: ::ffff:198.18.0.10 -> { ifindex 12, mac 0a:58:c6:12:00:0a, flags ENROLLED, slot 3 } */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_PODS);
@@ -53,14 +53,31 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } host_flows4 SEC(".maps");
 
-/* counters (per CPU): 12 -> { redirected 40/2960, dropped 1/60, passed 3/180 } */
+/*
+ * counters (per CPU, an array: a lookup the verifier inlines, no entry to create):
+ * slot 3 -> { redirected 40/2960, dropped 1/60, passed 3/180 }. Slots 1..MAX_PODS are
+ * the controller's, one per pod veth; slot 0 (COUNTERS_NO_SLOT) takes what no slot names.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, MAX_PODS);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_PODS + 1);
 	__type(key, __u32);
 	__type(value, struct pod_counters);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
+
+/*
+ * veth_slots (the controller's, read only for frames judged before or without their
+ * pod's entry: ARP, neighbour discovery, a spoofed source, ztunnel's deliveries):
+ * 12 -> { slot 3 }
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_PODS);
+	__type(key, __u32);
+	__type(value, struct veth_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} veth_slots SEC(".maps");
 
 /* qdiscs (the controller's record, no program reads it): { 12, NODE } -> { CREATED } */
 struct {

@@ -204,18 +204,26 @@ static __always_inline int redirect_dns_server(const struct addr_key *a)
 	return bpf_map_lookup_elem(&dns_servers, a) != NULL;
 }
 
-static __always_inline void redirect_count(__u32 ifindex, enum redirect_verdict v, __u64 len)
+/*
+ * Where a frame's verdict is counted: the slot of the pod entry that vouched for it (the
+ * lookup the verdict needed anyway), else SLOT_OF_VETH: the veth's slot from veth_slots,
+ * asked only then (frames judged before or without their pod's entry).
+ */
+#define SLOT_OF_VETH 0xffffffff
+
+static __always_inline void redirect_count(__u32 ifindex, __u32 slot, enum redirect_verdict v, __u64 len)
 {
-	struct pod_counters *c = bpf_map_lookup_elem(&counters, &ifindex);
+	struct pod_counters *c;
 
-	if (!c) {
-		struct pod_counters zero = {};
+	if (slot == SLOT_OF_VETH) {
+		struct veth_slot *vs = bpf_map_lookup_elem(&veth_slots, &ifindex);
 
-		bpf_map_update_elem(&counters, &ifindex, &zero, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&counters, &ifindex);
-		if (!c)
-			return;
+		slot = vs ? vs->slot : COUNTERS_NO_SLOT;
 	}
+	/* An array: no entry to create; a slot beyond it is not counted. */
+	c = bpf_map_lookup_elem(&counters, &slot);
+	if (!c)
+		return;
 	/* Per-CPU values: no other CPU writes this copy. */
 	if (v == V_REDIRECT) {
 		c->redirected_packets++;
@@ -319,10 +327,10 @@ static __always_inline int redirect_to_ztunnel(struct __sk_buff *skb, const stru
 	return bpf_redirect(zt->ifindex, 0);
 }
 
-static __always_inline int redirect_finish(struct __sk_buff *skb, enum redirect_verdict v, const struct ztunnel_info *zt,
-				  bool peer)
+static __always_inline int redirect_finish(struct __sk_buff *skb, enum redirect_verdict v, __u32 slot,
+					   const struct ztunnel_info *zt, bool peer)
 {
-	redirect_count(skb->ifindex, v, skb->len);
+	redirect_count(skb->ifindex, slot, v, skb->len);
 	/* Pass hands the frame on to whatever runs after us on the hook (a primary CNI's
 	 * filter attached before the agent started), which then decides as if we were not
 	 * there; with nothing after us the kernel passes it (docs/datapath.md, "Beside the
@@ -335,13 +343,17 @@ static __always_inline int redirect_finish(struct __sk_buff *skb, enum redirect_
 	return redirect_to_ztunnel(skb, zt, peer);
 }
 
-/* O1–O17 for a frame that arrived on the veth `ifindex` (the TC and the XDP hook alike). */
+/*
+ * O1–O17 for a frame that arrived on the veth `ifindex` (the TC and the XDP hook alike);
+ * `slot` is where to count it (SLOT_OF_VETH until the pod's entry vouches for the frame).
+ */
 static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifindex, const struct flow *f,
-						     const struct ztunnel_info *zt)
+						     const struct ztunnel_info *zt, __u32 *slot)
 {
 	struct pod_info *pod;
 	enum redirect_verdict v;
 
+	*slot = SLOT_OF_VETH;
 	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* O1–O6 */
 	if (parse_ipv6_nd_or_mld(f) && parse_ipv6_link_local(&f->dst))
@@ -349,6 +361,7 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifi
 	pod = bpf_map_lookup_elem(&pods, &f->src);
 	if (!pod || pod->ifindex != ifindex)
 		return V_DROP;                                   /* O8 */
+	*slot = pod->slot;
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* O9 */
 	/* O10 comes before O11–O17 in the spec, but its only verdict is pass: asked after
@@ -364,18 +377,23 @@ static __always_inline enum redirect_verdict redirect_outbound_verdict(__u32 ifi
 static __always_inline int redirect_capture_outbound(struct __sk_buff *skb, bool peer)
 {
 	struct ztunnel_info *zt = redirect_ztunnel_slot();
+	enum redirect_verdict v;
 	struct flow f;
+	__u32 slot;
 
 	parse_frame(skb, &f);
-	return redirect_finish(skb, redirect_outbound_verdict(skb->ifindex, &f, zt), zt, peer);
+	v = redirect_outbound_verdict(skb->ifindex, &f, zt, &slot);
+	return redirect_finish(skb, v, slot, zt, peer);
 }
 
+/* I1–I18; `slot` as for redirect_outbound_verdict (ztunnel's deliveries, I7, count in the veth's). */
 static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __sk_buff *skb, const struct flow *f,
-						    const struct ztunnel_info *zt)
+						    const struct ztunnel_info *zt, __u32 *slot)
 {
 	struct pod_info *pod;
 	enum redirect_verdict v;
 
+	*slot = SLOT_OF_VETH;
 	if (redirect_l3_verdict(f, &v))
 		return v;                                        /* I1–I6 */
 	if (zt && skb->ingress_ifindex == zt->ifindex)
@@ -385,6 +403,7 @@ static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __s
 	pod = bpf_map_lookup_elem(&pods, &f->dst);
 	if (!pod || pod->ifindex != skb->ifindex)
 		return V_DROP;                                   /* I9 */
+	*slot = pod->slot;
 	if (!(pod->flags & POD_F_ENROLLED))
 		return V_PASS;                                   /* I10 */
 	if (redirect_host_originated(skb, f))
@@ -399,10 +418,13 @@ static __always_inline enum redirect_verdict redirect_inbound_verdict(struct __s
 static __always_inline int redirect_capture_inbound(struct __sk_buff *skb)
 {
 	struct ztunnel_info *zt = redirect_ztunnel_slot();
+	enum redirect_verdict v;
 	struct flow f;
+	__u32 slot;
 
 	parse_frame(skb, &f);
-	return redirect_finish(skb, redirect_inbound_verdict(skb, &f, zt), zt, false);
+	v = redirect_inbound_verdict(skb, &f, zt, &slot);
+	return redirect_finish(skb, v, slot, zt, false);
 }
 
 #endif

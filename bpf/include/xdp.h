@@ -387,13 +387,13 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
  * on ztunnel's eth0, or GRO on it from 5.13), else the kernel drops the frame. Dropped
  * either way, never around ztunnel.
  */
-static __always_inline int xdp_finish(struct xdp_md *ctx, enum redirect_verdict v, const struct ztunnel_info *zt,
-				      const struct flow *f)
+static __always_inline int xdp_finish(struct xdp_md *ctx, enum redirect_verdict v, __u32 slot,
+				      const struct ztunnel_info *zt, const struct flow *f)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
 
-	redirect_count(ctx->ingress_ifindex, v, xdp_len(ctx));
+	redirect_count(ctx->ingress_ifindex, slot, v, xdp_len(ctx));
 	if (v == V_PASS)
 		return XDP_PASS;
 	if (v == V_DROP || !zt)
@@ -411,10 +411,13 @@ static __always_inline int xdp_finish(struct xdp_md *ctx, enum redirect_verdict 
 static __always_inline int xdp_capture_outbound(struct xdp_md *ctx)
 {
 	struct ztunnel_info *zt = redirect_ztunnel_slot();
+	enum redirect_verdict v;
 	struct flow f;
+	__u32 slot;
 
 	xdp_parse_frame(ctx, &f);
-	return xdp_finish(ctx, redirect_outbound_verdict(ctx->ingress_ifindex, &f, zt), zt, &f);
+	v = redirect_outbound_verdict(ctx->ingress_ifindex, &f, zt, &slot);
+	return xdp_finish(ctx, v, slot, zt, &f);
 }
 
 #endif

@@ -111,7 +111,8 @@ function fillPods(obj: BpfObject, entries: number, fills = 1): FillTimes {
   const clear = () => {
     for (const k of pods.keys()) pods.delete(k);
   };
-  const info = { ifindex: IFINDEX, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED };
+  // One veth, so one counters slot (src/core/slots.ts hands out 1 first).
+  const info = { ifindex: IFINDEX, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED, slot: 1 };
   const desired = new Map([[POD, info]]);
   for (let i = 1; i < entries; i++) desired.set(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`, info);
   clear();

@@ -5,7 +5,8 @@
  *   node dist/harness/bench/scrape.js [--entries 65536] [--scrapes 15] [--rounds 6] [--phase-seconds 4]
  *
  * Loads the capture object with its maps pinned in a bpffs folder of this run, fills the
- * pods and counters maps with `entries` entries, and times a whole /metrics body (the
+ * pods map with `entries` entries (one veth and counters slot each) and their slots of the
+ * counters array, and times a whole /metrics body (the
  * agent's registry with the source `run` wires: readScrape, each map walked once in
  * batches, a turn of the loop between batches), its CPU time, and the longest the loop
  * went without a turn meanwhile; beside it, three scrapes with the whole-entry reader
@@ -131,14 +132,15 @@ async function main(): Promise<void> {
     obj = BpfObject.openAndLoad('build/redirect.bpf.o', { pinRoot: pinDir(root), programs: ['out_redirect'] });
     const info = { ifindex: 0, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED };
     const pods = new Map<string, codec.PodInfo>();
-    for (let i = 0; i < entries; i++) pods.set(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`, { ...info, ifindex: 1000 + i });
+    // One veth per pod, each with its counters slot (as src/core/slots.ts hands them out: 1 on).
+    for (let i = 0; i < entries; i++) pods.set(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`, { ...info, ifindex: 1000 + i, slot: 1 + i });
     const p = codec.packPods(pods);
     obj.map('pods').updateBatch(p.keys, p.values, p.count);
     const counters = obj.map('counters');
     const ckeys = Buffer.alloc(entries * 4);
     const cvals = Buffer.alloc(entries * counters.bufferSize, 0);
     for (let i = 0; i < entries; i++) {
-      ckeys.writeUInt32LE(1000 + i, i * 4);
+      ckeys.writeUInt32LE(1 + i, i * 4);
       cvals.writeBigUInt64LE(BigInt(i), i * counters.bufferSize);
     }
     counters.updateBatch(ckeys, cvals, entries);

@@ -30,19 +30,19 @@ export interface ControllerProcess {
   exited(): Promise<number | null>;
 }
 
-function inNode(nodeNs: string, args: readonly string[]): string[] {
-  return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, distEntry('../../src/cli/main.js'), ...args];
+function inNode(nodeNs: string, args: readonly string[], entry = distEntry('../../src/cli/main.js')): string[] {
+  return ['nsenter', `--net=/var/run/netns/${nodeNs}`, process.execPath, entry, ...args];
 }
 
 /**
  * Starts `ambient-redirect run` with `args`. The simulated node's topology is the
  * node-level ztunnel's (its own netns, host veths), so the agent is started with
  * `--ztunnel-mode node` unless the caller names a mode itself (the in-pod tests pass
- * `--ztunnel-mode inpod`).
+ * `--ztunnel-mode inpod`). `entry`: another build's CLI (the upgrade test's previous build).
  */
-export function startController(nodeNs: string, args: readonly string[]): ControllerProcess {
+export function startController(nodeNs: string, args: readonly string[], opts: { entry?: string } = {}): ControllerProcess {
   const mode = args.includes('--ztunnel-mode') ? [] : ['--ztunnel-mode', 'node'];
-  const child = startProcess(inNode(nodeNs, ['run', ...mode, ...args]));
+  const child = startProcess(inNode(nodeNs, ['run', ...mode, ...args], opts.entry));
   const events: LogEvent[] = [];
   const listeners = new Set<(e: LogEvent) => void>();
   let exited = false;

@@ -262,7 +262,7 @@ export function decodeAddrKey(buf: Buffer): string {
   return decodeAddr(buf.subarray(f.offset, f.offset + f.size));
 }
 
-/** Key of the counters map and of array slots: a host-order u32. */
+/** Key of the counters and veth_slots maps and of array slots: a host-order u32. */
 export function encodeU32Key(n: number): Buffer {
   const key = Buffer.alloc(4);
   key.writeUInt32LE(u32(n, 'key'));
@@ -277,7 +277,12 @@ export function decodeU32Key(buf: Buffer): number {
 
 export const POD_INFO_SIZE = layouts.pod_info.size;
 
-const POD_INFO = { ifindex: field(layouts.pod_info, 'ifindex'), mac: field(layouts.pod_info, 'mac'), flags: field(layouts.pod_info, 'flags') };
+const POD_INFO = {
+  ifindex: field(layouts.pod_info, 'ifindex'),
+  mac: field(layouts.pod_info, 'mac'),
+  flags: field(layouts.pod_info, 'flags'),
+  slot: field(layouts.pod_info, 'slot'),
+};
 
 /** The value at `off` of a packed buffer (padding zeroed). */
 export function writePodInfo(v: PodInfo, out: Buffer, off: number): void {
@@ -285,6 +290,7 @@ export function writePodInfo(v: PodInfo, out: Buffer, off: number): void {
   out.writeUInt32LE(u32(v.ifindex, 'ifindex'), off + POD_INFO.ifindex.offset);
   writeMac(v.mac, out, off + POD_INFO.mac.offset);
   out.writeUInt16LE(u16(v.flags, 'flags'), off + POD_INFO.flags.offset);
+  out.writeUInt32LE(u32(v.slot ?? 0, 'slot'), off + POD_INFO.slot.offset);
 }
 
 export function encodePodInfo(v: PodInfo): Buffer {
@@ -323,6 +329,7 @@ export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (reado
     putU32(values, off + POD_INFO.ifindex.offset, u32(info.ifindex, 'ifindex'));
     writeMac(info.mac, values, off + POD_INFO.mac.offset);
     putU16(values, off + POD_INFO.flags.offset, u16(info.flags, 'flags'));
+    if (info.slot) putU32(values, off + POD_INFO.slot.offset, u32(info.slot, 'slot'));
     i++;
   };
   if (entries instanceof Map) (entries as ReadonlyMap<string, PodInfo>).forEach(put);
@@ -330,14 +337,8 @@ export function packPods(entries: ReadonlyMap<string, PodInfo> | readonly (reado
   return { keys, values, count };
 }
 
-/** Where a pods-map value holds its ifindex (a host-order u32): readers of whole batches read it in place. */
-export const POD_INFO_IFINDEX_OFFSET = POD_INFO.ifindex.offset;
-
-/** The ifindex of a pods-map value, alone. */
-export function decodePodIfindex(buf: Buffer): number {
-  if (buf.length !== POD_INFO_SIZE) throw new CodecError(`pod_info must be ${POD_INFO_SIZE} bytes, got ${buf.length}`);
-  return buf.readUInt32LE(POD_INFO.ifindex.offset);
-}
+/** Where a pods-map value holds its counters slot (a host-order u32): readers of whole batches read it in place. */
+export const POD_INFO_SLOT_OFFSET = POD_INFO.slot.offset;
 
 export function decodePodInfo(buf: Buffer): PodInfo {
   const l = layouts.pod_info;
@@ -346,7 +347,29 @@ export function decodePodInfo(buf: Buffer): PodInfo {
     ifindex: buf.readUInt32LE(field(l, 'ifindex').offset),
     mac: decodeMac(buf.subarray(mac.offset, mac.offset + mac.size)),
     flags: buf.readUInt16LE(field(l, 'flags').offset),
+    slot: buf.readUInt32LE(POD_INFO.slot.offset),
   };
+}
+
+/** The ifindex and counters slot of a pods-map value (readers that need no more). */
+export function decodePodSlot(buf: Buffer): { ifindex: number; slot: number } {
+  if (buf.length !== POD_INFO_SIZE) throw new CodecError(`pod_info must be ${POD_INFO_SIZE} bytes, got ${buf.length}`);
+  return { ifindex: buf.readUInt32LE(POD_INFO.ifindex.offset), slot: buf.readUInt32LE(POD_INFO.slot.offset) };
+}
+
+// --- veth_slots map ----------------------------------------------------------------------
+
+export const VETH_SLOT_SIZE = layouts.veth_slot.size;
+
+export function encodeVethSlot(slot: number): Buffer {
+  const buf = Buffer.alloc(VETH_SLOT_SIZE);
+  buf.writeUInt32LE(u32(slot, 'slot'), field(layouts.veth_slot, 'slot').offset);
+  return buf;
+}
+
+export function decodeVethSlot(buf: Buffer): number {
+  if (buf.length !== VETH_SLOT_SIZE) throw new CodecError(`veth_slot must be ${VETH_SLOT_SIZE} bytes, got ${buf.length}`);
+  return buf.readUInt32LE(field(layouts.veth_slot, 'slot').offset);
 }
 
 // --- ztunnel map -------------------------------------------------------------------------

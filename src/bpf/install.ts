@@ -14,9 +14,12 @@
  *   old one's pin only after the new programs (which use it) are attached everywhere.
  *   Until then the old programs and maps keep working; a load that fails changes nothing.
  *
- * `<pin dir>/` holds: pods, ztunnel, dns_servers, host_flows, host_flows4, counters, qdiscs,
- * prog-<hash>/<program>... (host_flows4 came later: the first load that creates it copies
- * host_flows's IPv4 flows into it, and its commit moves them.) A map an older build pinned that this build no longer has
+ * `<pin dir>/` holds: pods, ztunnel, dns_servers, host_flows, host_flows4, counters,
+ * veth_slots, qdiscs, prog-<hash>/<program>... (host_flows4 came later: the first load that
+ * creates it copies host_flows's IPv4 flows into it, and its commit moves them. counters
+ * was a per-CPU hash keyed by ifindex before it became an array indexed by slot, with
+ * veth_slots and the slot in pods values: the controller refills pods, and
+ * carryHashCounters adds the old counts into the array before the commit.) A map an older build pinned that this build no longer has
  * (host_addrs, before host_flows replaced it) is unpinned with the old programs.
  */
 import { createHash } from 'node:crypto';
@@ -26,7 +29,7 @@ import * as codec from './codec.js';
 import { isNotFound } from './errors.js';
 import * as ffi from './ffi.js';
 import { isPinnedMapName, MapType, openPinnedMap } from './maps.js';
-import { BpfObject, mapInfoOf, programId, type BpfMap, type MapDef } from './object.js';
+import { BpfMap, BpfObject, mapInfoOf, PinnedMapMismatchError, programId, type MapDef } from './object.js';
 
 // bpffs refuses dots in names (they are kept for its own files).
 const NEXT = '__next';
@@ -165,6 +168,47 @@ function copyHostFlows4(from: BpfMap, into: BpfMap, move: boolean): void {
     into.update(codec.encodeHostFlow4Key(flow), value);
     if (move) from.delete(key);
   }
+}
+
+/**
+ * The counters of a build before the counters array (a per-CPU hash keyed by the veth's
+ * ifindex, pinned as `counters` until commitInstall) added into the array, each veth's to
+ * its slot's: the counts survive the upgrade. Called once the old programs are off every
+ * hook (their counts are final) and before commitInstall unpins the old map; a pin of any
+ * other layout is left alone. Returns the veths carried over.
+ */
+export function carryHashCounters(dir: string, installed: Installed, slotOf: (ifindex: number) => number | undefined): number {
+  const into = installed.maps.get('counters');
+  if (!into || !installed.migrating.includes('counters')) return 0;
+  let old: BpfMap;
+  try {
+    old = BpfMap.openPinned(join(dir, 'counters'), 'counters', {
+      type: MapType.PERCPU_HASH,
+      keySize: 4,
+      valueSize: into.valueSize,
+      maxEntries: into.maxEntries - 1,
+      perCpu: true,
+    });
+  } catch (err) {
+    if (err instanceof PinnedMapMismatchError) return 0;
+    throw err;
+  }
+  let carried = 0;
+  try {
+    for (const [key, value] of old.entries()) {
+      const slot = slotOf(codec.decodeU32Key(key));
+      if (!slot) continue;
+      const slotKey = codec.encodeU32Key(slot);
+      const sum = into.lookup(slotKey);
+      if (!sum) continue;
+      for (let off = 0; off + 8 <= sum.length; off += 8) sum.writeBigUInt64LE(BigInt.asUintN(64, sum.readBigUInt64LE(off) + value.readBigUInt64LE(off)), off);
+      into.update(slotKey, sum);
+      carried++;
+    }
+  } finally {
+    old.close();
+  }
+  return carried;
 }
 
 /** The pin paths of the maps `objectPath` declares (a companion declares a subset). */

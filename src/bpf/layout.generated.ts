@@ -10,11 +10,18 @@ export const layouts = {
     },
   },
   pod_info: {
-    size: 12,
+    size: 16,
     fields: {
       ifindex: { offset: 0, size: 4 },
       mac: { offset: 4, size: 6 },
       flags: { offset: 10, size: 2 },
+      slot: { offset: 12, size: 4 },
+    },
+  },
+  veth_slot: {
+    size: 4,
+    fields: {
+      slot: { offset: 0, size: 4 },
     },
   },
   ztunnel_info: {
@@ -94,6 +101,7 @@ export const constants = {
   MAX_HOST_FLOWS: 16384,
   MAX_IPV6_EXT: 4,
   ZTUNNEL_SLOT: 0,
+  COUNTERS_NO_SLOT: 0,
   ZTUNNEL_PORT_OUTBOUND: 15001,
   ZTUNNEL_PORT_INBOUND: 15006,
   ZTUNNEL_PORT_HBONE: 15008,

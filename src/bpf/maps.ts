@@ -14,7 +14,7 @@ import * as inpod from './inpod-codec.js';
 import { constants as inpodConstants } from './inpod-layout.generated.js';
 
 /** enum bpf_map_type (linux/bpf.h), the ones maps.h uses. */
-export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, LRU_HASH: 9, SOCKHASH: 18 } as const;
+export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, LRU_HASH: 9, SOCKHASH: 18 } as const;
 
 export interface PinnedMapSpec extends MapSizes {
   type: number;
@@ -39,7 +39,9 @@ export const PINNED_MAPS = {
     maxEntries: constants.MAX_HOST_FLOWS,
     perCpu: false,
   },
-  counters: { type: MapType.PERCPU_HASH, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS, perCpu: true },
+  // Indexed by slot: slot 0 (COUNTERS_NO_SLOT) and one per pod veth.
+  counters: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: codec.POD_COUNTERS_SIZE, maxEntries: constants.MAX_PODS + 1, perCpu: true },
+  veth_slots: { type: MapType.HASH, keySize: 4, valueSize: codec.VETH_SLOT_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
   qdiscs: { type: MapType.HASH, keySize: codec.QDISC_KEY_SIZE, valueSize: codec.QDISC_INFO_SIZE, maxEntries: constants.MAX_PODS, perCpu: false },
   // The in-pod capture's (bpf/inpod.bpf.c), pinned in the `inpod/` folder of the pin folder.
   inpod_config: { type: MapType.ARRAY, keySize: 4, valueSize: inpod.INPOD_CONFIG_SIZE, maxEntries: 1, perCpu: false },

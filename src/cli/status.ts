@@ -105,6 +105,8 @@ export function renderZdsStatus(z: ZdsStatus): string {
 export interface PodStatus {
   ip: string;
   ifindex: number;
+  /** The veth's slot in the counters array (0: none, its frames count in slot 0). */
+  slot: number;
   veth: string | null;
   /** Program IDs of our TC filters on the veth's hooks (null: none of ours). */
   hooks: { ingress: number | null; egress: number | null };
@@ -264,12 +266,13 @@ export async function readStatus(pinRoot: string, runner: CommandRunner = system
     }
   }
 
-  const pods: PodStatus[] = podCounters(maps).map(({ ip, ifindex, counters: c }) => {
+  const pods: PodStatus[] = podCounters(maps).map(({ ip, ifindex, slot, counters: c }) => {
     const hooks = { ingress: ourProgram(ifindex, 'ingress'), egress: ourProgram(ifindex, 'egress') };
     const xdp = xdpStatus(ifindex, ours);
     return {
       ip,
       ifindex,
+      slot,
       veth: net.links.get(ifindex)?.name ?? null,
       hooks,
       outbound: xdp?.ours ? { hook: 'xdp' as const, id: xdp.id } : hooks.ingress !== null ? { hook: 'tc' as const, id: hooks.ingress } : null,

@@ -204,13 +204,19 @@ export interface PodDiff {
   deletes: string[];
 }
 
-const samePod = (a: PodInfo, b: PodInfo) => a.ifindex === b.ifindex && a.mac === b.mac && a.flags === b.flags;
-
-export function diffPods(desired: ReadonlyMap<string, PodInfo>, actual: ReadonlyMap<string, PodInfo>): PodDiff {
+/**
+ * What to write and delete so that the kernel holds `desired`. `slots`: each veth's
+ * counters slot (ebpf mode's, src/core/slots.ts), which every entry must carry (a veth
+ * without one: 0); without it, entries carry the slot `desired` gives (iptables mode: none).
+ * Only the entries written are copied.
+ */
+export function diffPods(desired: ReadonlyMap<string, PodInfo>, actual: ReadonlyMap<string, PodInfo>, slots?: ReadonlyMap<number, number>): PodDiff {
   const upserts = new Map<string, PodInfo>();
   for (const [ip, want] of desired) {
     const have = actual.get(ip);
-    if (!have || !samePod(have, want)) upserts.set(ip, want);
+    const slot = slots ? (slots.get(want.ifindex) ?? 0) : (want.slot ?? 0);
+    if (have && have.ifindex === want.ifindex && have.mac === want.mac && have.flags === want.flags && (have.slot ?? 0) === slot) continue;
+    upserts.set(ip, slots ? { ...want, slot } : want);
   }
   const deletes = [...actual.keys()].filter((ip) => !desired.has(ip));
   return { upserts, deletes };

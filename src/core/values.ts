@@ -23,6 +23,11 @@ export interface PodInfo {
   ifindex: number;
   mac: string;
   flags: number;
+  /**
+   * The veth's slot in the counters array (ebpf mode: src/core/slots.ts hands them out);
+   * absent or 0: none, the frames count in slot 0.
+   */
+  slot?: number;
 }
 
 export interface ZtunnelInfo {

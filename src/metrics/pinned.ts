@@ -26,6 +26,8 @@ export interface MapUsage {
 export interface PodCounterSample {
   ip: string;
   ifindex: number;
+  /** The veth's slot in the counters array (0: none). */
+  slot: number;
   counters: codec.PodCounters;
 }
 
@@ -34,35 +36,46 @@ export interface PinnedMaps {
   entries(name: PinnedMapName): [Buffer, Buffer][] | null;
 }
 
-/** Capacities as compiled (bpf/include/ambient_redirect.h, through the catalogue). */
+/** Capacities as compiled (bpf/include/ambient_redirect.h, through the catalogue); the counters' is its slots but slot 0. */
 export const MAP_CAPACITY = {
   pods: PINNED_MAPS.pods.maxEntries,
-  counters: PINNED_MAPS.counters.maxEntries,
+  counters: PINNED_MAPS.counters.maxEntries - 1,
   dns_servers: PINNED_MAPS.dns_servers.maxEntries,
   host_flows: PINNED_MAPS.host_flows.maxEntries,
   host_flows4: PINNED_MAPS.host_flows4.maxEntries,
 } as const;
 
+/**
+ * The counters array always has all its entries: what it holds in use is the slots the
+ * pods map names (slot 0 aside), and its capacity the slots the controller hands out.
+ */
 export function mapUsage(maps: PinnedMaps): MapUsage[] {
   const out: MapUsage[] = [];
   for (const [map, capacity] of Object.entries(MAP_CAPACITY)) {
     const e = maps.entries(map as keyof typeof MAP_CAPACITY);
-    if (e) out.push({ map, entries: e.length, capacity });
+    if (!e) continue;
+    if (map === 'counters') {
+      const used = new Set<number>();
+      for (const [, v] of maps.entries('pods') ?? []) used.add(codec.decodePodSlot(v).slot);
+      used.delete(0);
+      out.push({ map, entries: used.size, capacity });
+    } else out.push({ map, entries: e.length, capacity });
   }
   return out;
 }
 
-/** Each pod of the pods map with its veth's summed per-CPU counters (zero when none yet). */
+/** Each pod of the pods map with its veth's summed per-CPU counters (its slot's; zero when it has none). */
 export function podCounters(maps: PinnedMaps): PodCounterSample[] {
   const pods = maps.entries('pods');
   if (!pods) return [];
-  const byIfindex = new Map<number, codec.PodCounters>();
-  for (const [k, v] of maps.entries('counters') ?? []) byIfindex.set(codec.decodeU32Key(k), codec.decodePodCountersPerCpu(v));
+  const bySlot = new Map<number, Buffer>();
+  for (const [k, v] of maps.entries('counters') ?? []) bySlot.set(codec.decodeU32Key(k), v);
   return pods.map(([k, v]) => {
     const ip = codec.decodeAddrKey(k);
-    // Only the ifindex: decoding the whole value (its MAC as text) for every pod of a full map costs a scrape dearly.
-    const ifindex = codec.decodePodIfindex(v);
-    return { ip, ifindex, counters: byIfindex.get(ifindex) ?? codec.zeroCounters() };
+    // Only the ifindex and slot: decoding the whole value (its MAC as text) for every pod of a full map costs a scrape dearly.
+    const { ifindex, slot } = codec.decodePodSlot(v);
+    const c = slot === 0 ? undefined : bySlot.get(slot);
+    return { ip, ifindex, slot, counters: c ? codec.decodePodCountersPerCpu(c) : codec.zeroCounters() };
   });
 }
 
@@ -170,12 +183,13 @@ export async function readScrape(pinRoot: string, opts: ScrapeOptions): Promise<
   const usage: MapUsage[] = [];
   const open = (name: keyof typeof MAP_CAPACITY) => (existsSync(join(dir, name)) ? openPinnedMap(dir, name) : null);
   const pods = open('pods');
-  const pj = new PodJoin(opts.maxSeries, pods?.maxEntries ?? 0);
-  if (pods) usage.push({ map: 'pods', entries: await walkMap(pods, batch, (k, v, n) => pj.pods(k, v, n)), capacity: MAP_CAPACITY.pods });
   const counters = open('counters');
+  const pj = new PodJoin(opts.maxSeries, counters?.maxEntries ?? 0);
+  if (pods) usage.push({ map: 'pods', entries: await walkMap(pods, batch, (k, v, n) => pj.pods(k, v, n)), capacity: MAP_CAPACITY.pods });
   if (counters) {
     pj.startCounters(counters.bufferSize);
-    usage.push({ map: 'counters', entries: await walkMap(counters, batch, (k, v, n) => pj.counters(k, v, n)), capacity: MAP_CAPACITY.counters });
+    await walkMap(counters, batch, (k, v, n) => pj.counters(k, v, n));
+    usage.push({ map: 'counters', entries: pj.slotsInUse, capacity: MAP_CAPACITY.counters });
   }
   for (const name of ['dns_servers', 'host_flows', 'host_flows4'] as const) {
     const m = open(name);
@@ -185,18 +199,23 @@ export async function readScrape(pinRoot: string, opts: ScrapeOptions): Promise<
 }
 
 /**
- * The pods map joined to the counters map, batch by batch. A class, not closures made per
- * scrape: its methods keep their optimised code from one scrape to the next (a closure
- * made anew each scrape started cold every time).
+ * The pods map joined to the counters array by slot, batch by batch. A class, not closures
+ * made per scrape: its methods keep their optimised code from one scrape to the next (a
+ * closure made anew each scrape started cold every time). Per slot, typed arrays indexed by
+ * the slot itself: no table to build, one index per counters entry.
  */
 class PodJoin {
   /** The addresses of the first maxSeries pods, in the map's order. */
   private readonly ips: string[] = [];
-  /** Per veth (ifindex): the pods beyond the first maxSeries that have it, and the first of those with series. */
-  private readonly veths: VethTable;
-  /** Series pod → the next series pod on the same veth (a dual-stack pod has two), -1 for none. */
+  /** Per slot: the pods beyond the first maxSeries that have it. */
+  private readonly beyond: Uint32Array;
+  /** Per slot: a series pod with it (next chains the others), -1 for none. */
+  private readonly head: Int32Array;
+  /** Series pod → the next series pod with the same slot (a dual-stack pod has two), -1 for none. */
   private readonly next: number[] = [];
   private beyondPods = 0;
+  /** Slots (but 0) the pods map names. */
+  slotsInUse = 0;
   private values = new Float64Array(0);
   /** The sums of the pods beyond, as two exact halves per counter. */
   private readonly otherHi = new Float64Array(6);
@@ -207,23 +226,33 @@ class PodJoin {
 
   constructor(
     private readonly maxSeries: number,
-    podsCapacity: number,
+    slots: number,
   ) {
-    this.veths = new VethTable(podsCapacity);
+    this.beyond = new Uint32Array(slots);
+    this.head = new Int32Array(slots).fill(-1);
   }
 
-  /** A batch of the pods map: the first maxSeries pods' addresses, and each pod's veth. */
+  /** A batch of the pods map: the first maxSeries pods' addresses, and each pod's slot. */
   pods(keys: Buffer, values: Buffer, n: number): void {
     const v = new DataView(values.buffer, values.byteOffset, values.byteLength);
-    const t = this.veths;
+    const { head, beyond } = this;
     for (let i = 0; i < n; i++) {
-      const slot = t.insert(v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_IFINDEX_OFFSET, true));
+      const slot = v.getUint32(i * codec.POD_INFO_SIZE + codec.POD_INFO_SLOT_OFFSET, true);
+      // Slot 0 counts what no slot names, no pod's own; a slot beyond the array has no counters.
+      if (slot === 0 || slot >= head.length) {
+        if (this.ips.length < this.maxSeries) {
+          this.next.push(-1);
+          this.ips.push(codec.decodeAddrKey(keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)));
+        } else this.beyondPods++;
+        continue;
+      }
+      if (head[slot] === -1 && beyond[slot] === 0) this.slotsInUse++;
       if (this.ips.length < this.maxSeries) {
-        this.next.push(t.head[slot]!);
-        t.head[slot] = this.ips.length;
+        this.next.push(head[slot]!);
+        head[slot] = this.ips.length;
         this.ips.push(codec.decodeAddrKey(keys.subarray(i * codec.ADDR_KEY_SIZE, (i + 1) * codec.ADDR_KEY_SIZE)));
       } else {
-        t.beyond[slot]!++;
+        beyond[slot]!++;
         this.beyondPods++;
       }
     }
@@ -235,20 +264,23 @@ class PodJoin {
   }
 
   /**
-   * A batch of the counters map: each veth's per-CPU counters summed, to the pods that
-   * have series, or into the sums of the others. Exact: each 64-bit counter is summed as
-   * two 32-bit halves; a veth no pod entry names is left out, as before.
+   * A batch of the counters array: each named slot's per-CPU counters summed, to the pods
+   * that have series, or into the sums of the others. Exact: each 64-bit counter is summed
+   * as two 32-bit halves. Slots no pod names (slot 0 among them) are skipped undecoded.
    */
   counters(keys: Buffer, vals: Buffer, n: number): void {
     const k = new DataView(keys.buffer, keys.byteOffset, keys.byteLength);
     const v = new DataView(vals.buffer, vals.byteOffset, vals.byteLength);
-    const { hi, lo, bufferSize, veths, next, values } = this;
+    const { hi, lo, bufferSize, head, beyond, next, values } = this;
     const stride = codec.POD_COUNTERS_STRIDE;
     const cpus = bufferSize / stride;
     const offsets = codec.POD_COUNTER_OFFSETS;
     for (let i = 0; i < n; i++) {
-      const slot = veths.find(k.getUint32(i * 4, true));
-      if (slot < 0) continue;
+      const slot = k.getUint32(i * 4, true);
+      if (slot === 0 || slot >= head.length) continue;
+      const first = head[slot]!;
+      const times = beyond[slot]!;
+      if (first < 0 && times === 0) continue;
       const base = i * bufferSize;
       for (let c = 0; c < 6; c++) {
         let l = 0;
@@ -261,8 +293,7 @@ class PodJoin {
         lo[c] = l - carry * TWO32;
         hi[c] = h + carry;
       }
-      for (let p = veths.head[slot]!; p >= 0; p = next[p]!) for (let c = 0; c < 6; c++) values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
-      const times = veths.beyond[slot]!;
+      for (let p = first; p >= 0; p = next[p]!) for (let c = 0; c < 6; c++) values[6 * p + c] = hi[c]! * TWO32 + lo[c]!;
       if (times > 0)
         for (let c = 0; c < 6; c++) {
           this.otherHi[c]! += hi[c]! * times;
@@ -282,72 +313,6 @@ class PodJoin {
       }
     }
     return { ips: this.ips, values: this.values, other };
-  }
-}
-
-/**
- * The veths (ifindexes) of the pods map, open addressing in typed arrays: one probe per
- * counters entry finds both what the join needs. A Map of 65,536 ifindexes cost a scrape
- * about 15 ms of CPU to build. Exported for its test.
- */
-export class VethTable {
-  /** Per slot: the pods beyond the first maxSeries on this veth. */
-  beyond!: Uint32Array;
-  /** Per slot: a series pod on this veth (PodJoin.next chains the others), -1 for none. */
-  head!: Int32Array;
-  private keys!: Uint32Array;
-  private used!: Uint8Array;
-  private mask = 0;
-  private size = 0;
-
-  constructor(expected: number) {
-    let n = 16;
-    while (n < expected * 2) n *= 2;
-    this.alloc(n);
-  }
-
-  private alloc(n: number): void {
-    this.keys = new Uint32Array(n);
-    this.used = new Uint8Array(n);
-    this.beyond = new Uint32Array(n);
-    this.head = new Int32Array(n).fill(-1);
-    this.mask = n - 1;
-  }
-
-  /** The slot of `key`, or -1. */
-  find(key: number): number {
-    let i = Math.imul(key, 0x9e3779b1) & this.mask;
-    while (this.used[i] !== 0) {
-      if (this.keys[i] === key) return i;
-      i = (i + 1) & this.mask;
-    }
-    return -1;
-  }
-
-  /** The slot of `key`, made if new. */
-  insert(key: number): number {
-    // Never more than half full (more entries than expected: a map larger than the catalogue says).
-    if ((this.size + 1) * 2 > this.keys.length) this.grow();
-    let i = Math.imul(key, 0x9e3779b1) & this.mask;
-    while (this.used[i] !== 0 && this.keys[i] !== key) i = (i + 1) & this.mask;
-    if (this.used[i] === 0) {
-      this.used[i] = 1;
-      this.keys[i] = key;
-      this.size++;
-    }
-    return i;
-  }
-
-  private grow(): void {
-    const { keys, used, beyond, head } = this;
-    this.alloc(keys.length * 2);
-    this.size = 0;
-    for (let i = 0; i < keys.length; i++) {
-      if (used[i] === 0) continue;
-      const j = this.insert(keys[i]!);
-      this.beyond[j] = beyond[i]!;
-      this.head[j] = head[i]!;
-    }
   }
 }
 

@@ -61,6 +61,7 @@ describe('generated layouts', () => {
       'pod_info',
       'qdisc_info',
       'qdisc_key',
+      'veth_slot',
       'ztunnel_info',
     ]);
   });

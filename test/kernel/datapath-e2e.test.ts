@@ -8,12 +8,12 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import * as codec from '../../src/bpf/codec.js';
-import { BpfMap } from '../../src/bpf/object.js';
+import type * as codec from '../../src/bpf/codec.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
+import { vethCounters } from '../support/counters.js';
 import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
 
@@ -241,17 +241,6 @@ for (const mode of ['ebpf', 'iptables'] as const)
 
     async function readCounters(hostVeth: string): Promise<codec.PodCounters> {
       const links = JSON.parse(await systemRunner.run(['ip', '-n', sim.nodeNs, '-j', 'link', 'show', 'dev', hostVeth])) as { ifindex: number }[];
-      const map = BpfMap.openPinned(join(pinRoot, 'ambient-redirect/v1/counters'), 'counters', {
-        keySize: 4,
-        valueSize: codec.POD_COUNTERS_SIZE,
-        maxEntries: 0,
-        perCpu: true,
-      });
-      try {
-        const v = map.lookup(codec.encodeU32Key(links[0]!.ifindex));
-        return v ? codec.decodePodCountersPerCpu(v) : codec.zeroCounters();
-      } finally {
-        map.close();
-      }
+      return vethCounters(join(pinRoot, 'ambient-redirect/v1'), links[0]!.ifindex);
     }
   });

@@ -98,13 +98,36 @@ kernelDescribe('data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads
     });
   }
 
-  it('creates the counters entry of a veth that has none', () => {
+  it('counts in the slot of the pod entry that vouched for the frame, else in the veth’s (veth_slots), else in slot 0', () => {
     const r = ROWS.outbound.find((x) => x.id === 'O17')!;
     h.applyState(stateOf(veths(), r));
-    h.deleteCounters(h.vethA);
-    expect(h.counters(h.vethA)).toBeNull();
+    const slotA = h.slotOf(h.vethA);
+    const slotB = h.slotOf(h.vethB);
+    expect(slotA).toBeGreaterThan(0);
+    expect(slotB).toBeGreaterThan(0);
+    expect(slotB).not.toBe(slotA);
+    // Pod A's entry names another slot than veth_slots does for its veth: the entry's wins (no veth_slots lookup).
+    const key = codec.encodeAddrKey(POD_A.v4);
+    const entry = codec.decodePodInfo(h.map('pods').lookup(key)!);
+    const other = h.map('counters').maxEntries - 1;
+    h.map('pods').update(key, codec.encodePodInfo({ ...entry, slot: other }));
+    const a0 = h.slotCounters(slotA);
+    const o0 = h.slotCounters(other);
     expect(h.run('out_redirect', r.frame, { ifindex: h.vethA })?.verdict).toBe('redirect');
-    expect(h.counters(h.vethA)).toMatchObject({ redirectedPackets: 1n, redirectedBytes: BigInt(r.frame.length), droppedPackets: 0n, passedPackets: 0n });
+    expect(h.slotCounters(other).redirectedPackets).toBe(o0.redirectedPackets + 1n);
+    expect(h.slotCounters(slotA)).toEqual(a0);
+    // Pod A's address on veth B (O8): no entry vouches for it, veth B's slot counts it; without one, slot 0.
+    const b0 = h.slotCounters(slotB);
+    expect(h.run('out_redirect', r.frame, { ifindex: h.vethB })?.verdict).toBe('drop');
+    expect(h.slotCounters(slotB).droppedPackets).toBe(b0.droppedPackets + 1n);
+    h.map('veth_slots').delete(codec.encodeU32Key(h.vethB));
+    const z0 = h.slotCounters(0);
+    expect(h.run('out_redirect', r.frame, { ifindex: h.vethB })?.verdict).toBe('drop');
+    expect(h.slotCounters(0).droppedPackets).toBe(z0.droppedPackets + 1n);
+    expect(h.slotCounters(slotB)).toEqual({ ...b0, droppedPackets: b0.droppedPackets + 1n, droppedBytes: b0.droppedBytes + BigInt(r.frame.length) });
+    // A slot beyond the array is not counted, and the verdict stands.
+    h.map('pods').update(key, codec.encodePodInfo({ ...entry, slot: 0xfffffff0 }));
+    expect(h.run('out_redirect', r.frame, { ifindex: h.vethA })?.verdict).toBe('redirect');
   });
 
   /** What host_flows and host_flows4 hold, decoded; each entry tagged with its map. */

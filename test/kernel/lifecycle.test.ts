@@ -6,9 +6,10 @@
  */
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as codec from '../../src/bpf/codec.js';
+import type { Status } from '../../src/cli/status.js';
 import { CommandError, systemRunner } from '../../src/host/runner.js';
 import { runInNode, startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
@@ -27,6 +28,9 @@ const OBJECTS = {
   unloadable: 'build/test/redirect-unloadable.bpf.o',
 };
 
+/** The last build before the counters array, agent and object (the Makefile builds it from git history). */
+const PREVIOUS = { entry: resolve('build/test/prev/dist/src/cli/main.js'), object: 'build/test/prev/redirect.bpf.o' };
+
 interface HookState {
   /** Our filters per hook: `<veth>/<direction>` -> program ids found there. */
   [hook: string]: number[];
@@ -41,20 +45,24 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
   let controller: ControllerProcess | undefined;
   let enrolled: SimPod[];
 
-  const start = (object = OBJECTS.current, extra: string[] = []) => {
-    controller = startController(sim.nodeNs, [
-      '--pin-root',
-      pinRoot,
-      '--ztunnel-ip',
-      sim.ztunnel.ip,
-      '--object',
-      object,
-      '--resync-interval',
-      '2',
-      '--enroll',
-      enrolled.flatMap((p) => [p.ip, p.ip6]).join(','),
-      ...extra,
-    ]);
+  const start = (object = OBJECTS.current, extra: string[] = [], entry?: string) => {
+    controller = startController(
+      sim.nodeNs,
+      [
+        '--pin-root',
+        pinRoot,
+        '--ztunnel-ip',
+        sim.ztunnel.ip,
+        '--object',
+        object,
+        '--resync-interval',
+        '2',
+        '--enroll',
+        enrolled.flatMap((p) => [p.ip, p.ip6]).join(','),
+        ...extra,
+      ],
+      { entry },
+    );
     return controller;
   };
 
@@ -142,7 +150,8 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       const { statSync } = await import('node:fs');
       expect(statSync(pinDir).mode & 0o777).toBe(0o700);
       expect(statSync(join(pinRoot, 'ambient-redirect')).mode & 0o777).toBe(0o700);
-      for (const name of ['pods', 'ztunnel', 'dns_servers', 'host_flows', 'counters', 'qdiscs']) expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
+      for (const name of ['pods', 'ztunnel', 'dns_servers', 'host_flows', 'counters', 'veth_slots', 'qdiscs'])
+        expect(statSync(join(pinDir, name)).mode & 0o777).toBe(0o600);
     });
 
     it('SIGTERM leaves everything attached and pinned; traffic is unaffected', async () => {
@@ -316,6 +325,100 @@ kernelDescribe('lifecycle', 'loads BPF and builds network namespaces', () => {
       expect(await sim.connect(pod, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel' }));
       await ztunnel.waitForAccepted(before + 2);
       await stop('SIGTERM');
+    }, 60_000);
+  });
+
+  describe('upgrade from the build before the counters array', () => {
+    const status = async () => JSON.parse(await runInNode(sim.nodeNs, ['status', '--json', '--pin-root', pinRoot])) as Status;
+    const mapShow = async (name: string) =>
+      JSON.parse(await run(['bpftool', '-j', 'map', 'show', 'pinned', join(pinDir, name)])) as { id: number; type: string; bytes_value: number };
+    /** Per enrolled pod: the slots of its addresses' entries, and its redirected packets. */
+    const slotsAndCounts = (s: Status) =>
+      enrolled.map((p) => {
+        const entries = s.pods.filter((e) => e.ip === p.ip || e.ip === p.ip6);
+        return { slots: [...new Set(entries.map((e) => e.slot))], redirected: BigInt(entries[0]?.counters.redirected[0] ?? '0') };
+      });
+
+    it('pods values grow a slot and counters becomes an array under traffic: no failure, no bypass, enrollment and counts kept', async () => {
+      expect(existsSync(PREVIOUS.entry), 'make build builds the previous build from git history').toBe(true);
+      await runInNode(sim.nodeNs, ['uninstall', '--pin-root', pinRoot]);
+      start(PREVIOUS.object, [], PREVIOUS.entry);
+      await controller!.waitFor('programmed');
+      expect((await mapShow('pods')).bytes_value).toBe(12);
+      expect((await mapShow('counters')).type).toBe('percpu_hash');
+      // Pod 1's traffic only before the upgrade: what its counters hold after came over from the hash.
+      expect(await sim.connect(enrolled[1]!, { ip: sim.outside.ip, port: sim.outside.port }, 3)).toEqual(Array(3).fill({ ok: true, reply: 'ztunnel' }));
+      await stop('SIGTERM');
+
+      const bypassBefore = bypasses();
+      const { made, failed } = await trafficDuring(
+        (async () => {
+          start();
+          await controller!.waitFor('upgrade complete');
+          await sleep(1_000);
+        })(),
+      );
+      expect(made).toBeGreaterThan(0);
+      expect(failed).toEqual([]);
+      expect(bypasses()).toBe(bypassBefore);
+      expect(JSON.stringify(controller!.events)).toMatch(/migrated map pods.*migrated map counters|migrated map counters.*migrated map pods/);
+      expect(controller!.events.find((e) => e.msg === 'counters carried over')).toMatchObject({ veths: 2 });
+      expect((await mapShow('pods')).bytes_value).toBe(codec.POD_INFO_SIZE);
+      expect((await mapShow('counters')).type).toBe('percpu_array');
+      expect(readdirSync(pinDir).filter((e) => e.endsWith('__next'))).toEqual([]);
+      expect(readdirSync(pinDir).filter((e) => e.startsWith('prog-'))).toHaveLength(1);
+
+      // Every address enrolled; a pod's addresses share its veth's slot, the pods' differ.
+      const s = await status();
+      expect(s.pods.map((p) => p.ip).sort()).toEqual(enrolled.flatMap((p) => [p.ip, p.ip6]).sort());
+      const after = slotsAndCounts(s);
+      for (const p of after) {
+        expect(p.slots).toHaveLength(1);
+        expect(p.slots[0]).toBeGreaterThan(0);
+      }
+      expect(after[0]!.slots[0]).not.toBe(after[1]!.slots[0]);
+      // Pod 1's three connections (a SYN, an ACK and more each), from the old map; pod 0's counted by the new programs.
+      expect(after[1]!.redirected).toBeGreaterThanOrEqual(6n);
+      expect(after[0]!.redirected).toBeGreaterThan(0n);
+
+      // A restart adopts the slots from the pods map: same slots, nothing zeroed.
+      await stop('SIGKILL');
+      start();
+      await controller!.waitFor('programmed');
+      await sleep(2_500); // a resync pass
+      const again = slotsAndCounts(await status());
+      expect(again.map((p) => p.slots)).toEqual(after.map((p) => p.slots));
+      expect(again[1]!.redirected).toBe(after[1]!.redirected);
+      await stop('SIGTERM');
+    }, 90_000);
+
+    it('a slot given back is zeroed before another pod gets it: no pod inherits counts', async () => {
+      const [first, second] = enrolled as [SimPod, SimPod];
+      const third = sim.pods[2]!;
+      start();
+      await controller!.waitFor('programmed');
+      expect(await sim.connect(first, { ip: sim.outside.ip, port: sim.outside.port }, 2)).toEqual(Array(2).fill({ ok: true, reply: 'ztunnel' }));
+      const [given] = slotsAndCounts(await status());
+      expect(given!.redirected).toBeGreaterThan(0n);
+      await stop('SIGTERM');
+      try {
+        // The first pod leaves (its entries and slot go), then a pod never enrolled arrives.
+        enrolled = [second];
+        start();
+        await controller!.waitFor('programmed');
+        await stop('SIGTERM');
+        enrolled = [second, third];
+        start();
+        await controller!.waitFor('programmed');
+        const [, arrived] = slotsAndCounts(await status());
+        expect(arrived!.slots).toEqual(given!.slots);
+        expect(arrived!.redirected).toBe(0n);
+        expect(await sim.connect(third, { ip: sim.outside.ip, port: sim.outside.port }, 1)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        expect(slotsAndCounts(await status())[1]!.redirected).toBeGreaterThan(0n);
+      } finally {
+        await stop('SIGTERM');
+        enrolled = [first, second];
+      }
     }, 60_000);
   });
 

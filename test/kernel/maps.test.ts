@@ -28,7 +28,7 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
     // sizes but a hash instead of an array; counters exactly as the catalogue says.
     await create('pods', 'hash', codec.ADDR_KEY_SIZE, codec.POD_INFO_SIZE + 4);
     await create('ztunnel', 'hash', 4, codec.ZTUNNEL_INFO_SIZE);
-    await create('counters', 'percpu_hash', 4, codec.POD_COUNTERS_SIZE);
+    await create('counters', 'percpu_array', 4, codec.POD_COUNTERS_SIZE);
   });
 
   afterAll(() => {
@@ -71,11 +71,14 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
       expect(m.keySize).toBe(4);
       expect(m.bufferSize % 8).toBe(0);
       expect(m.bufferSize).toBeGreaterThanOrEqual(Math.ceil(codec.POD_COUNTERS_SIZE / 8) * 8);
-      expect(m.entries()).toEqual([]);
+      // An array: every slot is there, zero.
+      const entries = m.entries();
+      expect(entries.map(([k]) => codec.decodeU32Key(k))).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+      for (const [, v] of entries) expect(v.equals(Buffer.alloc(m.bufferSize))).toBe(true);
     } finally {
       m.close();
     }
-    expect(pinnedMaps(root).entries('counters')).toEqual([]);
+    expect(pinnedMaps(root).entries('counters')).toHaveLength(8);
   });
 
   it('a batch update writes every packed entry where bpftool reads it, and refuses a short buffer', async () => {
@@ -83,8 +86,8 @@ kernelDescribe('pinned-map catalogue', 'it creates and pins BPF maps', () => {
     const m = BpfMap.openPinned(join(dir, 'batch'), 'batch', { keySize: codec.ADDR_KEY_SIZE, valueSize: codec.POD_INFO_SIZE, maxEntries: 8, perCpu: false });
     try {
       const pods = new Map([
-        ['10.1.2.3', { ifindex: 11, mac: '0a:58:0a:01:02:03', flags: codec.PodFlags.ENROLLED }],
-        ['fd00::7', { ifindex: 12, mac: '0a:58:00:00:00:07', flags: 0 }],
+        ['10.1.2.3', { ifindex: 11, mac: '0a:58:0a:01:02:03', flags: codec.PodFlags.ENROLLED, slot: 3 }],
+        ['fd00::7', { ifindex: 12, mac: '0a:58:00:00:00:07', flags: 0, slot: 0x01020304 }],
       ]);
       const p = codec.packPods(pods);
       m.updateBatch(p.keys, p.values, p.count);

@@ -2,7 +2,8 @@
  * The scrape's reader (readScrape, src/metrics/pinned.ts) against the whole-entry reader
  * `status` uses, on real pinned maps: the same map usage, the same per-pod series in the
  * same order, the same "other" sums (per-CPU halves past 2^32, dual-stack pods sharing a
- * veth, pods without counters, counters without a pod), and so the same /metrics text;
+ * veth's slot, pods with zero counters or no slot, slots no pod names, slot 0's counts
+ * that are no pod's), and so the same /metrics text;
  * and at 65,536 entries, a CNI ADD sent while a scrape reads the maps is answered by the
  * agent's CNI server on the same loop before the read ends. Pins live in a bpffs folder of
  * this run, removed at the end.
@@ -34,39 +35,42 @@ kernelDescribe('the metrics scrape reader', 'it loads BPF and pins maps', () => 
     rmSync(root, { recursive: true, force: true });
   });
 
-  /** 3,000 pods (every third dual-stack on one veth), counters for most veths and for a few no pod names. */
+  /**
+   * 3,000 pods (every third dual-stack on one veth, so one slot), one veth in 11 without a
+   * slot; counters for most slots, for a few no pod names, and for slot 0.
+   */
   function populate(): void {
     const pods = new Map<string, codec.PodInfo>();
-    const info = (ifindex: number) => ({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED });
+    const info = (i: number) => ({ ifindex: 2000 + i, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED, slot: i % 11 === 5 ? 0 : 1 + i });
     for (let i = 0; i < 2250; i++) {
-      pods.set(`10.3.${i >> 8}.${i & 255}`, info(2000 + i));
-      if (i % 3 === 0) pods.set(`fd03::${i.toString(16)}`, info(2000 + i));
+      pods.set(`10.3.${i >> 8}.${i & 255}`, info(i));
+      if (i % 3 === 0) pods.set(`fd03::${i.toString(16)}`, info(i));
     }
     const p = codec.packPods(pods);
     obj.map('pods').updateBatch(p.keys, p.values, p.count);
 
     const counters = obj.map('counters');
     const cpus = counters.bufferSize / codec.POD_COUNTERS_STRIDE;
-    const veths = [...Array(2250).keys()].filter((i) => i % 7 !== 0).map((i) => 2000 + i);
-    veths.push(900_001, 900_002); // veths no pod entry names
-    const keys = Buffer.alloc(veths.length * 4);
-    const values = Buffer.alloc(veths.length * counters.bufferSize);
-    veths.forEach((ifindex, e) => {
-      keys.writeUInt32LE(ifindex, e * 4);
+    const slots = [...Array(2250).keys()].filter((i) => i % 7 !== 0).map((i) => 1 + i);
+    slots.push(0, 60_001, 65_536); // slot 0, slots no pod entry names
+    const keys = Buffer.alloc(slots.length * 4);
+    const values = Buffer.alloc(slots.length * counters.bufferSize);
+    slots.forEach((slot, e) => {
+      keys.writeUInt32LE(slot, e * 4);
       for (let cpu = 0; cpu < cpus; cpu++) {
         const c = {
-          redirectedPackets: BigInt(ifindex * (cpu + 1)),
+          redirectedPackets: BigInt((2000 + slot) * (cpu + 1)),
           // Halves that carry when summed over CPUs, and totals past 2^53.
-          redirectedBytes: 0xffff_ffffn + BigInt(ifindex),
+          redirectedBytes: 0xffff_ffffn + BigInt(slot),
           droppedPackets: BigInt(cpu),
-          droppedBytes: 2n ** 60n + BigInt(ifindex) * 0x1_0000_0001n,
+          droppedBytes: 2n ** 60n + BigInt(slot) * 0x1_0000_0001n,
           passedPackets: BigInt(e % 3),
           passedBytes: 2n ** 63n - 1n - BigInt(cpu),
         };
         codec.encodePodCounters(c).copy(values, e * counters.bufferSize + cpu * codec.POD_COUNTERS_STRIDE);
       }
     });
-    counters.updateBatch(keys, values, veths.length);
+    counters.updateBatch(keys, values, slots.length);
     for (const dns of ['10.96.0.10', 'fd00::a']) obj.map('dns_servers').update(codec.encodeAddrKey(dns), codec.encodeDnsInfo());
   }
 
@@ -75,6 +79,9 @@ kernelDescribe('the metrics scrape reader', 'it loads BPF and pins maps', () => 
     const whole = pinnedMaps(root);
     const samples = podCounters(whole);
     expect(samples.length).toBe(3000);
+    // Slot 0's counts are no pod's: a pod without a slot reads zero.
+    expect(samples.find((x) => x.slot === 0)?.counters).toEqual(codec.zeroCounters());
+    expect(mapUsage(whole).find((u) => u.map === 'counters')).toEqual({ map: 'counters', entries: 2250 - 205, capacity: 65_536 });
     for (const maxSeries of [MAX_POD_SERIES, 10, 5000]) {
       for (const batch of [1024, 7]) {
         const s = await readScrape(root, { maxSeries, batch });
@@ -96,7 +103,7 @@ kernelDescribe('the metrics scrape reader', 'it loads BPF and pins maps', () => 
   it('at 65,536 entries, answers a CNI ADD on the same loop before the scrape has read the maps', async () => {
     const pods = new Map<string, codec.PodInfo>();
     for (let i = 0; pods.size < 65_536; i++)
-      pods.set(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`, { ifindex: 5000 + i, mac: '0a:58:0a:00:00:02', flags: 1 });
+      pods.set(`fd99::${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}`, { ifindex: 5000 + i, mac: '0a:58:0a:00:00:02', flags: 1, slot: 1 + i });
     const m = obj.map('pods');
     for (const k of m.keys()) m.delete(k);
     const p = codec.packPods(pods);

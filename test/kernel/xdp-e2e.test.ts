@@ -24,6 +24,7 @@ import { attachXdp, detachXdp } from '../../harness/bpf/xdp-attach.js';
 import { startController, type ControllerProcess } from '../../harness/sim/controller.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { pinRootFor } from '../../harness/sim/scenario.js';
+import { vethCounters } from '../support/counters.js';
 import { teardownNode } from '../support/node.js';
 import { kernelDescribe } from '../support/gate.js';
 
@@ -70,7 +71,6 @@ kernelDescribe('the XDP hook end to end: run --hook xdp', 'loads BPF and builds 
   let podVeth: number;
   let ztEth0: number;
   let slotMap: BpfMap;
-  let countersMap: BpfMap;
 
   beforeAll(async () => {
     sim = await createSimNode({ pods: 3 });
@@ -97,20 +97,15 @@ kernelDescribe('the XDP hook end to end: run --hook xdp', 'loads BPF and builds 
     ztEth0 = await ifindexOf(sim.ztunnel.ns, 'eth0');
     const dir = join(pinRoot, 'ambient-redirect', 'v1');
     slotMap = openPinnedMap(dir, 'ztunnel');
-    countersMap = openPinnedMap(dir, 'counters');
   });
 
   afterAll(async () => {
     slotMap?.close();
-    countersMap?.close();
     await teardownNode(sim, pinRoot, controller);
   });
 
   const seen = (server: SimServer, ip: string) => server.accepted.filter((a) => ipOf(a.src) === ip);
-  const counters = () => {
-    const v = countersMap.lookup(codec.encodeU32Key(podVeth));
-    return v ? codec.decodePodCountersPerCpu(v) : null;
-  };
+  const counters = () => vethCounters(join(pinRoot, 'ambient-redirect', 'v1'), podVeth);
   /** Takes the agent's xdp_pass off ztunnel's eth0 for `f` (out of NAPI mode), then puts it back. */
   async function withoutNapi<T>(f: () => Promise<T>): Promise<T> {
     const pinned = readdirSync(join(pinRoot, 'ambient-redirect', 'v1')).find((e) => e.startsWith('prog-'))!;

@@ -17,7 +17,7 @@ import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { enterNetns, isNotRunnable, runProgram, TcAct } from '../../harness/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { ipBytes } from '../../harness/packet/builder.js';
-import { applyMapState, FILLER_IFINDEX, fillerPods, type MapState } from '../../harness/matrix/state.js';
+import { applyMapState, FILLER_IFINDEX, fillerPods, recordVeths, slotOf, type MapState } from '../../harness/matrix/state.js';
 import { addrKeyHex, EMPTY_ZTUNNEL, hostFlowKey, type ModelState, type PodEntry, type Verdict, type VerdictName } from './datapath.js';
 
 export const OBJECT_PATH = 'build/redirect.bpf.o';
@@ -79,6 +79,8 @@ export class DatapathHarness {
     this.obj = obj;
     this.leave = leave;
     this.maxPods = obj.map('pods').maxEntries;
+    // Both veths are hooked as the agent hooks an enrolled pod's: each has its counters slot.
+    recordVeths(obj, [vethA, vethB]);
   }
 
   /** `addresses` are put on lo of the netns (for established sockets between them). */
@@ -111,7 +113,7 @@ export class DatapathHarness {
     return this.obj.programFd(name);
   }
 
-  map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'host_flows' | 'host_flows4' | 'counters'): BpfMap {
+  map(name: 'pods' | 'ztunnel' | 'dns_servers' | 'host_flows' | 'host_flows4' | 'counters' | 'veth_slots'): BpfMap {
     return this.obj.map(name);
   }
 
@@ -136,14 +138,19 @@ export class DatapathHarness {
     return { verdict, mark: r.mark, dataOut: r.dataOut };
   }
 
-  /** The counters entry of a veth, summed over CPUs; null when there is none. */
-  counters(ifindex: number): codec.PodCounters | null {
-    const v = this.map('counters').lookup(codec.encodeU32Key(ifindex));
-    return v ? codec.decodePodCountersPerCpu(v) : null;
+  /** The counters of a veth (its slot's), summed over CPUs. */
+  counters(ifindex: number): codec.PodCounters {
+    return this.slotCounters(this.slotOf(ifindex));
   }
 
-  deleteCounters(ifindex: number): void {
-    this.map('counters').delete(codec.encodeU32Key(ifindex));
+  /** The counters of a slot, summed over CPUs. */
+  slotCounters(slot: number): codec.PodCounters {
+    return codec.decodePodCountersPerCpu(this.map('counters').lookup(codec.encodeU32Key(slot))!);
+  }
+
+  /** A veth's counters slot (0: none). */
+  slotOf(ifindex: number): number {
+    return slotOf(this.obj, ifindex);
   }
 
   // --- sockets in the run's netns (zt_assign) ---------------------------------------------

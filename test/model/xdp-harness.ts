@@ -11,7 +11,7 @@ import * as codec from '../../src/bpf/codec.js';
 import { BpfObject } from '../../src/bpf/object.js';
 import { enterNetns, isNotRunnable, runXdp, XdpAction } from '../../harness/bpf/testrun.js';
 import { systemRunner } from '../../src/host/runner.js';
-import { applyMapState, type MapState } from '../../harness/matrix/state.js';
+import { applyMapState, recordVeths, slotOf, type MapState } from '../../harness/matrix/state.js';
 import type { XdpActionName, XdpVerdict } from './xdp.js';
 
 export const XDP_OBJECT_PATH = 'build/xdp.bpf.o';
@@ -41,6 +41,8 @@ export class XdpHarness {
     this.obj = obj;
     this.leave = leave;
     this.maxPods = obj.map('pods').maxEntries;
+    // Both veths are hooked as the agent hooks an enrolled pod's: each has its counters slot.
+    recordVeths(obj, [vethA, vethB]);
   }
 
   static async create(): Promise<XdpHarness> {
@@ -78,10 +80,9 @@ export class XdpHarness {
     return { action: ACTIONS[r.retval] ?? `retval ${r.retval}`, dataOut: r.dataOut, durationNs: r.durationNs };
   }
 
-  /** The counters entry of a veth, summed over CPUs; null when there is none. */
-  counters(ifindex: number): codec.PodCounters | null {
-    const v = this.obj.map('counters').lookup(codec.encodeU32Key(ifindex));
-    return v ? codec.decodePodCountersPerCpu(v) : null;
+  /** The counters of a veth (its slot's), summed over CPUs. */
+  counters(ifindex: number): codec.PodCounters {
+    return codec.decodePodCountersPerCpu(this.obj.map('counters').lookup(codec.encodeU32Key(slotOf(this.obj, ifindex)))!);
   }
 
   async close(): Promise<void> {

@@ -30,12 +30,29 @@ describe('addresses', () => {
 
 describe('pods map', () => {
   it('lays out pod_info as the generated layout says', () => {
-    const buf = codec.encodePodInfo({ ifindex: 0x01020304, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED });
+    const buf = codec.encodePodInfo({ ifindex: 0x01020304, mac: '0a:58:c6:12:00:0a', flags: codec.PodFlags.ENROLLED, slot: 0x0a0b0c0d });
     expect(buf).toHaveLength(layouts.pod_info.size);
     expect(buf.readUInt32LE(layouts.pod_info.fields.ifindex.offset)).toBe(0x01020304);
     expect(buf.subarray(layouts.pod_info.fields.mac.offset, layouts.pod_info.fields.mac.offset + 6).toString('hex')).toBe('0a58c612000a');
     expect(buf.readUInt16LE(layouts.pod_info.fields.flags.offset)).toBe(1);
-    expect(codec.decodePodInfo(buf)).toEqual({ ifindex: 0x01020304, mac: '0a:58:c6:12:00:0a', flags: 1 });
+    expect(buf.readUInt32LE(layouts.pod_info.fields.slot.offset)).toBe(0x0a0b0c0d);
+    expect(codec.decodePodInfo(buf)).toEqual({ ifindex: 0x01020304, mac: '0a:58:c6:12:00:0a', flags: 1, slot: 0x0a0b0c0d });
+    expect(codec.decodePodSlot(buf)).toEqual({ ifindex: 0x01020304, slot: 0x0a0b0c0d });
+    // No slot given: 0 (counted in slot 0).
+    expect(codec.decodePodInfo(codec.encodePodInfo({ ifindex: 1, mac: '00:00:00:00:00:00', flags: 0 })).slot).toBe(0);
+  });
+
+  it('writes every byte of pod_info (no field is left to chance)', () => {
+    const covered = new Set<number>();
+    for (const fl of Object.values(layouts.pod_info.fields)) for (let i = 0; i < fl.size; i++) covered.add(fl.offset + i);
+    expect(covered.size).toBe(layouts.pod_info.size);
+  });
+
+  it('lays out veth_slot as the generated layout says', () => {
+    const buf = codec.encodeVethSlot(0x01020304);
+    expect(buf).toHaveLength(layouts.veth_slot.size);
+    expect(buf.readUInt32LE(layouts.veth_slot.fields.slot.offset)).toBe(0x01020304);
+    expect(codec.decodeVethSlot(buf)).toBe(0x01020304);
   });
 
   it('keys by address', () => {
@@ -50,6 +67,7 @@ describe('pods map', () => {
     [{ ifindex: 1, mac: '00:00:00:00:00', flags: 0 }, /MAC/],
     [{ ifindex: 1, mac: 'zz:00:00:00:00:00', flags: 0 }, /MAC/],
     [{ ifindex: 1, mac: '00:00:00:00:00:00', flags: 0x10000 }, /flags/],
+    [{ ifindex: 1, mac: '00:00:00:00:00:00', flags: 0, slot: 2 ** 32 }, /slot/],
   ])('rejects out-of-range values %#', (value, msg) => {
     expect(() => codec.encodePodInfo(value)).toThrow(msg);
   });
@@ -80,8 +98,8 @@ describe('ztunnel slot', () => {
 });
 
 describe('packing a batch of pods', () => {
-  const a = { ifindex: 7, mac: '0a:58:C6:12:00:0A', flags: codec.PodFlags.ENROLLED };
-  const b = { ifindex: 9, mac: 'aa:bb:cc:dd:ee:ff', flags: 0 };
+  const a = { ifindex: 7, mac: '0a:58:C6:12:00:0A', flags: codec.PodFlags.ENROLLED, slot: 1 };
+  const b = { ifindex: 9, mac: 'aa:bb:cc:dd:ee:ff', flags: 0, slot: 0 };
 
   it('lays out each key and value exactly as the single-entry encoders do, back to back', () => {
     const ips = ['198.18.0.10', '2001:db8::ff00:42:8329', '::ffff:10.1.2.3', '::', 'fe80:1:2:3:4:5:6:7', '1::'];
@@ -99,8 +117,8 @@ describe('packing a batch of pods', () => {
   });
 
   it('packs a Map (walked with forEach) exactly as the same entries in an array, the widest fields included', () => {
-    const wide = { ifindex: 0xffff_ffff, mac: 'ff:ff:ff:ff:ff:ff', flags: 0xffff };
-    const odd = { ifindex: 0x0102_0304, mac: '01:02:03:04:05:06', flags: 0x0a0b };
+    const wide = { ifindex: 0xffff_ffff, mac: 'ff:ff:ff:ff:ff:ff', flags: 0xffff, slot: 0xffff_ffff };
+    const odd = { ifindex: 0x0102_0304, mac: '01:02:03:04:05:06', flags: 0x0a0b, slot: 0x0506_0708 };
     const entries = [
       ['10.9.8.7', wide],
       ['fd00:1:2:3:4:5:6:7', odd],
@@ -115,6 +133,7 @@ describe('packing a batch of pods', () => {
       expect(fromMap.values.subarray(i * codec.POD_INFO_SIZE, (i + 1) * codec.POD_INFO_SIZE)).toEqual(codec.encodePodInfo(v));
     });
     expect(() => codec.packPods(new Map([['10.0.0.1', { ...a, flags: 0x1_0000 }]]))).toThrow(/flags out of range/);
+    expect(() => codec.packPods(new Map([['10.0.0.1', { ...a, slot: 2 ** 32 }]]))).toThrow(/slot out of range/);
   });
 
   it('zeroes padding even in a reused, dirty buffer', () => {

@@ -85,4 +85,46 @@ describe('diffs', () => {
     expect(diffPods(m, new Map(m))).toEqual({ upserts: new Map(), deletes: [] });
     expect(diffHooks(new Set([1, 2]), new Set([2, 3]))).toEqual({ attach: [1], detach: [3] });
   });
+
+  it('rewrites an entry whose counters slot differs; no slot and slot 0 are the same', () => {
+    const d = diffPods(
+      new Map([
+        ['a', { ...p(1), slot: 4 }],
+        ['b', { ...p(2), slot: 0 }],
+      ]),
+      new Map([
+        ['a', { ...p(1), slot: 3 }],
+        ['b', p(2)],
+      ]),
+    );
+    expect([...d.upserts.keys()]).toEqual(['a']);
+  });
+
+  it('with the veths’ slots, writes each entry with its veth’s (0 for a veth without one), copying only those written', () => {
+    const desired = new Map([
+      ['a', p(1)],
+      ['b', p(2)],
+      ['c', p(3)],
+    ]);
+    const actual = new Map([
+      ['a', { ...p(1), slot: 7 }],
+      ['b', { ...p(2), slot: 5 }],
+      ['c', { ...p(3), slot: 9 }],
+    ]);
+    const d = diffPods(
+      desired,
+      actual,
+      new Map([
+        [p(1).ifindex, 7],
+        [p(2).ifindex, 6],
+      ]),
+    );
+    expect(d.upserts).toEqual(
+      new Map([
+        ['b', { ...p(2), slot: 6 }],
+        ['c', { ...p(3), slot: 0 }],
+      ]),
+    );
+    expect(desired.get('b')!.slot).toBeUndefined();
+  });
 });

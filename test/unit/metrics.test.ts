@@ -16,7 +16,7 @@ import {
   type MetricsServer,
   type PinnedMaps,
 } from '../../src/metrics/index.js';
-import { cachePerTurn, podSeriesOf, VethTable, type PodCounterSample } from '../../src/metrics/pinned.js';
+import { cachePerTurn, podSeriesOf, type PodCounterSample } from '../../src/metrics/pinned.js';
 import { MAX_POD_SERIES } from '../../src/metrics/registry.js';
 
 /** The value of one sample line of the exposition text, or undefined. */
@@ -104,9 +104,9 @@ function perCpu(...cpus: Partial<codec.PodCounters>[]): Buffer {
   cpus.forEach((c, i) => codec.encodePodCounters({ ...codec.zeroCounters(), ...c }).copy(buf, i * stride));
   return buf;
 }
-const pod = (ip: string, ifindex: number): [Buffer, Buffer] => [
+const pod = (ip: string, ifindex: number, slot: number): [Buffer, Buffer] => [
   codec.encodeAddrKey(ip),
-  codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED }),
+  codec.encodePodInfo({ ifindex, mac: '0a:58:0a:00:00:01', flags: codec.PodFlags.ENROLLED, slot }),
 ];
 
 function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_flows' | 'host_flows4' | 'ztunnel', [Buffer, Buffer][]>>): PinnedMaps {
@@ -115,21 +115,25 @@ function fakeMaps(m: Partial<Record<'pods' | 'counters' | 'dns_servers' | 'host_
 
 describe('pinned map sources', () => {
   const maps = fakeMaps({
-    pods: [pod('10.0.0.1', 12), pod('10.0.0.2', 13)],
+    // Joined by slot, not by ifindex: slot 0 (what no slot names) is no pod's, slot 2 has no pod.
+    pods: [pod('10.0.0.1', 12, 1), pod('10.0.0.2', 13, 3)],
     counters: [
+      [codec.encodeU32Key(0), perCpu({ droppedPackets: 9n, droppedBytes: 900n })],
       [
-        codec.encodeU32Key(12),
+        codec.encodeU32Key(1),
         perCpu({ redirectedPackets: 3n, redirectedBytes: 300n }, { redirectedPackets: 4n, redirectedBytes: 400n, droppedPackets: 1n, droppedBytes: 60n }),
       ],
+      [codec.encodeU32Key(2), perCpu({ passedPackets: 5n })],
+      [codec.encodeU32Key(3), perCpu({})],
     ],
     dns_servers: [[codec.encodeAddrKey('10.96.0.10'), codec.encodeDnsInfo()]],
   });
 
-  it('sums each pod’s per-CPU counters by its veth; a pod without counters reads zero', () => {
+  it('sums each pod’s per-CPU counters by its veth’s slot; a pod with an unused slot reads zero', () => {
     const s = podCounters(maps);
-    expect(s.map((x) => [x.ip, x.ifindex])).toEqual([
-      ['10.0.0.1', 12],
-      ['10.0.0.2', 13],
+    expect(s.map((x) => [x.ip, x.ifindex, x.slot])).toEqual([
+      ['10.0.0.1', 12, 1],
+      ['10.0.0.2', 13, 3],
     ]);
     expect(s[0]!.counters).toMatchObject({ redirectedPackets: 7n, redirectedBytes: 700n, droppedPackets: 1n, droppedBytes: 60n, passedPackets: 0n });
     expect(s[1]!.counters).toEqual(codec.zeroCounters());
@@ -138,7 +142,7 @@ describe('pinned map sources', () => {
   it('map usage of the pinned maps; nothing when not pinned (iptables mode)', () => {
     expect(mapUsage(maps)).toEqual([
       { map: 'pods', entries: 2, capacity: 65536 },
-      { map: 'counters', entries: 1, capacity: 65536 },
+      { map: 'counters', entries: 2, capacity: 65536 },
       { map: 'dns_servers', entries: 1, capacity: 64 },
     ]);
     expect(mapUsage(fakeMaps({}))).toEqual([]);
@@ -154,8 +158,8 @@ describe('AgentMetrics', () => {
       podCounters: () =>
         podCounters(
           fakeMaps({
-            pods: [pod('10.0.0.1', 12)],
-            counters: [[codec.encodeU32Key(12), perCpu({ redirectedPackets: 5n, redirectedBytes: 500n, passedPackets: 2n })]],
+            pods: [pod('10.0.0.1', 12, 1)],
+            counters: [[codec.encodeU32Key(1), perCpu({ redirectedPackets: 5n, redirectedBytes: 500n, passedPackets: 2n })]],
           }),
         ),
       podName: (ip) => (ip === '10.0.0.1' ? { namespace: 'shop', pod: 'cart-1' } : null),
@@ -199,7 +203,7 @@ describe('AgentMetrics', () => {
     const m = new AgentMetrics({
       podCounters: () => {
         reads++;
-        return [{ ip: '10.0.0.1', ifindex: 4, counters }];
+        return [{ ip: '10.0.0.1', ifindex: 4, slot: 4, counters }];
       },
     });
     const first = await m.metrics();
@@ -213,7 +217,7 @@ describe('AgentMetrics', () => {
 
   it(`caps per-pod series at ${MAX_POD_SERIES} addresses and sums the rest under pod_ip="other"`, async () => {
     const one = { ...codec.zeroCounters(), droppedPackets: 1n, passedBytes: 10n };
-    const pods = Array.from({ length: MAX_POD_SERIES + 5 }, (_, i) => ({ ip: `10.1.${i >> 8}.${i & 255}`, ifindex: i, counters: one }));
+    const pods = Array.from({ length: MAX_POD_SERIES + 5 }, (_, i) => ({ ip: `10.1.${i >> 8}.${i & 255}`, ifindex: i, slot: i, counters: one }));
     const text = await new AgentMetrics({ podCounters: () => pods }).metrics();
     const series = text.split('\n').filter((l) => l.startsWith('ambient_redirect_pod_packets_total{'));
     expect(series).toHaveLength((MAX_POD_SERIES + 1) * 3);
@@ -227,6 +231,7 @@ describe('AgentMetrics', () => {
     const samples: PodCounterSample[] = Array.from({ length: MAX_POD_SERIES + 7 }, (_, i) => ({
       ip: i % 2 ? `fd00::${i.toString(16)}` : `10.2.${i >> 8}.${i & 255}`,
       ifindex: i,
+      slot: i,
       counters: {
         redirectedPackets: BigInt(i),
         redirectedBytes: 2n ** 53n + BigInt(i) * 3n,
@@ -289,39 +294,21 @@ describe('AgentMetrics', () => {
     expect(text).not.toMatch(/\n\n\n/);
   });
 
-  it("the scrape's veth table finds every ifindex it was given, through growing past what it expected", () => {
-    const t = new VethTable(1);
-    const keys = Array.from({ length: 3000 }, (_, i) => (i * 2654435761) >>> 0);
-    keys.forEach((k, i) => {
-      const slot = t.insert(k);
-      t.beyond[slot]! += 1;
-      if (i % 2) t.head[slot] = i;
-    });
-    expect(t.insert(keys[7]!)).toBe(t.find(keys[7]!)); // an existing key keeps its slot
-    keys.forEach((k, i) => {
-      const slot = t.find(k);
-      expect(slot).toBeGreaterThanOrEqual(0);
-      expect(t.beyond[slot]).toBe(1);
-      expect(t.head[slot]).toBe(i % 2 ? i : -1);
-    });
-    expect(t.find(12345)).toBe(-1);
-  });
-
   it('podSeriesOf keeps the first pods in order and sums the rest exactly before rounding', () => {
     const c = (v: bigint): codec.PodCounters => ({ ...codec.zeroCounters(), redirectedBytes: v });
     const s = podSeriesOf(
       [
-        { ip: 'a', ifindex: 1, counters: c(1n) },
-        { ip: 'b', ifindex: 2, counters: c(2n ** 53n) },
-        { ip: 'c', ifindex: 3, counters: c(1n) },
-        { ip: 'd', ifindex: 3, counters: c(1n) },
+        { ip: 'a', ifindex: 1, slot: 1, counters: c(1n) },
+        { ip: 'b', ifindex: 2, slot: 2, counters: c(2n ** 53n) },
+        { ip: 'c', ifindex: 3, slot: 3, counters: c(1n) },
+        { ip: 'd', ifindex: 3, slot: 3, counters: c(1n) },
       ],
       2,
     );
     expect(s.ips).toEqual(['a', 'b']);
     expect([...s.values]).toEqual([0, 1, 0, 0, 0, 0, 0, 2 ** 53, 0, 0, 0, 0]);
     expect([...s.other!]).toEqual([0, 2, 0, 0, 0, 0]);
-    expect(podSeriesOf([{ ip: 'a', ifindex: 1, counters: c(1n) }], 2).other).toBeNull();
+    expect(podSeriesOf([{ ip: 'a', ifindex: 1, slot: 1, counters: c(1n) }], 2).other).toBeNull();
   });
 
   it('a pinned-map reader reads each map once per turn of the loop', async () => {
@@ -389,7 +376,7 @@ describe('serveMetrics', () => {
 
   it('/metrics sends the text piece by piece: the same bytes as metrics(), Content-Length in bytes', async () => {
     const c = { ...codec.zeroCounters(), redirectedPackets: 7n };
-    const pods = Array.from({ length: 300 }, (_, i) => ({ ip: `10.4.${i >> 8}.${i & 255}`, ifindex: i, counters: c }));
+    const pods = Array.from({ length: 300 }, (_, i) => ({ ip: `10.4.${i >> 8}.${i & 255}`, ifindex: i, slot: i, counters: c }));
     // A two-byte character in a label: the length is in bytes, not characters.
     const metrics = new AgentMetrics({ podCounters: () => pods, podName: (ip) => ({ namespace: 'café’s', pod: ip }) });
     srv = await serveMetrics('127.0.0.1:0', { metrics, readiness: new Readiness() });

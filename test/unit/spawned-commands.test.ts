@@ -38,6 +38,7 @@ const PACKAGE: Record<string, string> = {
   clang: 'clang',
   'llvm-readelf': 'llvm',
   make: 'make',
+  git: 'git',
   'qemu-system-x86_64': 'qemu-system-x86',
   busybox: 'busybox-static',
   cpio: 'cpio',

@@ -7,9 +7,9 @@
  * Maps are pinned under the pin folder and adopted when already there; the XDP object's
  * programs share them (one build, two objects: src/bpf/install.ts).
  */
-import type { BpfMap } from '../../bpf/object.js';
+import { PinnedMapMismatchError, type BpfMap } from '../../bpf/object.js';
 import { openPinnedMap, type PinnedMapName } from '../../bpf/maps.js';
-import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
+import { carryHashCounters, closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
 import * as codec from '../../bpf/codec.js';
 import { BPF_PROG_TYPE_SCHED_CLS, probeHelper } from '../../bpf/ffi.js';
 import { netnsPath, withNetns } from '../../bpf/netns.js';
@@ -22,6 +22,8 @@ import { linkKinds, parseLinks, readHostNet, type Link } from '../../host/netinf
 import type { CommandRunner } from '../../host/runner.js';
 import type { Desired, ZtunnelPlacement } from '../../core/desired.js';
 import { diffHooks, diffPods } from '../../core/desired.js';
+import { SlotAllocator, type SlotRecord } from '../../core/slots.js';
+import type { PodInfo } from '../../core/values.js';
 import { deviceBypass, programsAhead, type Finding } from '../../core/ordering.js';
 import type { Logger } from '../../log.js';
 import { Cleanup, type CleanupReport } from '../cleanup.js';
@@ -100,6 +102,8 @@ export class EbpfRedirect implements RedirectMode {
   private readonly xdpProblems = new Map<number, string>();
   /** Enrolled veths' device kinds by ifindex (with the name they had, to notice a new device). */
   private readonly kinds = new Map<number, { name: string; kind: string | null }>();
+  /** Each pod veth's slot in the counters array, rebuilt from the pinned pods map by init(). */
+  private slots: SlotAllocator | null = null;
 
   constructor(private readonly opts: EbpfOptions) {}
 
@@ -131,6 +135,7 @@ export class EbpfRedirect implements RedirectMode {
     this.installed = loadOrAdopt(this.opts.objectPath, this.dir, programs, companions);
     this.ours = pinnedProgramIds(this.dir);
     this.chosen = { variant, delivery };
+    this.slots = this.adoptSlots();
     const { adopted, migrating, progDir } = this.installed;
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
     this.opts.log.info(adopted ? 'ebpf data path adopted' : 'ebpf data path loaded', {
@@ -142,6 +147,69 @@ export class EbpfRedirect implements RedirectMode {
       programs: ids,
       migrating,
     });
+  }
+
+  /**
+   * The counters slots the pinned pods map holds (a restarted agent keeps its pods' counts),
+   * and veth_slots made to say the same. A migrating pods map starts empty: the slots are
+   * the old map's where its layout has them (a change of size), else every veth gets a
+   * fresh, zeroed one.
+   */
+  private adoptSlots(): SlotAllocator {
+    const records: SlotRecord[] = [];
+    for (const [, v] of this.slotSource()) records.push(codec.decodePodSlot(v));
+    const slots = new SlotAllocator(this.map('counters').maxEntries - 1, records);
+    const vethSlots = this.map('veth_slots');
+    for (const [k, v] of vethSlots.entries()) {
+      const ifindex = codec.decodeU32Key(k);
+      if (slots.slotOf(ifindex) !== codec.decodeVethSlot(v)) vethSlots.delete(k);
+    }
+    for (const { ifindex } of records) {
+      const slot = slots.slotOf(ifindex);
+      if (slot !== undefined) vethSlots.update(codec.encodeU32Key(ifindex), codec.encodeVethSlot(slot));
+    }
+    return slots;
+  }
+
+  /** The pods entries that record the slots in use: the old pin's while pods migrates, if it has slots. */
+  private slotSource(): [Buffer, Buffer][] {
+    if (!this.installed!.migrating.includes('pods')) return this.map('pods').entries();
+    let old: BpfMap;
+    try {
+      old = openPinnedMap(this.dir, 'pods');
+    } catch (err) {
+      if (err instanceof PinnedMapMismatchError) return [];
+      throw err;
+    }
+    try {
+      return old.entries();
+    } finally {
+      old.close();
+    }
+  }
+
+  /**
+   * Slots for the desired pods' veths: the fresh ones zeroed and recorded in veth_slots
+   * before any pods entry names them. Returns every veth's slot, and the veths whose slots
+   * were given back (their veth_slots entries go once their pods entries have).
+   */
+  private assignSlots(desired: ReadonlyMap<string, PodInfo>): { slots: ReadonlyMap<number, number>; freed: SlotRecord[] } {
+    const { slots, fresh, freed } = this.slots!.assign([...desired.values()].map((p) => p.ifindex));
+    if (fresh.length > 0) {
+      const counters = this.map('counters');
+      const keys = Buffer.alloc(4 * fresh.length);
+      const vals = Buffer.alloc(counters.bufferSize * fresh.length);
+      fresh.forEach((f, i) => keys.writeUInt32LE(f.slot, 4 * i));
+      counters.updateBatch(keys, vals, fresh.length);
+      const vethKeys = Buffer.alloc(4 * fresh.length);
+      const vethVals = Buffer.alloc(codec.VETH_SLOT_SIZE * fresh.length);
+      fresh.forEach((f, i) => {
+        vethKeys.writeUInt32LE(f.ifindex, 4 * i);
+        vethVals.set(codec.encodeVethSlot(f.slot), codec.VETH_SLOT_SIZE * i);
+      });
+      this.map('veth_slots').updateBatch(vethKeys, vethVals, fresh.length);
+    }
+    return { slots, freed };
   }
 
   private xdpObjectPath(): string {
@@ -206,7 +274,8 @@ export class EbpfRedirect implements RedirectMode {
     this.map('ztunnel').update(codec.encodeSlot(codec.ZTUNNEL_SLOT), codec.encodeZtunnelInfo(slot ?? emptySlot));
     this.syncDnsServers();
 
-    const podDiff = diffPods(desired.pods, actual.pods);
+    const slotted = this.assignSlots(desired.pods);
+    const podDiff = diffPods(desired.pods, actual.pods, slotted.slots);
     // Entries before hooks: a program attached to a veth finds its pod already there.
     // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
     const packed = codec.packPods(podDiff.upserts);
@@ -236,12 +305,15 @@ export class EbpfRedirect implements RedirectMode {
     for (const ifindex of hookDiff.detach) {
       this.removeOurXdp(ifindex);
       for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
-      this.map('counters').delete(codec.encodeU32Key(ifindex));
     }
     for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
+    // Their slots are handed out again (zeroed) from the next pass on.
+    for (const f of slotted.freed) this.map('veth_slots').delete(codec.encodeU32Key(f.ifindex));
 
     // Every hook runs this build now: its schema change and upgrade are complete.
     if (this.installed!.migrating.length > 0 || !this.installed!.adopted) {
+      const carried = carryHashCounters(this.dir, this.installed!, (ifindex) => this.slots!.slotOf(ifindex));
+      if (carried) this.opts.log.info('counters carried over', { veths: carried });
       const done = commitInstall(this.dir, this.installed!);
       if (done.length) this.opts.log.info('upgrade complete', { done });
       this.installed!.adopted = true;
