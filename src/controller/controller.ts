@@ -14,7 +14,7 @@ import { desiredState, placeBySandbox, type EnrolledRef, type Placement, type Sa
 import { describeFinding, type Finding } from '../core/ordering.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
-import { readHostNet, type HostNet } from '../host/netinfo.js';
+import { hostLinkFor, readHostNet, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
 import type { ApplyResult, RedirectMode } from '../capture/mode.js';
@@ -108,10 +108,73 @@ export class Controller {
   private bindings: ReadonlyMap<string, SandboxBinding> = new Map();
   /** Refusals already logged (ip + reason), to say each once. */
   private refusedLogged = new Set<string>();
+  /** A pass on a synced membership has completed: the fast path may run. */
+  private passed = false;
 
   constructor(private readonly deps: ControllerDeps) {}
 
-  async reconcile(): Promise<PassReport> {
+  /** Passes and fast paths, one at a time (exclusive): each reads and writes the kernel whole. */
+  private turn: Promise<unknown> = Promise.resolve();
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.turn.then(fn);
+    this.turn = run.catch(() => {});
+    return run;
+  }
+
+  reconcile(): Promise<PassReport> {
+    return this.exclusive(() => this.pass());
+  }
+
+  /**
+   * The CNI gate's fast path (docs/cni.md): programs just the pod with this UID, as the
+   * next pass would (the same view, placeBySandbox and desiredState, restricted to the
+   * pod), its entries and its veths' hooks; nothing else is read or written. Resolves with
+   * the IPs now programmed (empty: none, the pass decides; it never throws). Takes its turn
+   * when called, so it runs before a pass the caller kicks right after (the announcement's);
+   * its work starts a microtask later, when that announcement is in the view.
+   */
+  programPod(uid: string): Promise<ReadonlySet<string>> {
+    return this.exclusive(async () => {
+      try {
+        return await this.programOne(uid);
+      } catch (err) {
+        this.deps.log.warn('cni fast path failed; the pass programs the pod', { uid, error: err instanceof Error ? err.message : String(err) });
+        return new Set<string>();
+      }
+    });
+  }
+
+  private async programOne(uid: string): Promise<ReadonlySet<string>> {
+    const { mode, membership, runner } = this.deps;
+    const view = membership.view();
+    // Before the first full pass (adoption, ztunnel's side, the breaker) the pass decides.
+    if (!mode.programPod || !mode.actualOf || !this.passed || !view.synced || !view.pods) {
+      this.deps.log.debug('cni fast path: not now', { uid, mode: !!mode.programPod, passed: this.passed, synced: view.synced, pods: !!view.pods });
+      return new Set();
+    }
+    const mine = new Map([...view.pods].filter(([, ref]) => ref.uid === uid));
+    if (mine.size === 0) {
+      this.deps.log.debug('cni fast path: the pod is not enrolled in the view; the pass decides', { uid });
+      return new Set();
+    }
+    const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
+    const routed = [...mine.keys()].map((ip) => hostLinkFor(net, ip)).filter((l) => l !== undefined);
+    const actual = await mode.actualOf(mine.keys(), [...new Set(routed.map((l) => l.ifindex))]);
+    const placement = placeBySandbox(mine, net, this.bindings, actual.pods);
+    if (placement.refused.length > 0 || placement.unplaced.length > 0) {
+      this.deps.log.debug('cni fast path: the pass decides', { uid, refused: placement.refused, unplaced: placement.unplaced });
+      return new Set();
+    }
+    const desired = desiredState([], net, null, placement, mine);
+    await mode.programPod(desired, actual);
+    const bindings = new Map(this.bindings);
+    for (const [u, b] of placement.bindings) bindings.set(u, b);
+    this.bindings = bindings;
+    return new Set(desired.pods.keys());
+  }
+
+  private async pass(): Promise<PassReport> {
     const { mode, membership, runner, log } = this.deps;
     const view = membership.view();
     if (!view.synced) {
@@ -208,6 +271,7 @@ export class Controller {
     }
     for (const ip of desired.unplaced) log.debug('enrolled pod has no host route yet', { ip });
     membership.programmed(programmedByMembership);
+    this.passed = true;
     return {
       ...result,
       enrolled: view.enrolled.length,

@@ -170,13 +170,34 @@ export class EbpfRedirect implements RedirectMode {
     // Hooked: a veth with our filter in either direction. Outdated: one that lacks this
     // build's program in a direction (removed by someone, or an older build's): apply
     // attaches it again, replacing in place.
-    const hooks = new Set<number>();
     this.outdated.clear();
     this.pruneQdiscRecords(new Set(candidateLinks));
+    return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks: this.readHooks(candidateLinks) };
+  }
+
+  /** The fast path's read: these IPs' entries and these links' hooks; no record pruned. */
+  async actualOf(ips: Iterable<string>, links: Iterable<number>): Promise<ActualState> {
+    const pods = new Map<string, codec.PodInfo>();
+    const map = this.map('pods');
+    for (const ip of ips) {
+      const v = map.lookup(codec.encodeAddrKey(ip));
+      if (v) pods.set(ip, codec.decodePodInfo(v));
+    }
+    return { pods, ztunnel: null, hooks: this.readHooks([...links]) };
+  }
+
+  /**
+   * The links that carry a filter of ours in either direction; each one that lacks this
+   * build's program in a direction (removed by someone, or an older build's) is marked
+   * outdated, the others unmarked: apply attaches it again, replacing in place.
+   */
+  private readHooks(links: readonly number[]): Set<number> {
+    const hooks = new Set<number>();
     const want = this.wanted();
     // A filter at the legacy priority (an older build's) counts as ours and as outdated:
     // apply attaches at our place, then removes it.
-    for (const ifindex of candidateLinks) {
+    for (const ifindex of links) {
+      this.outdated.delete(ifindex);
       const ingress = queryTc(ifindex, 'ingress');
       const egress = queryTc(ifindex, 'egress');
       const legacy = POD_HOOKS.some((d) => queryTc(ifindex, d, LEGACY_FILTER) !== null);
@@ -186,11 +207,11 @@ export class EbpfRedirect implements RedirectMode {
       hooks.add(ifindex);
       if (legacy || egress !== want.inbound || !outboundInPlace(this.hook, want, ingress, xdp, xdpOurs)) this.outdated.add(ifindex);
     }
-    return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
+    return hooks;
   }
 
   async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
-    const { variant, delivery } = this.choice();
+    const { delivery } = this.choice();
     const pods = this.map('pods');
     const emptySlot: codec.ZtunnelInfo = { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0, netnsCookie: 0n };
 
@@ -207,16 +228,46 @@ export class EbpfRedirect implements RedirectMode {
     this.syncDnsServers();
 
     const podDiff = diffPods(desired.pods, actual.pods);
+    const hookDiff = diffHooks(desired.hooks, actual.hooks);
+    for (const ifindex of [...this.xdpProblems.keys()]) if (ifindex >= 0 && !desired.hooks.has(ifindex)) this.xdpProblems.delete(ifindex);
+    const attach = this.place(podDiff.upserts, desired.hooks, actual.hooks);
+    for (const ifindex of hookDiff.detach) {
+      this.removeOurXdp(ifindex);
+      for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
+      this.map('counters').delete(codec.encodeU32Key(ifindex));
+    }
+    for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
+
+    // Every hook runs this build now: its schema change and upgrade are complete.
+    if (this.installed!.migrating.length > 0 || !this.installed!.adopted) {
+      const done = commitInstall(this.dir, this.installed!);
+      if (done.length) this.opts.log.info('upgrade complete', { done });
+      this.installed!.adopted = true;
+      this.ours = pinnedProgramIds(this.dir);
+    }
+    return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
+  }
+
+  /** The fast path's write (one pod): its entries, then its veths' hooks; nothing removed. */
+  async programPod(desired: Desired, actual: ActualState): Promise<ApplyResult> {
+    const upserts = diffPods(desired.pods, actual.pods).upserts;
+    const attach = this.place(upserts, desired.hooks, actual.hooks);
+    return { upserted: upserts.size, deleted: 0, attached: attach.length, detached: 0 };
+  }
+
+  /**
+   * Writes `upserts`, then attaches our programs to each of `hooks` that lacks them (not in
+   * `hooked`, or outdated); returns those attached.
+   */
+  private place(upserts: ReadonlyMap<string, codec.PodInfo>, hooks: ReadonlySet<number>, hooked: ReadonlySet<number>): number[] {
+    const { variant } = this.choice();
     // Entries before hooks: a program attached to a veth finds its pod already there.
     // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
-    const packed = codec.packPods(podDiff.upserts);
-    pods.updateBatch(packed.keys, packed.values, packed.count);
-
-    const hookDiff = diffHooks(desired.hooks, actual.hooks);
-    const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];
+    const packed = codec.packPods(upserts);
+    this.map('pods').updateBatch(packed.keys, packed.values, packed.count);
+    const attach = [...hooks].filter((i) => !hooked.has(i) || this.outdated.has(i));
     const out = this.program(PROGRAMS.outbound[variant]).fd;
     const inb = this.program(PROGRAMS.inbound).fd;
-    for (const ifindex of [...this.xdpProblems.keys()]) if (ifindex >= 0 && !desired.hooks.has(ifindex)) this.xdpProblems.delete(ifindex);
     // Replaced in place at our handle and priority: a hook is never empty nor doubled.
     // One outbound hook per veth, and never none: the new hook's program is in place before
     // the other's is removed (tc→xdp: XDP attached, then our TC ingress filter removed).
@@ -233,21 +284,7 @@ export class EbpfRedirect implements RedirectMode {
       // Only once ours runs at its place: the hook is never without our program.
       for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
     }
-    for (const ifindex of hookDiff.detach) {
-      this.removeOurXdp(ifindex);
-      for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
-      this.map('counters').delete(codec.encodeU32Key(ifindex));
-    }
-    for (const ip of podDiff.deletes) pods.delete(codec.encodeAddrKey(ip));
-
-    // Every hook runs this build now: its schema change and upgrade are complete.
-    if (this.installed!.migrating.length > 0 || !this.installed!.adopted) {
-      const done = commitInstall(this.dir, this.installed!);
-      if (done.length) this.opts.log.info('upgrade complete', { done });
-      this.installed!.adopted = true;
-      this.ours = pinnedProgramIds(this.dir);
-    }
-    return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
+    return attach;
   }
 
   /**
