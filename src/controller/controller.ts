@@ -135,7 +135,7 @@ export class Controller {
    * its work starts a microtask later, when that announcement is in the view.
    */
   programPod(uid: string): Promise<ReadonlySet<string>> {
-    return this.exclusive(async () => {
+    const run = this.exclusive(async () => {
       try {
         return await this.programOne(uid);
       } catch (err) {
@@ -143,6 +143,10 @@ export class Controller {
         return new Set<string>();
       }
     });
+    // The pass that follows waits one turn of the loop: its work is synchronous between
+    // resolved awaits and would otherwise run before the ADD's answer is written.
+    this.turn = this.turn.then(() => new Promise<void>((resolve) => setImmediate(resolve)));
+    return run;
   }
 
   private async programOne(uid: string): Promise<ReadonlySet<string>> {
