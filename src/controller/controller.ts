@@ -3,7 +3,8 @@
  * actual state from the kernel, apply the difference. Level-triggered and idempotent: a
  * pass repairs whatever the previous one, or someone else, left. Passes run from a
  * coalescing work queue (one key: a burst of events is one pass), on every membership
- * change and on a jittered resync timer.
+ * change that alters the view a pass starts from (an event of a pod outside the mesh does
+ * not) and on a jittered resync timer.
  *
  * Two guards stand between a bad view of the API and the maps: nothing is touched before
  * the membership has synced once (prune only after the first full sync), and a pass that
@@ -93,6 +94,12 @@ export interface PassReport extends ApplyResult {
 
 const KEY = 'reconcile';
 
+/** A view's inputs to the desired state, as text (equal text: the same desired state on the same node). */
+function viewKey(v: MembershipView): string {
+  const pods = v.pods ? [...v.pods].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : null;
+  return JSON.stringify([v.synced, v.listGeneration, v.ztunnelIp, v.ztunnelProblem ?? null, [...v.enrolled].sort(), pods]);
+}
+
 export class Controller {
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
@@ -110,6 +117,13 @@ export class Controller {
   private refusedLogged = new Set<string>();
   /** A pass on a synced membership has completed: the fast path may run. */
   private passed = false;
+  /**
+   * The inputs of the last pass started (viewKey), until a pass fails: a membership change
+   * that leaves them as they were (an event of a pod outside the mesh) kicks no pass.
+   */
+  private passView: string | null = null;
+  /** What the last pass programmed for membership. */
+  private lastProgrammed: ReadonlySet<string> = new Set();
 
   constructor(private readonly deps: ControllerDeps) {}
 
@@ -123,7 +137,10 @@ export class Controller {
   }
 
   reconcile(): Promise<PassReport> {
-    return this.exclusive(() => this.pass());
+    return this.exclusive(() => this.pass()).catch((err: unknown) => {
+      this.passView = null;
+      throw err;
+    });
   }
 
   /**
@@ -181,6 +198,7 @@ export class Controller {
   private async pass(): Promise<PassReport> {
     const { mode, membership, runner, log } = this.deps;
     const view = membership.view();
+    this.passView = viewKey(view);
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
@@ -275,6 +293,7 @@ export class Controller {
     }
     for (const ip of desired.unplaced) log.debug('enrolled pod has no host route yet', { ip });
     membership.programmed(programmedByMembership);
+    this.lastProgrammed = programmedByMembership;
     this.passed = true;
     return {
       ...result,
@@ -305,7 +324,7 @@ export class Controller {
     );
   }
 
-  /** Reconciles now, on every membership change, and every intervalMs (+-10%) until stop(). */
+  /** Reconciles now, on every membership change that alters the view, and every intervalMs (+-10%) until stop(). */
   start(intervalMs: number, onPass: (r: PassReport, seconds: number) => void, onError: (e: unknown, seconds: number) => void): void {
     this.stopped = false;
     const queue = new WorkQueue(
@@ -323,7 +342,13 @@ export class Controller {
       { backoff: this.deps.backoff ?? DEFAULT_BACKOFF },
     );
     this.queue = queue;
-    this.deps.membership.onChange(() => queue.add(KEY));
+    this.deps.membership.onChange(() => {
+      const { membership } = this.deps;
+      if (this.passView === null || viewKey(membership.view()) !== this.passView) return queue.add(KEY);
+      // The desired state cannot differ from the last pass's: no pass (the resync timer
+      // still repairs drift); the pods' status annotations are checked again as after one.
+      if (this.passed) membership.programmed(this.lastProgrammed);
+    });
     const tick = () => {
       if (this.stopped) return;
       queue.add(KEY);

@@ -684,6 +684,35 @@ describe('announced pods in KubeMembership', () => {
     }
   });
 
+  it('an event that leaves the enrolled view as it was (a pod outside the mesh) kicks no pass; an announcement does', async () => {
+    const { api, m, mode, controller, pod } = setup();
+    let passes = 0;
+    m.start();
+    controller.start(
+      3_600_000,
+      () => passes++,
+      () => {},
+    );
+    try {
+      while (!m.hasSynced()) await new Promise((r) => setTimeout(r, 5));
+      await settle(controller);
+      const before = passes;
+      const outside = pod('10.244.1.20', {});
+      outside.metadata = { ...outside.metadata, name: 'plain-0', namespace: 'plain', uid: 'uid-plain' };
+      api.emit('/api/v1/pods', { type: 'ADDED', object: outside });
+      await settle(controller);
+      expect(m.cachedPod('plain', 'plain-0')?.uid).toBe('uid-plain'); // seen, and changed nothing
+      expect(passes).toBe(before);
+      m.provisionPod({ ...m.cachedPod('shop', 'web-0')!, ips: [IP] }, 'sandbox-1');
+      await settle(controller);
+      expect(passes).toBe(before + 1);
+      expect([...mode.pods.keys()]).toEqual([IP]);
+    } finally {
+      await controller.stop();
+      await m.stop();
+    }
+  });
+
   it('a pod the API never confirmed is removed by DEL; an API delete ends an announcement too', async () => {
     const { api, m, mode, controller, pod } = setup();
     m.start();
