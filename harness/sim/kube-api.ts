@@ -387,6 +387,13 @@ export class KubeApiDouble {
       const o = this.namespaces.get(decodeURIComponent(oneNs[1]!));
       return o ? reply(200, o) : fail(404, `namespaces "${decodeURIComponent(oneNs[1]!)}" not found`);
     }
+    // One pod by name (the CNI gate reads one when the watch is behind the runtime).
+    const onePod = /^\/api\/v1\/namespaces\/([^/]+)\/pods\/([^/]+)$/.exec(url.pathname);
+    if (onePod && !watch) {
+      const [ns, name] = [decodeURIComponent(onePod[1]!), decodeURIComponent(onePod[2]!)];
+      const o = this.pods.get(`${ns}/${name}`);
+      return o ? reply(200, o) : fail(404, `pods "${name}" not found`);
+    }
 
     let resource: Kind;
     let nsFilter: string | null = null;

@@ -47,6 +47,8 @@ export interface RuntimeOptions {
    * has the pod.
    */
   target?: (pod: SimPod) => { ip: string; port: number };
+  /** Called the instant our ADD returns, before anything else (the CNI fast path test stops the agent there). */
+  afterAdd?: (pod: SimPod, add: PluginRun) => void;
 }
 
 export interface PluginRun {
@@ -130,7 +132,10 @@ export class SimRuntime {
     try {
       await client?.ready;
       let add: PluginRun | null = null;
-      if (this.o.chain) add = await this.invoke('ADD', spec, uid, pod, containerId);
+      if (this.o.chain) {
+        add = await this.invoke('ADD', spec, uid, pod, containerId);
+        this.o.afterAdd?.(pod, add);
+      }
       const started = add === null || add.code === 0;
       if (!started) {
         client?.kill();

@@ -114,10 +114,19 @@ function removeOtherMode(mode: ModeName, opts: ModeOptions): Promise<CleanupRepo
  */
 class SwitchingMode implements RedirectMode {
   private cleaned = false;
+  /** The inner mode's fast path, when it has one (only after a pass: the other mode is gone by then). */
+  readonly actualOf?: RedirectMode['actualOf'];
+  readonly programPod?: RedirectMode['programPod'];
   constructor(
     private readonly inner: RedirectMode,
     private readonly opts: ModeOptions,
-  ) {}
+  ) {
+    const { actualOf, programPod } = inner;
+    if (actualOf && programPod) {
+      this.actualOf = actualOf.bind(inner);
+      this.programPod = programPod.bind(inner);
+    }
+  }
   get name() {
     return this.inner.name;
   }

@@ -31,6 +31,16 @@ export interface RedirectMode {
   /** Makes the kernel hold `desired`; idempotent. */
   apply(desired: Desired, actual: ActualState): Promise<ApplyResult>;
   /**
+   * The fast path of one pod (the CNI gate's, Controller.programPod), with programPod: what
+   * the kernel holds for these IPs and these links only, changing nothing.
+   */
+  actualOf?(ips: Iterable<string>, links: Iterable<number>): Promise<ActualState>;
+  /**
+   * Places `desired`'s entries and hooks as apply would, and nothing else: no delete, no
+   * detach, ztunnel's side untouched. The next apply confirms or corrects it.
+   */
+  programPod?(desired: Desired, actual: ActualState): Promise<ApplyResult>;
+  /**
    * After apply: what on the hooks this mode uses runs before its programs, or lets traffic
    * skip them (docs/datapath.md, "Ordering"). Absent for a mode without such hooks.
    */

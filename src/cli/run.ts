@@ -141,6 +141,7 @@ export async function runCommand(argv: string[]): Promise<number> {
       const cni: CniGate = await startCniGate(cfg.cni, kube, log, {
         onInstalled: (ok, reason) => readiness.setCniInstalled(ok, reason),
         ...(started.inpod && { inpod: started.inpod }),
+        ...(started.programPod && { programPod: started.programPod }),
       });
       teardown.add('close the CNI gate', () => cni.close());
     } catch (err) {
@@ -161,6 +162,8 @@ export async function runCommand(argv: string[]): Promise<number> {
 interface Started {
   metrics: AgentMetrics;
   inpod?: InPodAgent;
+  /** node mode: the CNI gate's fast path (Controller.programPod). */
+  programPod?: (uid: string) => Promise<ReadonlySet<string>>;
   zdsView?: () => unknown;
   /** Starts the reconcile loop (after the membership and the CNI gate). */
   begin(readiness: Readiness): Promise<void>;
@@ -223,6 +226,7 @@ async function startNode(
   });
   return {
     metrics,
+    programPod: (uid) => controller.programPod(uid),
     begin: async (readiness) => {
       let first = true;
       // Read before the first pass, then every 30 s (backing off while the API fails): a failed read keeps the last.

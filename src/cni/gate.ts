@@ -38,6 +38,8 @@ export interface GateOptions {
   startWaitMs?: number;
   /** inpod mode: ADD waits for ztunnel's ack instead of the node-level pass (handler.ts InPodGate). */
   inpod?: InPodGate;
+  /** node mode: the fast path of an announced pod (handler.ts CniHandlerOptions.programPod). */
+  programPod?: (uid: string) => Promise<ReadonlySet<string>>;
 }
 
 /** The plugin waits a little longer than the agent, so the agent's own error is the one seen. */
@@ -68,7 +70,12 @@ function untilOrTimeout(m: GateMembership, cond: () => boolean, ms: number): Pro
 }
 
 export async function startCniGate(cfg: CniConfig, m: GateMembership, log: Logger, opts: GateOptions = {}): Promise<CniGate> {
-  const handler = new CniHandler(m, { addTimeoutMs: cfg.addTimeoutMs, log, ...(opts.inpod && { inpod: opts.inpod }) });
+  const handler = new CniHandler(m, {
+    addTimeoutMs: cfg.addTimeoutMs,
+    log,
+    ...(opts.inpod && { inpod: opts.inpod }),
+    ...(opts.programPod && { programPod: opts.programPod }),
+  });
   const writer = new NamespaceListWriter(namespacesFile(cfg.stateDir));
   let closed = false;
 

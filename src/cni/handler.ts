@@ -4,8 +4,9 @@
  * (a retryable error while neither can tell); a pod of a namespace that is not ambient
  * passes; otherwise the pod is found (the membership's cache, else a GET), the enrollment
  * rules decide with the sandbox's IPs from prevResult, and an enrolled pod is announced to
- * the membership (UID-keyed, reconciled with the API later) and held until a pass has
- * programmed all its IPs. DEL forgets what the sandbox announced and always succeeds.
+ * the membership (UID-keyed, reconciled with the API later) and held until all its IPs
+ * are programmed: by the fast path (node mode: just this pod, Controller.programPod) or
+ * else by a pass. DEL forgets what the sandbox announced and always succeeds.
  * CHECK fails while an enrolled pod is not programmed. STATUS succeeds (the agent answers,
  * so it can decide every ADD). GC forgets the announcements of sandboxes the runtime no
  * longer has.
@@ -58,6 +59,12 @@ export interface CniHandlerOptions {
   addTimeoutMs: number;
   log: Logger;
   inpod?: InPodGate;
+  /**
+   * node mode's fast path (Controller.programPod): programs just the pod with this UID
+   * and resolves with the IPs it programmed; called before the pod is announced, it takes
+   * its turn ahead of the pass the announcement kicks, and reads the view after it.
+   */
+  programPod?: (uid: string) => Promise<ReadonlySet<string>>;
 }
 
 class Deadline extends Error {}
@@ -126,12 +133,17 @@ export class CniHandler {
     const inpod = this.opts.inpod;
     const uid = decision.pod.uid;
     inpod?.sandbox(uid, req.netns);
+    const fast = inpod ? undefined : this.opts.programPod?.(uid);
     this.m.provisionPod(decision.pod, req.containerId);
     const failed = () => inpod?.failure(uid) ?? null;
+    // The fast path's IPs, or the pass's: either has them in the kernel now.
+    let quick: ReadonlySet<string> = new Set();
+    const covered = () => ips.every((ip) => quick.has(ip)) || this.covered(ips);
     try {
+      if (fast) quick = await this.race(fast, deadline, `not programmed within ${this.opts.addTimeoutMs} ms (is ztunnel's node agent healthy?)`);
       await this.until(
         this.programmedWaiters,
-        () => (inpod ? inpod.ready(uid) : this.covered(ips)) || failed() !== null,
+        () => (inpod ? inpod.ready(uid) : covered()) || failed() !== null,
         deadline,
         inpod
           ? `not in place within ${this.opts.addTimeoutMs} ms: ${inpod.pending(uid)}`
@@ -141,7 +153,7 @@ export class CniHandler {
       const msg = err instanceof Deadline && inpod ? `not in place within ${this.opts.addTimeoutMs} ms: ${inpod.pending(uid)}` : (err as Error).message;
       return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${msg}` });
     }
-    const refused = (inpod ? inpod.ready(uid) : this.covered(ips)) ? null : failed();
+    const refused = (inpod ? inpod.ready(uid) : covered()) ? null : failed();
     if (refused !== null) return this.fail(req, { code: CNI_ERR.tryAgainLater, msg: `ambient-redirect: pod ${req.pod.namespace}/${req.pod.name}: ${refused}` });
     this.stats.enrolled++;
     this.opts.log.info('cni: pod enrolled before start', {
@@ -149,6 +161,7 @@ export class CniHandler {
       namespace: req.pod.namespace,
       uid: decision.pod.uid,
       ips,
+      fastPath: ips.every((ip) => quick.has(ip)),
       ms: Math.round(performance.now() - t0),
     });
     return { code: 0, stdout: passThrough(req) };

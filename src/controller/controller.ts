@@ -3,7 +3,8 @@
  * actual state from the kernel, apply the difference. Level-triggered and idempotent: a
  * pass repairs whatever the previous one, or someone else, left. Passes run from a
  * coalescing work queue (one key: a burst of events is one pass), on every membership
- * change and on a jittered resync timer.
+ * change that alters the view a pass starts from (an event of a pod outside the mesh does
+ * not) and on a jittered resync timer.
  *
  * Two guards stand between a bad view of the API and the maps: nothing is touched before
  * the membership has synced once (prune only after the first full sync), and a pass that
@@ -14,7 +15,7 @@ import { desiredState, placeBySandbox, type EnrolledRef, type Placement, type Sa
 import { describeFinding, type Finding } from '../core/ordering.js';
 import { placeZtunnelByIp, ZtunnelNotFound } from './ztunnel.js';
 import { DEFAULT_BACKOFF, WorkQueue, type BackoffOptions } from './queue.js';
-import { readHostNet, type HostNet } from '../host/netinfo.js';
+import { hostLinkFor, readHostNet, type HostNet } from '../host/netinfo.js';
 import type { CommandRunner } from '../host/runner.js';
 import type { Logger } from '../log.js';
 import type { ApplyResult, RedirectMode } from '../capture/mode.js';
@@ -93,6 +94,12 @@ export interface PassReport extends ApplyResult {
 
 const KEY = 'reconcile';
 
+/** A view's inputs to the desired state, as text (equal text: the same desired state on the same node). */
+function viewKey(v: MembershipView): string {
+  const pods = v.pods ? [...v.pods].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : null;
+  return JSON.stringify([v.synced, v.listGeneration, v.ztunnelIp, v.ztunnelProblem ?? null, [...v.enrolled].sort(), pods]);
+}
+
 export class Controller {
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
@@ -108,12 +115,90 @@ export class Controller {
   private bindings: ReadonlyMap<string, SandboxBinding> = new Map();
   /** Refusals already logged (ip + reason), to say each once. */
   private refusedLogged = new Set<string>();
+  /** A pass on a synced membership has completed: the fast path may run. */
+  private passed = false;
+  /**
+   * The inputs of the last pass started (viewKey), until a pass fails: a membership change
+   * that leaves them as they were (an event of a pod outside the mesh) kicks no pass.
+   */
+  private passView: string | null = null;
+  /** What the last pass programmed for membership. */
+  private lastProgrammed: ReadonlySet<string> = new Set();
 
   constructor(private readonly deps: ControllerDeps) {}
 
-  async reconcile(): Promise<PassReport> {
+  /** Passes and fast paths, one at a time (exclusive): each reads and writes the kernel whole. */
+  private turn: Promise<unknown> = Promise.resolve();
+
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.turn.then(fn);
+    this.turn = run.catch(() => {});
+    return run;
+  }
+
+  reconcile(): Promise<PassReport> {
+    return this.exclusive(() => this.pass()).catch((err: unknown) => {
+      this.passView = null;
+      throw err;
+    });
+  }
+
+  /**
+   * The CNI gate's fast path (docs/cni.md): programs just the pod with this UID, as the
+   * next pass would (the same view, placeBySandbox and desiredState, restricted to the
+   * pod), its entries and its veths' hooks; nothing else is read or written. Resolves with
+   * the IPs now programmed (empty: none, the pass decides; it never throws). Takes its turn
+   * when called, so it runs before a pass the caller kicks right after (the announcement's);
+   * its work starts a microtask later, when that announcement is in the view.
+   */
+  programPod(uid: string): Promise<ReadonlySet<string>> {
+    const run = this.exclusive(async () => {
+      try {
+        return await this.programOne(uid);
+      } catch (err) {
+        this.deps.log.warn('cni fast path failed; the pass programs the pod', { uid, error: err instanceof Error ? err.message : String(err) });
+        return new Set<string>();
+      }
+    });
+    // The pass that follows waits one turn of the loop: its work is synchronous between
+    // resolved awaits and would otherwise run before the ADD's answer is written.
+    this.turn = this.turn.then(() => new Promise<void>((resolve) => setImmediate(resolve)));
+    return run;
+  }
+
+  private async programOne(uid: string): Promise<ReadonlySet<string>> {
+    const { mode, membership, runner } = this.deps;
+    const view = membership.view();
+    // Before the first full pass (adoption, ztunnel's side, the breaker) the pass decides.
+    if (!mode.programPod || !mode.actualOf || !this.passed || !view.synced || !view.pods) {
+      this.deps.log.debug('cni fast path: not now', { uid, mode: !!mode.programPod, passed: this.passed, synced: view.synced, pods: !!view.pods });
+      return new Set();
+    }
+    const mine = new Map([...view.pods].filter(([, ref]) => ref.uid === uid));
+    if (mine.size === 0) {
+      this.deps.log.debug('cni fast path: the pod is not enrolled in the view; the pass decides', { uid });
+      return new Set();
+    }
+    const net = await (this.deps.readNet ?? (() => readHostNet(runner)))();
+    const routed = [...mine.keys()].map((ip) => hostLinkFor(net, ip)).filter((l) => l !== undefined);
+    const actual = await mode.actualOf(mine.keys(), [...new Set(routed.map((l) => l.ifindex))]);
+    const placement = placeBySandbox(mine, net, this.bindings, actual.pods);
+    if (placement.refused.length > 0 || placement.unplaced.length > 0) {
+      this.deps.log.debug('cni fast path: the pass decides', { uid, refused: placement.refused, unplaced: placement.unplaced });
+      return new Set();
+    }
+    const desired = desiredState([], net, null, placement, mine);
+    await mode.programPod(desired, actual);
+    const bindings = new Map(this.bindings);
+    for (const [u, b] of placement.bindings) bindings.set(u, b);
+    this.bindings = bindings;
+    return new Set(desired.pods.keys());
+  }
+
+  private async pass(): Promise<PassReport> {
     const { mode, membership, runner, log } = this.deps;
     const view = membership.view();
+    this.passView = viewKey(view);
     if (!view.synced) {
       // Before the first full list the view is empty or partial: touching the maps now
       // would clear ztunnel's slot or entries a previous run programmed (adoption).
@@ -208,6 +293,8 @@ export class Controller {
     }
     for (const ip of desired.unplaced) log.debug('enrolled pod has no host route yet', { ip });
     membership.programmed(programmedByMembership);
+    this.lastProgrammed = programmedByMembership;
+    this.passed = true;
     return {
       ...result,
       enrolled: view.enrolled.length,
@@ -237,7 +324,7 @@ export class Controller {
     );
   }
 
-  /** Reconciles now, on every membership change, and every intervalMs (+-10%) until stop(). */
+  /** Reconciles now, on every membership change that alters the view, and every intervalMs (+-10%) until stop(). */
   start(intervalMs: number, onPass: (r: PassReport, seconds: number) => void, onError: (e: unknown, seconds: number) => void): void {
     this.stopped = false;
     const queue = new WorkQueue(
@@ -255,7 +342,13 @@ export class Controller {
       { backoff: this.deps.backoff ?? DEFAULT_BACKOFF },
     );
     this.queue = queue;
-    this.deps.membership.onChange(() => queue.add(KEY));
+    this.deps.membership.onChange(() => {
+      const { membership } = this.deps;
+      if (this.passView === null || viewKey(membership.view()) !== this.passView) return queue.add(KEY);
+      // The desired state cannot differ from the last pass's: no pass (the resync timer
+      // still repairs drift); the pods' status annotations are checked again as after one.
+      if (this.passed) membership.programmed(this.lastProgrammed);
+    });
     const tick = () => {
       if (this.stopped) return;
       queue.add(KEY);

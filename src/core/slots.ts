@@ -81,6 +81,25 @@ export class SlotAllocator {
       this.held.push(slot);
       freed.push({ ifindex, slot });
     }
+    const fresh = this.give(want);
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    return { slots: this.byVeth, fresh, freed };
+  }
+
+  /**
+   * Gives each veth of `wanted` (ifindex > 0) that has none a slot, taking back nobody's:
+   * the CNI fast path, which knows one pod, not the whole node (the next assign() decides
+   * what goes).
+   */
+  add(wanted: Iterable<number>): SlotChanges {
+    const want = [...wanted].filter((i) => i > 0);
+    return { slots: this.byVeth, fresh: this.give(want), freed: [] };
+  }
+
+  private give(want: Iterable<number>): SlotRecord[] {
     const fresh: SlotRecord[] = [];
     for (const ifindex of want) {
       if (this.byVeth.has(ifindex)) continue;
@@ -89,11 +108,7 @@ export class SlotAllocator {
       this.byVeth.set(ifindex, slot);
       fresh.push({ ifindex, slot });
     }
-    if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue.splice(0, this.head);
-      this.head = 0;
-    }
-    return { slots: this.byVeth, fresh, freed };
+    return fresh;
   }
 
   /** A free slot, or 0 when all are out. */

@@ -6,6 +6,7 @@
 import type { HostNet, Link } from '../core/node.js';
 import { AF_INET, AF_INET6, dumpLinks, dumpRoutes, hostRoutes, netnsIds, type NlLink } from './netlink.js';
 import type { CommandRunner } from './runner.js';
+import { netnsPath, withNetns } from '../bpf/netns.js';
 
 export type { HostNet, Link } from '../core/node.js';
 export { hostLinkFor } from '../core/node.js';
@@ -96,9 +97,13 @@ export async function readHostNet(_runner?: CommandRunner): Promise<HostNet> {
   return { links, hostRoutes: routes, netnsById: netnsIds() };
 }
 
-/** The links of a named netns (for the MAC of ztunnel's eth0). */
-export async function readLinksIn(runner: CommandRunner, netns: string): Promise<Map<number, Link>> {
-  return parseLinks(await runner.run(['ip', '-n', netns, '-j', 'link', 'show']));
+/**
+ * The links of a named netns (for the MAC of ztunnel's eth0), over rtnetlink from inside
+ * it: every pass asks, and an `ip -n` process per pass cost a fork of the agent (ms on a
+ * busy node, on the event loop). `_runner` is kept for the callers' shape.
+ */
+export async function readLinksIn(_runner: CommandRunner, netns: string): Promise<Map<number, Link>> {
+  return withNetns(netnsPath(netns), () => linksFromNetlink(dumpLinks()));
 }
 
 /** Each device's kind (`veth`, `netkit`, ...; null for none): over rtnetlink here, one `ip -d -j link show` in another netns. */

@@ -17,6 +17,10 @@ import type { SimNode, SimServer } from '../../harness/sim/node.js';
 import { SimRuntime, type PluginConf, type PodRun, type PodSpecRt } from '../../harness/sim/runtime.js';
 import { kernelDescribe } from '../support/gate.js';
 import { sleep } from '../support/wait.js';
+import { openPinnedMap } from '../../src/bpf/maps.js';
+import { pinDir } from '../../src/bpf/pins.js';
+import { systemRunner } from '../../src/host/runner.js';
+import { decodePodInfo, encodeAddrKey } from '../../src/bpf/codec.js';
 
 const NODE = 'sim-node';
 const PODS = 50;
@@ -147,6 +151,80 @@ kernelDescribe('the CNI gate on the simulated node', 'loads BPF, builds network 
     for (const r of runs) await rt.teardown(labelled[r.pod.index - 200]!, r.uid, r.containerId);
     await rt.teardown(unlabelled[0]!, other!.uid, other!.containerId);
   }, 120_000);
+
+  const tcFilters = (dev: string, dir: 'ingress' | 'egress') => systemRunner.run(['tc', '-n', sim.nodeNs, 'filter', 'show', 'dev', dev, dir]);
+
+  it("fast path: when ADD answers, the entry is on the pod's veth and our filters are attached (agent stopped the instant ADD returns)", async () => {
+    const pods = openPinnedMap(pinDir(cluster!.pinRoot), 'pods');
+    const agent = controller!;
+    const rt = new SimRuntime({
+      sim,
+      api: kube.api,
+      nodeName: NODE,
+      chain: chainFromConflist(),
+      plugin: join(dir, 'bin', 'ambient-redirect-cni'),
+      // Frozen before the pass that follows the fast path can place anything.
+      afterAdd: () => process.kill(agent.pid, 'SIGSTOP'),
+    });
+    const n = 10;
+    try {
+      for (let i = 0; i < n; i++) {
+        const spec: PodSpecRt = { index: 130 + i, name: `fast-${i}`, namespace: 'shop', connect: false };
+        const seen = agent.events.length;
+        let run: PodRun;
+        try {
+          run = await rt.runSandbox(spec, rt.createPodObject(spec));
+          expect(run.add?.code, run.add?.stdout).toBe(0);
+          const [veth] = JSON.parse(await systemRunner.run(['ip', '-n', sim.nodeNs, '-j', 'link', 'show', 'dev', run.pod.hostVeth])) as { ifindex: number }[];
+          for (const ip of [run.pod.ip, run.pod.ip6]) {
+            const v = pods.lookup(encodeAddrKey(ip));
+            expect(v, `${ip}: no entry when ADD answered`).not.toBeNull();
+            expect(decodePodInfo(v!).ifindex, `${ip}: entry not on the pod's veth`).toBe(veth!.ifindex);
+          }
+          for (const [dir, prog] of [
+            ['ingress', /out_redir/],
+            ['egress', /in_redirect/],
+          ] as const)
+            expect(await tcFilters(run.pod.hostVeth, dir), `${dir} filter of ${run.pod.hostVeth} when ADD answered`).toMatch(prog);
+        } finally {
+          process.kill(agent.pid, 'SIGCONT');
+        }
+        const ev = await agent.waitForAfter(seen, 'cni: pod enrolled before start', 5_000);
+        expect(ev).toMatchObject({ pod: spec.name, fastPath: true });
+        await rt.teardown(spec, run.uid, run.containerId);
+      }
+    } finally {
+      pods.close();
+    }
+  }, 60_000);
+
+  it('fast path, sandbox facts the API then contradicts: the next pass corrects the entry', async () => {
+    const pods = openPinnedMap(pinDir(cluster!.pinRoot), 'pods');
+    const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: chainFromConflist(), plugin: join(dir, 'bin', 'ambient-redirect-cni') });
+    const spec: PodSpecRt = { index: 140, name: 'contradicted', namespace: 'shop', connect: false };
+    try {
+      const seen = controller!.events.length;
+      const run = await rt.runSandbox(spec, rt.createPodObject(spec));
+      expect(run.add?.code, run.add?.stdout).toBe(0);
+      expect(await controller!.waitForAfter(seen, 'cni: pod enrolled before start', 5_000)).toMatchObject({ fastPath: true });
+      expect(pods.lookup(encodeAddrKey(run.pod.ip))).not.toBeNull();
+      // The API has the last word: the pod's IPs are others (no route on this node).
+      kube.api.updatePod(spec.namespace, spec.name, (o) => {
+        const st = o.status as Record<string, unknown>;
+        st.podIP = '198.18.3.7';
+        st.podIPs = [{ ip: '198.18.3.7' }];
+      });
+      let left = true;
+      for (let t = 0; t < 50 && left; t++) {
+        await sleep(100);
+        left = [run.pod.ip, run.pod.ip6].some((ip) => pods.lookup(encodeAddrKey(ip)) !== null);
+      }
+      expect(left, 'the fast path entries outlived a pass that no longer wants them').toBe(false);
+      await rt.teardown(spec, run.uid, run.containerId);
+    } finally {
+      pods.close();
+    }
+  }, 30_000);
 
   it(`gate off (plugin not in the chain): how many first connections bypass ztunnel`, async () => {
     const rt = new SimRuntime({ sim, api: kube.api, nodeName: NODE, chain: null });

@@ -434,8 +434,9 @@ kernelDescribe('Kubernetes membership on the simulated node', 'loads BPF, builds
     try {
       await wirePod(systemRunner, sim.nodeNs, fresh.ns, fresh.hostVeth, old.ip, old.ip6);
       const mark = controller!.events.length;
-      // Any change makes a pass: an unrelated pod of another namespace.
-      kube.api.createPod({ name: 'poke', namespace: 'plain', nodeName: NODE, ip: null, hostIp: OUTSIDE_HOST_IP });
+      // A change of the enrolled view makes a pass (one that leaves it as it was, such as a
+      // pod outside the mesh, waits for the resync): an enrolled pod with no route here.
+      kube.api.createPod({ name: 'poke', namespace: 'shop', nodeName: NODE, ip: '198.18.9.9', hostIp: OUTSIDE_HOST_IP, phase: 'Running', ready: true });
       // Oracles first: the pinned map, the new pod's own traffic, the filters on its veth.
       await mapBecomes([]);
       await mapStays([], 1_500); // passes keep coming (the poke, the resync): none places it

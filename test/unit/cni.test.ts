@@ -465,6 +465,44 @@ describe('the handler', () => {
     expect(JSON.parse(r.stdout.toString())).toEqual(PREV_1_0);
   });
 
+  it('the fast path: asked before the announcement, ADD answers only once it has programmed every IP; short of that, a pass decides', async () => {
+    const m = new FakeMembership();
+    m.pods = [podView()];
+    const order: string[] = [];
+    const provision = m.provisionPod;
+    m.provisionPod = (pod, id) => {
+      order.push('announce');
+      provision(pod, id);
+    };
+    let finish: (ips: ReadonlySet<string>) => void = () => {};
+    const programPod = (uid: string) => {
+      order.push(`fast ${uid}`);
+      return new Promise<ReadonlySet<string>>((r) => (finish = r));
+    };
+    const h = new CniHandler(m, { addTimeoutMs: 2000, log: quietLog, programPod });
+    let answered = false;
+    const pending = h.handle(req('ADD'));
+    void pending.then(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 20));
+    // Its turn taken ahead of the pass the announcement kicks.
+    expect(order).toEqual(['fast uid-web-0', 'announce']);
+    expect(answered).toBe(false); // still programming
+    finish(new Set(['10.244.1.10', 'fd00::a']));
+    expect((await pending).code).toBe(0); // no pass needed
+
+    // Programmed only one IP (the other had no route yet): the pass must cover both.
+    const m2 = new FakeMembership();
+    m2.pods = [podView()];
+    const h2 = new CniHandler(m2, { addTimeoutMs: 2000, log: quietLog, programPod: async () => new Set(['10.244.1.10']) });
+    answered = false;
+    const pending2 = h2.handle(req('ADD'));
+    void pending2.then(() => (answered = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(answered).toBe(false);
+    m2.pass(['10.244.1.10', 'fd00::a']);
+    expect((await pending2).code).toBe(0);
+  });
+
   it('a pod the watch has not seen yet is read from the API', async () => {
     const m = new FakeMembership();
     m.apiPods = [podView()];
@@ -640,6 +678,35 @@ describe('announced pods in KubeMembership', () => {
       await settle(controller);
       expect([...mode.pods.keys()]).toEqual([IP]);
       expect(deletes).toEqual([]);
+    } finally {
+      await controller.stop();
+      await m.stop();
+    }
+  });
+
+  it('an event that leaves the enrolled view as it was (a pod outside the mesh) kicks no pass; an announcement does', async () => {
+    const { api, m, mode, controller, pod } = setup();
+    let passes = 0;
+    m.start();
+    controller.start(
+      3_600_000,
+      () => passes++,
+      () => {},
+    );
+    try {
+      while (!m.hasSynced()) await new Promise((r) => setTimeout(r, 5));
+      await settle(controller);
+      const before = passes;
+      const outside = pod('10.244.1.20', {});
+      outside.metadata = { ...outside.metadata, name: 'plain-0', namespace: 'plain', uid: 'uid-plain' };
+      api.emit('/api/v1/pods', { type: 'ADDED', object: outside });
+      await settle(controller);
+      expect(m.cachedPod('plain', 'plain-0')?.uid).toBe('uid-plain'); // seen, and changed nothing
+      expect(passes).toBe(before);
+      m.provisionPod({ ...m.cachedPod('shop', 'web-0')!, ips: [IP] }, 'sandbox-1');
+      await settle(controller);
+      expect(passes).toBe(before + 1);
+      expect([...mode.pods.keys()]).toEqual([IP]);
     } finally {
       await controller.stop();
       await m.stop();

@@ -26,6 +26,20 @@ describe('SlotAllocator', () => {
     expect(a.slotOf(13)).toBe(2);
   });
 
+  it('add (the CNI fast path, one pod) gives slots and takes none back; the next assign decides what goes', () => {
+    const a = new SlotAllocator(8);
+    a.assign([12, 13]);
+    const fast = a.add([20, 20, 0]);
+    expect(fast.fresh).toEqual([{ ifindex: 20, slot: 3 }]);
+    expect(fast.freed).toEqual([]);
+    expect([12, 13, 20].map((i) => a.slotOf(i))).toEqual([1, 2, 3]);
+    expect(a.add([12]).fresh).toEqual([]);
+    const pass = a.assign([12, 20]);
+    expect(pass.freed).toEqual([{ ifindex: 13, slot: 2 }]);
+    expect(pass.fresh).toEqual([]);
+    expect(a.slotOf(20)).toBe(3);
+  });
+
   it('reuses a slot given back only from the next pass on, the longest given back first', () => {
     const a = new SlotAllocator(8);
     a.assign([10, 11, 12]);

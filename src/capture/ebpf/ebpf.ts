@@ -191,10 +191,12 @@ export class EbpfRedirect implements RedirectMode {
   /**
    * Slots for the desired pods' veths: the fresh ones zeroed and recorded in veth_slots
    * before any pods entry names them. Returns every veth's slot, and the veths whose slots
-   * were given back (their veth_slots entries go once their pods entries have).
+   * were given back (their veth_slots entries go once their pods entries have). `add` (the
+   * fast path: one pod's desired state) gives slots and takes none back.
    */
-  private assignSlots(desired: ReadonlyMap<string, PodInfo>): { slots: ReadonlyMap<number, number>; freed: SlotRecord[] } {
-    const { slots, fresh, freed } = this.slots!.assign([...desired.values()].map((p) => p.ifindex));
+  private assignSlots(desired: ReadonlyMap<string, PodInfo>, how: 'assign' | 'add' = 'assign'): { slots: ReadonlyMap<number, number>; freed: SlotRecord[] } {
+    const ifindexes = [...desired.values()].map((p) => p.ifindex);
+    const { slots, fresh, freed } = how === 'assign' ? this.slots!.assign(ifindexes) : this.slots!.add(ifindexes);
     if (fresh.length > 0) {
       const counters = this.map('counters');
       const keys = Buffer.alloc(4 * fresh.length);
@@ -238,13 +240,34 @@ export class EbpfRedirect implements RedirectMode {
     // Hooked: a veth with our filter in either direction. Outdated: one that lacks this
     // build's program in a direction (removed by someone, or an older build's): apply
     // attaches it again, replacing in place.
-    const hooks = new Set<number>();
     this.outdated.clear();
     this.pruneQdiscRecords(new Set(candidateLinks));
+    return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks: this.readHooks(candidateLinks) };
+  }
+
+  /** The fast path's read: these IPs' entries and these links' hooks; no record pruned. */
+  async actualOf(ips: Iterable<string>, links: Iterable<number>): Promise<ActualState> {
+    const pods = new Map<string, codec.PodInfo>();
+    const map = this.map('pods');
+    for (const ip of ips) {
+      const v = map.lookup(codec.encodeAddrKey(ip));
+      if (v) pods.set(ip, codec.decodePodInfo(v));
+    }
+    return { pods, ztunnel: null, hooks: this.readHooks([...links]) };
+  }
+
+  /**
+   * The links that carry a filter of ours in either direction; each one that lacks this
+   * build's program in a direction (removed by someone, or an older build's) is marked
+   * outdated, the others unmarked: apply attaches it again, replacing in place.
+   */
+  private readHooks(links: readonly number[]): Set<number> {
+    const hooks = new Set<number>();
     const want = this.wanted();
     // A filter at the legacy priority (an older build's) counts as ours and as outdated:
     // apply attaches at our place, then removes it.
-    for (const ifindex of candidateLinks) {
+    for (const ifindex of links) {
+      this.outdated.delete(ifindex);
       const ingress = queryTc(ifindex, 'ingress');
       const egress = queryTc(ifindex, 'egress');
       const legacy = POD_HOOKS.some((d) => queryTc(ifindex, d, LEGACY_FILTER) !== null);
@@ -254,11 +277,11 @@ export class EbpfRedirect implements RedirectMode {
       hooks.add(ifindex);
       if (legacy || egress !== want.inbound || !outboundInPlace(this.hook, want, ingress, xdp, xdpOurs)) this.outdated.add(ifindex);
     }
-    return { pods, ztunnel: zt && zt.flags & codec.ZtunnelFlags.PRESENT ? zt : null, hooks };
+    return hooks;
   }
 
   async apply(desired: Desired, actual: ActualState): Promise<ApplyResult> {
-    const { variant, delivery } = this.choice();
+    const { delivery } = this.choice();
     const pods = this.map('pods');
     const emptySlot: codec.ZtunnelInfo = { ifindex: 0, peerIfindex: 0, mac: '00:00:00:00:00:00', flags: 0, netnsCookie: 0n };
 
@@ -276,32 +299,9 @@ export class EbpfRedirect implements RedirectMode {
 
     const slotted = this.assignSlots(desired.pods);
     const podDiff = diffPods(desired.pods, actual.pods, slotted.slots);
-    // Entries before hooks: a program attached to a veth finds its pod already there.
-    // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
-    const packed = codec.packPods(podDiff.upserts);
-    pods.updateBatch(packed.keys, packed.values, packed.count);
-
     const hookDiff = diffHooks(desired.hooks, actual.hooks);
-    const attach = [...hookDiff.attach, ...[...desired.hooks].filter((i) => actual.hooks.has(i) && this.outdated.has(i))];
-    const out = this.program(PROGRAMS.outbound[variant]).fd;
-    const inb = this.program(PROGRAMS.inbound).fd;
     for (const ifindex of [...this.xdpProblems.keys()]) if (ifindex >= 0 && !desired.hooks.has(ifindex)) this.xdpProblems.delete(ifindex);
-    // Replaced in place at our handle and priority: a hook is never empty nor doubled.
-    // One outbound hook per veth, and never none: the new hook's program is in place before
-    // the other's is removed (tc→xdp: XDP attached, then our TC ingress filter removed).
-    for (const ifindex of attach) {
-      const b = attachTc(ifindex, 'egress', inb);
-      let created = b.createdQdisc;
-      if (this.hook === 'xdp' && this.placeXdp(ifindex)) {
-        detachTc(ifindex, 'ingress');
-      } else {
-        created = attachTc(ifindex, 'ingress', out).createdQdisc || created;
-        if (this.hook === 'tc') this.removeOurXdp(ifindex);
-      }
-      if (created) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
-      // Only once ours runs at its place: the hook is never without our program.
-      for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
-    }
+    const attach = this.place(podDiff.upserts, desired.hooks, actual.hooks);
     for (const ifindex of hookDiff.detach) {
       this.removeOurXdp(ifindex);
       for (const d of POD_HOOKS) for (const f of [OUR_FILTER, LEGACY_FILTER]) detachTc(ifindex, d, f);
@@ -320,6 +320,49 @@ export class EbpfRedirect implements RedirectMode {
       this.ours = pinnedProgramIds(this.dir);
     }
     return { upserted: podDiff.upserts.size, deleted: podDiff.deletes.length, attached: attach.length, detached: hookDiff.detach.length };
+  }
+
+  /**
+   * The fast path's write (one pod): its veth's slot (taking none back), its entries, then
+   * its veths' hooks; nothing removed.
+   */
+  async programPod(desired: Desired, actual: ActualState): Promise<ApplyResult> {
+    const slotted = this.assignSlots(desired.pods, 'add');
+    const upserts = diffPods(desired.pods, actual.pods, slotted.slots).upserts;
+    const attach = this.place(upserts, desired.hooks, actual.hooks);
+    return { upserted: upserts.size, deleted: 0, attached: attach.length, detached: 0 };
+  }
+
+  /**
+   * Writes `upserts`, then attaches our programs to each of `hooks` that lacks them (not in
+   * `hooked`, or outdated); returns those attached.
+   */
+  private place(upserts: ReadonlyMap<string, codec.PodInfo>, hooks: ReadonlySet<number>, hooked: ReadonlySet<number>): number[] {
+    const { variant } = this.choice();
+    // Entries before hooks: a program attached to a veth finds its pod already there.
+    // One batch update (packed with no allocation per entry): 65,536 pods in one syscall.
+    const packed = codec.packPods(upserts);
+    this.map('pods').updateBatch(packed.keys, packed.values, packed.count);
+    const attach = [...hooks].filter((i) => !hooked.has(i) || this.outdated.has(i));
+    const out = this.program(PROGRAMS.outbound[variant]).fd;
+    const inb = this.program(PROGRAMS.inbound).fd;
+    // Replaced in place at our handle and priority: a hook is never empty nor doubled.
+    // One outbound hook per veth, and never none: the new hook's program is in place before
+    // the other's is removed (tc→xdp: XDP attached, then our TC ingress filter removed).
+    for (const ifindex of attach) {
+      const b = attachTc(ifindex, 'egress', inb);
+      let created = b.createdQdisc;
+      if (this.hook === 'xdp' && this.placeXdp(ifindex)) {
+        detachTc(ifindex, 'ingress');
+      } else {
+        created = attachTc(ifindex, 'ingress', out).createdQdisc || created;
+        if (this.hook === 'tc') this.removeOurXdp(ifindex);
+      }
+      if (created) this.recordQdisc(ifindex, codec.QdiscNetns.NODE);
+      // Only once ours runs at its place: the hook is never without our program.
+      for (const d of POD_HOOKS) detachTc(ifindex, d, LEGACY_FILTER);
+    }
+    return attach;
   }
 
   /**
