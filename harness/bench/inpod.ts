@@ -16,7 +16,7 @@
  * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
- *                                    [--warmup S] [--concurrency N] [--endpoints native,js]
+ *                                    [--warmup S] [--concurrency N] [--endpoints native,js] [--one-cpu]
  *
  * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response, stream.
  * Scenarios are interleaved over rounds, the order rotating each round, and every figure
@@ -94,6 +94,14 @@ export interface InpodBenchOptions {
   endpoints: readonly PeerKind[];
   /** Turn the kernel's BPF run statistics on for the run (and back) and report the capture programs' share. */
   bpfStats?: boolean;
+  /**
+   * --one-cpu: every native end (the pod's client, the outside server, the native stand-in)
+   * on CPU 0 only, so the kernel's work of a round trip runs there too and no wake-up
+   * crosses to an idle CPU. request/response is one connection's ping-pong: spread over
+   * two CPUs of an idle VM its rate is the cross-CPU wake-up (no capture came out slower
+   * than iptables' capture), on one CPU it is the path's cost. Figures get "(one CPU)".
+   */
+  cpu?: number;
 }
 
 /** The suffix of a capture's scenario with the relaying stand-in. */
@@ -172,7 +180,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
     fd = openSync(`/var/run/netns/${pod.ns}`, 'r');
     const podNetns = { uid: UID, namespace: 'bench', name: pod.name, ips: [pod.ip, pod.ip6], fd };
     servers.push(await startPeer(sim.outside.ns, 'js', ['serve', '--port', String(PORT)]));
-    const nativeServer = await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)]);
+    const nativeServer = await startPeer(sim.outside.ns, 'native', ['serve', '--port', String(NATIVE_PORT)], { cpu: o.cpu });
     servers.push(nativeServer);
     zds = new ZdsServer({ path: join(dir, 'ztunnel.sock'), log });
     let accepted = 0;
@@ -193,7 +201,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
     const listenElsewhere = (_uid: string, netnsFd: number, ports: readonly number[]) => {
       if (current.relay || current.ends !== 'native') return null;
       const args = ['ztunnel', '--terminate', String(NATIVE_PORT), '--listen', ports.join(','), '--netns-fd', '3'];
-      const started = startPeer('', 'native', args, { stdio: ['pipe', 'pipe', 'pipe', netnsFd] });
+      const started = startPeer('', 'native', args, { stdio: ['pipe', 'pipe', 'pipe', netnsFd], cpu: o.cpu });
       started.catch(() => undefined); // awaited (and its failure thrown) by the scenario
       native = started;
       return {
@@ -346,7 +354,8 @@ const INPOD_GOALS: Record<Workload, Goal> = { crr: { kind: 'atLeast', value: 1.3
 const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'request/response', stream: 'stream throughput' };
 
 /** In-pod ebpf / in-pod iptables per workload: per-round ratios, their interval and verdict (both captures run). */
-export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
+export function inpodFigures(samples: readonly InpodSample[], oneCpu = false): Figure[] {
+  const tag = oneCpu ? ' (one CPU)' : '';
   const rounds = [...new Set(samples.map((s) => s.round))];
   const at = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
   if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
@@ -359,7 +368,7 @@ export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
       return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
   const rates = WORKLOADS.map((w) =>
-    figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}`, '×', INPOD_GOALS[w], ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate))),
+    figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}${tag}`, '×', INPOD_GOALS[w], ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate))),
   );
   // The same comparison in CPU: what the native ends (client and the stand-in, with the
   // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
@@ -368,7 +377,7 @@ export function inpodFigures(samples: readonly InpodSample[]): Figure[] {
   const cpu = (['crr', 'rr'] as const).flatMap((w) => {
     const p = pairs(w, 'iptables', 'ebpf', (s) => s.endsNsPerOp);
     return p.length
-      ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${w === 'crr' ? 'connection' : 'round trip'}`, '×', { kind: 'none' }, ratioInterval(p, 7))]
+      ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${w === 'crr' ? 'connection' : 'round trip'}${tag}`, '×', { kind: 'none' }, ratioInterval(p, 7))]
       : [];
   });
   return [...rates, ...cpu];
@@ -385,6 +394,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
       concurrency: { type: 'string' },
       endpoints: { type: 'string' },
       'bpf-stats': { type: 'boolean' },
+      'one-cpu': { type: 'boolean' },
     },
     strict: true,
   });
@@ -407,6 +417,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 256, true),
     endpoints: parseEndpoints(values.endpoints),
     bpfStats: values['bpf-stats'] === true,
+    ...(values['one-cpu'] === true && { cpu: 0 }),
   };
 }
 
@@ -424,9 +435,11 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
       process.stdout.write(
         "ends: native (build/trafficpeer: the pod's client, the outside server, and the listeners the capture finds in the pod) for none and the terminating captures; Node.js (traffic-peer.ts, the JS stand-in's relay) for <capture>-relay\n",
       );
+      if (options.cpu !== undefined)
+        process.stdout.write(`--one-cpu: every end the bench starts runs on CPU ${options.cpu} only (taskset), the kernel's work of its sends with it\n`);
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
       if (options.bpfStats) process.stdout.write(`${inpodCostTable(samples)}\n`);
-      const figures = inpodFigures(samples);
+      const figures = inpodFigures(samples, options.cpu !== undefined);
       if (figures.length) process.stdout.write(`${figuresLine(figures)}\n`);
       process.exit(0);
     },

@@ -47,8 +47,8 @@ export interface PeerProcess {
 }
 
 /** Starts a peer (a server or a stand-in) in `ns`; resolves once it says it listens. */
-export async function startPeer(ns: string, kind: PeerKind, args: string[], opts: { stdio?: StdioOptions } = {}): Promise<PeerProcess> {
-  const argv = ns ? ['ip', 'netns', 'exec', ns, ...peerCommand(kind), ...args] : [...peerCommand(kind), ...args];
+export async function startPeer(ns: string, kind: PeerKind, args: string[], opts: { stdio?: StdioOptions; cpu?: number } = {}): Promise<PeerProcess> {
+  const argv = [...pinned(opts.cpu), ...(ns ? ['ip', 'netns', 'exec', ns] : []), ...peerCommand(kind), ...args];
   const child = startProcess(argv, { stdio: opts.stdio ?? ['pipe', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-2048)));
@@ -105,11 +105,18 @@ export interface ClientRun {
   seconds: number;
   warmupSeconds: number;
   concurrency: number;
+  /** Run the client on this CPU only (taskset), as the other ends of a one-CPU run. */
+  cpu?: number;
+}
+
+/** `taskset -c N` ahead of a command when it is to run on CPU N only (its children too). */
+export function pinned(cpu: number | undefined): string[] {
+  return cpu === undefined ? [] : ['taskset', '-c', String(cpu)];
 }
 
 /** Runs one workload's client of `kind` in `ns` against `to`:`port` (the workload's base port). */
 export async function runClient(ns: string, kind: PeerKind, workload: PeerResult['workload'], to: string, port: number, o: ClientRun): Promise<PeerResult> {
-  const argv = ['ip', 'netns', 'exec', ns, ...peerCommand(kind), workload, '--to', to, '--port', String(port)];
+  const argv = [...pinned(o.cpu), 'ip', 'netns', 'exec', ns, ...peerCommand(kind), workload, '--to', to, '--port', String(port)];
   argv.push('--seconds', String(o.seconds), '--warmup', String(o.warmupSeconds), '--concurrency', String(o.concurrency));
   const out = await systemRunner.run(argv, { timeoutMs: (o.seconds + o.warmupSeconds) * 1000 + 30_000 });
   return parseResult(out, `${kind} ${workload} in ${ns}`);

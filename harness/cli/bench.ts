@@ -44,7 +44,8 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
             harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
             harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
-            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in;
+            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in,
+            then again with every end on one CPU (--one-cpu);
             harness/bench/hooks.ts: ebpf mode with --hook tc beside --hook xdp (traffic, small-frame floods)
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
 that was measured, with its 95 % interval and its verdict (met, not met, undecided). --write FILE.md also writes
@@ -73,14 +74,23 @@ function parts(value: string): Set<Part> {
  * a new one is one more entry here): each run as its own process, its summary kept as
  * printed.
  */
-const CONTROL_SCRIPTS = ['control.js', 'cni.js', 'scrape.js', 'inpod.js', 'hooks.js'] as const;
+const CONTROL_SCRIPTS: readonly (readonly [script: string, ...args: string[]])[] = [
+  ['control.js'],
+  ['cni.js'],
+  ['scrape.js'],
+  ['inpod.js'],
+  // request/response is one connection's ping-pong: on one CPU, its rate is the path's cost
+  // rather than an idle CPU's wake-up (harness/bench/inpod.ts, --one-cpu).
+  ['inpod.js', '--one-cpu'],
+  ['hooks.js'],
+];
 
 async function runControl(signal: AbortSignal): Promise<{ scripts: { script: string; lines: string[]; figures: Figure[] }[] } | { missing: string }> {
   const scripts: { script: string; lines: string[]; figures: Figure[] }[] = [];
-  for (const name of CONTROL_SCRIPTS) {
+  for (const [name, ...args] of CONTROL_SCRIPTS) {
     const script = fileURLToPath(new URL(`../bench/${name}`, import.meta.url));
     if (!existsSync(script) || signal.aborted) continue;
-    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
     const onAbort = () => child.kill('SIGTERM');
     signal.addEventListener('abort', onAbort, { once: true });
     let out = '';
@@ -94,7 +104,7 @@ async function runControl(signal: AbortSignal): Promise<{ scripts: { script: str
         .map((l) => l.trim())
         .filter(Boolean),
     );
-    scripts.push({ script: `harness/bench/${name.replace(/\.js$/, '.ts')}`, lines, figures });
+    scripts.push({ script: [`harness/bench/${name.replace(/\.js$/, '.ts')}`, ...args].join(' '), lines, figures });
   }
   return scripts.length ? { scripts } : { missing: 'this build has no control-path benchmark (`harness/bench/control.ts`).' };
 }

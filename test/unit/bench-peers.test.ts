@@ -209,5 +209,13 @@ describe('in-pod figures in CPU', () => {
       ["in-pod iptables / in-pod ebpf: ends' CPU per round trip", 1.5],
     ]);
     expect(inpodFigures([0, 1].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100)]))).toHaveLength(3);
+    // A --one-cpu run's figures say so, beside the unpinned run's in one report.
+    expect(inpodFigures(withCpu, true).map((x) => x.label)).toEqual([
+      'in-pod ebpf / in-pod iptables: connections/s (one CPU)',
+      'in-pod ebpf / in-pod iptables: request/response (one CPU)',
+      'in-pod ebpf / in-pod iptables: stream throughput (one CPU)',
+      "in-pod iptables / in-pod ebpf: ends' CPU per connection (one CPU)",
+      "in-pod iptables / in-pod ebpf: ends' CPU per round trip (one CPU)",
+    ]);
   });
 });

@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { CAPTURES, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
+import { pinned } from '../../harness/bench/peers.js';
 
 const sample = (scenario: string, workload: InpodSample['workload'], rate: number, round = 0): InpodSample => ({
   round,
@@ -16,6 +17,11 @@ const sample = (scenario: string, workload: InpodSample['workload'], rate: numbe
 });
 
 describe('in-pod bench', () => {
+  it('pins a command to one CPU with taskset, and leaves it alone without one', () => {
+    expect(pinned(0)).toEqual(['taskset', '-c', '0']);
+    expect(pinned(undefined)).toEqual([]);
+  });
+
   it('medians and ratios: each capture against the others and against none', () => {
     const samples = [
       ...[100, 300, 200].map((r, i) => sample('none', 'crr', r, i)),
@@ -50,5 +56,7 @@ describe('in-pod bench', () => {
     expect(() => parseOptions(['--captures', 'nope'])).toThrow('--captures: "nope" is not one of');
     expect(() => parseOptions(['--rounds', '0'])).toThrow('--rounds: "0" is not an integer in 1..100');
     expect(() => parseOptions(['--what'])).toThrow();
+    expect(parseOptions(['--one-cpu']).cpu).toBe(0);
+    expect(parseOptions([]).cpu).toBeUndefined();
   });
 });
