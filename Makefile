@@ -53,7 +53,8 @@ PREV_REV := 564926f191c403d26495e24e5dadaf30cba33b8c
 PREV_DIR := build/test/prev
 PREV_CFLAGS := $(subst -Ibpf/include,-I$(PREV_DIR)/bpf/include,$(BPF_CFLAGS))
 
-$(PREV_DIR)/.built:
+# Its tsc comes from node_modules: on a fresh clone those are installed first.
+$(PREV_DIR)/.built: node_modules/.package-lock.json
 	@rm -rf $(PREV_DIR) && mkdir -p $(PREV_DIR)
 	@git archive $(PREV_REV) bpf src tsconfig.json tsconfig.product.json 2>/dev/null | tar -x -C $(PREV_DIR) \
 	  && ln -s $(CURDIR)/node_modules $(PREV_DIR)/node_modules \
