@@ -9,6 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
+import { connectOverLo } from '../lib/lo-connection.js';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/inpod-codec.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
@@ -259,34 +260,18 @@ export class InpodHarness {
    * so that the client's end stays in TIME_WAIT.
    */
   async connection(client: { ip: string; port: number }, server: { ip: string; port: number }, timeWait = false): Promise<void> {
-    const accepted: net.Socket[] = [];
-    const srv = net.createServer((c) => {
-      c.on('error', () => undefined);
-      accepted.push(c);
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen({ port: server.port, host: server.ip }, () => resolve());
-    });
-    const cli = net.connect({ host: server.ip, port: server.port, localAddress: client.ip, localPort: client.port });
-    cli.on('error', () => undefined);
-    await new Promise<void>((resolve, reject) => {
-      cli.once('connect', () => resolve());
-      cli.once('error', reject);
-    });
-    while (accepted.length === 0) await new Promise((r) => setTimeout(r, 5));
-    srv.close();
+    const { client: cli, accepted } = await connectOverLo(client, server);
     if (timeWait) {
-      const closed = new Promise<void>((r) => accepted[0]!.once('close', () => r()));
+      const closed = new Promise<void>((r) => accepted.once('close', () => r()));
       cli.end();
-      accepted[0]!.end();
+      accepted.end();
       await closed;
       await new Promise((r) => setTimeout(r, 50));
       return;
     }
     this.closers.push(async () => {
       cli.destroy();
-      for (const s of accepted) s.destroy();
+      accepted.destroy();
     });
   }
 

@@ -11,6 +11,7 @@
 import { randomBytes } from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
+import { connectOverLo } from '../../harness/lib/lo-connection.js';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/codec.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
@@ -182,24 +183,8 @@ export class DatapathHarness {
    * closed afterwards so that only the two established sockets remain.
    */
   async establish(client: { ip: string; port: number }, server: { ip: string; port: number }): Promise<() => Promise<void>> {
-    const sockets: net.Socket[] = [];
-    const srv = net.createServer((c) => {
-      c.on('error', () => undefined);
-      sockets.push(c);
-    });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen({ port: server.port, host: server.ip }, () => resolve());
-    });
-    const cli = net.connect({ host: server.ip, port: server.port, localAddress: client.ip, localPort: client.port });
-    cli.on('error', () => undefined);
-    await new Promise<void>((resolve, reject) => {
-      cli.once('connect', () => resolve());
-      cli.once('error', reject);
-    });
-    while (sockets.length === 0) await new Promise((r) => setTimeout(r, 5));
-    // close() stops listening at once; its callback would wait for the connection to end.
-    srv.close();
+    const { client: cli, accepted } = await connectOverLo(client, server);
+    const sockets = [accepted];
     sockets.push(cli);
     const close = async () => {
       for (const s of sockets) s.destroy();
