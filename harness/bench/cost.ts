@@ -5,7 +5,7 @@
  * a window includes everyone's, so these are per-operation estimates to compare side by
  * side, never alone.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { systemRunner } from '../../src/host/runner.js';
 
 /** USER_HZ: /proc/stat's unit is 1/100 s on Linux. */
@@ -33,6 +33,37 @@ export function processCpuSeconds(stat: string): number {
 }
 
 export const processCpuNow = (pid: number): number => processCpuSeconds(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+
+/** One cpuidle state of one CPU: its name and how many times a CPU entered it. */
+export interface IdleState {
+  name: string;
+  usage: number;
+}
+
+/** Entries into a sleeping idle state: every state but POLL, which spins instead of halting. */
+export function sleepsOf(states: readonly IdleState[]): number {
+  return states.filter((s) => s.name !== 'POLL').reduce((n, s) => n + s.usage, 0);
+}
+
+const CPU_DIR = '/sys/devices/system/cpu';
+
+/**
+ * How many times the machine's CPUs have gone to sleep (cpuidle's per-state entry counts,
+ * summed), or undefined without cpuidle in sysfs. Over a run, sleeps per operation say how
+ * often an end waited for a halted CPU to wake.
+ */
+export function cpuSleepsNow(): number | undefined {
+  if (!existsSync(`${CPU_DIR}/cpu0/cpuidle`)) return undefined;
+  const states: IdleState[] = [];
+  for (const cpu of readdirSync(CPU_DIR).filter((d) => /^cpu\d+$/.test(d))) {
+    const dir = `${CPU_DIR}/${cpu}/cpuidle`;
+    if (!existsSync(dir)) continue;
+    for (const st of readdirSync(dir).filter((d) => /^state\d+$/.test(d))) {
+      states.push({ name: readFileSync(`${dir}/${st}/name`, 'utf8').trim(), usage: Number(readFileSync(`${dir}/${st}/usage`, 'utf8')) });
+    }
+  }
+  return sleepsOf(states);
+}
 
 export interface ProgStats {
   /** Program name -> cumulative run time (ns) and runs, summed over the programs of that name. */

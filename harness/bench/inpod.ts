@@ -18,7 +18,12 @@
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
  *                                    [--warmup S] [--concurrency N] [--endpoints native,js] [--one-cpu]
  *
- * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response, stream.
+ * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response on one
+ * connection, stream; and `rr-conc`: request/response on --concurrency connections at once,
+ * as many as the connections/s workload's connect loops. One connection's ping-pong on two
+ * otherwise idle CPUs waits mostly for the other CPU to wake (docs/inpod.md, "Reading
+ * the in-pod request/response figures"); with several at once the CPUs stay busy and the
+ * rate follows what each round trip costs.
  * Scenarios are interleaved over rounds, the order rotating each round, and every figure
  * is the median. Each capture is installed for its slot (init, install, ZDS add) and taken
  * out after it (ZDS del, remove, the host half uninstalled), so the captures never meet.
@@ -43,13 +48,28 @@ import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
-import { cpuNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
+import { cpuNow, cpuSleepsNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
-import { formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
+import { formatRate, rotate, type Workload } from './traffic.js';
 import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
 import { numberOption } from './options.js';
+
+/** The in-pod bench's workloads: traffic.ts's, and request/response on --concurrency connections at once. */
+export const INPOD_WORKLOADS = ['crr', 'rr', 'rr-conc', 'stream'] as const;
+export type InpodWorkload = (typeof INPOD_WORKLOADS)[number];
+
+/** The client's workload for each (rr-conc is rr with more connections). */
+const CLIENT_WORKLOAD: Record<InpodWorkload, Workload> = { crr: 'crr', rr: 'rr', 'rr-conc': 'rr', stream: 'stream' };
+
+/** The client run of a workload: rr on one connection, rr-conc on `concurrency` at once. */
+export function clientRunOf(workload: InpodWorkload, concurrency: number): { workload: Workload; rrConnections?: number } {
+  const client = CLIENT_WORKLOAD[workload];
+  return client === 'rr' ? { workload: client, rrConnections: workload === 'rr-conc' ? concurrency : 1 } : { workload: client };
+}
+
+const rateText = (w: InpodWorkload, rate: number) => formatRate(CLIENT_WORKLOAD[w], rate);
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -89,6 +109,7 @@ export interface InpodBenchOptions {
   rounds: number;
   seconds: number;
   warmupSeconds: number;
+  /** Connect loops of crr, and connections of rr-conc. */
   concurrency: number;
   /** Ends of `none` and the terminating scenarios: native always; js adds `none-js`, `<capture>-js`. */
   endpoints: readonly PeerKind[];
@@ -136,7 +157,7 @@ export interface InpodSample {
   round: number;
   /** 'none' or a capture's name. */
   scenario: string;
-  workload: Workload;
+  workload: InpodWorkload;
   rate: number;
   errors: number;
   /** SYNs the pod's client sent again (its netns's TcpExtTCPSynRetrans over the run): each one a connection that waited a second. */
@@ -145,6 +166,8 @@ export interface InpodSample {
   cpuNsPerOp?: number;
   /** Native ends: the client's and the answering end's (server or stand-in) own CPU time per operation, ns. */
   endsNsPerOp?: number;
+  /** The machine's CPUs' sleeps (cpuidle entries) over the run per operation; absent without cpuidle. */
+  sleepsPerOp?: number;
   /** With --bpf-stats: the capture's TC programs in the pod, runs and run time per operation. */
   bpf?: { runsPerOp: number; nsPerOp: number };
 }
@@ -232,15 +255,18 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
           if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
-          for (const workload of rotate(WORKLOADS, round)) {
+          for (const workload of rotate(INPOD_WORKLOADS, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
             // The answering end: the native stand-in when it terminates, else the outside server.
             const answerer = current.ends === 'native' ? (nativeStandIn ?? (bench ? null : nativeServer)) : null;
             const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const cpu0 = cpuNow().busy;
+            const sleeps0 = cpuSleepsNow();
             const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
-            const r = await runClient(pod.ns, current.ends, workload, sim.outside.ip, PORTS[current.ends], o);
+            const run = clientRunOf(workload, o.concurrency);
+            const r = await runClient(pod.ns, current.ends, run.workload, sim.outside.ip, PORTS[current.ends], { ...o, ...run });
             const cpu1 = cpuNow().busy;
+            const sleeps1 = cpuSleepsNow();
             const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const progs = o.bpfStats ? Object.values(progDelta(prog0, await tcProgStats(pod.ns, 'eth0'))) : [];
             // Operations over the whole run (warm-up too), as the CPU time covers it.
@@ -259,13 +285,20 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             }
             if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
             const ends = (r.cpuSeconds ?? NaN) + (end1 - end0);
-            const cost = ops > 0 ? { cpuNsPerOp: (cpu1 - cpu0) / ops, ...(Number.isFinite(ends) && { endsNsPerOp: (ends * 1e9) / ops }) } : {};
+            const cost =
+              ops > 0
+                ? {
+                    cpuNsPerOp: (cpu1 - cpu0) / ops,
+                    ...(Number.isFinite(ends) && { endsNsPerOp: (ends * 1e9) / ops }),
+                    ...(sleeps0 !== undefined && sleeps1 !== undefined && { sleepsPerOp: (sleeps1 - sleeps0) / ops }),
+                  }
+                : {};
             const bpf = progs.length
               ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
               : {};
             samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost, ...bpf });
             say(
-              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}${r.synRetrans ? ` (${r.synRetrans} SYNs sent again)` : ''}`,
+              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(7)} ${rateText(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}${r.synRetrans ? ` (${r.synRetrans} SYNs sent again)` : ''}`,
             );
           }
         } finally {
@@ -298,17 +331,27 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
  * with JS ends.
  */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
-  const med = (scenario: string, w: Workload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
-  const lines = [`${'scenario'.padEnd(16)}${WORKLOADS.map((w) => w.padStart(16)).join('')}`];
+  const med = (scenario: string, w: InpodWorkload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
+  const lines = [`${'scenario'.padEnd(16)}${INPOD_WORKLOADS.map((w) => w.padStart(16)).join('')}`];
   const ran = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
   const relayed = ran(captures.map((c) => `${c}${RELAY}`));
   const js = ran(captures.map((c) => `${c}${JS}`));
   const noneJs = ran([`none${JS}`]);
   const scenarios = ['none', ...captures, ...relayed, ...noneJs, ...js];
-  for (const s of scenarios) lines.push(`${s.padEnd(16)}${WORKLOADS.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
+  for (const s of scenarios) lines.push(`${s.padEnd(16)}${INPOD_WORKLOADS.map((w) => rateText(w, med(s, w)).padStart(16)).join('')}`);
   // A lost SYN stalls its connection for the 1 s retransmit: a few of them move connections/s.
   const resent = (s: string) => samples.filter((x) => x.scenario === s).reduce((n, x) => n + x.synRetrans, 0);
   lines.push(`SYNs the client sent again (all rounds and workloads): ${scenarios.map((s) => `${s} ${resent(s)}`).join(', ')}`);
+  // How often an operation waited for a sleeping CPU: near 2 per round trip, the rate is the
+  // wake-ups' more than the path's (rr beside rr-conc).
+  const sleeps = (s: string, w: InpodWorkload) =>
+    median(samples.filter((x) => x.scenario === s && x.workload === w && x.sleepsPerOp !== undefined).map((x) => x.sleepsPerOp!));
+  const slept = scenarios.filter((s) => INPOD_WORKLOADS.some((w) => Number.isFinite(sleeps(s, w))));
+  const perOp = (s: string) => (['crr', 'rr', 'rr-conc'] as const).filter((w) => Number.isFinite(sleeps(s, w))).map((w) => `${w} ${sleeps(s, w).toFixed(2)}`);
+  if (slept.length)
+    lines.push(
+      `CPU sleeps per connection (crr) or round trip (cpuidle entries, all CPUs; medians): ${slept.map((s) => `${s} ${perOp(s).join(', ')}`).join('; ')}`,
+    );
   for (const [set, base, label] of [
     [captures, 'none', 'terminating stand-in'],
     [relayed, 'none', 'relaying stand-in'],
@@ -316,7 +359,7 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   ] as const) {
     for (const a of set) {
       for (const b of [...set.filter((x) => x !== a), base]) {
-        lines.push(`inpod ${a}/${b} (${label}): ${WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
+        lines.push(`inpod ${a}/${b} (${label}): ${INPOD_WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
       }
     }
   }
@@ -333,7 +376,7 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
   ];
   const scenarios = [...new Set(samples.map((s) => s.scenario))];
   for (const sc of scenarios) {
-    const cells = WORKLOADS.map((w) => {
+    const cells = INPOD_WORKLOADS.map((w) => {
       const xs = samples.filter((s) => s.scenario === sc && s.workload === w && s.cpuNsPerOp !== undefined);
       if (xs.length === 0) return '–';
       const k = w === 'stream' ? 1024 : 1;
@@ -349,17 +392,37 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
   return lines.join('\n');
 }
 
-/** Issue 18's goals for in-pod eBPF over in-pod iptables, by workload. */
-const INPOD_GOALS: Record<Workload, Goal> = { crr: { kind: 'atLeast', value: 1.3 }, rr: { kind: 'atLeast', value: 1.15 }, stream: { kind: 'none' } };
-const WORKLOAD_TEXT: Record<Workload, string> = { crr: 'connections/s', rr: 'request/response', stream: 'stream throughput' };
+/**
+ * Issue 18's goals for in-pod eBPF over in-pod iptables, by workload. request/response's is
+ * the concurrent connections' figure: one connection's ping-pong on two idle CPUs is mostly
+ * the wake-up of a halted CPU (docs/inpod.md, "Reading the in-pod request/response
+ * figures") and is reported beside it without a goal.
+ */
+const INPOD_GOALS: Record<InpodWorkload, Goal> = {
+  crr: { kind: 'atLeast', value: 1.3 },
+  rr: { kind: 'none' },
+  'rr-conc': { kind: 'atLeast', value: 1.15 },
+  stream: { kind: 'none' },
+};
+
+function workloadText(w: InpodWorkload, concurrency: number): string {
+  const text: Record<InpodWorkload, string> = {
+    crr: 'connections/s',
+    rr: 'request/response, one connection',
+    'rr-conc': `request/response, ${concurrency} connections at once`,
+    stream: 'stream throughput',
+  };
+  return text[w];
+}
 
 /** In-pod ebpf / in-pod iptables per workload: per-round ratios, their interval and verdict (both captures run). */
-export function inpodFigures(samples: readonly InpodSample[], oneCpu = false): Figure[] {
-  const tag = oneCpu ? ' (one CPU)' : '';
+export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: boolean; concurrency?: number } = {}): Figure[] {
+  const tag = o.oneCpu ? ' (one CPU)' : '';
+  const concurrency = o.concurrency ?? DEFAULT_INPOD_BENCH.concurrency;
   const rounds = [...new Set(samples.map((s) => s.round))];
-  const at = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
+  const at = (scenario: string, w: InpodWorkload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
   if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
-  const pairs = (w: Workload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
+  const pairs = (w: InpodWorkload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
     rounds.flatMap((r) => {
       const a = at(num, w, r);
       const b = at(den, w, r);
@@ -367,18 +430,26 @@ export function inpodFigures(samples: readonly InpodSample[], oneCpu = false): F
       const y = b && value(b);
       return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
-  const rates = WORKLOADS.map((w) =>
-    figure(`in-pod ebpf / in-pod iptables: ${WORKLOAD_TEXT[w]}${tag}`, '×', INPOD_GOALS[w], ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate))),
+  const rates = INPOD_WORKLOADS.map((w) =>
+    figure(
+      `in-pod ebpf / in-pod iptables: ${workloadText(w, concurrency)}${tag}`,
+      '×',
+      INPOD_GOALS[w],
+      ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate)),
+    ),
   );
   // The same comparison in CPU: what the native ends (client and the stand-in, with the
   // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
   // ebpf cheaper). On a shared machine a rate follows the CPU share it gets as much as its
   // cost; this follows the cost.
-  const cpu = (['crr', 'rr'] as const).flatMap((w) => {
+  const per: Partial<Record<InpodWorkload, string>> = {
+    crr: 'connection',
+    rr: 'round trip, one connection',
+    'rr-conc': `round trip, ${concurrency} connections at once`,
+  };
+  const cpu = (['crr', 'rr', 'rr-conc'] as const).flatMap((w) => {
     const p = pairs(w, 'iptables', 'ebpf', (s) => s.endsNsPerOp);
-    return p.length
-      ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${w === 'crr' ? 'connection' : 'round trip'}${tag}`, '×', { kind: 'none' }, ratioInterval(p, 7))]
-      : [];
+    return p.length ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${per[w]}${tag}`, '×', { kind: 'none' }, ratioInterval(p, 7))] : [];
   });
   return [...rates, ...cpu];
 }
@@ -439,7 +510,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
         process.stdout.write(`--one-cpu: every end the bench starts runs on CPU ${options.cpu} only (taskset), the kernel's work of its sends with it\n`);
       process.stdout.write(`${inpodTable(samples, options.captures)}\n`);
       if (options.bpfStats) process.stdout.write(`${inpodCostTable(samples)}\n`);
-      const figures = inpodFigures(samples, options.cpu !== undefined);
+      const figures = inpodFigures(samples, { oneCpu: options.cpu !== undefined, concurrency: options.concurrency });
       if (figures.length) process.stdout.write(`${figuresLine(figures)}\n`);
       process.exit(0);
     },

@@ -105,6 +105,8 @@ export interface ClientRun {
   seconds: number;
   warmupSeconds: number;
   concurrency: number;
+  /** rr: this many connections at once, each its own ping-pong (default 1). */
+  rrConnections?: number;
   /** Run the client on this CPU only (taskset), as the other ends of a one-CPU run. */
   cpu?: number;
 }
@@ -118,6 +120,7 @@ export function pinned(cpu: number | undefined): string[] {
 export async function runClient(ns: string, kind: PeerKind, workload: PeerResult['workload'], to: string, port: number, o: ClientRun): Promise<PeerResult> {
   const argv = [...pinned(o.cpu), 'ip', 'netns', 'exec', ns, ...peerCommand(kind), workload, '--to', to, '--port', String(port)];
   argv.push('--seconds', String(o.seconds), '--warmup', String(o.warmupSeconds), '--concurrency', String(o.concurrency));
+  if (workload === 'rr' && o.rrConnections !== undefined) argv.push('--rr-connections', String(o.rrConnections));
   const out = await systemRunner.run(argv, { timeoutMs: (o.seconds + o.warmupSeconds) * 1000 + 30_000 });
   return parseResult(out, `${kind} ${workload} in ${ns}`);
 }

@@ -14,7 +14,7 @@
  *                                      back the transparent listeners (--standby: start
  *                                      without them), so that the native stand-in
  *                                      (tools/trafficpeer) can hold the same ports
- *   traffic-peer.js crr|rr|stream --to IP --port P --seconds S --warmup S [--concurrency N]
+ *   traffic-peer.js crr|rr|stream --to IP --port P --seconds S --warmup S [--concurrency N] [--rr-connections N]
  *                                      (a pod) one workload; one JSON line on stdout
  *
  * Servers and clients keep JavaScript off the per-byte path: the echo is a pipe, the sink
@@ -234,8 +234,8 @@ async function crr(host: string, port: number, w: Window, concurrency: number): 
   return { workload: 'crr', count, seconds, rate: count / seconds, connections, errors };
 }
 
-/** One connection, one small message at a time: send, wait for all of it back, repeat. */
-function rr(host: string, port: number, w: Window): Promise<Omit<PeerResult, 'synRetrans'>> {
+/** One connection, one small message at a time: send, wait for all of it back, repeat; the round trips it counted. */
+function rrLoop(host: string, port: number, w: Window): Promise<number> {
   return new Promise((resolve, reject) => {
     const msg = Buffer.alloc(MESSAGE_BYTES, 0x62);
     let count = 0;
@@ -250,14 +250,21 @@ function rr(host: string, port: number, w: Window): Promise<Omit<PeerResult, 'sy
       if (t >= w.from) count++;
       if (t >= w.until) {
         s.destroy();
-        const seconds = (w.until - w.from) / 1000;
-        resolve({ workload: 'rr', count, seconds, rate: count / seconds, connections: 1, errors: 0 });
+        resolve(count);
         return;
       }
       pending = MESSAGE_BYTES;
       s.write(msg);
     });
   });
+}
+
+/** Request/response on `connections` connections at once, each its own ping-pong. */
+async function rr(host: string, port: number, w: Window, connections: number): Promise<Omit<PeerResult, 'synRetrans'>> {
+  const counts = await Promise.all(Array.from({ length: connections }, () => rrLoop(host, port, w)));
+  const count = counts.reduce((a, b) => a + b, 0);
+  const seconds = (w.until - w.from) / 1000;
+  return { workload: 'rr', count, seconds, rate: count / seconds, connections, errors: 0 };
 }
 
 /**
@@ -315,6 +322,7 @@ async function main(argv: string[]): Promise<void> {
       seconds: { type: 'string' },
       warmup: { type: 'string' },
       concurrency: { type: 'string' },
+      'rr-connections': { type: 'string' },
     },
     strict: true,
   });
@@ -337,14 +345,16 @@ async function main(argv: string[]): Promise<void> {
   const seconds = Number(values.seconds ?? 2);
   const warmup = Number(values.warmup ?? 0.3);
   const concurrency = Number(values.concurrency ?? 4);
-  if (!(seconds > 0 && seconds <= 60) || !(warmup >= 0 && warmup <= 10) || !Number.isInteger(concurrency) || concurrency < 1 || concurrency > 256) {
-    throw new Error('--seconds in (0, 60], --warmup in [0, 10], --concurrency in 1..256');
+  const rrConnections = Number(values['rr-connections'] ?? 1);
+  const count = (n: number) => Number.isInteger(n) && n >= 1 && n <= 256;
+  if (!(seconds > 0 && seconds <= 60) || !(warmup >= 0 && warmup <= 10) || !count(concurrency) || !count(rrConnections)) {
+    throw new Error('--seconds in (0, 60], --warmup in [0, 10], --concurrency and --rr-connections in 1..256');
   }
   const syn0 = synRetransNow();
   const w = window(seconds, warmup);
   let result: Omit<PeerResult, 'synRetrans'>;
   if (role === 'crr') result = await crr(host, port, w, concurrency);
-  else if (role === 'rr') result = await rr(host, port + 1, w);
+  else if (role === 'rr') result = await rr(host, port + 1, w, rrConnections);
   else if (role === 'stream') result = await stream(host, port + 2, w);
   else throw new Error(`unknown role "${role}" (serve, ztunnel, crr, rr, stream)`);
   emit({ event: 'result', ...result, synRetrans: synRetransNow() - syn0 });

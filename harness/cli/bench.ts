@@ -79,8 +79,8 @@ const CONTROL_SCRIPTS: readonly (readonly [script: string, ...args: string[]])[]
   ['cni.js'],
   ['scrape.js'],
   ['inpod.js'],
-  // request/response is one connection's ping-pong: on one CPU, its rate is the path's cost
-  // rather than an idle CPU's wake-up (harness/bench/inpod.ts, --one-cpu).
+  // One connection's request/response on one CPU: its rate is the path's cost rather than
+  // an idle CPU's wake-up (docs/inpod.md, "Reading the in-pod request/response figures").
   ['inpod.js', '--one-cpu'],
   ['hooks.js'],
 ];

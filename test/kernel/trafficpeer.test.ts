@@ -154,6 +154,16 @@ function suite(): void {
       const back = await runClient(pod.ns, 'native', 'rr', sim.outside.ip, 9500, RUN);
       expect(back.errors).toBe(0);
       expect((await standInCounts(zt)).terminated).toBe(c3.terminated + 1);
+
+      // rr on several connections at once (the in-pod bench's rr-conc), from either client:
+      // each connection a ping-pong of its own, every one carried by the stand-in.
+      for (const kind of ['native', 'js'] as const) {
+        const c4 = await standInCounts(zt);
+        const many = await runClient(pod.ns, kind, 'rr', sim.outside.ip, 9500, { ...RUN, rrConnections: 3 });
+        expect(many, kind).toMatchObject({ workload: 'rr', connections: 3, errors: 0 });
+        expect(many.count, kind).toBeGreaterThan(3);
+        expect((await standInCounts(zt)).terminated - c4.terminated, kind).toBe(3);
+      }
     },
     TIMEOUT,
   );

@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { cpuNs, processCpuSeconds, progDelta } from '../../harness/bench/cost.js';
 import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
-import { inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
+import { INPOD_WORKLOADS, inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
 import { parseEndpoints, parseResult } from '../../harness/bench/peers.js';
 import { CPU_RATIOS, JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
 import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample } from '../../harness/bench/traffic.js';
@@ -190,7 +190,7 @@ describe('TC/XDP hooks bench and cost readings', () => {
 describe('in-pod figures in CPU', () => {
   it("adds iptables / ebpf of the native ends' CPU per operation when the run measured it", () => {
     const s = (scenario: string, round: number, rate: number, endsNsPerOp?: number): InpodSample[] =>
-      (['crr', 'rr', 'stream'] as const).map((workload) => ({
+      INPOD_WORKLOADS.map((workload) => ({
         round,
         scenario,
         workload,
@@ -200,22 +200,28 @@ describe('in-pod figures in CPU', () => {
         ...(endsNsPerOp !== undefined && { endsNsPerOp }),
       }));
     const withCpu = [0, 1, 2].flatMap((r) => [...s('ebpf', r, 110, 100), ...s('iptables', r, 100, 150)]);
-    const f = inpodFigures(withCpu);
-    expect(f.map((x) => [x.label, Number(x.value.toFixed(3))])).toEqual([
-      ['in-pod ebpf / in-pod iptables: connections/s', 1.1],
-      ['in-pod ebpf / in-pod iptables: request/response', 1.1],
-      ['in-pod ebpf / in-pod iptables: stream throughput', 1.1],
-      ["in-pod iptables / in-pod ebpf: ends' CPU per connection", 1.5],
-      ["in-pod iptables / in-pod ebpf: ends' CPU per round trip", 1.5],
+    const f = inpodFigures(withCpu, { concurrency: 4 });
+    expect(f.map((x) => [x.label, Number(x.value.toFixed(3)), x.goal])).toEqual([
+      ['in-pod ebpf / in-pod iptables: connections/s', 1.1, { kind: 'atLeast', value: 1.3 }],
+      ['in-pod ebpf / in-pod iptables: request/response, one connection', 1.1, { kind: 'none' }],
+      ['in-pod ebpf / in-pod iptables: request/response, 4 connections at once', 1.1, { kind: 'atLeast', value: 1.15 }],
+      ['in-pod ebpf / in-pod iptables: stream throughput', 1.1, { kind: 'none' }],
+      ["in-pod iptables / in-pod ebpf: ends' CPU per connection", 1.5, { kind: 'none' }],
+      ["in-pod iptables / in-pod ebpf: ends' CPU per round trip, one connection", 1.5, { kind: 'none' }],
+      ["in-pod iptables / in-pod ebpf: ends' CPU per round trip, 4 connections at once", 1.5, { kind: 'none' }],
     ]);
-    expect(inpodFigures([0, 1].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100)]))).toHaveLength(3);
+    expect(inpodFigures([0, 1].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100)]))).toHaveLength(4);
+    // The connections of rr-conc are the run's --concurrency.
+    expect(inpodFigures(withCpu, { concurrency: 8 })[2]!.label).toBe('in-pod ebpf / in-pod iptables: request/response, 8 connections at once');
     // A --one-cpu run's figures say so, beside the unpinned run's in one report.
-    expect(inpodFigures(withCpu, true).map((x) => x.label)).toEqual([
+    expect(inpodFigures(withCpu, { oneCpu: true, concurrency: 4 }).map((x) => x.label)).toEqual([
       'in-pod ebpf / in-pod iptables: connections/s (one CPU)',
-      'in-pod ebpf / in-pod iptables: request/response (one CPU)',
+      'in-pod ebpf / in-pod iptables: request/response, one connection (one CPU)',
+      'in-pod ebpf / in-pod iptables: request/response, 4 connections at once (one CPU)',
       'in-pod ebpf / in-pod iptables: stream throughput (one CPU)',
       "in-pod iptables / in-pod ebpf: ends' CPU per connection (one CPU)",
-      "in-pod iptables / in-pod ebpf: ends' CPU per round trip (one CPU)",
+      "in-pod iptables / in-pod ebpf: ends' CPU per round trip, one connection (one CPU)",
+      "in-pod iptables / in-pod ebpf: ends' CPU per round trip, 4 connections at once (one CPU)",
     ]);
   });
 });

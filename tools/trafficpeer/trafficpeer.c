@@ -21,10 +21,13 @@
  *       ({"event":"released"}); "listen" opens them ({"event":"listening"}). Exits at the
  *       end of stdin.
  *   trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N]
+ *                            [--rr-connections N]
  *       One workload from here; one JSON line on stdout, traffic-peer.ts's PeerResult:
  *       {"event":"result","workload",...,"count","seconds","rate","connections","errors",
- *       "synRetrans"}, and "cpuSeconds" (this process's CPU time, getrusage). crr runs N
- *       connect loops at once (threads), on P; rr on P+1, stream on P+2.
+ *       "synRetrans"}, and "cpuSeconds" (this process's CPU time, getrusage). crr runs
+ *       --concurrency connect loops at once (threads), on P; rr ping-pongs on
+ *       --rr-connections connections at once (default 1; a thread each), on P+1; stream
+ *       on P+2.
  *   trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S]
  *                   [--src IP] [--rate PPS]
  *       Small IPv4 frames written on IF as they are (AF_PACKET, batches of 64 by
@@ -80,7 +83,7 @@ static const char *const WORKLOAD_NAME[] = {"crr", "rr", "stream"};
 static const char *const USAGE =
     "usage: trafficpeer serve --port P [--threads N]\n"
     "       trafficpeer ztunnel --terminate T --listen L[,L...] [--direct] [--standby] [--netns-fd N] [--threads N]\n"
-    "       trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N]\n"
+    "       trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N] [--rr-connections N]\n"
     "       trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S] [--src IP] [--rate PPS]\n";
 
 static void usage_error(const char *fmt, ...) {
@@ -115,7 +118,7 @@ static double now_s(void) {
 /* --- arguments ------------------------------------------------------------------------- */
 
 struct args {
-  long port, terminate, threads, netns_fd, concurrency, rate;
+  long port, terminate, threads, netns_fd, concurrency, rr_connections, rate;
   const char *dev, *dst_mac, *src;
   double seconds, warmup;
   const char *to;
@@ -178,6 +181,7 @@ static void parse_args(const char *role, const char *allowed, int argc, char **a
     else if (!strcmp(name, "threads")) a->threads = int_arg(name, v, 1, MAX_THREADS);
     else if (!strcmp(name, "netns-fd")) a->netns_fd = int_arg(name, v, 0, 1 << 20);
     else if (!strcmp(name, "concurrency")) a->concurrency = int_arg(name, v, 1, 256);
+    else if (!strcmp(name, "rr-connections")) a->rr_connections = int_arg(name, v, 1, 256);
     else if (!strcmp(name, "seconds")) a->seconds = num_arg(name, v, 0, 60);
     else if (!strcmp(name, "warmup")) a->warmup = num_arg(name, v, 1, 10);
     else if (!strcmp(name, "to")) a->to = v;
@@ -604,6 +608,44 @@ static void *crr_loop(void *arg) {
   return NULL;
 }
 
+struct rr_loop {
+  struct window w;
+  int fd;
+  unsigned long count;
+  int err;
+  const char *what;
+};
+
+/* One connection's ping-pong: a 64-byte message, the 64 bytes back; until the window ends. */
+static void *rr_loop(void *arg) {
+  struct rr_loop *l = arg;
+  char msg[MESSAGE_BYTES], back[MESSAGE_BYTES];
+  memset(msg, 0x62, sizeof(msg));
+  for (;;) {
+    if (write_all(l->fd, msg, sizeof(msg)) < 0) {
+      l->err = errno;
+      l->what = "rr: write";
+      break;
+    }
+    for (size_t got = 0; got < sizeof(back);) {
+      ssize_t n = read(l->fd, back + got, sizeof(back) - got);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        l->err = n == 0 ? ECONNRESET : errno;
+        l->what = "rr: read";
+        goto out;
+      }
+      got += (size_t)n;
+    }
+    double t = now_s();
+    if (t >= l->w.from) l->count++;
+    if (t >= l->w.until) break;
+  }
+out:
+  close(l->fd);
+  return NULL;
+}
+
 /* TcpExt TCPSynRetrans of this netns, or -1. */
 static long syn_retransmits(void) {
   FILE *f = fopen("/proc/net/netstat", "r");
@@ -658,28 +700,27 @@ static int do_client(const char *role, struct args *a) {
   }
   if (!strcmp(role, "rr")) {
     struct target t = target_of(a->to, a->port + 1);
-    int fd = dial(&t, 1);
-    if (fd < 0) fail("rr: connect");
-    char msg[MESSAGE_BYTES], back[MESSAGE_BYTES];
-    memset(msg, 0x62, sizeof(msg));
-    unsigned long count = 0;
-    for (;;) {
-      if (write_all(fd, msg, sizeof(msg)) < 0) fail("rr: write");
-      for (size_t got = 0; got < sizeof(back);) {
-        ssize_t n = read(fd, back + got, sizeof(back) - got);
-        if (n <= 0) {
-          if (n < 0 && errno == EINTR) continue;
-          if (n == 0) errno = ECONNRESET;
-          fail("rr: read");
-        }
-        got += (size_t)n;
-      }
-      double t = now_s();
-      if (t >= w.from) count++;
-      if (t >= w.until) break;
+    struct rr_loop loops[256];
+    pthread_t tids[256];
+    /* Every connection first, so the window finds them all ping-ponging. */
+    for (long i = 0; i < a->rr_connections; i++) {
+      loops[i] = (struct rr_loop){.w = w, .fd = dial(&t, 1)};
+      if (loops[i].fd < 0) fail("rr: connect");
     }
-    close(fd);
-    result("rr", (double)count, w.until - w.from, 1, 0, syn0);
+    for (long i = 0; i < a->rr_connections; i++) {
+      errno = pthread_create(&tids[i], NULL, rr_loop, &loops[i]);
+      if (errno) fail("pthread_create");
+    }
+    unsigned long count = 0;
+    for (long i = 0; i < a->rr_connections; i++) {
+      pthread_join(tids[i], NULL);
+      if (loops[i].err) {
+        errno = loops[i].err;
+        fail(loops[i].what);
+      }
+      count += loops[i].count;
+    }
+    result("rr", (double)count, w.until - w.from, (unsigned long)a->rr_connections, 0, syn0);
     return 0;
   }
   /* stream: bulk bytes until the window ends; the sink's count after our FIN is what counts. */
@@ -882,7 +923,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2) usage_error("name a role");
   const char *role = argv[1];
-  struct args a = {.netns_fd = -1, .seconds = 2, .warmup = 0.3, .concurrency = 4};
+  struct args a = {.netns_fd = -1, .seconds = 2, .warmup = 0.3, .concurrency = 4, .rr_connections = 1};
   if (!strcmp(role, "serve")) {
     parse_args(role, " port threads ", argc - 2, argv + 2, &a);
     return do_serve(&a);
@@ -893,7 +934,7 @@ int main(int argc, char **argv) {
   }
   for (int w = W_CRR; w <= W_STREAM; w++) {
     if (!strcmp(role, WORKLOAD_NAME[w])) {
-      parse_args(role, " to port seconds warmup concurrency ", argc - 2, argv + 2, &a);
+      parse_args(role, " to port seconds warmup concurrency rr-connections ", argc - 2, argv + 2, &a);
       return do_client(role, &a);
     }
   }
