@@ -15,7 +15,8 @@
  * pace. The relay keeps Node.js at both ends. `--endpoints native,js` adds `none-js` and
  * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
  *
- *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--rounds N] [--seconds S]
+ *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--workloads crr,rr,rr-conc,stream]
+ *                                    [--rounds N] [--seconds S]
  *                                    [--warmup S] [--concurrency N] [--endpoints native,js] [--one-cpu]
  *
  * Workloads are traffic.ts's (traffic-peer.ts): connections/s, request/response on one
@@ -106,6 +107,8 @@ export const CAPTURES: Record<string, CaptureFactory> = {
 
 export interface InpodBenchOptions {
   captures: string[];
+  /** The workloads to run, a subset of INPOD_WORKLOADS in its order. */
+  workloads: readonly InpodWorkload[];
   rounds: number;
   seconds: number;
   warmupSeconds: number;
@@ -132,6 +135,7 @@ const JS = '-js';
 
 export const DEFAULT_INPOD_BENCH: InpodBenchOptions = {
   captures: Object.keys(CAPTURES),
+  workloads: INPOD_WORKLOADS,
   rounds: 5,
   seconds: 2,
   warmupSeconds: 0.3,
@@ -255,7 +259,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
           if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
-          for (const workload of rotate(INPOD_WORKLOADS, round)) {
+          for (const workload of rotate(o.workloads, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
             // The answering end: the native stand-in when it terminates, else the outside server.
             const answerer = current.ends === 'native' ? (nativeStandIn ?? (bench ? null : nativeServer)) : null;
@@ -332,13 +336,15 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
  */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
   const med = (scenario: string, w: InpodWorkload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
-  const lines = [`${'scenario'.padEnd(16)}${INPOD_WORKLOADS.map((w) => w.padStart(16)).join('')}`];
-  const ran = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
-  const relayed = ran(captures.map((c) => `${c}${RELAY}`));
-  const js = ran(captures.map((c) => `${c}${JS}`));
-  const noneJs = ran([`none${JS}`]);
+  // The workloads the run had (--workloads), in their order.
+  const ran = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w));
+  const lines = [`${'scenario'.padEnd(16)}${ran.map((w) => w.padStart(16)).join('')}`];
+  const present = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
+  const relayed = present(captures.map((c) => `${c}${RELAY}`));
+  const js = present(captures.map((c) => `${c}${JS}`));
+  const noneJs = present([`none${JS}`]);
   const scenarios = ['none', ...captures, ...relayed, ...noneJs, ...js];
-  for (const s of scenarios) lines.push(`${s.padEnd(16)}${INPOD_WORKLOADS.map((w) => rateText(w, med(s, w)).padStart(16)).join('')}`);
+  for (const s of scenarios) lines.push(`${s.padEnd(16)}${ran.map((w) => rateText(w, med(s, w)).padStart(16)).join('')}`);
   // A lost SYN stalls its connection for the 1 s retransmit: a few of them move connections/s.
   const resent = (s: string) => samples.filter((x) => x.scenario === s).reduce((n, x) => n + x.synRetrans, 0);
   lines.push(`SYNs the client sent again (all rounds and workloads): ${scenarios.map((s) => `${s} ${resent(s)}`).join(', ')}`);
@@ -359,7 +365,7 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   ] as const) {
     for (const a of set) {
       for (const b of [...set.filter((x) => x !== a), base]) {
-        lines.push(`inpod ${a}/${b} (${label}): ${INPOD_WORKLOADS.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
+        lines.push(`inpod ${a}/${b} (${label}): ${ran.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
       }
     }
   }
@@ -376,7 +382,7 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
   ];
   const scenarios = [...new Set(samples.map((s) => s.scenario))];
   for (const sc of scenarios) {
-    const cells = INPOD_WORKLOADS.map((w) => {
+    const cells = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w)).map((w) => {
       const xs = samples.filter((s) => s.scenario === sc && s.workload === w && s.cpuNsPerOp !== undefined);
       if (xs.length === 0) return '–';
       const k = w === 'stream' ? 1024 : 1;
@@ -430,7 +436,7 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
       const y = b && value(b);
       return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
-  const rates = INPOD_WORKLOADS.map((w) =>
+  const rates = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w)).map((w) =>
     figure(
       `in-pod ebpf / in-pod iptables: ${workloadText(w, concurrency)}${tag}`,
       '×',
@@ -454,11 +460,25 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
   return [...rates, ...cpu];
 }
 
+/** --workloads: names of INPOD_WORKLOADS, comma-separated; run in INPOD_WORKLOADS' order. */
+function parseWorkloads(v: string | undefined): readonly InpodWorkload[] {
+  if (v === undefined) return INPOD_WORKLOADS;
+  const names = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const n of names)
+    if (!(INPOD_WORKLOADS as readonly string[]).includes(n)) throw new Error(`--workloads: "${n}" is not one of ${INPOD_WORKLOADS.join(', ')}`);
+  if (names.length === 0) throw new Error('--workloads: name at least one');
+  return INPOD_WORKLOADS.filter((w) => names.includes(w));
+}
+
 export function parseOptions(argv: string[]): InpodBenchOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
       captures: { type: 'string' },
+      workloads: { type: 'string' },
       rounds: { type: 'string' },
       seconds: { type: 'string' },
       warmup: { type: 'string' },
@@ -482,6 +502,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
   if (captures.length === 0) throw new Error('--captures: name at least one');
   return {
     captures,
+    workloads: parseWorkloads(values.workloads),
     rounds: num('rounds', values.rounds, d.rounds, 1, 100, true),
     seconds: num('seconds', values.seconds, d.seconds, 0.1, 60, false),
     warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),

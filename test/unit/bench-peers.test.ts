@@ -211,6 +211,11 @@ describe('in-pod figures in CPU', () => {
       ["in-pod iptables / in-pod ebpf: ends' CPU per round trip, 4 connections at once", 1.5, { kind: 'none' }],
     ]);
     expect(inpodFigures([0, 1].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100)]))).toHaveLength(4);
+    // Only the workloads the run had (--workloads).
+    expect(inpodFigures(withCpu.filter((x) => x.workload === 'crr')).map((x) => x.label)).toEqual([
+      'in-pod ebpf / in-pod iptables: connections/s',
+      "in-pod iptables / in-pod ebpf: ends' CPU per connection",
+    ]);
     // The connections of rr-conc are the run's --concurrency.
     expect(inpodFigures(withCpu, { concurrency: 8 })[2]!.label).toBe('in-pod ebpf / in-pod iptables: request/response, 8 connections at once');
     // A --one-cpu run's figures say so, beside the unpinned run's in one report.

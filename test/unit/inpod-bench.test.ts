@@ -76,6 +76,12 @@ describe('in-pod bench', () => {
     expect(inpodTable([sample('none', 'rr', 1)], [])).not.toContain('CPU sleeps');
   });
 
+  it('a run of some workloads (--workloads) shows just those', () => {
+    const text = inpodTable([sample('none', 'crr', 10), sample('ebpf', 'crr', 20)], ['ebpf']);
+    expect(text.split('\n')[0]).toMatch(/^scenario\s+crr$/);
+    expect(text).toMatch(/^inpod ebpf\/none \(terminating stand-in\): crr 2\.00x$/m);
+  });
+
   it('counts the SYNs each scenario sent again over all rounds (a lost SYN costs its connection a second)', () => {
     const samples = [
       { ...sample('none', 'crr', 100), synRetrans: 0 },
@@ -93,6 +99,10 @@ describe('in-pod bench', () => {
     expect(() => parseOptions(['--rounds', '0'])).toThrow('--rounds: "0" is not an integer in 1..100');
     expect(() => parseOptions(['--what'])).toThrow();
     expect(parseOptions(['--one-cpu']).cpu).toBe(0);
+    expect(parseOptions([]).workloads).toEqual(['crr', 'rr', 'rr-conc', 'stream']);
+    expect(parseOptions(['--workloads', 'stream, rr-conc']).workloads).toEqual(['rr-conc', 'stream']);
+    expect(() => parseOptions(['--workloads', 'rr,udp'])).toThrow('--workloads: "udp" is not one of crr, rr, rr-conc, stream');
+    expect(() => parseOptions(['--workloads', ','])).toThrow('--workloads: name at least one');
     expect(parseOptions([]).cpu).toBeUndefined();
   });
 });
