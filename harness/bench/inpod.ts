@@ -72,6 +72,9 @@ export function clientRunOf(workload: InpodWorkload, concurrency: number): { wor
 
 const rateText = (w: InpodWorkload, rate: number) => formatRate(CLIENT_WORKLOAD[w], rate);
 
+/** The workloads a run had (--workloads), in INPOD_WORKLOADS' order. */
+const workloadsIn = (samples: readonly InpodSample[]): InpodWorkload[] => INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w));
+
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
   capture: InPodCapture;
@@ -336,8 +339,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
  */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
   const med = (scenario: string, w: InpodWorkload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
-  // The workloads the run had (--workloads), in their order.
-  const ran = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w));
+  const ran = workloadsIn(samples);
   const lines = [`${'scenario'.padEnd(16)}${ran.map((w) => w.padStart(16)).join('')}`];
   const present = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
   const relayed = present(captures.map((c) => `${c}${RELAY}`));
@@ -352,8 +354,8 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   // wake-ups' more than the path's (rr beside rr-conc).
   const sleeps = (s: string, w: InpodWorkload) =>
     median(samples.filter((x) => x.scenario === s && x.workload === w && x.sleepsPerOp !== undefined).map((x) => x.sleepsPerOp!));
-  const slept = scenarios.filter((s) => INPOD_WORKLOADS.some((w) => Number.isFinite(sleeps(s, w))));
   const perOp = (s: string) => (['crr', 'rr', 'rr-conc'] as const).filter((w) => Number.isFinite(sleeps(s, w))).map((w) => `${w} ${sleeps(s, w).toFixed(2)}`);
+  const slept = scenarios.filter((s) => perOp(s).length > 0);
   if (slept.length)
     lines.push(
       `CPU sleeps per connection (crr) or round trip (cpuidle entries, all CPUs; medians): ${slept.map((s) => `${s} ${perOp(s).join(', ')}`).join('; ')}`,
@@ -382,7 +384,7 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
   ];
   const scenarios = [...new Set(samples.map((s) => s.scenario))];
   for (const sc of scenarios) {
-    const cells = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w)).map((w) => {
+    const cells = workloadsIn(samples).map((w) => {
       const xs = samples.filter((s) => s.scenario === sc && s.workload === w && s.cpuNsPerOp !== undefined);
       if (xs.length === 0) return '–';
       const k = w === 'stream' ? 1024 : 1;
@@ -436,7 +438,7 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
       const y = b && value(b);
       return x !== undefined && y !== undefined ? [{ num: x, den: y }] : [];
     });
-  const rates = INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w)).map((w) =>
+  const rates = workloadsIn(samples).map((w) =>
     figure(
       `in-pod ebpf / in-pod iptables: ${workloadText(w, concurrency)}${tag}`,
       '×',
