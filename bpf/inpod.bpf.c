@@ -76,7 +76,7 @@ struct {
 } inpod_handoff SEC(".maps");
 
 /*
- * inpod_listeners (written by inpod_in, read by no program): { ::ffff:198.18.0.10, 15001, 4 }
+ * inpod_listeners (written and read by the handoff alone: inpod_in, inpod_vm_in): { ::ffff:198.18.0.10, 15001, 4 }
  * -> ztunnel's 15001 listener, kept while it lives (the kernel removes a closed socket)
  */
 struct {
@@ -290,15 +290,12 @@ static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const
 		bpf_sk_release(sk);
 		return OUT_LOOP;                                 /* PO8 */
 	}
+	/* A new connection loops without a lookup here: inpod_in's own (PL3-PL5) finds
+	 * ztunnel's listener for it or drops it, so a lookup here would only repeat them. */
+	if (tcp_syn(f))
+		return OUT_LOOP;                                 /* PO8 */
 	if (tcp_conn(skb, f) != CONN_NONE)
 		return OUT_LOOP;                                 /* PO7 */
-	if (tcp_syn(f)) {
-		sk = ztunnel_socket(skb, f, dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND);
-		if (!sk)
-			return OUT_DROP;                         /* PO8 */
-		bpf_sk_release(sk);
-		return OUT_LOOP;                                 /* PO8 */
-	}
 	if (tcp_sender_socket(skb, f))
 		return OUT_PASS;                                 /* PO9 */
 	return OUT_DROP;                                         /* PO10 */
@@ -413,15 +410,23 @@ static __always_inline void handoff_key(struct inpod_handoff_key *k, const struc
  * Without it the handoff entry is the listener's only sockmap link, and inpod_lookup's
  * delete of it tears down the socket's sockmap state, which the next handoff builds
  * again; an update that meets the teardown on the other CPU fails (EBUSY).
+ * Looked up first: an update links the socket (an allocation, the psock's lock) before
+ * it finds the key taken, and every handoff would pay for that.
  */
 static __always_inline void keep_listener(struct bpf_sock *sk, const struct flow *f, const struct addr_key *pod, __u16 port)
 {
 	struct inpod_listener_key k;
+	struct bpf_sock *kept;
 
 	__builtin_memset(&k, 0, sizeof(k));
 	__builtin_memcpy(k.pod, pod->addr, 16);
 	k.port = bpf_htons(port);
 	k.family = f->l3 == L3_IPV4 ? 4 : 6;
+	kept = bpf_map_lookup_elem(&inpod_listeners, &k);
+	if (kept) {
+		bpf_sk_release(kept);
+		return;
+	}
 	bpf_map_update_elem(&inpod_listeners, &k, sk, BPF_NOEXIST);
 }
 

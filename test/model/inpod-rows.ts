@@ -157,11 +157,11 @@ export const ROWS: Row[] = [
   },
   {
     id: 'PO8',
-    name: 'SYN without 15001: drops (fail closed)',
+    name: 'SYN without 15001: loops all the same (inpod_in drops it: PL4)',
     program: 'inpod_out',
     frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
     noZtunnel: true,
-    verdict: 'drop',
+    verdict: 'loop',
   },
   {
     id: 'PO8',

@@ -138,10 +138,9 @@ export function inpodOut(frame: Buffer, state: InpodState, ctx: { mark: number }
   if (ip.proto === UDP && (!p || !dnsOut(state, ip, p))) return { verdict: 'pass', row: 'PO5' };
   if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PO6' };
   if (ip.proto === UDP) return ztunnelSocket(s, ip, p, Port.DNS) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
+  // A new connection loops unlooked-up: inpod_in delivers it or drops it (PL3-PL5).
+  if (syn(frame, ip)) return { verdict: 'loop', row: 'PO8' };
   if (conn(s, ip, p)) return { verdict: 'loop', row: 'PO7' };
-  if (syn(frame, ip)) {
-    return ztunnelSocket(s, ip, p, dnsOut(state, ip, p) ? Port.DNS : Port.OUTBOUND) ? { verdict: 'loop', row: 'PO8' } : { verdict: 'drop', row: 'PO8' };
-  }
   if (lookupTcp(s, ip, [ip.dst, p.dport], [ip.src, p.sport]) !== null) return { verdict: 'pass', row: 'PO9' };
   return { verdict: 'drop', row: 'PO10' };
 }
