@@ -137,6 +137,21 @@ export function parseResult(out: string, what: string): PeerResult {
   return r as unknown as PeerResult;
 }
 
+/** What one system call costs here, ns (trafficpeer syscall-cost: the median of 7 timings of getppid). */
+export async function syscallCostNs(): Promise<number> {
+  const out = await systemRunner.run([nativePeerBin(), 'syscall-cost'], { timeoutMs: 60_000 });
+  return parseSyscallCost(out);
+}
+
+/** The syscall-cost line's nsPerCall, checked. */
+export function parseSyscallCost(out: string): number {
+  const line = out.split('\n').find((l) => l.includes('"event":"syscall-cost"'));
+  if (!line) throw new Error(`trafficpeer syscall-cost: no result (${out.trim().slice(0, 200)})`);
+  const ns = (JSON.parse(line) as { nsPerCall?: unknown }).nsPerCall;
+  if (typeof ns !== 'number' || !Number.isFinite(ns) || ns <= 0) throw new Error(`trafficpeer syscall-cost: nsPerCall is ${String(ns)}: ${line}`);
+  return ns;
+}
+
 /** `--endpoints`: a comma-separated list of kinds; native always (the goals are measured on it). */
 export function parseEndpoints(raw: string | undefined): PeerKind[] {
   if (raw === undefined) return ['native'];

@@ -272,6 +272,8 @@ export interface Machine {
   kernel: string;
   cpu: string;
   node: string;
+  /** One system call (getppid), ns; absent when it could not be measured. */
+  syscallNs?: number;
 }
 
 export interface ReportInput {
@@ -328,6 +330,13 @@ export function renderMarkdown(r: ReportInput): string {
     'measured side by side in one run, interleaved over rounds, and reported as medians.',
     '',
     `Ran on ${r.date}: Linux ${m.kernel}, ${m.nproc} CPUs (${m.cpu}), ${m.memoryGiB.toFixed(1)} GiB memory, Node.js ${m.node}.`,
+    ...(m.syscallNs === undefined
+      ? []
+      : [
+          `One system call takes ${Math.round(m.syscallNs)} ns here (\`trafficpeer syscall-cost\`, getppid). A connection makes about ten`,
+          'at each end, the same for every data path: where they are dear, a data path is a smaller share of a',
+          'connection and the connections/s ratios between data paths move towards 1.',
+        ]),
     '',
   ];
   const goals = goalFigures(r);

@@ -10,6 +10,7 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, resolveFlags } from '../../src/lib/flags.js';
 import { DEFAULT_TRAFFIC, type TrafficRun } from '../bench/traffic.js';
+import { syscallCostNs } from '../bench/peers.js';
 import { goalFigures, RELAY_RATIOS, ratios, ratioSvg, ratioTable, renderMarkdown, trafficTable, type ReportInput } from '../bench/report.js';
 import { figureTable, splitFigures, type Figure } from '../bench/stats.js';
 
@@ -137,7 +138,11 @@ export async function benchCommand(argv: string[]): Promise<number> {
 
   const say = (line: string) => process.stderr.write(`${line}\n`);
   const print = (text: string) => process.stdout.write(`${text}\n\n`);
-  const report: Omit<ReportInput, 'svgName'> = { date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC', machine: machine(), durations: {} };
+  const report: Omit<ReportInput, 'svgName'> = {
+    date: new Date().toISOString().slice(0, 16).replace('T', ' ') + ' UTC',
+    machine: await machine(say),
+    durations: {},
+  };
   const abort = new AbortController();
   const onSignal = (sig: NodeJS.Signals) => {
     say(`bench: ${sig}, tearing down`);
@@ -196,8 +201,15 @@ export async function benchCommand(argv: string[]): Promise<number> {
   return 0;
 }
 
-function machine(): ReportInput['machine'] {
+async function machine(say: (line: string) => void): Promise<ReportInput['machine']> {
+  let syscallNs: number | undefined;
+  try {
+    syscallNs = await syscallCostNs();
+  } catch (e) {
+    say(`bench: the cost of a system call not measured: ${(e as Error).message}`);
+  }
   return {
+    ...(syscallNs !== undefined && { syscallNs }),
     nproc: os.availableParallelism(),
     memoryGiB: os.totalmem() / 2 ** 30,
     kernel: os.release(),

@@ -227,6 +227,16 @@ function suite(): void {
     TIMEOUT,
   );
 
+  it('syscall-cost: one JSON line, the median of its 7 timings', () => {
+    const r = spawnSync(nativePeerBin(), ['syscall-cost', '--count', '20000'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout) as { event: string; count: number; nsPerCall: number; runs: number[] };
+    expect(out).toMatchObject({ event: 'syscall-cost', count: 20000 });
+    expect(out.runs).toHaveLength(7);
+    expect(out.nsPerCall).toBeGreaterThan(0);
+    expect(out.nsPerCall).toBe([...out.runs].sort((a, b) => a - b)[3]);
+  });
+
   it('bad arguments: a clear message and exit status 2', () => {
     const run = (...args: string[]) => spawnSync(nativePeerBin(), args, { encoding: 'utf8', input: '' });
     const cases: [string[], string][] = [
@@ -243,6 +253,8 @@ function suite(): void {
       [['flood', 'icmp'], 'flood: name udp or syn'],
       [['flood', 'udp', '--dev', 'eth0', '--dst-mac', 'zz:00:00:00:00:00', '--to', '198.19.0.2', '--port', '9'], '--dst-mac must be a MAC address'],
       [['flood', 'syn', '--dev', 'eth0', '--dst-mac', '02:00:00:00:00:01', '--to', '::1', '--port', '9'], 'flood: --to must be an IPv4 address'],
+      [['syscall-cost', '--count', '0'], '--count must be an integer in 1..100000000, got "0"'],
+      [['syscall-cost', '--seconds', '1'], 'syscall-cost: unknown flag "--seconds"'],
     ];
     for (const [args, message] of cases) {
       const r = run(...args);

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { cpuNs, processCpuSeconds, progDelta } from '../../harness/bench/cost.js';
 import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
 import { INPOD_WORKLOADS, inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
-import { parseEndpoints, parseResult } from '../../harness/bench/peers.js';
+import { parseEndpoints, parseResult, parseSyscallCost } from '../../harness/bench/peers.js';
 import { CPU_RATIOS, JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
 import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample } from '../../harness/bench/traffic.js';
 import type { StandInCounts } from '../../harness/bench/traffic-peer.js';
@@ -75,6 +75,24 @@ describe('peer results', () => {
     expect(() => parseResult(line.replace('"errors":0,', ''), 'x')).toThrow('result field errors is undefined');
     expect(() => parseResult(line.replace('"count":10', '"count":-1'), 'x')).toThrow('result field count is -1');
     expect(() => parseResult(line.replace('"crr"', '"ping"'), 'x')).toThrow('result workload is ping');
+  });
+});
+
+describe('the cost of a system call', () => {
+  const line = '{"event":"syscall-cost","count":200000,"nsPerCall":1078.1,"runs":[1078.1,1052.4]}';
+
+  it("is the line's nsPerCall, and the report says it beside the machine", () => {
+    expect(parseSyscallCost(`x\n${line}\n`)).toBe(1078.1);
+    const input = { date: 'd', machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' }, durations: {}, svgName: 'b.svg' };
+    expect(renderMarkdown({ ...input, machine: { ...input.machine, syscallNs: 1078.1 } })).toContain('One system call takes 1078 ns here');
+    expect(renderMarkdown(input)).not.toContain('One system call takes');
+  });
+
+  it('refuses a missing line and a missing, zero or non-numeric figure', () => {
+    expect(() => parseSyscallCost('nothing')).toThrow('trafficpeer syscall-cost: no result (nothing)');
+    expect(() => parseSyscallCost(line.replace('"nsPerCall":1078.1,', ''))).toThrow('nsPerCall is undefined');
+    expect(() => parseSyscallCost(line.replace('1078.1,"runs"', '0,"runs"'))).toThrow('nsPerCall is 0');
+    expect(() => parseSyscallCost(line.replace('1078.1,"runs"', '"fast","runs"'))).toThrow('nsPerCall is fast');
   });
 });
 

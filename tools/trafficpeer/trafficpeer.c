@@ -36,6 +36,11 @@
  *       forges the source address (default IF's own). One JSON line: {"event":"flood",
  *       "kind","sent","errors","seconds","rate","cpuUser","cpuSystem"} (this process's
  *       CPU seconds, getrusage).
+ *   trafficpeer syscall-cost [--count N]
+ *       What one system call costs on this machine: N getppid calls (default 200,000), timed
+ *       7 times; one JSON line {"event":"syscall-cost","nsPerCall":median,"runs":[...]}. Per-
+ *       connection figures carry a dozen calls at each end, so where they are dear a data
+ *       path's share of a connection, and the ratios between data paths, shrink.
  *
  * Exit status: 0; 2 with a message on stderr for bad arguments; 1 for a failed syscall.
  */
@@ -60,6 +65,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -84,7 +90,8 @@ static const char *const USAGE =
     "usage: trafficpeer serve --port P [--threads N]\n"
     "       trafficpeer ztunnel --terminate T --listen L[,L...] [--direct] [--standby] [--netns-fd N] [--threads N]\n"
     "       trafficpeer crr|rr|stream --to IP --port P [--seconds S] [--warmup S] [--concurrency N] [--rr-connections N]\n"
-    "       trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S] [--src IP] [--rate PPS]\n";
+    "       trafficpeer flood udp|syn --dev IF --dst-mac MAC --to IP --port P [--seconds S] [--src IP] [--rate PPS]\n"
+    "       trafficpeer syscall-cost [--count N]\n";
 
 static void usage_error(const char *fmt, ...) {
   va_list ap;
@@ -118,7 +125,7 @@ static double now_s(void) {
 /* --- arguments ------------------------------------------------------------------------- */
 
 struct args {
-  long port, terminate, threads, netns_fd, concurrency, rr_connections, rate;
+  long port, terminate, threads, netns_fd, concurrency, rr_connections, rate, count;
   const char *dev, *dst_mac, *src;
   double seconds, warmup;
   const char *to;
@@ -189,6 +196,7 @@ static void parse_args(const char *role, const char *allowed, int argc, char **a
     else if (!strcmp(name, "dst-mac")) a->dst_mac = v;
     else if (!strcmp(name, "src")) a->src = v;
     else if (!strcmp(name, "rate")) a->rate = int_arg(name, v, 1, 100000000);
+    else if (!strcmp(name, "count")) a->count = int_arg(name, v, 1, 100000000);
     else if (!strcmp(name, "listen")) parse_listen(a, v);
   }
 }
@@ -924,11 +932,35 @@ static int do_flood(const char *kind, struct args *a) {
   return 0;
 }
 
+/* --- syscall-cost ---------------------------------------------------------------------- */
+
+#define SYSCALL_RUNS 7
+
+static int cmp_double(const void *x, const void *y) {
+  double a = *(const double *)x, b = *(const double *)y;
+  return (a > b) - (a < b);
+}
+
+static int do_syscall_cost(struct args *a) {
+  double runs[SYSCALL_RUNS], sorted[SYSCALL_RUNS];
+  for (int r = 0; r < SYSCALL_RUNS; r++) {
+    double t0 = now_s();
+    /* syscall(2), not getppid(3): no C library may answer it from a cache. */
+    for (long i = 0; i < a->count; i++) syscall(SYS_getppid);
+    runs[r] = sorted[r] = (now_s() - t0) * 1e9 / (double)a->count;
+  }
+  qsort(sorted, SYSCALL_RUNS, sizeof(sorted[0]), cmp_double);
+  printf("{\"event\":\"syscall-cost\",\"count\":%ld,\"nsPerCall\":%.1f,\"runs\":[", a->count, sorted[SYSCALL_RUNS / 2]);
+  for (int r = 0; r < SYSCALL_RUNS; r++) printf("%s%.1f", r ? "," : "", runs[r]);
+  printf("]}\n");
+  return 0;
+}
+
 int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   if (argc < 2) usage_error("name a role");
   const char *role = argv[1];
-  struct args a = {.netns_fd = -1, .seconds = 2, .warmup = 0.3, .concurrency = 4, .rr_connections = 1};
+  struct args a = {.netns_fd = -1, .seconds = 2, .warmup = 0.3, .concurrency = 4, .rr_connections = 1, .count = 200000};
   if (!strcmp(role, "serve")) {
     parse_args(role, " port threads ", argc - 2, argv + 2, &a);
     return do_serve(&a);
@@ -948,6 +980,10 @@ int main(int argc, char **argv) {
     parse_args("flood", " dev dst-mac to port seconds src rate ", argc - 3, argv + 3, &a);
     return do_flood(argv[2], &a);
   }
-  usage_error("unknown role \"%s\" (serve, ztunnel, crr, rr, stream, flood)", role);
+  if (!strcmp(role, "syscall-cost")) {
+    parse_args(role, " count ", argc - 2, argv + 2, &a);
+    return do_syscall_cost(&a);
+  }
+  usage_error("unknown role \"%s\" (serve, ztunnel, crr, rr, stream, flood, syscall-cost)", role);
   return 2;
 }
