@@ -43,7 +43,7 @@ import { pinRootFor } from '../sim/scenario.js';
 import { cpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure } from './stats.js';
-import { type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
+import { eventLine, type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
 import { formatRate, rotate } from './traffic.js';
 import { numberOption } from './options.js';
 
@@ -125,9 +125,7 @@ const podRsts = async (ns: string) => outRsts(await systemRunner.run(['ip', 'net
 
 /** The flood's JSON line. */
 export function parseFlood(out: string): { sent: number; errors: number; seconds: number; rate: number; cpuUser: number; cpuSystem: number } {
-  const line = out.split('\n').find((l) => l.includes('"event":"flood"'));
-  if (!line) throw new Error(`flood: no result (${out.trim().slice(0, 300)})`);
-  const r = JSON.parse(line) as Record<string, unknown>;
+  const { line, r } = eventLine(out, 'flood', 'flood');
   for (const k of ['sent', 'errors', 'seconds', 'rate', 'cpuUser', 'cpuSystem'])
     if (typeof r[k] !== 'number' || !Number.isFinite(r[k]) || (r[k] as number) < 0) throw new Error(`flood: field ${k} is ${String(r[k])}: ${line}`);
   return r as unknown as ReturnType<typeof parseFlood>;

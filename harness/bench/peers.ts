@@ -125,11 +125,16 @@ export async function runClient(ns: string, kind: PeerKind, workload: PeerResult
   return parseResult(out, `${kind} ${workload} in ${ns}`);
 }
 
+/** A peer's JSON line of `event` among its output, parsed; `what` names the run in the error. */
+export function eventLine(out: string, event: string, what: string): { line: string; r: Record<string, unknown> } {
+  const line = out.split('\n').find((l) => l.includes(`"event":"${event}"`));
+  if (!line) throw new Error(`${what}: no result (${out.trim().slice(0, 500)})`);
+  return { line, r: JSON.parse(line) as Record<string, unknown> };
+}
+
 /** The client's PeerResult line, checked field by field (a broken peer fails here, not in the report). */
 export function parseResult(out: string, what: string): PeerResult {
-  const line = out.split('\n').find((l) => l.includes('"event":"result"'));
-  if (!line) throw new Error(`${what}: no result (${out.trim().slice(0, 500)})`);
-  const r = JSON.parse(line) as Record<string, unknown>;
+  const { line, r } = eventLine(out, 'result', what);
   for (const k of ['count', 'seconds', 'rate', 'connections', 'errors', 'synRetrans'] as const) {
     if (typeof r[k] !== 'number' || !Number.isFinite(r[k]) || (r[k] as number) < 0) throw new Error(`${what}: result field ${k} is ${String(r[k])}: ${line}`);
   }
@@ -145,9 +150,8 @@ export async function syscallCostNs(): Promise<number> {
 
 /** The syscall-cost line's nsPerCall, checked. */
 export function parseSyscallCost(out: string): number {
-  const line = out.split('\n').find((l) => l.includes('"event":"syscall-cost"'));
-  if (!line) throw new Error(`trafficpeer syscall-cost: no result (${out.trim().slice(0, 200)})`);
-  const ns = (JSON.parse(line) as { nsPerCall?: unknown }).nsPerCall;
+  const { line, r } = eventLine(out, 'syscall-cost', 'trafficpeer syscall-cost');
+  const ns = r.nsPerCall;
   if (typeof ns !== 'number' || !Number.isFinite(ns) || ns <= 0) throw new Error(`trafficpeer syscall-cost: nsPerCall is ${String(ns)}: ${line}`);
   return ns;
 }

@@ -38,9 +38,9 @@
  *       CPU seconds, getrusage).
  *   trafficpeer syscall-cost [--count N]
  *       What one system call costs on this machine: N getppid calls (default 200,000), timed
- *       7 times; one JSON line {"event":"syscall-cost","nsPerCall":median,"runs":[...]}. Per-
- *       connection figures carry a dozen calls at each end, so where they are dear a data
- *       path's share of a connection, and the ratios between data paths, shrink.
+ *       7 times; one JSON line {"event":"syscall-cost","nsPerCall":median,"runs":[...]}. A
+ *       connection makes about ten calls at each end, so where they are dear a data path's
+ *       share of a connection, and the ratios between data paths, shrink.
  *
  * Exit status: 0; 2 with a message on stderr for bad arguments; 1 for a failed syscall.
  */
