@@ -4,12 +4,14 @@
  * rows ask about, so each program decides in the spec's order from plain fields.
  *
  * Fixed headers are read with direct packet access; variable offsets (IPv4 options,
- * IPv6 extension headers, L4) with bpf_skb_load_bytes, which also copes with non-linear
- * skbs. Lengths are skb->len's, as the spec says.
+ * IPv6 extension headers, L4) at TC with bpf_skb_load_bytes, which also copes with
+ * non-linear skbs. Lengths are skb->len's, as the spec says. The XDP hook (xdp.h) walks
+ * the same code over its frame (parse_frame_at, below).
  */
 #ifndef AMBIENT_REDIRECT_PARSE_H
 #define AMBIENT_REDIRECT_PARSE_H
 
+#include <stdbool.h>
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -88,6 +90,58 @@ static __always_inline int parse_ipv6_ext(__u8 nh)
 #define PARSE_DIRECT_L4_MAX (14 + 60)
 
 /*
+ * The largest offset an XDP frame is read at. A frame at a veth's XDP hook fits a page (the
+ * kernel caps the veth's MTU for that), so 4096 loses nothing; the bound lets the verifier
+ * see the pointer arithmetic as bounded.
+ */
+#define PARSE_XDP_MAX_OFF 4096
+
+/*
+ * One parser for both hooks. Every function below takes the program's context and
+ * `xdp`, a constant at each call site (parse_frame: an skb at TC; xdp.h's xdp_parse_frame:
+ * an XDP frame), so that after inlining only one hook's reads are left. What differs
+ * between the hooks is confined to the three accessors here:
+ *   - lengths: skb->len at TC (which counts paged data), data_end - data at XDP (veth hands
+ *     its XDP program a linear frame);
+ *   - reads at a variable offset: bpf_skb_load_bytes at TC, which copes with non-linear
+ *     skbs; direct access under PARSE_XDP_MAX_OFF at XDP, which has no such helper;
+ *   - a VLAN tag offloaded into skb metadata (veths do that) shows at TC only: no XDP field
+ *     shows it (docs/datapath.md, "XDP (pod-side outbound)").
+ */
+
+/* Copies `len` (a constant) bytes at `off` of an XDP frame; -1 when they are not all in it. */
+static __always_inline int parse_xdp_load(const struct xdp_md *ctx, __u32 off, void *to, const __u32 len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *p;
+
+	if (off > PARSE_XDP_MAX_OFF)
+		return -1;
+	p = (__u8 *)data + off;
+	if ((void *)(p + len) > data_end)
+		return -1;
+	__builtin_memcpy(to, p, len);
+	return 0;
+}
+
+/* The frame's length, as each hook's rows count it. */
+static __always_inline __u32 parse_len(void *ctx, const bool xdp)
+{
+	if (xdp)
+		return (__u32)(((struct xdp_md *)ctx)->data_end - ((struct xdp_md *)ctx)->data);
+	return ((struct __sk_buff *)ctx)->len;
+}
+
+/* `len` (a constant) bytes at `off`; negative when the frame does not hold them. */
+static __always_inline long parse_load(void *ctx, const bool xdp, __u32 off, void *to, const __u32 len)
+{
+	if (xdp)
+		return parse_xdp_load(ctx, off, to, len);
+	return bpf_skb_load_bytes(ctx, off, to, len);
+}
+
+/*
  * The first 14 bytes at `off` (the most parse_l4 wants) copied from the frame's linear
  * part, when they are all in it: a bounds check and loads, where bpf_skb_load_bytes is a
  * helper call (a third of the parse's cost under BPF_PROG_RUN). 0 when they are not (a
@@ -109,8 +163,18 @@ static __always_inline int parse_l4_direct(struct __sk_buff *skb, __u32 off, __u
 	return 1;
 }
 
+/* The L4 header's first bytes into hdr: 14 for TCP (its flags included), else 4. */
+static __always_inline long parse_load_l4(void *ctx, const bool xdp, const struct flow *f, __u8 *hdr)
+{
+	if (xdp)
+		return f->proto == IPPROTO_TCP ? parse_xdp_load(ctx, f->l4_off, hdr, 14) : parse_xdp_load(ctx, f->l4_off, hdr, 4);
+	if (parse_l4_direct(ctx, f->l4_off, hdr))
+		return 0;
+	return bpf_skb_load_bytes(ctx, f->l4_off, hdr, f->proto == IPPROTO_TCP ? 14 : 4);
+}
+
 /* Reads the L4 header fields the spec needs; sets l4 to OK or TRUNCATED. */
-static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
+static __always_inline void parse_l4(void *ctx, const bool xdp, struct flow *f)
 {
 	__u8 hdr[14];
 	__u32 need;
@@ -127,14 +191,13 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct flow *f)
 		f->l4 = L4_OK;
 		return;
 	}
-	if (f->l4_off + need > skb->len) {
+	if (f->l4_off + need > parse_len(ctx, xdp)) {
 		f->l4 = L4_TRUNCATED;
 		return;
 	}
 	f->l4 = L4_OK;
 	/* TCP's flags too (byte 13); the header is 20 bytes, so they are there. */
-	if (!parse_l4_direct(skb, f->l4_off, hdr) &&
-	    bpf_skb_load_bytes(skb, f->l4_off, hdr, f->proto == IPPROTO_TCP ? 14 : 4) < 0) {
+	if (parse_load_l4(ctx, xdp, f, hdr) < 0) {
 		f->l4 = L4_TRUNCATED;
 		return;
 	}
@@ -153,7 +216,7 @@ static __always_inline __u32 parse_ipv6_hdr_len(__u8 type, __u8 hdrlen)
 	return type == IPPROTO_AH ? ((__u32)hdrlen + 2) * 4 : ((__u32)hdrlen + 1) * 8;
 }
 
-static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow *f, __u8 nh)
+static __always_inline void parse_ipv6_chain(void *ctx, const bool xdp, struct flow *f, __u8 nh)
 {
 	int i;
 
@@ -164,19 +227,19 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 
 		if (!parse_ipv6_ext(nh))
 			break;
-		if (bpf_skb_load_bytes(skb, f->l4_off, h, 2) < 0) {
+		if (parse_load(ctx, xdp, f->l4_off, h, 2) < 0) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
 		}
 		len = nh == IPPROTO_FRAGMENT ? 8 : parse_ipv6_hdr_len(nh, h[1]);
-		if (f->l4_off + len > skb->len) {
+		if (f->l4_off + len > parse_len(ctx, xdp)) {
 			f->l4 = L4_BAD_CHAIN;
 			return;
 		}
 		if (nh == IPPROTO_FRAGMENT) {
 			__u16 off;
 
-			if (bpf_skb_load_bytes(skb, f->l4_off, h, 4) < 0) {
+			if (parse_load(ctx, xdp, f->l4_off, h, 4) < 0) {
 				f->l4 = L4_BAD_CHAIN;
 				return;
 			}
@@ -202,13 +265,14 @@ static __always_inline void parse_ipv6_chain(struct __sk_buff *skb, struct flow 
 		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
 		return;
 	}
-	parse_l4(skb, f);
+	parse_l4(ctx, xdp, f);
 }
 
-static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
+/* The walk of both hooks; parse_frame and xdp.h's xdp_parse_frame name the hook. */
+static __always_inline void parse_frame_at(void *ctx, const bool xdp, struct flow *f)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
+	void *data = xdp ? (void *)(long)((struct xdp_md *)ctx)->data : (void *)(long)((struct __sk_buff *)ctx)->data;
+	void *data_end = xdp ? (void *)(long)((struct xdp_md *)ctx)->data_end : (void *)(long)((struct __sk_buff *)ctx)->data_end;
 	struct ethhdr *eth = data;
 	__u16 proto;
 
@@ -218,7 +282,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		return;
 	}
 	/* A tag offloaded into skb metadata (veths do that) is a tag all the same. */
-	if (skb->vlan_present) {
+	if (!xdp && ((struct __sk_buff *)ctx)->vlan_present) {
 		f->l3 = L3_VLAN;
 		return;
 	}
@@ -240,7 +304,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 			return;
 		}
 		ihl = ip->ihl * 4;
-		if (sizeof(*eth) + ihl > skb->len) {
+		if (sizeof(*eth) + ihl > parse_len(ctx, xdp)) {
 			f->l3 = L3_BAD_IP;
 			return;
 		}
@@ -252,7 +316,7 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		f->proto = ip->protocol;
 		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
 		f->l4_off = sizeof(*eth) + ihl;
-		parse_l4(skb, f);
+		parse_l4(ctx, xdp, f);
 		return;
 	}
 	if (proto == ETH_P_IPV6) {
@@ -266,10 +330,16 @@ static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
 		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
 		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
 		f->l4_off = sizeof(*eth) + sizeof(*ip6);
-		parse_ipv6_chain(skb, f, ip6->nexthdr);
+		parse_ipv6_chain(ctx, xdp, f, ip6->nexthdr);
 		return;
 	}
 	f->l3 = L3_OTHER;
+}
+
+/* An skb at a TC hook. */
+static __always_inline void parse_frame(struct __sk_buff *skb, struct flow *f)
+{
+	parse_frame_at(skb, false, f);
 }
 
 /* fe80::/10 and ff02::/16: never forwarded by the host. */

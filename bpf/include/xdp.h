@@ -3,11 +3,11 @@
  * The XDP hook of the pod-side outbound capture (docs/datapath.md, "XDP (pod-side
  * outbound)"): rows O1–O17 on a frame at the XDP hook of an enrolled pod's host veth.
  *
- * The frame parser of parse.h reads through bpf_skb_load_bytes and skb->vlan_present; an
- * XDP program has no skb, so this header parses the same fields into the same struct flow
- * with direct packet access (bounded offsets), and the verdict itself is redirect.h's,
- * unchanged: l3_verdict, the O7–O10 checks and l4_verdict take a struct flow, not an skb.
- * Lengths are the frame's: data_end - data (veth hands its XDP program a linear frame).
+ * The frame is parsed by parse.h's walk with the XDP accessors (direct packet access at
+ * bounded offsets, no skb metadata) into the same struct flow, and the verdict itself is
+ * redirect.h's, unchanged: l3_verdict, the O7–O10 checks and l4_verdict take a struct
+ * flow, not an skb. Lengths are the frame's: data_end - data (veth hands its XDP program
+ * a linear frame).
  * One thing the hook adds: before a redirect, an offloaded TCP/UDP checksum is completed
  * (xdp_complete_csum), since an XDP redirect carries the bytes and not the skb's checksum state.
  */
@@ -26,196 +26,20 @@
 #include "parse.h"
 #include "redirect.h"
 
-/*
- * Offsets a read may start at. A frame at a veth's XDP hook fits a page (the kernel caps
- * the veth's MTU for that), so 4096 loses nothing; the bound lets the verifier see the
- * pointer arithmetic as bounded.
- */
-#define XDP_MAX_OFF 4096
-
-/* Copies `len` (a constant) bytes at `off` of the frame; -1 when they are not all in it. */
-static __always_inline int xdp_load(const struct xdp_md *ctx, __u32 off, void *to, const __u32 len)
-{
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u8 *p;
-
-	if (off > XDP_MAX_OFF)
-		return -1;
-	p = (__u8 *)data + off;
-	if ((void *)(p + len) > data_end)
-		return -1;
-	__builtin_memcpy(to, p, len);
-	return 0;
-}
-
 static __always_inline __u32 xdp_len(const struct xdp_md *ctx)
 {
 	return (__u32)(ctx->data_end - ctx->data);
 }
 
-/* parse.h's parse_l4 over an XDP frame. */
-static __always_inline void xdp_parse_l4(const struct xdp_md *ctx, struct flow *f)
-{
-	__u8 hdr[14];
-	__u32 need;
-	int err;
-
-	if (f->proto == IPPROTO_TCP)
-		need = 20;
-	else if (f->proto == IPPROTO_UDP || parse_is_icmp(f))
-		need = 8;
-	else {
-		f->l4 = L4_OTHER;
-		return;
-	}
-	if (f->nonfirst_frag) {
-		f->l4 = L4_OK;
-		return;
-	}
-	if (f->l4_off + need > xdp_len(ctx)) {
-		f->l4 = L4_TRUNCATED;
-		return;
-	}
-	f->l4 = L4_OK;
-	/* TCP's flags too (byte 13); the header is 20 bytes, so they are there. */
-	if (f->proto == IPPROTO_TCP)
-		err = xdp_load(ctx, f->l4_off, hdr, 14);
-	else
-		err = xdp_load(ctx, f->l4_off, hdr, 4);
-	if (err < 0) {
-		f->l4 = L4_TRUNCATED;
-		return;
-	}
-	if (f->proto == IPPROTO_TCP)
-		f->tcp_flags = hdr[13];
-	if (parse_is_icmp(f)) {
-		f->icmp_type = hdr[0];
-	} else {
-		__builtin_memcpy(&f->sport, &hdr[0], 2);
-		__builtin_memcpy(&f->dport, &hdr[2], 2);
-	}
-}
-
-/* parse.h's parse_ipv6_chain over an XDP frame: the same walk, the same limits. */
-static __always_inline void xdp_parse_ipv6_chain(const struct xdp_md *ctx, struct flow *f, __u8 nh)
-{
-	__u32 frame_len = xdp_len(ctx);
-	int i;
-
-#pragma unroll
-	for (i = 0; i < MAX_IPV6_EXT; i++) {
-		__u8 h[4];
-		__u32 len;
-
-		if (!parse_ipv6_ext(nh))
-			break;
-		if (xdp_load(ctx, f->l4_off, h, 2) < 0) {
-			f->l4 = L4_BAD_CHAIN;
-			return;
-		}
-		len = nh == IPPROTO_FRAGMENT ? 8 : parse_ipv6_hdr_len(nh, h[1]);
-		if (f->l4_off + len > frame_len) {
-			f->l4 = L4_BAD_CHAIN;
-			return;
-		}
-		if (nh == IPPROTO_FRAGMENT) {
-			__u16 off;
-
-			if (xdp_load(ctx, f->l4_off, h, 4) < 0) {
-				f->l4 = L4_BAD_CHAIN;
-				return;
-			}
-			off = ((__u16)h[2] << 8 | h[3]) & 0xfff8;
-			nh = h[0];
-			f->l4_off += len;
-			if (off) {
-				/* The rest is payload: the protocol is the fragment header's. */
-				f->nonfirst_frag = 1;
-				break;
-			}
-			continue;
-		}
-		nh = h[0];
-		f->l4_off += len;
-	}
-	f->proto = nh;
-	if (!f->nonfirst_frag && parse_ipv6_ext(nh)) {
-		f->l4 = L4_BAD_CHAIN; /* longer than MAX_IPV6_EXT */
-		return;
-	}
-	if (nh != IPPROTO_TCP && nh != IPPROTO_UDP && nh != IPPROTO_ICMPV6) {
-		f->l4 = L4_BAD_CHAIN; /* ESP, no-next-header, anything else */
-		return;
-	}
-	xdp_parse_l4(ctx, f);
-}
-
 /*
- * parse.h's parse_frame over an XDP frame. One difference, which the hook imposes: a VLAN
- * tag a veth offloaded into skb metadata is not in an XDP frame and no XDP field shows it;
- * only tags in the frame are O3 here (see docs/datapath.md, "XDP (pod-side outbound)").
+ * parse.h's walk over an XDP frame (parse_frame_at). One difference, which the hook
+ * imposes: a VLAN tag a veth offloaded into skb metadata is not in an XDP frame and no XDP
+ * field shows it; only tags in the frame are O3 here (see docs/datapath.md, "XDP (pod-side
+ * outbound)").
  */
-static __always_inline void xdp_parse_frame(const struct xdp_md *ctx, struct flow *f)
+static __always_inline void xdp_parse_frame(struct xdp_md *ctx, struct flow *f)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	__u16 proto;
-
-	__builtin_memset(f, 0, sizeof(*f));
-	if ((void *)(eth + 1) > data_end) {
-		f->l3 = L3_SHORT;
-		return;
-	}
-	proto = bpf_ntohs(eth->h_proto);
-	if (proto == ETH_P_ARP) {
-		f->l3 = L3_ARP;
-		return;
-	}
-	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD) {
-		f->l3 = L3_VLAN;
-		return;
-	}
-	if (proto == ETH_P_IP) {
-		struct iphdr *ip = (void *)(eth + 1);
-		__u32 ihl;
-
-		if ((void *)(ip + 1) > data_end || ip->version != 4 || ip->ihl < 5) {
-			f->l3 = L3_BAD_IP;
-			return;
-		}
-		ihl = ip->ihl * 4;
-		if (sizeof(*eth) + ihl > xdp_len(ctx)) {
-			f->l3 = L3_BAD_IP;
-			return;
-		}
-		f->l3 = L3_IPV4;
-		f->src4 = ip->saddr;
-		f->dst4 = ip->daddr;
-		parse_addr_from_v4(&f->src, ip->saddr);
-		parse_addr_from_v4(&f->dst, ip->daddr);
-		f->proto = ip->protocol;
-		f->nonfirst_frag = (bpf_ntohs(ip->frag_off) & 0x1fff) != 0;
-		f->l4_off = sizeof(*eth) + ihl;
-		xdp_parse_l4(ctx, f);
-		return;
-	}
-	if (proto == ETH_P_IPV6) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-
-		if ((void *)(ip6 + 1) > data_end || ip6->version != 6) {
-			f->l3 = L3_BAD_IP;
-			return;
-		}
-		f->l3 = L3_IPV6;
-		__builtin_memcpy(f->src.addr, &ip6->saddr, 16);
-		__builtin_memcpy(f->dst.addr, &ip6->daddr, 16);
-		f->l4_off = sizeof(*eth) + sizeof(*ip6);
-		xdp_parse_ipv6_chain(ctx, f, ip6->nexthdr);
-		return;
-	}
-	f->l3 = L3_OTHER;
+	parse_frame_at(ctx, true, f);
 }
 
 /* --- completing an offloaded checksum (docs/datapath.md, "XDP (pod-side outbound)") -------- */
@@ -226,7 +50,7 @@ static __always_inline void xdp_parse_frame(const struct xdp_md *ctx, struct flo
 	if (len >= (n)) {                                                                    \
 		__u8 *p;                                                                     \
 		long r;                                                                      \
-		if (off > XDP_MAX_OFF)                                                       \
+		if (off > PARSE_XDP_MAX_OFF)                                                 \
 			return -1;                                                           \
 		p = (__u8 *)(long)ctx->data + off;                                           \
 		if ((void *)(p + (n)) > (void *)(long)ctx->data_end)                         \
@@ -246,7 +70,7 @@ static __always_inline int xdp_csum_range(const struct xdp_md *ctx, __u32 off, _
 	__u32 rest;
 	long r;
 
-	if (len > XDP_MAX_OFF)
+	if (len > PARSE_XDP_MAX_OFF)
 		return -1;
 	XDP_CSUM_STEP(512)
 	XDP_CSUM_STEP(512)
@@ -265,11 +89,11 @@ static __always_inline int xdp_csum_range(const struct xdp_md *ctx, __u32 off, _
 	XDP_CSUM_STEP(4)
 	/* 0-3 bytes left: summed as one word padded with zeros, as the checksum defines. */
 	rest = len;
-	if (rest >= 1 && xdp_load(ctx, off, &tail[0], 1) < 0)
+	if (rest >= 1 && parse_xdp_load(ctx, off, &tail[0], 1) < 0)
 		return -1;
-	if (rest >= 2 && xdp_load(ctx, off + 1, &tail[1], 1) < 0)
+	if (rest >= 2 && parse_xdp_load(ctx, off + 1, &tail[1], 1) < 0)
 		return -1;
-	if (rest >= 3 && xdp_load(ctx, off + 2, &tail[2], 1) < 0)
+	if (rest >= 3 && parse_xdp_load(ctx, off + 2, &tail[2], 1) < 0)
 		return -1;
 	r = bpf_csum_diff(0, 0, (__be32 *)tail, 4, *sum);
 	if (r < 0)
@@ -309,7 +133,7 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 	if (f->l3 == L3_IPV4) {
 		__u16 tot, frag;
 
-		if (xdp_load(ctx, 14 + 2, h, 6) < 0)
+		if (parse_xdp_load(ctx, 14 + 2, h, 6) < 0)
 			return;
 		tot = (__u16)h[0] << 8 | h[1];
 		frag = (__u16)h[4] << 8 | h[5];
@@ -329,7 +153,7 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 
 		if (f->l4_off != 14 + 40)
 			return; /* extension headers: left alone */
-		if (xdp_load(ctx, 14 + 4, h, 2) < 0)
+		if (parse_xdp_load(ctx, 14 + 4, h, 2) < 0)
 			return;
 		plen = (__u16)h[0] << 8 | h[1];
 		if (14 + 40 + (__u32)plen > frame_len)
@@ -347,7 +171,7 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 	pseudo = (__u32)r;
 	if (l4_len < (f->proto == IPPROTO_TCP ? 20 : 8))
 		return;
-	if (xdp_load(ctx, f->l4_off, h, 8) < 0)
+	if (parse_xdp_load(ctx, f->l4_off, h, 8) < 0)
 		return;
 	if (f->proto == IPPROTO_UDP) {
 		if (((__u32)h[4] << 8 | h[5]) != l4_len)
@@ -371,7 +195,7 @@ static __always_inline void xdp_complete_csum(struct xdp_md *ctx, const struct f
 		__u32 at = f->l4_off + (f->proto == IPPROTO_TCP ? 16 : 6);
 		__u8 *p;
 
-		if (at > XDP_MAX_OFF)
+		if (at > PARSE_XDP_MAX_OFF)
 			return;
 		p = (__u8 *)(long)ctx->data + at;
 		if ((void *)(p + 2) > (void *)(long)ctx->data_end)
