@@ -14,6 +14,9 @@
  * 0x539, SO_REUSEPORT, transparent, as ztunnel's), so no JavaScript event loop sets the
  * pace. The relay keeps Node.js at both ends. `--endpoints native,js` adds `none-js` and
  * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
+ * `loopback` is the ceiling (LOOPBACK below): the pod's client to a native server in the
+ * pod's own netns over 127.0.0.1, no capture; its ratio to iptables is reported beside
+ * each goal.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--workloads crr,rr,rr-conc,stream]
  *                                    [--rounds N] [--seconds S]
@@ -131,6 +134,14 @@ export interface InpodBenchOptions {
   cpu?: number;
 }
 
+/**
+ * The ceiling: no capture, the pod's client and a native server both in the pod's netns,
+ * over 127.0.0.1, with no netfilter and no program on the way. Every terminating capture
+ * hands its connection to a TCP socket in the same netns, so this is the cheapest path
+ * such a capture could give it, short of bypassing TCP: `loopback / iptables` is the most
+ * any of them can reach against Istio's rules on the machine it runs on.
+ */
+const LOOPBACK = 'loopback';
 /** The suffix of a capture's scenario with the relaying stand-in. */
 const RELAY = '-relay';
 /** The suffix of a scenario with traffic-peer.js ends instead of native ones. */
@@ -147,17 +158,18 @@ export const DEFAULT_INPOD_BENCH: InpodBenchOptions = {
 };
 
 /** What a scenario's name says: the capture (or none), its ends, and whether the stand-in relays. */
-export function scenarioOf(name: string): { capture: string | null; ends: PeerKind; relay: boolean } {
+export function scenarioOf(name: string): { capture: string | null; ends: PeerKind; relay: boolean; loopback: boolean } {
+  if (name === LOOPBACK) return { capture: null, ends: 'native', relay: false, loopback: true };
   const relay = name.endsWith(RELAY);
   const js = name.endsWith(JS);
   const base = relay ? name.slice(0, -RELAY.length) : js ? name.slice(0, -JS.length) : name;
-  return { capture: base === 'none' ? null : base, ends: relay || js ? 'js' : 'native', relay };
+  return { capture: base === 'none' ? null : base, ends: relay || js ? 'js' : 'native', relay, loopback: false };
 }
 
 /** Every scenario of a run, in its base order (rounds rotate it). */
 export function scenarioNames(captures: readonly string[], endpoints: readonly PeerKind[]): string[] {
   const js = endpoints.includes('js') ? ['none', ...captures].map((c) => `${c}${JS}`) : [];
-  return ['none', ...captures, ...captures.map((c) => `${c}${RELAY}`), ...js];
+  return ['none', LOOPBACK, ...captures, ...captures.map((c) => `${c}${RELAY}`), ...js];
 }
 
 export interface InpodSample {
@@ -258,6 +270,9 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           zds.addPod(UID, { name: pod.name, namespace: 'bench', serviceAccount: 'default' }, fd);
           await until('the stand-in holds the pod', () => zt.held().some((h) => h.uid === UID));
         }
+        // The ceiling's server, in the pod and only for its slot (no listener of the pod's
+        // own sits beside a capture's).
+        const podServer = current.loopback ? await startPeer(pod.ns, 'native', ['serve', '--port', String(NATIVE_PORT)], { cpu: o.cpu }) : null;
         try {
           const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
           if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
@@ -265,13 +280,14 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           for (const workload of rotate(o.workloads, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
             // The answering end: the native stand-in when it terminates, else the outside server.
-            const answerer = current.ends === 'native' ? (nativeStandIn ?? (bench ? null : nativeServer)) : null;
+            const answerer = current.ends === 'native' ? (nativeStandIn ?? podServer ?? (bench ? null : nativeServer)) : null;
             const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const cpu0 = cpuNow().busy;
             const sleeps0 = cpuSleepsNow();
             const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
             const run = clientRunOf(workload, o.concurrency);
-            const r = await runClient(pod.ns, current.ends, run.workload, sim.outside.ip, PORTS[current.ends], { ...o, ...run });
+            const to = current.loopback ? '127.0.0.1' : sim.outside.ip;
+            const r = await runClient(pod.ns, current.ends, run.workload, to, PORTS[current.ends], { ...o, ...run });
             const cpu1 = cpuNow().busy;
             const sleeps1 = cpuSleepsNow();
             const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
@@ -309,6 +325,10 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             );
           }
         } finally {
+          if (podServer) {
+            podServer.stop();
+            await podServer.exited;
+          }
           if (bench) {
             zds.removePod(UID);
             await until('the stand-in let the pod go', () => !zt.held().some((h) => h.uid === UID));
@@ -345,7 +365,8 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   const relayed = present(captures.map((c) => `${c}${RELAY}`));
   const js = present(captures.map((c) => `${c}${JS}`));
   const noneJs = present([`none${JS}`]);
-  const scenarios = ['none', ...captures, ...relayed, ...noneJs, ...js];
+  const loopback = present([LOOPBACK]);
+  const scenarios = ['none', ...loopback, ...captures, ...relayed, ...noneJs, ...js];
   for (const s of scenarios) lines.push(`${s.padEnd(16)}${ran.map((w) => rateText(w, med(s, w)).padStart(16)).join('')}`);
   // A lost SYN stalls its connection for the 1 s retransmit: a few of them move connections/s.
   const resent = (s: string) => samples.filter((x) => x.scenario === s).reduce((n, x) => n + x.synRetrans, 0);
@@ -360,13 +381,13 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
     lines.push(
       `CPU sleeps per connection (crr) or round trip (cpuidle entries, all CPUs; medians): ${slept.map((s) => `${s} ${perOp(s).join(', ')}`).join('; ')}`,
     );
-  for (const [set, base, label] of [
-    [captures, 'none', 'terminating stand-in'],
-    [relayed, 'none', 'relaying stand-in'],
-    [js, `none${JS}`, 'terminating stand-in, JS ends'],
+  for (const [set, bases, label] of [
+    [captures, ['none', ...loopback], 'terminating stand-in'],
+    [relayed, ['none'], 'relaying stand-in'],
+    [js, [`none${JS}`], 'terminating stand-in, JS ends'],
   ] as const) {
     for (const a of set) {
-      for (const b of [...set.filter((x) => x !== a), base]) {
+      for (const b of [...set.filter((x) => x !== a), ...bases]) {
         lines.push(`inpod ${a}/${b} (${label}): ${ran.map((w) => `${w} ${(med(a, w) / med(b, w)).toFixed(2)}x`).join(', ')}`);
       }
     }
@@ -446,6 +467,20 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
       ratioInterval(pairs(w, 'ebpf', 'iptables', (s) => s.rate)),
     ),
   );
+  // The ceiling beside each goal: where its interval lies below the goal, no capture that
+  // hands the connection to a TCP socket in the pod can meet it on this machine.
+  const ceiling = samples.some((s) => s.scenario === LOOPBACK)
+    ? workloadsIn(samples)
+        .filter((w) => INPOD_GOALS[w].kind !== 'none')
+        .map((w) =>
+          figure(
+            `in-pod ceiling (loopback, no capture) / in-pod iptables: ${workloadText(w, concurrency)}${tag}`,
+            '×',
+            { kind: 'none' },
+            ratioInterval(pairs(w, LOOPBACK, 'iptables', (s) => s.rate)),
+          ),
+        )
+    : [];
   // The same comparison in CPU: what the native ends (client and the stand-in, with the
   // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
   // ebpf cheaper). On a shared machine a rate follows the CPU share it gets as much as its
@@ -459,7 +494,7 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
     const p = pairs(w, 'iptables', 'ebpf', (s) => s.endsNsPerOp);
     return p.length ? [figure(`in-pod iptables / in-pod ebpf: ends' CPU per ${per[w]}${tag}`, '×', { kind: 'none' }, ratioInterval(p, 7))] : [];
   });
-  return [...rates, ...cpu];
+  return [...rates, ...ceiling, ...cpu];
 }
 
 /** --workloads: names of INPOD_WORKLOADS, comma-separated; run in INPOD_WORKLOADS' order. */

@@ -45,7 +45,7 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
   control   harness/bench/control.ts: initial sync, RSS, event -> map entry (no kernel);
             harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
             harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
-            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture), same stand-in,
+            harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture, and the loopback ceiling), same stand-in,
             then again with every end on one CPU (--one-cpu);
             harness/bench/hooks.ts: ebpf mode with --hook tc beside --hook xdp (traffic, small-frame floods)
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19

@@ -98,13 +98,15 @@ describe('the cost of a system call', () => {
 
 describe('in-pod bench ends', () => {
   it('scenario names say the capture, the ends and the relay', () => {
-    expect(scenarioOf('none')).toEqual({ capture: null, ends: 'native', relay: false });
-    expect(scenarioOf('none-js')).toEqual({ capture: null, ends: 'js', relay: false });
-    expect(scenarioOf('ebpf')).toEqual({ capture: 'ebpf', ends: 'native', relay: false });
-    expect(scenarioOf('ebpf-js')).toEqual({ capture: 'ebpf', ends: 'js', relay: false });
-    expect(scenarioOf('iptables-relay')).toEqual({ capture: 'iptables', ends: 'js', relay: true });
-    expect(scenarioNames(['ebpf'], ['native'])).toEqual(['none', 'ebpf', 'ebpf-relay']);
-    expect(scenarioNames(['ebpf'], ['native', 'js'])).toEqual(['none', 'ebpf', 'ebpf-relay', 'none-js', 'ebpf-js']);
+    expect(scenarioOf('none')).toEqual({ capture: null, ends: 'native', relay: false, loopback: false });
+    expect(scenarioOf('none-js')).toEqual({ capture: null, ends: 'js', relay: false, loopback: false });
+    expect(scenarioOf('ebpf')).toEqual({ capture: 'ebpf', ends: 'native', relay: false, loopback: false });
+    expect(scenarioOf('ebpf-js')).toEqual({ capture: 'ebpf', ends: 'js', relay: false, loopback: false });
+    expect(scenarioOf('iptables-relay')).toEqual({ capture: 'iptables', ends: 'js', relay: true, loopback: false });
+    // The ceiling: no capture, native ends, both in the pod.
+    expect(scenarioOf('loopback')).toEqual({ capture: null, ends: 'native', relay: false, loopback: true });
+    expect(scenarioNames(['ebpf'], ['native'])).toEqual(['none', 'loopback', 'ebpf', 'ebpf-relay']);
+    expect(scenarioNames(['ebpf'], ['native', 'js'])).toEqual(['none', 'loopback', 'ebpf', 'ebpf-relay', 'none-js', 'ebpf-js']);
     expect(parseOptions(['--endpoints', 'native,js']).endpoints).toEqual(['native', 'js']);
     expect(() => parseOptions(['--endpoints', 'js'])).toThrow('native is always measured');
   });
@@ -246,5 +248,24 @@ describe('in-pod figures in CPU', () => {
       "in-pod iptables / in-pod ebpf: ends' CPU per round trip, one connection (one CPU)",
       "in-pod iptables / in-pod ebpf: ends' CPU per round trip, 4 connections at once (one CPU)",
     ]);
+  });
+
+  it('with the loopback ceiling in the run: its ratio to iptables beside each goal, without a goal of its own', () => {
+    const s = (scenario: string, round: number, rate: number): InpodSample[] =>
+      INPOD_WORKLOADS.map((workload) => ({ round, scenario, workload, rate, errors: 0, synRetrans: 0 }));
+    const run = [0, 1, 2].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100), ...s('loopback', r, 125), ...s('none', r, 120)]);
+    const f = inpodFigures(run, { concurrency: 4 });
+    expect(f.filter((x) => x.label.startsWith('in-pod ceiling')).map((x) => [x.label, Number(x.value.toFixed(3)), x.goal, x.verdict])).toEqual([
+      ['in-pod ceiling (loopback, no capture) / in-pod iptables: connections/s', 1.25, { kind: 'none' }, '–'],
+      ['in-pod ceiling (loopback, no capture) / in-pod iptables: request/response, 4 connections at once', 1.25, { kind: 'none' }, '–'],
+    ]);
+    // The goals' figures come first and are unchanged by it.
+    expect(f.slice(0, 4).map((x) => x.label)).toEqual(inpodFigures(run.filter((x) => x.scenario !== 'loopback')).map((x) => x.label));
+    expect(inpodFigures(run.filter((x) => x.workload === 'stream')).some((x) => x.label.startsWith('in-pod ceiling'))).toBe(false);
+    const text = inpodTable(run, ['ebpf', 'iptables']);
+    expect(text.split('\n')[2]).toMatch(/^loopback\s+125 conn\/s/);
+    expect(text).toContain('inpod ebpf/loopback (terminating stand-in): crr 0.88x');
+    expect(text).toContain('inpod iptables/loopback (terminating stand-in): crr 0.80x');
+    expect(text).not.toContain('inpod loopback/');
   });
 });
