@@ -45,7 +45,7 @@ import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure } from './stats.js';
 import { eventLine, type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
 import { formatRate, rotate } from './traffic.js';
-import { numberOption } from './options.js';
+import { numberOption, ROUND_FLAGS, roundOptions } from './options.js';
 
 export const HOOKS = ['tc', 'xdp'] as const;
 export type HookName = (typeof HOOKS)[number];
@@ -333,23 +333,16 @@ export function parseHookOptions(argv: string[]): HookOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
-      rounds: { type: 'string' },
-      seconds: { type: 'string' },
-      warmup: { type: 'string' },
-      concurrency: { type: 'string' },
+      ...ROUND_FLAGS,
       'flood-seconds': { type: 'string' },
       'bpf-stats': { type: 'boolean' },
     },
     strict: true,
   });
   const d = DEFAULT_HOOKS;
-  const num = numberOption;
   return {
-    rounds: num('rounds', values.rounds, d.rounds, 1, 50, true),
-    seconds: num('seconds', values.seconds, d.seconds, 0.2, 30, false),
-    warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
-    concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 64, true),
-    floodSeconds: num('flood-seconds', values['flood-seconds'], d.floodSeconds, 0.2, 30, false),
+    ...roundOptions(values, d),
+    floodSeconds: numberOption('flood-seconds', values['flood-seconds'], d.floodSeconds, 0.2, 30, false),
     bpfStats: values['bpf-stats'] === true,
   };
 }

@@ -58,7 +58,7 @@ import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './st
 import { formatRate, rotate, type Workload } from './traffic.js';
 import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
-import { numberOption } from './options.js';
+import { ROUND_FLAGS, roundOptions } from './options.js';
 
 /** The in-pod bench's workloads: traffic.ts's, and request/response on --concurrency connections at once. */
 export const INPOD_WORKLOADS = ['crr', 'rr', 'rr-conc', 'stream'] as const;
@@ -516,17 +516,13 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
     options: {
       captures: { type: 'string' },
       workloads: { type: 'string' },
-      rounds: { type: 'string' },
-      seconds: { type: 'string' },
-      warmup: { type: 'string' },
-      concurrency: { type: 'string' },
+      ...ROUND_FLAGS,
       endpoints: { type: 'string' },
       'bpf-stats': { type: 'boolean' },
       'one-cpu': { type: 'boolean' },
     },
     strict: true,
   });
-  const num = numberOption;
   const d = DEFAULT_INPOD_BENCH;
   const captures =
     values.captures === undefined
@@ -540,10 +536,7 @@ export function parseOptions(argv: string[]): InpodBenchOptions {
   return {
     captures,
     workloads: parseWorkloads(values.workloads),
-    rounds: num('rounds', values.rounds, d.rounds, 1, 100, true),
-    seconds: num('seconds', values.seconds, d.seconds, 0.1, 60, false),
-    warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
-    concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 256, true),
+    ...roundOptions(values, d, { rounds: 100, seconds: [0.1, 60], concurrency: 256 }),
     endpoints: parseEndpoints(values.endpoints),
     bpfStats: values['bpf-stats'] === true,
     ...(values['one-cpu'] === true && { cpu: 0 }),

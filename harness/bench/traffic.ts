@@ -40,7 +40,7 @@ import { ZTUNNEL_PORTS } from '../sim/names.js';
 import { parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import type { StandInCounts } from './traffic-peer.js';
 import type { SelectedMode } from '../../src/core/modes.js';
-import { numberOption } from './options.js';
+import { ROUND_FLAGS, roundOptions } from './options.js';
 
 export const SCENARIOS = [
   'direct',
@@ -332,23 +332,14 @@ export function parseTrafficOptions(argv: string[]): TrafficOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
-      rounds: { type: 'string' },
-      seconds: { type: 'string' },
-      warmup: { type: 'string' },
-      concurrency: { type: 'string' },
+      ...ROUND_FLAGS,
       endpoints: { type: 'string' },
     },
     strict: true,
   });
-  const d = DEFAULT_TRAFFIC;
-  const num = numberOption;
-  const endpoints = parseEndpoints(values.endpoints);
   return {
-    rounds: num('rounds', values.rounds, d.rounds, 1, 50, true),
-    seconds: num('seconds', values.seconds, d.seconds, 0.2, 30, false),
-    warmupSeconds: num('warmup', values.warmup, d.warmupSeconds, 0, 10, false),
-    concurrency: num('concurrency', values.concurrency, d.concurrency, 1, 64, true),
-    endpoints,
+    ...roundOptions(values, DEFAULT_TRAFFIC),
+    endpoints: parseEndpoints(values.endpoints),
   };
 }
 
