@@ -55,25 +55,16 @@ import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
 import { cpuNow, cpuSleepsNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
-import { formatRate, rotate, type Workload } from './traffic.js';
+import { clientRunOf, formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
 import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
 import { ROUND_FLAGS, roundOptions } from './options.js';
 
-/** The in-pod bench's workloads: traffic.ts's, and request/response on --concurrency connections at once. */
-export const INPOD_WORKLOADS = ['crr', 'rr', 'rr-conc', 'stream'] as const;
-export type InpodWorkload = (typeof INPOD_WORKLOADS)[number];
+/** The in-pod bench's workloads: traffic.ts's (request/response on one connection and on --concurrency at once). */
+export const INPOD_WORKLOADS = WORKLOADS;
+export type InpodWorkload = Workload;
 
-/** The client's workload for each (rr-conc is rr with more connections). */
-const CLIENT_WORKLOAD: Record<InpodWorkload, Workload> = { crr: 'crr', rr: 'rr', 'rr-conc': 'rr', stream: 'stream' };
-
-/** The client run of a workload: rr on one connection, rr-conc on `concurrency` at once. */
-export function clientRunOf(workload: InpodWorkload, concurrency: number): { workload: Workload; rrConnections?: number } {
-  const client = CLIENT_WORKLOAD[workload];
-  return client === 'rr' ? { workload: client, rrConnections: workload === 'rr-conc' ? concurrency : 1 } : { workload: client };
-}
-
-const rateText = (w: InpodWorkload, rate: number) => formatRate(CLIENT_WORKLOAD[w], rate);
+const rateText = (w: InpodWorkload, rate: number) => formatRate(w, rate);
 
 /** The workloads a run had (--workloads), in INPOD_WORKLOADS' order. */
 const workloadsIn = (samples: readonly InpodSample[]): InpodWorkload[] => INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w));

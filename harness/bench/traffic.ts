@@ -19,8 +19,8 @@
  *
  * The relay scenarios and their baselines keep traffic-peer.ts at both ends (its relay is
  * ztunnel's stand-in there). Workloads (`traffic-peer.ts`): connections/s (connect, small request, response, close;
- * a few loops at once), request/response on one connection (64-byte ping-pong), stream
- * throughput (bulk bytes from the pod). The stand-ins answer terminated and direct
+ * a few loops at once), request/response on one connection (64-byte ping-pong) and on
+ * --concurrency connections at once (`rr-conc`), stream throughput (bulk bytes from the pod). The stand-ins answer terminated and direct
  * connections as the outside server would; only one holds ztunnel's transparent
  * listeners at a time (the other is told to release them), the one the scenario needs. The
  * machine is shared and noisy: scenarios are interleaved over rounds (the order rotating
@@ -38,7 +38,7 @@ import { createSimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
 import { ZTUNNEL_PORTS } from '../sim/names.js';
 import { parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
-import type { StandInCounts } from './traffic-peer.js';
+import type { PeerResult, StandInCounts } from './traffic-peer.js';
 import type { SelectedMode } from '../../src/core/modes.js';
 import { ROUND_FLAGS, roundOptions } from './options.js';
 
@@ -56,15 +56,32 @@ export const SCENARIOS = [
   'iptables-term-js',
 ] as const;
 export type Scenario = (typeof SCENARIOS)[number];
-export const WORKLOADS = ['crr', 'rr', 'stream'] as const;
+/**
+ * The workloads: connections/s, request/response on one connection and on --concurrency
+ * connections at once (`rr-conc`), stream. One connection's ping-pong on two otherwise
+ * idle CPUs waits mostly for the other CPU to wake (docs/inpod.md, "Reading the in-pod
+ * request/response figures"); with several at once the CPUs stay busy and the rate follows
+ * what each round trip costs.
+ */
+export const WORKLOADS = ['crr', 'rr', 'rr-conc', 'stream'] as const;
 export type Workload = (typeof WORKLOADS)[number];
+/** What the peers run (rr-conc is rr with more connections). */
+export type ClientWorkload = PeerResult['workload'];
+
+const CLIENT_WORKLOAD: Record<Workload, ClientWorkload> = { crr: 'crr', rr: 'rr', 'rr-conc': 'rr', stream: 'stream' };
+
+/** The client run of a workload: rr on one connection, rr-conc on `concurrency` at once. */
+export function clientRunOf(workload: Workload, concurrency: number): { workload: ClientWorkload; rrConnections?: number } {
+  const client = CLIENT_WORKLOAD[workload];
+  return client === 'rr' ? { workload: client, rrConnections: workload === 'rr-conc' ? concurrency : 1 } : { workload: client };
+}
 
 export interface TrafficOptions {
   rounds: number;
   /** Measured seconds per workload run. */
   seconds: number;
   warmupSeconds: number;
-  /** Parallel connect loops of the connections/s workload. */
+  /** Parallel connect loops of the connections/s workload, and connections of rr-conc. */
   concurrency: number;
   /** Ends of the terminating and direct scenarios: native always; js adds the `-js` ones. */
   endpoints: readonly PeerKind[];
@@ -269,7 +286,8 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
               const needs = holderFor(plan);
               if (needs) await hold(needs);
               const before = await counts();
-              const r = await runClient(pods[plan.pod].ns, plan.peer, workload, ...targets(plan.peer)[plan.to], o);
+              const run = clientRunOf(workload, o.concurrency);
+              const r = await runClient(pods[plan.pod].ns, plan.peer, run.workload, ...targets(plan.peer)[plan.to], { ...o, ...run });
               const after = await counts();
               const delta = (kind: PeerKind) =>
                 Object.fromEntries(
@@ -285,7 +303,7 @@ export async function runTraffic(o: TrafficOptions = DEFAULT_TRAFFIC, log: (line
               samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost });
               const notes = [r.errors && `${r.errors} errors`, r.synRetrans && `${r.synRetrans} SYN retransmits`].filter(Boolean).join(', ');
               log(
-                `traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(16)} ${workload.padEnd(6)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`,
+                `traffic: round ${round + 1}/${o.rounds} ${scenario.padEnd(16)} ${workload.padEnd(7)} ${formatRate(workload, r.rate)}${notes ? ` (${notes})` : ''}`,
               );
             }
           }
@@ -322,7 +340,7 @@ function describeMode(events: readonly LogEvent[]): string {
   return detail.length ? `${mode} (${detail.join(', ')})` : mode;
 }
 
-export function formatRate(workload: Workload, rate: number): string {
+export function formatRate(workload: Workload | ClientWorkload, rate: number): string {
   if (workload === 'stream') return `${((rate * 8) / 1e9).toFixed(2)} Gbit/s`;
   return `${Math.round(rate)} ${workload === 'crr' ? 'conn/s' : 'rt/s'}`;
 }
@@ -360,7 +378,7 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   runTraffic(options, (l) => process.stderr.write(`${l}\n`), abort.signal).then(
     (run) => {
       const out = [
-        trafficTable(run.samples),
+        trafficTable(run.samples, run.options.concurrency),
         ratioTable(ratios(run.samples)),
         ratioTable(ratios(run.samples, RELAY_RATIOS)),
         ratioTable(ratios(run.samples, CPU_RATIOS)),

@@ -171,7 +171,7 @@ export async function benchCommand(argv: string[]): Promise<number> {
       const { runTraffic } = await import('../bench/traffic.js');
       const run: TrafficRun = await timed('traffic', () => runTraffic(trafficOpts, say, abort.signal));
       report.traffic = { ...run.options, samples: run.samples, modes: run.modes };
-      print(trafficTable(run.samples));
+      print(trafficTable(run.samples, run.options.concurrency));
       print(ratioTable(ratios(run.samples)));
       print(ratioTable(ratios(run.samples, RELAY_RATIOS)));
     }

@@ -4,17 +4,17 @@ import { datapathFigures, goalFigures, median, RELAY_RATIOS, ratios, ratioSvg, r
 import type { BenchRow } from '../../harness/bench/datapath.js';
 import { bootstrap, figure, figureTable, quantile, ratioInterval, splitFigures, figuresLine, verdict } from '../../harness/bench/stats.js';
 import { rng } from '../../harness/lib/rng.js';
-import { rotate, type Scenario, type TrafficSample, type Workload } from '../../harness/bench/traffic.js';
+import { clientRunOf, rotate, type Scenario, type TrafficSample, type Workload, WORKLOADS } from '../../harness/bench/traffic.js';
 import { synRetransmits as parseSynRetrans } from '../../harness/bench/traffic-peer.js';
 
 /** Three rounds; the rate of each scenario × workload is base × factor, times a per-round wobble. */
 function samples(factors: Partial<Record<Scenario, number>>): TrafficSample[] {
-  const base: Record<Workload, number> = { crr: 1000, rr: 10_000, stream: 1e9 };
+  const base: Record<Workload, number> = { crr: 1000, rr: 10_000, 'rr-conc': 40_000, stream: 1e9 };
   const wobble = [1, 1.1, 0.9];
   const out: TrafficSample[] = [];
   for (let round = 0; round < 3; round++) {
     for (const [scenario, f] of Object.entries(factors) as [Scenario, number][]) {
-      for (const workload of ['crr', 'rr', 'stream'] as const) out.push({ round, scenario, workload, rate: base[workload] * f * wobble[round]!, errors: 0 });
+      for (const workload of WORKLOADS) out.push({ round, scenario, workload, rate: base[workload] * f * wobble[round]!, errors: 0 });
     }
   }
   return out;
@@ -50,7 +50,7 @@ describe('SYN retransmits', () => {
 
   it('the table sums them per scenario and the reading explains them when ebpf mode lost SYNs', () => {
     const s = samples({ ebpf: 1, iptables: 1 }).map((x) => ({ ...x, synRetrans: x.scenario === 'ebpf' && x.workload === 'crr' ? 5 : 0 }));
-    expect(trafficTable(s)).toMatch(/\| ebpf mode, pod A enrolled, stand-in relays \|.*\| 15 \|$/m);
+    expect(trafficTable(s, 4)).toMatch(/\| ebpf mode, pod A enrolled, stand-in relays \|.*\| 15 \|$/m);
     const md = renderMarkdown({
       date: 'd',
       machine: { nproc: 2, memoryGiB: 1, kernel: 'k', cpu: 'c', node: 'n' },
@@ -164,7 +164,9 @@ describe('ratios against the goals', () => {
     // 0.97 is outside the 2 % band in every round.
     expect(by['unenrolled pod, agent running / no agent: request/response']).toMatchObject({ verdict: 'not met' });
     expect(by['unenrolled pod, agent running / no agent: request/response']!.perRound.min).toBeCloseTo(0.97);
-    expect(rs).toHaveLength(9);
+    // The goals' nine, and the two concurrent request/response ratios without a goal.
+    expect(rs).toHaveLength(11);
+    expect(rs.slice(9).every((r) => r.goal.kind === 'none' && r.verdict === '–')).toBe(true);
   });
 
   it('leaves out ratios whose scenarios were not measured; the relay ratios carry no goal', () => {
@@ -172,9 +174,10 @@ describe('ratios against the goals', () => {
       'ebpf capture (terminated) / direct: connections/s',
       'ebpf capture (terminated) / direct: request/response',
       'ebpf capture (terminated) / direct: stream',
+      'ebpf capture (terminated) / direct: request/response, concurrent connections',
     ]);
     const relay = ratios(samples({ none: 1, ebpf: 0.5, iptables: 0.5 }), RELAY_RATIOS);
-    expect(relay).toHaveLength(6);
+    expect(relay).toHaveLength(7);
     expect(relay.every((r) => r.verdict === '–')).toBe(true);
   });
 
@@ -202,10 +205,24 @@ describe('rendering', () => {
   const s = samples({ direct: 1, 'ebpf-term': 1.4, 'iptables-term': 1, none: 1, 'none-b': 1, ebpf: 1.4, iptables: 1, unenrolled: 0.97 });
 
   it('the traffic table shows medians with their range, throughput in Gbit/s', () => {
-    const t = trafficTable(s);
+    const t = trafficTable(s, 4);
+    expect(t.split('\n')[0]).toContain('| request/response (round trips/s) | request/response, 4 connections (round trips/s) | stream (Gbit/s) |');
     expect(t).toContain(
-      '| ebpf mode, pod A enrolled, stand-in relays | 1,400 <sub>(1,260–1,540)</sub> | 14,000 <sub>(12,600–15,400)</sub> | 11.20 <sub>(10.08–12.32)</sub> |',
+      '| ebpf mode, pod A enrolled, stand-in relays | 1,400 <sub>(1,260–1,540)</sub> | 14,000 <sub>(12,600–15,400)</sub> | 56,000 <sub>(50,400–61,600)</sub> | 11.20 <sub>(10.08–12.32)</sub> |',
     );
+  });
+
+  it('request/response runs on one connection and on --concurrency at once; the concurrent figures have no goal', () => {
+    expect(WORKLOADS).toEqual(['crr', 'rr', 'rr-conc', 'stream']);
+    expect(clientRunOf('rr', 4)).toEqual({ workload: 'rr', rrConnections: 1 });
+    expect(clientRunOf('rr-conc', 6)).toEqual({ workload: 'rr', rrConnections: 6 });
+    expect(clientRunOf('crr', 4)).toEqual({ workload: 'crr' });
+    const conc = ratios(s).filter((r) => r.label.includes('concurrent connections'));
+    expect(conc.map((r) => [r.label, Number(r.value.toFixed(3)), r.verdict])).toEqual([
+      ['ebpf capture (terminated) / direct: request/response, concurrent connections', 1.4, '–'],
+      ['ebpf / iptables (terminated): request/response, concurrent connections', 1.4, '–'],
+    ]);
+    expect(ratios(s.filter((x) => x.workload !== 'rr-conc')).some((r) => r.label.includes('concurrent'))).toBe(false);
   });
 
   it('the SVG is well-formed, one bar per ratio, coloured by the verdict, labels escaped', () => {
@@ -237,7 +254,7 @@ describe('rendering', () => {
     expect(md).toContain('| unenrolled pod, agent running / no agent: request/response | 0.970 | 0.970–0.970 | 0.97–0.97 | 3 | 0.98–1.02× | **not met** |');
     expect(md).toContain('## Goals');
     expect(md).toContain('| relay: ebpf / iptables: stream | 1.400 |');
-    expect(goalFigures({ traffic: { samples: s, rounds: 3, seconds: 2, warmupSeconds: 0.3, concurrency: 4, modes: {} } })).toHaveLength(9);
+    expect(goalFigures({ traffic: { samples: s, rounds: 3, seconds: 2, warmupSeconds: 0.3, concurrency: 4, modes: {} } })).toHaveLength(11);
     expect(md).toContain('Not run: no control-path benchmark');
     expect(md).not.toContain('## Data path');
   });

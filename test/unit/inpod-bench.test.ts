@@ -4,7 +4,8 @@
  * The bench itself runs on the kernel (`node dist/harness/bench/inpod.js`), never here.
  */
 import { describe, expect, it } from 'vitest';
-import { CAPTURES, clientRunOf, INPOD_WORKLOADS, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
+import { CAPTURES, INPOD_WORKLOADS, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
+import { clientRunOf } from '../../harness/bench/traffic.js';
 import { pinned } from '../../harness/bench/peers.js';
 import { sleepsOf } from '../../harness/bench/cost.js';
 
