@@ -5,7 +5,8 @@
  */
 import type { BenchRow } from './datapath.js';
 import { bootstrap, CONFIDENCE, figure, figureTable, goalText, median, ratioInterval, VERDICT_TEXT, type Figure, type Goal } from './stats.js';
-import { type Scenario, type TrafficSample, type Workload, WORKLOADS } from './traffic.js';
+// Types only: traffic.ts imports this module when run on its own (a value import would be a cycle).
+import type { Scenario, TrafficSample, Workload } from './traffic.js';
 
 export { median };
 
@@ -222,7 +223,7 @@ export function trafficTable(samples: readonly TrafficSample[], concurrency: num
     const c = cells.get(key(s, w));
     return c ? `${fmt[w](c.median)} <sub>(${fmt[w](c.min)}–${fmt[w](c.max)})</sub>` : '–';
   };
-  const scenarios = (Object.keys(SCENARIO_TEXT) as Scenario[]).filter((s) => WORKLOADS.some((w) => cells.has(key(s, w))));
+  const scenarios = (Object.keys(SCENARIO_TEXT) as Scenario[]).filter((s) => (Object.keys(fmt) as Workload[]).some((w) => cells.has(key(s, w))));
   return [
     `| scenario | connections/s | request/response (round trips/s) | request/response, ${concurrency} connections (round trips/s) | stream (Gbit/s) | SYN retransmits (connections/s runs, all rounds) |`,
     '|---|---:|---:|---:|---:|---:|',
