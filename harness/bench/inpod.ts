@@ -270,7 +270,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(o.workloads, round)) {
             const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
-            // The answering end: the native stand-in when it terminates, else the outside server.
+            // The answering end: the native stand-in when it terminates, the pod's own server for
+            // the ceiling, else the outside server.
             const answerer = current.ends === 'native' ? (nativeStandIn ?? podServer ?? (bench ? null : nativeServer)) : null;
             const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const cpu0 = cpuNow().busy;
