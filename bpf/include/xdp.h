@@ -28,7 +28,7 @@
 
 static __always_inline __u32 xdp_len(const struct xdp_md *ctx)
 {
-	return (__u32)(ctx->data_end - ctx->data);
+	return parse_len((void *)ctx, true);
 }
 
 /*

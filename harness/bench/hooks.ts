@@ -45,18 +45,14 @@ import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure } from './stats.js';
 import { eventLine, type PeerProcess, peerCommand, runClient, standInCounts, startPeer } from './peers.js';
 import { formatRate, rotate } from './traffic.js';
-import { numberOption, ROUND_FLAGS, roundOptions } from './options.js';
+import { numberOption, ROUND_FLAGS, type RoundOptions, roundOptions } from './options.js';
 
 export const HOOKS = ['tc', 'xdp'] as const;
 export type HookName = (typeof HOOKS)[number];
 export const HOOK_WORKLOADS = ['crr', 'rr', 'stream', 'flood-udp', 'flood-syn', 'flood-spoof', 'flood-spoof-syn'] as const;
 export type HookWorkload = (typeof HOOK_WORKLOADS)[number];
 
-export interface HookOptions {
-  rounds: number;
-  seconds: number;
-  warmupSeconds: number;
-  concurrency: number;
+export interface HookOptions extends RoundOptions {
   floodSeconds: number;
   /** Turn the kernel's BPF run statistics on for the run (and back) and report the outbound program's own time per frame. */
   bpfStats?: boolean;

@@ -58,16 +58,10 @@ import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './st
 import { clientRunOf, formatRate, rotate, WORKLOADS, type Workload } from './traffic.js';
 import { PEER_KINDS, parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import { accept as answerAs, BY_OFFSET, type StandInCounts } from './traffic-peer.js';
-import { ROUND_FLAGS, roundOptions } from './options.js';
+import { ROUND_FLAGS, type RoundOptions, roundOptions } from './options.js';
 
-/** The in-pod bench's workloads: traffic.ts's (request/response on one connection and on --concurrency at once). */
-export const INPOD_WORKLOADS = WORKLOADS;
-export type InpodWorkload = Workload;
-
-const rateText = (w: InpodWorkload, rate: number) => formatRate(w, rate);
-
-/** The workloads a run had (--workloads), in INPOD_WORKLOADS' order. */
-const workloadsIn = (samples: readonly InpodSample[]): InpodWorkload[] => INPOD_WORKLOADS.filter((w) => samples.some((s) => s.workload === w));
+/** The workloads a run had (--workloads), in WORKLOADS' order. */
+const workloadsIn = (samples: readonly InpodSample[]): Workload[] => WORKLOADS.filter((w) => samples.some((s) => s.workload === w));
 
 /** One in-pod capture as the bench uses it: the capture, and how to take its host half out. */
 export interface BenchCapture {
@@ -102,15 +96,10 @@ export const CAPTURES: Record<string, CaptureFactory> = {
   },
 };
 
-export interface InpodBenchOptions {
+export interface InpodBenchOptions extends RoundOptions {
   captures: string[];
-  /** The workloads to run, a subset of INPOD_WORKLOADS in its order. */
-  workloads: readonly InpodWorkload[];
-  rounds: number;
-  seconds: number;
-  warmupSeconds: number;
-  /** Connect loops of crr, and connections of rr-conc. */
-  concurrency: number;
+  /** The workloads to run, a subset of WORKLOADS in its order. */
+  workloads: readonly Workload[];
   /** Ends of `none` and the terminating scenarios: native always; js adds `none-js`, `<capture>-js`. */
   endpoints: readonly PeerKind[];
   /** Turn the kernel's BPF run statistics on for the run (and back) and report the capture programs' share. */
@@ -140,7 +129,7 @@ const JS = '-js';
 
 export const DEFAULT_INPOD_BENCH: InpodBenchOptions = {
   captures: Object.keys(CAPTURES),
-  workloads: INPOD_WORKLOADS,
+  workloads: WORKLOADS,
   rounds: 5,
   seconds: 2,
   warmupSeconds: 0.3,
@@ -167,7 +156,7 @@ export interface InpodSample {
   round: number;
   /** 'none' or a capture's name. */
   scenario: string;
-  workload: InpodWorkload;
+  workload: Workload;
   rate: number;
   errors: number;
   /** SYNs the pod's client sent again (its netns's TcpExtTCPSynRetrans over the run): each one a connection that waited a second. */
@@ -313,7 +302,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
               : {};
             samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost, ...bpf });
             say(
-              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(7)} ${rateText(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}${r.synRetrans ? ` (${r.synRetrans} SYNs sent again)` : ''}`,
+              `inpod: round ${round + 1}/${o.rounds} ${scenario.padEnd(10)} ${workload.padEnd(7)} ${formatRate(workload, r.rate)}${r.errors ? ` (${r.errors} errors)` : ''}${r.synRetrans ? ` (${r.synRetrans} SYNs sent again)` : ''}`,
             );
           }
         } finally {
@@ -350,7 +339,7 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
  * with JS ends.
  */
 export function inpodTable(samples: readonly InpodSample[], captures: readonly string[]): string {
-  const med = (scenario: string, w: InpodWorkload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
+  const med = (scenario: string, w: Workload) => median(samples.filter((s) => s.scenario === scenario && s.workload === w).map((s) => s.rate));
   const ran = workloadsIn(samples);
   const lines = [`${'scenario'.padEnd(16)}${ran.map((w) => w.padStart(16)).join('')}`];
   const present = (xs: string[]) => xs.filter((c) => samples.some((s) => s.scenario === c));
@@ -359,13 +348,13 @@ export function inpodTable(samples: readonly InpodSample[], captures: readonly s
   const noneJs = present([`none${JS}`]);
   const loopback = present([LOOPBACK]);
   const scenarios = ['none', ...loopback, ...captures, ...relayed, ...noneJs, ...js];
-  for (const s of scenarios) lines.push(`${s.padEnd(16)}${ran.map((w) => rateText(w, med(s, w)).padStart(16)).join('')}`);
+  for (const s of scenarios) lines.push(`${s.padEnd(16)}${ran.map((w) => formatRate(w, med(s, w)).padStart(16)).join('')}`);
   // A lost SYN stalls its connection for the 1 s retransmit: a few of them move connections/s.
   const resent = (s: string) => samples.filter((x) => x.scenario === s).reduce((n, x) => n + x.synRetrans, 0);
   lines.push(`SYNs the client sent again (all rounds and workloads): ${scenarios.map((s) => `${s} ${resent(s)}`).join(', ')}`);
   // How often an operation waited for a sleeping CPU: near 2 per round trip, the rate is the
   // wake-ups' more than the path's (rr beside rr-conc).
-  const sleeps = (s: string, w: InpodWorkload) =>
+  const sleeps = (s: string, w: Workload) =>
     median(samples.filter((x) => x.scenario === s && x.workload === w && x.sleepsPerOp !== undefined).map((x) => x.sleepsPerOp!));
   const perOp = (s: string) => (['crr', 'rr', 'rr-conc'] as const).filter((w) => Number.isFinite(sleeps(s, w))).map((w) => `${w} ${sleeps(s, w).toFixed(2)}`);
   const slept = scenarios.filter((s) => perOp(s).length > 0);
@@ -419,15 +408,15 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
  * the wake-up of a halted CPU (docs/inpod.md, "Reading the in-pod request/response
  * figures") and is reported beside it without a goal.
  */
-const INPOD_GOALS: Record<InpodWorkload, Goal> = {
+const INPOD_GOALS: Record<Workload, Goal> = {
   crr: { kind: 'atLeast', value: 1.3 },
   rr: { kind: 'none' },
   'rr-conc': { kind: 'atLeast', value: 1.15 },
   stream: { kind: 'none' },
 };
 
-function workloadText(w: InpodWorkload, concurrency: number): string {
-  const text: Record<InpodWorkload, string> = {
+function workloadText(w: Workload, concurrency: number): string {
+  const text: Record<Workload, string> = {
     crr: 'connections/s',
     rr: 'request/response, one connection',
     'rr-conc': `request/response, ${concurrency} connections at once`,
@@ -441,9 +430,9 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
   const tag = o.oneCpu ? ' (one CPU)' : '';
   const concurrency = o.concurrency ?? DEFAULT_INPOD_BENCH.concurrency;
   const rounds = [...new Set(samples.map((s) => s.round))];
-  const at = (scenario: string, w: InpodWorkload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
+  const at = (scenario: string, w: Workload, r: number) => samples.find((s) => s.scenario === scenario && s.workload === w && s.round === r);
   if (!samples.some((s) => s.scenario === 'ebpf') || !samples.some((s) => s.scenario === 'iptables')) return [];
-  const pairs = (w: InpodWorkload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
+  const pairs = (w: Workload, num: string, den: string, value: (s: InpodSample) => number | undefined) =>
     rounds.flatMap((r) => {
       const a = at(num, w, r);
       const b = at(den, w, r);
@@ -477,7 +466,7 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
   // kernel's work done in their context) spent per operation, iptables over ebpf (above 1:
   // ebpf cheaper). On a shared machine a rate follows the CPU share it gets as much as its
   // cost; this follows the cost.
-  const per: Partial<Record<InpodWorkload, string>> = {
+  const per: Partial<Record<Workload, string>> = {
     crr: 'connection',
     rr: 'round trip, one connection',
     'rr-conc': `round trip, ${concurrency} connections at once`,
@@ -489,17 +478,16 @@ export function inpodFigures(samples: readonly InpodSample[], o: { oneCpu?: bool
   return [...rates, ...ceiling, ...cpu];
 }
 
-/** --workloads: names of INPOD_WORKLOADS, comma-separated; run in INPOD_WORKLOADS' order. */
-function parseWorkloads(v: string | undefined): readonly InpodWorkload[] {
-  if (v === undefined) return INPOD_WORKLOADS;
+/** --workloads: names of WORKLOADS, comma-separated; run in WORKLOADS' order. */
+function parseWorkloads(v: string | undefined): readonly Workload[] {
+  if (v === undefined) return WORKLOADS;
   const names = v
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
-  for (const n of names)
-    if (!(INPOD_WORKLOADS as readonly string[]).includes(n)) throw new Error(`--workloads: "${n}" is not one of ${INPOD_WORKLOADS.join(', ')}`);
+  for (const n of names) if (!(WORKLOADS as readonly string[]).includes(n)) throw new Error(`--workloads: "${n}" is not one of ${WORKLOADS.join(', ')}`);
   if (names.length === 0) throw new Error('--workloads: name at least one');
-  return INPOD_WORKLOADS.filter((w) => names.includes(w));
+  return WORKLOADS.filter((w) => names.includes(w));
 }
 
 export function parseOptions(argv: string[]): InpodBenchOptions {

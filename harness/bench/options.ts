@@ -13,9 +13,10 @@ export function numberOption(name: string, raw: string | undefined, dflt: number
 /** The rounds and their length, as every live-traffic part takes them. */
 export interface RoundOptions {
   rounds: number;
+  /** Measured seconds per workload run. */
   seconds: number;
   warmupSeconds: number;
-  /** Connect loops of crr (and, where a part has it, connections of rr-conc). */
+  /** Connect loops of crr, and connections of rr-conc. */
   concurrency: number;
 }
 

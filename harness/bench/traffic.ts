@@ -18,9 +18,10 @@
  *   unenrolled     ebpf mode running (pod A enrolled), pod B not enrolled
  *
  * The relay scenarios and their baselines keep traffic-peer.ts at both ends (its relay is
- * ztunnel's stand-in there). Workloads (`traffic-peer.ts`): connections/s (connect, small request, response, close;
- * a few loops at once), request/response on one connection (64-byte ping-pong) and on
- * --concurrency connections at once (`rr-conc`), stream throughput (bulk bytes from the pod). The stand-ins answer terminated and direct
+ * ztunnel's stand-in there). Workloads (`traffic-peer.ts`): connections/s (connect, small
+ * request, response, close; a few loops at once), request/response on one connection
+ * (64-byte ping-pong) and on --concurrency connections at once (`rr-conc`), stream
+ * throughput (bulk bytes from the pod). The stand-ins answer terminated and direct
  * connections as the outside server would; only one holds ztunnel's transparent
  * listeners at a time (the other is told to release them), the one the scenario needs. The
  * machine is shared and noisy: scenarios are interleaved over rounds (the order rotating
@@ -40,7 +41,7 @@ import { ZTUNNEL_PORTS } from '../sim/names.js';
 import { parseEndpoints, type PeerKind, type PeerProcess, runClient, standInCounts, startPeer } from './peers.js';
 import type { PeerResult, StandInCounts } from './traffic-peer.js';
 import type { SelectedMode } from '../../src/core/modes.js';
-import { ROUND_FLAGS, roundOptions } from './options.js';
+import { ROUND_FLAGS, type RoundOptions, roundOptions } from './options.js';
 
 export const SCENARIOS = [
   'direct',
@@ -76,13 +77,7 @@ export function clientRunOf(workload: Workload, concurrency: number): { workload
   return client === 'rr' ? { workload: client, rrConnections: workload === 'rr-conc' ? concurrency : 1 } : { workload: client };
 }
 
-export interface TrafficOptions {
-  rounds: number;
-  /** Measured seconds per workload run. */
-  seconds: number;
-  warmupSeconds: number;
-  /** Parallel connect loops of the connections/s workload, and connections of rr-conc. */
-  concurrency: number;
+export interface TrafficOptions extends RoundOptions {
   /** Ends of the terminating and direct scenarios: native always; js adds the `-js` ones. */
   endpoints: readonly PeerKind[];
 }
@@ -340,7 +335,7 @@ function describeMode(events: readonly LogEvent[]): string {
   return detail.length ? `${mode} (${detail.join(', ')})` : mode;
 }
 
-export function formatRate(workload: Workload | ClientWorkload, rate: number): string {
+export function formatRate(workload: Workload, rate: number): string {
   if (workload === 'stream') return `${((rate * 8) / 1e9).toFixed(2)} Gbit/s`;
   return `${Math.round(rate)} ${workload === 'crr' ? 'conn/s' : 'rt/s'}`;
 }

@@ -7,10 +7,10 @@
 import { describe, expect, it } from 'vitest';
 import { cpuNs, processCpuSeconds, progDelta } from '../../harness/bench/cost.js';
 import { type HookSample, hookFigures, hookTable, outRsts, parseFlood, parseHookOptions } from '../../harness/bench/hooks.js';
-import { INPOD_WORKLOADS, inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
+import { inpodFigures, inpodTable, type InpodSample, parseOptions, scenarioNames, scenarioOf } from '../../harness/bench/inpod.js';
 import { parseEndpoints, parseResult, parseSyscallCost } from '../../harness/bench/peers.js';
 import { CPU_RATIOS, JS_RATIOS, ratios, renderMarkdown } from '../../harness/bench/report.js';
-import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample } from '../../harness/bench/traffic.js';
+import { carriedAsPlanned, holderFor, PLAN, parseTrafficOptions, SCENARIOS, slotsFor, type TrafficSample, WORKLOADS } from '../../harness/bench/traffic.js';
 import type { StandInCounts } from '../../harness/bench/traffic-peer.js';
 
 const zero: StandInCounts = { relayed: 0, terminated: 0, direct: 0, refused: 0 };
@@ -210,7 +210,7 @@ describe('TC/XDP hooks bench and cost readings', () => {
 describe('in-pod figures in CPU', () => {
   it("adds iptables / ebpf of the native ends' CPU per operation when the run measured it", () => {
     const s = (scenario: string, round: number, rate: number, endsNsPerOp?: number): InpodSample[] =>
-      INPOD_WORKLOADS.map((workload) => ({
+      WORKLOADS.map((workload) => ({
         round,
         scenario,
         workload,
@@ -252,7 +252,7 @@ describe('in-pod figures in CPU', () => {
 
   it('with the loopback ceiling in the run: its ratio to iptables beside each goal, without a goal of its own', () => {
     const s = (scenario: string, round: number, rate: number): InpodSample[] =>
-      INPOD_WORKLOADS.map((workload) => ({ round, scenario, workload, rate, errors: 0, synRetrans: 0 }));
+      WORKLOADS.map((workload) => ({ round, scenario, workload, rate, errors: 0, synRetrans: 0 }));
     const run = [0, 1, 2].flatMap((r) => [...s('ebpf', r, 110), ...s('iptables', r, 100), ...s('loopback', r, 125), ...s('none', r, 120)]);
     const f = inpodFigures(run, { concurrency: 4 });
     expect(f.filter((x) => x.label.startsWith('in-pod ceiling')).map((x) => [x.label, Number(x.value.toFixed(3)), x.goal, x.verdict])).toEqual([

@@ -4,8 +4,8 @@
  * The bench itself runs on the kernel (`node dist/harness/bench/inpod.js`), never here.
  */
 import { describe, expect, it } from 'vitest';
-import { CAPTURES, INPOD_WORKLOADS, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
-import { clientRunOf } from '../../harness/bench/traffic.js';
+import { CAPTURES, inpodTable, type InpodSample, parseOptions } from '../../harness/bench/inpod.js';
+import { clientRunOf, WORKLOADS } from '../../harness/bench/traffic.js';
 import { pinned } from '../../harness/bench/peers.js';
 import { sleepsOf } from '../../harness/bench/cost.js';
 
@@ -46,7 +46,7 @@ describe('in-pod bench', () => {
   });
 
   it('request/response runs twice: on one connection, and on --concurrency connections at once', () => {
-    expect(INPOD_WORKLOADS).toEqual(['crr', 'rr', 'rr-conc', 'stream']);
+    expect(WORKLOADS).toEqual(['crr', 'rr', 'rr-conc', 'stream']);
     expect(clientRunOf('rr', 4)).toEqual({ workload: 'rr', rrConnections: 1 });
     expect(clientRunOf('rr-conc', 4)).toEqual({ workload: 'rr', rrConnections: 4 });
     expect(clientRunOf('rr-conc', 7)).toEqual({ workload: 'rr', rrConnections: 7 });
