@@ -359,6 +359,9 @@ export function parseTrafficOptions(argv: string[]): TrafficOptions {
 // node dist/harness/bench/traffic.js [--rounds N] [--seconds S] [--warmup S] [--concurrency N]
 //                                    [--endpoints native,js]: this part alone, its tables on stdout.
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  // The report first: it imports this module too, so a cycle between them shows at once,
+  // whatever the flags (test/build/cli.test.ts).
+  const { CPU_RATIOS, JS_RATIOS, RELAY_RATIOS, ratios, ratioTable, trafficTable } = await import('./report.js');
   let options: TrafficOptions;
   try {
     options = parseTrafficOptions(process.argv.slice(2));
@@ -366,7 +369,6 @@ if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
     process.stderr.write(`traffic bench: ${(err as Error).message}\n`);
     process.exit(2);
   }
-  const { CPU_RATIOS, JS_RATIOS, RELAY_RATIOS, ratios, ratioTable, trafficTable } = await import('./report.js');
   const abort = new AbortController();
   process.once('SIGINT', () => abort.abort());
   process.once('SIGTERM', () => abort.abort());

@@ -40,3 +40,19 @@ describe('the CLI', () => {
       expect(help).toContain(flag);
   });
 });
+
+describe('the bench parts run on their own', () => {
+  // Each part's own entry point loads its modules and parses its flags before it touches
+  // the machine; a bad flag exits 2 with one line. An import cycle with traffic.ts's
+  // top-level import of report.js shows here as exit 13 (an await that never settles).
+  it.each([
+    ['traffic', 'traffic bench: --rounds: "0" is not an integer in 1..50\n'],
+    ['inpod', 'inpod bench: --rounds: "0" is not an integer in 1..100\n'],
+    ['hooks', 'hooks bench: --rounds: "0" is not an integer in 1..50\n'],
+  ])('%s exits 2 with one line for a bad --rounds', async (part, line) => {
+    const err = (await systemRunner.run([process.execPath, `dist/harness/bench/${part}.js`, '--rounds', '0']).catch((e: unknown) => e)) as CommandError;
+    expect(err).toBeInstanceOf(CommandError);
+    expect(err.exitCode).toBe(2);
+    expect(err.stderr).toBe(line);
+  });
+});
