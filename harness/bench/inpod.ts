@@ -168,7 +168,7 @@ export interface InpodSample {
   /** The machine's CPUs' sleeps (cpuidle entries) over the run per operation; absent without cpuidle. */
   sleepsPerOp?: number;
   /** With --bpf-stats: the capture's TC programs in the pod, runs and run time per operation. */
-  bpf?: { runsPerOp: number; nsPerOp: number };
+  bpf?: { runsPerOp: number; nsPerOp: number; programs: Record<string, { runsPerOp: number; nsPerOp: number }> };
 }
 
 /** The JS server's ports outside (the relay and the JS ends go there). */
@@ -272,7 +272,8 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
             const cpu1 = cpuNow().busy;
             const sleeps1 = cpuSleepsNow();
             const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
-            const progs = o.bpfStats ? Object.values(progDelta(prog0, await tcProgStats(pod.ns, 'eth0'))) : [];
+            const byName = o.bpfStats ? progDelta(prog0, await tcProgStats(pod.ns, 'eth0')) : {};
+            const progs = Object.values(byName);
             // Operations over the whole run (warm-up too), as the CPU time covers it.
             const ops = r.rate * (o.seconds + o.warmupSeconds);
             const succeeded = r.connections - r.errors;
@@ -298,7 +299,13 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
                   }
                 : {};
             const bpf = progs.length
-              ? { bpf: { runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops, nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops } }
+              ? {
+                  bpf: {
+                    runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops,
+                    nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops,
+                    programs: Object.fromEntries(Object.entries(byName).map(([name, p]) => [name, { runsPerOp: p.runCount / ops, nsPerOp: p.runTimeNs / ops }])),
+                  },
+                }
               : {};
             samples.push({ round, scenario, workload, rate: r.rate, errors: r.errors, synRetrans: r.synRetrans, ...cost, ...bpf });
             say(
@@ -394,7 +401,14 @@ export function inpodCostTable(samples: readonly InpodSample[]): string {
       const e = xs.filter((s) => s.endsNsPerOp !== undefined);
       const endsText = e.length ? `, ends ${(median(e.map((s) => s.endsNsPerOp! * k)) / 1000).toFixed(1)} µs` : '';
       const b = xs.filter((s) => s.bpf);
-      const bpf = b.length ? ` | ${median(b.map((s) => s.bpf!.runsPerOp * k)).toFixed(1)} runs ${median(b.map((s) => s.bpf!.nsPerOp * k)).toFixed(0)} ns` : '';
+      const names = [...new Set(b.flatMap((s) => Object.keys(s.bpf!.programs)))].sort();
+      const each = names.map((n) => {
+        const ps = b.map((s) => s.bpf!.programs[n]).filter((p) => p !== undefined);
+        return `${n} ${median(ps.map((p) => p.runsPerOp * k)).toFixed(1)} runs ${median(ps.map((p) => p.nsPerOp * k)).toFixed(0)} ns`;
+      });
+      const bpf = b.length
+        ? ` | ${median(b.map((s) => s.bpf!.runsPerOp * k)).toFixed(1)} runs ${median(b.map((s) => s.bpf!.nsPerOp * k)).toFixed(0)} ns (${each.join(', ')})`
+        : '';
       return `${w} ${(cpu / 1000).toFixed(1)} µs${endsText}${bpf}`;
     });
     lines.push(`cost ${sc.padEnd(16)} ${cells.join('; ')}`);

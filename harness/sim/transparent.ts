@@ -71,6 +71,7 @@ const TCP_NODELAY = 1;
 const SO_RCVTIMEO = 20;
 const SO_SNDTIMEO = 21;
 const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
 /** SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6) share the number. */
 const SO_ORIGINAL_DST = 80;
 
@@ -190,6 +191,11 @@ export function udpReceive(fd: number): Buffer | null {
   const buf = Buffer.alloc(2048);
   const n = Number(c.recv(fd, buf, buf.length, MSG_DONTWAIT));
   return n < 0 ? null : buf.subarray(0, n);
+}
+
+/** send(2) on a connected socket: 0, or the errno it failed with. */
+export function sendOn(fd: number, data: Buffer): number {
+  return Number(c.sendto(fd, data, data.length, MSG_NOSIGNAL, null, 0)) < 0 ? errno() : 0;
 }
 
 export function closeSocket(fd: number): void {

@@ -14,7 +14,7 @@ import * as inpod from './inpod-codec.js';
 import { constants as inpodConstants } from './inpod-layout.generated.js';
 
 /** enum bpf_map_type (linux/bpf.h), the ones maps.h uses. */
-export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, LRU_HASH: 9, SOCKHASH: 18 } as const;
+export const MapType = { HASH: 1, ARRAY: 2, PERCPU_HASH: 5, PERCPU_ARRAY: 6, LRU_HASH: 9, SOCKHASH: 18, SK_STORAGE: 24 } as const;
 
 export interface PinnedMapSpec extends MapSizes {
   type: number;
@@ -75,6 +75,8 @@ export const PINNED_MAPS = {
     maxEntries: inpodConstants.MAX_INPOD_LISTENERS,
     perCpu: false,
   },
+  // Per-socket storage (a socket's fd as key from user space): the agent never opens it.
+  inpod_captured: { type: MapType.SK_STORAGE, keySize: 4, valueSize: 4, maxEntries: 0, perCpu: false },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

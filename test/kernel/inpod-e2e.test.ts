@@ -25,6 +25,7 @@ import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js'
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { netnsSnapshot } from '../support/snapshot.js';
+import { segmentsAfterZtunnelGone } from '../support/stale-client.js';
 import { sleep, until } from '../support/wait.js';
 
 const PROBE4 = '169.254.7.127';
@@ -68,12 +69,17 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
   let before: Record<string, string> = {};
   let hostBefore: Record<string, string> = {};
   let pinRoot = '';
+  let closeAfterAnswer = false;
 
   const hostVeth = () => sim.pods[0]!.hostVeth;
 
   function openListeners(): void {
     servers = listenInNetns(podFd, 'pod0', [15001, 15006, 15008, 15053], (port, s) => {
       accepted.push({ port, src: `${s.remoteAddress}:${s.remotePort}`, origDst: `${s.localAddress}:${s.localPort}` });
+      if (!closeAfterAnswer) return undefined;
+      // As ztunnel closing its end: the socket closed (an orphan), not only shut down.
+      s.write('ztunnel\n', () => s.destroy());
+      return true;
     });
     dnsFds = withNetns(`/proc/self/fd/${podFd}`, () => [
       udpSocket(AF_INET, 15053, { transparent: true, mark: ZTUNNEL_MARK }),
@@ -449,6 +455,22 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       const r = await probeReuseportAssign('build/tests/foreign.bpf.o', systemRunner, 'foreign_pass');
       expect(r.reuseportAssign).toBe(false);
       expect(r.reason).toMatch(/refuses SO_REUSEPORT/);
+    });
+  });
+
+  describe('a captured connection stays captured after ztunnel’s end of it is gone', () => {
+    it('the pod’s half-closed clients write after the stand-in’s ends vanished: nothing reaches the outside (IPv4, IPv6)', async () => {
+      const run = {
+        podNs: sim.pods[0]!.ns,
+        podFd,
+        outsideNs: sim.outside.ns,
+        targets: [OUTSIDE_IP, OUTSIDE_IP6],
+        port: 8080,
+        closeAfterAnswer: (on: boolean) => {
+          closeAfterAnswer = on;
+        },
+      };
+      expect(await segmentsAfterZtunnelGone(run)).toBe(0);
     });
   });
 

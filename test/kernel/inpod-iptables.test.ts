@@ -26,6 +26,7 @@ import { markedConnect, transparentMarkedConnect, udpSocket } from '../../harnes
 import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
+import { segmentsAfterZtunnelGone } from '../support/stale-client.js';
 import { until } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -127,6 +128,7 @@ function suite(): void {
   let zds: ZdsServer | undefined;
   let z: ZtunnelInpod | undefined;
   let capture: InpodIptables;
+  let closeAfterAnswer = false;
   const events: StandInEvent[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'inpod-ipt-'));
   const sock = join(dir, 'ztunnel.sock');
@@ -136,7 +138,18 @@ function suite(): void {
   const accepted = (port: number) => events.filter((e): e is Extract<StandInEvent, { event: 'accepted' }> => e.event === 'accepted' && e.port === port);
   const fromPod = (srv: SimServer, ip: string) => srv.accepted.filter((a) => a.src.startsWith(`${ip}:`) || a.src.startsWith(`[${ip}]:`)).length;
   const startStandIn = async () => {
-    z = new ZtunnelInpod({ socket: sock, ports: [15001, 15006, 15008, 15053], dns: true, onEvent: (e) => events.push(e) });
+    z = new ZtunnelInpod({
+      socket: sock,
+      ports: [15001, 15006, 15008, 15053],
+      dns: true,
+      onEvent: (e) => events.push(e),
+      // As ztunnel closing its end: the socket closed (an orphan), not only shut down.
+      answer: (s) => {
+        if (!closeAfterAnswer) return false;
+        s.write('ztunnel\n', () => s.destroy());
+        return true;
+      },
+    });
     await until('the stand-in holds pod0', () => z!.ready && z!.held().some((h) => h.uid === 'uid-pod0'));
   };
 
@@ -408,6 +421,20 @@ function suite(): void {
     ).toEqual([`${sim!.outside.ip}:53`]);
     await capture.install(podNetns());
     expect(await capture.drift(podNetns())).toEqual([]);
+  });
+
+  it('a captured connection stays captured after the stand-in’s end of it is gone: the pod’s half-closed clients write, nothing reaches the outside (IPv4, IPv6)', async () => {
+    const stale = {
+      podNs: pod.ns,
+      podFd,
+      outsideNs: sim!.outside.ns,
+      targets: [sim!.outside.ip, sim!.outside.ip6],
+      port: 8080,
+      closeAfterAnswer: (on: boolean) => {
+        closeAfterAnswer = on;
+      },
+    };
+    expect(await segmentsAfterZtunnelGone(stale)).toBe(0);
   });
 
   it('fail closed: with the stand-in’s sockets gone the pod’s connections fail and the outside and the app see 0 from it', async () => {
