@@ -6,8 +6,8 @@
  *
  * - inpod_out, TC egress of the pod's eth0 (rows PO1-PO10): a frame to capture is looped
  *   back into eth0's ingress (destination MAC := eth0's own, bpf_redirect with
- *   BPF_F_INGRESS) with INPOD_MARK_LOOP; a socket whose SYN loops is marked
- *   (inpod_captured), and all it sends later loops too.
+ *   BPF_F_INGRESS) with INPOD_MARK_LOOP; a socket whose connection's other end is in the
+ *   pod (ztunnel's) is marked (inpod_captured), and all it sends later loops too.
  * - inpod_in, TC ingress of the pod's eth0 (rows PL1-PL4, PI1-PI9): the frame's socket is found
  *   (its connection's, else ztunnel's listener) and assigned with bpf_sk_assign; the
  *   loop mark, kept, makes policy routing deliver the foreign destination locally.
@@ -89,10 +89,11 @@ struct {
 } inpod_listeners SEC(".maps");
 
 /*
- * inpod_captured: the pod's sockets whose SYN inpod_out looped -> 1 (set by inpod_out, read
- * by it). Such a socket's connection is ztunnel's, so every later segment of it loops too,
- * also once ztunnel's end is gone (a lookup would no longer find it). Not cloned to an
- * accepted socket (no BPF_F_CLONE); the kernel frees an entry with its socket.
+ * inpod_captured: the pod's sockets whose connection has its other end in the pod -> 1 (set
+ * by inpod_out when its lookup finds that end, read by it). Such a connection is ztunnel's
+ * (the pod's outbound, or ztunnel's inbound leg to the app), so every later segment of the
+ * socket loops too, also once ztunnel's end is gone and a lookup would no longer find it.
+ * Not cloned to an accepted socket (no BPF_F_CLONE); the kernel frees an entry with its socket.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -290,24 +291,24 @@ static __always_inline struct bpf_sock *sender(struct __sk_buff *skb)
 	return sk ? bpf_sk_fullsock(sk) : NULL;
 }
 
+/* PO7: the frame's socket is marked captured (inpod_captured). */
+static __always_inline bool captured_socket(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = sender(skb);
+
+	return sk && bpf_sk_storage_get(&inpod_captured, sk, 0, 0);
+}
+
 /*
- * PO8: marks the socket whose SYN loops as captured. False only when the socket could not be
- * marked (no memory): the SYN is dropped, and sent again. A frame with no full socket
- * (forwarded) is not marked; its connection's later segments take PO7's lookup.
+ * PO7: marks the frame's socket captured, its connection's other end being in this netns.
+ * False only when it could not be marked (no memory): the segment is dropped, and TCP sends
+ * it again. A frame with no full socket (forwarded, a request's, a TIME_WAIT's) is not marked.
  */
 static __always_inline bool mark_captured(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = sender(skb);
 
 	return !sk || bpf_sk_storage_get(&inpod_captured, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-}
-
-/* PO7: the frame's socket looped its SYN (inpod_captured). */
-static __always_inline bool captured_socket(struct __sk_buff *skb)
-{
-	struct bpf_sock *sk = sender(skb);
-
-	return sk && bpf_sk_storage_get(&inpod_captured, sk, 0, 0);
 }
 
 static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const struct flow *f)
@@ -336,10 +337,12 @@ static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const
 	/* A new connection loops without a lookup here: inpod_in's own (PL3-PL5) finds
 	 * ztunnel's listener for it or drops it, so a lookup here would only repeat them. */
 	if (tcp_syn(f))
-		return mark_captured(skb) ? OUT_LOOP : OUT_DROP; /* PO8 */
-	/* The socket first: its mark outlives ztunnel's end, which a lookup needs. */
-	if (captured_socket(skb) || tcp_conn(skb, f) != CONN_NONE)
+		return OUT_LOOP;                                 /* PO8 */
+	/* The socket's mark first: it outlives ztunnel's end, which the lookup needs. */
+	if (captured_socket(skb))
 		return OUT_LOOP;                                 /* PO7 */
+	if (tcp_conn(skb, f) != CONN_NONE)
+		return mark_captured(skb) ? OUT_LOOP : OUT_DROP; /* PO7 */
 	if (tcp_sender_socket(skb, f))
 		return OUT_PASS;                                 /* PO9 */
 	return OUT_DROP;                                         /* PO10 */

@@ -25,7 +25,7 @@ import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js'
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { netnsSnapshot } from '../support/snapshot.js';
-import { segmentsAfterZtunnelGone } from '../support/stale-client.js';
+import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone } from '../support/stale-client.js';
 import { sleep, until } from '../support/wait.js';
 
 const PROBE4 = '169.254.7.127';
@@ -471,6 +471,18 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         },
       };
       expect(await segmentsAfterZtunnelGone(run)).toBe(0);
+    });
+
+    it('ztunnel’s inbound legs (from the clients’ addresses) close while the app’s ends stay open; the app writes: nothing reaches the clients (IPv4, IPv6)', async () => {
+      const leg = {
+        podNs: sim.pods[0]!.ns,
+        podFd,
+        outsideNs: sim.outside.ns,
+        clients: [OUTSIDE_IP, OUTSIDE_IP6],
+        pod: [sim.pods[0]!.ip, sim.pods[0]!.ip6],
+        appPort: 8081,
+      };
+      expect(await segmentsAfterInboundLegGone(leg)).toBe(0);
     });
   });
 

@@ -26,7 +26,7 @@ import { markedConnect, transparentMarkedConnect, udpSocket } from '../../harnes
 import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
-import { segmentsAfterZtunnelGone } from '../support/stale-client.js';
+import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone } from '../support/stale-client.js';
 import { until } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
@@ -435,6 +435,11 @@ function suite(): void {
       },
     };
     expect(await segmentsAfterZtunnelGone(stale)).toBe(0);
+  });
+
+  it('ztunnel’s inbound legs (from the clients’ addresses) close while the app’s ends stay open; the app writes: nothing reaches the clients (IPv4, IPv6)', async () => {
+    const leg = { podNs: pod.ns, podFd, outsideNs: sim!.outside.ns, clients: [sim!.outside.ip, sim!.outside.ip6], pod: [pod.ip, pod.ip6], appPort: 8081 };
+    expect(await segmentsAfterInboundLegGone(leg)).toBe(0);
   });
 
   it('fail closed: with the stand-in’s sockets gone the pod’s connections fail and the outside and the app see 0 from it', async () => {
