@@ -303,7 +303,9 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
                   bpf: {
                     runsPerOp: progs.reduce((n, p) => n + p.runCount, 0) / ops,
                     nsPerOp: progs.reduce((n, p) => n + p.runTimeNs, 0) / ops,
-                    programs: Object.fromEntries(Object.entries(byName).map(([name, p]) => [name, { runsPerOp: p.runCount / ops, nsPerOp: p.runTimeNs / ops }])),
+                    programs: Object.fromEntries(
+                      Object.entries(byName).map(([name, p]) => [name, { runsPerOp: p.runCount / ops, nsPerOp: p.runTimeNs / ops }]),
+                    ),
                   },
                 }
               : {};
