@@ -21,6 +21,13 @@ export class KubeError extends Error {
   }
 }
 
+/** A request that failed on a reused kept-alive connection before any answer (`cause`: its error). */
+class StaleConnection extends Error {
+  constructor(readonly failure: KubeError) {
+    super(failure.message);
+  }
+}
+
 export interface WatchHandle {
   abort(): void;
 }
@@ -61,37 +68,76 @@ export function kubeTransport(kc: KubeConfig, requestTimeoutMs = 30_000): KubeTr
     return { ...opts, url, method, headers };
   }
 
+  /**
+   * One request. A kept-alive connection the server has just closed (its idle timeout
+   * meeting our reuse) fails a request before any answer, with a reset or a hang-up: a GET
+   * that failed so on a reused connection is sent once more, on a new one. A PATCH is not:
+   * the server may have applied it.
+   */
+  async function request(
+    method: 'GET' | 'PATCH',
+    path: string,
+    query: Record<string, string>,
+    body?: { contentType: string; data: unknown },
+  ): Promise<unknown> {
+    try {
+      return await requestOnce(method, path, query, body);
+    } catch (err) {
+      if (!(err instanceof StaleConnection)) throw err;
+      if (method !== 'GET') throw err.failure;
+      return requestOnce(method, path, query, body, true);
+    }
+  }
+
+  async function requestOnce(
+    method: 'GET' | 'PATCH',
+    path: string,
+    query: Record<string, string>,
+    body?: { contentType: string; data: unknown },
+    fresh = false,
+  ): Promise<unknown> {
+    const { url, ...opts } = await options(method, path, query);
+    // The retry takes a connection of its own (agent false: none of the pooled ones).
+    if (fresh) opts.agent = false;
+    const data = body ? Buffer.from(JSON.stringify(body.data)) : undefined;
+    if (body) opts.headers = { ...(opts.headers as Record<string, string>), 'Content-Type': body.contentType, 'Content-Length': String(data!.length) };
+    return new Promise((resolve, reject) => {
+      const req = client.request(url, opts, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          const status = res.statusCode ?? 0;
+          if (status < 200 || status > 299) {
+            reject(new KubeError(`${method} ${path}: HTTP ${status}${statusMessage(text)}`, status));
+            return;
+          }
+          try {
+            resolve(JSON.parse(text));
+          } catch {
+            reject(new KubeError(`${method} ${path}: the answer is not valid JSON (${text.length} bytes)`, 0));
+          }
+        });
+      });
+      let answered = false;
+      req.setTimeout(requestTimeoutMs, () => req.destroy(new Error(`no answer within ${requestTimeoutMs} ms`)));
+      req.on('error', (e: NodeJS.ErrnoException) => {
+        const failure = new KubeError(`${method} ${path}: ${e.message}`, 0);
+        const stale = !answered && req.reusedSocket && (e.code === 'ECONNRESET' || e.message === 'socket hang up');
+        reject(stale ? new StaleConnection(failure) : failure);
+      });
+      req.on('response', (res) => {
+        answered = true;
+        res.on('aborted', () => req.destroy(new Error('answer cut short')));
+      });
+      req.end(data);
+    });
+  }
+
   return {
     server,
-    async request(method, path, query = {}, body) {
-      const { url, ...opts } = await options(method, path, query);
-      const data = body ? Buffer.from(JSON.stringify(body.data)) : undefined;
-      if (body) opts.headers = { ...(opts.headers as Record<string, string>), 'Content-Type': body.contentType, 'Content-Length': String(data!.length) };
-      return new Promise((resolve, reject) => {
-        const req = client.request(url, opts, (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            const status = res.statusCode ?? 0;
-            if (status < 200 || status > 299) {
-              reject(new KubeError(`${method} ${path}: HTTP ${status}${statusMessage(text)}`, status));
-              return;
-            }
-            try {
-              resolve(JSON.parse(text));
-            } catch {
-              reject(new KubeError(`${method} ${path}: the answer is not valid JSON (${text.length} bytes)`, 0));
-            }
-          });
-        });
-        req.setTimeout(requestTimeoutMs, () => req.destroy(new Error(`no answer within ${requestTimeoutMs} ms`)));
-        req.on('error', (e) => reject(new KubeError(`${method} ${path}: ${e.message}`, 0)));
-        req.on('response', (res) => res.on('aborted', () => req.destroy(new Error('answer cut short'))));
-        req.end(data);
-      });
-    },
+    request: (method, path, query = {}, body) => request(method, path, query, body),
     stream(path, query, onLine, onEnd, onOpen) {
       let ended = false;
       let req: http.ClientRequest | undefined;
