@@ -21,7 +21,7 @@ export class KubeError extends Error {
   }
 }
 
-/** A request that failed on a reused kept-alive connection before any answer (`cause`: its error). */
+/** A request that failed on a reused kept-alive connection before any answer (`failure`: its error). */
 class StaleConnection extends Error {
   constructor(readonly failure: KubeError) {
     super(failure.message);
