@@ -165,7 +165,16 @@ export class ZtunnelInpod {
   private readable(fd: number, hangup: boolean): void {
     for (;;) {
       if (this.fd !== fd) return;
-      let got = recvDatagram(fd, MAX_DATAGRAM);
+      let got: ReturnType<typeof recvDatagram>;
+      try {
+        got = recvDatagram(fd, MAX_DATAGRAM);
+      } catch (err) {
+        // An agent that closes with our datagrams unread resets the connection (ECONNRESET):
+        // lost, as a hang-up is.
+        if (!(err instanceof LibcError)) throw err;
+        this.disconnect(`receive failed: ${err.message}`);
+        return;
+      }
       if (got.kind === 'again') {
         if (hangup) this.disconnect('agent hung up');
         return;

@@ -15,7 +15,7 @@ import { distEntry } from '../../harness/sim/dist.js';
 import { closeFd, recvDatagram, seqpacketListen, sendDatagram, acceptConn } from '../../src/host/libc.js';
 import { createLogger } from '../../src/log.js';
 import { newPrefix } from '../../harness/sim/names.js';
-import { INPOD_PORTS, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
+import { INPOD_PORTS, type StandInEvent, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { decodeHello, decodeResponse, encodeRequest } from '../../src/zds/codec.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { kernelDescribe } from '../support/gate.js';
@@ -256,6 +256,32 @@ function suite(): void {
       await new Promise((r) => (second.child.exitCode !== null ? r(null) : second.child.once('exit', r)));
     }
     for (const p of enrolled) expect(await listeners(p.ns), `${p.ns} after SIGTERM`).toEqual([]);
+  });
+
+  it('an agent that closes with the stand-in’s hello unread resets the connection: the stand-in takes it as lost and connects again', async () => {
+    const path = join(dir, 'reset.sock');
+    const lfd = seqpacketListen(path);
+    const events: StandInEvent[] = [];
+    const z = new ZtunnelInpod({ socket: path, onEvent: (e) => events.push(e) });
+    standIns.push(z);
+    const conns: number[] = [];
+    try {
+      let conn: number | null = null;
+      await until('the stand-in connects', () => (conn = acceptConn(lfd)) !== null);
+      conns.push(conn!);
+      await sleep(50); // its hello is queued, unread
+      closeFd(conns.pop()!);
+      await until('the stand-in connects again', () => (conn = acceptConn(lfd)) !== null, 5_000);
+      conns.push(conn!);
+      const reasons = events.flatMap((e) => (e.event === 'disconnected' ? [e.reason] : []));
+      expect(reasons).toHaveLength(1);
+      expect(reasons[0]).toMatch(/^receive failed: recvmsg\(\d+\): ECONNRESET$/);
+      expect(z.stats.connections).toBe(2);
+    } finally {
+      z.close();
+      conns.forEach(closeFd);
+      closeFd(lfd);
+    }
   });
 
   it('the stand-in acks a bad request with an error, as ztunnel does, and keeps the connection', async () => {
