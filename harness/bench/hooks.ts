@@ -106,16 +106,19 @@ async function rxPackets(ns: string): Promise<number> {
   return n;
 }
 
-/** Tcp OutRsts of a netns's /proc/net/snmp. */
-export function outRsts(snmp: string): number {
+/** A Tcp counter (`OutRsts`, `InSegs`, ...) of a netns's /proc/net/snmp. */
+export function tcpCounter(snmp: string, name: string): number {
   const lines = snmp.split('\n').filter((l) => l.startsWith('Tcp:'));
   const names = lines[0]?.split(/\s+/) ?? [];
   const values = lines[1]?.split(/\s+/) ?? [];
-  const i = names.indexOf('OutRsts');
+  const i = names.indexOf(name);
   const n = i > 0 ? Number(values[i]) : NaN;
-  if (!Number.isFinite(n)) throw new Error('/proc/net/snmp: no Tcp OutRsts');
+  if (!Number.isFinite(n)) throw new Error(`/proc/net/snmp: no Tcp ${name}`);
   return n;
 }
+
+/** Tcp OutRsts of a netns's /proc/net/snmp. */
+export const outRsts = (snmp: string): number => tcpCounter(snmp, 'OutRsts');
 
 const podRsts = async (ns: string) => outRsts(await systemRunner.run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/snmp']));
 

@@ -13,17 +13,16 @@
 import { withNetns } from '../../src/bpf/netns.js';
 import { acceptConn, AF_INET, AF_INET6, markedListener } from '../../src/host/libc.js';
 import { systemRunner } from '../../src/host/runner.js';
+import { tcpCounter } from '../../harness/bench/hooks.js';
 import { closeSocket, markedConnect, sendOn, transparentMarkedConnect } from '../../harness/sim/transparent.js';
+import { ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
 import { sleep, until } from './wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
-const ZTUNNEL_MARK = 0x539;
 
 /** The TCP segments a netns has received (its /proc/net/snmp `Tcp: InSegs`). */
 export async function tcpInSegs(ns: string): Promise<number> {
-  const rows = (await run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/snmp'])).split('\n').filter((l) => l.startsWith('Tcp:'));
-  const i = rows[0]!.split(/\s+/).indexOf('InSegs');
-  return Number(rows[1]!.split(/\s+/)[i]);
+  return tcpCounter(await run(['ip', 'netns', 'exec', ns, 'cat', '/proc/net/snmp']), 'InSegs');
 }
 
 export interface StaleClientRun {
