@@ -17,7 +17,8 @@
  * - inpod_lookup, the socket lookup (SK_LOOKUP) of the pod's netns: a SYN that meets a
  *   TIME_WAIT cannot be assigned at TC; inpod_in leaves ztunnel's listener in
  *   inpod_handoff and this program gives it to the kernel's listener lookup on the
- *   TIME_WAIT path (rows PL5, PI8, PK1-PK3).
+ *   TIME_WAIT path (rows PL5, PI8, PK1-PK3). One entry per SYN in flight: a copy of it
+ *   that meets the entry is dropped; the lookup takes the entry.
  * - inpod_vm_in, TC ingress of each interface the pod's reroute-virtual-interfaces
  *   annotation lists (a VM's tap, rows PV1-PV5): its TCP goes to ztunnel's 15001 as the
  *   pod's outbound, before routing could forward it.
@@ -65,8 +66,10 @@ struct {
 } inpod_overrides SEC(".maps");
 
 /*
- * inpod_handoff (written by inpod_in, read and emptied by inpod_lookup):
- * { ::ffff:198.18.0.10:41234 -> ::ffff:198.19.0.2:8080, 4 } -> ztunnel's 15001 listener
+ * inpod_handoff (written by inpod_in and inpod_vm_in, read and emptied by inpod_lookup; an
+ * entry no lookup took goes with the agent's sweep of its generation,
+ * src/capture/inpod/handoffs.ts):
+ * { ::ffff:198.18.0.10:41234 -> ::ffff:198.19.0.2:8080, 4, gen 1 } -> ztunnel's 15001 listener
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -275,6 +278,24 @@ static __always_inline bool dns_out(const struct flow *f)
 	return (f->proto == IPPROTO_UDP || f->proto == IPPROTO_TCP) && f->dport == bpf_htons(DNS_PORT) && dns_capture(&f->src);
 }
 
+/* The handoff generation of now (INPOD_HANDOFF_GEN_SHIFT). */
+static __always_inline __u8 handoff_gen(void)
+{
+	return (bpf_ktime_get_ns() >> INPOD_HANDOFF_GEN_SHIFT) & (INPOD_HANDOFF_GENS - 1);
+}
+
+/* The handoff key of a frame, as the stack's listener lookup will see it, in generation `gen`. */
+static __always_inline void handoff_key(struct inpod_handoff_key *k, const struct flow *f, __u8 gen)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->remote, f->src.addr, 16);
+	__builtin_memcpy(k->local, f->dst.addr, 16);
+	k->remote_port = f->sport;
+	k->local_port = f->dport;
+	k->family = f->l3 == L3_IPV4 ? 4 : 6;
+	k->gen = gen;
+}
+
 /* --- inpod_out: TC egress of eth0 in the pod's netns --------------------------------- */
 
 enum out_verdict {
@@ -441,17 +462,6 @@ static __always_inline bool connecting_socket(struct __sk_buff *skb, const struc
 	return opening;
 }
 
-/* The handoff key of a frame, as the stack's listener lookup will see it. */
-static __always_inline void handoff_key(struct inpod_handoff_key *k, const struct flow *f)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	__builtin_memcpy(k->remote, f->src.addr, 16);
-	__builtin_memcpy(k->local, f->dst.addr, 16);
-	k->remote_port = f->sport;
-	k->local_port = f->dport;
-	k->family = f->l3 == L3_IPV4 ? 4 : 6;
-}
-
 /*
  * Keeps the listener in inpod_listeners under the pod's address (a no-op once it is there).
  * Without it the handoff entry is the listener's only sockmap link, and inpod_lookup's
@@ -478,10 +488,14 @@ static __always_inline void keep_listener(struct bpf_sock *sk, const struct flow
 }
 
 /*
- * A SYN meeting a TIME_WAIT (PL5, PI8): the kernel refuses a new request beside it, so no
- * bpf_sk_assign. The frame passes with ztunnel's listener left in inpod_handoff; the stack
- * retires the TIME_WAIT and asks the listener lookup, where inpod_lookup gives it ztunnel's
- * listener. No listener, or no room: dropped (fail closed). `pod` is the pod's address in
+ * A SYN meeting a TIME_WAIT (PL5, PI8, PV5): the kernel refuses a new request beside it, so
+ * no bpf_sk_assign. The frame passes with ztunnel's listener left in inpod_handoff, under
+ * this generation; the stack retires the TIME_WAIT and asks the listener lookup, where
+ * inpod_lookup takes the entry and gives it ztunnel's listener. No listener, or no room:
+ * dropped (fail closed). An entry already there is another copy of the SYN, on its way to
+ * its own lookup: this copy is dropped, since were both to pass, the first lookup would
+ * take the one entry and the second would be the kernel's own (the app's listener, around
+ * ztunnel); the client sends the SYN again if it needs to. `pod` is the pod's address in
  * the SYN (its source outbound, its destination inbound).
  */
 static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, const struct addr_key *pod, __u16 port)
@@ -493,8 +507,8 @@ static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, 
 	if (!sk)
 		return TC_ACT_SHOT;
 	keep_listener(sk, f, pod, port);
-	handoff_key(&k, f);
-	err = bpf_map_update_elem(&inpod_handoff, &k, sk, BPF_ANY);
+	handoff_key(&k, f, handoff_gen());
+	err = bpf_map_update_elem(&inpod_handoff, &k, sk, BPF_NOEXIST);
 	bpf_sk_release(sk);
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
@@ -699,8 +713,11 @@ int inpod_host_out(struct __sk_buff *skb)
 
 /*
  * Runs on every listener (and unconnected UDP) lookup in the pod's netns; acts only on a
- * TCP lookup whose 4-tuple inpod_in handed over (PK1): gives it ztunnel's listener and
- * forgets the entry. Anything else: the kernel's own lookup (PK3).
+ * TCP lookup whose 4-tuple a TC program handed over, in this generation or the one before
+ * (PK1): gives it ztunnel's listener and takes the entry. Each entry has one SYN on its
+ * way to a lookup (a copy meeting it was dropped at TC), so each such SYN finds one. An
+ * entry no lookup took (a SYN the TIME_WAIT answered itself) is the agent's to sweep.
+ * Anything else: the kernel's own lookup (PK3).
  */
 SEC("sk_lookup")
 int inpod_lookup(struct bpf_sk_lookup *ctx)
@@ -708,6 +725,7 @@ int inpod_lookup(struct bpf_sk_lookup *ctx)
 	struct inpod_handoff_key k;
 	struct bpf_sock *sk;
 	long err;
+	__u8 gen;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;                                  /* PK3 */
@@ -740,7 +758,13 @@ int inpod_lookup(struct bpf_sk_lookup *ctx)
 	/* remote_port: network order in the low 16 bits (a 16-bit field from 5.19). */
 	k.remote_port = (__u16)ctx->remote_port;
 	k.local_port = bpf_htons((__u16)ctx->local_port);
+	gen = handoff_gen();
+	k.gen = gen;
 	sk = bpf_map_lookup_elem(&inpod_handoff, &k);
+	if (!sk) {
+		k.gen = (gen + INPOD_HANDOFF_GENS - 1) & (INPOD_HANDOFF_GENS - 1);
+		sk = bpf_map_lookup_elem(&inpod_handoff, &k);
+	}
 	if (!sk)
 		return SK_PASS;                                  /* PK3 */
 	err = bpf_sk_assign(ctx, sk, 0);

@@ -16,12 +16,23 @@
 
 /*
  * SYNs handed over at once to ztunnel's listeners through the kernel's TIME_WAIT path
- * (inpod_handoff); each entry lives from the TC program's write to the socket lookup's
- * read of the same frame. A full map drops the SYN: fail closed.
+ * (inpod_handoff); an entry lives from the TC program's write to the socket lookup of the
+ * same frame, or, for a SYN whose lookup never came, until the agent sweeps its
+ * generation. A full map drops the SYN: fail closed.
  */
 #ifndef MAX_HANDOFFS
 #define MAX_HANDOFFS 4096
 #endif
+
+/*
+ * A handoff's generation (docs/datapath.md, "TIME_WAIT: the handoff"): bits
+ * INPOD_HANDOFF_GEN_SHIFT and up of CLOCK_MONOTONIC in ns (2^31 ns, 2.1 s a generation),
+ * modulo INPOD_HANDOFF_GENS. inpod_lookup finds an entry of its own generation and of the
+ * one before; the agent deletes only entries two generations old, which no program writes
+ * or looks up any more.
+ */
+#define INPOD_HANDOFF_GEN_SHIFT 31
+#define INPOD_HANDOFF_GENS 4
 
 /*
  * ztunnel's listeners kept in inpod_listeners (one per pod address, port and family that
@@ -111,7 +122,8 @@ struct inpod_handoff_key {
 	__u16 remote_port;  /* network order */
 	__u16 local_port;   /* network order */
 	__u8 family;        /* 4 or 6 */
-	__u8 pad[3];        /* 0 */
+	__u8 gen;           /* the generation it was written in, 0 to INPOD_HANDOFF_GENS - 1 */
+	__u8 pad[2];        /* 0 */
 };
 
 /*

@@ -12,6 +12,8 @@ import net from 'node:net';
 import { connectOverLo } from '../lib/lo-connection.js';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/inpod-codec.js';
+import { layouts } from '../../src/bpf/inpod-layout.generated.js';
+import { genBefore, handoffGen, monotonicNs } from '../../src/capture/inpod/handoffs.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { enterNetns, isNotRunnable, runProgram, runSkLookup, TcAct, type NotRunnable, type RunResult } from '../bpf/testrun.js';
@@ -140,8 +142,11 @@ export class InpodHarness {
     for (const k of m.keys()) m.delete(k);
   }
 
-  /** Puts a handoff in the map from here (the listener by name, as the model keys them). */
-  seedHandoff(key: string, socket: string): void {
+  /**
+   * Puts a handoff in the map from here (the listener by name, as the model keys them), in
+   * the generation `back` before now's (src/capture/inpod/handoffs.ts; default now's).
+   */
+  seedHandoff(key: string, socket: string, back = 0): void {
     const fd = this.listenerFds.get(socket);
     if (fd === undefined) throw new Error(`no listener ${socket} to hand over to`);
     const [family, remote, rport, local, lport] = key.split('|');
@@ -151,6 +156,7 @@ export class InpodHarness {
     k.writeUInt16BE(Number(rport), 32);
     k.writeUInt16BE(Number(lport), 34);
     k.writeUInt8(Number(family), 36);
+    k.writeUInt8(genBefore(handoffGen(monotonicNs()), back), layouts.inpod_handoff_key.fields.gen.offset);
     const v = Buffer.alloc(8);
     v.writeBigUInt64LE(BigInt(fd));
     this.map('inpod_handoff').update(k, v);

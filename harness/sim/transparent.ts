@@ -229,7 +229,7 @@ function markedSocket(
   ip: string,
   mark: number,
   target: string,
-  opts: { nonBlocking?: boolean; noDelay?: boolean; from?: string; sendTimeoutMs?: number; recvTimeoutMs?: number } = {},
+  opts: { nonBlocking?: boolean; noDelay?: boolean; from?: string; fromPort?: number; sendTimeoutMs?: number; recvTimeoutMs?: number } = {},
 ): number {
   const family = ip.includes(':') ? AF_INET6 : AF_INET;
   const fd = c.socket(family, SOCK_STREAM | (opts.nonBlocking ? SOCK_NONBLOCK | SOCK_CLOEXEC : 0), 0) as number;
@@ -249,7 +249,7 @@ function markedSocket(
   if (opts.sendTimeoutMs !== undefined) set('setsockopt(SO_SNDTIMEO)', SOL_SOCKET, SO_SNDTIMEO, timeval(opts.sendTimeoutMs));
   if (opts.recvTimeoutMs !== undefined) set('setsockopt(SO_RCVTIMEO)', SOL_SOCKET, SO_RCVTIMEO, timeval(opts.recvTimeoutMs));
   if (opts.from !== undefined) {
-    const local = sockaddr(opts.from, 0);
+    const local = sockaddr(opts.from, opts.fromPort ?? 0);
     if (c.bind(fd, local, local.length) < 0) {
       const e = errno();
       c.close(fd);
@@ -301,12 +301,12 @@ export function markedConnectStart(ip: string, port: number, mark: number): numb
 
 /**
  * A TCP connection to ip:port from `fromIp` (an address not of this netns: IP_TRANSPARENT)
- * by a socket carrying SO_MARK `mark`, connected (blocking, 3 s at most): ztunnel's inbound
- * leg to the app, sent with the client's own address.
+ * and `fromPort` (0: the kernel's pick) by a socket carrying SO_MARK `mark`, connected
+ * (blocking, 3 s at most): ztunnel's inbound leg to the app, sent with the client's own address.
  */
-export function transparentMarkedConnect(fromIp: string, ip: string, port: number, mark: number): number {
-  const target = `${fromIp} -> ${ip}:${port}`;
-  return connectOrThrow(markedSocket(ip, mark, target, { from: fromIp, sendTimeoutMs: 3_000 }), ip, port, target);
+export function transparentMarkedConnect(fromIp: string, ip: string, port: number, mark: number, fromPort = 0): number {
+  const target = `${fromIp}:${fromPort} -> ${ip}:${port}`;
+  return connectOrThrow(markedSocket(ip, mark, target, { from: fromIp, fromPort, sendTimeoutMs: 3_000 }), ip, port, target);
 }
 
 /**

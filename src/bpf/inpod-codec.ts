@@ -138,6 +138,8 @@ export interface Handoff {
   local: string;
   localPort: number;
   family: 4 | 6;
+  /** The generation it was written in (src/capture/inpod/handoffs.ts), 0 to INPOD_HANDOFF_GENS - 1. */
+  gen: number;
 }
 
 export function encodeHandoffKey(k: Handoff): Buffer {
@@ -148,6 +150,10 @@ export function encodeHandoffKey(k: Handoff): Buffer {
   b.writeUInt16BE(k.remotePort, f.remote_port.offset);
   b.writeUInt16BE(k.localPort, f.local_port.offset);
   b.writeUInt8(k.family, f.family.offset);
+  if (!Number.isInteger(k.gen) || k.gen < 0 || k.gen >= constants.INPOD_HANDOFF_GENS) {
+    throw new CodecError(`inpod_handoff_key gen is 0 to ${constants.INPOD_HANDOFF_GENS - 1}, got ${k.gen}`);
+  }
+  b.writeUInt8(k.gen, f.gen.offset);
   return b;
 }
 
@@ -156,12 +162,15 @@ export function decodeHandoffKey(b: Buffer): Handoff {
   const f = layouts.inpod_handoff_key.fields;
   const family = b.readUInt8(f.family.offset);
   if (family !== 4 && family !== 6) throw new CodecError(`inpod_handoff_key family is 4 or 6, got ${family}`);
+  const gen = b.readUInt8(f.gen.offset);
+  if (gen >= constants.INPOD_HANDOFF_GENS) throw new CodecError(`inpod_handoff_key gen is 0 to ${constants.INPOD_HANDOFF_GENS - 1}, got ${gen}`);
   return {
     remote: decodeAddrKey(b.subarray(f.remote.offset, f.remote.offset + f.remote.size)),
     remotePort: b.readUInt16BE(f.remote_port.offset),
     local: decodeAddrKey(b.subarray(f.local.offset, f.local.offset + f.local.size)),
     localPort: b.readUInt16BE(f.local_port.offset),
     family,
+    gen,
   };
 }
 

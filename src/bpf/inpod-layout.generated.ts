@@ -39,7 +39,8 @@ export const layouts = {
       remote_port: { offset: 32, size: 2 },
       local_port: { offset: 34, size: 2 },
       family: { offset: 36, size: 1 },
-      pad: { offset: 37, size: 3 },
+      gen: { offset: 37, size: 1 },
+      pad: { offset: 38, size: 2 },
     },
   },
   inpod_listener_key: {
@@ -66,6 +67,8 @@ export const layouts = {
 export const constants = {
   MAX_PROBE_FLOWS: 16384,
   MAX_HANDOFFS: 4096,
+  INPOD_HANDOFF_GEN_SHIFT: 31,
+  INPOD_HANDOFF_GENS: 4,
   MAX_INPOD_LISTENERS: 16384,
   INPOD_PORT_OUTBOUND: 15001,
   INPOD_PORT_INBOUND: 15006,

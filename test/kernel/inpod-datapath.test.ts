@@ -30,12 +30,15 @@ import {
   TW,
   TW_FAR,
   ZT_CLOSED,
+  key,
   type Row,
 } from '../model/inpod-rows.js';
 import { kernelDescribe } from '../support/gate.js';
+import { GENERATION_NS, monotonicNs, SWEEP_GUARD_NS, sweepHandoffs } from '../../src/capture/inpod/handoffs.js';
 
 const v6 = (src: string, dst: string, l4: b.L4) => b.v6Frame({ src, dst }, l4);
 const syn = (sport: number, dport: number) => b.tcp({ sport, dport, flags: 0x02 });
+const sleepNs = (ns: bigint) => new Promise((r) => setTimeout(r, Number(ns / 1_000_000n) + 1));
 
 kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads BPF programs', () => {
   let h: InpodHarness;
@@ -76,16 +79,48 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
   describe("with ztunnel's sockets", () => {
     it.each(ROWS.filter((r) => !r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, sockets));
 
-    it('PL5 and PI8 leave the listener the socket lookup then gives the kernel (PK1), and the entry goes', async () => {
+    it('PL5 and PI8 leave the listener the socket lookup then takes (PK1); a copy of the SYN meeting the entry is dropped', async () => {
       for (const [frame, mark, ctx, socket] of [
         [v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), 0, lookup(6, OUT.v6, TW.outPort, POD.v6, TW.podPort), 'tcp6:15006'],
         [v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)), LOOP_MARK, lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort), 'tcp6:15001'],
       ] as const) {
         expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
-        expect([...(await h.handoffs()).values()]).toEqual([socket]);
+        const left = await h.handoffs();
+        expect([...left.values()]).toEqual([socket]);
+        // Another copy on its way while the first has not reached its lookup: were it to
+        // pass, one lookup would take the one entry and the other be the kernel's own.
+        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('drop');
+        expect(await h.handoffs()).toEqual(left);
         expect(await h.runLookup(ctx)).toEqual({ verdict: 'pass', selected: socket });
         expect(await h.handoffs()).toEqual(new Map());
+        // Once taken, the next copy (the client's retransmission) is handed over again.
+        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
+        expect([...(await h.handoffs()).values()]).toEqual([socket]);
+        h.clearHandoffs();
       }
+    });
+
+    it('generations: the lookup takes an entry of its generation or the one before, never an older one; a sweep deletes only two back', async () => {
+      const m = h.map('inpod_handoff');
+      const at = (port: number) => lookup(4, OUT.v4, port, POD.v4, APP_PORT);
+      // Well inside one generation, so that the seeds and the lookups see the same one.
+      const into = monotonicNs() % GENERATION_NS;
+      if (into < SWEEP_GUARD_NS || GENERATION_NS - into < 300_000_000n) await sleepNs(GENERATION_NS - into + SWEEP_GUARD_NS);
+      const now = monotonicNs();
+      h.clearHandoffs();
+      for (const back of [0, 1, 2, 3]) h.seedHandoff(key(at(41_000 + back)), 'tcp4:15006', back);
+      // Three back is the next generation's number: written by no program yet, found by none.
+      expect(await h.runLookup(at(41_002))).toEqual({ verdict: 'pass' });
+      expect(await h.runLookup(at(41_003))).toEqual({ verdict: 'pass' });
+      expect(m.keys()).toHaveLength(4);
+      expect(sweepHandoffs(m, now)).toEqual({ deleted: 1, kept: 3, skipped: false });
+      expect([...(await h.handoffs()).keys()].sort(), 'the sweep left now’s, the one before and the next').toEqual(
+        [key(at(41_000)), key(at(41_001)), key(at(41_003))].sort(),
+      );
+      expect(await h.runLookup(at(41_000))).toEqual({ verdict: 'pass', selected: 'tcp4:15006' });
+      expect(await h.runLookup(at(41_001))).toEqual({ verdict: 'pass', selected: 'tcp4:15006' });
+      expect([...(await h.handoffs()).keys()], 'each lookup took its entry').toEqual([key(at(41_003))]);
+      h.clearHandoffs();
     });
 
     describe('inpod_lookup (PK rows)', () => {

@@ -9,18 +9,33 @@
  */
 import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
 import type net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
 import { BPF_SK_LOOKUP, netnsQuery } from '../../src/bpf/ffi.js';
-import { createEbpfInPodCapture, type EbpfInPodCapture, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
+import { createEbpfInPodCapture, type EbpfInPodCapture, INPOD_PIN_SUBDIR, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
+import { genBefore, handoffGen, monotonicNs } from '../../src/capture/inpod/handoffs.js';
+import { encodeHandoffKey } from '../../src/bpf/inpod-codec.js';
+import { openPinnedMap } from '../../src/bpf/maps.js';
+import { pinDir } from '../../src/bpf/pins.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
 import { type CommandRunner, systemRunner } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
-import { AF_INET, AF_INET6, closeSocket, markedExchange, udpReceive, udpSendTo, udpSocket } from '../../harness/sim/transparent.js';
+import {
+  AF_INET,
+  AF_INET6,
+  closeSocket,
+  markedExchange,
+  transparentListener,
+  transparentMarkedConnect,
+  udpReceive,
+  udpSendTo,
+  udpSocket,
+} from '../../harness/sim/transparent.js';
 import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
@@ -337,8 +352,58 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       expect(app.accepted.length).toBe(seenApp);
     });
 
-    it('the handoff map is empty after each (the socket lookup takes what inpod_in left)', () => {
+    it('ztunnel’s inbound leg to the app, from the client port of a handed-over SYN, reaches the app: no entry outlives its SYN', async () => {
+      // The leg carries the client's address, and its port may be one a handed-over SYN of
+      // that client had; with ztunnel's end of that connection gone, the leg's SYN goes to
+      // the listener lookup, where an entry still there would send it back to 15006 (and
+      // its SYN-ACK, marked as ztunnel's, out of the pod).
+      for (const [client, ip] of [
+        [OUTSIDE_IP, sim.pods[0]!.ip],
+        [OUTSIDE_IP6, sim.pods[0]!.ip6],
+      ] as const) {
+        const port = 40000 + Math.floor(Math.random() * 20000);
+        for (let i = 0; i < 2; i++) {
+          expect(await sim.connect('outside', { ip, port: APP_PORT }, 1, 700, undefined, port)).toEqual([{ ok: true, reply: 'ztunnel' }]);
+        }
+        const seen = { app: app.accepted.length, ztunnel: accepted.length };
+        // ztunnel's end of the last one, a TIME_WAIT, gone (as when the client closes first).
+        execFileSync('ip', ['netns', 'exec', sim.pods[0]!.ns, 'ss', '-K', '-tan', 'state', 'time-wait', `( dport = :${port} )`]);
+        const leg = withNetns(`/proc/self/fd/${podFd}`, () => transparentMarkedConnect(client, ip, APP_PORT, ZTUNNEL_MARK, port));
+        closeSocket(leg);
+        await until('the app accepts the leg', () => app.accepted.length > seen.app);
+        expect(app.accepted[seen.app]!.src).toContain(client);
+        expect(accepted.length, 'no listener of ztunnel’s took the leg').toBe(seen.ztunnel);
+      }
+    });
+
+    it('the handoff map is empty after each (each socket lookup took the entry its SYN left)', () => {
       expect(capture.handoffs()).toEqual([]);
+    });
+
+    it('an entry no lookup took is swept by the capture itself once it is two generations old', async () => {
+      // As a SYN the TIME_WAIT answered itself would leave: written here, with a listener of this test's.
+      const m = openPinnedMap(join(pinDir(pinRoot), INPOD_PIN_SUBDIR), 'inpod_handoff');
+      const fd = withNetns(`/proc/self/fd/${podFd}`, () => transparentListener(AF_INET, 15_999));
+      try {
+        const swept = capture.sweptTotal;
+        const entry = { remote: OUTSIDE_IP, remotePort: 40_999, local: sim.pods[0]!.ip, localPort: APP_PORT, family: 4 as const };
+        const v = Buffer.alloc(8);
+        v.writeBigUInt64LE(BigInt(fd));
+        const now = handoffGen(monotonicNs());
+        m.update(encodeHandoffKey({ ...entry, gen: genBefore(now, 2) }), v);
+        m.update(encodeHandoffKey({ ...entry, gen: now }), v);
+        expect(capture.handoffs()).toHaveLength(2);
+        // Within a sweep interval, a guard and a generation boundary at most.
+        await until('the old entry swept', () => capture.handoffs().every((h) => h.gen !== genBefore(now, 2)), 5_000);
+        expect(capture.sweptTotal).toBeGreaterThan(swept);
+        // Now's entry is one no sweep may take yet (unless its time came meanwhile).
+        const left = capture.handoffs();
+        if (handoffGen(monotonicNs()) === now) expect(left.map((h) => h.gen)).toEqual([now]);
+        for (const h of left) m.delete(encodeHandoffKey(h));
+      } finally {
+        closeSocket(fd);
+        m.close();
+      }
     });
 
     it('the listeners that took a handoff are kept in inpod_listeners under the pod’s addresses (no sockmap teardown per SYN)', () => {

@@ -152,11 +152,16 @@ function deliver(s: InpodSockets, ip: Ip, p: { sport: number }, port: number, ro
   return sock ? { verdict: 'deliver', row, socket: sock } : { verdict: 'drop', row };
 }
 
-/** PL5/PI8: ztunnel's listener left for the socket lookup, the frame passed; none: drop. */
-function handoff(s: InpodSockets, ip: Ip, p: { sport: number; dport: number }, port: number, row: string): InpodVerdict {
+/**
+ * PL5/PI8/PV5: ztunnel's listener left for the socket lookup, the frame passed; none, or
+ * an entry already there (another copy of the SYN on its way to its lookup): drop.
+ */
+function handoff(state: InpodState, s: InpodSockets, ip: Ip, p: { sport: number; dport: number }, port: number, row: string): InpodVerdict {
   const sock = ztunnelSocket(s, ip, p, port);
   if (!sock) return { verdict: 'drop', row };
-  return { verdict: 'pass', row, handoff: { key: handoffKey(ip.family, ip.src, p.sport, ip.dst, p.dport), socket: sock } };
+  const key = handoffKey(ip.family, ip.src, p.sport, ip.dst, p.dport);
+  if (state.handoffs?.has(key)) return { verdict: 'drop', row };
+  return { verdict: 'pass', row, handoff: { key, socket: sock } };
 }
 
 export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
@@ -174,7 +179,7 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
     if (c === null) return deliver(s, ip, p, port, 'PL4');
     // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
     if (s.conns.get(connKey(ip.family, ip.src, p.sport, ip.dst, p.dport)) !== 'syn_sent') return { verdict: 'drop', row: 'PL3' };
-    return handoff(s, ip, p, port, 'PL5');
+    return handoff(state, s, ip, p, port, 'PL5');
   }
   if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PI1' };
   const ip = l2.ip;
@@ -187,13 +192,13 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   const c = conn(s, ip, p);
   if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI7' };
   if ((state.overrides?.get(ip.dst) ?? 0) & Override.BYPASS_INBOUND) return { verdict: 'pass', row: 'PI7b' };
-  if (c === 'time_wait') return handoff(s, ip, p, Port.INBOUND, 'PI8');
+  if (c === 'time_wait') return handoff(state, s, ip, p, Port.INBOUND, 'PI8');
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
 }
 
 // --- inpod_vm_in: TC ingress of a VM interface the pod's annotation lists -------------------
 
-export function inpodVmIn(frame: Buffer, s: InpodSockets): InpodVerdict {
+export function inpodVmIn(frame: Buffer, state: InpodState, s: InpodSockets): InpodVerdict {
   const l2 = parse(frame);
   if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PV1' };
   const ip = l2.ip;
@@ -204,7 +209,7 @@ export function inpodVmIn(frame: Buffer, s: InpodSockets): InpodVerdict {
   const c = conn(s, ip, p);
   if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PV3', mark: LOOP_MARK };
   if (!syn(frame, ip)) return { verdict: 'drop', row: 'PV4' };
-  const v = c === 'time_wait' ? handoff(s, ip, p, Port.OUTBOUND, 'PV5') : deliver(s, ip, p, Port.OUTBOUND, 'PV5');
+  const v = c === 'time_wait' ? handoff(state, s, ip, p, Port.OUTBOUND, 'PV5') : deliver(s, ip, p, Port.OUTBOUND, 'PV5');
   return v.verdict === 'drop' ? v : { ...v, mark: LOOP_MARK };
 }
 
@@ -252,7 +257,7 @@ export function inpodVerdict(
   if (program === 'inpod_out') return inpodOut(frame, state, ctx, s);
   if (program === 'inpod_in') return inpodIn(frame, state, ctx, s);
   if (program === 'inpod_host_in') return inpodHostIn(frame, state, ctx);
-  if (program === 'inpod_vm_in') return inpodVmIn(frame, s);
+  if (program === 'inpod_vm_in') return inpodVmIn(frame, state, s);
   return inpodHostOut(frame, state);
 }
 
@@ -286,6 +291,9 @@ export interface LookupVerdict {
 /**
  * inpod_lookup. `sockets`: the listener each socket name is, for the assign check (a socket
  * of the other family refuses unless it is a dual-stack IPv6 one; `v6only` names them).
+ * `handoffs` are the entries of the lookup's generation and the one before (the tests
+ * write and look up within moments); an older one is never found, which
+ * test/kernel/inpod-datapath.test.ts checks on its own.
  */
 export function inpodLookup(ctx: LookupCtx, handoffs: ReadonlyMap<string, string>, v6only: ReadonlySet<string>): LookupVerdict {
   if (ctx.protocol !== TCP) return { verdict: 'pass', row: 'PK3' };

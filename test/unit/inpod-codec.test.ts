@@ -30,7 +30,7 @@ describe('in-pod codec', () => {
   });
 
   it('lays out a handoff key as the layout says: source then destination, ports in network order', () => {
-    const h = { remote: '198.18.0.10', remotePort: 41234, local: '198.19.0.2', localPort: 8080, family: 4 as const };
+    const h = { remote: '198.18.0.10', remotePort: 41234, local: '198.19.0.2', localPort: 8080, family: 4 as const, gen: 3 };
     const k = codec.encodeHandoffKey(h);
     const f = layouts.inpod_handoff_key.fields;
     expect(k).toHaveLength(40);
@@ -39,10 +39,15 @@ describe('in-pod codec', () => {
     expect(k.readUInt16BE(f.remote_port.offset)).toBe(41234);
     expect(k.readUInt16BE(f.local_port.offset)).toBe(8080);
     expect(k[f.family.offset]).toBe(4);
+    expect(k[f.gen.offset]).toBe(3);
+    expect(k.subarray(f.gen.offset + 1).equals(Buffer.alloc(2))).toBe(true);
     expect(codec.decodeHandoffKey(k)).toEqual(h);
-    const h6 = { remote: '2001:db8::5', remotePort: 1, local: 'fd00:10:244::a', localPort: 65535, family: 6 as const };
+    const h6 = { remote: '2001:db8::5', remotePort: 1, local: 'fd00:10:244::a', localPort: 65535, family: 6 as const, gen: 0 };
     expect(codec.decodeHandoffKey(codec.encodeHandoffKey(h6))).toEqual(h6);
     expect(() => codec.decodeHandoffKey(Buffer.alloc(39))).toThrow(/40 bytes, got 39/);
+    expect(() => codec.encodeHandoffKey({ ...h, gen: 4 })).toThrow(/gen is 0 to 3, got 4/);
+    k[f.gen.offset] = 4;
+    expect(() => codec.decodeHandoffKey(k)).toThrow(/gen is 0 to 3, got 4/);
     k[f.family.offset] = 0;
     expect(() => codec.decodeHandoffKey(k)).toThrow(/family is 4 or 6, got 0/);
     expect(PINNED_MAPS.inpod_handoff).toMatchObject({ type: 18, keySize: 40, valueSize: 8, maxEntries: 4096 });

@@ -33,6 +33,7 @@ import { constants } from '../../bpf/inpod-layout.generated.js';
 import { decodeAddrKey, encodeAddrKey } from '../../bpf/codec.js';
 import { closeInstalled, commitInstall, loadOrAdopt, type Installed } from '../../bpf/install.js';
 import type { BpfMap } from '../../bpf/object.js';
+import { SWEEP_EVERY_MS, sweepHandoffs, type SweepResult } from './handoffs.js';
 import { withNetns } from '../../bpf/netns.js';
 import { ensurePinDir, pinDir } from '../../bpf/pins.js';
 import { openPinnedMap } from '../../bpf/maps.js';
@@ -139,6 +140,8 @@ export interface InpodEbpfOptions {
    * InpodUnsupportedError, for the caller to pick the iptables in-pod capture.
    */
   probe?: boolean;
+  /** How often inpod_handoff is swept (default SWEEP_EVERY_MS); 0: never (tests that sweep by hand). */
+  sweepEveryMs?: number;
 }
 
 /** This kernel cannot run the eBPF in-pod capture: the caller falls back to iptables. */
@@ -186,6 +189,10 @@ export class EbpfInPodCapture implements InPodCapture {
     this.objectPath = opts.objectPath ?? DEFAULT_INPOD_OBJECT;
   }
 
+  private sweeper: NodeJS.Timeout | null = null;
+  /** Handoffs the sweeps deleted since init (for tests and status). */
+  sweptTotal = 0;
+
   async init(): Promise<void> {
     if (this.opts.probe !== false) {
       const p = await probeReuseportAssign(this.objectPath, this.opts.runner);
@@ -199,6 +206,11 @@ export class EbpfInPodCapture implements InPodCapture {
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
     this.sweepLinks();
     this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(this.opts.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
+    const every = this.opts.sweepEveryMs ?? SWEEP_EVERY_MS;
+    if (every > 0 && !this.sweeper) {
+      this.sweeper = setInterval(() => this.sweepTick(), every);
+      this.sweeper.unref();
+    }
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));
     this.opts.log.info(this.installed.adopted ? 'in-pod ebpf adopted' : 'in-pod ebpf loaded', {
       pinDir: this.dir,
@@ -432,7 +444,25 @@ export class EbpfInPodCapture implements InPodCapture {
     for (const k of flows.keys()) if (ips.has(codec.decodeProbeFlowKey(k).pod)) flows.delete(k);
   }
 
-  /** SYNs handed over to ztunnel's listeners and not yet taken by the socket lookup (for tests and status). */
+  /**
+   * Deletes the handoffs two generations old (src/capture/inpod/handoffs.ts): SYNs whose
+   * socket lookup never came. Runs every SWEEP_EVERY_MS from init; `nowNs` for tests.
+   */
+  sweepHandoffs(nowNs?: bigint): SweepResult {
+    return sweepHandoffs(this.map('inpod_handoff'), nowNs);
+  }
+
+  private sweepTick(): void {
+    if (!this.installed) return;
+    try {
+      const r = this.sweepHandoffs();
+      this.sweptTotal += r.deleted;
+    } catch (err) {
+      this.opts.log.warn('in-pod ebpf: sweeping inpod_handoff failed; tried again next time', { error: (err as Error).message });
+    }
+  }
+
+  /** SYNs handed over to ztunnel's listeners and not yet taken by the socket lookup, nor swept (for tests and status). */
   handoffs(): codec.Handoff[] {
     return this.map('inpod_handoff')
       .keys()
@@ -454,6 +484,8 @@ export class EbpfInPodCapture implements InPodCapture {
   }
 
   close(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
     if (this.installed) closeInstalled(this.installed);
     this.installed = null;
   }
