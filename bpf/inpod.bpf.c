@@ -513,6 +513,32 @@ static __always_inline int handoff(struct __sk_buff *skb, const struct flow *f, 
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
+/*
+ * PI7 for a SYN: the connection socket TC found is assigned, so the stack takes the SYN to
+ * it (a challenge ACK from an established socket, the SYN-ACK again from a request). Passed
+ * instead, the SYN would meet the listener lookup, the app's listener, should that socket
+ * close in between (a reset of the connection on another CPU). Looked up again: a socket
+ * gone (or become a TIME_WAIT) meanwhile drops the SYN, and the client sends it again.
+ */
+static __always_inline int assign_conn(struct __sk_buff *skb, const struct flow *f)
+{
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	__u32 len = tuple_of(f, &t, f->dport, false);
+	long err;
+
+	sk = bpf_skc_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TC_ACT_SHOT;
+	if (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT) {
+		bpf_sk_release(sk);
+		return TC_ACT_SHOT;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
 /* PL1-PL5: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
 static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f)
 {
@@ -564,6 +590,8 @@ int inpod_in(struct __sk_buff *skb)
 	if (f.dport == bpf_htons(INPOD_PORT_HBONE))
 		return TC_ACT_OK;                                /* PI6 */
 	c = tcp_conn(skb, &f);
+	if (c == CONN_OPEN && tcp_syn(&f))
+		return assign_conn(skb, &f);                     /* PI7 */
 	if (c == CONN_OPEN || (c == CONN_TIME_WAIT && !tcp_syn(&f)))
 		return TC_ACT_OK;                                /* PI7 */
 	if (overrides_of(&f.dst) & INPOD_O_BYPASS_INBOUND)

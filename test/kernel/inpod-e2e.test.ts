@@ -11,6 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import type net from 'node:net';
+import { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
 import { BPF_SK_LOOKUP, netnsQuery } from '../../src/bpf/ffi.js';
@@ -24,7 +25,9 @@ import type { PodNetns } from '../../src/capture/inpod.js';
 import { type CommandRunner, systemRunner } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
 import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
-import { OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
+import { names, OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
+import { sendFrames, startSniffer, withChecksums } from '../../harness/sim/rawframes.js';
+import { TcpFlags, tcp, v4Frame } from '../../harness/packet/builder.js';
 import {
   AF_INET,
   AF_INET6,
@@ -313,6 +316,44 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       await outside.waitForAccepted(n + 1);
       expect(outside.accepted[n]!.src.startsWith(sim.pods[1]!.ip)).toBe(true);
     });
+  });
+
+  it('a SYN from outside on a held connection’s 4-tuple is given to that connection (a challenge ACK back), never to a listener (PI7)', async () => {
+    const p0 = sim.pods[0]!;
+    const port = 40000 + Math.floor(Math.random() * 20000);
+    const seen = { app: app.accepted.length, ztunnel: accepted.length };
+    // A connection ztunnel accepted on 15006 and answered; the client keeps its end open,
+    // so ztunnel's end stays a connection socket (FIN_WAIT2) for the SYN to meet.
+    const fd = withNetns(`/var/run/netns/${sim.outside.ns}`, () => transparentMarkedConnect(OUTSIDE_IP, p0.ip, APP_PORT, 0, port));
+    const held = new Socket({ fd, allowHalfOpen: true, readable: true, writable: true });
+    held.on('error', () => undefined);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        held.once('data', () => resolve());
+        held.once('error', reject);
+      });
+      expect(accepted.length).toBe(seen.ztunnel + 1);
+      const mac = (ns: string, dev: string) =>
+        (JSON.parse(execFileSync('ip', ['-n', ns, '-j', 'link', 'show', 'dev', dev]).toString()) as { address: string }[])[0]!.address;
+      const frame = withChecksums(
+        v4Frame({ src: OUTSIDE_IP, dst: p0.ip }, tcp({ sport: port, dport: APP_PORT, flags: TcpFlags.SYN, seq: 0x1234567 }), {
+          src: mac(sim.outside.ns, 'eth0'),
+          dst: mac(sim.nodeNs, names.outsideVeth(sim.prefix)),
+        }),
+      );
+      const sniff = startSniffer(sim.outside.ns, 1_500, { ifaces: ['eth0'] });
+      await sniff.ready;
+      await sendFrames(sim.outside.ns, 'eth0', [frame]);
+      const back = (await sniff.done)
+        .map((f) => f.bytes)
+        .filter((b) => b.readUInt16BE(12) === 0x0800 && b[23] === 6 && b.readUInt16BE(34) === APP_PORT && b.readUInt16BE(36) === port);
+      // What came back to the client's port: the held connection's ACK, no SYN-ACK of anyone's.
+      expect(back.map((b) => b[14 + 20 + 13]! & 0x12)).toEqual([0x10]);
+      expect(app.accepted.length, 'the app saw nothing').toBe(seen.app);
+      expect(accepted.length, 'no listener of ztunnel’s took the SYN').toBe(seen.ztunnel + 1);
+    } finally {
+      held.destroy();
+    }
   });
 
   describe('a reused 4-tuple meets ztunnel’s TIME_WAIT and still reaches ztunnel (the handoff)', () => {

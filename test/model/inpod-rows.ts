@@ -289,6 +289,21 @@ export const ROWS: Row[] = [
     verdict: 'pass',
   },
   {
+    id: 'PI7',
+    name: 'a SYN on a connection’s 4-tuple goes to that connection’s socket, not on to the listener lookup',
+    program: 'inpod_in',
+    frame: v4(OUT.v4, POD.v4, syn(CONN.outPort, CONN.podPort)),
+    verdict: 'deliver',
+  },
+  {
+    id: 'PI7',
+    name: 'the same without ztunnel’s listeners (the connection is not theirs)',
+    program: 'inpod_in',
+    frame: v4(OUT.v4, POD.v4, syn(CONN.outPort, CONN.podPort)),
+    noZtunnel: true,
+    verdict: 'deliver',
+  },
+  {
     id: 'PI8',
     name: 'a SYN meeting TIME_WAIT is handed over to 15006',
     program: 'inpod_in',

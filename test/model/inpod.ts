@@ -190,6 +190,8 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   if (ip.src === PROBE_HEX[ip.family]) return { verdict: 'pass', row: 'PI5' };
   if (p.dport === Port.HBONE) return { verdict: 'pass', row: 'PI6' };
   const c = conn(s, ip, p);
+  // A SYN goes to the connection's own socket (bpf_sk_assign), never on to the listener lookup.
+  if (c === 'open' && syn(frame, ip)) return { verdict: 'deliver', row: 'PI7', socket: 'connection' };
   if (c === 'open' || (c === 'time_wait' && !syn(frame, ip))) return { verdict: 'pass', row: 'PI7' };
   if ((state.overrides?.get(ip.dst) ?? 0) & Override.BYPASS_INBOUND) return { verdict: 'pass', row: 'PI7b' };
   if (c === 'time_wait') return handoff(state, s, ip, p, Port.INBOUND, 'PI8');
