@@ -106,6 +106,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_captured SEC(".maps");
 
+/*
+ * inpod_tc_running: 0 -> 1 while inpod_out, inpod_in or inpod_vm_in runs on this CPU. Their
+ * socket lookups reach the listener lookup, which runs inpod_lookup nested inside them; it
+ * reads this to leave inpod_handoff alone there. Per CPU: a TC program runs to its end on
+ * one CPU with bottom halves off, so no other lookup of the stack runs there meanwhile.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inpod_tc_running SEC(".maps");
+
 /* inpod_pods (the agent's record): netns inode 4026532890 -> { eth 2, host 14, QDISC_POD } */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -114,6 +128,25 @@ struct {
 	__type(value, struct inpod_pod);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } inpod_pods SEC(".maps");
+
+/* Marks this CPU as running one of the TC programs (inpod_tc_running), or no longer. */
+static __always_inline void tc_running(__u32 on)
+{
+	__u32 slot = 0;
+	__u32 *v = bpf_map_lookup_elem(&inpod_tc_running, &slot);
+
+	if (v)
+		*v = on;
+}
+
+/* Whether inpod_lookup runs nested in a lookup of one of the TC programs. */
+static __always_inline bool in_tc(void)
+{
+	__u32 slot = 0;
+	__u32 *v = bpf_map_lookup_elem(&inpod_tc_running, &slot);
+
+	return v && *v;
+}
 
 #define DNS_PORT 53
 #define F_SYN 0x02
@@ -369,8 +402,7 @@ static __always_inline enum out_verdict out_verdict(struct __sk_buff *skb, const
 	return OUT_DROP;                                         /* PO10 */
 }
 
-SEC("tc")
-int inpod_out(struct __sk_buff *skb)
+static __always_inline int inpod_out_frame(struct __sk_buff *skb)
 {
 	void *data, *data_end;
 	struct ethhdr *eth;
@@ -394,6 +426,17 @@ int inpod_out(struct __sk_buff *skb)
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	skb->mark = INPOD_MARK_LOOP;
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
+}
+
+SEC("tc")
+int inpod_out(struct __sk_buff *skb)
+{
+	int verdict;
+
+	tc_running(1);
+	verdict = inpod_out_frame(skb);
+	tc_running(0);
+	return verdict;
 }
 
 /* --- inpod_in: TC ingress of eth0 in the pod's netns ---------------------------------- */
@@ -566,8 +609,7 @@ static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f
 	return handoff(skb, f, &f->src, port);                   /* PL5 */
 }
 
-SEC("tc")
-int inpod_in(struct __sk_buff *skb)
+static __always_inline int inpod_in_frame(struct __sk_buff *skb)
 {
 	struct flow f;
 	enum conn c;
@@ -601,6 +643,17 @@ int inpod_in(struct __sk_buff *skb)
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 
+SEC("tc")
+int inpod_in(struct __sk_buff *skb)
+{
+	int verdict;
+
+	tc_running(1);
+	verdict = inpod_in_frame(skb);
+	tc_running(0);
+	return verdict;
+}
+
 /* --- inpod_vm_in: TC ingress of a VM's interface inside the pod's netns ------------------ */
 
 /*
@@ -610,8 +663,7 @@ int inpod_in(struct __sk_buff *skb)
  * delivers a looped frame: the loop mark makes policy routing deliver the foreign
  * destination locally, to the socket bpf_sk_assign picked (rows PV1-PV5).
  */
-SEC("tc")
-int inpod_vm_in(struct __sk_buff *skb)
+static __always_inline int inpod_vm_in_frame(struct __sk_buff *skb)
 {
 	struct flow f;
 	enum conn c;
@@ -634,6 +686,17 @@ int inpod_vm_in(struct __sk_buff *skb)
 	if (c == CONN_TIME_WAIT)
 		return handoff(skb, &f, &f.src, INPOD_PORT_OUTBOUND); /* PV5 */
 	return deliver(skb, &f, INPOD_PORT_OUTBOUND);            /* PV5 */
+}
+
+SEC("tc")
+int inpod_vm_in(struct __sk_buff *skb)
+{
+	int verdict;
+
+	tc_running(1);
+	verdict = inpod_vm_in_frame(skb);
+	tc_running(0);
+	return verdict;
 }
 
 /* --- the pod's host veth: the node's own TCP gets the probe source -------------------- */
@@ -756,6 +819,10 @@ int inpod_lookup(struct bpf_sk_lookup *ctx)
 	__u8 gen;
 
 	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;                                  /* PK3 */
+	/* A lookup of our own TC programs (what holds this 4-tuple in the kernel's view): an
+	 * entry taken here would be missing to the SYN it waits for. */
+	if (in_tc())
 		return SK_PASS;                                  /* PK3 */
 	__builtin_memset(&k, 0, sizeof(k));
 	if (ctx->family == AF_INET) {

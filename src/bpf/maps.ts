@@ -77,6 +77,8 @@ export const PINNED_MAPS = {
   },
   // Per-socket storage (a socket's fd as key from user space): the agent never opens it.
   inpod_captured: { type: MapType.SK_STORAGE, keySize: 4, valueSize: 4, maxEntries: 0, perCpu: false },
+  // The in-pod TC programs' "running on this CPU" flag (inpod_lookup reads it): the agent never opens it.
+  inpod_tc_running: { type: MapType.PERCPU_ARRAY, keySize: 4, valueSize: 4, maxEntries: 1, perCpu: true },
 } as const satisfies Record<string, PinnedMapSpec>;
 
 export type PinnedMapName = keyof typeof PINNED_MAPS;

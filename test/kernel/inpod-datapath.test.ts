@@ -10,7 +10,10 @@
  * PI9 with ztunnel's socket there) is a drop here, as for zt_assign; the real delivery is
  * test/kernel/inpod-e2e.test.ts's.
  */
+import { closeSync, openSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BPF_SK_LOOKUP, closeFd, netnsLinkCreate } from '../../src/bpf/ffi.js';
+import { INPOD_LOOKUP } from '../../harness/inpod/harness.js';
 import { socketTable } from '../../harness/inpod/sockets.js';
 import * as b from '../../harness/packet/builder.js';
 import { inpodLookup, inpodVerdict, LOOP_MARK, PROBE_HEX, probeFlowKey, recordInpod, type InpodSockets, type InpodState } from '../model/inpod.js';
@@ -96,6 +99,31 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
         // Once taken, the next copy (the client's retransmission) is handed over again.
         expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
         expect([...(await h.handoffs()).values()]).toEqual([socket]);
+        h.clearHandoffs();
+      }
+    });
+
+    it('a lookup made by a TC program’s own socket lookup (nested) neither takes an entry nor is given its listener', async () => {
+      // inpod_in's connection lookup of a frame with no socket falls through to the
+      // listener lookup, which runs inpod_lookup inside it. Were it to take the entry of a
+      // SYN still on its way (its TIME_WAIT killed meanwhile, by a reset), that SYN's own
+      // lookup would find none: the kernel's, the app's listener.
+      const t = lookup(4, OUT.v4, 40_100, POD.v4, APP_PORT);
+      const nsFd = openSync(`/var/run/netns/${h.netns}`, 'r');
+      const link = netnsLinkCreate(nsFd, BPF_SK_LOOKUP, h.obj.programFd(INPOD_LOOKUP), 'the test link');
+      try {
+        h.clearHandoffs();
+        h.seedHandoff(key(t), 'tcp4:15006');
+        // An ACK of that 4-tuple: no connection socket, so the lookup reaches the listeners.
+        const frame = b.v4Frame({ src: OUT.v4, dst: POD.v4 }, b.tcp({ sport: 40_100, dport: APP_PORT, flags: 0x10 }));
+        expect(h.run('inpod_in', frame, { mark: 0 })?.verdict, 'PI9: to 15006 (a drop under BPF_PROG_RUN)').toBe('drop');
+        expect([...(await h.handoffs()).keys()], 'the entry is still there for its SYN').toEqual([key(t)]);
+        // The SYN's own lookup (the stack's; here BPF_PROG_RUN's) takes it.
+        expect(await h.runLookup(t)).toEqual({ verdict: 'pass', selected: 'tcp4:15006' });
+        expect(await h.handoffs()).toEqual(new Map());
+      } finally {
+        closeFd(link);
+        closeSync(nsFd);
         h.clearHandoffs();
       }
     });
