@@ -139,6 +139,19 @@ static __always_inline void tc_running(__u32 on)
 		*v = on;
 }
 
+/* The TC program `name`: name##_frame with this CPU marked as running it. */
+#define FLAGGED_TC(name)                                     \
+	SEC("tc")                                            \
+	int name(struct __sk_buff *skb)                      \
+	{                                                    \
+		int verdict;                                 \
+                                                             \
+		tc_running(1);                               \
+		verdict = name##_frame(skb);                 \
+		tc_running(0);                               \
+		return verdict;                              \
+	}
+
 /* Whether inpod_lookup runs nested in a lookup of one of the TC programs. */
 static __always_inline bool in_tc(void)
 {
@@ -428,16 +441,7 @@ static __always_inline int inpod_out_frame(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, BPF_F_INGRESS);
 }
 
-SEC("tc")
-int inpod_out(struct __sk_buff *skb)
-{
-	int verdict;
-
-	tc_running(1);
-	verdict = inpod_out_frame(skb);
-	tc_running(0);
-	return verdict;
-}
+FLAGGED_TC(inpod_out)
 
 /* --- inpod_in: TC ingress of eth0 in the pod's netns ---------------------------------- */
 
@@ -643,16 +647,7 @@ static __always_inline int inpod_in_frame(struct __sk_buff *skb)
 	return deliver(skb, &f, INPOD_PORT_INBOUND);             /* PI9 */
 }
 
-SEC("tc")
-int inpod_in(struct __sk_buff *skb)
-{
-	int verdict;
-
-	tc_running(1);
-	verdict = inpod_in_frame(skb);
-	tc_running(0);
-	return verdict;
-}
+FLAGGED_TC(inpod_in)
 
 /* --- inpod_vm_in: TC ingress of a VM's interface inside the pod's netns ------------------ */
 
@@ -688,16 +683,7 @@ static __always_inline int inpod_vm_in_frame(struct __sk_buff *skb)
 	return deliver(skb, &f, INPOD_PORT_OUTBOUND);            /* PV5 */
 }
 
-SEC("tc")
-int inpod_vm_in(struct __sk_buff *skb)
-{
-	int verdict;
-
-	tc_running(1);
-	verdict = inpod_vm_in_frame(skb);
-	tc_running(0);
-	return verdict;
-}
+FLAGGED_TC(inpod_vm_in)
 
 /* --- the pod's host veth: the node's own TCP gets the probe source -------------------- */
 
