@@ -12,7 +12,7 @@ import net from 'node:net';
 import { connectOverLo } from '../lib/lo-connection.js';
 import { existsSync } from 'node:fs';
 import * as codec from '../../src/bpf/inpod-codec.js';
-import { layouts } from '../../src/bpf/inpod-layout.generated.js';
+import { decodeAddrKey } from '../../src/bpf/codec.js';
 import { genBefore, handoffGen, monotonicNs } from '../../src/capture/inpod/handoffs.js';
 import { BpfObject, type BpfMap } from '../../src/bpf/object.js';
 import { systemRunner } from '../../src/host/runner.js';
@@ -150,13 +150,14 @@ export class InpodHarness {
     const fd = this.listenerFds.get(socket);
     if (fd === undefined) throw new Error(`no listener ${socket} to hand over to`);
     const [family, remote, rport, local, lport] = key.split('|');
-    const k = Buffer.alloc(codec.HANDOFF_KEY_SIZE);
-    Buffer.from(remote!, 'hex').copy(k, 0);
-    Buffer.from(local!, 'hex').copy(k, 16);
-    k.writeUInt16BE(Number(rport), 32);
-    k.writeUInt16BE(Number(lport), 34);
-    k.writeUInt8(Number(family), 36);
-    k.writeUInt8(genBefore(handoffGen(monotonicNs()), back), layouts.inpod_handoff_key.fields.gen.offset);
+    const k = codec.encodeHandoffKey({
+      remote: decodeAddrKey(Buffer.from(remote!, 'hex')),
+      remotePort: Number(rport),
+      local: decodeAddrKey(Buffer.from(local!, 'hex')),
+      localPort: Number(lport),
+      family: Number(family) as 4 | 6,
+      gen: genBefore(handoffGen(monotonicNs()), back),
+    });
     const v = Buffer.alloc(8);
     v.writeBigUInt64LE(BigInt(fd));
     this.map('inpod_handoff').update(k, v);

@@ -168,7 +168,8 @@ async function addNetns(runner: CommandRunner, ns: string, settings: Record<stri
   await sysctl(runner, ns, { ...DAD_OFF, ...settings });
 }
 
-async function linkMac(runner: CommandRunner, ns: string, link: string): Promise<string> {
+/** A link's MAC address in a netns. */
+export async function linkMac(runner: CommandRunner, ns: string, link: string): Promise<string> {
   const [info] = JSON.parse(await runner.run(['ip', '-n', ns, '-j', 'link', 'show', 'dev', link])) as { address?: string }[];
   if (!info?.address) throw new Error(`no MAC address for ${link} in ${ns}`);
   return info.address;

@@ -24,7 +24,7 @@ import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
 import type { PodNetns } from '../../src/capture/inpod.js';
 import { type CommandRunner, systemRunner } from '../../src/host/runner.js';
 import { createLogger } from '../../src/log.js';
-import { createSimNode, type SimNode, type SimServer } from '../../harness/sim/node.js';
+import { createSimNode, linkMac, type SimNode, type SimServer } from '../../harness/sim/node.js';
 import { names, OUTSIDE_IP, OUTSIDE_IP6, runPinRoot } from '../../harness/sim/names.js';
 import { sendFrames, startSniffer, withChecksums } from '../../harness/sim/rawframes.js';
 import { TcpFlags, tcp, v4Frame } from '../../harness/packet/builder.js';
@@ -333,12 +333,10 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         held.once('error', reject);
       });
       expect(accepted.length).toBe(seen.ztunnel + 1);
-      const mac = (ns: string, dev: string) =>
-        (JSON.parse(execFileSync('ip', ['-n', ns, '-j', 'link', 'show', 'dev', dev]).toString()) as { address: string }[])[0]!.address;
       const frame = withChecksums(
         v4Frame({ src: OUTSIDE_IP, dst: p0.ip }, tcp({ sport: port, dport: APP_PORT, flags: TcpFlags.SYN, seq: 0x1234567 }), {
-          src: mac(sim.outside.ns, 'eth0'),
-          dst: mac(sim.nodeNs, names.outsideVeth(sim.prefix)),
+          src: await linkMac(systemRunner, sim.outside.ns, 'eth0'),
+          dst: await linkMac(systemRunner, sim.nodeNs, names.outsideVeth(sim.prefix)),
         }),
       );
       const sniff = startSniffer(sim.outside.ns, 1_500, { ifaces: ['eth0'] });

@@ -140,8 +140,6 @@ export interface InpodEbpfOptions {
    * InpodUnsupportedError, for the caller to pick the iptables in-pod capture.
    */
   probe?: boolean;
-  /** How often inpod_handoff is swept (default SWEEP_EVERY_MS); 0: never (tests that sweep by hand). */
-  sweepEveryMs?: number;
 }
 
 /** This kernel cannot run the eBPF in-pod capture: the caller falls back to iptables. */
@@ -206,9 +204,8 @@ export class EbpfInPodCapture implements InPodCapture {
     if (!this.installed.adopted) commitInstall(this.dir, this.installed);
     this.sweepLinks();
     this.map('inpod_config').update(codec.encodeConfigSlot(), codec.encodeInpodConfig(this.opts.dnsCapture ? codec.InpodFlags.DNS_CAPTURE : 0));
-    const every = this.opts.sweepEveryMs ?? SWEEP_EVERY_MS;
-    if (every > 0 && !this.sweeper) {
-      this.sweeper = setInterval(() => this.sweepTick(), every);
+    if (!this.sweeper) {
+      this.sweeper = setInterval(() => this.sweepTick(), SWEEP_EVERY_MS);
       this.sweeper.unref();
     }
     const ids = Object.fromEntries([...this.installed.programs].map(([n, p]) => [n, p.id]));

@@ -1,9 +1,10 @@
 /**
- * The generations of inpod_handoff (docs/datapath.md, "TIME_WAIT: the handoff"). No program
- * deletes an entry: a copy of a handed-over SYN on another CPU may still be between TC and
- * its listener lookup, and a miss there is the kernel's own lookup, around ztunnel. Each
- * entry carries the generation it was written in, a time slot of CLOCK_MONOTONIC (the
- * clock of bpf_ktime_get_ns and of process.hrtime); inpod_lookup finds entries of its own
+ * The generations of inpod_handoff (docs/datapath.md, "TIME_WAIT: the handoff"). A TC
+ * program writes one entry per handed-over SYN, and that SYN's socket lookup takes it; an
+ * entry whose lookup never came (a SYN the TIME_WAIT answered itself) would block its
+ * 4-tuple, since a SYN that meets an entry is dropped as a copy. Each entry carries the
+ * generation it was written in, a time slot of CLOCK_MONOTONIC (the clock of
+ * bpf_ktime_get_ns and of process.hrtime); inpod_lookup finds entries of its own
  * generation and of the one before. The agent sweeps: it deletes the entries two
  * generations old, which no program writes or looks up any more.
  *
