@@ -586,11 +586,30 @@ static __always_inline int assign_conn(struct __sk_buff *skb, const struct flow 
 	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
+/*
+ * A SYN the pod itself sent (looped by inpod_out, PL2-PL5; or routed to lo, PR8-PR10): an
+ * open connection's passes; a new connection's goes to ztunnel's listener (15001, 15053 for
+ * DNS it captures), or nowhere; one meeting a TIME_WAIT is handed over, but only for the
+ * pod's own connecting socket.
+ */
+static __always_inline int outbound_syn(struct __sk_buff *skb, const struct flow *f)
+{
+	enum conn c = tcp_conn(skb, f);
+	__u16 port;
+
+	if (c == CONN_OPEN)
+		return TC_ACT_OK;
+	port = dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND;
+	if (c == CONN_NONE)
+		return deliver(skb, f, port);
+	if (!connecting_socket(skb, f))
+		return TC_ACT_SHOT;
+	return handoff(skb, f, &f->src, port);
+}
+
 /* PL1-PL5: the pod's own frame, looped back by inpod_out (the mark stays: routing needs it). */
 static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f)
 {
-	enum conn c;
-	__u16 port;
 
 	if (!is_ip(f) || f->l4 != L4_OK || f->nonfirst_frag || fragmented(skb, f))
 		return TC_ACT_SHOT;                              /* PL1 */
@@ -602,15 +621,7 @@ static __always_inline int in_looped(struct __sk_buff *skb, const struct flow *f
 	 * no second lookup for the rest of a captured connection. */
 	if (!tcp_syn(f))
 		return TC_ACT_OK;                                /* PL2 */
-	c = tcp_conn(skb, f);
-	if (c == CONN_OPEN)
-		return TC_ACT_OK;                                /* PL2 */
-	port = dns_out(f) ? INPOD_PORT_DNS : INPOD_PORT_OUTBOUND;
-	if (c == CONN_NONE)
-		return deliver(skb, f, port);                    /* PL4 */
-	if (!connecting_socket(skb, f))
-		return TC_ACT_SHOT;                              /* PL3 */
-	return handoff(skb, f, &f->src, port);                   /* PL5 */
+	return outbound_syn(skb, f);                             /* PL2-PL5 */
 }
 
 static __always_inline int inpod_in_frame(struct __sk_buff *skb)
@@ -648,6 +659,57 @@ static __always_inline int inpod_in_frame(struct __sk_buff *skb)
 }
 
 FLAGGED_TC(inpod_in)
+
+/* --- inpod_lo_in: TC ingress of lo in the pod's netns ------------------------------------ */
+
+/*
+ * The destination is this netns's own as the kernel chose it: loopback (127.0.0.0/8, ::1),
+ * or the source itself (a socket not bound elsewhere that connects to one of the netns's
+ * addresses gets that address as its source). Routes of the local table come before the
+ * local route's rule, so such a SYN never came by that rule; a SYN the rule sent has the
+ * pod's address as its source and a foreign destination.
+ */
+static __always_inline bool to_itself(const struct flow *f)
+{
+	__u64 w[2];
+
+	if (f->l3 == L3_IPV4)
+		return (bpf_ntohl(f->dst4) >> 24) == 127 || f->dst4 == f->src4;
+	if (addr16_eq(f->dst.addr, f->src.addr))
+		return true;
+	__builtin_memcpy(w, f->dst.addr, 16);
+	return w[0] == 0 && w[1] == bpf_cpu_to_be64(1);
+}
+
+/*
+ * Everything on lo is delivered in this netns: nothing here can leave the pod, so the one
+ * question is which socket a new connection reaches. The local route (INPOD_RULE_PREF_LOCAL)
+ * sends the pod's own TCP to foreign destinations here, so its SYNs are given to ztunnel's
+ * listener as inpod_in gives a looped one (rows PR1-PR10).
+ */
+static __always_inline int inpod_lo_in_frame(struct __sk_buff *skb)
+{
+	struct flow f;
+
+	parse_frame(skb, &f);
+	if (!is_ip(&f))
+		return f.l3 == L3_ARP ? TC_ACT_OK : TC_ACT_SHOT; /* PR1 */
+	if (f.l4 == L4_BAD_CHAIN)
+		return TC_ACT_SHOT;                              /* PR2 */
+	if (f.proto != IPPROTO_TCP)
+		return TC_ACT_OK;                                /* PR3 */
+	if (f.l4 != L4_OK || fragmented(skb, &f))
+		return TC_ACT_SHOT;                              /* PR4 */
+	if ((skb->mark & INPOD_ZTUNNEL_MARK_MASK) == INPOD_ZTUNNEL_MARK)
+		return TC_ACT_OK;                                /* PR5 */
+	if (!tcp_syn(&f))
+		return TC_ACT_OK;                                /* PR6 */
+	if (to_itself(&f))
+		return TC_ACT_OK;                                /* PR7 */
+	return outbound_syn(skb, &f);                            /* PR8-PR10 */
+}
+
+FLAGGED_TC(inpod_lo_in)
 
 /* --- inpod_vm_in: TC ingress of a VM's interface inside the pod's netns ------------------ */
 

@@ -70,6 +70,15 @@
 #define INPOD_ROUTE_TABLE 135
 #define INPOD_RULE_PREF 135
 
+/*
+ * The local route: `iif lo ipproto tcp fwmark 0/0xfff lookup INPOD_ROUTE_TABLE` at this
+ * priority sends the pod's own TCP (not ztunnel's) to lo, where inpod_lo_in takes its SYNs
+ * to ztunnel's listener; the table's route carries the pod's address as its source.
+ */
+#define INPOD_RULE_PREF_LOCAL 136
+/* `to <probe address> ipproto tcp lookup main` before it: the app's answers to probes leave. */
+#define INPOD_RULE_PREF_PROBE 134
+
 /* The one slot of the inpod_config map. */
 #define INPOD_CONFIG_SLOT 0
 
@@ -158,6 +167,9 @@ enum inpod_pod_flags {
 	INPOD_POD_QDISC_HOST = 1 << 1,   /* we created the one on its host veth */
 	INPOD_POD_ACCEPT_LOCAL = 1 << 2, /* accept_local was already 1 (remove leaves it so) */
 	INPOD_POD_QDISC_VM = 1 << 3,     /* we created the clsact qdisc on a VM interface (remove deletes those left empty) */
+	INPOD_POD_QDISC_LO = 1 << 4,     /* we created the clsact qdisc on lo */
+	INPOD_POD_RP_FILTER_SET = 1 << 5, /* we wrote rp_filter 2 (loose) on the pod's interface: its IPv4 was strict */
+	INPOD_POD_RP_FILTER_WAS_1 = 1 << 6, /* ... and the interface's own value was 1 (else 0, under all=1) */
 };
 
 #endif /* AMBIENT_REDIRECT_INPOD_H */

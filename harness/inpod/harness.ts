@@ -32,7 +32,7 @@ export type LookupQuery = { family: 4 | 6; protocol: number; remoteHex: string; 
 export type LookupOutcome = { verdict: 'pass' | 'drop' | `retval ${number}`; selected?: string };
 
 export const INPOD_OBJECT = 'build/inpod.bpf.o';
-export const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in'] as const;
+export const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in', 'inpod_lo_in'] as const;
 export type InpodProgram = (typeof INPOD_PROGRAMS)[number];
 /** The socket lookup program (SK_LOOKUP): run on a lookup, not a frame (runLookup). */
 export const INPOD_LOOKUP = 'inpod_lookup';

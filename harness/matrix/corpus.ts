@@ -83,6 +83,8 @@ export interface InpodGroup {
   overrides: [string, number][];
   /** probe_flows: [probeFlowKey, node address (hex)]. */
   probeFlows: [string, string][];
+  /** inpod_handoff entries put there (now's generation) before the runs: [handoffKey, the listener by name]. */
+  handoffs?: [string, string][];
   runs: InpodCorpusRun[];
   lookups: InpodCorpusLookup[];
 }

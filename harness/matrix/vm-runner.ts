@@ -21,12 +21,14 @@ import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
+import { GENERATION_NS, monotonicNs } from '../../src/capture/inpod/handoffs.js';
 import { InpodHarness, type InpodProgram } from '../inpod/harness.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { applyMapState } from './state.js';
 import {
   encodeOutcomes,
   LINE,
+  LOOPBACK_IFINDEX,
   frameChanges,
   MATRIX_VETHS,
   type Corpus,
@@ -80,6 +82,8 @@ function hookOf(name: string): { ifindex: number; direction: Direction } {
   if (name === 'inpod_host_out') return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   // A VM's tap listed in reroute-virtual-interfaces: its ingress (here veth b's).
   if (name === 'inpod_vm_in') return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
+  // lo of the pod's netns: its ingress (here the runner's own lo).
+  if (name === 'inpod_lo_in') return { ifindex: LOOPBACK_IFINDEX, direction: 'ingress' };
   if (name.startsWith('zt_')) return { ifindex: MATRIX_VETHS.b, direction: 'ingress' };
   return { ifindex: MATRIX_VETHS.a, direction: name === 'in_redirect' ? 'egress' : 'ingress' };
 }
@@ -346,6 +350,12 @@ async function replayInpod(corpus: Corpus): Promise<RunOutcome[]> {
   return out;
 }
 
+/** Waits out the end of the handoff generation when it is near (src/capture/inpod/handoffs.ts). */
+async function inOneGeneration(): Promise<void> {
+  const left = GENERATION_NS - (monotonicNs() % GENERATION_NS);
+  if (left < 500_000_000n) await new Promise((r) => setTimeout(r, Number(left / 1_000_000n) + 1));
+}
+
 async function replayScenario(
   h: InpodHarness,
   scenario: InpodScenario,
@@ -369,6 +379,17 @@ async function replayScenario(
     for (const g of phase.groups) {
       h.clearHandoffs();
       h.applyState({ dnsCapture: g.dnsCapture, probeFlows: new Map(g.probeFlows), overrides: new Map(g.overrides) });
+      try {
+        // Seeded well inside a handoff generation: the runs after them see the same one.
+        if (g.handoffs) await inOneGeneration();
+        for (const [key, socket] of g.handoffs ?? []) h.seedHandoff(key, socket);
+      } catch (err) {
+        // The group's maps are not what the model is told: every outcome of it is an error.
+        const msg = `handoffs of [${g.name}]: ${tail(err, 3)}`;
+        out.push(...[...g.runs, ...g.lookups].map((): RunOutcome => [2, msg]));
+        say('inpod-maps', [[], []]);
+        continue;
+      }
       for (const [prog, frameIdx, mark, ingressIfindex] of g.runs) {
         const frame = frameOf(frameIdx);
         const fallback = ingressIfindex !== 0 && !ctx.ingressIfindex;

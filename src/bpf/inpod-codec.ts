@@ -46,6 +46,9 @@ export const InpodPodFlags = {
   QDISC_HOST: constants.INPOD_POD_QDISC_HOST,
   ACCEPT_LOCAL: constants.INPOD_POD_ACCEPT_LOCAL,
   QDISC_VM: constants.INPOD_POD_QDISC_VM,
+  QDISC_LO: constants.INPOD_POD_QDISC_LO,
+  RP_FILTER_SET: constants.INPOD_POD_RP_FILTER_SET,
+  RP_FILTER_WAS_1: constants.INPOD_POD_RP_FILTER_WAS_1,
 } as const;
 
 export function encodeConfigSlot(): Buffer {

@@ -8,6 +8,7 @@
 import koffi from 'koffi';
 import { closeSync, openSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { encodeAddr } from '../bpf/codec.js';
 import { errnoName } from '../bpf/errors.js';
 
 const libc = koffi.load('libc.so.6');
@@ -57,6 +58,7 @@ const IFLA_INFO_KIND = 1;
 const IFLA_LINK_NETNSID = 37;
 const RTA_DST = 1;
 const RTA_OIF = 4;
+const RTA_PREFSRC = 7;
 const RTA_TABLE = 15;
 const RT_TABLE_MAIN = 254;
 const RTN_UNICAST = 1;
@@ -85,6 +87,8 @@ export interface NlRoute {
   table: number;
   type: number;
   flags: number;
+  /** RTA_PREFSRC: the source the route gives a connection that has none. */
+  prefsrc?: string;
 }
 
 let seq = 1;
@@ -181,6 +185,7 @@ export function dumpRoutes(family: typeof AF_INET | typeof AF_INET6): NlRoute[] 
       const dst = a.get(RTA_DST);
       const table = a.get(RTA_TABLE);
       const oif = a.get(RTA_OIF);
+      const prefsrc = a.get(RTA_PREFSRC);
       return {
         family: fam,
         dstLen: m.readUInt8(17),
@@ -189,6 +194,7 @@ export function dumpRoutes(family: typeof AF_INET | typeof AF_INET6): NlRoute[] 
         type: m.readUInt8(23),
         flags: m.readUInt32LE(24),
         ...(oif && oif.length >= 4 && { oif: oif.readUInt32LE(0) }),
+        ...(prefsrc && { prefsrc: formatAddr(fam, prefsrc) }),
       };
     });
 }
@@ -273,10 +279,13 @@ const NLM_F_CREATE = 0x400;
 const NLM_F_REPLACE = 0x100;
 const IFA_ADDRESS = 1;
 const IFA_LOCAL = 2;
+const FRA_DST = 1;
+const FRA_IIFNAME = 3;
 const FRA_PRIORITY = 6;
 const FRA_FWMARK = 10;
 const FRA_TABLE = 15;
 const FRA_FWMASK = 16;
+const FRA_IP_PROTO = 22;
 const FR_ACT_TO_TBL = 1;
 const RTPROT_BOOT = 3;
 const RT_SCOPE_HOST = 254;
@@ -303,12 +312,28 @@ export function dumpAddrs(): NlAddr[] {
     });
 }
 
-/** A policy rule "fwmark mark/mask lookup table" at a priority. */
-export interface NlFwmarkRule {
+/**
+ * A policy rule "lookup table" at a priority, with the selectors this project uses:
+ * fwmark/mask, iif, ipproto, and a destination prefix ("to").
+ */
+export interface NlRule {
   priority: number;
+  table: number;
+  fwmark?: number;
+  /** With fwmark: the mask (default all ones, as the kernel's). */
+  fwmask?: number;
+  /** The input interface by name ("lo": what this host sends). */
+  iif?: string;
+  /** The IP protocol (6 TCP, 17 UDP). */
+  ipProto?: number;
+  /** The destination prefix. */
+  dst?: { addr: string; len: number };
+}
+
+/** A rule that selects by fwmark. */
+export interface NlFwmarkRule extends NlRule {
   fwmark: number;
   fwmask: number;
-  table: number;
 }
 
 function rtattr(type: number, value: Buffer): Buffer {
@@ -325,51 +350,82 @@ const u32 = (n: number) => {
   return b;
 };
 
-/** The rules of one family that select by fwmark (others are left out). */
-export function dumpFwmarkRules(family: typeof AF_INET | typeof AF_INET6): NlFwmarkRule[] {
+/** An address's bytes as netlink carries them for its family (4 or 16). */
+function addrBytes(family: number, addr: string): Buffer {
+  const b = encodeAddr(addr);
+  const v4 = !addr.includes(':');
+  if (v4 !== (family === AF_INET)) throw new Error(`${addr} is not an address of family ${family === AF_INET ? 'IPv4' : 'IPv6'}`);
+  return v4 ? b.subarray(12) : b;
+}
+
+/** Every rule of one family. */
+export function dumpRules(family: typeof AF_INET | typeof AF_INET6): NlRule[] {
   const hdr = Buffer.alloc(12); // struct fib_rule_hdr
   hdr.writeUInt8(family, 0);
   return request(RTM_GETRULE, NLM_F_DUMP, hdr)
     .filter((m) => m.readUInt16LE(4) === RTM_NEWRULE)
-    .flatMap((m) => {
+    .map((m) => {
       const a = attrs(m, 16 + 12);
-      const mark = a.get(FRA_FWMARK);
-      if (!mark) return [];
+      // The kernel leaves FRA_FWMARK out for mark 0 and sends the mask alone.
+      const mark = a.get(FRA_FWMARK) ?? (a.get(FRA_FWMASK) ? u32(0) : undefined);
       const table = a.get(FRA_TABLE);
-      return [
-        {
-          priority: a.get(FRA_PRIORITY)?.readUInt32LE(0) ?? 0,
-          fwmark: mark.readUInt32LE(0),
-          fwmask: a.get(FRA_FWMASK)?.readUInt32LE(0) ?? 0xffffffff,
-          table: table ? table.readUInt32LE(0) : m.readUInt8(16 + 4),
-        },
-      ];
+      const iif = a.get(FRA_IIFNAME);
+      const proto = a.get(FRA_IP_PROTO);
+      const dst = a.get(FRA_DST);
+      return {
+        priority: a.get(FRA_PRIORITY)?.readUInt32LE(0) ?? 0,
+        table: table ? table.readUInt32LE(0) : m.readUInt8(16 + 4),
+        ...(mark && { fwmark: mark.readUInt32LE(0), fwmask: a.get(FRA_FWMASK)?.readUInt32LE(0) ?? 0xffffffff }),
+        ...(iif && { iif: iif.toString('utf8').replace(/\0+$/, '') }),
+        ...(proto && { ipProto: proto.readUInt8(0) }),
+        ...(dst && { dst: { addr: formatAddr(family, dst), len: m.readUInt8(16 + 1) } }),
+      };
     });
 }
 
-function fwmarkRuleMessage(family: number, r: NlFwmarkRule): Buffer {
+/** The rules of one family that select by fwmark (others are left out). */
+export function dumpFwmarkRules(family: typeof AF_INET | typeof AF_INET6): NlFwmarkRule[] {
+  return dumpRules(family).filter((r): r is NlFwmarkRule => r.fwmark !== undefined);
+}
+
+/** The rule equals `want` in every field `want` sets, and sets no selector `want` does not. */
+export function sameRule(r: NlRule, want: NlRule): boolean {
+  return (
+    r.priority === want.priority &&
+    r.table === want.table &&
+    r.fwmark === want.fwmark &&
+    (want.fwmark === undefined || r.fwmask === (want.fwmask ?? 0xffffffff)) &&
+    r.iif === want.iif &&
+    r.ipProto === want.ipProto &&
+    r.dst?.addr === want.dst?.addr &&
+    r.dst?.len === want.dst?.len
+  );
+}
+
+function ruleMessage(family: number, r: NlRule): Buffer {
   const hdr = Buffer.alloc(12);
   hdr.writeUInt8(family, 0);
+  hdr.writeUInt8(r.dst?.len ?? 0, 1);
   hdr.writeUInt8(r.table < 256 ? r.table : 0, 4);
   hdr.writeUInt8(FR_ACT_TO_TBL, 7);
-  return Buffer.concat([
-    hdr,
-    rtattr(FRA_PRIORITY, u32(r.priority)),
-    rtattr(FRA_FWMARK, u32(r.fwmark)),
-    rtattr(FRA_FWMASK, u32(r.fwmask)),
-    rtattr(FRA_TABLE, u32(r.table)),
-  ]);
+  const parts = [hdr, rtattr(FRA_PRIORITY, u32(r.priority))];
+  if (r.fwmark !== undefined) parts.push(rtattr(FRA_FWMARK, u32(r.fwmark)), rtattr(FRA_FWMASK, u32(r.fwmask ?? 0xffffffff)));
+  if (r.iif !== undefined) parts.push(rtattr(FRA_IIFNAME, Buffer.from(`${r.iif}\0`)));
+  if (r.ipProto !== undefined) parts.push(rtattr(FRA_IP_PROTO, Buffer.from([r.ipProto])));
+  if (r.dst) parts.push(rtattr(FRA_DST, addrBytes(family, r.dst.addr)));
+  parts.push(rtattr(FRA_TABLE, u32(r.table)));
+  return Buffer.concat(parts);
 }
 
-/** `ip rule add pref P fwmark M/K lookup T`; EEXIST when the same rule is there. */
-export function addFwmarkRule(family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule): void {
-  request(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, fwmarkRuleMessage(family, r));
+/** `ip rule add pref P [fwmark M/K] [iif I] [ipproto N] [to A/L] lookup T`; EEXIST when the same rule is there. */
+export function addRule(family: typeof AF_INET | typeof AF_INET6, r: NlRule): void {
+  request(RTM_NEWRULE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, ruleMessage(family, r));
 }
 
-/** `ip rule del pref P fwmark M/K lookup T`; false when there was none. */
-export function delFwmarkRule(family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule): boolean {
+/** `ip rule del` of that rule; false when there was none. */
+export function delRule(family: typeof AF_INET | typeof AF_INET6, r: NlRule): boolean {
   try {
-    request(RTM_DELRULE, NLM_F_ACK, fwmarkRuleMessage(family, r));
+    request(RTM_DELRULE, NLM_F_ACK, ruleMessage(family, r));
     return true;
   } catch (err) {
     if (err instanceof NetlinkError && err.errno === ENOENT) return false;
@@ -377,19 +433,27 @@ export function delFwmarkRule(family: typeof AF_INET | typeof AF_INET6, r: NlFwm
   }
 }
 
-function localDefaultMessage(family: number, table: number, oif: number): Buffer {
+/** `ip rule add pref P fwmark M/K lookup T`; EEXIST when the same rule is there. */
+export const addFwmarkRule: (family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule) => void = addRule;
+
+/** `ip rule del pref P fwmark M/K lookup T`; false when there was none. */
+export const delFwmarkRule: (family: typeof AF_INET | typeof AF_INET6, r: NlFwmarkRule) => boolean = delRule;
+
+function localDefaultMessage(family: number, table: number, oif: number, prefsrc?: string): Buffer {
   const rtmsg = Buffer.alloc(12);
   rtmsg.writeUInt8(family, 0);
   rtmsg.writeUInt8(table < 256 ? table : 0, 4); // rtm_table
   rtmsg.writeUInt8(RTPROT_BOOT, 5);
   rtmsg.writeUInt8(RT_SCOPE_HOST, 6);
   rtmsg.writeUInt8(RTN_LOCAL, 7);
-  return Buffer.concat([rtmsg, rtattr(RTA_TABLE, u32(table)), rtattr(RTA_OIF, u32(oif))]);
+  const parts = [rtmsg, rtattr(RTA_TABLE, u32(table)), rtattr(RTA_OIF, u32(oif))];
+  if (prefsrc !== undefined) parts.push(rtattr(RTA_PREFSRC, addrBytes(family, prefsrc)));
+  return Buffer.concat(parts);
 }
 
-/** `ip route replace local default dev <oif> table T`. */
-export function replaceLocalDefault(family: typeof AF_INET | typeof AF_INET6, table: number, oif: number): void {
-  request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, localDefaultMessage(family, table, oif));
+/** `ip route replace local default dev <oif> table T [src <prefsrc>]`. */
+export function replaceLocalDefault(family: typeof AF_INET | typeof AF_INET6, table: number, oif: number, prefsrc?: string): void {
+  request(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, localDefaultMessage(family, table, oif, prefsrc));
 }
 
 /** `ip route del local default dev <oif> table T`; false when there was none. */

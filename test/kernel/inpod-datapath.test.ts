@@ -1,5 +1,5 @@
 /**
- * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PV, PH) through the
+ * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PR, PV, PH) through the
  * kernel's BPF_PROG_RUN: build/inpod.bpf.o on frames from the packet builder, the maps
  * written through the codec, the sockets the programs look up held by this thread inside
  * the run's netns. Each row checks the verdict the spec gives (written here by hand),
@@ -7,7 +7,7 @@
  * becomes the source's; PH rewrites: the address and both checksums) and the mark.
  *
  * Under BPF_PROG_RUN bpf_sk_assign fails (not at TC ingress), so a `deliver` row (PL4,
- * PI9 with ztunnel's socket there) is a drop here, as for zt_assign; the real delivery is
+ * PI9, PR9 with ztunnel's socket there) is a drop here, as for zt_assign; the real delivery is
  * test/kernel/inpod-e2e.test.ts's.
  */
 import { closeSync, openSync } from 'node:fs';
@@ -16,7 +16,17 @@ import { BPF_SK_LOOKUP, closeFd, netnsLinkCreate } from '../../src/bpf/ffi.js';
 import { INPOD_LOOKUP } from '../../harness/inpod/harness.js';
 import { socketTable } from '../../harness/inpod/sockets.js';
 import * as b from '../../harness/packet/builder.js';
-import { inpodLookup, inpodVerdict, LOOP_MARK, PROBE_HEX, probeFlowKey, recordInpod, type InpodSockets, type InpodState } from '../model/inpod.js';
+import {
+  inpodLookup,
+  inpodVerdict,
+  LOOP_MARK,
+  PROBE_HEX,
+  probeFlowKey,
+  recordInpod,
+  type InpodSockets,
+  type InpodState,
+  type LookupCtx,
+} from '../model/inpod.js';
 import { InpodHarness, inpodDisagreement } from '../model/inpod-harness.js';
 import {
   APP_PORT,
@@ -38,10 +48,16 @@ import {
 } from '../model/inpod-rows.js';
 import { kernelDescribe } from '../support/gate.js';
 import { GENERATION_NS, monotonicNs, SWEEP_GUARD_NS, sweepHandoffs } from '../../src/capture/inpod/handoffs.js';
+import type { InpodProgram } from '../../harness/inpod/harness.js';
 
 const v6 = (src: string, dst: string, l4: b.L4) => b.v6Frame({ src, dst }, l4);
 const syn = (sport: number, dport: number) => b.tcp({ sport, dport, flags: 0x02 });
 const sleepNs = (ns: bigint) => new Promise((r) => setTimeout(r, Number(ns / 1_000_000n) + 1));
+/** Waits out the end of the handoff generation when it is near: a seeded entry and the run after it see the same one. */
+async function inOneGeneration(): Promise<void> {
+  const left = GENERATION_NS - (monotonicNs() % GENERATION_NS);
+  if (left < 200_000_000n) await sleepNs(left + 1_000_000n);
+}
 
 kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)', 'loads BPF programs', () => {
   let h: InpodHarness;
@@ -62,6 +78,11 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
   async function check(r: Row, sockets: InpodSockets): Promise<void> {
     const s: InpodState = { ...state, dnsCapture: !!r.dns, overrides: new Map((r.overrides ?? []).map(([ip, f]) => [h4(ip), f])) };
     h.applyState(s);
+    if (r.handoffs) await inOneGeneration();
+    for (const [k, sock] of r.handoffs ?? []) {
+      h.seedHandoff(k, sock);
+      state.handoffs!.set(k, sock);
+    }
     const mark = r.mark ?? 0;
     const ingressIfindex = r.ingressIfindex ?? 0;
     const mv = inpodVerdict(r.program, r.frame, s, { mark, ingressIfindex }, sockets);
@@ -82,22 +103,31 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
   describe("with ztunnel's sockets", () => {
     it.each(ROWS.filter((r) => !r.noZtunnel).map((r) => [`${r.id} ${r.name}`, r] as const))('%s', (_, r) => check(r, sockets));
 
-    it('PL5 and PI8 leave the listener the socket lookup then takes (PK1); a copy of the SYN meeting the entry is dropped', async () => {
-      for (const [frame, mark, ctx, socket] of [
-        [v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), 0, lookup(6, OUT.v6, TW.outPort, POD.v6, TW.podPort), 'tcp6:15006'],
-        [v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)), LOOP_MARK, lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort), 'tcp6:15001'],
-      ] as const) {
-        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
+    it('PL5, PI8 and PR10 leave the listener the socket lookup then takes (PK1); a copy of the SYN meeting the entry is dropped', async () => {
+      const cases: [InpodProgram, Buffer, number, LookupCtx, string][] = [
+        ['inpod_in', v6(OUT.v6, POD.v6, syn(TW.outPort, TW.podPort)), 0, lookup(6, OUT.v6, TW.outPort, POD.v6, TW.podPort), 'tcp6:15006'],
+        [
+          'inpod_in',
+          v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+          LOOP_MARK,
+          lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort),
+          'tcp6:15001',
+        ],
+        ['inpod_lo_in', v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)), 0, lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort), 'tcp6:15001'],
+      ];
+      for (const [program, frame, mark, ctx, socket] of cases) {
+        await inOneGeneration();
+        expect(h.run(program, frame, { mark })?.verdict).toBe('pass');
         const left = await h.handoffs();
         expect([...left.values()]).toEqual([socket]);
         // Another copy on its way while the first has not reached its lookup: were it to
         // pass, one lookup would take the one entry and the other be the kernel's own.
-        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('drop');
+        expect(h.run(program, frame, { mark })?.verdict).toBe('drop');
         expect(await h.handoffs()).toEqual(left);
         expect(await h.runLookup(ctx)).toEqual({ verdict: 'pass', selected: socket });
         expect(await h.handoffs()).toEqual(new Map());
         // Once taken, the next copy (the client's retransmission) is handed over again.
-        expect(h.run('inpod_in', frame, { mark })?.verdict).toBe('pass');
+        expect(h.run(program, frame, { mark })?.verdict).toBe('pass');
         expect([...(await h.handoffs()).values()]).toEqual([socket]);
         h.clearHandoffs();
       }
@@ -194,6 +224,7 @@ kernelDescribe('in-pod data path verdicts (BPF_PROG_RUN, one row per spec row)',
       ...Array.from({ length: 5 }, (_, i) => `PL${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PI${i + 1}`),
       'PI7b',
+      ...Array.from({ length: 10 }, (_, i) => `PR${i + 1}`),
       ...Array.from({ length: 5 }, (_, i) => `PV${i + 1}`),
       ...Array.from({ length: 9 }, (_, i) => `PH${i + 1}`),
     ];

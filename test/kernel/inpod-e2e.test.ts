@@ -32,7 +32,9 @@ import {
   AF_INET,
   AF_INET6,
   closeSocket,
+  markedConnect,
   markedExchange,
+  sendOn,
   transparentListener,
   transparentMarkedConnect,
   udpReceive,
@@ -43,13 +45,15 @@ import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js'
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { netnsSnapshot } from '../support/snapshot.js';
-import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone } from '../support/stale-client.js';
+import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone, tcpInSegs } from '../support/stale-client.js';
 import { sleep, until } from '../support/wait.js';
 
 const PROBE4 = '169.254.7.127';
 const PROBE6 = 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff';
 const APP_PORT = 8080;
 const run = (argv: string[]) => systemRunner.run(argv);
+/** An outside port whose server holds connections open (the local route's cut test). */
+const HOLD_PORT = 8082;
 
 /** TIME_WAIT sockets in the netns on local or remote port `port`. */
 async function timeWaits(ns: string, port: number): Promise<number> {
@@ -166,6 +170,69 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         expect(outside.accepted).toEqual([]);
       });
     }
+  });
+
+  describe('the local route: the pod’s TCP goes to ztunnel over lo, never through its interface', () => {
+    /** The MSS of the pod's connection to `ip`:8080 (ss -ti in the pod's netns). */
+    const mssTo = async (ip: string): Promise<number> => {
+      const out = await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-tinH', 'state', 'connected', 'dst', ip.includes(':') ? `[${ip}]` : ip]);
+      const m = /\bmss:(\d+)/.exec(out);
+      if (!m) throw new Error(`no connection to ${ip} in the pod: ${out}`);
+      return Number(m[1]);
+    };
+
+    it('a connection to a foreign address runs over lo (its MSS is lo’s, not the interface’s 1500-byte MTU), to 15001; IPv4 and IPv6', async () => {
+      for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {
+        const n = accepted.length;
+        const fd = withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, 8080, 0));
+        try {
+          await until('the listener report', () => accepted.length > n);
+          expect(last()!.port).toBe(15001);
+          expect(await mssTo(ip)).toBeGreaterThan(1500);
+        } finally {
+          closeSocket(fd);
+        }
+      }
+      expect(outside.accepted).toEqual([]);
+    });
+
+    it('a connection the pod had open before its capture is cut when the capture comes: its next write reaches nothing outside (IPv6: the pod’s end is reset; IPv4: never acknowledged)', async () => {
+      await capture.remove(pod);
+      // An outside server that holds its connections open and counts what it receives.
+      const outsideFd = openSync(`/var/run/netns/${sim.outside.ns}`, 'r');
+      const held: net.Socket[] = [];
+      let received = 0;
+      const holders = listenInNetns(outsideFd, 'outside', [HOLD_PORT], (_port, c) => {
+        held.push(c);
+        c.on('data', (d: Buffer) => (received += d.length));
+        c.on('error', () => undefined);
+        return true;
+      });
+      const fds: number[] = [];
+      try {
+        for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) fds.push(withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, HOLD_PORT, 0)));
+        await until('the outside holds both', () => held.length === 2);
+        await capture.install(pod);
+        expect(await capture.check(pod)).toBe(true);
+        const segs = await tcpInSegs(sim.outside.ns);
+        for (const fd of fds) sendOn(fd, Buffer.from('after the capture came'));
+        await sleep(300);
+        expect({ received, segments: (await tcpInSegs(sim.outside.ns)) - segs }).toEqual({ received: 0, segments: 0 });
+        // IPv6: the stack's reset (from the foreign address, over lo) ends the pod's end. IPv4:
+        // the stack cannot route a reset from an address not its own, so the segment is
+        // dropped and the end waits, its data never acknowledged, until TCP gives up.
+        const open = await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-tnH', 'state', 'connected', `( dport = :${HOLD_PORT} )`]);
+        const ends = open.split('\n').filter((l) => l.trim());
+        expect(ends.map((l) => (l.includes('[') ? 'IPv6' : 'IPv4'))).toEqual(['IPv4']);
+        expect(ends[0]!.trim().split(/\s+/)[2]).toBe('22');
+      } finally {
+        fds.forEach(closeSocket);
+        held.forEach((c) => c.destroy());
+        await Promise.all(holders.map((h) => new Promise<void>((r) => h.close(() => r()))));
+        closeSync(outsideFd);
+        await capture.install(pod);
+      }
+    });
   });
 
   describe('inbound TCP reaches 15006; 15008 reaches its own listener untouched', () => {

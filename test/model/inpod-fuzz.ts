@@ -34,6 +34,42 @@ export function inpodFrame(gen: Gen): Buffer {
   return b.v4Frame({ ...ip, moreFragments: gen.chance(0.05), fragOffset: gen.chance(0.05) ? 5 : 0 }, l4);
 }
 
+/**
+ * Frames near inpod_lo_in's rows (PR5-PR9), mostly SYNs: from pod A to loopback (or just
+ * beside it), from an address to itself, on the 4-tuple of the fuzz states' open
+ * connection (PR8), and new connections to the node or outside (PR9, DNS among them). The
+ * TIME_WAITs' tuples (PR10) are fuzzFrames' own, in a run of their own: a handoff is of
+ * its generation, which the model does not know, so its copies come close together.
+ */
+export function loFrame(gen: Gen): Buffer {
+  const flags = gen.pick([0x02, 0x02, 0x02, 0x12, 0x10, gen.int(256)]);
+  const v6 = gen.chance(0.5);
+  const pod = v6 ? IP_POD.v6 : IP_POD.v4;
+  let src = pod;
+  let dst: string;
+  let ports: readonly [number, number] = [40000, gen.pick([80, 53, 8080])];
+  switch (gen.pick([0, 0, 1, 2, 2, 3])) {
+    case 0:
+      dst = v6
+        ? gen.pick(['::1', '::1', '::2', '::ffff:127.0.0.1'])
+        : gen.pick(['127.0.0.1', '127.0.0.1', `127.${gen.int(256)}.${gen.int(256)}.${gen.int(256)}`, '128.0.0.1']);
+      if (gen.chance(0.3)) src = dst;
+      break;
+    case 1:
+      src = dst = gen.pick(v6 ? [IP_POD.v6, IP_NODE.v6] : [IP_POD.v4, IP_NODE.v4]);
+      break;
+    case 2:
+      // The open connection is IPv4's; IPv6's tuple holds a TIME_WAIT at the pod's end.
+      dst = v6 ? IP_NODE.v6 : IP_NODE.v4;
+      ports = [CONN.podPort, CONN.outPort];
+      break;
+    default:
+      dst = gen.pick(v6 ? [IP_NODE.v6, OUTSIDE.v6] : [IP_NODE.v4, OUTSIDE.v4]);
+  }
+  const l4 = b.tcp({ sport: ports[0], dport: ports[1], flags });
+  return v6 ? b.v6Frame({ src, dst }, l4) : b.v4Frame({ src, dst, moreFragments: gen.chance(0.03) }, l4);
+}
+
 /** A listener lookup near the generator's flows: its family, protocol, ends and ports. */
 export function lookupCtx(gen: Gen): LookupCtx {
   const v6 = gen.chance(0.5);
@@ -118,25 +154,39 @@ export const FUZZ_ADDRESSES = [IP_POD.v4, IP_POD.v6, IP_NODE.v4, IP_NODE.v6];
 
 /**
  * A state's frames: every truncation of the seeds, SYNs on the tuples the TIME_WAITs hold
- * (PL5, PI8: rare in the random mix), then the generator's and inpodFrame's up to `count`.
+ * (PL5, PI8, PR10: rare in the random mix), then the generator's, inpodFrame's and
+ * loFrame's up to `count`.
  */
 export function fuzzFrames(gen: Gen, count: number): Buffer[] {
   const frames: Buffer[] = [];
   for (const f of truncationSeeds()) for (let n = 0; n <= f.length; n++) frames.push(truncate(f, n));
-  for (let i = 0; i < 60; i++) {
+  for (let i = 0; i < 150; i++) {
     const flags = gen.pick([0x02, 0x02, 0x12, 0x10]);
+    const which = gen.int(6);
     frames.push(
-      gen.chance(0.5)
+      which < 3
         ? b.v6Frame({ src: IP_POD.v6, dst: IP_NODE.v6 }, b.tcp({ sport: FAR.podPort, dport: FAR.peerPort, flags }))
-        : b.v6Frame({ src: IP_NODE.v6, dst: IP_POD.v6 }, b.tcp({ sport: CONN.outPort, dport: CONN.podPort, flags })),
+        : which < 5
+          ? b.v6Frame({ src: IP_NODE.v6, dst: IP_POD.v6 }, b.tcp({ sport: CONN.outPort, dport: CONN.podPort, flags }))
+          : // The pod's SYN on a TIME_WAIT it holds no connecting socket for (PR10, PL3: dropped).
+            b.v6Frame({ src: IP_POD.v6, dst: IP_NODE.v6 }, b.tcp({ sport: CONN.podPort + 1, dport: CONN.outPort + 1, flags })),
     );
   }
-  while (frames.length < count) frames.push(gen.chance(0.4) ? inpodFrame(gen) : gen.next());
+  while (frames.length < count) {
+    const r = gen.int(20);
+    frames.push(r < 8 ? inpodFrame(gen) : r < 13 ? loFrame(gen) : gen.next());
+  }
   return frames;
 }
 
 /** The context a program gets for a frame: marks near ztunnel's and the loop's, a forwarded frame's ingress now and then. */
 export function fuzzContext(gen: Gen, program: InpodFrameProgram): { mark: number; ingressIfindex: number } {
-  const mark = program === 'inpod_out' ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK]) : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
+  // inpod_lo_in judges ztunnel's mark only (0x539 under 0xfff): mostly none, often ztunnel's.
+  const mark =
+    program === 'inpod_out'
+      ? gen.pick([0, 0, 0x539, 0x1539, 0x538, LOOP_MARK])
+      : program === 'inpod_lo_in'
+        ? gen.pick([0, 0, 0, 0, 0x539, 0x1539, 0x538, LOOP_MARK])
+        : gen.pick([0, 0, LOOP_MARK, LOOP_MARK, LOOP_MARK | 1, 0x539]);
   return { mark, ingressIfindex: gen.pick([0, 0, NODE_IFINDEX]) };
 }

@@ -9,7 +9,7 @@
  * with ztunnel's sockets, then with them closed (fail closed), each row's handoff looked up
  * afterwards, and the inpod_lookup rows; the fuzzer's three states (test/model/inpod-fuzz.ts:
  * no sockets twice, then ztunnel's sockets, a connection and TIME_WAITs) with its frames on
- * all five frame programs and its lookups.
+ * all six frame programs and its lookups.
  *
  * What a kernel's BPF_PROG_RUN cannot do is predicted from the facts its runner probed
  * (`MATRIX inpod-ctx`), never skipped: no skb->ingress_ifindex (5.10) → the frame ran with
@@ -29,7 +29,7 @@ import { h4, LOOKUP_ROWS, ROW_ADDRESSES, ROW_SOCKETS, ROWS, ZT_CLOSED, type Row 
 
 /** The state a group's runs start from, as the model holds it. */
 function groupState(g: InpodGroup): InpodState {
-  return { dnsCapture: g.dnsCapture, probeFlows: new Map(g.probeFlows), overrides: new Map(g.overrides), handoffs: new Map() };
+  return { dnsCapture: g.dnsCapture, probeFlows: new Map(g.probeFlows), overrides: new Map(g.overrides), handoffs: new Map(g.handoffs) };
 }
 
 /** ztunnel's TCP listeners a handoff may hold, and the IPv6-only ones (every tcp6 one here). */
@@ -76,16 +76,18 @@ export function buildInpodReplay(
   const replay: InpodReplay = { programs, scenarios: [] };
 
   // The rows: consecutive rows with the same map state share a group; the probe flows PH4
-  // records carry over to the next group (PH5, PH8 use them), as the rows test runs them.
+  // records carry over to the next group (PH5, PH8 use them), as the rows test runs them. A
+  // row with handoffs there before it has a group of its own, which starts with them.
   let flows = new Map<string, string>();
   const rowGroups = (rows: Row[], sockets: SocketTable): InpodGroup[] => {
     const groups: InpodGroup[] = [];
     for (const r of rows) {
       const overrides = (r.overrides ?? []).map(([ip, f]): [string, number] => [h4(ip), f]);
       let g = groups.at(-1);
-      if (!g || g.dnsCapture !== !!r.dns || JSON.stringify(g.overrides) !== JSON.stringify(overrides)) {
+      if (!g || g.handoffs || r.handoffs || g.dnsCapture !== !!r.dns || JSON.stringify(g.overrides) !== JSON.stringify(overrides)) {
         if (g) flows = closeRowGroup(g, programs, frameAt, sockets);
         g = { name: `rows from ${r.id}`, dnsCapture: !!r.dns, overrides, probeFlows: [...flows], runs: [], lookups: [] };
+        if (r.handoffs) g.handoffs = r.handoffs;
         groups.push(g);
       }
       g.runs.push([programs.indexOf(r.program), frameOf(r.frame), r.mark ?? 0, r.ingressIfindex ?? 0]);
@@ -170,8 +172,8 @@ export function buildInpodReplay(
 }
 
 /**
- * A row group's lookups: the handoff each of its runs leaves (PL5, PI8), looked up as the
- * SYN's TCP lookup (PK1). Returns the probe flows the group leaves.
+ * A row group's lookups: the handoff each of its runs leaves (PL5, PI8, PR10) and the ones it
+ * started with, looked up as the SYN's TCP lookup (PK1). Returns the probe flows the group leaves.
  */
 function closeRowGroup(g: InpodGroup, programs: readonly string[], frameAt: (i: number) => Buffer, sockets: SocketTable): Map<string, string> {
   const { state } = modelRuns(g, programs, frameAt, sockets);

@@ -1,5 +1,5 @@
 /**
- * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PV, PH, PK) as a frame
+ * Every in-pod row of docs/datapath.md ("In-pod capture": PO, PL, PI, PR, PV, PH, PK) as a frame
  * (or a lookup) with its context, map state and the verdict the spec gives (written here by
  * hand), and the sockets the rows' netns holds (as harness/inpod/sockets.ts steps): run on
  * this kernel by test/kernel/inpod-datapath.test.ts, and in every kernel of the kernel
@@ -16,6 +16,8 @@ export const NODE = { v4: '10.0.0.4', v6: 'fd00:10::4' };
 /** A VM behind the pod (reroute-virtual-interfaces): its own address. */
 export const VM = { v4: '10.250.0.2', v6: 'fd00:250::2' };
 export const PROBE = { v4: '169.254.7.127', v6: 'fd16:9254:7127:1337:ffff:ffff:ffff:ffff' };
+/** Loopback: where the netns's own SYNs on lo go that are not the local route's (PR7). */
+export const LOOPBACK = { v4: '127.0.0.1', v6: '::1' };
 /** A connection of the pod's (its app's, captured or not), and one left in TIME_WAIT. */
 export const CONN = { podPort: 41000, outPort: 9443 };
 export const TW = { podPort: 41001, outPort: 9444 };
@@ -63,6 +65,8 @@ export interface Row {
   overrides?: [string, number][];
   /** Needs ztunnel's sockets absent (run after they are closed). */
   noZtunnel?: boolean;
+  /** inpod_handoff entries there before the row ([handoffKey, the listener by name]), in now's generation. */
+  handoffs?: [string, string][];
 }
 
 const v4 = (src: string, dst: string, l4: b.L4, ip: Partial<b.Ipv4Opts> = {}) => b.v4Frame({ src, dst, ...ip }, l4);
@@ -388,6 +392,229 @@ export const ROWS: Row[] = [
     verdict: 'pass',
   },
   { id: 'PV5', name: 'a SYN without 15001 drops', program: 'inpod_vm_in', frame: v4(VM.v4, OUT.v4, syn(40000, 80)), noZtunnel: true, verdict: 'drop' },
+  // inpod_lo_in: lo of the pod's netns (the local route sends the pod's own TCP here)
+  { id: 'PR1', name: 'ARP passes', program: 'inpod_lo_in', frame: b.arpFrame({ senderIp: POD.v4, targetIp: OUT.v4 }), verdict: 'pass' },
+  { id: 'PR1', name: 'LLDP drops', program: 'inpod_lo_in', frame: b.ether({}, 0x88cc, Buffer.alloc(46)), verdict: 'drop' },
+  { id: 'PR1', name: 'IPv4 IHL 4 drops', program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80), { ihl: 4 }), verdict: 'drop' },
+  { id: 'PR2', name: 'IPv6 chain ending in ESP drops', program: 'inpod_lo_in', frame: v6(POD.v6, OUT.v6, b.esp()), verdict: 'drop' },
+  {
+    id: 'PR3',
+    name: 'UDP to 53 passes, DNS capture on (not this program’s)',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, b.udp({ dport: 53 })),
+    dns: true,
+    verdict: 'pass',
+  },
+  { id: 'PR3', name: 'ICMPv6 echo passes', program: 'inpod_lo_in', frame: v6(POD.v6, OUT.v6, b.icmp6({ type: 128 })), verdict: 'pass' },
+  {
+    id: 'PR4',
+    name: 'TCP first fragment (MF) drops',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 80), { moreFragments: true }),
+    verdict: 'drop',
+  },
+  { id: 'PR4', name: 'TCP later fragment drops', program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80), { fragOffset: 3 }), verdict: 'drop' },
+  {
+    id: 'PR4',
+    name: 'IPv6 TCP with a fragment header (offset 0) drops',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 80), { ext: [{ type: 'fragment', more: true }] }),
+    verdict: 'drop',
+  },
+  {
+    id: 'PR4',
+    name: 'TCP header cut to 12 bytes drops',
+    program: 'inpod_lo_in',
+    frame: b.truncate(v6(POD.v6, OUT.v6, syn(40000, 80)), 14 + 40 + 12),
+    verdict: 'drop',
+  },
+  {
+    id: 'PR4',
+    name: 'a fragment drops under ztunnel’s mark too (judged before it)',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 80), { moreFragments: true }),
+    mark: 0x539,
+    verdict: 'drop',
+  },
+  { id: 'PR5', name: "ztunnel's mark 0x539: its SYN passes", program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), mark: 0x539, verdict: 'pass' },
+  {
+    id: 'PR5',
+    name: 'mark 0x1539 (0x539 under the mask 0xfff) passes, IPv6',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 80)),
+    mark: 0x1539,
+    verdict: 'pass',
+  },
+  {
+    id: 'PR5',
+    name: 'ztunnel’s mark without its sockets: its SYN passes all the same',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
+    mark: 0x539,
+    noZtunnel: true,
+    verdict: 'pass',
+  },
+  { id: 'PR6', name: 'an ACK of no connection passes', program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, ack(40000, 80)), verdict: 'pass' },
+  {
+    id: 'PR6',
+    name: 'a SYN-ACK passes, IPv6',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, b.tcp({ sport: APP_PORT, dport: 40000, flags: 0x12 })),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'a SYN from the pod’s address to 127.0.0.1 passes',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, LOOPBACK.v4, syn(40000, APP_PORT)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'a SYN from the pod’s address to 127.255.255.254 passes (all of 127.0.0.0/8)',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, '127.255.255.254', syn(40000, 80)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'a SYN from the pod’s address to ::1 passes',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, LOOPBACK.v6, syn(40000, APP_PORT)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'a SYN from the pod’s address to itself passes',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, POD.v4, syn(40000, APP_PORT)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'IPv6: a SYN from an address to itself passes (any of the netns’s)',
+    program: 'inpod_lo_in',
+    frame: v6(OUT.v6, OUT.v6, syn(40000, 443)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR7',
+    name: 'a SYN from 127.0.0.1 to itself passes without ztunnel’s sockets',
+    program: 'inpod_lo_in',
+    frame: v4(LOOPBACK.v4, LOOPBACK.v4, syn(40000, APP_PORT)),
+    noZtunnel: true,
+    verdict: 'pass',
+  },
+  {
+    id: 'PR8',
+    name: 'a SYN on the 4-tuple of an open connection passes',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(CONN.podPort, CONN.outPort)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR8',
+    name: 'the same without ztunnel’s sockets',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(CONN.podPort, CONN.outPort)),
+    noZtunnel: true,
+    verdict: 'pass',
+  },
+  { id: 'PR9', name: 'a SYN of no connection goes to 15001, IPv4', program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), verdict: 'deliver' },
+  { id: 'PR9', name: 'a SYN of no connection goes to 15001, IPv6', program: 'inpod_lo_in', frame: v6(POD.v6, OUT.v6, syn(40000, 80)), verdict: 'deliver' },
+  {
+    id: 'PR9',
+    name: 'a SYN to 128.0.0.1 goes to 15001 (not loopback)',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, '128.0.0.1', syn(40000, 80)),
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'IPv6: a SYN to ::ffff:127.0.0.1 goes to 15001 (not ::1)',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, '::ffff:127.0.0.1', syn(40000, 80)),
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'a SYN under a mark that is not ztunnel’s (0x538) goes to 15001',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
+    mark: 0x538,
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'a SYN under the loop mark goes to 15001',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 80)),
+    mark: LOOP_MARK,
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'TCP SYN to 53, DNS capture on: goes to 15053',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
+    dns: true,
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'IPv6: TCP SYN to 53, DNS capture off: goes to 15001',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 53)),
+    verdict: 'deliver',
+  },
+  { id: 'PR9', name: 'a SYN without 15001 drops', program: 'inpod_lo_in', frame: v4(POD.v4, OUT.v4, syn(40000, 80)), noZtunnel: true, verdict: 'drop' },
+  {
+    id: 'PR9',
+    name: 'IPv6: a SYN without 15001 drops',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 80)),
+    noZtunnel: true,
+    verdict: 'drop',
+  },
+  {
+    id: 'PR9',
+    name: 'TCP SYN to 53, DNS capture on, without 15053: drops',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
+    dns: true,
+    noZtunnel: true,
+    verdict: 'drop',
+  },
+  {
+    id: 'PR10',
+    name: "the pod's connecting socket's SYN meeting a TIME_WAIT is handed over to 15001",
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+    verdict: 'pass',
+  },
+  {
+    id: 'PR10',
+    name: 'the same with a handoff entry for its key already there drops (another copy on its way)',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+    handoffs: [[key(lookup(6, POD.v6, TW_FAR.podPort, OUT.v6, TW_FAR.outPort)), 'tcp6:15001']],
+    verdict: 'drop',
+  },
+  {
+    id: 'PR10',
+    name: 'a SYN meeting a TIME_WAIT with no connecting socket of the pod drops (forged source)',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FORGED.podPort, TW_FORGED.outPort)),
+    verdict: 'drop',
+  },
+  {
+    id: 'PR10',
+    name: 'the connecting socket’s SYN meeting a TIME_WAIT without 15001 drops',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(TW_FAR.podPort, TW_FAR.outPort)),
+    noZtunnel: true,
+    verdict: 'drop',
+  },
   // a pod's annotations (inpod_overrides, by its address)
   {
     id: 'PO8',
@@ -421,6 +648,31 @@ export const ROWS: Row[] = [
     frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
     mark: LOOP_MARK,
     overrides: [[POD.v4, Override.DNS_CAPTURE]],
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'dns-capture "true" on the pod, node setting off: its TCP SYN to 53 on lo goes to 15053',
+    program: 'inpod_lo_in',
+    frame: v6(POD.v6, OUT.v6, syn(40000, 53)),
+    overrides: [[POD.v6, Override.DNS_CAPTURE]],
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'dns-capture "false" on the pod, node setting on: its TCP SYN to 53 on lo goes to 15001',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 53)),
+    dns: true,
+    overrides: [[POD.v4, Override.NO_DNS_CAPTURE]],
+    verdict: 'deliver',
+  },
+  {
+    id: 'PR9',
+    name: 'bypass-inbound-capture changes nothing for the pod’s own SYN on lo: to 15001',
+    program: 'inpod_lo_in',
+    frame: v4(POD.v4, OUT.v4, syn(40000, 80)),
+    overrides: [[POD.v4, Override.BYPASS_INBOUND]],
     verdict: 'deliver',
   },
   {

@@ -1,5 +1,5 @@
 /**
- * The reference model of docs/datapath.md's in-pod rows (PO, PL, PI, PH, PK), written from the
+ * The reference model of docs/datapath.md's in-pod rows (PO, PL, PI, PR, PV, PH, PK), written from the
  * spec's text, as test/model/datapath.ts is for the node rows (whose frame parser it
  * shares: the same facts, O1–O6 and O11, decide what is a sound IP packet here). Pure
  * functions over a frame, the map contents and a table of the netns's sockets.
@@ -21,7 +21,7 @@ export interface InpodVerdict {
   recordFlow?: { key: string; node: string };
   /** PH4/PH5: the new source; PH8: the new destination (16-byte key, hex). */
   rewrite?: { field: 'src' | 'dst'; to: string };
-  /** PL5/PI8: the handoff it leaves for the socket lookup (handoffKey) and the listener in it. */
+  /** PL5/PI8/PV5/PR10: the handoff it leaves for the socket lookup (handoffKey) and the listener in it. */
   handoff?: { key: string; socket: string };
   /** The mark it leaves when not the one it came with, nor a loop's (PV3, PV5: the loop mark). */
   mark?: number;
@@ -153,7 +153,7 @@ function deliver(s: InpodSockets, ip: Ip, p: { sport: number }, port: number, ro
 }
 
 /**
- * PL5/PI8/PV5: ztunnel's listener left for the socket lookup, the frame passed; none, or
+ * PL5/PI8/PV5/PR10: ztunnel's listener left for the socket lookup, the frame passed; none, or
  * an entry already there (another copy of the SYN on its way to its lookup): drop.
  */
 function handoff(state: InpodState, s: InpodSockets, ip: Ip, p: { sport: number; dport: number }, port: number, row: string): InpodVerdict {
@@ -162,6 +162,30 @@ function handoff(state: InpodState, s: InpodSockets, ip: Ip, p: { sport: number;
   const key = handoffKey(ip.family, ip.src, p.sport, ip.dst, p.dport);
   if (state.handoffs?.has(key)) return { verdict: 'drop', row };
   return { verdict: 'pass', row, handoff: { key, socket: sock } };
+}
+
+/** The rows of outboundSyn's outcomes, by caller: an open connection's, none, a TIME_WAIT forged, handed over. */
+interface OutboundSynRows {
+  open: string;
+  none: string;
+  forged: string;
+  handoff: string;
+}
+
+/**
+ * A SYN the pod itself sent (looped by inpod_out: PL2-PL5; routed to lo: PR8-PR10): an open
+ * connection's passes; a new connection's goes to ztunnel's listener (15001; 15053 for DNS
+ * capture takes), or nowhere; one meeting a TIME_WAIT is handed over, but only for the pod's
+ * own connecting socket (on the reverse tuple).
+ */
+function outboundSyn(state: InpodState, s: InpodSockets, ip: Ip, p: { sport: number; dport: number }, rows: OutboundSynRows): InpodVerdict {
+  const c = conn(s, ip, p);
+  if (c === 'open') return { verdict: 'pass', row: rows.open };
+  const port = dnsOut(state, ip, p) ? Port.DNS : Port.OUTBOUND;
+  if (c === null) return deliver(s, ip, p, port, rows.none);
+  // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
+  if (s.conns.get(connKey(ip.family, ip.src, p.sport, ip.dst, p.dport)) !== 'syn_sent') return { verdict: 'drop', row: rows.forged };
+  return handoff(state, s, ip, p, port, rows.handoff);
 }
 
 export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
@@ -173,13 +197,7 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
     if (ip.badChain || !p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PL1' };
     if (ip.proto === UDP) return dnsOut(state, ip, p) ? deliver(s, ip, p, Port.DNS, 'PL4') : { verdict: 'drop', row: 'PL1' };
     if (!syn(frame, ip)) return { verdict: 'pass', row: 'PL2' };
-    const c = conn(s, ip, p);
-    if (c === 'open') return { verdict: 'pass', row: 'PL2' };
-    const port = dnsOut(state, ip, p) ? Port.DNS : Port.OUTBOUND;
-    if (c === null) return deliver(s, ip, p, port, 'PL4');
-    // A SYN meeting a TIME_WAIT: handed over only for the pod's own connecting socket.
-    if (s.conns.get(connKey(ip.family, ip.src, p.sport, ip.dst, p.dport)) !== 'syn_sent') return { verdict: 'drop', row: 'PL3' };
-    return handoff(state, s, ip, p, port, 'PL5');
+    return outboundSyn(state, s, ip, p, { open: 'PL2', none: 'PL4', forged: 'PL3', handoff: 'PL5' });
   }
   if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PI1' };
   const ip = l2.ip;
@@ -196,6 +214,35 @@ export function inpodIn(frame: Buffer, state: InpodState, ctx: { mark: number },
   if ((state.overrides?.get(ip.dst) ?? 0) & Override.BYPASS_INBOUND) return { verdict: 'pass', row: 'PI7b' };
   if (c === 'time_wait') return handoff(state, s, ip, p, Port.INBOUND, 'PI8');
   return deliver(s, ip, p, Port.INBOUND, 'PI9');
+}
+
+// --- inpod_lo_in: TC ingress of lo in the pod's netns --------------------------------------
+
+const LOOPBACK6_HEX = `${'0'.repeat(31)}1`;
+
+/**
+ * PR7: a destination of the netns's own as the kernel chose it: loopback (IPv4 127.0.0.0/8,
+ * IPv6 ::1), or the source itself. INTERP: by the frame's family (an IPv6 frame to
+ * ::ffff:127.0.0.1 is not loopback).
+ */
+function toItself(ip: Ip): boolean {
+  if (ip.dst === ip.src) return true;
+  return ip.family === 4 ? ip.dst.slice(24, 26) === '7f' : ip.dst === LOOPBACK6_HEX;
+}
+
+/** The pod's own TCP the local route sends to lo: its SYNs to foreign destinations go to ztunnel's listener. */
+export function inpodLoIn(frame: Buffer, state: InpodState, ctx: { mark: number }, s: InpodSockets): InpodVerdict {
+  const l2 = parse(frame);
+  if (l2.kind !== 'ip') return { verdict: l2.kind === 'arp' ? 'pass' : 'drop', row: 'PR1' };
+  const ip = l2.ip;
+  if (ip.badChain) return { verdict: 'drop', row: 'PR2' };
+  if (ip.proto !== TCP) return { verdict: 'pass', row: 'PR3' };
+  const p = ports(frame, ip);
+  if (!p || fragmented(frame, ip)) return { verdict: 'drop', row: 'PR4' };
+  if ((ctx.mark & 0xfff) === ZTUNNEL_MARK) return { verdict: 'pass', row: 'PR5' };
+  if (!syn(frame, ip)) return { verdict: 'pass', row: 'PR6' };
+  if (toItself(ip)) return { verdict: 'pass', row: 'PR7' };
+  return outboundSyn(state, s, ip, p, { open: 'PR8', none: 'PR9', forged: 'PR10', handoff: 'PR10' });
 }
 
 // --- inpod_vm_in: TC ingress of a VM interface the pod's annotation lists -------------------
@@ -246,7 +293,7 @@ export function inpodHostOut(frame: Buffer, state: InpodState): InpodVerdict {
 }
 
 /** The frame programs of build/inpod.bpf.o (inpod_lookup runs on a lookup: inpodLookup). */
-export type InpodFrameProgram = 'inpod_out' | 'inpod_in' | 'inpod_host_in' | 'inpod_host_out' | 'inpod_vm_in';
+export type InpodFrameProgram = 'inpod_out' | 'inpod_in' | 'inpod_host_in' | 'inpod_host_out' | 'inpod_vm_in' | 'inpod_lo_in';
 
 /** The verdict of `program` on a frame in a context (each program reads what it reads of it). */
 export function inpodVerdict(
@@ -260,6 +307,7 @@ export function inpodVerdict(
   if (program === 'inpod_in') return inpodIn(frame, state, ctx, s);
   if (program === 'inpod_host_in') return inpodHostIn(frame, state, ctx);
   if (program === 'inpod_vm_in') return inpodVmIn(frame, state, s);
+  if (program === 'inpod_lo_in') return inpodLoIn(frame, state, ctx, s);
   return inpodHostOut(frame, state);
 }
 

@@ -44,7 +44,7 @@ import { buildInpodReplay, inpodRunCount, judgeInpod, type InpodJudgement } from
 const BROKEN = 'build/tests/broken.bpf.o';
 /** The in-pod capture (docs/datapath.md, "In-pod capture"): loaded, attached, and its delivery probe run. */
 const INPOD_OBJECT = 'build/inpod.bpf.o';
-const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in', 'inpod_lookup'] as const;
+const INPOD_PROGRAMS = ['inpod_out', 'inpod_in', 'inpod_host_in', 'inpod_host_out', 'inpod_vm_in', 'inpod_lo_in', 'inpod_lookup'] as const;
 /**
  * The XDP hook (`run --hook xdp`, docs/datapath.md "The outbound hook"): loaded and attached
  * to a veth's XDP hook in native mode, and xdp_out replayed on the rows' and the fuzzer's
@@ -54,7 +54,7 @@ const XDP_OBJECT = 'build/xdp.bpf.o';
 const XDP_PROGRAMS = ['xdp_out', 'xdp_pass'] as const;
 const SEED = 20240611;
 const FRAMES_PER_STATE = Number(process.env.MATRIX_FRAMES ?? 1500);
-/** The in-pod fuzz part (test/model/inpod-matrix.ts): frames per state (each on the five frame programs) and lookups per state. */
+/** The in-pod fuzz part (test/model/inpod-matrix.ts): frames per state (each on the six frame programs) and lookups per state. */
 const INPOD_FRAMES_PER_STATE = Number(process.env.MATRIX_INPOD_FRAMES ?? 1500);
 const INPOD_LOOKUPS_PER_STATE = Math.ceil(INPOD_FRAMES_PER_STATE / 1.5);
 const CACHE = process.env.KERNEL_MATRIX_CACHE ?? 'build/kernels';

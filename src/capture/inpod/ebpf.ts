@@ -47,17 +47,23 @@ import {
   AF_INET,
   AF_INET6,
   addFwmarkRule,
+  addRule,
   delFwmarkRule,
+  delRule,
   delLocalDefault,
   dumpAddrs,
   dumpFwmarkRules,
   dumpLinks,
   dumpRoutes,
+  dumpRules,
   hostRoutes,
   NetlinkError,
   replaceLocalDefault,
   RTN_LOCAL,
+  sameRule,
+  type NlRule,
 } from '../../host/netlink.js';
+import { PROBE_SNAT } from './iptables-rules.js';
 import type { Logger } from '../../log.js';
 import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
 import { NO_OVERRIDES } from '../../core/enrollment.js';
@@ -77,6 +83,8 @@ export const INPOD_PROGRAMS = {
   lookup: 'inpod_lookup',
   /** TC ingress of each interface in the pod's reroute-virtual-interfaces annotation (a VM's tap). */
   vm: 'inpod_vm_in',
+  /** TC ingress of lo, in the pod's netns: the SYNs the local route brings to ztunnel's listener. */
+  lo: 'inpod_lo_in',
 } as const;
 
 /** Where the link that attaches inpod_lookup to a pod's netns is pinned. */
@@ -98,6 +106,71 @@ const LOOP_RULE = {
 const familyFlag = (f: (typeof FAMILIES)[number]) => (f === AF_INET ? '-4' : '-6');
 /** lo is ifindex 1 in every netns. */
 const LO_IFINDEX = 1;
+const IPPROTO_TCP = 6;
+const RT_TABLE_MAIN = 254;
+/**
+ * The local route: the pod's own TCP (not ztunnel's: its mark) to the loop table's local
+ * default over lo, where inpod_lo_in gives its SYNs to ztunnel's listener. Routes of the
+ * local table come first (priority 0): the pod calling itself is not taken.
+ */
+const LOCAL_RULE = {
+  priority: constants.INPOD_RULE_PREF_LOCAL,
+  iif: 'lo',
+  ipProto: IPPROTO_TCP,
+  fwmark: 0,
+  fwmask: constants.INPOD_ZTUNNEL_MARK_MASK,
+  table: constants.INPOD_ROUTE_TABLE,
+};
+/** Before it: the app's answers to kubelet probes (to the probe source) leave by the main table. */
+const probeRule = (f: (typeof FAMILIES)[number]): NlRule => ({
+  priority: constants.INPOD_RULE_PREF_PROBE,
+  ipProto: IPPROTO_TCP,
+  dst: f === AF_INET ? { addr: PROBE_SNAT[4], len: 32 } : { addr: PROBE_SNAT[6], len: 128 },
+  table: RT_TABLE_MAIN,
+});
+const familyOfIp = (ip: string) => (ip.includes(':') ? AF_INET6 : AF_INET);
+
+/**
+ * The source the local route gives the pod's connections, per family: its first address of
+ * that family. None (no local route: its TCP takes the loop through its interface) for a
+ * family it has no address of; and for a pod whose inbound capture is bypassed, that
+ * reroutes VM interfaces, or whose netns holds any interface but lo and its own: those
+ * answer connections ztunnel did not accept (the app's inbound, a VM's, another network's)
+ * by the main table, which the local route would send to lo; and the local route makes the
+ * reverse-path filter loose (see installRpFilter), which a second interface would feel.
+ * In the pod's netns.
+ */
+function localRouteSources(pod: PodNetns, ethIfindex: number): Map<(typeof FAMILIES)[number], string> {
+  const o = pod.overrides ?? NO_OVERRIDES;
+  const out = new Map<(typeof FAMILIES)[number], string>();
+  if (o.bypassInbound || (o.rerouteInterfaces?.length ?? 0) > 0) return out;
+  if (dumpLinks().some((l) => l.ifindex !== ethIfindex && l.ifindex !== LO_IFINDEX)) return out;
+  for (const ip of pod.ips) if (!out.has(familyOfIp(ip))) out.set(familyOfIp(ip), ip);
+  return out;
+}
+
+const rpFilterPath = (ifname: string) => `/proc/sys/net/ipv4/conf/${ifname}/rp_filter`;
+const readRpFilter = (ifname: string) => Number(readFileSync(rpFilterPath(ifname), 'utf8').trim());
+
+/** The interface's effective IPv4 reverse-path filter, max(all, its own), in the calling thread's netns. */
+function rpFilterOf(ifname: string): number {
+  return Math.max(readRpFilter('all'), readRpFilter(ifname));
+}
+
+/** In the calling thread's netns: exactly one of each of `rules` is there. */
+function hasRules(family: (typeof FAMILIES)[number], rules: readonly NlRule[]): boolean {
+  const all = dumpRules(family);
+  return rules.every((want) => all.filter((r) => sameRule(r, want)).length === 1);
+}
+
+/** In the calling thread's netns: the local route's rules are there for `src`'s families, and not for the others. */
+function localRouteMatches(srcs: ReadonlyMap<(typeof FAMILIES)[number], string>): boolean {
+  return FAMILIES.every((f) => {
+    const all = dumpRules(f);
+    const n = [LOCAL_RULE, probeRule(f)].map((want) => all.filter((r) => sameRule(r, want)).length);
+    return srcs.has(f) ? n.every((k) => k === 1) : n.every((k) => k === 0);
+  });
+}
 
 /** In the calling thread's netns: the loop rule is there. */
 function hasRule(family: (typeof FAMILIES)[number]): boolean {
@@ -106,9 +179,9 @@ function hasRule(family: (typeof FAMILIES)[number]): boolean {
   );
 }
 
-/** In the calling thread's netns: the loop table's local default route over lo is there. */
-function hasRoute(family: (typeof FAMILIES)[number]): boolean {
-  return dumpRoutes(family).some((r) => r.table === LOOP_RULE.table && r.type === RTN_LOCAL && r.dstLen === 0 && r.oif === LO_IFINDEX);
+/** In the calling thread's netns: the loop table's local default route over lo is there, with that source (or none). */
+function hasRoute(family: (typeof FAMILIES)[number], src: string | undefined): boolean {
+  return dumpRoutes(family).some((r) => r.table === LOOP_RULE.table && r.type === RTN_LOCAL && r.dstLen === 0 && r.oif === LO_IFINDEX && r.prefsrc === src);
 }
 
 /** accept_local of an interface of the calling thread's netns ('0' or '1'). */
@@ -285,12 +358,14 @@ export class EbpfInPodCapture implements InPodCapture {
       this.map('inpod_pods').update(codec.encodeNetnsKey(at.inode), codec.encodeInpodPod({ ethIfindex: at.eth.ifindex, hostIfindex: at.hostIfindex, flags }));
     save();
 
-    // Routing before programs: the first frame inpod_out loops is delivered.
+    // Routing before programs: the first frame inpod_out loops is delivered. The local
+    // route's rules come last, once inpod_lo_in is there to take what they send to lo.
+    const srcs = withNetns(at.nsPath, () => localRouteSources(pod, at.eth.ifindex));
     withNetns(at.nsPath, () => {
       setAcceptLocal(at.eth.name, '1');
       for (const f of FAMILIES) {
         if (!hasRule(f)) addFwmarkRule(f, LOOP_RULE);
-        replaceLocalDefault(f, LOOP_RULE.table, LO_IFINDEX);
+        replaceLocalDefault(f, LOOP_RULE.table, LO_IFINDEX, srcs.get(f));
       }
     });
 
@@ -321,7 +396,42 @@ export class EbpfInPodCapture implements InPodCapture {
       return a.createdQdisc || b.createdQdisc;
     });
     if (hostCreated) flags |= codec.InpodPodFlags.QDISC_HOST;
+    const lo = this.program(INPOD_PROGRAMS.lo);
+    if (withNetns(at.nsPath, () => attachTc(LO_IFINDEX, 'ingress', lo.fd).createdQdisc)) flags |= codec.InpodPodFlags.QDISC_LO;
+    // The IPv4 reverse-path filter loose before the local route, whose rule the filter's
+    // reverse lookup of every inbound TCP frame also meets (it is `iif lo` too): under a
+    // strict filter that lookup's answer, lo, is not the frame's interface, and it is dropped.
+    flags = withNetns(at.nsPath, () => {
+      const rpf = readRpFilter(at.eth.name);
+      if (srcs.has(AF_INET) && rpFilterOf(at.eth.name) === 1) {
+        if (!(flags & codec.InpodPodFlags.RP_FILTER_SET)) {
+          flags |= codec.InpodPodFlags.RP_FILTER_SET | (rpf === 1 ? codec.InpodPodFlags.RP_FILTER_WAS_1 : 0);
+          save();
+        }
+        writeFileSync(rpFilterPath(at.eth.name), '2');
+      }
+      return flags;
+    });
     save();
+    // The local route last: its first SYN meets inpod_lo_in (and, on a TIME_WAIT, inpod_lookup).
+    withNetns(at.nsPath, () => {
+      for (const f of FAMILIES) {
+        for (const r of [probeRule(f), LOCAL_RULE]) {
+          if (srcs.has(f)) {
+            if (!hasRules(f, [r])) {
+              while (delRule(f, r));
+              addRule(f, r);
+            }
+          } else while (delRule(f, r));
+        }
+      }
+      // No IPv4 local route (any more): the filter as it was.
+      if (!srcs.has(AF_INET) && flags & codec.InpodPodFlags.RP_FILTER_SET) {
+        writeFileSync(rpFilterPath(at.eth.name), flags & codec.InpodPodFlags.RP_FILTER_WAS_1 ? '1' : '0');
+        flags &= ~(codec.InpodPodFlags.RP_FILTER_SET | codec.InpodPodFlags.RP_FILTER_WAS_1);
+        save();
+      }
+    });
     this.opts.log.info('in-pod capture installed', {
       pod: pod.name,
       namespace: pod.namespace,
@@ -381,12 +491,21 @@ export class EbpfInPodCapture implements InPodCapture {
     if (!podOk) return false;
     if (!this.overridesMatch(pod)) return false;
     if (!this.vmInterfacesMatch(at, pod)) return false;
+    if (withNetns(at.nsPath, () => queryTc(LO_IFINDEX, 'ingress')) !== this.program(INPOD_PROGRAMS.lo).id) return false;
     const link = netnsLinkState(lookupLinkPin(this.dir, at.inode));
     if (!link || link.progId !== this.program(INPOD_PROGRAMS.lookup).id || BigInt(link.netnsIno) !== at.inode) return false;
     const hostWant: Record<Direction, number> = { egress: this.program(INPOD_PROGRAMS.hostIn).id, ingress: this.program(INPOD_PROGRAMS.hostOut).id };
     const hostOk = this.hostDo(() => queryTc(at.hostIfindex, 'egress') === hostWant.egress && queryTc(at.hostIfindex, 'ingress') === hostWant.ingress);
     if (!hostOk) return false;
-    return withNetns(at.nsPath, () => FAMILIES.every((f) => hasRule(f) && hasRoute(f)) && acceptLocal(at.eth.name) === '1');
+    return withNetns(at.nsPath, () => {
+      const srcs = localRouteSources(pod, at.eth.ifindex);
+      return (
+        FAMILIES.every((f) => hasRule(f) && hasRoute(f, srcs.get(f))) &&
+        localRouteMatches(srcs) &&
+        (!srcs.has(AF_INET) || rpFilterOf(at.eth.name) !== 1) &&
+        acceptLocal(at.eth.name) === '1'
+      );
+    });
   }
 
   // --- remove -------------------------------------------------------------------------
@@ -512,6 +631,19 @@ function undoPod(
   const removed: string[] = [];
   const ethIfindex = eth?.ifindex ?? rec?.ethIfindex;
   const podPrograms = [INPOD_PROGRAMS.in, INPOD_PROGRAMS.out];
+  // The local route first: nothing is sent to lo for inpod_lo_in any more.
+  withNetns(nsPath, () => {
+    for (const f of FAMILIES) {
+      for (const r of [LOCAL_RULE, probeRule(f)]) {
+        while (delRule(f, r)) removed.push(`${familyFlag(f)} rule pref ${r.priority}`);
+      }
+    }
+    if (runsOurs(LO_IFINDEX, 'ingress', [INPOD_PROGRAMS.lo]) && detachTc(LO_IFINDEX, 'ingress')) removed.push('ingress filter of lo');
+    if (rec && rec.flags & codec.InpodPodFlags.QDISC_LO && hooksEmpty(LO_IFINDEX)) {
+      destroyClsact(LO_IFINDEX);
+      removed.push('clsact qdisc of lo');
+    }
+  });
   if (ethIfindex !== undefined) {
     withNetns(nsPath, () => {
       for (const d of ['ingress', 'egress'] as const) {
@@ -535,6 +667,14 @@ function undoPod(
     for (const f of FAMILIES) {
       while (delFwmarkRule(f, LOOP_RULE)) removed.push(`${familyFlag(f)} rule pref ${RULE_PREF}`);
       if (delLocalDefault(f, LOOP_RULE.table, LO_IFINDEX)) removed.push(`${familyFlag(f)} route table ${ROUTE_TABLE}`);
+    }
+    if (eth && rec && rec.flags & codec.InpodPodFlags.RP_FILTER_SET) {
+      try {
+        writeFileSync(rpFilterPath(eth.name), rec.flags & codec.InpodPodFlags.RP_FILTER_WAS_1 ? '1' : '0');
+        removed.push(`rp_filter on ${eth.name}`);
+      } catch {
+        // The interface went meanwhile.
+      }
     }
     if (eth && rec && !(rec.flags & codec.InpodPodFlags.ACCEPT_LOCAL)) {
       try {
