@@ -21,7 +21,7 @@ import { gatherKernelFacts } from '../../src/host/kernel.js';
 import { probeDelivery, probeVariant } from '../../src/capture/ebpf/ebpf.js';
 import { selectMode } from '../../src/capture/select.js';
 import { probeReuseportAssign } from '../../src/capture/inpod/probe.js';
-import { GENERATION_NS, monotonicNs } from '../../src/capture/inpod/handoffs.js';
+import { GENERATION_NS, handoffGen, monotonicNs } from '../../src/capture/inpod/handoffs.js';
 import { InpodHarness, type InpodProgram } from '../inpod/harness.js';
 import { systemRunner } from '../../src/host/runner.js';
 import { applyMapState } from './state.js';
@@ -390,7 +390,18 @@ async function replayScenario(
         say('inpod-maps', [[], []]);
         continue;
       }
+      // The model has no clock: entries the group's runs wrote stay "there" for it. Where a
+      // generation ends mid-group, they are written again under the new one, as the
+      // kernel would find them had the group run within one generation.
+      let gen = handoffGen(monotonicNs());
       for (const [prog, frameIdx, mark, ingressIfindex] of g.runs) {
+        const now = handoffGen(monotonicNs());
+        if (now !== gen) {
+          const held = await h.handoffs();
+          h.clearHandoffs();
+          for (const [key, socket] of held) h.seedHandoff(key, socket);
+          gen = now;
+        }
         const frame = frameOf(frameIdx);
         const fallback = ingressIfindex !== 0 && !ctx.ingressIfindex;
         try {

@@ -4,7 +4,11 @@
  *
  * In each pod's netns: inpod_out on the pod interface's TC egress, inpod_in on its TC
  * ingress, a policy-routing rule and table that deliver the loop mark locally, and
- * accept_local on the interface. On the pod's host veth, in the node's netns:
+ * accept_local on the interface; inpod_lo_in on lo's TC ingress and, for a pod with only
+ * that interface and no bypass or VM annotation, the local route: rules that send the
+ * pod's own TCP to that table (so over lo, to inpod_lo_in) and the probe source's answers
+ * past it, with the table's route carrying the pod's address as source, and a strict IPv4
+ * rp_filter on the interface made loose. On the pod's host veth, in the node's netns:
  * inpod_host_in (TC egress) and inpod_host_out (TC ingress), the probe-source rewrite.
  * On each interface the pod's `reroute-virtual-interfaces` annotation lists that exists in
  * its netns (a VM's tap): inpod_vm_in (TC ingress), the VM's TCP to ztunnel's 15001.
