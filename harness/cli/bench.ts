@@ -47,6 +47,7 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
             harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
             harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture, and the loopback ceiling), same stand-in,
             then again with every end on one CPU (--one-cpu);
+            harness/bench/inpod-cost.ts: ns/packet of the in-pod programs beside the empty program (BPF_PROG_RUN);
             harness/bench/hooks.ts: ebpf mode with --hook tc beside --hook xdp (traffic, small-frame floods)
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
 that was measured, with its 95 % interval and its verdict (met, not met, undecided). --write FILE.md also writes
@@ -83,6 +84,8 @@ const CONTROL_SCRIPTS: readonly (readonly [script: string, ...args: string[]])[]
   // One connection's request/response on one CPU: its rate is the path's cost rather than
   // an idle CPU's wake-up (docs/inpod.md, "Reading the in-pod request/response figures").
   ['inpod.js', '--one-cpu'],
+  // The in-pod programs' ns/packet beside the empty program (BPF_PROG_RUN).
+  ['inpod-cost.js'],
   ['hooks.js'],
 ];
 

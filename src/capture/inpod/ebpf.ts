@@ -141,7 +141,7 @@ const familyOfIp = (ip: string) => (ip.includes(':') ? AF_INET6 : AF_INET);
  * reroutes VM interfaces, or whose netns holds any interface but lo and its own: those
  * answer connections ztunnel did not accept (the app's inbound, a VM's, another network's)
  * by the main table, which the local route would send to lo; and the local route makes the
- * reverse-path filter loose (see installRpFilter), which a second interface would feel.
+ * reverse-path filter loose (install, below), which a second interface would feel.
  * In the pod's netns.
  */
 function localRouteSources(pod: PodNetns, ethIfindex: number): Map<(typeof FAMILIES)[number], string> {
