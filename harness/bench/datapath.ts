@@ -139,6 +139,38 @@ function fillPods(obj: BpfObject, entries: number, fills = 1): FillTimes {
   return out;
 }
 
+/** A program and the frame and context it runs on, under a name. */
+export interface RunSubject {
+  key: string;
+  fd: number;
+  frame: Buffer;
+  ctx: { mark?: number; ingressIfindex?: number; ifindex?: number };
+}
+
+/**
+ * ns/packet of each subject under BPF_PROG_RUN (`repeat` runs, the kernel's average), over
+ * `rounds`, the order rotating each round so that no program always runs first or after
+ * another: each key's figure per round.
+ */
+export function interleavedRuns(
+  subjects: readonly RunSubject[],
+  rounds: number,
+  repeat: number,
+  onRound: (round: number) => void = () => undefined,
+): Map<string, number[]> {
+  const samples = new Map(subjects.map((s) => [s.key, [] as number[]]));
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < subjects.length; i++) {
+      const s = subjects[(i + round) % subjects.length]!;
+      const r = runProgram(s.fd, s.frame, { ctx: s.ctx, repeat });
+      if (isNotRunnable(r)) throw new Error(`${s.key}: the kernel would not run the benchmark frame`);
+      samples.get(s.key)!.push(r.durationNs);
+    }
+    onRound(round);
+  }
+  return samples;
+}
+
 export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string) => void = () => undefined): BenchRow[] {
   const obj = BpfObject.openAndLoad(opts.objectPath, { programs: CASES.map((c) => c.program) });
   const empty = BpfObject.openAndLoad(opts.emptyPath);
@@ -164,16 +196,11 @@ export function runBench(opts: BenchOptions = DEFAULT_BENCH, log: (line: string)
     const rows: BenchRow[] = [];
     for (const entries of opts.sizes) {
       const fillMs = fillPods(obj, Math.min(entries, obj.map('pods').maxEntries), FILLS);
-      const samples = new Map(subjects.map((s) => [s.program, [] as number[]]));
-      for (let round = 0; round < opts.rounds; round++) {
-        for (let i = 0; i < subjects.length; i++) {
-          // Rotate the order each round, so no program always runs first or after another.
-          const s = subjects[(i + round) % subjects.length]!;
-          const r = runProgram(s.fd, s.frame, { ctx: s.ctx, repeat: opts.repeat });
-          if (isNotRunnable(r)) throw new Error(`${s.program}: the kernel would not run the benchmark frame`);
-          samples.get(s.program)!.push(r.durationNs);
-        }
-      }
+      const samples = interleavedRuns(
+        subjects.map((s) => ({ ...s, key: s.program })),
+        opts.rounds,
+        opts.repeat,
+      );
       const emptyNs = median(samples.get('empty')!);
       for (const c of CASES)
         rows.push({

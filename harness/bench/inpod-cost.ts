@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BpfObject } from '../../src/bpf/object.js';
 import { constants } from '../../src/bpf/inpod-layout.generated.js';
-import { isNotRunnable, runProgram, TcAct } from '../bpf/testrun.js';
+import { isNotRunnable, TcAct } from '../bpf/testrun.js';
+import { interleavedRuns } from './datapath.js';
 import { InpodHarness, type InpodProgram } from '../inpod/harness.js';
 import { connection, type SocketStep } from '../inpod/sockets.js';
 import * as b from '../packet/builder.js';
@@ -164,16 +165,7 @@ export async function runInpodCost(o: CostOptions = DEFAULT_COST, log: (l: strin
       { key: 'empty', fd: emptyFd, frame: CASES[0]!.frame, ctx: ctxOf({}) },
       ...CASES.map((c, i) => ({ key: String(i), fd: h.obj.programFd(c.program), frame: c.frame, ctx: ctxOf(c.ctx) })),
     ];
-    const samples = new Map(subjects.map((s) => [s.key, [] as number[]]));
-    for (let round = 0; round < o.rounds; round++) {
-      for (let i = 0; i < subjects.length; i++) {
-        const s = subjects[(i + round) % subjects.length]!;
-        const r = runProgram(s.fd, s.frame, { ctx: s.ctx, repeat: o.repeat });
-        if (isNotRunnable(r)) throw new Error(`${s.key}: the kernel would not run the benchmark frame`);
-        samples.get(s.key)!.push(r.durationNs);
-      }
-      log(`inpod-cost: round ${round + 1}/${o.rounds}`);
-    }
+    const samples = interleavedRuns(subjects, o.rounds, o.repeat, (round) => log(`inpod-cost: round ${round + 1}/${o.rounds}`));
     return CASES.map((c, i) => ({ program: c.program, what: c.what, row: c.row, rounds: samples.get(String(i))!, emptyRounds: samples.get('empty')! }));
   } finally {
     empty.close();

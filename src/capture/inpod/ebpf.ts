@@ -161,19 +161,14 @@ function rpFilterOf(ifname: string): number {
   return Math.max(readRpFilter('all'), readRpFilter(ifname));
 }
 
-/** In the calling thread's netns: exactly one of each of `rules` is there. */
-function hasRules(family: (typeof FAMILIES)[number], rules: readonly NlRule[]): boolean {
-  const all = dumpRules(family);
-  return rules.every((want) => all.filter((r) => sameRule(r, want)).length === 1);
+/** In the calling thread's netns: how many rules of the family are `want`. */
+function ruleCount(family: (typeof FAMILIES)[number], want: NlRule): number {
+  return dumpRules(family).filter((r) => sameRule(r, want)).length;
 }
 
-/** In the calling thread's netns: the local route's rules are there for `src`'s families, and not for the others. */
+/** In the calling thread's netns: the local route's rules are there once for `src`'s families, and not for the others. */
 function localRouteMatches(srcs: ReadonlyMap<(typeof FAMILIES)[number], string>): boolean {
-  return FAMILIES.every((f) => {
-    const all = dumpRules(f);
-    const n = [LOCAL_RULE, probeRule(f)].map((want) => all.filter((r) => sameRule(r, want)).length);
-    return srcs.has(f) ? n.every((k) => k === 1) : n.every((k) => k === 0);
-  });
+  return FAMILIES.every((f) => [LOCAL_RULE, probeRule(f)].every((r) => ruleCount(f, r) === (srcs.has(f) ? 1 : 0)));
 }
 
 /** In the calling thread's netns: the loop rule is there. */
@@ -406,10 +401,9 @@ export class EbpfInPodCapture implements InPodCapture {
     // reverse lookup of every inbound TCP frame also meets (it is `iif lo` too): under a
     // strict filter that lookup's answer, lo, is not the frame's interface, and it is dropped.
     flags = withNetns(at.nsPath, () => {
-      const rpf = readRpFilter(at.eth.name);
       if (srcs.has(AF_INET) && rpFilterOf(at.eth.name) === 1) {
         if (!(flags & codec.InpodPodFlags.RP_FILTER_SET)) {
-          flags |= codec.InpodPodFlags.RP_FILTER_SET | (rpf === 1 ? codec.InpodPodFlags.RP_FILTER_WAS_1 : 0);
+          flags |= codec.InpodPodFlags.RP_FILTER_SET | (readRpFilter(at.eth.name) === 1 ? codec.InpodPodFlags.RP_FILTER_WAS_1 : 0);
           save();
         }
         writeFileSync(rpFilterPath(at.eth.name), '2');
@@ -422,7 +416,7 @@ export class EbpfInPodCapture implements InPodCapture {
       for (const f of FAMILIES) {
         for (const r of [probeRule(f), LOCAL_RULE]) {
           if (srcs.has(f)) {
-            if (!hasRules(f, [r])) {
+            if (ruleCount(f, r) !== 1) {
               while (delRule(f, r));
               addRule(f, r);
             }
