@@ -70,16 +70,20 @@ export interface ProgStats {
   [name: string]: { runTimeNs: number; runCount: number };
 }
 
-/** The run statistics of the TC and XDP programs on `dev` in `ns` (zero unless bpf_stats_enabled). */
-export async function tcProgStats(ns: string, dev: string): Promise<ProgStats> {
-  const [net] = JSON.parse(await systemRunner.run(['ip', 'netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev])) as {
-    tc?: { id: number }[];
-    xdp?: { id?: number; multi_attachments?: { id: number }[] }[];
-  }[];
-  const ids = [
-    ...(net?.tc ?? []).map((t) => t.id),
-    ...(net?.xdp ?? []).flatMap((x) => (x.multi_attachments ? x.multi_attachments.map((m) => m.id) : x.id !== undefined ? [x.id] : [])),
-  ];
+/**
+ * The run statistics of the TC and XDP programs on the devices `devs` in `ns` (zero unless
+ * bpf_stats_enabled); a program attached to several of them counts once.
+ */
+export async function tcProgStats(ns: string, devs: readonly string[]): Promise<ProgStats> {
+  const ids = new Set<number>();
+  for (const dev of devs) {
+    const [net] = JSON.parse(await systemRunner.run(['ip', 'netns', 'exec', ns, 'bpftool', '-j', 'net', 'show', 'dev', dev])) as {
+      tc?: { id: number }[];
+      xdp?: { id?: number; multi_attachments?: { id: number }[] }[];
+    }[];
+    for (const t of net?.tc ?? []) ids.add(t.id);
+    for (const x of net?.xdp ?? []) for (const id of x.multi_attachments ? x.multi_attachments.map((m) => m.id) : x.id !== undefined ? [x.id] : []) ids.add(id);
+  }
   const out: ProgStats = {};
   for (const id of ids) {
     const p = JSON.parse(await systemRunner.run(['bpftool', '-j', 'prog', 'show', 'id', String(id)])) as {

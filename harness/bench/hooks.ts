@@ -136,7 +136,7 @@ async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number, b
   if (!neigh?.lladdr) throw new Error(`flood: no gateway neighbour in ${pod.ns}`);
   const rxNs = f.to === 'outside' ? sim.outside.ns : sim.ztunnel.ns;
   const rx0 = await rxPackets(rxNs);
-  const prog0 = bpfStats ? await tcProgStats(sim.nodeNs, pod.hostVeth) : {};
+  const prog0 = bpfStats ? await tcProgStats(sim.nodeNs, [pod.hostVeth]) : {};
   // ztunnel answers each SYN with a SYN-ACK, which the pod resets; those resets are captured too.
   const rst0 = f.kind === 'syn' ? await podRsts(pod.ns) : 0;
   const cpu0 = cpuNow().kernel;
@@ -145,7 +145,9 @@ async function runFlood(sim: SimNode, f: Flood, port: number, seconds: number, b
   const r = parseFlood(await systemRunner.run(argv, { timeoutMs: seconds * 1000 + 30_000 }));
   const cpu1 = cpuNow().kernel;
   // The outbound program: xdp_out at XDP, else the TC ingress one (its name starts out_).
-  const progs = bpfStats ? Object.entries(progDelta(prog0, await tcProgStats(sim.nodeNs, pod.hostVeth))).filter(([name]) => /^(xdp_out|out_)/.test(name)) : [];
+  const progs = bpfStats
+    ? Object.entries(progDelta(prog0, await tcProgStats(sim.nodeNs, [pod.hostVeth]))).filter(([name]) => /^(xdp_out|out_)/.test(name))
+    : [];
   const prog = progs.find(([, s]) => s.runCount > 0);
   // Frames still on their way (the backlog, a NAPI poll) arrive within a moment.
   await new Promise((res) => setTimeout(res, 200));

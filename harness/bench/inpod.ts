@@ -14,8 +14,8 @@
  * 0x539, SO_REUSEPORT, transparent, as ztunnel's), so no JavaScript event loop sets the
  * pace. The relay keeps Node.js at both ends. `--endpoints native,js` adds `none-js` and
  * `<capture>-js`: the terminating pair with traffic-peer.js ends, for comparison.
- * `loopback` is the ceiling (LOOPBACK below): the pod's client to a native server in the
- * pod's own netns over 127.0.0.1, no capture; its ratio to iptables is reported beside
+ * `loopback` is the ceiling (LOOPBACK below): the pod's client to the native stand-in in
+ * the pod's own netns over 127.0.0.1, no capture; its ratio to iptables is reported beside
  * each goal.
  *
  *   node dist/harness/bench/inpod.js [--captures iptables,ebpf] [--workloads crr,rr,rr-conc,stream]
@@ -51,7 +51,7 @@ import { createLogger, type Logger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode } from '../sim/node.js';
 import { pinRootFor } from '../sim/scenario.js';
-import { type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
+import { INPOD_PORTS, type StandInEvent, ZtunnelInpod } from '../sim/ztunnel-inpod.js';
 import { cpuNow, cpuSleepsNow, processCpuNow, progDelta, tcProgStats, withBpfStats } from './cost.js';
 import { median } from './report.js';
 import { figure, figuresLine, ratioInterval, type Figure, type Goal } from './stats.js';
@@ -115,13 +115,18 @@ export interface InpodBenchOptions extends RoundOptions {
 }
 
 /**
- * The ceiling: no capture, the pod's client and a native server both in the pod's netns,
- * over 127.0.0.1, with no netfilter and no program on the way. Every terminating capture
- * hands its connection to a TCP socket in the same netns, so this is the cheapest path
- * such a capture could give it, short of bypassing TCP: `loopback / iptables` is the most
- * any of them can reach against Istio's rules on the machine it runs on.
+ * The ceiling: no capture, the pod's client and the native stand-in both in the pod's
+ * netns, over 127.0.0.1, with no netfilter and no program on the way. The stand-in is the
+ * same program with the same listeners as the captures' (`trafficpeer ztunnel`), serving
+ * the workloads' ports directly (`--direct`) and asking each connection its original
+ * destination as it asks a captured one. Every terminating capture hands its connection
+ * to a TCP socket in the same netns, so this is the cheapest path such a capture could
+ * give it, short of bypassing TCP: `loopback / iptables` is the most any of them can reach
+ * against Istio's rules on the machine it runs on.
  */
 const LOOPBACK = 'loopback';
+/** The pod's interfaces the captures' programs sit on: eth0, and lo (the local route's inpod_lo_in). */
+const CAPTURE_DEVS = ['eth0', 'lo'] as const;
 /** The suffix of a capture's scenario with the relaying stand-in. */
 const RELAY = '-relay';
 /** The suffix of a scenario with traffic-peer.js ends instead of native ones. */
@@ -251,28 +256,35 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
           await until('the stand-in holds the pod', () => zt.held().some((h) => h.uid === UID));
         }
         // The ceiling's server, in the pod and only for its slot (no listener of the pod's
-        // own sits beside a capture's).
-        const podServer = current.loopback ? await startPeer(pod.ns, 'native', ['serve', '--port', String(NATIVE_PORT)], { cpu: o.cpu }) : null;
+        // own sits beside a capture's): the native stand-in itself, its listeners as on a
+        // ZDS add, serving the workloads' ports directly (LOOPBACK).
+        const podServer = current.loopback
+          ? await startPeer(pod.ns, 'native', ['ztunnel', '--terminate', String(NATIVE_PORT), '--listen', INPOD_PORTS.join(','), '--direct'], { cpu: o.cpu })
+          : null;
         try {
           const nativeStandIn = native === null ? null : await (native as Promise<PeerProcess>);
           if (bench && !current.relay && (nativeStandIn !== null) !== (current.ends === 'native'))
             throw new Error(`${scenario}: the native stand-in ${nativeStandIn ? 'started' : 'did not start'} on the pod's add`);
           for (const workload of rotate(o.workloads, round)) {
-            const before = { js: accepted, native: nativeStandIn ? await standInCounts(nativeStandIn) : none };
+            const before = {
+              js: accepted,
+              native: nativeStandIn ? await standInCounts(nativeStandIn) : none,
+              pod: podServer ? await standInCounts(podServer) : none,
+            };
             // The answering end: the native stand-in when it terminates, the pod's own server for
             // the ceiling, else the outside server.
             const answerer = current.ends === 'native' ? (nativeStandIn ?? podServer ?? (bench ? null : nativeServer)) : null;
             const end0 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
             const cpu0 = cpuNow().busy;
             const sleeps0 = cpuSleepsNow();
-            const prog0 = o.bpfStats ? await tcProgStats(pod.ns, 'eth0') : {};
+            const prog0 = o.bpfStats ? await tcProgStats(pod.ns, CAPTURE_DEVS) : {};
             const run = clientRunOf(workload, o.concurrency);
             const to = current.loopback ? '127.0.0.1' : sim.outside.ip;
             const r = await runClient(pod.ns, current.ends, run.workload, to, PORTS[current.ends], { ...o, ...run });
             const cpu1 = cpuNow().busy;
             const sleeps1 = cpuSleepsNow();
             const end1 = answerer?.child.pid ? processCpuNow(answerer.child.pid) : NaN;
-            const byName = o.bpfStats ? progDelta(prog0, await tcProgStats(pod.ns, 'eth0')) : {};
+            const byName = o.bpfStats ? progDelta(prog0, await tcProgStats(pod.ns, CAPTURE_DEVS)) : {};
             const progs = Object.values(byName);
             // Operations over the whole run (warm-up too), as the CPU time covers it.
             const ops = r.rate * (o.seconds + o.warmupSeconds);
@@ -289,6 +301,15 @@ export async function runInpodBench(o: InpodBenchOptions, say: (line: string) =>
                 throw new Error(`${scenario} ${workload}: the ${kind} stand-in took ${n} of ${r.connections} connections (${r.errors} failed)`);
             }
             if (via.refused !== 0) throw new Error(`${scenario} ${workload}: the native stand-in refused ${via.refused} connections`);
+            if (podServer) {
+              // The ceiling: the pod's stand-in took every connection that succeeded, directly.
+              const p = await standInCounts(podServer);
+              const direct = p.direct - before.pod.direct;
+              if (direct < succeeded || direct > r.connections || p.terminated !== before.pod.terminated || p.refused !== before.pod.refused)
+                throw new Error(
+                  `${scenario} ${workload}: the pod's stand-in took ${direct} of ${r.connections} connections directly (${r.errors} failed), ${p.terminated - before.pod.terminated} captured, ${p.refused - before.pod.refused} refused`,
+                );
+            }
             const ends = (r.cpuSeconds ?? NaN) + (end1 - end0);
             const cost =
               ops > 0

@@ -68,6 +68,34 @@ function suite(): void {
       expect(after.direct - before.direct).toBe(r.connections);
       expect((after as unknown as { cpuSeconds: number }).cpuSeconds).toBeGreaterThan(0);
       expect([after.terminated - before.terminated, after.refused - before.refused, after.relayed]).toEqual([0, 0, 0]);
+
+      // It asks a direct connection its original destination too: one redirected to a direct
+      // port from another port is not direct, and is reset.
+      await systemRunner.run([
+        'ip',
+        'netns',
+        'exec',
+        sim.ztunnel.ns,
+        'iptables',
+        '-t',
+        'nat',
+        '-A',
+        'PREROUTING',
+        '-p',
+        'tcp',
+        '--dport',
+        '9410',
+        '-j',
+        'REDIRECT',
+        '--to-ports',
+        '9400',
+      ]);
+      const bad = await runClient(sim.pods[0]!.ns, 'native', 'crr', sim.ztunnel.ip, 9410, { ...RUN, concurrency: 1, seconds: 0.2 });
+      expect(bad.count).toBe(0);
+      expect(bad.connections).toBeGreaterThan(0);
+      const last = await standInCounts(zt);
+      expect(last.refused - after.refused).toBe(bad.connections);
+      expect(last.direct).toBe(after.direct);
     },
     TIMEOUT,
   );

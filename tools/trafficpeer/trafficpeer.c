@@ -14,7 +14,9 @@
  *       IP_TRANSPARENT, SO_MARK 0x539, SO_REUSEPORT, as ztunnel's) answer a captured
  *       connection whose original destination port (SO_ORIGINAL_DST after a REDIRECT,
  *       else the local address) is T..T+2 as the server would, and reset any other.
- *       --direct also serves T..T+2 plainly (the "direct" scenario). --netns-fd enters the
+ *       --direct also serves T..T+2 plainly (the "direct" scenario, the in-pod ceiling),
+ *       asking each connection its original destination as it asks a captured one
+ *       (a direct one's is its local port; any other is reset). --netns-fd enters the
  *       netns at that inherited fd first (setns). --standby starts without the transparent
  *       listeners. Lines on stdin: "counts" -> {"event":"counts","relayed":0,
  *       "terminated":n,"direct":n,"refused":n,"cpuSeconds":s}; "release" closes the transparent listeners
@@ -340,6 +342,14 @@ static void accept_all(int epfd, struct listener *l) {
       count(&counts_terminated);
       w = (int)(port - terminate_port);
     } else if (terminate_port > 0) {
+      /* Asked as a captured one is (ztunnel asks every connection it accepts), so that a
+       * direct connection and a captured one cost the stand-in the same: the in-pod
+       * ceiling (harness/bench/inpod.ts) is a direct connection to this program. */
+      if (original_port(fd, l->family) != terminate_port + w) {
+        count(&counts_refused);
+        reset_close(fd);
+        continue;
+      }
       count(&counts_direct);
     }
     if (w != W_STREAM) setint(fd, IPPROTO_TCP, TCP_NODELAY, 1, "setsockopt(TCP_NODELAY)");
