@@ -233,6 +233,51 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         await capture.install(pod);
       }
     });
+
+    it('a pod with an interface besides lo and eth0 (a second network, as Multus adds one) keeps the loop through eth0: no local-route rule, eth0’s strict rp_filter left as it is, its TCP to 15001 all the same; the local route comes back with the interface gone', async () => {
+      const ns = sim.pods[0]!.ns;
+      const localRules = async () =>
+        `${await run(['ip', 'netns', 'exec', ns, 'ip', '-4', 'rule', 'show'])}${await run(['ip', 'netns', 'exec', ns, 'ip', '-6', 'rule', 'show'])}`
+          .split('\n')
+          .filter((l) => /^13[46]:/.test(l));
+      const rpFilter = async () => (await run(['ip', 'netns', 'exec', ns, 'sysctl', '-n', 'net.ipv4.conf.eth0.rp_filter'])).trim();
+      expect(await localRules()).toHaveLength(4);
+      expect(await rpFilter()).toBe('2');
+      // The interface comes while the pod is captured: check sees it, install takes the local route away.
+      // A veth pair with both ends in the pod (this kernel has no dummy driver); deleting net1 takes both.
+      await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'add', 'net1', 'type', 'veth', 'peer', 'name', 'net1p']);
+      let net1 = true;
+      try {
+        expect(await capture.check(pod)).toBe(false);
+        await capture.install(pod);
+        expect(await capture.check(pod)).toBe(true);
+        expect(await localRules()).toEqual([]);
+        expect(await rpFilter()).toBe('1');
+        for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) {
+          const n = accepted.length;
+          const fd = withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, 8080, 0));
+          try {
+            await until('the listener report', () => accepted.length > n);
+            expect(last()).toMatchObject({ port: 15001, origDst: `${ip}:8080` });
+            // Through the interface and back (the loop): its 1,500-byte MTU sets the MSS.
+            expect(await mssTo(ip)).toBeLessThanOrEqual(1460);
+          } finally {
+            closeSocket(fd);
+          }
+        }
+        expect(outside.accepted).toEqual([]);
+        // And goes: the local route comes back.
+        await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'del', 'net1']);
+        net1 = false;
+        expect(await capture.check(pod)).toBe(false);
+      } finally {
+        if (net1) await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'del', 'net1']).catch(() => undefined);
+        await capture.install(pod);
+      }
+      expect(await capture.check(pod)).toBe(true);
+      expect(await localRules()).toHaveLength(4);
+      expect(await rpFilter()).toBe('2');
+    });
   });
 
   describe('inbound TCP reaches 15006; 15008 reaches its own listener untouched', () => {
