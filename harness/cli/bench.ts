@@ -46,7 +46,7 @@ Figures, not tests; each part compares side by side in one run (interleaved roun
             harness/bench/cni.ts where present: the CNI plugin's ADD overhead (network namespaces);
             harness/bench/scrape.ts: a /metrics scrape at full maps, and CNI ADDs on its loop with and without scrapes;
             harness/bench/inpod.ts: in-pod eBPF beside in-pod iptables (and no capture, and the loopback ceiling), same stand-in,
-            8 rounds, then again with every end on one CPU (--one-cpu);
+            12 rounds, then again with every end on one CPU (--one-cpu);
             harness/bench/inpod-cost.ts: ns/packet of the in-pod programs beside the empty program (BPF_PROG_RUN);
             harness/bench/hooks.ts: ebpf mode with --hook tc beside --hook xdp (traffic, small-frame floods)
 All parts by default. Tables on stdout, progress on stderr; last, every goal of issue 19
@@ -80,12 +80,12 @@ const CONTROL_SCRIPTS: readonly (readonly [script: string, ...args: string[]])[]
   ['control.js'],
   ['cni.js'],
   ['scrape.js'],
-  // 8 rounds (the script's own default is 5): with 5 the in-pod goals' intervals straddled
-  // their bounds run after run.
-  ['inpod.js', '--rounds', '8'],
+  // 12 rounds (the script's own default is 5): with 5 the in-pod goals' intervals straddled
+  // their bounds run after run, and with 8 the connections/s intervals began 0.01 under 1.3.
+  ['inpod.js', '--rounds', '12'],
   // One connection's request/response on one CPU: its rate is the path's cost rather than
   // an idle CPU's wake-up (docs/inpod.md, "Reading the in-pod request/response figures").
-  ['inpod.js', '--one-cpu', '--rounds', '8'],
+  ['inpod.js', '--one-cpu', '--rounds', '12'],
   // The in-pod programs' ns/packet beside the empty program (BPF_PROG_RUN).
   ['inpod-cost.js'],
   ['hooks.js'],
