@@ -14,6 +14,7 @@ import type net from 'node:net';
 import { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { withNetns } from '../../src/bpf/netns.js';
+import { constants as inpodConstants } from '../../src/bpf/inpod-layout.generated.js';
 import { BPF_SK_LOOKUP, netnsQuery } from '../../src/bpf/ffi.js';
 import { createEbpfInPodCapture, type EbpfInPodCapture, INPOD_PIN_SUBDIR, uninstallInpod } from '../../src/capture/inpod/ebpf.js';
 import { GENERATION_NS, genBefore, handoffGen, monotonicNs, SWEEP_GUARD_NS } from '../../src/capture/inpod/handoffs.js';
@@ -236,10 +237,12 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
 
     it('a pod with an interface besides lo and eth0 (a second network, as Multus adds one) keeps the loop through eth0: no local-route rule, eth0’s strict rp_filter left as it is, its TCP to 15001 all the same; the local route comes back with the interface gone', async () => {
       const ns = sim.pods[0]!.ns;
+      // The local route's rules, IPv4 and IPv6: the probe rule before it and the rule itself.
+      const prefs = [inpodConstants.INPOD_RULE_PREF_PROBE, inpodConstants.INPOD_RULE_PREF_LOCAL].map((p) => `${p}:`);
       const localRules = async () =>
-        `${await run(['ip', 'netns', 'exec', ns, 'ip', '-4', 'rule', 'show'])}${await run(['ip', 'netns', 'exec', ns, 'ip', '-6', 'rule', 'show'])}`
+        `${await run(['ip', '-n', ns, '-4', 'rule', 'show'])}${await run(['ip', '-n', ns, '-6', 'rule', 'show'])}`
           .split('\n')
-          .filter((l) => /^13[46]:/.test(l));
+          .filter((l) => prefs.some((p) => l.startsWith(p)));
       const rpFilter = async () => (await run(['ip', 'netns', 'exec', ns, 'sysctl', '-n', 'net.ipv4.conf.eth0.rp_filter'])).trim();
       expect(await localRules()).toHaveLength(4);
       expect(await rpFilter()).toBe('2');
