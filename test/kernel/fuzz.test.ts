@@ -1,19 +1,20 @@
 /**
  * Differential fuzzing: every program against the reference model (test/model/datapath.ts)
  * on generated frames (random bytes, valid frames of every class, mutations, truncation at
- * every offset, odd header lengths, extension-header chains) under several map states. The
- * kernel's verdict, its output bytes and (zt_*) its mark must equal the model's for every
- * frame the kernel runs; frames it refuses (too short, see refusedAsShort) are counted as
- * not runnable. Seed fixed in CI; FUZZ_SEED=<n> replays a run, FUZZ_FRAMES=<n> sizes it.
+ * every offset, odd header lengths, extension-header chains) under several map states
+ * (fuzzStates, test/model/rows.ts). The kernel's verdict, its output bytes and (zt_*) its
+ * mark must equal the model's for every frame the kernel runs; frames it refuses (too
+ * short, see refusedAsShort) are counted as not runnable. Seed fixed in CI;
+ * FUZZ_SEED=<n> replays a run, FUZZ_FRAMES=<n> sizes it.
  *
  * The run's netns has no ztunnel sockets, so for zt_assign the model's Z11 (no socket:
  * drop) is the expectation of every row that wants one.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import * as m from '../model/datapath.js';
-import { DatapathHarness, disagreement, modelStateOf, type ProgramName, type StateSpec } from '../model/harness.js';
+import { DatapathHarness, disagreement, modelStateOf, type ProgramName } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
-import { baseState, NODE_IFINDEX, POD_A, ZT, ZT_HOST_IFINDEX, type Veths } from '../model/rows.js';
+import { fuzzStates, NODE_IFINDEX, ZT_HOST_IFINDEX } from '../model/rows.js';
 import { ipBytes, truncate } from '../../harness/packet/builder.js';
 import { socketTable } from '../../harness/inpod/sockets.js';
 import { inpodLookup, inpodVerdict, recordInpod, type InpodState } from '../model/inpod.js';
@@ -24,35 +25,6 @@ import { handoffGen, monotonicNs } from '../../src/capture/inpod/handoffs.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20240611);
 const FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 1500);
-
-function states(v: Veths): { name: string; spec: StateSpec }[] {
-  const base = baseState(v);
-  return [
-    { name: 'base', spec: base },
-    { name: 'ztunnel missing', spec: { ...base, ztunnel: null } },
-    { name: 'DNS capture on', spec: { ...base, ztunnel: ZT.dns } },
-    { name: 'slot not PRESENT', spec: { ...base, ztunnel: ZT.notPresent } },
-    { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns } },
-    { name: 'PRESENT with ifindex 0', spec: { ...base, ztunnel: ZT.presentIfindex0 } },
-    { name: 'pods map full', spec: { ...base, ztunnel: ZT.dns, fillPods: true } },
-    { name: 'non-TCP drop', spec: { ...base, ztunnel: ZT.nonTcpDrop } },
-    { name: 'non-TCP drop, DNS capture on', spec: { ...base, ztunnel: ZT.dnsNonTcpDrop } },
-    { name: 'slot not PRESENT, non-TCP drop', spec: { ...base, ztunnel: ZT.notPresentNonTcpDrop } },
-    {
-      name: 'per-pod flags: pod A DNS capture on and inbound bypassed, pod B DNS capture off, node capture on',
-      spec: {
-        ...base,
-        ztunnel: ZT.dns,
-        pods: base.pods.map((p) => (p.ip === POD_A.v4 || p.ip === POD_A.v6 ? { ...p, flags: 1 | 2 | 8 } : p.flags === 1 ? { ...p, flags: 1 | 4 } : p)),
-      },
-    },
-    { name: 'no DNS servers, no host flows', spec: { ...base, dnsServers: [], hostFlows: [] } },
-    {
-      name: 'stale ifindex (pod A on veth B)',
-      spec: { ...base, pods: base.pods.map((p) => (p.ip === POD_A.v4 || p.ip === POD_A.v6 ? { ...p, ifindex: v.b } : p)) },
-    },
-  ];
-}
 
 const PROGRAMS: readonly ProgramName[] = ['out_redir_peer', 'out_redirect', 'in_redirect', 'zt_mark', 'zt_assign'];
 const NO_SOCKETS: m.SocketTable = { listeners: new Set(), established: new Set() };
@@ -72,7 +44,7 @@ kernelDescribe('differential fuzzing: kernel vs the reference model', 'loads BPF
     const gen = new Gen(SEED);
     const cuts = truncationSeeds();
 
-    for (const st of states(v)) {
+    for (const st of fuzzStates(v)) {
       h.applyState(st.spec);
       const model = modelStateOf(st.spec, h.maxPods);
       const frames: Buffer[] = [];

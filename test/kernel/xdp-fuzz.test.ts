@@ -3,7 +3,7 @@
  * model (test/model/xdp.ts, which is the TC model's outbound rows carried out as XDP
  * actions), on the generator of the TC fuzzer (test/model/generate.ts: random bytes, valid
  * frames of every class, mutations, truncation at every offset, odd header lengths,
- * extension-header chains) under the node programs' map states (test/model/rows.ts). For
+ * extension-header chains) under the node programs' map states (fuzzStates, test/model/rows.ts). For
  * every frame the kernel runs, its action and output bytes must equal the model's; after
  * each state the counters of both veths must equal the model's sums and host_flows must be
  * as written (xdp_out reads it, never writes). Seed fixed; FUZZ_SEED=<n> replays a run,
@@ -11,9 +11,9 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { counterOf } from '../model/datapath.js';
-import { modelStateOf, type StateSpec } from '../model/harness.js';
+import { modelStateOf } from '../model/harness.js';
 import { Gen, truncationSeeds } from '../model/generate.js';
-import { baseState, OUTSIDE, POD_A, ZT, type Veths } from '../model/rows.js';
+import { fuzzStates, OUTSIDE, POD_A } from '../model/rows.js';
 import { fold, onesSum, pseudoHeader, xdpOutbound, xdpRunnable } from '../model/xdp.js';
 import { parse } from '../model/datapath.js';
 import { XdpHarness, xdpDisagreement } from '../model/xdp-harness.js';
@@ -23,34 +23,6 @@ import { kernelDescribe } from '../support/gate.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261130);
 const FRAMES_PER_STATE = Number(process.env.FUZZ_FRAMES ?? 800);
-
-/** The node programs' states (as test/kernel/fuzz.test.ts runs out_* under). */
-function states(v: Veths): { name: string; spec: StateSpec }[] {
-  const base = baseState(v);
-  const podA = (p: { ip: string }) => p.ip === POD_A.v4 || p.ip === POD_A.v6;
-  return [
-    { name: 'base', spec: base },
-    { name: 'ztunnel missing', spec: { ...base, ztunnel: null } },
-    { name: 'DNS capture on', spec: { ...base, ztunnel: ZT.dns } },
-    { name: 'slot not PRESENT', spec: { ...base, ztunnel: ZT.notPresent } },
-    { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns } },
-    { name: 'PRESENT with ifindex 0', spec: { ...base, ztunnel: ZT.presentIfindex0 } },
-    { name: 'pods map full', spec: { ...base, ztunnel: ZT.dns, fillPods: true } },
-    { name: 'non-TCP drop', spec: { ...base, ztunnel: ZT.nonTcpDrop } },
-    { name: 'non-TCP drop, DNS capture on', spec: { ...base, ztunnel: ZT.dnsNonTcpDrop } },
-    { name: 'slot not PRESENT, non-TCP drop', spec: { ...base, ztunnel: ZT.notPresentNonTcpDrop } },
-    {
-      name: 'per-pod flags: pod A DNS capture on and inbound bypassed, pod B DNS capture off, node capture on',
-      spec: {
-        ...base,
-        ztunnel: ZT.dns,
-        pods: base.pods.map((p) => (podA(p) ? { ...p, flags: 1 | 2 | 8 } : p.flags === 1 ? { ...p, flags: 1 | 4 } : p)),
-      },
-    },
-    { name: 'no DNS servers, no host flows', spec: { ...base, dnsServers: [], hostFlows: [] } },
-    { name: 'stale ifindex (pod A on veth B)', spec: { ...base, pods: base.pods.map((p) => (podA(p) ? { ...p, ifindex: v.b } : p)) } },
-  ];
-}
 
 /**
  * Frames that reach the redirect (and its checksum completion): pod A's TCP and UDP to port
@@ -107,7 +79,7 @@ kernelDescribe('differential fuzzing: the XDP hook vs the reference model', 'loa
       };
     };
 
-    for (const st of states(v)) {
+    for (const st of fuzzStates(v)) {
       h.applyState(st.spec);
       const model = modelStateOf(st.spec, h.maxPods);
       const flowEntries = () =>

@@ -70,6 +70,37 @@ export const ZT = {
   notPresentNonTcpDrop: { ifindex: ZT_HOST_IFINDEX, peerIfindex: 2, mac: ZT_MAC, flags: 4 },
 };
 
+/**
+ * The map states the node programs' differential fuzzers run under (test/kernel/fuzz.test.ts
+ * for TC, xdp-fuzz.test.ts for XDP): one list, so a state added for one is fuzzed on both.
+ */
+export function fuzzStates(v: Veths): { name: string; spec: StateSpec }[] {
+  const base = baseState(v);
+  const podA = (p: { ip: string }) => p.ip === POD_A.v4 || p.ip === POD_A.v6;
+  return [
+    { name: 'base', spec: base },
+    { name: 'ztunnel missing', spec: { ...base, ztunnel: null } },
+    { name: 'DNS capture on', spec: { ...base, ztunnel: ZT.dns } },
+    { name: 'slot not PRESENT', spec: { ...base, ztunnel: ZT.notPresent } },
+    { name: 'slot not PRESENT, DNS capture set', spec: { ...base, ztunnel: ZT.notPresentDns } },
+    { name: 'PRESENT with ifindex 0', spec: { ...base, ztunnel: ZT.presentIfindex0 } },
+    { name: 'pods map full', spec: { ...base, ztunnel: ZT.dns, fillPods: true } },
+    { name: 'non-TCP drop', spec: { ...base, ztunnel: ZT.nonTcpDrop } },
+    { name: 'non-TCP drop, DNS capture on', spec: { ...base, ztunnel: ZT.dnsNonTcpDrop } },
+    { name: 'slot not PRESENT, non-TCP drop', spec: { ...base, ztunnel: ZT.notPresentNonTcpDrop } },
+    {
+      name: 'per-pod flags: pod A DNS capture on and inbound bypassed, pod B DNS capture off, node capture on',
+      spec: {
+        ...base,
+        ztunnel: ZT.dns,
+        pods: base.pods.map((p) => (podA(p) ? { ...p, flags: 1 | 2 | 8 } : p.flags === 1 ? { ...p, flags: 1 | 4 } : p)),
+      },
+    },
+    { name: 'no DNS servers, no host flows', spec: { ...base, dnsServers: [], hostFlows: [] } },
+    { name: 'stale ifindex (pod A on veth B)', spec: { ...base, pods: base.pods.map((p) => (podA(p) ? { ...p, ifindex: v.b } : p)) } },
+  ];
+}
+
 export type Program = 'out' | 'in' | 'zt';
 
 export interface Row {
