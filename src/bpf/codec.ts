@@ -416,15 +416,28 @@ export function encodeDnsInfo(): Buffer {
 export const HOST_FLOW_KEY_SIZE = layouts.host_flow_key.size;
 export const HOST_FLOW_INFO_SIZE = layouts.host_flow_info.size;
 
+/** Both host flow keys (host_flow_key, host_flow4_key) end in the same ports and protocol. */
+function writeFlowPorts(buf: Buffer, l: Layout, k: Pick<HostFlowKey, 'podPort' | 'peerPort' | 'proto'>): void {
+  buf.writeUInt16BE(u16(k.podPort, 'pod_port'), field(l, 'pod_port').offset);
+  buf.writeUInt16BE(u16(k.peerPort, 'peer_port'), field(l, 'peer_port').offset);
+  if (k.proto !== 6 && k.proto !== 17) throw new CodecError(`host flow protocol must be 6 or 17: ${k.proto}`);
+  buf.writeUInt8(k.proto, field(l, 'proto').offset);
+}
+
+function readFlowPorts(buf: Buffer, l: Layout): Pick<HostFlowKey, 'podPort' | 'peerPort' | 'proto'> {
+  return {
+    podPort: buf.readUInt16BE(field(l, 'pod_port').offset),
+    peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
+    proto: buf.readUInt8(field(l, 'proto').offset),
+  };
+}
+
 export function encodeHostFlowKey(k: HostFlowKey): Buffer {
   const l = layouts.host_flow_key;
   const buf = Buffer.alloc(l.size);
   encodeAddr(k.pod).copy(buf, field(l, 'pod').offset);
   encodeAddr(k.peer).copy(buf, field(l, 'peer').offset);
-  buf.writeUInt16BE(u16(k.podPort, 'pod_port'), field(l, 'pod_port').offset);
-  buf.writeUInt16BE(u16(k.peerPort, 'peer_port'), field(l, 'peer_port').offset);
-  if (k.proto !== 6 && k.proto !== 17) throw new CodecError(`host flow protocol must be 6 or 17: ${k.proto}`);
-  buf.writeUInt8(k.proto, field(l, 'proto').offset);
+  writeFlowPorts(buf, l, k);
   return buf;
 }
 
@@ -437,9 +450,7 @@ export function decodeHostFlowKey(buf: Buffer): HostFlowKey {
   return {
     pod: addr('pod'),
     peer: addr('peer'),
-    podPort: buf.readUInt16BE(field(l, 'pod_port').offset),
-    peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
-    proto: buf.readUInt8(field(l, 'proto').offset),
+    ...readFlowPorts(buf, l),
   };
 }
 
@@ -461,10 +472,7 @@ export function encodeHostFlow4Key(k: HostFlowKey): Buffer {
   const buf = Buffer.alloc(l.size);
   encodeAddr(k.pod).copy(buf, field(l, 'pod').offset, 12, 16);
   encodeAddr(k.peer).copy(buf, field(l, 'peer').offset, 12, 16);
-  buf.writeUInt16BE(u16(k.podPort, 'pod_port'), field(l, 'pod_port').offset);
-  buf.writeUInt16BE(u16(k.peerPort, 'peer_port'), field(l, 'peer_port').offset);
-  if (k.proto !== 6 && k.proto !== 17) throw new CodecError(`host flow protocol must be 6 or 17: ${k.proto}`);
-  buf.writeUInt8(k.proto, field(l, 'proto').offset);
+  writeFlowPorts(buf, l, k);
   return buf;
 }
 
@@ -477,9 +485,7 @@ export function decodeHostFlow4Key(buf: Buffer): HostFlowKey {
   return {
     pod: addr('pod'),
     peer: addr('peer'),
-    podPort: buf.readUInt16BE(field(l, 'pod_port').offset),
-    peerPort: buf.readUInt16BE(field(l, 'peer_port').offset),
-    proto: buf.readUInt8(field(l, 'proto').offset),
+    ...readFlowPorts(buf, l),
   };
 }
 
