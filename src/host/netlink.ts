@@ -3,6 +3,7 @@
  * links, the main table's routes and the netns ids, what `ip -j link|route|netns` printed
  * for src/host/netinfo.ts at four process spawns per pass. Synchronous: a dump is answered
  * by the kernel at once, and a few hundred links read in well under a millisecond.
+ * Also sock_diag (what `ss` reads and `ss -K` does): the netns's TCP sockets, and ending one.
  * With src/bpf/ffi.ts and src/host/libc.ts, one of the three modules that import koffi.
  */
 import koffi from 'koffi';
@@ -40,6 +41,7 @@ export const AF_INET6 = 10;
 const SOCK_RAW = 3;
 const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
+const NETLINK_SOCK_DIAG = 4;
 const NLM_F_REQUEST = 0x1;
 const NLM_F_DUMP = 0x300;
 const NLMSG_ERROR = 2;
@@ -94,8 +96,8 @@ export interface NlRoute {
 let seq = 1;
 
 /** One request, every message of its answer (a dump's several datagrams), raw. */
-function request(type: number, flags: number, body: Buffer): Buffer[] {
-  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE) as number;
+function request(type: number, flags: number, body: Buffer, protocol = NETLINK_ROUTE): Buffer[] {
+  const fd = c.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, protocol) as number;
   if (fd < 0) throw new NetlinkError('socket', koffi.errno());
   try {
     const addr = Buffer.alloc(12); // sockaddr_nl, pid 0: the kernel assigns one
@@ -463,6 +465,114 @@ export function delLocalDefault(family: typeof AF_INET | typeof AF_INET6, table:
     return true;
   } catch (err) {
     if (err instanceof NetlinkError && (err.errno === ENOENT || err.errno === ESRCH)) return false;
+    throw err;
+  }
+}
+
+// --- one route lookup, as a socket's segments get it ---------------------------------------
+
+const RTA_SRC = 2;
+const RTA_MARK = 16;
+const RTA_IP_PROTO = 27;
+/** rtm_flags of a lookup: answer with the table the lookup ended in. */
+const RTM_F_LOOKUP_TABLE = 0x1000;
+
+/**
+ * `ip route get <dst> from <src> mark <mark> ipproto <proto>`: the route the kernel gives a
+ * local socket's segments (an output lookup, through the policy rules), its table and type.
+ */
+export function routeGet(
+  family: typeof AF_INET | typeof AF_INET6,
+  q: { dst: string; src: string; mark: number; ipProto: number },
+): { table: number; type: number } {
+  const full = family === AF_INET ? 32 : 128;
+  const rtmsg = Buffer.alloc(12);
+  rtmsg.writeUInt8(family, 0);
+  rtmsg.writeUInt8(full, 1); // rtm_dst_len
+  rtmsg.writeUInt8(full, 2); // rtm_src_len
+  rtmsg.writeUInt32LE(RTM_F_LOOKUP_TABLE, 8);
+  const body = Buffer.concat([
+    rtmsg,
+    rtattr(RTA_DST, addrBytes(family, q.dst)),
+    rtattr(RTA_SRC, addrBytes(family, q.src)),
+    rtattr(RTA_MARK, u32(q.mark)),
+    rtattr(RTA_IP_PROTO, Buffer.from([q.ipProto])),
+  ]);
+  const [m] = request(RTM_GETROUTE, 0, body);
+  if (!m || m.readUInt16LE(4) !== RTM_NEWROUTE) throw new NetlinkError('route get (no route in the answer)', 5 /* EIO */);
+  const table = attrs(m, 16 + 12).get(RTA_TABLE);
+  return { table: table && table.length >= 4 ? table.readUInt32LE(0) : m.readUInt8(16 + 4), type: m.readUInt8(16 + 7) };
+}
+
+// --- sock_diag: the netns's TCP sockets, and ending one -------------------------------------
+
+const SOCK_DIAG_BY_FAMILY = 20;
+const SOCK_DESTROY = 21;
+const INET_DIAG_MARK = 15;
+/** struct inet_diag_req_v2: family, protocol, ext, pad, states, then the socket id. */
+const REQ_SIZE = 56;
+/** struct inet_diag_msg: family, state, timer, retrans, the socket id, five u32s. */
+const MSG_SIZE = 72;
+/** struct inet_diag_sockid: ports, two 16-byte addresses, interface, cookie. */
+const SOCKID_SIZE = 48;
+
+/** A TCP socket of this netns, as `ss -tanm` would show it. */
+export interface NlTcpSocket {
+  /** The socket's own family: an IPv6 socket on an IPv4 connection shows `::ffff:` addresses. */
+  family: typeof AF_INET | typeof AF_INET6;
+  state: number;
+  src: string;
+  sport: number;
+  dst: string;
+  dport: number;
+  /** SO_MARK; absent where the kernel gives none (a TIME_WAIT, a request). */
+  mark?: number;
+  /** The kernel's id of it (ports, addresses, interface, cookie): what SOCK_DESTROY names. */
+  id: Buffer;
+}
+
+function diagRequest(family: number, states: number, id?: Buffer): Buffer {
+  const req = Buffer.alloc(REQ_SIZE);
+  req.writeUInt8(family, 0);
+  req.writeUInt8(6, 1); // IPPROTO_TCP
+  req.writeUInt32LE(states >>> 0, 4);
+  id?.copy(req, 8, 0, SOCKID_SIZE);
+  return req;
+}
+
+/** Every TCP socket of one family in this netns (all states; the mark needs CAP_NET_ADMIN). */
+export function dumpTcpSockets(family: typeof AF_INET | typeof AF_INET6): NlTcpSocket[] {
+  return request(SOCK_DIAG_BY_FAMILY, NLM_F_DUMP, diagRequest(family, 0xffffffff), NETLINK_SOCK_DIAG)
+    .filter((m) => m.readUInt16LE(4) === SOCK_DIAG_BY_FAMILY && m.length >= 16 + MSG_SIZE)
+    .map((m) => {
+      const fam = m.readUInt8(16) as typeof AF_INET | typeof AF_INET6;
+      const id = Buffer.from(m.subarray(16 + 4, 16 + 4 + SOCKID_SIZE));
+      const addr = (at: number) => formatAddr(fam, id.subarray(at, at + (fam === AF_INET ? 4 : 16)));
+      const mark = attrs(m, 16 + MSG_SIZE).get(INET_DIAG_MARK);
+      return {
+        family: fam,
+        state: m.readUInt8(17),
+        src: addr(4),
+        sport: id.readUInt16BE(0),
+        dst: addr(20),
+        dport: id.readUInt16BE(2),
+        ...(mark && mark.length >= 4 && { mark: mark.readUInt32LE(0) }),
+        id,
+      };
+    });
+}
+
+/**
+ * `ss -K`: ends the socket as a reset would (the app's next call fails with ECONNABORTED;
+ * the kernel sends its reset where it can route one). False when it was gone already;
+ * EOPNOTSUPP (a NetlinkError) from a kernel built without CONFIG_INET_DIAG_DESTROY.
+ */
+export function destroyTcpSocket(s: Pick<NlTcpSocket, 'family' | 'id'>): boolean {
+  try {
+    request(SOCK_DESTROY, NLM_F_ACK, diagRequest(s.family, 0xffffffff, s.id), NETLINK_SOCK_DIAG);
+    return true;
+  } catch (err) {
+    if (err instanceof NetlinkError && err.errno === ENOENT) return false;
     throw err;
   }
 }

@@ -55,14 +55,17 @@ import {
   delFwmarkRule,
   delRule,
   delLocalDefault,
+  destroyTcpSocket,
   dumpAddrs,
   dumpFwmarkRules,
   dumpLinks,
   dumpRoutes,
   dumpRules,
+  dumpTcpSockets,
   hostRoutes,
   NetlinkError,
   replaceLocalDefault,
+  routeGet,
   RTN_LOCAL,
   sameRule,
   type NlRule,
@@ -73,6 +76,7 @@ import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
 import { NO_OVERRIDES } from '../../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
+import { strandedSockets, wireAddr } from './stranded.js';
 
 export const INPOD_PROGRAMS = {
   /** TC egress of the pod's interface, in its netns. */
@@ -111,6 +115,7 @@ const familyFlag = (f: (typeof FAMILIES)[number]) => (f === AF_INET ? '-4' : '-6
 /** lo is ifindex 1 in every netns. */
 const LO_IFINDEX = 1;
 const IPPROTO_TCP = 6;
+const EOPNOTSUPP = 95;
 const RT_TABLE_MAIN = 254;
 /**
  * The local route: the pod's own TCP (not ztunnel's: its mark) to the loop table's local
@@ -413,16 +418,20 @@ export class EbpfInPodCapture implements InPodCapture {
     save();
     // The local route last: its first SYN meets inpod_lo_in (and, on a TIME_WAIT, inpod_lookup).
     withNetns(at.nsPath, () => {
+      const routed = new Set<number>();
       for (const f of FAMILIES) {
         for (const r of [probeRule(f), LOCAL_RULE]) {
           if (srcs.has(f)) {
             if (ruleCount(f, r) !== 1) {
               while (delRule(f, r));
               addRule(f, r);
+              if (r === LOCAL_RULE) routed.add(f);
             }
           } else while (delRule(f, r));
         }
       }
+      // The connections the route just cut off, ended now rather than left to time out.
+      if (routed.size) this.endStranded(pod, routed);
       // No IPv4 local route (any more): the filter as it was.
       if (!srcs.has(AF_INET) && flags & codec.InpodPodFlags.RP_FILTER_SET) {
         writeFileSync(rpFilterPath(at.eth.name), flags & codec.InpodPodFlags.RP_FILTER_WAS_1 ? '1' : '0');
@@ -437,6 +446,38 @@ export class EbpfInPodCapture implements InPodCapture {
       interface: at.eth.name,
       hostIfindex: at.hostIfindex,
     });
+  }
+
+  /**
+   * In the pod's netns, right after the local route came for `families`: ends the pod's
+   * connections it strands (stranded.ts), as `ss -K` would. Best effort: the capture holds
+   * without it (nothing of those connections leaves the pod), so a failure is a warning.
+   */
+  private endStranded(pod: PodNetns, families: ReadonlySet<number>): void {
+    const who = { pod: pod.name, namespace: pod.namespace, uid: pod.uid };
+    try {
+      const sockets = FAMILIES.flatMap((f) => dumpTcpSockets(f));
+      const doomed = strandedSockets(sockets, (s) => {
+        const dst = wireAddr(s.dst);
+        const family = familyOfIp(dst);
+        if (!families.has(family)) return false;
+        try {
+          const r = routeGet(family, { dst, src: wireAddr(s.src), mark: s.mark, ipProto: IPPROTO_TCP });
+          return r.type === RTN_LOCAL && r.table === LOCAL_RULE.table;
+        } catch {
+          return false; // no route for it at all: not the local route's
+        }
+      });
+      let ended = 0;
+      for (const s of doomed) if (destroyTcpSocket(s)) ended++;
+      if (ended) this.opts.log.info('in-pod capture: ended the connections from before it', { ...who, connections: ended });
+    } catch (err) {
+      const unsupported = err instanceof NetlinkError && err.errno === EOPNOTSUPP;
+      this.opts.log.warn('in-pod capture: the connections from before it are left to time out', {
+        ...who,
+        reason: unsupported ? 'this kernel cannot end a socket (no CONFIG_INET_DIAG_DESTROY)' : String(err),
+      });
+    }
   }
 
   /**

@@ -1,0 +1,79 @@
+/**
+ * The connections a pod's local route strands (docs/datapath.md, "What the local route
+ * does to connections the pod had open before its capture"), pure: from the netns's TCP
+ * sockets and the route each one's segments get, the sockets to end. Adding the local
+ * route sends every TCP segment the pod sends with mark 0 to lo; a connection ztunnel did
+ * not accept has no socket there to take it, so it can never send again. IPv6 such ends
+ * are reset by the stack on their next segment; IPv4 ones would wait unacknowledged until
+ * TCP gives up (about 15 minutes), so the agent ends them at once.
+ */
+
+/** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
+export const TcpState = {
+  ESTABLISHED: 1,
+  SYN_SENT: 2,
+  SYN_RECV: 3,
+  FIN_WAIT1: 4,
+  FIN_WAIT2: 5,
+  TIME_WAIT: 6,
+  CLOSE: 7,
+  CLOSE_WAIT: 8,
+  LAST_ACK: 9,
+  LISTEN: 10,
+  CLOSING: 11,
+} as const;
+
+/** A socket as sock_diag shows it (src/host/netlink.ts' NlTcpSocket). */
+export interface SocketEnds {
+  state: number;
+  src: string;
+  sport: number;
+  dst: string;
+  dport: number;
+  /** SO_MARK; absent where the kernel gives none (a TIME_WAIT, a request). */
+  mark?: number;
+}
+
+/**
+ * States in which an end still has something to send that cannot get out: data or a FIN
+ * of its own, or its app can still write. Not SYN_SENT (a SYN the local route brings to lo
+ * is captured, or dropped when ztunnel is not there), not FIN_WAIT2 or TIME_WAIT (only ACKs
+ * left), not LISTEN.
+ */
+export const STRANDED_STATES: ReadonlySet<number> = new Set([
+  TcpState.ESTABLISHED,
+  TcpState.FIN_WAIT1,
+  TcpState.CLOSE_WAIT,
+  TcpState.LAST_ACK,
+  TcpState.CLOSING,
+]);
+
+/**
+ * An address as its packets carry it: an IPv4-mapped IPv6 address (an IPv6 socket on an
+ * IPv4 connection), dotted or in hex groups as netlink.ts formats it, is its IPv4 one.
+ */
+export function wireAddr(ip: string): string {
+  const dotted = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (dotted) return dotted[1]!;
+  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(ip);
+  if (!hex) return ip;
+  const [hi, lo] = [parseInt(hex[1]!, 16), parseInt(hex[2]!, 16)];
+  return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+}
+
+const endKey = (a: string, ap: number, b: string, bp: number) => `${wireAddr(a)}|${ap}|${wireAddr(b)}|${bp}`;
+
+/**
+ * The sockets to end: in a stranded state, with a mark known (the route depends on it),
+ * whose segments `toLo` says the local route takes, and whose other end is not a socket of
+ * the same netns. That other end is what a captured connection has (ztunnel's socket in
+ * the pod, or its TIME_WAIT): a pod that had the loop through its interface before the
+ * local route came keeps its captured connections.
+ */
+export function strandedSockets<T extends SocketEnds>(sockets: readonly T[], toLo: (s: T & { mark: number }) => boolean): T[] {
+  const ends = new Set(sockets.filter((s) => s.state !== TcpState.LISTEN).map((s) => endKey(s.src, s.sport, s.dst, s.dport)));
+  return sockets.filter(
+    (s): s is T & { mark: number } =>
+      STRANDED_STATES.has(s.state) && s.mark !== undefined && !ends.has(endKey(s.dst, s.dport, s.src, s.sport)) && toLo(s as T & { mark: number }),
+  );
+}
