@@ -22,14 +22,18 @@ import { AF_INET, AF_INET6 } from '../../src/host/libc.js';
 import { createLogger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
-import { markedConnect, transparentMarkedConnect, udpSocket } from '../../harness/sim/transparent.js';
-import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
+import { closeSocket, markedConnect, sendOn, transparentMarkedConnect, udpSocket } from '../../harness/sim/transparent.js';
+import { listenInNetns, type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
-import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone } from '../support/stale-client.js';
-import { until } from '../support/wait.js';
+import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone, tcpInSegs } from '../support/stale-client.js';
+import { sleep, until } from '../support/wait.js';
 
 const run = (argv: string[]) => systemRunner.run(argv);
+/** An outside port whose server holds connections open (the first install's test). */
+const HOLD_PORT = 8082;
+/** errno of a call on a socket the kernel ended (SOCK_DESTROY). */
+const ECONNABORTED = 103;
 
 /** What must be identical before install and after remove/uninstall, in one netns. */
 async function snapshot(ns: string): Promise<Record<string, string>> {
@@ -129,6 +133,8 @@ function suite(): void {
   let z: ZtunnelInpod | undefined;
   let capture: InpodIptables;
   let closeAfterAnswer = false;
+  /** Set: the stand-in hands each connection it accepts here and holds it open. */
+  let holdOpen: ((s: net.Socket) => void) | null = null;
   const events: StandInEvent[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'inpod-ipt-'));
   const sock = join(dir, 'ztunnel.sock');
@@ -145,6 +151,10 @@ function suite(): void {
       onEvent: (e) => events.push(e),
       // As ztunnel closing its end: the socket closed (an orphan), not only shut down.
       answer: (s) => {
+        if (holdOpen) {
+          holdOpen(s);
+          return true;
+        }
         if (!closeAfterAnswer) return false;
         s.write('ztunnel\n', () => s.destroy());
         return true;
@@ -421,6 +431,80 @@ function suite(): void {
     ).toEqual([`${sim!.outside.ip}:53`]);
     await capture.install(podNetns());
     expect(await capture.drift(podNetns())).toEqual([]);
+  });
+
+  it('the connections the pod had open before its rules came are ended by their first install (IPv4, IPv6: the next call fails at once; REDIRECT takes only a first packet, so they would have gone on around ztunnel), nothing more of them reaching the outside; ztunnel’s own go on; an adopting install ends no captured connection', async () => {
+    await capture.remove(podNetns());
+    const outsideFd = openSync(`/var/run/netns/${sim!.outside.ns}`, 'r');
+    const held: net.Socket[] = [];
+    let received = '';
+    const holders = listenInNetns(outsideFd, 'outside', [HOLD_PORT], (_port, c) => {
+      held.push(c);
+      c.on('data', (d: Buffer) => (received += d.toString()));
+      c.on('error', () => undefined);
+      return true;
+    });
+    const connected = async () =>
+      (await run(['ip', 'netns', 'exec', pod.ns, 'ss', '-tnH', 'state', 'connected', `( dport = :${HOLD_PORT} )`]))
+        .split('\n')
+        .filter((l) => l.trim())
+        .map((l) => (l.includes('[') ? 'IPv6' : 'IPv4'))
+        .sort();
+    const fds: number[] = [];
+    let ztFd = -1;
+    // A netns that tracks connections before our rules come (here a rule of the pod's own;
+    // any rule that uses conntrack, or a CNI's): the tracked connections are ESTABLISHED
+    // when the REDIRECT comes, which takes only a new connection's packets. (Untracked,
+    // conntrack would pick a connection up mid-stream as new and REDIRECT its next segment.)
+    const nft = (script: string) => systemRunner.run(['ip', 'netns', 'exec', pod.ns, 'nft', '-f', '-'], { input: script });
+    await nft('table inet podown {\n chain out {\n  type filter hook output priority 0; policy accept;\n  ct state invalid drop\n }\n}\n');
+    try {
+      for (const ip of [sim!.outside.ip, sim!.outside.ip6]) fds.push(inNetns(podFd, () => markedConnect(ip, HOLD_PORT, 0)));
+      ztFd = inNetns(podFd, () => markedConnect(sim!.outside.ip, HOLD_PORT, ZTUNNEL_MARK));
+      await until('the outside holds all three', () => held.length === 3);
+      expect(await connected()).toEqual(['IPv4', 'IPv4', 'IPv6']);
+      await capture.install(podNetns());
+      expect(await capture.check(podNetns())).toBe(true);
+      // Before anything was written: the pod's two ends are gone, ztunnel's is there.
+      expect(await connected()).toEqual(['IPv4']);
+      const segs = await tcpInSegs(sim!.outside.ns);
+      expect(fds.map((fd) => sendOn(fd, Buffer.from('after the rules came')))).toEqual([ECONNABORTED, ECONNABORTED]);
+      await sleep(300);
+      expect({ received, segments: (await tcpInSegs(sim!.outside.ns)) - segs }).toEqual({ received: '', segments: 0 });
+      expect(sendOn(ztFd, Buffer.from('ztunnel'))).toBe(0);
+      await until('the outside has ztunnel’s bytes', () => received === 'ztunnel');
+    } finally {
+      fds.forEach(closeSocket);
+      if (ztFd >= 0) closeSocket(ztFd);
+      held.forEach((c) => c.destroy());
+      await Promise.all(holders.map((h) => new Promise<void>((r) => h.close(() => r()))));
+      closeSync(outsideFd);
+      await nft('delete table inet podown\n');
+      await capture.install(podNetns());
+    }
+    // Captured connections (REDIRECTed: no socket of the pod mirrors the app's end) held
+    // open by the stand-in; an agent restarted adopts the rules and ends none of them.
+    const kept: net.Socket[] = [];
+    let keptGot = '';
+    holdOpen = (c) => {
+      kept.push(c);
+      c.on('data', (d: Buffer) => (keptGot += d.toString()));
+      c.on('error', () => undefined);
+    };
+    const keptFds: number[] = [];
+    try {
+      for (const ip of [sim!.outside.ip, sim!.outside.ip6]) keptFds.push(inNetns(podFd, () => markedConnect(ip, 8080, 0)));
+      await until('the stand-in holds both', () => kept.length === 2);
+      const restarted = new InpodIptables({ runner: systemRunner, log, dnsCapture: true, hostNetns: sim!.nodeNs });
+      await restarted.init();
+      await restarted.install(podNetns());
+      expect(keptFds.map((fd) => sendOn(fd, Buffer.from('on')))).toEqual([0, 0]);
+      await until('the stand-in has both', () => keptGot === 'onon');
+    } finally {
+      holdOpen = null;
+      keptFds.forEach(closeSocket);
+      kept.forEach((c) => c.destroy());
+    }
   });
 
   it('a captured connection stays captured after the stand-in’s end of it is gone: the pod’s half-closed clients write, nothing reaches the outside (IPv4, IPv6)', async () => {

@@ -4,7 +4,8 @@
  * "the connections the pod had open before its capture").
  */
 import { describe, expect, it } from 'vitest';
-import { STRANDED_STATES, strandedSockets, TcpState, wireAddr, type SocketEnds } from '../../src/capture/inpod/stranded.js';
+import { bypassesRules, STRANDED_STATES, strandedSockets, TcpState, wireAddr, type SocketEnds } from '../../src/capture/inpod/stranded.js';
+import { PROBE_SNAT } from '../../src/capture/inpod/iptables-rules.js';
 
 const POD = '198.18.0.10';
 const OUT = '203.0.113.5';
@@ -91,5 +92,40 @@ describe('wireAddr', () => {
     expect(wireAddr('::ffff:c612:a')).toBe('198.18.0.10');
     expect(wireAddr('::1')).toBe('::1');
     expect(wireAddr('::ffff:0:a00:1')).toBe('::ffff:0:a00:1');
+  });
+});
+
+describe('bypassesRules (the iptables capture, after its first install in a family)', () => {
+  const o = { families: new Set<4 | 6>([4, 6]), local: new Set([POD, 'fd00:10:244::a']), probe: PROBE_SNAT };
+  const m = (over: Partial<SocketEnds>) => ({ ...sock(over), mark: over.mark ?? 0 });
+
+  it('takes the pod’s connections to anything but itself, either family, either direction', () => {
+    expect(bypassesRules(m({}), o)).toBe(true);
+    expect(bypassesRules(m({ src: 'fd00:10:244::a', dst: '2001:db8::5' }), o)).toBe(true);
+    expect(bypassesRules(m({ sport: 8080, dport: 50000 }), o)).toBe(true);
+    expect(bypassesRules(m({ src: '::ffff:c612:a', dst: '::ffff:cb00:7105' }), o)).toBe(true);
+    // Another mark than ztunnel's is the pod's own.
+    expect(bypassesRules(m({ mark: 0x538 }), o)).toBe(true);
+    expect(bypassesRules(m({ mark: 0x2000 }), o)).toBe(true);
+  });
+
+  it('leaves ztunnel’s own (0x539 under 0xfff, whatever the bits above)', () => {
+    expect(bypassesRules(m({ mark: 0x539 }), o)).toBe(false);
+    expect(bypassesRules(m({ mark: 0x10539 }), o)).toBe(false);
+  });
+
+  it('leaves the pod calling itself: loopback, its own addresses', () => {
+    for (const dst of ['127.0.0.1', '127.3.2.1', '::1', POD, 'fd00:10:244::a', '::ffff:127.0.0.1']) expect(bypassesRules(m({ dst }), o)).toBe(false);
+  });
+
+  it('leaves the app’s end of a kubelet probe (from the SNAT source), IPv4 and IPv6', () => {
+    expect(bypassesRules(m({ sport: 8080, dst: PROBE_SNAT[4], dport: 40000 }), o)).toBe(false);
+    expect(bypassesRules(m({ src: 'fd00:10:244::a', sport: 8080, dst: PROBE_SNAT[6], dport: 40000 }), o)).toBe(false);
+  });
+
+  it('leaves a family whose rules were there already', () => {
+    const only6 = { ...o, families: new Set<4 | 6>([6]) };
+    expect(bypassesRules(m({}), only6)).toBe(false);
+    expect(bypassesRules(m({ src: 'fd00:10:244::a', dst: '2001:db8::5' }), only6)).toBe(true);
   });
 });

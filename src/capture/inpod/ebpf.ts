@@ -55,13 +55,11 @@ import {
   delFwmarkRule,
   delRule,
   delLocalDefault,
-  destroyTcpSocket,
   dumpAddrs,
   dumpFwmarkRules,
   dumpLinks,
   dumpRoutes,
   dumpRules,
-  dumpTcpSockets,
   hostRoutes,
   NetlinkError,
   replaceLocalDefault,
@@ -76,7 +74,8 @@ import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
 import { NO_OVERRIDES } from '../../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
-import { strandedSockets, wireAddr } from './stranded.js';
+import { wireAddr } from './stranded.js';
+import { endConnections } from './end-connections.js';
 
 export const INPOD_PROGRAMS = {
   /** TC egress of the pod's interface, in its netns. */
@@ -115,7 +114,6 @@ const familyFlag = (f: (typeof FAMILIES)[number]) => (f === AF_INET ? '-4' : '-6
 /** lo is ifindex 1 in every netns. */
 const LO_IFINDEX = 1;
 const IPPROTO_TCP = 6;
-const EOPNOTSUPP = 95;
 const RT_TABLE_MAIN = 254;
 /**
  * The local route: the pod's own TCP (not ztunnel's: its mark) to the loop table's local
@@ -454,30 +452,17 @@ export class EbpfInPodCapture implements InPodCapture {
    * without it (nothing of those connections leaves the pod), so a failure is a warning.
    */
   private endStranded(pod: PodNetns, families: ReadonlySet<number>): void {
-    const who = { pod: pod.name, namespace: pod.namespace, uid: pod.uid };
-    try {
-      const sockets = FAMILIES.flatMap((f) => dumpTcpSockets(f));
-      const doomed = strandedSockets(sockets, (s) => {
-        const dst = wireAddr(s.dst);
-        const family = familyOfIp(dst);
-        if (!families.has(family)) return false;
-        try {
-          const r = routeGet(family, { dst, src: wireAddr(s.src), mark: s.mark, ipProto: IPPROTO_TCP });
-          return r.type === RTN_LOCAL && r.table === LOCAL_RULE.table;
-        } catch {
-          return false; // no route for it at all: not the local route's
-        }
-      });
-      let ended = 0;
-      for (const s of doomed) if (destroyTcpSocket(s)) ended++;
-      if (ended) this.opts.log.info('in-pod capture: ended the connections from before it', { ...who, connections: ended });
-    } catch (err) {
-      const unsupported = err instanceof NetlinkError && err.errno === EOPNOTSUPP;
-      this.opts.log.warn('in-pod capture: the connections from before it are left to time out', {
-        ...who,
-        reason: unsupported ? 'this kernel cannot end a socket (no CONFIG_INET_DIAG_DESTROY)' : String(err),
-      });
-    }
+    endConnections(this.opts.log, { pod: pod.name, namespace: pod.namespace, uid: pod.uid }, (s) => {
+      const dst = wireAddr(s.dst);
+      const family = familyOfIp(dst);
+      if (!families.has(family)) return false;
+      try {
+        const r = routeGet(family, { dst, src: wireAddr(s.src), mark: s.mark, ipProto: IPPROTO_TCP });
+        return r.type === RTN_LOCAL && r.table === LOCAL_RULE.table;
+      } catch {
+        return false; // no route for it at all: not the local route's
+      }
+    });
   }
 
   /**

@@ -38,8 +38,14 @@ import {
   setCreateLines,
   type PodOptions,
   type Table,
+  CHAIN,
   CONN_MARK,
+  PROBE_SNAT,
 } from './iptables-rules.js';
+import { withNetns } from '../../bpf/netns.js';
+import { dumpAddrs } from '../../host/netlink.js';
+import { endConnections } from './end-connections.js';
+import { bypassesRules, wireAddr } from './stranded.js';
 
 const saveCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-save`];
 const restoreCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-restore`, '--noflush'];
@@ -116,6 +122,17 @@ export class InpodIptables implements InPodCapture {
     return true;
   }
 
+  /** The pod's netns is the agent's own or the host's (a host-network pod): never one to end connections in. */
+  private isHostNetns(pod: PodNetns): boolean {
+    const id = (path: string) => {
+      const st = statSync(path);
+      return `${st.dev}:${st.ino}`;
+    };
+    const mine = id(this.fdPath(pod));
+    const hostNs = this.opts.hostNetns ?? null;
+    return mine === id('/proc/self/ns/net') || (hostNs !== null && mine === id(`/var/run/netns/${hostNs}`));
+  }
+
   async init(): Promise<void> {
     const { runner, log } = this.opts;
     const hostRunner: CommandRunner = { run: (argv, o) => runner.run(this.host([...argv]), o) };
@@ -175,14 +192,24 @@ export class InpodIptables implements InPodCapture {
       await runner.run(this.host(['ipset', 'restore', '-exist']), { input: ips.map((ip) => `add ${PROBE_SET[familyOf(ip)]} ${ip}`).join('\n') + '\n' });
     const v6 = await this.podHasIPv6(pod);
     const families = FAMILIES.filter((f) => f === 4 || v6);
+    const fresh = new Set<Family>();
     for (const f of families) {
       // Routing first: the rules mark ztunnel's replies for a table that must be there.
       await this.ensurePodRouting(pod, f);
       const save = parseSave(await runner.run(this.inPod(pod, saveCmd(this.backend, f))));
+      if (!save.get('nat')?.chains.has(CHAIN.output)) fresh.add(f);
       const input = restoreInput(podChains(f, this.podOptions(pod)), POD_CHAIN_NAMES, save);
       if (input) await runner.run(this.inPod(pod, restoreCmd(this.backend, f)), { input });
     }
     log.info('in-pod iptables capture installed', { pod: podName(pod), uid: pod.uid, ips, families });
+    // REDIRECT takes a connection's first packet only: what the pod had open before the
+    // rules came would go on around ztunnel. Ended now (the first install of a family only:
+    // after it, every connection of the pod is captured or exempt).
+    if (fresh.size && !this.isHostNetns(pod))
+      withNetns(this.fdPath(pod), () => {
+        const local = new Set(dumpAddrs().map((a) => wireAddr(a.address)));
+        endConnections(log, { pod: podName(pod), uid: pod.uid }, (s) => bypassesRules(s, { families: fresh, local, probe: PROBE_SNAT }));
+      });
   }
 
   /** IPv6 in the pod unless its loopback has IPv6 disabled (the table 100 route needs it). */

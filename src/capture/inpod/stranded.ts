@@ -77,3 +77,25 @@ export function strandedSockets<T extends SocketEnds>(sockets: readonly T[], toL
       STRANDED_STATES.has(s.state) && s.mark !== undefined && !ends.has(endKey(s.dst, s.dport, s.src, s.sport)) && toLo(s as T & { mark: number }),
   );
 }
+
+/** ztunnel's SO_MARK under its mask (docs/inpod.md): its own sockets are never captured. */
+const ZTUNNEL_MARK = 0x539;
+const ZTUNNEL_MARK_MASK = 0xfff;
+
+/**
+ * For the iptables capture, right after its rules first went into the pod for `families`:
+ * a socket whose connection the rules will never capture (REDIRECT takes a connection's
+ * first packet only, so one open before the rules goes on around ztunnel). Not ztunnel's
+ * own (its mark), not one to the pod itself (loopback or an address of the netns, `local`),
+ * not the app's end of a kubelet probe (`probe`: the source the host SNATs probes to).
+ */
+export function bypassesRules(
+  s: SocketEnds & { mark: number },
+  o: { families: ReadonlySet<4 | 6>; local: ReadonlySet<string>; probe: Readonly<Record<4 | 6, string>> },
+): boolean {
+  const peer = wireAddr(s.dst);
+  const family = peer.includes(':') ? 6 : 4;
+  if (!o.families.has(family) || (s.mark & ZTUNNEL_MARK_MASK) === ZTUNNEL_MARK) return false;
+  if (family === 4 ? peer.startsWith('127.') : peer === '::1') return false;
+  return !o.local.has(peer) && peer !== o.probe[family];
+}
