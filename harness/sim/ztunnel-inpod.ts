@@ -386,7 +386,7 @@ function openInNetns(netnsFd: number, what: string, opens: readonly (() => numbe
 
 /**
  * ztunnel's in-pod listeners: TCP on each port, IPv4 and IPv6, transparent, SO_REUSEPORT,
- * marked 0x539, opened inside the netns at `netnsFd`. Each accepted connection is reported;
+ * marked 0x539 (or `opts.mark`: 0 for an app's), opened inside the netns at `netnsFd`. Each accepted connection is reported;
  * unless `onAccepted` returns true (it took the connection), it is answered with `ztunnel`
  * and closed.
  */
@@ -395,13 +395,13 @@ export function listenInNetns(
   what: string,
   ports: readonly number[],
   onAccepted: (port: number, s: net.Socket, family: typeof AF_INET | typeof AF_INET6) => unknown,
-  opts: { allowHalfOpen?: boolean } = {},
+  opts: { allowHalfOpen?: boolean; mark?: number } = {},
 ): net.Server[] {
   const families = [AF_INET, AF_INET6] as const;
   const fds = openInNetns(
     netnsFd,
     what,
-    ports.flatMap((port) => families.map((family) => () => markedListener(family, port, ZTUNNEL_MARK))),
+    ports.flatMap((port) => families.map((family) => () => markedListener(family, port, opts.mark ?? ZTUNNEL_MARK))),
   );
   return fds.map((fd, i) => {
     const port = ports[Math.floor(i / 2)]!;

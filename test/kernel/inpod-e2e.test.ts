@@ -220,7 +220,7 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       const fds: number[] = [];
       let ztFd = -1;
       const connected = async () =>
-        (await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-tnH', 'state', 'connected', `( dport = :${HOLD_PORT} )`]))
+        (await run(['ip', 'netns', 'exec', sim.pods[0]!.ns, 'ss', '-tnH', 'state', 'established', `( dport = :${HOLD_PORT} )`]))
           .split('\n')
           .filter((l) => l.trim())
           .map((l) => (l.includes('[') ? 'IPv6' : 'IPv4'))
@@ -250,6 +250,85 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         await capture.install(pod);
       }
     });
+
+    for (const variant of ['bypass-inbound-capture', 'a second interface'] as const) {
+      it(`a pod that keeps the loop (${variant}): its first install ends its outbound connections from before the capture (PO9 would pass them around ztunnel)${variant === 'a second interface' ? ' and its inbound ones' : ', not its inbound ones, which its annotation leaves uncaptured'}; ztunnel’s own go on`, async () => {
+        const ns = sim.pods[0]!.ns;
+        const podIps = [sim.pods[0]!.ip, sim.pods[0]!.ip6];
+        const bypass = variant === 'bypass-inbound-capture';
+        const loopPod: PodNetns = bypass ? { ...pod, overrides: { bypassInbound: true, dnsCapture: null, rerouteInterfaces: [] } } : pod;
+        await capture.remove(pod);
+        if (!bypass) await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'add', 'net1', 'type', 'veth', 'peer', 'name', 'net1p']);
+        const outsideFd = openSync(`/var/run/netns/${sim.outside.ns}`, 'r');
+        // Outbound: the outside holds them. Inbound: the app (a holder in the pod) does.
+        const outHeld: net.Socket[] = [];
+        const inHeld: net.Socket[] = [];
+        let outGot = '';
+        let inGot = '';
+        const hold = (list: net.Socket[], got: (d: string) => void) => (_port: number, c: net.Socket) => {
+          list.push(c);
+          c.on('data', (d: Buffer) => got(d.toString()));
+          c.on('error', () => undefined);
+          return true;
+        };
+        const servers = [
+          ...listenInNetns(
+            outsideFd,
+            'outside',
+            [HOLD_PORT],
+            hold(outHeld, (d) => (outGot += d)),
+          ),
+          // The app's listener: unmarked, as an app's sockets are.
+          ...listenInNetns(
+            podFd,
+            'pod0',
+            [HOLD_PORT + 1],
+            hold(inHeld, (d) => (inGot += d)),
+            { mark: 0 },
+          ),
+        ];
+        const outFds: number[] = [];
+        const inFds: number[] = [];
+        let ztFd = -1;
+        const ends = async (filter: string) =>
+          (await run(['ip', 'netns', 'exec', ns, 'ss', '-tnH', 'state', 'established', filter])).split('\n').filter((l) => l.trim()).length;
+        try {
+          for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) outFds.push(withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, HOLD_PORT, 0)));
+          ztFd = withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(OUTSIDE_IP, HOLD_PORT, ZTUNNEL_MARK));
+          for (const ip of podIps) inFds.push(withNetns(`/proc/self/fd/${outsideFd}`, () => markedConnect(ip, HOLD_PORT + 1, 0)));
+          await until('every connection held', () => outHeld.length === 3 && inHeld.length === 2);
+          await capture.install(loopPod);
+          expect(await capture.check(loopPod)).toBe(true);
+          expect(await ends(`( dport = :${HOLD_PORT} )`)).toBe(1);
+          expect(await ends(`( sport = :${HOLD_PORT + 1} )`)).toBe(bypass ? 2 : 0);
+          expect(outFds.map((fd) => sendOn(fd, Buffer.from('out')))).toEqual([ECONNABORTED, ECONNABORTED]);
+          expect(sendOn(ztFd, Buffer.from('ztunnel'))).toBe(0);
+          await until('the outside has ztunnel’s bytes', () => outGot === 'ztunnel');
+          // The inbound ends: kept, and still answering the outside, with the annotation;
+          // ended (the outside's next write meets a reset, or nothing) without it.
+          for (const c of inHeld) c.write('app');
+          if (bypass) {
+            for (const fd of inFds) expect(sendOn(fd, Buffer.from('in'))).toBe(0);
+            await until('the app has both', () => inGot === 'inin');
+          } else {
+            await sleep(300);
+            expect(inGot).toBe('');
+          }
+          await sleep(100);
+          expect(outGot).toBe('ztunnel');
+        } finally {
+          [...outFds, ...inFds].forEach(closeSocket);
+          if (ztFd >= 0) closeSocket(ztFd);
+          [...outHeld, ...inHeld].forEach((c) => c.destroy());
+          await Promise.all(servers.map((h) => new Promise<void>((r) => h.close(() => r()))));
+          closeSync(outsideFd);
+          if (!bypass) await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'del', 'net1']).catch(() => undefined);
+          await capture.remove(loopPod);
+          await capture.install(pod);
+        }
+        expect(await capture.check(pod)).toBe(true);
+      });
+    }
 
     it('a pod with an interface besides lo and eth0 (a second network, as Multus adds one) keeps the loop through eth0: no local-route rule, eth0’s strict rp_filter left as it is, its TCP to 15001 all the same; the local route comes back with the interface gone', async () => {
       const ns = sim.pods[0]!.ns;

@@ -445,7 +445,7 @@ function suite(): void {
       return true;
     });
     const connected = async () =>
-      (await run(['ip', 'netns', 'exec', pod.ns, 'ss', '-tnH', 'state', 'connected', `( dport = :${HOLD_PORT} )`]))
+      (await run(['ip', 'netns', 'exec', pod.ns, 'ss', '-tnH', 'state', 'established', `( dport = :${HOLD_PORT} )`]))
         .split('\n')
         .filter((l) => l.trim())
         .map((l) => (l.includes('[') ? 'IPv6' : 'IPv4'))

@@ -4,7 +4,7 @@
  * "the connections the pod had open before its capture").
  */
 import { describe, expect, it } from 'vitest';
-import { bypassesRules, STRANDED_STATES, strandedSockets, TcpState, wireAddr, type SocketEnds } from '../../src/capture/inpod/stranded.js';
+import { bypassesRules, listeningPorts, STRANDED_STATES, strandedSockets, TcpState, wireAddr, type SocketEnds } from '../../src/capture/inpod/stranded.js';
 import { PROBE_SNAT } from '../../src/capture/inpod/iptables-rules.js';
 
 const POD = '198.18.0.10';
@@ -121,6 +121,17 @@ describe('bypassesRules (the iptables capture, after its first install in a fami
   it('leaves the app’s end of a kubelet probe (from the SNAT source), IPv4 and IPv6', () => {
     expect(bypassesRules(m({ sport: 8080, dst: PROBE_SNAT[4], dport: 40000 }), o)).toBe(false);
     expect(bypassesRules(m({ src: 'fd00:10:244::a', sport: 8080, dst: PROBE_SNAT[6], dport: 40000 }), o)).toBe(false);
+  });
+
+  it('with keepInbound (a pod whose inbound capture is bypassed), leaves the app’s ends of connections to its listeners, and only those', () => {
+    const listener = sock({ state: TcpState.LISTEN, src: '0.0.0.0', sport: 8080, dst: '0.0.0.0', dport: 0 });
+    const inbound = m({ sport: 8080, dport: 50000 });
+    const outbound = m({ sport: 41000 });
+    const keepInbound = listeningPorts([listener, inbound, outbound]);
+    expect([...keepInbound]).toEqual([8080]);
+    expect(bypassesRules(inbound, { ...o, keepInbound })).toBe(false);
+    expect(bypassesRules(outbound, { ...o, keepInbound })).toBe(true);
+    expect(bypassesRules(inbound, o)).toBe(true);
   });
 
   it('leaves a family whose rules were there already', () => {

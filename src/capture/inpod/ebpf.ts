@@ -74,7 +74,7 @@ import { DEFAULT_INPOD_OBJECT } from '../../lib/repo-path.js';
 import { NO_OVERRIDES } from '../../core/enrollment.js';
 import type { InPodCapture, PodNetns } from '../inpod.js';
 import { probeReuseportAssign } from './probe.js';
-import { wireAddr } from './stranded.js';
+import { bypassesRules, listeningPorts, wireAddr } from './stranded.js';
 import { endConnections } from './end-connections.js';
 
 export const INPOD_PROGRAMS = {
@@ -430,6 +430,16 @@ export class EbpfInPodCapture implements InPodCapture {
       }
       // The connections the route just cut off, ended now rather than left to time out.
       if (routed.size) this.endStranded(pod, routed);
+      // The first install: in a family that keeps the loop, a connection older than the
+      // capture would go on around ztunnel (PO9); ended now too.
+      const loop = new Set(FAMILIES.filter((f) => !srcs.has(f)).map((f) => (f === AF_INET ? 4 : 6) as 4 | 6));
+      if (!had && loop.size) {
+        const local = new Set(dumpAddrs().map((a) => wireAddr(a.address)));
+        const bypassInbound = pod.overrides?.bypassInbound === true;
+        endConnections(this.opts.log, { pod: pod.name, namespace: pod.namespace, uid: pod.uid }, (s, all) =>
+          bypassesRules(s, { families: loop, local, probe: PROBE_SNAT, ...(bypassInbound && { keepInbound: listeningPorts(all) }) }),
+        );
+      }
       // No IPv4 local route (any more): the filter as it was.
       if (!srcs.has(AF_INET) && flags & codec.InpodPodFlags.RP_FILTER_SET) {
         writeFileSync(rpFilterPath(at.eth.name), flags & codec.InpodPodFlags.RP_FILTER_WAS_1 ? '1' : '0');

@@ -19,7 +19,11 @@ const netnsId = (path: string) => {
 const AGENT_NETNS = netnsId('/proc/self/ns/net');
 
 /** Ends what `pick` takes among the netns's stranded-state TCP sockets (strandedSockets); how many went. */
-export function endConnections(log: Logger, who: Record<string, unknown>, pick: (s: NlTcpSocket & { mark: number }) => boolean): number {
+export function endConnections(
+  log: Logger,
+  who: Record<string, unknown>,
+  pick: (s: NlTcpSocket & { mark: number }, all: readonly NlTcpSocket[]) => boolean,
+): number {
   if (netnsId('/proc/thread-self/ns/net') === AGENT_NETNS) {
     log.warn('in-pod capture: not ending connections in the agent’s own netns', who);
     return 0;
@@ -27,7 +31,7 @@ export function endConnections(log: Logger, who: Record<string, unknown>, pick: 
   try {
     const sockets = [AF_INET, AF_INET6].flatMap((f) => dumpTcpSockets(f as typeof AF_INET | typeof AF_INET6));
     let ended = 0;
-    for (const s of strandedSockets(sockets, pick)) if (destroyTcpSocket(s)) ended++;
+    for (const s of strandedSockets(sockets, (x) => pick(x, sockets))) if (destroyTcpSocket(s)) ended++;
     if (ended) log.info('in-pod capture: ended the connections from before it', { ...who, connections: ended });
     return ended;
   } catch (err) {

@@ -83,19 +83,33 @@ const ZTUNNEL_MARK = 0x539;
 const ZTUNNEL_MARK_MASK = 0xfff;
 
 /**
- * For the iptables capture, right after its rules first went into the pod for `families`:
- * a socket whose connection the rules will never capture (REDIRECT takes a connection's
- * first packet only, so one open before the rules goes on around ztunnel). Not ztunnel's
+ * A socket whose connection a capture first installed for `families` will never take, so
+ * it would go on around ztunnel: under the iptables capture, any open before its rules
+ * (REDIRECT takes a connection's first packet only); under the eBPF capture's loop (a pod
+ * without the local route), any open before its programs (PO9 passes what a socket of the
+ * pod sends on a connection ztunnel did not accept). Not ztunnel's
  * own (its mark), not one to the pod itself (loopback or an address of the netns, `local`),
  * not the app's end of a kubelet probe (`probe`: the source the host SNATs probes to).
  */
 export function bypassesRules(
   s: SocketEnds & { mark: number },
-  o: { families: ReadonlySet<4 | 6>; local: ReadonlySet<string>; probe: Readonly<Record<4 | 6, string>> },
+  o: {
+    families: ReadonlySet<4 | 6>;
+    local: ReadonlySet<string>;
+    probe: Readonly<Record<4 | 6, string>>;
+    /** Ports with a listener in the netns, and leave the app's ends of connections to them (a pod whose inbound capture is bypassed). */
+    keepInbound?: ReadonlySet<number>;
+  },
 ): boolean {
   const peer = wireAddr(s.dst);
   const family = peer.includes(':') ? 6 : 4;
   if (!o.families.has(family) || (s.mark & ZTUNNEL_MARK_MASK) === ZTUNNEL_MARK) return false;
+  if (o.keepInbound?.has(s.sport)) return false;
   if (family === 4 ? peer.startsWith('127.') : peer === '::1') return false;
   return !o.local.has(peer) && peer !== o.probe[family];
+}
+
+/** The ports a listener of the netns holds (the app's ends of inbound connections are on them). */
+export function listeningPorts(sockets: readonly SocketEnds[]): Set<number> {
+  return new Set(sockets.filter((s) => s.state === TcpState.LISTEN).map((s) => s.sport));
 }
