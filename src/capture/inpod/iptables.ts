@@ -44,7 +44,7 @@ import {
 } from './iptables-rules.js';
 import { withNetns } from '../../bpf/netns.js';
 import { dumpAddrs } from '../../host/netlink.js';
-import { endConnections } from './end-connections.js';
+import { endConnections, netnsId } from './end-connections.js';
 import { bypassesRules, wireAddr } from './stranded.js';
 
 const saveCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-save`];
@@ -124,13 +124,9 @@ export class InpodIptables implements InPodCapture {
 
   /** The pod's netns is the agent's own or the host's (a host-network pod): never one to end connections in. */
   private isHostNetns(pod: PodNetns): boolean {
-    const id = (path: string) => {
-      const st = statSync(path);
-      return `${st.dev}:${st.ino}`;
-    };
-    const mine = id(this.fdPath(pod));
+    const mine = netnsId(this.fdPath(pod));
     const hostNs = this.opts.hostNetns ?? null;
-    return mine === id('/proc/self/ns/net') || (hostNs !== null && mine === id(`/var/run/netns/${hostNs}`));
+    return mine === netnsId('/proc/self/ns/net') || (hostNs !== null && mine === netnsId(`/var/run/netns/${hostNs}`));
   }
 
   async init(): Promise<void> {

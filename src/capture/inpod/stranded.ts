@@ -1,12 +1,19 @@
 /**
- * The connections a pod's local route strands (docs/datapath.md, "What the local route
- * does to connections the pod had open before its capture"), pure: from the netns's TCP
- * sockets and the route each one's segments get, the sockets to end. Adding the local
- * route sends every TCP segment the pod sends with mark 0 to lo; a connection ztunnel did
- * not accept has no socket there to take it, so it can never send again. IPv6 such ends
- * are reset by the stack on their next segment; IPv4 ones would wait unacknowledged until
- * TCP gives up (about 15 minutes), so the agent ends them at once.
+ * Which of a pod's connections its in-pod capture ends when it comes (pure: from the
+ * netns's TCP sockets, as sock_diag shows them, and a test of each one). Two kinds:
+ *
+ * - stranded by the eBPF capture's local route (docs/datapath.md, "What the local route
+ *   does to connections the pod had open before its capture"): every TCP segment the pod
+ *   sends with mark 0 goes to lo, where a connection ztunnel did not accept has no socket;
+ *   IPv6 ends are reset on their next segment, IPv4 ones would wait unacknowledged until
+ *   TCP gives up (about 15 minutes);
+ * - passing around ztunnel (`bypassesRules`): under the iptables capture any connection
+ *   open before its rules, under the eBPF capture's loop any open before its programs
+ *   (docs/inpod.md, "Connections the pod had open before the rules came are ended").
+ *
+ * src/capture/inpod/end-connections.ts ends what these choose.
  */
+import { constants } from '../../bpf/inpod-layout.generated.js';
 
 /** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
 export const TcpState = {
@@ -65,31 +72,27 @@ const endKey = (a: string, ap: number, b: string, bp: number) => `${wireAddr(a)}
 
 /**
  * The sockets to end: in a stranded state, with a mark known (the route depends on it),
- * whose segments `toLo` says the local route takes, and whose other end is not a socket of
- * the same netns. That other end is what a captured connection has (ztunnel's socket in
- * the pod, or its TIME_WAIT): a pod that had the loop through its interface before the
- * local route came keeps its captured connections.
+ * that `pick` takes (the local route's, or one passing around ztunnel), and whose other
+ * end is not a socket of the same netns. That other end is what a captured connection has
+ * (ztunnel's socket in the pod, or its TIME_WAIT): a pod that had the loop through its
+ * interface before the local route came keeps its captured connections.
  */
-export function strandedSockets<T extends SocketEnds>(sockets: readonly T[], toLo: (s: T & { mark: number }) => boolean): T[] {
+export function strandedSockets<T extends SocketEnds>(sockets: readonly T[], pick: (s: T & { mark: number }) => boolean): T[] {
   const ends = new Set(sockets.filter((s) => s.state !== TcpState.LISTEN).map((s) => endKey(s.src, s.sport, s.dst, s.dport)));
   return sockets.filter(
     (s): s is T & { mark: number } =>
-      STRANDED_STATES.has(s.state) && s.mark !== undefined && !ends.has(endKey(s.dst, s.dport, s.src, s.sport)) && toLo(s as T & { mark: number }),
+      STRANDED_STATES.has(s.state) && s.mark !== undefined && !ends.has(endKey(s.dst, s.dport, s.src, s.sport)) && pick(s as T & { mark: number }),
   );
 }
-
-/** ztunnel's SO_MARK under its mask (docs/inpod.md): its own sockets are never captured. */
-const ZTUNNEL_MARK = 0x539;
-const ZTUNNEL_MARK_MASK = 0xfff;
 
 /**
  * A socket whose connection a capture first installed for `families` will never take, so
  * it would go on around ztunnel: under the iptables capture, any open before its rules
  * (REDIRECT takes a connection's first packet only); under the eBPF capture's loop (a pod
  * without the local route), any open before its programs (PO9 passes what a socket of the
- * pod sends on a connection ztunnel did not accept). Not ztunnel's
- * own (its mark), not one to the pod itself (loopback or an address of the netns, `local`),
- * not the app's end of a kubelet probe (`probe`: the source the host SNATs probes to).
+ * pod sends on a connection ztunnel did not accept). Not ztunnel's own (its mark), not one
+ * to the pod itself (loopback or an address of the netns, `local`), not the app's end of a
+ * kubelet probe (`probe`: the source the host SNATs probes to).
  */
 export function bypassesRules(
   s: SocketEnds & { mark: number },
@@ -103,7 +106,7 @@ export function bypassesRules(
 ): boolean {
   const peer = wireAddr(s.dst);
   const family = peer.includes(':') ? 6 : 4;
-  if (!o.families.has(family) || (s.mark & ZTUNNEL_MARK_MASK) === ZTUNNEL_MARK) return false;
+  if (!o.families.has(family) || (s.mark & constants.INPOD_ZTUNNEL_MARK_MASK) === constants.INPOD_ZTUNNEL_MARK) return false;
   if (o.keepInbound?.has(s.sport)) return false;
   if (family === 4 ? peer.startsWith('127.') : peer === '::1') return false;
   return !o.local.has(peer) && peer !== o.probe[family];
