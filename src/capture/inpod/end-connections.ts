@@ -19,20 +19,36 @@ export const netnsId = (path: string): string => {
 /** The netns this process started in (the host's, for the agent): never one to end connections in. */
 const AGENT_NETNS = netnsId('/proc/self/ns/net');
 
+/** What endConnections does to the netns (the kernel's, by default; a unit test's fake). */
+export interface SocketOps {
+  /** The calling thread is in the agent's own netns. */
+  inAgentNetns(): boolean;
+  sockets(): NlTcpSocket[];
+  /** False when the socket was gone already. */
+  destroy(s: NlTcpSocket): boolean;
+}
+
+const KERNEL: SocketOps = {
+  inAgentNetns: () => netnsId('/proc/thread-self/ns/net') === AGENT_NETNS,
+  sockets: () => [AF_INET, AF_INET6].flatMap((f) => dumpTcpSockets(f as typeof AF_INET | typeof AF_INET6)),
+  destroy: destroyTcpSocket,
+};
+
 /** Ends what `pick` takes among the netns's stranded-state TCP sockets (strandedSockets); how many went. */
 export function endConnections(
   log: Logger,
   who: Record<string, unknown>,
   pick: (s: NlTcpSocket & { mark: number }, all: readonly NlTcpSocket[]) => boolean,
+  ops: SocketOps = KERNEL,
 ): number {
-  if (netnsId('/proc/thread-self/ns/net') === AGENT_NETNS) {
+  if (ops.inAgentNetns()) {
     log.warn('in-pod capture: not ending connections in the agent’s own netns', who);
     return 0;
   }
   try {
-    const sockets = [AF_INET, AF_INET6].flatMap((f) => dumpTcpSockets(f as typeof AF_INET | typeof AF_INET6));
+    const sockets = ops.sockets();
     let ended = 0;
-    for (const s of strandedSockets(sockets, (x) => pick(x, sockets))) if (destroyTcpSocket(s)) ended++;
+    for (const s of strandedSockets(sockets, (x) => pick(x, sockets))) if (ops.destroy(s)) ended++;
     if (ended) log.info('in-pod capture: ended the connections from before it', { ...who, connections: ended });
     return ended;
   } catch (err) {
