@@ -44,6 +44,7 @@ import {
 } from '../../harness/sim/transparent.js';
 import { listenInNetns, ZTUNNEL_MARK } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
+import { holdConnections } from '../support/held.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { netnsSnapshot } from '../support/snapshot.js';
 import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone, tcpInSegs } from '../support/stale-client.js';
@@ -209,14 +210,7 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       await capture.remove(pod);
       // An outside server that holds its connections open and keeps what it receives.
       const outsideFd = openSync(`/var/run/netns/${sim.outside.ns}`, 'r');
-      const held: net.Socket[] = [];
-      let received = '';
-      const holders = listenInNetns(outsideFd, 'outside', [HOLD_PORT], (_port, c) => {
-        held.push(c);
-        c.on('data', (d: Buffer) => (received += d.toString()));
-        c.on('error', () => undefined);
-        return true;
-      });
+      const outsideHold = holdConnections(outsideFd, 'outside', [HOLD_PORT]);
       const fds: number[] = [];
       let ztFd = -1;
       const connected = async () =>
@@ -228,7 +222,7 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
       try {
         for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) fds.push(withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, HOLD_PORT, 0)));
         ztFd = withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(OUTSIDE_IP, HOLD_PORT, ZTUNNEL_MARK));
-        await until('the outside holds all three', () => held.length === 3);
+        await until('the outside holds all three', () => outsideHold.held.length === 3);
         expect(await connected()).toEqual(['IPv4', 'IPv4', 'IPv6']);
         await capture.install(pod);
         expect(await capture.check(pod)).toBe(true);
@@ -237,15 +231,14 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         const segs = await tcpInSegs(sim.outside.ns);
         expect(fds.map((fd) => sendOn(fd, Buffer.from('after the capture came')))).toEqual([ECONNABORTED, ECONNABORTED]);
         await sleep(300);
-        expect({ received, segments: (await tcpInSegs(sim.outside.ns)) - segs }).toEqual({ received: '', segments: 0 });
+        expect({ received: outsideHold.received(), segments: (await tcpInSegs(sim.outside.ns)) - segs }).toEqual({ received: '', segments: 0 });
         // ztunnel's own connection (its mark) is not the local route's: it goes on.
         expect(sendOn(ztFd, Buffer.from('ztunnel'))).toBe(0);
-        await until('the outside has ztunnel’s bytes', () => received === 'ztunnel');
+        await until('the outside has ztunnel’s bytes', () => outsideHold.received() === 'ztunnel');
       } finally {
         fds.forEach(closeSocket);
         if (ztFd >= 0) closeSocket(ztFd);
-        held.forEach((c) => c.destroy());
-        await Promise.all(holders.map((h) => new Promise<void>((r) => h.close(() => r()))));
+        await outsideHold.close();
         closeSync(outsideFd);
         await capture.install(pod);
       }
@@ -260,33 +253,9 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
         await capture.remove(pod);
         if (!bypass) await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'add', 'net1', 'type', 'veth', 'peer', 'name', 'net1p']);
         const outsideFd = openSync(`/var/run/netns/${sim.outside.ns}`, 'r');
-        // Outbound: the outside holds them. Inbound: the app (a holder in the pod) does.
-        const outHeld: net.Socket[] = [];
-        const inHeld: net.Socket[] = [];
-        let outGot = '';
-        let inGot = '';
-        const hold = (list: net.Socket[], got: (d: string) => void) => (_port: number, c: net.Socket) => {
-          list.push(c);
-          c.on('data', (d: Buffer) => got(d.toString()));
-          c.on('error', () => undefined);
-          return true;
-        };
-        const servers = [
-          ...listenInNetns(
-            outsideFd,
-            'outside',
-            [HOLD_PORT],
-            hold(outHeld, (d) => (outGot += d)),
-          ),
-          // The app's listener: unmarked, as an app's sockets are.
-          ...listenInNetns(
-            podFd,
-            'pod0',
-            [HOLD_PORT + 1],
-            hold(inHeld, (d) => (inGot += d)),
-            { mark: 0 },
-          ),
-        ];
+        // Outbound: the outside holds them. Inbound: the app (a holder in the pod, unmarked as an app's sockets are) does.
+        const outHold = holdConnections(outsideFd, 'outside', [HOLD_PORT]);
+        const inHold = holdConnections(podFd, 'pod0', [HOLD_PORT + 1], { mark: 0 });
         const outFds: number[] = [];
         const inFds: number[] = [];
         let ztFd = -1;
@@ -296,31 +265,31 @@ kernelDescribe('in-pod capture with eBPF: real packets in a pod netns', 'creates
           for (const ip of [OUTSIDE_IP, OUTSIDE_IP6]) outFds.push(withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(ip, HOLD_PORT, 0)));
           ztFd = withNetns(`/proc/self/fd/${podFd}`, () => markedConnect(OUTSIDE_IP, HOLD_PORT, ZTUNNEL_MARK));
           for (const ip of podIps) inFds.push(withNetns(`/proc/self/fd/${outsideFd}`, () => markedConnect(ip, HOLD_PORT + 1, 0)));
-          await until('every connection held', () => outHeld.length === 3 && inHeld.length === 2);
+          await until('every connection held', () => outHold.held.length === 3 && inHold.held.length === 2);
           await capture.install(loopPod);
           expect(await capture.check(loopPod)).toBe(true);
           expect(await ends(`( dport = :${HOLD_PORT} )`)).toBe(1);
           expect(await ends(`( sport = :${HOLD_PORT + 1} )`)).toBe(bypass ? 2 : 0);
           expect(outFds.map((fd) => sendOn(fd, Buffer.from('out')))).toEqual([ECONNABORTED, ECONNABORTED]);
           expect(sendOn(ztFd, Buffer.from('ztunnel'))).toBe(0);
-          await until('the outside has ztunnel’s bytes', () => outGot === 'ztunnel');
+          await until('the outside has ztunnel’s bytes', () => outHold.received() === 'ztunnel');
           // The inbound ends: kept, and still answering the outside, with the annotation;
           // ended (the outside's next write meets a reset, or nothing) without it.
-          for (const c of inHeld) c.write('app');
+          for (const c of inHold.held) c.write('app');
           if (bypass) {
             for (const fd of inFds) expect(sendOn(fd, Buffer.from('in'))).toBe(0);
-            await until('the app has both', () => inGot === 'inin');
+            await until('the app has both', () => inHold.received() === 'inin');
           } else {
             await sleep(300);
-            expect(inGot).toBe('');
+            expect(inHold.received()).toBe('');
           }
           await sleep(100);
-          expect(outGot).toBe('ztunnel');
+          expect(outHold.received()).toBe('ztunnel');
         } finally {
           [...outFds, ...inFds].forEach(closeSocket);
           if (ztFd >= 0) closeSocket(ztFd);
-          [...outHeld, ...inHeld].forEach((c) => c.destroy());
-          await Promise.all(servers.map((h) => new Promise<void>((r) => h.close(() => r()))));
+          await outHold.close();
+          await inHold.close();
           closeSync(outsideFd);
           if (!bypass) await run(['ip', 'netns', 'exec', ns, 'ip', 'link', 'del', 'net1']).catch(() => undefined);
           await capture.remove(loopPod);

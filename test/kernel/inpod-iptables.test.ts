@@ -23,8 +23,9 @@ import { createLogger } from '../../src/log.js';
 import { ZdsServer } from '../../src/zds/server.js';
 import { createSimNode, type SimNode, type SimPod, type SimServer } from '../../harness/sim/node.js';
 import { closeSocket, markedConnect, sendOn, transparentMarkedConnect, udpSocket } from '../../harness/sim/transparent.js';
-import { listenInNetns, type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
+import { type StandInEvent, ZTUNNEL_MARK, ZtunnelInpod } from '../../harness/sim/ztunnel-inpod.js';
 import { kernelDescribe } from '../support/gate.js';
+import { holdConnections } from '../support/held.js';
 import { rpFilters, strictRpFilter } from '../support/rpfilter.js';
 import { segmentsAfterInboundLegGone, segmentsAfterZtunnelGone, tcpInSegs } from '../support/stale-client.js';
 import { sleep, until } from '../support/wait.js';
@@ -436,14 +437,7 @@ function suite(): void {
   it('the connections the pod had open before its rules came are ended by their first install (IPv4, IPv6: the next call fails at once; REDIRECT takes only a first packet, so they would have gone on around ztunnel), nothing more of them reaching the outside; ztunnel’s own go on; an adopting install ends no captured connection', async () => {
     await capture.remove(podNetns());
     const outsideFd = openSync(`/var/run/netns/${sim!.outside.ns}`, 'r');
-    const held: net.Socket[] = [];
-    let received = '';
-    const holders = listenInNetns(outsideFd, 'outside', [HOLD_PORT], (_port, c) => {
-      held.push(c);
-      c.on('data', (d: Buffer) => (received += d.toString()));
-      c.on('error', () => undefined);
-      return true;
-    });
+    const outsideHold = holdConnections(outsideFd, 'outside', [HOLD_PORT]);
     const connected = async () =>
       (await run(['ip', 'netns', 'exec', pod.ns, 'ss', '-tnH', 'state', 'established', `( dport = :${HOLD_PORT} )`]))
         .split('\n')
@@ -461,7 +455,7 @@ function suite(): void {
     try {
       for (const ip of [sim!.outside.ip, sim!.outside.ip6]) fds.push(inNetns(podFd, () => markedConnect(ip, HOLD_PORT, 0)));
       ztFd = inNetns(podFd, () => markedConnect(sim!.outside.ip, HOLD_PORT, ZTUNNEL_MARK));
-      await until('the outside holds all three', () => held.length === 3);
+      await until('the outside holds all three', () => outsideHold.held.length === 3);
       expect(await connected()).toEqual(['IPv4', 'IPv4', 'IPv6']);
       await capture.install(podNetns());
       expect(await capture.check(podNetns())).toBe(true);
@@ -470,14 +464,13 @@ function suite(): void {
       const segs = await tcpInSegs(sim!.outside.ns);
       expect(fds.map((fd) => sendOn(fd, Buffer.from('after the rules came')))).toEqual([ECONNABORTED, ECONNABORTED]);
       await sleep(300);
-      expect({ received, segments: (await tcpInSegs(sim!.outside.ns)) - segs }).toEqual({ received: '', segments: 0 });
+      expect({ received: outsideHold.received(), segments: (await tcpInSegs(sim!.outside.ns)) - segs }).toEqual({ received: '', segments: 0 });
       expect(sendOn(ztFd, Buffer.from('ztunnel'))).toBe(0);
-      await until('the outside has ztunnel’s bytes', () => received === 'ztunnel');
+      await until('the outside has ztunnel’s bytes', () => outsideHold.received() === 'ztunnel');
     } finally {
       fds.forEach(closeSocket);
       if (ztFd >= 0) closeSocket(ztFd);
-      held.forEach((c) => c.destroy());
-      await Promise.all(holders.map((h) => new Promise<void>((r) => h.close(() => r()))));
+      await outsideHold.close();
       closeSync(outsideFd);
       await nft('delete table inet podown\n');
       await capture.install(podNetns());

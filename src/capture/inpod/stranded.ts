@@ -14,6 +14,7 @@
  * src/capture/inpod/end-connections.ts ends what these choose.
  */
 import { constants } from '../../bpf/inpod-layout.generated.js';
+import type { NlTcpSocket } from '../../host/netlink.js';
 
 /** The kernel's TCP states (include/net/tcp_states.h), as sock_diag reports them. */
 export const TcpState = {
@@ -30,16 +31,8 @@ export const TcpState = {
   CLOSING: 11,
 } as const;
 
-/** A socket as sock_diag shows it (src/host/netlink.ts' NlTcpSocket). */
-export interface SocketEnds {
-  state: number;
-  src: string;
-  sport: number;
-  dst: string;
-  dport: number;
-  /** SO_MARK; absent where the kernel gives none (a TIME_WAIT, a request). */
-  mark?: number;
-}
+/** A socket as sock_diag shows it: its state, ends and mark (the rest of NlTcpSocket is the kernel's handle). */
+export type SocketEnds = Omit<NlTcpSocket, 'family' | 'id'>;
 
 /**
  * States in which an end still has something to send that cannot get out: data or a FIN
