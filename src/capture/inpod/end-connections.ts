@@ -12,7 +12,7 @@ import { strandedSockets } from './stranded.js';
 const EOPNOTSUPP = 95;
 
 /** A netns's identity (device and inode of its nsfs file), from a path to it. */
-export const netnsId = (path: string): string => {
+const netnsId = (path: string): string => {
   const st = statSync(path);
   return `${st.dev}:${st.ino}`;
 };

@@ -44,7 +44,7 @@ import {
 } from './iptables-rules.js';
 import { withNetns } from '../../bpf/netns.js';
 import { dumpAddrs } from '../../host/netlink.js';
-import { endConnections, netnsId } from './end-connections.js';
+import { endConnections } from './end-connections.js';
 import { bypassesRules, wireAddr } from './stranded.js';
 
 const saveCmd = (b: BackendKind, f: Family) => [`${f === 4 ? 'iptables' : 'ip6tables'}-${b}-save`];
@@ -122,13 +122,6 @@ export class InpodIptables implements InPodCapture {
     return true;
   }
 
-  /** The pod's netns is the agent's own or the host's (a host-network pod): never one to end connections in. */
-  private isHostNetns(pod: PodNetns): boolean {
-    const mine = netnsId(this.fdPath(pod));
-    const hostNs = this.opts.hostNetns ?? null;
-    return mine === netnsId('/proc/self/ns/net') || (hostNs !== null && mine === netnsId(`/var/run/netns/${hostNs}`));
-  }
-
   async init(): Promise<void> {
     const { runner, log } = this.opts;
     const hostRunner: CommandRunner = { run: (argv, o) => runner.run(this.host([...argv]), o) };
@@ -201,7 +194,7 @@ export class InpodIptables implements InPodCapture {
     // REDIRECT takes a connection's first packet only: what the pod had open before the
     // rules came would go on around ztunnel. Ended now (the first install of a family only:
     // after it, every connection of the pod is captured or exempt).
-    if (fresh.size && !this.isHostNetns(pod))
+    if (fresh.size)
       withNetns(this.fdPath(pod), () => {
         const local = new Set(dumpAddrs().map((a) => wireAddr(a.address)));
         endConnections(log, { pod: podName(pod), uid: pod.uid }, (s) => bypassesRules(s, { families: fresh, local, probe: PROBE_SNAT }));

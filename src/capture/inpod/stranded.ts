@@ -13,6 +13,7 @@
  *
  * src/capture/inpod/end-connections.ts ends what these choose.
  */
+import { decodeAddr, encodeAddr } from '../../bpf/codec.js';
 import { constants } from '../../bpf/inpod-layout.generated.js';
 import type { NlTcpSocket } from '../../host/netlink.js';
 
@@ -50,15 +51,11 @@ export const STRANDED_STATES: ReadonlySet<number> = new Set([
 
 /**
  * An address as its packets carry it: an IPv4-mapped IPv6 address (an IPv6 socket on an
- * IPv4 connection), dotted or in hex groups as netlink.ts formats it, is its IPv4 one.
+ * IPv4 connection), dotted or in hex groups as netlink.ts formats it, is its IPv4 one
+ * (the codec's round trip, which gives mapped addresses back dotted).
  */
 export function wireAddr(ip: string): string {
-  const dotted = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
-  if (dotted) return dotted[1]!;
-  const hex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(ip);
-  if (!hex) return ip;
-  const [hi, lo] = [parseInt(hex[1]!, 16), parseInt(hex[2]!, 16)];
-  return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  return decodeAddr(encodeAddr(ip));
 }
 
 const endKey = (a: string, ap: number, b: string, bp: number) => `${wireAddr(a)}|${ap}|${wireAddr(b)}|${bp}`;
